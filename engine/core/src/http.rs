@@ -1,0 +1,401 @@
+//! The HTTP side of a virtual user: one keep-alive HTTP/1.1 connection it owns, requests built
+//! from compiled templates, per-user cookies, and errors sorted into kinds.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, COOKIE, HOST, SET_COOKIE};
+use hyper::{Method, Request, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::check::{Check, Failure};
+use crate::error::{Error, Result};
+use crate::plan::RequestSpec;
+use crate::template::{Scope, Template, Values};
+
+/// Kinds of failure, counted separately. The order is the column order in metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Connect,
+    Dns,
+    Tls,
+    Timeout,
+    Reset,
+    Status,
+    Check,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 7] = [
+        ErrorKind::Connect,
+        ErrorKind::Dns,
+        ErrorKind::Tls,
+        ErrorKind::Timeout,
+        ErrorKind::Reset,
+        ErrorKind::Status,
+        ErrorKind::Check,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::Dns => "dns",
+            ErrorKind::Tls => "tls",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Reset => "reset",
+            ErrorKind::Status => "status",
+            ErrorKind::Check => "check",
+        }
+    }
+    /// Whether the connection must be dropped after this error.
+    pub fn breaks_connection(self) -> bool {
+        !matches!(self, ErrorKind::Status | ErrorKind::Check)
+    }
+}
+
+impl From<Failure> for ErrorKind {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Status => ErrorKind::Status,
+            Failure::Check => ErrorKind::Check,
+        }
+    }
+}
+
+/// The parsed target: where to connect and what to send as `Host`.
+#[derive(Debug)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    authority: HeaderValue,
+    base_path: String,
+    resolved: OnceLock<Vec<SocketAddr>>,
+}
+
+impl Target {
+    pub fn parse(url: &str) -> Result<Arc<Self>> {
+        let bad = |m: &str| Error::Target {
+            target: url.to_string(),
+            message: m.to_string(),
+        };
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| bad(&format!("not a URL ({e})")))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => return Err(bad("https targets are not supported yet; use http://")),
+            Some(s) => return Err(bad(&format!("unsupported scheme {s:?}; use http://"))),
+            None => return Err(bad("missing scheme; write it as http://host:port")),
+        }
+        let auth = uri.authority().ok_or_else(|| bad("missing host"))?;
+        let host = auth.host().trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(bad("missing host"));
+        }
+        let port = auth.port_u16().unwrap_or(80);
+        let base_path = uri.path().trim_end_matches('/').to_string();
+        Ok(Arc::new(Target {
+            host: host.to_string(),
+            port,
+            authority: HeaderValue::from_str(auth.as_str()).map_err(|_| bad("bad host"))?,
+            base_path,
+            resolved: OnceLock::new(),
+        }))
+    }
+
+    async fn addrs(&self) -> Result<&[SocketAddr], ErrorKind> {
+        if let Some(a) = self.resolved.get() {
+            return Ok(a);
+        }
+        let found: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .map_err(|_| ErrorKind::Dns)?
+            .collect();
+        if found.is_empty() {
+            return Err(ErrorKind::Dns);
+        }
+        Ok(self.resolved.get_or_init(|| found))
+    }
+}
+
+/// One virtual user's connection and cookies.
+pub struct Client {
+    target: Arc<Target>,
+    sender: Option<SendRequest<Full<Bytes>>>,
+    cookies: Vec<(String, String)>,
+}
+
+/// A response as far as metrics and checks care.
+pub struct Response {
+    pub status: u16,
+    pub bytes: u64,
+    pub body: Bytes,
+}
+
+fn classify_io(e: &std::io::Error) -> ErrorKind {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::TimedOut => ErrorKind::Timeout,
+        K::ConnectionRefused | K::AddrNotAvailable | K::HostUnreachable | K::NetworkUnreachable => {
+            ErrorKind::Connect
+        }
+        _ => ErrorKind::Reset,
+    }
+}
+
+fn classify_hyper(e: &hyper::Error) -> ErrorKind {
+    if e.is_timeout() {
+        return ErrorKind::Timeout;
+    }
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return classify_io(io);
+        }
+        src = s.source();
+    }
+    ErrorKind::Reset
+}
+
+impl Client {
+    pub fn new(target: Arc<Target>) -> Self {
+        Client {
+            target,
+            sender: None,
+            cookies: Vec::new(),
+        }
+    }
+
+    pub fn has_connection(&self) -> bool {
+        self.sender.as_ref().is_some_and(|s| !s.is_closed())
+    }
+
+    async fn connect(&mut self) -> Result<(), ErrorKind> {
+        let addrs = self.target.addrs().await?;
+        let mut last = ErrorKind::Connect;
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(|e| classify_hyper(&e))?;
+                    // The connection future drives the socket; it ends when the sender is dropped.
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    self.sender = Some(sender);
+                    return Ok(());
+                }
+                Err(e) => last = classify_io(&e),
+            }
+        }
+        Err(last)
+    }
+
+    /// Makes sure a connection is open; the time this takes is part of the request's latency.
+    pub async fn ensure_connected(&mut self) -> Result<(), ErrorKind> {
+        if !self.has_connection() {
+            self.sender = None;
+            self.connect().await?;
+        }
+        Ok(())
+    }
+
+    /// Drops the connection (after a timeout its state is unknown); the next request reconnects.
+    pub fn disconnect(&mut self) {
+        self.sender = None;
+    }
+
+    /// Sends `req` on the open connection and reads the whole response. The caller bounds it
+    /// in time and calls `disconnect` when it gives up.
+    pub async fn send(
+        &mut self,
+        mut req: Request<Full<Bytes>>,
+        keep_body: bool,
+    ) -> Result<Response, ErrorKind> {
+        if !self.cookies.is_empty() {
+            let jar: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            if let Ok(v) = HeaderValue::from_str(&jar.join("; ")) {
+                req.headers_mut().insert(COOKIE, v);
+            }
+        }
+        let sender = self.sender.as_mut().ok_or(ErrorKind::Reset)?;
+        let exchange = async {
+            sender.ready().await.map_err(|e| classify_hyper(&e))?;
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| classify_hyper(&e))?;
+            let status = resp.status().as_u16();
+            let cookies: Vec<(String, String)> = resp
+                .headers()
+                .get_all(SET_COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .filter_map(|v| {
+                    let pair = v.split(';').next()?;
+                    let (k, val) = pair.split_once('=')?;
+                    Some((k.trim().to_string(), val.trim().to_string()))
+                })
+                .collect();
+            let mut body = resp.into_body();
+            let mut bytes = 0u64;
+            let mut kept = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| classify_hyper(&e))?;
+                if let Some(data) = frame.data_ref() {
+                    bytes += data.len() as u64;
+                    if keep_body {
+                        kept.extend_from_slice(data);
+                    }
+                }
+            }
+            Ok::<_, ErrorKind>((status, bytes, Bytes::from(kept), cookies))
+        };
+        match exchange.await {
+            Ok((status, bytes, body, cookies)) => {
+                for (k, v) in cookies {
+                    match self.cookies.iter_mut().find(|(n, _)| *n == k) {
+                        Some(slot) => slot.1 = v,
+                        None => self.cookies.push((k, v)),
+                    }
+                }
+                Ok(Response {
+                    status,
+                    bytes,
+                    body,
+                })
+            }
+            Err(kind) => {
+                self.sender = None;
+                Err(kind)
+            }
+        }
+    }
+}
+
+/// A request of a task, compiled once per run.
+pub struct CompiledRequest {
+    method: Method,
+    path: Template,
+    headers: Vec<(HeaderName, Template)>,
+    body: Option<Template>,
+    json: bool,
+    pub timeout: Duration,
+    pub check: Check,
+    /// Set when nothing in the request varies: the request is cloned instead of rendered.
+    constant: Option<Request<Full<Bytes>>>,
+}
+
+impl CompiledRequest {
+    pub fn compile(
+        spec: &RequestSpec,
+        scope: &Scope,
+        target: &Target,
+        default_timeout: f64,
+        at: &str,
+    ) -> Result<Self> {
+        let method = Method::from_bytes(spec.method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| Error::plan(format!("{at}.method"), format!("{:?}", spec.method)))?;
+        if !spec.path.starts_with('/') {
+            return Err(Error::plan(
+                format!("{at}.path"),
+                format!("must start with '/', got {:?}", spec.path),
+            ));
+        }
+        let path = Template::compile(
+            &format!("{}{}", target.base_path, spec.path),
+            scope,
+            &format!("{at}.path"),
+        )?;
+        let mut headers = Vec::new();
+        for (k, v) in &spec.headers {
+            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
+                Error::plan(format!("{at}.headers"), format!("bad header name {k:?}"))
+            })?;
+            headers.push((name, Template::compile(v, scope, &format!("{at}.headers.{k}"))?));
+        }
+        let (body, json) = match (&spec.body, &spec.json) {
+            (Some(_), Some(_)) => {
+                return Err(Error::plan(at, "give either body or json, not both"));
+            }
+            (Some(b), None) => (Some(Template::compile(b, scope, &format!("{at}.body"))?), false),
+            (None, Some(j)) => (
+                Some(Template::compile(&j.to_string(), scope, &format!("{at}.json"))?),
+                true,
+            ),
+            (None, None) => (None, false),
+        };
+        let timeout = spec.timeout_s.unwrap_or(default_timeout);
+        if !(timeout.is_finite() && timeout > 0.0) {
+            return Err(Error::plan(format!("{at}.timeout_s"), "must be > 0"));
+        }
+        let check = match &spec.expect {
+            Some(e) => Check::compile(e, &format!("{at}.expect"))?,
+            None => Check::default(),
+        };
+        let mut req = CompiledRequest {
+            method,
+            path,
+            headers,
+            body,
+            json,
+            timeout: Duration::from_secs_f64(timeout),
+            check,
+            constant: None,
+        };
+        let varies = req.path.as_constant().is_none()
+            || req.headers.iter().any(|(_, t)| t.as_constant().is_none())
+            || req.body.as_ref().is_some_and(|b| b.as_constant().is_none());
+        if !varies {
+            let empty = Values {
+                vu: 0,
+                iter: 0,
+                row: None,
+                user: None,
+            };
+            let built = req
+                .render(&empty, target)
+                .map_err(|m| Error::plan(at, m))?;
+            req.constant = Some(built);
+        }
+        Ok(req)
+    }
+
+    fn render(&self, v: &Values<'_>, target: &Target) -> Result<Request<Full<Bytes>>, String> {
+        let mut b = Request::builder()
+            .method(self.method.clone())
+            .uri(self.path.render(v))
+            .header(HOST, target.authority.clone());
+        for (name, t) in &self.headers {
+            b = b.header(name, t.render(v));
+        }
+        if self.json {
+            b = b.header(CONTENT_TYPE, "application/json");
+        }
+        let body = self
+            .body
+            .as_ref()
+            .map(|t| Bytes::from(t.render(v)))
+            .unwrap_or_default();
+        b.body(Full::new(body)).map_err(|e| e.to_string())
+    }
+
+    /// The request for one iteration. A rendered value that is not valid in HTTP (say a header
+    /// value with a newline from a feeder row) is a check failure of that iteration.
+    pub fn build(&self, v: &Values<'_>, target: &Target) -> Result<Request<Full<Bytes>>, ErrorKind> {
+        if let Some(c) = &self.constant {
+            let mut r = Request::new(c.body().clone());
+            *r.method_mut() = c.method().clone();
+            *r.uri_mut() = c.uri().clone();
+            *r.headers_mut() = c.headers().clone();
+            return Ok(r);
+        }
+        self.render(v, target).map_err(|_| ErrorKind::Check)
+    }
+}

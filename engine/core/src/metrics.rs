@@ -1,0 +1,441 @@
+//! Recording latencies and counts, per task and per one-second interval.
+//!
+//! Each runtime worker thread records into its own shard; a shard's mutex is shared only with the
+//! collector, which takes it once a second, so recording never waits on another worker (the shape
+//! of hdrhistogram's `SyncHistogram` + per-thread `Recorder`, without its refresh handshake that
+//! would stall on a recorder blocked in a long request).
+//!
+//! A sample belongs to the interval in which its request completed. Each shard keeps samples of
+//! different intervals apart, so the collector can close interval `i` exactly, however late it
+//! wakes up.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use base64::Engine as _;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::http::ErrorKind;
+
+/// Latencies are recorded in microseconds, 1 µs to 1 h, 3 significant digits.
+pub const LOWEST_US: u64 = 1;
+pub const HIGHEST_US: u64 = 3_600_000_000;
+pub const SIGFIG: u8 = 3;
+
+pub type Hist = Histogram<u64>;
+
+pub fn new_hist() -> Hist {
+    Histogram::new_with_bounds(LOWEST_US, HIGHEST_US, SIGFIG).expect("valid histogram bounds")
+}
+
+/// Base64 of the compressed V2 encoding: what `.hlog` lines and other HdrHistogram tools use.
+pub fn encode_hist(h: &Hist) -> String {
+    let mut buf = Vec::new();
+    V2DeflateSerializer::new()
+        .serialize(h, &mut buf)
+        .expect("serializing into memory cannot fail");
+    base64::engine::general_purpose::STANDARD.encode(buf)
+}
+
+pub fn decode_hist(text: &str) -> Result<Hist, String> {
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| format!("not base64: {e}"))?;
+    let h: Hist = Deserializer::new()
+        .deserialize(&mut raw.as_slice())
+        .map_err(|e| format!("not an HdrHistogram: {e:?}"))?;
+    // Re-home into the standard bounds so histograms from any writer add up.
+    let mut out = new_hist();
+    out.add(&h).map_err(|e| format!("{e:?}"))?;
+    Ok(out)
+}
+
+pub const STATUS_CLASSES: usize = 5;
+pub const ERROR_KINDS: usize = ErrorKind::ALL.len();
+
+/// What one task did in one interval (or over any span, once added up).
+#[derive(Clone)]
+pub struct TaskData {
+    pub corrected: Hist,
+    pub service: Hist,
+    /// Requests that completed (with a response or an error).
+    pub requests: u64,
+    pub errors: [u64; ERROR_KINDS],
+    pub status: [u64; STATUS_CLASSES],
+    pub bytes_in: u64,
+    /// Arrivals that could not start on time (no free connection).
+    pub missed: u64,
+}
+
+impl TaskData {
+    pub fn new() -> Self {
+        TaskData {
+            corrected: new_hist(),
+            service: new_hist(),
+            requests: 0,
+            errors: [0; ERROR_KINDS],
+            status: [0; STATUS_CLASSES],
+            bytes_in: 0,
+            missed: 0,
+        }
+    }
+
+    pub fn add(&mut self, o: &TaskData) {
+        self.corrected
+            .add(&o.corrected)
+            .expect("same bounds always add");
+        self.service.add(&o.service).expect("same bounds always add");
+        self.requests += o.requests;
+        self.bytes_in += o.bytes_in;
+        self.missed += o.missed;
+        for i in 0..ERROR_KINDS {
+            self.errors[i] += o.errors[i];
+        }
+        for i in 0..STATUS_CLASSES {
+            self.status[i] += o.status[i];
+        }
+    }
+
+    pub fn error_total(&self) -> u64 {
+        self.errors.iter().sum()
+    }
+
+    /// A completed response: its status and both latencies.
+    pub fn response(&mut self, status: u16, bytes: u64, corrected_us: u64, service_us: u64) {
+        self.requests += 1;
+        self.bytes_in += bytes;
+        if (100..600).contains(&status) {
+            self.status[(status / 100 - 1) as usize] += 1;
+        }
+        self.corrected.saturating_record(corrected_us.clamp(LOWEST_US, HIGHEST_US));
+        self.service.saturating_record(service_us.clamp(LOWEST_US, HIGHEST_US));
+    }
+
+    /// An error, counted by kind. Errors with a response are recorded by `response` too.
+    pub fn error(&mut self, kind: ErrorKind, with_response: bool) {
+        if !with_response {
+            self.requests += 1;
+        }
+        self.errors[kind as usize] += 1;
+    }
+}
+
+impl Default for TaskData {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+struct Shard {
+    /// Interval that `current` holds.
+    interval: u64,
+    current: Option<Vec<TaskData>>,
+    /// Closed intervals this shard still holds, oldest first.
+    older: Vec<(u64, Vec<TaskData>)>,
+}
+
+thread_local! {
+    static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
+
+/// Called on each runtime worker thread as it starts: gives it its own shard.
+pub fn register_worker_thread() {
+    SHARD.with(|s| s.set(NEXT_THREAD.fetch_add(1, Ordering::Relaxed)));
+}
+
+pub struct Recorder {
+    start: Instant,
+    n_tasks: usize,
+    /// Samples that complete after the planned end belong to the last interval.
+    last_interval: u64,
+    shards: Vec<Mutex<Shard>>,
+    pub in_flight: AtomicI64,
+    pub active_users: AtomicI64,
+}
+
+impl Recorder {
+    pub fn new(start: Instant, n_tasks: usize, last_interval: u64, threads: usize) -> Self {
+        let shards = (0..threads + 1)
+            .map(|_| {
+                Mutex::new(Shard {
+                    interval: 0,
+                    current: None,
+                    older: Vec::new(),
+                })
+            })
+            .collect();
+        Recorder {
+            start,
+            n_tasks,
+            last_interval,
+            shards,
+            in_flight: AtomicI64::new(0),
+            active_users: AtomicI64::new(0),
+        }
+    }
+
+    fn shard(&self) -> &Mutex<Shard> {
+        let n = self.shards.len();
+        let ix = SHARD.with(|s| s.get());
+        // Threads that are not runtime workers share the last shard.
+        let i = if ix == usize::MAX { n - 1 } else { ix % (n - 1).max(1) };
+        &self.shards[i]
+    }
+
+    pub fn interval_of(&self, at: Instant) -> u64 {
+        (at.saturating_duration_since(self.start).as_secs()).min(self.last_interval)
+    }
+
+    /// Records into the interval in which `at` falls.
+    pub fn record(&self, task: usize, at: Instant, f: impl FnOnce(&mut TaskData)) {
+        let interval = self.interval_of(at);
+        let mut s = self.shard().lock().unwrap_or_else(|e| e.into_inner());
+        if interval > s.interval {
+            if let Some(cur) = s.current.take() {
+                let i = s.interval;
+                s.older.push((i, cur));
+            }
+            s.interval = interval;
+        }
+        // A sample for an interval this shard already moved past (a thread descheduled across
+        // a boundary) joins the current one: late by a moment, never lost.
+        let n = self.n_tasks;
+        let cur = s
+            .current
+            .get_or_insert_with(|| (0..n).map(|_| TaskData::new()).collect());
+        f(&mut cur[task]);
+    }
+
+    /// Takes every sample of intervals up to and including `upto`, added up per task.
+    /// With `everything`, also takes what is still open (the run has ended).
+    pub fn take(&self, upto: u64, everything: bool) -> Vec<TaskData> {
+        let mut out: Vec<TaskData> = (0..self.n_tasks).map(|_| TaskData::new()).collect();
+        for shard in &self.shards {
+            let mut s = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let keep: Vec<(u64, Vec<TaskData>)> = std::mem::take(&mut s.older)
+                .into_iter()
+                .filter_map(|(i, data)| {
+                    if i <= upto || everything {
+                        for (o, d) in out.iter_mut().zip(&data) {
+                            o.add(d);
+                        }
+                        None
+                    } else {
+                        Some((i, data))
+                    }
+                })
+                .collect();
+            s.older = keep;
+            if s.interval <= upto || everything {
+                if let Some(cur) = s.current.take() {
+                    for (o, d) in out.iter_mut().zip(&cur) {
+                        o.add(d);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Latency figures in milliseconds; `None` where there were no samples.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
+    pub p999: Option<f64>,
+    pub max: Option<f64>,
+    pub mean: Option<f64>,
+    pub min: Option<f64>,
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+impl Percentiles {
+    pub fn of(h: &Hist) -> Self {
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        let q = |p: f64| Some(ms(h.value_at_quantile(p)));
+        Percentiles {
+            p50: q(0.50),
+            p90: q(0.90),
+            p95: q(0.95),
+            p99: q(0.99),
+            p999: q(0.999),
+            max: Some(ms(h.max())),
+            mean: Some(h.mean() / 1000.0),
+            min: Some(ms(h.min())),
+        }
+    }
+}
+
+/// One row of `metrics.jsonl` / `metrics.parquet`: one task in one interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    /// Interval start, seconds since the Unix epoch.
+    pub time: f64,
+    /// Interval start, seconds since the run started.
+    pub elapsed_s: f64,
+    /// Interval length (1 s except for the last interval of a stopped run).
+    pub interval_s: f64,
+    pub task: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub errors_connect: u64,
+    pub errors_dns: u64,
+    pub errors_tls: u64,
+    pub errors_timeout: u64,
+    pub errors_reset: u64,
+    pub errors_status: u64,
+    pub errors_check: u64,
+    pub status_1xx: u64,
+    pub status_2xx: u64,
+    pub status_3xx: u64,
+    pub status_4xx: u64,
+    pub status_5xx: u64,
+    pub bytes_in: u64,
+    /// The profile's rate for this task (open model only).
+    pub target_rps: Option<f64>,
+    pub achieved_rps: f64,
+    pub missed: u64,
+    pub in_flight: i64,
+    pub active_users: i64,
+    pub p50_ms: Option<f64>,
+    pub p90_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub p999_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+    pub mean_ms: Option<f64>,
+    pub service_p50_ms: Option<f64>,
+    pub service_p99_ms: Option<f64>,
+}
+
+/// Where a row's figures come from besides the task's data.
+pub struct RowContext<'a> {
+    pub time: f64,
+    pub elapsed_s: f64,
+    pub interval_s: f64,
+    pub task: &'a str,
+    pub target_rps: Option<f64>,
+    pub in_flight: i64,
+    pub active_users: i64,
+}
+
+impl Row {
+    pub fn new(c: RowContext<'_>, d: &TaskData) -> Self {
+        let l = Percentiles::of(&d.corrected);
+        let s = Percentiles::of(&d.service);
+        let e = &d.errors;
+        Row {
+            time: c.time,
+            elapsed_s: c.elapsed_s,
+            interval_s: c.interval_s,
+            task: c.task.to_string(),
+            requests: d.requests,
+            errors: d.error_total(),
+            errors_connect: e[ErrorKind::Connect as usize],
+            errors_dns: e[ErrorKind::Dns as usize],
+            errors_tls: e[ErrorKind::Tls as usize],
+            errors_timeout: e[ErrorKind::Timeout as usize],
+            errors_reset: e[ErrorKind::Reset as usize],
+            errors_status: e[ErrorKind::Status as usize],
+            errors_check: e[ErrorKind::Check as usize],
+            status_1xx: d.status[0],
+            status_2xx: d.status[1],
+            status_3xx: d.status[2],
+            status_4xx: d.status[3],
+            status_5xx: d.status[4],
+            bytes_in: d.bytes_in,
+            target_rps: c.target_rps,
+            achieved_rps: if c.interval_s > 0.0 {
+                d.requests as f64 / c.interval_s
+            } else {
+                0.0
+            },
+            missed: d.missed,
+            in_flight: c.in_flight,
+            active_users: c.active_users,
+            p50_ms: l.p50,
+            p90_ms: l.p90,
+            p95_ms: l.p95,
+            p99_ms: l.p99,
+            p999_ms: l.p999,
+            max_ms: l.max,
+            mean_ms: l.mean,
+            service_p50_ms: s.p50,
+            service_p99_ms: s.p99,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_histograms_give_exact_percentiles_of_the_union() {
+        let mut a = new_hist();
+        let mut b = new_hist();
+        for v in 1..=900u64 {
+            a.record(v * 10).unwrap();
+        }
+        for v in 901..=1000u64 {
+            b.record(v * 10).unwrap();
+        }
+        let mut all = new_hist();
+        for v in 1..=1000u64 {
+            all.record(v * 10).unwrap();
+        }
+        let mut merged = a.clone();
+        merged.add(&b).unwrap();
+        for q in [0.5, 0.9, 0.99, 0.999, 1.0] {
+            assert_eq!(merged.value_at_quantile(q), all.value_at_quantile(q));
+        }
+        assert_eq!(merged.len(), 1000);
+    }
+
+    #[test]
+    fn encoding_round_trips() {
+        let mut h = new_hist();
+        for v in [1u64, 50, 1234, 99_999, 3_000_000] {
+            h.record(v).unwrap();
+        }
+        let back = decode_hist(&encode_hist(&h)).unwrap();
+        assert_eq!(back, h);
+    }
+
+    #[test]
+    fn recorder_keeps_intervals_apart_and_late_samples_join_the_last() {
+        let start = Instant::now();
+        let rec = Recorder::new(start, 2, 2, 1);
+        let at = |s: f64| start + std::time::Duration::from_secs_f64(s);
+        rec.record(0, at(0.5), |d| d.response(200, 10, 1000, 900));
+        rec.record(1, at(0.7), |d| d.error(ErrorKind::Connect, false));
+        rec.record(0, at(1.2), |d| d.response(200, 10, 2000, 900));
+        rec.record(0, at(7.0), |d| d.response(500, 10, 3000, 900));
+        let first = rec.take(0, false);
+        assert_eq!(first[0].requests, 1);
+        assert_eq!(first[1].errors[ErrorKind::Connect as usize], 1);
+        let second = rec.take(1, false);
+        assert_eq!(second[0].corrected.max(), new_hist_with(2000).max());
+        let last = rec.take(2, false);
+        assert_eq!(last[0].status[4], 1, "the late 5xx lands in the last interval");
+    }
+
+    fn new_hist_with(v: u64) -> Hist {
+        let mut h = new_hist();
+        h.record(v).unwrap();
+        h
+    }
+}

@@ -1,0 +1,248 @@
+//! The plan: everything a run needs, as JSON. Python builds it with pydantic models that mirror
+//! these structs; serde reads it here. `deny_unknown_fields` everywhere so a typo is an error
+//! that names the field rather than a silently ignored option.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::profile::Stage;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Base URL, e.g. `http://127.0.0.1:8080`. Request paths are appended to it.
+    pub target: String,
+    pub load: Load,
+    pub tasks: Vec<TaskSpec>,
+    /// Rows handed out one per iteration.
+    #[serde(default)]
+    pub feeder: Option<Feeder>,
+    /// Per-virtual-user values: user `i` sees `user_vars[i % len]`.
+    #[serde(default)]
+    pub user_vars: Vec<BTreeMap<String, String>>,
+    /// Values shared by every iteration.
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+    /// Default per-request timeout.
+    #[serde(default = "default_timeout")]
+    pub timeout_s: f64,
+    /// Accept self-signed or otherwise unverifiable TLS certificates.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Run only this slice of the arrival schedule (distributed runs).
+    #[serde(default)]
+    pub shard: Option<Shard>,
+}
+
+fn default_name() -> String {
+    "run".to_string()
+}
+fn default_timeout() -> f64 {
+    30.0
+}
+fn default_connections() -> u32 {
+    256
+}
+fn default_weight() -> u32 {
+    1
+}
+fn default_method() -> String {
+    "GET".to_string()
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArrivalKind {
+    #[default]
+    Uniform,
+    Poisson,
+}
+
+/// Open model: arrivals per second whatever the server does. Closed model: a number of virtual
+/// users, each looping over tasks, waiting `think_s` between iterations.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "model", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Load {
+    Open {
+        stages: Vec<Stage>,
+        #[serde(default)]
+        arrivals: ArrivalKind,
+        #[serde(default)]
+        seed: u64,
+        /// Connections (and so the most requests in flight). An arrival that finds them all busy
+        /// waits, is counted as missed, and its latency still counts from when it was due.
+        #[serde(default = "default_connections")]
+        connections: u32,
+    },
+    Closed {
+        /// Stage values are user counts.
+        stages: Vec<Stage>,
+        #[serde(default)]
+        think_s: f64,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    pub name: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    pub requests: Vec<RequestSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSpec {
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Path and query, may hold `{{name}}` placeholders.
+    pub path: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Raw body (templated).
+    #[serde(default)]
+    pub body: Option<String>,
+    /// JSON body (string values templated); sets `content-type: application/json`.
+    #[serde(default)]
+    pub json: Option<serde_json::Value>,
+    #[serde(default)]
+    pub timeout_s: Option<f64>,
+    #[serde(default)]
+    pub expect: Option<Expect>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// Accepted status codes.
+    #[serde(default)]
+    pub status: Option<Vec<u16>>,
+    /// Accepted inclusive range, e.g. `[200, 299]`.
+    #[serde(default)]
+    pub status_range: Option<(u16, u16)>,
+    #[serde(default)]
+    pub body_contains: Option<String>,
+    /// `$.a.b[0].c` style path into a JSON body, compared with `json_equals`.
+    #[serde(default)]
+    pub json_path: Option<String>,
+    #[serde(default)]
+    pub json_equals: Option<serde_json::Value>,
+    #[serde(default)]
+    pub max_latency_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeedMode {
+    /// Row `k % n` for iteration `k`.
+    #[default]
+    Cycle,
+    /// A seeded random row per iteration.
+    Random,
+    /// Each row once; the run ends when rows run out.
+    Unique,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Feeder {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+    #[serde(default)]
+    pub mode: FeedMode,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// Names accepted as task names: they become hlog tags and Parquet values.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '/'))
+}
+
+impl Plan {
+    pub fn from_json(text: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| {
+            Error::plan(
+                format!("line {} column {}", e.line(), e.column()),
+                e.to_string(),
+            )
+        })
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a plan always serializes")
+    }
+
+    /// Checks what serde cannot: names, counts, ranges.
+    pub fn validate(&self) -> Result<()> {
+        if self.tasks.is_empty() {
+            return Err(Error::plan("tasks", "a plan needs at least one task"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in self.tasks.iter().enumerate() {
+            if !valid_name(&t.name) {
+                return Err(Error::plan(
+                    format!("tasks[{i}].name"),
+                    format!(
+                        "{:?} is not a valid task name (letters, digits, _ - . : /, at most 64)",
+                        t.name
+                    ),
+                ));
+            }
+            if !seen.insert(&t.name) {
+                return Err(Error::plan(
+                    format!("tasks[{i}].name"),
+                    format!("{:?} is used by two tasks", t.name),
+                ));
+            }
+            if t.requests.is_empty() {
+                return Err(Error::plan(
+                    format!("tasks[{i}].requests"),
+                    "a task needs at least one request",
+                ));
+            }
+        }
+        if !(self.timeout_s.is_finite() && self.timeout_s > 0.0) {
+            return Err(Error::plan("timeout_s", "must be > 0"));
+        }
+        match &self.load {
+            Load::Open { connections, .. } if *connections == 0 => {
+                return Err(Error::plan("load.connections", "must be >= 1"));
+            }
+            Load::Closed { think_s, .. } if !(think_s.is_finite() && *think_s >= 0.0) => {
+                return Err(Error::plan("load.think_s", "must be >= 0"));
+            }
+            _ => {}
+        }
+        if let Some(f) = &self.feeder {
+            if f.rows.is_empty() {
+                return Err(Error::plan("feeder.rows", "a feeder needs at least one row"));
+            }
+            for (i, r) in f.rows.iter().enumerate() {
+                if r.len() != f.columns.len() {
+                    return Err(Error::plan(
+                        format!("feeder.rows[{i}]"),
+                        format!("has {} values for {} columns", r.len(), f.columns.len()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,258 @@
+//! The run directory, written while the run goes (format documented in docs/run-directory.md).
+//!
+//! Every closed interval is appended and flushed before the next one starts, so a run that is
+//! killed keeps every finished interval: `latency.hlog`, `service.hlog` and `metrics.jsonl`
+//! grow line by line; `summary.json` is written once at the end.
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::metrics::{decode_hist, encode_hist, Hist, Percentiles, Row, TaskData};
+
+pub const PLAN: &str = "plan.json";
+pub const LATENCY_LOG: &str = "latency.hlog";
+pub const SERVICE_LOG: &str = "service.hlog";
+pub const METRICS_JSONL: &str = "metrics.jsonl";
+pub const SUMMARY: &str = "summary.json";
+
+pub fn epoch_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+struct Hlog {
+    path: PathBuf,
+    out: BufWriter<File>,
+}
+
+impl Hlog {
+    fn create(path: PathBuf, what: &str, start: SystemTime) -> Result<Self> {
+        let f = File::create(&path).map_err(|e| Error::io(&path, e))?;
+        let mut out = BufWriter::new(f);
+        let start_s = epoch_seconds(start);
+        write!(
+            out,
+            "#[LoadPilot {what}, microseconds; one histogram per task per interval, tagged with the task]\n\
+             #[Histogram log format version 1.3]\n\
+             #[StartTime: {start_s:.3} (seconds since epoch)]\n\
+             #[BaseTime: {start_s:.3} (seconds since epoch)]\n\
+             #[MaxValueDivisor: 1000.000]\n\
+             \"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"\n"
+        )
+        .map_err(|e| Error::io(&path, e))?;
+        Ok(Hlog { path, out })
+    }
+
+    fn write(&mut self, tag: &str, start_s: f64, length_s: f64, h: &Hist) -> Result<()> {
+        writeln!(
+            self.out,
+            "Tag={tag},{start_s:.3},{length_s:.3},{:.3},{}",
+            h.max() as f64 / 1000.0,
+            encode_hist(h)
+        )
+        .map_err(|e| Error::io(&self.path, e))
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.out.flush().map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+pub struct RunWriter {
+    dir: PathBuf,
+    latency: Hlog,
+    service: Hlog,
+    metrics: BufWriter<File>,
+}
+
+impl RunWriter {
+    /// Creates `dir` (which must not hold a run already) and writes `plan.json`.
+    pub fn create(dir: &Path, plan_json: &str, start: SystemTime) -> Result<Self> {
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        if dir.join(METRICS_JSONL).exists() {
+            return Err(Error::io(
+                dir,
+                std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "already holds a run; choose another directory",
+                ),
+            ));
+        }
+        let plan_path = dir.join(PLAN);
+        fs::write(&plan_path, plan_json).map_err(|e| Error::io(&plan_path, e))?;
+        let mpath = dir.join(METRICS_JSONL);
+        let metrics =
+            BufWriter::new(File::create(&mpath).map_err(|e| Error::io(&mpath, e))?);
+        Ok(RunWriter {
+            dir: dir.to_path_buf(),
+            latency: Hlog::create(dir.join(LATENCY_LOG), "corrected latency", start)?,
+            service: Hlog::create(dir.join(SERVICE_LOG), "service time", start)?,
+            metrics,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Appends one closed interval and flushes it to disk.
+    pub fn interval(
+        &mut self,
+        names: &[String],
+        start_s: f64,
+        length_s: f64,
+        data: &[TaskData],
+        rows: &[Row],
+    ) -> Result<()> {
+        for (name, d) in names.iter().zip(data) {
+            self.latency.write(name, start_s, length_s, &d.corrected)?;
+            self.service.write(name, start_s, length_s, &d.service)?;
+        }
+        let mpath = self.dir.join(METRICS_JSONL);
+        for r in rows {
+            serde_json::to_writer(&mut self.metrics, r).expect("rows serialize");
+            self.metrics
+                .write_all(b"\n")
+                .map_err(|e| Error::io(&mpath, e))?;
+        }
+        self.latency.flush()?;
+        self.service.flush()?;
+        self.metrics.flush().map_err(|e| Error::io(&mpath, e))
+    }
+
+    pub fn summary(&mut self, s: &Summary) -> Result<()> {
+        let p = self.dir.join(SUMMARY);
+        let text = serde_json::to_string_pretty(s).expect("summaries serialize");
+        fs::write(&p, text).map_err(|e| Error::io(&p, e))
+    }
+}
+
+/// Whole-run figures of one task or of all tasks together.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub requests: u64,
+    pub errors: u64,
+    pub errors_by_kind: std::collections::BTreeMap<String, u64>,
+    pub error_rate: f64,
+    pub missed: u64,
+    pub bytes_in: u64,
+    pub achieved_rps: f64,
+    /// From the instant each request was due (coordinated-omission corrected).
+    pub latency_ms: Percentiles,
+    /// From the instant each request was sent.
+    pub service_ms: Percentiles,
+}
+
+impl Stats {
+    pub fn of(d: &TaskData, duration_s: f64) -> Self {
+        let errors_by_kind = crate::http::ErrorKind::ALL
+            .iter()
+            .map(|k| (k.name().to_string(), d.errors[*k as usize]))
+            .collect();
+        Stats {
+            requests: d.requests,
+            errors: d.error_total(),
+            errors_by_kind,
+            error_rate: if d.requests > 0 {
+                d.error_total() as f64 / d.requests as f64
+            } else {
+                0.0
+            },
+            missed: d.missed,
+            bytes_in: d.bytes_in,
+            achieved_rps: if duration_s > 0.0 {
+                d.requests as f64 / duration_s
+            } else {
+                0.0
+            },
+            latency_ms: Percentiles::of(&d.corrected),
+            service_ms: Percentiles::of(&d.service),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSummary {
+    pub name: String,
+    /// `engine`: the whole iteration runs inside the engine.
+    pub path: String,
+    #[serde(flatten)]
+    pub stats: Stats,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub name: String,
+    /// Seconds since the Unix epoch.
+    pub started_at: f64,
+    pub duration_s: f64,
+    pub planned_duration_s: f64,
+    /// Why the run ended: `completed`, `stopped` or `exhausted` (a unique feeder ran out).
+    pub ended: String,
+    pub model: String,
+    /// Requests the profile asked for (open model).
+    pub target_requests: Option<f64>,
+    pub overall: Stats,
+    pub tasks: Vec<TaskSummary>,
+}
+
+/// One histogram line of an `.hlog`.
+pub struct LogEntry {
+    pub tag: Option<String>,
+    pub start_s: f64,
+    pub length_s: f64,
+    pub hist: Hist,
+}
+
+/// Reads an interval log: ours or any V2 `.hlog` (tagged or not). A torn last line (the writer
+/// was killed mid-write) is skipped; any other bad line is an error naming the line.
+pub fn read_hlog(path: &Path) -> Result<Vec<LogEntry>> {
+    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let lines: Vec<String> = BufReader::new(f)
+        .lines()
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| Error::io(path, e))?;
+    let mut out = Vec::new();
+    let n = lines.len();
+    for (i, line) in lines.iter().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with('"') {
+            continue;
+        }
+        let (tag, rest) = match line.strip_prefix("Tag=") {
+            Some(r) => match r.split_once(',') {
+                Some((t, rest)) => (Some(t.to_string()), rest),
+                None => (None, ""),
+            },
+            None => (None, line),
+        };
+        let parsed = (|| {
+            let mut f = rest.splitn(4, ',');
+            let start_s: f64 = f.next()?.parse().ok()?;
+            let length_s: f64 = f.next()?.parse().ok()?;
+            let _max = f.next()?;
+            let hist = decode_hist(f.next()?).ok()?;
+            Some(LogEntry {
+                tag: tag.clone(),
+                start_s,
+                length_s,
+                hist,
+            })
+        })();
+        match parsed {
+            Some(e) => out.push(e),
+            None if i + 1 == n => {} // torn last line
+            None => {
+                return Err(Error::Format {
+                    path: path.to_path_buf(),
+                    message: format!("line {}: not an interval histogram", i + 1),
+                })
+            }
+        }
+    }
+    Ok(out)
+}

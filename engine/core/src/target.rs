@@ -1,0 +1,265 @@
+//! The built-in target: a small HTTP/1.1 server to load without a server of your own, and the
+//! server behind the demo, the tutorials, the tests and the benchmark.
+//!
+//! Routes: `/echo` returns the request body; `/json` a small JSON document; `/status/NNN` that
+//! status; `/cookies/set?name=value` sets a cookie and `/cookies` shows the ones sent back;
+//! anything else `OK`. `?delay_ms=N` adds a delay to one request.
+//!
+//! Behaviours (all optional): a fixed delay, a random delay up to a maximum, an error rate, and a
+//! stall: for `stall_ms` out of every `stall_every_s` seconds the server answers nothing; what
+//! arrives meanwhile is answered when the stall ends, as during a GC pause or a failover.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, COOKIE, SET_COOKIE};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::schedule::Rng;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    #[serde(default = "default_host")]
+    pub host: String,
+    /// 0 picks a free port.
+    #[serde(default)]
+    pub port: u16,
+    #[serde(default)]
+    pub delay_ms: f64,
+    /// With a value above `delay_ms`, each delay is uniform in `[delay_ms, delay_max_ms]`.
+    #[serde(default)]
+    pub delay_max_ms: Option<f64>,
+    /// Share of requests answered with 500, 0..1.
+    #[serde(default)]
+    pub error_rate: f64,
+    #[serde(default)]
+    pub stall_ms: f64,
+    #[serde(default)]
+    pub stall_every_s: f64,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+
+impl Default for TargetConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("every field has a default")
+    }
+}
+
+impl TargetConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |f: &str, m: &str| Err(Error::plan(format!("target.{f}"), m));
+        if !(self.delay_ms.is_finite() && self.delay_ms >= 0.0) {
+            return bad("delay_ms", "must be >= 0");
+        }
+        if let Some(m) = self.delay_max_ms {
+            if !(m.is_finite() && m >= self.delay_ms) {
+                return bad("delay_max_ms", "must be >= delay_ms");
+            }
+        }
+        if !(0.0..=1.0).contains(&self.error_rate) {
+            return bad("error_rate", "must be between 0 and 1");
+        }
+        if self.stall_ms < 0.0 || self.stall_every_s < 0.0 {
+            return bad("stall_ms", "stall_ms and stall_every_s must be >= 0");
+        }
+        if self.stall_ms > 0.0 && self.stall_ms >= self.stall_every_s * 1000.0 {
+            return bad("stall_ms", "a stall must be shorter than the period it repeats in");
+        }
+        Ok(())
+    }
+}
+
+struct Behaviour {
+    cfg: TargetConfig,
+    start: Instant,
+    counter: AtomicU64,
+}
+
+impl Behaviour {
+    fn uniform(&self) -> f64 {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        Rng::new(self.cfg.seed ^ n.wrapping_mul(0x2545_F491_4F6C_DD1D)).next_f64()
+    }
+
+    /// How long a request that arrives now waits for the current stall to end.
+    fn stall_left(&self) -> Duration {
+        let c = &self.cfg;
+        if c.stall_ms <= 0.0 || c.stall_every_s <= 0.0 {
+            return Duration::ZERO;
+        }
+        let t = self.start.elapsed().as_secs_f64();
+        let phase_ms = (t % c.stall_every_s) * 1000.0;
+        // The stall sits at the end of each period, so a run that starts with the server is
+        // not stalled from its first instant.
+        let stall_from = c.stall_every_s * 1000.0 - c.stall_ms;
+        if phase_ms >= stall_from {
+            Duration::from_secs_f64((c.stall_every_s * 1000.0 - phase_ms) / 1000.0)
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    fn delay(&self, query_ms: Option<f64>) -> Duration {
+        let c = &self.cfg;
+        let mut ms = match c.delay_max_ms {
+            Some(max) if max > c.delay_ms => c.delay_ms + (max - c.delay_ms) * self.uniform(),
+            _ => c.delay_ms,
+        };
+        ms += query_ms.unwrap_or(0.0).max(0.0);
+        Duration::from_secs_f64(ms / 1000.0)
+    }
+}
+
+fn query_value<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r
+}
+
+async fn handle(b: Arc<Behaviour>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let stall = b.stall_left();
+    if !stall.is_zero() {
+        tokio::time::sleep(stall).await;
+    }
+    let query = req.uri().query().unwrap_or("").to_string();
+    let extra = query_value(&query, "delay_ms").and_then(|v| v.parse().ok());
+    let delay = b.delay(extra);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if b.cfg.error_rate > 0.0 && b.uniform() < b.cfg.error_rate {
+        return Ok(text(StatusCode::INTERNAL_SERVER_ERROR, "injected error"));
+    }
+    let path = req.uri().path().to_string();
+    let resp = match path.as_str() {
+        "/echo" => {
+            let ct = req.headers().get(CONTENT_TYPE).cloned();
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            let mut r = text(StatusCode::OK, body);
+            if let Some(ct) = ct {
+                r.headers_mut().insert(CONTENT_TYPE, ct);
+            }
+            r
+        }
+        "/json" => {
+            let mut r = text(
+                StatusCode::OK,
+                r#"{"ok":true,"items":[{"id":1,"name":"tea"},{"id":2,"name":"cake"}]}"#,
+            );
+            r.headers_mut()
+                .insert(CONTENT_TYPE, "application/json".parse().unwrap());
+            r
+        }
+        "/cookies" => {
+            let sent = req
+                .headers()
+                .get(COOKIE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            text(StatusCode::OK, sent)
+        }
+        "/cookies/set" => {
+            let mut r = text(StatusCode::OK, "set");
+            for kv in query.split('&').filter(|kv| kv.contains('=')) {
+                if let Ok(v) = format!("{kv}; Path=/").parse() {
+                    r.headers_mut().append(SET_COOKIE, v);
+                }
+            }
+            r
+        }
+        p if p.starts_with("/status/") => match p[8..].parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()) {
+            Some(code) => text(code, code.as_str().to_string()),
+            None => text(StatusCode::BAD_REQUEST, "bad status"),
+        },
+        _ => text(StatusCode::OK, "OK"),
+    };
+    Ok(resp)
+}
+
+/// A running built-in target. Dropping it does not stop it; call `stop`.
+pub struct TargetServer {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl TargetServer {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+/// Binds (synchronously, so the port is known and errors surface at once) and serves on `rt`.
+pub fn start(rt: &tokio::runtime::Handle, cfg: TargetConfig) -> Result<TargetServer> {
+    cfg.validate()?;
+    let addr = format!("{}:{}", cfg.host, cfg.port);
+    let std_listener = std::net::TcpListener::bind(&addr).map_err(|e| Error::io(addr.clone(), e))?;
+    std_listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::io(addr.clone(), e))?;
+    let local = std_listener.local_addr().map_err(|e| Error::io(addr.clone(), e))?;
+    let stop = CancellationToken::new();
+    let b = Arc::new(Behaviour {
+        cfg,
+        start: Instant::now(),
+        counter: AtomicU64::new(0),
+    });
+    let token = stop.clone();
+    let _guard = rt.enter();
+    let listener = TcpListener::from_std(std_listener).map_err(|e| Error::io(addr, e))?;
+    rt.spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = token.cancelled() => break,
+            };
+            let Ok((stream, _)) = accepted else { continue };
+            let _ = stream.set_nodelay(true);
+            let b = b.clone();
+            let token = token.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| handle(b.clone(), req));
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc);
+                tokio::select! {
+                    _ = conn => {}
+                    _ = token.cancelled() => {}
+                }
+            });
+        }
+    });
+    Ok(TargetServer { addr: local, stop })
+}
