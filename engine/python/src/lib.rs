@@ -1,1 +1,305 @@
+//! `loadpilot._engine`: thin bindings over `loadpilot-core`. Types are converted, the GIL is
+//! released while the engine works, and core errors become Python exceptions. No logic lives
+//! here; the Python package wraps these in its public API.
 
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use loadpilot_core::error::Error;
+use loadpilot_core::metrics::{decode_hist, encode_hist, new_hist, Hist};
+use loadpilot_core::plan::Plan;
+use loadpilot_core::runner::{self, RunHandle};
+use loadpilot_core::target::{self, TargetConfig, TargetServer};
+use pyo3::exceptions::{PyException, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+pyo3::create_exception!(_engine, LoadPilotError, PyException, "Base of every LoadPilot error.");
+pyo3::create_exception!(_engine, PlanError, LoadPilotError, "The plan (or scenario) is invalid.");
+pyo3::create_exception!(_engine, TargetError, LoadPilotError, "The target URL cannot be used.");
+pyo3::create_exception!(_engine, RunDirError, LoadPilotError, "A run directory cannot be written or read.");
+
+struct CoreError(Error);
+
+impl From<Error> for CoreError {
+    fn from(e: Error) -> Self {
+        CoreError(e)
+    }
+}
+
+impl From<CoreError> for PyErr {
+    fn from(e: CoreError) -> PyErr {
+        let msg = e.0.to_string();
+        match e.0 {
+            Error::Plan { .. } => PlanError::new_err(msg),
+            Error::Target { .. } => TargetError::new_err(msg),
+            Error::Io { .. } | Error::Format { .. } => RunDirError::new_err(msg),
+        }
+    }
+}
+
+/// Engine threads: `LOADPILOT_THREADS`, else one per core.
+fn threads() -> usize {
+    std::env::var("LOADPILOT_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+}
+
+fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    if let Some(rt) = RT.get() {
+        return Ok(rt);
+    }
+    let rt = runner::build_runtime(threads())
+        .map_err(|e| LoadPilotError::new_err(format!("cannot start the engine runtime: {e}")))?;
+    Ok(RT.get_or_init(|| rt))
+}
+
+/// An HdrHistogram of latencies recorded in microseconds; figures are returned in milliseconds.
+#[pyclass(module = "loadpilot._engine", name = "Histogram")]
+#[derive(Clone)]
+struct PyHistogram {
+    h: Hist,
+}
+
+#[pymethods]
+impl PyHistogram {
+    #[new]
+    fn new() -> Self {
+        PyHistogram { h: new_hist() }
+    }
+
+    /// Reads the base64 V2 (compressed) encoding used in `.hlog` files.
+    #[staticmethod]
+    fn decode(text: &str) -> PyResult<Self> {
+        decode_hist(text)
+            .map(|h| PyHistogram { h })
+            .map_err(PyValueError::new_err)
+    }
+
+    fn encode(&self) -> String {
+        encode_hist(&self.h)
+    }
+
+    #[getter]
+    fn count(&self) -> u64 {
+        self.h.len()
+    }
+
+    /// The latency (ms) at percentile `p` (0..100).
+    fn percentile(&self, p: f64) -> PyResult<Option<f64>> {
+        if !(0.0..=100.0).contains(&p) {
+            return Err(PyValueError::new_err(format!("percentile must be in 0..100, got {p}")));
+        }
+        Ok((!self.h.is_empty()).then(|| self.h.value_at_percentile(p) as f64 / 1000.0))
+    }
+
+    #[getter]
+    fn max(&self) -> Option<f64> {
+        (!self.h.is_empty()).then(|| self.h.max() as f64 / 1000.0)
+    }
+
+    #[getter]
+    fn min(&self) -> Option<f64> {
+        (!self.h.is_empty()).then(|| self.h.min() as f64 / 1000.0)
+    }
+
+    #[getter]
+    fn mean(&self) -> Option<f64> {
+        (!self.h.is_empty()).then(|| self.h.mean() / 1000.0)
+    }
+
+    /// Records a latency given in milliseconds.
+    fn record(&mut self, ms: f64) -> PyResult<()> {
+        if !(ms.is_finite() && ms >= 0.0) {
+            return Err(PyValueError::new_err(format!("latency must be >= 0 ms, got {ms}")));
+        }
+        let us = ((ms * 1000.0).round() as u64).clamp(1, loadpilot_core::metrics::HIGHEST_US);
+        self.h.saturating_record(us);
+        Ok(())
+    }
+
+    /// Adds another histogram's counts into this one.
+    fn add(&mut self, other: &PyHistogram) -> PyResult<()> {
+        self.h
+            .add(&other.h)
+            .map_err(|e| PyValueError::new_err(format!("{e:?}")))
+    }
+
+    fn __add__(&self, other: &PyHistogram) -> PyResult<PyHistogram> {
+        let mut out = self.clone();
+        out.add(other)?;
+        Ok(out)
+    }
+
+    fn __eq__(&self, other: &PyHistogram) -> bool {
+        self.h == other.h
+    }
+
+    fn __repr__(&self) -> String {
+        match self.percentile(99.0).ok().flatten() {
+            Some(p99) => format!("Histogram(count={}, p99={p99:.3} ms)", self.h.len()),
+            None => "Histogram(count=0)".into(),
+        }
+    }
+}
+
+/// A run in progress (or finished) in this process.
+#[pyclass(module = "loadpilot._engine", name = "Run")]
+struct PyRun {
+    handle: RunHandle,
+}
+
+#[pymethods]
+impl PyRun {
+    /// Interval rows closed since the last call, as newline-delimited JSON.
+    fn take_rows<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        let mut out = Vec::new();
+        for r in self.handle.take_rows() {
+            serde_json::to_writer(&mut out, &r).expect("rows serialize");
+            out.push(b'\n');
+        }
+        PyBytes::new(py, &out)
+    }
+
+    /// Waits up to `timeout_s` (None: until the end) with the GIL released; True once the run
+    /// has ended. Signals are checked every 100 ms, so Ctrl-C raises KeyboardInterrupt here.
+    #[pyo3(signature = (timeout_s=None))]
+    fn wait(&self, py: Python<'_>, timeout_s: Option<f64>) -> PyResult<bool> {
+        let deadline = timeout_s.map(|t| std::time::Instant::now() + Duration::from_secs_f64(t.max(0.0)));
+        loop {
+            let step = match deadline {
+                Some(d) => d
+                    .saturating_duration_since(std::time::Instant::now())
+                    .min(Duration::from_millis(100)),
+                None => Duration::from_millis(100),
+            };
+            let handle = self.handle.clone();
+            if py.detach(move || handle.wait(step)) {
+                return Ok(true);
+            }
+            py.check_signals()?;
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Asks the run to stop: no new requests start, in-flight ones are dropped, the partial
+    /// interval is closed and the summary written.
+    fn stop(&self) {
+        self.handle.stop();
+    }
+
+    #[getter]
+    fn done(&self) -> bool {
+        self.handle.is_done()
+    }
+
+    /// `summary.json` as text, once the run has ended.
+    fn summary_json(&self) -> Option<String> {
+        self.handle
+            .summary()
+            .map(|s| serde_json::to_string(&s).expect("summaries serialize"))
+    }
+
+    /// The run's own error, if it ended on one (e.g. the disk filled up).
+    fn failure(&self) -> Option<String> {
+        self.handle.failure()
+    }
+
+    /// Everything closed so far: corrected latency (`service=False`) or service time.
+    #[pyo3(signature = (task=None, service=false))]
+    fn histogram(&self, task: Option<&str>, service: bool) -> PyResult<PyHistogram> {
+        let d = self.handle.cumulative(task).map_err(CoreError)?;
+        Ok(PyHistogram {
+            h: if service { d.service } else { d.corrected },
+        })
+    }
+
+    #[getter]
+    fn tasks(&self) -> Vec<String> {
+        self.handle.names().to_vec()
+    }
+
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.handle.dir().clone()
+    }
+}
+
+/// Validates `plan_json`, creates `out_dir` and starts the run; returns at once.
+#[pyfunction]
+fn start_run(plan_json: &str, out_dir: PathBuf) -> PyResult<PyRun> {
+    let plan = Plan::from_json(plan_json).map_err(CoreError)?;
+    let rt = runtime()?;
+    let handle = runner::start(rt.handle(), threads(), plan, out_dir).map_err(CoreError)?;
+    Ok(PyRun { handle })
+}
+
+/// Checks a plan without running it.
+#[pyfunction]
+fn validate_plan(plan_json: &str) -> PyResult<()> {
+    let plan = Plan::from_json(plan_json).map_err(CoreError)?;
+    plan.validate().map_err(CoreError)?;
+    loadpilot_core::http::Target::parse(&plan.target).map_err(CoreError)?;
+    Ok(())
+}
+
+/// The built-in target server, running on the engine's runtime in this process.
+#[pyclass(module = "loadpilot._engine", name = "TargetServer")]
+struct PyTarget {
+    server: TargetServer,
+}
+
+#[pymethods]
+impl PyTarget {
+    #[getter]
+    fn url(&self) -> String {
+        self.server.url()
+    }
+    #[getter]
+    fn port(&self) -> u16 {
+        self.server.addr.port()
+    }
+    fn stop(&self) {
+        self.server.stop();
+    }
+}
+
+#[pyfunction]
+fn start_target(config_json: &str) -> PyResult<PyTarget> {
+    let cfg: TargetConfig = serde_json::from_str(config_json)
+        .map_err(|e| PlanError::new_err(format!("invalid target settings: {e}")))?;
+    let rt = runtime()?;
+    let server = target::start(rt.handle(), cfg).map_err(CoreError)?;
+    Ok(PyTarget { server })
+}
+
+/// Reads an `.hlog`: a list of (tag, start_s, length_s, histogram).
+#[pyfunction]
+fn read_hlog(path: PathBuf) -> PyResult<Vec<(Option<String>, f64, f64, PyHistogram)>> {
+    let entries = loadpilot_core::rundir::read_hlog(&path).map_err(CoreError)?;
+    Ok(entries
+        .into_iter()
+        .map(|e| (e.tag, e.start_s, e.length_s, PyHistogram { h: e.hist }))
+        .collect())
+}
+
+#[pymodule]
+mod _engine {
+    #[pymodule_export]
+    use super::{
+        read_hlog, start_run, start_target, validate_plan, LoadPilotError, PlanError, PyHistogram,
+        PyRun, PyTarget, RunDirError, TargetError,
+    };
+
+    #[pymodule_init]
+    fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
+        use pyo3::types::PyModuleMethods;
+        m.add("__version__", env!("CARGO_PKG_VERSION"))
+    }
+}

@@ -1,0 +1,59 @@
+# The verbs. Every target that needs Python sets up .venv itself on a fresh machine.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.deps-installed
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: help
+help: ## List the verbs
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+.PHONY: venv
+venv: $(STAMP) ## Create .venv with the build and test tools
+
+.PHONY: build-dev
+build-dev: $(STAMP) ## Build the engine (release: timings are only meaningful optimised) into .venv
+	$(BIN)/maturin develop --release --quiet
+
+.PHONY: demo
+demo: build-dev ## Run the demo: a real load test against the built-in target
+	$(BIN)/loadpilot demo
+
+.PHONY: test
+test: build-dev ## Run every test: Rust (cargo test) and Python (pytest)
+	cargo test --release --workspace --exclude loadpilot-python
+	$(PY) -m pytest
+
+.PHONY: lint
+lint: build-dev ## ruff, rustfmt, clippy, mypy and stubtest
+	$(BIN)/ruff check loadpilot tests bench
+	$(BIN)/ruff format --check loadpilot tests bench
+	cargo fmt --all --check
+	cargo clippy --release --workspace --all-targets -- -D warnings
+	$(BIN)/mypy loadpilot
+	$(PY) -m mypy.stubtest loadpilot._engine
+
+.PHONY: format
+format: $(STAMP) ## Format Python and Rust
+	$(BIN)/ruff format loadpilot tests bench
+	$(BIN)/ruff check --fix loadpilot tests bench
+	cargo fmt --all
+
+.PHONY: bench-engine
+bench-engine: build-dev ## Engine throughput vs wrk and memory over a long run (see docs/benchmarks.md)
+	$(PY) bench/engine.py
+
+.PHONY: clean
+clean: ## Remove build outputs and the virtual environment
+	rm -rf target $(VENV) .pytest_cache .ruff_cache .mypy_cache

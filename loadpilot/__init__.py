@@ -1,0 +1,54 @@
+"""LoadPilot: load testing and latency analysis that lives in a notebook.
+
+Build a :class:`Plan`, :func:`start` it (or :func:`run` it to the end), and read
+``run.metrics`` (a Polars DataFrame that grows while the run goes), ``run.summary()`` and
+``run.histogram()``. :func:`load_run` reopens any run directory.
+"""
+
+from loadpilot._engine import __version__
+from loadpilot.errors import LoadPilotError, PlanError, RunDirError, TargetError
+from loadpilot.plan import (
+    ClosedLoad,
+    Constant,
+    Expect,
+    Feeder,
+    OpenLoad,
+    Plan,
+    Ramp,
+    Request,
+    Spike,
+    Step,
+    Task,
+)
+from loadpilot.runs import Histogram, LoadedRun, Run, RunResult, load_run, run, start
+from loadpilot.summary import Summary
+from loadpilot.target import TargetServer, start_target
+
+__all__ = [
+    "ClosedLoad",
+    "Constant",
+    "Expect",
+    "Feeder",
+    "Histogram",
+    "LoadPilotError",
+    "LoadedRun",
+    "OpenLoad",
+    "Plan",
+    "PlanError",
+    "Ramp",
+    "Request",
+    "Run",
+    "RunDirError",
+    "RunResult",
+    "Spike",
+    "Step",
+    "Summary",
+    "TargetError",
+    "TargetServer",
+    "Task",
+    "__version__",
+    "load_run",
+    "run",
+    "start",
+    "start_target",
+]

@@ -1,0 +1,100 @@
+"""Reading and finishing run directories (format: docs/run-directory.md)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import polars as pl
+
+PLAN = "plan.json"
+LATENCY_LOG = "latency.hlog"
+SERVICE_LOG = "service.hlog"
+METRICS_JSONL = "metrics.jsonl"
+METRICS_PARQUET = "metrics.parquet"
+SUMMARY = "summary.json"
+
+_COUNTS = [
+    "requests",
+    "errors",
+    "errors_connect",
+    "errors_dns",
+    "errors_tls",
+    "errors_timeout",
+    "errors_reset",
+    "errors_status",
+    "errors_check",
+    "status_1xx",
+    "status_2xx",
+    "status_3xx",
+    "status_4xx",
+    "status_5xx",
+    "bytes_in",
+]
+_LATENCIES = [
+    "p50_ms",
+    "p90_ms",
+    "p95_ms",
+    "p99_ms",
+    "p999_ms",
+    "max_ms",
+    "mean_ms",
+    "service_p50_ms",
+    "service_p99_ms",
+]
+
+#: The columns of ``run.metrics``, in order, as they are read from the engine's rows.
+RAW_SCHEMA: dict[str, pl.DataType] = {
+    "time": pl.Float64(),
+    "elapsed_s": pl.Float64(),
+    "interval_s": pl.Float64(),
+    "task": pl.String(),
+    **{c: pl.UInt64() for c in _COUNTS},
+    "target_rps": pl.Float64(),
+    "achieved_rps": pl.Float64(),
+    "missed": pl.UInt64(),
+    "in_flight": pl.Int64(),
+    "active_users": pl.Int64(),
+    **{c: pl.Float64() for c in _LATENCIES},
+}
+
+
+def rows_from_ndjson(data: bytes) -> pl.DataFrame:
+    """Interval rows (newline-delimited JSON, as the engine emits them) as a typed frame."""
+    if not data.strip():
+        return empty_metrics()
+    frame = pl.read_ndjson(io.BytesIO(data), schema=RAW_SCHEMA)
+    return _typed(frame)
+
+
+def empty_metrics() -> pl.DataFrame:
+    return _typed(pl.DataFrame(schema=RAW_SCHEMA))
+
+
+def _typed(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.with_columns(
+        pl.from_epoch((pl.col("time") * 1_000_000).round().cast(pl.Int64), time_unit="us")
+        .dt.replace_time_zone("UTC")
+        .alias("time")
+    )
+
+
+def read_metrics(path: Path) -> pl.DataFrame:
+    """The interval rows of a run directory: the Parquet file when the run finished, else the
+    append-only file it was writing (a torn last line, from a killed writer, is dropped)."""
+    parquet = path / METRICS_PARQUET
+    if parquet.exists():
+        return pl.read_parquet(parquet)
+    jsonl = path / METRICS_JSONL
+    if not jsonl.exists():
+        return empty_metrics()
+    data = jsonl.read_bytes()
+    if data and not data.endswith(b"\n"):
+        data = data[: data.rfind(b"\n") + 1]
+    return rows_from_ndjson(data)
+
+
+def write_parquet(path: Path, frame: pl.DataFrame) -> None:
+    tmp = path / (METRICS_PARQUET + ".tmp")
+    frame.write_parquet(tmp)
+    tmp.replace(path / METRICS_PARQUET)

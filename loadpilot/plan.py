@@ -1,0 +1,154 @@
+"""The plan: what a run does, as data. These models mirror the engine's serde structs one to
+one, so a plan built here, written as JSON, or produced by another tool runs the same way."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Constant(_Model):
+    """``rate`` per second (or users, in a closed model) for ``duration_s``."""
+
+    kind: Literal["constant"] = "constant"
+    rate: float = Field(ge=0)
+    duration_s: float = Field(gt=0)
+
+
+class Ramp(_Model):
+    """A linear change from ``from_`` to ``to`` over ``duration_s``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    kind: Literal["ramp"] = "ramp"
+    from_: float = Field(ge=0, alias="from")
+    to: float = Field(ge=0)
+    duration_s: float = Field(gt=0)
+
+
+class Step(_Model):
+    """``steps`` equal plateaus from ``from_`` to ``to`` (both included) over ``duration_s``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    kind: Literal["step"] = "step"
+    from_: float = Field(ge=0, alias="from")
+    to: float = Field(ge=0)
+    steps: int = Field(ge=1)
+    duration_s: float = Field(gt=0)
+
+
+class Spike(_Model):
+    """``base``, with ``peak`` for ``peak_s`` in the middle of ``duration_s``."""
+
+    kind: Literal["spike"] = "spike"
+    base: float = Field(ge=0)
+    peak: float = Field(ge=0)
+    peak_s: float = Field(gt=0)
+    duration_s: float = Field(gt=0)
+
+
+Stage = Annotated[Constant | Ramp | Step | Spike, Field(discriminator="kind")]
+
+
+class OpenLoad(_Model):
+    """Open model: requests arrive on a schedule whatever the server does."""
+
+    model: Literal["open"] = "open"
+    stages: list[Stage] = Field(min_length=1)
+    arrivals: Literal["uniform", "poisson"] = "uniform"
+    seed: int = 0
+    connections: int = Field(default=256, ge=1)
+
+
+class ClosedLoad(_Model):
+    """Closed model: stage values are virtual users, each looping with ``think_s`` between
+    iterations."""
+
+    model: Literal["closed"] = "closed"
+    stages: list[Stage] = Field(min_length=1)
+    think_s: float = Field(default=0.0, ge=0)
+
+
+Load = Annotated[OpenLoad | ClosedLoad, Field(discriminator="model")]
+
+
+class Expect(_Model):
+    """Checks on a response, evaluated in the engine."""
+
+    status: list[int] | None = None
+    status_range: tuple[int, int] | None = None
+    body_contains: str | None = None
+    json_path: str | None = None
+    json_equals: Any = None
+    max_latency_ms: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _json_pair(self) -> Expect:
+        if (self.json_path is None) != (self.json_equals is None):
+            raise ValueError("json_path and json_equals go together")
+        return self
+
+
+class Request(_Model):
+    """One request. ``path``, header values and bodies may hold ``{{name}}`` placeholders."""
+
+    method: str = "GET"
+    path: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: str | None = None
+    json_: Any = Field(default=None, alias="json")
+    timeout_s: float | None = Field(default=None, gt=0)
+    expect: Expect | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Task(_Model):
+    name: str
+    weight: int = Field(default=1, ge=1)
+    requests: list[Request] = Field(min_length=1)
+
+
+class Feeder(_Model):
+    """Rows handed out one per iteration."""
+
+    columns: list[str]
+    rows: list[list[str]] = Field(min_length=1)
+    mode: Literal["cycle", "random", "unique"] = "cycle"
+    seed: int = 0
+
+
+class Shard(_Model):
+    index: int = Field(ge=0)
+    count: int = Field(ge=1)
+
+
+class Plan(_Model):
+    """A complete run: target, load, tasks."""
+
+    name: str = "run"
+    target: str
+    load: Load
+    tasks: list[Task] = Field(min_length=1)
+    feeder: Feeder | None = None
+    user_vars: list[dict[str, str]] = Field(default_factory=list)
+    vars: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float = Field(default=30.0, gt=0)
+    insecure: bool = False
+    shard: Shard | None = None
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True, exclude_none=True, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        return cls.model_validate(json.loads(text))
+
+    @property
+    def duration_s(self) -> float:
+        return sum(s.duration_s for s in self.load.stages)

@@ -1,0 +1,242 @@
+"""Run handles: a live run in this process, and a run directory loaded from disk, with one API."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+import threading
+from pathlib import Path
+
+import polars as pl
+
+from loadpilot import _engine, _store
+from loadpilot.errors import RunDirError
+from loadpilot.plan import Plan
+from loadpilot.summary import Summary
+
+Histogram = _engine.Histogram
+
+
+class RunResult:
+    """What live and loaded runs have in common."""
+
+    path: Path
+    plan: Plan
+
+    @property
+    def metrics(self) -> pl.DataFrame:
+        """One row per (interval, task)."""
+        raise NotImplementedError
+
+    def summary(self) -> Summary:
+        raise NotImplementedError
+
+    def histogram(self, task: str | None = None, *, service: bool = False) -> _engine.Histogram:
+        """The whole run's latency histogram (corrected, or service time with ``service=True``)
+        for one task, or for all tasks added up."""
+        raise NotImplementedError
+
+    def interval_histograms(
+        self, task: str | None = None, *, service: bool = False
+    ) -> list[tuple[float, _engine.Histogram]]:
+        """Per-interval histograms from the ``.hlog`` as ``(elapsed_s, histogram)``, tasks added
+        up unless ``task`` is given: add any window of them for its exact percentiles."""
+        log = self.path / (_store.SERVICE_LOG if service else _store.LATENCY_LOG)
+        if not log.exists():
+            return []
+        by_start: dict[float, _engine.Histogram] = {}
+        for tag, start, _length, h in _engine.read_hlog(log):
+            if task is not None and tag != task:
+                continue
+            if start in by_start:
+                by_start[start].add(h)
+            else:
+                by_start[start] = h
+        return sorted(by_start.items())
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.plan.name!r} at {str(self.path)!r}>"
+
+
+class Run(RunResult):
+    """A run going on in this process. ``metrics`` grows while it runs."""
+
+    def __init__(self, handle: _engine.Run, plan: Plan) -> None:
+        self._handle = handle
+        self.plan = plan
+        self.path = Path(handle.path)
+        self._lock = threading.Lock()
+        self._frames: list[pl.DataFrame] = []
+        self._finished = False
+
+    @property
+    def done(self) -> bool:
+        return self._handle.done
+
+    def _pull(self) -> pl.DataFrame:
+        with self._lock:
+            data = self._handle.take_rows()
+            if data:
+                self._frames.append(_store.rows_from_ndjson(data))
+            if len(self._frames) > 1:
+                self._frames = [pl.concat(self._frames)]
+            frame = self._frames[0] if self._frames else _store.empty_metrics()
+            if self._handle.done and not self._finished:
+                # Everything is in: the Parquet file replaces the append-only one for readers.
+                _store.write_parquet(self.path, frame)
+                self._finished = True
+            return frame
+
+    @property
+    def metrics(self) -> pl.DataFrame:
+        return self._pull()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Blocks until the run ends (or ``timeout_s`` passes); True if it ended. Ctrl-C (or a
+        notebook interrupt) stops the run, keeps what it measured, and re-raises."""
+        try:
+            ended = self._handle.wait(timeout_s)
+        except KeyboardInterrupt:
+            self.stop()
+            raise
+        if ended:
+            self._pull()
+            failure = self._handle.failure()
+            if failure:
+                raise RunDirError(failure)
+        return ended
+
+    def stop(self) -> None:
+        """Stops the run within moments; what was measured is kept and summarised."""
+        self._handle.stop()
+        self._handle.wait(None)
+        self._pull()
+
+    def summary(self) -> Summary:
+        """Whole-run figures; waits for the run to end first."""
+        self.wait()
+        text = self._handle.summary_json()
+        assert text is not None, "a finished run has a summary"
+        return Summary.model_validate_json(text)
+
+    def histogram(self, task: str | None = None, *, service: bool = False) -> _engine.Histogram:
+        return self._handle.histogram(task, service)
+
+
+class LoadedRun(RunResult):
+    """A run directory read back from disk (finished, stopped, or cut short by a crash)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        plan_file = path / _store.PLAN
+        if not plan_file.exists():
+            raise RunDirError(f"{path}: not a run directory (no {_store.PLAN})")
+        try:
+            self.plan = Plan.from_json(plan_file.read_text())
+        except ValueError as e:
+            raise RunDirError(f"{plan_file}: {e}") from e
+        self._metrics = _store.read_metrics(path)
+
+    @property
+    def metrics(self) -> pl.DataFrame:
+        return self._metrics
+
+    @property
+    def complete(self) -> bool:
+        """False for a run that was killed before it could write its summary."""
+        return (self.path / _store.SUMMARY).exists()
+
+    def summary(self) -> Summary:
+        """The run's ``summary.json``; for a run cut short, a summary rebuilt from its
+        interval logs (``ended == "interrupted"``)."""
+        f = self.path / _store.SUMMARY
+        if f.exists():
+            return Summary.model_validate_json(f.read_text())
+        return _rebuild_summary(self)
+
+    def histogram(self, task: str | None = None, *, service: bool = False) -> _engine.Histogram:
+        total = _engine.Histogram()
+        for _, h in self.interval_histograms(task, service=service):
+            total.add(h)
+        return total
+
+
+def _rebuild_summary(run: LoadedRun) -> Summary:
+    m = run.metrics
+    duration = float(m["interval_s"].sum() / max(1, len(run.plan.tasks))) if len(m) else 0.0
+
+    def stats(task: str | None) -> dict[str, object]:
+        rows = m if task is None else m.filter(pl.col("task") == task)
+        kinds = ["connect", "dns", "tls", "timeout", "reset", "status", "check"]
+        requests = int(rows["requests"].sum())
+        errors = int(rows["errors"].sum())
+        lat, svc = run.histogram(task), run.histogram(task, service=True)
+
+        def pct(h: _engine.Histogram) -> dict[str, float | None]:
+            return {
+                "p50": h.percentile(50),
+                "p90": h.percentile(90),
+                "p95": h.percentile(95),
+                "p99": h.percentile(99),
+                "p999": h.percentile(99.9),
+                "max": h.max,
+                "mean": h.mean,
+                "min": h.min,
+            }
+
+        return {
+            "requests": requests,
+            "errors": errors,
+            "errors_by_kind": {k: int(rows[f"errors_{k}"].sum()) for k in kinds},
+            "error_rate": errors / requests if requests else 0.0,
+            "missed": int(rows["missed"].sum()),
+            "bytes_in": int(rows["bytes_in"].sum()),
+            "achieved_rps": requests / duration if duration else 0.0,
+            "latency_ms": pct(lat),
+            "service_ms": pct(svc),
+        }
+
+    started = m["time"].min() if len(m) else None
+    return Summary.model_validate(
+        {
+            "name": run.plan.name,
+            "started_at": started.timestamp() if isinstance(started, _dt.datetime) else 0.0,
+            "duration_s": duration,
+            "planned_duration_s": run.plan.duration_s,
+            "ended": "interrupted",
+            "model": run.plan.load.model,
+            "target_requests": None,
+            "overall": stats(None),
+            "tasks": [{"name": t.name, "path": "engine", **stats(t.name)} for t in run.plan.tasks],
+        }
+    )
+
+
+def _default_dir(plan: Plan) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", plan.name).strip("-") or "run"
+    base = Path("runs") / f"{stamp}-{slug}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def start(plan: Plan, out: str | Path | None = None) -> Run:
+    """Starts ``plan`` and returns at once. The run directory is ``out`` (default
+    ``runs/<time>-<name>``)."""
+    path = Path(out) if out is not None else _default_dir(plan)
+    return Run(_engine.start_run(plan.to_json(), path), plan)
+
+
+def run(plan: Plan, out: str | Path | None = None) -> Run:
+    """Runs ``plan`` to the end (Ctrl-C stops it early and keeps what it measured)."""
+    r = start(plan, out)
+    r.wait()
+    return r
+
+
+def load_run(path: str | Path) -> LoadedRun:
+    """Opens a run directory written by any run, finished or not."""
+    return LoadedRun(Path(path))

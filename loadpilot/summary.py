@@ -1,0 +1,82 @@
+"""Whole-run figures, as written to ``summary.json``."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Percentiles(BaseModel):
+    """Latency in milliseconds from merged histograms (exact to 3 significant digits);
+    ``None`` where nothing was recorded."""
+
+    model_config = ConfigDict(frozen=True)
+    p50: float | None = None
+    p90: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+    p999: float | None = None
+    max: float | None = None
+    mean: float | None = None
+    min: float | None = None
+
+
+class Stats(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    requests: int
+    errors: int
+    errors_by_kind: dict[str, int]
+    error_rate: float
+    missed: int
+    bytes_in: int
+    achieved_rps: float
+    latency_ms: Percentiles
+    """From the instant each request was due (coordinated-omission corrected)."""
+    service_ms: Percentiles
+    """From the instant each request was sent."""
+
+
+class TaskSummary(Stats):
+    name: str
+    path: str
+    """Where the task's iterations ran: ``engine`` (entirely in Rust)."""
+
+
+class Summary(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    name: str
+    started_at: float
+    duration_s: float
+    planned_duration_s: float
+    ended: str
+    """``completed``, ``stopped`` or ``exhausted`` (a unique feeder ran out)."""
+    model: str
+    target_requests: float | None
+    overall: Stats
+    tasks: list[TaskSummary]
+
+    def task(self, name: str) -> TaskSummary:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise KeyError(f"no task named {name!r}; tasks: {[t.name for t in self.tasks]}")
+
+    def table(self) -> str:
+        """A plain-text table, one line per task and one for all."""
+        head = (
+            f"{'task':<16}{'path':<8}{'requests':>10}{'errors':>8}{'rps':>10}"
+            f"{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'svc p99':>9}"
+        )
+        lines = [head]
+
+        def fmt(v: float | None) -> str:
+            return f"{v:9.2f}" if v is not None else f"{'-':>9}"
+
+        rows: list[tuple[str, str, Stats]] = [(t.name, t.path, t) for t in self.tasks]
+        rows.append(("all", "", self.overall))
+        for name, path, s in rows:
+            lines.append(
+                f"{name[:15]:<16}{path:<8}{s.requests:>10}{s.errors:>8}{s.achieved_rps:>10.1f}"
+                f"{fmt(s.latency_ms.p50)}{fmt(s.latency_ms.p99)}{fmt(s.latency_ms.max)}"
+                f"{fmt(s.service_ms.p99)}"
+            )
+        return "\n".join(lines)

@@ -1,0 +1,62 @@
+"""The built-in target server, for trying LoadPilot with no server of your own."""
+
+from __future__ import annotations
+
+import json
+from types import TracebackType
+
+from loadpilot import _engine
+
+
+class TargetServer:
+    """A built-in target running in this process, on loopback. Use as a context manager or
+    call :meth:`stop`."""
+
+    def __init__(self, server: _engine.TargetServer) -> None:
+        self._server = server
+        self.url: str = server.url
+        self.port: int = server.port
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def __enter__(self) -> TargetServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<TargetServer {self.url}>"
+
+
+def start_target(
+    *,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    delay_ms: float = 0.0,
+    delay_max_ms: float | None = None,
+    error_rate: float = 0.0,
+    stall_ms: float = 0.0,
+    stall_every_s: float = 0.0,
+    seed: int = 0,
+) -> TargetServer:
+    """Starts the built-in target (``port=0`` picks a free port). Each request waits
+    ``delay_ms`` (uniform up to ``delay_max_ms`` when given), fails with 500 at ``error_rate``,
+    and the server stops answering for ``stall_ms`` out of every ``stall_every_s`` seconds."""
+    cfg = {
+        "host": host,
+        "port": port,
+        "delay_ms": delay_ms,
+        "delay_max_ms": delay_max_ms,
+        "error_rate": error_rate,
+        "stall_ms": stall_ms,
+        "stall_every_s": stall_every_s,
+        "seed": seed,
+    }
+    return TargetServer(_engine.start_target(json.dumps(cfg)))

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+import loadpilot as lp
+
+
+@pytest.fixture
+def target() -> Iterator[lp.TargetServer]:
+    """The built-in target on a free loopback port."""
+    with lp.start_target() as t:
+        yield t
+
+
+class Recorder(ThreadingHTTPServer):
+    """A plain Python HTTP server that notes when each request arrived, for tests that check the
+    engine's timing from the other side of the socket."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.arrivals: list[tuple[float, str]] = []
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _RecordingHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _RecordingHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Recorder
+
+    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        with self.server.lock:
+            self.server.arrivals.append((time.monotonic(), self.path))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    server = Recorder()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    return tmp_path / "run"
+
+
+def constant(rate: float, duration_s: float) -> lp.OpenLoad:
+    return lp.OpenLoad(stages=[lp.Constant(rate=rate, duration_s=duration_s)])
+
+
+def get(name: str, path: str = "/", weight: int = 1, **kw: object) -> lp.Task:
+    return lp.Task(name=name, weight=weight, requests=[lp.Request(path=path, **kw)])  # type: ignore[arg-type]
