@@ -31,14 +31,14 @@ def _progress(r: _run.Run, total_s: float) -> None:
             continue
         shown = len(m)
         last = m.filter(m["elapsed_s"] == m["elapsed_s"].max())
-        target = last["target_rps"].sum()
-        p50 = last["p50_ms"].max()
-        p99 = last["p99_ms"].max()
+        second = float(last["elapsed_s"].max()) + 1  # type: ignore[arg-type]
+        target = float(last["target_rps"].sum())
+        achieved = float(last["achieved_rps"].sum())
+        p50 = float(last["p50_ms"].max() or 0)  # type: ignore[arg-type]
+        p99 = float(last["p99_ms"].max() or 0)  # type: ignore[arg-type]
         print(
-            f"  {last['elapsed_s'][0] + 1:5.0f}/{total_s:.0f} s  "
-            f"{last['achieved_rps'].sum():8.0f} rps (target {target:.0f})  "
-            f"p50 {p50 or 0:7.2f} ms  p99 {p99 or 0:7.2f} ms  "
-            f"errors {int(last['errors'].sum())}",
+            f"  {second:5.0f}/{total_s:.0f} s  {achieved:8.0f} rps (target {target:.0f})  "
+            f"p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  errors {int(last['errors'].sum())}",
             flush=True,
         )
 
@@ -86,7 +86,7 @@ def demo_plan(target: str) -> Plan:
                     Request(
                         method="POST",
                         path="/echo",
-                        json={"iteration": "{{__iter}}"},
+                        json_={"iteration": "{{__iter}}"},
                         expect=Expect(status=[200], body_contains="iteration"),
                     )
                 ],

@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::plan::Expect;
+use crate::template::{Scope, Template, Values};
 
 #[derive(Debug, Clone, PartialEq)]
 enum PathStep {
@@ -14,7 +15,8 @@ enum PathStep {
 pub struct Check {
     status: Option<Vec<u16>>,
     status_range: Option<(u16, u16)>,
-    body_contains: Option<Vec<u8>>,
+    /// May hold placeholders, filled with the iteration's values.
+    body_contains: Option<Template>,
     json: Option<(Vec<PathStep>, serde_json::Value)>,
     max_latency_us: Option<u64>,
 }
@@ -57,7 +59,7 @@ fn parse_path(path: &str, at: &str) -> Result<Vec<PathStep>> {
 }
 
 impl Check {
-    pub fn compile(e: &Expect, at: &str) -> Result<Self> {
+    pub fn compile(e: &Expect, scope: &Scope, at: &str) -> Result<Self> {
         if let Some((lo, hi)) = e.status_range {
             if lo > hi {
                 return Err(Error::plan(
@@ -69,12 +71,7 @@ impl Check {
         let json = match (&e.json_path, &e.json_equals) {
             (Some(p), Some(v)) => Some((parse_path(p, &format!("{at}.json_path"))?, v.clone())),
             (None, None) => None,
-            _ => {
-                return Err(Error::plan(
-                    at,
-                    "json_path and json_equals go together",
-                ))
-            }
+            _ => return Err(Error::plan(at, "json_path and json_equals go together")),
         };
         let max_latency_us = match e.max_latency_ms {
             Some(ms) if !(ms.is_finite() && ms > 0.0) => {
@@ -86,7 +83,11 @@ impl Check {
         Ok(Check {
             status: e.status.clone(),
             status_range: e.status_range,
-            body_contains: e.body_contains.as_ref().map(|s| s.as_bytes().to_vec()),
+            body_contains: e
+                .body_contains
+                .as_ref()
+                .map(|s| Template::compile(s, scope, &format!("{at}.body_contains")))
+                .transpose()?,
             json,
             max_latency_us,
         })
@@ -97,7 +98,13 @@ impl Check {
         self.body_contains.is_some() || self.json.is_some()
     }
 
-    pub fn evaluate(&self, status: u16, body: &[u8], latency_us: u64) -> Option<Failure> {
+    pub fn evaluate(
+        &self,
+        status: u16,
+        body: &[u8],
+        latency_us: u64,
+        values: &Values<'_>,
+    ) -> Option<Failure> {
         let status_ok = match (&self.status, self.status_range) {
             (None, None) => status < 400,
             (set, range) => {
@@ -108,8 +115,10 @@ impl Check {
         if !status_ok {
             return Some(Failure::Status);
         }
-        if let Some(needle) = &self.body_contains {
-            if !needle.is_empty() && !body.windows(needle.len()).any(|w| w == needle.as_slice()) {
+        if let Some(t) = &self.body_contains {
+            let needle = t.render(values);
+            let needle = needle.as_bytes();
+            if !needle.is_empty() && !body.windows(needle.len()).any(|w| w == needle) {
                 return Some(Failure::Check);
             }
         }
@@ -143,14 +152,21 @@ mod tests {
     use super::*;
 
     fn check(e: Expect) -> Check {
-        Check::compile(&e, "expect").unwrap()
+        Check::compile(&e, &Scope::default(), "expect").unwrap()
     }
+
+    const V: Values<'static> = Values {
+        vu: 0,
+        iter: 0,
+        row: None,
+        user: None,
+    };
 
     #[test]
     fn without_expect_only_4xx_and_5xx_fail() {
         let c = Check::default();
-        assert_eq!(c.evaluate(204, b"", 1), None);
-        assert_eq!(c.evaluate(404, b"", 1), Some(Failure::Status));
+        assert_eq!(c.evaluate(204, b"", 1, &V), None);
+        assert_eq!(c.evaluate(404, b"", 1, &V), Some(Failure::Status));
     }
 
     #[test]
@@ -160,9 +176,9 @@ mod tests {
             status_range: Some((300, 302)),
             ..Default::default()
         });
-        assert_eq!(c.evaluate(201, b"", 1), None);
-        assert_eq!(c.evaluate(302, b"", 1), None);
-        assert_eq!(c.evaluate(200, b"", 1), Some(Failure::Status));
+        assert_eq!(c.evaluate(201, b"", 1, &V), None);
+        assert_eq!(c.evaluate(302, b"", 1, &V), None);
+        assert_eq!(c.evaluate(200, b"", 1, &V), Some(Failure::Status));
     }
 
     #[test]
@@ -172,12 +188,15 @@ mod tests {
             json_equals: Some(serde_json::json!(7)),
             ..Default::default()
         });
-        assert_eq!(c.evaluate(200, br#"{"items":[{"id":1},{"id":7}]}"#, 1), None);
         assert_eq!(
-            c.evaluate(200, br#"{"items":[{"id":1},{"id":8}]}"#, 1),
+            c.evaluate(200, br#"{"items":[{"id":1},{"id":7}]}"#, 1, &V),
+            None
+        );
+        assert_eq!(
+            c.evaluate(200, br#"{"items":[{"id":1},{"id":8}]}"#, 1, &V),
             Some(Failure::Check)
         );
-        assert_eq!(c.evaluate(200, b"not json", 1), Some(Failure::Check));
+        assert_eq!(c.evaluate(200, b"not json", 1, &V), Some(Failure::Check));
     }
 
     #[test]
@@ -187,9 +206,9 @@ mod tests {
             max_latency_ms: Some(2.0),
             ..Default::default()
         });
-        assert_eq!(c.evaluate(200, b"all ok", 1500), None);
-        assert_eq!(c.evaluate(200, b"nope", 1500), Some(Failure::Check));
-        assert_eq!(c.evaluate(200, b"ok", 2500), Some(Failure::Check));
+        assert_eq!(c.evaluate(200, b"all ok", 1500, &V), None);
+        assert_eq!(c.evaluate(200, b"nope", 1500, &V), Some(Failure::Check));
+        assert_eq!(c.evaluate(200, b"ok", 2500, &V), Some(Failure::Check));
     }
 
     #[test]
@@ -200,6 +219,7 @@ mod tests {
                 json_equals: Some(serde_json::json!(1)),
                 ..Default::default()
             },
+            &Scope::default(),
             "tasks[0].requests[0].expect",
         )
         .unwrap_err()

@@ -82,9 +82,7 @@ impl Target {
             target: url.to_string(),
             message: m.to_string(),
         };
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| bad(&format!("not a URL ({e})")))?;
+        let uri: Uri = url.parse().map_err(|e| bad(&format!("not a URL ({e})")))?;
         match uri.scheme_str() {
             Some("http") => {}
             Some("https") => return Err(bad("https targets are not supported yet; use http://")),
@@ -181,9 +179,10 @@ impl Client {
             match TcpStream::connect(addr).await {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
-                    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                        .await
-                        .map_err(|e| classify_hyper(&e))?;
+                    let (sender, conn) =
+                        hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                            .await
+                            .map_err(|e| classify_hyper(&e))?;
                     // The connection future drives the socket; it ends when the sender is dropped.
                     tokio::spawn(async move {
                         let _ = conn.await;
@@ -219,7 +218,11 @@ impl Client {
         keep_body: bool,
     ) -> Result<Response, ErrorKind> {
         if !self.cookies.is_empty() {
-            let jar: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let jar: Vec<String> = self
+                .cookies
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             if let Ok(v) = HeaderValue::from_str(&jar.join("; ")) {
                 req.headers_mut().insert(COOKIE, v);
             }
@@ -318,15 +321,25 @@ impl CompiledRequest {
             let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
                 Error::plan(format!("{at}.headers"), format!("bad header name {k:?}"))
             })?;
-            headers.push((name, Template::compile(v, scope, &format!("{at}.headers.{k}"))?));
+            headers.push((
+                name,
+                Template::compile(v, scope, &format!("{at}.headers.{k}"))?,
+            ));
         }
         let (body, json) = match (&spec.body, &spec.json) {
             (Some(_), Some(_)) => {
                 return Err(Error::plan(at, "give either body or json, not both"));
             }
-            (Some(b), None) => (Some(Template::compile(b, scope, &format!("{at}.body"))?), false),
+            (Some(b), None) => (
+                Some(Template::compile(b, scope, &format!("{at}.body"))?),
+                false,
+            ),
             (None, Some(j)) => (
-                Some(Template::compile(&j.to_string(), scope, &format!("{at}.json"))?),
+                Some(Template::compile(
+                    &j.to_string(),
+                    scope,
+                    &format!("{at}.json"),
+                )?),
                 true,
             ),
             (None, None) => (None, false),
@@ -336,7 +349,7 @@ impl CompiledRequest {
             return Err(Error::plan(format!("{at}.timeout_s"), "must be > 0"));
         }
         let check = match &spec.expect {
-            Some(e) => Check::compile(e, &format!("{at}.expect"))?,
+            Some(e) => Check::compile(e, scope, &format!("{at}.expect"))?,
             None => Check::default(),
         };
         let mut req = CompiledRequest {
@@ -359,9 +372,7 @@ impl CompiledRequest {
                 row: None,
                 user: None,
             };
-            let built = req
-                .render(&empty, target)
-                .map_err(|m| Error::plan(at, m))?;
+            let built = req.render(&empty, target).map_err(|m| Error::plan(at, m))?;
             req.constant = Some(built);
         }
         Ok(req)
@@ -388,7 +399,11 @@ impl CompiledRequest {
 
     /// The request for one iteration. A rendered value that is not valid in HTTP (say a header
     /// value with a newline from a feeder row) is a check failure of that iteration.
-    pub fn build(&self, v: &Values<'_>, target: &Target) -> Result<Request<Full<Bytes>>, ErrorKind> {
+    pub fn build(
+        &self,
+        v: &Values<'_>,
+        target: &Target,
+    ) -> Result<Request<Full<Bytes>>, ErrorKind> {
         if let Some(c) = &self.constant {
             let mut r = Request::new(c.body().clone());
             *r.method_mut() = c.method().clone();

@@ -1,11 +1,11 @@
 pub mod check;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod plan;
 pub mod profile;
-pub mod schedule;
-pub mod template;
-pub mod metrics;
 pub mod rundir;
 pub mod runner;
+pub mod schedule;
 pub mod target;
+pub mod template;

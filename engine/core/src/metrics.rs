@@ -88,7 +88,9 @@ impl TaskData {
         self.corrected
             .add(&o.corrected)
             .expect("same bounds always add");
-        self.service.add(&o.service).expect("same bounds always add");
+        self.service
+            .add(&o.service)
+            .expect("same bounds always add");
         self.requests += o.requests;
         self.bytes_in += o.bytes_in;
         self.missed += o.missed;
@@ -111,8 +113,10 @@ impl TaskData {
         if (100..600).contains(&status) {
             self.status[(status / 100 - 1) as usize] += 1;
         }
-        self.corrected.saturating_record(corrected_us.clamp(LOWEST_US, HIGHEST_US));
-        self.service.saturating_record(service_us.clamp(LOWEST_US, HIGHEST_US));
+        self.corrected
+            .saturating_record(corrected_us.clamp(LOWEST_US, HIGHEST_US));
+        self.service
+            .saturating_record(service_us.clamp(LOWEST_US, HIGHEST_US));
     }
 
     /// An error, counted by kind. Errors with a response are recorded by `response` too.
@@ -183,7 +187,11 @@ impl Recorder {
         let n = self.shards.len();
         let ix = SHARD.with(|s| s.get());
         // Threads that are not runtime workers share the last shard.
-        let i = if ix == usize::MAX { n - 1 } else { ix % (n - 1).max(1) };
+        let i = if ix == usize::MAX {
+            n - 1
+        } else {
+            ix % (n - 1).max(1)
+        };
         &self.shards[i]
     }
 
@@ -430,7 +438,10 @@ mod tests {
         let second = rec.take(1, false);
         assert_eq!(second[0].corrected.max(), new_hist_with(2000).max());
         let last = rec.take(2, false);
-        assert_eq!(last[0].status[4], 1, "the late 5xx lands in the last interval");
+        assert_eq!(
+            last[0].status[4], 1,
+            "the late 5xx lands in the last interval"
+        );
     }
 
     fn new_hist_with(v: u64) -> Hist {

@@ -232,7 +232,10 @@ impl Plan {
         }
         if let Some(f) = &self.feeder {
             if f.rows.is_empty() {
-                return Err(Error::plan("feeder.rows", "a feeder needs at least one row"));
+                return Err(Error::plan(
+                    "feeder.rows",
+                    "a feeder needs at least one row",
+                ));
             }
             for (i, r) in f.rows.iter().enumerate() {
                 if r.len() != f.columns.len() {

@@ -326,7 +326,10 @@ mod tests {
         for k in 0..(p.total() as usize) {
             let t = p.inverse_from(k as f64, &mut cursor).unwrap();
             assert!(t >= last, "times go forward");
-            assert!((p.cumulative(t) - k as f64).abs() < 1e-6, "N(t_k) = k at k={k}");
+            assert!(
+                (p.cumulative(t) - k as f64).abs() < 1e-6,
+                "N(t_k) = k at k={k}"
+            );
             last = t;
         }
         assert!(p.inverse_from(p.total(), &mut cursor).is_none());
@@ -341,7 +344,10 @@ mod tests {
             duration_s: 40.0,
         }])
         .unwrap();
-        let rates: Vec<f64> = [5.0, 15.0, 25.0, 35.0].iter().map(|&t| p.rate_at(t)).collect();
+        let rates: Vec<f64> = [5.0, 15.0, 25.0, 35.0]
+            .iter()
+            .map(|&t| p.rate_at(t))
+            .collect();
         assert_eq!(rates, vec![100.0, 200.0, 300.0, 400.0]);
     }
 

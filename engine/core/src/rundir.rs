@@ -21,7 +21,8 @@ pub const METRICS_JSONL: &str = "metrics.jsonl";
 pub const SUMMARY: &str = "summary.json";
 
 pub fn epoch_seconds(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 struct Hlog {
@@ -85,8 +86,7 @@ impl RunWriter {
         let plan_path = dir.join(PLAN);
         fs::write(&plan_path, plan_json).map_err(|e| Error::io(&plan_path, e))?;
         let mpath = dir.join(METRICS_JSONL);
-        let metrics =
-            BufWriter::new(File::create(&mpath).map_err(|e| Error::io(&mpath, e))?);
+        let metrics = BufWriter::new(File::create(&mpath).map_err(|e| Error::io(&mpath, e))?);
         Ok(RunWriter {
             dir: dir.to_path_buf(),
             latency: Hlog::create(dir.join(LATENCY_LOG), "corrected latency", start)?,

@@ -156,7 +156,10 @@ impl RunHandle {
             }
             Some(name) => {
                 let i = self.0.names.iter().position(|n| n == name).ok_or_else(|| {
-                    Error::plan("task", format!("no task named {name:?}; tasks: {:?}", self.0.names))
+                    Error::plan(
+                        "task",
+                        format!("no task named {name:?}; tasks: {:?}", self.0.names),
+                    )
                 })?;
                 Ok(c[i].clone())
             }
@@ -185,14 +188,24 @@ pub fn start(rt: &Handle, threads: usize, plan: Plan, dir: PathBuf) -> Result<Ru
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    let columns = plan.feeder.as_ref().map(|f| f.columns.clone()).unwrap_or_default();
+    let columns = plan
+        .feeder
+        .as_ref()
+        .map(|f| f.columns.clone())
+        .unwrap_or_default();
     let scope = Scope::new(&columns, &user_var_names, &plan.vars);
     let mut tasks = Vec::new();
     for (ti, t) in plan.tasks.iter().enumerate() {
         let mut reqs = Vec::new();
         for (ri, r) in t.requests.iter().enumerate() {
             let at = format!("tasks[{ti}].requests[{ri}]");
-            reqs.push(CompiledRequest::compile(r, &scope, &target, plan.timeout_s, &at)?);
+            reqs.push(CompiledRequest::compile(
+                r,
+                &scope,
+                &target,
+                plan.timeout_s,
+                &at,
+            )?);
         }
         tasks.push(reqs);
     }
@@ -331,13 +344,20 @@ async fn drive(
         state: &state,
         writer: &mut writer,
         epoch0,
+        gauges: None,
     };
     let mut i = 0u64;
     let mut stopped = false;
+    // The last interval closes after the workers are gone; its gauges are read just before the
+    // planned end, while users are still at work.
+    let planned_end = ctx.start + Duration::from_secs_f64((ctx.duration - 0.1).max(0.0));
     loop {
         let is_last = i + 1 >= n_intervals;
         let boundary = ctx.start + Duration::from_secs(i + 1) + CLOSE_GRACE;
         tokio::select! {
+            _ = sleep_until(planned_end.into()), if is_last && closer.gauges.is_none() => {
+                closer.gauges = Some(gauges(&ctx));
+            }
             _ = sleep_until(boundary.into()), if !is_last => {
                 if let Err(e) = closer.close(i, 1.0, false) {
                     *state.failure.lock().unwrap() = Some(e.to_string());
@@ -348,6 +368,7 @@ async fn drive(
             _ = &mut done_rx => break,
             _ = ctx.stop.cancelled() => {
                 stopped = true;
+                closer.gauges = Some(gauges(&ctx));
                 // Workers drop what is in flight as soon as they see the token.
                 let _ = (&mut done_rx).await;
                 break;
@@ -389,6 +410,15 @@ struct Closer<'a> {
     state: &'a RunState,
     writer: &'a mut RunWriter,
     epoch0: f64,
+    /// In-flight requests and active users to report instead of the current ones.
+    gauges: Option<(i64, i64)>,
+}
+
+fn gauges(ctx: &Ctx) -> (i64, i64) {
+    (
+        ctx.recorder.in_flight.load(Ordering::Relaxed),
+        ctx.recorder.active_users.load(Ordering::Relaxed),
+    )
 }
 
 impl Closer<'_> {
@@ -396,13 +426,15 @@ impl Closer<'_> {
         let ctx = self.ctx;
         let data = ctx.recorder.take(i, everything);
         let start_s = i as f64;
+        let (in_flight, active_users) = self.gauges.unwrap_or_else(|| gauges(ctx));
         let rows: Vec<Row> = data
             .iter()
             .enumerate()
             .map(|(t, d)| {
                 let target_rps = match &ctx.model {
                     Model::Open { arrivals, .. } if length > 0.0 => {
-                        let n = arrivals.cumulative(start_s + length) - arrivals.cumulative(start_s);
+                        let n =
+                            arrivals.cumulative(start_s + length) - arrivals.cumulative(start_s);
                         let shards = ctx_shards(ctx);
                         Some(n / shards * ctx.mix.share(t) / length)
                     }
@@ -415,8 +447,8 @@ impl Closer<'_> {
                         interval_s: length,
                         task: &self.state.names[t],
                         target_rps,
-                        in_flight: ctx.recorder.in_flight.load(Ordering::Relaxed),
-                        active_users: ctx.recorder.active_users.load(Ordering::Relaxed),
+                        in_flight,
+                        active_users,
                     },
                     d,
                 )
@@ -643,7 +675,9 @@ async fn iteration(
             Ok((sent, resp)) => {
                 let corrected = end.duration_since(from).as_micros() as u64;
                 let service = end.duration_since(sent).as_micros() as u64;
-                let failure = req.check.evaluate(resp.status, &resp.body, corrected);
+                let failure = req
+                    .check
+                    .evaluate(resp.status, &resp.body, corrected, &values);
                 rec.record(task, end, |d| {
                     d.response(resp.status, resp.bytes, corrected, service);
                     if let Some(f) = failure {

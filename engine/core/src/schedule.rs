@@ -164,7 +164,11 @@ impl Mix {
 
     /// The share of iterations that go to `task`.
     pub fn share(&self, task: usize) -> f64 {
-        let n = self.sequence.iter().filter(|&&t| t as usize == task).count();
+        let n = self
+            .sequence
+            .iter()
+            .filter(|&&t| t as usize == task)
+            .count();
         n as f64 / self.sequence.len() as f64
     }
 }
@@ -208,7 +212,10 @@ mod tests {
         assert_eq!(per_second.iter().sum::<u32>(), 5000);
         for (i, &n) in per_second.iter().enumerate() {
             let expected = 100.0 * i as f64 + 50.0; // mean rate over second i
-            assert!((n as f64 - expected).abs() <= 1.0, "second {i}: {n} vs {expected}");
+            assert!(
+                (n as f64 - expected).abs() <= 1.0,
+                "second {i}: {n} vs {expected}"
+            );
         }
     }
 
@@ -220,7 +227,7 @@ mod tests {
         let mut merged: Vec<Arrival> = (0..3)
             .flat_map(|i| Schedule::new(constant(100.0, 3.0), Arrivals::Uniform, (i, 3)).unwrap())
             .collect();
-        merged.sort_by(|a, b| a.index.cmp(&b.index));
+        merged.sort_by_key(|a| a.index);
         assert_eq!(merged, whole);
     }
 
@@ -243,7 +250,10 @@ mod tests {
             let v = gaps.iter().map(|g| (g - m).powi(2)).sum::<f64>() / gaps.len() as f64;
             v.sqrt() / m
         };
-        assert!((cv - 1.0).abs() < 0.05, "exponential gaps have cv 1, got {cv}");
+        assert!(
+            (cv - 1.0).abs() < 0.05,
+            "exponential gaps have cv 1, got {cv}"
+        );
     }
 
     #[test]

@@ -80,7 +80,10 @@ impl TargetConfig {
             return bad("stall_ms", "stall_ms and stall_every_s must be >= 0");
         }
         if self.stall_ms > 0.0 && self.stall_ms >= self.stall_every_s * 1000.0 {
-            return bad("stall_ms", "a stall must be shorter than the period it repeats in");
+            return bad(
+                "stall_ms",
+                "a stall must be shorter than the period it repeats in",
+            );
         }
         Ok(())
     }
@@ -141,7 +144,10 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     r
 }
 
-async fn handle(b: Arc<Behaviour>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    b: Arc<Behaviour>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let stall = b.stall_left();
     if !stall.is_zero() {
         tokio::time::sleep(stall).await;
@@ -198,7 +204,11 @@ async fn handle(b: Arc<Behaviour>, req: Request<Incoming>) -> Result<Response<Fu
             }
             r
         }
-        p if p.starts_with("/status/") => match p[8..].parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()) {
+        p if p.starts_with("/status/") => match p[8..]
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+        {
             Some(code) => text(code, code.as_str().to_string()),
             None => text(StatusCode::BAD_REQUEST, "bad status"),
         },
@@ -226,11 +236,14 @@ impl TargetServer {
 pub fn start(rt: &tokio::runtime::Handle, cfg: TargetConfig) -> Result<TargetServer> {
     cfg.validate()?;
     let addr = format!("{}:{}", cfg.host, cfg.port);
-    let std_listener = std::net::TcpListener::bind(&addr).map_err(|e| Error::io(addr.clone(), e))?;
+    let std_listener =
+        std::net::TcpListener::bind(&addr).map_err(|e| Error::io(addr.clone(), e))?;
     std_listener
         .set_nonblocking(true)
         .map_err(|e| Error::io(addr.clone(), e))?;
-    let local = std_listener.local_addr().map_err(|e| Error::io(addr.clone(), e))?;
+    let local = std_listener
+        .local_addr()
+        .map_err(|e| Error::io(addr.clone(), e))?;
     let stop = CancellationToken::new();
     let b = Arc::new(Behaviour {
         cfg,

@@ -181,8 +181,13 @@ mod tests {
         let e = Template::compile("/x/{{nope}}", &scope(), "tasks[0].requests[0].path")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("tasks[0].requests[0].path") && e.contains("nope"), "{e}");
-        let e = Template::compile("/x/{{id", &scope(), "p").unwrap_err().to_string();
+        assert!(
+            e.contains("tasks[0].requests[0].path") && e.contains("nope"),
+            "{e}"
+        );
+        let e = Template::compile("/x/{{id", &scope(), "p")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unclosed"), "{e}");
     }
 }

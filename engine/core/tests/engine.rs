@@ -30,7 +30,11 @@ fn a_short_open_run_sends_its_schedule_and_writes_its_directory() {
     assert_eq!(s.overall.errors, 0, "{:?}", s.overall.errors_by_kind);
     assert_eq!(s.tasks[0].stats.requests, 300);
     assert_eq!(s.tasks[1].stats.requests, 100);
-    let logged: u64 = read_hlog(&dir.join(LATENCY_LOG)).unwrap().iter().map(|e| e.hist.len()).sum();
+    let logged: u64 = read_hlog(&dir.join(LATENCY_LOG))
+        .unwrap()
+        .iter()
+        .map(|e| e.hist.len())
+        .sum();
     assert_eq!(logged, 400);
     let rows = std::fs::read_to_string(dir.join(METRICS_JSONL)).unwrap();
     assert_eq!(rows.lines().count(), 4, "two intervals of two tasks");
@@ -42,7 +46,11 @@ fn a_short_open_run_sends_its_schedule_and_writes_its_directory() {
 fn an_unreachable_target_is_counted_as_connect_errors() {
     let rt = build_runtime(2).unwrap();
     // Bind and drop to find a port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let dir = std::env::temp_dir().join(format!("lp-core-test-unreach-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let p = plan(

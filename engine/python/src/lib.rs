@@ -15,10 +15,30 @@ use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-pyo3::create_exception!(_engine, LoadPilotError, PyException, "Base of every LoadPilot error.");
-pyo3::create_exception!(_engine, PlanError, LoadPilotError, "The plan (or scenario) is invalid.");
-pyo3::create_exception!(_engine, TargetError, LoadPilotError, "The target URL cannot be used.");
-pyo3::create_exception!(_engine, RunDirError, LoadPilotError, "A run directory cannot be written or read.");
+pyo3::create_exception!(
+    _engine,
+    LoadPilotError,
+    PyException,
+    "Base of every LoadPilot error."
+);
+pyo3::create_exception!(
+    _engine,
+    PlanError,
+    LoadPilotError,
+    "The plan (or scenario) is invalid."
+);
+pyo3::create_exception!(
+    _engine,
+    TargetError,
+    LoadPilotError,
+    "The target URL cannot be used."
+);
+pyo3::create_exception!(
+    _engine,
+    RunDirError,
+    LoadPilotError,
+    "A run directory cannot be written or read."
+);
 
 struct CoreError(Error);
 
@@ -92,7 +112,9 @@ impl PyHistogram {
     /// The latency (ms) at percentile `p` (0..100).
     fn percentile(&self, p: f64) -> PyResult<Option<f64>> {
         if !(0.0..=100.0).contains(&p) {
-            return Err(PyValueError::new_err(format!("percentile must be in 0..100, got {p}")));
+            return Err(PyValueError::new_err(format!(
+                "percentile must be in 0..100, got {p}"
+            )));
         }
         Ok((!self.h.is_empty()).then(|| self.h.value_at_percentile(p) as f64 / 1000.0))
     }
@@ -115,7 +137,9 @@ impl PyHistogram {
     /// Records a latency given in milliseconds.
     fn record(&mut self, ms: f64) -> PyResult<()> {
         if !(ms.is_finite() && ms >= 0.0) {
-            return Err(PyValueError::new_err(format!("latency must be >= 0 ms, got {ms}")));
+            return Err(PyValueError::new_err(format!(
+                "latency must be >= 0 ms, got {ms}"
+            )));
         }
         let us = ((ms * 1000.0).round() as u64).clamp(1, loadpilot_core::metrics::HIGHEST_US);
         self.h.saturating_record(us);
@@ -169,7 +193,8 @@ impl PyRun {
     /// has ended. Signals are checked every 100 ms, so Ctrl-C raises KeyboardInterrupt here.
     #[pyo3(signature = (timeout_s=None))]
     fn wait(&self, py: Python<'_>, timeout_s: Option<f64>) -> PyResult<bool> {
-        let deadline = timeout_s.map(|t| std::time::Instant::now() + Duration::from_secs_f64(t.max(0.0)));
+        let deadline =
+            timeout_s.map(|t| std::time::Instant::now() + Duration::from_secs_f64(t.max(0.0)));
         loop {
             let step = match deadline {
                 Some(d) => d
@@ -279,9 +304,12 @@ fn start_target(config_json: &str) -> PyResult<PyTarget> {
     Ok(PyTarget { server })
 }
 
-/// Reads an `.hlog`: a list of (tag, start_s, length_s, histogram).
+/// One `.hlog` line: (tag, start_s, length_s, histogram).
+type LogLine = (Option<String>, f64, f64, PyHistogram);
+
+/// Reads an `.hlog` into its lines.
 #[pyfunction]
-fn read_hlog(path: PathBuf) -> PyResult<Vec<(Option<String>, f64, f64, PyHistogram)>> {
+fn read_hlog(path: PathBuf) -> PyResult<Vec<LogLine>> {
     let entries = loadpilot_core::rundir::read_hlog(&path).map_err(CoreError)?;
     Ok(entries
         .into_iter()

@@ -1,0 +1,165 @@
+"""The run directory: standard formats, written as the run goes, readable after a crash."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hdrh.histogram import HdrHistogram
+from hdrh.log import HistogramLogReader
+
+import loadpilot as lp
+from tests.conftest import constant, get
+
+
+def _read_with_hdrh(path: Path) -> list[HdrHistogram]:
+    reader = HistogramLogReader(str(path), HdrHistogram(1, 3_600_000_000, 3))
+    out = []
+    while (h := reader.get_next_interval_histogram()) is not None:
+        out.append(h)
+    return out
+
+
+def test_the_hlog_reads_back_in_hdrh_with_the_summary_figures(
+    target: lp.TargetServer, out: Path
+) -> None:
+    plan = lp.Plan(
+        target=target.url,
+        load=constant(400, 3),
+        tasks=[get("a", "/json", weight=3), get("b", "/echo")],
+    )
+    summary = lp.run(plan, out).summary()
+
+    intervals = _read_with_hdrh(out / "latency.hlog")
+    assert len(intervals) == 3 * 2, "one histogram per interval per task, no aggregate rows"
+    merged = HdrHistogram(1, 3_600_000_000, 3)
+    for h in intervals:
+        merged.add(h)
+    assert merged.get_total_count() == summary.overall.requests == 1200
+    assert merged.get_value_at_percentile(99) / 1000 == summary.overall.latency_ms.p99
+    tags = {line.split(",")[0] for line in (out / "latency.hlog").read_text().splitlines()}
+    assert {"Tag=a", "Tag=b"} <= tags
+
+
+def test_metrics_parquet_and_summary_agree(target: lp.TargetServer, out: Path) -> None:
+    run = lp.run(
+        lp.Plan(target=target.url, load=constant(200, 3), tasks=[get("x")]),
+        out,
+    )
+
+    loaded = lp.load_run(out)
+
+    assert (out / "metrics.parquet").exists() and (out / "summary.json").exists()
+    assert loaded.metrics.equals(run.metrics)
+    assert int(loaded.metrics["requests"].sum()) == loaded.summary().overall.requests == 600
+    assert loaded.histogram().count == 600
+    assert loaded.histogram("x").percentile(99) == run.summary().overall.latency_ms.p99
+    assert json.loads((out / "plan.json").read_text())["tasks"][0]["name"] == "x"
+
+
+def test_metrics_grow_while_the_run_goes(target: lp.TargetServer, out: Path) -> None:
+    run = lp.start(lp.Plan(target=target.url, load=constant(100, 4), tasks=[get("x")]), out)
+    time.sleep(2.3)
+
+    seen = len(run.metrics)
+    run.wait()
+
+    assert 1 <= seen < 4
+    assert len(run.metrics) == 4
+
+
+_CHILD = """
+import sys, loadpilot as lp
+t = lp.start_target()
+plan = lp.Plan(target=t.url, load=lp.OpenLoad(stages=[lp.Constant(rate=200, duration_s=60)]),
+               tasks=[lp.Task(name="x", requests=[lp.Request(path="/")])])
+run = lp.start(plan, sys.argv[1])
+print("started", flush=True)
+run.wait()
+"""
+
+
+def _start_child(out: Path) -> subprocess.Popen[str]:
+    p = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(out)], stdout=subprocess.PIPE, text=True
+    )
+    assert p.stdout is not None and p.stdout.readline().strip() == "started"
+    return p
+
+
+def test_a_killed_run_keeps_every_finished_interval(out: Path) -> None:
+    child = _start_child(out)
+    time.sleep(3.6)
+    child.kill()
+    child.wait(timeout=10)
+
+    run = lp.load_run(out)
+
+    assert not run.complete
+    assert len(run.metrics) >= 3
+    assert (run.metrics["requests"] == 200).all()
+    assert run.histogram().count == int(run.metrics["requests"].sum())
+    summary = run.summary()
+    assert summary.ended == "interrupted" and summary.overall.requests == run.histogram().count
+
+
+def test_an_interrupted_run_stops_within_a_second_and_keeps_its_summary(out: Path) -> None:
+    child = _start_child(out)
+    time.sleep(2.5)
+    child.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    child.wait(timeout=10)
+    took = time.monotonic() - sent
+
+    run = lp.load_run(out)
+
+    assert took < 1.5, f"took {took:.2f} s to stop"
+    assert run.complete and run.summary().ended == "stopped"
+    assert 400 <= run.summary().overall.requests <= 700
+    assert run.summary().overall.requests == int(run.metrics["requests"].sum())
+
+
+def test_a_run_directory_is_never_overwritten(target: lp.TargetServer, out: Path) -> None:
+    plan = lp.Plan(target=target.url, load=constant(10, 1), tasks=[get("x")])
+    lp.run(plan, out)
+
+    with pytest.raises(lp.RunDirError, match="already holds a run"):
+        lp.start(plan, out)
+
+
+def test_loading_something_that_is_not_a_run_says_so(tmp_path: Path) -> None:
+    with pytest.raises(lp.RunDirError, match="not a run directory"):
+        lp.load_run(tmp_path)
+
+
+def test_cli_run_of_a_plan_file_writes_the_directory(
+    target: lp.TargetServer, tmp_path: Path
+) -> None:
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(
+        lp.Plan(target=target.url, load=constant(50, 2), tasks=[get("x")]).to_json()
+    )
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadpilot.cli",
+            "run",
+            str(plan_file),
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert "all" in done.stdout
+    assert lp.load_run(tmp_path / "r").summary().overall.requests == 100
