@@ -111,6 +111,7 @@ def _cmd_target(args: argparse.Namespace) -> int:
         stall_ms=args.stall_ms,
         stall_every_s=args.stall_every_s,
         seed=args.seed,
+        tls=args.tls,
     )
     print(f"built-in target listening on {server.url}", flush=True)
     stop = threading.Event()
@@ -159,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--stall-ms", type=float, default=0.0)
     t.add_argument("--stall-every-s", type=float, default=0.0)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--tls", action="store_true", help="serve https (self-signed certificate)")
     t.add_argument("--for-s", type=float, default=None, help="stop after this many seconds")
     t.set_defaults(fn=_cmd_target)
 

@@ -45,10 +45,13 @@ def start_target(
     stall_ms: float = 0.0,
     stall_every_s: float = 0.0,
     seed: int = 0,
+    tls: bool = False,
 ) -> TargetServer:
     """Starts the built-in target (``port=0`` picks a free port). Each request waits
     ``delay_ms`` (uniform up to ``delay_max_ms`` when given), fails with 500 at ``error_rate``,
-    and the server stops answering for ``stall_ms`` out of every ``stall_every_s`` seconds."""
+    and the server stops answering for ``stall_ms`` out of every ``stall_every_s`` seconds.
+    With ``tls=True`` it serves https with a fresh self-signed certificate (runs against it need
+    ``Plan(insecure=True)``)."""
     cfg = {
         "host": host,
         "port": port,
@@ -58,5 +61,6 @@ def start_target(
         "stall_ms": stall_ms,
         "stall_every_s": stall_every_s,
         "seed": seed,
+        "tls": tls,
     }
     return TargetServer(_engine.start_target(json.dumps(cfg)))

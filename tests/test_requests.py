@@ -164,3 +164,15 @@ def test_a_plan_json_with_a_typo_names_the_line(tmp_path: Path) -> None:
     with pytest.raises(lp.PlanError, match="line 1 column") as err:
         _engine.validate_plan('{"target": "http://127.0.0.1:1", "lod": {}}')
     assert "lod" in str(err.value)
+
+
+def test_https_targets_verify_certificates_unless_told_not_to(tmp_path: Path) -> None:
+    with lp.start_target(tls=True) as target:
+        assert target.url.startswith("https://")
+        strict = _one_task(target.url, lp.Request(path="/json"))
+        relaxed = strict.model_copy(update={"insecure": True})
+        refused = lp.run(strict, tmp_path / "strict").summary()
+        accepted = lp.run(relaxed, tmp_path / "relaxed").summary()
+
+    assert refused.overall.errors_by_kind["tls"] == 20
+    assert accepted.overall.errors == 0 and accepted.overall.requests == 20

@@ -73,34 +73,60 @@ pub struct Target {
     pub port: u16,
     authority: HeaderValue,
     base_path: String,
+    tls: Option<Tls>,
     resolved: OnceLock<Vec<SocketAddr>>,
 }
 
+struct Tls {
+    connector: tokio_rustls::TlsConnector,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("name", &self.name).finish()
+    }
+}
+
 impl Target {
-    pub fn parse(url: &str) -> Result<Arc<Self>> {
+    /// `insecure` accepts any certificate from an `https://` target.
+    pub fn parse(url: &str, insecure: bool) -> Result<Arc<Self>> {
         let bad = |m: &str| Error::Target {
             target: url.to_string(),
             message: m.to_string(),
         };
         let uri: Uri = url.parse().map_err(|e| bad(&format!("not a URL ({e})")))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => return Err(bad("https targets are not supported yet; use http://")),
-            Some(s) => return Err(bad(&format!("unsupported scheme {s:?}; use http://"))),
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            Some(s) => {
+                return Err(bad(&format!(
+                    "unsupported scheme {s:?}; use http:// or https://"
+                )))
+            }
             None => return Err(bad("missing scheme; write it as http://host:port")),
-        }
+        };
         let auth = uri.authority().ok_or_else(|| bad("missing host"))?;
         let host = auth.host().trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() {
             return Err(bad("missing host"));
         }
-        let port = auth.port_u16().unwrap_or(80);
+        let port = auth.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let tls = if https {
+            Some(Tls {
+                connector: tokio_rustls::TlsConnector::from(crate::tls::client_config(insecure)),
+                name: crate::tls::server_name(host)?,
+            })
+        } else {
+            None
+        };
         let base_path = uri.path().trim_end_matches('/').to_string();
         Ok(Arc::new(Target {
             host: host.to_string(),
             port,
             authority: HeaderValue::from_str(auth.as_str()).map_err(|_| bad("bad host"))?,
             base_path,
+            tls,
             resolved: OnceLock::new(),
         }))
     }
@@ -159,6 +185,21 @@ fn classify_hyper(e: &hyper::Error) -> ErrorKind {
     ErrorKind::Reset
 }
 
+/// HTTP/1.1 over an open stream (plain or TLS).
+async fn attach<S>(stream: S) -> Result<SendRequest<Full<Bytes>>, ErrorKind>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| classify_hyper(&e))?;
+    // The connection future drives the socket; it ends when the sender is dropped.
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
 impl Client {
     pub fn new(target: Arc<Target>) -> Self {
         Client {
@@ -179,14 +220,17 @@ impl Client {
             match TcpStream::connect(addr).await {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
-                    let (sender, conn) =
-                        hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                            .await
-                            .map_err(|e| classify_hyper(&e))?;
-                    // The connection future drives the socket; it ends when the sender is dropped.
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
+                    let sender = match &self.target.tls {
+                        None => attach(stream).await?,
+                        Some(tls) => {
+                            let stream = tls
+                                .connector
+                                .connect(tls.name.clone(), stream)
+                                .await
+                                .map_err(|_| ErrorKind::Tls)?;
+                            attach(stream).await?
+                        }
+                    };
                     self.sender = Some(sender);
                     return Ok(());
                 }

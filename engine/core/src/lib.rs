@@ -9,3 +9,4 @@ pub mod runner;
 pub mod schedule;
 pub mod target;
 pub mod template;
+pub mod tls;

@@ -180,7 +180,7 @@ fn compile_feeder(f: &Feeder) -> FeedRows {
 /// request is sent.
 pub fn start(rt: &Handle, threads: usize, plan: Plan, dir: PathBuf) -> Result<RunHandle> {
     plan.validate()?;
-    let target = Target::parse(&plan.target)?;
+    let target = Target::parse(&plan.target, plan.insecure)?;
     let user_var_names: Vec<String> = plan
         .user_vars
         .iter()

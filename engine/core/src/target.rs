@@ -50,6 +50,9 @@ pub struct TargetConfig {
     pub stall_every_s: f64,
     #[serde(default)]
     pub seed: u64,
+    /// Serve https with a fresh self-signed certificate.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 fn default_host() -> String {
@@ -220,12 +223,14 @@ async fn handle(
 /// A running built-in target. Dropping it does not stop it; call `stop`.
 pub struct TargetServer {
     pub addr: SocketAddr,
+    tls: bool,
     stop: CancellationToken,
 }
 
 impl TargetServer {
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
     pub fn stop(&self) {
         self.stop.cancel();
@@ -244,6 +249,14 @@ pub fn start(rt: &tokio::runtime::Handle, cfg: TargetConfig) -> Result<TargetSer
     let local = std_listener
         .local_addr()
         .map_err(|e| Error::io(addr.clone(), e))?;
+    let acceptor = if cfg.tls {
+        Some(tokio_rustls::TlsAcceptor::from(
+            crate::tls::self_signed_server(&cfg.host)?,
+        ))
+    } else {
+        None
+    };
+    let tls = cfg.tls;
     let stop = CancellationToken::new();
     let b = Arc::new(Behaviour {
         cfg,
@@ -263,16 +276,31 @@ pub fn start(rt: &tokio::runtime::Handle, cfg: TargetConfig) -> Result<TargetSer
             let _ = stream.set_nodelay(true);
             let b = b.clone();
             let token = token.clone();
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| handle(b.clone(), req));
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc);
+                let http = hyper::server::conn::http1::Builder::new();
                 tokio::select! {
-                    _ = conn => {}
+                    _ = async {
+                        match acceptor {
+                            None => {
+                                let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                            }
+                            Some(acceptor) => {
+                                if let Ok(tls) = acceptor.accept(stream).await {
+                                    let _ = http.serve_connection(TokioIo::new(tls), svc).await;
+                                }
+                            }
+                        }
+                    } => {}
                     _ = token.cancelled() => {}
                 }
             });
         }
     });
-    Ok(TargetServer { addr: local, stop })
+    Ok(TargetServer {
+        addr: local,
+        tls,
+        stop,
+    })
 }

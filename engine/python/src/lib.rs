@@ -270,7 +270,7 @@ fn start_run(plan_json: &str, out_dir: PathBuf) -> PyResult<PyRun> {
 fn validate_plan(plan_json: &str) -> PyResult<()> {
     let plan = Plan::from_json(plan_json).map_err(CoreError)?;
     plan.validate().map_err(CoreError)?;
-    loadpilot_core::http::Target::parse(&plan.target).map_err(CoreError)?;
+    loadpilot_core::http::Target::parse(&plan.target, plan.insecure).map_err(CoreError)?;
     Ok(())
 }
 
