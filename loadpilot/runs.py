@@ -79,7 +79,9 @@ class Run(RunResult):
             if data:
                 self._frames.append(_store.rows_from_ndjson(data))
             if len(self._frames) > 1:
-                self._frames = [pl.concat(self._frames)]
+                # One contiguous frame: a chunk per second would cost memory on every column
+                # for the whole run.
+                self._frames = [pl.concat(self._frames, rechunk=True)]
             frame = self._frames[0] if self._frames else _store.empty_metrics()
             if self._handle.done and not self._finished:
                 # Everything is in: the Parquet file replaces the append-only one for readers.

@@ -102,6 +102,17 @@ impl TaskData {
         }
     }
 
+    /// Back to empty, keeping the histograms' memory.
+    pub fn reset(&mut self) {
+        self.corrected.reset();
+        self.service.reset();
+        self.requests = 0;
+        self.errors = [0; ERROR_KINDS];
+        self.status = [0; STATUS_CLASSES];
+        self.bytes_in = 0;
+        self.missed = 0;
+    }
+
     pub fn error_total(&self) -> u64 {
         self.errors.iter().sum()
     }
@@ -158,6 +169,8 @@ pub struct Recorder {
     /// Samples that complete after the planned end belong to the last interval.
     last_interval: u64,
     shards: Vec<Mutex<Shard>>,
+    /// Emptied interval sets, reused so a long run allocates no histogram per second.
+    spare: Mutex<Vec<Vec<TaskData>>>,
     pub in_flight: AtomicI64,
     pub active_users: AtomicI64,
 }
@@ -178,6 +191,7 @@ impl Recorder {
             n_tasks,
             last_interval,
             shards,
+            spare: Mutex::new(Vec::new()),
             in_flight: AtomicI64::new(0),
             active_users: AtomicI64::new(0),
         }
@@ -212,40 +226,50 @@ impl Recorder {
         }
         // A sample for an interval this shard already moved past (a thread descheduled across
         // a boundary) joins the current one: late by a moment, never lost.
-        let n = self.n_tasks;
-        let cur = s
-            .current
-            .get_or_insert_with(|| (0..n).map(|_| TaskData::new()).collect());
+        let cur = s.current.get_or_insert_with(|| self.fresh());
         f(&mut cur[task]);
+    }
+
+    /// An empty set of per-task data: a recycled one when there is one (once per interval
+    /// per thread, so this lock is not on the per-request path).
+    fn fresh(&self) -> Vec<TaskData> {
+        let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        spare.unwrap_or_else(|| (0..self.n_tasks).map(|_| TaskData::new()).collect())
+    }
+
+    /// Hands back a set taken with `take`, once its data has been used.
+    pub fn recycle(&self, mut data: Vec<TaskData>) {
+        data.iter_mut().for_each(TaskData::reset);
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        // A few sets cover every shard and the closer; more would be memory kept for nothing.
+        if spare.len() < self.shards.len() + 2 {
+            spare.push(data);
+        }
     }
 
     /// Takes every sample of intervals up to and including `upto`, added up per task.
     /// With `everything`, also takes what is still open (the run has ended).
+    /// Hand the result back with `recycle` once it has been used.
     pub fn take(&self, upto: u64, everything: bool) -> Vec<TaskData> {
-        let mut out: Vec<TaskData> = (0..self.n_tasks).map(|_| TaskData::new()).collect();
+        let mut out = self.fresh();
+        let mut used = Vec::new();
         for shard in &self.shards {
             let mut s = shard.lock().unwrap_or_else(|e| e.into_inner());
-            let keep: Vec<(u64, Vec<TaskData>)> = std::mem::take(&mut s.older)
+            let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut s.older)
                 .into_iter()
-                .filter_map(|(i, data)| {
-                    if i <= upto || everything {
-                        for (o, d) in out.iter_mut().zip(&data) {
-                            o.add(d);
-                        }
-                        None
-                    } else {
-                        Some((i, data))
-                    }
-                })
-                .collect();
+                .partition(|(i, _)| *i <= upto || everything);
             s.older = keep;
+            used.extend(due.into_iter().map(|(_, data)| data));
             if s.interval <= upto || everything {
-                if let Some(cur) = s.current.take() {
-                    for (o, d) in out.iter_mut().zip(&cur) {
-                        o.add(d);
-                    }
-                }
+                used.extend(s.current.take());
             }
+        }
+        // Adding up happens outside the shard locks, so recording threads never wait on it.
+        for data in used {
+            for (o, d) in out.iter_mut().zip(&data) {
+                o.add(d);
+            }
+            self.recycle(data);
         }
         out
     }

@@ -463,6 +463,7 @@ impl Closer<'_> {
             }
         }
         self.state.rows.lock().unwrap().extend(rows);
+        ctx.recorder.recycle(data);
         Ok(())
     }
 }

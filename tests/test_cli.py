@@ -1,0 +1,87 @@
+"""The `loadpilot` command as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import loadpilot as lp
+from tests.conftest import constant, get
+
+CLI = [sys.executable, "-m", "loadpilot.cli"]
+
+
+def test_demo_runs_against_the_built_in_target_and_says_where_everything_is(
+    tmp_path: Path,
+) -> None:
+    done = subprocess.run(
+        [*CLI, "demo", "--out", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "built-in target on http://127.0.0.1:" in done.stdout
+    assert f"everything is in {tmp_path / 'demo'}" in done.stdout
+    summary = lp.load_run(tmp_path / "demo").summary()
+    assert summary.ended == "completed" and summary.overall.errors == 0
+    assert summary.overall.requests == 8750  # a 5 s ramp to 500 rps, then 15 s at 500 rps
+
+
+def test_target_command_serves_until_told_to_stop(tmp_path: Path) -> None:
+    server = subprocess.Popen(
+        [*CLI, "target", "--port", "0", "--delay-ms", "2", "--for-s", "30"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        url = server.stdout.readline().split()[-1]
+        assert url.startswith("http://127.0.0.1:")
+        r = lp.run(lp.Plan(target=url, load=constant(50, 1), tasks=[get("x")]), tmp_path / "r")
+        assert r.summary().overall.errors == 0
+        assert (r.summary().overall.service_ms.min or 0) >= 2.0
+    finally:
+        server.terminate()
+        assert server.wait(timeout=10) == 0
+
+
+def test_a_broken_plan_file_is_one_clear_line_and_exit_code_2(tmp_path: Path) -> None:
+    bad = tmp_path / "plan.json"
+    bad.write_text('{"target": "http://127.0.0.1:1", "load": ')
+
+    done = subprocess.run([*CLI, "run", str(bad)], capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 2
+    assert str(bad) in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_an_invalid_target_url_is_refused_with_exit_code_2(tmp_path: Path) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_text(
+        json.dumps(
+            {
+                "target": "http//127.0.0.1:8080",
+                "load": {
+                    "model": "open",
+                    "stages": [{"kind": "constant", "rate": 1, "duration_s": 1}],
+                },
+                "tasks": [{"name": "x", "requests": [{"path": "/"}]}],
+            }
+        )
+    )
+
+    done = subprocess.run(
+        [*CLI, "run", str(plan), "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 2
+    assert "invalid target" in done.stderr and "http//127.0.0.1:8080" in done.stderr
+    assert not (tmp_path / "r").exists()
