@@ -523,6 +523,10 @@ async fn open_worker(ctx: Arc<Ctx>, vu: u64) {
     };
     let mut client = Client::new(ctx.target.clone());
     let user = pick_user(&ctx, vu);
+    // One registration with the token for the worker's life: a fresh `cancelled()` per request
+    // would take the token's lock, shared by every worker, on every request.
+    let stopped = ctx.stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         if ctx.stop.is_cancelled() {
             break;
@@ -536,7 +540,7 @@ async fn open_worker(ctx: Arc<Ctx>, vu: u64) {
         if due > now {
             tokio::select! {
                 _ = sleep_until(due.into()) => {}
-                _ = ctx.stop.cancelled() => break,
+                _ = &mut stopped => break,
             }
         }
         if late {
@@ -546,7 +550,7 @@ async fn open_worker(ctx: Arc<Ctx>, vu: u64) {
             go_on = iteration(&ctx, &mut client, vu, arrival.index, task, Some(due), user) => {
                 if !go_on { break }
             }
-            _ = ctx.stop.cancelled() => break,
+            _ = &mut stopped => break,
         }
     }
 }
@@ -563,6 +567,8 @@ async fn closed_worker(ctx: Arc<Ctx>, vu: u64) {
     let mut client = Client::new(ctx.target.clone());
     let user = pick_user(&ctx, vu);
     let level = vu as f64;
+    let stopped = ctx.stop.cancelled();
+    tokio::pin!(stopped);
     let mut active = false;
     loop {
         let t = ctx.start.elapsed().as_secs_f64();
@@ -579,7 +585,7 @@ async fn closed_worker(ctx: Arc<Ctx>, vu: u64) {
             let at = ctx.start + Duration::from_secs_f64(wake.min(ctx.duration));
             tokio::select! {
                 _ = sleep_until(at.into()) => continue,
-                _ = ctx.stop.cancelled() => break,
+                _ = &mut stopped => break,
             }
         }
         if !active {
@@ -590,7 +596,7 @@ async fn closed_worker(ctx: Arc<Ctx>, vu: u64) {
         let task = ctx.mix.pick(iter);
         let went = tokio::select! {
             go_on = iteration(&ctx, &mut client, vu, iter, task, None, user) => go_on,
-            _ = ctx.stop.cancelled() => false,
+            _ = &mut stopped => false,
         };
         if !went {
             break;
@@ -605,7 +611,7 @@ async fn closed_worker(ctx: Arc<Ctx>, vu: u64) {
             };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = ctx.stop.cancelled() => break,
+                _ = &mut stopped => break,
             }
         }
     }
