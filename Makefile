@@ -50,6 +50,9 @@ format: $(STAMP) ## Format Python and Rust
 	$(BIN)/ruff check --fix loadpilot tests bench
 	cargo fmt --all
 
+.PHONY: bench
+bench: bench-engine ## Every benchmark (results in bench/results/, summary in docs/benchmarks.md)
+
 .PHONY: bench-engine
 bench-engine: build-dev ## Engine throughput vs wrk and memory over a long run (see docs/benchmarks.md)
 	$(PY) bench/engine.py

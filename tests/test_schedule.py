@@ -96,3 +96,21 @@ def test_poisson_arrivals_are_reproducible_with_a_seed(
     assert a == b
     assert a != c
     assert abs(a - 1000) < 150
+
+
+def test_shards_of_one_schedule_add_up_to_the_whole(
+    target: lp.TargetServer, tmp_path: Path
+) -> None:
+    from loadpilot.plan import Shard
+
+    whole = lp.Plan(target=target.url, load=constant(100, 2), tasks=[get("x")])
+
+    halves = [
+        lp.run(whole.model_copy(update={"shard": Shard(index=i, count=2)}), tmp_path / f"s{i}")
+        for i in range(2)
+    ]
+
+    summaries = [h.summary() for h in halves]
+    assert [s.overall.requests for s in summaries] == [100, 100]
+    assert [s.target_requests for s in summaries] == [100, 100]
+    assert all((h.metrics["target_rps"] == 50).all() for h in halves)

@@ -230,6 +230,20 @@ impl Plan {
             }
             _ => {}
         }
+        if let Some(sh) = &self.shard {
+            if matches!(self.load, Load::Closed { .. }) {
+                return Err(Error::plan(
+                    "shard",
+                    "shards split an open model's arrival schedule; a closed model has none",
+                ));
+            }
+            if sh.count == 0 || sh.index >= sh.count {
+                return Err(Error::plan(
+                    "shard",
+                    format!("index must be < count, got {}/{}", sh.index, sh.count),
+                ));
+            }
+        }
         if let Some(f) = &self.feeder {
             if f.rows.is_empty() {
                 return Err(Error::plan(

@@ -84,6 +84,8 @@ impl FeedRows {
 struct Ctx {
     start: Instant,
     duration: f64,
+    /// How many shards the schedule is split into (this run runs one of them).
+    shards: f64,
     target: Arc<Target>,
     tasks: Vec<Vec<CompiledRequest>>,
     mix: Mix,
@@ -257,6 +259,7 @@ pub fn start(rt: &Handle, threads: usize, plan: Plan, dir: PathBuf) -> Result<Ru
     let ctx = Arc::new(Ctx {
         start,
         duration,
+        shards: shard.1 as f64,
         target,
         tasks,
         mix,
@@ -435,8 +438,7 @@ impl Closer<'_> {
                     Model::Open { arrivals, .. } if length > 0.0 => {
                         let n =
                             arrivals.cumulative(start_s + length) - arrivals.cumulative(start_s);
-                        let shards = ctx_shards(ctx);
-                        Some(n / shards * ctx.mix.share(t) / length)
+                        Some(n / ctx.shards * ctx.mix.share(t) / length)
                     }
                     _ => None,
                 };
@@ -468,13 +470,6 @@ impl Closer<'_> {
     }
 }
 
-fn ctx_shards(ctx: &Ctx) -> f64 {
-    match &ctx.model {
-        Model::Open { schedule, .. } => schedule.lock().unwrap().shard_count() as f64,
-        Model::Closed { .. } => 1.0,
-    }
-}
-
 fn summarize(
     ctx: &Ctx,
     state: &RunState,
@@ -498,10 +493,9 @@ fn summarize(
         })
         .collect();
     let (model, target_requests) = match &ctx.model {
-        Model::Open { arrivals, .. } => (
-            "open",
-            Some(arrivals.cumulative(duration_s) / ctx_shards(ctx)),
-        ),
+        Model::Open { arrivals, .. } => {
+            ("open", Some(arrivals.cumulative(duration_s) / ctx.shards))
+        }
         Model::Closed { .. } => ("closed", None),
     };
     Summary {

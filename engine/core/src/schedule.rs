@@ -85,10 +85,6 @@ impl Schedule {
         })
     }
 
-    pub fn shard_count(&self) -> u64 {
-        self.shard_count
-    }
-
     fn advance(&mut self) -> Option<Arrival> {
         let index = self.next_index;
         self.next_index += 1;
