@@ -7,6 +7,7 @@ Build a :class:`Plan`, :func:`start` it (or :func:`run` it to the end), and read
 
 from loadpilot._engine import __version__
 from loadpilot.errors import LoadPilotError, PlanError, RunDirError, TargetError
+from loadpilot.loader import load_scenario, load_scenarios
 from loadpilot.plan import (
     ClosedLoad,
     Constant,
@@ -20,11 +21,41 @@ from loadpilot.plan import (
     Step,
     Task,
 )
+from loadpilot.profiles import (
+    Profile,
+    constant,
+    hold,
+    parse_duration,
+    ramp,
+    spike,
+    stages,
+    step,
+    users,
+)
 from loadpilot.runs import Histogram, LoadedRun, Run, RunResult, load_run, run, start
+from loadpilot.scenario import Scenario, ScenarioError, VUser, expect, feed, scenario, task
 from loadpilot.summary import Summary
 from loadpilot.target import TargetServer, start_target
 
 __all__ = [
+    "Profile",
+    "Scenario",
+    "ScenarioError",
+    "VUser",
+    "constant",
+    "expect",
+    "feed",
+    "hold",
+    "load_scenario",
+    "load_scenarios",
+    "parse_duration",
+    "ramp",
+    "scenario",
+    "spike",
+    "stages",
+    "step",
+    "task",
+    "users",
     "ClosedLoad",
     "Constant",
     "Expect",

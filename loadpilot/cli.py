@@ -1,11 +1,14 @@
-"""The ``loadpilot`` command: ``demo``, ``target`` and ``run PLAN.json``.
+"""The ``loadpilot`` command: ``run FILE.py|PLAN.json``, ``demo`` and ``target``.
 
-Exit codes: 0 the run completed, 1 the run had errors or was stopped, 2 bad usage or input.
+Exit codes: 0 passed (thresholds met, no failed request unless an error_rate threshold allows
+it); 1 a threshold failed; 2 bad usage or input (scenario, plan, URL); 3 requests failed and no
+threshold covered the error rate; 130 stopped with Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -13,13 +16,18 @@ import time
 from pathlib import Path
 
 from loadpilot import runs as _run
+from loadpilot import thresholds
 from loadpilot.errors import LoadPilotError
+from loadpilot.loader import load_scenario
 from loadpilot.plan import Constant, Expect, OpenLoad, Plan, Ramp, Request, Task
+from loadpilot.profiles import Profile, constant, parse_duration, users
 from loadpilot.target import start_target
 
 EXIT_OK = 0
-EXIT_RUN_FAILED = 1
+EXIT_THRESHOLDS = 1
 EXIT_USAGE = 2
+EXIT_ERRORS = 3
+EXIT_INTERRUPTED = 130
 
 
 def _progress(r: _run.Run, total_s: float) -> None:
@@ -43,20 +51,34 @@ def _progress(r: _run.Run, total_s: float) -> None:
         )
 
 
-def _execute(plan: Plan, out: Path | None) -> int:
+def _execute(plan: Plan, out: Path | None, checks: list[thresholds.Threshold] | None = None) -> int:
     r = _run.start(plan, out)
     print(f"run directory: {r.path}", flush=True)
+    interrupted = False
     try:
         _progress(r, plan.duration_s)
     except KeyboardInterrupt:
+        interrupted = True
         print("\nstopping: keeping everything measured so far", flush=True)
         r.stop()
     s = r.summary()
     print()
     print(s.table())
+    verdicts = thresholds.evaluate(s, checks or [])
+    if verdicts:
+        print("\nthresholds:")
+        for v in verdicts:
+            print(f"  {v}")
     print(f"\nended: {s.ended}; everything is in {r.path}/")
-    if s.ended != "completed" or s.overall.errors:
-        return EXIT_RUN_FAILED
+    if interrupted:
+        return EXIT_INTERRUPTED
+    if not all(v.passed for v in verdicts):
+        return EXIT_THRESHOLDS
+    judged = any(v.threshold.metric == "error_rate" for v in verdicts)
+    if s.overall.errors and not judged:
+        kinds = ", ".join(f"{k} {n}" for k, n in s.overall.errors_by_kind.items() if n)
+        print(f"requests failed: {kinds}")
+        return EXIT_ERRORS
     return EXIT_OK
 
 
@@ -127,8 +149,42 @@ def _cmd_target(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _target(args: argparse.Namespace, plan_target: str | None) -> str:
+    target = args.target or os.environ.get("LOADPILOT_TARGET") or plan_target
+    if not target:
+        raise LoadPilotError("no target: give --target URL or set LOADPILOT_TARGET")
+    return target
+
+
+def _override(profile: Profile, args: argparse.Namespace) -> Profile:
+    if args.rps is None and args.duration is None:
+        return profile
+    duration = args.duration if args.duration is not None else profile.duration_s
+    peak = max(
+        max(getattr(s, k, 0) or 0 for k in ("rate", "from_", "to", "peak")) for s in profile.stages
+    )
+    if profile.model == "closed":
+        if args.rps is not None:
+            raise LoadPilotError("--rps applies to open-model scenarios; this one has users")
+        return users(int(peak), duration, think=profile.think_s or None)
+    return constant(args.rps if args.rps is not None else peak, duration)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    path = Path(args.plan)
+    path = Path(args.file)
+    cli_checks = list(args.threshold or [])
+    if path.suffix == ".py":
+        chosen = load_scenario(path, args.scenario)
+        names = [t.name for t in chosen.tasks]
+        checks = [*chosen.thresholds, *(thresholds.parse_cli(t, names) for t in cli_checks)]
+        plan = chosen.plan(_target(args, None), profile=_override(chosen.profile, args))
+        print(
+            f"scenario {chosen.name}: "
+            + ", ".join(
+                f"{t.name} (weight {t.weight}, {chosen.paths[t.name]})" for t in chosen.tasks
+            )
+        )
+        return _execute(plan, args.out, checks)
     try:
         text = path.read_text()
     except OSError as e:
@@ -137,9 +193,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         plan = Plan.from_json(text)
     except ValueError as e:
         raise LoadPilotError(f"{path}: {e}") from e
-    if args.target:
-        plan = plan.model_copy(update={"target": args.target})
-    return _execute(plan, args.out)
+    names = [t.name for t in plan.tasks]
+    checks = [thresholds.parse_cli(t, names) for t in cli_checks]
+    plan = plan.model_copy(update={"target": _target(args, plan.target)})
+    if args.rps is not None or args.duration is not None:
+        raise LoadPilotError("--rps and --duration apply to scenario files; edit the plan instead")
+    return _execute(plan, args.out, checks)
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except LoadPilotError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -164,16 +230,23 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--for-s", type=float, default=None, help="stop after this many seconds")
     t.set_defaults(fn=_cmd_target)
 
-    r = sub.add_parser("run", help="run a plan (JSON)")
-    r.add_argument("plan", help="PLAN.json")
-    r.add_argument("--target", default=None, help="override the plan's target URL")
+    r = sub.add_parser("run", help="run a scenario file (.py) or a plan (.json)")
+    r.add_argument("file", help="FILE.py or PLAN.json")
+    r.add_argument("--target", default=None, help="target URL (else $LOADPILOT_TARGET)")
+    r.add_argument("--scenario", default=None, help="which scenario of the file")
     r.add_argument("--out", type=Path, default=None, help="run directory")
+    r.add_argument("--threshold", action="append", help="e.g. 'p99<25ms' (repeatable)")
+    r.add_argument("--rps", type=float, default=None, help="run at this constant rate instead")
+    r.add_argument("--duration", type=_duration, default=None, help='e.g. "30s", "5m"')
     r.set_defaults(fn=_cmd_run)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:
+        return EXIT_USAGE if e.code else EXIT_OK
     try:
         code: int = args.fn(args)
         return code

@@ -1,0 +1,150 @@
+"""Load profiles for scenarios: ``constant``, ``ramp``, ``step``, ``spike``, ``stages`` and
+``users``, joined in sequence with ``+``. Durations accept seconds or text: "500ms", "30s", "5m",
+"1h"."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from loadpilot.errors import PlanError
+from loadpilot.plan import ClosedLoad, Constant, OpenLoad, Ramp, Spike, Stage, Step
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)\s*$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+Duration = str | float | int
+
+
+def parse_duration(value: Duration, *, what: str = "duration") -> float:
+    """Seconds from ``value``: a number of seconds or text such as "500ms", "30s", "5m", "1h"."""
+    if isinstance(value, bool):
+        raise PlanError(f"invalid {what}: {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value))
+        if not m:
+            raise PlanError(
+                f'invalid {what}: {value!r} (write seconds or text like "500ms", "30s", "5m", "1h")'
+            )
+        seconds = float(m.group(1)) * _UNIT[m.group(2)]
+    if not seconds > 0:
+        raise PlanError(f"invalid {what}: {value!r} (must be more than zero)")
+    return seconds
+
+
+def _rate(value: float, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise PlanError(f"invalid {what}: {value!r} (must be a number >= 0)")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Stages of an open model (values are requests per second) or of a closed model (values
+    are virtual users, looping with ``think_s`` between iterations)."""
+
+    model: Literal["open", "closed"]
+    stages: tuple[Stage, ...]
+    think_s: float = 0.0
+
+    def __add__(self, other: Profile) -> Profile:
+        if not isinstance(other, Profile):
+            return NotImplemented
+        if other.model != self.model:
+            raise PlanError(
+                f"cannot join a {self.model}-model profile and a {other.model}-model one"
+            )
+        if self.model == "closed" and other.think_s != self.think_s:
+            raise PlanError("joined closed-model profiles must have the same think time")
+        return Profile(self.model, self.stages + other.stages, self.think_s)
+
+    @property
+    def duration_s(self) -> float:
+        return sum(s.duration_s for s in self.stages)
+
+    def to_load(
+        self, *, connections: int | None = None, arrivals: str = "uniform", seed: int = 0
+    ) -> OpenLoad | ClosedLoad:
+        if self.model == "closed":
+            return ClosedLoad(stages=list(self.stages), think_s=self.think_s)
+        extra = {} if connections is None else {"connections": connections}
+        return OpenLoad(stages=list(self.stages), arrivals=arrivals, seed=seed, **extra)
+
+
+def _open(stage: Stage) -> Profile:
+    return Profile("open", (stage,))
+
+
+def constant(rps: float, duration: Duration) -> Profile:
+    """``rps`` requests per second for ``duration``."""
+    return _open(Constant(rate=_rate(rps, "rps"), duration_s=parse_duration(duration)))
+
+
+hold = constant
+
+
+def ramp(from_rps: float, to_rps: float, duration: Duration) -> Profile:
+    """A linear change of rate over ``duration``."""
+    return _open(
+        Ramp(
+            from_=_rate(from_rps, "from_rps"),
+            to=_rate(to_rps, "to_rps"),
+            duration_s=parse_duration(duration),
+        )
+    )
+
+
+def step(from_rps: float, to_rps: float, steps: int, duration: Duration) -> Profile:
+    """``steps`` equal plateaus from ``from_rps`` to ``to_rps`` over ``duration``."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise PlanError(f"invalid steps: {steps!r} (must be a whole number >= 1)")
+    return _open(
+        Step(
+            from_=_rate(from_rps, "from_rps"),
+            to=_rate(to_rps, "to_rps"),
+            steps=steps,
+            duration_s=parse_duration(duration),
+        )
+    )
+
+
+def spike(base_rps: float, peak_rps: float, peak: Duration, duration: Duration) -> Profile:
+    """``base_rps``, with ``peak_rps`` for ``peak`` in the middle of ``duration``."""
+    peak_s, total = parse_duration(peak, what="peak"), parse_duration(duration)
+    if peak_s >= total:
+        raise PlanError(f"a spike's peak ({peak}) must be shorter than its duration ({duration})")
+    return _open(
+        Spike(
+            base=_rate(base_rps, "base_rps"),
+            peak=_rate(peak_rps, "peak_rps"),
+            peak_s=peak_s,
+            duration_s=total,
+        )
+    )
+
+
+def stages(parts: list[Profile]) -> Profile:
+    """Profiles laid end to end (the same as adding them with ``+``)."""
+    if not parts:
+        raise PlanError("stages() needs at least one profile")
+    out = parts[0]
+    for p in parts[1:]:
+        out = out + p
+    return out
+
+
+def users(
+    n: int, duration: Duration, *, ramp: Duration | None = None, think: Duration | None = None
+) -> Profile:
+    """A closed model: ``n`` virtual users for ``duration`` (after ``ramp``, if given, from 0),
+    each waiting ``think`` between iterations."""
+    count = _rate(n, "users")
+    think_s = 0.0 if think is None else parse_duration(think, what="think time")
+    parts: list[Stage] = []
+    if ramp is not None:
+        parts.append(Ramp(from_=0, to=count, duration_s=parse_duration(ramp, what="ramp")))
+    parts.append(Constant(rate=count, duration_s=parse_duration(duration)))
+    return Profile("closed", tuple(parts), think_s)

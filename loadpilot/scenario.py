@@ -1,0 +1,333 @@
+"""Scenarios: virtual users written as Python classes.
+
+```python
+@lp.scenario(profile=lp.constant(rps=100, duration="30s"), thresholds={"p99": "< 25ms"})
+class Shop(lp.VUser):
+    feed = lp.feed("users.csv")
+    @lp.task(weight=5)
+    def browse(self):
+        self.client.get("/items?user={{user}}", expect=lp.expect(status=200))
+```
+
+A task whose body is only requests with fixed arguments (placeholders such as ``{{user}}`` are
+filled per iteration) runs entirely in the engine. Which tasks qualify is decided by reading the
+task's code, never by guessing from one call, so nothing that would vary per iteration is frozen;
+the plan and the summary say ``path: engine``. Tasks with Python logic between requests are refused
+with a message that says which line is the reason.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import textwrap
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import polars as pl
+
+from loadpilot.errors import PlanError
+from loadpilot.plan import Expect, Feeder, Plan, Request, Task
+from loadpilot.profiles import Duration, Profile, parse_duration
+from loadpilot.thresholds import Threshold, parse_all
+
+_TASK = "__loadpilot_task_weight__"
+_SCENARIO = "__loadpilot_scenario__"
+_VERBS = ("get", "post", "put", "patch", "delete", "head", "options")
+
+
+class ScenarioError(PlanError):
+    """A scenario file or class is invalid: the message names the file and line."""
+
+
+def _where(fn: Callable[..., Any]) -> str:
+    code = fn.__code__
+    return f"{code.co_filename}:{code.co_firstlineno}"
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def task(fn: F | None = None, *, weight: int = 1) -> Any:
+    """Marks a method of a :class:`VUser` as a task; ``weight`` sets its share of iterations."""
+
+    def mark(f: F) -> F:
+        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
+            raise ScenarioError(
+                f"{_where(f)}: task {f.__name__!r} has weight {weight!r}; a weight is a whole "
+                "number >= 1"
+            )
+        setattr(f, _TASK, weight)
+        return f
+
+    return mark(fn) if fn is not None else mark
+
+
+def expect(
+    status: int | list[int] | range | None = None,
+    *,
+    body_contains: str | None = None,
+    json_path: str | None = None,
+    equals: Any = None,
+    max_latency: Duration | None = None,
+) -> Expect:
+    """Checks the engine runs on each response: status (a code, a list or a ``range``), a piece
+    of the body, a JSON path's value, a latency limit."""
+    codes: list[int] | None = None
+    span: tuple[int, int] | None = None
+    if isinstance(status, int):
+        codes = [status]
+    elif isinstance(status, range):
+        span = (status.start, status.stop - 1)
+    elif status is not None:
+        codes = list(status)
+    return Expect(
+        status=codes,
+        status_range=span,
+        body_contains=body_contains,
+        json_path=json_path,
+        json_equals=equals,
+        max_latency_ms=None
+        if max_latency is None
+        else parse_duration(max_latency, what="max_latency") * 1000,
+    )
+
+
+def feed(source: str | Path | pl.DataFrame, mode: str = "cycle", *, seed: int = 0) -> Feeder:
+    """Rows handed out one per iteration, from a CSV file or a Polars DataFrame; each column is
+    a placeholder (``{{user}}``). ``mode``: ``cycle``, ``random`` or ``unique`` (each row once;
+    the run ends when they run out)."""
+    if mode not in ("cycle", "random", "unique"):
+        raise ScenarioError(f"feed mode {mode!r}: use cycle, random or unique")
+    if isinstance(source, pl.DataFrame):
+        frame = source
+    else:
+        path = Path(source)
+        try:
+            frame = pl.read_csv(path, infer_schema=False)
+        except (OSError, pl.exceptions.PolarsError) as e:
+            raise ScenarioError(f"feed {str(path)!r}: {e}") from e
+    if frame.height == 0:
+        raise ScenarioError("a feed needs at least one row")
+    frame = frame.select(pl.all().cast(pl.String).fill_null(""))
+    return Feeder(
+        columns=frame.columns,
+        rows=[list(r) for r in frame.iter_rows()],
+        mode=mode,
+        seed=seed,
+    )
+
+
+class VUser:
+    """Base class of a scenario's virtual users. ``self.client`` sends requests."""
+
+    client: _Recorder
+
+
+class _Recorder:
+    """Stands in for the client while an engine-path task is read: collects its requests."""
+
+    def __init__(self) -> None:
+        self.requests: list[Request] = []
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        json: Any = None,
+        content: str | None = None,
+        data: str | None = None,
+        timeout: Duration | None = None,
+        expect: Expect | None = None,
+    ) -> None:
+        if params:
+            # Placeholders stay readable for the engine to fill.
+            query = urllib.parse.urlencode(params, safe="{}")
+            path = f"{path}{'&' if '?' in path else '?'}{query}"
+        body = content if content is not None else data
+        self.requests.append(
+            Request(
+                method=method.upper(),
+                path=path,
+                headers=dict(headers or {}),
+                body=body,
+                json_=json,
+                timeout_s=None if timeout is None else parse_duration(timeout, what="timeout"),
+                expect=expect,
+            )
+        )
+
+    def __getattr__(self, verb: str) -> Callable[..., None]:
+        if verb not in _VERBS:
+            raise AttributeError(verb)
+        return lambda path, **kw: self.request(verb.upper(), path, **kw)
+
+
+def _static(node: ast.expr) -> bool:
+    """Whether an argument's value is fixed when the scenario is read."""
+    match node:
+        case ast.Constant():
+            return True
+        case ast.UnaryOp(op=ast.USub(), operand=ast.Constant()):
+            return True
+        case ast.List(elts=elts) | ast.Tuple(elts=elts) | ast.Set(elts=elts):
+            return all(_static(e) for e in elts)
+        case ast.Dict(keys=keys, values=values):
+            return all(k is not None and _static(k) for k in keys) and all(
+                _static(v) for v in values
+            )
+        case ast.Call(func=func, args=args, keywords=kws):
+            name = ast.unparse(func)
+            allowed = name in ("range", "expect") or name.endswith(".expect")
+            return allowed and all(_static(a) for a in args) and all(_static(k.value) for k in kws)
+    return False
+
+
+def _engine_path_reason(fn: Callable[..., Any]) -> str | None:
+    """None when every statement of the task is a request with fixed arguments; otherwise the
+    reason, with its line."""
+    try:
+        source = textwrap.dedent(inspect.getsource(fn))
+    except (OSError, TypeError):
+        return "its source code cannot be read"
+    tree = ast.parse(source)
+    fdef = tree.body[0]
+    first = fn.__code__.co_firstlineno - 1
+    if isinstance(fdef, ast.AsyncFunctionDef):
+        return f"line {first + fdef.lineno}: it is an async task"
+    assert isinstance(fdef, ast.FunctionDef)
+    for i, stmt in enumerate(fdef.body):
+        line = first + stmt.lineno
+        if isinstance(stmt, ast.Pass) or (
+            i == 0 and isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
+        ):
+            continue
+        call = stmt.value if isinstance(stmt, ast.Expr) else None
+        if not (
+            isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Attribute)
+            and ast.unparse(call.func.value) == "self.client"
+            and call.func.attr in (*_VERBS, "request")
+        ):
+            return f"line {line}: `{ast.unparse(stmt).splitlines()[0]}` is Python logic"
+        for arg in [*call.args, *(k.value for k in call.keywords)]:
+            if not _static(arg):
+                return (
+                    f"line {line}: `{ast.unparse(arg)}` is computed in Python; "
+                    "use a {{placeholder}} to vary a request per iteration"
+                )
+    return None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A scenario class, read: its tasks as engine requests, its profile and thresholds."""
+
+    name: str
+    user: type[VUser]
+    profile: Profile
+    tasks: tuple[Task, ...]
+    thresholds: tuple[Threshold, ...] = ()
+    feeder: Feeder | None = None
+    connections: int | None = None
+    arrivals: str = "uniform"
+    seed: int = 0
+    timeout_s: float = 30.0
+    paths: Mapping[str, str] = field(default_factory=dict)
+
+    def plan(self, target: str, *, profile: Profile | None = None) -> Plan:
+        """The plan that runs this scenario against ``target`` (optionally with another
+        profile)."""
+        prof = profile or self.profile
+        return Plan(
+            name=self.name,
+            target=target,
+            load=prof.to_load(connections=self.connections, arrivals=self.arrivals, seed=self.seed),
+            tasks=list(self.tasks),
+            feeder=self.feeder,
+            timeout_s=self.timeout_s,
+        )
+
+
+def _read_tasks(cls: type[VUser]) -> tuple[Task, ...]:
+    where = f"{inspect.getsourcefile(cls)}:{inspect.getsourcelines(cls)[1]}"
+    for hook in ("on_start", "on_stop"):
+        if hook in vars(cls):
+            raise ScenarioError(
+                f"{_where(vars(cls)[hook])}: {cls.__name__}.{hook} runs Python per virtual user; "
+                "this version runs tasks in the engine only, so it cannot take hooks yet"
+            )
+    tasks = []
+    for name, fn in vars(cls).items():
+        weight = getattr(fn, _TASK, None)
+        if weight is None or not callable(fn):
+            continue
+        reason = _engine_path_reason(fn)
+        if reason is not None:
+            raise ScenarioError(
+                f"{_where(fn)}: task {name!r} cannot run in the engine: {reason}. This version "
+                "runs only tasks made of requests (vary them with {{placeholders}})"
+            )
+        rec = _Recorder()
+        probe = object.__new__(cls)
+        probe.client = rec
+        fn(probe)
+        if not rec.requests:
+            raise ScenarioError(f"{_where(fn)}: task {name!r} sends no request")
+        tasks.append(Task(name=name, weight=weight, requests=rec.requests))
+    if not tasks:
+        raise ScenarioError(f"{where}: scenario {cls.__name__!r} has no @task method")
+    return tuple(tasks)
+
+
+def scenario(
+    *,
+    profile: Profile,
+    thresholds: Mapping[str, str] | None = None,
+    name: str | None = None,
+    connections: int | None = None,
+    arrivals: str = "uniform",
+    seed: int = 0,
+    timeout: Duration = "30s",
+) -> Callable[[type[VUser]], type[VUser]]:
+    """Declares a :class:`VUser` subclass as a scenario with its load profile and thresholds."""
+    if not isinstance(profile, Profile):
+        raise ScenarioError(f"profile must come from lp.constant, lp.ramp, ... not {profile!r}")
+
+    def declare(cls: type[VUser]) -> type[VUser]:
+        tasks = _read_tasks(cls)
+        names = [t.name for t in tasks]
+        try:
+            parsed = parse_all(dict(thresholds or {}), names)
+        except PlanError as e:
+            where = f"{inspect.getsourcefile(cls)}:{inspect.getsourcelines(cls)[1]}"
+            raise ScenarioError(f"{where}: {e}") from None
+        feeder = vars(cls).get("feed")
+        sc = Scenario(
+            name=name or cls.__name__,
+            user=cls,
+            profile=profile,
+            tasks=tasks,
+            thresholds=tuple(parsed),
+            feeder=feeder if isinstance(feeder, Feeder) else None,
+            connections=connections,
+            arrivals=arrivals,
+            seed=seed,
+            timeout_s=parse_duration(timeout, what="timeout"),
+            paths={n: "engine" for n in names},
+        )
+        setattr(cls, _SCENARIO, sc)
+        return cls
+
+    return declare
+
+
+def scenario_of(cls: type) -> Scenario | None:
+    found = vars(cls).get(_SCENARIO)
+    return found if isinstance(found, Scenario) else None

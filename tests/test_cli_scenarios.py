@@ -1,0 +1,228 @@
+"""`loadpilot run FILE.py`: scenarios from files, thresholds as CI gates, and bad input."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import loadpilot as lp
+
+CLI = [sys.executable, "-m", "loadpilot.cli"]
+
+SHOP = """
+import loadpilot as lp
+
+@lp.scenario(profile=lp.constant(rps=100, duration="2s"), thresholds={"error_rate": "< 1%"})
+class Shop(lp.VUser):
+    @lp.task(weight=3)
+    def browse(self):
+        self.client.get("/json", expect=lp.expect(status=200, json_path="$.ok", equals=True))
+
+    @lp.task
+    def echo(self):
+        self.client.post("/echo", json={"n": "{{__iter}}"}, expect=lp.expect(body_contains="n"))
+
+@lp.scenario(profile=lp.users(4, "2s", think="50ms"), name="Idle")
+class Quiet(lp.VUser):
+    @lp.task
+    def look(self):
+        self.client.get("/")
+"""
+
+
+def _write(tmp_path: Path, text: str, name: str = "shop.py") -> Path:
+    f = tmp_path / name
+    f.write_text(textwrap.dedent(text))
+    return f
+
+
+def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_scenario_file_runs_and_its_thresholds_pass(
+    target: lp.TargetServer, tmp_path: Path
+) -> None:
+    f = _write(tmp_path, SHOP)
+
+    done = _run(
+        "run", str(f), "--scenario", "Shop", "--target", target.url, "--out", str(tmp_path / "r")
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "browse (weight 3, engine)" in done.stdout
+    assert "pass  error_rate < 1%" in done.stdout
+    summary = lp.load_run(tmp_path / "r").summary()
+    assert summary.overall.requests == 200
+    assert [t.requests for t in summary.tasks] == [150, 50]
+
+
+def test_a_failed_threshold_exits_1(target: lp.TargetServer, tmp_path: Path) -> None:
+    f = _write(tmp_path, SHOP)
+
+    done = _run(
+        "run",
+        str(f),
+        "--scenario",
+        "Shop",
+        "--target",
+        target.url,
+        "--threshold",
+        "p99<0.001ms",
+        "--out",
+        str(tmp_path / "r"),
+    )
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "FAIL  p99 <0.001ms" in done.stdout
+
+
+def test_target_comes_from_the_environment_and_overrides_apply(
+    target: lp.TargetServer, tmp_path: Path
+) -> None:
+    f = _write(tmp_path, SHOP)
+
+    done = subprocess.run(
+        [
+            *CLI,
+            "run",
+            str(f),
+            "--scenario",
+            "Idle",
+            "--duration",
+            "1s",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**__import__("os").environ, "LOADPILOT_TARGET": target.url},
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    s = lp.load_run(tmp_path / "r").summary()
+    assert s.model == "closed" and s.planned_duration_s == 1
+
+
+def test_an_unreachable_target_completes_and_exits_3(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    f = _write(tmp_path, SHOP.replace('thresholds={"error_rate": "< 1%"}', "thresholds={}"))
+
+    done = _run(
+        "run",
+        str(f),
+        "--scenario",
+        "Shop",
+        "--target",
+        f"http://127.0.0.1:{port}",
+        "--out",
+        str(tmp_path / "r"),
+    )
+
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "requests failed: connect 200" in done.stdout
+    assert lp.load_run(tmp_path / "r").summary().ended == "completed"
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("import loadpilot as lp\ndef broken(:\n", "bad.py:2: syntax error"),
+        (
+            "import loadpilot as lp\nx = 1\nraise RuntimeError('boom')\n",
+            "bad.py:3: RuntimeError: boom",
+        ),
+        ("import loadpilot as lp\n", "no scenario"),
+        (
+            "import loadpilot as lp\n"
+            "@lp.scenario(profile=lp.constant(1, 'soon'))\n"
+            "class S(lp.VUser):\n"
+            "    @lp.task\n"
+            "    def t(self):\n"
+            "        self.client.get('/')\n",
+            "bad.py:2: PlanError: invalid duration: 'soon'",
+        ),
+    ],
+)
+def test_a_broken_scenario_file_is_one_line_with_file_and_line(
+    tmp_path: Path, source: str, message: str
+) -> None:
+    f = _write(tmp_path, source, "bad.py")
+
+    done = _run("run", str(f), "--target", "http://127.0.0.1:9")
+
+    assert done.returncode == 2
+    assert message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--scenario", "Nope"], "no scenario 'Nope'; scenarios: Shop, Idle"),
+        ([], "several scenarios (Shop, Idle); pick one with --scenario"),
+        (["--scenario", "Shop", "--threshold", "p98<1ms"], "unknown threshold metric 'p98'"),
+        (["--scenario", "Shop", "--duration", "5 minutes"], "invalid duration"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_clear_line(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    f = _write(tmp_path, SHOP)
+
+    done = _run("run", str(f), "--target", "http://127.0.0.1:9", *args)
+
+    assert done.returncode == 2
+    assert message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_an_invalid_target_url_exits_2(tmp_path: Path) -> None:
+    f = _write(tmp_path, SHOP)
+
+    done = _run("run", str(f), "--scenario", "Shop", "--target", "localhost:8080")
+
+    assert done.returncode == 2
+    assert "invalid target" in done.stderr
+
+
+def test_ctrl_c_stops_within_a_second_and_prints_the_partial_summary(
+    target: lp.TargetServer, tmp_path: Path
+) -> None:
+    f = _write(tmp_path, SHOP.replace('duration="2s"', 'duration="60s"'))
+    proc = subprocess.Popen(
+        [
+            *CLI,
+            "run",
+            str(f),
+            "--scenario",
+            "Shop",
+            "--target",
+            target.url,
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    out, err = proc.communicate(timeout=20)
+    took = time.monotonic() - sent
+
+    assert proc.returncode == 130, out + err
+    assert took < 1.5
+    assert "stopping: keeping everything measured so far" in out and "ended: stopped" in out
+    assert lp.load_run(tmp_path / "r").summary().overall.requests > 100

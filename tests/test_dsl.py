@@ -1,0 +1,159 @@
+"""The scenario DSL read as a user writes it: profiles, tasks, thresholds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import loadpilot as lp
+from loadpilot import thresholds
+from loadpilot.scenario import scenario_of
+from loadpilot.summary import Summary
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("500ms", 0.5), ("30s", 30), ("5m", 300), ("1h", 3600), (2.5, 2.5)]
+)
+def test_durations_read_as_users_write_them(text: str | float, seconds: float) -> None:
+    assert lp.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["30", "5 minutes", "-1s", "0s", "", True])
+def test_invalid_durations_say_what_is_accepted(bad: object) -> None:
+    with pytest.raises(lp.PlanError, match="invalid duration"):
+        lp.parse_duration(bad)  # type: ignore[arg-type]
+
+
+def test_profiles_join_in_sequence() -> None:
+    p = lp.ramp(0, 100, "10s") + lp.hold(100, "1m") + lp.spike(100, 500, "5s", "20s")
+
+    assert p.duration_s == 90
+    assert [s.kind for s in p.stages] == ["ramp", "constant", "spike"]
+    assert p.to_load().model == "open"
+
+
+def test_open_and_closed_profiles_do_not_mix() -> None:
+    with pytest.raises(lp.PlanError, match="cannot join"):
+        lp.constant(10, "1s") + lp.users(5, "1s")
+
+
+def test_users_ramp_then_hold() -> None:
+    p = lp.users(20, "1m", ramp="10s", think="500ms")
+
+    load = p.to_load()
+    assert load.model == "closed" and load.think_s == 0.5
+    assert [s.kind for s in p.stages] == ["ramp", "constant"]
+
+
+def test_a_task_of_fixed_requests_runs_in_the_engine() -> None:
+    @lp.scenario(profile=lp.constant(10, "1s"))
+    class Shop(lp.VUser):
+        @lp.task(weight=5)
+        def browse(self) -> None:
+            """Look around."""
+            self.client.get("/items", params={"user": "{{__vu}}"}, expect=lp.expect(status=200))
+
+        @lp.task
+        def buy(self) -> None:
+            self.client.post(
+                "/cart", json={"item": "{{__iter}}"}, expect=lp.expect(range(200, 300))
+            )
+
+    sc = scenario_of(Shop)
+    assert sc is not None
+    plan = sc.plan("http://127.0.0.1:1")
+
+    assert [(t.name, t.weight) for t in plan.tasks] == [("browse", 5), ("buy", 1)]
+    assert plan.tasks[0].requests[0].path == "/items?user={{__vu}}"
+    assert plan.tasks[1].requests[0].expect.status_range == (200, 299)  # type: ignore[union-attr]
+    assert sc.paths == {"browse": "engine", "buy": "engine"}
+
+
+def test_a_task_with_python_logic_is_refused_with_its_line() -> None:
+    with pytest.raises(lp.ScenarioError, match=r"task 'roll'.*import random") as err:
+
+        @lp.scenario(profile=lp.constant(10, "1s"))
+        class Dice(lp.VUser):
+            @lp.task
+            def roll(self) -> None:
+                import random
+
+                self.client.get(f"/roll/{random.randint(1, 6)}")
+
+    assert "test_dsl.py" in str(err.value)
+
+
+def test_weight_zero_is_refused_where_it_is_written() -> None:
+    with pytest.raises(lp.ScenarioError, match=r"test_dsl\.py:\d+: task 'x' has weight 0"):
+
+        class _U(lp.VUser):
+            @lp.task(weight=0)
+            def x(self) -> None:
+                self.client.get("/")
+
+
+def test_unknown_threshold_metrics_are_refused() -> None:
+    with pytest.raises(lp.ScenarioError, match="unknown threshold metric 'p98'"):
+
+        @lp.scenario(profile=lp.constant(1, "1s"), thresholds={"p98": "< 1s"})
+        class _U(lp.VUser):
+            @lp.task
+            def x(self) -> None:
+                self.client.get("/")
+
+
+def test_feed_reads_a_csv_into_placeholders(tmp_path: Path) -> None:
+    csv = tmp_path / "users.csv"
+    csv.write_text("user,id\nann,1\nbob,2\n")
+
+    f = lp.feed(csv, mode="unique")
+
+    assert f.columns == ["user", "id"] and f.rows == [["ann", "1"], ["bob", "2"]]
+
+
+def _summary(p99: float, error_rate: float, rps: float) -> Summary:
+    stats = {
+        "requests": 100,
+        "errors": int(error_rate * 100),
+        "errors_by_kind": {},
+        "error_rate": error_rate,
+        "missed": 0,
+        "bytes_in": 0,
+        "achieved_rps": rps,
+        "latency_ms": {"p99": p99},
+        "service_ms": {},
+    }
+    return Summary.model_validate(
+        {
+            "name": "s",
+            "started_at": 0,
+            "duration_s": 1,
+            "planned_duration_s": 1,
+            "ended": "completed",
+            "model": "open",
+            "target_requests": 100,
+            "overall": stats,
+            "tasks": [{"name": "a", "path": "engine", **stats}],
+        }
+    )
+
+
+def test_thresholds_compare_with_units() -> None:
+    checks = thresholds.parse_all(
+        {"p99": "< 25ms", "error_rate": "< 0.1%", "rps": ">= 90", "a.p99": "<= 0.02s"}, ["a"]
+    )
+
+    verdicts = thresholds.evaluate(_summary(p99=20.0, error_rate=0.0, rps=100), checks)
+
+    assert [v.passed for v in verdicts] == [True, True, True, True]
+    failing = thresholds.evaluate(_summary(p99=30.0, error_rate=0.01, rps=50), checks)
+    assert [v.passed for v in failing] == [False, False, False, False]
+    assert "FAIL  p99 < 25ms  (actual 30.000 ms)" == str(failing[0])
+
+
+def test_cli_thresholds_parse_compactly() -> None:
+    t = thresholds.parse_cli("browse.p99<=20ms", ["browse"])
+    assert (t.task, t.metric, t.op, t.value) == ("browse", "p99", "<=", 20.0)
+    with pytest.raises(lp.PlanError, match="names no task"):
+        thresholds.parse_cli("nope.p99<1ms", ["browse"])
