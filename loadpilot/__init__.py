@@ -36,8 +36,11 @@ from loadpilot.runs import Histogram, LoadedRun, Run, RunResult, load_run, run, 
 from loadpilot.scenario import Scenario, ScenarioError, VUser, expect, feed, scenario, task
 from loadpilot.summary import Summary
 from loadpilot.target import TargetServer, start_target
+from loadpilot.vusers import RequestError, Response
 
 __all__ = [
+    "RequestError",
+    "Response",
     "Profile",
     "Scenario",
     "ScenarioError",

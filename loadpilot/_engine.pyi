@@ -1,5 +1,6 @@
 """Type stubs for the compiled engine module (checked against it with mypy.stubtest)."""
 
+from collections.abc import Callable
 from os import PathLike
 from typing import final
 
@@ -9,6 +10,7 @@ __all__ = [
     "PlanError",
     "Run",
     "RunDirError",
+    "Session",
     "TargetError",
     "TargetServer",
     "read_hlog",
@@ -60,6 +62,47 @@ class Run:
     def tasks(self) -> list[str]: ...
     @property
     def path(self) -> str: ...
+    def take_arrivals(self, wait_s: float) -> list[tuple[int, float, int]] | None: ...
+    def mark_start(self, task: int, due_s: float) -> None: ...
+    def next_task(self) -> int: ...
+    def users_at(self, t: float) -> float: ...
+    def max_users(self) -> int: ...
+    def think_s(self) -> float: ...
+    def elapsed_s(self) -> float: ...
+    def duration_s(self) -> float: ...
+    def is_stopping(self) -> bool: ...
+    def record_exception(self, task: int) -> None: ...
+    def user_active(self, active: bool) -> None: ...
+    def finish_python(self) -> None: ...
+    def session(self, vu: int) -> Session: ...
+
+_Outcome = tuple[int, list[tuple[str, str]], bytes] | str
+
+@final
+class Session:
+    def request(
+        self,
+        task: int | None,
+        method: str,
+        path: str,
+        headers: list[tuple[str, str]],
+        body: bytes | None,
+        timeout_s: float,
+        due_s: float | None,
+        on_done: Callable[[_Outcome], object],
+    ) -> None: ...
+    def request_blocking(
+        self,
+        task: int | None,
+        method: str,
+        path: str,
+        headers: list[tuple[str, str]],
+        body: bytes | None,
+        timeout_s: float,
+        due_s: float | None,
+    ) -> _Outcome: ...
+    @property
+    def vu(self) -> int: ...
 
 @final
 class TargetServer:

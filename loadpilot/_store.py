@@ -24,6 +24,7 @@ _COUNTS = [
     "errors_reset",
     "errors_status",
     "errors_check",
+    "errors_exception",
     "status_1xx",
     "status_2xx",
     "status_3xx",

@@ -8,6 +8,7 @@ threshold covered the error rate; 130 stopped with Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -21,6 +22,7 @@ from loadpilot.errors import LoadPilotError
 from loadpilot.loader import load_scenario
 from loadpilot.plan import Constant, Expect, OpenLoad, Plan, Ramp, Request, Task
 from loadpilot.profiles import Profile, constant, parse_duration, users
+from loadpilot.scenario import Scenario
 from loadpilot.target import start_target
 
 EXIT_OK = 0
@@ -51,12 +53,17 @@ def _progress(r: _run.Run, total_s: float) -> None:
         )
 
 
-def _execute(plan: Plan, out: Path | None, checks: list[thresholds.Threshold] | None = None) -> int:
-    r = _run.start(plan, out)
+def _execute(
+    what: Plan | Scenario,
+    out: Path | None,
+    checks: list[thresholds.Threshold] | None = None,
+    target: str | None = None,
+) -> int:
+    r = _run.start(what, out, target=target)
     print(f"run directory: {r.path}", flush=True)
     interrupted = False
     try:
-        _progress(r, plan.duration_s)
+        _progress(r, r.plan.duration_s)
     except KeyboardInterrupt:
         interrupted = True
         print("\nstopping: keeping everything measured so far", flush=True)
@@ -177,14 +184,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         chosen = load_scenario(path, args.scenario)
         names = [t.name for t in chosen.tasks]
         checks = [*chosen.thresholds, *(thresholds.parse_cli(t, names) for t in cli_checks)]
-        plan = chosen.plan(_target(args, None), profile=_override(chosen.profile, args))
+        chosen = dataclasses.replace(chosen, profile=_override(chosen.profile, args))
         print(
             f"scenario {chosen.name}: "
-            + ", ".join(
-                f"{t.name} (weight {t.weight}, {chosen.paths[t.name]})" for t in chosen.tasks
-            )
+            + ", ".join(f"{t.name} (weight {t.weight}, {chosen.path})" for t in chosen.tasks)
         )
-        return _execute(plan, args.out, checks)
+        if chosen.reason:
+            print(f"  python virtual users: {chosen.reason}")
+        return _execute(chosen, args.out, checks, _target(args, None))
     try:
         text = path.read_text()
     except OSError as e:

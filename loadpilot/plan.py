@@ -109,9 +109,19 @@ class Request(_Model):
 
 
 class Task(_Model):
+    """A task: engine tasks list their requests; python tasks are methods of a scenario's
+    virtual-user class and list none."""
+
     name: str
     weight: int = Field(default=1, ge=1)
-    requests: list[Request] = Field(min_length=1)
+    path: Literal["engine", "python"] = "engine"
+    requests: list[Request] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _requests_match_path(self) -> Task:
+        if self.path == "engine" and not self.requests:
+            raise ValueError(f"engine task {self.name!r} needs at least one request")
+        return self
 
 
 class Feeder(_Model):

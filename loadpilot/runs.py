@@ -10,9 +10,11 @@ from pathlib import Path
 import polars as pl
 
 from loadpilot import _engine, _store
-from loadpilot.errors import RunDirError
+from loadpilot.errors import PlanError, RunDirError
 from loadpilot.plan import Plan
+from loadpilot.scenario import Scenario, VUser, scenario_of
 from loadpilot.summary import Summary
+from loadpilot.vusers import PythonUsers
 
 Histogram = _engine.Histogram
 
@@ -169,7 +171,7 @@ def _rebuild_summary(run: LoadedRun) -> Summary:
 
     def stats(task: str | None) -> dict[str, object]:
         rows = m if task is None else m.filter(pl.col("task") == task)
-        kinds = ["connect", "dns", "tls", "timeout", "reset", "status", "check"]
+        kinds = ["connect", "dns", "tls", "timeout", "reset", "status", "check", "exception"]
         requests = int(rows["requests"].sum())
         errors = int(rows["errors"].sum())
         lat, svc = run.histogram(task), run.histogram(task, service=True)
@@ -209,7 +211,7 @@ def _rebuild_summary(run: LoadedRun) -> Summary:
             "model": run.plan.load.model,
             "target_requests": None,
             "overall": stats(None),
-            "tasks": [{"name": t.name, "path": "engine", **stats(t.name)} for t in run.plan.tasks],
+            "tasks": [{"name": t.name, "path": t.path, **stats(t.name)} for t in run.plan.tasks],
         }
     )
 
@@ -225,16 +227,42 @@ def _default_dir(plan: Plan) -> Path:
     return path
 
 
-def start(plan: Plan, out: str | Path | None = None) -> Run:
-    """Starts ``plan`` and returns at once. The run directory is ``out`` (default
-    ``runs/<time>-<name>``)."""
+def start(
+    what: Plan | Scenario | type[VUser],
+    out: str | Path | None = None,
+    *,
+    target: str | None = None,
+) -> Run:
+    """Starts a plan, or a scenario (its class or its :class:`Scenario`) against ``target``,
+    and returns at once. The run directory is ``out`` (default ``runs/<time>-<name>``)."""
+    scenario: Scenario | None = None
+    if isinstance(what, Plan):
+        plan = what if target is None else what.model_copy(update={"target": target})
+    else:
+        scenario = what if isinstance(what, Scenario) else scenario_of(what)
+        if scenario is None:
+            raise PlanError(f"{what!r} is not a scenario: decorate it with @lp.scenario")
+        if target is None:
+            raise PlanError("a scenario needs a target: lp.start(Scenario, target='http://...')")
+        plan = scenario.plan(target)
+    if any(t.path == "python" for t in plan.tasks) and scenario is None:
+        raise PlanError("a plan of python tasks runs from its scenario: lp.start(MyScenario, ...)")
     path = Path(out) if out is not None else _default_dir(plan)
-    return Run(_engine.start_run(plan.to_json(), path), plan)
+    handle = _engine.start_run(plan.to_json(), path)
+    if scenario is not None and scenario.path == "python":
+        PythonUsers(handle, scenario).start()
+    return Run(handle, plan)
 
 
-def run(plan: Plan, out: str | Path | None = None) -> Run:
-    """Runs ``plan`` to the end (Ctrl-C stops it early and keeps what it measured)."""
-    r = start(plan, out)
+def run(
+    what: Plan | Scenario | type[VUser],
+    out: str | Path | None = None,
+    *,
+    target: str | None = None,
+) -> Run:
+    """Runs a plan or a scenario to the end (Ctrl-C stops it early and keeps what it
+    measured)."""
+    r = start(what, out, target=target)
     r.wait()
     return r
 

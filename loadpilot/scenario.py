@@ -11,9 +11,11 @@ class Shop(lp.VUser):
 
 A task whose body is only requests with fixed arguments (placeholders such as ``{{user}}`` are
 filled per iteration) runs entirely in the engine. Which tasks qualify is decided by reading the
-task's code, never by guessing from one call, so nothing that would vary per iteration is frozen;
-the plan and the summary say ``path: engine``. Tasks with Python logic between requests are refused
-with a message that says which line is the reason.
+task's code, never by guessing from one call, so nothing that would vary per iteration is frozen.
+A scenario with any task that has Python logic (or with ``on_start``/``on_stop``) runs all its
+tasks as Python virtual users (see :mod:`loadpilot.vusers`), whose requests the engine still times.
+The plan and the summary say which path each task took (``engine`` or ``python``), and
+``Scenario.reason`` says why.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import inspect
 import textwrap
 import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -122,9 +124,10 @@ def feed(source: str | Path | pl.DataFrame, mode: str = "cycle", *, seed: int = 
 
 
 class VUser:
-    """Base class of a scenario's virtual users. ``self.client`` sends requests."""
+    """Base class of a scenario's virtual users. ``self.client`` sends requests; ``on_start``
+    and ``on_stop`` (optional, plain or ``async``) run once per virtual user."""
 
-    client: _Recorder
+    client: Any
 
 
 class _Recorder:
@@ -239,7 +242,17 @@ class Scenario:
     arrivals: str = "uniform"
     seed: int = 0
     timeout_s: float = 30.0
-    paths: Mapping[str, str] = field(default_factory=dict)
+    #: Why the tasks run as Python virtual users; None when they run in the engine.
+    reason: str | None = None
+
+    @property
+    def path(self) -> str:
+        """``engine`` or ``python``: where every task of this scenario runs."""
+        return "engine" if self.reason is None else "python"
+
+    @property
+    def paths(self) -> Mapping[str, str]:
+        return {t.name: self.path for t in self.tasks}
 
     def plan(self, target: str, *, profile: Profile | None = None) -> Plan:
         """The plan that runs this scenario against ``target`` (optionally with another
@@ -255,25 +268,31 @@ class Scenario:
         )
 
 
-def _read_tasks(cls: type[VUser]) -> tuple[Task, ...]:
+def _read_tasks(cls: type[VUser]) -> tuple[tuple[Task, ...], str | None]:
+    """The tasks, and why they run as Python virtual users (None: in the engine)."""
     where = f"{inspect.getsourcefile(cls)}:{inspect.getsourcelines(cls)[1]}"
-    for hook in ("on_start", "on_stop"):
-        if hook in vars(cls):
-            raise ScenarioError(
-                f"{_where(vars(cls)[hook])}: {cls.__name__}.{hook} runs Python per virtual user; "
-                "this version runs tasks in the engine only, so it cannot take hooks yet"
-            )
+    found = [
+        (name, fn, weight)
+        for name, fn in vars(cls).items()
+        if callable(fn) and (weight := getattr(fn, _TASK, None)) is not None
+    ]
+    if not found:
+        raise ScenarioError(f"{where}: scenario {cls.__name__!r} has no @task method")
+    reason = next(
+        (
+            f"{cls.__name__}.{hook} runs per virtual user ({_where(vars(cls)[hook])})"
+            for hook in ("on_start", "on_stop")
+            if hook in vars(cls)
+        ),
+        None,
+    )
+    for name, fn, _ in found:
+        if reason is None and (why := _engine_path_reason(fn)) is not None:
+            reason = f"task {name!r} has Python logic: {why} ({_where(fn)})"
+    if reason is not None:
+        return tuple(Task(name=n, weight=w, path="python") for n, _, w in found), reason
     tasks = []
-    for name, fn in vars(cls).items():
-        weight = getattr(fn, _TASK, None)
-        if weight is None or not callable(fn):
-            continue
-        reason = _engine_path_reason(fn)
-        if reason is not None:
-            raise ScenarioError(
-                f"{_where(fn)}: task {name!r} cannot run in the engine: {reason}. This version "
-                "runs only tasks made of requests (vary them with {{placeholders}})"
-            )
+    for name, fn, weight in found:
         rec = _Recorder()
         probe = object.__new__(cls)
         probe.client = rec
@@ -281,9 +300,7 @@ def _read_tasks(cls: type[VUser]) -> tuple[Task, ...]:
         if not rec.requests:
             raise ScenarioError(f"{_where(fn)}: task {name!r} sends no request")
         tasks.append(Task(name=name, weight=weight, requests=rec.requests))
-    if not tasks:
-        raise ScenarioError(f"{where}: scenario {cls.__name__!r} has no @task method")
-    return tuple(tasks)
+    return tuple(tasks), None
 
 
 def scenario(
@@ -301,7 +318,7 @@ def scenario(
         raise ScenarioError(f"profile must come from lp.constant, lp.ramp, ... not {profile!r}")
 
     def declare(cls: type[VUser]) -> type[VUser]:
-        tasks = _read_tasks(cls)
+        tasks, reason = _read_tasks(cls)
         names = [t.name for t in tasks]
         try:
             parsed = parse_all(dict(thresholds or {}), names)
@@ -320,7 +337,7 @@ def scenario(
             arrivals=arrivals,
             seed=seed,
             timeout_s=parse_duration(timeout, what="timeout"),
-            paths={n: "engine" for n in names},
+            reason=reason,
         )
         setattr(cls, _SCENARIO, sc)
         return cls

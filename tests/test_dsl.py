@@ -70,18 +70,25 @@ def test_a_task_of_fixed_requests_runs_in_the_engine() -> None:
     assert sc.paths == {"browse": "engine", "buy": "engine"}
 
 
-def test_a_task_with_python_logic_is_refused_with_its_line() -> None:
-    with pytest.raises(lp.ScenarioError, match=r"task 'roll'.*import random") as err:
+def test_a_task_with_python_logic_makes_python_virtual_users_and_says_why() -> None:
+    @lp.scenario(profile=lp.constant(10, "1s"))
+    class Dice(lp.VUser):
+        @lp.task
+        def roll(self) -> None:
+            import random
 
-        @lp.scenario(profile=lp.constant(10, "1s"))
-        class Dice(lp.VUser):
-            @lp.task
-            def roll(self) -> None:
-                import random
+            self.client.get(f"/roll/{random.randint(1, 6)}")
 
-                self.client.get(f"/roll/{random.randint(1, 6)}")
+        @lp.task
+        def look(self) -> None:
+            self.client.get("/")
 
-    assert "test_dsl.py" in str(err.value)
+    sc = scenario_of(Dice)
+    assert sc is not None
+    assert sc.path == "python" and sc.paths == {"roll": "python", "look": "python"}
+    assert sc.reason is not None and "task 'roll'" in sc.reason and "import random" in sc.reason
+    assert "test_dsl.py" in sc.reason
+    assert [t.path for t in sc.plan("http://127.0.0.1:1").tasks] == ["python", "python"]
 
 
 def test_weight_zero_is_refused_where_it_is_written() -> None:

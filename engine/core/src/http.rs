@@ -28,10 +28,12 @@ pub enum ErrorKind {
     Reset,
     Status,
     Check,
+    /// A Python task raised.
+    Exception,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 7] = [
+    pub const ALL: [ErrorKind; 8] = [
         ErrorKind::Connect,
         ErrorKind::Dns,
         ErrorKind::Tls,
@@ -39,6 +41,7 @@ impl ErrorKind {
         ErrorKind::Reset,
         ErrorKind::Status,
         ErrorKind::Check,
+        ErrorKind::Exception,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -49,11 +52,15 @@ impl ErrorKind {
             ErrorKind::Reset => "reset",
             ErrorKind::Status => "status",
             ErrorKind::Check => "check",
+            ErrorKind::Exception => "exception",
         }
     }
     /// Whether the connection must be dropped after this error.
     pub fn breaks_connection(self) -> bool {
-        !matches!(self, ErrorKind::Status | ErrorKind::Check)
+        !matches!(
+            self,
+            ErrorKind::Status | ErrorKind::Check | ErrorKind::Exception
+        )
     }
 }
 
@@ -131,6 +138,16 @@ impl Target {
         }))
     }
 
+    /// The `Host` header value.
+    pub fn authority(&self) -> HeaderValue {
+        self.authority.clone()
+    }
+
+    /// The path part of the target URL, prefixed to every request path.
+    pub fn base_path(&self) -> &str {
+        &self.base_path
+    }
+
     async fn addrs(&self) -> Result<&[SocketAddr], ErrorKind> {
         if let Some(a) = self.resolved.get() {
             return Ok(a);
@@ -153,11 +170,14 @@ pub struct Client {
     cookies: Vec<(String, String)>,
 }
 
-/// A response as far as metrics and checks care.
+/// A response as far as metrics, checks and Python tasks care.
 pub struct Response {
     pub status: u16,
     pub bytes: u64,
+    /// Kept when asked for (checks on the body, Python tasks); empty otherwise.
     pub body: Bytes,
+    /// Kept for Python tasks only.
+    pub headers: Vec<(String, String)>,
 }
 
 fn classify_io(e: &std::io::Error) -> ErrorKind {
@@ -260,6 +280,7 @@ impl Client {
         &mut self,
         mut req: Request<Full<Bytes>>,
         keep_body: bool,
+        keep_headers: bool,
     ) -> Result<Response, ErrorKind> {
         if !self.cookies.is_empty() {
             let jar: Vec<String> = self
@@ -279,6 +300,19 @@ impl Client {
                 .await
                 .map_err(|e| classify_hyper(&e))?;
             let status = resp.status().as_u16();
+            let headers: Vec<(String, String)> = if keep_headers {
+                resp.headers()
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.to_string(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let cookies: Vec<(String, String)> = resp
                 .headers()
                 .get_all(SET_COOKIE)
@@ -302,10 +336,10 @@ impl Client {
                     }
                 }
             }
-            Ok::<_, ErrorKind>((status, bytes, Bytes::from(kept), cookies))
+            Ok::<_, ErrorKind>((status, bytes, Bytes::from(kept), cookies, headers))
         };
         match exchange.await {
-            Ok((status, bytes, body, cookies)) => {
+            Ok((status, bytes, body, cookies, headers)) => {
                 for (k, v) in cookies {
                     match self.cookies.iter_mut().find(|(n, _)| *n == k) {
                         Some(slot) => slot.1 = v,
@@ -316,6 +350,7 @@ impl Client {
                     status,
                     bytes,
                     body,
+                    headers,
                 })
             }
             Err(kind) => {

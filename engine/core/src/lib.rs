@@ -7,6 +7,7 @@ pub mod profile;
 pub mod rundir;
 pub mod runner;
 pub mod schedule;
+pub mod session;
 pub mod target;
 pub mod template;
 pub mod tls;

@@ -93,12 +93,36 @@ pub enum Load {
     },
 }
 
+/// Where a task's iterations run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskPath {
+    /// Entirely in the engine, from the task's request templates.
+    #[default]
+    Engine,
+    /// Python code per iteration (virtual users in the Python process) whose requests go
+    /// through the engine's client; the task lists no requests.
+    Python,
+}
+
+impl TaskPath {
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskPath::Engine => "engine",
+            TaskPath::Python => "python",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
     pub name: String,
     #[serde(default = "default_weight")]
     pub weight: u32,
+    #[serde(default)]
+    pub path: TaskPath,
+    #[serde(default)]
     pub requests: Vec<RequestSpec>,
 }
 
@@ -185,6 +209,13 @@ impl Plan {
         })
     }
 
+    /// Whether the plan's virtual users live in Python.
+    pub fn python(&self) -> bool {
+        self.tasks
+            .first()
+            .is_some_and(|t| t.path == TaskPath::Python)
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a plan always serializes")
     }
@@ -211,10 +242,25 @@ impl Plan {
                     format!("{:?} is used by two tasks", t.name),
                 ));
             }
-            if t.requests.is_empty() {
+            match t.path {
+                TaskPath::Engine if t.requests.is_empty() => {
+                    return Err(Error::plan(
+                        format!("tasks[{i}].requests"),
+                        "an engine task needs at least one request",
+                    ));
+                }
+                TaskPath::Python if !t.requests.is_empty() => {
+                    return Err(Error::plan(
+                        format!("tasks[{i}].requests"),
+                        "a python task sends its requests from Python; it lists none",
+                    ));
+                }
+                _ => {}
+            }
+            if t.path != self.tasks[0].path {
                 return Err(Error::plan(
-                    format!("tasks[{i}].requests"),
-                    "a task needs at least one request",
+                    format!("tasks[{i}].path"),
+                    "all tasks of a plan run on the same path (engine or python)",
                 ));
             }
         }

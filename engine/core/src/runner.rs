@@ -28,6 +28,7 @@ use crate::plan::{ArrivalKind, FeedMode, Feeder, Load, Plan};
 use crate::profile::Profile;
 use crate::rundir::{epoch_seconds, RunWriter, Stats, Summary, TaskSummary};
 use crate::schedule::{Arrivals, Mix, Rng, Schedule};
+use crate::session::PythonSide;
 use crate::template::{Scope, Values};
 
 /// An arrival taken this long after it was due found no free connection.
@@ -49,7 +50,7 @@ pub fn build_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime>
         .build()
 }
 
-enum Model {
+pub(crate) enum Model {
     Open {
         schedule: Mutex<Schedule>,
         connections: u32,
@@ -81,20 +82,22 @@ impl FeedRows {
     }
 }
 
-struct Ctx {
-    start: Instant,
-    duration: f64,
+pub(crate) struct Ctx {
+    pub(crate) start: Instant,
+    pub(crate) duration: f64,
     /// How many shards the schedule is split into (this run runs one of them).
     shards: f64,
-    target: Arc<Target>,
+    pub(crate) target: Arc<Target>,
     tasks: Vec<Vec<CompiledRequest>>,
-    mix: Mix,
-    model: Model,
+    pub(crate) mix: Mix,
+    pub(crate) model: Model,
     feeder: Option<FeedRows>,
     user_vars: Vec<BTreeMap<String, String>>,
-    recorder: Recorder,
-    stop: CancellationToken,
+    pub(crate) recorder: Recorder,
+    pub(crate) stop: CancellationToken,
     exhausted: AtomicBool,
+    /// Set when the plan's virtual users live in Python (see `session`).
+    pub(crate) python: Option<PythonSide>,
 }
 
 /// What Python (or any caller) sees of a run.
@@ -111,9 +114,13 @@ pub struct RunState {
 }
 
 #[derive(Clone)]
-pub struct RunHandle(Arc<RunState>);
+pub struct RunHandle(Arc<RunState>, Arc<Ctx>);
 
 impl RunHandle {
+    pub(crate) fn ctx(&self) -> &Arc<Ctx> {
+        &self.1
+    }
+
     pub fn stop(&self) {
         self.0.stop.cancel();
     }
@@ -269,6 +276,7 @@ pub fn start(rt: &Handle, threads: usize, plan: Plan, dir: PathBuf) -> Result<Ru
         recorder: Recorder::new(start, names.len(), n_intervals - 1, threads),
         stop: stop.clone(),
         exhausted: AtomicBool::new(false),
+        python: plan.python().then(PythonSide::default),
     });
     let state = Arc::new(RunState {
         cumulative: Mutex::new(names.iter().map(|_| TaskData::new()).collect()),
@@ -281,7 +289,7 @@ pub fn start(rt: &Handle, threads: usize, plan: Plan, dir: PathBuf) -> Result<Ru
         done_cv: Condvar::new(),
         stop,
     });
-    let handle = RunHandle(state.clone());
+    let handle = RunHandle(state.clone(), ctx.clone());
     rt.spawn(drive(ctx, state, writer, plan, wall_start, n_intervals));
     Ok(handle)
 }
@@ -305,23 +313,16 @@ async fn drive(
     n_intervals: u64,
 ) {
     let mut workers = JoinSet::new();
-    match &ctx.model {
-        Model::Open { connections, .. } => {
-            for vu in 0..*connections as u64 {
-                workers.spawn(open_worker(ctx.clone(), vu));
-            }
+    if let Some(py) = &ctx.python {
+        // Python's virtual users do the work; the engine hands out arrivals and waits for them
+        // to say they are done.
+        if matches!(ctx.model, Model::Open { .. }) {
+            workers.spawn(crate::session::dispatch(ctx.clone()));
         }
-        Model::Closed { users, .. } => {
-            let max_users = users
-                .segments()
-                .iter()
-                .map(|s| s.from.max(s.to))
-                .fold(0.0, f64::max)
-                .ceil() as u64;
-            for vu in 0..max_users {
-                workers.spawn(closed_worker(ctx.clone(), vu));
-            }
-        }
+        let finished = py.finished.clone();
+        workers.spawn(async move { finished.cancelled().await });
+    } else {
+        spawn_workers(&ctx, &mut workers);
     }
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
     let drain_deadline = ctx.start + Duration::from_secs_f64(ctx.duration) + MAX_DRAIN;
@@ -408,6 +409,27 @@ async fn drive(
     state.done_cv.notify_all();
 }
 
+fn spawn_workers(ctx: &Arc<Ctx>, workers: &mut JoinSet<()>) {
+    match &ctx.model {
+        Model::Open { connections, .. } => {
+            for vu in 0..*connections as u64 {
+                workers.spawn(open_worker(ctx.clone(), vu));
+            }
+        }
+        Model::Closed { users, .. } => {
+            let max_users = users
+                .segments()
+                .iter()
+                .map(|s| s.from.max(s.to))
+                .fold(0.0, f64::max)
+                .ceil() as u64;
+            for vu in 0..max_users {
+                workers.spawn(closed_worker(ctx.clone(), vu));
+            }
+        }
+    }
+}
+
 struct Closer<'a> {
     ctx: &'a Ctx,
     state: &'a RunState,
@@ -483,11 +505,12 @@ fn summarize(
     let tasks = c
         .iter()
         .zip(&state.names)
-        .map(|(d, name)| {
+        .enumerate()
+        .map(|(i, (d, name))| {
             all.add(d);
             TaskSummary {
                 name: name.clone(),
-                path: "engine".into(),
+                path: plan.tasks[i].path.name().into(),
                 stats: Stats::of(d, duration_s),
             }
         })
@@ -622,6 +645,35 @@ fn pick_user(ctx: &Ctx, vu: u64) -> Option<usize> {
     }
 }
 
+/// Sends one request on `client`, bounded by `timeout` (connecting included), and counts it
+/// in flight meanwhile. Returns when it ended, and when it was sent with the response.
+pub(crate) async fn exchange(
+    ctx: &Ctx,
+    client: &mut Client,
+    timeout: Duration,
+    keep_body: bool,
+    keep_headers: bool,
+    build: impl FnOnce() -> Result<hyper::Request<http_body_util::Full<bytes::Bytes>>, ErrorKind>,
+) -> (Instant, Result<(Instant, crate::http::Response), ErrorKind>) {
+    let rec = &ctx.recorder;
+    rec.in_flight.fetch_add(1, Ordering::Relaxed);
+    let result = tokio::time::timeout(timeout, async {
+        client.ensure_connected().await?;
+        let built = build()?;
+        let sent = Instant::now();
+        let resp = client.send(built, keep_body, keep_headers).await?;
+        Ok::<_, ErrorKind>((sent, resp))
+    })
+    .await
+    .unwrap_or_else(|_| {
+        // The answer may still come later; the connection can no longer be trusted.
+        client.disconnect();
+        Err(ErrorKind::Timeout)
+    });
+    rec.in_flight.fetch_sub(1, Ordering::Relaxed);
+    (Instant::now(), result)
+}
+
 /// Runs one iteration of `task`. Returns false when the run should end for this worker
 /// (a unique feeder ran out).
 async fn iteration(
@@ -652,26 +704,17 @@ async fn iteration(
     };
     let rec = &ctx.recorder;
     for (ri, req) in ctx.tasks[task].iter().enumerate() {
-        let begin = Instant::now();
         // Only the first request of an iteration has a due instant; the next ones start when
         // the previous answered.
-        let from = if ri == 0 { due.unwrap_or(begin) } else { begin };
-        rec.in_flight.fetch_add(1, Ordering::Relaxed);
-        let result = tokio::time::timeout(req.timeout, async {
-            client.ensure_connected().await?;
-            let built = req.build(&values, &ctx.target)?;
-            let sent = Instant::now();
-            let resp = client.send(built, req.check.needs_body()).await?;
-            Ok::<_, ErrorKind>((sent, resp))
+        let from = match due {
+            Some(d) if ri == 0 => d,
+            _ => Instant::now(),
+        };
+        let keep_body = req.check.needs_body();
+        let (end, result) = exchange(ctx, client, req.timeout, keep_body, false, || {
+            req.build(&values, &ctx.target)
         })
-        .await
-        .unwrap_or_else(|_| {
-            // The answer may still come later; the connection can no longer be trusted.
-            client.disconnect();
-            Err(ErrorKind::Timeout)
-        });
-        rec.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let end = Instant::now();
+        .await;
         match result {
             Ok((sent, resp)) => {
                 let corrected = end.duration_since(from).as_micros() as u64;

@@ -3,17 +3,23 @@
 //! here; the Python package wraps these in its public API.
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use loadpilot_core::error::Error;
 use loadpilot_core::metrics::{decode_hist, encode_hist, new_hist, Hist};
 use loadpilot_core::plan::Plan;
 use loadpilot_core::runner::{self, RunHandle};
+use loadpilot_core::session::{PyRequest, Session};
 use loadpilot_core::target::{self, TargetConfig, TargetServer};
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+use tokio::runtime::Runtime;
+
+use bytes::Bytes;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::Method;
 
 pyo3::create_exception!(
     _engine,
@@ -68,8 +74,8 @@ fn threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
 }
 
-fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+fn runtime() -> PyResult<&'static Runtime> {
+    static RT: OnceLock<Runtime> = OnceLock::new();
     if let Some(rt) = RT.get() {
         return Ok(rt);
     }
@@ -250,9 +256,202 @@ impl PyRun {
         self.handle.names().to_vec()
     }
 
+    // What the Python-logic virtual users of `loadpilot` call; see engine/core/src/session.rs.
+
+    /// Arrivals released so far as (index, due_s, task), waiting up to `wait_s` for the first
+    /// with the GIL released; None once the schedule is done.
+    fn take_arrivals(&self, py: Python<'_>, wait_s: f64) -> Option<Vec<(u64, f64, usize)>> {
+        let handle = self.handle.clone();
+        py.detach(move || handle.take_arrivals(Duration::from_secs_f64(wait_s.max(0.0))))
+            .map(|v| v.into_iter().map(|a| (a.index, a.due_s, a.task)).collect())
+    }
+
+    fn mark_start(&self, task: usize, due_s: f64) {
+        self.handle.mark_start(task, due_s);
+    }
+
+    fn next_task(&self) -> usize {
+        self.handle.next_task()
+    }
+
+    fn users_at(&self, t: f64) -> f64 {
+        self.handle.users_at(t)
+    }
+
+    fn max_users(&self) -> u64 {
+        self.handle.max_users()
+    }
+
+    fn think_s(&self) -> f64 {
+        self.handle.think_s()
+    }
+
+    fn elapsed_s(&self) -> f64 {
+        self.handle.elapsed_s()
+    }
+
+    fn duration_s(&self) -> f64 {
+        self.handle.duration_s()
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.handle.is_stopping()
+    }
+
+    fn record_exception(&self, task: usize) {
+        self.handle.record_exception(task);
+    }
+
+    fn user_active(&self, active: bool) {
+        self.handle.user_active(active);
+    }
+
+    fn finish_python(&self) {
+        self.handle.finish_python();
+    }
+
+    fn session(&self, vu: u64) -> PySession {
+        PySession {
+            inner: Arc::new(self.handle.session(vu)),
+            n_tasks: self.handle.names().len(),
+        }
+    }
+
     #[getter]
     fn path(&self) -> PathBuf {
         self.handle.dir().clone()
+    }
+}
+
+/// (status, headers, body) of a response, or the kind of error.
+type Outcome = Result<(u16, Vec<(String, String)>, Vec<u8>), String>;
+
+fn outcome(r: Result<loadpilot_core::http::Response, loadpilot_core::http::ErrorKind>) -> Outcome {
+    r.map(|resp| (resp.status, resp.headers, resp.body.to_vec()))
+        .map_err(|k| k.name().to_string())
+}
+
+/// A tuple (status, [(name, value)], body: bytes), or the error kind as a str.
+fn outcome_to_py(py: Python<'_>, result: Outcome) -> PyResult<Py<PyAny>> {
+    Ok(match result {
+        Ok((status, headers, body)) => (status, headers, PyBytes::new(py, &body))
+            .into_pyobject(py)?
+            .into_any()
+            .unbind(),
+        Err(kind) => kind.into_pyobject(py)?.into_any().unbind(),
+    })
+}
+
+/// One Python virtual user's connection: requests are timed and recorded by the engine.
+#[pyclass(module = "loadpilot._engine", name = "Session")]
+struct PySession {
+    inner: Arc<Session>,
+    n_tasks: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn py_request(
+    n_tasks: usize,
+    task: Option<usize>,
+    method: &str,
+    path: &str,
+    headers: Vec<(String, String)>,
+    body: Option<Vec<u8>>,
+    timeout_s: f64,
+    due_s: Option<f64>,
+) -> PyResult<PyRequest> {
+    let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| PyValueError::new_err(format!("invalid HTTP method {method:?}")))?;
+    if !path.starts_with('/') {
+        return Err(PyValueError::new_err(format!(
+            "request paths start with '/' (the target comes from the plan), got {path:?}"
+        )));
+    }
+    let mut hs = Vec::with_capacity(headers.len());
+    for (k, v) in headers {
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| PyValueError::new_err(format!("invalid header name {k:?}")))?;
+        let value = HeaderValue::from_str(&v)
+            .map_err(|_| PyValueError::new_err(format!("invalid value for header {k:?}")))?;
+        hs.push((name, value));
+    }
+    if !(timeout_s.is_finite() && timeout_s > 0.0) {
+        return Err(PyValueError::new_err(format!(
+            "timeout must be > 0 s, got {timeout_s}"
+        )));
+    }
+    if task.is_some_and(|t| t >= n_tasks) {
+        return Err(PyValueError::new_err(format!("no task number {task:?}")));
+    }
+    Ok(PyRequest {
+        task,
+        method,
+        path: path.to_string(),
+        headers: hs,
+        body: body.map(Bytes::from).unwrap_or_default(),
+        timeout: Duration::from_secs_f64(timeout_s),
+        due_s,
+    })
+}
+
+#[pymethods]
+impl PySession {
+    /// Starts a request and returns at once; `on_done` is called (from an engine thread, with
+    /// the GIL) with (status, headers, body) or with the error kind as a string.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (task, method, path, headers, body, timeout_s, due_s, on_done))]
+    fn request(
+        &self,
+        task: Option<usize>,
+        method: &str,
+        path: &str,
+        headers: Vec<(String, String)>,
+        body: Option<Vec<u8>>,
+        timeout_s: f64,
+        due_s: Option<f64>,
+        on_done: Py<PyAny>,
+    ) -> PyResult<()> {
+        let n = self.n_tasks;
+        let req = py_request(n, task, method, path, headers, body, timeout_s, due_s)?;
+        let session = self.inner.clone();
+        runtime()?.spawn(async move {
+            let result = outcome(session.request(req).await);
+            Python::attach(|py| {
+                let arg = outcome_to_py(py, result);
+                if let Err(e) = arg.and_then(|a| on_done.call1(py, (a,))) {
+                    e.print(py);
+                }
+            });
+        });
+        Ok(())
+    }
+
+    /// The same, blocking this thread (not the others) until the response is in.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (task, method, path, headers, body, timeout_s, due_s))]
+    fn request_blocking(
+        &self,
+        py: Python<'_>,
+        task: Option<usize>,
+        method: &str,
+        path: &str,
+        headers: Vec<(String, String)>,
+        body: Option<Vec<u8>>,
+        timeout_s: f64,
+        due_s: Option<f64>,
+    ) -> PyResult<Py<PyAny>> {
+        let n = self.n_tasks;
+        let req = py_request(n, task, method, path, headers, body, timeout_s, due_s)?;
+        let session = self.inner.clone();
+        let rt = runtime()?;
+        let result =
+            py.detach(move || rt.block_on(async move { outcome(session.request(req).await) }));
+        outcome_to_py(py, result)
+    }
+
+    #[getter]
+    fn vu(&self) -> u64 {
+        self.inner.vu
     }
 }
 
@@ -322,7 +521,7 @@ mod _engine {
     #[pymodule_export]
     use super::{
         read_hlog, start_run, start_target, validate_plan, LoadPilotError, PlanError, PyHistogram,
-        PyRun, PyTarget, RunDirError, TargetError,
+        PyRun, PySession, PyTarget, RunDirError, TargetError,
     };
 
     #[pymodule_init]

@@ -1,0 +1,266 @@
+//! Python-logic virtual users: the engine's side.
+//!
+//! When a plan's tasks are on the Python path, virtual users are Python objects and the engine
+//! (a) hands out the open model's arrivals at their due instants through a queue that a Python
+//! thread drains in batches, and (b) gives each virtual user a `Session`: its own connection and
+//! cookies, whose requests are timed and recorded exactly as engine requests are (latency from
+//! the iteration's due instant, service time from the send). Python decides what to send; the
+//! engine keeps time.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderName, HeaderValue, HOST};
+use hyper::{Method, Request};
+use tokio::time::sleep_until;
+use tokio_util::sync::CancellationToken;
+
+use crate::http::{Client, ErrorKind, Response};
+use crate::runner::{exchange, Ctx, Model, RunHandle};
+
+/// An arrival for a Python virtual user.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PyArrival {
+    pub index: u64,
+    /// Seconds after the run started.
+    pub due_s: f64,
+    pub task: usize,
+}
+
+#[derive(Default)]
+struct Queue {
+    arrivals: VecDeque<PyArrival>,
+    closed: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct PythonSide {
+    /// Cancelled by Python when its virtual users are done.
+    pub(crate) finished: CancellationToken,
+    queue: Mutex<Queue>,
+    ready: Condvar,
+}
+
+impl PythonSide {
+    fn push(&self, a: PyArrival) {
+        self.queue.lock().unwrap().arrivals.push_back(a);
+        self.ready.notify_one();
+    }
+
+    fn close(&self) {
+        self.queue.lock().unwrap().closed = true;
+        self.ready.notify_all();
+    }
+}
+
+/// Walks the open model's schedule and releases each arrival at its due instant.
+pub(crate) async fn dispatch(ctx: Arc<Ctx>) {
+    let (Model::Open { schedule, .. }, Some(py)) = (&ctx.model, &ctx.python) else {
+        return;
+    };
+    loop {
+        let next = schedule.lock().unwrap().next();
+        let Some(a) = next else { break };
+        let due = ctx.start + Duration::from_secs_f64(a.due);
+        if due > Instant::now() {
+            tokio::select! {
+                _ = sleep_until(due.into()) => {}
+                _ = ctx.stop.cancelled() => break,
+            }
+        }
+        py.push(PyArrival {
+            index: a.index,
+            due_s: a.due,
+            task: ctx.mix.pick(a.index),
+        });
+    }
+    py.close();
+}
+
+fn side(ctx: &Ctx) -> &PythonSide {
+    ctx.python
+        .as_ref()
+        .expect("only runs of python tasks are driven from Python")
+}
+
+/// What Python calls to drive a run of Python tasks.
+impl RunHandle {
+    pub fn is_python(&self) -> bool {
+        self.ctx().python.is_some()
+    }
+
+    /// Arrivals released so far, waiting up to `wait` for the first; `None` once the schedule
+    /// is done (or the run stopped) and everything was taken.
+    pub fn take_arrivals(&self, wait: Duration) -> Option<Vec<PyArrival>> {
+        let py = side(self.ctx());
+        let q = py.queue.lock().unwrap();
+        let (mut q, _) = py
+            .ready
+            .wait_timeout_while(q, wait, |q| q.arrivals.is_empty() && !q.closed)
+            .unwrap();
+        if q.arrivals.is_empty() && q.closed {
+            return None;
+        }
+        Some(q.arrivals.drain(..).collect())
+    }
+
+    /// A virtual user starts an iteration that was due at `due_s`: late starts count as missed.
+    pub fn mark_start(&self, task: usize, due_s: f64) {
+        let ctx = self.ctx();
+        let now = Instant::now();
+        let due = ctx.start + Duration::from_secs_f64(due_s);
+        if now > due + Duration::from_millis(1) {
+            ctx.recorder.record(task, now, |d| d.missed += 1);
+        }
+    }
+
+    /// The task of the closed model's next iteration (the same exact mix as the engine's).
+    pub fn next_task(&self) -> usize {
+        let ctx = self.ctx();
+        match &ctx.model {
+            Model::Closed { iterations, .. } => {
+                ctx.mix.pick(iterations.fetch_add(1, Ordering::Relaxed))
+            }
+            Model::Open { .. } => 0,
+        }
+    }
+
+    /// How many virtual users the closed model wants at `t` seconds.
+    pub fn users_at(&self, t: f64) -> f64 {
+        match &self.ctx().model {
+            Model::Closed { users, .. } => users.rate_at(t),
+            Model::Open { .. } => 0.0,
+        }
+    }
+
+    pub fn max_users(&self) -> u64 {
+        match &self.ctx().model {
+            Model::Closed { users, .. } => users
+                .segments()
+                .iter()
+                .map(|s| s.from.max(s.to))
+                .fold(0.0, f64::max)
+                .ceil() as u64,
+            Model::Open { connections, .. } => *connections as u64,
+        }
+    }
+
+    pub fn think_s(&self) -> f64 {
+        match &self.ctx().model {
+            Model::Closed { think, .. } => think.as_secs_f64(),
+            Model::Open { .. } => 0.0,
+        }
+    }
+
+    pub fn elapsed_s(&self) -> f64 {
+        self.ctx().start.elapsed().as_secs_f64()
+    }
+
+    pub fn duration_s(&self) -> f64 {
+        self.ctx().duration
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.ctx().stop.is_cancelled()
+    }
+
+    /// A Python task raised: counted as an `exception` error of that task.
+    pub fn record_exception(&self, task: usize) {
+        let now = Instant::now();
+        self.ctx()
+            .recorder
+            .record(task, now, |d| d.error(ErrorKind::Exception, false));
+    }
+
+    pub fn user_active(&self, active: bool) {
+        let d = if active { 1 } else { -1 };
+        self.ctx()
+            .recorder
+            .active_users
+            .fetch_add(d, Ordering::Relaxed);
+    }
+
+    /// Python's virtual users are all done: the run can close.
+    pub fn finish_python(&self) {
+        side(self.ctx()).finished.cancel();
+    }
+
+    pub fn session(&self, vu: u64) -> Session {
+        let ctx = self.ctx().clone();
+        Session {
+            client: tokio::sync::Mutex::new(Client::new(ctx.target.clone())),
+            ctx,
+            vu,
+        }
+    }
+}
+
+/// One Python virtual user's connection and cookies.
+pub struct Session {
+    ctx: Arc<Ctx>,
+    client: tokio::sync::Mutex<Client>,
+    pub vu: u64,
+}
+
+/// A request as Python gives it.
+pub struct PyRequest {
+    /// The task it counts for; `None` for hooks (`on_start`, `on_stop`), whose requests are
+    /// set-up and go uncounted.
+    pub task: Option<usize>,
+    pub method: Method,
+    /// Path and query, appended to the target's base path.
+    pub path: String,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+    pub timeout: Duration,
+    /// The iteration's due instant (seconds after the start), for its first request.
+    pub due_s: Option<f64>,
+}
+
+impl Session {
+    /// Sends, records, and returns the whole response (or the error's kind).
+    pub async fn request(&self, r: PyRequest) -> Result<Response, ErrorKind> {
+        let ctx = &self.ctx;
+        let mut client = self.client.lock().await;
+        let from = r
+            .due_s
+            .map(|d| ctx.start + Duration::from_secs_f64(d))
+            .unwrap_or_else(Instant::now);
+        let uri = format!("{}{}", ctx.target.base_path(), r.path);
+        let (end, result) = exchange(ctx, &mut client, r.timeout, true, true, || {
+            let mut b = Request::builder()
+                .method(r.method)
+                .uri(uri)
+                .header(HOST, ctx.target.authority());
+            for (k, v) in r.headers {
+                b = b.header(k, v);
+            }
+            b.body(Full::new(r.body)).map_err(|_| ErrorKind::Check)
+        })
+        .await;
+        let Some(task) = r.task else {
+            return result.map(|(_, resp)| resp);
+        };
+        match result {
+            Ok((sent, resp)) => {
+                let corrected = end.saturating_duration_since(from).as_micros() as u64;
+                let service = end.duration_since(sent).as_micros() as u64;
+                ctx.recorder.record(task, end, |d| {
+                    d.response(resp.status, resp.bytes, corrected, service);
+                    if resp.status >= 400 {
+                        d.error(ErrorKind::Status, true);
+                    }
+                });
+                Ok(resp)
+            }
+            Err(kind) => {
+                ctx.recorder.record(task, end, |d| d.error(kind, false));
+                Err(kind)
+            }
+        }
+    }
+}
