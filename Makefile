@@ -51,11 +51,15 @@ format: $(STAMP) ## Format Python and Rust
 	cargo fmt --all
 
 .PHONY: bench
-bench: bench-engine ## Every benchmark (results in bench/results/, summary in docs/benchmarks.md)
+bench: bench-engine bench-python ## Every benchmark (results in bench/results/, summary in docs/benchmarks.md)
 
 .PHONY: bench-engine
 bench-engine: build-dev ## Engine throughput vs wrk and memory over a long run (see docs/benchmarks.md)
 	$(PY) bench/engine.py
+
+.PHONY: bench-python
+bench-python: build-dev ## Python-logic tasks vs Locust FastHttpUser (installs locust into .venv)
+	$(PY) bench/python_path.py
 
 .PHONY: clean
 clean: ## Remove build outputs and the virtual environment

@@ -111,6 +111,9 @@ pub struct RunState {
     done: Mutex<bool>,
     done_cv: Condvar,
     stop: CancellationToken,
+    /// Set by `stop()`: tells a stopped run from one whose token was cancelled for another
+    /// reason (a unique feeder ran out, in-flight requests outlived the drain).
+    stop_requested: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -122,6 +125,7 @@ impl RunHandle {
     }
 
     pub fn stop(&self) {
+        self.0.stop_requested.store(true, Ordering::SeqCst);
         self.0.stop.cancel();
     }
     pub fn is_done(&self) -> bool {
@@ -288,6 +292,7 @@ pub fn start(rt: &Handle, threads: usize, plan: Plan, dir: PathBuf) -> Result<Ru
         done: Mutex::new(false),
         done_cv: Condvar::new(),
         stop,
+        stop_requested: AtomicBool::new(false),
     });
     let handle = RunHandle(state.clone(), ctx.clone());
     rt.spawn(drive(ctx, state, writer, plan, wall_start, n_intervals));
@@ -379,6 +384,8 @@ async fn drive(
             }
         }
     }
+    // The workers may have seen the stop and finished before this loop did: ask the flag.
+    let stopped = stopped || state.stop_requested.load(Ordering::SeqCst);
     let elapsed = ctx.start.elapsed().as_secs_f64();
     let last_len = if stopped {
         (elapsed - i as f64).clamp(0.0, 1.0)
