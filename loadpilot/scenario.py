@@ -50,6 +50,14 @@ def _where(fn: Callable[..., Any]) -> str:
     return f"{code.co_filename}:{code.co_firstlineno}"
 
 
+def _class_where(cls: type) -> str:
+    """file:line of a class, or its name where its source is not at hand (``python -c``)."""
+    try:
+        return f"{inspect.getsourcefile(cls)}:{inspect.getsourcelines(cls)[1]}"
+    except (OSError, TypeError):
+        return cls.__qualname__
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -270,7 +278,7 @@ class Scenario:
 
 def _read_tasks(cls: type[VUser]) -> tuple[tuple[Task, ...], str | None]:
     """The tasks, and why they run as Python virtual users (None: in the engine)."""
-    where = f"{inspect.getsourcefile(cls)}:{inspect.getsourcelines(cls)[1]}"
+    where = _class_where(cls)
     found = [
         (name, fn, weight)
         for name, fn in vars(cls).items()
@@ -323,8 +331,7 @@ def scenario(
         try:
             parsed = parse_all(dict(thresholds or {}), names)
         except PlanError as e:
-            where = f"{inspect.getsourcefile(cls)}:{inspect.getsourcelines(cls)[1]}"
-            raise ScenarioError(f"{where}: {e}") from None
+            raise ScenarioError(f"{_class_where(cls)}: {e}") from None
         feeder = vars(cls).get("feed")
         sc = Scenario(
             name=name or cls.__name__,

@@ -164,3 +164,25 @@ def test_cli_thresholds_parse_compactly() -> None:
     assert (t.task, t.metric, t.op, t.value) == ("browse", "p99", "<=", 20.0)
     with pytest.raises(lp.PlanError, match="names no task"):
         thresholds.parse_cli("nope.p99<1ms", ["browse"])
+
+
+def test_a_scenario_without_source_code_at_hand_runs_as_python_users() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import loadpilot as lp\n"
+        "@lp.scenario(profile=lp.constant(1, '1s'))\n"
+        "class S(lp.VUser):\n"
+        "    @lp.task\n"
+        "    def t(self):\n"
+        "        self.client.get('/')\n"
+        "from loadpilot.scenario import scenario_of\n"
+        "sc = scenario_of(S)\n"
+        "print(sc.path, sc.reason)\n"
+    )
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("python ") and "source code cannot be read" in done.stdout
