@@ -1,12 +1,12 @@
 """Type stubs for the compiled engine module (checked against it with mypy.stubtest)."""
 
-from collections.abc import Callable
 from os import PathLike
 from typing import final
 
 __all__ = [
     "Histogram",
     "LoadPilotError",
+    "Mailbox",
     "PlanError",
     "Run",
     "RunDirError",
@@ -79,6 +79,12 @@ class Run:
 _Outcome = tuple[int, list[tuple[str, str]], bytes] | str
 
 @final
+class Mailbox:
+    def __new__(cls) -> Mailbox: ...
+    def fileno(self) -> int: ...
+    def take(self) -> list[tuple[int, _Outcome]]: ...
+
+@final
 class Session:
     def request(
         self,
@@ -89,7 +95,8 @@ class Session:
         body: bytes | None,
         timeout_s: float,
         due_s: float | None,
-        on_done: Callable[[_Outcome], object],
+        mailbox: Mailbox,
+        id: int,
     ) -> None: ...
     def request_blocking(
         self,

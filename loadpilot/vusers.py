@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import json as _json
 import sys
 import threading
@@ -71,9 +72,9 @@ class Client:
     awaitables; in a plain ``def`` task (or hook) they block that user's thread until the
     response is in."""
 
-    def __init__(self, session: _engine.Session, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, session: _engine.Session, inbox: _Inbox) -> None:
         self._session = session
-        self._loop = loop
+        self._inbox = inbox
         # The task the current requests count for; None in hooks, whose requests are set-up.
         self._task: int | None = None
         self._due: float | None = None
@@ -88,7 +89,7 @@ class Client:
         json: Any = None,
         content: bytes | str | None = None,
         data: bytes | str | None = None,
-        timeout: Duration = 30.0,
+        timeout: Duration = 30,
     ) -> Any:
         if params:
             path = f"{path}{'&' if '?' in path else '?'}{urllib.parse.urlencode(params)}"
@@ -108,7 +109,7 @@ class Client:
             path,
             hs,
             body,
-            parse_duration(timeout, what="timeout"),
+            timeout if type(timeout) is int else parse_duration(timeout, what="timeout"),
             due,
         )
         try:
@@ -118,16 +119,8 @@ class Client:
         return self._send(args, method, path)
 
     async def _send(self, args: _Args, method: str, path: str) -> Response:
-        loop = self._loop
-        fut: asyncio.Future[_Result] = loop.create_future()
-
-        def done(result: _Result) -> None:  # on an engine thread
-            try:
-                loop.call_soon_threadsafe(_resolve, fut, result)
-            except RuntimeError:  # the loop is gone: the run was stopped
-                pass
-
-        self._session.request(*args, done)
+        rid, fut = self._inbox.expect()
+        self._session.request(*args, self._inbox.mailbox, rid)
         return _finish(await fut, method, path)
 
     def get(self, path: str, **kw: Any) -> Any:
@@ -149,9 +142,32 @@ class Client:
         return self.request("HEAD", path, **kw)
 
 
-def _resolve(fut: asyncio.Future[_Result], result: _Result) -> None:
-    if not fut.done():
-        fut.set_result(result)
+class _Inbox:
+    """Futures of requests in flight, resolved in batches when the engine's mailbox rings.
+    Engine threads never take the GIL for this; the loop collects results when it wakes."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.mailbox = _engine.Mailbox()
+        self._loop = loop
+        self._pending: dict[int, asyncio.Future[_Result]] = {}
+        self._ids = itertools.count()
+        loop.add_reader(self.mailbox.fileno(), self._collect)
+
+    def expect(self) -> tuple[int, asyncio.Future[_Result]]:
+        rid = next(self._ids)
+        fut: asyncio.Future[_Result] = self._loop.create_future()
+        self._pending[rid] = fut
+        return rid, fut
+
+    def _collect(self) -> None:
+        pending = self._pending
+        for rid, result in self.mailbox.take():
+            fut = pending.pop(rid, None)
+            if fut is not None and not fut.done():  # a cancelled iteration's answer is dropped
+                fut.set_result(result)
+
+    def close(self) -> None:
+        self._loop.remove_reader(self.mailbox.fileno())
 
 
 def _finish(result: _Result, method: str, path: str) -> Response:
@@ -226,9 +242,9 @@ class PythonUsers:
             self._handle.record_exception(task)
             self._report(f"task {self._scenario.tasks[task].name!r} raised")
 
-    def _make_user(self, vu: int, loop: asyncio.AbstractEventLoop) -> VUser:
+    def _make_user(self, vu: int, inbox: _Inbox) -> VUser:
         user = self._scenario.user()
-        user.client = Client(self._handle.session(vu), loop)
+        user.client = Client(self._handle.session(vu), inbox)
         return user
 
     async def _run(self) -> None:
@@ -236,7 +252,8 @@ class PythonUsers:
         h = self._handle
         n = h.max_users()
         self._pool = ThreadPoolExecutor(max_workers=max(1, n), thread_name_prefix="loadpilot-vu")
-        users = [self._make_user(i, loop) for i in range(n)]
+        inbox = _Inbox(loop)
+        users = [self._make_user(i, inbox) for i in range(n)]
         closed = self._is_closed()
         bodies: list[Awaitable[None]]
         if closed:
@@ -250,6 +267,7 @@ class PythonUsers:
         watcher = asyncio.ensure_future(self._watch_stop(tasks))
         await asyncio.gather(*tasks, return_exceptions=True)
         watcher.cancel()
+        inbox.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _is_closed(self) -> bool:

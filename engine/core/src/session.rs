@@ -8,6 +8,9 @@
 //! engine keeps time.
 
 use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -262,5 +265,53 @@ impl Session {
                 Err(kind)
             }
         }
+    }
+}
+
+/// Where finished requests wait for the Python event loop. Engine threads never take the GIL:
+/// they append here and, when the box was empty, write one byte to a socket the loop watches
+/// (`loop.add_reader`), so the loop wakes once for a whole batch and collects it with `take`.
+pub struct Mailbox {
+    items: Mutex<Vec<(u64, Result<Response, ErrorKind>)>>,
+    bell: UnixStream,
+    watched: UnixStream,
+}
+
+impl Mailbox {
+    pub fn new() -> std::io::Result<Self> {
+        let (bell, watched) = UnixStream::pair()?;
+        bell.set_nonblocking(true)?;
+        watched.set_nonblocking(true)?;
+        Ok(Mailbox {
+            items: Mutex::new(Vec::new()),
+            bell,
+            watched,
+        })
+    }
+
+    /// The descriptor that becomes readable when results are waiting.
+    pub fn fd(&self) -> RawFd {
+        self.watched.as_raw_fd()
+    }
+
+    pub fn post(&self, id: u64, result: Result<Response, ErrorKind>) {
+        let was_empty = {
+            let mut items = self.items.lock().unwrap();
+            let was_empty = items.is_empty();
+            items.push((id, result));
+            was_empty
+        };
+        if was_empty {
+            // A full socket buffer means a wake-up is pending already.
+            let _ = (&self.bell).write(&[1]);
+        }
+    }
+
+    /// Everything posted so far. The bell is silenced first, so a result posted meanwhile
+    /// rings it again and is never left waiting unnoticed.
+    pub fn take(&self) -> Vec<(u64, Result<Response, ErrorKind>)> {
+        let mut sink = [0u8; 256];
+        while matches!((&self.watched).read(&mut sink), Ok(n) if n > 0) {}
+        std::mem::take(&mut *self.items.lock().unwrap())
     }
 }

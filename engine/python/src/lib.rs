@@ -10,7 +10,7 @@ use loadpilot_core::error::Error;
 use loadpilot_core::metrics::{decode_hist, encode_hist, new_hist, Hist};
 use loadpilot_core::plan::Plan;
 use loadpilot_core::runner::{self, RunHandle};
-use loadpilot_core::session::{PyRequest, Session};
+use loadpilot_core::session::{Mailbox, PyRequest, Session};
 use loadpilot_core::target::{self, TargetConfig, TargetServer};
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
@@ -396,10 +396,9 @@ fn py_request(
 
 #[pymethods]
 impl PySession {
-    /// Starts a request and returns at once; `on_done` is called (from an engine thread, with
-    /// the GIL) with (status, headers, body) or with the error kind as a string.
+    /// Starts a request and returns at once; its result is posted to `mailbox` under `id`.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (task, method, path, headers, body, timeout_s, due_s, on_done))]
+    #[pyo3(signature = (task, method, path, headers, body, timeout_s, due_s, mailbox, id))]
     fn request(
         &self,
         task: Option<usize>,
@@ -409,19 +408,16 @@ impl PySession {
         body: Option<Vec<u8>>,
         timeout_s: f64,
         due_s: Option<f64>,
-        on_done: Py<PyAny>,
+        mailbox: &PyMailbox,
+        id: u64,
     ) -> PyResult<()> {
         let n = self.n_tasks;
         let req = py_request(n, task, method, path, headers, body, timeout_s, due_s)?;
         let session = self.inner.clone();
+        let mailbox = mailbox.inner.clone();
         runtime()?.spawn(async move {
-            let result = outcome(session.request(req).await);
-            Python::attach(|py| {
-                let arg = outcome_to_py(py, result);
-                if let Err(e) = arg.and_then(|a| on_done.call1(py, (a,))) {
-                    e.print(py);
-                }
-            });
+            let result = session.request(req).await;
+            mailbox.post(id, result);
         });
         Ok(())
     }
@@ -452,6 +448,38 @@ impl PySession {
     #[getter]
     fn vu(&self) -> u64 {
         self.inner.vu
+    }
+}
+
+/// Finished requests waiting for the event loop (see `Mailbox` in engine/core/src/session.rs).
+#[pyclass(module = "loadpilot._engine", name = "Mailbox")]
+struct PyMailbox {
+    inner: Arc<Mailbox>,
+}
+
+#[pymethods]
+impl PyMailbox {
+    #[new]
+    fn new() -> PyResult<Self> {
+        let inner = Mailbox::new()
+            .map_err(|e| LoadPilotError::new_err(format!("cannot create a mailbox: {e}")))?;
+        Ok(PyMailbox {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The descriptor to watch with `loop.add_reader`.
+    fn fileno(&self) -> i32 {
+        self.inner.fd()
+    }
+
+    /// Everything posted so far as (id, (status, headers, body) or error kind).
+    fn take(&self, py: Python<'_>) -> PyResult<Vec<(u64, Py<PyAny>)>> {
+        self.inner
+            .take()
+            .into_iter()
+            .map(|(id, r)| Ok((id, outcome_to_py(py, outcome(r))?)))
+            .collect()
     }
 }
 
@@ -521,7 +549,7 @@ mod _engine {
     #[pymodule_export]
     use super::{
         read_hlog, start_run, start_target, validate_plan, LoadPilotError, PlanError, PyHistogram,
-        PyRun, PySession, PyTarget, RunDirError, TargetError,
+        PyMailbox, PyRun, PySession, PyTarget, RunDirError, TargetError,
     };
 
     #[pymodule_init]
