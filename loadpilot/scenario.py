@@ -136,6 +136,8 @@ class VUser:
     and ``on_stop`` (optional, plain or ``async``) run once per virtual user."""
 
     client: Any
+    #: The feeder row of the current iteration (``None`` without a feeder).
+    row: dict[str, str] | None = None
 
 
 class _Recorder:

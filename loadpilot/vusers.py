@@ -14,6 +14,7 @@ import asyncio
 import inspect
 import itertools
 import json as _json
+import random
 import sys
 import threading
 import traceback
@@ -142,6 +143,10 @@ class Client:
         return self.request("HEAD", path, **kw)
 
 
+class _FeedExhausted(Exception):
+    """A ``unique`` feeder has no row left."""
+
+
 class _Inbox:
     """Futures of requests in flight, resolved in batches when the engine's mailbox rings.
     Engine threads never take the GIL for this; the loop collects results when it wakes."""
@@ -189,6 +194,10 @@ class PythonUsers:
         self._fns: list[Callable[[Any], Any]] = [getattr(cls, t.name) for t in scenario.tasks]
         self._is_async = [inspect.iscoroutinefunction(f) for f in self._fns]
         self._errors_shown = 0
+        self._iterations = itertools.count()
+        self._rows = len(scenario.feeder.rows) if scenario.feeder is not None else 0
+        if scenario.feeder is not None and scenario.feeder.mode != "unique":
+            self._rows = 1 << 62  # cycle and random feeders never run out
         self._thread = threading.Thread(target=self._main, name="loadpilot-vusers", daemon=True)
 
     def start(self) -> None:
@@ -230,14 +239,36 @@ class PythonUsers:
             self._report(f"{type(user).__name__}.{name} raised")
             return False
 
-    async def _iteration(self, user: VUser, task: int, due: float | None) -> None:
+    def _row(self, k: int) -> dict[str, str] | None:
+        """The feeder row of iteration ``k`` (the engine's rule for each mode)."""
+        f = self._scenario.feeder
+        if f is None:
+            return None
+        n = len(f.rows)
+        if f.mode == "cycle":
+            i = k % n
+        elif f.mode == "random":
+            i = random.Random(f.seed * 1_000_003 + k).randrange(n)
+        elif k < n:
+            i = k
+        else:
+            raise _FeedExhausted
+        return dict(zip(f.columns, f.rows[i], strict=True))
+
+    async def _iteration(
+        self, user: VUser, task: int, due: float | None, k: int | None = None
+    ) -> None:
         client = user.client
         assert isinstance(client, Client)
         client._task, client._due = task, due
         try:
+            if k is not None and self._scenario.feeder is not None:
+                user.row = self._row(k)
             await self._call(self._fns[task], user, self._is_async[task])
         except RequestError:
             pass  # counted by the engine; the iteration ends here
+        except _FeedExhausted:
+            self._handle.exhaust()  # a unique feeder ran out: the run ends, as in the engine
         except Exception:
             self._handle.record_exception(task)
             self._report(f"task {self._scenario.tasks[task].name!r} raised")
@@ -245,6 +276,8 @@ class PythonUsers:
     def _make_user(self, vu: int, inbox: _Inbox) -> VUser:
         user = self._scenario.user()
         user.client = Client(self._handle.session(vu), inbox)
+        # on_start sees the row of the user's number; each iteration then gets its own.
+        user.row = self._row(vu) if self._scenario.feeder is not None and vu < self._rows else None
         return user
 
     async def _run(self) -> None:
@@ -307,9 +340,9 @@ class PythonUsers:
         while (item := await queue.get()) is not None:
             if not started:
                 continue  # a user whose on_start failed takes no iterations
-            _, due, task = item
+            k, due, task = item
             h.mark_start(task, due)
-            await self._iteration(user, task, due)
+            await self._iteration(user, task, due, k)
         if started:
             await self._hook(user, "on_stop")
 
@@ -332,7 +365,7 @@ class PythonUsers:
                 if not active:
                     active = True
                     h.user_active(True)
-                await self._iteration(user, h.next_task(), None)
+                await self._iteration(user, h.next_task(), None, next(self._iterations))
                 if think:
                     await asyncio.sleep(think)
         finally:

@@ -149,3 +149,21 @@ def test_ctrl_c_stops_python_users_within_a_second(target: lp.TargetServer, tmp_
     assert "(weight 1, python)" in out
     assert re.search(r"^wait\s+python\s", out, re.M), out
     assert lp.load_run(tmp_path / "r").summary().overall.requests >= 100
+
+
+def test_python_users_get_a_feeder_row_per_iteration(recorder: Recorder, out: Path) -> None:
+    @lp.scenario(profile=lp.constant(20, "1s"))
+    class Fed(lp.VUser):
+        feed = lp.feed(
+            __import__("polars").DataFrame({"user": [f"u{i}" for i in range(5)]}), mode="unique"
+        )
+
+        @lp.task
+        async def visit(self) -> None:
+            assert self.row is not None
+            await self.client.get(f"/hello/{self.row['user'].upper()}")
+
+    s = lp.run(Fed, out, target=recorder.url).summary()
+
+    assert sorted(p for _, p in recorder.arrivals) == [f"/hello/U{i}" for i in range(5)]
+    assert s.ended == "exhausted" and s.overall.requests == 5

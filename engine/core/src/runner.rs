@@ -95,7 +95,7 @@ pub(crate) struct Ctx {
     user_vars: Vec<BTreeMap<String, String>>,
     pub(crate) recorder: Recorder,
     pub(crate) stop: CancellationToken,
-    exhausted: AtomicBool,
+    pub(crate) exhausted: AtomicBool,
     /// Set when the plan's virtual users live in Python (see `session`).
     pub(crate) python: Option<PythonSide>,
 }

@@ -187,6 +187,13 @@ impl RunHandle {
             .fetch_add(d, Ordering::Relaxed);
     }
 
+    /// A unique feeder ran out on the Python side: the run ends as `exhausted`.
+    pub fn exhaust(&self) {
+        let ctx = self.ctx();
+        ctx.exhausted.store(true, Ordering::Relaxed);
+        ctx.stop.cancel();
+    }
+
     /// Python's virtual users are all done: the run can close.
     pub fn finish_python(&self) {
         side(self.ctx()).finished.cancel();

@@ -306,6 +306,10 @@ impl PyRun {
         self.handle.user_active(active);
     }
 
+    fn exhaust(&self) {
+        self.handle.exhaust();
+    }
+
     fn finish_python(&self) {
         self.handle.finish_python();
     }
