@@ -32,14 +32,25 @@ EXIT_ERRORS = 3
 EXIT_INTERRUPTED = 130
 
 
-def _progress(r: _run.Run, total_s: float) -> None:
-    """One line a second while the run goes: elapsed, rate vs target, p50/p99, errors."""
+def _progress(
+    r: _run.Run, total_s: float, abort_on: list[thresholds.Threshold] | None = None
+) -> list[thresholds.Verdict]:
+    """One line a second while the run goes: elapsed, rate vs target, p50/p99, errors. With
+    ``abort_on``, the thresholds are checked on each closed second and the first failure stops
+    the run; the failing verdicts are returned."""
     shown = 0
     while not r.wait(0.25):
         m = r.metrics
         if len(m) == shown or len(m) == 0:
             continue
         shown = len(m)
+        if abort_on:
+            failed = [v for v in thresholds.evaluate(r.summary_so_far(), abort_on) if not v.passed]
+            if failed:
+                for v in failed:
+                    print(f"aborting: {v}", flush=True)
+                r.stop()
+                return failed
         last = m.filter(m["elapsed_s"] == m["elapsed_s"].max())
         second = float(last["elapsed_s"].max()) + 1  # type: ignore[arg-type]
         target = float(last["target_rps"].sum())
@@ -51,6 +62,7 @@ def _progress(r: _run.Run, total_s: float) -> None:
             f"p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  errors {int(last['errors'].sum())}",
             flush=True,
         )
+    return []
 
 
 def _execute(
@@ -58,12 +70,14 @@ def _execute(
     out: Path | None,
     checks: list[thresholds.Threshold] | None = None,
     target: str | None = None,
+    abort_on_fail: bool = False,
 ) -> int:
     r = _run.start(what, out, target=target)
     print(f"run directory: {r.path}", flush=True)
     interrupted = False
+    aborted: list[thresholds.Verdict] = []
     try:
-        _progress(r, r.plan.duration_s)
+        aborted = _progress(r, r.plan.duration_s, checks if abort_on_fail else None)
     except KeyboardInterrupt:
         interrupted = True
         print("\nstopping: keeping everything measured so far", flush=True)
@@ -79,7 +93,7 @@ def _execute(
     print(f"\nended: {s.ended}; everything is in {r.path}/")
     if interrupted:
         return EXIT_INTERRUPTED
-    if not all(v.passed for v in verdicts):
+    if aborted or not all(v.passed for v in verdicts):
         return EXIT_THRESHOLDS
     judged = any(v.threshold.metric == "error_rate" for v in verdicts)
     if s.overall.errors and not judged:
@@ -191,7 +205,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
         if chosen.reason:
             print(f"  python virtual users: {chosen.reason}")
-        return _execute(chosen, args.out, checks, _target(args, None))
+        abort = args.abort_on_fail or chosen.abort_on_fail
+        return _execute(chosen, args.out, checks, _target(args, None), abort)
     try:
         text = path.read_text()
     except OSError as e:
@@ -205,7 +220,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     plan = plan.model_copy(update={"target": _target(args, plan.target)})
     if args.rps is not None or args.duration is not None:
         raise LoadPilotError("--rps and --duration apply to scenario files; edit the plan instead")
-    return _execute(plan, args.out, checks)
+    return _execute(plan, args.out, checks, None, args.abort_on_fail)
 
 
 def _duration(text: str) -> float:
@@ -243,6 +258,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--scenario", default=None, help="which scenario of the file")
     r.add_argument("--out", type=Path, default=None, help="run directory")
     r.add_argument("--threshold", action="append", help="e.g. 'p99<25ms' (repeatable)")
+    r.add_argument("--abort-on-fail", action="store_true", help="stop as soon as a threshold fails")
     r.add_argument("--rps", type=float, default=None, help="run at this constant rate instead")
     r.add_argument("--duration", type=_duration, default=None, help='e.g. "30s", "5m"')
     r.set_defaults(fn=_cmd_run)

@@ -126,6 +126,14 @@ class Run(RunResult):
     def histogram(self, task: str | None = None, *, service: bool = False) -> _engine.Histogram:
         return self._handle.histogram(task, service)
 
+    def summary_so_far(self) -> Summary:
+        """Figures of the intervals closed so far (``ended == "running"`` while it runs), from
+        the same merged histograms as the final summary: what thresholds are checked against
+        during a run."""
+        if self.done:
+            return self.summary()
+        return _rebuild_summary(self, "running")
+
 
 class LoadedRun(RunResult):
     """A run directory read back from disk (finished, stopped, or cut short by a crash)."""
@@ -165,7 +173,7 @@ class LoadedRun(RunResult):
         return total
 
 
-def _rebuild_summary(run: LoadedRun) -> Summary:
+def _rebuild_summary(run: RunResult, ended: str = "interrupted") -> Summary:
     m = run.metrics
     duration = float(m["interval_s"].sum() / max(1, len(run.plan.tasks))) if len(m) else 0.0
 
@@ -207,7 +215,7 @@ def _rebuild_summary(run: LoadedRun) -> Summary:
             "started_at": started.timestamp() if isinstance(started, _dt.datetime) else 0.0,
             "duration_s": duration,
             "planned_duration_s": run.plan.duration_s,
-            "ended": "interrupted",
+            "ended": ended,
             "model": run.plan.load.model,
             "target_requests": None,
             "overall": stats(None),

@@ -252,6 +252,8 @@ class Scenario:
     arrivals: str = "uniform"
     seed: int = 0
     timeout_s: float = 30.0
+    #: Stop the run (from the command line) as soon as a threshold fails.
+    abort_on_fail: bool = False
     #: Why the tasks run as Python virtual users; None when they run in the engine.
     reason: str | None = None
 
@@ -322,8 +324,10 @@ def scenario(
     arrivals: str = "uniform",
     seed: int = 0,
     timeout: Duration = "30s",
+    abort_on_fail: bool = False,
 ) -> Callable[[type[VUser]], type[VUser]]:
-    """Declares a :class:`VUser` subclass as a scenario with its load profile and thresholds."""
+    """Declares a :class:`VUser` subclass as a scenario with its load profile and thresholds
+    (``abort_on_fail``: ``loadpilot run`` stops as soon as one fails)."""
     if not isinstance(profile, Profile):
         raise ScenarioError(f"profile must come from lp.constant, lp.ramp, ... not {profile!r}")
 
@@ -347,6 +351,7 @@ def scenario(
             seed=seed,
             timeout_s=parse_duration(timeout, what="timeout"),
             reason=reason,
+            abort_on_fail=abort_on_fail,
         )
         setattr(cls, _SCENARIO, sc)
         return cls

@@ -226,3 +226,28 @@ def test_ctrl_c_stops_within_a_second_and_prints_the_partial_summary(
     assert took < 1.5
     assert "stopping: keeping everything measured so far" in out and "ended: stopped" in out
     assert lp.load_run(tmp_path / "r").summary().overall.requests > 100
+
+
+def test_abort_on_fail_stops_the_run_at_the_first_failed_threshold(tmp_path: Path) -> None:
+    f = _write(
+        tmp_path,
+        """
+        import loadpilot as lp
+
+        @lp.scenario(profile=lp.constant(rps=50, duration="60s"),
+                     thresholds={"p99": "< 5ms"}, abort_on_fail=True)
+        class Slow(lp.VUser):
+            @lp.task
+            def get(self):
+                self.client.get("/")
+        """,
+    )
+    with lp.start_target(delay_ms=20) as target:
+        started = time.monotonic()
+        done = _run("run", str(f), "--target", target.url, "--out", str(tmp_path / "r"))
+        took = time.monotonic() - started
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "aborting: FAIL  p99 < 5ms" in done.stdout
+    assert took < 15, f"took {took:.1f} s of a 60 s run"
+    assert lp.load_run(tmp_path / "r").summary().ended == "stopped"
