@@ -71,3 +71,23 @@ def constant(rate: float, duration_s: float) -> lp.OpenLoad:
 
 def get(name: str, path: str = "/", weight: int = 1, **kw: object) -> lp.Task:
     return lp.Task(name=name, weight=weight, requests=[lp.Request(path=path, **kw)])  # type: ignore[arg-type]
+
+
+def interrupt_cli(args: list[str], after_s: float = 3.0) -> tuple[int, str, str, float]:
+    """Runs ``loadpilot ARGS``, presses Ctrl-C after ``after_s``, and returns its exit code, its
+    output and how long it took to stop."""
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loadpilot.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(after_s)
+    proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    out, err = proc.communicate(timeout=20)
+    return proc.returncode, out, err, time.monotonic() - sent

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import loadpilot as lp
+from tests.conftest import interrupt_cli
 
 CLI = [sys.executable, "-m", "loadpilot.cli"]
 
@@ -200,29 +200,11 @@ def test_ctrl_c_stops_within_a_second_and_prints_the_partial_summary(
     target: lp.TargetServer, tmp_path: Path
 ) -> None:
     f = _write(tmp_path, SHOP.replace('duration="2s"', 'duration="60s"'))
-    proc = subprocess.Popen(
-        [
-            *CLI,
-            "run",
-            str(f),
-            "--scenario",
-            "Shop",
-            "--target",
-            target.url,
-            "--out",
-            str(tmp_path / "r"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    code, out, err, took = interrupt_cli(
+        ["run", str(f), "--scenario", "Shop", "--target", target.url, "--out", str(tmp_path / "r")]
     )
-    time.sleep(3)
-    proc.send_signal(signal.SIGINT)
-    sent = time.monotonic()
-    out, err = proc.communicate(timeout=20)
-    took = time.monotonic() - sent
 
-    assert proc.returncode == 130, out + err
+    assert code == 130, out + err
     assert took < 1.5
     assert "stopping: keeping everything measured so far" in out and "ended: stopped" in out
     assert lp.load_run(tmp_path / "r").summary().overall.requests > 100

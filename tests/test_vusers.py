@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import re
-import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
 from pathlib import Path
 
 import loadpilot as lp
-from tests.conftest import Recorder
+from tests.conftest import Recorder, interrupt_cli
 
 
 def test_async_and_sync_tasks_run_with_the_exact_mix(target: lp.TargetServer, out: Path) -> None:
@@ -123,29 +120,12 @@ class Slow(lp.VUser):
 def test_ctrl_c_stops_python_users_within_a_second(target: lp.TargetServer, tmp_path: Path) -> None:
     f = tmp_path / "slow.py"
     f.write_text(textwrap.dedent(_SLOW))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "loadpilot.cli",
-            "run",
-            str(f),
-            "--target",
-            target.url,
-            "--out",
-            str(tmp_path / "r"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    code, out, err, took = interrupt_cli(
+        ["run", str(f), "--target", target.url, "--out", str(tmp_path / "r")]
     )
-    time.sleep(3)
-    proc.send_signal(signal.SIGINT)
-    sent = time.monotonic()
-    out, err = proc.communicate(timeout=20)
 
-    assert time.monotonic() - sent < 1.5
-    assert proc.returncode == 130, out + err
+    assert took < 1.5
+    assert code == 130, out + err
     assert "(weight 1, python)" in out
     assert re.search(r"^wait\s+python\s", out, re.M), out
     assert lp.load_run(tmp_path / "r").summary().overall.requests >= 100
