@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,18 @@ def test_a_scenario_without_source_code_at_hand_runs_as_python_users() -> None:
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("python ") and "source code cannot be read" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: lp.constant(-5, "1s"), "invalid rps: -5"),
+        (lambda: lp.ramp(0, "fast", "1s"), "invalid to_rps: 'fast'"),
+        (lambda: lp.users(-1, "1s"), "invalid users: -1"),
+        (lambda: lp.step(1, 10, 0, "1s"), "invalid steps: 0"),
+        (lambda: lp.spike(1, 10, "2s", "1s"), "shorter than its duration"),
+    ],
+)
+def test_invalid_rates_and_shapes_say_what_is_wrong(make: object, message: str) -> None:
+    with pytest.raises(lp.PlanError, match=re.escape(message)):
+        make()  # type: ignore[operator]
