@@ -32,6 +32,7 @@ from loadpilot.profiles import (
     step,
     users,
 )
+from loadpilot.report import report
 from loadpilot.runs import Histogram, LoadedRun, Run, RunResult, load_run, run, start
 from loadpilot.scenario import Scenario, ScenarioError, VUser, expect, feed, scenario, task
 from loadpilot.summary import Summary
@@ -53,6 +54,7 @@ __all__ = [
     "load_scenarios",
     "parse_duration",
     "ramp",
+    "report",
     "scenario",
     "spike",
     "stages",

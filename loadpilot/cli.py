@@ -22,6 +22,7 @@ from loadpilot.errors import LoadPilotError
 from loadpilot.loader import load_scenario
 from loadpilot.plan import Constant, Expect, OpenLoad, Plan, Ramp, Request, Task
 from loadpilot.profiles import Profile, constant, parse_duration, users
+from loadpilot.report import report
 from loadpilot.scenario import Scenario
 from loadpilot.target import start_target
 
@@ -71,6 +72,7 @@ def _execute(
     checks: list[thresholds.Threshold] | None = None,
     target: str | None = None,
     abort_on_fail: bool = False,
+    report_to: Path | None = None,
 ) -> int:
     r = _run.start(what, out, target=target)
     print(f"run directory: {r.path}", flush=True)
@@ -90,6 +92,8 @@ def _execute(
         print("\nthresholds:")
         for v in verdicts:
             print(f"  {v}")
+    if report_to is not None:
+        print(f"report: {report(r, report_to, checks)}")
     print(f"\nended: {s.ended}; everything is in {r.path}/")
     if interrupted:
         return EXIT_INTERRUPTED
@@ -206,7 +210,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if chosen.reason:
             print(f"  python virtual users: {chosen.reason}")
         abort = args.abort_on_fail or chosen.abort_on_fail
-        return _execute(chosen, args.out, checks, _target(args, None), abort)
+        return _execute(chosen, args.out, checks, _target(args, None), abort, args.report)
     try:
         text = path.read_text()
     except OSError as e:
@@ -220,7 +224,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     plan = plan.model_copy(update={"target": _target(args, plan.target)})
     if args.rps is not None or args.duration is not None:
         raise LoadPilotError("--rps and --duration apply to scenario files; edit the plan instead")
-    return _execute(plan, args.out, checks, None, args.abort_on_fail)
+    return _execute(plan, args.out, checks, None, args.abort_on_fail, args.report)
 
 
 def _duration(text: str) -> float:
@@ -259,6 +263,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, default=None, help="run directory")
     r.add_argument("--threshold", action="append", help="e.g. 'p99<25ms' (repeatable)")
     r.add_argument("--abort-on-fail", action="store_true", help="stop as soon as a threshold fails")
+    r.add_argument("--report", type=Path, default=None, help="write an HTML report (FILE.html)")
     r.add_argument("--rps", type=float, default=None, help="run at this constant rate instead")
     r.add_argument("--duration", type=_duration, default=None, help='e.g. "30s", "5m"')
     r.set_defaults(fn=_cmd_run)
