@@ -104,7 +104,7 @@ def _charts(m: pl.DataFrame) -> alt.VConcatChart | None:
         .mark_line(point=True)
         .encode(
             x=x,
-            y=alt.Y("value:Q", title="ms", scale=alt.Scale(type="symlog")),
+            y=alt.Y("value:Q", title="ms"),
             color=alt.Color("series:N", title="latency"),
             strokeDash=alt.StrokeDash("task:N"),
             tooltip=["elapsed_s", "task", "series", "value"],
@@ -117,7 +117,9 @@ def _charts(m: pl.DataFrame) -> alt.VConcatChart | None:
         .encode(x=x, y=alt.Y("errors:Q", title="errors"), color="task:N")
         .properties(title="Errors per second", width=640, height=120)
     )
-    return alt.vconcat(rate_chart, latency_chart, errors_chart)
+    return alt.vconcat(rate_chart, latency_chart, errors_chart).resolve_scale(
+        color="independent", strokeDash="independent"
+    )
 
 
 _STYLE = """
