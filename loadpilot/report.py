@@ -117,9 +117,11 @@ def _charts(m: pl.DataFrame) -> alt.VConcatChart | None:
         .encode(x=x, y=alt.Y("errors:Q", title="errors"), color="task:N")
         .properties(title="Errors per second", width=640, height=120)
     )
-    return alt.vconcat(rate_chart, latency_chart, errors_chart).resolve_scale(
+    charts: alt.VConcatChart = alt.vconcat(rate_chart, latency_chart, errors_chart)
+    resolved: alt.VConcatChart = charts.resolve_scale(
         color="independent", strokeDash="independent"
     )
+    return resolved
 
 
 _STYLE = """
