@@ -118,9 +118,7 @@ def _charts(m: pl.DataFrame) -> alt.VConcatChart | None:
         .properties(title="Errors per second", width=640, height=120)
     )
     charts: alt.VConcatChart = alt.vconcat(rate_chart, latency_chart, errors_chart)
-    resolved: alt.VConcatChart = charts.resolve_scale(
-        color="independent", strokeDash="independent"
-    )
+    resolved: alt.VConcatChart = charts.resolve_scale(color="independent", strokeDash="independent")
     return resolved
 
 
