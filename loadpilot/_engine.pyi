@@ -96,6 +96,7 @@ class Session:
         body: bytes | None,
         timeout_s: float,
         due_s: float | None,
+        expect: str | None,
         mailbox: Mailbox,
         id: int,
     ) -> None: ...
@@ -108,6 +109,7 @@ class Session:
         body: bytes | None,
         timeout_s: float,
         due_s: float | None,
+        expect: str | None,
     ) -> _Outcome: ...
     @property
     def vu(self) -> int: ...

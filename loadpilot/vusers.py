@@ -25,13 +25,16 @@ from typing import TYPE_CHECKING, Any
 
 from loadpilot import _engine
 from loadpilot.errors import LoadPilotError
+from loadpilot.plan import Expect
 from loadpilot.profiles import Duration, parse_duration
 
 if TYPE_CHECKING:
     from loadpilot.scenario import Scenario, VUser
 
 _Result = tuple[int, list[tuple[str, str]], bytes] | str
-_Args = tuple[int | None, str, str, list[tuple[str, str]], bytes | None, float, float | None]
+_Args = tuple[
+    int | None, str, str, list[tuple[str, str]], bytes | None, float, float | None, str | None
+]
 
 
 class RequestError(LoadPilotError):
@@ -71,7 +74,8 @@ class Response:
 class Client:
     """``self.client`` of a Python virtual user. In an ``async def`` task its methods return
     awaitables; in a plain ``def`` task (or hook) they block that user's thread until the
-    response is in."""
+    response is in. ``expect=lp.expect(...)`` is checked by the engine, as for engine tasks;
+    without it a 4xx or 5xx counts as a ``status`` error. Either way the response is returned."""
 
     def __init__(self, session: _engine.Session, inbox: _Inbox) -> None:
         self._session = session
@@ -91,6 +95,7 @@ class Client:
         content: bytes | str | None = None,
         data: bytes | str | None = None,
         timeout: Duration = 30,
+        expect: Expect | None = None,
     ) -> Any:
         if params:
             path = f"{path}{'&' if '?' in path else '?'}{urllib.parse.urlencode(params)}"
@@ -112,6 +117,7 @@ class Client:
             body,
             timeout if type(timeout) is int else parse_duration(timeout, what="timeout"),
             due,
+            None if expect is None else expect.model_dump_json(exclude_none=True),
         )
         try:
             asyncio.get_running_loop()

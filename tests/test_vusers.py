@@ -147,3 +147,25 @@ def test_python_users_get_a_feeder_row_per_iteration(recorder: Recorder, out: Pa
 
     assert sorted(p for _, p in recorder.arrivals) == [f"/hello/U{i}" for i in range(5)]
     assert s.ended == "exhausted" and s.overall.requests == 5
+
+
+def test_expect_is_checked_for_python_users_too(target: lp.TargetServer, out: Path) -> None:
+    @lp.scenario(profile=lp.constant(20, "1s"))
+    class Checked(lp.VUser):
+        def on_start(self) -> None:
+            self.client.get("/")  # a hook alone puts the tasks on the Python path
+
+        @lp.task
+        def gone(self) -> None:
+            r = self.client.get("/status/404", expect=lp.expect(status=404))
+            assert r.status_code == 404
+
+        @lp.task
+        def wrong(self) -> None:
+            self.client.get("/json", expect=lp.expect(json_path="$.ok", equals=False))
+
+    s = lp.run(Checked, out, target=target.url).summary()
+
+    assert s.task("gone").errors == 0, s.task("gone").errors_by_kind
+    assert s.task("wrong").errors_by_kind["check"] == 10
+    assert s.task("wrong").errors_by_kind["exception"] == 0

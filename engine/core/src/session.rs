@@ -22,8 +22,10 @@ use hyper::{Method, Request};
 use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 
+use crate::check::Check;
 use crate::http::{Client, ErrorKind, Response};
 use crate::runner::{exchange, Ctx, Model, RunHandle};
+use crate::template::Values;
 
 /// An arrival for a Python virtual user.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -229,6 +231,8 @@ pub struct PyRequest {
     pub timeout: Duration,
     /// The iteration's due instant (seconds after the start), for its first request.
     pub due_s: Option<f64>,
+    /// `expect`; without one, a 4xx or 5xx counts as a `status` error.
+    pub check: Check,
 }
 
 impl Session {
@@ -259,10 +263,19 @@ impl Session {
             Ok((sent, resp)) => {
                 let corrected = end.saturating_duration_since(from).as_micros() as u64;
                 let service = end.duration_since(sent).as_micros() as u64;
+                let values = Values {
+                    vu: self.vu,
+                    iter: 0,
+                    row: None,
+                    user: None,
+                };
+                let failure = r
+                    .check
+                    .evaluate(resp.status, &resp.body, corrected, &values);
                 ctx.recorder.record(task, end, |d| {
                     d.response(resp.status, resp.bytes, corrected, service);
-                    if resp.status >= 400 {
-                        d.error(ErrorKind::Status, true);
+                    if let Some(f) = failure {
+                        d.error(f.into(), true);
                     }
                 });
                 Ok(resp)

@@ -6,12 +6,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use loadpilot_core::check::Check;
 use loadpilot_core::error::Error;
 use loadpilot_core::metrics::{decode_hist, encode_hist, new_hist, Hist};
+use loadpilot_core::plan::Expect;
 use loadpilot_core::plan::Plan;
 use loadpilot_core::runner::{self, RunHandle};
 use loadpilot_core::session::{Mailbox, PyRequest, Session};
 use loadpilot_core::target::{self, TargetConfig, TargetServer};
+use loadpilot_core::template::Scope;
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -363,7 +366,16 @@ fn py_request(
     body: Option<Vec<u8>>,
     timeout_s: f64,
     due_s: Option<f64>,
+    expect_json: Option<&str>,
 ) -> PyResult<PyRequest> {
+    let check = match expect_json {
+        None => Check::default(),
+        Some(text) => {
+            let e: Expect = serde_json::from_str(text)
+                .map_err(|e| PlanError::new_err(format!("invalid expect: {e}")))?;
+            Check::compile(&e, &Scope::default(), "expect").map_err(CoreError)?
+        }
+    };
     let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
         .map_err(|_| PyValueError::new_err(format!("invalid HTTP method {method:?}")))?;
     if !path.starts_with('/') {
@@ -395,6 +407,7 @@ fn py_request(
         body: body.map(Bytes::from).unwrap_or_default(),
         timeout: Duration::from_secs_f64(timeout_s),
         due_s,
+        check,
     })
 }
 
@@ -402,7 +415,7 @@ fn py_request(
 impl PySession {
     /// Starts a request and returns at once; its result is posted to `mailbox` under `id`.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (task, method, path, headers, body, timeout_s, due_s, mailbox, id))]
+    #[pyo3(signature = (task, method, path, headers, body, timeout_s, due_s, expect, mailbox, id))]
     fn request(
         &self,
         task: Option<usize>,
@@ -412,11 +425,14 @@ impl PySession {
         body: Option<Vec<u8>>,
         timeout_s: f64,
         due_s: Option<f64>,
+        expect: Option<&str>,
         mailbox: &PyMailbox,
         id: u64,
     ) -> PyResult<()> {
         let n = self.n_tasks;
-        let req = py_request(n, task, method, path, headers, body, timeout_s, due_s)?;
+        let req = py_request(
+            n, task, method, path, headers, body, timeout_s, due_s, expect,
+        )?;
         let session = self.inner.clone();
         let mailbox = mailbox.inner.clone();
         runtime()?.spawn(async move {
@@ -428,7 +444,7 @@ impl PySession {
 
     /// The same, blocking this thread (not the others) until the response is in.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (task, method, path, headers, body, timeout_s, due_s))]
+    #[pyo3(signature = (task, method, path, headers, body, timeout_s, due_s, expect))]
     fn request_blocking(
         &self,
         py: Python<'_>,
@@ -439,9 +455,12 @@ impl PySession {
         body: Option<Vec<u8>>,
         timeout_s: f64,
         due_s: Option<f64>,
+        expect: Option<&str>,
     ) -> PyResult<Py<PyAny>> {
         let n = self.n_tasks;
-        let req = py_request(n, task, method, path, headers, body, timeout_s, due_s)?;
+        let req = py_request(
+            n, task, method, path, headers, body, timeout_s, due_s, expect,
+        )?;
         let session = self.inner.clone();
         let rt = runtime()?;
         let result =
