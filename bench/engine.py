@@ -64,15 +64,14 @@ class Target:
         self.proc.wait(timeout=10)
 
 
-def measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[str, float, float]:
-    """Runs ``cmd``; returns its stdout, its CPU seconds and its peak RSS in MiB."""
+def measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[str, float]:
+    """Runs ``cmd``; returns its stdout and its CPU seconds. (Peak RSS is reported by each
+    measured process itself: RUSAGE_CHILDREN's maxrss is a high-water mark over all children.)"""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True, timeout=300)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    # ru_maxrss of children is the largest of any child so far; each tool runs in a fresh
-    # process, so read the child's own peak from its output where it reports it.
-    return done.stdout, cpu, after.ru_maxrss / 1024
+    return done.stdout, cpu
 
 
 _LOADPILOT_MAX = """
@@ -91,7 +90,7 @@ def run_loadpilot(url: str, users: int, seconds: float, threads: int) -> dict[st
     out = tempfile.mkdtemp(prefix="lp-bench-")
     env = dict(os.environ, LOADPILOT_THREADS=str(threads))
     cmd = [sys.executable, "-c", _LOADPILOT_MAX, url, str(users), str(seconds), out + "/run"]
-    stdout, cpu, _ = measured(cmd, env)
+    stdout, cpu = measured(cmd, env)
     shutil.rmtree(out, ignore_errors=True)
     r = json.loads(stdout.strip().splitlines()[-1])
     r["cpu_s_per_10k"] = cpu / r["requests"] * 10_000
@@ -100,13 +99,13 @@ def run_loadpilot(url: str, users: int, seconds: float, threads: int) -> dict[st
 
 def run_wrk(wrk: str, url: str, conns: int, seconds: float, threads: int) -> dict[str, float]:
     cmd = [wrk, f"-t{threads}", f"-c{conns}", f"-d{seconds:.0f}s", url + "/"]
-    # wrk reports no memory of its own: measure it as the child's peak RSS via /usr/bin/time-free
-    # wait4 accounting (RUSAGE_CHILDREN is a high-water mark, so wrk runs in a fresh wrapper).
+    # wrk reports no memory of its own: a fresh wrapper process runs it and prints the peak
+    # RSS of its only child.
     wrapper = (
         "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
         "print('RSS', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)"
     )
-    stdout, cpu, _ = measured([sys.executable, "-c", wrapper, *cmd])
+    stdout, cpu = measured([sys.executable, "-c", wrapper, *cmd])
     m = re.search(r"Requests/sec:\s+([\d.]+)", stdout)
     n = re.search(r"(\d+) requests in", stdout)
     rss = re.search(r"^RSS ([\d.]+)", stdout, re.M)

@@ -79,7 +79,7 @@ def run_locust(locust: str, url: str, users: int, seconds: float) -> dict[str, f
         "--loglevel",
         "ERROR",
     ]
-    _, cpu, _ = measured(cmd)
+    _, cpu = measured(cmd)
     with open(work / "stats_stats.csv") as f:
         agg = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
     shutil.rmtree(work, ignore_errors=True)
@@ -96,7 +96,7 @@ def run_loadpilot(url: str, users: int, seconds: float) -> dict[str, float]:
     out = tempfile.mkdtemp(prefix="lp-pybench-")
     cmd = [sys.executable, "-c", _LOADPILOT, url, str(users), str(seconds), out + "/run"]
     env = dict(os.environ, LOADPILOT_THREADS="1")
-    stdout, cpu, _ = measured(cmd, env)
+    stdout, cpu = measured(cmd, env)
     shutil.rmtree(out, ignore_errors=True)
     r = json.loads(stdout.strip().splitlines()[-1])
     assert r.pop("path") == "python"

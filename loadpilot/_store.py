@@ -14,17 +14,13 @@ METRICS_JSONL = "metrics.jsonl"
 METRICS_PARQUET = "metrics.parquet"
 SUMMARY = "summary.json"
 
+#: Kinds of failed request, each with an ``errors_<kind>`` column (the engine's order).
+ERROR_KINDS = ["connect", "dns", "tls", "timeout", "reset", "status", "check", "exception"]
+
 _COUNTS = [
     "requests",
     "errors",
-    "errors_connect",
-    "errors_dns",
-    "errors_tls",
-    "errors_timeout",
-    "errors_reset",
-    "errors_status",
-    "errors_check",
-    "errors_exception",
+    *(f"errors_{k}" for k in ERROR_KINDS),
     "status_1xx",
     "status_2xx",
     "status_3xx",

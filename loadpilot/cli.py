@@ -185,9 +185,7 @@ def _override(profile: Profile, args: argparse.Namespace) -> Profile:
     if args.rps is None and args.duration is None:
         return profile
     duration = args.duration if args.duration is not None else profile.duration_s
-    peak = max(
-        max(getattr(s, k, 0) or 0 for k in ("rate", "from_", "to", "peak")) for s in profile.stages
-    )
+    peak = profile.peak
     if profile.model == "closed":
         if args.rps is not None:
             raise LoadPilotError("--rps applies to open-model scenarios; this one has users")

@@ -65,6 +65,14 @@ class Profile:
     def duration_s(self) -> float:
         return sum(s.duration_s for s in self.stages)
 
+    @property
+    def peak(self) -> float:
+        """The highest rate (or user count) anywhere in the profile."""
+        return max(
+            max(getattr(s, k, 0.0) for k in ("rate", "from_", "to", "base", "peak"))
+            for s in self.stages
+        )
+
     def to_load(
         self, *, connections: int | None = None, arrivals: str = "uniform", seed: int = 0
     ) -> OpenLoad | ClosedLoad:

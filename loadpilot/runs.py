@@ -179,7 +179,7 @@ def _rebuild_summary(run: RunResult, ended: str = "interrupted") -> Summary:
 
     def stats(task: str | None) -> dict[str, object]:
         rows = m if task is None else m.filter(pl.col("task") == task)
-        kinds = ["connect", "dns", "tls", "timeout", "reset", "status", "check", "exception"]
+        kinds = _store.ERROR_KINDS
         requests = int(rows["requests"].sum())
         errors = int(rows["errors"].sum())
         lat, svc = run.histogram(task), run.histogram(task, service=True)

@@ -202,3 +202,10 @@ def test_a_scenario_without_source_code_at_hand_runs_as_python_users() -> None:
 def test_invalid_rates_and_shapes_say_what_is_wrong(make: object, message: str) -> None:
     with pytest.raises(lp.PlanError, match=re.escape(message)):
         make()  # type: ignore[operator]
+
+
+def test_a_profile_knows_its_peak() -> None:
+    p = lp.ramp(0, 300, "5s") + lp.hold(200, "5s") + lp.spike(50, 900, "1s", "4s")
+
+    assert p.peak == 900
+    assert lp.users(12, "1m", ramp="10s").peak == 12

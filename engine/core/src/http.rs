@@ -55,13 +55,6 @@ impl ErrorKind {
             ErrorKind::Exception => "exception",
         }
     }
-    /// Whether the connection must be dropped after this error.
-    pub fn breaks_connection(self) -> bool {
-        !matches!(
-            self,
-            ErrorKind::Status | ErrorKind::Check | ErrorKind::Exception
-        )
-    }
 }
 
 impl From<Failure> for ErrorKind {

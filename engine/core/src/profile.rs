@@ -202,6 +202,14 @@ impl Profile {
         &self.segments
     }
 
+    /// The highest value anywhere in the profile (a closed model's most users).
+    pub fn peak(&self) -> f64 {
+        self.segments
+            .iter()
+            .map(|s| s.from.max(s.to))
+            .fold(0.0, f64::max)
+    }
+
     fn segment_at(&self, t: f64) -> Option<&Segment> {
         if t < 0.0 || t >= self.duration {
             return None;
@@ -381,6 +389,25 @@ mod tests {
         assert!((t - 3.0).abs() < 1e-6, "{t}");
         assert_eq!(p.next_time_above(3.0, 12.0), Some(12.0));
         assert_eq!(p.next_time_above(10.0, 0.0), None);
+    }
+
+    #[test]
+    fn peak_is_the_highest_value_of_any_stage() {
+        let p = Profile::new(&[
+            Stage::Ramp {
+                from: 0.0,
+                to: 40.0,
+                duration_s: 2.0,
+            },
+            Stage::Spike {
+                base: 10.0,
+                peak: 90.0,
+                peak_s: 1.0,
+                duration_s: 3.0,
+            },
+        ])
+        .unwrap();
+        assert_eq!(p.peak(), 90.0);
     }
 
     #[test]

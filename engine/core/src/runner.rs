@@ -424,13 +424,7 @@ fn spawn_workers(ctx: &Arc<Ctx>, workers: &mut JoinSet<()>) {
             }
         }
         Model::Closed { users, .. } => {
-            let max_users = users
-                .segments()
-                .iter()
-                .map(|s| s.from.max(s.to))
-                .fold(0.0, f64::max)
-                .ceil() as u64;
-            for vu in 0..max_users {
+            for vu in 0..users.peak().ceil() as u64 {
                 workers.spawn(closed_worker(ctx.clone(), vu));
             }
         }

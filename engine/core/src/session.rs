@@ -94,10 +94,6 @@ fn side(ctx: &Ctx) -> &PythonSide {
 
 /// What Python calls to drive a run of Python tasks.
 impl RunHandle {
-    pub fn is_python(&self) -> bool {
-        self.ctx().python.is_some()
-    }
-
     /// Arrivals released so far, waiting up to `wait` for the first; `None` once the schedule
     /// is done (or the run stopped) and everything was taken.
     pub fn take_arrivals(&self, wait: Duration) -> Option<Vec<PyArrival>> {
@@ -144,12 +140,7 @@ impl RunHandle {
 
     pub fn max_users(&self) -> u64 {
         match &self.ctx().model {
-            Model::Closed { users, .. } => users
-                .segments()
-                .iter()
-                .map(|s| s.from.max(s.to))
-                .fold(0.0, f64::max)
-                .ceil() as u64,
+            Model::Closed { users, .. } => users.peak().ceil() as u64,
             Model::Open { connections, .. } => *connections as u64,
         }
     }
