@@ -74,8 +74,9 @@ def get(name: str, path: str = "/", weight: int = 1, **kw: object) -> lp.Task:
 
 
 def interrupt_cli(args: list[str], after_s: float = 3.0) -> tuple[int, str, str, float]:
-    """Runs ``loadpilot ARGS``, presses Ctrl-C after ``after_s``, and returns its exit code, its
-    output and how long it took to stop."""
+    """Runs ``loadpilot ARGS``, presses Ctrl-C ``after_s`` after the run has started (its
+    "run directory:" line: a fresh checkout may take seconds to import), and returns its exit
+    code, its output and how long it took to stop."""
     import signal
     import subprocess
     import sys
@@ -86,8 +87,14 @@ def interrupt_cli(args: list[str], after_s: float = 3.0) -> tuple[int, str, str,
         stderr=subprocess.PIPE,
         text=True,
     )
+    assert proc.stdout is not None
+    head = []
+    for line in proc.stdout:
+        head.append(line)
+        if line.startswith("run directory:"):
+            break
     time.sleep(after_s)
     proc.send_signal(signal.SIGINT)
     sent = time.monotonic()
     out, err = proc.communicate(timeout=20)
-    return proc.returncode, out, err, time.monotonic() - sent
+    return proc.returncode, "".join(head) + out, err, time.monotonic() - sent
