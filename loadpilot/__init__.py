@@ -2,10 +2,16 @@
 
 Build a :class:`Plan`, :func:`start` it (or :func:`run` it to the end), and read
 ``run.metrics`` (a Polars DataFrame that grows while the run goes), ``run.summary()`` and
-``run.histogram()``. :func:`load_run` reopens any run directory.
+``run.histogram()``. :func:`load_run` reopens any run directory. Analysis: :func:`compare`
+two runs, :func:`spectrum` of latency, :func:`capacity` and :func:`max_sustainable_rps` of a
+step run, :func:`fit_usl`, :func:`report` and :func:`export`; charts in ``loadpilot.charts``.
 """
 
+from loadpilot import charts
 from loadpilot._engine import __version__
+from loadpilot.analysis import export, spectrum
+from loadpilot.capacity import USL, Capacity, Sustainable, capacity, fit_usl, max_sustainable_rps
+from loadpilot.compare import Comparison, compare
 from loadpilot.errors import LoadPilotError, PlanError, RunDirError, TargetError
 from loadpilot.loader import load_scenario, load_scenarios
 from loadpilot.plan import (
@@ -40,6 +46,17 @@ from loadpilot.target import TargetServer, start_target
 from loadpilot.vusers import RequestError, Response
 
 __all__ = [
+    "USL",
+    "Capacity",
+    "Comparison",
+    "Sustainable",
+    "capacity",
+    "charts",
+    "compare",
+    "export",
+    "fit_usl",
+    "max_sustainable_rps",
+    "spectrum",
     "RequestError",
     "Response",
     "Profile",

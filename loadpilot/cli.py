@@ -1,8 +1,10 @@
-"""The ``loadpilot`` command: ``run FILE.py|PLAN.json``, ``demo`` and ``target``.
+"""The ``loadpilot`` command: ``run FILE.py|PLAN.json``, ``compare BASE CAND``, ``report RUN...``,
+``export RUN``, ``demo`` and ``target``.
 
 Exit codes: 0 passed (thresholds met, no failed request unless an error_rate threshold allows
-it); 1 a threshold failed; 2 bad usage or input (scenario, plan, URL); 3 requests failed and no
-threshold covered the error rate; 130 stopped with Ctrl-C.
+it; for ``compare``, no regression); 1 a threshold failed (``compare``: a metric regressed); 2
+bad usage or input (scenario, plan, URL, run directory); 3 requests failed and no threshold
+covered the error rate; 130 stopped with Ctrl-C.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 
 from loadpilot import runs as _run
 from loadpilot import thresholds
+from loadpilot.analysis import export
+from loadpilot.compare import compare
 from loadpilot.errors import LoadPilotError
 from loadpilot.loader import load_scenario
 from loadpilot.plan import Constant, Expect, OpenLoad, Plan, Ramp, Request, Task
@@ -159,6 +163,7 @@ def _cmd_target(args: argparse.Namespace) -> int:
         stall_every_s=args.stall_every_s,
         seed=args.seed,
         tls=args.tls,
+        concurrency=args.concurrency,
     )
     print(f"built-in target listening on {server.url}", flush=True)
     stop = threading.Event()
@@ -225,6 +230,47 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _execute(plan, args.out, checks, None, args.abort_on_fail, args.report)
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    c = compare(
+        args.baseline,
+        args.candidate,
+        noise=args.noise,
+        error_noise=args.error_noise,
+        confidence=args.confidence,
+        resamples=args.resamples,
+        seed=args.seed,
+        start=args.start,
+        end=args.end,
+        service=args.service,
+    )
+    print(c.to_json() if args.json else c.table())
+    return EXIT_THRESHOLDS if c.regressed else EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    checks = [thresholds.parse_cli(t) for t in args.threshold or []]
+    print(f"report: {report(args.runs, args.output, checks)}")
+    return EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    formats = args.format or ["csv", "parquet", "hgrm"]
+    for f in export(args.run, args.to, formats=formats):
+        print(f)
+    return EXIT_OK
+
+
+def _share(text: str) -> float:
+    """``5%`` or ``0.05``."""
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share (write 2% or 0.02)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
 def _duration(text: str) -> float:
     try:
         return parse_duration(text)
@@ -251,6 +297,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--stall-every-s", type=float, default=0.0)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--tls", action="store_true", help="serve https (self-signed certificate)")
+    t.add_argument(
+        "--concurrency", type=int, default=0, help="serve at most N requests at once (0: no cap)"
+    )
     t.add_argument("--for-s", type=float, default=None, help="stop after this many seconds")
     t.set_defaults(fn=_cmd_target)
 
@@ -265,6 +314,39 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--rps", type=float, default=None, help="run at this constant rate instead")
     r.add_argument("--duration", type=_duration, default=None, help='e.g. "30s", "5m"')
     r.set_defaults(fn=_cmd_run)
+
+    c = sub.add_parser(
+        "compare",
+        help="compare a candidate run with a baseline; exit 1 if a metric regressed",
+    )
+    c.add_argument("baseline", type=Path, help="baseline run directory")
+    c.add_argument("candidate", type=Path, help="candidate run directory")
+    c.add_argument("--noise", type=_share, default=0.02, help="latency noise threshold (2%%)")
+    c.add_argument(
+        "--error-noise", type=_share, default=0.001, help="error-rate noise threshold (0.1%%)"
+    )
+    c.add_argument("--confidence", type=float, default=0.95, help="confidence level (0.95)")
+    c.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (1000)")
+    c.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
+    c.add_argument("--from", dest="start", type=_duration, default=None, help="window start")
+    c.add_argument("--to", dest="end", type=_duration, default=None, help="window end")
+    c.add_argument("--service", action="store_true", help="compare service time")
+    c.add_argument("--json", action="store_true", help="print JSON")
+    c.set_defaults(fn=_cmd_compare)
+
+    rp = sub.add_parser("report", help="write one HTML report of one or several run directories")
+    rp.add_argument("runs", type=Path, nargs="+", help="run directories (the first: baseline)")
+    rp.add_argument("-o", "--output", type=Path, required=True, help="FILE.html")
+    rp.add_argument("--threshold", action="append", help="e.g. 'p99<25ms' (repeatable)")
+    rp.set_defaults(fn=_cmd_report)
+
+    e = sub.add_parser("export", help="write CSV/Parquet rows and .hgrm distributions of a run")
+    e.add_argument("run", type=Path, help="run directory")
+    e.add_argument("--to", type=Path, required=True, help="output directory")
+    e.add_argument(
+        "--format", action="append", choices=["csv", "parquet", "hgrm"], help="(default: all)"
+    )
+    e.set_defaults(fn=_cmd_export)
     return p
 
 
@@ -276,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code: int = args.fn(args)
         return code
-    except LoadPilotError as e:
+    except (LoadPilotError, ValueError) as e:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)

@@ -1,17 +1,23 @@
-"""Reports: one self-contained HTML file per run (charts inline, no network), for CI artefacts
-and for sharing. ``lp.report(run, "report.html")`` or ``loadpilot run ... --report FILE.html``."""
+"""Reports: one self-contained HTML file (charts inline, no network) for one run or several, for
+CI artefacts and for sharing. ``lp.report(run, "r.html")``, ``lp.report([base, cand], "r.html")``,
+``loadpilot run ... --report FILE.html`` or ``loadpilot report RUN_DIR... -o r.html``."""
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import html
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import altair as alt
-import polars as pl
 
-from loadpilot.runs import RunResult
+from loadpilot import charts
+from loadpilot.capacity import capacity
+from loadpilot.compare import compare
+from loadpilot.plan import Step
+from loadpilot.runs import RunResult, load_run
 from loadpilot.summary import Stats, Summary
 from loadpilot.thresholds import Threshold, Verdict, evaluate
 
@@ -71,106 +77,157 @@ def _verdicts(verdicts: Sequence[Verdict]) -> str:
     return f"<h2>Thresholds</h2><table><tbody>{rows}</tbody></table>"
 
 
-def _charts(m: pl.DataFrame) -> alt.VConcatChart | None:
-    if m.is_empty():
-        return None
-    frame = m.select(
-        "elapsed_s", "task", "achieved_rps", "target_rps", "p50_ms", "p99_ms", "max_ms",
-        "service_p99_ms", "errors",
-    )  # fmt: skip
-    rate = (
-        frame.unpivot(index=["elapsed_s", "task"], on=["achieved_rps", "target_rps"])
-        .drop_nulls("value")
-        .rename({"variable": "series"})
-    )
-    latency = frame.unpivot(
-        index=["elapsed_s", "task"], on=["p50_ms", "p99_ms", "max_ms", "service_p99_ms"]
-    ).rename({"variable": "series"})
-    x = alt.X("elapsed_s:Q", title="seconds")
-    rate_chart = (
-        alt.Chart(rate)
-        .mark_line(point=True)
-        .encode(
-            x=x,
-            y=alt.Y("value:Q", title="requests per second"),
-            color=alt.Color("task:N"),
-            strokeDash=alt.StrokeDash("series:N", title="rate"),
-            tooltip=["elapsed_s", "task", "series", "value"],
-        )
-        .properties(title="Achieved vs target rate", width=640, height=200)
-    )
-    latency_chart = (
-        alt.Chart(latency)
-        .mark_line(point=True)
-        .encode(
-            x=x,
-            y=alt.Y("value:Q", title="ms"),
-            color=alt.Color("series:N", title="latency"),
-            strokeDash=alt.StrokeDash("task:N"),
-            tooltip=["elapsed_s", "task", "series", "value"],
-        )
-        .properties(title="Latency per second (corrected; service p99)", width=640, height=240)
-    )
-    errors_chart = (
-        alt.Chart(frame)
-        .mark_bar()
-        .encode(x=x, y=alt.Y("errors:Q", title="errors"), color="task:N")
-        .properties(title="Errors per second", width=640, height=120)
-    )
-    charts: alt.VConcatChart = alt.vconcat(rate_chart, latency_chart, errors_chart)
-    resolved: alt.VConcatChart = charts.resolve_scale(color="independent", strokeDash="independent")
-    return resolved
-
-
 _STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 72rem; }
 table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; }
 th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: right; }
 th:first-child, td:first-child, td:nth-child(2) { text-align: left; }
-tr.fail td { background: #fde2e2; } tr.pass td { background: #e5f5e5; }
+tr.fail td, tr.regressed td { background: #fde2e2; }
+tr.pass td, tr.improved td { background: #e5f5e5; }
 pre { background: #f6f6f6; padding: 1rem; overflow-x: auto; }
+.lp-chart { margin: 0.5rem 0 1.5rem; }
+section.run { border-top: 2px solid #ddd; margin-top: 2rem; }
 """
 
 
-def report(run: RunResult, path: str | Path, thresholds: Sequence[Threshold] | None = None) -> Path:
-    """Writes ``run``'s report to ``path``: summary per task, thresholds (when given), charts
-    of rate, latency and errors over time, and the plan. One file that opens offline."""
+@functools.cache
+def _vega_bundle() -> str:
+    """The Vega, Vega-Lite and vega-embed JavaScript (as Altair inlines it), once per page."""
+    page: str = alt.Chart().mark_point().to_html(inline=True)
+    head = page[: page.rfind("</head>")]
+    start = head.find('<script type="text/javascript">')
+    end = head.rfind("</script>")
+    if start < 0 or end < start:
+        raise RuntimeError("unexpected chart HTML from Altair")
+    return head[start : end + len("</script>")]
+
+
+class _Page:
+    """Collects sections and charts; charts render as SVG from specs inlined in the page."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.charts = 0
+
+    def add(self, text: str) -> None:
+        self.parts.append(text)
+
+    def chart(self, chart: alt.TopLevelMixin) -> None:
+        self.charts += 1
+        div = f"lp-chart-{self.charts}"
+        # "</" would end the script element early: spec text (task names, run names) is data.
+        spec = json.dumps(chart.to_dict()).replace("</", "<\\/")
+        self.parts.append(
+            f'<div class="lp-chart" id="{div}"></div><script type="text/javascript">'
+            f'vegaEmbed("#{div}", {spec}, {{"renderer": "svg", "actions": false}})'
+            f".catch(function (e) {{ document.getElementById('{div}').textContent = "
+            f"'chart failed: ' + e; }});</script>"
+        )
+
+    def html(self, title: str) -> str:
+        return (
+            f"<!DOCTYPE html><html><head><meta charset='UTF-8'><title>{html.escape(title)}"
+            f"</title><style>{_STYLE}</style>{_vega_bundle()}</head><body>"
+            + "".join(self.parts)
+            + "</body></html>"
+        )
+
+
+def _started(s: Summary) -> str:
+    return dt.datetime.fromtimestamp(s.started_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _run_section(page: _Page, run: RunResult, verdicts: Sequence[Verdict], level: int) -> None:
     s = run.summary()
-    verdicts = evaluate(s, list(thresholds or []))
-    started = dt.datetime.fromtimestamp(s.started_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    body = (
-        f"<h1>LoadPilot report: {html.escape(s.name)}</h1>"
-        f"<p>Target {html.escape(run.plan.target)} · started {started} · "
+    h = f"h{level}"
+    sub = f"h{level + 1}"
+    page.add(
+        f"<{h}>{'LoadPilot report: ' if level == 1 else ''}{html.escape(s.name)}</{h}>"
+        f"<p>Target {html.escape(run.plan.target)} · started {_started(s)} · "
         f"{s.duration_s:.1f} s of {s.planned_duration_s:.1f} s planned ({html.escape(s.ended)})"
         f" · {html.escape(s.model)} model · run directory {html.escape(str(run.path))}</p>"
-        + _verdicts(verdicts)
-        + "<h2>Summary</h2>"
-        + "<p>Latency is measured from the instant each request was due (corrected for "
+        + _verdicts(verdicts).replace("<h2>", f"<{sub}>").replace("</h2>", f"</{sub}>")
+        + f"<{sub}>Summary</{sub}>"
+        "<p>Latency is measured from the instant each request was due (corrected for "
         "coordinated omission); service time from the instant it was sent. Percentiles come "
         "from the run's merged histograms.</p>"
         + _summary_table(s)
-        + "<h2>Errors</h2>"
+        + f"<{sub}>Errors</{sub}>"
         + _errors(s)
-        + "<h2>Over time</h2>"
     )
-    tail = f"<h2>Plan</h2><pre>{html.escape(run.plan.to_json())}</pre>"
-    chart = _charts(run.metrics)
-    if chart is None:
-        page = (
-            f"<!DOCTYPE html><html><head><meta charset='UTF-8'><style>{_STYLE}</style></head>"
-            f"<body>{body}<p>No interval closed.</p>{tail}</body></html>"
-        )
+    if run.metrics.is_empty():
+        page.add("<p>No interval closed.</p>")
     else:
-        page = chart.to_html(inline=True, output_div="lp-charts")
-        # The inlined JavaScript holds tag-like strings of its own, so the insertion points are
-        # found from the chart's div and the document's last closing tag, not the first match.
-        div = page.rfind('<div class="vega-visualization" id="lp-charts">')
-        end = page.rfind("</body>")
-        if div < 0 or end < div:
-            raise RuntimeError("unexpected chart HTML from Altair")
-        head = f"<head>\n<title>{html.escape(s.name)}</title><style>{_STYLE}</style>"
-        page = page[:div] + body + page[div:end] + tail + page[end:]
-        page = page.replace("<head>", head, 1)
+        if level == 1:
+            page.add(f"<{sub}>Latency by percentile</{sub}>")
+            page.chart(charts.spectrum_chart(run))
+        page.add(f"<{sub}>Over time</{sub}>")
+        page.chart(charts.rate_chart(run))
+        page.chart(charts.latency_chart(run))
+        page.chart(charts.errors_chart(run))
+        if any(isinstance(st, Step) for st in run.plan.load.stages):
+            _capacity_section(page, run, sub)
+    page.add(
+        f"<details><summary>Plan</summary><pre>{html.escape(run.plan.to_json())}</pre></details>"
+    )
+
+
+def _capacity_section(page: _Page, run: RunResult, tag: str) -> None:
+    cap = capacity(run)
+    knee = cap.knee()
+    page.add(
+        f"<{tag}>Capacity</{tag}><p>Each level measured over its full seconds after a 1 s "
+        "settle, percentiles exact per level. "
+        + (
+            f"Knee at {knee.offered:g} offered (p99 {_ms(knee.p99_ms)} ms, achieved "
+            f"{knee.achieved_rps:,.1f}/s).</p>"
+            if knee is not None
+            else "No knee within the run.</p>"
+        )
+    )
+    page.chart(charts.capacity_chart(cap))
+
+
+def report(
+    runs: RunResult | str | Path | Sequence[RunResult | str | Path],
+    path: str | Path,
+    thresholds: Sequence[Threshold] | None = None,
+) -> Path:
+    """Writes one self-contained HTML file to ``path`` (it opens offline: Vega is inlined).
+
+    For one run: summary per task, thresholds (when given), errors, the percentile spectrum,
+    rate, latency (corrected and service time) and errors over time, capacity per level for a
+    step run, and the plan. For several (run handles or run directories): the comparison of
+    each with the first (the baseline), their spectra overlaid, and each run's section."""
+    items = [runs] if isinstance(runs, RunResult | str | Path) else list(runs)
+    if not items:
+        raise ValueError("report needs at least one run")
+    resolved = [r if isinstance(r, RunResult) else load_run(r) for r in items]
+    checks = list(thresholds or [])
+    page = _Page()
+    if len(resolved) == 1:
+        run = resolved[0]
+        _run_section(page, run, evaluate(run.summary(), checks), 1)
+        title = run.summary().name
+    else:
+        title = f"{len(resolved)} runs"
+        base = resolved[0]
+        listing = "".join(
+            f"<li>{html.escape(r.summary().name)}: <code>{html.escape(str(r.path))}</code>"
+            f"{' (baseline)' if i == 0 else ''}</li>"
+            for i, r in enumerate(resolved)
+        )
+        page.add(f"<h1>LoadPilot report: {title}</h1><ul>{listing}</ul>")
+        page.add("<h2>Comparison with the baseline</h2>")
+        for other in resolved[1:]:
+            page.add(compare(base, other).html())
+        page.add("<h2>Latency by percentile</h2>")
+        labels = [f"{i + 1}. {r.path.name}" for i, r in enumerate(resolved)]
+        page.chart(charts.spectrum_chart(resolved, labels=labels))
+        for r in resolved:
+            page.add('<section class="run">')
+            _run_section(page, r, evaluate(r.summary(), checks), 2)
+            page.add("</section>")
     out = Path(path)
-    out.write_text(page, encoding="utf-8")
+    out.write_text(page.html(title), encoding="utf-8")
     return out

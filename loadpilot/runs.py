@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as _dt
 import re
 import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -15,6 +17,9 @@ from loadpilot.plan import Plan
 from loadpilot.scenario import Scenario, VUser, scenario_of
 from loadpilot.summary import Summary
 from loadpilot.vusers import PythonUsers
+
+if TYPE_CHECKING:
+    from loadpilot.thresholds import Threshold
 
 Histogram = _engine.Histogram
 
@@ -33,28 +38,56 @@ class RunResult:
     def summary(self) -> Summary:
         raise NotImplementedError
 
-    def histogram(self, task: str | None = None, *, service: bool = False) -> _engine.Histogram:
-        """The whole run's latency histogram (corrected, or service time with ``service=True``)
-        for one task, or for all tasks added up."""
-        raise NotImplementedError
+    def histogram(
+        self,
+        task: str | Sequence[str] | None = None,
+        *,
+        service: bool = False,
+        start: float | None = None,
+        end: float | None = None,
+    ) -> _engine.Histogram:
+        """The latency histogram (corrected, or service time with ``service=True``) of one task,
+        a list of tasks, or all of them added up; of the whole run, or of the intervals that
+        start in ``[start, end)`` seconds into it. Percentiles of any window and any subset of
+        tasks come out exact this way, never by averaging percentiles."""
+        total = _engine.Histogram()
+        for _, h in self.interval_histograms(task, service=service, start=start, end=end):
+            total.add(h)
+        return total
 
     def interval_histograms(
-        self, task: str | None = None, *, service: bool = False
+        self,
+        task: str | Sequence[str] | None = None,
+        *,
+        service: bool = False,
+        start: float | None = None,
+        end: float | None = None,
     ) -> list[tuple[float, _engine.Histogram]]:
-        """Per-interval histograms from the ``.hlog`` as ``(elapsed_s, histogram)``, tasks added
-        up unless ``task`` is given: add any window of them for its exact percentiles."""
+        """Per-interval histograms from the ``.hlog`` as ``(elapsed_s, histogram)``, the chosen
+        tasks added up (all of them unless ``task`` names one or a list), for the intervals
+        that start in ``[start, end)`` seconds into the run: add any of them for exact
+        percentiles of that window."""
         log = self.path / (_store.SERVICE_LOG if service else _store.LATENCY_LOG)
         if not log.exists():
             return []
+        wanted = _task_set(self, task)
         by_start: dict[float, _engine.Histogram] = {}
-        for tag, start, _length, h in _engine.read_hlog(log):
-            if task is not None and tag != task:
+        for tag, t0, _length, h in _engine.read_hlog(log):
+            if wanted is not None and tag not in wanted:
                 continue
-            if start in by_start:
-                by_start[start].add(h)
+            if (start is not None and t0 < start) or (end is not None and t0 >= end):
+                continue
+            if t0 in by_start:
+                by_start[t0].add(h)
             else:
-                by_start[start] = h
+                by_start[t0] = h
         return sorted(by_start.items())
+
+    def report(self, path: str | Path, thresholds: Sequence[Threshold] | None = None) -> Path:
+        """Writes this run's self-contained HTML report (see :func:`loadpilot.report`)."""
+        from loadpilot.report import report
+
+        return report(self, path, thresholds)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.plan.name!r} at {str(self.path)!r}>"
@@ -123,8 +156,20 @@ class Run(RunResult):
         assert text is not None, "a finished run has a summary"
         return Summary.model_validate_json(text)
 
-    def histogram(self, task: str | None = None, *, service: bool = False) -> _engine.Histogram:
-        return self._handle.histogram(task, service)
+    def histogram(
+        self,
+        task: str | Sequence[str] | None = None,
+        *,
+        service: bool = False,
+        start: float | None = None,
+        end: float | None = None,
+    ) -> _engine.Histogram:
+        if (task is None or isinstance(task, str)) and start is None and end is None:
+            # Everything closed so far, straight from the engine.
+            if task is not None:
+                _task_set(self, task)
+            return self._handle.histogram(task, service)
+        return super().histogram(task, service=service, start=start, end=end)
 
     def summary_so_far(self) -> Summary:
         """Figures of the intervals closed so far (``ended == "running"`` while it runs), from
@@ -166,11 +211,16 @@ class LoadedRun(RunResult):
             return Summary.model_validate_json(f.read_text())
         return _rebuild_summary(self)
 
-    def histogram(self, task: str | None = None, *, service: bool = False) -> _engine.Histogram:
-        total = _engine.Histogram()
-        for _, h in self.interval_histograms(task, service=service):
-            total.add(h)
-        return total
+
+def _task_set(run: RunResult, task: str | Sequence[str] | None) -> set[str] | None:
+    if task is None:
+        return None
+    names = [task] if isinstance(task, str) else list(task)
+    known = [t.name for t in run.plan.tasks]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise KeyError(f"no task named {unknown[0]!r}; tasks: {known}")
+    return set(names)
 
 
 def _rebuild_summary(run: RunResult, ended: str = "interrupted") -> Summary:

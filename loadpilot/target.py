@@ -46,12 +46,17 @@ def start_target(
     stall_every_s: float = 0.0,
     seed: int = 0,
     tls: bool = False,
+    concurrency: int = 0,
 ) -> TargetServer:
     """Starts the built-in target (``port=0`` picks a free port). Each request waits
     ``delay_ms`` (uniform up to ``delay_max_ms`` when given), fails with 500 at ``error_rate``,
     and the server stops answering for ``stall_ms`` out of every ``stall_every_s`` seconds.
     With ``tls=True`` it serves https with a fresh self-signed certificate (runs against it need
-    ``Plan(insecure=True)``)."""
+    ``Plan(insecure=True)``). ``concurrency`` caps the requests served at once (0: no cap); the
+    rest queue, so with a delay ``d`` the server saturates at ``concurrency / d`` requests per
+    second, like a server with a fixed pool of workers."""
+    if concurrency < 0:
+        raise ValueError(f"concurrency must be >= 0, got {concurrency}")
     cfg = {
         "host": host,
         "port": port,
@@ -62,5 +67,6 @@ def start_target(
         "stall_every_s": stall_every_s,
         "seed": seed,
         "tls": tls,
+        "concurrency": concurrency,
     }
     return TargetServer(_engine.start_target(json.dumps(cfg)))

@@ -53,6 +53,11 @@ pub struct TargetConfig {
     /// Serve https with a fresh self-signed certificate.
     #[serde(default)]
     pub tls: bool,
+    /// At most this many requests served at once (0: no limit); the rest wait their turn, as
+    /// at a server with a fixed pool of workers. With a delay `d` it saturates at
+    /// `concurrency / d` requests per second.
+    #[serde(default)]
+    pub concurrency: u32,
 }
 
 fn default_host() -> String {
@@ -96,6 +101,7 @@ struct Behaviour {
     cfg: TargetConfig,
     start: Instant,
     counter: AtomicU64,
+    workers: Option<tokio::sync::Semaphore>,
 }
 
 impl Behaviour {
@@ -151,6 +157,11 @@ async fn handle(
     b: Arc<Behaviour>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    // Held until the response is built: a worker is busy for the delay and the stall alike.
+    let _worker = match &b.workers {
+        Some(w) => Some(w.acquire().await.expect("the semaphore is never closed")),
+        None => None,
+    };
     let stall = b.stall_left();
     if !stall.is_zero() {
         tokio::time::sleep(stall).await;
@@ -258,10 +269,13 @@ pub fn start(rt: &tokio::runtime::Handle, cfg: TargetConfig) -> Result<TargetSer
     };
     let tls = cfg.tls;
     let stop = CancellationToken::new();
+    let workers =
+        (cfg.concurrency > 0).then(|| tokio::sync::Semaphore::new(cfg.concurrency as usize));
     let b = Arc::new(Behaviour {
         cfg,
         start: Instant::now(),
         counter: AtomicU64::new(0),
+        workers,
     });
     let token = stop.clone();
     let _guard = rt.enter();

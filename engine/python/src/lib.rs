@@ -155,6 +155,60 @@ impl PyHistogram {
         Ok(())
     }
 
+    /// Records many latencies given in milliseconds (one call for a whole column).
+    fn record_many(&mut self, values: Vec<f64>) -> PyResult<()> {
+        if let Some(bad) = values.iter().find(|ms| !(ms.is_finite() && **ms >= 0.0)) {
+            return Err(PyValueError::new_err(format!(
+                "latency must be >= 0 ms, got {bad}"
+            )));
+        }
+        for ms in values {
+            let us = ((ms * 1000.0).round() as u64).clamp(1, loadpilot_core::metrics::HIGHEST_US);
+            self.h.saturating_record(us);
+        }
+        Ok(())
+    }
+
+    /// The recorded buckets as `(values_ms, counts)`, each value the highest latency its
+    /// bucket stands for (what `percentile` answers), in increasing order.
+    fn buckets(&self) -> (Vec<f64>, Vec<u64>) {
+        let mut values = Vec::new();
+        let mut counts = Vec::new();
+        for v in self.h.iter_recorded() {
+            values.push(v.value_iterated_to() as f64 / 1000.0);
+            counts.push(v.count_at_value());
+        }
+        (values, counts)
+    }
+
+    /// The percentile distribution as HdrHistogram prints it (`.hgrm`): rows of
+    /// `(value_ms, quantile, total_count)`, `ticks` steps per halving of the distance to 100%.
+    #[pyo3(signature = (ticks=5))]
+    fn quantiles(&self, ticks: u32) -> PyResult<Vec<(f64, f64, u64)>> {
+        if ticks == 0 {
+            return Err(PyValueError::new_err("ticks must be at least 1"));
+        }
+        let mut total = 0u64;
+        Ok(self
+            .h
+            .iter_quantiles(ticks)
+            .map(|v| {
+                total += v.count_since_last_iteration();
+                (
+                    v.value_iterated_to() as f64 / 1000.0,
+                    v.quantile_iterated_to(),
+                    total,
+                )
+            })
+            .collect())
+    }
+
+    /// The standard deviation of the recorded latencies, in milliseconds.
+    #[getter]
+    fn stdev(&self) -> Option<f64> {
+        (!self.h.is_empty()).then(|| self.h.stdev() / 1000.0)
+    }
+
     /// Adds another histogram's counts into this one.
     fn add(&mut self, other: &PyHistogram) -> PyResult<()> {
         self.h

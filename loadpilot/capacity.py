@@ -1,0 +1,457 @@
+"""Capacity planning from a step or ramp run: throughput and latency against offered load, the
+knee, the highest offered rate that met an SLO for a whole step, and a Universal Scalability Law
+fit of throughput against concurrency."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+
+from loadpilot.errors import PlanError
+from loadpilot.plan import Constant, Ramp, Spike, Stage, Step
+from loadpilot.runs import RunResult
+from loadpilot.thresholds import _OPS, LATENCY, Threshold, parse_cli
+
+# --------------------------------------------------------------------------------------------
+# Universal Scalability Law
+
+
+@dataclass(frozen=True)
+class USL:
+    """X(N) = λN / (1 + σ(N−1) + κN(N−1)): ``sigma`` (contention), ``kappa`` (coherency),
+    ``lam`` (throughput of one unit of concurrency), fitted by least squares on the throughput
+    scale with ``0 <= sigma, kappa <= 1`` and ``lam >= 0``."""
+
+    sigma: float
+    kappa: float
+    lam: float
+    points: int
+    residual_se: float
+    """Residual standard error, on ``points - 3`` degrees of freedom."""
+    r2: float
+
+    @property
+    def peak(self) -> float:
+        """N* = sqrt((1−σ)/κ): the concurrency of the highest throughput (inf when κ = 0)."""
+        return math.sqrt((1 - self.sigma) / self.kappa) if self.kappa > 0 else math.inf
+
+    @property
+    def peak_throughput(self) -> float:
+        """X(N*), or the asymptote λ/σ when κ = 0."""
+        return float(self.predict(self.peak)) if math.isfinite(self.peak) else self.limit
+
+    @property
+    def limit(self) -> float:
+        """λ/σ: the ceiling contention alone allows (Amdahl)."""
+        return self.lam / self.sigma if self.sigma > 0 else math.inf
+
+    @property
+    def optimal(self) -> float:
+        """1/σ: the concurrency beyond which contention dominates ("optimal scalability")."""
+        return 1 / self.sigma if self.sigma > 0 else math.inf
+
+    def predict(
+        self, n: float | Sequence[float] | npt.NDArray[np.float64]
+    ) -> npt.NDArray[np.float64]:
+        n_arr = np.asarray(n, dtype=np.float64)
+        return _usl(n_arr, self.sigma, self.kappa, self.lam)
+
+    def __str__(self) -> str:
+        return (
+            f"USL σ={self.sigma:.6g} κ={self.kappa:.6g} λ={self.lam:.6g}: "
+            f"peak at N*={self.peak:.4g} ({self.peak_throughput:.4g}/s); "
+            f"residual SE {self.residual_se:.4g}, R² {self.r2:.4f}"
+        )
+
+
+def _usl(
+    n: npt.NDArray[np.float64], sigma: float, kappa: float, lam: float
+) -> npt.NDArray[np.float64]:
+    out: npt.NDArray[np.float64] = lam * n / (1 + sigma * (n - 1) + kappa * n * (n - 1))
+    return out
+
+
+def fit_usl(
+    concurrency: Sequence[float] | npt.NDArray[np.float64],
+    throughput: Sequence[float] | npt.NDArray[np.float64],
+) -> USL:
+    """Fits the Universal Scalability Law to ``(concurrency, throughput)`` points (at least 3,
+    concurrency >= 1) by bounded Levenberg–Marquardt least squares on the throughput scale,
+    started from the linearised fit. Matches R's ``usl`` package (``nls``) on its published
+    datasets to 1e-4 relative."""
+    n = np.asarray(concurrency, dtype=np.float64)
+    x = np.asarray(throughput, dtype=np.float64)
+    if n.shape != x.shape or n.ndim != 1:
+        raise ValueError("concurrency and throughput must be sequences of the same length")
+    if len(n) < 3:
+        raise ValueError(f"a USL fit needs at least 3 points, got {len(n)}")
+    if not (np.all(np.isfinite(n)) and np.all(np.isfinite(x))):
+        raise ValueError("concurrency and throughput must be finite numbers")
+    if np.any(n < 1) or np.any(x <= 0):
+        raise ValueError("concurrency must be >= 1 and throughput > 0")
+
+    # Start: λ from the best throughput per unit of concurrency at the lowest load, then σ and κ
+    # from the linear form N·λ/X − 1 = σ(N−1) + κN(N−1).
+    lam = float(np.max(x[n == n.min()] / n.min()))
+    design = np.column_stack([n - 1, n * (n - 1)])
+    target = n * lam / x - 1
+    coef = np.linalg.lstsq(design, target, rcond=None)[0] if np.any(n > 1) else np.zeros(2)
+    p = np.array([np.clip(coef[0], 0, 1), np.clip(coef[1], 0, 1), lam])
+
+    def residuals(q: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        return x - _usl(n, q[0], q[1], q[2])
+
+    def jacobian(q: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        s, k, lm = q
+        d = 1 + s * (n - 1) + k * n * (n - 1)
+        # d(residual)/dq = -d(model)/dq
+        return np.column_stack([lm * n * (n - 1) / d**2, lm * n * n * (n - 1) / d**2, -n / d])
+
+    lower, upper = np.array([0.0, 0.0, 0.0]), np.array([1.0, 1.0, np.inf])
+    damping = 1e-3
+    sse = float(residuals(p) @ residuals(p))
+    for _ in range(2000):
+        r, j = residuals(p), jacobian(p)
+        jtj, jtr = j.T @ j, j.T @ r
+        scale = np.diag(jtj).copy()
+        scale[scale == 0] = 1.0
+        improved = False
+        while damping < 1e16:
+            step = np.linalg.solve(jtj + damping * np.diag(scale), -jtr)
+            trial = np.clip(p + step, lower, upper)
+            rt = residuals(trial)
+            trial_sse = float(rt @ rt)
+            if trial_sse < sse:
+                converged = (sse - trial_sse) <= 1e-15 * max(sse, 1e-300) or np.all(
+                    np.abs(trial - p) <= 1e-12 * (np.abs(p) + 1e-12)
+                )
+                p, sse, damping, improved = trial, trial_sse, max(damping / 10, 1e-12), True
+                break
+            damping *= 10
+        if not improved or converged:
+            break
+
+    dof = len(n) - 3
+    total = float(((x - x.mean()) ** 2).sum())
+    return USL(
+        sigma=float(p[0]),
+        kappa=float(p[1]),
+        lam=float(p[2]),
+        points=len(n),
+        residual_se=math.sqrt(sse / dof) if dof > 0 else math.nan,
+        r2=1 - sse / total if total > 0 else math.nan,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Levels of a step or ramp run
+
+
+@dataclass(frozen=True)
+class Level:
+    """One plateau of offered load (a step, a constant stage, or a window of a ramp) and what
+    the run measured over its full intervals (after ``settle_s``)."""
+
+    index: int
+    start_s: float
+    end_s: float
+    offered: float
+    """Requests per second offered (open model) or virtual users (closed model)."""
+    complete: bool
+    """The run covered the whole level (a stopped run's last level may be partial)."""
+    requests: int
+    errors: int
+    error_rate: float
+    missed: int
+    achieved_rps: float
+    concurrency: float
+    """Closed model: the users; open model: mean requests in flight (Little's law, X·R)."""
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    p999_ms: float | None
+    max_ms: float | None
+    mean_ms: float | None
+
+
+def _segments(stages: Sequence[Stage], window_s: float) -> list[tuple[float, float, float]]:
+    """(start_s, end_s, level) plateaus of a profile; ramps are cut into windows."""
+    out: list[tuple[float, float, float]] = []
+    t = 0.0
+    for s in stages:
+        if isinstance(s, Constant):
+            out.append((t, t + s.duration_s, s.rate))
+        elif isinstance(s, Step):
+            width = s.duration_s / s.steps
+            for i in range(s.steps):
+                level = s.from_ if s.steps == 1 else s.from_ + (s.to - s.from_) * i / (s.steps - 1)
+                out.append((t + i * width, t + (i + 1) * width, level))
+        elif isinstance(s, Spike):
+            side = (s.duration_s - s.peak_s) / 2
+            out += [(t, t + side, s.base), (t + side, t + side + s.peak_s, s.peak)]
+            out.append((t + side + s.peak_s, t + s.duration_s, s.base))
+        elif isinstance(s, Ramp):
+            pieces = max(1, round(s.duration_s / window_s))
+            width = s.duration_s / pieces
+            for i in range(pieces):
+                mid = (i + 0.5) / pieces
+                out.append((t + i * width, t + (i + 1) * width, s.from_ + (s.to - s.from_) * mid))
+        t += s.duration_s
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# SLOs
+
+
+_SLO_ALIASES = {"errors": "error_rate", "error": "error_rate", "p99.9": "p999"}
+
+
+def parse_slo(text: str) -> list[Threshold]:
+    """``"p99 < 50ms and errors < 0.1%"``: clauses joined by ``and`` or commas, each a metric
+    (``p50``..``p999``, ``max``, ``mean``, ``errors``/``error_rate``), a comparison and a
+    value."""
+    clauses = [c.strip() for c in re.split(r"\band\b|,|&&", text) if c.strip()]
+    if not clauses:
+        raise PlanError(f"empty SLO {text!r} (write it like 'p99 < 50ms and errors < 0.1%')")
+    out = []
+    for c in clauses:
+        m = re.match(r"^([A-Za-z0-9_.]+)\s*(.*)$", c)
+        name = m.group(1) if m else c
+        rest = m.group(2) if m else ""
+        metric = _SLO_ALIASES.get(name, name)
+        if metric == "rps":
+            raise PlanError(f"SLO clause {c!r}: the rate is what capacity planning finds")
+        try:
+            out.append(parse_cli(f"{metric}{rest}"))
+        except PlanError as e:
+            raise PlanError(f"SLO {text!r}: {e}") from None
+    return out
+
+
+def _level_value(level: Level, metric: str) -> float | None:
+    if metric == "error_rate":
+        return level.error_rate
+    if metric in LATENCY and metric != "p95":
+        v: float | None = getattr(level, f"{metric}_ms")
+        return v
+    raise PlanError(f"capacity SLOs take p50, p90, p99, p999, max, mean or errors, not {metric}")
+
+
+@dataclass(frozen=True)
+class Sustainable:
+    """The highest offered rate that met the SLO for a whole level, with its evidence.
+    ``float(result)`` is the rate (0 when no level met it)."""
+
+    rps: float
+    slo: str
+    level: Level | None
+    """The level that set the figure."""
+    failed: Level | None
+    """The first level above it that did not meet the SLO (None: none did)."""
+    reason: str
+    """Why ``failed`` failed, or why nothing passed."""
+
+    def __float__(self) -> float:
+        return self.rps
+
+    def __str__(self) -> str:
+        if self.level is None:
+            return f"no level met {self.slo!r}: {self.reason}"
+        lv = self.level
+        head = (
+            f"{self.rps:g} rps met {self.slo!r} for a whole level "
+            f"({lv.start_s:g}-{lv.end_s:g} s: achieved {lv.achieved_rps:.1f} rps, "
+            f"p99 {_fmt_ms(lv.p99_ms)}, errors {lv.error_rate * 100:.3g}%)"
+        )
+        if self.failed is not None:
+            head += f"; {self.failed.offered:g} rps did not: {self.reason}"
+        return head
+
+
+def _fmt_ms(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f} ms"
+
+
+# --------------------------------------------------------------------------------------------
+# The analysis
+
+
+class Capacity:
+    """Levels of offered load and what each achieved; see :func:`capacity`."""
+
+    def __init__(self, run: RunResult, levels: list[Level], model: str, follow: float) -> None:
+        self.run = run
+        self.levels = levels
+        self.model = model
+        self.follow = follow
+
+    @property
+    def frame(self) -> pl.DataFrame:
+        rows = [asdict(lv) for lv in self.levels]
+        return pl.DataFrame(
+            rows,
+            schema={
+                "index": pl.Int64,
+                "start_s": pl.Float64,
+                "end_s": pl.Float64,
+                "offered": pl.Float64,
+                "complete": pl.Boolean,
+                "requests": pl.Int64,
+                "errors": pl.Int64,
+                "error_rate": pl.Float64,
+                "missed": pl.Int64,
+                "achieved_rps": pl.Float64,
+                "concurrency": pl.Float64,
+                "p50_ms": pl.Float64,
+                "p90_ms": pl.Float64,
+                "p99_ms": pl.Float64,
+                "p999_ms": pl.Float64,
+                "max_ms": pl.Float64,
+                "mean_ms": pl.Float64,
+            },
+        )
+
+    def _follows(self, lv: Level) -> bool:
+        # Closed model: offered is users, so any throughput "follows".
+        return self.model == "closed" or lv.achieved_rps >= self.follow * lv.offered
+
+    def knee(self, *, latency_factor: float = 2.0, percentile: str = "p99") -> Level | None:
+        """The first complete level where throughput stops following the offered rate
+        (achieved below ``follow`` × offered, open model) or the ``percentile`` latency rises
+        above ``latency_factor`` × its value at the lowest loaded level. None: no knee seen."""
+        levels = [lv for lv in self.levels if lv.complete and lv.requests > 0]
+        if not levels:
+            return None
+        base = _level_value(levels[0], percentile)
+        for lv in levels[1:]:
+            v = _level_value(lv, percentile)
+            if not self._follows(lv):
+                return lv
+            if base is not None and v is not None and v > latency_factor * base:
+                return lv
+        return None
+
+    def sustainable(self, slo: str) -> Sustainable:
+        """The highest offered rate that met ``slo`` (e.g. ``"p99 < 50ms and errors <
+        0.1%"``) over a whole level, every lower level having met it too, and throughput
+        following the offered rate (open model)."""
+        rules = parse_slo(slo)
+        best: Level | None = None
+        for lv in self.levels:
+            if not lv.complete or lv.offered <= 0:
+                continue
+            failures = []
+            for r in rules:
+                v = _level_value(lv, r.metric)
+                if v is None or not _OPS[r.op](v, r.value):
+                    shown = (
+                        "no data"
+                        if v is None
+                        else (f"{v * 100:.3g}%" if r.metric == "error_rate" else f"{v:.2f} ms")
+                    )
+                    failures.append(f"{r.metric} {shown} (needs {r.op} {r.text.lstrip('<>= ')})")
+            if not self._follows(lv):
+                failures.append(
+                    f"achieved {lv.achieved_rps:.1f} rps < {self.follow:.0%} of offered"
+                )
+            if failures:
+                rps = best.offered if best is not None else 0.0
+                return Sustainable(rps, slo, best, lv, "; ".join(failures))
+            best = lv
+        if best is None:
+            return Sustainable(0.0, slo, None, None, "the run has no complete level with load")
+        return Sustainable(best.offered, slo, best, None, "every complete level met it")
+
+    def usl(self) -> USL:
+        """A USL fit of achieved throughput against concurrency over the complete levels
+        (users in a closed model; mean requests in flight in an open one)."""
+        pts = [lv for lv in self.levels if lv.complete and lv.requests > 0 and lv.concurrency >= 1]
+        return fit_usl([lv.concurrency for lv in pts], [lv.achieved_rps for lv in pts])
+
+    def __repr__(self) -> str:
+        return f"<Capacity {len(self.levels)} levels of {self.run.plan.name!r}>"
+
+
+def capacity(
+    run: RunResult,
+    *,
+    window_s: float = 5.0,
+    settle_s: float = 1.0,
+    follow: float = 0.95,
+) -> Capacity:
+    """Cuts ``run`` into levels of offered load from its plan (each step, constant stage or
+    spike phase; ramps in windows of ``window_s``) and measures each over its full intervals,
+    skipping the first ``settle_s`` seconds of each, with exact percentiles from the added
+    histograms. ``follow`` is the share of the offered rate the achieved rate must reach for a
+    level to count as sustained (open model)."""
+    if window_s <= 0 or settle_s < 0 or not 0 < follow <= 1:
+        raise ValueError("window_s must be > 0, settle_s >= 0 and follow in (0, 1]")
+    model = run.plan.load.model
+    m = run.metrics
+    per = (
+        m.group_by("elapsed_s")
+        .agg(
+            pl.col("interval_s").first(),
+            pl.col("requests").sum(),
+            pl.col("errors").sum(),
+            pl.col("missed").sum(),
+            pl.col("in_flight").max(),
+        )
+        .sort("elapsed_s")
+    )
+    covered = float((per["elapsed_s"] + per["interval_s"]).to_numpy().max()) if len(per) else 0.0
+    levels: list[Level] = []
+    for i, (a, b, offered) in enumerate(_segments(run.plan.load.stages, window_s)):
+        lo = a + min(settle_s, (b - a) / 2)
+        rows = per.filter(
+            (pl.col("elapsed_s") >= lo - 1e-6)
+            & (pl.col("elapsed_s") + pl.col("interval_s") <= b + 1e-6)
+        )
+        seconds = float(rows["interval_s"].sum()) if len(rows) else 0.0
+        requests = int(rows["requests"].sum()) if len(rows) else 0
+        errors = int(rows["errors"].sum()) if len(rows) else 0
+        h = run.histogram(start=lo - 1e-6, end=b - 1e-6) if len(rows) else None
+        achieved = requests / seconds if seconds else 0.0
+        mean = h.mean if h is not None else None
+        if model == "closed":
+            conc = offered
+        else:
+            conc = achieved * (mean or 0.0) / 1000.0
+        levels.append(
+            Level(
+                index=i,
+                start_s=a,
+                end_s=b,
+                offered=offered,
+                complete=covered >= b - 1e-6 and seconds > 0,
+                requests=requests,
+                errors=errors,
+                error_rate=errors / requests if requests else 0.0,
+                missed=int(rows["missed"].sum()) if len(rows) else 0,
+                achieved_rps=achieved,
+                concurrency=conc,
+                p50_ms=h.percentile(50) if h else None,
+                p90_ms=h.percentile(90) if h else None,
+                p99_ms=h.percentile(99) if h else None,
+                p999_ms=h.percentile(99.9) if h else None,
+                max_ms=h.max if h else None,
+                mean_ms=mean,
+            )
+        )
+    return Capacity(run, levels, model, follow)
+
+
+def max_sustainable_rps(
+    run: RunResult, slo: str = "p99 < 50ms and errors < 0.1%", **options: float
+) -> Sustainable:
+    """The highest offered rate of ``run`` (a step or ramp run) that met ``slo`` for a whole
+    level; ``float()`` of the result is the number, the rest is the evidence. ``options`` go
+    to :func:`capacity`."""
+    return capacity(run, **options).sustainable(slo)

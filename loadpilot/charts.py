@@ -1,0 +1,240 @@
+"""Altair charts fed from Polars: the percentile spectrum, latency over time (corrected and
+service time), achieved vs target rate, errors by kind, and capacity curves. Each function
+returns a chart to show in a notebook, save, or put in a report."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import altair as alt
+import polars as pl
+
+from loadpilot import _store
+from loadpilot.analysis import spectrum
+from loadpilot.runs import RunResult, load_run
+
+if TYPE_CHECKING:
+    from loadpilot.capacity import Capacity
+
+WIDTH = 640
+
+#: Tick positions of 1/(1−p) and their labels as percentiles.
+_TICKS = [1, 2, 10, 100, 1_000, 10_000, 100_000, 1_000_000]
+_LABEL = "datum.value <= 1 ? '0%' : format(100 - 100 / datum.value, '.5~f') + '%'"
+
+
+def _run(r: RunResult | str | Path) -> RunResult:
+    return r if isinstance(r, RunResult) else load_run(r)
+
+
+def spectrum_chart(
+    runs: RunResult | str | Path | Sequence[RunResult | str | Path] | pl.DataFrame,
+    *,
+    task: str | Sequence[str] | None = None,
+    service: bool = False,
+    labels: Sequence[str] | None = None,
+    title: str = "Latency by percentile",
+) -> alt.Chart:
+    """Latency (y) at each percentile (x, on a log 1/(1−p) axis, so p90, p99, p99.9 ... are
+    evenly spaced up to the maximum), one line per run. Takes runs or a frame from
+    :func:`loadpilot.spectrum`."""
+    frame = (
+        runs
+        if isinstance(runs, pl.DataFrame)
+        else spectrum(runs, task=task, service=service, labels=labels)
+    )
+    top = float(frame["inverse"].max() or 10.0) if len(frame) else 10.0  # type: ignore[arg-type]
+    ticks = [t for t in _TICKS if t <= top * 1.0001] or [1]
+    chart: alt.Chart = (
+        alt.Chart(frame)
+        .mark_line(point=alt.OverlayMarkDef(size=12), interpolate="step-after")
+        .encode(
+            x=alt.X(
+                "inverse:Q",
+                scale=alt.Scale(type="log", domain=[1, max(10.0, top)]),
+                axis=alt.Axis(values=ticks, labelExpr=_LABEL, title="percentile"),
+            ),
+            y=alt.Y("latency_ms:Q", title="latency (ms)"),
+            color=alt.Color("run:N", title="run"),
+            tooltip=[
+                "run",
+                alt.Tooltip("percentile:Q", format=".4f"),
+                alt.Tooltip("latency_ms:Q", format=".3f"),
+                "count",
+            ],
+        )
+        .properties(title=title, width=WIDTH, height=260)
+    )
+    return chart
+
+
+def _over_time(m: pl.DataFrame) -> pl.DataFrame:
+    """Interval rows summed over tasks (latency columns: the worst task of the interval)."""
+    return (
+        m.group_by("elapsed_s")
+        .agg(
+            pl.col("requests").sum(),
+            pl.col("errors").sum(),
+            pl.col("achieved_rps").sum(),
+            # null in a closed model: no target rate to sum
+            pl.when(pl.col("target_rps").is_null().all())
+            .then(None)
+            .otherwise(pl.col("target_rps").sum())
+            .alias("target_rps"),
+            pl.col("active_users").max(),
+            *(pl.col(f"errors_{k}").sum() for k in _store.ERROR_KINDS),
+        )
+        .sort("elapsed_s")
+    )
+
+
+def latency_chart(run: RunResult | str | Path, *, title: str | None = None) -> alt.Chart:
+    """p50, p99 and max of corrected latency per second, with service-time p50 and p99 dashed:
+    where the two part, requests waited to be sent (coordinated omission, made visible). Per
+    second and for all tasks together, each point exact from the second's histograms."""
+    r = _run(run)
+    lat = dict(r.interval_histograms())
+    svc = dict(r.interval_histograms(service=True))
+    rows = []
+    for t, h in lat.items():
+        s = svc.get(t)
+        for name, value in (
+            ("p50", h.percentile(50)),
+            ("p99", h.percentile(99)),
+            ("max", h.max),
+            ("service p50", s.percentile(50) if s else None),
+            ("service p99", s.percentile(99) if s else None),
+        ):
+            if value is not None:
+                rows.append(
+                    {
+                        "elapsed_s": t,
+                        "series": name,
+                        "ms": value,
+                        "time": "service" if name.startswith("service") else "corrected",
+                    }
+                )
+    frame = pl.DataFrame(
+        rows,
+        schema={"elapsed_s": pl.Float64, "series": pl.String, "ms": pl.Float64, "time": pl.String},
+    )
+    chart: alt.Chart = (
+        alt.Chart(frame)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("elapsed_s:Q", title="seconds"),
+            y=alt.Y("ms:Q", title="latency (ms)", scale=alt.Scale(type="symlog")),
+            color=alt.Color(
+                "series:N",
+                title="latency",
+                sort=["p50", "p99", "max", "service p50", "service p99"],
+            ),
+            strokeDash=alt.StrokeDash(
+                "time:N", title="measured from", sort=["corrected", "service"]
+            ),
+            tooltip=["elapsed_s", "series", alt.Tooltip("ms:Q", format=".3f")],
+        )
+        .properties(
+            title=title or "Latency per second: corrected (from when due) and service time",
+            width=WIDTH,
+            height=240,
+        )
+    )
+    return chart
+
+
+def rate_chart(run: RunResult | str | Path, *, title: str | None = None) -> alt.Chart:
+    """Achieved requests per second against the profile's target rate (open model) or the
+    active users (closed model)."""
+    r = _run(run)
+    per = _over_time(r.metrics)
+    on = ["achieved_rps", "target_rps"] if r.plan.load.model == "open" else ["achieved_rps"]
+    frame = per.unpivot(index="elapsed_s", on=on).drop_nulls("value")
+    frame = frame.with_columns(
+        pl.col("variable").replace({"achieved_rps": "achieved", "target_rps": "target"})
+    )
+    chart: alt.Chart = (
+        alt.Chart(frame)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("elapsed_s:Q", title="seconds"),
+            y=alt.Y("value:Q", title="requests per second"),
+            strokeDash=alt.StrokeDash("variable:N", title="rate"),
+            color=alt.Color("variable:N", title="rate"),
+            tooltip=["elapsed_s", "variable", alt.Tooltip("value:Q", format=".1f")],
+        )
+        .properties(title=title or "Achieved vs target rate", width=WIDTH, height=200)
+    )
+    return chart
+
+
+def errors_chart(run: RunResult | str | Path, *, title: str | None = None) -> alt.Chart:
+    """Failed requests per second, stacked by kind (connect, timeout, status, check, ...)."""
+    r = _run(run)
+    per = _over_time(r.metrics)
+    frame = (
+        per.unpivot(index="elapsed_s", on=[f"errors_{k}" for k in _store.ERROR_KINDS])
+        .with_columns(pl.col("variable").str.strip_prefix("errors_").alias("kind"))
+        .select("elapsed_s", "kind", "value")
+    )
+    chart: alt.Chart = (
+        alt.Chart(frame)
+        .mark_bar()
+        .encode(
+            x=alt.X("elapsed_s:Q", title="seconds"),
+            y=alt.Y("value:Q", title="failed requests", stack=True),
+            color=alt.Color("kind:N", title="error kind", sort=_store.ERROR_KINDS),
+            tooltip=["elapsed_s", "kind", "value"],
+        )
+        .properties(title=title or "Errors per second by kind", width=WIDTH, height=120)
+    )
+    return chart
+
+
+def capacity_chart(cap: Capacity) -> alt.VConcatChart:
+    """Throughput against offered load (with the line where they would be equal) and p50/p99
+    against offered load, one point per complete level; the knee marked when there is one."""
+    f = cap.frame.filter(pl.col("complete"))
+    x_title = "offered (requests/s)" if cap.model == "open" else "virtual users"
+    x = alt.X("offered:Q", title=x_title)
+    through = (
+        alt.Chart(f)
+        .mark_line(point=True)
+        .encode(
+            x=x,
+            y=alt.Y("achieved_rps:Q", title="achieved requests/s"),
+            tooltip=["offered", alt.Tooltip("achieved_rps:Q", format=".1f"), "error_rate"],
+        )
+    )
+    layers: list[alt.Chart] = [through]
+    if cap.model == "open":
+        ideal = alt.Chart(f).mark_line(strokeDash=[4, 4], color="gray").encode(x=x, y="offered:Q")
+        layers.insert(0, ideal)
+    lat = f.unpivot(index="offered", on=["p50_ms", "p99_ms"]).drop_nulls("value")
+    latency = (
+        alt.Chart(lat)
+        .mark_line(point=True)
+        .encode(
+            x=x,
+            y=alt.Y("value:Q", title="latency (ms)", scale=alt.Scale(type="symlog")),
+            color=alt.Color("variable:N", title=""),
+            tooltip=["offered", "variable", alt.Tooltip("value:Q", format=".2f")],
+        )
+    )
+    knee = cap.knee()
+    lat_layers: list[alt.Chart] = [latency]
+    if knee is not None:
+        rule = (
+            alt.Chart(pl.DataFrame({"offered": [knee.offered]}))
+            .mark_rule(color="firebrick", strokeDash=[2, 2])
+            .encode(x="offered:Q")
+        )
+        layers.append(rule)
+        lat_layers.append(rule)
+    top = alt.layer(*layers).properties(title="Throughput vs offered load", width=WIDTH, height=220)
+    bottom = alt.layer(*lat_layers).properties(
+        title="Latency vs offered load (exact per level)", width=WIDTH, height=220
+    )
+    return alt.vconcat(top, bottom)
