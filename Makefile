@@ -30,8 +30,14 @@ build-dev: $(STAMP) ## Build the engine (release: timings are only meaningful op
 demo: build-dev ## Run the demo: a real load test against the built-in target
 	$(BIN)/loadpilot demo
 
+CHROMIUM := /usr/bin/chromium
+
+# Tests of what users see (reports, notebooks) run in Debian's Chromium, driven by Playwright.
+$(CHROMIUM):
+	apt-get update && apt-get install -y chromium
+
 .PHONY: test
-test: build-dev ## Run every test: Rust (cargo test) and Python (pytest)
+test: build-dev $(CHROMIUM) ## Run every test: Rust (cargo test) and Python (pytest, Chromium)
 	cargo test --release --workspace --exclude loadpilot-python
 	$(PY) -m pytest
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import loadpilot as lp
 from loadpilot import thresholds
@@ -34,7 +35,7 @@ def test_a_report_is_one_offline_file_with_the_summary_and_charts(
     assert '<tr class="pass"><td>pass</td><td>p99 &lt; 1s</td>' in page
     assert '<tr class="fail"><td>FAIL</td><td>error_rate &lt; 1%</td>' in page
     assert "<li>status: 50</li>" in page
-    assert 'id="lp-charts"' in page and "vegaEmbed" in page
+    assert 'id="lp-chart-1"' in page and "vegaEmbed" in page
     assert page.rstrip().endswith("</html>")
 
 
@@ -77,3 +78,96 @@ def test_run_writes_the_report_asked_for(target: lp.TargetServer, tmp_path: Path
     page = (tmp_path / "out.html").read_text()
     assert '<tr class="pass"><td>pass</td><td>p99 &lt; 1s</td>' in page
     assert f"report: {tmp_path / 'out.html'}" in done.stdout
+
+
+def render_offline(browser: Any, page_file: Path) -> dict[str, Any]:
+    """Opens ``page_file`` in headless Chromium with every non-file request refused, waits for
+    its charts, and returns what rendered: data marks per chart, refused requests, console
+    errors."""
+    refused: list[str] = []
+    errors: list[str] = []
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+
+    def route(r: Any) -> None:
+        if r.request.url.startswith("file:"):
+            r.continue_()
+        else:
+            refused.append(r.request.url)
+            r.abort()
+
+    page.route("**/*", route)
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(page_file.as_uri())
+    charts = page.eval_on_selector_all(".lp-chart", "els => els.length")
+    page.wait_for_function(
+        "n => document.querySelectorAll('.lp-chart svg.marks').length === n",
+        arg=charts,
+        timeout=30_000,
+    )
+    marks = page.eval_on_selector_all(
+        ".lp-chart",
+        """els => els.map(e => e.querySelectorAll(
+            'g.mark-line path, g.mark-symbol path, g.mark-rect path, g.mark-rule line'
+        ).length)""",
+    )
+    failed = page.eval_on_selector_all(
+        ".lp-chart", "els => els.filter(e => e.textContent.includes('chart failed')).length"
+    )
+    context.close()
+    return {
+        "charts": charts,
+        "marks": marks,
+        "refused": refused,
+        "errors": errors,
+        "failed": failed,
+    }
+
+
+def test_a_report_renders_its_charts_in_chromium_with_the_network_off(
+    browser: Any, target: lp.TargetServer, tmp_path: Path
+) -> None:
+    plan = lp.Plan(
+        name="offline",
+        target=target.url,
+        load=constant(200, 3),
+        tasks=[get("browse", "/json"), get("missing", "/status/500")],
+    )
+    run = lp.run(plan, tmp_path / "r")
+    seen = render_offline(browser, run.report(tmp_path / "one.html"))
+    assert seen["refused"] == [] and seen["errors"] == [] and seen["failed"] == 0, seen
+    # spectrum, rate, latency, errors: each drew marks from data
+    assert seen["charts"] == 4 and all(n > 0 for n in seen["marks"]), seen
+
+
+def test_a_report_of_several_runs_compares_them_and_renders_offline(
+    browser: Any, tmp_path: Path
+) -> None:
+    dirs = []
+    for i, delay in enumerate((1.0, 4.0)):
+        with lp.start_target(delay_ms=delay) as t:
+            plan = lp.Plan(name=f"v{i}", target=t.url, load=constant(150, 2), tasks=[get("home")])
+            dirs.append(lp.run(plan, tmp_path / f"run{i}").path)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadpilot.cli",
+            "report",
+            *map(str, dirs),
+            "-o",
+            str(tmp_path / "both.html"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    page = (tmp_path / "both.html").read_text()
+    assert "Comparison with the baseline" in page and '<tr class="regressed">' in page
+    assert "<h2>v0</h2>" in page and "<h2>v1</h2>" in page
+    seen = render_offline(browser, tmp_path / "both.html")
+    assert seen["refused"] == [] and seen["errors"] == [] and seen["failed"] == 0, seen
+    # the overlaid spectrum, then rate, latency and errors of each run
+    assert seen["charts"] == 7 and all(n > 0 for n in seen["marks"]), seen

@@ -1,0 +1,134 @@
+"""Capacity planning: the USL fit against published results, and levels, knee and sustainable
+rate from real step runs against a built-in target with a fixed pool of workers."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import loadpilot as lp
+from loadpilot.capacity import parse_slo
+from tests.conftest import get
+
+
+def golden(name: str) -> pl.DataFrame:
+    """Published datasets with published fits (provenance: tests/data/README.md)."""
+    return pl.read_csv(Path(__file__).parent / "data" / name)
+
+
+def test_usl_fit_matches_the_r_package_on_specsdm91() -> None:
+    # Published by R's `usl` package (its own tests use a relative tolerance of 1e-4).
+    d = golden("r_usl_specsdm91.csv")
+    fit = lp.fit_usl(d["load"].to_list(), d["throughput"].to_list())
+    assert fit.peak == pytest.approx(96.51956, rel=1e-4)
+    assert fit.optimal == pytest.approx(36.06401, rel=1e-4)
+    assert fit.limit == pytest.approx(3245.589, rel=1e-4)
+    assert fit.sigma == pytest.approx(0.0277285, rel=1e-4)
+    assert fit.kappa == pytest.approx(0.0001044, rel=1e-3)  # printed to 4 significant digits
+    assert fit.lam == pytest.approx(89.9952330, rel=1e-4)
+    assert fit.residual_se == pytest.approx(82.8, rel=1e-3)
+    assert fit.peak_throughput == pytest.approx(float(fit.predict(fit.peak)))
+
+
+def test_usl_fit_matches_the_r_package_on_the_raytracer_rows_1_to_6() -> None:
+    d = golden("r_usl_raytracer.csv").head(6)
+    fit = lp.fit_usl(d["processors"].to_list(), d["throughput"].to_list())
+    assert fit.sigma == pytest.approx(0.02444, rel=1e-3)
+    assert fit.kappa == pytest.approx(0.00163, rel=5e-3)
+    assert fit.lam == pytest.approx(20.85605, rel=1e-4)
+
+
+def test_usl_fit_recovers_known_coefficients_and_rejects_bad_input() -> None:
+    n = [1, 2, 4, 8, 16, 32, 64]
+    truth = lp.USL(sigma=0.05, kappa=0.002, lam=100.0, points=0, residual_se=0, r2=1)
+    fit = lp.fit_usl(n, truth.predict(n).tolist())
+    assert (fit.sigma, fit.kappa, fit.lam) == pytest.approx((0.05, 0.002, 100.0), rel=1e-6)
+    assert fit.peak == pytest.approx(math.sqrt(0.95 / 0.002), rel=1e-6)
+    # Linear scaling: no contention, no coherency, an unbounded peak.
+    linear = lp.fit_usl([1, 2, 3, 4], [10, 20, 30, 40])
+    assert linear.sigma == pytest.approx(0, abs=1e-9) and math.isinf(linear.peak)
+    for bad in (([1, 2], [1, 2]), ([0, 1, 2], [1, 2, 3]), ([1, 2, 3], [1, -2, 3])):
+        with pytest.raises(ValueError):
+            lp.fit_usl(*bad)
+
+
+def test_slo_text_is_parsed_with_clear_errors() -> None:
+    rules = parse_slo("p99 < 50ms and errors < 0.1%")
+    assert [(r.metric, r.op, r.value) for r in rules] == [
+        ("p99", "<", 50.0),
+        ("error_rate", "<", 0.001),
+    ]
+    with pytest.raises(lp.PlanError, match="p98"):
+        parse_slo("p98 < 5ms")
+    with pytest.raises(lp.PlanError, match="empty SLO"):
+        parse_slo(" ")
+
+
+@pytest.fixture(scope="module")
+def step_run(tmp_path_factory: pytest.TempPathFactory) -> lp.LoadedRun:
+    """Offered 100..600 rps in 2 s steps at a target with 4 workers and 10 ms per request:
+    it saturates near 4 / 10 ms = 400 rps (a little less, timers being late)."""
+    out = tmp_path_factory.mktemp("cap") / "step"
+    with lp.start_target(delay_ms=10, concurrency=4) as t:
+        plan = lp.Plan(
+            name="steps",
+            target=t.url,
+            load=lp.OpenLoad(stages=[lp.Step(from_=100, to=600, steps=6, duration_s=12)]),
+            tasks=[get("home", "/")],
+        )
+        lp.run(plan, out)
+    return lp.load_run(out)
+
+
+def test_capacity_measures_each_step_and_finds_the_knee(step_run: lp.LoadedRun) -> None:
+    cap = lp.capacity(step_run)
+    assert [lv.offered for lv in cap.levels] == [100, 200, 300, 400, 500, 600]
+    assert all(lv.complete for lv in cap.levels)
+    low = cap.levels[0]
+    assert low.achieved_rps == pytest.approx(100, rel=0.05)
+    assert low.p99_ms is not None and low.p99_ms < 30
+    # Percentiles per level are exact: they equal the histogram of that window.
+    h = step_run.histogram(start=low.start_s + 1, end=low.end_s)
+    assert low.p99_ms == h.percentile(99) and low.requests == h.count
+    knee = cap.knee()
+    assert knee is not None and knee.offered in (400, 500), cap.frame
+    top = cap.levels[-1]
+    assert top.p99_ms is not None and top.p99_ms > 10 * low.p99_ms
+    assert set(cap.frame.columns) >= {"offered", "achieved_rps", "p99_ms", "error_rate"}
+
+
+def test_max_sustainable_rps_gives_the_rate_with_its_evidence(step_run: lp.LoadedRun) -> None:
+    s = lp.max_sustainable_rps(step_run, slo="p99 < 50ms and errors < 0.1%")
+    assert float(s) in (300.0, 400.0), str(s)
+    assert s.level is not None and s.level.offered == float(s)
+    assert s.level.p99_ms is not None and s.level.p99_ms < 50
+    assert s.failed is not None and s.failed.offered == float(s) + 100
+    assert "p99" in s.reason and f"{float(s):g} rps met" in str(s)
+    # An SLO nothing meets says so. A loose one is still bounded by the rate the target kept
+    # up with: beyond its ~400/s, throughput no longer follows the offered rate.
+    none = lp.max_sustainable_rps(step_run, slo="p50 < 1us")
+    assert float(none) == 0 and none.level is None and "p50" in str(none)
+    loose = lp.max_sustainable_rps(step_run, slo="p99 < 100s")
+    assert float(loose) in (300.0, 400.0) and "achieved" in loose.reason, str(loose)
+
+
+def test_a_closed_model_step_run_gives_usl_points(tmp_path: Path) -> None:
+    with lp.start_target(delay_ms=5, concurrency=4) as t:
+        plan = lp.Plan(
+            name="users",
+            target=t.url,
+            load=lp.ClosedLoad(stages=[lp.Step(from_=2, to=8, steps=4, duration_s=8)]),
+            tasks=[get("home", "/")],
+        )
+        run = lp.run(plan, tmp_path / "closed")
+    cap = lp.capacity(run)
+    assert [lv.concurrency for lv in cap.levels] == [2, 4, 6, 8]
+    two, four, eight = (cap.levels[i].achieved_rps for i in (0, 1, 3))
+    assert four == pytest.approx(2 * two, rel=0.2)  # below the 4 workers: scales
+    assert eight == pytest.approx(four, rel=0.15)  # beyond: flat
+    fit = cap.usl()
+    assert fit.peak_throughput == pytest.approx(max(four, eight), rel=0.2), str(fit)
+    assert fit.lam == pytest.approx(two / 2, rel=0.2)
