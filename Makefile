@@ -40,6 +40,11 @@ $(CHROMIUM):
 test: build-dev $(CHROMIUM) ## Run every test: Rust (cargo test) and Python (pytest, Chromium)
 	cargo test --release --workspace --exclude loadpilot-python
 	$(PY) -m pytest
+	$(PY) -m pytest --nbval-lax -p no:cacheprovider notebooks
+
+.PHONY: lab
+lab: build-dev ## Start JupyterLab on the tutorials (notebooks/)
+	$(BIN)/jupyter lab --notebook-dir=notebooks
 
 .PHONY: lint
 lint: build-dev ## ruff, rustfmt, clippy, mypy and stubtest

@@ -43,6 +43,7 @@ from loadpilot.runs import Histogram, LoadedRun, Run, RunResult, load_run, run, 
 from loadpilot.scenario import Scenario, ScenarioError, VUser, expect, feed, scenario, task
 from loadpilot.summary import Summary
 from loadpilot.target import TargetServer, start_target
+from loadpilot.tuner import Tuner, tune
 from loadpilot.vusers import RequestError, Response
 
 __all__ = [
@@ -57,6 +58,8 @@ __all__ = [
     "fit_usl",
     "max_sustainable_rps",
     "spectrum",
+    "Tuner",
+    "tune",
     "RequestError",
     "Response",
     "Profile",

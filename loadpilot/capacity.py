@@ -388,8 +388,9 @@ def capacity(
 ) -> Capacity:
     """Cuts ``run`` into levels of offered load from its plan (each step, constant stage or
     spike phase; ramps in windows of ``window_s``) and measures each over its full intervals,
-    skipping the first ``settle_s`` seconds of each, with exact percentiles from the added
-    histograms. ``follow`` is the share of the offered rate the achieved rate must reach for a
+    skipping the first ``settle_s`` seconds of each (and the run's last second when its level
+    has others: it also holds what completed while the run drained), with exact percentiles
+    from the added histograms. ``follow`` is the share of the offered rate the achieved rate must reach for a
     level to count as sustained (open model)."""
     if window_s <= 0 or settle_s < 0 or not 0 < follow <= 1:
         raise ValueError("window_s must be > 0, settle_s >= 0 and follow in (0, 1]")
@@ -407,6 +408,10 @@ def capacity(
         .sort("elapsed_s")
     )
     covered = float((per["elapsed_s"] + per["interval_s"]).to_numpy().max()) if len(per) else 0.0
+    # The run's last second also holds what completed while the run drained after its planned
+    # end (an overloaded server may answer for seconds more): a level leaves it out when it
+    # has other seconds to go by.
+    last_second = float(per["elapsed_s"].max()) if len(per) else -1.0  # type: ignore[arg-type]
     levels: list[Level] = []
     for i, (a, b, offered) in enumerate(_segments(run.plan.load.stages, window_s)):
         lo = a + min(settle_s, (b - a) / 2)
@@ -414,10 +419,13 @@ def capacity(
             (pl.col("elapsed_s") >= lo - 1e-6)
             & (pl.col("elapsed_s") + pl.col("interval_s") <= b + 1e-6)
         )
+        if len(rows) > 1:
+            rows = rows.filter(pl.col("elapsed_s") != last_second)
         seconds = float(rows["interval_s"].sum()) if len(rows) else 0.0
         requests = int(rows["requests"].sum()) if len(rows) else 0
         errors = int(rows["errors"].sum()) if len(rows) else 0
-        h = run.histogram(start=lo - 1e-6, end=b - 1e-6) if len(rows) else None
+        last = float(rows["elapsed_s"].max()) if len(rows) else 0.0  # type: ignore[arg-type]
+        h = run.histogram(start=lo - 1e-6, end=last + 1e-6) if len(rows) else None
         achieved = requests / seconds if seconds else 0.0
         mean = h.mean if h is not None else None
         if model == "closed":

@@ -170,27 +170,54 @@ def rate_chart(run: RunResult | str | Path, *, title: str | None = None) -> alt.
     return chart
 
 
+def error_bars(
+    per: pl.DataFrame,
+    *,
+    title: str,
+    width: int = WIDTH,
+    height: int = 120,
+    domain: tuple[float, float] | None = None,
+) -> alt.Chart:
+    """Failed requests per second stacked by kind, one bar per second, from per-second rows
+    with ``elapsed_s`` and ``errors_<kind>`` columns."""
+    kinds = _store.ERROR_KINDS
+    frame = (
+        per.unpivot(index="elapsed_s", on=[f"errors_{k}" for k in kinds])
+        .with_columns(
+            pl.col("variable").str.strip_prefix("errors_").alias("kind"),
+            pl.col("value").cast(pl.Float64),
+        )
+        .with_columns(pl.col("kind").replace_strict(kinds, list(range(len(kinds)))).alias("order"))
+        .sort("elapsed_s", "order")
+        .with_columns(pl.col("value").cum_sum().over("elapsed_s").alias("top"))
+        .with_columns(
+            (pl.col("top") - pl.col("value")).alias("bottom"),
+            (pl.col("elapsed_s") + 1).alias("until"),
+        )
+        .filter(pl.col("value") > 0)
+        .select("elapsed_s", "until", "kind", "value", "bottom", "top")
+    )
+    x_scale = alt.Scale(domain=list(domain)) if domain else alt.Undefined
+    chart: alt.Chart = (
+        alt.Chart(frame)
+        .mark_rect()
+        .encode(
+            x=alt.X("elapsed_s:Q", title="seconds", scale=x_scale),
+            x2="until:Q",
+            y=alt.Y("top:Q", title="failed requests/s"),
+            y2="bottom:Q",
+            color=alt.Color("kind:N", title="error kind", sort=kinds),
+            tooltip=["elapsed_s", "kind", "value"],
+        )
+        .properties(title=title, width=width, height=height)
+    )
+    return chart
+
+
 def errors_chart(run: RunResult | str | Path, *, title: str | None = None) -> alt.Chart:
     """Failed requests per second, stacked by kind (connect, timeout, status, check, ...)."""
     r = _run(run)
-    per = _over_time(r.metrics)
-    frame = (
-        per.unpivot(index="elapsed_s", on=[f"errors_{k}" for k in _store.ERROR_KINDS])
-        .with_columns(pl.col("variable").str.strip_prefix("errors_").alias("kind"))
-        .select("elapsed_s", "kind", "value")
-    )
-    chart: alt.Chart = (
-        alt.Chart(frame)
-        .mark_bar()
-        .encode(
-            x=alt.X("elapsed_s:Q", title="seconds"),
-            y=alt.Y("value:Q", title="failed requests", stack=True),
-            color=alt.Color("kind:N", title="error kind", sort=_store.ERROR_KINDS),
-            tooltip=["elapsed_s", "kind", "value"],
-        )
-        .properties(title=title or "Errors per second by kind", width=WIDTH, height=120)
-    )
-    return chart
+    return error_bars(_over_time(r.metrics), title=title or "Errors per second by kind")
 
 
 def capacity_chart(cap: Capacity) -> alt.VConcatChart:

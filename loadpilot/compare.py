@@ -315,7 +315,12 @@ class Comparison:
         found = self.regressions or self.improvements
         if not found:
             return f"no significant change ({level}, noise threshold ±{self.noise * 100:g}%)"
-        return "; ".join(c.describe().replace("(CI", f"({level}") for c in found)
+        # The whole run's changes first; per-task ones only when the whole shows none.
+        main = [c for c in found if c.task == "all"] or found
+        shown = main[:4]
+        text = "; ".join(c.describe().replace("(CI", f"({level}") for c in shown)
+        more = len(found) - len(shown)
+        return text + (f"; and {more} more (see the table)" if more else "")
 
     @property
     def frame(self) -> pl.DataFrame:

@@ -73,6 +73,36 @@ class Profile:
             for s in self.stages
         )
 
+    def points(self) -> list[tuple[float, float]]:
+        """The rate (or users) curve as its corners ``(seconds, value)``, joined by straight
+        lines: what a chart of the profile draws."""
+        out: list[tuple[float, float]] = []
+        t = 0.0
+        for s in self.stages:
+            if isinstance(s, Constant):
+                out += [(t, s.rate), (t + s.duration_s, s.rate)]
+            elif isinstance(s, Ramp):
+                out += [(t, s.from_), (t + s.duration_s, s.to)]
+            elif isinstance(s, Step):
+                width = s.duration_s / s.steps
+                for i in range(s.steps):
+                    v = s.from_ if s.steps == 1 else s.from_ + (s.to - s.from_) * i / (s.steps - 1)
+                    out += [(t + i * width, v), (t + (i + 1) * width, v)]
+            else:
+                side = (s.duration_s - s.peak_s) / 2
+                out += [(t, s.base), (t + side, s.base), (t + side, s.peak)]
+                out += [(t + side + s.peak_s, s.peak), (t + side + s.peak_s, s.base)]
+                out += [(t + s.duration_s, s.base)]
+            t += s.duration_s
+        return out
+
+    @property
+    def total(self) -> float:
+        """The area under the curve: the requests an open-model profile sends, or the
+        user-seconds of a closed one."""
+        pts = self.points()
+        return sum((b[0] - a[0]) * (a[1] + b[1]) / 2 for a, b in zip(pts, pts[1:], strict=False))
+
     def to_load(
         self, *, connections: int | None = None, arrivals: str = "uniform", seed: int = 0
     ) -> OpenLoad | ClosedLoad:

@@ -18,43 +18,12 @@ from loadpilot.capacity import capacity
 from loadpilot.compare import compare
 from loadpilot.plan import Step
 from loadpilot.runs import RunResult, load_run
-from loadpilot.summary import Stats, Summary
+from loadpilot.summary import Summary
 from loadpilot.thresholds import Threshold, Verdict, evaluate
 
 
 def _ms(v: float | None) -> str:
     return "–" if v is None else f"{v:,.2f}"
-
-
-def _stats_row(name: str, path: str, s: Stats) -> str:
-    cells = [
-        html.escape(name),
-        html.escape(path),
-        f"{s.requests:,}",
-        f"{s.errors:,}",
-        f"{s.error_rate * 100:.3g}%",
-        f"{s.achieved_rps:,.1f}",
-        *(_ms(getattr(s.latency_ms, k)) for k in ("p50", "p90", "p99", "p999", "max")),
-        _ms(s.service_ms.p99),
-        f"{s.missed:,}",
-    ]
-    return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
-
-
-def _summary_table(s: Summary) -> str:
-    head = [
-        "task", "path", "requests", "errors", "error rate", "req/s", "p50 ms", "p90 ms",
-        "p99 ms", "p99.9 ms", "max ms", "service p99 ms", "missed",
-    ]  # fmt: skip
-    rows = [_stats_row(t.name, t.path, t) for t in s.tasks]
-    rows.append(_stats_row("all", "", s.overall))
-    return (
-        "<table><thead><tr>"
-        + "".join(f"<th>{h}</th>" for h in head)
-        + "</tr></thead><tbody>"
-        + "".join(rows)
-        + "</tbody></table>"
-    )
 
 
 def _errors(s: Summary) -> str:
@@ -150,10 +119,7 @@ def _run_section(page: _Page, run: RunResult, verdicts: Sequence[Verdict], level
         + f"<{sub}>Summary</{sub}>"
         "<p>Latency is measured from the instant each request was due (corrected for "
         "coordinated omission); service time from the instant it was sent. Percentiles come "
-        "from the run's merged histograms.</p>"
-        + _summary_table(s)
-        + f"<{sub}>Errors</{sub}>"
-        + _errors(s)
+        "from the run's merged histograms.</p>" + s.html() + f"<{sub}>Errors</{sub}>" + _errors(s)
     )
     if run.metrics.is_empty():
         page.add("<p>No interval closed.</p>")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as _dt
+import html
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,12 +14,14 @@ import polars as pl
 
 from loadpilot import _engine, _store
 from loadpilot.errors import PlanError, RunDirError
-from loadpilot.plan import Plan
+from loadpilot.plan import OpenLoad, Plan
+from loadpilot.profiles import Profile
 from loadpilot.scenario import Scenario, VUser, scenario_of
 from loadpilot.summary import Summary
 from loadpilot.vusers import PythonUsers
 
 if TYPE_CHECKING:
+    from loadpilot.live import Dashboard
     from loadpilot.thresholds import Threshold
 
 Histogram = _engine.Histogram
@@ -92,6 +95,22 @@ class RunResult:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.plan.name!r} at {str(self.path)!r}>"
 
+    def _state(self) -> str:
+        return "finished"
+
+    def _repr_html_(self) -> str:
+        """A compact summary in a notebook: state, target, then the figures per task."""
+        s = self.summary() if self._state() != "running" else self.summary_so_far()
+        return (
+            f"<div><strong>{html.escape(self.plan.name)}</strong> · {html.escape(self._state())}"
+            f" ({html.escape(s.ended)}) · {s.duration_s:,.1f} s of {s.planned_duration_s:,.1f}"
+            f" s · {html.escape(s.model)} model · target {html.escape(self.plan.target)} · "
+            f"<code>{html.escape(str(self.path))}</code></div>" + s.html()
+        )
+
+    def summary_so_far(self) -> Summary:
+        return self.summary()
+
 
 class Run(RunResult):
     """A run going on in this process. ``metrics`` grows while it runs."""
@@ -103,6 +122,7 @@ class Run(RunResult):
         self._lock = threading.Lock()
         self._frames: list[pl.DataFrame] = []
         self._finished = False
+        self._end_hooks: list[Callable[[], None]] = []
 
     @property
     def done(self) -> bool:
@@ -138,16 +158,38 @@ class Run(RunResult):
             raise
         if ended:
             self._pull()
+            self._ended()
             failure = self._handle.failure()
             if failure:
                 raise RunDirError(failure)
         return ended
+
+    def _on_end(self, hook: Callable[[], None]) -> None:
+        """Calls ``hook`` in the thread that sees the run end through ``wait``/``stop``."""
+        self._end_hooks.append(hook)
+
+    def _ended(self) -> None:
+        while self._end_hooks:
+            self._end_hooks.pop(0)()
+
+    def live(self, *, every_s: float = 1.0, window_s: float | None = 300.0) -> Dashboard:
+        """Shows a dashboard in the notebook that updates about once a second while the run
+        goes (rate vs target, latency percentiles corrected and service time, errors by kind,
+        in flight and missed) and freezes on the final state. The kernel stays free: run
+        other cells meanwhile. ``window_s`` bounds the seconds drawn (None: all)."""
+        from loadpilot.live import Dashboard
+
+        return Dashboard(self, every_s=every_s, window_s=window_s).show()
+
+    def _state(self) -> str:
+        return "finished" if self.done else "running"
 
     def stop(self) -> None:
         """Stops the run within moments; what was measured is kept and summarised."""
         self._handle.stop()
         self._handle.wait(None)
         self._pull()
+        self._ended()
 
     def summary(self) -> Summary:
         """Whole-run figures; waits for the run to end first."""
@@ -197,6 +239,9 @@ class LoadedRun(RunResult):
     @property
     def metrics(self) -> pl.DataFrame:
         return self._metrics
+
+    def _state(self) -> str:
+        return "finished" if self.complete else "cut short"
 
     @property
     def complete(self) -> bool:
@@ -290,19 +335,30 @@ def start(
     out: str | Path | None = None,
     *,
     target: str | None = None,
+    profile: Profile | None = None,
 ) -> Run:
     """Starts a plan, or a scenario (its class or its :class:`Scenario`) against ``target``,
-    and returns at once. The run directory is ``out`` (default ``runs/<time>-<name>``)."""
+    and returns at once. The run directory is ``out`` (default ``runs/<time>-<name>``).
+    ``profile`` replaces the plan's or scenario's load profile (e.g. one from ``lp.tune``)."""
     scenario: Scenario | None = None
     if isinstance(what, Plan):
         plan = what if target is None else what.model_copy(update={"target": target})
+        if profile is not None:
+            old = plan.load
+            if isinstance(old, OpenLoad):
+                load = profile.to_load(
+                    connections=old.connections, arrivals=old.arrivals, seed=old.seed
+                )
+            else:
+                load = profile.to_load()
+            plan = plan.model_copy(update={"load": load})
     else:
         scenario = what if isinstance(what, Scenario) else scenario_of(what)
         if scenario is None:
             raise PlanError(f"{what!r} is not a scenario: decorate it with @lp.scenario")
         if target is None:
             raise PlanError("a scenario needs a target: lp.start(Scenario, target='http://...')")
-        plan = scenario.plan(target)
+        plan = scenario.plan(target, profile=profile)
     if any(t.path == "python" for t in plan.tasks) and scenario is None:
         raise PlanError("a plan of python tasks runs from its scenario: lp.start(MyScenario, ...)")
     path = Path(out) if out is not None else _default_dir(plan)
@@ -317,10 +373,11 @@ def run(
     out: str | Path | None = None,
     *,
     target: str | None = None,
+    profile: Profile | None = None,
 ) -> Run:
     """Runs a plan or a scenario to the end (Ctrl-C stops it early and keeps what it
     measured)."""
-    r = start(what, out, target=target)
+    r = start(what, out, target=target, profile=profile)
     r.wait()
     return r
 

@@ -139,6 +139,15 @@ class VUser:
     #: The feeder row of the current iteration (``None`` without a feeder).
     row: dict[str, str] | None = None
 
+    @classmethod
+    def describe(cls) -> Scenario:
+        """What ``@lp.scenario`` read from this class: its tasks and where they run
+        (``.path``, ``.reason``), its profile and thresholds, ``.plan(target)``."""
+        found = scenario_of(cls)
+        if found is None:
+            raise ScenarioError(f"{cls.__name__} is not a scenario: decorate it with @lp.scenario")
+        return found
+
 
 class _Recorder:
     """Stands in for the client while an engine-path task is read: collects its requests."""

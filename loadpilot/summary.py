@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 from pydantic import BaseModel, ConfigDict
 
 
@@ -60,6 +62,13 @@ class Summary(BaseModel):
                 return t
         raise KeyError(f"no task named {name!r}; tasks: {[t.name for t in self.tasks]}")
 
+    def html(self) -> str:
+        """An HTML table, one row per task and one for all (what reports and notebooks show)."""
+        return _summary_table(self)
+
+    def _repr_html_(self) -> str:
+        return self.html()
+
     def table(self) -> str:
         """A plain-text table, one line per task and one for all."""
         head = (
@@ -80,3 +89,38 @@ class Summary(BaseModel):
                 f"{fmt(s.service_ms.p99)}"
             )
         return "\n".join(lines)
+
+
+def _stats_row(name: str, path: str, s: Stats) -> str:
+    cells = [
+        html.escape(name),
+        html.escape(path),
+        f"{s.requests:,}",
+        f"{s.errors:,}",
+        f"{s.error_rate * 100:.3g}%",
+        f"{s.achieved_rps:,.1f}",
+        *(_ms(getattr(s.latency_ms, k)) for k in ("p50", "p90", "p99", "p999", "max")),
+        _ms(s.service_ms.p99),
+        f"{s.missed:,}",
+    ]
+    return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+
+
+def _summary_table(s: Summary) -> str:
+    head = [
+        "task", "path", "requests", "errors", "error rate", "req/s", "p50 ms", "p90 ms",
+        "p99 ms", "p99.9 ms", "max ms", "service p99 ms", "missed",
+    ]  # fmt: skip
+    rows = [_stats_row(t.name, t.path, t) for t in s.tasks]
+    rows.append(_stats_row("all", "", s.overall))
+    return (
+        "<table><thead><tr>"
+        + "".join(f"<th>{h}</th>" for h in head)
+        + "</tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
+
+
+def _ms(v: float | None) -> str:
+    return "–" if v is None else f"{v:,.2f}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -132,3 +133,17 @@ def test_a_closed_model_step_run_gives_usl_points(tmp_path: Path) -> None:
     fit = cap.usl()
     assert fit.peak_throughput == pytest.approx(max(four, eight), rel=0.2), str(fit)
     assert fit.lam == pytest.approx(two / 2, rel=0.2)
+
+
+def test_a_step_run_report_shows_capacity_and_renders_offline(
+    browser: Any, step_run: lp.LoadedRun, tmp_path: Path
+) -> None:
+    from tests.test_report import render_offline
+
+    page = step_run.report(tmp_path / "cap.html")
+    text = page.read_text()
+    assert "<h2>Capacity</h2>" in text and "Knee at " in text
+    seen = render_offline(browser, page)
+    assert seen["refused"] == [] and seen["errors"] == [] and seen["failed"] == 0, seen
+    # spectrum, rate, latency, errors, capacity
+    assert seen["charts"] == 5 and all(n > 0 for n in seen["marks"]), seen

@@ -1,0 +1,355 @@
+"""The live dashboard of a run in a notebook: ``run.live()``.
+
+A display (not a widget) updated in place about once a second from a background thread, so the
+kernel stays free for other cells. Charts are Altair specs rendered to SVG by vl-convert in a
+helper process (its renderer holds the GIL for ~100 ms a frame, which would stall Python-logic
+virtual users in the kernel), so every frame is plain HTML: it redraws without flicker in
+JupyterLab, and the final frame is an ordinary static output when a notebook is executed with no
+browser attached (nbclient, nbval) or viewed on GitHub.
+"""
+
+from __future__ import annotations
+
+import atexit
+import html
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import altair as alt
+import polars as pl
+
+from loadpilot import _engine, _store, charts
+
+if TYPE_CHECKING:
+    from loadpilot.runs import Run
+
+_WIDTH = 300
+
+_RENDERER = """
+import json, sys
+import vl_convert as vlc
+for line in sys.stdin:
+    try:
+        out = {"svg": vlc.vegalite_to_svg(json.loads(line))}
+    except Exception as e:
+        out = {"error": repr(e)}
+    sys.stdout.write(json.dumps(out) + "\\n")
+    sys.stdout.flush()
+"""
+
+
+class _SvgRenderer:
+    """A helper process turning Vega-Lite specs into SVG, one JSON line each way. Waiting for
+    it releases the GIL; it ends with the dashboard (or the kernel)."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _RENDERER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        atexit.register(self.close)
+
+    def svg(self, spec: dict[str, Any]) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(spec) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the chart renderer ended")
+        out = json.loads(line)
+        if "error" in out:
+            raise RuntimeError(f"chart rendering failed: {out['error']}")
+        svg: str = out["svg"]
+        return svg
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        atexit.unregister(self.close)
+
+
+class _HlogTail:
+    """Reads an ``.hlog`` as it grows: only the new complete lines at each call, each
+    interval's tasks added up."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.partial = b""
+        self.intervals: dict[float, _engine.Histogram] = {}
+
+    def read(self) -> dict[float, _engine.Histogram]:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return self.intervals
+        self.offset += len(data)
+        data = self.partial + data
+        lines = data.split(b"\n")
+        self.partial = lines.pop()
+        for raw in lines:
+            line = raw.decode("utf-8", "replace").strip()
+            if not line or line.startswith("#") or line.startswith('"'):
+                continue
+            if line.startswith("Tag="):
+                line = line.split(",", 1)[1]
+            parts = line.split(",")
+            if len(parts) != 4:
+                continue
+            start = float(parts[0])
+            h = _engine.Histogram.decode(parts[3])
+            if start in self.intervals:
+                self.intervals[start].add(h)
+            else:
+                self.intervals[start] = h
+        return self.intervals
+
+
+def _fmt(v: float | None, unit: str = " ms") -> str:
+    return "–" if v is None else f"{v:,.2f}{unit}"
+
+
+class Dashboard:
+    """What :meth:`loadpilot.Run.live` shows: achieved vs target rate, corrected latency
+    p50/p99/max and service-time p50/p99 per second (exact, all tasks together), errors by
+    kind, requests in flight and missed arrivals. It freezes on the final state, with the
+    run's summary, when the run ends."""
+
+    def __init__(self, run: Run, *, every_s: float = 1.0, window_s: float | None = 300.0) -> None:
+        if every_s <= 0:
+            raise ValueError(f"every_s must be > 0, got {every_s}")
+        self.run = run
+        self.every_s = every_s
+        self.window_s = window_s
+        self.frames = 0
+        self.render_s = 0.0
+        self._lat = _HlogTail(run.path / _store.LATENCY_LOG)
+        self._svc = _HlogTail(run.path / _store.SERVICE_LOG)
+        self._handle: Any = None
+        self._lock = threading.Lock()
+        self._final = False
+        self._thread: threading.Thread | None = None
+        self._renderer: _SvgRenderer | None = None
+
+    # -- rendering ---------------------------------------------------------------------------
+
+    def _latency_frame(self, since: float) -> pl.DataFrame:
+        lat, svc = self._lat.read(), self._svc.read()
+        rows = []
+        for t, h in lat.items():
+            if t < since:
+                continue
+            s = svc.get(t)
+            for name, v in (
+                ("p50", h.percentile(50)),
+                ("p99", h.percentile(99)),
+                ("max", h.max),
+                ("service p50", s.percentile(50) if s else None),
+                ("service p99", s.percentile(99) if s else None),
+            ):
+                if v is not None:
+                    rows.append((t, name, v))
+        return pl.DataFrame(
+            rows, schema={"elapsed_s": pl.Float64, "series": pl.String, "ms": pl.Float64},
+            orient="row",
+        )  # fmt: skip
+
+    def chart(self) -> alt.VConcatChart:
+        """The dashboard's charts for the seconds closed so far (the last ``window_s``)."""
+        m = self.run.metrics
+        end = float(m["elapsed_s"].max() or 0.0) + 1 if len(m) else 0.0  # type: ignore[arg-type]
+        since = max(0.0, end - self.window_s) if self.window_s else 0.0
+        m = m.filter(pl.col("elapsed_s") >= since)
+        per = (
+            m.group_by("elapsed_s")
+            .agg(
+                pl.col("achieved_rps").sum(),
+                pl.when(pl.col("target_rps").is_null().all())
+                .then(None)
+                .otherwise(pl.col("target_rps").sum())
+                .alias("target_rps"),
+                pl.col("in_flight").max(),
+                pl.col("missed").sum(),
+                pl.col("active_users").max(),
+                *(pl.col(f"errors_{k}").sum() for k in _store.ERROR_KINDS),
+            )
+            .sort("elapsed_s")
+        )
+        x = alt.X("elapsed_s:Q", title="seconds")
+        rate = (
+            alt.Chart(
+                per.select(
+                    "elapsed_s",
+                    pl.col("achieved_rps").alias("achieved"),
+                    pl.col("target_rps").alias("target"),
+                ).unpivot(index="elapsed_s", on=["achieved", "target"])
+            )
+            .mark_line()
+            .encode(
+                x=x,
+                y=alt.Y("value:Q", title="requests/s"),
+                color=alt.Color("variable:N", title=None, legend=alt.Legend(orient="bottom")),
+            )
+            .properties(title="Rate: achieved vs target", width=_WIDTH, height=150)
+        )
+        latency = (
+            alt.Chart(self._latency_frame(since))
+            .mark_line()
+            .encode(
+                x=x,
+                y=alt.Y("ms:Q", title="ms", scale=alt.Scale(type="symlog")),
+                color=alt.Color(
+                    "series:N",
+                    title=None,
+                    sort=["p50", "p99", "max", "service p50", "service p99"],
+                    legend=alt.Legend(orient="bottom", columns=3),
+                ),
+                strokeDash=alt.condition(
+                    "indexof(datum.series, 'service') >= 0",
+                    alt.value([4, 3]),
+                    alt.value([1, 0]),
+                ),
+            )
+            .properties(title="Latency (corrected; service dashed)", width=_WIDTH, height=150)
+        )
+        errors = charts.error_bars(
+            per, title="Errors by kind", width=_WIDTH, height=150, domain=(since, end)
+        )
+        load = (
+            alt.Chart(per.unpivot(index="elapsed_s", on=["in_flight", "missed"]))
+            .mark_line()
+            .encode(
+                x=x,
+                y=alt.Y("value:Q", title="requests"),
+                color=alt.Color("variable:N", title=None, legend=alt.Legend(orient="bottom")),
+            )
+            .properties(title="In flight and missed arrivals", width=_WIDTH, height=150)
+        )
+        top = alt.hconcat(rate, latency).resolve_scale(color="independent")
+        bottom = alt.hconcat(errors, load).resolve_scale(color="independent")
+        out: alt.VConcatChart = alt.vconcat(top, bottom).resolve_scale(color="independent")
+        return out
+
+    def _headline(self) -> str:
+        run = self.run
+        m = run.metrics
+        planned = run.plan.duration_s
+        if run.done:
+            s = run.summary()
+            state = f"■ {html.escape(s.ended)}"
+            figures = (
+                f"{s.overall.requests:,} requests · {s.overall.achieved_rps:,.1f} rps · "
+                f"p50 {_fmt(s.overall.latency_ms.p50)} · p99 {_fmt(s.overall.latency_ms.p99)} · "
+                f"max {_fmt(s.overall.latency_ms.max)} · errors {s.overall.errors:,} · "
+                f"missed {s.overall.missed:,}"
+            )
+            elapsed = s.duration_s
+        else:
+            state = "● running"
+            elapsed = run._handle.elapsed_s()
+            if len(m):
+                last_t = m["elapsed_s"].max()
+                last = m.filter(pl.col("elapsed_s") == last_t)
+                target = last["target_rps"].sum() if last["target_rps"].null_count() == 0 else None
+                h = self._lat.intervals.get(float(last_t))  # type: ignore[arg-type]
+                figures = (
+                    f"{float(last['achieved_rps'].sum()):,.1f} rps"
+                    + (f" (target {float(target):,.1f})" if target is not None else "")
+                    + f" · p50 {_fmt(h.percentile(50) if h else None)}"
+                    + f" · p99 {_fmt(h.percentile(99) if h else None)}"
+                    + f" · errors {int(last['errors'].sum()):,}/s"
+                    + f" · in flight {int(last['in_flight'].max() or 0):,}"  # type: ignore[arg-type]
+                    + f" · missed {int(m['missed'].sum()):,}"
+                )
+            else:
+                figures = "waiting for the first second"
+        return (
+            f"<div style='font-family: system-ui, sans-serif; margin: 0.25rem 0'>"
+            f"<strong>{html.escape(run.plan.name)}</strong> {state} · "
+            f"{elapsed:,.0f} s of {planned:,.0f} s · {figures}</div>"
+        )
+
+    def _bundle(self) -> dict[str, str]:
+        t0 = time.perf_counter()
+        head = self._headline()
+        if len(self.run.metrics):
+            if self._renderer is None:
+                self._renderer = _SvgRenderer()
+            svg = self._renderer.svg(self.chart().to_dict())
+        else:
+            svg = ""
+        body = head + f"<div class='lp-live'>{svg}</div>"
+        if self.run.done:
+            body += self.run.summary().html()
+        self.render_s += time.perf_counter() - t0
+        self.frames += 1
+        return {"text/html": body, "text/plain": f"<Dashboard of {self.run.plan.name!r}>"}
+
+    # -- display -----------------------------------------------------------------------------
+
+    def show(self) -> Dashboard:
+        """Displays the dashboard and keeps it updated until the run ends."""
+        from IPython.display import display
+
+        with self._lock:
+            self._handle = display(self._bundle(), raw=True, display_id=True)  # type: ignore[no-untyped-call]
+        if not self.run.done:
+            self._thread = threading.Thread(target=self._loop, name="loadpilot-live", daemon=True)
+            self._thread.start()
+            self.run._on_end(self.finish)
+        else:
+            self._final = True
+        return self
+
+    def _update(self) -> None:
+        with self._lock:
+            if self._final:
+                return
+            if self.run.done:
+                self._final = True
+            try:
+                if self._handle is not None:
+                    self._handle.update(self._bundle(), raw=True)
+            finally:
+                if self._final and self._renderer is not None:
+                    self._renderer.close()
+                    self._renderer = None
+
+    def _loop(self) -> None:
+        next_at = time.monotonic()
+        while not self.run.done:
+            next_at += self.every_s
+            self.run._handle.wait(max(0.0, next_at - time.monotonic()))
+            try:
+                self._update()
+            except Exception as e:  # a drawing problem must not take the run down
+                self._handle.update(
+                    {"text/plain": f"dashboard stopped: {e!r}"}, raw=True
+                ) if self._handle else None
+                return
+        self._update()
+
+    def finish(self) -> None:
+        """Draws the final state now (called by ``run.wait()`` in the waiting cell, so the
+        final frame lands in the notebook even when nothing else is listening)."""
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self._update()
+
+    def _repr_html_(self) -> str:
+        try:
+            return self._bundle()["text/html"]
+        finally:
+            if self._final and self._renderer is not None:
+                self._renderer.close()
+                self._renderer = None

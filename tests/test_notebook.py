@@ -1,0 +1,121 @@
+"""The notebook experience: the live dashboard in a real kernel (executed by nbclient, as nbval
+does), the profile tuner's widgets, and how runs render in a cell."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+import loadpilot as lp
+from tests.conftest import constant, get
+
+
+def execute(cells: list[str], cwd: Path) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(textwrap.dedent(c)) for c in cells]
+    NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}
+    ).execute()
+    return nb
+
+
+def outputs(nb: nbformat.NotebookNode, i: int) -> list[dict[str, object]]:
+    return list(nb.cells[i].outputs)
+
+
+def test_the_live_dashboard_updates_without_blocking_and_freezes_on_the_end(
+    tmp_path: Path,
+) -> None:
+    nb = execute(
+        [
+            """
+            import time, loadpilot as lp
+            target = lp.start_target(delay_ms=1, delay_max_ms=4, error_rate=0.05, seed=1)
+            plan = lp.Plan(name="live", target=target.url,
+                           load=lp.OpenLoad(stages=[lp.Constant(rate=200, duration_s=4)]),
+                           tasks=[lp.Task(name="home", requests=[lp.Request(path="/")])])
+            run = lp.start(plan, "run")
+            dash = run.live()
+            """,
+            # Runs while the run goes: the dashboard's thread leaves the kernel free.
+            "print('other cell ran while running:', not run.done)",
+            "run.wait()\nprint('frames', dash.frames)",
+            "run",
+        ],
+        tmp_path,
+    )
+    (live,) = outputs(nb, 0)
+    page = live["data"]["text/html"]  # type: ignore[index]
+    # The display now holds the final frame: the end state, the charts, the summary table.
+    assert "■ completed" in page and "800 requests" in page
+    assert page.count("<svg") == 1 and len(re.findall(r"<path", page)) > 20
+    assert "<td>home</td>" in page
+    assert outputs(nb, 1)[0]["text"] == "other cell ran while running: True\n"
+    frames = int(outputs(nb, 2)[0]["text"].split()[1])  # type: ignore[index, union-attr]
+    assert frames >= 3, "it redrew about once a second"
+    shown = outputs(nb, 3)[0]["data"]  # type: ignore[index]
+    assert "finished (completed)" in shown["text/html"] and "<table>" in shown["text/html"]
+
+
+def test_runs_and_summaries_render_as_compact_tables(
+    target: lp.TargetServer, tmp_path: Path
+) -> None:
+    plan = lp.Plan(name="<r>", target=target.url, load=constant(100, 2), tasks=[get("a")])
+    run = lp.start(plan, tmp_path / "r")
+    time.sleep(1.3)
+    running = run._repr_html_()
+    assert "running" in running and "&lt;r&gt;" in running
+    run.wait()
+    done = run._repr_html_()
+    assert "finished (completed)" in done and "<td>a</td>" in done and "<td>200</td>" in done
+    assert lp.load_run(run.path)._repr_html_().count("<tr>") == 1 + 2
+    assert run.summary()._repr_html_().startswith("<table>")
+
+
+def test_the_tuner_edits_a_profile_and_counts_its_requests() -> None:
+    tuner = lp.tune(lp.ramp(0, 200, "10s") + lp.hold(200, "30s"))
+    assert tuner.profile == lp.ramp(0, 200, "10s") + lp.hold(200, "30s")
+    assert tuner.summary() == "40 s · 7,000 requests · peak 200 requests/s"
+    assert "<svg" in tuner.chart.value
+    # Edit the hold's rate, turn the ramp into steps, add a stage: the totals follow.
+    tuner.editors[1].a.value = 300
+    tuner.editors[0].kind.value = "step"
+    tuner.editors[0].steps.value = 3
+    assert tuner.profile.stages[0] == lp.Step(from_=0, to=200, steps=3, duration_s=10)
+    assert tuner.profile.total == pytest.approx(10 / 3 * (0 + 100 + 200) + 300 * 30)
+    tuner.add.click()
+    assert len(tuner.profile.stages) == 3 and tuner.profile.stages[2].rate == 300  # type: ignore[union-attr]
+    assert "19,000 requests" in tuner.info.value
+    tuner.editors[2].remove.click()
+    assert len(tuner.profile.stages) == 2
+    # A closed model counts user-seconds and keeps its think time.
+    tuner.model.value = "closed"
+    tuner.think.value = 0.5
+    assert tuner.profile.model == "closed" and tuner.profile.think_s == 0.5
+    assert "user-seconds" in tuner.info.value
+    # An impossible stage is reported in the widget, and the profile refuses it.
+    tuner.editors[0].kind.value = "spike"
+    tuner.editors[0].peak_s.value = 20
+    assert "must be shorter" in tuner.info.value
+    with pytest.raises(lp.PlanError):
+        _ = tuner.profile
+
+
+def test_a_tuned_profile_starts_a_scenario(target: lp.TargetServer, tmp_path: Path) -> None:
+    @lp.scenario(profile=lp.constant(rps=10, duration="10s"))
+    class S(lp.VUser):
+        @lp.task
+        def home(self) -> None:
+            self.client.get("/")
+
+    tuner = lp.tune(lp.constant(rps=10, duration="10s"))
+    tuner.editors[0].a.value = 150
+    tuner.editors[0].duration.value = 2
+    run = lp.run(S, tmp_path / "r", target=target.url, profile=tuner.profile)
+    assert run.summary().overall.requests == 300
