@@ -390,8 +390,8 @@ def capacity(
     spike phase; ramps in windows of ``window_s``) and measures each over its full intervals,
     skipping the first ``settle_s`` seconds of each (and the run's last second when its level
     has others: it also holds what completed while the run drained), with exact percentiles
-    from the added histograms. ``follow`` is the share of the offered rate the achieved rate must reach for a
-    level to count as sustained (open model)."""
+    from the added histograms. ``follow`` is the share of the offered rate the achieved rate
+    must reach for a level to count as sustained (open model)."""
     if window_s <= 0 or settle_s < 0 or not 0 < follow <= 1:
         raise ValueError("window_s must be > 0, settle_s >= 0 and follow in (0, 1]")
     model = run.plan.load.model
