@@ -42,14 +42,22 @@ test: build-dev $(CHROMIUM) ## Run every test: Rust (cargo test) and Python (pyt
 	$(PY) -m pytest
 	$(PY) -m pytest --nbval-lax -p no:cacheprovider notebooks
 
+.PHONY: check-binder
+check-binder: ## Run binder/postBuild in a fresh environment on a clean copy, then the tutorials there
+	bash binder/check.sh
+
+.PHONY: check-lab
+check-lab: build-dev $(CHROMIUM) ## Run the quickstart in JupyterLab in Chromium; refresh docs/images
+	LOADPILOT_SAVE_SCREENSHOTS=1 $(PY) -m pytest -q tests/test_lab.py
+
 .PHONY: lab
 lab: build-dev ## Start JupyterLab on the tutorials (notebooks/)
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .PHONY: lint
 lint: build-dev ## ruff, rustfmt, clippy, mypy and stubtest
-	$(BIN)/ruff check loadpilot tests bench
-	$(BIN)/ruff format --check loadpilot tests bench
+	$(BIN)/ruff check loadpilot tests bench datasets
+	$(BIN)/ruff format --check loadpilot tests bench datasets
 	cargo fmt --all --check
 	cargo clippy --release --workspace --all-targets -- -D warnings
 	$(BIN)/mypy loadpilot
@@ -57,8 +65,8 @@ lint: build-dev ## ruff, rustfmt, clippy, mypy and stubtest
 
 .PHONY: format
 format: $(STAMP) ## Format Python and Rust
-	$(BIN)/ruff format loadpilot tests bench
-	$(BIN)/ruff check --fix loadpilot tests bench
+	$(BIN)/ruff format loadpilot tests bench datasets
+	$(BIN)/ruff check --fix loadpilot tests bench datasets
 	cargo fmt --all
 
 .PHONY: bench

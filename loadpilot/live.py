@@ -27,6 +27,7 @@ from loadpilot import _engine, _store, charts
 
 if TYPE_CHECKING:
     from loadpilot.runs import Run
+    from loadpilot.summary import Summary
 
 _WIDTH = 300
 
@@ -136,8 +137,8 @@ class Dashboard:
         self._lat = _HlogTail(run.path / _store.LATENCY_LOG)
         self._svc = _HlogTail(run.path / _store.SERVICE_LOG)
         self._handle: Any = None
-        self._lock = threading.Lock()
-        self._final = False
+        self._lock = threading.RLock()
+        self._final: dict[str, str] | None = None
         self._thread: threading.Thread | None = None
         self._renderer: _SvgRenderer | None = None
 
@@ -240,12 +241,12 @@ class Dashboard:
         out: alt.VConcatChart = alt.vconcat(top, bottom).resolve_scale(color="independent")
         return out
 
-    def _headline(self) -> str:
+    def _headline(self, final: Summary | None) -> str:
         run = self.run
         m = run.metrics
         planned = run.plan.duration_s
-        if run.done:
-            s = run.summary()
+        if final is not None:
+            s = final
             state = f"■ {html.escape(s.ended)}"
             figures = (
                 f"{s.overall.requests:,} requests · {s.overall.achieved_rps:,.1f} rps · "
@@ -279,9 +280,12 @@ class Dashboard:
             f"{elapsed:,.0f} s of {planned:,.0f} s · {figures}</div>"
         )
 
-    def _bundle(self) -> dict[str, str]:
+    def _bundle(self) -> tuple[dict[str, str], bool]:
+        """The current frame, and whether it is the final one."""
         t0 = time.perf_counter()
-        head = self._headline()
+        # Read without waiting: waiting on the run from this thread would run its end hooks.
+        final = self.run._summary_if_done()
+        head = self._headline(final)
         if len(self.run.metrics):
             if self._renderer is None:
                 self._renderer = _SvgRenderer()
@@ -289,11 +293,15 @@ class Dashboard:
         else:
             svg = ""
         body = head + f"<div class='lp-live'>{svg}</div>"
-        if self.run.done:
-            body += self.run.summary().html()
+        if final is not None:
+            body += final.html()
+            if self._renderer is not None:
+                self._renderer.close()
+                self._renderer = None
         self.render_s += time.perf_counter() - t0
         self.frames += 1
-        return {"text/html": body, "text/plain": f"<Dashboard of {self.run.plan.name!r}>"}
+        bundle = {"text/html": body, "text/plain": f"<Dashboard of {self.run.plan.name!r}>"}
+        return bundle, final is not None
 
     # -- display -----------------------------------------------------------------------------
 
@@ -302,54 +310,52 @@ class Dashboard:
         from IPython.display import display
 
         with self._lock:
-            self._handle = display(self._bundle(), raw=True, display_id=True)  # type: ignore[no-untyped-call]
-        if not self.run.done:
+            bundle, final = self._bundle()
+            if final:
+                self._final = bundle
+            self._handle = display(bundle, raw=True, display_id=True)  # type: ignore[no-untyped-call]
+        if not final:
             self._thread = threading.Thread(target=self._loop, name="loadpilot-live", daemon=True)
             self._thread.start()
             self.run._on_end(self.finish)
-        else:
-            self._final = True
         return self
 
     def _update(self) -> None:
+        """Draws a new frame, unless the final one was drawn already."""
         with self._lock:
-            if self._final:
+            if self._final is not None:
                 return
-            if self.run.done:
-                self._final = True
-            try:
-                if self._handle is not None:
-                    self._handle.update(self._bundle(), raw=True)
-            finally:
-                if self._final and self._renderer is not None:
-                    self._renderer.close()
-                    self._renderer = None
+            bundle, final = self._bundle()
+            if final:
+                self._final = bundle
+            self._handle.update(bundle, raw=True)
 
     def _loop(self) -> None:
         next_at = time.monotonic()
-        while not self.run.done:
-            next_at += self.every_s
-            self.run._handle.wait(max(0.0, next_at - time.monotonic()))
-            try:
+        try:
+            while not self.run.done:
+                next_at += self.every_s
+                self.run._handle.wait(max(0.0, next_at - time.monotonic()))
                 self._update()
-            except Exception as e:  # a drawing problem must not take the run down
-                self._handle.update(
-                    {"text/plain": f"dashboard stopped: {e!r}"}, raw=True
-                ) if self._handle else None
-                return
-        self._update()
+            for _ in range(50):  # the summary is written a moment after the run ends
+                self._update()
+                if self._final is not None:
+                    break
+                time.sleep(0.1)
+        except Exception as e:  # a drawing problem must not take the run down
+            with self._lock:
+                self._handle.update({"text/plain": f"dashboard stopped: {e!r}"}, raw=True)
 
     def finish(self) -> None:
-        """Draws the final state now (called by ``run.wait()`` in the waiting cell, so the
-        final frame lands in the notebook even when nothing else is listening)."""
+        """Shows the final frame from the calling thread: ``run.wait()`` calls it in the
+        waiting cell, so the final frame reaches notebook runners that only listen to the cell
+        being executed (nbclient, nbval), whichever thread drew it first."""
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=10)
         self._update()
+        with self._lock:
+            if self._final is not None:
+                self._handle.update(self._final, raw=True)
 
     def _repr_html_(self) -> str:
-        try:
-            return self._bundle()["text/html"]
-        finally:
-            if self._final and self._renderer is not None:
-                self._renderer.close()
-                self._renderer = None
+        return self._bundle()[0]["text/html"]

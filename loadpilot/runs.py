@@ -213,6 +213,11 @@ class Run(RunResult):
             return self._handle.histogram(task, service)
         return super().histogram(task, service=service, start=start, end=end)
 
+    def _summary_if_done(self) -> Summary | None:
+        """The final summary if the run has ended, without waiting (or running end hooks)."""
+        text = self._handle.summary_json() if self._handle.done else None
+        return Summary.model_validate_json(text) if text else None
+
     def summary_so_far(self) -> Summary:
         """Figures of the intervals closed so far (``ended == "running"`` while it runs), from
         the same merged histograms as the final summary: what thresholds are checked against
