@@ -1,20 +1,19 @@
 """The live dashboard of a run in a notebook: ``run.live()``.
 
 A display (not a widget) updated in place about once a second from a background thread, so the
-kernel stays free for other cells. Charts are Altair specs rendered to SVG by vl-convert in a
-helper process (its renderer holds the GIL for ~100 ms a frame, which would stall Python-logic
-virtual users in the kernel), so every frame is plain HTML: it redraws without flicker in
-JupyterLab, and the final frame is an ordinary static output when a notebook is executed with no
-browser attached (nbclient, nbval) or viewed on GitHub.
+kernel stays free for other cells. Every frame is plain HTML with inline SVG: it redraws without
+flicker in JupyterLab, and the final frame is an ordinary static output when a notebook is
+executed with no browser attached (nbclient, nbval) or viewed on GitHub.
+
+While the run goes, frames are drawn by a few lines of plain Python (``_sparks``: milliseconds a
+frame). Altair with vl-convert would cost ~0.25 s of CPU a frame, and vl-convert holds the GIL
+while it draws, which stalls Python-logic virtual users: the run would pay for its own
+dashboard. The final frame, drawn once the run has ended, is the Altair chart.
 """
 
 from __future__ import annotations
 
-import atexit
 import html
-import json
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,58 +22,13 @@ from typing import TYPE_CHECKING, Any
 import altair as alt
 import polars as pl
 
-from loadpilot import _engine, _store, charts
+from loadpilot import _engine, _sparks, _store, charts
 
 if TYPE_CHECKING:
     from loadpilot.runs import Run
     from loadpilot.summary import Summary
 
 _WIDTH = 300
-
-_RENDERER = """
-import json, sys
-import vl_convert as vlc
-for line in sys.stdin:
-    try:
-        out = {"svg": vlc.vegalite_to_svg(json.loads(line))}
-    except Exception as e:
-        out = {"error": repr(e)}
-    sys.stdout.write(json.dumps(out) + "\\n")
-    sys.stdout.flush()
-"""
-
-
-class _SvgRenderer:
-    """A helper process turning Vega-Lite specs into SVG, one JSON line each way. Waiting for
-    it releases the GIL; it ends with the dashboard (or the kernel)."""
-
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _RENDERER],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        atexit.register(self.close)
-
-    def svg(self, spec: dict[str, Any]) -> str:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps(spec) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the chart renderer ended")
-        out = json.loads(line)
-        if "error" in out:
-            raise RuntimeError(f"chart rendering failed: {out['error']}")
-        svg: str = out["svg"]
-        return svg
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        atexit.unregister(self.close)
 
 
 class _HlogTail:
@@ -120,6 +74,139 @@ def _fmt(v: float | None, unit: str = " ms") -> str:
     return "–" if v is None else f"{v:,.2f}{unit}"
 
 
+#: The per-second columns the dashboard draws (all numbers, as floats).
+PER_COLUMNS = [
+    "elapsed_s", "achieved_rps", "target_rps", "in_flight", "missed", "active_users",
+    *(f"errors_{k}" for k in _store.ERROR_KINDS),
+]  # fmt: skip
+_LAT_SCHEMA = {"elapsed_s": pl.Float64, "series": pl.String, "ms": pl.Float64}
+
+
+def dashboard_chart(
+    per: pl.DataFrame, lat: pl.DataFrame, since: float, end: float
+) -> alt.VConcatChart:
+    """The dashboard's four charts from :meth:`Dashboard.data`: rate vs target, latency,
+    errors by kind, in flight and missed."""
+    x = alt.X("elapsed_s:Q", title="seconds")
+    rate = (
+        alt.Chart(
+            per.select(
+                "elapsed_s",
+                pl.col("achieved_rps").alias("achieved"),
+                pl.col("target_rps").alias("target"),
+            ).unpivot(index="elapsed_s", on=["achieved", "target"])
+        )
+        .mark_line()
+        .encode(
+            x=x,
+            y=alt.Y("value:Q", title="requests/s"),
+            color=alt.Color("variable:N", title=None, legend=alt.Legend(orient="bottom")),
+        )
+        .properties(title="Rate: achieved vs target", width=_WIDTH, height=150)
+    )
+    latency = (
+        alt.Chart(lat)
+        .mark_line()
+        .encode(
+            x=x,
+            y=alt.Y("ms:Q", title="ms", scale=alt.Scale(type="symlog")),
+            color=alt.Color(
+                "series:N",
+                title=None,
+                sort=["p50", "p99", "max", "service p50", "service p99"],
+                legend=alt.Legend(orient="bottom", columns=3),
+            ),
+            strokeDash=alt.condition(
+                "indexof(datum.series, 'service') >= 0",
+                alt.value([4, 3]),
+                alt.value([1, 0]),
+            ),
+        )
+        .properties(title="Latency (corrected; service dashed)", width=_WIDTH, height=150)
+    )
+    errors = charts.error_bars(
+        per, title="Errors by kind", width=_WIDTH, height=150, domain=(since, end)
+    )
+    load = (
+        alt.Chart(per.unpivot(index="elapsed_s", on=["in_flight", "missed"]))
+        .mark_line()
+        .encode(
+            x=x,
+            y=alt.Y("value:Q", title="requests"),
+            color=alt.Color("variable:N", title=None, legend=alt.Legend(orient="bottom")),
+        )
+        .properties(title="In flight and missed arrivals", width=_WIDTH, height=150)
+    )
+    top = alt.hconcat(rate, latency).resolve_scale(color="independent")
+    bottom = alt.hconcat(errors, load).resolve_scale(color="independent")
+    out: alt.VConcatChart = alt.vconcat(top, bottom).resolve_scale(color="independent")
+    return out
+
+
+def live_frame(per: pl.DataFrame, lat: pl.DataFrame, since: float, end: float) -> str:
+    """The four panels of a frame drawn while the run goes (see ``_sparks``)."""
+    c = _sparks.COLOURS
+    span = (since, max(end, since + 1))
+
+    def pts(frame: pl.DataFrame, col: str) -> list[tuple[float, float]]:
+        f = frame.select("elapsed_s", col).drop_nulls()
+        return list(zip(f["elapsed_s"].to_list(), f[col].to_list(), strict=True))
+
+    def series(name: str) -> list[tuple[float, float]]:
+        f = lat.filter(pl.col("series") == name)
+        return list(zip(f["elapsed_s"].to_list(), f["ms"].to_list(), strict=True))
+
+    rate = _sparks.panel(
+        "Rate: achieved vs target",
+        [
+            _sparks.Series("achieved", pts(per, "achieved_rps"), c[0]),
+            _sparks.Series("target", pts(per, "target_rps"), c[1], dashed=True),
+        ],
+        span,
+        y_title="requests/s",
+    )
+    latency = _sparks.panel(
+        "Latency (corrected; service dashed)",
+        [
+            _sparks.Series("p50", series("p50"), c[0]),
+            _sparks.Series("p99", series("p99"), c[1]),
+            _sparks.Series("max", series("max"), c[2]),
+            _sparks.Series("service p50", series("service p50"), c[3], dashed=True),
+            _sparks.Series("service p99", series("service p99"), c[4], dashed=True),
+        ],
+        span,
+        y_title="ms",
+        symlog=True,
+    )
+    stacked, bottom = [], [0.0] * len(per)
+    xs = per["elapsed_s"].to_list()
+    for i, kind in enumerate(_store.ERROR_KINDS):
+        values = per[f"errors_{kind}"].fill_null(0).to_list()
+        if not any(values):
+            continue
+        tops = [b + v for b, v in zip(bottom, values, strict=True)]
+        stacked.append(
+            _sparks.Series(kind, list(zip(xs, tops, strict=True)), c[i % len(c)], bars=True,
+                           bottoms=list(bottom))
+        )  # fmt: skip
+        bottom = tops
+    errors = _sparks.panel("Errors by kind", stacked, span, y_title="errors/s")
+    load = _sparks.panel(
+        "In flight and missed arrivals",
+        [
+            _sparks.Series("in flight", pts(per, "in_flight"), c[0]),
+            _sparks.Series("missed", pts(per, "missed"), c[1]),
+        ],
+        span,
+        y_title="requests",
+    )
+    return (
+        "<div style='display:flex;flex-wrap:wrap;gap:0.5rem 1.5rem'>"
+        + rate + latency + errors + load
+        + "</div>"
+    )  # fmt: skip
+
+
 class Dashboard:
     """What :meth:`loadpilot.Run.live` shows: achieved vs target rate, corrected latency
     p50/p99/max and service-time p50/p99 per second (exact, all tasks together), errors by
@@ -140,33 +227,35 @@ class Dashboard:
         self._lock = threading.RLock()
         self._final: dict[str, str] | None = None
         self._thread: threading.Thread | None = None
-        self._renderer: _SvgRenderer | None = None
+        self._lat_rows: dict[float, list[tuple[float, str, float]]] = {}
 
     # -- rendering ---------------------------------------------------------------------------
 
     def _latency_frame(self, since: float) -> pl.DataFrame:
+        """Per-second corrected p50/p99/max and service p50/p99, all tasks together; each
+        closed second is computed once."""
         lat, svc = self._lat.read(), self._svc.read()
-        rows = []
         for t, h in lat.items():
-            if t < since:
+            if t in self._lat_rows:
                 continue
             s = svc.get(t)
-            for name, v in (
-                ("p50", h.percentile(50)),
-                ("p99", h.percentile(99)),
-                ("max", h.max),
-                ("service p50", s.percentile(50) if s else None),
-                ("service p99", s.percentile(99) if s else None),
-            ):
-                if v is not None:
-                    rows.append((t, name, v))
-        return pl.DataFrame(
-            rows, schema={"elapsed_s": pl.Float64, "series": pl.String, "ms": pl.Float64},
-            orient="row",
-        )  # fmt: skip
+            self._lat_rows[t] = [
+                (t, name, v)
+                for name, v in (
+                    ("p50", h.percentile(50)),
+                    ("p99", h.percentile(99)),
+                    ("max", h.max),
+                    ("service p50", s.percentile(50) if s else None),
+                    ("service p99", s.percentile(99) if s else None),
+                )
+                if v is not None
+            ]
+        rows = [r for t, rs in self._lat_rows.items() if t >= since for r in rs]
+        return pl.DataFrame(rows, schema=_LAT_SCHEMA, orient="row")
 
-    def chart(self) -> alt.VConcatChart:
-        """The dashboard's charts for the seconds closed so far (the last ``window_s``)."""
+    def data(self) -> tuple[pl.DataFrame, pl.DataFrame, float, float]:
+        """What the charts draw, for the seconds closed so far (the last ``window_s``):
+        per-second rows (all tasks), per-second latency series, and the time span."""
         m = self.run.metrics
         end = float(m["elapsed_s"].max() or 0.0) + 1 if len(m) else 0.0  # type: ignore[arg-type]
         since = max(0.0, end - self.window_s) if self.window_s else 0.0
@@ -186,60 +275,16 @@ class Dashboard:
             )
             .sort("elapsed_s")
         )
-        x = alt.X("elapsed_s:Q", title="seconds")
-        rate = (
-            alt.Chart(
-                per.select(
-                    "elapsed_s",
-                    pl.col("achieved_rps").alias("achieved"),
-                    pl.col("target_rps").alias("target"),
-                ).unpivot(index="elapsed_s", on=["achieved", "target"])
-            )
-            .mark_line()
-            .encode(
-                x=x,
-                y=alt.Y("value:Q", title="requests/s"),
-                color=alt.Color("variable:N", title=None, legend=alt.Legend(orient="bottom")),
-            )
-            .properties(title="Rate: achieved vs target", width=_WIDTH, height=150)
+        return (
+            per.cast(dict.fromkeys(PER_COLUMNS, pl.Float64)),
+            self._latency_frame(since),
+            since,
+            end,
         )
-        latency = (
-            alt.Chart(self._latency_frame(since))
-            .mark_line()
-            .encode(
-                x=x,
-                y=alt.Y("ms:Q", title="ms", scale=alt.Scale(type="symlog")),
-                color=alt.Color(
-                    "series:N",
-                    title=None,
-                    sort=["p50", "p99", "max", "service p50", "service p99"],
-                    legend=alt.Legend(orient="bottom", columns=3),
-                ),
-                strokeDash=alt.condition(
-                    "indexof(datum.series, 'service') >= 0",
-                    alt.value([4, 3]),
-                    alt.value([1, 0]),
-                ),
-            )
-            .properties(title="Latency (corrected; service dashed)", width=_WIDTH, height=150)
-        )
-        errors = charts.error_bars(
-            per, title="Errors by kind", width=_WIDTH, height=150, domain=(since, end)
-        )
-        load = (
-            alt.Chart(per.unpivot(index="elapsed_s", on=["in_flight", "missed"]))
-            .mark_line()
-            .encode(
-                x=x,
-                y=alt.Y("value:Q", title="requests"),
-                color=alt.Color("variable:N", title=None, legend=alt.Legend(orient="bottom")),
-            )
-            .properties(title="In flight and missed arrivals", width=_WIDTH, height=150)
-        )
-        top = alt.hconcat(rate, latency).resolve_scale(color="independent")
-        bottom = alt.hconcat(errors, load).resolve_scale(color="independent")
-        out: alt.VConcatChart = alt.vconcat(top, bottom).resolve_scale(color="independent")
-        return out
+
+    def chart(self) -> alt.VConcatChart:
+        """The dashboard's charts as an Altair chart (what each frame draws)."""
+        return dashboard_chart(*self.data())
 
     def _headline(self, final: Summary | None) -> str:
         run = self.run
@@ -286,18 +331,17 @@ class Dashboard:
         # Read without waiting: waiting on the run from this thread would run its end hooks.
         final = self.run._summary_if_done()
         head = self._headline(final)
+        svg = ""
         if len(self.run.metrics):
-            if self._renderer is None:
-                self._renderer = _SvgRenderer()
-            svg = self._renderer.svg(self.chart().to_dict())
-        else:
-            svg = ""
+            if final is not None:
+                import vl_convert as vlc
+
+                svg = vlc.vegalite_to_svg(self.chart().to_dict())
+            else:
+                svg = live_frame(*self.data())
         body = head + f"<div class='lp-live'>{svg}</div>"
         if final is not None:
             body += final.html()
-            if self._renderer is not None:
-                self._renderer.close()
-                self._renderer = None
         self.render_s += time.perf_counter() - t0
         self.frames += 1
         bundle = {"text/html": body, "text/plain": f"<Dashboard of {self.run.plan.name!r}>"}
