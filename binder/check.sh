@@ -16,7 +16,8 @@ python -m pip install --quiet "jupyterlab>=4" "ipywidgets>=8" "nbval>=0.11" "pyt
 (cd "$work/repo" && bash binder/postBuild)
 test ! -e "$work/repo/target" || { echo "postBuild left the build cache behind"; exit 1; }
 test ! -e "$CARGO_HOME/registry" || { echo "postBuild left the crate cache behind"; exit 1; }
+# From outside the checkout, so the installed package is imported, not the source tree.
+(cd "$work" && python -c "import loadpilot as lp; print('loadpilot', lp.__version__, lp.__file__)")
 cd "$work/repo"
-python -c "import loadpilot, sys; print('loadpilot', loadpilot.__version__, 'in', sys.prefix)"
 python -m pytest --nbval-lax -p no:cacheprovider -q notebooks
 echo "binder recipe: OK"
