@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import altair as alt
 import polars as pl
 
-from loadpilot import _store
+from loadpilot import _engine, _store
 from loadpilot.analysis import spectrum
 from loadpilot.runs import RunResult, load_run
 
@@ -70,24 +70,41 @@ def spectrum_chart(
     return chart
 
 
-def _over_time(m: pl.DataFrame) -> pl.DataFrame:
-    """Interval rows summed over tasks (latency columns: the worst task of the interval)."""
+def per_second(m: pl.DataFrame) -> pl.DataFrame:
+    """Interval rows of all tasks together, one row per second: counts and rates summed, gauges
+    (in flight, active users) at their highest; ``target_rps`` null in a closed model."""
     return (
         m.group_by("elapsed_s")
         .agg(
             pl.col("requests").sum(),
             pl.col("errors").sum(),
             pl.col("achieved_rps").sum(),
-            # null in a closed model: no target rate to sum
             pl.when(pl.col("target_rps").is_null().all())
             .then(None)
             .otherwise(pl.col("target_rps").sum())
             .alias("target_rps"),
+            pl.col("in_flight").max(),
+            pl.col("missed").sum(),
             pl.col("active_users").max(),
             *(pl.col(f"errors_{k}").sum() for k in _store.ERROR_KINDS),
         )
         .sort("elapsed_s")
     )
+
+
+def latency_points(
+    t: float, h: _engine.Histogram, service: _engine.Histogram | None
+) -> list[tuple[float, str, float]]:
+    """One second's points of the latency chart: corrected p50, p99 and max, service-time p50
+    and p99, as ``(elapsed_s, series, ms)``."""
+    points = (
+        ("p50", h.percentile(50)),
+        ("p99", h.percentile(99)),
+        ("max", h.max),
+        ("service p50", service.percentile(50) if service else None),
+        ("service p99", service.percentile(99) if service else None),
+    )
+    return [(t, name, v) for name, v in points if v is not None]
 
 
 def latency_chart(run: RunResult | str | Path, *, title: str | None = None) -> alt.Chart:
@@ -97,25 +114,12 @@ def latency_chart(run: RunResult | str | Path, *, title: str | None = None) -> a
     r = _run(run)
     lat = dict(r.interval_histograms())
     svc = dict(r.interval_histograms(service=True))
-    rows = []
-    for t, h in lat.items():
-        s = svc.get(t)
-        for name, value in (
-            ("p50", h.percentile(50)),
-            ("p99", h.percentile(99)),
-            ("max", h.max),
-            ("service p50", s.percentile(50) if s else None),
-            ("service p99", s.percentile(99) if s else None),
-        ):
-            if value is not None:
-                rows.append(
-                    {
-                        "elapsed_s": t,
-                        "series": name,
-                        "ms": value,
-                        "time": "service" if name.startswith("service") else "corrected",
-                    }
-                )
+    rows = [
+        {"elapsed_s": t, "series": name, "ms": v,
+         "time": "service" if name.startswith("service") else "corrected"}
+        for t0, h in lat.items()
+        for t, name, v in latency_points(t0, h, svc.get(t0))
+    ]  # fmt: skip
     frame = pl.DataFrame(
         rows,
         schema={"elapsed_s": pl.Float64, "series": pl.String, "ms": pl.Float64, "time": pl.String},
@@ -149,7 +153,7 @@ def rate_chart(run: RunResult | str | Path, *, title: str | None = None) -> alt.
     """Achieved requests per second against the profile's target rate (open model) or the
     active users (closed model)."""
     r = _run(run)
-    per = _over_time(r.metrics)
+    per = per_second(r.metrics)
     on = ["achieved_rps", "target_rps"] if r.plan.load.model == "open" else ["achieved_rps"]
     frame = per.unpivot(index="elapsed_s", on=on).drop_nulls("value")
     frame = frame.with_columns(
@@ -217,7 +221,7 @@ def error_bars(
 def errors_chart(run: RunResult | str | Path, *, title: str | None = None) -> alt.Chart:
     """Failed requests per second, stacked by kind (connect, timeout, status, check, ...)."""
     r = _run(run)
-    return error_bars(_over_time(r.metrics), title=title or "Errors per second by kind")
+    return error_bars(per_second(r.metrics), title=title or "Errors per second by kind")
 
 
 def capacity_chart(cap: Capacity) -> alt.VConcatChart:

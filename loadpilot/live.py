@@ -236,20 +236,8 @@ class Dashboard:
         closed second is computed once."""
         lat, svc = self._lat.read(), self._svc.read()
         for t, h in lat.items():
-            if t in self._lat_rows:
-                continue
-            s = svc.get(t)
-            self._lat_rows[t] = [
-                (t, name, v)
-                for name, v in (
-                    ("p50", h.percentile(50)),
-                    ("p99", h.percentile(99)),
-                    ("max", h.max),
-                    ("service p50", s.percentile(50) if s else None),
-                    ("service p99", s.percentile(99) if s else None),
-                )
-                if v is not None
-            ]
+            if t not in self._lat_rows:
+                self._lat_rows[t] = charts.latency_points(t, h, svc.get(t))
         rows = [r for t, rs in self._lat_rows.items() if t >= since for r in rs]
         return pl.DataFrame(rows, schema=_LAT_SCHEMA, orient="row")
 
@@ -259,22 +247,7 @@ class Dashboard:
         m = self.run.metrics
         end = float(m["elapsed_s"].max() or 0.0) + 1 if len(m) else 0.0  # type: ignore[arg-type]
         since = max(0.0, end - self.window_s) if self.window_s else 0.0
-        m = m.filter(pl.col("elapsed_s") >= since)
-        per = (
-            m.group_by("elapsed_s")
-            .agg(
-                pl.col("achieved_rps").sum(),
-                pl.when(pl.col("target_rps").is_null().all())
-                .then(None)
-                .otherwise(pl.col("target_rps").sum())
-                .alias("target_rps"),
-                pl.col("in_flight").max(),
-                pl.col("missed").sum(),
-                pl.col("active_users").max(),
-                *(pl.col(f"errors_{k}").sum() for k in _store.ERROR_KINDS),
-            )
-            .sort("elapsed_s")
-        )
+        per = charts.per_second(m.filter(pl.col("elapsed_s") >= since)).select(PER_COLUMNS)
         return (
             per.cast(dict.fromkeys(PER_COLUMNS, pl.Float64)),
             self._latency_frame(since),
