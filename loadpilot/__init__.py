@@ -7,11 +7,9 @@ two runs, :func:`spectrum` of latency, :func:`capacity` and :func:`max_sustainab
 step run, :func:`fit_usl`, :func:`report` and :func:`export`; charts in ``loadpilot.charts``.
 """
 
-from loadpilot import charts
+from typing import TYPE_CHECKING, Any
+
 from loadpilot._engine import __version__
-from loadpilot.analysis import export, spectrum
-from loadpilot.capacity import USL, Capacity, Sustainable, capacity, fit_usl, max_sustainable_rps
-from loadpilot.compare import Comparison, compare
 from loadpilot.errors import LoadPilotError, PlanError, RunDirError, TargetError
 from loadpilot.loader import load_scenario, load_scenarios
 from loadpilot.plan import (
@@ -38,13 +36,58 @@ from loadpilot.profiles import (
     step,
     users,
 )
-from loadpilot.report import report
 from loadpilot.runs import Histogram, LoadedRun, Run, RunResult, load_run, run, start
 from loadpilot.scenario import Scenario, ScenarioError, VUser, expect, feed, scenario, task
 from loadpilot.summary import Summary
 from loadpilot.target import TargetServer, start_target
-from loadpilot.tuner import Tuner, tune
 from loadpilot.vusers import RequestError, Response
+
+if TYPE_CHECKING:
+    from loadpilot import charts
+    from loadpilot.analysis import export, spectrum
+    from loadpilot.comparing import Comparison, compare
+    from loadpilot.planning import (
+        USL,
+        Capacity,
+        Sustainable,
+        capacity,
+        fit_usl,
+        max_sustainable_rps,
+    )
+    from loadpilot.reporting import report
+    from loadpilot.tuner import Tuner, tune
+
+# Analysis, charts, reports and widgets pull in numpy, Altair and ipywidgets: imported on first
+# use, so a load test (and the CLI) starts without them.
+_LAZY = {
+    "charts": ("loadpilot.charts", None),
+    "export": ("loadpilot.analysis", "export"),
+    "spectrum": ("loadpilot.analysis", "spectrum"),
+    "USL": ("loadpilot.planning", "USL"),
+    "Capacity": ("loadpilot.planning", "Capacity"),
+    "Sustainable": ("loadpilot.planning", "Sustainable"),
+    "capacity": ("loadpilot.planning", "capacity"),
+    "fit_usl": ("loadpilot.planning", "fit_usl"),
+    "max_sustainable_rps": ("loadpilot.planning", "max_sustainable_rps"),
+    "Comparison": ("loadpilot.comparing", "Comparison"),
+    "compare": ("loadpilot.comparing", "compare"),
+    "report": ("loadpilot.reporting", "report"),
+    "Tuner": ("loadpilot.tuner", "Tuner"),
+    "tune": ("loadpilot.tuner", "tune"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'loadpilot' has no attribute {name!r}")
+    import importlib
+
+    module, attr = _LAZY[name]
+    value = importlib.import_module(module)
+    found = value if attr is None else getattr(value, attr)
+    globals()[name] = found
+    return found
+
 
 __all__ = [
     "USL",

@@ -16,7 +16,7 @@ from loadpilot.analysis import spectrum
 from loadpilot.runs import RunResult, load_run
 
 if TYPE_CHECKING:
-    from loadpilot.capacity import Capacity
+    from loadpilot.planning import Capacity
 
 WIDTH = 640
 

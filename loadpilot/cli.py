@@ -20,13 +20,10 @@ from pathlib import Path
 
 from loadpilot import runs as _run
 from loadpilot import thresholds
-from loadpilot.analysis import export
-from loadpilot.compare import compare
 from loadpilot.errors import LoadPilotError
 from loadpilot.loader import load_scenario
 from loadpilot.plan import Constant, Expect, OpenLoad, Plan, Ramp, Request, Task
 from loadpilot.profiles import Profile, constant, parse_duration, users
-from loadpilot.report import report
 from loadpilot.scenario import Scenario
 from loadpilot.target import start_target
 
@@ -97,6 +94,8 @@ def _execute(
         for v in verdicts:
             print(f"  {v}")
     if report_to is not None:
+        from loadpilot.reporting import report
+
         print(f"report: {report(r, report_to, checks)}")
     print(f"\nended: {s.ended}; everything is in {r.path}/")
     if interrupted:
@@ -231,6 +230,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    from loadpilot.comparing import compare
+
     c = compare(
         args.baseline,
         args.candidate,
@@ -248,12 +249,16 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from loadpilot.reporting import report
+
     checks = [thresholds.parse_cli(t) for t in args.threshold or []]
     print(f"report: {report(args.runs, args.output, checks)}")
     return EXIT_OK
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from loadpilot.analysis import export
+
     formats = args.format or ["csv", "parquet", "hgrm"]
     for f in export(args.run, args.to, formats=formats):
         print(f)

@@ -87,8 +87,8 @@ class RunResult:
         return sorted(by_start.items())
 
     def report(self, path: str | Path, thresholds: Sequence[Threshold] | None = None) -> Path:
-        """Writes this run's self-contained HTML report (see :func:`loadpilot.report`)."""
-        from loadpilot.report import report
+        """Writes this run's self-contained HTML report (see :func:`loadpilot.reporting`)."""
+        from loadpilot.reporting import report
 
         return report(self, path, thresholds)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import altair as alt
 
 from loadpilot import charts
-from loadpilot.capacity import capacity
-from loadpilot.compare import compare
+from loadpilot.comparing import compare
 from loadpilot.plan import Step
+from loadpilot.planning import capacity
 from loadpilot.runs import RunResult, load_run
 from loadpilot.summary import Summary
 from loadpilot.thresholds import Threshold, Verdict, evaluate
