@@ -70,7 +70,7 @@ format: $(STAMP) ## Format Python and Rust
 	cargo fmt --all
 
 .PHONY: bench
-bench: bench-engine bench-python bench-live ## Every benchmark (results in bench/results/, summary in docs/benchmarks.md)
+bench: bench-engine bench-python bench-live bench-peers ## Every benchmark (results in bench/results/, summary in docs/benchmarks.md)
 
 .PHONY: bench-engine
 bench-engine: build-dev ## Engine throughput vs wrk and memory over a long run (see docs/benchmarks.md)
@@ -79,6 +79,11 @@ bench-engine: build-dev ## Engine throughput vs wrk and memory over a long run (
 .PHONY: bench-python
 bench-python: build-dev ## Python-logic tasks vs Locust FastHttpUser (installs locust into .venv)
 	$(PY) bench/python_path.py
+
+.PHONY: bench-peers
+bench-peers: build-dev ## Against wrk, oha, k6 and Locust (installs them); then the chart
+	$(PY) bench/peers.py
+	$(PY) bench/chart.py
 
 .PHONY: bench-live
 bench-live: build-dev ## What the notebook's live dashboard costs a run

@@ -304,7 +304,9 @@ def fixed_rate(args: argparse.Namespace, tools: dict[str, str]) -> dict[str, obj
         target.close()
     for runs in raw.values():
         for r in runs:
-            r["rate_error"] = abs(r["rps"] - rate) / rate
+            # From the requests sent over the planned duration, not each tool's own rate figure
+            # (which divides by the time it measured itself).
+            r["rate_error"] = abs(r["requests"] / secs - rate) / rate
     return {"offered_rps": rate, "seconds": secs, "raw": raw, "summary": _summarise(raw)}
 
 
