@@ -19,6 +19,22 @@ from engine import HERE
 OUT = HERE.parent / "docs" / "images" / "benchmarks.svg"
 
 
+def bars(rows: list[dict[str, object]], field: str, title: str) -> alt.Chart:
+    """Horizontal bars per tool, LoadPilot's highlighted."""
+    chart: alt.Chart = (
+        alt.Chart(pl.DataFrame(rows))
+        .mark_bar()
+        .encode(
+            x=alt.X(f"{field}:Q", title=title),
+            y=alt.Y("tool:N", sort="-x", title=None),
+            color=alt.condition(
+                "datum.tool == 'loadpilot'", alt.value("#4c78a8"), alt.value("#bab0ac")
+            ),
+        )
+    )
+    return chart
+
+
 def main() -> None:
     files = sorted((HERE / "results").glob("peers-*.json"))
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else files[-1]
@@ -28,39 +44,21 @@ def main() -> None:
         rows = [{"tool": t, "rps": f["rps"]["median"]}
                 for t, f in data["throughput"]["summary"].items()]  # fmt: skip
         panels.append(
-            alt.Chart(pl.DataFrame(rows))
-            .mark_bar()
-            .encode(
-                x=alt.X("rps:Q", title="requests/s (median)"),
-                y=alt.Y("tool:N", sort="-x", title=None),
-                color=alt.condition(
-                    "datum.tool == 'loadpilot'", alt.value("#4c78a8"), alt.value("#bab0ac")
-                ),
+            bars(rows, "rps", "requests/s (median)").properties(
+                title="Max throughput, 32 connections (higher is better)", width=420
             )
-            .properties(title="Max throughput, 32 connections (higher is better)", width=420)
         )
     if "stall" in data:
         theory = data["stall"]["theory_p99_ms"]
         rows = [{"tool": t, "p99": f["p99_ms"]["median"]}
                 for t, f in data["stall"]["summary"].items()]  # fmt: skip
-        bars = (
-            alt.Chart(pl.DataFrame(rows))
-            .mark_bar()
-            .encode(
-                x=alt.X("p99:Q", title="reported p99 (ms, median)"),
-                y=alt.Y("tool:N", sort="-x", title=None),
-                color=alt.condition(
-                    "datum.tool == 'loadpilot'", alt.value("#4c78a8"), alt.value("#bab0ac")
-                ),
-            )
-        )
         rule = (
             alt.Chart(pl.DataFrame({"theory": [theory]}))
             .mark_rule(color="firebrick", strokeDash=[4, 3])
             .encode(x="theory:Q")
         )
         panels.append(
-            (bars + rule).properties(
+            (bars(rows, "p99", "reported p99 (ms, median)") + rule).properties(
                 title=f"Reported p99 under a 500 ms stall every 5 s (theory ≈ {theory:g} ms)",
                 width=420,
             )
