@@ -362,19 +362,22 @@ def memory(args: argparse.Namespace, tools: dict[str, str]) -> dict[str, object]
 
     # Per user: the growth of peak RSS from 100 to 10,000 users, so each tool's fixed cost
     # (an interpreter, a JavaScript runtime) is not charged to its users.
-    fns = {"loadpilot": loadpilot, "k6": k6, "locust": locust}
-    raw: dict[str, list[dict[str, float]]] = {k: [] for k in fns}
+    def growth(fn: Callable[[int], dict[str, float]]) -> Tool:
+        def measure() -> dict[str, float]:
+            small, large = fn(few), fn(many)
+            return {
+                "rss_mib_100_users": small["rss_mib"],
+                "rss_mib_10k_users": large["rss_mib"],
+                "rps_10k_users": large["rps"],
+                "kib_per_user": (large["rss_mib"] - small["rss_mib"]) * 1024 / (many - few),
+            }
+
+        return measure
+
     try:
-        for i in range(args.rounds):
-            for name, fn in fns.items():
-                print(f"  round {i + 1}: {name}", flush=True)
-                small, large = fn(few), fn(many)
-                raw[name].append({
-                    "rss_mib_100_users": small["rss_mib"],
-                    "rss_mib_10k_users": large["rss_mib"],
-                    "rps_10k_users": large["rps"],
-                    "kib_per_user": (large["rss_mib"] - small["rss_mib"]) * 1024 / (many - few),
-                })  # fmt: skip
+        raw = rounds({name: growth(fn) for name, fn in
+                      {"loadpilot": loadpilot, "k6": k6, "locust": locust}.items()},
+                     args.rounds)  # fmt: skip
     finally:
         target.close()
     return {"users": many, "seconds": secs, "think_s": think, "raw": raw,

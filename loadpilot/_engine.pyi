@@ -14,6 +14,7 @@ __all__ = [
     "TargetError",
     "TargetServer",
     "read_hlog",
+    "read_hlog_from",
     "start_run",
     "start_target",
     "validate_plan",
@@ -133,3 +134,6 @@ def start_target(config_json: str) -> TargetServer: ...
 def read_hlog(
     path: str | PathLike[str],
 ) -> list[tuple[str | None, float, float, Histogram]]: ...
+def read_hlog_from(
+    path: str | PathLike[str], offset: int
+) -> tuple[list[tuple[str | None, float, float, Histogram]], int]: ...

@@ -32,37 +32,19 @@ _WIDTH = 300
 
 
 class _HlogTail:
-    """Reads an ``.hlog`` as it grows: only the new complete lines at each call, each
+    """An ``.hlog`` followed as it grows (the engine's reader, from where it stopped), each
     interval's tasks added up."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.offset = 0
-        self.partial = b""
         self.intervals: dict[float, _engine.Histogram] = {}
 
     def read(self) -> dict[float, _engine.Histogram]:
-        try:
-            with self.path.open("rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
+        if not self.path.exists():
             return self.intervals
-        self.offset += len(data)
-        data = self.partial + data
-        lines = data.split(b"\n")
-        self.partial = lines.pop()
-        for raw in lines:
-            line = raw.decode("utf-8", "replace").strip()
-            if not line or line.startswith("#") or line.startswith('"'):
-                continue
-            if line.startswith("Tag="):
-                line = line.split(",", 1)[1]
-            parts = line.split(",")
-            if len(parts) != 4:
-                continue
-            start = float(parts[0])
-            h = _engine.Histogram.decode(parts[3])
+        lines, self.offset = _engine.read_hlog_from(self.path, self.offset)
+        for _tag, start, _length, h in lines:
             if start in self.intervals:
                 self.intervals[start].add(h)
             else:

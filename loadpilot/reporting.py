@@ -106,8 +106,10 @@ def _started(s: Summary) -> str:
     return dt.datetime.fromtimestamp(s.started_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _run_section(page: _Page, run: RunResult, verdicts: Sequence[Verdict], level: int) -> None:
-    s = run.summary()
+def _run_section(
+    page: _Page, run: RunResult, s: Summary, checks: Sequence[Threshold], level: int
+) -> None:
+    verdicts = evaluate(s, list(checks))
     h = f"h{level}"
     sub = f"h{level + 1}"
     page.add(
@@ -172,16 +174,17 @@ def report(
     checks = list(thresholds or [])
     page = _Page()
     if len(resolved) == 1:
-        run = resolved[0]
-        _run_section(page, run, evaluate(run.summary(), checks), 1)
-        title = run.summary().name
+        summary = resolved[0].summary()
+        _run_section(page, resolved[0], summary, checks, 1)
+        title = summary.name
     else:
         title = f"{len(resolved)} runs"
         base = resolved[0]
+        summaries = [r.summary() for r in resolved]
         listing = "".join(
-            f"<li>{html.escape(r.summary().name)}: <code>{html.escape(str(r.path))}</code>"
+            f"<li>{html.escape(s.name)}: <code>{html.escape(str(r.path))}</code>"
             f"{' (baseline)' if i == 0 else ''}</li>"
-            for i, r in enumerate(resolved)
+            for i, (r, s) in enumerate(zip(resolved, summaries, strict=True))
         )
         page.add(f"<h1>LoadPilot report: {title}</h1><ul>{listing}</ul>")
         page.add("<h2>Comparison with the baseline</h2>")
@@ -190,9 +193,9 @@ def report(
         page.add("<h2>Latency by percentile</h2>")
         labels = [f"{i + 1}. {r.path.name}" for i, r in enumerate(resolved)]
         page.chart(charts.spectrum_chart(resolved, labels=labels))
-        for r in resolved:
+        for r, s in zip(resolved, summaries, strict=True):
             page.add('<section class="run">')
-            _run_section(page, r, evaluate(r.summary(), checks), 2)
+            _run_section(page, r, s, checks, 2)
             page.add("</section>")
     out = Path(path)
     out.write_text(page.html(title), encoding="utf-8")

@@ -5,7 +5,7 @@
 //! grow line by line; `summary.json` is written once at the end.
 
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -211,13 +211,33 @@ pub struct LogEntry {
 /// Reads an interval log: ours or any V2 `.hlog` (tagged or not). A torn last line (the writer
 /// was killed mid-write) is skipped; any other bad line is an error naming the line.
 pub fn read_hlog(path: &Path) -> Result<Vec<LogEntry>> {
-    let f = File::open(path).map_err(|e| Error::io(path, e))?;
-    let lines: Vec<String> = BufReader::new(f)
-        .lines()
-        .collect::<std::io::Result<_>>()
+    let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let lines: Vec<&str> = text.lines().collect();
+    let torn_ok = lines.len();
+    parse_hlog_lines(path, &lines, torn_ok)
+}
+
+/// Follows an interval log as it grows: the entries of the complete lines from byte `offset`
+/// on, and the offset to call again with. A line not yet ended by a newline is left for the
+/// next call.
+pub fn read_hlog_from(path: &Path, offset: u64) -> Result<(Vec<LogEntry>, u64)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    f.seek(SeekFrom::Start(offset))
         .map_err(|e| Error::io(path, e))?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let text = String::from_utf8_lossy(&bytes[..complete]);
+    let lines: Vec<&str> = text.lines().collect();
+    let entries = parse_hlog_lines(path, &lines, 0)?;
+    Ok((entries, offset + complete as u64))
+}
+
+/// Parses `.hlog` lines; line number `torn` (1-based) may be torn and is then skipped (0: no
+/// line may be). Errors name the line.
+fn parse_hlog_lines(path: &Path, lines: &[&str], torn: usize) -> Result<Vec<LogEntry>> {
     let mut out = Vec::new();
-    let n = lines.len();
     for (i, line) in lines.iter().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') || line.starts_with('"') {
@@ -245,7 +265,7 @@ pub fn read_hlog(path: &Path) -> Result<Vec<LogEntry>> {
         })();
         match parsed {
             Some(e) => out.push(e),
-            None if i + 1 == n => {} // torn last line
+            None if i + 1 == torn => {} // torn last line
             None => {
                 return Err(Error::Format {
                     path: path.to_path_buf(),
@@ -255,4 +275,52 @@ pub fn read_hlog(path: &Path) -> Result<Vec<LogEntry>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::new_hist;
+
+    fn line(tag: &str, start: f64, us: u64) -> String {
+        let mut h = new_hist();
+        h.record(us).unwrap();
+        format!(
+            "Tag={tag},{start:.3},1.000,{:.3},{}\n",
+            us as f64 / 1000.0,
+            encode_hist(&h)
+        )
+    }
+
+    #[test]
+    fn a_growing_log_is_followed_line_by_complete_line() {
+        let path = std::env::temp_dir().join(format!("lp-follow-{}.hlog", std::process::id()));
+        let third = line("a", 2.0, 3000);
+        let (head, tail) = third.split_at(20);
+        let text = format!(
+            "#[a header]\n{}{}{head}",
+            line("a", 0.0, 1000),
+            line("b", 1.0, 2000)
+        );
+        fs::write(&path, &text).unwrap();
+
+        // The whole-file reader skips the torn last line; the follower leaves it for later.
+        assert_eq!(read_hlog(&path).unwrap().len(), 2);
+        let (first, offset) = read_hlog_from(&path, 0).unwrap();
+        assert_eq!(first.len(), 2);
+        assert_eq!(offset as usize, text.len() - head.len());
+
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(tail.as_bytes())
+            .unwrap();
+        let (next, end) = read_hlog_from(&path, offset).unwrap();
+        assert_eq!(next.len(), 1);
+        assert_eq!((next[0].tag.as_deref(), next[0].start_s), (Some("a"), 2.0));
+        assert_eq!(end as usize, text.len() + tail.len());
+        assert!(read_hlog_from(&path, end).unwrap().0.is_empty());
+        fs::remove_file(&path).unwrap();
+    }
 }

@@ -611,22 +611,35 @@ fn start_target(config_json: &str) -> PyResult<PyTarget> {
 /// One `.hlog` line: (tag, start_s, length_s, histogram).
 type LogLine = (Option<String>, f64, f64, PyHistogram);
 
+fn log_lines(entries: Vec<loadpilot_core::rundir::LogEntry>) -> Vec<LogLine> {
+    entries
+        .into_iter()
+        .map(|e| (e.tag, e.start_s, e.length_s, PyHistogram { h: e.hist }))
+        .collect()
+}
+
 /// Reads an `.hlog` into its lines.
 #[pyfunction]
 fn read_hlog(path: PathBuf) -> PyResult<Vec<LogLine>> {
     let entries = loadpilot_core::rundir::read_hlog(&path).map_err(CoreError)?;
-    Ok(entries
-        .into_iter()
-        .map(|e| (e.tag, e.start_s, e.length_s, PyHistogram { h: e.hist }))
-        .collect())
+    Ok(log_lines(entries))
+}
+
+/// Follows an `.hlog` as it grows: the complete lines from byte `offset` on, and the offset
+/// to call again with.
+#[pyfunction]
+fn read_hlog_from(path: PathBuf, offset: u64) -> PyResult<(Vec<LogLine>, u64)> {
+    let (entries, next) =
+        loadpilot_core::rundir::read_hlog_from(&path, offset).map_err(CoreError)?;
+    Ok((log_lines(entries), next))
 }
 
 #[pymodule]
 mod _engine {
     #[pymodule_export]
     use super::{
-        read_hlog, start_run, start_target, validate_plan, LoadPilotError, PlanError, PyHistogram,
-        PyMailbox, PyRun, PySession, PyTarget, RunDirError, TargetError,
+        read_hlog, read_hlog_from, start_run, start_target, validate_plan, LoadPilotError,
+        PlanError, PyHistogram, PyMailbox, PyRun, PySession, PyTarget, RunDirError, TargetError,
     };
 
     #[pymodule_init]
