@@ -28,7 +28,7 @@ def bars(rows: list[dict[str, object]], field: str, title: str) -> alt.Chart:
             x=alt.X(f"{field}:Q", title=title),
             y=alt.Y("tool:N", sort="-x", title=None),
             color=alt.condition(
-                "datum.tool == 'loadpilot'", alt.value("#4c78a8"), alt.value("#bab0ac")
+                "indexof(datum.tool, 'loadpilot') == 0", alt.value("#4c78a8"), alt.value("#bab0ac")
             ),
         )
     )

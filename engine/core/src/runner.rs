@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use crate::http::{Client, CompiledRequest, ErrorKind, Target};
 use crate::metrics::{Recorder, Row, RowContext, TaskData};
+use crate::pacer;
 use crate::plan::{ArrivalKind, FeedMode, Feeder, Load, Plan};
 use crate::profile::Profile;
 use crate::rundir::{epoch_seconds, RunWriter, Stats, Summary, TaskSummary};
@@ -557,7 +558,7 @@ async fn open_worker(ctx: Arc<Ctx>, vu: u64) {
         let late = now > due + LATE;
         if due > now {
             tokio::select! {
-                _ = sleep_until(due.into()) => {}
+                _ = pacer::until(due) => {}
                 _ = &mut stopped => break,
             }
         }
@@ -612,8 +613,11 @@ async fn closed_worker(ctx: Arc<Ctx>, vu: u64) {
         }
         let iter = iterations.fetch_add(1, Ordering::Relaxed);
         let task = ctx.mix.pick(iter);
+        // Boxed: an iteration's state (the request in flight, hyper's futures) is a few KiB;
+        // inline it would stay in every user's task while the user thinks, and a run may hold
+        // tens of thousands of thinking users.
         let went = tokio::select! {
-            go_on = iteration(&ctx, &mut client, vu, iter, task, None, user) => go_on,
+            go_on = Box::pin(iteration(&ctx, &mut client, vu, iter, task, None, user)) => go_on,
             _ = &mut stopped => false,
         };
         if !went {

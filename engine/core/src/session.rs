@@ -19,7 +19,6 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderName, HeaderValue, HOST};
 use hyper::{Method, Request};
-use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 
 use crate::check::Check;
@@ -73,7 +72,7 @@ pub(crate) async fn dispatch(ctx: Arc<Ctx>) {
         let due = ctx.start + Duration::from_secs_f64(a.due);
         if due > Instant::now() {
             tokio::select! {
-                _ = sleep_until(due.into()) => {}
+                _ = crate::pacer::until(due) => {}
                 _ = ctx.stop.cancelled() => break,
             }
         }
