@@ -190,7 +190,7 @@ n, seconds, think = float(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
 if model == "open":
     profile = lp.constant(n, seconds)
 else:
-    profile = lp.users(int(n), seconds, think=think)
+    profile = lp.users(int(n), seconds, think=think or None)
 if path == "engine":
     class User(lp.VUser):
         @lp.task

@@ -257,7 +257,10 @@ impl Client {
     pub async fn ensure_connected(&mut self) -> Result<(), ErrorKind> {
         if !self.has_connection() {
             self.sender = None;
-            self.connect().await?;
+            // Boxed: connecting (TCP, TLS, the HTTP/1 handshake) needs far more state than a
+            // request on an open connection, and is rare; inline it would be moved with every
+            // request's future.
+            Box::pin(self.connect()).await?;
         }
         Ok(())
     }
