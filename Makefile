@@ -81,9 +81,10 @@ bench-python: build-dev ## Python-logic tasks vs Locust FastHttpUser (installs l
 	$(PY) bench/python_path.py
 
 .PHONY: bench-peers
-bench-peers: build-dev ## Against wrk, oha, k6 and Locust (installs them); then the chart
+bench-peers: build-dev ## Against wrk, oha, k6 and Locust (installs them); then the chart and tables
 	$(PY) bench/peers.py
 	$(PY) bench/chart.py
+	$(PY) bench/tables.py
 
 .PHONY: bench-live
 bench-live: build-dev ## What the notebook's live dashboard costs a run

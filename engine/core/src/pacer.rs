@@ -25,10 +25,19 @@ pub async fn until(due: Instant) {
     if due <= now {
         return;
     }
+    let Some(pacer) = pacer() else {
+        // No thread for the pacer (the process is out of them): tokio's timer alone.
+        return tokio::time::sleep_until(due.into()).await;
+    };
     if due - now > COARSE * 2 {
         tokio::time::sleep_until((due - COARSE).into()).await;
     }
-    Precise { due, slot: None }.await
+    Precise {
+        due,
+        pacer,
+        slot: None,
+    }
+    .await
 }
 
 struct Slot {
@@ -37,6 +46,7 @@ struct Slot {
 
 struct Precise {
     due: Instant,
+    pacer: &'static Pacer,
     slot: Option<Arc<Slot>>,
 }
 
@@ -57,7 +67,7 @@ impl Future for Precise {
                 let slot = Arc::new(Slot {
                     waker: Mutex::new(cx.waker().clone()),
                 });
-                pacer().add(self.due, slot.clone());
+                self.pacer.add(self.due, slot.clone());
                 self.slot = Some(slot);
             }
         }
@@ -93,9 +103,10 @@ struct Pacer {
     changed: Condvar,
 }
 
-fn pacer() -> &'static Pacer {
-    static PACER: OnceLock<&'static Pacer> = OnceLock::new();
-    PACER.get_or_init(|| {
+/// The process's pacer, started on first use; `None` if its thread could not be started.
+fn pacer() -> Option<&'static Pacer> {
+    static PACER: OnceLock<Option<&'static Pacer>> = OnceLock::new();
+    *PACER.get_or_init(|| {
         let p: &'static Pacer = Box::leak(Box::new(Pacer {
             heap: Mutex::new(BinaryHeap::new()),
             changed: Condvar::new(),
@@ -103,8 +114,8 @@ fn pacer() -> &'static Pacer {
         std::thread::Builder::new()
             .name("loadpilot-pacer".into())
             .spawn(move || p.run())
-            .expect("cannot start the pacer thread");
-        p
+            .ok()
+            .map(|_| p)
     })
 }
 
