@@ -250,7 +250,10 @@ def run_wrk_latency(wrk: str, url: str, conns: int, seconds: float) -> dict[str,
 Tool = Callable[[], dict[str, float]]
 
 
-def rounds(tools: dict[str, Tool], n: int) -> dict[str, list[dict[str, float]]]:
+Raw = dict[str, list[dict[str, float]]]
+
+
+def rounds(tools: dict[str, Tool], n: int) -> Raw:
     """Each tool once per round, in the same order every round (A B C A B C ...)."""
     out: dict[str, list[dict[str, float]]] = {k: [] for k in tools}
     for i in range(n):
@@ -260,50 +263,52 @@ def rounds(tools: dict[str, Tool], n: int) -> dict[str, list[dict[str, float]]]:
     return out
 
 
+def on_target(make: Callable[[str], dict[str, Tool]], n: int, **target: float) -> Raw:
+    """Starts the built-in target (one engine thread, ``target`` options), runs ``rounds`` of
+    the tools ``make(url)`` gives against it, and stops it."""
+    server = Target(threads=1, **target)
+    try:
+        return rounds(make(server.url), n)
+    finally:
+        server.close()
+
+
 def throughput(args: argparse.Namespace, tools: dict[str, str]) -> dict[str, object]:
     conns, secs = 32, 5.0
-    target = Target(threads=1)
-    url = target.url
-    try:
-        raw = rounds(
-            {
-                "loadpilot": lambda: run_lp(url, "engine", "closed", conns, secs),
-                "loadpilot (Python task)": lambda: run_lp(url, "python", "closed", conns, secs),
-                "wrk": lambda: run_wrk(tools["wrk"], url, conns, secs, 1),
-                "oha": lambda: run_oha(tools["oha"], url, conns, secs),
-                "k6": lambda: run_k6(tools["k6"], url, secs, vus=conns),
-                "locust": lambda: run_locust(tools["locust"], url, conns, secs),
-            },
-            args.rounds,
-        )
-    finally:
-        target.close()
+
+    def tools_on(url: str) -> dict[str, Tool]:
+        return {
+            "loadpilot": lambda: run_lp(url, "engine", "closed", conns, secs),
+            "loadpilot (Python task)": lambda: run_lp(url, "python", "closed", conns, secs),
+            "wrk": lambda: run_wrk(tools["wrk"], url, conns, secs, 1),
+            "oha": lambda: run_oha(tools["oha"], url, conns, secs),
+            "k6": lambda: run_k6(tools["k6"], url, secs, vus=conns),
+            "locust": lambda: run_locust(tools["locust"], url, conns, secs),
+        }
+
+    raw = on_target(tools_on, args.rounds)
     return {"connections": conns, "seconds": secs, "raw": raw, "summary": _summarise(raw)}
 
 
 def stall(args: argparse.Namespace, tools: dict[str, str]) -> dict[str, object]:
     rate, secs = 1000.0, 20.0
-    target = Target(threads=1, delay_ms=1, stall_ms=500, stall_every_s=5)
-    url = target.url
-    try:
-        raw = rounds(
-            {
-                "loadpilot": lambda: run_lp(url, "engine", "open", rate, secs),
-                "loadpilot (Python task)": lambda: run_lp(url, "python", "open", rate, secs),
-                "oha -q (default)": lambda: run_oha(tools["oha"], url, 50, secs, rate),
-                "oha -q --latency-correction": lambda: run_oha(
-                    tools["oha"], url, 50, secs, rate, corrected=True
-                ),
-                "k6 constant-arrival-rate": lambda: run_k6(tools["k6"], url, secs, rate=rate),
-                "locust (50 users x 20/s)": lambda: run_locust(
-                    tools["locust"], url, 50, secs, per_user_rps=rate / 50
-                ),
-                "wrk (2 connections)": lambda: run_wrk_latency(tools["wrk"], url, 2, secs),
-            },
-            args.rounds,
-        )
-    finally:
-        target.close()
+
+    def tools_on(url: str) -> dict[str, Tool]:
+        return {
+            "loadpilot": lambda: run_lp(url, "engine", "open", rate, secs),
+            "loadpilot (Python task)": lambda: run_lp(url, "python", "open", rate, secs),
+            "oha -q (default)": lambda: run_oha(tools["oha"], url, 50, secs, rate),
+            "oha -q --latency-correction": lambda: run_oha(
+                tools["oha"], url, 50, secs, rate, corrected=True
+            ),
+            "k6 constant-arrival-rate": lambda: run_k6(tools["k6"], url, secs, rate=rate),
+            "locust (50 users x 20/s)": lambda: run_locust(
+                tools["locust"], url, 50, secs, per_user_rps=rate / 50
+            ),
+            "wrk (2 connections)": lambda: run_wrk_latency(tools["wrk"], url, 2, secs),
+        }
+
+    raw = on_target(tools_on, args.rounds, delay_ms=1, stall_ms=500, stall_every_s=5)
     return {
         "offered_rps": rate,
         "seconds": secs,
@@ -315,23 +320,19 @@ def stall(args: argparse.Namespace, tools: dict[str, str]) -> dict[str, object]:
 
 def fixed_rate(args: argparse.Namespace, tools: dict[str, str]) -> dict[str, object]:
     rate, secs = 2000.0, 30.0
-    target = Target(threads=1)
-    url = target.url
-    try:
-        raw = rounds(
-            {
-                "loadpilot": lambda: run_lp(url, "engine", "open", rate, secs),
-                "loadpilot (Python task)": lambda: run_lp(url, "python", "open", rate, secs),
-                "oha -q": lambda: run_oha(tools["oha"], url, 50, secs, rate),
-                "k6 constant-arrival-rate": lambda: run_k6(tools["k6"], url, secs, rate=rate),
-                "locust (100 users x 20/s)": lambda: run_locust(
-                    tools["locust"], url, 100, secs, per_user_rps=rate / 100
-                ),
-            },
-            args.rounds,
-        )
-    finally:
-        target.close()
+
+    def tools_on(url: str) -> dict[str, Tool]:
+        return {
+            "loadpilot": lambda: run_lp(url, "engine", "open", rate, secs),
+            "loadpilot (Python task)": lambda: run_lp(url, "python", "open", rate, secs),
+            "oha -q": lambda: run_oha(tools["oha"], url, 50, secs, rate),
+            "k6 constant-arrival-rate": lambda: run_k6(tools["k6"], url, secs, rate=rate),
+            "locust (100 users x 20/s)": lambda: run_locust(
+                tools["locust"], url, 100, secs, per_user_rps=rate / 100
+            ),
+        }
+
+    raw = on_target(tools_on, args.rounds)
     for runs in raw.values():
         for r in runs:
             # From the requests sent over the planned duration, not each tool's own rate figure
@@ -350,13 +351,18 @@ export default function () { http.get(__ENV.URL + '/'); sleep(__THINK__); }
 
 def memory(args: argparse.Namespace, tools: dict[str, str]) -> dict[str, object]:
     secs, think, few, many = 30.0, 10.0, 100, 10_000
-    target = Target(threads=1)
-    url = target.url
 
-    def loadpilot(path: str) -> Callable[[int], dict[str, float]]:
+    def tools_on(url: str) -> dict[str, Tool]:
+        return {name: growth(fn) for name, fn in
+                {"loadpilot": loadpilot(url, "engine"),
+                 "loadpilot (Python users)": loadpilot(url, "python"),
+                 "k6": lambda users: k6(url, users),
+                 "locust": lambda users: locust(url, users)}.items()}  # fmt: skip
+
+    def loadpilot(url: str, path: str) -> Callable[[int], dict[str, float]]:
         return lambda users: run_lp(url, path, "closed", users, secs, think)
 
-    def k6(users: int) -> dict[str, float]:
+    def k6(url: str, users: int) -> dict[str, float]:
         script = _K6_USERS.replace("__VUS__", str(users)).replace("__SECONDS__", f"{secs:.0f}")
         script = script.replace("__THINK__", f"{think:g}")
         with tempfile.TemporaryDirectory() as tmp:
@@ -369,7 +375,7 @@ def memory(args: argparse.Namespace, tools: dict[str, str]) -> dict[str, object]
         return {"requests": int(m["http_reqs"]["count"]), "rps": m["http_reqs"]["rate"],
                 "rss_mib": rss}  # fmt: skip
 
-    def locust(users: int) -> dict[str, float]:
+    def locust(url: str, users: int) -> dict[str, float]:
         r = run_locust(tools["locust"], url, users, secs, per_user_rps=1 / think)
         return {"requests": r["requests"], "rps": r["rps"], "rss_mib": r["rss_mib"]}
 
@@ -387,19 +393,12 @@ def memory(args: argparse.Namespace, tools: dict[str, str]) -> dict[str, object]
 
         return measure
 
-    try:
-        raw = rounds({name: growth(fn) for name, fn in
-                      {"loadpilot": loadpilot("engine"),
-                       "loadpilot (Python users)": loadpilot("python"),
-                       "k6": k6, "locust": locust}.items()},
-                     args.rounds)  # fmt: skip
-    finally:
-        target.close()
+    raw = on_target(tools_on, args.rounds)
     return {"users": many, "seconds": secs, "think_s": think, "raw": raw,
             "summary": _summarise(raw)}  # fmt: skip
 
 
-def _summarise(raw: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
+def _summarise(raw: Raw) -> dict[str, dict[str, dict[str, float]]]:
     out: dict[str, dict[str, dict[str, float]]] = {}
     for tool, runs in raw.items():
         keys = [k for k, v in runs[0].items() if isinstance(v, int | float)]

@@ -64,27 +64,37 @@ PER_COLUMNS = [
 _LAT_SCHEMA = {"elapsed_s": pl.Float64, "series": pl.String, "ms": pl.Float64}
 
 
+def _lines(frame: pl.DataFrame, x: alt.X, y_title: str, title: str) -> alt.Chart:
+    """One line per column of ``frame`` (besides ``elapsed_s``) over time, legend below."""
+    columns = [c for c in frame.columns if c != "elapsed_s"]
+    chart: alt.Chart = (
+        alt.Chart(frame.unpivot(index="elapsed_s", on=columns))
+        .mark_line()
+        .encode(
+            x=x,
+            y=alt.Y("value:Q", title=y_title),
+            color=alt.Color("variable:N", title=None, legend=alt.Legend(orient="bottom")),
+        )
+        .properties(title=title, width=_WIDTH, height=150)
+    )
+    return chart
+
+
 def dashboard_chart(
     per: pl.DataFrame, lat: pl.DataFrame, since: float, end: float
 ) -> alt.VConcatChart:
     """The dashboard's four charts from :meth:`Dashboard.data`: rate vs target, latency,
     errors by kind, in flight and missed."""
     x = alt.X("elapsed_s:Q", title="seconds")
-    rate = (
-        alt.Chart(
-            per.select(
-                "elapsed_s",
-                pl.col("achieved_rps").alias("achieved"),
-                pl.col("target_rps").alias("target"),
-            ).unpivot(index="elapsed_s", on=["achieved", "target"])
-        )
-        .mark_line()
-        .encode(
-            x=x,
-            y=alt.Y("value:Q", title="requests/s"),
-            color=alt.Color("variable:N", title=None, legend=alt.Legend(orient="bottom")),
-        )
-        .properties(title="Rate: achieved vs target", width=_WIDTH, height=150)
+    rate = _lines(
+        per.select(
+            "elapsed_s",
+            pl.col("achieved_rps").alias("achieved"),
+            pl.col("target_rps").alias("target"),
+        ),
+        x,
+        "requests/s",
+        "Rate: achieved vs target",
     )
     latency = (
         alt.Chart(lat)
@@ -109,15 +119,11 @@ def dashboard_chart(
     errors = charts.error_bars(
         per, title="Errors by kind", width=_WIDTH, height=150, domain=(since, end)
     )
-    load = (
-        alt.Chart(per.unpivot(index="elapsed_s", on=["in_flight", "missed"]))
-        .mark_line()
-        .encode(
-            x=x,
-            y=alt.Y("value:Q", title="requests"),
-            color=alt.Color("variable:N", title=None, legend=alt.Legend(orient="bottom")),
-        )
-        .properties(title="In flight and missed arrivals", width=_WIDTH, height=150)
+    load = _lines(
+        per.select("elapsed_s", "in_flight", "missed"),
+        x,
+        "requests",
+        "In flight and missed arrivals",
     )
     top = alt.hconcat(rate, latency).resolve_scale(color="independent")
     bottom = alt.hconcat(errors, load).resolve_scale(color="independent")
