@@ -228,6 +228,17 @@ def run_lp(url: str, path: str, model: str, n: float, seconds: float,
     return r
 
 
+Tool = Callable[[], dict[str, float]]
+
+
+def both_paths(url: str, model: str, n: float, seconds: float) -> dict[str, Tool]:
+    """LoadPilot on the engine path and on the Python path, as two tools of a scenario."""
+    return {
+        "loadpilot": lambda: run_lp(url, "engine", model, n, seconds),
+        "loadpilot (Python task)": lambda: run_lp(url, "python", model, n, seconds),
+    }
+
+
 def run_wrk_latency(wrk: str, url: str, conns: int, seconds: float) -> dict[str, float]:
     cmd = [wrk, "-t1", f"-c{conns}", f"-d{seconds:.0f}s", "--latency", url + "/"]
     stdout, cpu, rss = wrapped(cmd)
@@ -246,8 +257,6 @@ def run_wrk_latency(wrk: str, url: str, conns: int, seconds: float) -> dict[str,
 
 
 # ---------------------------------------------------------------------------------- scenarios
-
-Tool = Callable[[], dict[str, float]]
 
 
 Raw = dict[str, list[dict[str, float]]]
@@ -277,9 +286,7 @@ def throughput(args: argparse.Namespace, tools: dict[str, str]) -> dict[str, obj
     conns, secs = 32, 5.0
 
     def tools_on(url: str) -> dict[str, Tool]:
-        return {
-            "loadpilot": lambda: run_lp(url, "engine", "closed", conns, secs),
-            "loadpilot (Python task)": lambda: run_lp(url, "python", "closed", conns, secs),
+        return both_paths(url, "closed", conns, secs) | {
             "wrk": lambda: run_wrk(tools["wrk"], url, conns, secs, 1),
             "oha": lambda: run_oha(tools["oha"], url, conns, secs),
             "k6": lambda: run_k6(tools["k6"], url, secs, vus=conns),
@@ -294,9 +301,7 @@ def stall(args: argparse.Namespace, tools: dict[str, str]) -> dict[str, object]:
     rate, secs = 1000.0, 20.0
 
     def tools_on(url: str) -> dict[str, Tool]:
-        return {
-            "loadpilot": lambda: run_lp(url, "engine", "open", rate, secs),
-            "loadpilot (Python task)": lambda: run_lp(url, "python", "open", rate, secs),
+        return both_paths(url, "open", rate, secs) | {
             "oha -q (default)": lambda: run_oha(tools["oha"], url, 50, secs, rate),
             "oha -q --latency-correction": lambda: run_oha(
                 tools["oha"], url, 50, secs, rate, corrected=True
@@ -322,9 +327,7 @@ def fixed_rate(args: argparse.Namespace, tools: dict[str, str]) -> dict[str, obj
     rate, secs = 2000.0, 30.0
 
     def tools_on(url: str) -> dict[str, Tool]:
-        return {
-            "loadpilot": lambda: run_lp(url, "engine", "open", rate, secs),
-            "loadpilot (Python task)": lambda: run_lp(url, "python", "open", rate, secs),
+        return both_paths(url, "open", rate, secs) | {
             "oha -q": lambda: run_oha(tools["oha"], url, 50, secs, rate),
             "k6 constant-arrival-rate": lambda: run_k6(tools["k6"], url, secs, rate=rate),
             "locust (100 users x 20/s)": lambda: run_locust(
