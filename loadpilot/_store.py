@@ -7,6 +7,8 @@ from pathlib import Path
 
 import polars as pl
 
+from loadpilot import _engine
+
 PLAN = "plan.json"
 LATENCY_LOG = "latency.hlog"
 SERVICE_LOG = "service.hlog"
@@ -15,7 +17,7 @@ METRICS_PARQUET = "metrics.parquet"
 SUMMARY = "summary.json"
 
 #: Kinds of failed request, each with an ``errors_<kind>`` column (the engine's order).
-ERROR_KINDS = ["connect", "dns", "tls", "timeout", "reset", "status", "check", "exception"]
+ERROR_KINDS: list[str] = list(_engine.ERROR_KINDS)
 
 _COUNTS = [
     "requests",
@@ -50,6 +52,8 @@ RAW_SCHEMA: dict[str, pl.DataType] = {
     "target_rps": pl.Float64(),
     "achieved_rps": pl.Float64(),
     "missed": pl.UInt64(),
+    "cancelled": pl.UInt64(),
+    "unsent": pl.UInt64(),
     "in_flight": pl.Int64(),
     "active_users": pl.Int64(),
     **{c: pl.Float64() for c in _LATENCIES},
@@ -78,10 +82,11 @@ def _typed(frame: pl.DataFrame) -> pl.DataFrame:
 
 def read_metrics(path: Path) -> pl.DataFrame:
     """The interval rows of a run directory: the Parquet file when the run finished, else the
-    append-only file it was writing (a torn last line, from a killed writer, is dropped)."""
+    append-only file it was writing (a torn last line, from a killed writer, is dropped).
+    Columns added since a run was recorded read as 0."""
     parquet = path / METRICS_PARQUET
     if parquet.exists():
-        return pl.read_parquet(parquet)
+        return _complete(pl.read_parquet(parquet))
     jsonl = path / METRICS_JSONL
     if not jsonl.exists():
         return empty_metrics()
@@ -89,6 +94,16 @@ def read_metrics(path: Path) -> pl.DataFrame:
     if data and not data.endswith(b"\n"):
         data = data[: data.rfind(b"\n") + 1]
     return rows_from_ndjson(data)
+
+
+def _complete(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with every column of today's schema, in its order (older runs lack some)."""
+    missing = [c for c in RAW_SCHEMA if c not in frame.columns]
+    if not missing:
+        return frame
+    return frame.with_columns(pl.lit(0, dtype=RAW_SCHEMA[c]).alias(c) for c in missing).select(
+        list(RAW_SCHEMA)
+    )
 
 
 def write_parquet(path: Path, frame: pl.DataFrame) -> None:

@@ -32,6 +32,16 @@ EXIT_THRESHOLDS = 1
 EXIT_USAGE = 2
 EXIT_ERRORS = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (what CI runners and Kubernetes send): stop like Ctrl-C, keep what was
+    measured, exit 143."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated
 
 
 def _progress(
@@ -51,7 +61,7 @@ def _progress(
             if failed:
                 for v in failed:
                     print(f"aborting: {v}", flush=True)
-                r.stop()
+                r._stop("aborted")
                 return failed
         last = m.filter(m["elapsed_s"] == m["elapsed_s"].max())
         second = float(last["elapsed_s"].max()) + 1  # type: ignore[arg-type]
@@ -75,14 +85,16 @@ def _execute(
     abort_on_fail: bool = False,
     report_to: Path | None = None,
 ) -> int:
+    if report_to is not None:
+        _check_output_file(report_to, "--report")
     r = _run.start(what, out, target=target)
     print(f"run directory: {r.path}", flush=True)
-    interrupted = False
+    interrupted: KeyboardInterrupt | None = None
     aborted: list[thresholds.Verdict] = []
     try:
         aborted = _progress(r, r.plan.duration_s, checks if abort_on_fail else None)
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as e:
+        interrupted = e
         print("\nstopping: keeping everything measured so far", flush=True)
         r.stop()
     s = r.summary()
@@ -97,17 +109,42 @@ def _execute(
         from loadpilot.reporting import report
 
         print(f"report: {report(r, report_to, checks)}")
-    print(f"\nended: {s.ended}; everything is in {r.path}/")
-    if interrupted:
-        return EXIT_INTERRUPTED
+    drain = f" (+{s.drain_s:.2f} s drain)" if s.drain_s >= 0.005 else ""
+    print(f"\nended: {s.ended} after {s.duration_s:.2f} s{drain}; everything is in {r.path}/")
+    if s.target_requests is not None:
+        o = s.overall
+        print(
+            f"accounted for: {s.target_requests:,.0f} due = {o.iterations or 0:,} ran "
+            f"+ {o.cancelled:,} cancelled + {o.unsent:,} unsent"
+        )
+    if interrupted is not None:
+        return EXIT_TERMINATED if isinstance(interrupted, _Terminated) else EXIT_INTERRUPTED
     if aborted or not all(v.passed for v in verdicts):
         return EXIT_THRESHOLDS
     judged = any(v.threshold.metric == "error_rate" for v in verdicts)
-    if s.overall.errors and not judged:
+    code = EXIT_OK
+    if (s.overall.errors or s.overall.cancelled) and not judged:
         kinds = ", ".join(f"{k} {n}" for k, n in s.overall.errors_by_kind.items() if n)
+        if s.overall.cancelled:
+            kinds = ", ".join(x for x in (kinds, f"cancelled {s.overall.cancelled}") if x)
         print(f"requests failed: {kinds}")
-        return EXIT_ERRORS
-    return EXIT_OK
+        code = EXIT_ERRORS
+    if s.overall.unsent and s.ended != "exhausted":
+        print(
+            f"{s.overall.unsent:,} requests were due and never sent: the generator fell behind "
+            "(more connections, or a lower rate)"
+        )
+        code = EXIT_ERRORS
+    return code
+
+
+def _check_output_file(path: Path, what: str) -> None:
+    """Refuses, before anything runs, an output file that cannot be written."""
+    if path.is_dir():
+        raise LoadPilotError(f"{what} {path}: is a directory; give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise LoadPilotError(f"{what} {path}: directory {parent} does not exist")
 
 
 def demo_plan(target: str) -> Plan:
@@ -360,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as e:
         return EXIT_USAGE if e.code else EXIT_OK
+    if args.command in ("run", "demo") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code: int = args.fn(args)
         return code

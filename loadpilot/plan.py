@@ -8,9 +8,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+#: The longest duration, timeout or think time a plan may give (a year), as in the engine.
+MAX_SECONDS = 366 * 86_400.0
+#: The most virtual users or connections a plan may ask for unless it raises ``max_users``.
+DEFAULT_MAX_USERS = 100_000
+
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are refused where they are given, with the field's name.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Constant(_Model):
@@ -18,28 +24,32 @@ class Constant(_Model):
 
     kind: Literal["constant"] = "constant"
     rate: float = Field(ge=0)
-    duration_s: float = Field(gt=0)
+    duration_s: float = Field(gt=0, le=MAX_SECONDS)
 
 
 class Ramp(_Model):
     """A linear change from ``from_`` to ``to`` over ``duration_s``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False
+    )
     kind: Literal["ramp"] = "ramp"
     from_: float = Field(ge=0, alias="from")
     to: float = Field(ge=0)
-    duration_s: float = Field(gt=0)
+    duration_s: float = Field(gt=0, le=MAX_SECONDS)
 
 
 class Step(_Model):
     """``steps`` equal plateaus from ``from_`` to ``to`` (both included) over ``duration_s``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False
+    )
     kind: Literal["step"] = "step"
     from_: float = Field(ge=0, alias="from")
     to: float = Field(ge=0)
     steps: int = Field(ge=1)
-    duration_s: float = Field(gt=0)
+    duration_s: float = Field(gt=0, le=MAX_SECONDS)
 
 
 class Spike(_Model):
@@ -48,8 +58,8 @@ class Spike(_Model):
     kind: Literal["spike"] = "spike"
     base: float = Field(ge=0)
     peak: float = Field(ge=0)
-    peak_s: float = Field(gt=0)
-    duration_s: float = Field(gt=0)
+    peak_s: float = Field(gt=0, le=MAX_SECONDS)
+    duration_s: float = Field(gt=0, le=MAX_SECONDS)
 
 
 Stage = Annotated[Constant | Ramp | Step | Spike, Field(discriminator="kind")]
@@ -71,7 +81,7 @@ class ClosedLoad(_Model):
 
     model: Literal["closed"] = "closed"
     stages: list[Stage] = Field(min_length=1)
-    think_s: float = Field(default=0.0, ge=0)
+    think_s: float = Field(default=0.0, ge=0, le=MAX_SECONDS)
 
 
 Load = Annotated[OpenLoad | ClosedLoad, Field(discriminator="model")]
@@ -102,10 +112,12 @@ class Request(_Model):
     headers: dict[str, str] = Field(default_factory=dict)
     body: str | None = None
     json_: Any = Field(default=None, alias="json")
-    timeout_s: float | None = Field(default=None, gt=0)
+    timeout_s: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
     expect: Expect | None = None
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False
+    )
 
 
 class Task(_Model):
@@ -148,9 +160,15 @@ class Plan(_Model):
     feeder: Feeder | None = None
     user_vars: list[dict[str, str]] = Field(default_factory=list)
     vars: dict[str, str] = Field(default_factory=dict)
-    timeout_s: float = Field(default=30.0, gt=0)
+    timeout_s: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
     insecure: bool = False
     shard: Shard | None = None
+    max_drain_s: float = Field(default=10.0, gt=0, le=MAX_SECONDS)
+    """The longest wait after the planned end for requests in flight (also bounded by the
+    longest request timeout); what is still in flight then is cancelled."""
+    max_users: int = Field(default=DEFAULT_MAX_USERS, ge=1)
+    """The most virtual users (closed model) or connections (open model) the plan may ask
+    for: a guard against a typo that would need unbounded memory. Raise it on purpose."""
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, exclude_none=True, indent=2)

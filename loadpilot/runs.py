@@ -185,8 +185,12 @@ class Run(RunResult):
         return "finished" if self.done else "running"
 
     def stop(self) -> None:
-        """Stops the run within moments; what was measured is kept and summarised."""
-        self._handle.stop()
+        """Stops the run within moments: nothing new is sent, requests in flight are counted
+        as cancelled, what was measured is kept and summarised (``ended == "stopped"``)."""
+        self._stop("stopped")
+
+    def _stop(self, reason: str) -> None:
+        self._handle.stop(reason)
         self._handle.wait(None)
         self._pull()
         self._ended()
@@ -275,13 +279,19 @@ def _task_set(run: RunResult, task: str | Sequence[str] | None) -> set[str] | No
 
 def _rebuild_summary(run: RunResult, ended: str = "interrupted") -> Summary:
     m = run.metrics
-    duration = float(m["interval_s"].sum() / max(1, len(run.plan.tasks))) if len(m) else 0.0
+    # The drain row (at the planned end) is not time requests were sent in.
+    sending = m.filter(pl.col("elapsed_s") < run.plan.duration_s)
+    drain = m.filter(pl.col("elapsed_s") >= run.plan.duration_s)
+    tasks = max(1, len(run.plan.tasks))
+    duration = float(sending["interval_s"].sum() / tasks) if len(sending) else 0.0
+    drain_s = float(drain["interval_s"].sum() / tasks) if len(drain) else 0.0
 
     def stats(task: str | None) -> dict[str, object]:
         rows = m if task is None else m.filter(pl.col("task") == task)
         kinds = _store.ERROR_KINDS
         requests = int(rows["requests"].sum())
         errors = int(rows["errors"].sum())
+        cancelled = int(rows["cancelled"].sum())
         lat, svc = run.histogram(task), run.histogram(task, service=True)
 
         def pct(h: _engine.Histogram) -> dict[str, float | None]:
@@ -300,8 +310,12 @@ def _rebuild_summary(run: RunResult, ended: str = "interrupted") -> Summary:
             "requests": requests,
             "errors": errors,
             "errors_by_kind": {k: int(rows[f"errors_{k}"].sum()) for k in kinds},
-            "error_rate": errors / requests if requests else 0.0,
+            "error_rate": _error_rate(
+                errors, requests, int(rows["errors_exception"].sum()), cancelled
+            ),
             "missed": int(rows["missed"].sum()),
+            "cancelled": cancelled,
+            "unsent": int(rows["unsent"].sum()),
             "bytes_in": int(rows["bytes_in"].sum()),
             "achieved_rps": requests / duration if duration else 0.0,
             "latency_ms": pct(lat),
@@ -314,6 +328,7 @@ def _rebuild_summary(run: RunResult, ended: str = "interrupted") -> Summary:
             "name": run.plan.name,
             "started_at": started.timestamp() if isinstance(started, _dt.datetime) else 0.0,
             "duration_s": duration,
+            "drain_s": drain_s,
             "planned_duration_s": run.plan.duration_s,
             "ended": ended,
             "model": run.plan.load.model,
@@ -322,6 +337,13 @@ def _rebuild_summary(run: RunResult, ended: str = "interrupted") -> Summary:
             "tasks": [{"name": t.name, "path": t.path, **stats(t.name)} for t in run.plan.tasks],
         }
     )
+
+
+def _error_rate(errors: int, requests: int, exceptions: int, cancelled: int) -> float:
+    """The engine's rule: failed requests, exceptions and cancelled iterations over answered
+    requests, exceptions and cancelled iterations."""
+    outcomes = requests + exceptions + cancelled
+    return (errors + cancelled) / outcomes if outcomes else 0.0
 
 
 def _default_dir(plan: Plan) -> Path:

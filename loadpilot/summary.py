@@ -28,9 +28,19 @@ class Stats(BaseModel):
     errors: int
     errors_by_kind: dict[str, int]
     error_rate: float
+    """Failed requests, exceptions and cancelled iterations over all of them plus the
+    answered requests: a request that never came back counts against the run."""
     missed: int
+    iterations: int | None = None
+    """Iterations that ran to their end (for tasks of one request, ``requests``); ``None``
+    in a summary rebuilt from the interval rows of a run cut short."""
+    cancelled: int = 0
+    """Iterations sent and still unanswered when the run was stopped or its drain ended."""
+    unsent: int = 0
+    """Arrivals that were due and never sent (the generator fell behind, or the run ended)."""
     bytes_in: int
     achieved_rps: float
+    """Requests per second over ``duration_s``, the time requests were being sent."""
     latency_ms: Percentiles
     """From the instant each request was due (coordinated-omission corrected)."""
     service_ms: Percentiles
@@ -40,7 +50,9 @@ class Stats(BaseModel):
 class TaskSummary(Stats):
     name: str
     path: str
-    """Where the task's iterations ran: ``engine`` (entirely in Rust)."""
+    """Where the task's iterations ran: ``engine`` (entirely in Rust) or ``python``."""
+    target_requests: float | None = None
+    """Arrivals of this task that were due (open model)."""
 
 
 class Summary(BaseModel):
@@ -48,11 +60,19 @@ class Summary(BaseModel):
     name: str
     started_at: float
     duration_s: float
+    """How long requests were being sent: the planned duration, or up to the stop."""
+    drain_s: float = 0.0
+    """How long the run then waited for requests still in flight."""
     planned_duration_s: float
     ended: str
-    """``completed``, ``stopped`` or ``exhausted`` (a unique feeder ran out)."""
+    """``completed``; ``stopped`` (stop(), Ctrl-C, SIGTERM); ``aborted`` (a threshold failed
+    during the run); ``drain_timeout`` (requests still in flight when the drain ended were
+    cancelled); ``exhausted`` (a unique feeder ran out); ``interrupted`` or ``running`` for a
+    summary rebuilt from a run cut short or still going."""
     model: str
     target_requests: float | None
+    """Arrivals that were due (open model): ``iterations + cancelled + unsent``, overall and
+    per task."""
     overall: Stats
     tasks: list[TaskSummary]
 
@@ -72,8 +92,8 @@ class Summary(BaseModel):
     def table(self) -> str:
         """A plain-text table, one line per task and one for all."""
         head = (
-            f"{'task':<16}{'path':<8}{'requests':>10}{'errors':>8}{'rps':>10}"
-            f"{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'svc p99':>9}"
+            f"{'task':<16}{'path':<8}{'requests':>10}{'errors':>8}{'cancelled':>10}{'unsent':>8}"
+            f"{'missed':>8}{'rps':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'svc p99':>9}"
         )
         lines = [head]
 
@@ -84,7 +104,8 @@ class Summary(BaseModel):
         rows.append(("all", "", self.overall))
         for name, path, s in rows:
             lines.append(
-                f"{name[:15]:<16}{path:<8}{s.requests:>10}{s.errors:>8}{s.achieved_rps:>10.1f}"
+                f"{name[:15]:<16}{path:<8}{s.requests:>10}{s.errors:>8}{s.cancelled:>10}"
+                f"{s.unsent:>8}{s.missed:>8}{s.achieved_rps:>10.1f}"
                 f"{fmt(s.latency_ms.p50)}{fmt(s.latency_ms.p99)}{fmt(s.latency_ms.max)}"
                 f"{fmt(s.service_ms.p99)}"
             )
@@ -102,6 +123,8 @@ def _stats_row(name: str, path: str, s: Stats) -> str:
         *(_ms(getattr(s.latency_ms, k)) for k in ("p50", "p90", "p99", "p999", "max")),
         _ms(s.service_ms.p99),
         f"{s.missed:,}",
+        f"{s.cancelled:,}",
+        f"{s.unsent:,}",
     ]
     return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
 
@@ -109,7 +132,7 @@ def _stats_row(name: str, path: str, s: Stats) -> str:
 def _summary_table(s: Summary) -> str:
     head = [
         "task", "path", "requests", "errors", "error rate", "req/s", "p50 ms", "p90 ms",
-        "p99 ms", "p99.9 ms", "max ms", "service p99 ms", "missed",
+        "p99 ms", "p99.9 ms", "max ms", "service p99 ms", "missed", "cancelled", "unsent",
     ]  # fmt: skip
     rows = [_stats_row(t.name, t.path, t) for t in s.tasks]
     rows.append(_stats_row("all", "", s.overall))

@@ -33,7 +33,14 @@ if TYPE_CHECKING:
 
 _Result = tuple[int, list[tuple[str, str]], bytes] | str
 _Args = tuple[
-    int | None, str, str, list[tuple[str, str]], bytes | None, float, float | None, str | None
+    int | None,
+    str,
+    str,
+    list[tuple[str, str]],
+    bytes | None,
+    float | None,
+    float | None,
+    str | None,
 ]
 
 
@@ -94,9 +101,11 @@ class Client:
         json: Any = None,
         content: bytes | str | None = None,
         data: bytes | str | None = None,
-        timeout: Duration = 30,
+        timeout: Duration | None = None,
         expect: Expect | None = None,
     ) -> Any:
+        """Sends a request through the engine. ``timeout`` defaults to the scenario's
+        (``@lp.scenario(timeout=...)``, else 30 s), as for engine tasks."""
         if params:
             path = f"{path}{'&' if '?' in path else '?'}{urllib.parse.urlencode(params)}"
         hs = list((headers or {}).items())
@@ -115,7 +124,7 @@ class Client:
             path,
             hs,
             body,
-            timeout if type(timeout) is int else parse_duration(timeout, what="timeout"),
+            None if timeout is None else parse_duration(timeout, what="timeout"),
             due,
             None if expect is None else expect.model_dump_json(exclude_none=True),
         )
@@ -200,6 +209,8 @@ class PythonUsers:
         self._fns: list[Callable[[Any], Any]] = [getattr(cls, t.name) for t in scenario.tasks]
         self._is_async = [inspect.iscoroutinefunction(f) for f in self._fns]
         self._errors_shown = 0
+        #: Users whose ``on_start`` or ``on_stop`` raised.
+        self.hook_failures = 0
         self._iterations = itertools.count()
         self._rows = len(scenario.feeder.rows) if scenario.feeder is not None else 0
         if scenario.feeder is not None and scenario.feeder.mode != "unique":
@@ -241,7 +252,9 @@ class PythonUsers:
             await self._call(fn, user, inspect.iscoroutinefunction(fn))
             return True
         except Exception:
-            self._handle.record_exception(0)
+            # Not an iteration of any task: the user retires, and the arrivals it would have
+            # taken go to other users (or, with none left, are counted as unsent).
+            self.hook_failures += 1
             self._report(f"{type(user).__name__}.{name} raised")
             return False
 
@@ -263,21 +276,36 @@ class PythonUsers:
 
     async def _iteration(
         self, user: VUser, task: int, due: float | None, k: int | None = None
-    ) -> None:
+    ) -> bool:
+        """Runs one iteration if the engine says it may (not past the planned end, not
+        stopping); the engine counts it as started, and here as ended once it ran to its end.
+        An iteration cancelled by the end of the run never ends: the engine counts it as
+        cancelled. Returns False when the user must stop (a unique feeder ran out, the run
+        is over)."""
+        h = self._handle
         client = user.client
         assert isinstance(client, Client)
+        row: dict[str, str] | None = None
+        if k is not None and self._scenario.feeder is not None:
+            try:
+                row = self._row(k)
+            except _FeedExhausted:
+                h.exhaust()  # a unique feeder ran out: the run ends, as in the engine
+                return False
+        if not h.begin_iteration(task, due):
+            return False
+        if row is not None:
+            user.row = row
         client._task, client._due = task, due
         try:
-            if k is not None and self._scenario.feeder is not None:
-                user.row = self._row(k)
             await self._call(self._fns[task], user, self._is_async[task])
         except RequestError:
             pass  # counted by the engine; the iteration ends here
-        except _FeedExhausted:
-            self._handle.exhaust()  # a unique feeder ran out: the run ends, as in the engine
         except Exception:
-            self._handle.record_exception(task)
+            h.record_exception(task)
             self._report(f"task {self._scenario.tasks[task].name!r} raised")
+        h.end_iteration(task)
+        return True
 
     def _make_user(self, vu: int, inbox: _Inbox) -> VUser:
         user = self._scenario.user()
@@ -328,7 +356,10 @@ class PythonUsers:
         """Moves released arrivals to the loop in batches: one wake-up per batch."""
         while (batch := self._handle.take_arrivals(0.25)) is not None:
             if batch:
-                loop.call_soon_threadsafe(_put_all, queue, batch)
+                try:
+                    loop.call_soon_threadsafe(_put_all, queue, batch)
+                except RuntimeError:
+                    return  # every user is gone (their on_start failed): the rest is unsent
         try:
             loop.call_soon_threadsafe(_put_all, queue, [None] * n)
         except RuntimeError:
@@ -342,15 +373,13 @@ class PythonUsers:
     ) -> None:
         async with gate:
             started = await self._hook(user, "on_start")
-        h = self._handle
+        if not started:
+            return  # a user whose on_start failed takes no arrivals
         while (item := await queue.get()) is not None:
-            if not started:
-                continue  # a user whose on_start failed takes no iterations
             k, due, task = item
-            h.mark_start(task, due)
+            # An arrival it may not run (the run is past its end) is unsent: take the next.
             await self._iteration(user, task, due, k)
-        if started:
-            await self._hook(user, "on_stop")
+        await self._hook(user, "on_stop")
 
     async def _closed_user(self, user: VUser, i: int) -> None:
         h = self._handle
@@ -371,7 +400,8 @@ class PythonUsers:
                 if not active:
                     active = True
                     h.user_active(True)
-                await self._iteration(user, h.next_task(), None, next(self._iterations))
+                if not await self._iteration(user, h.next_task(), None, next(self._iterations)):
+                    break
                 if think:
                     await asyncio.sleep(think)
         finally:

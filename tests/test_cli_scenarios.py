@@ -232,4 +232,4 @@ def test_abort_on_fail_stops_the_run_at_the_first_failed_threshold(tmp_path: Pat
     assert done.returncode == 1, done.stdout + done.stderr
     assert "aborting: FAIL  p99 < 5ms" in done.stdout
     assert took < 15, f"took {took:.1f} s of a 60 s run"
-    assert lp.load_run(tmp_path / "r").summary().ended == "stopped"
+    assert lp.load_run(tmp_path / "r").summary().ended == "aborted"

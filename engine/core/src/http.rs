@@ -30,10 +30,20 @@ pub enum ErrorKind {
     Check,
     /// A Python task raised.
     Exception,
+    /// The server's answer broke HTTP: a malformed status line or headers, bad chunking, a
+    /// body shorter than announced, headers too large.
+    Protocol,
+    /// This machine ran out of file descriptors (EMFILE/ENFILE): the generator's limit, not
+    /// the server's.
+    FdLimit,
+    /// The run ended while the request was in flight. Never counted as an error kind: the
+    /// iteration is counted as cancelled.
+    Cancelled,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 8] = [
+    /// The kinds counted in metrics, in column order.
+    pub const ALL: [ErrorKind; 10] = [
         ErrorKind::Connect,
         ErrorKind::Dns,
         ErrorKind::Tls,
@@ -42,6 +52,8 @@ impl ErrorKind {
         ErrorKind::Status,
         ErrorKind::Check,
         ErrorKind::Exception,
+        ErrorKind::Protocol,
+        ErrorKind::FdLimit,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -53,6 +65,9 @@ impl ErrorKind {
             ErrorKind::Status => "status",
             ErrorKind::Check => "check",
             ErrorKind::Exception => "exception",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::FdLimit => "fd_limit",
+            ErrorKind::Cancelled => "cancelled",
         }
     }
 }
@@ -173,8 +188,16 @@ pub struct Response {
     pub headers: Vec<(String, String)>,
 }
 
+/// Bytes of a response body kept for checks and Python tasks; the rest is read, counted in
+/// `bytes_in` and dropped, so a 50 MB body costs no 50 MB per request in flight.
+pub const BODY_KEPT: usize = 1 << 20;
+
 fn classify_io(e: &std::io::Error) -> ErrorKind {
     use std::io::ErrorKind as K;
+    // EMFILE, ENFILE: this machine's descriptor limit, not the server's doing.
+    if matches!(e.raw_os_error(), Some(24) | Some(23)) {
+        return ErrorKind::FdLimit;
+    }
     match e.kind() {
         K::TimedOut => ErrorKind::Timeout,
         K::ConnectionRefused | K::AddrNotAvailable | K::HostUnreachable | K::NetworkUnreachable => {
@@ -184,16 +207,31 @@ fn classify_io(e: &std::io::Error) -> ErrorKind {
     }
 }
 
-fn classify_hyper(e: &hyper::Error) -> ErrorKind {
+/// Sorts a hyper error. `in_body`: the response's head had arrived, so a connection that
+/// ended early cut the body short (the server broke HTTP) rather than dropped an idle
+/// keep-alive connection (a reset).
+fn classify_hyper(e: &hyper::Error, in_body: bool) -> ErrorKind {
     if e.is_timeout() {
         return ErrorKind::Timeout;
     }
     let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = src {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return classify_io(io);
+            use std::io::ErrorKind as K;
+            return match io.kind() {
+                // hyper's body decoders report bad chunking and short bodies this way.
+                K::InvalidData | K::InvalidInput => ErrorKind::Protocol,
+                K::UnexpectedEof if in_body => ErrorKind::Protocol,
+                _ => classify_io(io),
+            };
         }
         src = s.source();
+    }
+    if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
+        return ErrorKind::Protocol;
+    }
+    if in_body && (e.is_incomplete_message() || e.is_body_write_aborted() || !e.is_closed()) {
+        return ErrorKind::Protocol;
     }
     ErrorKind::Reset
 }
@@ -205,7 +243,7 @@ where
 {
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| classify_hyper(&e))?;
+        .map_err(|e| classify_hyper(&e, false))?;
     // The connection future drives the socket; it ends when the sender is dropped.
     tokio::spawn(async move {
         let _ = conn.await;
@@ -290,11 +328,14 @@ impl Client {
         }
         let sender = self.sender.as_mut().ok_or(ErrorKind::Reset)?;
         let exchange = async {
-            sender.ready().await.map_err(|e| classify_hyper(&e))?;
+            sender
+                .ready()
+                .await
+                .map_err(|e| classify_hyper(&e, false))?;
             let resp = sender
                 .send_request(req)
                 .await
-                .map_err(|e| classify_hyper(&e))?;
+                .map_err(|e| classify_hyper(&e, false))?;
             let status = resp.status().as_u16();
             let headers: Vec<(String, String)> = if keep_headers {
                 resp.headers()
@@ -324,11 +365,12 @@ impl Client {
             let mut bytes = 0u64;
             let mut kept = Vec::new();
             while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|e| classify_hyper(&e))?;
+                let frame = frame.map_err(|e| classify_hyper(&e, true))?;
                 if let Some(data) = frame.data_ref() {
                     bytes += data.len() as u64;
-                    if keep_body {
-                        kept.extend_from_slice(data);
+                    if keep_body && kept.len() < BODY_KEPT {
+                        let room = BODY_KEPT - kept.len();
+                        kept.extend_from_slice(&data[..data.len().min(room)]);
                     }
                 }
             }

@@ -69,6 +69,18 @@ pub struct TaskData {
     pub bytes_in: u64,
     /// Arrivals that could not start on time (no free connection).
     pub missed: u64,
+    /// Arrivals taken from the schedule (or handed to Python, or picked by a closed-model
+    /// user): each is started or, once the run ends, counted as unsent.
+    pub taken: u64,
+    /// Iterations that began sending.
+    pub started: u64,
+    /// Iterations that ran to their end (answered, failed or raised).
+    pub iterations: u64,
+    /// Arrivals that were due and never sent.
+    pub unsent: u64,
+    /// Iterations that were sent and still unanswered when the run was stopped or its drain
+    /// ended.
+    pub cancelled: u64,
 }
 
 impl TaskData {
@@ -81,6 +93,11 @@ impl TaskData {
             status: [0; STATUS_CLASSES],
             bytes_in: 0,
             missed: 0,
+            taken: 0,
+            started: 0,
+            iterations: 0,
+            unsent: 0,
+            cancelled: 0,
         }
     }
 
@@ -94,6 +111,11 @@ impl TaskData {
         self.requests += o.requests;
         self.bytes_in += o.bytes_in;
         self.missed += o.missed;
+        self.taken += o.taken;
+        self.started += o.started;
+        self.iterations += o.iterations;
+        self.unsent += o.unsent;
+        self.cancelled += o.cancelled;
         for i in 0..ERROR_KINDS {
             self.errors[i] += o.errors[i];
         }
@@ -111,6 +133,11 @@ impl TaskData {
         self.status = [0; STATUS_CLASSES];
         self.bytes_in = 0;
         self.missed = 0;
+        self.taken = 0;
+        self.started = 0;
+        self.iterations = 0;
+        self.unsent = 0;
+        self.cancelled = 0;
     }
 
     pub fn error_total(&self) -> u64 {
@@ -131,11 +158,28 @@ impl TaskData {
     }
 
     /// An error, counted by kind. Errors with a response are recorded by `response` too.
+    /// An exception raised by a Python task is an error of its iteration, not a request.
     pub fn error(&mut self, kind: ErrorKind, with_response: bool) {
-        if !with_response {
+        if kind == ErrorKind::Cancelled {
+            return; // counted per iteration when the run ends
+        }
+        if !with_response && kind != ErrorKind::Exception {
             self.requests += 1;
         }
         self.errors[kind as usize] += 1;
+    }
+
+    /// The share of outcomes that failed: failed requests, exceptions and cancelled
+    /// iterations, over answered requests, exceptions and cancelled iterations. A request that
+    /// never came back counts against the run.
+    pub fn error_rate(&self) -> f64 {
+        let exceptions = self.errors[ErrorKind::Exception as usize];
+        let outcomes = self.requests + exceptions + self.cancelled;
+        if outcomes == 0 {
+            0.0
+        } else {
+            (self.error_total() + self.cancelled) as f64 / outcomes as f64
+        }
     }
 }
 
@@ -166,8 +210,11 @@ pub fn register_worker_thread() {
 pub struct Recorder {
     start: Instant,
     n_tasks: usize,
-    /// Samples that complete after the planned end belong to the last interval.
+    /// The last interval of the schedule; samples that complete after the planned end belong
+    /// to the drain interval that follows it.
     last_interval: u64,
+    /// The planned end, seconds after the start.
+    planned_end: f64,
     shards: Vec<Mutex<Shard>>,
     /// Emptied interval sets, reused so a long run allocates no histogram per second.
     spare: Mutex<Vec<Vec<TaskData>>>,
@@ -176,7 +223,10 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(start: Instant, n_tasks: usize, last_interval: u64, threads: usize) -> Self {
+    /// A recorder for a run of `duration` seconds: intervals `0..ceil(duration)` of the
+    /// schedule, then one drain interval for what completes after the planned end.
+    pub fn new(start: Instant, n_tasks: usize, duration: f64, threads: usize) -> Self {
+        let last_interval = (duration.ceil().max(1.0) as u64) - 1;
         let shards = (0..threads + 1)
             .map(|_| {
                 Mutex::new(Shard {
@@ -190,6 +240,7 @@ impl Recorder {
             start,
             n_tasks,
             last_interval,
+            planned_end: duration,
             shards,
             spare: Mutex::new(Vec::new()),
             in_flight: AtomicI64::new(0),
@@ -209,8 +260,20 @@ impl Recorder {
         &self.shards[i]
     }
 
+    /// The interval of the schedule in which `at` falls, or the drain interval
+    /// (`last_interval + 1`) from the planned end on.
     pub fn interval_of(&self, at: Instant) -> u64 {
-        (at.saturating_duration_since(self.start).as_secs()).min(self.last_interval)
+        let t = at.saturating_duration_since(self.start);
+        if t.as_secs_f64() >= self.planned_end {
+            self.last_interval + 1
+        } else {
+            t.as_secs().min(self.last_interval)
+        }
+    }
+
+    /// The drain interval's number.
+    pub fn drain_interval(&self) -> u64 {
+        self.last_interval + 1
     }
 
     /// Records into the interval in which `at` falls.
@@ -318,7 +381,8 @@ pub struct Row {
     pub time: f64,
     /// Interval start, seconds since the run started.
     pub elapsed_s: f64,
-    /// Interval length (1 s except for the last interval of a stopped run).
+    /// Interval length: 1 s, less for the last second of the schedule or of a stopped run;
+    /// the drain's length for the drain row (`elapsed_s` at the planned end).
     pub interval_s: f64,
     pub task: String,
     pub requests: u64,
@@ -331,6 +395,8 @@ pub struct Row {
     pub errors_status: u64,
     pub errors_check: u64,
     pub errors_exception: u64,
+    pub errors_protocol: u64,
+    pub errors_fd_limit: u64,
     pub status_1xx: u64,
     pub status_2xx: u64,
     pub status_3xx: u64,
@@ -341,6 +407,11 @@ pub struct Row {
     pub target_rps: Option<f64>,
     pub achieved_rps: f64,
     pub missed: u64,
+    /// Iterations cancelled in this interval (in flight when the run stopped or the drain
+    /// ended).
+    pub cancelled: u64,
+    /// Arrivals given up in this interval: due, never sent.
+    pub unsent: u64,
     pub in_flight: i64,
     pub active_users: i64,
     pub p50_ms: Option<f64>,
@@ -359,6 +430,9 @@ pub struct RowContext<'a> {
     pub time: f64,
     pub elapsed_s: f64,
     pub interval_s: f64,
+    /// What requests are divided by for `achieved_rps`: the interval's length, or `None` for
+    /// the drain, in which nothing is sent.
+    pub achieved_s: Option<f64>,
     pub task: &'a str,
     pub target_rps: Option<f64>,
     pub in_flight: i64,
@@ -385,6 +459,8 @@ impl Row {
             errors_status: e[ErrorKind::Status as usize],
             errors_check: e[ErrorKind::Check as usize],
             errors_exception: e[ErrorKind::Exception as usize],
+            errors_protocol: e[ErrorKind::Protocol as usize],
+            errors_fd_limit: e[ErrorKind::FdLimit as usize],
             status_1xx: d.status[0],
             status_2xx: d.status[1],
             status_3xx: d.status[2],
@@ -392,12 +468,13 @@ impl Row {
             status_5xx: d.status[4],
             bytes_in: d.bytes_in,
             target_rps: c.target_rps,
-            achieved_rps: if c.interval_s > 0.0 {
-                d.requests as f64 / c.interval_s
-            } else {
-                0.0
+            achieved_rps: match c.achieved_s {
+                Some(s) if s > 0.0 => d.requests as f64 / s,
+                _ => 0.0,
             },
             missed: d.missed,
+            cancelled: d.cancelled,
+            unsent: d.unsent,
             in_flight: c.in_flight,
             active_users: c.active_users,
             p50_ms: l.p50,
@@ -450,23 +527,28 @@ mod tests {
     }
 
     #[test]
-    fn recorder_keeps_intervals_apart_and_late_samples_join_the_last() {
+    fn recorder_keeps_intervals_apart_and_samples_after_the_end_join_the_drain() {
         let start = Instant::now();
-        let rec = Recorder::new(start, 2, 2, 1);
+        let rec = Recorder::new(start, 2, 2.5, 1);
         let at = |s: f64| start + std::time::Duration::from_secs_f64(s);
         rec.record(0, at(0.5), |d| d.response(200, 10, 1000, 900));
         rec.record(1, at(0.7), |d| d.error(ErrorKind::Connect, false));
         rec.record(0, at(1.2), |d| d.response(200, 10, 2000, 900));
+        rec.record(0, at(2.2), |d| d.response(200, 10, 3000, 900));
         rec.record(0, at(7.0), |d| d.response(500, 10, 3000, 900));
+        assert_eq!(rec.interval_of(at(2.49)), 2);
+        assert_eq!(rec.interval_of(at(2.5)), 3);
         let first = rec.take(0, false);
         assert_eq!(first[0].requests, 1);
         assert_eq!(first[1].errors[ErrorKind::Connect as usize], 1);
         let second = rec.take(1, false);
         assert_eq!(second[0].corrected.max(), new_hist_with(2000).max());
         let last = rec.take(2, false);
+        assert_eq!((last[0].status[1], last[0].status[4]), (1, 0));
+        let drain = rec.take(rec.drain_interval(), false);
         assert_eq!(
-            last[0].status[4], 1,
-            "the late 5xx lands in the last interval"
+            drain[0].status[4], 1,
+            "what completes after the planned end lands in the drain interval"
         );
     }
 

@@ -36,13 +36,31 @@ pub struct Plan {
     /// Run only this slice of the arrival schedule (distributed runs).
     #[serde(default)]
     pub shard: Option<Shard>,
+    /// The longest wait after the planned end for requests still in flight (the drain is
+    /// also bounded by the longest request timeout). Still in flight after it: cancelled.
+    #[serde(default = "default_max_drain")]
+    pub max_drain_s: f64,
+    /// The most virtual users (closed model) or connections (open model) a plan may ask
+    /// for: a guard against a typo that would need unbounded memory. Raise it on purpose.
+    #[serde(default = "default_max_users")]
+    pub max_users: u64,
 }
+
+/// The longest duration, timeout or think time a plan may give: a year.
+pub const MAX_SECONDS: f64 = 366.0 * 86_400.0;
 
 fn default_name() -> String {
     "run".to_string()
 }
 fn default_timeout() -> f64 {
     30.0
+}
+fn default_max_drain() -> f64 {
+    10.0
+}
+pub const DEFAULT_MAX_USERS: u64 = 100_000;
+fn default_max_users() -> u64 {
+    DEFAULT_MAX_USERS
 }
 fn default_connections() -> u32 {
     256
@@ -190,6 +208,20 @@ pub struct Feeder {
     pub seed: u64,
 }
 
+/// A number of seconds in a plan: finite, above 0 (or 0 when `zero_ok`), at most a year.
+/// The message names the field and the value, whatever it is.
+pub fn seconds(at: &str, v: f64, zero_ok: bool) -> Result<()> {
+    let ok = v.is_finite() && (v > 0.0 || (zero_ok && v == 0.0)) && v <= MAX_SECONDS;
+    if !ok {
+        let low = if zero_ok { ">= 0" } else { "> 0" };
+        return Err(Error::plan(
+            at,
+            format!("must be {low} and at most {MAX_SECONDS} seconds (a year), got {v}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Names accepted as task names: they become hlog tags and Parquet values.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -264,17 +296,52 @@ impl Plan {
                 ));
             }
         }
-        if !(self.timeout_s.is_finite() && self.timeout_s > 0.0) {
-            return Err(Error::plan("timeout_s", "must be > 0"));
+        seconds("timeout_s", self.timeout_s, false)?;
+        seconds("max_drain_s", self.max_drain_s, false)?;
+        for (ti, t) in self.tasks.iter().enumerate() {
+            for (ri, r) in t.requests.iter().enumerate() {
+                if let Some(v) = r.timeout_s {
+                    seconds(&format!("tasks[{ti}].requests[{ri}].timeout_s"), v, false)?;
+                }
+            }
         }
         match &self.load {
-            Load::Open { connections, .. } if *connections == 0 => {
-                return Err(Error::plan("load.connections", "must be >= 1"));
+            Load::Open { connections, .. } => {
+                if *connections == 0 {
+                    return Err(Error::plan("load.connections", "must be >= 1"));
+                }
+                if *connections as u64 > self.max_users {
+                    return Err(Error::plan(
+                        "load.connections",
+                        format!(
+                            "{connections} connections is more than max_users ({}); \
+                             raise max_users if you mean it",
+                            self.max_users
+                        ),
+                    ));
+                }
             }
-            Load::Closed { think_s, .. } if !(think_s.is_finite() && *think_s >= 0.0) => {
-                return Err(Error::plan("load.think_s", "must be >= 0"));
+            Load::Closed { think_s, stages } => {
+                seconds("load.think_s", *think_s, true)?;
+                let peak = stages
+                    .iter()
+                    .map(|s| match *s {
+                        Stage::Constant { rate, .. } => rate,
+                        Stage::Ramp { from, to, .. } | Stage::Step { from, to, .. } => from.max(to),
+                        Stage::Spike { base, peak, .. } => base.max(peak),
+                    })
+                    .fold(0.0, f64::max);
+                if peak.is_finite() && peak > self.max_users as f64 {
+                    return Err(Error::plan(
+                        "load.stages",
+                        format!(
+                            "asks for {peak} virtual users, more than max_users ({}); \
+                             raise max_users if you mean it",
+                            self.max_users
+                        ),
+                    ));
+                }
             }
-            _ => {}
         }
         if let Some(sh) = &self.shard {
             if matches!(self.load, Load::Closed { .. }) {

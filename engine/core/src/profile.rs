@@ -33,6 +33,9 @@ pub enum Stage {
     },
 }
 
+/// The most arrivals a profile may ask for in all: counts stay exact in a float.
+const MAX_TOTAL: f64 = 9.0e15;
+
 /// A linear piece of the curve: `rate(t0 + τ) = from + (to - from) τ / duration`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Segment {
@@ -106,12 +109,7 @@ impl Profile {
                 | Stage::Step { duration_s, .. }
                 | Stage::Spike { duration_s, .. } => *duration_s,
             };
-            if !d.is_finite() || d <= 0.0 {
-                return Err(Error::plan(
-                    format!("stages[{i}].duration_s"),
-                    format!("must be > 0 seconds, got {d}"),
-                ));
-            }
+            crate::plan::seconds(&format!("stages[{i}].duration_s"), d, false)?;
             match *st {
                 Stage::Constant { rate, duration_s } => {
                     check_value(rate, "rate", i)?;
@@ -168,6 +166,16 @@ impl Profile {
                 }
             }
         }
+        let whole: f64 = pieces.iter().map(|p| p.2).sum();
+        if whole > crate::plan::MAX_SECONDS {
+            return Err(Error::plan(
+                "stages",
+                format!(
+                    "the stages last {whole} seconds; at most {} (a year)",
+                    crate::plan::MAX_SECONDS
+                ),
+            ));
+        }
         let mut segments = Vec::with_capacity(pieces.len());
         let (mut t, mut n) = (0.0, 0.0);
         for (from, to, duration) in pieces {
@@ -181,6 +189,12 @@ impl Profile {
             t += duration;
             n += seg.count();
             segments.push(seg);
+        }
+        if n > MAX_TOTAL {
+            return Err(Error::plan(
+                "stages",
+                format!("the profile asks for {n:e} arrivals in all; at most {MAX_TOTAL:e}"),
+            ));
         }
         Ok(Profile {
             segments,

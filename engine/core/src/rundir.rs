@@ -127,8 +127,24 @@ impl RunWriter {
     pub fn summary(&mut self, s: &Summary) -> Result<()> {
         let p = self.dir.join(SUMMARY);
         let text = serde_json::to_string_pretty(s).expect("summaries serialize");
-        fs::write(&p, text).map_err(|e| Error::io(&p, e))
+        write_atomic(&p, text.as_bytes())
     }
+}
+
+/// Writes `path` whole or not at all: a temporary file beside it, synced, then renamed over
+/// it. A full disk leaves no half-written file that later reads as complete.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let written = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 /// Whole-run figures of one task or of all tasks together.
@@ -137,9 +153,18 @@ pub struct Stats {
     pub requests: u64,
     pub errors: u64,
     pub errors_by_kind: std::collections::BTreeMap<String, u64>,
+    /// Failed requests, exceptions and cancelled iterations over all outcomes: a request that
+    /// never came back counts against the run.
     pub error_rate: f64,
     pub missed: u64,
+    /// Iterations that ran to their end (for tasks of one request: `requests`).
+    pub iterations: u64,
+    /// Iterations sent and still unanswered when the run was stopped or its drain ended.
+    pub cancelled: u64,
+    /// Arrivals that were due and never sent.
+    pub unsent: u64,
     pub bytes_in: u64,
+    /// Requests over the time they were being sent (`duration_s`).
     pub achieved_rps: f64,
     /// From the instant each request was due (coordinated-omission corrected).
     pub latency_ms: Percentiles,
@@ -157,12 +182,11 @@ impl Stats {
             requests: d.requests,
             errors: d.error_total(),
             errors_by_kind,
-            error_rate: if d.requests > 0 {
-                d.error_total() as f64 / d.requests as f64
-            } else {
-                0.0
-            },
+            error_rate: d.error_rate(),
             missed: d.missed,
+            iterations: d.iterations,
+            cancelled: d.cancelled,
+            unsent: d.unsent,
             bytes_in: d.bytes_in,
             achieved_rps: if duration_s > 0.0 {
                 d.requests as f64 / duration_s
@@ -180,6 +204,8 @@ pub struct TaskSummary {
     pub name: String,
     /// `engine`: the whole iteration runs inside the engine.
     pub path: String,
+    /// Arrivals of this task that were due (open model).
+    pub target_requests: Option<f64>,
     #[serde(flatten)]
     pub stats: Stats,
 }
@@ -189,12 +215,18 @@ pub struct Summary {
     pub name: String,
     /// Seconds since the Unix epoch.
     pub started_at: f64,
+    /// How long requests were being sent: the planned duration, or up to the stop.
     pub duration_s: f64,
+    /// How long the run waited after the planned end for requests still in flight.
+    pub drain_s: f64,
     pub planned_duration_s: f64,
-    /// Why the run ended: `completed`, `stopped` or `exhausted` (a unique feeder ran out).
+    /// Why the run ended: `completed`, `stopped` (stop() or a signal), `aborted` (a threshold
+    /// failed during the run), `drain_timeout` (requests were still in flight when the drain
+    /// ended: they are counted as cancelled) or `exhausted` (a unique feeder ran out).
     pub ended: String,
     pub model: String,
-    /// Requests the profile asked for (open model).
+    /// Arrivals that were due (open model): for every task,
+    /// `target_requests == iterations + cancelled + unsent`.
     pub target_requests: Option<f64>,
     pub overall: Stats,
     pub tasks: Vec<TaskSummary>,

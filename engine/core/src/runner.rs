@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -33,12 +33,16 @@ use crate::session::PythonSide;
 use crate::template::{Scope, Values};
 
 /// An arrival taken this long after it was due found no free connection.
-const LATE: Duration = Duration::from_millis(1);
+pub(crate) const LATE: Duration = Duration::from_millis(1);
 /// How long after a second ends its interval is closed: lets requests that completed just
 /// before the boundary finish recording.
 const CLOSE_GRACE: Duration = Duration::from_millis(20);
-/// The longest a finished schedule waits for requests still in flight.
-const MAX_DRAIN: Duration = Duration::from_secs(10);
+/// An arrival due before the planned end may still be sent this long after it (a worker
+/// woken a moment late); after it nothing new is sent, and what was due and not sent is
+/// counted as unsent.
+const END_GRACE: Duration = Duration::from_millis(20);
+/// After a stop, how long workers get to notice it before they are aborted.
+const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// Builds the one multi-thread runtime the engine runs on; each worker thread gets its own
 /// metrics shard.
@@ -86,6 +90,14 @@ impl FeedRows {
 pub(crate) struct Ctx {
     pub(crate) start: Instant,
     pub(crate) duration: f64,
+    /// `start + duration`.
+    pub(crate) planned_end: Instant,
+    /// Nothing new is sent from this instant on (`planned_end + END_GRACE`).
+    pub(crate) send_until: Instant,
+    /// The longest the run waits after the planned end for requests in flight.
+    drain_limit: Duration,
+    /// The plan's request timeout.
+    pub(crate) default_timeout: Duration,
     /// How many shards the schedule is split into (this run runs one of them).
     shards: f64,
     pub(crate) target: Arc<Target>,
@@ -96,6 +108,8 @@ pub(crate) struct Ctx {
     user_vars: Vec<BTreeMap<String, String>>,
     pub(crate) recorder: Recorder,
     pub(crate) stop: CancellationToken,
+    /// When the run was stopped before its planned end (seconds after the start).
+    stopped_at: std::sync::OnceLock<f64>,
     pub(crate) exhausted: AtomicBool,
     /// Set when the plan's virtual users live in Python (see `session`).
     pub(crate) python: Option<PythonSide>,
@@ -111,23 +125,43 @@ pub struct RunState {
     failure: Mutex<Option<String>>,
     done: Mutex<bool>,
     done_cv: Condvar,
-    stop: CancellationToken,
     /// Set by `stop()`: tells a stopped run from one whose token was cancelled for another
     /// reason (a unique feeder ran out, in-flight requests outlived the drain).
     stop_requested: AtomicBool,
+    /// Why `stop()` was called: `stopped` or `aborted`.
+    stop_reason: Mutex<&'static str>,
 }
 
 #[derive(Clone)]
 pub struct RunHandle(Arc<RunState>, Arc<Ctx>);
+
+impl Ctx {
+    /// Ends the run now, before its planned end: nothing new is sent, what is in flight is
+    /// cancelled. The first call's instant is the end of the run's sending time.
+    pub(crate) fn stop_now(&self) {
+        self.stopped_at
+            .get_or_init(|| self.start.elapsed().as_secs_f64().min(self.duration));
+        self.stop.cancel();
+    }
+}
 
 impl RunHandle {
     pub(crate) fn ctx(&self) -> &Arc<Ctx> {
         &self.1
     }
 
+    /// Stops the run: nothing new is sent, what is in flight is cancelled.
     pub fn stop(&self) {
-        self.0.stop_requested.store(true, Ordering::SeqCst);
-        self.0.stop.cancel();
+        self.stop_with("stopped");
+    }
+
+    /// Stops the run with the reason the summary gives: `stopped` or `aborted` (a threshold
+    /// failed while the run went).
+    pub fn stop_with(&self, reason: &'static str) {
+        if !self.0.stop_requested.swap(true, Ordering::SeqCst) {
+            *self.0.stop_reason.lock().unwrap() = reason;
+        }
+        self.1.stop_now();
     }
     pub fn is_done(&self) -> bool {
         *self.0.done.lock().unwrap()
@@ -262,15 +296,26 @@ pub fn start(rt: &Handle, threads: usize, plan: Plan, dir: PathBuf) -> Result<Ru
             )
         }
     };
+    let longest_timeout = tasks
+        .iter()
+        .flatten()
+        .map(|r| r.timeout)
+        .fold(Duration::from_secs_f64(plan.timeout_s), Duration::max);
+    let drain_limit = longest_timeout.min(Duration::from_secs_f64(plan.max_drain_s));
     let names: Vec<String> = plan.tasks.iter().map(|t| t.name.clone()).collect();
     let wall_start = SystemTime::now();
     let writer = RunWriter::create(&dir, &plan.to_json(), wall_start)?;
     let n_intervals = duration.ceil().max(1.0) as u64;
     let stop = CancellationToken::new();
     let start = Instant::now();
+    let planned_end = start + Duration::from_secs_f64(duration);
     let ctx = Arc::new(Ctx {
         start,
         duration,
+        planned_end,
+        send_until: planned_end + END_GRACE,
+        drain_limit,
+        default_timeout: Duration::from_secs_f64(plan.timeout_s),
         shards: shard.1 as f64,
         target,
         tasks,
@@ -278,8 +323,9 @@ pub fn start(rt: &Handle, threads: usize, plan: Plan, dir: PathBuf) -> Result<Ru
         model,
         feeder: plan.feeder.as_ref().map(compile_feeder),
         user_vars: plan.user_vars.clone(),
-        recorder: Recorder::new(start, names.len(), n_intervals - 1, threads),
-        stop: stop.clone(),
+        recorder: Recorder::new(start, names.len(), duration, threads),
+        stop,
+        stopped_at: std::sync::OnceLock::new(),
         exhausted: AtomicBool::new(false),
         python: plan.python().then(PythonSide::default),
     });
@@ -292,8 +338,8 @@ pub fn start(rt: &Handle, threads: usize, plan: Plan, dir: PathBuf) -> Result<Ru
         failure: Mutex::new(None),
         done: Mutex::new(false),
         done_cv: Condvar::new(),
-        stop,
         stop_requested: AtomicBool::new(false),
+        stop_reason: Mutex::new("stopped"),
     });
     let handle = RunHandle(state.clone(), ctx.clone());
     rt.spawn(drive(ctx, state, writer, plan, wall_start, n_intervals));
@@ -308,6 +354,16 @@ fn prefix(e: Error, p: &str) -> Error {
         },
         other => other,
     }
+}
+
+/// How the schedule's part of a run ended.
+enum Phase {
+    /// The planned end was reached; workers may still have requests in flight.
+    Planned,
+    /// Every worker finished before the planned end (the schedule or the users were done).
+    Joined,
+    /// Stopped (or a unique feeder ran out) `at` seconds in; workers are gone.
+    Stopped { at: f64 },
 }
 
 async fn drive(
@@ -331,16 +387,26 @@ async fn drive(
         spawn_workers(&ctx, &mut workers);
     }
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
-    let drain_deadline = ctx.start + Duration::from_secs_f64(ctx.duration) + MAX_DRAIN;
     let joiner_stop = ctx.stop.clone();
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 r = workers.join_next() => if r.is_none() { break },
-                _ = tokio::time::sleep_until(drain_deadline.into()) => {
-                    joiner_stop.cancel();
-                    workers.abort_all();
-                    while workers.join_next().await.is_some() {}
+                _ = joiner_stop.cancelled() => {
+                    // Workers drop what is in flight as soon as they see the token; whatever
+                    // has not noticed it in a moment is aborted.
+                    let grace = tokio::time::sleep(STOP_GRACE);
+                    tokio::pin!(grace);
+                    loop {
+                        tokio::select! {
+                            r = workers.join_next() => if r.is_none() { break },
+                            _ = &mut grace => {
+                                workers.abort_all();
+                                while workers.join_next().await.is_some() {}
+                                break;
+                            }
+                        }
+                    }
                     break;
                 }
             }
@@ -349,6 +415,7 @@ async fn drive(
     });
 
     let epoch0 = epoch_seconds(wall_start);
+    let n_tasks = state.names.len();
     let mut closer = Closer {
         ctx: &ctx,
         state: &state,
@@ -356,65 +423,144 @@ async fn drive(
         epoch0,
         gauges: None,
     };
+    let fail = |e: Error| {
+        *state.failure.lock().unwrap() = Some(e.to_string());
+        ctx.stop_now();
+    };
+    // Arrivals due and never taken from the schedule, per task.
+    let mut skipped = vec![0u64; n_tasks];
     let mut i = 0u64;
-    let mut stopped = false;
-    // The last interval closes after the workers are gone; its gauges are read just before the
-    // planned end, while users are still at work.
-    let planned_end = ctx.start + Duration::from_secs_f64((ctx.duration - 0.1).max(0.0));
-    loop {
+    // The last interval's gauges are read just before the planned end, while users are still
+    // at work.
+    let gauge_at = ctx.start + Duration::from_secs_f64((ctx.duration - 0.1).max(0.0));
+    let phase = loop {
         let is_last = i + 1 >= n_intervals;
-        let boundary = ctx.start + Duration::from_secs(i + 1) + CLOSE_GRACE;
+        let boundary = if is_last {
+            ctx.send_until
+        } else {
+            ctx.start + Duration::from_secs(i + 1) + CLOSE_GRACE
+        };
         tokio::select! {
-            _ = sleep_until(planned_end.into()), if is_last && closer.gauges.is_none() => {
+            _ = sleep_until(gauge_at.into()), if is_last && closer.gauges.is_none() => {
                 closer.gauges = Some(gauges(&ctx));
             }
-            _ = sleep_until(boundary.into()), if !is_last => {
-                if let Err(e) = closer.close(i, 1.0, false) {
-                    *state.failure.lock().unwrap() = Some(e.to_string());
-                    ctx.stop.cancel();
+            _ = sleep_until(boundary.into()) => {
+                let mut data = ctx.recorder.take(i, false);
+                let length = if is_last { ctx.duration - i as f64 } else { 1.0 };
+                if is_last {
+                    // Nothing new is sent from here on: what was due and not taken is unsent.
+                    let left = finish_schedule(&ctx, ctx.duration);
+                    for (t, n) in left.iter().enumerate() {
+                        data[t].unsent += n;
+                        skipped[t] += n;
+                    }
+                }
+                if let Err(e) = closer.close(i, length, Some(length), data) {
+                    fail(e);
                 }
                 i += 1;
+                if is_last {
+                    break Phase::Planned;
+                }
             }
-            _ = &mut done_rx => break,
+            _ = &mut done_rx => match ctx.stopped_at.get() {
+                // Workers saw a stop and were gone before this loop woke.
+                Some(&at) => break Phase::Stopped { at },
+                None => break Phase::Joined,
+            },
             _ = ctx.stop.cancelled() => {
-                stopped = true;
                 closer.gauges = Some(gauges(&ctx));
-                // Workers drop what is in flight as soon as they see the token.
                 let _ = (&mut done_rx).await;
-                break;
+                let at = ctx.stopped_at.get().copied().unwrap_or(ctx.duration);
+                break Phase::Stopped { at };
             }
         }
+    };
+    let exhausted = ctx.exhausted.load(Ordering::Relaxed);
+    let mut ended = "completed";
+    let (duration_s, drain_s, last_i, last_len, achieved) = match phase {
+        Phase::Planned => {
+            // The drain: wait for what is in flight, up to the drain limit.
+            let deadline = ctx.planned_end + ctx.drain_limit;
+            tokio::select! {
+                _ = &mut done_rx => {}
+                _ = sleep_until(deadline.into()) => {
+                    ended = "drain_timeout";
+                    ctx.stop.cancel();
+                    let _ = (&mut done_rx).await;
+                }
+                _ = ctx.stop.cancelled() => {
+                    let _ = (&mut done_rx).await;
+                }
+            }
+            let drain = ctx.planned_end.elapsed().as_secs_f64();
+            (ctx.duration, drain, i, drain, None)
+        }
+        Phase::Joined | Phase::Stopped { .. } => {
+            let at = match phase {
+                Phase::Stopped { at } => at,
+                _ => ctx.duration,
+            };
+            let left = finish_schedule(&ctx, at);
+            for (t, n) in left.iter().enumerate() {
+                skipped[t] += n;
+            }
+            let len = (at - i as f64).clamp(0.0, 1.0);
+            (at, 0.0, i, len, Some(len))
+        }
+    };
+    if state.stop_requested.load(Ordering::SeqCst) && ended == "completed" {
+        ended = *state.stop_reason.lock().unwrap();
+    } else if exhausted {
+        ended = "exhausted";
     }
-    // The workers may have seen the stop and finished before this loop did: ask the flag.
-    let stopped = stopped || state.stop_requested.load(Ordering::SeqCst);
-    let elapsed = ctx.start.elapsed().as_secs_f64();
-    let last_len = if stopped {
-        (elapsed - i as f64).clamp(0.0, 1.0)
-    } else {
-        (ctx.duration - i as f64).clamp(0.0, 1.0)
-    };
-    if let Err(e) = closer.close(i, last_len, true) {
-        *state.failure.lock().unwrap() = Some(e.to_string());
+    // Every worker is gone: what remains open is the last interval (or the drain).
+    let mut data = ctx.recorder.take(u64::MAX, true);
+    if !matches!(phase, Phase::Planned) {
+        for (t, n) in skipped.iter().enumerate() {
+            data[t].unsent += n;
+        }
     }
-    let duration_s = if stopped {
-        elapsed.min(ctx.duration)
-    } else {
-        ctx.duration
-    };
-    let ended = if ctx.exhausted.load(Ordering::Relaxed) {
-        "exhausted"
-    } else if stopped {
-        "stopped"
-    } else {
-        "completed"
-    };
-    let summary = summarize(&ctx, &state, &plan, epoch0, duration_s, ended);
+    {
+        let cumulative = state.cumulative.lock().unwrap();
+        for (t, d) in data.iter_mut().enumerate() {
+            let mut total = cumulative[t].clone();
+            total.add(d);
+            // Taken and never started: unsent. Started and never finished: cancelled.
+            d.unsent += total.taken.saturating_sub(total.started);
+            d.cancelled += total.started.saturating_sub(total.iterations);
+        }
+    }
+    let is_drain = matches!(phase, Phase::Planned);
+    let anything = data
+        .iter()
+        .any(|d| d.requests + d.unsent + d.cancelled + d.error_total() + d.taken > 0);
+    if !is_drain || drain_s > 0.0005 || anything {
+        if let Err(e) = closer.close(last_i, last_len, achieved, data) {
+            *state.failure.lock().unwrap() = Some(e.to_string());
+        }
+    }
+    let summary = summarize(
+        &ctx, &state, &plan, epoch0, duration_s, drain_s, ended, &skipped,
+    );
     if let Err(e) = writer.summary(&summary) {
         *state.failure.lock().unwrap() = Some(e.to_string());
     }
     *state.summary.lock().unwrap() = Some(summary);
     *state.done.lock().unwrap() = true;
     state.done_cv.notify_all();
+}
+
+/// Ends the open model's schedule at `at` seconds: the arrivals due before it that nobody
+/// took, per task.
+fn finish_schedule(ctx: &Ctx, at: f64) -> Vec<u64> {
+    match &ctx.model {
+        Model::Open { schedule, .. } => schedule
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .finish_before(at, &ctx.mix, ctx.tasks.len()),
+        Model::Closed { .. } => vec![0; ctx.tasks.len()],
+    }
 }
 
 fn spawn_workers(ctx: &Arc<Ctx>, workers: &mut JoinSet<()>) {
@@ -449,16 +595,26 @@ fn gauges(ctx: &Ctx) -> (i64, i64) {
 }
 
 impl Closer<'_> {
-    fn close(&mut self, i: u64, length: f64, everything: bool) -> Result<()> {
+    /// Writes interval `i` (`length` seconds; the drain when `i` is past the schedule) from
+    /// `data`, adds it to the run's totals and hands rows to readers. `achieved_s` divides
+    /// requests for `achieved_rps` (`None` in the drain, where nothing is sent).
+    fn close(
+        &mut self,
+        i: u64,
+        length: f64,
+        achieved_s: Option<f64>,
+        data: Vec<TaskData>,
+    ) -> Result<()> {
         let ctx = self.ctx;
-        let data = ctx.recorder.take(i, everything);
-        let start_s = i as f64;
+        let start_s = (i as f64).min(ctx.duration);
+        let drain = i as f64 >= ctx.duration;
         let (in_flight, active_users) = self.gauges.unwrap_or_else(|| gauges(ctx));
         let rows: Vec<Row> = data
             .iter()
             .enumerate()
             .map(|(t, d)| {
                 let target_rps = match &ctx.model {
+                    Model::Open { .. } if drain => Some(0.0),
                     Model::Open { arrivals, .. } if length > 0.0 => {
                         let n =
                             arrivals.cumulative(start_s + length) - arrivals.cumulative(start_s);
@@ -471,6 +627,7 @@ impl Closer<'_> {
                         time: self.epoch0 + start_s,
                         elapsed_s: start_s,
                         interval_s: length,
+                        achieved_s,
                         task: &self.state.names[t],
                         target_rps,
                         in_flight,
@@ -494,43 +651,46 @@ impl Closer<'_> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn summarize(
     ctx: &Ctx,
     state: &RunState,
     plan: &Plan,
     epoch0: f64,
     duration_s: f64,
+    drain_s: f64,
     ended: &str,
+    skipped: &[u64],
 ) -> Summary {
     let c = state.cumulative.lock().unwrap();
+    let open = matches!(ctx.model, Model::Open { .. });
     let mut all = TaskData::new();
+    let mut all_target = 0u64;
     let tasks = c
         .iter()
         .zip(&state.names)
         .enumerate()
         .map(|(i, (d, name))| {
             all.add(d);
+            let target = d.taken + skipped[i];
+            all_target += target;
             TaskSummary {
                 name: name.clone(),
                 path: plan.tasks[i].path.name().into(),
+                target_requests: open.then_some(target as f64),
                 stats: Stats::of(d, duration_s),
             }
         })
         .collect();
-    let (model, target_requests) = match &ctx.model {
-        Model::Open { arrivals, .. } => {
-            ("open", Some(arrivals.cumulative(duration_s) / ctx.shards))
-        }
-        Model::Closed { .. } => ("closed", None),
-    };
     Summary {
         name: plan.name.clone(),
         started_at: epoch0,
         duration_s,
+        drain_s,
         planned_duration_s: ctx.duration,
         ended: ended.into(),
-        model: model.into(),
-        target_requests,
+        model: if open { "open" } else { "closed" }.into(),
+        target_requests: open.then_some(all_target as f64),
         overall: Stats::of(&all, duration_s),
         tasks,
     }
@@ -546,6 +706,8 @@ async fn open_worker(ctx: Arc<Ctx>, vu: u64) {
     // would take the token's lock, shared by every worker, on every request.
     let stopped = ctx.stop.cancelled();
     tokio::pin!(stopped);
+    // An arrival taken and not sent is counted as unsent when the run ends (taken - started).
+    let give_up = |task: usize| ctx.recorder.record(task, Instant::now(), |d| d.taken += 1);
     loop {
         if ctx.stop.is_cancelled() {
             break;
@@ -559,14 +721,24 @@ async fn open_worker(ctx: Arc<Ctx>, vu: u64) {
         if due > now {
             tokio::select! {
                 _ = pacer::until(due) => {}
-                _ = &mut stopped => break,
+                _ = &mut stopped => {
+                    give_up(task);
+                    break;
+                }
             }
         }
-        if late {
-            ctx.recorder.record(task, now, |d| d.missed += 1);
+        if Instant::now() >= ctx.send_until || ctx.stop.is_cancelled() {
+            // Due before the planned end, but the generator got to it too late.
+            give_up(task);
+            break;
         }
+        let begin = Begin {
+            taken: true,
+            late,
+            due: Some(due),
+        };
         tokio::select! {
-            go_on = iteration(&ctx, &mut client, vu, arrival.index, task, Some(due), user) => {
+            go_on = iteration(&ctx, &mut client, vu, arrival.index, task, begin, user) => {
                 if !go_on { break }
             }
             _ = &mut stopped => break,
@@ -613,11 +785,16 @@ async fn closed_worker(ctx: Arc<Ctx>, vu: u64) {
         }
         let iter = iterations.fetch_add(1, Ordering::Relaxed);
         let task = ctx.mix.pick(iter);
+        let begin = Begin {
+            taken: true,
+            late: false,
+            due: None,
+        };
         // Boxed: an iteration's state (the request in flight, hyper's futures) is about 1.5 KiB;
         // inline it would stay in every user's task while the user thinks, and a run may hold
         // tens of thousands of thinking users.
         let went = tokio::select! {
-            go_on = Box::pin(iteration(&ctx, &mut client, vu, iter, task, None, user)) => go_on,
+            go_on = Box::pin(iteration(&ctx, &mut client, vu, iter, task, begin, user)) => go_on,
             _ = &mut stopped => false,
         };
         if !went {
@@ -642,6 +819,25 @@ async fn closed_worker(ctx: Arc<Ctx>, vu: u64) {
     }
 }
 
+/// How an iteration begins: whether it counts as a taken arrival (engine workers take and
+/// start in one step), whether it started late (missed), and the instant it was due.
+pub(crate) struct Begin {
+    pub(crate) taken: bool,
+    pub(crate) late: bool,
+    pub(crate) due: Option<Instant>,
+}
+
+impl Begin {
+    /// Records the iteration's start, in one visit to the recorder.
+    pub(crate) fn record(&self, ctx: &Ctx, task: usize) {
+        ctx.recorder.record(task, Instant::now(), |d| {
+            d.taken += self.taken as u64;
+            d.started += 1;
+            d.missed += self.late as u64;
+        });
+    }
+}
+
 fn pick_user(ctx: &Ctx, vu: u64) -> Option<usize> {
     if ctx.user_vars.is_empty() {
         None
@@ -660,8 +856,16 @@ pub(crate) async fn exchange(
     keep_headers: bool,
     build: impl FnOnce() -> Result<hyper::Request<http_body_util::Full<bytes::Bytes>>, ErrorKind>,
 ) -> (Instant, Result<(Instant, crate::http::Response), ErrorKind>) {
-    let rec = &ctx.recorder;
-    rec.in_flight.fetch_add(1, Ordering::Relaxed);
+    /// Counts a request in flight for as long as it lives, including when it is dropped
+    /// (cancelled) before it ends.
+    struct InFlight<'a>(&'a AtomicI64);
+    impl Drop for InFlight<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    ctx.recorder.in_flight.fetch_add(1, Ordering::Relaxed);
+    let _in_flight = InFlight(&ctx.recorder.in_flight);
     let result = tokio::time::timeout(timeout, async {
         client.ensure_connected().await?;
         let built = build()?;
@@ -675,7 +879,6 @@ pub(crate) async fn exchange(
         client.disconnect();
         Err(ErrorKind::Timeout)
     });
-    rec.in_flight.fetch_sub(1, Ordering::Relaxed);
     (Instant::now(), result)
 }
 
@@ -687,15 +890,18 @@ async fn iteration(
     vu: u64,
     iter: u64,
     task: usize,
-    due: Option<Instant>,
+    begin: Begin,
     user: Option<usize>,
 ) -> bool {
     let row = match &ctx.feeder {
         Some(f) => match f.row(iter) {
             Some(r) => Some(r),
             None => {
+                if begin.taken {
+                    ctx.recorder.record(task, Instant::now(), |d| d.taken += 1);
+                }
                 ctx.exhausted.store(true, Ordering::Relaxed);
-                ctx.stop.cancel();
+                ctx.stop_now();
                 return false;
             }
         },
@@ -707,11 +913,13 @@ async fn iteration(
         row,
         user: user.map(|u| &ctx.user_vars[u]),
     };
+    begin.record(ctx, task);
     let rec = &ctx.recorder;
-    for (ri, req) in ctx.tasks[task].iter().enumerate() {
+    let requests = &ctx.tasks[task];
+    for (ri, req) in requests.iter().enumerate() {
         // Only the first request of an iteration has a due instant; the next ones start when
         // the previous answered.
-        let from = match due {
+        let from = match begin.due {
             Some(d) if ri == 0 => d,
             _ => Instant::now(),
         };
@@ -720,6 +928,7 @@ async fn iteration(
             req.build(&values, &ctx.target)
         })
         .await;
+        let last = ri + 1 == requests.len();
         match result {
             Ok((sent, resp)) => {
                 let corrected = end.duration_since(from).as_micros() as u64;
@@ -732,10 +941,14 @@ async fn iteration(
                     if let Some(f) = failure {
                         d.error(f.into(), true);
                     }
+                    d.iterations += last as u64;
                 });
             }
             Err(kind) => {
-                rec.record(task, end, |d| d.error(kind, false));
+                rec.record(task, end, |d| {
+                    d.error(kind, false);
+                    d.iterations += 1;
+                });
                 // The rest of the iteration depends on this request having been answered.
                 break;
             }

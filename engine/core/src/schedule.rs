@@ -58,6 +58,8 @@ pub struct Schedule {
     next_index: u64,
     u: f64,
     cursor: usize,
+    /// Set by `finish_before`: nothing more is taken.
+    finished: bool,
 }
 
 impl Schedule {
@@ -82,10 +84,14 @@ impl Schedule {
             next_index: 0,
             u: 0.0,
             cursor: 0,
+            finished: false,
         })
     }
 
     fn advance(&mut self) -> Option<Arrival> {
+        if self.finished {
+            return None;
+        }
         let index = self.next_index;
         self.next_index += 1;
         match self.kind {
@@ -94,6 +100,48 @@ impl Schedule {
         }
         let due = self.profile.inverse_from(self.u, &mut self.cursor)?;
         Some(Arrival { index, due })
+    }
+}
+
+/// Remaining arrivals past this count are counted in closed form instead of one by one.
+const COUNT_ONE_BY_ONE: f64 = 1e6;
+
+impl Schedule {
+    /// Ends the schedule: takes every arrival not yet taken that is due before `t` seconds,
+    /// without yielding it, and returns how many of this shard's fall on each task. These are
+    /// the arrivals that were due and never sent. A generator far behind (a rate it cannot
+    /// reach) may leave billions: those are counted in closed form (for Poisson arrivals, the
+    /// expected number).
+    pub fn finish_before(&mut self, t: f64, mix: &Mix, n_tasks: usize) -> Vec<u64> {
+        let mut counts = vec![0u64; n_tasks];
+        let target = self.profile.cumulative(t);
+        let left = target - self.u;
+        if left > COUNT_ONE_BY_ONE {
+            let end = match self.kind {
+                Arrivals::Uniform => target.ceil(),
+                Arrivals::Poisson { .. } => self.next_index as f64 + left.ceil(),
+            };
+            let end = end.min(u64::MAX as f64) as u64;
+            mix.count_shard(
+                self.next_index,
+                end,
+                self.shard_index,
+                self.shard_count,
+                &mut counts,
+            );
+            self.next_index = end.max(self.next_index);
+        } else {
+            while let Some(a) = self.advance() {
+                if a.due >= t {
+                    break;
+                }
+                if a.index % self.shard_count == self.shard_index {
+                    counts[mix.pick(a.index)] += 1;
+                }
+            }
+        }
+        self.finished = true;
+        counts
     }
 }
 
@@ -158,6 +206,36 @@ impl Mix {
         self.sequence[(k % self.sequence.len() as u64) as usize] as usize
     }
 
+    /// Adds to `counts[task]` how many global indices `k` in `[from, to)` with
+    /// `k % count == index` fall on each task, in time proportional to the mix's period.
+    pub fn count_shard(&self, from: u64, to: u64, index: u64, count: u64, counts: &mut [u64]) {
+        if to <= from {
+            return;
+        }
+        // The first index of the shard at or after `from`, then every `count`-th.
+        let first = from + (index + count - from % count) % count;
+        if first >= to {
+            return;
+        }
+        let n = (to - 1 - first) / count + 1;
+        let p = self.sequence.len() as u64;
+        // Along the shard, k mod p repeats every p / gcd(p, count) steps.
+        let cycle = p / gcd(p, count % p);
+        let mut per_cycle = vec![0u64; counts.len()];
+        for j in 0..cycle.min(n) {
+            per_cycle[self.pick(first + j * count)] += 1;
+        }
+        let full = n / cycle;
+        if full > 0 {
+            for (c, k) in counts.iter_mut().zip(&per_cycle) {
+                *c += full * k;
+            }
+        }
+        for j in full * cycle..n {
+            counts[self.pick(first + j * count)] += 1;
+        }
+    }
+
     /// The share of iterations that go to `task`.
     pub fn share(&self, task: usize) -> f64 {
         let n = self
@@ -169,10 +247,55 @@ impl Mix {
     }
 }
 
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::profile::Stage;
+
+    #[test]
+    fn counting_a_shard_in_closed_form_matches_counting_one_by_one() {
+        let mix = Mix::new(&[5, 2, 1]).unwrap();
+        for (from, to, index, count) in [
+            (0, 1000, 0, 1),
+            (7, 5003, 2, 3),
+            (11, 12, 0, 4),
+            (5, 9000, 3, 8),
+        ] {
+            let mut fast = vec![0; 3];
+            mix.count_shard(from, to, index, count, &mut fast);
+            let mut slow = vec![0; 3];
+            for k in (from..to).filter(|k| k % count == index) {
+                slow[mix.pick(k)] += 1;
+            }
+            assert_eq!(fast, slow, "{from}..{to} shard {index}/{count}");
+        }
+    }
+
+    #[test]
+    fn finishing_a_schedule_counts_what_was_due_and_not_taken() {
+        let mix = Mix::new(&[5, 1]).unwrap();
+        // 600 due in [0, 1): 10 taken, the other 590 left.
+        let mut s = Schedule::new(constant(600.0, 2.0), Arrivals::Uniform, (0, 1)).unwrap();
+        for _ in 0..10 {
+            s.next().unwrap();
+        }
+        let left = s.finish_before(1.0, &mix, 2);
+        assert_eq!(left.iter().sum::<u64>(), 590);
+        assert_eq!(s.next(), None, "a finished schedule yields nothing more");
+        // A rate no generator reaches: counted in closed form, exactly for uniform arrivals.
+        let mut s = Schedule::new(constant(1e12, 3.0), Arrivals::Uniform, (1, 2)).unwrap();
+        s.next().unwrap();
+        let left = s.finish_before(3.0, &mix, 2);
+        assert_eq!(left.iter().sum::<u64>(), 1_500_000_000_000 - 1);
+    }
 
     fn constant(rate: f64, d: f64) -> Profile {
         Profile::new(&[Stage::Constant {

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::check::Check;
 use crate::http::{Client, ErrorKind, Response};
-use crate::runner::{exchange, Ctx, Model, RunHandle};
+use crate::runner::{exchange, Begin, Ctx, Model, RunHandle, LATE};
 use crate::template::Values;
 
 /// An arrival for a Python virtual user.
@@ -70,6 +70,9 @@ pub(crate) async fn dispatch(ctx: Arc<Ctx>) {
         let next = schedule.lock().unwrap().next();
         let Some(a) = next else { break };
         let due = ctx.start + Duration::from_secs_f64(a.due);
+        let task = ctx.mix.pick(a.index);
+        // Handed out, the arrival is Python's to start; one it never starts is unsent.
+        ctx.recorder.record(task, Instant::now(), |d| d.taken += 1);
         if due > Instant::now() {
             tokio::select! {
                 _ = crate::pacer::until(due) => {}
@@ -79,7 +82,7 @@ pub(crate) async fn dispatch(ctx: Arc<Ctx>) {
         py.push(PyArrival {
             index: a.index,
             due_s: a.due,
-            task: ctx.mix.pick(a.index),
+            task,
         });
     }
     py.close();
@@ -108,14 +111,31 @@ impl RunHandle {
         Some(q.arrivals.drain(..).collect())
     }
 
-    /// A virtual user starts an iteration that was due at `due_s`: late starts count as missed.
-    pub fn mark_start(&self, task: usize, due_s: f64) {
+    /// A virtual user is about to run an iteration of `task`, due at `due_s` (an open model's
+    /// arrival) or now (`None`, a closed model's user). Returns false when it must not: the
+    /// run is stopping or past its planned end (an open model's arrival is then unsent).
+    /// Late starts count as missed.
+    pub fn begin_iteration(&self, task: usize, due_s: Option<f64>) -> bool {
         let ctx = self.ctx();
         let now = Instant::now();
-        let due = ctx.start + Duration::from_secs_f64(due_s);
-        if now > due + Duration::from_millis(1) {
-            ctx.recorder.record(task, now, |d| d.missed += 1);
+        if now >= ctx.send_until || ctx.stop.is_cancelled() {
+            return false;
         }
+        let due = due_s.map(|d| ctx.start + Duration::from_secs_f64(d));
+        Begin {
+            taken: due.is_none(),
+            late: due.is_some_and(|d| now > d + LATE),
+            due,
+        }
+        .record(ctx, task);
+        true
+    }
+
+    /// A virtual user's iteration of `task` ran to its end (answered, failed or raised).
+    pub fn end_iteration(&self, task: usize) {
+        self.ctx()
+            .recorder
+            .record(task, Instant::now(), |d| d.iterations += 1);
     }
 
     /// The task of the closed model's next iteration (the same exact mix as the engine's).
@@ -163,7 +183,8 @@ impl RunHandle {
         self.ctx().stop.is_cancelled()
     }
 
-    /// A Python task raised: counted as an `exception` error of that task.
+    /// A Python task raised: counted as an `exception` error of that task (an error of the
+    /// iteration, not a request).
     pub fn record_exception(&self, task: usize) {
         let now = Instant::now();
         self.ctx()
@@ -183,7 +204,7 @@ impl RunHandle {
     pub fn exhaust(&self) {
         let ctx = self.ctx();
         ctx.exhausted.store(true, Ordering::Relaxed);
-        ctx.stop.cancel();
+        ctx.stop_now();
     }
 
     /// Python's virtual users are all done: the run can close.
@@ -218,7 +239,8 @@ pub struct PyRequest {
     pub path: String,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Bytes,
-    pub timeout: Duration,
+    /// `None`: the plan's timeout (the scenario's `timeout`), as for engine tasks.
+    pub timeout: Option<Duration>,
     /// The iteration's due instant (seconds after the start), for its first request.
     pub due_s: Option<f64>,
     /// `expect`; without one, a 4xx or 5xx counts as a `status` error.
@@ -235,17 +257,32 @@ impl Session {
             .map(|d| ctx.start + Duration::from_secs_f64(d))
             .unwrap_or_else(Instant::now);
         let uri = format!("{}{}", ctx.target.base_path(), r.path);
-        let (end, result) = exchange(ctx, &mut client, r.timeout, true, true, || {
-            let mut b = Request::builder()
-                .method(r.method)
-                .uri(uri)
-                .header(HOST, ctx.target.authority());
-            for (k, v) in r.headers {
-                b = b.header(k, v);
+        let exchanged = exchange(
+            ctx,
+            &mut client,
+            r.timeout.unwrap_or(ctx.default_timeout),
+            true,
+            true,
+            || {
+                let mut b = Request::builder()
+                    .method(r.method)
+                    .uri(uri)
+                    .header(HOST, ctx.target.authority());
+                for (k, v) in r.headers {
+                    b = b.header(k, v);
+                }
+                b.body(Full::new(r.body)).map_err(|_| ErrorKind::Check)
+            },
+        );
+        // A request still in flight when the run ends is cancelled with its iteration, not
+        // left to finish after the run.
+        let (end, result) = tokio::select! {
+            r = exchanged => r,
+            _ = ctx.stop.cancelled() => {
+                client.disconnect();
+                return Err(ErrorKind::Cancelled);
             }
-            b.body(Full::new(r.body)).map_err(|_| ErrorKind::Check)
-        })
-        .await;
+        };
         let Some(task) = r.task else {
             return result.map(|(_, resp)| resp);
         };

@@ -278,8 +278,20 @@ impl PyRun {
 
     /// Asks the run to stop: no new requests start, in-flight ones are dropped, the partial
     /// interval is closed and the summary written.
-    fn stop(&self) {
-        self.handle.stop();
+    /// `reason`: `stopped` (the default) or `aborted` (a threshold failed during the run).
+    #[pyo3(signature = (reason="stopped"))]
+    fn stop(&self, reason: &str) -> PyResult<()> {
+        let reason = match reason {
+            "stopped" => "stopped",
+            "aborted" => "aborted",
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "reason is 'stopped' or 'aborted', got {other:?}"
+                )))
+            }
+        };
+        self.handle.stop_with(reason);
+        Ok(())
     }
 
     #[getter]
@@ -323,8 +335,16 @@ impl PyRun {
             .map(|v| v.into_iter().map(|a| (a.index, a.due_s, a.task)).collect())
     }
 
-    fn mark_start(&self, task: usize, due_s: f64) {
-        self.handle.mark_start(task, due_s);
+    /// Whether a virtual user may run an iteration of `task` due at `due_s` (None: now, a
+    /// closed model's user); counts it as started.
+    #[pyo3(signature = (task, due_s=None))]
+    fn begin_iteration(&self, task: usize, due_s: Option<f64>) -> bool {
+        self.handle.begin_iteration(task, due_s)
+    }
+
+    /// An iteration of `task` ran to its end.
+    fn end_iteration(&self, task: usize) {
+        self.handle.end_iteration(task);
     }
 
     fn next_task(&self) -> usize {
@@ -418,7 +438,7 @@ fn py_request(
     path: &str,
     headers: Vec<(String, String)>,
     body: Option<Vec<u8>>,
-    timeout_s: f64,
+    timeout_s: Option<f64>,
     due_s: Option<f64>,
     expect_json: Option<&str>,
 ) -> PyResult<PyRequest> {
@@ -445,10 +465,9 @@ fn py_request(
             .map_err(|_| PyValueError::new_err(format!("invalid value for header {k:?}")))?;
         hs.push((name, value));
     }
-    if !(timeout_s.is_finite() && timeout_s > 0.0) {
-        return Err(PyValueError::new_err(format!(
-            "timeout must be > 0 s, got {timeout_s}"
-        )));
+    if let Some(t) = timeout_s {
+        loadpilot_core::plan::seconds("timeout", t, false)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
     }
     if task.is_some_and(|t| t >= n_tasks) {
         return Err(PyValueError::new_err(format!("no task number {task:?}")));
@@ -459,7 +478,7 @@ fn py_request(
         path: path.to_string(),
         headers: hs,
         body: body.map(Bytes::from).unwrap_or_default(),
-        timeout: Duration::from_secs_f64(timeout_s),
+        timeout: timeout_s.map(Duration::from_secs_f64),
         due_s,
         check,
     })
@@ -477,7 +496,7 @@ impl PySession {
         path: &str,
         headers: Vec<(String, String)>,
         body: Option<Vec<u8>>,
-        timeout_s: f64,
+        timeout_s: Option<f64>,
         due_s: Option<f64>,
         expect: Option<&str>,
         mailbox: &PyMailbox,
@@ -507,7 +526,7 @@ impl PySession {
         path: &str,
         headers: Vec<(String, String)>,
         body: Option<Vec<u8>>,
-        timeout_s: f64,
+        timeout_s: Option<f64>,
         due_s: Option<f64>,
         expect: Option<&str>,
     ) -> PyResult<Py<PyAny>> {
@@ -645,6 +664,11 @@ mod _engine {
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
         use pyo3::types::PyModuleMethods;
-        m.add("__version__", env!("CARGO_PKG_VERSION"))
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        let kinds: Vec<&str> = loadpilot_core::http::ErrorKind::ALL
+            .iter()
+            .map(|k| k.name())
+            .collect();
+        m.add("ERROR_KINDS", kinds)
     }
 }

@@ -1,0 +1,305 @@
+"""Every due request is accounted for exactly once: answered (``requests``, errors among them),
+``cancelled`` (sent, unanswered when the run stopped or its drain ended) or ``unsent`` (due,
+never sent); and a run whose requests never came back does not pass."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+from conftest import constant, get
+from hostile import (
+    bad_chunking,
+    huge_headers,
+    malformed_status,
+    short_body,
+    silent,
+)
+
+import loadpilot as lp
+
+
+def assert_accounted(s: lp.Summary, one_request: bool = True) -> None:
+    """The accounting identity, overall and per task (open model)."""
+    assert s.target_requests is not None
+    for stats, target in [(s.overall, s.target_requests)] + [
+        (t, t.target_requests) for t in s.tasks
+    ]:
+        assert target == stats.iterations + stats.cancelled + stats.unsent, stats
+        if one_request:
+            assert target == stats.requests + stats.cancelled + stats.unsent, stats
+    assert s.target_requests == sum(t.target_requests or 0 for t in s.tasks)
+
+
+def rows_add_up(run: lp.LoadedRun | lp.Run, s: lp.Summary) -> None:
+    m = run.metrics
+    for col, total in [
+        ("requests", s.overall.requests),
+        ("cancelled", s.overall.cancelled),
+        ("unsent", s.overall.unsent),
+        ("missed", s.overall.missed),
+    ]:
+        assert m[col].sum() == total, col
+
+
+def test_a_server_that_never_answers_cancels_every_request_and_fails_the_run(out: Path) -> None:
+    with silent() as server:
+        plan = lp.Plan(
+            target=server.url,
+            load=lp.OpenLoad(stages=[lp.Constant(rate=20, duration_s=2)], connections=8),
+            tasks=[get("hang")],
+            max_drain_s=1,
+        )
+        started = time.monotonic()
+        run = lp.run(plan, out)
+        took = time.monotonic() - started
+        s = run.summary()
+    assert_accounted(s)
+    assert s.ended == "drain_timeout"
+    assert s.overall.requests == 0
+    # Eight connections, each holding one request that never came back; the rest never left.
+    assert s.overall.cancelled == 8 == server.received
+    assert s.overall.unsent == 40 - 8
+    assert s.overall.error_rate == 1.0
+    assert s.duration_s == 2.0
+    assert 1.0 <= s.drain_s < 1.5
+    assert took < 2 + 1 + 2.5  # planned end + drain + the stop's grace, never the 30 s timeout
+    rows_add_up(run, s)
+    failed = lp.thresholds.evaluate(s, lp.thresholds.parse_all({"error_rate": "< 1%"}))
+    assert not failed[0].passed
+
+
+def test_slow_requests_past_the_end_are_drained_into_their_own_row(
+    target: lp.TargetServer, out: Path
+) -> None:
+    plan = lp.Plan(
+        target=target.url,
+        load=constant(50, 2),
+        tasks=[get("slow", "/?delay_ms=300")],
+    )
+    run = lp.run(plan, out)
+    s = run.summary()
+    assert_accounted(s)
+    assert s.ended == "completed"
+    assert (s.overall.requests, s.overall.cancelled, s.overall.unsent) == (100, 0, 0)
+    assert 0.25 < s.drain_s < 1.0
+    m = run.metrics
+    drain = m.filter(pl.col("elapsed_s") == 2.0)
+    assert len(drain) == 1
+    # About 0.3 s of arrivals were in flight at the end: they completed in the drain, not in
+    # the last second, whose rate stays that of the schedule.
+    assert 10 <= drain["requests"].item() <= 20
+    assert drain["achieved_rps"].item() == 0.0
+    assert drain["interval_s"].item() == pytest.approx(s.drain_s, abs=0.05)
+    last = m.filter(pl.col("elapsed_s") == 1.0)
+    assert last["interval_s"].item() == 1.0
+    assert s.overall.achieved_rps == pytest.approx(50.0)
+    rows_add_up(run, s)
+
+
+def test_requests_longer_than_the_drain_are_cancelled(target: lp.TargetServer, out: Path) -> None:
+    plan = lp.Plan(
+        target=target.url,
+        load=lp.OpenLoad(stages=[lp.Constant(rate=10, duration_s=2)], connections=64),
+        tasks=[get("forever", "/?delay_ms=20000")],
+        max_drain_s=0.5,
+    )
+    run = lp.run(plan, out)
+    s = run.summary()
+    assert_accounted(s)
+    assert s.ended == "drain_timeout"
+    assert (s.overall.requests, s.overall.cancelled, s.overall.unsent) == (0, 20, 0)
+    rows_add_up(run, s)
+
+
+def test_an_overloaded_target_leaves_unsent_requests_not_vanished_ones(out: Path) -> None:
+    with lp.start_target(delay_ms=10, concurrency=1) as slow:
+        plan = lp.Plan(
+            target=slow.url,
+            load=lp.OpenLoad(stages=[lp.Constant(rate=1000, duration_s=3)], connections=32),
+            tasks=[get("a", weight=5), get("b")],
+        )
+        run = lp.run(plan, out)
+    s = run.summary()
+    assert_accounted(s)
+    assert s.target_requests == 3000
+    # The target serves ~100/s: most arrivals found every connection busy and were never sent.
+    assert s.overall.unsent > 2000
+    assert s.overall.missed > 0
+    assert s.overall.requests + s.overall.cancelled <= 3000 - s.overall.unsent
+    rows_add_up(run, s)
+
+
+def test_an_unreachable_rate_ends_on_time_and_says_what_was_due(
+    target: lp.TargetServer, out: Path
+) -> None:
+    plan = lp.Plan(
+        target=target.url,
+        load=lp.OpenLoad(stages=[lp.Constant(rate=1e12, duration_s=2)], connections=4),
+        tasks=[get("a", weight=2), get("b")],
+    )
+    started = time.monotonic()
+    run = lp.run(plan, out)
+    took = time.monotonic() - started
+    s = run.summary()
+    assert took < 4.0
+    assert s.target_requests == 2e12
+    assert_accounted(s)
+    assert s.overall.unsent > 1e12
+    assert s.tasks[0].target_requests == pytest.approx(2 * s.tasks[1].target_requests, rel=1e-9)
+    per_second = (
+        run.metrics.filter(pl.col("elapsed_s") < 2)
+        .group_by("elapsed_s")
+        .agg(pl.col("target_rps").sum(), pl.col("achieved_rps").sum())
+    )
+    assert len(per_second) == 2
+    assert per_second["target_rps"].to_list() == pytest.approx([1e12, 1e12])
+    assert per_second["achieved_rps"].max() < 1e6
+
+
+def test_a_stopped_run_counts_in_flight_requests_as_cancelled(out: Path) -> None:
+    with silent() as server:
+        plan = lp.Plan(
+            target=server.url,
+            load=lp.OpenLoad(stages=[lp.Constant(rate=20, duration_s=30)], connections=4),
+            tasks=[get("hang")],
+        )
+        run = lp.start(plan, out)
+        while server.received < 4:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        run.stop()
+    s = run.summary()
+    assert s.ended == "stopped"
+    assert_accounted(s)
+    assert s.overall.cancelled == 4
+    assert s.overall.requests == 0
+    assert s.duration_s < 30
+    assert s.target_requests == pytest.approx(20 * s.duration_s, abs=1.5)
+
+
+def test_nothing_is_sent_after_the_planned_end(recorder: object, out: Path) -> None:
+    from conftest import Recorder
+
+    assert isinstance(recorder, Recorder)
+    plan = lp.Plan(target=recorder.url, load=constant(200, 2), tasks=[get("a")])
+    run = lp.start(plan, out)
+    run.wait()
+    s = run.summary()
+    assert_accounted(s)
+    start = min(t for t, _ in recorder.arrivals)
+    # The first arrival is due at 0; the last must leave before the planned end (+ a grace
+    # of 20 ms for a worker woken late).
+    assert max(t for t, _ in recorder.arrivals) - start < 2.0 + 0.02
+    assert len(recorder.arrivals) == s.overall.requests == 400
+
+
+def test_python_tasks_count_iterations_requests_and_exceptions_like_engine_tasks(
+    target: lp.TargetServer, tmp_path: Path
+) -> None:
+    @lp.scenario(profile=lp.constant(50, "2s"))
+    class Raises(lp.VUser):
+        @lp.task
+        async def boom(self) -> None:
+            await self.client.get("/")
+            raise RuntimeError("after one request")
+
+    run = lp.run(Raises, tmp_path / "r", target=target.url)
+    s = run.summary()
+    assert_accounted(s, one_request=True)
+    t = s.task("boom")
+    assert (t.requests, t.iterations, t.errors_by_kind["exception"]) == (100, 100, 100)
+    assert t.achieved_rps == pytest.approx(50.0)
+    assert t.error_rate == pytest.approx(0.5)  # 100 answered requests, 100 exceptions
+
+
+def test_sleeping_sync_tasks_are_accounted_and_end_with_the_drain(
+    target: lp.TargetServer, tmp_path: Path
+) -> None:
+    @lp.scenario(profile=lp.constant(100, "2s"), connections=4, timeout="1s")
+    class Sleepy(lp.VUser):
+        @lp.task
+        def nap(self) -> None:
+            self.client.get("/")
+            time.sleep(5)
+
+    started = time.monotonic()
+    run = lp.run(Sleepy, tmp_path / "r", target=target.url)
+    took = time.monotonic() - started
+    s = run.summary()
+    assert_accounted(s, one_request=False)
+    assert s.ended == "drain_timeout"
+    assert s.overall.cancelled == 4  # four users, each asleep in its first iteration
+    assert s.overall.unsent == 200 - 4
+    assert took < 2 + 1 + 2.5
+
+
+def test_a_failing_on_start_retires_users_and_their_arrivals_are_unsent(
+    target: lp.TargetServer, tmp_path: Path
+) -> None:
+    @lp.scenario(profile=lp.constant(50, "2s"), connections=8)
+    class BadLogin(lp.VUser):
+        def on_start(self) -> None:
+            raise RuntimeError("login failed")
+
+        @lp.task
+        async def browse(self) -> None:
+            await self.client.get("/")
+
+    run = lp.run(BadLogin, tmp_path / "r", target=target.url)
+    s = run.summary()
+    assert_accounted(s)
+    assert (s.overall.requests, s.overall.errors, s.overall.unsent) == (0, 0, 100)
+
+
+@pytest.mark.parametrize(
+    "server",
+    [malformed_status, bad_chunking, short_body, huge_headers],
+    ids=["malformed-status", "bad-chunking", "short-body", "huge-headers"],
+)
+def test_broken_http_is_a_protocol_error_not_a_reset(server: object, out: Path) -> None:
+    with server() as s:  # type: ignore[operator]
+        plan = lp.Plan(
+            target=s.url,
+            load=lp.OpenLoad(stages=[lp.Constant(rate=20, duration_s=1)], connections=4),
+            tasks=[get("a")],
+        )
+        summary = lp.run(plan, out).summary()
+    assert_accounted(summary)
+    kinds = summary.overall.errors_by_kind
+    assert kinds["protocol"] == summary.overall.requests == 20, kinds
+    assert kinds["reset"] == 0
+
+
+def test_the_cli_fails_a_run_whose_requests_never_came_back(tmp_path: Path) -> None:
+    with silent() as server:
+        plan = lp.Plan(
+            target=server.url,
+            load=lp.OpenLoad(stages=[lp.Constant(rate=10, duration_s=1)], connections=2),
+            tasks=[get("hang")],
+            max_drain_s=0.5,
+        )
+        f = tmp_path / "plan.json"
+        f.write_text(plan.to_json())
+        base = [sys.executable, "-m", "loadpilot.cli", "run", str(f)]
+        plain = subprocess.run(
+            [*base, "--out", str(tmp_path / "a")], capture_output=True, text=True, timeout=60
+        )
+        judged = subprocess.run(
+            [*base, "--out", str(tmp_path / "b"), "--threshold", "error_rate<50%"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert plain.returncode == 3, plain.stdout + plain.stderr
+    assert "cancelled 2" in plain.stdout
+    assert "never sent" in plain.stdout
+    assert judged.returncode == 1, judged.stdout
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["ended"] == "drain_timeout"
+    assert summary["overall"]["cancelled"] == 2
