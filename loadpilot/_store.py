@@ -8,6 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from loadpilot import _engine
+from loadpilot.errors import RunDirError
 
 PLAN = "plan.json"
 LATENCY_LOG = "latency.hlog"
@@ -83,17 +84,23 @@ def _typed(frame: pl.DataFrame) -> pl.DataFrame:
 def read_metrics(path: Path) -> pl.DataFrame:
     """The interval rows of a run directory: the Parquet file when the run finished, else the
     append-only file it was writing (a torn last line, from a killed writer, is dropped).
-    Columns added since a run was recorded read as 0."""
+    Columns added since a run was recorded read as 0. A file that cannot be read as rows is a
+    :class:`RunDirError` naming it."""
     parquet = path / METRICS_PARQUET
-    if parquet.exists():
-        return _complete(pl.read_parquet(parquet))
     jsonl = path / METRICS_JSONL
-    if not jsonl.exists():
-        return empty_metrics()
-    data = jsonl.read_bytes()
-    if data and not data.endswith(b"\n"):
-        data = data[: data.rfind(b"\n") + 1]
-    return rows_from_ndjson(data)
+    try:
+        if parquet.exists():
+            return _complete(pl.read_parquet(parquet))
+        if not jsonl.exists():
+            return empty_metrics()
+        data = jsonl.read_bytes()
+        if data and not data.endswith(b"\n"):
+            data = data[: data.rfind(b"\n") + 1]
+        return rows_from_ndjson(data)
+    except (pl.exceptions.PolarsError, OSError, ValueError) as e:
+        bad = parquet if parquet.exists() else jsonl
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunDirError(f"{bad}: not readable as interval rows ({first})") from None
 
 
 def _complete(frame: pl.DataFrame) -> pl.DataFrame:
@@ -107,6 +114,15 @@ def _complete(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def write_parquet(path: Path, frame: pl.DataFrame) -> None:
+    """Writes ``metrics.parquet`` whole or not at all (a temporary file, then renamed); on
+    failure (a full disk) the append-only ``metrics.jsonl`` stays the run's rows."""
     tmp = path / (METRICS_PARQUET + ".tmp")
-    frame.write_parquet(tmp)
-    tmp.replace(path / METRICS_PARQUET)
+    try:
+        frame.write_parquet(tmp)
+        tmp.replace(path / METRICS_PARQUET)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise RunDirError(
+            f"{path / METRICS_PARQUET}: cannot be written ({e.strerror or e}); "
+            f"the rows stay in {METRICS_JSONL}"
+        ) from None

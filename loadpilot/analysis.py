@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 
 from loadpilot import _engine
+from loadpilot.errors import RunDirError
 from loadpilot.runs import RunResult, load_run
 
 
@@ -101,6 +102,8 @@ def export(
     if unknown:
         raise ValueError(f"unknown export format {unknown[0]!r}; formats: csv, parquet, hgrm")
     dest = Path(out)
+    if dest.exists() and not dest.is_dir():
+        raise RunDirError(f"{dest}: exists and is not a directory; export writes a directory")
     dest.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     m = r.metrics

@@ -18,11 +18,13 @@ import threading
 import time
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from loadpilot import runs as _run
 from loadpilot import thresholds
-from loadpilot.errors import LoadPilotError
+from loadpilot.errors import LoadPilotError, PlanError
 from loadpilot.loader import load_scenario
-from loadpilot.plan import Constant, Expect, OpenLoad, Plan, Ramp, Request, Task
+from loadpilot.plan import Constant, Expect, OpenLoad, Plan, Ramp, Request, Task, describe
 from loadpilot.profiles import Profile, constant, parse_duration, users
 from loadpilot.scenario import Scenario
 from loadpilot.target import start_target
@@ -84,10 +86,16 @@ def _execute(
     target: str | None = None,
     abort_on_fail: bool = False,
     report_to: Path | None = None,
+    source: Path | None = None,
 ) -> int:
     if report_to is not None:
         _check_output_file(report_to, "--report")
-    r = _run.start(what, out, target=target)
+    try:
+        r = _run.start(what, out, target=target)
+    except PlanError as e:
+        if source is None:
+            raise
+        raise PlanError(f"{source}: {e}") from None
     print(f"run directory: {r.path}", flush=True)
     interrupted: KeyboardInterrupt | None = None
     aborted: list[thresholds.Verdict] = []
@@ -189,6 +197,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_target(args: argparse.Namespace) -> int:
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"warning: --host {args.host} serves the built-in target beyond this machine "
+            "(to every interface for 0.0.0.0 or ::); use 127.0.0.1 to keep it local",
+            file=sys.stderr,
+            flush=True,
+        )
     server = start_target(
         host=args.host,
         port=args.port,
@@ -249,9 +264,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if chosen.reason:
             print(f"  python virtual users: {chosen.reason}")
         abort = args.abort_on_fail or chosen.abort_on_fail
-        return _execute(chosen, args.out, checks, _target(args, None), abort, args.report)
+        return _execute(
+            chosen, args.out, checks, _target(args, None), abort, args.report, source=path
+        )
     try:
-        text = path.read_text()
+        text = path.read_bytes()
     except OSError as e:
         raise LoadPilotError(f"{path}: {e.strerror}") from e
     try:
@@ -263,7 +280,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     plan = plan.model_copy(update={"target": _target(args, plan.target)})
     if args.rps is not None or args.duration is not None:
         raise LoadPilotError("--rps and --duration apply to scenario files; edit the plan instead")
-    return _execute(plan, args.out, checks, None, args.abort_on_fail, args.report)
+    return _execute(plan, args.out, checks, None, args.abort_on_fail, args.report, source=path)
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -289,6 +306,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from loadpilot.reporting import report
 
     checks = [thresholds.parse_cli(t) for t in args.threshold or []]
+    _check_output_file(args.output, "-o")
     print(f"report: {report(args.runs, args.output, checks)}")
     return EXIT_OK
 
@@ -402,10 +420,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code: int = args.fn(args)
         return code
+    except ValidationError as e:
+        if args.debug:
+            raise
+        print(f"error: {describe(e)}", file=sys.stderr)
+        return EXIT_USAGE
     except (LoadPilotError, ValueError) as e:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:  # a file that cannot be read or written (a full disk, say)
+        if args.debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return EXIT_USAGE
 
 

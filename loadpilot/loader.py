@@ -28,7 +28,10 @@ def load_scenarios(path: str | Path) -> list[Scenario]:
     except SyntaxError as e:
         raise ScenarioError(f"{e.filename}:{e.lineno}: syntax error: {e.msg}") from None
     except Exception as e:  # an exception while importing the user's file
-        frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename) == file]
+        mine = file.resolve()
+        frames = [
+            f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve() == mine
+        ]
         line = frames[-1].lineno if frames else "?"
         raise ScenarioError(f"{file}:{line}: {type(e).__name__}: {e}") from None
     finally:

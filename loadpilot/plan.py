@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 #: The longest duration, timeout or think time a plan may give (a year), as in the engine.
 MAX_SECONDS = 366 * 86_400.0
@@ -174,9 +174,37 @@ class Plan(_Model):
         return self.model_dump_json(by_alias=True, exclude_none=True, indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> Plan:
-        return cls.model_validate(json.loads(text))
+    def from_json(cls, text: str | bytes) -> Plan:
+        """A plan from its JSON text. Errors are ``ValueError``s that say what is wrong: not
+        UTF-8, not JSON (with the line), nested too deeply, or a field (with its path)."""
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"not a text file (byte {e.start} is not UTF-8)") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        except RecursionError:
+            raise ValueError("not a plan: JSON nested too deeply") from None
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise ValueError(describe(e)) from None
 
     @property
     def duration_s(self) -> float:
         return sum(s.duration_s for s in self.load.stages)
+
+
+def describe(e: ValidationError) -> str:
+    """A pydantic error as one line per problem: where (the field's path), what, and the
+    value given."""
+    lines = []
+    for err in e.errors(include_url=False):
+        at = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+        given = err.get("input")
+        shown = "" if isinstance(given, dict | list) else f" (got {given!r})"
+        lines.append(f"invalid plan at {at or 'top level'}: {err['msg']}{shown}")
+    return "; ".join(lines)

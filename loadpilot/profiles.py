@@ -4,15 +4,17 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Literal
 
 from loadpilot.errors import PlanError
-from loadpilot.plan import ClosedLoad, Constant, OpenLoad, Ramp, Spike, Stage, Step
+from loadpilot.plan import MAX_SECONDS, ClosedLoad, Constant, OpenLoad, Ramp, Spike, Stage, Step
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)\s*$")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# A plain number is seconds.
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 Duration = str | float | int
 
@@ -32,12 +34,19 @@ def parse_duration(value: Duration, *, what: str = "duration") -> float:
         seconds = float(m.group(1)) * _UNIT[m.group(2)]
     if not seconds > 0:
         raise PlanError(f"invalid {what}: {value!r} (must be more than zero)")
+    if not seconds <= MAX_SECONDS:  # also catches inf and nan
+        raise PlanError(f"invalid {what}: {value!r} (at most a year, {MAX_SECONDS:.0f} s)")
     return seconds
 
 
 def _rate(value: float, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise PlanError(f"invalid {what}: {value!r} (must be a number >= 0)")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not value >= 0
+        or not math.isfinite(value)
+    ):
+        raise PlanError(f"invalid {what}: {value!r} (must be a finite number >= 0)")
     return float(value)
 
 

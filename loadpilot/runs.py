@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import polars as pl
+from pydantic import ValidationError
 
 from loadpilot import _engine, _store
 from loadpilot.errors import PlanError, RunDirError
-from loadpilot.plan import OpenLoad, Plan
+from loadpilot.plan import OpenLoad, Plan, describe
 from loadpilot.profiles import Profile
 from loadpilot.scenario import Scenario, VUser, scenario_of
 from loadpilot.summary import Summary
@@ -240,9 +241,9 @@ class LoadedRun(RunResult):
         if not plan_file.exists():
             raise RunDirError(f"{path}: not a run directory (no {_store.PLAN})")
         try:
-            self.plan = Plan.from_json(plan_file.read_text())
-        except ValueError as e:
-            raise RunDirError(f"{plan_file}: {e}") from e
+            self.plan = Plan.from_json(plan_file.read_bytes())
+        except (ValueError, OSError) as e:
+            raise RunDirError(f"{plan_file}: {e}") from None
         self._metrics = _store.read_metrics(path)
 
     @property
@@ -262,7 +263,15 @@ class LoadedRun(RunResult):
         interval logs (``ended == "interrupted"``)."""
         f = self.path / _store.SUMMARY
         if f.exists():
-            return Summary.model_validate_json(f.read_text())
+            try:
+                return Summary.model_validate_json(f.read_bytes())
+            except (ValidationError, OSError) as e:
+                detail = (
+                    describe(e).replace("invalid plan", "invalid summary")
+                    if isinstance(e, ValidationError)
+                    else str(e)
+                )
+                raise RunDirError(f"{f}: {detail}") from None
         return _rebuild_summary(self)
 
 

@@ -303,3 +303,67 @@ def test_the_cli_fails_a_run_whose_requests_never_came_back(tmp_path: Path) -> N
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["ended"] == "drain_timeout"
     assert summary["overall"]["cancelled"] == 2
+
+
+_BIG_BODIES = """
+import resource, sys
+import loadpilot as lp
+
+path = sys.argv[2]
+if path == "python":
+    @lp.scenario(profile=lp.constant(10, "3s"), connections=16)
+    class Big(lp.VUser):
+        @lp.task
+        async def big(self):
+            r = await self.client.get("/bytes/20000000")
+            assert len(r.content) == 1 << 20
+
+    run = lp.run(Big, sys.argv[3], target=sys.argv[1])
+else:
+    plan = lp.Plan(
+        target=sys.argv[1],
+        load=lp.OpenLoad(stages=[lp.Constant(rate=10, duration_s=3)], connections=16),
+        tasks=[lp.Task(name="big", requests=[lp.Request(
+            path="/bytes/20000000", expect=lp.Expect(body_contains="xyz"))])],
+    )
+    run = lp.run(plan, sys.argv[3])
+s = run.summary()
+print(s.overall.requests, s.overall.bytes_in, s.overall.errors_by_kind["check"],
+      s.overall.errors_by_kind["exception"],
+      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+@pytest.mark.parametrize("path", ["engine", "python"])
+def test_large_bodies_are_counted_but_only_their_first_mebibyte_is_kept(
+    tmp_path: Path, path: str
+) -> None:
+    target = subprocess.Popen(
+        [sys.executable, "-m", "loadpilot.cli", "target", "--port", "0", "--for-s", "60"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert target.stdout is not None
+        url = target.stdout.readline().split()[-1]
+        script = tmp_path / "big.py"
+        script.write_text(_BIG_BODIES)
+        done = subprocess.run(
+            [sys.executable, str(script), url, path, str(tmp_path / "r")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        target.terminate()
+        target.wait(10)
+    assert done.returncode == 0, done.stderr
+    requests, bytes_in, checks, exceptions, rss_mib = map(int, done.stdout.split())
+    assert requests == 30
+    assert bytes_in == 30 * 20_000_000, "every byte is read and counted"
+    if path == "engine":
+        assert checks == 30  # "xyz" is not in the body: the check ran on the kept part
+    else:
+        assert exceptions == 0  # the task saw 1 MiB of each body
+    # 600 MB went through; what the process held stays small (a run alone is ~90 MiB here).
+    assert rss_mib < 200, f"peak RSS {rss_mib} MiB"

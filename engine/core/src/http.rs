@@ -126,7 +126,19 @@ impl Target {
         if host.is_empty() {
             return Err(bad("missing host"));
         }
-        let port = auth.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let port = match explicit_port(auth.as_str()) {
+            None => {
+                if https {
+                    443
+                } else {
+                    80
+                }
+            }
+            Some(p) => match p.parse::<u16>() {
+                Ok(n) if n > 0 => n,
+                _ => return Err(bad(&format!("port {p:?} is not a port (1..65535)"))),
+            },
+        };
         let tls = if https {
             Some(Tls {
                 connector: tokio_rustls::TlsConnector::from(crate::tls::client_config(insecure)),
@@ -169,6 +181,35 @@ impl Target {
         }
         Ok(self.resolved.get_or_init(|| found))
     }
+}
+
+/// The port written in an authority (`host:port`, `[v6]:port`), if any, as text.
+fn explicit_port(authority: &str) -> Option<&str> {
+    let after_host = authority
+        .rsplit_once(']')
+        .map_or(authority, |(_, rest)| rest);
+    after_host.rsplit_once(':').map(|(_, p)| p)
+}
+
+/// Percent-encodes what may not stand in a request target (spaces, quotes, `<>`, `{}`, `|`,
+/// `\\`, `^`, backquotes, controls, non-ASCII) as httpx and requests do; what may (reserved
+/// characters and existing `%XX` escapes) is kept.
+pub fn encode_target(target: &str) -> std::borrow::Cow<'_, str> {
+    fn keep(b: u8) -> bool {
+        b.is_ascii_alphanumeric() || b"-._~:/?#@!$&'()*+,;=%".contains(&b)
+    }
+    if target.bytes().all(keep) {
+        return std::borrow::Cow::Borrowed(target);
+    }
+    let mut out = String::with_capacity(target.len() + 16);
+    for b in target.bytes() {
+        if keep(b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// One virtual user's connection and cookies.
@@ -498,7 +539,7 @@ impl CompiledRequest {
     fn render(&self, v: &Values<'_>, target: &Target) -> Result<Request<Full<Bytes>>, String> {
         let mut b = Request::builder()
             .method(self.method.clone())
-            .uri(self.path.render(v))
+            .uri(encode_target(&self.path.render(v)).as_ref())
             .header(HOST, target.authority.clone());
         for (name, t) in &self.headers {
             b = b.header(name, t.render(v));
@@ -529,5 +570,58 @@ impl CompiledRequest {
             return Ok(r);
         }
         self.render(v, target).map_err(|_| ErrorKind::Check)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_out_of_range_is_an_error_not_port_80() {
+        for url in [
+            "http://127.0.0.1:99999",
+            "http://127.0.0.1:0",
+            "http://[::1]:70000/x",
+        ] {
+            let err = Target::parse(url, false).unwrap_err().to_string();
+            assert!(err.contains("is not a port"), "{url}: {err}");
+        }
+        assert_eq!(Target::parse("http://127.0.0.1", false).unwrap().port, 80);
+        assert_eq!(Target::parse("https://localhost", true).unwrap().port, 443);
+        assert_eq!(
+            Target::parse("http://[::1]:8080", false).unwrap().port,
+            8080
+        );
+    }
+
+    #[test]
+    fn characters_a_target_may_not_hold_are_percent_encoded() {
+        assert_eq!(
+            encode_target("/search?q=<b>x</b> y&z=é"),
+            "/search?q=%3Cb%3Ex%3C/b%3E%20y&z=%C3%A9"
+        );
+        // Reserved characters and escapes already made stay as they are.
+        let kept = "/a/b?c=1&d=%20e+f;g=(h)*i,j:k@l!$'~";
+        assert_eq!(encode_target(kept), kept);
+        assert!(matches!(encode_target(kept), std::borrow::Cow::Borrowed(_)));
+        assert!(encode_target("/{\"a\"}|\\^`").parse::<Uri>().is_ok());
+    }
+
+    #[test]
+    fn descriptor_exhaustion_is_told_apart_from_the_server() {
+        let emfile = std::io::Error::from_raw_os_error(24);
+        assert_eq!(classify_io(&emfile), ErrorKind::FdLimit);
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(classify_io(&refused), ErrorKind::Connect);
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(classify_io(&reset), ErrorKind::Reset);
+    }
+
+    #[test]
+    fn every_counted_kind_has_its_own_name() {
+        let names: std::collections::HashSet<_> = ErrorKind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(names.len(), ErrorKind::ALL.len());
+        assert!(!ErrorKind::ALL.contains(&ErrorKind::Cancelled));
     }
 }

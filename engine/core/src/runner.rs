@@ -302,6 +302,14 @@ pub fn start(rt: &Handle, threads: usize, plan: Plan, dir: PathBuf) -> Result<Ru
         .map(|r| r.timeout)
         .fold(Duration::from_secs_f64(plan.timeout_s), Duration::max);
     let drain_limit = longest_timeout.min(Duration::from_secs_f64(plan.max_drain_s));
+    let users = match &plan.load {
+        Load::Open { connections, .. } => *connections as u64,
+        Load::Closed { .. } => match &model {
+            Model::Closed { users, .. } => users.peak().ceil() as u64,
+            Model::Open { .. } => 0,
+        },
+    };
+    check_descriptors(users)?;
     let names: Vec<String> = plan.tasks.iter().map(|t| t.name.clone()).collect();
     let wall_start = SystemTime::now();
     let writer = RunWriter::create(&dir, &plan.to_json(), wall_start)?;
@@ -342,8 +350,80 @@ pub fn start(rt: &Handle, threads: usize, plan: Plan, dir: PathBuf) -> Result<Ru
         stop_reason: Mutex::new("stopped"),
     });
     let handle = RunHandle(state.clone(), ctx.clone());
-    rt.spawn(drive(ctx, state, writer, plan, wall_start, n_intervals));
+    let driving = rt.spawn(drive(
+        ctx.clone(),
+        state.clone(),
+        writer,
+        plan,
+        wall_start,
+        n_intervals,
+    ));
+    // A bug that panics the run's task must end the run with an error, never leave callers
+    // waiting on a run that will not end, nor its workers sending.
+    rt.spawn(async move {
+        if let Err(e) = driving.await {
+            let why = match e.try_into_panic() {
+                Ok(p) => p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into()),
+                Err(e) => e.to_string(),
+            };
+            ctx.stop_now();
+            *state.failure.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(format!("the engine failed during the run: {why}"));
+            *state.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            state.done_cv.notify_all();
+        }
+    });
     Ok(handle)
+}
+
+/// Descriptors a process needs beyond one per connection: the runtime, the run directory,
+/// Python and its imports.
+const SPARE_DESCRIPTORS: u64 = 128;
+
+/// Raises this process's descriptor limit to the most it may have, and refuses up front a run
+/// whose users or connections need more than that: one clear line before the run, not
+/// thousands of failed connections during it.
+fn check_descriptors(users: u64) -> Result<()> {
+    let limit = raise_descriptor_limit();
+    let needed = users + SPARE_DESCRIPTORS;
+    match limit {
+        Some(limit) if needed > limit => Err(Error::plan(
+            "load",
+            format!(
+                "needs ~{needed} file descriptors ({users} users or connections), the limit \
+                 is {limit}: raise it (ulimit -n {needed}) or ask for fewer"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Sets the soft limit on open descriptors to the hard limit; returns the limit now in force.
+pub fn raise_descriptor_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    (lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
 }
 
 fn prefix(e: Error, p: &str) -> Error {
@@ -570,12 +650,38 @@ fn spawn_workers(ctx: &Arc<Ctx>, workers: &mut JoinSet<()>) {
                 workers.spawn(open_worker(ctx.clone(), vu));
             }
         }
-        Model::Closed { users, .. } => {
-            for vu in 0..users.peak().ceil() as u64 {
-                workers.spawn(closed_worker(ctx.clone(), vu));
-            }
+        Model::Closed { .. } => {
+            workers.spawn(closed_users(ctx.clone()));
         }
     }
+}
+
+/// Starts each closed-model user when the profile first wants it (a ramp of 10,000 users
+/// starts them over the ramp, not all at once), and waits for them. Aborting this task
+/// aborts every user.
+async fn closed_users(ctx: Arc<Ctx>) {
+    let Model::Closed { users, .. } = &ctx.model else {
+        return;
+    };
+    let mut started = JoinSet::new();
+    for vu in 0..users.peak().ceil() as u64 {
+        // Levels are reached in order: user `vu + 1` is never wanted before user `vu`.
+        let Some(t) = users.next_time_above(vu as f64, 0.0) else {
+            break;
+        };
+        if t >= ctx.duration {
+            break;
+        }
+        let at = ctx.start + Duration::from_secs_f64(t);
+        if at > Instant::now() {
+            tokio::select! {
+                _ = sleep_until(at.into()) => {}
+                _ = ctx.stop.cancelled() => break,
+            }
+        }
+        started.spawn(closed_worker(ctx.clone(), vu));
+    }
+    while started.join_next().await.is_some() {}
 }
 
 struct Closer<'a> {

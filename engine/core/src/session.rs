@@ -256,7 +256,8 @@ impl Session {
             .due_s
             .map(|d| ctx.start + Duration::from_secs_f64(d))
             .unwrap_or_else(Instant::now);
-        let uri = format!("{}{}", ctx.target.base_path(), r.path);
+        let uri = crate::http::encode_target(&format!("{}{}", ctx.target.base_path(), r.path))
+            .into_owned();
         let exchanged = exchange(
             ctx,
             &mut client,

@@ -147,6 +147,15 @@ fn query_value<'a>(query: &'a str, key: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// The largest body `/bytes/N` serves (64 MiB).
+const MAX_BYTES: usize = 64 << 20;
+
+/// One buffer of `MAX_BYTES` for every `/bytes/N` response, made on first use.
+fn filler() -> &'static [u8] {
+    static FILL: std::sync::OnceLock<&'static [u8]> = std::sync::OnceLock::new();
+    FILL.get_or_init(|| Box::leak(vec![b'x'; MAX_BYTES].into_boxed_slice()))
+}
+
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
@@ -218,6 +227,10 @@ async fn handle(
             }
             r
         }
+        p if p.starts_with("/bytes/") => match p[7..].parse::<usize>() {
+            Ok(n) if n <= MAX_BYTES => text(StatusCode::OK, Bytes::from_static(&filler()[..n])),
+            _ => text(StatusCode::BAD_REQUEST, "bytes: 0..=67108864"),
+        },
         p if p.starts_with("/status/") => match p[8..]
             .parse::<u16>()
             .ok()
