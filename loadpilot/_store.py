@@ -120,9 +120,9 @@ def write_parquet(path: Path, frame: pl.DataFrame) -> None:
     try:
         frame.write_parquet(tmp)
         tmp.replace(path / METRICS_PARQUET)
-    except OSError as e:
+    except (OSError, pl.exceptions.PolarsError) as e:
         tmp.unlink(missing_ok=True)
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
         raise RunDirError(
-            f"{path / METRICS_PARQUET}: cannot be written ({e.strerror or e}); "
-            f"the rows stay in {METRICS_JSONL}"
+            f"{path / METRICS_PARQUET}: cannot be written ({why}); the rows stay in {METRICS_JSONL}"
         ) from None

@@ -158,10 +158,15 @@ class Run(RunResult):
             self.stop()
             raise
         if ended:
-            self._pull()
-            self._ended()
             failure = self._handle.failure()
+            try:
+                self._pull()
+            except RunDirError:
+                if not failure:
+                    raise
+            self._ended()
             if failure:
+                # The engine's own error first: it is the cause (e.g. the disk filled up).
                 raise RunDirError(failure)
         return ended
 

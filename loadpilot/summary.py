@@ -67,7 +67,8 @@ class Summary(BaseModel):
     ended: str
     """``completed``; ``stopped`` (stop(), Ctrl-C, SIGTERM); ``aborted`` (a threshold failed
     during the run); ``drain_timeout`` (requests still in flight when the drain ended were
-    cancelled); ``exhausted`` (a unique feeder ran out); ``interrupted`` or ``running`` for a
+    cancelled); ``exhausted`` (a unique feeder ran out); ``failed`` (the run directory could
+    not be written, e.g. a full disk: the files may lack rows); ``interrupted`` or ``running`` for a
     summary rebuilt from a run cut short or still going."""
     model: str
     target_requests: float | None

@@ -367,3 +367,26 @@ def test_large_bodies_are_counted_but_only_their_first_mebibyte_is_kept(
         assert exceptions == 0  # the task saw 1 MiB of each body
     # 600 MB went through; what the process held stays small (a run alone is ~90 MiB here).
     assert rss_mib < 200, f"peak RSS {rss_mib} MiB"
+
+
+def test_closed_model_users_start_as_the_ramp_asks(recorder: object, out: Path) -> None:
+    from conftest import Recorder
+
+    assert isinstance(recorder, Recorder)
+    plan = lp.Plan(
+        target=recorder.url,
+        load=lp.ClosedLoad(
+            stages=[lp.Ramp(from_=0, to=20, duration_s=2), lp.Constant(rate=20, duration_s=0.5)],
+            think_s=0.1,
+        ),
+        tasks=[get("a", "/u/{{__vu}}")],
+    )
+    lp.run(plan, out)
+    t0 = min(t for t, _ in recorder.arrivals)
+    first: dict[str, float] = {}
+    for t, path in recorder.arrivals:
+        first.setdefault(path, t - t0)
+    assert len(first) == 20
+    # User k is wanted from k / 10 s on: its first request comes then, not at the start.
+    for k in range(20):
+        assert first[f"/u/{k}"] == pytest.approx(k / 10, abs=0.15), k

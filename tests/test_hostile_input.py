@@ -213,3 +213,70 @@ def test_the_built_in_target_warns_when_it_listens_beyond_loopback() -> None:
     assert "warning: --host 0.0.0.0" in done.stderr
     quiet = cli("target", "--port", "0", "--for-s", "0.2")
     assert "warning" not in quiet.stderr
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_leaves_no_half_written_file(
+    tmp_path: Path, target: lp.TargetServer
+) -> None:
+    # RLIMIT_FSIZE makes every file past 8 KiB fail to grow, as a full disk would (Python
+    # ignores SIGXFSZ, so the write fails with EFBIG instead of killing the process).
+    plan = lp.Plan(
+        target=target.url,
+        load=constant(200, 5),
+        tasks=[get("a"), get("b", "/json"), get("c", "/?delay_ms=1")],
+    )
+    f = tmp_path / "plan.json"
+    f.write_text(plan.to_json())
+    out = tmp_path / "r"
+    done = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f"ulimit -f 8 && exec {sys.executable} -m loadpilot.cli run {f} --out {out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    last = one_clean_error(done, "metrics.jsonl")
+    assert "File too large" in last
+    assert not list(out.glob("*.tmp")), "no temporary file left behind"
+    loaded = lp.load_run(out)
+    assert len(loaded.metrics) >= 3, "the rows written before the disk filled are kept"
+    if (out / "summary.json").exists():
+        assert loaded.summary().ended == "failed"
+
+
+def test_sigterm_stops_a_run_like_ctrl_c_and_exits_143(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    ten_s = {"model": "open", "stages": [{"kind": "constant", "rate": 50, "duration_s": 10}]}
+    with lp.start_target() as target:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "loadpilot.cli",
+                "run",
+                str(plan_file(tmp_path, load=ten_s)),
+                "--target",
+                target.url,
+                "--out",
+                str(tmp_path / "r"),
+            ],  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        head = proc.stdout.readline()
+        assert head.startswith("run directory:")
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, out + err
+    assert "Traceback" not in err
+    s = lp.load_run(tmp_path / "r").summary()
+    assert s.ended == "stopped"
+    assert s.target_requests == s.overall.iterations + s.overall.cancelled + s.overall.unsent

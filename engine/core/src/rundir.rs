@@ -114,9 +114,11 @@ impl RunWriter {
         }
         let mpath = self.dir.join(METRICS_JSONL);
         for r in rows {
-            serde_json::to_writer(&mut self.metrics, r).expect("rows serialize");
+            // Serialized first, so a failing write (a full disk) is an error, never a panic.
+            let mut line = serde_json::to_vec(r).expect("rows serialize");
+            line.push(b'\n');
             self.metrics
-                .write_all(b"\n")
+                .write_all(&line)
                 .map_err(|e| Error::io(&mpath, e))?;
         }
         self.latency.flush()?;
@@ -222,7 +224,8 @@ pub struct Summary {
     pub planned_duration_s: f64,
     /// Why the run ended: `completed`, `stopped` (stop() or a signal), `aborted` (a threshold
     /// failed during the run), `drain_timeout` (requests were still in flight when the drain
-    /// ended: they are counted as cancelled) or `exhausted` (a unique feeder ran out).
+    /// ended: they are counted as cancelled), `exhausted` (a unique feeder ran out) or `failed` (the
+    /// run directory could not be written).
     pub ended: String,
     pub model: String,
     /// Arrivals that were due (open model): for every task,

@@ -589,11 +589,6 @@ async fn drive(
             (at, 0.0, i, len, Some(len))
         }
     };
-    if state.stop_requested.load(Ordering::SeqCst) && ended == "completed" {
-        ended = *state.stop_reason.lock().unwrap();
-    } else if exhausted {
-        ended = "exhausted";
-    }
     // Every worker is gone: what remains open is the last interval (or the drain).
     let mut data = ctx.recorder.take(u64::MAX, true);
     if !matches!(phase, Phase::Planned) {
@@ -615,10 +610,22 @@ async fn drive(
     let anything = data
         .iter()
         .any(|d| d.requests + d.unsent + d.cancelled + d.error_total() + d.taken > 0);
-    if !is_drain || drain_s > 0.0005 || anything {
+    // A drain in which nothing happened (everything had come back by the planned end) is
+    // not a row, and no time.
+    let drain_s = if is_drain && !anything { 0.0 } else { drain_s };
+    if !is_drain || anything {
         if let Err(e) = closer.close(last_i, last_len, achieved, data) {
             *state.failure.lock().unwrap() = Some(e.to_string());
         }
+    }
+    if state.failure.lock().unwrap().is_some() {
+        // The run directory could not be written (a full disk): what the summary says was
+        // measured, but rows may be missing from the files.
+        ended = "failed";
+    } else if state.stop_requested.load(Ordering::SeqCst) && ended == "completed" {
+        ended = *state.stop_reason.lock().unwrap();
+    } else if exhausted {
+        ended = "exhausted";
     }
     let summary = summarize(
         &ctx, &state, &plan, epoch0, duration_s, drain_s, ended, &skipped,
