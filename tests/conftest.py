@@ -73,10 +73,30 @@ def get(name: str, path: str = "/", weight: int = 1, **kw: object) -> lp.Task:
     return lp.Task(name=name, weight=weight, requests=[lp.Request(path=path, **kw)])  # type: ignore[arg-type]
 
 
-def interrupt_cli(args: list[str], after_s: float = 3.0) -> tuple[int, str, str, float]:
-    """Runs ``loadpilot ARGS``, presses Ctrl-C ``after_s`` after the run has started (its
-    "run directory:" line: a fresh checkout may take seconds to import), and returns its exit
-    code, its output and how long it took to stop."""
+def wait_for_rows(run_dir: Path, rows: int, timeout_s: float = 30.0) -> None:
+    """Waits until ``metrics.jsonl`` of a run going on in another process holds ``rows``
+    complete rows (an event, not a guess at how long the run takes to get there)."""
+    deadline = time.monotonic() + timeout_s
+    jsonl = run_dir / "metrics.jsonl"
+    while time.monotonic() < deadline:
+        if jsonl.exists() and jsonl.read_bytes().count(b"\n") >= rows:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{jsonl} did not reach {rows} rows in {timeout_s} s")
+
+
+def stop_delay(run_dir: Path, signalled_at: float) -> float:
+    """Seconds from a signal sent at wall time ``signalled_at`` to the instant the engine
+    stopped sending, as the run's own summary records it (``started_at + duration_s``): the
+    stop itself, without printing, Parquet or the interpreter's exit."""
+    s = lp.load_run(run_dir).summary()
+    return s.started_at + s.duration_s - signalled_at
+
+
+def interrupt_cli(args: list[str], rows: int = 2) -> tuple[int, str, str, float]:
+    """Runs ``loadpilot ARGS`` (which must give ``--out DIR``), presses Ctrl-C once the run
+    has written ``rows`` rows, and returns its exit code, its output and the wall time at
+    which Ctrl-C was pressed (for :func:`stop_delay`)."""
     import signal
     import subprocess
     import sys
@@ -88,16 +108,16 @@ def interrupt_cli(args: list[str], after_s: float = 3.0) -> tuple[int, str, str,
         text=True,
     )
     assert proc.stdout is not None
-    head = []
-    for line in proc.stdout:
-        head.append(line)
-        if line.startswith("run directory:"):
-            break
-    time.sleep(after_s)
+    out_dir = Path(args[args.index("--out") + 1])
+    try:
+        wait_for_rows(out_dir, rows)
+    except AssertionError:
+        proc.kill()
+        raise
+    sent = time.time()
     proc.send_signal(signal.SIGINT)
-    sent = time.monotonic()
-    out, err = proc.communicate(timeout=20)
-    return proc.returncode, "".join(head) + out, err, time.monotonic() - sent
+    out, err = proc.communicate(timeout=30)
+    return proc.returncode, out, err, sent
 
 
 CHROMIUM = "/usr/bin/chromium"

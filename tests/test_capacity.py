@@ -84,18 +84,41 @@ def step_run(tmp_path_factory: pytest.TempPathFactory) -> lp.LoadedRun:
     return lp.load_run(out)
 
 
+def saturation(run: lp.LoadedRun) -> float:
+    """The rate at which the target's 4 workers are all busy, from the service time the run
+    measured at its lowest step (10 ms asked, a little more as timers are late): derived from
+    this run on this machine, not assumed."""
+    low = lp.capacity(run).levels[0]
+    service_ms = run.histogram(service=True, start=low.start_s + 1, end=low.end_s).percentile(50)
+    assert service_ms is not None and service_ms >= 10
+    return 4 / (service_ms / 1000)
+
+
+def levels_around(rate: float) -> set[float]:
+    """The offered levels (100..600) on either side of ``rate``."""
+    below = max((lv for lv in (100, 200, 300, 400, 500, 600) if lv <= rate), default=100)
+    return {float(below), float(below + 100)}
+
+
 def test_capacity_measures_each_step_and_finds_the_knee(step_run: lp.LoadedRun) -> None:
     cap = lp.capacity(step_run)
     assert [lv.offered for lv in cap.levels] == [100, 200, 300, 400, 500, 600]
     assert all(lv.complete for lv in cap.levels)
     low = cap.levels[0]
     assert low.achieved_rps == pytest.approx(100, rel=0.05)
-    assert low.p99_ms is not None and low.p99_ms < 30
+    # A quarter of the workers busy: little queueing on top of the service time.
+    svc = step_run.histogram(service=True, start=low.start_s + 1, end=low.end_s).percentile(50)
+    assert low.p99_ms is not None and svc is not None and low.p99_ms < 3 * svc
     # Percentiles per level are exact: they equal the histogram of that window.
     h = step_run.histogram(start=low.start_s + 1, end=low.end_s)
     assert low.p99_ms == h.percentile(99) and low.requests == h.count
     knee = cap.knee()
-    assert knee is not None and knee.offered in (400, 500), cap.frame
+    # The first level the target cannot keep up with: just past its saturation.
+    sat = saturation(step_run)
+    assert knee is not None and knee.offered in levels_around(sat) | {
+        max(levels_around(sat)) + 100
+    }, (sat, cap.frame)
+    assert knee.offered > sat * 0.9, (sat, cap.frame)
     top = cap.levels[-1]
     assert top.p99_ms is not None and top.p99_ms > 10 * low.p99_ms
     assert set(cap.frame.columns) >= {"offered", "achieved_rps", "p99_ms", "error_rate"}
@@ -103,7 +126,9 @@ def test_capacity_measures_each_step_and_finds_the_knee(step_run: lp.LoadedRun) 
 
 def test_max_sustainable_rps_gives_the_rate_with_its_evidence(step_run: lp.LoadedRun) -> None:
     s = lp.max_sustainable_rps(step_run, slo="p99 < 50ms and errors < 0.1%")
-    assert float(s) in (300.0, 400.0), str(s)
+    sat = saturation(step_run)
+    # At or just below the saturation this run measured (never above it by more than noise).
+    assert float(s) <= sat * 1.1 and float(s) >= min(levels_around(sat)) - 100, (sat, str(s))
     assert s.level is not None and s.level.offered == float(s)
     assert s.level.p99_ms is not None and s.level.p99_ms < 50
     assert s.failed is not None and s.failed.offered == float(s) + 100
@@ -113,7 +138,7 @@ def test_max_sustainable_rps_gives_the_rate_with_its_evidence(step_run: lp.Loade
     none = lp.max_sustainable_rps(step_run, slo="p50 < 1us")
     assert float(none) == 0 and none.level is None and "p50" in str(none)
     loose = lp.max_sustainable_rps(step_run, slo="p99 < 100s")
-    assert float(loose) in (300.0, 400.0) and "achieved" in loose.reason, str(loose)
+    assert float(loose) <= sat * 1.1 and "achieved" in loose.reason, str(loose)
 
 
 def test_a_closed_model_step_run_gives_usl_points(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import textwrap
-import time
 from pathlib import Path
 
 import nbformat
@@ -13,7 +12,7 @@ import pytest
 from nbclient import NotebookClient
 
 import loadpilot as lp
-from tests.conftest import constant, get
+from tests.conftest import constant, get, wait_for_rows
 
 
 def execute(cells: list[str], cwd: Path) -> nbformat.NotebookNode:
@@ -68,8 +67,8 @@ def test_runs_and_summaries_render_as_compact_tables(
 ) -> None:
     plan = lp.Plan(name="<r>", target=target.url, load=constant(100, 2), tasks=[get("a")])
     run = lp.start(plan, tmp_path / "r")
-    time.sleep(1.3)
-    running = run._repr_html_()
+    wait_for_rows(tmp_path / "r", 1)
+    running = run._repr_html_()  # a second before the end of the run
     assert "running" in running and "&lt;r&gt;" in running
     run.wait()
     done = run._repr_html_()

@@ -9,12 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import polars as pl
 import pytest
 from hdrh.histogram import HdrHistogram
 from hdrh.log import HistogramLogReader
 
 import loadpilot as lp
-from tests.conftest import constant, get
+from tests.conftest import constant, get, stop_delay, wait_for_rows
 
 
 def _read_with_hdrh(path: Path) -> list[HdrHistogram]:
@@ -36,7 +37,10 @@ def test_the_hlog_reads_back_in_hdrh_with_the_summary_figures(
     summary = lp.run(plan, out).summary()
 
     intervals = _read_with_hdrh(out / "latency.hlog")
-    assert len(intervals) == 3 * 2, "one histogram per interval per task, no aggregate rows"
+    lines = [ln for ln in (out / "latency.hlog").read_text().splitlines() if ln.startswith("Tag=")]
+    schedule = [ln for ln in lines if float(ln.split(",")[1]) < 3]
+    assert len(schedule) == 3 * 2, "one histogram per interval per task, no aggregate rows"
+    assert len(intervals) == len(lines), "a drain interval, if any, is a line of its own"
     merged = HdrHistogram(1, 3_600_000_000, 3)
     for h in intervals:
         merged.add(h)
@@ -64,13 +68,15 @@ def test_metrics_parquet_and_summary_agree(target: lp.TargetServer, out: Path) -
 
 def test_metrics_grow_while_the_run_goes(target: lp.TargetServer, out: Path) -> None:
     run = lp.start(lp.Plan(target=target.url, load=constant(100, 4), tasks=[get("x")]), out)
-    time.sleep(2.3)
+    wait_for_rows(out, 1)
 
     seen = len(run.metrics)
+    still_going = not run.done
     run.wait()
 
+    assert still_going, "the first row came while the run went"
     assert 1 <= seen < 4
-    assert len(run.metrics) == 4
+    assert len(run.metrics.filter(pl.col("elapsed_s") < 4)) == 4
 
 
 _CHILD = """
@@ -94,7 +100,7 @@ def _start_child(out: Path) -> subprocess.Popen[str]:
 
 def test_a_killed_run_keeps_every_finished_interval(out: Path) -> None:
     child = _start_child(out)
-    time.sleep(3.6)
+    wait_for_rows(out, 3)
     child.kill()
     child.wait(timeout=10)
 
@@ -110,18 +116,21 @@ def test_a_killed_run_keeps_every_finished_interval(out: Path) -> None:
 
 def test_an_interrupted_run_stops_within_a_second_and_keeps_its_summary(out: Path) -> None:
     child = _start_child(out)
-    time.sleep(2.5)
+    wait_for_rows(out, 2)
+    sent = time.time()
     child.send_signal(signal.SIGINT)
-    sent = time.monotonic()
-    child.wait(timeout=10)
-    took = time.monotonic() - sent
+    child.wait(timeout=30)
 
     run = lp.load_run(out)
 
-    assert took < 1.5, f"took {took:.2f} s to stop"
-    assert run.complete and run.summary().ended == "stopped"
-    assert 400 <= run.summary().overall.requests <= 700
-    assert run.summary().overall.requests == int(run.metrics["requests"].sum())
+    assert stop_delay(out, sent) < 1.0
+    s = run.summary()
+    assert run.complete and s.ended == "stopped"
+    assert s.target_requests == s.overall.iterations + s.overall.cancelled + s.overall.unsent
+    assert s.overall.requests >= s.target_requests - 5
+    assert s.overall.requests == int(run.metrics["requests"].sum())
+    # The partial interval is closed with its real length.
+    assert run.metrics["interval_s"].sum() == pytest.approx(s.duration_s, abs=0.01)
 
 
 def test_a_run_directory_is_never_overwritten(target: lp.TargetServer, out: Path) -> None:

@@ -19,8 +19,11 @@ def test_three_rps_for_twenty_seconds_sends_sixty_evenly_spaced(
 
     times = sorted(t for t, _ in recorder.arrivals)
     assert abs(len(times) - 60) <= 1
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    assert min(gaps) >= 0.300, f"smallest gap {min(gaps) * 1000:.1f} ms: a burst"
+    gaps = sorted(b - a for a, b in zip(times, times[1:], strict=False))
+    # Evenly spaced: every gap near 333 ms as the Python server stamps them. A burst at a
+    # tick boundary would leave gaps near zero; the server's own jitter is milliseconds.
+    assert abs(gaps[len(gaps) // 2] - 1 / 3) < 0.01, gaps
+    assert gaps[0] > 0.2, f"smallest gap {gaps[0] * 1000:.1f} ms: a burst"
     assert run.summary().overall.requests == len(times)
 
 
@@ -50,7 +53,8 @@ def test_ramp_to_one_thousand_rps_follows_the_ramp(target: lp.TargetServer, out:
 
     total = run.summary().overall.requests
     assert abs(total - 5000) <= 50, total
-    per_second = run.metrics.sort("elapsed_s")
+    # The schedule's seconds (a drain row may follow at 10 s if a request was in flight).
+    per_second = run.metrics.filter(pl.col("elapsed_s") < 10).sort("elapsed_s")
     assert per_second["elapsed_s"].to_list() == [float(i) for i in range(10)]
     for i, (achieved, target_rps) in enumerate(
         zip(per_second["achieved_rps"], per_second["target_rps"], strict=True)

@@ -35,11 +35,13 @@ def test_a_stalling_server_shows_in_corrected_percentiles(out: Path) -> None:
 def test_requests_leave_when_due_not_a_timer_tick_later(out: Path, target: lp.TargetServer) -> None:
     # Latency counts from the due instant, so any lateness of the generator's own release is in
     # it: the gap between latency (from due) and service time (from the send) is that
-    # lateness. A millisecond timer would put ~0.5-1 ms into every request at this rate,
-    # more than the fast target's whole answer.
+    # lateness. A millisecond timer would put ~0.5-1 ms into every request at this rate
+    # (about 0.9 ms measured here before the pacer), more than the fast target's whole
+    # answer. The pacer's figure (~0.1 ms) is measured by `make bench`; this bound only has
+    # to tell a precise release from a millisecond timer on a busy machine.
     plan = lp.Plan(target=target.url, load=constant(500, 4), tasks=[get("fast")])
     summary = lp.run(plan, out).summary().overall
     latency, service = summary.latency_ms, summary.service_ms
     assert summary.requests == 2_000 and summary.errors == 0
     assert latency.p50 is not None and service.p50 is not None
-    assert latency.p50 - service.p50 < 0.3, (latency, service)
+    assert latency.p50 - service.p50 < 0.5, (latency, service)

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import loadpilot as lp
-from tests.conftest import Recorder, interrupt_cli
+from tests.conftest import Recorder, interrupt_cli, stop_delay
 
 
 def test_async_and_sync_tasks_run_with_the_exact_mix(target: lp.TargetServer, out: Path) -> None:
@@ -75,9 +75,12 @@ def test_on_start_runs_for_every_user_concurrently_and_state_carries_on(
     s = run.summary()
 
     assert len(starts) == 20
-    assert max(starts) - min(starts) < 1.0, "20 logins of 200 ms one after another take 4 s"
+    # Concurrently: one after another, 20 logins of 200 ms take 4 s.
+    assert max(starts) - min(starts) < 2.0, "logins ran one after another"
     assert s.overall.errors == 0, s.overall.errors_by_kind
-    assert s.overall.requests > 100  # hooks' requests are set-up and not counted
+    # Hooks' requests are set-up and not counted: the tasks' iterations and requests match.
+    assert s.overall.requests == s.overall.iterations
+    assert int(run.metrics["requests"].sum()) == s.overall.requests
     assert run.metrics["active_users"].max() == 20
 
 
@@ -120,15 +123,18 @@ class Slow(lp.VUser):
 def test_ctrl_c_stops_python_users_within_a_second(target: lp.TargetServer, tmp_path: Path) -> None:
     f = tmp_path / "slow.py"
     f.write_text(textwrap.dedent(_SLOW))
-    code, out, err, took = interrupt_cli(
+    code, out, err, sent = interrupt_cli(
         ["run", str(f), "--target", target.url, "--out", str(tmp_path / "r")]
     )
 
-    assert took < 1.5
     assert code == 130, out + err
+    assert stop_delay(tmp_path / "r", sent) < 1.0
     assert "(weight 1, python)" in out
     assert re.search(r"^wait\s+python\s", out, re.M), out
-    assert lp.load_run(tmp_path / "r").summary().overall.requests >= 100
+    s = lp.load_run(tmp_path / "r").summary()
+    assert s.target_requests == s.overall.iterations + s.overall.cancelled + s.overall.unsent
+    # 50 a second, each answered in 20 ms by the target: only the last one or two are cut.
+    assert s.overall.requests >= s.target_requests - 3
 
 
 def test_python_users_get_a_feeder_row_per_iteration(recorder: Recorder, out: Path) -> None:

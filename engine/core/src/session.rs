@@ -71,14 +71,14 @@ pub(crate) async fn dispatch(ctx: Arc<Ctx>) {
         let Some(a) = next else { break };
         let due = ctx.start + Duration::from_secs_f64(a.due);
         let task = ctx.mix.pick(a.index);
-        // Handed out, the arrival is Python's to start; one it never starts is unsent.
-        ctx.recorder.record(task, Instant::now(), |d| d.taken += 1);
         if due > Instant::now() {
             tokio::select! {
                 _ = crate::pacer::until(due) => {}
                 _ = ctx.stop.cancelled() => break,
             }
         }
+        // Handed out, the arrival is Python's to start; one it never starts is unsent.
+        ctx.recorder.record(task, Instant::now(), |d| d.taken += 1);
         py.push(PyArrival {
             index: a.index,
             due_s: a.due,
