@@ -28,8 +28,9 @@ def test_a_stalling_server_shows_in_corrected_percentiles(out: Path) -> None:
     # up to the whole stall for the ones it held.
     assert service.p50 is not None and service.p50 < 5, service
     assert service.max is not None and 400 <= service.max <= 600, service
-    # With every connection held by the stall, arrivals are sent late and say so.
-    assert summary.overall.missed > 0
+    # Each stall (the last 500 ms of every 5 s: 4 in the run) holds 500 arrivals; the 256
+    # connections take the first 256, the others find none free, are sent late and say so.
+    assert summary.overall.missed >= 4 * (500 - 256) * 0.9, summary.overall.missed
 
 
 def test_requests_leave_when_due_not_a_timer_tick_later(out: Path, target: lp.TargetServer) -> None:
