@@ -402,9 +402,19 @@ impl Client {
                     Some((k.trim().to_string(), val.trim().to_string()))
                 })
                 .collect();
+            // One allocation of the size that will be kept, not a chain of doublings (each
+            // a copy, and fragments the allocator keeps when large bodies come in parallel).
+            let announced = resp
+                .headers()
+                .get(hyper::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok());
+            let mut kept = match announced {
+                Some(n) if keep_body => Vec::with_capacity(n.min(BODY_KEPT)),
+                _ => Vec::new(),
+            };
             let mut body = resp.into_body();
             let mut bytes = 0u64;
-            let mut kept = Vec::new();
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|e| classify_hyper(&e, true))?;
                 if let Some(data) = frame.data_ref() {

@@ -376,3 +376,108 @@ impl Plan {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(json: &str) -> Result<Plan> {
+        let p = Plan::from_json(json)?;
+        p.validate()?;
+        Ok(p)
+    }
+
+    fn with(tasks: &str, load: &str, extra: &str) -> String {
+        format!(r#"{{"target": "http://127.0.0.1:1", "load": {load}, "tasks": {tasks}{extra}}}"#)
+    }
+
+    const OPEN: &str =
+        r#"{"model": "open", "stages": [{"kind": "constant", "rate": 1, "duration_s": 1}]}"#;
+    const ONE: &str = r#"[{"name": "a", "requests": [{"path": "/"}]}]"#;
+
+    fn error_of(json: &str) -> String {
+        plan(json).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_minimal_plan_takes_its_defaults() {
+        let p = plan(&with(ONE, OPEN, "")).unwrap();
+        assert_eq!(
+            (p.timeout_s, p.max_drain_s, p.max_users),
+            (30.0, 10.0, 100_000)
+        );
+        assert!(matches!(
+            p.load,
+            Load::Open {
+                connections: 256,
+                ..
+            }
+        ));
+        assert_eq!(p.tasks[0].requests[0].method, "GET");
+        assert!(!p.python());
+    }
+
+    #[test]
+    fn a_typo_names_its_line_and_column() {
+        let e = error_of("{\n  \"target\": \"x\",\n  \"lod\": {}\n}");
+        assert!(e.contains("line 3 column"), "{e}");
+        assert!(e.contains("lod"), "{e}");
+    }
+
+    #[test]
+    fn every_broken_field_is_named() {
+        let two = r#"[{"name": "a", "requests": [{"path": "/"}]}, {"name": "a", "requests": [{"path": "/"}]}]"#;
+        let mixed =
+            r#"[{"name": "a", "requests": [{"path": "/"}]}, {"name": "b", "path": "python"}]"#;
+        let closed =
+            r#"{"model": "closed", "stages": [{"kind": "constant", "rate": 2, "duration_s": 1}]}"#;
+        for (json, at) in [
+            (with(two, OPEN, ""), "tasks[1].name"),
+            (with(mixed, OPEN, ""), "tasks[1].path"),
+            (
+                with(
+                    r#"[{"name": "a b", "requests": [{"path": "/"}]}]"#,
+                    OPEN,
+                    "",
+                ),
+                "tasks[0].name",
+            ),
+            (with(r#"[{"name": "a"}]"#, OPEN, ""), "tasks[0].requests"),
+            (with(ONE, OPEN, r#", "timeout_s": 1e300"#), "timeout_s"),
+            (with(ONE, OPEN, r#", "max_drain_s": 0"#), "max_drain_s"),
+            (
+                with(ONE, closed, r#", "shard": {"index": 0, "count": 2}"#),
+                "shard",
+            ),
+            (
+                with(ONE, OPEN, r#", "shard": {"index": 2, "count": 2}"#),
+                "shard",
+            ),
+            (with(ONE, closed, r#", "max_users": 1"#), "load.stages"),
+            (
+                with(
+                    ONE,
+                    OPEN,
+                    r#", "feeder": {"columns": ["a", "b"], "rows": [["1"]]}"#,
+                ),
+                "feeder.rows[0]",
+            ),
+        ] {
+            let e = error_of(&json);
+            assert!(e.contains(&format!("at {at}")), "{at}: {e}");
+        }
+    }
+
+    #[test]
+    fn seconds_must_be_finite_positive_and_at_most_a_year() {
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, MAX_SECONDS * 2.0] {
+            let e = seconds("x", bad, false).unwrap_err().to_string();
+            assert!(
+                e.contains("at x") && e.contains(&format!("got {bad}")),
+                "{e}"
+            );
+        }
+        assert!(seconds("x", 0.0, true).is_ok());
+        assert!(seconds("x", MAX_SECONDS, false).is_ok());
+    }
+}

@@ -1074,3 +1074,92 @@ async fn iteration(
     }
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(mode: FeedMode) -> FeedRows {
+        FeedRows {
+            rows: (0..4).map(|i| vec![format!("r{i}")]).collect(),
+            mode,
+            seed: 7,
+        }
+    }
+
+    fn picks(f: &FeedRows, n: u64) -> Vec<Option<String>> {
+        (0..n).map(|k| f.row(k).map(|r| r[0].clone())).collect()
+    }
+
+    #[test]
+    fn feeder_rows_cycle_repeat_by_seed_and_run_out_when_unique() {
+        let cycle = picks(&rows(FeedMode::Cycle), 6);
+        let named = |v: &[&str]| v.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
+        assert_eq!(cycle, named(&["r0", "r1", "r2", "r3", "r0", "r1"]));
+        let random = picks(&rows(FeedMode::Random), 64);
+        assert_eq!(
+            random,
+            picks(&rows(FeedMode::Random), 64),
+            "the same seed, the same rows"
+        );
+        let other = FeedRows {
+            seed: 8,
+            ..rows(FeedMode::Random)
+        };
+        assert_ne!(random, picks(&other, 64));
+        assert!((0..4).all(|i| random.contains(&Some(format!("r{i}")))));
+        let unique = picks(&rows(FeedMode::Unique), 6);
+        assert_eq!(&unique[..4], named(&["r0", "r1", "r2", "r3"]).as_slice());
+        assert_eq!(&unique[4..], &[None, None]);
+    }
+
+    #[test]
+    fn the_descriptor_limit_is_raised_and_checked_before_a_run() {
+        let limit = raise_descriptor_limit().expect("a finite limit here");
+        assert!(check_descriptors(limit / 2).is_ok());
+        let e = check_descriptors(limit * 2).unwrap_err().to_string();
+        assert!(
+            e.contains("file descriptors") && e.contains(&format!("limit is {limit}")),
+            "{e}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_due_arrival_is_accounted_for_when_the_target_refuses_connections() {
+        // A port nothing listens on: every request fails at once with `connect`.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let plan = Plan::from_json(&format!(
+            r#"{{"target": "http://127.0.0.1:{port}",
+                "load": {{"model": "open", "stages": [{{"kind": "constant", "rate": 200, "duration_s": 1}}]}},
+                "tasks": [{{"name": "a", "weight": 3, "requests": [{{"path": "/"}}]}},
+                          {{"name": "b", "requests": [{{"path": "/"}}]}}]}}"#
+        ))
+        .unwrap();
+        let dir = std::env::temp_dir().join(format!("lp-runner-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let run = start(&Handle::current(), 2, plan, dir.clone()).unwrap();
+        let waiter = run.clone();
+        tokio::task::spawn_blocking(move || waiter.wait(Duration::from_secs(20)))
+            .await
+            .unwrap();
+        let s = run.summary().expect("a finished run has a summary");
+        assert_eq!(s.ended, "completed");
+        assert_eq!(s.target_requests, Some(200.0));
+        let targets: Vec<_> = s.tasks.iter().map(|t| t.target_requests).collect();
+        assert_eq!(targets, [Some(150.0), Some(50.0)]);
+        for t in &s.tasks {
+            let st = &t.stats;
+            assert_eq!(
+                t.target_requests,
+                Some((st.iterations + st.cancelled + st.unsent) as f64)
+            );
+            assert_eq!(st.errors_by_kind["connect"], st.requests);
+        }
+        assert_eq!(s.overall.error_rate, 1.0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -363,3 +363,52 @@ impl Mailbox {
         std::mem::take(&mut *self.items.lock().unwrap())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mailbox_rings_once_for_a_batch_and_hands_over_everything() {
+        let mb = Mailbox::new().unwrap();
+        let pending = |mb: &Mailbox| {
+            let mut buf = [0u8; 16];
+            // SAFETY: a peek into a local buffer of the given length; the socket is
+            // non-blocking, so an empty one answers -1 (EAGAIN) at once.
+            let n =
+                unsafe { libc::recv(mb.fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK) };
+            n.max(0)
+        };
+        assert_eq!(pending(&mb), 0);
+        for id in 0..3 {
+            mb.post(id, Err(ErrorKind::Timeout));
+        }
+        assert_eq!(pending(&mb), 1, "one ring for three results");
+        let taken = mb.take();
+        assert_eq!(
+            taken.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        assert_eq!(pending(&mb), 0, "taking silences the bell");
+        mb.post(9, Err(ErrorKind::Reset));
+        assert_eq!(pending(&mb), 1, "a result after the take rings again");
+    }
+
+    #[test]
+    fn released_arrivals_are_taken_in_batches_until_the_queue_closes() {
+        let side = PythonSide::default();
+        let a = |index| PyArrival {
+            index,
+            due_s: index as f64,
+            task: 0,
+        };
+        side.push(a(0));
+        side.push(a(1));
+        let q = side.queue.lock().unwrap();
+        assert_eq!(q.arrivals.len(), 2);
+        drop(q);
+        side.close();
+        let q = side.queue.lock().unwrap();
+        assert!(q.closed && q.arrivals.iter().map(|a| a.index).eq([0, 1]));
+    }
+}

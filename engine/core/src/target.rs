@@ -331,3 +331,74 @@ pub fn start(rt: &tokio::runtime::Handle, cfg: TargetConfig) -> Result<TargetSer
         stop,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn query_values_are_found_by_key() {
+        assert_eq!(query_value("a=1&delay_ms=20&b", "delay_ms"), Some("20"));
+        assert_eq!(query_value("delay_msx=3", "delay_ms"), None);
+        assert_eq!(query_value("", "delay_ms"), None);
+    }
+
+    #[test]
+    fn settings_out_of_range_are_refused_with_their_name() {
+        let cfg = |json: &str| serde_json::from_str::<TargetConfig>(json).unwrap();
+        for (json, field) in [
+            (r#"{"delay_ms": -1}"#, "target.delay_ms"),
+            (r#"{"error_rate": 1.5}"#, "target.error_rate"),
+        ] {
+            let e = cfg(json).validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
+        assert!(TargetConfig::default().validate().is_ok());
+    }
+
+    /// Sends one raw HTTP/1.1 request and returns the whole answer as text.
+    async fn ask(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_routes_answer_as_documented() {
+        let server = start(&tokio::runtime::Handle::current(), TargetConfig::default()).unwrap();
+        let at = server.addr;
+        assert!(ask(at, "/").await.ends_with("\r\n\r\nOK"));
+        assert!(ask(at, "/status/418").await.starts_with("HTTP/1.1 418"));
+        assert!(ask(at, "/status/1000").await.starts_with("HTTP/1.1 400"));
+        assert!(ask(at, "/json").await.contains(r#""name":"tea""#));
+        let bytes = ask(at, "/bytes/5000").await;
+        assert!(bytes.contains("content-length: 5000"), "{bytes}");
+        assert!(bytes.ends_with(&"x".repeat(5000)));
+        assert!(ask(at, "/bytes/999999999")
+            .await
+            .starts_with("HTTP/1.1 400"));
+        let set = ask(at, "/cookies/set?sid=s1").await;
+        assert!(set.contains("set-cookie: sid=s1; Path=/"), "{set}");
+        server.stop();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_pool_serves_one_request_at_a_time() {
+        let cfg = TargetConfig {
+            delay_ms: 100.0,
+            concurrency: 1,
+            ..TargetConfig::default()
+        };
+        let server = start(&tokio::runtime::Handle::current(), cfg).unwrap();
+        let started = std::time::Instant::now();
+        let (a, b) = tokio::join!(ask(server.addr, "/"), ask(server.addr, "/"));
+        assert!(a.ends_with("OK") && b.ends_with("OK"));
+        // Two requests of 100 ms through one worker: one after the other.
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        server.stop();
+    }
+}

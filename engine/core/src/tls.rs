@@ -107,3 +107,58 @@ pub fn self_signed_server(host: &str) -> Result<Arc<ServerConfig>> {
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_addresses_are_server_names_and_garbage_is_not() {
+        assert!(server_name("localhost").is_ok());
+        assert!(server_name("127.0.0.1").is_ok());
+        assert!(server_name("::1").is_ok());
+        let e = server_name("not a host!").unwrap_err().to_string();
+        assert!(e.contains("not a TLS server name"), "{e}");
+    }
+
+    #[test]
+    fn both_client_configs_speak_http1_over_alpn() {
+        for insecure in [false, true] {
+            assert_eq!(
+                client_config(insecure).alpn_protocols,
+                vec![b"http/1.1".to_vec()]
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_insecure_client_completes_a_handshake_with_a_self_signed_server() {
+        let server = tokio_rustls::TlsAcceptor::from(self_signed_server("127.0.0.1").unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accept = tokio::spawn(async move {
+            let mut results = Vec::new();
+            for _ in 0..2 {
+                let (tcp, _) = listener.accept().await.unwrap();
+                results.push(server.accept(tcp).await.is_ok());
+            }
+            results
+        });
+        let connect = |insecure| async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tokio_rustls::TlsConnector::from(client_config(insecure))
+                .connect(server_name("127.0.0.1").unwrap(), tcp)
+                .await
+                .map(|_| ())
+        };
+        connect(true)
+            .await
+            .expect("insecure accepts a self-signed certificate");
+        let refused = connect(false).await;
+        assert!(
+            refused.is_err(),
+            "the web PKI refuses a self-signed certificate"
+        );
+        assert_eq!(accept.await.unwrap(), vec![true, false]);
+    }
+}
