@@ -3,8 +3,9 @@
 
 Exit codes: 0 passed (thresholds met, no failed request unless an error_rate threshold allows
 it; for ``compare``, no regression); 1 a threshold failed (``compare``: a metric regressed); 2
-bad usage or input (scenario, plan, URL, run directory); 3 requests failed and no threshold
-covered the error rate; 130 stopped with Ctrl-C.
+bad usage or input (scenario, plan, URL, run directory); 3 requests failed or were cancelled
+and no threshold covered the error rate, or due requests were never sent; 130 stopped with
+Ctrl-C; 143 stopped with SIGTERM.
 """
 
 from __future__ import annotations
