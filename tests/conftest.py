@@ -65,8 +65,10 @@ def out(tmp_path: Path) -> Path:
     return tmp_path / "run"
 
 
-def constant(rate: float, duration_s: float) -> lp.OpenLoad:
-    return lp.OpenLoad(stages=[lp.Constant(rate=rate, duration_s=duration_s)])
+def constant(rate: float, duration_s: float, connections: int = 256) -> lp.OpenLoad:
+    return lp.OpenLoad(
+        stages=[lp.Constant(rate=rate, duration_s=duration_s)], connections=connections
+    )
 
 
 def get(name: str, path: str = "/", weight: int = 1, **kw: object) -> lp.Task:

@@ -51,7 +51,7 @@ def test_a_server_that_never_answers_cancels_every_request_and_fails_the_run(out
     with silent() as server:
         plan = lp.Plan(
             target=server.url,
-            load=lp.OpenLoad(stages=[lp.Constant(rate=20, duration_s=2)], connections=8),
+            load=constant(20, 2, connections=8),
             tasks=[get("hang")],
             max_drain_s=1,
         )
@@ -105,7 +105,7 @@ def test_slow_requests_past_the_end_are_drained_into_their_own_row(
 def test_requests_longer_than_the_drain_are_cancelled(target: lp.TargetServer, out: Path) -> None:
     plan = lp.Plan(
         target=target.url,
-        load=lp.OpenLoad(stages=[lp.Constant(rate=10, duration_s=2)], connections=64),
+        load=constant(10, 2, connections=64),
         tasks=[get("forever", "/?delay_ms=20000")],
         max_drain_s=0.5,
     )
@@ -121,7 +121,7 @@ def test_an_overloaded_target_leaves_unsent_requests_not_vanished_ones(out: Path
     with lp.start_target(delay_ms=10, concurrency=1) as slow:
         plan = lp.Plan(
             target=slow.url,
-            load=lp.OpenLoad(stages=[lp.Constant(rate=1000, duration_s=3)], connections=32),
+            load=constant(1000, 3, connections=32),
             tasks=[get("a", weight=5), get("b")],
         )
         run = lp.run(plan, out)
@@ -140,7 +140,7 @@ def test_an_unreachable_rate_ends_on_time_and_says_what_was_due(
 ) -> None:
     plan = lp.Plan(
         target=target.url,
-        load=lp.OpenLoad(stages=[lp.Constant(rate=1e12, duration_s=2)], connections=4),
+        load=constant(1e12, 2, connections=4),
         tasks=[get("a", weight=2), get("b")],
     )
     started = time.monotonic()
@@ -166,7 +166,7 @@ def test_a_stopped_run_counts_in_flight_requests_as_cancelled(out: Path) -> None
     with silent() as server:
         plan = lp.Plan(
             target=server.url,
-            load=lp.OpenLoad(stages=[lp.Constant(rate=20, duration_s=30)], connections=4),
+            load=constant(20, 30, connections=4),
             tasks=[get("hang")],
         )
         run = lp.start(plan, out)
@@ -266,7 +266,7 @@ def test_broken_http_is_a_protocol_error_not_a_reset(server: object, out: Path) 
     with server() as s:  # type: ignore[operator]
         plan = lp.Plan(
             target=s.url,
-            load=lp.OpenLoad(stages=[lp.Constant(rate=20, duration_s=1)], connections=4),
+            load=constant(20, 1, connections=4),
             tasks=[get("a")],
         )
         summary = lp.run(plan, out).summary()
@@ -280,7 +280,7 @@ def test_the_cli_fails_a_run_whose_requests_never_came_back(tmp_path: Path) -> N
     with silent() as server:
         plan = lp.Plan(
             target=server.url,
-            load=lp.OpenLoad(stages=[lp.Constant(rate=10, duration_s=1)], connections=2),
+            load=constant(10, 1, connections=2),
             tasks=[get("hang")],
             max_drain_s=0.5,
         )
@@ -322,7 +322,7 @@ if path == "python":
 else:
     plan = lp.Plan(
         target=sys.argv[1],
-        load=lp.OpenLoad(stages=[lp.Constant(rate=10, duration_s=3)], connections=16),
+        load=constant(10, 3, connections=16),
         tasks=[lp.Task(name="big", requests=[lp.Request(
             path="/bytes/20000000", expect=lp.Expect(body_contains="xyz"))])],
     )

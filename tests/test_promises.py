@@ -206,7 +206,7 @@ def test_connections_bound_the_requests_in_flight(out: Path) -> None:
     with lp.start_target(delay_ms=100) as slow:
         plan = lp.Plan(
             target=slow.url,
-            load=lp.OpenLoad(stages=[lp.Constant(rate=50, duration_s=2)], connections=2),
+            load=constant(50, 2, connections=2),
             tasks=[get("a")],
         )
         run = lp.run(plan, out)
@@ -226,7 +226,7 @@ def test_feeder_rows_cycle_in_order_and_random_rows_repeat_with_their_seed(
         recorder.arrivals.clear()
         plan = lp.Plan(
             target=recorder.url,
-            load=lp.OpenLoad(stages=[lp.Constant(rate=20, duration_s=2)], connections=8),
+            load=constant(20, 2, connections=8),
             tasks=[get("a", "/{{__iter}}/{{user}}")],
             feeder=lp.Feeder(columns=["user"], rows=[[r] for r in rows], mode=mode, seed=seed),  # type: ignore[arg-type]
         )
