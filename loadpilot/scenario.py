@@ -261,6 +261,8 @@ class Scenario:
     arrivals: str = "uniform"
     seed: int = 0
     timeout_s: float = 30.0
+    #: The longest wait after the planned end for requests in flight.
+    max_drain_s: float = 10.0
     #: Stop the run (from the command line) as soon as a threshold fails.
     abort_on_fail: bool = False
     #: Why the tasks run as Python virtual users; None when they run in the engine.
@@ -286,6 +288,7 @@ class Scenario:
             tasks=list(self.tasks),
             feeder=self.feeder,
             timeout_s=self.timeout_s,
+            max_drain_s=self.max_drain_s,
         )
 
 
@@ -334,9 +337,12 @@ def scenario(
     seed: int = 0,
     timeout: Duration = "30s",
     abort_on_fail: bool = False,
+    max_drain: Duration = "10s",
 ) -> Callable[[type[VUser]], type[VUser]]:
     """Declares a :class:`VUser` subclass as a scenario with its load profile and thresholds
-    (``abort_on_fail``: ``loadpilot run`` stops as soon as one fails)."""
+    (``abort_on_fail``: ``loadpilot run`` stops as soon as one fails). ``timeout`` is every
+    request's unless it gives its own; ``max_drain`` bounds the wait after the planned end for
+    iterations still going (what is still going then is counted as cancelled)."""
     if not isinstance(profile, Profile):
         raise ScenarioError(f"profile must come from lp.constant, lp.ramp, ... not {profile!r}")
 
@@ -359,6 +365,7 @@ def scenario(
             arrivals=arrivals,
             seed=seed,
             timeout_s=parse_duration(timeout, what="timeout"),
+            max_drain_s=parse_duration(max_drain, what="max_drain"),
             reason=reason,
             abort_on_fail=abort_on_fail,
         )

@@ -221,7 +221,7 @@ def test_python_tasks_count_iterations_requests_and_exceptions_like_engine_tasks
 def test_sleeping_sync_tasks_are_accounted_and_end_with_the_drain(
     target: lp.TargetServer, tmp_path: Path
 ) -> None:
-    @lp.scenario(profile=lp.constant(100, "2s"), connections=4, timeout="1s")
+    @lp.scenario(profile=lp.constant(100, "2s"), connections=4, max_drain="1s")
     class Sleepy(lp.VUser):
         @lp.task
         def nap(self) -> None:
@@ -322,7 +322,7 @@ if path == "python":
 else:
     plan = lp.Plan(
         target=sys.argv[1],
-        load=constant(10, 3, connections=16),
+        load=lp.OpenLoad(stages=[lp.Constant(rate=10, duration_s=3)], connections=16),
         tasks=[lp.Task(name="big", requests=[lp.Request(
             path="/bytes/20000000", expect=lp.Expect(body_contains="xyz"))])],
     )
@@ -390,3 +390,29 @@ def test_closed_model_users_start_as_the_ramp_asks(recorder: object, out: Path) 
     # User k is wanted from k / 10 s on: its first request comes then, not at the start.
     for k in range(20):
         assert first[f"/u/{k}"] == pytest.approx(k / 10, abs=0.15), k
+
+
+def test_python_tasks_follow_the_scenarios_timeout(target: lp.TargetServer, tmp_path: Path) -> None:
+    @lp.scenario(profile=lp.constant(10, "1s"), timeout="100ms")
+    class Impatient(lp.VUser):
+        @lp.task
+        async def slow(self) -> None:
+            await self.client.get("/?delay_ms=500")
+
+    s = lp.run(Impatient, tmp_path / "r", target=target.url).summary()
+    assert s.overall.errors_by_kind["timeout"] == s.overall.requests == 10
+    # A timeout given to the request itself wins over the scenario's.
+
+    @lp.scenario(profile=lp.constant(10, "1s"), timeout="100ms")
+    class Patient(lp.VUser):
+        @lp.task
+        async def slow(self) -> None:
+            await self.client.get("/?delay_ms=200", timeout="2s")
+
+    s = lp.run(Patient, tmp_path / "p", target=target.url).summary()
+    assert (s.overall.requests, s.overall.errors) == (10, 0)
+
+
+def test_waiting_forever_is_not_an_error(target: lp.TargetServer, out: Path) -> None:
+    run = lp.start(lp.Plan(target=target.url, load=constant(10, 1), tasks=[get("a")]), out)
+    assert run.wait(float("inf")) and run.wait(1e300)

@@ -301,7 +301,13 @@ pub fn start(rt: &Handle, threads: usize, plan: Plan, dir: PathBuf) -> Result<Ru
         .flatten()
         .map(|r| r.timeout)
         .fold(Duration::from_secs_f64(plan.timeout_s), Duration::max);
-    let drain_limit = longest_timeout.min(Duration::from_secs_f64(plan.max_drain_s));
+    // Python task bodies may give any request its own timeout: for them only the cap holds.
+    let cap = Duration::from_secs_f64(plan.max_drain_s);
+    let drain_limit = if plan.python() {
+        cap
+    } else {
+        longest_timeout.min(cap)
+    };
     let users = match &plan.load {
         Load::Open { connections, .. } => *connections as u64,
         Load::Closed { .. } => match &model {

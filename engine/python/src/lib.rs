@@ -256,8 +256,10 @@ impl PyRun {
     /// has ended. Signals are checked every 100 ms, so Ctrl-C raises KeyboardInterrupt here.
     #[pyo3(signature = (timeout_s=None))]
     fn wait(&self, py: Python<'_>, timeout_s: Option<f64>) -> PyResult<bool> {
-        let deadline =
-            timeout_s.map(|t| std::time::Instant::now() + Duration::from_secs_f64(t.max(0.0)));
+        // A timeout beyond a year (or inf, or nan) waits as long as None does.
+        let deadline = timeout_s
+            .filter(|t| *t <= loadpilot_core::plan::MAX_SECONDS)
+            .map(|t| std::time::Instant::now() + Duration::from_secs_f64(t.max(0.0)));
         loop {
             let step = match deadline {
                 Some(d) => d
@@ -331,7 +333,8 @@ impl PyRun {
     /// with the GIL released; None once the schedule is done.
     fn take_arrivals(&self, py: Python<'_>, wait_s: f64) -> Option<Vec<(u64, f64, usize)>> {
         let handle = self.handle.clone();
-        py.detach(move || handle.take_arrivals(Duration::from_secs_f64(wait_s.max(0.0))))
+        let wait = Duration::from_secs_f64(wait_s.clamp(0.0, 3600.0));
+        py.detach(move || handle.take_arrivals(wait))
             .map(|v| v.into_iter().map(|a| (a.index, a.due_s, a.task)).collect())
     }
 
