@@ -45,8 +45,9 @@ _Args = tuple[
 
 
 class RequestError(LoadPilotError):
-    """A request got no response (``kind``: connect, dns, tls, timeout, reset). The engine has
-    counted it already; an uncaught one simply ends the iteration."""
+    """A request got no response (``kind``: connect, dns, tls, timeout, reset, protocol,
+    fd_limit). The engine has counted it already; an uncaught one simply ends the iteration.
+    ``cancelled``: the run ended while it was in flight (its iteration counts as cancelled)."""
 
     def __init__(self, kind: str, method: str, path: str) -> None:
         super().__init__(f"{method} {path}: {kind}")
@@ -299,8 +300,10 @@ class PythonUsers:
         client._task, client._due = task, due
         try:
             await self._call(self._fns[task], user, self._is_async[task])
-        except RequestError:
-            pass  # counted by the engine; the iteration ends here
+        except RequestError as e:
+            if e.kind == "cancelled":
+                return False  # the run ended under it: the engine counts it as cancelled
+            # otherwise counted by the engine; the iteration ends here
         except Exception:
             h.record_exception(task)
             self._report(f"task {self._scenario.tasks[task].name!r} raised")
@@ -403,7 +406,8 @@ class PythonUsers:
                 if not await self._iteration(user, h.next_task(), None, next(self._iterations)):
                     break
                 if think:
-                    await asyncio.sleep(think)
+                    # Thinking past the planned end would hold the run open for nothing.
+                    await asyncio.sleep(min(think, max(0.0, duration - h.elapsed_s())))
         finally:
             if active:
                 h.user_active(False)

@@ -416,3 +416,30 @@ def test_python_tasks_follow_the_scenarios_timeout(target: lp.TargetServer, tmp_
 def test_waiting_forever_is_not_an_error(target: lp.TargetServer, out: Path) -> None:
     run = lp.start(lp.Plan(target=target.url, load=constant(10, 1), tasks=[get("a")]), out)
     assert run.wait(float("inf")) and run.wait(1e300)
+
+
+@pytest.mark.parametrize("path", ["engine", "python"])
+def test_users_thinking_at_the_planned_end_do_not_hold_the_run_open(
+    target: lp.TargetServer, tmp_path: Path, path: str
+) -> None:
+    if path == "engine":
+
+        @lp.scenario(profile=lp.users(5, "1s", think="20s"))
+        class Thinker(lp.VUser):
+            @lp.task
+            def look(self) -> None:
+                self.client.get("/")
+
+    else:
+
+        @lp.scenario(profile=lp.users(5, "1s", think="20s"))
+        class Thinker(lp.VUser):
+            @lp.task
+            async def look(self) -> None:
+                await self.client.get("/")
+
+    started = time.monotonic()
+    s = lp.run(Thinker, tmp_path / "r", target=target.url).summary()
+    assert s.ended == "completed" and s.task("look").path == path
+    assert (s.overall.requests, s.overall.cancelled) == (5, 0)
+    assert time.monotonic() - started < 1 + 2.5, "not the 20 s of thinking"

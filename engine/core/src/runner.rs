@@ -932,8 +932,10 @@ async fn closed_worker(ctx: Arc<Ctx>, vu: u64) {
             } else {
                 *think
             };
+            // Thinking past the planned end would hold the run open for nothing.
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
+                _ = sleep_until(ctx.planned_end.into()) => break,
                 _ = &mut stopped => break,
             }
         }

@@ -132,10 +132,14 @@ impl RunHandle {
     }
 
     /// A virtual user's iteration of `task` ran to its end (answered, failed or raised).
+    /// Once the run has stopped (or its drain ended) an iteration still going is cancelled,
+    /// as an engine iteration is, even if its Python code runs on a moment longer.
     pub fn end_iteration(&self, task: usize) {
-        self.ctx()
-            .recorder
-            .record(task, Instant::now(), |d| d.iterations += 1);
+        let ctx = self.ctx();
+        if !ctx.stop.is_cancelled() {
+            ctx.recorder
+                .record(task, Instant::now(), |d| d.iterations += 1);
+        }
     }
 
     /// The task of the closed model's next iteration (the same exact mix as the engine's).
