@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+import polars as pl
 from pydantic import ValidationError
 
 from loadpilot import runs as _run
@@ -26,7 +27,7 @@ from loadpilot import thresholds
 from loadpilot.errors import LoadPilotError, PlanError
 from loadpilot.loader import load_scenario
 from loadpilot.plan import Constant, Expect, OpenLoad, Plan, Ramp, Request, Task, describe
-from loadpilot.profiles import Profile, constant, parse_duration, users
+from loadpilot.profiles import Profile, constant, parse_duration
 from loadpilot.scenario import Scenario
 from loadpilot.target import start_target
 
@@ -50,34 +51,58 @@ def _on_sigterm(signum: int, frame: object) -> None:
 def _progress(
     r: _run.Run, total_s: float, abort_on: list[thresholds.Threshold] | None = None
 ) -> list[thresholds.Verdict]:
-    """One line a second while the run goes: elapsed, rate vs target, p50/p99, errors. With
-    ``abort_on``, the thresholds are checked on each closed second and the first failure stops
-    the run; the failing verdicts are returned."""
-    shown = 0
+    """One line per closed second while the run goes, the last one included: elapsed, rate vs
+    target (an open model) or active users (a closed one), p50/p99, errors. With ``abort_on``,
+    the thresholds are checked on each closed second and the first failure stops the run; the
+    failing verdicts are returned."""
+    shown: set[float] = set()
+
+    def show_new() -> None:
+        m = r.metrics
+        for second in sorted(set(m["elapsed_s"].to_list()) - shown):
+            shown.add(second)
+            if second >= total_s:
+                continue  # the drain: summed up in the last lines
+            print(
+                _second_line(m.filter(pl.col("elapsed_s") == second), second, total_s), flush=True
+            )
+
+    seen_rows = 0
     while not r.wait(0.25):
         m = r.metrics
-        if len(m) == shown or len(m) == 0:
+        if len(m) == seen_rows:
             continue
-        shown = len(m)
+        seen_rows = len(m)
         if abort_on:
             failed = [v for v in thresholds.evaluate(r.summary_so_far(), abort_on) if not v.passed]
             if failed:
+                show_new()
                 for v in failed:
                     print(f"aborting: {v}", flush=True)
                 r._stop("aborted")
                 return failed
-        last = m.filter(m["elapsed_s"] == m["elapsed_s"].max())
-        second = float(last["elapsed_s"].max()) + 1  # type: ignore[arg-type]
-        target = float(last["target_rps"].sum())
-        achieved = float(last["achieved_rps"].sum())
-        p50 = float(last["p50_ms"].max() or 0)  # type: ignore[arg-type]
-        p99 = float(last["p99_ms"].max() or 0)  # type: ignore[arg-type]
-        print(
-            f"  {second:5.0f}/{total_s:.0f} s  {achieved:8.0f} rps (target {target:.0f})  "
-            f"p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  errors {int(last['errors'].sum())}",
-            flush=True,
-        )
+        show_new()
+    show_new()
     return []
+
+
+def _ms(v: object) -> str:
+    """A latency figure, or "-" when nothing was answered: the summary's rule too."""
+    return f"{float(v):7.2f} ms" if isinstance(v, int | float) else f"{'-':>7} ms"
+
+
+def _second_line(rows: pl.DataFrame, second: float, total_s: float) -> str:
+    achieved = float(rows["achieved_rps"].sum())
+    if rows["target_rps"].null_count() == len(rows):
+        load = f"users {int(rows['active_users'].max() or 0)}"  # type: ignore[arg-type]
+    else:
+        load = f"target {float(rows['target_rps'].sum()):.0f}"
+    end = min(second + float(rows["interval_s"].max() or 1), total_s)  # type: ignore[arg-type]
+    return (
+        f"  {end:5.0f}/{total_s:.0f} s  {achieved:8.0f} rps ({load})  "
+        f"p50 {_ms(rows['p50_ms'].max())}  p99 {_ms(rows['p99_ms'].max())}  "
+        f"errors {int(rows['errors'].sum())}"
+    )
 
 
 def _execute(
@@ -239,15 +264,17 @@ def _target(args: argparse.Namespace, plan_target: str | None) -> str:
 
 
 def _override(profile: Profile, args: argparse.Namespace) -> Profile:
+    """``--rps`` replaces an open profile by a constant rate (for the profile's duration, or
+    ``--duration``); ``--duration`` alone stretches or squeezes the profile's stages to that
+    total, keeping its shape (a ramp stays a ramp, a closed model keeps its think time)."""
     if args.rps is None and args.duration is None:
         return profile
-    duration = args.duration if args.duration is not None else profile.duration_s
-    peak = profile.peak
-    if profile.model == "closed":
-        if args.rps is not None:
+    if args.rps is not None:
+        if profile.model == "closed":
             raise LoadPilotError("--rps applies to open-model scenarios; this one has users")
-        return users(int(peak), duration, think=profile.think_s or None)
-    return constant(args.rps if args.rps is not None else peak, duration)
+        duration = args.duration if args.duration is not None else profile.duration_s
+        return constant(args.rps, duration)
+    return profile.scaled(args.duration)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -257,7 +284,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         chosen = load_scenario(path, args.scenario)
         names = [t.name for t in chosen.tasks]
         checks = [*chosen.thresholds, *(thresholds.parse_cli(t, names) for t in cli_checks)]
-        chosen = dataclasses.replace(chosen, profile=_override(chosen.profile, args))
+        profile = _override(chosen.profile, args)
+        if profile != chosen.profile:
+            print(f"profile (from the command line): {profile.describe()}")
+        chosen = dataclasses.replace(chosen, profile=profile)
         print(
             f"scenario {chosen.name}: "
             + ", ".join(f"{t.name} (weight {t.weight}, {chosen.path})" for t in chosen.tasks)
@@ -340,7 +370,11 @@ def _duration(text: str) -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="loadpilot", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="loadpilot",
+        description=(__doc__ or "").replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -372,8 +406,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--threshold", action="append", help="e.g. 'p99<25ms' (repeatable)")
     r.add_argument("--abort-on-fail", action="store_true", help="stop as soon as a threshold fails")
     r.add_argument("--report", type=Path, default=None, help="write an HTML report (FILE.html)")
-    r.add_argument("--rps", type=float, default=None, help="run at this constant rate instead")
-    r.add_argument("--duration", type=_duration, default=None, help='e.g. "30s", "5m"')
+    r.add_argument(
+        "--rps", type=float, default=None, help="run at this constant rate instead (open model)"
+    )
+    r.add_argument(
+        "--duration",
+        type=_duration,
+        default=None,
+        help='stretch or squeeze the profile to this total, keeping its shape: "30s", "5m", '
+        "or seconds (with --rps: how long the constant rate lasts)",
+    )
     r.set_defaults(fn=_cmd_run)
 
     c = sub.add_parser(

@@ -105,6 +105,38 @@ class Profile:
             t += s.duration_s
         return out
 
+    def scaled(self, duration: Duration) -> Profile:
+        """The same shape stretched or squeezed to last ``duration``: every stage (and a
+        spike's peak) keeps its share of the time, rates and users stay as they are."""
+        new = parse_duration(duration)
+        f = new / self.duration_s
+        out: list[Stage] = []
+        for st in self.stages:
+            update: dict[str, float] = {"duration_s": st.duration_s * f}
+            if isinstance(st, Spike):
+                update["peak_s"] = st.peak_s * f
+            out.append(st.model_copy(update=update))
+        return Profile(self.model, tuple(out), self.think_s)
+
+    def describe(self) -> str:
+        """The profile in a line, e.g. ``ramp 0→300/s over 5s, then 300/s for 15s``."""
+        unit = "/s" if self.model == "open" else " users"
+        parts = []
+        for st in self.stages:
+            d = f"{st.duration_s:g}s"
+            if isinstance(st, Constant):
+                parts.append(f"{st.rate:g}{unit} for {d}")
+            elif isinstance(st, Ramp):
+                parts.append(f"ramp {st.from_:g}→{st.to:g}{unit} over {d}")
+            elif isinstance(st, Step):
+                parts.append(f"{st.steps} steps {st.from_:g}→{st.to:g}{unit} over {d}")
+            else:
+                parts.append(
+                    f"{st.base:g}{unit} with a {st.peak_s:g}s spike to {st.peak:g} over {d}"
+                )
+        think = f", {self.think_s:g}s think time" if self.model == "closed" and self.think_s else ""
+        return ", then ".join(parts) + think
+
     @property
     def total(self) -> float:
         """The area under the curve: the requests an open-model profile sends, or the

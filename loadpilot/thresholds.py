@@ -91,7 +91,9 @@ def parse(name: str, expr: str, tasks: list[str] | None = None) -> Threshold:
         if unit is not None:
             raise PlanError(f"invalid threshold {name}: {expr!r} (a rate is a plain number)")
         value = number
-    return Threshold(metric=metric, op=op, value=value, task=task or None, text=expr)
+    # One spelling whichever way it was written ("<25ms", "< 25ms"): "< 25ms".
+    text = f"{op} {m.group(2)}{unit or ''}"
+    return Threshold(metric=metric, op=op, value=value, task=task or None, text=text)
 
 
 def parse_all(spec: Mapping[str, str], tasks: list[str] | None = None) -> list[Threshold]:

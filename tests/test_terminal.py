@@ -1,0 +1,106 @@
+"""What `loadpilot run` prints while a run goes and at its end."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import loadpilot as lp
+
+SCENARIOS = """
+import loadpilot as lp
+
+@lp.scenario(profile=lp.ramp(0, 100, "2s") + lp.hold(100, "2s"), thresholds={"p99": "<25ms"})
+class Open(lp.VUser):
+    @lp.task
+    def a(self):
+        self.client.get("/")
+
+@lp.scenario(profile=lp.users(5, "2s", ramp="1s", think="100ms"))
+class Closed(lp.VUser):
+    @lp.task
+    def a(self):
+        self.client.get("/")
+"""
+
+
+def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    f = tmp_path / "s.py"
+    f.write_text(textwrap.dedent(SCENARIOS))
+    return subprocess.run(
+        [sys.executable, "-m", "loadpilot.cli", "run", str(f), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def seconds_shown(out: str) -> list[str]:
+    return re.findall(r"^\s+(\d+/\d+) s ", out, re.M)
+
+
+def test_duration_keeps_the_profiles_shape_and_says_so(
+    target: lp.TargetServer, tmp_path: Path
+) -> None:
+    done = run(tmp_path, "--scenario", "Open", "--target", target.url, "--duration", "2",
+               "--out", str(tmp_path / "r"))  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "profile (from the command line): ramp 0→100/s over 1s, then 100/s for 1s" in done.stdout
+    stages = json.loads((tmp_path / "r" / "plan.json").read_text())["load"]["stages"]
+    assert [(s["kind"], s["duration_s"]) for s in stages] == [("ramp", 1.0), ("constant", 1.0)]
+    # Every second is shown, the last one included.
+    assert seconds_shown(done.stdout) == ["1/2", "2/2"]
+    assert lp.load_run(tmp_path / "r").summary().overall.requests == 150
+
+
+def test_a_closed_model_shows_its_users_each_second(
+    target: lp.TargetServer, tmp_path: Path
+) -> None:
+    done = run(
+        tmp_path, "--scenario", "Closed", "--target", target.url, "--out", str(tmp_path / "r")
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert seconds_shown(done.stdout) == ["1/3", "2/3", "3/3"]
+    lines = [ln for ln in done.stdout.splitlines() if re.match(r"^\s+\d+/3 s ", ln)]
+    assert all("(users 5)" in ln for ln in lines[1:]), lines
+    assert "target" not in "".join(lines)
+
+
+def test_thresholds_read_alike_however_they_were_written(
+    target: lp.TargetServer, tmp_path: Path
+) -> None:
+    done = run(tmp_path, "--scenario", "Open", "--target", target.url, "--duration", "1",
+               "--threshold", "p99 <= 30ms", "--out", str(tmp_path / "r"))  # fmt: skip
+    verdicts = [ln.strip() for ln in done.stdout.splitlines() if ln.strip().startswith("pass")]
+    assert [v[: v.index("(")].strip() for v in verdicts] == [
+        "pass  p99 < 25ms",
+        "pass  p99 <= 30ms",
+    ]
+
+
+def test_nothing_answered_reads_as_a_dash_live_and_in_the_summary(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = run(tmp_path, "--scenario", "Open", "--target", f"http://127.0.0.1:{port}",
+               "--duration", "1", "--out", str(tmp_path / "r"))  # fmt: skip
+    assert done.returncode == 1  # the p99 threshold has nothing to pass on
+    live = [ln for ln in done.stdout.splitlines() if re.match(r"^\s+\d+/1 s ", ln)]
+    assert live and "p50       - ms" in live[0] and "0.00" not in live[0], live
+    assert re.search(r"^all .* -\s+-\s+-\s+-$", done.stdout, re.M), done.stdout
+
+
+def test_help_is_plain_text() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "loadpilot.cli", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "``" not in done.stdout and "143" in done.stdout
+    run_help = subprocess.run(
+        [sys.executable, "-m", "loadpilot.cli", "run", "--help"], capture_output=True, text=True
+    )
+    assert "keeping its shape" in " ".join(run_help.stdout.split())
