@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import sys
 import textwrap
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -106,22 +107,46 @@ def expect(
     )
 
 
-def feed(source: str | Path | pl.DataFrame, mode: str = "cycle", *, seed: int = 0) -> Feeder:
-    """Rows handed out one per iteration, from a CSV file or a Polars DataFrame; each column is
-    a placeholder (``{{user}}``). ``mode``: ``cycle``, ``random`` or ``unique`` (each row once;
-    the run ends when they run out)."""
+def _feed_path(path: Path, scenario_file: Path) -> Path | None:
+    """A relative feed file is looked for beside the scenario file that names it (so
+    ``loadpilot run work/shop.py`` finds ``work/users.csv``), then in the current directory."""
+    if path.is_absolute():
+        return path if path.is_file() else None
+    beside = scenario_file.parent / path if scenario_file.is_file() else None
+    for candidate in (beside, path):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
+
+
+def feed(source: str | Path | Any, mode: str = "cycle", *, seed: int = 0) -> Feeder:
+    """Rows handed out one per iteration, from a CSV file (a relative path is looked for beside
+    the scenario file first), a Polars DataFrame or a pandas one; each column is a placeholder
+    (``{{user}}``). ``mode``: ``cycle``, ``random`` or ``unique`` (each row once; the run ends
+    when they run out)."""
     if mode not in ("cycle", "random", "unique"):
         raise ScenarioError(f"feed mode {mode!r}: use cycle, random or unique")
+    caller = sys._getframe(1)
+    where = f"{caller.f_code.co_filename}:{caller.f_lineno}"
     if isinstance(source, pl.DataFrame):
         frame = source
+    elif type(source).__module__.partition(".")[0] == "pandas":
+        # A pandas DataFrame, read column by column (no pyarrow needed).
+        pdf: Any = source
+        frame = pl.DataFrame({str(c): [str(v) for v in pdf[c].tolist()] for c in pdf.columns})
     else:
-        path = Path(source)
+        path = _feed_path(Path(source), Path(caller.f_code.co_filename))
+        if path is None:
+            raise ScenarioError(
+                f"{where}: feed {str(source)!r}: no such file (looked beside the scenario file "
+                f"and in {Path.cwd()})"
+            )
         try:
             frame = pl.read_csv(path, infer_schema=False)
         except (OSError, pl.exceptions.PolarsError) as e:
-            raise ScenarioError(f"feed {str(path)!r}: {e}") from e
+            raise ScenarioError(f"{where}: feed {str(path)!r}: {e}") from None
     if frame.height == 0:
-        raise ScenarioError("a feed needs at least one row")
+        raise ScenarioError(f"{where}: a feed needs at least one row")
     frame = frame.select(pl.all().cast(pl.String).fill_null(""))
     return Feeder(
         columns=frame.columns,

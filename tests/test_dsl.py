@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 import loadpilot as lp
@@ -210,3 +211,57 @@ def test_a_profile_knows_its_peak() -> None:
 
     assert p.peak == 900
     assert lp.users(12, "1m", ramp="10s").peak == 12
+
+
+def test_a_feed_file_is_found_beside_its_scenario_or_named_with_its_line(
+    target: lp.TargetServer, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "users.csv").write_text("user\nalice\nbob\n")
+    scenario = (
+        "import loadpilot as lp\n\n"
+        "@lp.scenario(profile=lp.constant(10, '1s'))\n"
+        "class Shop(lp.VUser):\n"
+        "    feed = lp.feed('users.csv')\n"
+        "    @lp.task\n"
+        "    def browse(self):\n"
+        "        self.client.get('/json', params={'user': '{{user}}'})\n"
+    )
+    (work / "shop.py").write_text(scenario)
+    run = [sys.executable, "-m", "loadpilot.cli", "run", "work/shop.py", "--target", target.url]
+    done = subprocess.run([*run, "--out", "r"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (work / "users.csv").unlink()
+    missing = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True)
+    assert missing.returncode == 2
+    assert "shop.py:5: feed 'users.csv': no such file" in missing.stderr, missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_a_feed_takes_a_pandas_frame_like_a_polars_one() -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame({"user": ["alice", "bob"], "n": [1, 2]})
+    f = lp.feed(frame)
+    assert (f.columns, f.rows) == (["user", "n"], [["alice", "1"], ["bob", "2"]])
+    assert lp.feed(pl.from_dict({"user": ["alice", "bob"], "n": ["1", "2"]})).rows == f.rows
+
+
+def test_run_metrics_convert_to_pandas_with_the_extra(
+    target: lp.TargetServer, tmp_path: Path
+) -> None:
+    run = lp.run(
+        lp.Plan(
+            target=target.url,
+            load=lp.OpenLoad(stages=[lp.Constant(rate=20, duration_s=1)]),
+            tasks=[lp.Task(name="a", requests=[lp.Request(path="/")])],
+        ),
+        tmp_path / "r",
+    )
+    frame = run.metrics.to_pandas()  # pandas and pyarrow: pip install 'loadpilot[pandas]'
+    assert list(frame.columns) == run.metrics.columns and int(frame["requests"].sum()) == 20
+    assert str(frame["time"].dt.tz) == "UTC"
