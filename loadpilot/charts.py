@@ -135,8 +135,12 @@ def latency_chart(run: RunResult | str | Path, *, title: str | None = None) -> a
                 title="latency",
                 sort=["p50", "p99", "max", "service p50", "service p99"],
             ),
+            # A stroke in the legend, so its dash shows (a point would hide it).
             strokeDash=alt.StrokeDash(
-                "time:N", title="measured from", sort=["corrected", "service"]
+                "time:N",
+                title="measured from",
+                sort=["corrected", "service"],
+                legend=alt.Legend(symbolType="stroke", symbolStrokeWidth=2, symbolSize=400),
             ),
             tooltip=["elapsed_s", "series", alt.Tooltip("ms:Q", format=".3f")],
         )
@@ -149,27 +153,59 @@ def latency_chart(run: RunResult | str | Path, *, title: str | None = None) -> a
     return chart
 
 
-def rate_chart(run: RunResult | str | Path, *, title: str | None = None) -> alt.Chart:
-    """Achieved requests per second against the profile's target rate (open model) or the
-    active users (closed model)."""
+def rate_chart(run: RunResult | str | Path, *, title: str | None = None) -> alt.LayerChart:
+    """Achieved requests per second against the profile's target rate (open model): the target
+    a broad pale band under the achieved line, so both show where they agree."""
     r = _run(run)
-    per = per_second(r.metrics)
-    on = ["achieved_rps", "target_rps"] if r.plan.load.model == "open" else ["achieved_rps"]
-    frame = per.unpivot(index="elapsed_s", on=on).drop_nulls("value")
-    frame = frame.with_columns(
-        pl.col("variable").replace({"achieved_rps": "achieved", "target_rps": "target"})
+    per = per_second(r.metrics).filter(pl.col("elapsed_s") < r.plan.duration_s)
+    x = alt.X("elapsed_s:Q", title="seconds")
+    y = alt.Y("value:Q", title="requests per second")
+    colour = alt.Color(
+        "variable:N", title="rate", scale=alt.Scale(domain=["target", "achieved"],
+                                                    range=["#f58518", "#4c78a8"])
+    )  # fmt: skip
+    layers = []
+    if r.plan.load.model == "open":
+        target = per.select("elapsed_s", pl.col("target_rps").alias("value")).with_columns(
+            pl.lit("target").alias("variable")
+        )
+        layers.append(
+            alt.Chart(target)
+            .mark_line(strokeWidth=7, opacity=0.35)
+            .encode(
+                x=x, y=y, color=colour, tooltip=["elapsed_s", alt.Tooltip("value:Q", format=".1f")]
+            )
+        )
+    achieved = per.select("elapsed_s", pl.col("achieved_rps").alias("value")).with_columns(
+        pl.lit("achieved").alias("variable")
     )
+    layers.append(
+        alt.Chart(achieved)
+        .mark_line(point=True, strokeWidth=2)
+        .encode(x=x, y=y, color=colour, tooltip=["elapsed_s", alt.Tooltip("value:Q", format=".1f")])
+    )
+    chart = alt.layer(*layers).properties(
+        title=title or ("Achieved vs target rate" if len(layers) == 2 else "Achieved rate"),
+        width=WIDTH,
+        height=200,
+    )
+    assert isinstance(chart, alt.LayerChart)
+    return chart
+
+
+def users_chart(run: RunResult | str | Path, *, title: str | None = None) -> alt.Chart:
+    """Active virtual users per second (a closed model's load)."""
+    r = _run(run)
+    per = per_second(r.metrics).filter(pl.col("elapsed_s") < r.plan.duration_s)
     chart: alt.Chart = (
-        alt.Chart(frame)
-        .mark_line(point=True)
+        alt.Chart(per.select("elapsed_s", "active_users"))
+        .mark_line(point=True, interpolate="step-after")
         .encode(
             x=alt.X("elapsed_s:Q", title="seconds"),
-            y=alt.Y("value:Q", title="requests per second"),
-            strokeDash=alt.StrokeDash("variable:N", title="rate"),
-            color=alt.Color("variable:N", title="rate"),
-            tooltip=["elapsed_s", "variable", alt.Tooltip("value:Q", format=".1f")],
+            y=alt.Y("active_users:Q", title="active users"),
+            tooltip=["elapsed_s", "active_users"],
         )
-        .properties(title=title or "Achieved vs target rate", width=WIDTH, height=200)
+        .properties(title=title or "Virtual users", width=WIDTH, height=160)
     )
     return chart
 

@@ -116,14 +116,27 @@ def dashboard_chart(
         )
         .properties(title="Latency (corrected; service dashed)", width=_WIDTH, height=150)
     )
-    errors = charts.error_bars(
-        per, title="Errors by kind", width=_WIDTH, height=150, domain=(since, end)
-    )
+    failed = sum(int(per[f"errors_{k}"].fill_null(0).sum()) for k in _store.ERROR_KINDS)
+    errors: alt.Chart
+    if failed:
+        errors = charts.error_bars(
+            per, title="Errors by kind", width=_WIDTH, height=150, domain=(since, end)
+        )
+    else:
+        # A sentence, not an empty chart with an empty legend.
+        errors = (
+            alt.Chart(pl.DataFrame({"text": ["No request failed"]}))
+            .mark_text(size=13, color="#555")
+            .encode(text="text:N")
+            .properties(title="Errors by kind", width=_WIDTH, height=150)
+        )
+    closed = per["target_rps"].null_count() == len(per)
+    gauges = ["in_flight", "missed", *(["active_users"] if closed else [])]
     load = _lines(
-        per.select("elapsed_s", "in_flight", "missed"),
+        per.select("elapsed_s", *gauges),
         x,
-        "requests",
-        "In flight and missed arrivals",
+        "requests" if not closed else "requests / users",
+        "In flight and missed arrivals" + (", active users" if closed else ""),
     )
     top = alt.hconcat(rate, latency).resolve_scale(color="independent")
     bottom = alt.hconcat(errors, load).resolve_scale(color="independent")
@@ -178,15 +191,25 @@ def live_frame(per: pl.DataFrame, lat: pl.DataFrame, since: float, end: float) -
                            bottoms=list(bottom))
         )  # fmt: skip
         bottom = tops
-    errors = _sparks.panel("Errors by kind", stacked, span, y_title="errors/s")
+    if stacked:
+        errors = _sparks.panel("Errors by kind", stacked, span, y_title="errors/s")
+    else:
+        errors = (
+            "<div style='width:358px;font-family:sans-serif;font-size:11px'>"
+            "<b>Errors by kind</b><p>No request failed so far.</p></div>"
+        )
+    closed = per["target_rps"].null_count() == len(per)
+    gauges = [
+        _sparks.Series("in flight", pts(per, "in_flight"), c[0]),
+        _sparks.Series("missed", pts(per, "missed"), c[1]),
+    ]
+    if closed:
+        gauges.append(_sparks.Series("active users", pts(per, "active_users"), c[2]))
     load = _sparks.panel(
-        "In flight and missed arrivals",
-        [
-            _sparks.Series("in flight", pts(per, "in_flight"), c[0]),
-            _sparks.Series("missed", pts(per, "missed"), c[1]),
-        ],
+        "In flight and missed arrivals" + (", active users" if closed else ""),
+        gauges,
         span,
-        y_title="requests",
+        y_title="requests" if not closed else "requests / users",
     )
     return (
         "<div style='display:flex;flex-wrap:wrap;gap:0.5rem 1.5rem'>"

@@ -107,13 +107,19 @@ def _started(s: Summary) -> str:
 
 
 def _run_section(
-    page: _Page, run: RunResult, s: Summary, checks: Sequence[Threshold], level: int
+    page: _Page,
+    run: RunResult,
+    s: Summary,
+    checks: Sequence[Threshold],
+    level: int,
+    label: str | None = None,
 ) -> None:
     verdicts = evaluate(s, list(checks))
     h = f"h{level}"
     sub = f"h{level + 1}"
+    heading = label or s.name
     page.add(
-        f"<{h}>{'LoadPilot report: ' if level == 1 else ''}{html.escape(s.name)}</{h}>"
+        f"<{h}>{'LoadPilot report: ' if level == 1 else ''}{html.escape(heading)}</{h}>"
         f"<p>Target {html.escape(run.plan.target)} · started {_started(s)} · "
         f"{s.duration_s:.1f} s of {s.planned_duration_s:.1f} s planned ({html.escape(s.ended)})"
         f" · {html.escape(s.model)} model · run directory {html.escape(str(run.path))}</p>"
@@ -131,8 +137,13 @@ def _run_section(
             page.chart(charts.spectrum_chart(run))
         page.add(f"<{sub}>Over time</{sub}>")
         page.chart(charts.rate_chart(run))
+        if run.plan.load.model == "closed":
+            page.chart(charts.users_chart(run))
         page.chart(charts.latency_chart(run))
-        page.chart(charts.errors_chart(run))
+        if s.overall.errors:
+            page.chart(charts.errors_chart(run))
+        else:
+            page.add("<p>No request failed: there are no errors over time to chart.</p>")
         if any(isinstance(st, Step) for st in run.plan.load.stages):
             _capacity_section(page, run, sub)
     page.add(
@@ -193,9 +204,10 @@ def report(
         page.add("<h2>Latency by percentile</h2>")
         labels = [f"{i + 1}. {r.path.name}" for i, r in enumerate(resolved)]
         page.chart(charts.spectrum_chart(resolved, labels=labels))
-        for r, s in zip(resolved, summaries, strict=True):
+        for label, r, s in zip(labels, resolved, summaries, strict=True):
+            # Runs of one scenario share a name: the number and directory tell them apart.
             page.add('<section class="run">')
-            _run_section(page, r, s, checks, 2)
+            _run_section(page, r, s, checks, 2, label=f"{label}: {s.name}")
             page.add("</section>")
     out = Path(path)
     out.write_text(page.html(title), encoding="utf-8")

@@ -80,7 +80,7 @@ def test_run_writes_the_report_asked_for(target: lp.TargetServer, tmp_path: Path
     assert f"report: {tmp_path / 'out.html'}" in done.stdout
 
 
-def render_offline(browser: Any, page_file: Path) -> dict[str, Any]:
+def render_offline(browser: Any, page_file: Path, screenshot: Path | None = None) -> dict[str, Any]:
     """Opens ``page_file`` in headless Chromium with every non-file request refused, waits for
     its charts, and returns what rendered: data marks per chart, refused requests, console
     errors."""
@@ -115,6 +115,11 @@ def render_offline(browser: Any, page_file: Path) -> dict[str, Any]:
     failed = page.eval_on_selector_all(
         ".lp-chart", "els => els.filter(e => e.textContent.includes('chart failed')).length"
     )
+    dashed_legend = page.eval_on_selector_all(
+        "g.role-legend-symbol path[stroke-dasharray]", "els => els.length"
+    )
+    if screenshot is not None:
+        page.screenshot(path=str(screenshot), full_page=True)
     context.close()
     return {
         "charts": charts,
@@ -122,6 +127,7 @@ def render_offline(browser: Any, page_file: Path) -> dict[str, Any]:
         "refused": refused,
         "errors": errors,
         "failed": failed,
+        "dashed_legend": dashed_legend,
     }
 
 
@@ -166,8 +172,36 @@ def test_a_report_of_several_runs_compares_them_and_renders_offline(
     assert done.returncode == 0, done.stdout + done.stderr
     page = (tmp_path / "both.html").read_text()
     assert "Comparison with the baseline" in page and '<tr class="regressed">' in page
-    assert "<h2>v0</h2>" in page and "<h2>v1</h2>" in page
+    assert "<h2>1. run0: v0</h2>" in page and "<h2>2. run1: v1</h2>" in page
+    # Nothing failed: a sentence for each run instead of an empty errors chart.
+    assert page.count("No request failed") == 2
     seen = render_offline(browser, tmp_path / "both.html")
     assert seen["refused"] == [] and seen["errors"] == [] and seen["failed"] == 0, seen
-    # the overlaid spectrum, then rate, latency and errors of each run
+    # the overlaid spectrum, then rate and latency of each run
+    assert seen["charts"] == 5 and all(n > 0 for n in seen["marks"]), seen
+
+
+def test_two_closed_model_runs_of_one_scenario_read_apart_in_a_report(
+    browser: Any, target: lp.TargetServer, tmp_path: Path
+) -> None:
+    plan = lp.Plan(
+        name="Shop",
+        target=target.url,
+        load=lp.ClosedLoad(
+            stages=[lp.Ramp(from_=0, to=6, duration_s=2), lp.Constant(rate=6, duration_s=2)],
+            think_s=0.05,
+        ),
+        tasks=[get("browse", "/json")],
+    )
+    runs = [lp.run(plan, tmp_path / name) for name in ("monday", "tuesday")]
+    page_file = lp.report(runs, tmp_path / "closed.html")
+    page = page_file.read_text()
+    assert "<h2>1. monday: Shop</h2>" in page and "<h2>2. tuesday: Shop</h2>" in page
+    assert page.count("Virtual users") == 2 and "Achieved rate" in page
+    seen = render_offline(browser, page_file, screenshot=tmp_path / "closed.png")
+    assert seen["refused"] == [] and seen["errors"] == [] and seen["failed"] == 0, seen
+    # the spectrum, then for each run its rate, its users and its latency
     assert seen["charts"] == 7 and all(n > 0 for n in seen["marks"]), seen
+    assert (tmp_path / "closed.png").stat().st_size > 10_000
+    # The legend of "measured from" draws strokes, one of them dashed, not two like dots.
+    assert seen["dashed_legend"] >= 1, seen
