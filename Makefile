@@ -14,17 +14,27 @@ help: ## List the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 $(STAMP): requirements-dev.txt
-	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
-	touch $@
+	@echo "setting up $(VENV) (build and test tools)"
+	@python3 -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --quiet -r requirements-dev.txt
+	@touch $@
 
 .PHONY: venv
 venv: $(STAMP) ## Create .venv with the build and test tools
 
+# The engine is rebuilt only when its sources changed (Python files are used in place).
+ENGINE_SOURCES := $(shell find engine -name '*.rs' -o -name Cargo.toml) Cargo.toml Cargo.lock pyproject.toml
+BUILT := $(VENV)/.engine-built
+
+$(BUILT): $(STAMP) $(ENGINE_SOURCES)
+	@echo "building the engine (release)"
+	@set -o pipefail; $(BIN)/maturin develop --release --quiet 2>&1 \
+		| { grep -v '^Requirement already satisfied' || true; }
+	@touch $@
+
 .PHONY: build-dev
-build-dev: $(STAMP) ## Build the engine (release: timings are only meaningful optimised) into .venv
-	$(BIN)/maturin develop --release --quiet
+build-dev: $(BUILT) ## Build the engine (release: timings are only meaningful optimised) into .venv
 
 .PHONY: demo
 demo: build-dev ## Run the demo: a real load test against the built-in target
