@@ -67,8 +67,10 @@ def test_a_server_that_never_answers_cancels_every_request_and_fails_the_run(out
     assert s.overall.unsent == 40 - 8
     assert s.overall.error_rate == 1.0
     assert s.duration_s == 2.0
-    assert 1.0 <= s.drain_s < 1.5
-    assert took < 2 + 1 + 2.5  # planned end + drain + the stop's grace, never the 30 s timeout
+    assert 1.0 <= s.drain_s < 3.0  # the drain's limit, and the moment workers take to stop
+    # The planned end, the drain and the stop's grace, with room for a busy machine: never the
+    # 30 s timeout.
+    assert took < 2 + 1 + 1 + 4
     rows_add_up(run, s)
     failed = lp.thresholds.evaluate(s, lp.thresholds.parse_all({"error_rate": "< 1%"}))
     assert not failed[0].passed
@@ -147,7 +149,7 @@ def test_an_unreachable_rate_ends_on_time_and_says_what_was_due(
     run = lp.run(plan, out)
     took = time.monotonic() - started
     s = run.summary()
-    assert took < 4.0
+    assert took < 2 + 5, "the planned end, not the time to send 2e12 requests"
     assert s.target_requests == 2e12
     assert_accounted(s)
     assert s.overall.unsent > 1e12
@@ -236,7 +238,7 @@ def test_sleeping_sync_tasks_are_accounted_and_end_with_the_drain(
     assert s.ended == "drain_timeout"
     assert s.overall.cancelled == 4  # four users, each asleep in its first iteration
     assert s.overall.unsent == 200 - 4
-    assert took < 2 + 1 + 2.5
+    assert took < 2 + 1 + 1 + 4, "the planned end, the drain and the stop's grace"
 
 
 def test_a_failing_on_start_retires_users_and_their_arrivals_are_unsent(
@@ -445,4 +447,4 @@ def test_users_thinking_at_the_planned_end_do_not_hold_the_run_open(
     s = lp.run(Thinker, tmp_path / "r", target=target.url).summary()
     assert s.ended == "completed" and s.task("look").path == path
     assert (s.overall.requests, s.overall.cancelled) == (5, 0)
-    assert time.monotonic() - started < 1 + 2.5, "not the 20 s of thinking"
+    assert time.monotonic() - started < 1 + 5, "not the 20 s of thinking nor a 10 s drain"
