@@ -13,6 +13,7 @@ __all__ = [
     "Session",
     "TargetError",
     "TargetServer",
+    "profile_points",
     "read_hlog",
     "read_hlog_from",
     "start_run",
@@ -141,3 +142,4 @@ def read_hlog(
 def read_hlog_from(
     path: str | PathLike[str], offset: int
 ) -> tuple[list[tuple[str | None, float, float, Histogram]], int]: ...
+def profile_points(stages_json: str) -> tuple[list[tuple[float, float]], float]: ...

@@ -190,7 +190,8 @@ def _segments(stages: Sequence[Stage], window_s: float) -> list[tuple[float, flo
         elif isinstance(s, Step):
             width = s.duration_s / s.steps
             for i in range(s.steps):
-                level = s.from_ if s.steps == 1 else s.from_ + (s.to - s.from_) * i / (s.steps - 1)
+                # One step holds its target, as the engine schedules it.
+                level = s.to if s.steps == 1 else s.from_ + (s.to - s.from_) * i / (s.steps - 1)
                 out.append((t + i * width, t + (i + 1) * width, level))
         elif isinstance(s, Spike):
             side = (s.duration_s - s.peak_s) / 2

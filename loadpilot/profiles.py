@@ -4,11 +4,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
 from typing import Literal
 
+from loadpilot import _engine
 from loadpilot.errors import PlanError
 from loadpilot.plan import MAX_SECONDS, ClosedLoad, Constant, OpenLoad, Ramp, Spike, Stage, Step
 
@@ -84,26 +86,13 @@ class Profile:
 
     def points(self) -> list[tuple[float, float]]:
         """The rate (or users) curve as its corners ``(seconds, value)``, joined by straight
-        lines: what a chart of the profile draws."""
-        out: list[tuple[float, float]] = []
-        t = 0.0
-        for s in self.stages:
-            if isinstance(s, Constant):
-                out += [(t, s.rate), (t + s.duration_s, s.rate)]
-            elif isinstance(s, Ramp):
-                out += [(t, s.from_), (t + s.duration_s, s.to)]
-            elif isinstance(s, Step):
-                width = s.duration_s / s.steps
-                for i in range(s.steps):
-                    v = s.from_ if s.steps == 1 else s.from_ + (s.to - s.from_) * i / (s.steps - 1)
-                    out += [(t + i * width, v), (t + (i + 1) * width, v)]
-            else:
-                side = (s.duration_s - s.peak_s) / 2
-                out += [(t, s.base), (t + side, s.base), (t + side, s.peak)]
-                out += [(t + side + s.peak_s, s.peak), (t + side + s.peak_s, s.base)]
-                out += [(t + s.duration_s, s.base)]
-            t += s.duration_s
-        return out
+        lines: what a chart of the profile draws. Computed by the engine, from the stages it
+        schedules, so the tuner and capacity planning count what is sent."""
+        return self._engine_profile()[0]
+
+    def _engine_profile(self) -> tuple[list[tuple[float, float]], float]:
+        stages = json.dumps([s.model_dump(by_alias=True) for s in self.stages])
+        return _engine.profile_points(stages)
 
     def scaled(self, duration: Duration) -> Profile:
         """The same shape stretched or squeezed to last ``duration``: every stage (and a
@@ -140,9 +129,8 @@ class Profile:
     @property
     def total(self) -> float:
         """The area under the curve: the requests an open-model profile sends, or the
-        user-seconds of a closed one."""
-        pts = self.points()
-        return sum((b[0] - a[0]) * (a[1] + b[1]) / 2 for a, b in zip(pts, pts[1:], strict=False))
+        user-seconds of a closed one (the engine's own count)."""
+        return self._engine_profile()[1]
 
     def to_load(
         self, *, connections: int | None = None, arrivals: str = "uniform", seed: int = 0

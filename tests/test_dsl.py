@@ -265,3 +265,22 @@ def test_run_metrics_convert_to_pandas_with_the_extra(
     frame = run.metrics.to_pandas()  # pandas and pyarrow: pip install 'loadpilot[pandas]'
     assert list(frame.columns) == run.metrics.columns and int(frame["requests"].sum()) == 20
     assert str(frame["time"].dt.tz) == "UTC"
+
+
+def test_profile_totals_are_the_engines_count_of_what_is_sent(
+    target: lp.TargetServer, tmp_path: Path
+) -> None:
+    # One step holds its target: the engine sends 100 a second, and the profile says so.
+    one_step = lp.step(0, 100, 1, "1s")
+    assert one_step.total == 100 and one_step.points() == [(0.0, 100.0), (1.0, 100.0)]
+    mixed = lp.ramp(0, 60, "1s") + one_step + lp.spike(10, 50, "0.5s", "1s")
+    for profile in (one_step, mixed):
+
+        @lp.scenario(profile=profile)
+        class S(lp.VUser):
+            @lp.task
+            def a(self) -> None:
+                self.client.get("/")
+
+        s = lp.run(S, tmp_path / f"r{len(profile.stages)}", target=target.url).summary()
+        assert s.target_requests == round(profile.total), profile.describe()

@@ -212,6 +212,15 @@ impl Profile {
         self.total
     }
 
+    /// The curve's corners `(seconds, value)`, two per linear piece: what a chart of the
+    /// profile draws, and what callers use instead of expanding stages a second time.
+    pub fn points(&self) -> Vec<(f64, f64)> {
+        self.segments
+            .iter()
+            .flat_map(|s| [(s.t0, s.from), (s.t0 + s.duration, s.to)])
+            .collect()
+    }
+
     pub fn segments(&self) -> &[Segment] {
         &self.segments
     }
@@ -299,6 +308,19 @@ mod tests {
             rate,
             duration_s: d,
         }
+    }
+
+    #[test]
+    fn a_single_step_holds_its_target_value() {
+        let p = Profile::new(&[Stage::Step {
+            from: 0.0,
+            to: 100.0,
+            steps: 1,
+            duration_s: 10.0,
+        }])
+        .unwrap();
+        assert_eq!(p.total(), 1000.0);
+        assert_eq!(p.points(), vec![(0.0, 100.0), (10.0, 100.0)]);
     }
 
     #[test]

@@ -591,6 +591,16 @@ fn start_run(plan_json: &str, out_dir: PathBuf) -> PyResult<PyRun> {
     Ok(PyRun { handle })
 }
 
+/// A profile's corners `(seconds, value)` and its total (the integral of the curve), as the
+/// engine schedules them: the one rule for charts, the tuner and capacity planning.
+#[pyfunction]
+fn profile_points(stages_json: &str) -> PyResult<(Vec<(f64, f64)>, f64)> {
+    let stages: Vec<loadpilot_core::profile::Stage> = serde_json::from_str(stages_json)
+        .map_err(|e| PlanError::new_err(format!("invalid stages: {e}")))?;
+    let p = loadpilot_core::profile::Profile::new(&stages).map_err(CoreError)?;
+    Ok((p.points(), p.total()))
+}
+
 /// Checks a plan without running it.
 #[pyfunction]
 fn validate_plan(plan_json: &str) -> PyResult<()> {
@@ -660,8 +670,9 @@ fn read_hlog_from(path: PathBuf, offset: u64) -> PyResult<(Vec<LogLine>, u64)> {
 mod _engine {
     #[pymodule_export]
     use super::{
-        read_hlog, read_hlog_from, start_run, start_target, validate_plan, LoadPilotError,
-        PlanError, PyHistogram, PyMailbox, PyRun, PySession, PyTarget, RunDirError, TargetError,
+        profile_points, read_hlog, read_hlog_from, start_run, start_target, validate_plan,
+        LoadPilotError, PlanError, PyHistogram, PyMailbox, PyRun, PySession, PyTarget, RunDirError,
+        TargetError,
     };
 
     #[pymodule_init]
