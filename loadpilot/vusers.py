@@ -210,8 +210,6 @@ class PythonUsers:
         self._fns: list[Callable[[Any], Any]] = [getattr(cls, t.name) for t in scenario.tasks]
         self._is_async = [inspect.iscoroutinefunction(f) for f in self._fns]
         self._errors_shown = 0
-        #: Users whose ``on_start`` or ``on_stop`` raised.
-        self.hook_failures = 0
         self._iterations = itertools.count()
         self._rows = len(scenario.feeder.rows) if scenario.feeder is not None else 0
         if scenario.feeder is not None and scenario.feeder.mode != "unique":
@@ -255,7 +253,6 @@ class PythonUsers:
         except Exception:
             # Not an iteration of any task: the user retires, and the arrivals it would have
             # taken go to other users (or, with none left, are counted as unsent).
-            self.hook_failures += 1
             self._report(f"{type(user).__name__}.{name} raised")
             return False
 

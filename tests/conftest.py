@@ -5,6 +5,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,6 +74,19 @@ def constant(rate: float, duration_s: float, connections: int = 256) -> lp.OpenL
 
 def get(name: str, path: str = "/", weight: int = 1, **kw: object) -> lp.Task:
     return lp.Task(name=name, weight=weight, requests=[lp.Request(path=path, **kw)])  # type: ignore[arg-type]
+
+
+def read_with_hdrh(path: Path) -> list[Any]:
+    """The interval histograms of an ``.hlog`` as an independent reader (Python's ``hdrh``)
+    sees them."""
+    from hdrh.histogram import HdrHistogram
+    from hdrh.log import HistogramLogReader
+
+    reader = HistogramLogReader(str(path), HdrHistogram(1, 3_600_000_000, 3))
+    out = []
+    while (h := reader.get_next_interval_histogram()) is not None:
+        out.append(h)
+    return out
 
 
 def wait_for_rows(run_dir: Path, rows: int, timeout_s: float = 30.0) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -22,6 +23,12 @@ from hostile import (
 )
 
 import loadpilot as lp
+
+
+def hanging(url: str, rate: float, seconds: float, connections: int, **kw: Any) -> lp.Plan:
+    """A plan of one task against a server that never answers."""
+    load = constant(rate, seconds, connections=connections)
+    return lp.Plan(target=url, load=load, tasks=[get("hang")], **kw)
 
 
 def assert_accounted(s: lp.Summary, one_request: bool = True) -> None:
@@ -49,12 +56,7 @@ def rows_add_up(run: lp.LoadedRun | lp.Run, s: lp.Summary) -> None:
 
 def test_a_server_that_never_answers_cancels_every_request_and_fails_the_run(out: Path) -> None:
     with silent() as server:
-        plan = lp.Plan(
-            target=server.url,
-            load=constant(20, 2, connections=8),
-            tasks=[get("hang")],
-            max_drain_s=1,
-        )
+        plan = hanging(server.url, 20, 2, connections=8, max_drain_s=1)
         started = time.monotonic()
         run = lp.run(plan, out)
         took = time.monotonic() - started
@@ -166,11 +168,7 @@ def test_an_unreachable_rate_ends_on_time_and_says_what_was_due(
 
 def test_a_stopped_run_counts_in_flight_requests_as_cancelled(out: Path) -> None:
     with silent() as server:
-        plan = lp.Plan(
-            target=server.url,
-            load=constant(20, 30, connections=4),
-            tasks=[get("hang")],
-        )
+        plan = hanging(server.url, 20, 30, connections=4)
         run = lp.start(plan, out)
         while server.received < 4:
             time.sleep(0.05)
@@ -280,12 +278,7 @@ def test_broken_http_is_a_protocol_error_not_a_reset(server: object, out: Path) 
 
 def test_the_cli_fails_a_run_whose_requests_never_came_back(tmp_path: Path) -> None:
     with silent() as server:
-        plan = lp.Plan(
-            target=server.url,
-            load=constant(10, 1, connections=2),
-            tasks=[get("hang")],
-            max_drain_s=0.5,
-        )
+        plan = hanging(server.url, 10, 1, connections=2, max_drain_s=0.5)
         f = tmp_path / "plan.json"
         f.write_text(plan.to_json())
         base = [sys.executable, "-m", "loadpilot.cli", "run", str(f)]

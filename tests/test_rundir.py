@@ -12,18 +12,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 from hdrh.histogram import HdrHistogram
-from hdrh.log import HistogramLogReader
 
 import loadpilot as lp
-from tests.conftest import constant, get, stop_delay, wait_for_rows
-
-
-def _read_with_hdrh(path: Path) -> list[HdrHistogram]:
-    reader = HistogramLogReader(str(path), HdrHistogram(1, 3_600_000_000, 3))
-    out = []
-    while (h := reader.get_next_interval_histogram()) is not None:
-        out.append(h)
-    return out
+from tests.conftest import constant, get, read_with_hdrh, stop_delay, wait_for_rows
 
 
 def test_the_hlog_reads_back_in_hdrh_with_the_summary_figures(
@@ -36,7 +27,7 @@ def test_the_hlog_reads_back_in_hdrh_with_the_summary_figures(
     )
     summary = lp.run(plan, out).summary()
 
-    intervals = _read_with_hdrh(out / "latency.hlog")
+    intervals = read_with_hdrh(out / "latency.hlog")
     lines = [ln for ln in (out / "latency.hlog").read_text().splitlines() if ln.startswith("Tag=")]
     schedule = [ln for ln in lines if float(ln.split(",")[1]) < 3]
     assert len(schedule) == 3 * 2, "one histogram per interval per task, no aggregate rows"

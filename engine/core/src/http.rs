@@ -36,9 +36,6 @@ pub enum ErrorKind {
     /// This machine ran out of file descriptors (EMFILE/ENFILE): the generator's limit, not
     /// the server's.
     FdLimit,
-    /// The run ended while the request was in flight. Never counted as an error kind: the
-    /// iteration is counted as cancelled.
-    Cancelled,
 }
 
 impl ErrorKind {
@@ -67,7 +64,6 @@ impl ErrorKind {
             ErrorKind::Exception => "exception",
             ErrorKind::Protocol => "protocol",
             ErrorKind::FdLimit => "fd_limit",
-            ErrorKind::Cancelled => "cancelled",
         }
     }
 }
@@ -268,10 +264,9 @@ fn classify_hyper(e: &hyper::Error, in_body: bool) -> ErrorKind {
         }
         src = s.source();
     }
-    if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
-        return ErrorKind::Protocol;
-    }
-    if in_body && (e.is_incomplete_message() || e.is_body_write_aborted() || !e.is_closed()) {
+    // A head that does not parse, or a body that breaks off, is the server breaking HTTP; a
+    // connection that closes before any answer is a reset (an idle keep-alive one, say).
+    if in_body || e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
         return ErrorKind::Protocol;
     }
     ErrorKind::Reset
@@ -632,6 +627,5 @@ mod tests {
     fn every_counted_kind_has_its_own_name() {
         let names: std::collections::HashSet<_> = ErrorKind::ALL.iter().map(|k| k.name()).collect();
         assert_eq!(names.len(), ErrorKind::ALL.len());
-        assert!(!ErrorKind::ALL.contains(&ErrorKind::Cancelled));
     }
 }

@@ -158,15 +158,16 @@ impl TaskData {
     }
 
     /// An error, counted by kind. Errors with a response are recorded by `response` too.
-    /// An exception raised by a Python task is an error of its iteration, not a request.
     pub fn error(&mut self, kind: ErrorKind, with_response: bool) {
-        if kind == ErrorKind::Cancelled {
-            return; // counted per iteration when the run ends
-        }
-        if !with_response && kind != ErrorKind::Exception {
+        if !with_response {
             self.requests += 1;
         }
         self.errors[kind as usize] += 1;
+    }
+
+    /// A Python task raised: an error of its iteration, not a request.
+    pub fn exception(&mut self) {
+        self.errors[ErrorKind::Exception as usize] += 1;
     }
 
     /// The share of outcomes that failed: failed requests, exceptions and cancelled
@@ -269,11 +270,6 @@ impl Recorder {
         } else {
             t.as_secs().min(self.last_interval)
         }
-    }
-
-    /// The drain interval's number.
-    pub fn drain_interval(&self) -> u64 {
-        self.last_interval + 1
     }
 
     /// Records into the interval in which `at` falls.
@@ -545,7 +541,7 @@ mod tests {
         assert_eq!(second[0].corrected.max(), new_hist_with(2000).max());
         let last = rec.take(2, false);
         assert_eq!((last[0].status[1], last[0].status[4]), (1, 0));
-        let drain = rec.take(rec.drain_interval(), false);
+        let drain = rec.take(3, false); // the drain follows the schedule's 3 intervals
         assert_eq!(
             drain[0].status[4], 1,
             "what completes after the planned end lands in the drain interval"

@@ -125,11 +125,10 @@ pub struct RunState {
     failure: Mutex<Option<String>>,
     done: Mutex<bool>,
     done_cv: Condvar,
-    /// Set by `stop()`: tells a stopped run from one whose token was cancelled for another
-    /// reason (a unique feeder ran out, in-flight requests outlived the drain).
-    stop_requested: AtomicBool,
-    /// Why `stop()` was called: `stopped` or `aborted`.
-    stop_reason: Mutex<&'static str>,
+    /// Set by the first `stop()`, with its reason (`stopped` or `aborted`): tells a stopped
+    /// run from one whose token was cancelled for another reason (a unique feeder ran out,
+    /// in-flight requests outlived the drain).
+    stop_reason: std::sync::OnceLock<&'static str>,
 }
 
 #[derive(Clone)]
@@ -158,9 +157,7 @@ impl RunHandle {
     /// Stops the run with the reason the summary gives: `stopped` or `aborted` (a threshold
     /// failed while the run went).
     pub fn stop_with(&self, reason: &'static str) {
-        if !self.0.stop_requested.swap(true, Ordering::SeqCst) {
-            *self.0.stop_reason.lock().unwrap() = reason;
-        }
+        let _ = self.0.stop_reason.set(reason);
         self.1.stop_now();
     }
     pub fn is_done(&self) -> bool {
@@ -352,8 +349,7 @@ pub fn start(rt: &Handle, threads: usize, plan: Plan, dir: PathBuf) -> Result<Ru
         failure: Mutex::new(None),
         done: Mutex::new(false),
         done_cv: Condvar::new(),
-        stop_requested: AtomicBool::new(false),
-        stop_reason: Mutex::new("stopped"),
+        stop_reason: std::sync::OnceLock::new(),
     });
     let handle = RunHandle(state.clone(), ctx.clone());
     let driving = rt.spawn(drive(
@@ -409,7 +405,7 @@ fn check_descriptors(users: u64) -> Result<()> {
 }
 
 /// Sets the soft limit on open descriptors to the hard limit; returns the limit now in force.
-pub fn raise_descriptor_limit() -> Option<u64> {
+fn raise_descriptor_limit() -> Option<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -541,7 +537,7 @@ async fn drive(
                         skipped[t] += n;
                     }
                 }
-                if let Err(e) = closer.close(i, length, Some(length), data) {
+                if let Err(e) = closer.close(i, length, data) {
                     fail(e);
                 }
                 i += 1;
@@ -564,7 +560,7 @@ async fn drive(
     };
     let exhausted = ctx.exhausted.load(Ordering::Relaxed);
     let mut ended = "completed";
-    let (duration_s, drain_s, last_i, last_len, achieved) = match phase {
+    let (duration_s, drain_s, last_i, last_len) = match phase {
         Phase::Planned => {
             // The drain: wait for what is in flight, up to the drain limit.
             let deadline = ctx.planned_end + ctx.drain_limit;
@@ -580,7 +576,7 @@ async fn drive(
                 }
             }
             let drain = ctx.planned_end.elapsed().as_secs_f64();
-            (ctx.duration, drain, i, drain, None)
+            (ctx.duration, drain, i, drain)
         }
         Phase::Joined | Phase::Stopped { .. } => {
             let at = match phase {
@@ -591,8 +587,7 @@ async fn drive(
             for (t, n) in left.iter().enumerate() {
                 skipped[t] += n;
             }
-            let len = (at - i as f64).clamp(0.0, 1.0);
-            (at, 0.0, i, len, Some(len))
+            (at, 0.0, i, (at - i as f64).clamp(0.0, 1.0))
         }
     };
     // Every worker is gone: what remains open is the last interval (or the drain).
@@ -620,7 +615,7 @@ async fn drive(
     // not a row, and no time.
     let drain_s = if is_drain && !anything { 0.0 } else { drain_s };
     if !is_drain || anything {
-        if let Err(e) = closer.close(last_i, last_len, achieved, data) {
+        if let Err(e) = closer.close(last_i, last_len, data) {
             *state.failure.lock().unwrap() = Some(e.to_string());
         }
     }
@@ -628,8 +623,8 @@ async fn drive(
         // The run directory could not be written (a full disk): what the summary says was
         // measured, but rows may be missing from the files.
         ended = "failed";
-    } else if state.stop_requested.load(Ordering::SeqCst) && ended == "completed" {
-        ended = *state.stop_reason.lock().unwrap();
+    } else if let (Some(reason), "completed") = (state.stop_reason.get(), ended) {
+        ended = reason;
     } else if exhausted {
         ended = "exhausted";
     }
@@ -715,15 +710,8 @@ fn gauges(ctx: &Ctx) -> (i64, i64) {
 
 impl Closer<'_> {
     /// Writes interval `i` (`length` seconds; the drain when `i` is past the schedule) from
-    /// `data`, adds it to the run's totals and hands rows to readers. `achieved_s` divides
-    /// requests for `achieved_rps` (`None` in the drain, where nothing is sent).
-    fn close(
-        &mut self,
-        i: u64,
-        length: f64,
-        achieved_s: Option<f64>,
-        data: Vec<TaskData>,
-    ) -> Result<()> {
+    /// `data`, adds it to the run's totals and hands rows to readers.
+    fn close(&mut self, i: u64, length: f64, data: Vec<TaskData>) -> Result<()> {
         let ctx = self.ctx;
         let start_s = (i as f64).min(ctx.duration);
         let drain = i as f64 >= ctx.duration;
@@ -746,7 +734,8 @@ impl Closer<'_> {
                         time: self.epoch0 + start_s,
                         elapsed_s: start_s,
                         interval_s: length,
-                        achieved_s,
+                        // Nothing is sent in the drain: its requests were sent before it.
+                        achieved_s: (!drain).then_some(length),
                         task: &self.state.names[t],
                         target_rps,
                         in_flight,

@@ -26,6 +26,24 @@ use crate::http::{Client, ErrorKind, Response};
 use crate::runner::{exchange, Begin, Ctx, Model, RunHandle, LATE};
 use crate::template::Values;
 
+/// Why a Python task's request has no response: a failure the engine counted, or the run
+/// ending while it was in flight (its iteration is then counted as cancelled, nothing else).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoResponse {
+    Failed(ErrorKind),
+    Cancelled,
+}
+
+impl NoResponse {
+    /// The name Python's `RequestError.kind` carries.
+    pub fn name(self) -> &'static str {
+        match self {
+            NoResponse::Failed(kind) => kind.name(),
+            NoResponse::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// An arrival for a Python virtual user.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PyArrival {
@@ -191,9 +209,7 @@ impl RunHandle {
     /// iteration, not a request).
     pub fn record_exception(&self, task: usize) {
         let now = Instant::now();
-        self.ctx()
-            .recorder
-            .record(task, now, |d| d.error(ErrorKind::Exception, false));
+        self.ctx().recorder.record(task, now, |d| d.exception());
     }
 
     pub fn user_active(&self, active: bool) {
@@ -253,7 +269,7 @@ pub struct PyRequest {
 
 impl Session {
     /// Sends, records, and returns the whole response (or the error's kind).
-    pub async fn request(&self, r: PyRequest) -> Result<Response, ErrorKind> {
+    pub async fn request(&self, r: PyRequest) -> Result<Response, NoResponse> {
         let ctx = &self.ctx;
         let mut client = self.client.lock().await;
         let from = r
@@ -285,11 +301,11 @@ impl Session {
             r = exchanged => r,
             _ = ctx.stop.cancelled() => {
                 client.disconnect();
-                return Err(ErrorKind::Cancelled);
+                return Err(NoResponse::Cancelled);
             }
         };
         let Some(task) = r.task else {
-            return result.map(|(_, resp)| resp);
+            return result.map(|(_, resp)| resp).map_err(NoResponse::Failed);
         };
         match result {
             Ok((sent, resp)) => {
@@ -314,7 +330,7 @@ impl Session {
             }
             Err(kind) => {
                 ctx.recorder.record(task, end, |d| d.error(kind, false));
-                Err(kind)
+                Err(NoResponse::Failed(kind))
             }
         }
     }
@@ -324,7 +340,7 @@ impl Session {
 /// they append here and, when the box was empty, write one byte to a socket the loop watches
 /// (`loop.add_reader`), so the loop wakes once for a whole batch and collects it with `take`.
 pub struct Mailbox {
-    items: Mutex<Vec<(u64, Result<Response, ErrorKind>)>>,
+    items: Mutex<Vec<(u64, Result<Response, NoResponse>)>>,
     bell: UnixStream,
     watched: UnixStream,
 }
@@ -346,7 +362,7 @@ impl Mailbox {
         self.watched.as_raw_fd()
     }
 
-    pub fn post(&self, id: u64, result: Result<Response, ErrorKind>) {
+    pub fn post(&self, id: u64, result: Result<Response, NoResponse>) {
         let was_empty = {
             let mut items = self.items.lock().unwrap();
             let was_empty = items.is_empty();
@@ -361,7 +377,7 @@ impl Mailbox {
 
     /// Everything posted so far. The bell is silenced first, so a result posted meanwhile
     /// rings it again and is never left waiting unnoticed.
-    pub fn take(&self) -> Vec<(u64, Result<Response, ErrorKind>)> {
+    pub fn take(&self) -> Vec<(u64, Result<Response, NoResponse>)> {
         let mut sink = [0u8; 256];
         while matches!((&self.watched).read(&mut sink), Ok(n) if n > 0) {}
         std::mem::take(&mut *self.items.lock().unwrap())
@@ -385,7 +401,7 @@ mod tests {
         };
         assert_eq!(pending(&mb), 0);
         for id in 0..3 {
-            mb.post(id, Err(ErrorKind::Timeout));
+            mb.post(id, Err(NoResponse::Failed(ErrorKind::Timeout)));
         }
         assert_eq!(pending(&mb), 1, "one ring for three results");
         let taken = mb.take();
@@ -394,7 +410,7 @@ mod tests {
             [0, 1, 2]
         );
         assert_eq!(pending(&mb), 0, "taking silences the bell");
-        mb.post(9, Err(ErrorKind::Reset));
+        mb.post(9, Err(NoResponse::Cancelled));
         assert_eq!(pending(&mb), 1, "a result after the take rings again");
     }
 

@@ -12,7 +12,7 @@ use loadpilot_core::metrics::{decode_hist, encode_hist, new_hist, Hist};
 use loadpilot_core::plan::Expect;
 use loadpilot_core::plan::Plan;
 use loadpilot_core::runner::{self, RunHandle};
-use loadpilot_core::session::{Mailbox, PyRequest, Session};
+use loadpilot_core::session::{Mailbox, NoResponse, PyRequest, Session};
 use loadpilot_core::target::{self, TargetConfig, TargetServer};
 use loadpilot_core::template::Scope;
 use pyo3::exceptions::{PyException, PyValueError};
@@ -410,7 +410,7 @@ impl PyRun {
 /// (status, headers, body) of a response, or the kind of error.
 type Outcome = Result<(u16, Vec<(String, String)>, Vec<u8>), String>;
 
-fn outcome(r: Result<loadpilot_core::http::Response, loadpilot_core::http::ErrorKind>) -> Outcome {
+fn outcome(r: Result<loadpilot_core::http::Response, NoResponse>) -> Outcome {
     r.map(|resp| (resp.status, resp.headers, resp.body.to_vec()))
         .map_err(|k| k.name().to_string())
 }
