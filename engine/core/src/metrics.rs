@@ -209,7 +209,8 @@ pub fn register_worker_thread() {
 }
 
 pub struct Recorder {
-    start: Instant,
+    /// When the run's clock started; until then everything counts into the first interval.
+    start: std::sync::OnceLock<Instant>,
     n_tasks: usize,
     /// The last interval of the schedule; samples that complete after the planned end belong
     /// to the drain interval that follows it.
@@ -226,7 +227,7 @@ pub struct Recorder {
 impl Recorder {
     /// A recorder for a run of `duration` seconds: intervals `0..ceil(duration)` of the
     /// schedule, then one drain interval for what completes after the planned end.
-    pub fn new(start: Instant, n_tasks: usize, duration: f64, threads: usize) -> Self {
+    pub fn new(n_tasks: usize, duration: f64, threads: usize) -> Self {
         let last_interval = (duration.ceil().max(1.0) as u64) - 1;
         let shards = (0..threads + 1)
             .map(|_| {
@@ -238,7 +239,7 @@ impl Recorder {
             })
             .collect();
         Recorder {
-            start,
+            start: std::sync::OnceLock::new(),
             n_tasks,
             last_interval,
             planned_end: duration,
@@ -247,6 +248,16 @@ impl Recorder {
             in_flight: AtomicI64::new(0),
             active_users: AtomicI64::new(0),
         }
+    }
+
+    /// How many entries (tasks and hooks) it counts.
+    pub fn entries(&self) -> usize {
+        self.n_tasks
+    }
+
+    /// The run's clock starts now (once).
+    pub fn begin(&self, start: Instant) {
+        let _ = self.start.set(start);
     }
 
     fn shard(&self) -> &Mutex<Shard> {
@@ -264,7 +275,10 @@ impl Recorder {
     /// The interval of the schedule in which `at` falls, or the drain interval
     /// (`last_interval + 1`) from the planned end on.
     pub fn interval_of(&self, at: Instant) -> u64 {
-        let t = at.saturating_duration_since(self.start);
+        let Some(start) = self.start.get() else {
+            return 0;
+        };
+        let t = at.saturating_duration_since(*start);
         if t.as_secs_f64() >= self.planned_end {
             self.last_interval + 1
         } else {
@@ -525,7 +539,8 @@ mod tests {
     #[test]
     fn recorder_keeps_intervals_apart_and_samples_after_the_end_join_the_drain() {
         let start = Instant::now();
-        let rec = Recorder::new(start, 2, 2.5, 1);
+        let rec = Recorder::new(2, 2.5, 1);
+        rec.begin(start);
         let at = |s: f64| start + std::time::Duration::from_secs_f64(s);
         rec.record(0, at(0.5), |d| d.response(200, 10, 1000, 900));
         rec.record(1, at(0.7), |d| d.error(ErrorKind::Connect, false));

@@ -44,7 +44,47 @@ pub struct Plan {
     /// for: a guard against a typo that would need unbounded memory. Raise it on purpose.
     #[serde(default = "default_max_users")]
     pub max_users: u64,
+    /// Per-user hooks written in Python (`on_start`, `on_stop`).
+    #[serde(default)]
+    pub hooks: Hooks,
 }
+
+/// A scenario's per-user hooks. They run in Python, on the user's own connection, when the
+/// engine asks: `on_start` before the user's first iteration (before the run's clock starts
+/// for users wanted from the start), `on_stop` when the run ends or is stopped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    #[serde(default)]
+    pub on_start: bool,
+    #[serde(default)]
+    pub on_stop: bool,
+    /// Values each user's `on_start` sets (its attributes) for the user's engine requests:
+    /// `{{name}}` in a template.
+    #[serde(default)]
+    pub values: Vec<String>,
+    /// The longest one hook may take; a user whose `on_start` takes longer takes no part.
+    #[serde(default = "default_hook_timeout")]
+    pub timeout_s: f64,
+}
+
+fn default_hook_timeout() -> f64 {
+    60.0
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Hooks {
+            on_start: false,
+            on_stop: false,
+            values: Vec::new(),
+            timeout_s: default_hook_timeout(),
+        }
+    }
+}
+
+/// The name the requests of `on_start` are counted under.
+pub const ON_START: &str = "on_start";
 
 /// The longest duration, timeout or think time a plan may give: a year.
 pub const MAX_SECONDS: f64 = 366.0 * 86_400.0;
@@ -241,11 +281,11 @@ impl Plan {
         })
     }
 
-    /// Whether the plan's virtual users live in Python.
+    /// Whether any part of the plan runs in Python (a task body or a hook).
     pub fn python(&self) -> bool {
-        self.tasks
-            .first()
-            .is_some_and(|t| t.path == TaskPath::Python)
+        self.hooks.on_start
+            || self.hooks.on_stop
+            || self.tasks.iter().any(|t| t.path == TaskPath::Python)
     }
 
     pub fn to_json(&self) -> String {
@@ -289,15 +329,22 @@ impl Plan {
                 }
                 _ => {}
             }
-            if t.path != self.tasks[0].path {
+            if t.name == ON_START {
                 return Err(Error::plan(
-                    format!("tasks[{i}].path"),
-                    "all tasks of a plan run on the same path (engine or python)",
+                    format!("tasks[{i}].name"),
+                    "\"on_start\" names the requests of the per-user hook; choose another",
                 ));
             }
         }
         seconds("timeout_s", self.timeout_s, false)?;
         seconds("max_drain_s", self.max_drain_s, false)?;
+        seconds("hooks.timeout_s", self.hooks.timeout_s, false)?;
+        if !self.hooks.on_start && !self.hooks.values.is_empty() {
+            return Err(Error::plan(
+                "hooks.values",
+                "values come from on_start; the plan has none",
+            ));
+        }
         for (ti, t) in self.tasks.iter().enumerate() {
             for (ri, r) in t.requests.iter().enumerate() {
                 if let Some(v) = r.timeout_s {
@@ -427,13 +474,16 @@ mod tests {
     #[test]
     fn every_broken_field_is_named() {
         let two = r#"[{"name": "a", "requests": [{"path": "/"}]}, {"name": "a", "requests": [{"path": "/"}]}]"#;
-        let mixed =
-            r#"[{"name": "a", "requests": [{"path": "/"}]}, {"name": "b", "path": "python"}]"#;
+        let hook_name = r#"[{"name": "on_start", "requests": [{"path": "/"}]}]"#;
         let closed =
             r#"{"model": "closed", "stages": [{"kind": "constant", "rate": 2, "duration_s": 1}]}"#;
         for (json, at) in [
             (with(two, OPEN, ""), "tasks[1].name"),
-            (with(mixed, OPEN, ""), "tasks[1].path"),
+            (with(hook_name, OPEN, ""), "tasks[0].name"),
+            (
+                with(ONE, OPEN, r#", "hooks": {"values": ["token"]}"#),
+                "hooks.values",
+            ),
             (
                 with(
                     r#"[{"name": "a b", "requests": [{"path": "/"}]}]"#,

@@ -27,16 +27,26 @@ pub fn epoch_seconds(t: SystemTime) -> f64 {
 
 struct Hlog {
     path: PathBuf,
+    what: &'static str,
     out: BufWriter<File>,
 }
 
 impl Hlog {
-    fn create(path: PathBuf, what: &str, start: SystemTime) -> Result<Self> {
+    fn create(path: PathBuf, what: &'static str) -> Result<Self> {
         let f = File::create(&path).map_err(|e| Error::io(&path, e))?;
-        let mut out = BufWriter::new(f);
+        Ok(Hlog {
+            path,
+            what,
+            out: BufWriter::new(f),
+        })
+    }
+
+    /// Writes the header, with the instant the run's clock started.
+    fn begin(&mut self, start: SystemTime) -> Result<()> {
         let start_s = epoch_seconds(start);
+        let what = self.what;
         write!(
-            out,
+            self.out,
             "#[LoadPilot {what}, microseconds; one histogram per task per interval, tagged with the task]\n\
              #[Histogram log format version 1.3]\n\
              #[StartTime: {start_s:.3} (seconds since epoch)]\n\
@@ -44,8 +54,7 @@ impl Hlog {
              #[MaxValueDivisor: 1000.000]\n\
              \"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"\n"
         )
-        .map_err(|e| Error::io(&path, e))?;
-        Ok(Hlog { path, out })
+        .map_err(|e| Error::io(&self.path, e))
     }
 
     fn write(&mut self, tag: &str, start_s: f64, length_s: f64, h: &Hist) -> Result<()> {
@@ -71,8 +80,9 @@ pub struct RunWriter {
 }
 
 impl RunWriter {
-    /// Creates `dir` (which must not hold a run already) and writes `plan.json`.
-    pub fn create(dir: &Path, plan_json: &str, start: SystemTime) -> Result<Self> {
+    /// Creates `dir` (which must not hold a run already) and writes `plan.json`; `begin`
+    /// writes the logs' headers once the run's clock starts.
+    pub fn create(dir: &Path, plan_json: &str) -> Result<Self> {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         if dir.join(METRICS_JSONL).exists() {
             return Err(Error::io(
@@ -89,10 +99,16 @@ impl RunWriter {
         let metrics = BufWriter::new(File::create(&mpath).map_err(|e| Error::io(&mpath, e))?);
         Ok(RunWriter {
             dir: dir.to_path_buf(),
-            latency: Hlog::create(dir.join(LATENCY_LOG), "corrected latency", start)?,
-            service: Hlog::create(dir.join(SERVICE_LOG), "service time", start)?,
+            latency: Hlog::create(dir.join(LATENCY_LOG), "corrected latency")?,
+            service: Hlog::create(dir.join(SERVICE_LOG), "service time")?,
             metrics,
         })
+    }
+
+    /// The run's clock started at `start`: the logs' headers.
+    pub fn begin(&mut self, start: SystemTime) -> Result<()> {
+        self.latency.begin(start)?;
+        self.service.begin(start)
     }
 
     pub fn dir(&self) -> &Path {

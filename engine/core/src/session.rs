@@ -1,33 +1,34 @@
-//! Python-logic virtual users: the engine's side.
+//! Python in a run: the engine's side.
 //!
-//! When a plan's tasks are on the Python path, virtual users are Python objects and the engine
-//! (a) hands out the open model's arrivals at their due instants through a queue that a Python
-//! thread drains in batches, and (b) gives each virtual user a `Session`: its own connection and
-//! cookies, whose requests are timed and recorded exactly as engine requests are (latency from
-//! the iteration's due instant, service time from the send). Python decides what to send; the
-//! engine keeps time.
+//! The engine runs every iteration (see `runner`). A task whose body is Python code, and the
+//! per-user hooks (`on_start`, `on_stop`), are run by Python when the engine asks: the worker
+//! posts a [`Ticket`] to a [`Inbox`] that the Python event loop watches, Python runs the body
+//! on that user's [`Session`] and says how it ended, and the worker goes on. The engine keeps
+//! time, counts and records for both kinds of iteration; Python only decides what to send.
+//! A session's requests are timed and recorded exactly as engine requests are (latency from
+//! the iteration's due instant, service time from the send).
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderName, HeaderValue, HOST};
 use hyper::{Method, Request};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::oneshot;
 
 use crate::check::Check;
 use crate::http::{Client, ErrorKind, Response};
-use crate::runner::{exchange, Begin, Ctx, Model, RunHandle, LATE};
+use crate::plan::Hooks;
+use crate::runner::{exchange, record_exchange, Ctx};
 use crate::template::Values;
 
-/// Why a Python task's request has no response: a failure the engine counted, or the run
-/// ending while it was in flight (its iteration is then counted as cancelled, nothing else).
+/// Why a Python request has no response: a failure the engine counted, or the run ending
+/// while it was in flight (its iteration is then counted as cancelled, nothing else).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoResponse {
     Failed(ErrorKind),
@@ -44,215 +45,180 @@ impl NoResponse {
     }
 }
 
-/// An arrival for a Python virtual user.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PyArrival {
-    pub index: u64,
-    /// Seconds after the run started.
-    pub due_s: f64,
-    pub task: usize,
+/// A queue one side appends to and the Python event loop drains in batches. Engine threads
+/// never take the GIL: they append and, when the queue was empty, write one byte to a socket
+/// the loop watches (`loop.add_reader`), so the loop wakes once for a whole batch.
+pub struct Inbox<T> {
+    items: Mutex<(Vec<T>, bool)>,
+    bell: UnixStream,
+    watched: UnixStream,
 }
 
-#[derive(Default)]
-struct Queue {
-    arrivals: VecDeque<PyArrival>,
-    closed: bool,
+/// Finished requests of Python code, by the id Python gave each.
+pub type Mailbox = Inbox<(u64, Result<Response, NoResponse>)>;
+
+impl<T> Inbox<T> {
+    pub fn new() -> std::io::Result<Self> {
+        let (bell, watched) = UnixStream::pair()?;
+        bell.set_nonblocking(true)?;
+        watched.set_nonblocking(true)?;
+        Ok(Inbox {
+            items: Mutex::new((Vec::new(), false)),
+            bell,
+            watched,
+        })
+    }
+
+    /// The descriptor that becomes readable when items are waiting (or the inbox closed).
+    pub fn fd(&self) -> RawFd {
+        self.watched.as_raw_fd()
+    }
+
+    fn ring(&self) {
+        // A full socket buffer means a wake-up is pending already.
+        let _ = (&self.bell).write(&[1]);
+    }
+
+    /// Appends `item`; hands it back when the inbox is closed.
+    pub fn post(&self, item: T) -> Result<(), T> {
+        let was_empty = {
+            let mut g = self.items.lock().unwrap_or_else(|e| e.into_inner());
+            if g.1 {
+                return Err(item);
+            }
+            g.0.push(item);
+            g.0.len() == 1
+        };
+        if was_empty {
+            self.ring();
+        }
+        Ok(())
+    }
+
+    /// No more items: what waits is dropped, the reader is woken to see it.
+    pub fn close(&self) {
+        let dropped = {
+            let mut g = self.items.lock().unwrap_or_else(|e| e.into_inner());
+            g.1 = true;
+            std::mem::take(&mut g.0)
+        };
+        drop(dropped);
+        self.ring();
+    }
+
+    /// Everything posted so far, and whether the inbox is closed. The bell is silenced
+    /// first, so an item posted meanwhile rings it again and is never left unnoticed.
+    pub fn take(&self) -> (Vec<T>, bool) {
+        let mut sink = [0u8; 256];
+        while matches!((&self.watched).read(&mut sink), Ok(n) if n > 0) {}
+        let mut g = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        (std::mem::take(&mut g.0), g.1)
+    }
 }
 
-#[derive(Default)]
+/// What the engine asks Python to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// An iteration of this task (its body is Python code).
+    Task(usize),
+    OnStart,
+    OnStop,
+}
+
+/// How Python says a ticket ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Done {
+    /// The body ran to its end (a request that failed was counted by the engine already).
+    Ran,
+    /// `on_start` ran, and set these values for the user's engine requests.
+    Started(BTreeMap<String, String>),
+    /// The body raised: an `exception` error of its iteration.
+    Raised,
+    /// The run ended under it: nothing more is counted.
+    Cancelled,
+}
+
+/// One piece of Python work for one virtual user.
+pub struct Ticket {
+    pub vu: u64,
+    pub work: Work,
+    /// The iteration's number (the feeder row's), or the user's for hooks.
+    pub iteration: u64,
+    /// The iteration's due instant, seconds after the run's start: its first request is
+    /// measured from it. `None`: from when it is sent.
+    pub due_s: Option<f64>,
+    pub row: Option<Vec<String>>,
+    pub session: Arc<Session>,
+    reply: Option<oneshot::Sender<Done>>,
+}
+
+impl Ticket {
+    /// Says how the work ended; the first word counts.
+    pub fn done(&mut self, how: Done) {
+        if let Some(tx) = self.reply.take() {
+            let _ = tx.send(how);
+        }
+    }
+}
+
+/// The Python side of a run: the tickets, the hooks, and the users whose `on_stop` is due.
 pub(crate) struct PythonSide {
-    /// Cancelled by Python when its virtual users are done.
-    pub(crate) finished: CancellationToken,
-    queue: Mutex<Queue>,
-    ready: Condvar,
+    pub(crate) tickets: Arc<Inbox<Ticket>>,
+    pub(crate) hooks: Hooks,
+    /// Where `on_start`'s requests are counted (the entry after the plan's tasks).
+    pub(crate) hook_task: usize,
+    /// Users that started (their `on_start` ran, or there is none): `on_stop` runs for them.
+    pub(crate) started: Mutex<Vec<Arc<Session>>>,
 }
 
 impl PythonSide {
-    fn push(&self, a: PyArrival) {
-        self.queue.lock().unwrap().arrivals.push_back(a);
-        self.ready.notify_one();
+    pub(crate) fn new(hooks: Hooks, hook_task: usize) -> std::io::Result<Self> {
+        Ok(PythonSide {
+            tickets: Arc::new(Inbox::new()?),
+            hooks,
+            hook_task,
+            started: Mutex::new(Vec::new()),
+        })
     }
 
-    fn close(&self) {
-        self.queue.lock().unwrap().closed = true;
-        self.ready.notify_all();
+    /// Posts a ticket and waits for Python's word. A ticket Python drops unanswered, or one
+    /// posted once the Python side is gone, is `Cancelled`.
+    pub(crate) async fn ask(
+        &self,
+        session: &Arc<Session>,
+        work: Work,
+        iteration: u64,
+        due_s: Option<f64>,
+        row: Option<Vec<String>>,
+    ) -> Done {
+        let (tx, rx) = oneshot::channel();
+        let ticket = Ticket {
+            vu: session.vu,
+            work,
+            iteration,
+            due_s,
+            row,
+            session: session.clone(),
+            reply: Some(tx),
+        };
+        if self.tickets.post(ticket).is_err() {
+            return Done::Cancelled;
+        }
+        rx.await.unwrap_or(Done::Cancelled)
     }
 }
 
-/// Walks the open model's schedule and releases each arrival at its due instant.
-pub(crate) async fn dispatch(ctx: Arc<Ctx>) {
-    let (Model::Open { schedule, .. }, Some(py)) = (&ctx.model, &ctx.python) else {
-        return;
-    };
-    loop {
-        let next = schedule.lock().unwrap().next();
-        let Some(a) = next else { break };
-        let due = ctx.start + Duration::from_secs_f64(a.due);
-        let task = ctx.mix.pick(a.index);
-        if due > Instant::now() {
-            tokio::select! {
-                _ = crate::pacer::until(due) => {}
-                _ = ctx.stop.cancelled() => break,
-            }
-        }
-        // Handed out, the arrival is Python's to start; one it never starts is unsent.
-        ctx.recorder.record(task, Instant::now(), |d| d.taken += 1);
-        py.push(PyArrival {
-            index: a.index,
-            due_s: a.due,
-            task,
-        });
-    }
-    py.close();
-}
-
-fn side(ctx: &Ctx) -> &PythonSide {
-    ctx.python
-        .as_ref()
-        .expect("only runs of python tasks are driven from Python")
-}
-
-/// What Python calls to drive a run of Python tasks.
-impl RunHandle {
-    /// Arrivals released so far, waiting up to `wait` for the first; `None` once the schedule
-    /// is done (or the run stopped) and everything was taken.
-    pub fn take_arrivals(&self, wait: Duration) -> Option<Vec<PyArrival>> {
-        let py = side(self.ctx());
-        let q = py.queue.lock().unwrap();
-        let (mut q, _) = py
-            .ready
-            .wait_timeout_while(q, wait, |q| q.arrivals.is_empty() && !q.closed)
-            .unwrap();
-        if q.arrivals.is_empty() && q.closed {
-            return None;
-        }
-        Some(q.arrivals.drain(..).collect())
-    }
-
-    /// A virtual user is about to run an iteration of `task`, due at `due_s` (an open model's
-    /// arrival) or now (`None`, a closed model's user). Returns false when it must not: the
-    /// run is stopping or past its planned end (an open model's arrival is then unsent).
-    /// Late starts count as missed.
-    pub fn begin_iteration(&self, task: usize, due_s: Option<f64>) -> bool {
-        let ctx = self.ctx();
-        let now = Instant::now();
-        if now >= ctx.send_until || ctx.stop.is_cancelled() {
-            return false;
-        }
-        let due = due_s.map(|d| ctx.start + Duration::from_secs_f64(d));
-        Begin {
-            taken: due.is_none(),
-            late: due.is_some_and(|d| now > d + LATE),
-            due,
-        }
-        .record(ctx, task);
-        true
-    }
-
-    /// A virtual user's iteration of `task` ran to its end (answered, failed or raised).
-    /// Once the run has stopped (or its drain ended) an iteration still going is cancelled,
-    /// as an engine iteration is, even if its Python code runs on a moment longer.
-    pub fn end_iteration(&self, task: usize) {
-        let ctx = self.ctx();
-        if !ctx.stop.is_cancelled() {
-            ctx.recorder
-                .record(task, Instant::now(), |d| d.iterations += 1);
-        }
-    }
-
-    /// The task of the closed model's next iteration (the same exact mix as the engine's).
-    pub fn next_task(&self) -> usize {
-        let ctx = self.ctx();
-        match &ctx.model {
-            Model::Closed { iterations, .. } => {
-                ctx.mix.pick(iterations.fetch_add(1, Ordering::Relaxed))
-            }
-            Model::Open { .. } => 0,
-        }
-    }
-
-    /// How many virtual users the closed model wants at `t` seconds.
-    pub fn users_at(&self, t: f64) -> f64 {
-        match &self.ctx().model {
-            Model::Closed { users, .. } => users.rate_at(t),
-            Model::Open { .. } => 0.0,
-        }
-    }
-
-    pub fn max_users(&self) -> u64 {
-        match &self.ctx().model {
-            Model::Closed { users, .. } => users.peak().ceil() as u64,
-            Model::Open { connections, .. } => *connections as u64,
-        }
-    }
-
-    pub fn think_s(&self) -> f64 {
-        match &self.ctx().model {
-            Model::Closed { think, .. } => think.as_secs_f64(),
-            Model::Open { .. } => 0.0,
-        }
-    }
-
-    pub fn elapsed_s(&self) -> f64 {
-        self.ctx().start.elapsed().as_secs_f64()
-    }
-
-    pub fn duration_s(&self) -> f64 {
-        self.ctx().duration
-    }
-
-    pub fn is_stopping(&self) -> bool {
-        self.ctx().stop.is_cancelled()
-    }
-
-    /// A Python task raised: counted as an `exception` error of that task (an error of the
-    /// iteration, not a request).
-    pub fn record_exception(&self, task: usize) {
-        let now = Instant::now();
-        self.ctx().recorder.record(task, now, |d| d.exception());
-    }
-
-    pub fn user_active(&self, active: bool) {
-        let d = if active { 1 } else { -1 };
-        self.ctx()
-            .recorder
-            .active_users
-            .fetch_add(d, Ordering::Relaxed);
-    }
-
-    /// A unique feeder ran out on the Python side: the run ends as `exhausted`.
-    pub fn exhaust(&self) {
-        let ctx = self.ctx();
-        ctx.exhausted.store(true, Ordering::Relaxed);
-        ctx.stop_now();
-    }
-
-    /// Python's virtual users are all done: the run can close.
-    pub fn finish_python(&self) {
-        side(self.ctx()).finished.cancel();
-    }
-
-    pub fn session(&self, vu: u64) -> Session {
-        let ctx = self.ctx().clone();
-        Session {
-            client: tokio::sync::Mutex::new(Client::new(ctx.target.clone())),
-            ctx,
-            vu,
-        }
-    }
-}
-
-/// One Python virtual user's connection and cookies.
+/// One virtual user's connection and cookies, shared by its engine and Python iterations.
 pub struct Session {
-    ctx: Arc<Ctx>,
-    client: tokio::sync::Mutex<Client>,
+    pub(crate) ctx: Arc<Ctx>,
+    pub(crate) client: tokio::sync::Mutex<Client>,
     pub vu: u64,
 }
 
 /// A request as Python gives it.
 pub struct PyRequest {
-    /// The task it counts for; `None` for hooks (`on_start`, `on_stop`), whose requests are
-    /// set-up and go uncounted.
+    /// The entry it counts for (a task, or `on_start`); `None` for `on_stop`, whose requests
+    /// come after the run's measurement and are sent even when the run was stopped.
     pub task: Option<usize>,
     pub method: Method,
     /// Path and query, appended to the target's base path.
@@ -268,14 +234,27 @@ pub struct PyRequest {
 }
 
 impl Session {
-    /// Sends, records, and returns the whole response (or the error's kind).
+    pub(crate) fn new(ctx: Arc<Ctx>, vu: u64) -> Self {
+        Session {
+            client: tokio::sync::Mutex::new(Client::new(ctx.target.clone())),
+            ctx,
+            vu,
+        }
+    }
+
+    /// How many entries requests may count for: the plan's tasks, then on_start's.
+    pub fn entries(&self) -> usize {
+        self.ctx.recorder.entries()
+    }
+
+    /// Sends, records, and returns the whole response (or why there is none).
     pub async fn request(&self, r: PyRequest) -> Result<Response, NoResponse> {
         let ctx = &self.ctx;
         let mut client = self.client.lock().await;
-        let from = r
-            .due_s
-            .map(|d| ctx.start + Duration::from_secs_f64(d))
-            .unwrap_or_else(Instant::now);
+        let from = match (r.due_s, ctx.started()) {
+            (Some(d), Some(start)) => start + Duration::from_secs_f64(d),
+            _ => Instant::now(),
+        };
         let uri = crate::http::encode_target(&format!("{}{}", ctx.target.base_path(), r.path))
             .into_owned();
         let exchanged = exchange(
@@ -295,6 +274,11 @@ impl Session {
                 b.body(Full::new(r.body)).map_err(|_| ErrorKind::Check)
             },
         );
+        let Some(task) = r.task else {
+            // on_stop: sent whatever state the run is in, bounded by its timeout.
+            let (_, result) = exchanged.await;
+            return result.map(|(_, resp)| resp).map_err(NoResponse::Failed);
+        };
         // A request still in flight when the run ends is cancelled with its iteration, not
         // left to finish after the run.
         let (end, result) = tokio::select! {
@@ -304,83 +288,14 @@ impl Session {
                 return Err(NoResponse::Cancelled);
             }
         };
-        let Some(task) = r.task else {
-            return result.map(|(_, resp)| resp).map_err(NoResponse::Failed);
+        let values = Values {
+            vu: self.vu,
+            iter: 0,
+            row: None,
+            user: None,
         };
-        match result {
-            Ok((sent, resp)) => {
-                let corrected = end.saturating_duration_since(from).as_micros() as u64;
-                let service = end.duration_since(sent).as_micros() as u64;
-                let values = Values {
-                    vu: self.vu,
-                    iter: 0,
-                    row: None,
-                    user: None,
-                };
-                let failure = r
-                    .check
-                    .evaluate(resp.status, &resp.body, corrected, &values);
-                ctx.recorder.record(task, end, |d| {
-                    d.response(resp.status, resp.bytes, corrected, service);
-                    if let Some(f) = failure {
-                        d.error(f.into(), true);
-                    }
-                });
-                Ok(resp)
-            }
-            Err(kind) => {
-                ctx.recorder.record(task, end, |d| d.error(kind, false));
-                Err(NoResponse::Failed(kind))
-            }
-        }
-    }
-}
-
-/// Where finished requests wait for the Python event loop. Engine threads never take the GIL:
-/// they append here and, when the box was empty, write one byte to a socket the loop watches
-/// (`loop.add_reader`), so the loop wakes once for a whole batch and collects it with `take`.
-pub struct Mailbox {
-    items: Mutex<Vec<(u64, Result<Response, NoResponse>)>>,
-    bell: UnixStream,
-    watched: UnixStream,
-}
-
-impl Mailbox {
-    pub fn new() -> std::io::Result<Self> {
-        let (bell, watched) = UnixStream::pair()?;
-        bell.set_nonblocking(true)?;
-        watched.set_nonblocking(true)?;
-        Ok(Mailbox {
-            items: Mutex::new(Vec::new()),
-            bell,
-            watched,
-        })
-    }
-
-    /// The descriptor that becomes readable when results are waiting.
-    pub fn fd(&self) -> RawFd {
-        self.watched.as_raw_fd()
-    }
-
-    pub fn post(&self, id: u64, result: Result<Response, NoResponse>) {
-        let was_empty = {
-            let mut items = self.items.lock().unwrap();
-            let was_empty = items.is_empty();
-            items.push((id, result));
-            was_empty
-        };
-        if was_empty {
-            // A full socket buffer means a wake-up is pending already.
-            let _ = (&self.bell).write(&[1]);
-        }
-    }
-
-    /// Everything posted so far. The bell is silenced first, so a result posted meanwhile
-    /// rings it again and is never left waiting unnoticed.
-    pub fn take(&self) -> Vec<(u64, Result<Response, NoResponse>)> {
-        let mut sink = [0u8; 256];
-        while matches!((&self.watched).read(&mut sink), Ok(n) if n > 0) {}
-        std::mem::take(&mut *self.items.lock().unwrap())
+        record_exchange(ctx, task, from, end, &result, &r.check, &values, false);
+        result.map(|(_, resp)| resp).map_err(NoResponse::Failed)
     }
 }
 
@@ -388,47 +303,41 @@ impl Mailbox {
 mod tests {
     use super::*;
 
+    fn pending<T>(inbox: &Inbox<T>) -> isize {
+        let mut buf = [0u8; 16];
+        // SAFETY: a peek into a local buffer of the given length; the socket is
+        // non-blocking, so an empty one answers -1 (EAGAIN) at once.
+        let n = unsafe { libc::recv(inbox.fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK) };
+        n.max(0)
+    }
+
     #[test]
-    fn the_mailbox_rings_once_for_a_batch_and_hands_over_everything() {
-        let mb = Mailbox::new().unwrap();
-        let pending = |mb: &Mailbox| {
-            let mut buf = [0u8; 16];
-            // SAFETY: a peek into a local buffer of the given length; the socket is
-            // non-blocking, so an empty one answers -1 (EAGAIN) at once.
-            let n =
-                unsafe { libc::recv(mb.fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK) };
-            n.max(0)
-        };
+    fn an_inbox_rings_once_for_a_batch_and_hands_over_everything() {
+        let mb: Mailbox = Inbox::new().unwrap();
         assert_eq!(pending(&mb), 0);
         for id in 0..3 {
-            mb.post(id, Err(NoResponse::Failed(ErrorKind::Timeout)));
+            assert!(mb.post((id, Err(NoResponse::Failed(ErrorKind::Timeout)))).is_ok());
         }
         assert_eq!(pending(&mb), 1, "one ring for three results");
-        let taken = mb.take();
+        let (taken, closed) = mb.take();
         assert_eq!(
             taken.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
             [0, 1, 2]
         );
+        assert!(!closed);
         assert_eq!(pending(&mb), 0, "taking silences the bell");
-        mb.post(9, Err(NoResponse::Cancelled));
+        assert!(mb.post((9, Err(NoResponse::Cancelled))).is_ok());
         assert_eq!(pending(&mb), 1, "a result after the take rings again");
     }
 
     #[test]
-    fn released_arrivals_are_taken_in_batches_until_the_queue_closes() {
-        let side = PythonSide::default();
-        let a = |index| PyArrival {
-            index,
-            due_s: index as f64,
-            task: 0,
-        };
-        side.push(a(0));
-        side.push(a(1));
-        let q = side.queue.lock().unwrap();
-        assert_eq!(q.arrivals.len(), 2);
-        drop(q);
-        side.close();
-        let q = side.queue.lock().unwrap();
-        assert!(q.closed && q.arrivals.iter().map(|a| a.index).eq([0, 1]));
+    fn a_closed_inbox_drops_what_waits_refuses_more_and_wakes_its_reader() {
+        let inbox: Inbox<u32> = Inbox::new().unwrap();
+        inbox.post(1).unwrap();
+        let _ = inbox.take();
+        inbox.close();
+        assert!(pending(&inbox) > 0, "the reader wakes to see the end");
+        assert_eq!(inbox.post(3), Err(3));
+        assert_eq!(inbox.take(), (vec![], true));
     }
 }

@@ -1,0 +1,265 @@
+//! From a plan to what a run needs: requests compiled against the target and the template
+//! scope, the exact task mix, the model with its schedule, the recorder; and the checks that
+//! refuse a plan before anything is sent.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Body, Ctx, FeedRows, Model};
+use crate::error::{Error, Result};
+use crate::http::{CompiledRequest, Target};
+use crate::metrics::Recorder;
+use crate::plan::{ArrivalKind, Load, Plan, TaskPath, ON_START};
+use crate::profile::Profile;
+use crate::schedule::{Arrivals, Mix, Schedule};
+use crate::session::PythonSide;
+use crate::template::Scope;
+
+pub(super) struct Compiled {
+    pub(super) ctx: Ctx,
+    /// The plan's tasks, then the hooks counted beside them (`on_start`).
+    pub(super) names: Vec<String>,
+    /// Users (closed model) or connections (open model) at the peak.
+    pub(super) users: u64,
+}
+
+pub(super) fn compile(plan: &Plan, threads: usize) -> Result<Compiled> {
+    plan.validate()?;
+    let target = Target::parse(&plan.target, plan.insecure)?;
+    // A user's values: the plan's per-user values, and what its on_start sets.
+    let user_value_names: Vec<String> = plan
+        .user_vars
+        .iter()
+        .flat_map(|m| m.keys().cloned())
+        .chain(plan.hooks.values.iter().cloned())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let columns = plan
+        .feeder
+        .as_ref()
+        .map(|f| f.columns.clone())
+        .unwrap_or_default();
+    let scope = Scope::new(&columns, &user_value_names, &plan.vars);
+    let mut bodies = Vec::new();
+    for (ti, t) in plan.tasks.iter().enumerate() {
+        bodies.push(match t.path {
+            TaskPath::Python => Body::Python,
+            TaskPath::Engine => {
+                let mut reqs = Vec::new();
+                for (ri, r) in t.requests.iter().enumerate() {
+                    let at = format!("tasks[{ti}].requests[{ri}]");
+                    reqs.push(CompiledRequest::compile(
+                        r,
+                        &scope,
+                        &target,
+                        plan.timeout_s,
+                        &at,
+                    )?);
+                }
+                Body::Engine(reqs)
+            }
+        });
+    }
+    let weights: Vec<u32> = plan.tasks.iter().map(|t| t.weight).collect();
+    let mix = Mix::new(&weights)?;
+    let shard = plan.shard.map_or((0, 1), |s| (s.index, s.count));
+    let (model, duration) = match &plan.load {
+        Load::Open {
+            stages,
+            arrivals,
+            seed,
+            connections,
+        } => {
+            let profile = Profile::new(stages).map_err(|e| prefix(e, "load."))?;
+            let kind = match arrivals {
+                ArrivalKind::Uniform => Arrivals::Uniform,
+                ArrivalKind::Poisson => Arrivals::Poisson { seed: *seed },
+            };
+            let duration = profile.duration();
+            let schedule = Schedule::new(profile.clone(), kind, shard)?;
+            (
+                Model::Open {
+                    schedule: Mutex::new(schedule),
+                    connections: *connections,
+                    arrivals: profile,
+                },
+                duration,
+            )
+        }
+        Load::Closed { stages, think_s } => {
+            let profile = Profile::new(stages).map_err(|e| prefix(e, "load."))?;
+            let duration = profile.duration();
+            (
+                Model::Closed {
+                    users: profile,
+                    think: Duration::from_secs_f64(*think_s),
+                    iterations: AtomicU64::new(0),
+                },
+                duration,
+            )
+        }
+    };
+    let longest_timeout = bodies
+        .iter()
+        .flat_map(|b| match b {
+            Body::Engine(reqs) => reqs.as_slice(),
+            Body::Python => &[],
+        })
+        .map(|r| r.timeout)
+        .fold(Duration::from_secs_f64(plan.timeout_s), Duration::max);
+    // Python task bodies may give any request its own timeout: for them only the cap holds.
+    let cap = Duration::from_secs_f64(plan.max_drain_s);
+    let drain_limit = if bodies.iter().any(|b| matches!(b, Body::Python)) {
+        cap
+    } else {
+        longest_timeout.min(cap)
+    };
+    let users = match &model {
+        Model::Open { connections, .. } => *connections as u64,
+        Model::Closed { users, .. } => users.peak().ceil() as u64,
+    };
+    let mut names: Vec<String> = plan.tasks.iter().map(|t| t.name.clone()).collect();
+    let python = if plan.python() {
+        let side = PythonSide::new(plan.hooks.clone(), names.len())
+            .map_err(|e| Error::plan("hooks", format!("cannot reach Python: {e}")))?;
+        if plan.hooks.on_start {
+            names.push(ON_START.to_string());
+        }
+        Some(side)
+    } else {
+        None
+    };
+    let ctx = Ctx {
+        clock: OnceLock::new(),
+        duration,
+        drain_limit,
+        default_timeout: Duration::from_secs_f64(plan.timeout_s),
+        shards: shard.1 as f64,
+        target,
+        bodies,
+        mix,
+        model,
+        feeder: plan.feeder.as_ref().map(|f| FeedRows {
+            rows: f.rows.clone(),
+            mode: f.mode,
+            seed: f.seed,
+        }),
+        user_vars: plan.user_vars.clone(),
+        recorder: Recorder::new(names.len(), duration, threads),
+        stop: CancellationToken::new(),
+        stopped_at: OnceLock::new(),
+        exhausted: AtomicBool::new(false),
+        python,
+    };
+    Ok(Compiled { ctx, names, users })
+}
+
+fn prefix(e: Error, p: &str) -> Error {
+    match e {
+        Error::Plan { at, message } => Error::Plan {
+            at: format!("{p}{at}"),
+            message,
+        },
+        other => other,
+    }
+}
+
+/// Descriptors a process needs beyond one per connection: the runtime, the run directory,
+/// Python and its imports.
+const SPARE_DESCRIPTORS: u64 = 128;
+
+/// Raises this process's descriptor limit to the most it may have, and refuses up front a run
+/// whose users or connections need more than that: one clear line before the run, not
+/// thousands of failed connections during it.
+pub(super) fn check_descriptors(users: u64) -> Result<()> {
+    let limit = raise_descriptor_limit();
+    let needed = users + SPARE_DESCRIPTORS;
+    match limit {
+        Some(limit) if needed > limit => Err(Error::plan(
+            "load",
+            format!(
+                "needs ~{needed} file descriptors ({users} users or connections), the limit \
+                 is {limit}: raise it (ulimit -n {needed}) or ask for fewer"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Sets the soft limit on open descriptors to the hard limit; returns the limit now in force.
+fn raise_descriptor_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    (lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(tasks: &str, extra: &str) -> Plan {
+        Plan::from_json(&format!(
+            r#"{{"target": "http://127.0.0.1:9",
+                "load": {{"model": "open", "stages": [{{"kind": "constant", "rate": 10, "duration_s": 1}}]}},
+                "tasks": {tasks}{extra}}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_descriptor_limit_is_raised_and_checked_before_a_run() {
+        let limit = raise_descriptor_limit().expect("a finite limit here");
+        assert!(check_descriptors(limit / 2).is_ok());
+        let e = check_descriptors(limit * 2).unwrap_err().to_string();
+        assert!(
+            e.contains("file descriptors") && e.contains(&format!("limit is {limit}")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn each_task_keeps_its_own_path_and_on_start_is_counted_beside_them() {
+        let mixed = r#"[{"name": "a", "requests": [{"path": "/{{token}}"}]},
+                        {"name": "b", "path": "python"}]"#;
+        let c = compile(
+            &plan(
+                mixed,
+                r#", "hooks": {"on_start": true, "values": ["token"]}"#,
+            ),
+            1,
+        )
+        .unwrap();
+        assert_eq!(c.names, ["a", "b", "on_start"]);
+        assert!(matches!(c.ctx.bodies[0], Body::Engine(_)));
+        assert!(matches!(c.ctx.bodies[1], Body::Python));
+        assert_eq!(c.ctx.python.as_ref().unwrap().hook_task, 2);
+        // Without on_start's value, the template names something nobody sets.
+        let e = compile(&plan(mixed, ""), 1).err().unwrap().to_string();
+        assert!(e.contains("token") && e.contains("tasks[0].requests[0]"), "{e}");
+        let engine_only = compile(&plan(r#"[{"name": "a", "requests": [{"path": "/"}]}]"#, ""), 1)
+            .unwrap();
+        assert!(engine_only.ctx.python.is_none() && engine_only.names == ["a"]);
+    }
+}

@@ -1,0 +1,627 @@
+//! A run's life: set up its users, start the clock, close one interval per second into the
+//! run directory and the row queue, drain what is in flight at the planned end (or cancel it
+//! on a stop), run the users' `on_stop`, and write the summary.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use tokio::runtime::Handle;
+use tokio::task::JoinSet;
+use tokio::time::sleep_until;
+
+use super::compile::Compiled;
+use super::workers::{closed_users, open_worker, set_up, wanted_at_start};
+use super::{Ctx, Model, RunHandle, RunState};
+use crate::error::{Error, Result};
+use crate::metrics::{Row, RowContext, TaskData};
+use crate::plan::Plan;
+use crate::rundir::{epoch_seconds, RunWriter, Stats, Summary, TaskSummary};
+use crate::session::Work;
+
+/// How long after a second ends its interval is closed: lets requests that completed just
+/// before the boundary finish recording.
+const CLOSE_GRACE: Duration = Duration::from_millis(20);
+/// An arrival due before the planned end may still be sent this long after it (a worker
+/// woken a moment late); after it nothing new is sent, and what was due and not sent is
+/// counted as unsent.
+pub(super) const END_GRACE: Duration = Duration::from_millis(20);
+/// After a stop, how long workers get to notice it before they are aborted.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+/// The longest the users' `on_stop` hooks may take, all together, once the run has ended.
+const ON_STOP_LIMIT: Duration = Duration::from_secs(10);
+
+/// Creates the run directory and starts the run's task on `rt`.
+pub(super) fn launch(rt: &Handle, c: Compiled, plan: Plan, dir: PathBuf) -> Result<RunHandle> {
+    let writer = RunWriter::create(&dir, &plan.to_json())?;
+    let ctx = Arc::new(c.ctx);
+    let state = Arc::new(RunState {
+        cumulative: Mutex::new(c.names.iter().map(|_| TaskData::new()).collect()),
+        names: c.names,
+        dir,
+        rows: Mutex::new(Vec::new()),
+        summary: Mutex::new(None),
+        failure: Mutex::new(None),
+        done: Mutex::new(false),
+        done_cv: Condvar::new(),
+        stop_reason: OnceLock::new(),
+    });
+    let handle = RunHandle(state.clone(), ctx.clone());
+    let driving = rt.spawn(drive(ctx.clone(), state.clone(), writer, plan));
+    // A bug that panics the run's task must end the run with an error, never leave callers
+    // waiting on a run that will not end, nor its workers sending.
+    rt.spawn(async move {
+        if let Err(e) = driving.await {
+            let why = match e.try_into_panic() {
+                Ok(p) => p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into()),
+                Err(e) => e.to_string(),
+            };
+            ctx.stop_now();
+            if let Some(py) = &ctx.python {
+                py.tickets.close();
+                py.started.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            }
+            state.fail(format!("the engine failed during the run: {why}"));
+            state.finish();
+        }
+    });
+    Ok(handle)
+}
+
+/// How the schedule's part of a run ended.
+enum Phase {
+    /// The planned end was reached; workers may still have requests in flight.
+    Planned,
+    /// Every worker finished before the planned end (the schedule or the users were done).
+    Joined,
+    /// Stopped (or a unique feeder ran out) `at` seconds in; workers are gone.
+    Stopped { at: f64 },
+}
+
+async fn drive(ctx: Arc<Ctx>, state: Arc<RunState>, mut writer: RunWriter, plan: Plan) {
+    // Users wanted from the start are set up (their on_start run) before the clock starts.
+    let ready = if ctx.python.as_ref().is_some_and(|p| p.hooks.on_start) {
+        tokio::select! {
+            users = set_up(&ctx, 0..wanted_at_start(&ctx)) => users,
+            _ = ctx.stop.cancelled() => Vec::new(),
+        }
+    } else {
+        let mut users = Vec::new();
+        for vu in 0..wanted_at_start(&ctx) {
+            users.push(super::workers::start_user(&ctx, vu).await);
+        }
+        users
+    };
+    let wall_start = SystemTime::now();
+    ctx.start_clock();
+    let clock = ctx.clock();
+    if let Err(e) = writer.begin(wall_start) {
+        state.fail(e.to_string());
+        ctx.stop_now();
+    }
+    let n_intervals = ctx.duration.ceil().max(1.0) as u64;
+    let mut workers = JoinSet::new();
+    if !ctx.stop.is_cancelled() {
+        spawn_workers(&ctx, &mut workers, ready);
+    }
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
+    let joiner_stop = ctx.stop.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                r = workers.join_next() => if r.is_none() { break },
+                _ = joiner_stop.cancelled() => {
+                    // Workers drop what is in flight as soon as they see the token; whatever
+                    // has not noticed it in a moment is aborted.
+                    let grace = tokio::time::sleep(STOP_GRACE);
+                    tokio::pin!(grace);
+                    loop {
+                        tokio::select! {
+                            r = workers.join_next() => if r.is_none() { break },
+                            _ = &mut grace => {
+                                workers.abort_all();
+                                while workers.join_next().await.is_some() {}
+                                break;
+                            }
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        let _ = done_tx.send(());
+    });
+
+    let epoch0 = epoch_seconds(wall_start);
+    let n_tasks = state.names.len();
+    let mut closer = Closer {
+        ctx: &ctx,
+        state: &state,
+        writer: &mut writer,
+        epoch0,
+        gauges: None,
+    };
+    let fail = |e: Error| {
+        *state.failure.lock().unwrap() = Some(e.to_string());
+        ctx.stop_now();
+    };
+    // Arrivals due and never taken from the schedule, per task.
+    let mut skipped = vec![0u64; n_tasks];
+    let mut i = 0u64;
+    // The last interval's gauges are read just before the planned end, while users are still
+    // at work.
+    let gauge_at = clock.start + Duration::from_secs_f64((ctx.duration - 0.1).max(0.0));
+    let phase = loop {
+        let is_last = i + 1 >= n_intervals;
+        let boundary = if is_last {
+            clock.send_until
+        } else {
+            clock.start + Duration::from_secs(i + 1) + CLOSE_GRACE
+        };
+        tokio::select! {
+            _ = sleep_until(gauge_at.into()), if is_last && closer.gauges.is_none() => {
+                closer.gauges = Some(gauges(&ctx));
+            }
+            _ = sleep_until(boundary.into()) => {
+                let mut data = ctx.recorder.take(i, false);
+                let length = if is_last { ctx.duration - i as f64 } else { 1.0 };
+                if is_last {
+                    // Nothing new is sent from here on: what was due and not taken is unsent.
+                    let left = finish_schedule(&ctx, ctx.duration);
+                    for (t, n) in left.iter().enumerate() {
+                        data[t].unsent += n;
+                        skipped[t] += n;
+                    }
+                }
+                if let Err(e) = closer.close(i, length, data) {
+                    fail(e);
+                }
+                i += 1;
+                if is_last {
+                    break Phase::Planned;
+                }
+            }
+            _ = &mut done_rx => match ctx.stopped_at.get() {
+                // Workers saw a stop and were gone before this loop woke.
+                Some(&at) => break Phase::Stopped { at },
+                None => break Phase::Joined,
+            },
+            _ = ctx.stop.cancelled() => {
+                closer.gauges = Some(gauges(&ctx));
+                let _ = (&mut done_rx).await;
+                let at = ctx.stopped_at.get().copied().unwrap_or(ctx.duration);
+                break Phase::Stopped { at };
+            }
+        }
+    };
+    let exhausted = ctx.exhausted.load(Ordering::Relaxed);
+    let mut ended = "completed";
+    let (duration_s, drain_s, last_i, last_len) = match phase {
+        Phase::Planned => {
+            // The drain: wait for what is in flight, up to the drain limit.
+            let deadline = clock.planned_end + ctx.drain_limit;
+            tokio::select! {
+                _ = &mut done_rx => {}
+                _ = sleep_until(deadline.into()) => {
+                    ended = "drain_timeout";
+                    ctx.stop.cancel();
+                    let _ = (&mut done_rx).await;
+                }
+                _ = ctx.stop.cancelled() => {
+                    let _ = (&mut done_rx).await;
+                }
+            }
+            let drain = clock.planned_end.elapsed().as_secs_f64();
+            (ctx.duration, drain, i, drain)
+        }
+        Phase::Joined | Phase::Stopped { .. } => {
+            let at = match phase {
+                Phase::Stopped { at } => at,
+                _ => ctx.duration,
+            };
+            let left = finish_schedule(&ctx, at);
+            for (t, n) in left.iter().enumerate() {
+                skipped[t] += n;
+            }
+            (at, 0.0, i, (at - i as f64).clamp(0.0, 1.0))
+        }
+    };
+    // Every worker is gone: what remains open is the last interval (or the drain).
+    let mut data = ctx.recorder.take(u64::MAX, true);
+    if !matches!(phase, Phase::Planned) {
+        for (t, n) in skipped.iter().enumerate() {
+            data[t].unsent += n;
+        }
+    }
+    {
+        let cumulative = state.cumulative.lock().unwrap();
+        for (t, d) in data.iter_mut().enumerate() {
+            let mut total = cumulative[t].clone();
+            total.add(d);
+            // Taken and never started: unsent. Started and never finished: cancelled.
+            d.unsent += total.taken.saturating_sub(total.started);
+            d.cancelled += total.started.saturating_sub(total.iterations);
+        }
+    }
+    let is_drain = matches!(phase, Phase::Planned);
+    let anything = data
+        .iter()
+        .any(|d| d.requests + d.unsent + d.cancelled + d.error_total() + d.taken > 0);
+    // A drain in which nothing happened (everything had come back by the planned end) is
+    // not a row, and no time.
+    let drain_s = if is_drain && !anything { 0.0 } else { drain_s };
+    if !is_drain || anything {
+        if let Err(e) = closer.close(last_i, last_len, data) {
+            *state.failure.lock().unwrap() = Some(e.to_string());
+        }
+    }
+    if state.failure.lock().unwrap().is_some() {
+        // The run directory could not be written (a full disk): what the summary says was
+        // measured, but rows may be missing from the files.
+        ended = "failed";
+    } else if let (Some(reason), "completed") = (state.stop_reason.get(), ended) {
+        ended = reason;
+    } else if exhausted {
+        ended = "exhausted";
+    }
+    let summary = summarize(
+        &ctx, &state, &plan, epoch0, duration_s, drain_s, ended, &skipped,
+    );
+    if let Err(e) = writer.summary(&summary) {
+        *state.failure.lock().unwrap() = Some(e.to_string());
+    }
+    // The measured part is on disk; the users' on_stop runs before the run says it is done.
+    tear_down(&ctx).await;
+    *state.summary.lock().unwrap() = Some(summary);
+    state.finish();
+}
+
+/// Ends the open model's schedule at `at` seconds: the arrivals due before it that nobody
+/// took, per task.
+fn finish_schedule(ctx: &Ctx, at: f64) -> Vec<u64> {
+    match &ctx.model {
+        Model::Open { schedule, .. } => schedule
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .finish_before(at, &ctx.mix, ctx.bodies.len()),
+        Model::Closed { .. } => vec![0; ctx.bodies.len()],
+    }
+}
+
+fn spawn_workers(ctx: &Arc<Ctx>, workers: &mut JoinSet<()>, ready: Vec<Option<super::workers::User>>) {
+    match &ctx.model {
+        Model::Open { .. } => {
+            // A user whose on_start failed takes no arrivals: the others take them.
+            for user in ready.into_iter().flatten() {
+                workers.spawn(open_worker(ctx.clone(), user));
+            }
+        }
+        Model::Closed { .. } => {
+            workers.spawn(closed_users(ctx.clone(), ready));
+        }
+    }
+}
+
+/// Runs `on_stop` for every user that started, bounded by `ON_STOP_LIMIT`, then tells
+/// Python the run is over.
+async fn tear_down(ctx: &Arc<Ctx>) {
+    let Some(py) = &ctx.python else { return };
+    let users = std::mem::take(&mut *py.started.lock().unwrap_or_else(|e| e.into_inner()));
+    if py.hooks.on_stop && !users.is_empty() {
+        let limit = Duration::from_secs_f64(py.hooks.timeout_s).min(ON_STOP_LIMIT);
+        let mut stopping = JoinSet::new();
+        for session in users {
+            let ctx = ctx.clone();
+            stopping.spawn(async move {
+                if let Some(py) = &ctx.python {
+                    py.ask(&session, Work::OnStop, session.vu, None, None).await;
+                }
+            });
+        }
+        let all = async { while stopping.join_next().await.is_some() {} };
+        let _ = tokio::time::timeout(limit, all).await;
+        stopping.abort_all();
+    }
+    py.tickets.close();
+}
+
+struct Closer<'a> {
+    ctx: &'a Ctx,
+    state: &'a RunState,
+    writer: &'a mut RunWriter,
+    epoch0: f64,
+    /// In-flight requests and active users to report instead of the current ones.
+    gauges: Option<(i64, i64)>,
+}
+
+fn gauges(ctx: &Ctx) -> (i64, i64) {
+    (
+        ctx.recorder.in_flight.load(Ordering::Relaxed),
+        ctx.recorder.active_users.load(Ordering::Relaxed),
+    )
+}
+
+impl Closer<'_> {
+    /// Writes interval `i` (`length` seconds; the drain when `i` is past the schedule) from
+    /// `data`, adds it to the run's totals and hands rows to readers.
+    fn close(&mut self, i: u64, length: f64, data: Vec<TaskData>) -> Result<()> {
+        let ctx = self.ctx;
+        let start_s = (i as f64).min(ctx.duration);
+        let drain = i as f64 >= ctx.duration;
+        let (in_flight, active_users) = self.gauges.unwrap_or_else(|| gauges(ctx));
+        let rows: Vec<Row> = data
+            .iter()
+            .enumerate()
+            .map(|(t, d)| {
+                let target_rps = match &ctx.model {
+                    // A hook's entry has no arrivals of its own.
+                    _ if t >= ctx.bodies.len() => None,
+                    Model::Open { .. } if drain => Some(0.0),
+                    Model::Open { arrivals, .. } if length > 0.0 => {
+                        let n =
+                            arrivals.cumulative(start_s + length) - arrivals.cumulative(start_s);
+                        Some(n / ctx.shards * ctx.mix.share(t) / length)
+                    }
+                    _ => None,
+                };
+                Row::new(
+                    RowContext {
+                        time: self.epoch0 + start_s,
+                        elapsed_s: start_s,
+                        interval_s: length,
+                        // Nothing is sent in the drain: its requests were sent before it.
+                        achieved_s: (!drain).then_some(length),
+                        task: &self.state.names[t],
+                        target_rps,
+                        in_flight,
+                        active_users,
+                    },
+                    d,
+                )
+            })
+            .collect();
+        self.writer
+            .interval(&self.state.names, start_s, length, &data, &rows)?;
+        {
+            let mut c = self.state.cumulative.lock().unwrap();
+            for (acc, d) in c.iter_mut().zip(&data) {
+                acc.add(d);
+            }
+        }
+        self.state.rows.lock().unwrap().extend(rows);
+        ctx.recorder.recycle(data);
+        Ok(())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summarize(
+    ctx: &Ctx,
+    state: &RunState,
+    plan: &Plan,
+    epoch0: f64,
+    duration_s: f64,
+    drain_s: f64,
+    ended: &str,
+    skipped: &[u64],
+) -> Summary {
+    let c = state.cumulative.lock().unwrap();
+    let open = matches!(ctx.model, Model::Open { .. });
+    let mut all = TaskData::new();
+    let mut all_target = 0u64;
+    let tasks = c
+        .iter()
+        .zip(&state.names)
+        .enumerate()
+        .map(|(i, (d, name))| {
+            all.add(d);
+            let target = d.taken + skipped[i];
+            all_target += target;
+            TaskSummary {
+                name: name.clone(),
+                path: plan.tasks.get(i).map_or("hook", |t| t.path.name()).into(),
+                target_requests: open.then_some(target as f64),
+                stats: Stats::of(d, duration_s),
+            }
+        })
+        .collect();
+    Summary {
+        name: plan.name.clone(),
+        started_at: epoch0,
+        duration_s,
+        drain_s,
+        planned_duration_s: ctx.duration,
+        ended: ended.into(),
+        model: if open { "open" } else { "closed" }.into(),
+        target_requests: open.then_some(all_target as f64),
+        overall: Stats::of(&all, duration_s),
+        tasks,
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::plan::Plan;
+    use crate::session::{Done, Work};
+
+    use super::super::start;
+
+    fn refused_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("lp-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_due_arrival_is_accounted_for_when_the_target_refuses_connections() {
+        // A port nothing listens on: every request fails at once with `connect`.
+        let port = refused_port();
+        let plan = Plan::from_json(&format!(
+            r#"{{"target": "http://127.0.0.1:{port}",
+                "load": {{"model": "open", "stages": [{{"kind": "constant", "rate": 200, "duration_s": 1}}]}},
+                "tasks": [{{"name": "a", "weight": 3, "requests": [{{"path": "/"}}]}},
+                          {{"name": "b", "requests": [{{"path": "/"}}]}}]}}"#
+        ))
+        .unwrap();
+        let dir = temp_dir("refused");
+        let run = start(&tokio::runtime::Handle::current(), 2, plan, dir.clone()).unwrap();
+        let waiter = run.clone();
+        tokio::task::spawn_blocking(move || waiter.wait(Duration::from_secs(20)))
+            .await
+            .unwrap();
+        let s = run.summary().expect("a finished run has a summary");
+        assert_eq!(s.ended, "completed");
+        assert_eq!(s.target_requests, Some(200.0));
+        let targets: Vec<_> = s.tasks.iter().map(|t| t.target_requests).collect();
+        assert_eq!(targets, [Some(150.0), Some(50.0)]);
+        for t in &s.tasks {
+            let st = &t.stats;
+            assert_eq!(
+                t.target_requests,
+                Some((st.iterations + st.cancelled + st.unsent) as f64)
+            );
+            assert_eq!(st.errors_by_kind["connect"], st.requests);
+        }
+        assert_eq!(s.overall.error_rate, 1.0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Plays Python's part from a thread: answers every ticket as `answer` says, and records
+    /// what it was asked.
+    fn python_side(
+        run: &super::RunHandle,
+        answer: impl Fn(Work, u64) -> Option<Done> + Send + 'static,
+    ) -> std::thread::JoinHandle<Vec<(Work, u64, Option<f64>)>> {
+        let inbox = run.tickets().expect("a plan with Python parts has tickets");
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            // Unanswered tickets are kept: a ticket dropped unanswered reads as cancelled.
+            let mut held = Vec::new();
+            loop {
+                let (tickets, closed) = inbox.take();
+                for mut t in tickets {
+                    seen.push((t.work, t.vu, t.due_s));
+                    match answer(t.work, t.vu) {
+                        Some(d) => t.done(d),
+                        None => held.push(t),
+                    }
+                }
+                if closed {
+                    return seen;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn python_iterations_and_hooks_run_in_the_engines_loop_and_are_accounted_for() {
+        let port = refused_port();
+        let plan = Plan::from_json(&format!(
+            r#"{{"target": "http://127.0.0.1:{port}",
+                "load": {{"model": "open", "connections": 4,
+                          "stages": [{{"kind": "constant", "rate": 100, "duration_s": 1}}]}},
+                "tasks": [{{"name": "py", "path": "python"}}],
+                "hooks": {{"on_start": true, "on_stop": true}}}}"#
+        ))
+        .unwrap();
+        let dir = temp_dir("tickets");
+        let run = start(&tokio::runtime::Handle::current(), 2, plan, dir.clone()).unwrap();
+        // User 3's on_start raises: it takes no arrivals, the other three take them all.
+        // Every tenth iteration raises.
+        let count = std::sync::atomic::AtomicU64::new(0);
+        let py = python_side(&run, move |work, vu| match work {
+            Work::OnStart if vu == 3 => Some(Done::Raised),
+            Work::OnStart => Some(Done::Started(Default::default())),
+            Work::Task(_) => {
+                let k = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Some(if k % 10 == 9 { Done::Raised } else { Done::Ran })
+            }
+            Work::OnStop => Some(Done::Ran),
+        });
+        let waiter = run.clone();
+        tokio::task::spawn_blocking(move || waiter.wait(Duration::from_secs(20)))
+            .await
+            .unwrap();
+        let seen = py.join().unwrap();
+        let s = run.summary().unwrap();
+        assert_eq!(s.ended, "completed");
+        let names: Vec<_> = s.tasks.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["py", "on_start"]);
+        let py_task = &s.tasks[0];
+        assert_eq!(py_task.target_requests, Some(100.0));
+        assert_eq!(py_task.stats.iterations, 100);
+        assert_eq!(py_task.stats.errors_by_kind["exception"], 10);
+        let hook = &s.tasks[1];
+        assert_eq!((hook.path.as_str(), hook.stats.iterations), ("hook", 4));
+        assert_eq!(hook.stats.errors_by_kind["exception"], 1);
+        let starts = seen.iter().filter(|(w, ..)| *w == Work::OnStart).count();
+        let stops: Vec<u64> = seen
+            .iter()
+            .filter(|(w, ..)| *w == Work::OnStop)
+            .map(|(_, vu, _)| *vu)
+            .collect();
+        assert_eq!(starts, 4);
+        assert_eq!(stops.len(), 3, "on_stop for the users that started: {stops:?}");
+        assert!(!stops.contains(&3));
+        // Every iteration was due on the schedule (100/s, every 10 ms) and none by user 3.
+        let dues: Vec<f64> = seen
+            .iter()
+            .filter(|(w, ..)| matches!(w, Work::Task(_)))
+            .map(|(_, vu, due)| {
+                assert_ne!(*vu, 3);
+                due.expect("open-model iterations carry their due instant")
+            })
+            .collect();
+        assert_eq!(dues.len(), 100);
+        assert!(dues.iter().zip(&dues[1..]).all(|(a, b)| (b - a - 0.01).abs() < 1e-6));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unanswered_python_iteration_is_cancelled_at_the_drain_limit() {
+        let port = refused_port();
+        let plan = Plan::from_json(&format!(
+            r#"{{"target": "http://127.0.0.1:{port}",
+                "load": {{"model": "closed", "think_s": 0.1,
+                          "stages": [{{"kind": "constant", "rate": 2, "duration_s": 1}}]}},
+                "tasks": [{{"name": "py", "path": "python"}}],
+                "max_drain_s": 0.5}}"#
+        ))
+        .unwrap();
+        let dir = temp_dir("unanswered");
+        let run = start(&tokio::runtime::Handle::current(), 2, plan, dir.clone()).unwrap();
+        // User 1 never answers: its first iteration hangs until the drain gives up on it.
+        let py = python_side(&run, |_, vu| (vu == 0).then_some(Done::Ran));
+        let waiter = run.clone();
+        let ended = tokio::task::spawn_blocking(move || waiter.wait(Duration::from_secs(20)))
+            .await
+            .unwrap();
+        assert!(ended, "the run ends by itself");
+        let seen = py.join().unwrap();
+        let s = run.summary().unwrap();
+        assert_eq!(s.ended, "drain_timeout");
+        let st = &s.tasks[0].stats;
+        assert_eq!(st.cancelled, 1, "{st:?}");
+        let by_user0 = seen.iter().filter(|(_, vu, _)| *vu == 0).count() as u64;
+        assert_eq!(st.iterations, by_user0);
+        assert!(by_user0 >= 5, "user 0 ran about every 0.1 s: {by_user0}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,332 @@
+//! A run: compiles a plan (`compile`), sets its users up, drives them on the runtime and
+//! closes one interval per second into the run directory and the row queue (`lifecycle`),
+//! runs every iteration in one worker loop per model (`workers`) and records each exchange
+//! (`record`).
+//!
+//! Open model: `connections` workers, each with its own keep-alive connection, take the next
+//! arrival from the one schedule, wait until it is due, run it, and record latency from the
+//! instant it was due. A worker that takes an arrival already late (every connection was busy)
+//! counts it as missed and still measures from the due instant, so the generator's own queueing
+//! shows up in corrected latency and in `missed`, never as a silently thinner schedule.
+//!
+//! Closed model: one worker per virtual user; user `i` runs while the profile's value is above
+//! `i`, so ramps start and stop users in order.
+//!
+//! An iteration's body is either the task's compiled requests or Python code: the worker then
+//! asks Python to run it (see `session`) and waits, keeping time and counts as for its own.
+
+mod compile;
+mod lifecycle;
+mod record;
+mod workers;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::http::{CompiledRequest, Target};
+use crate::metrics::{Recorder, Row, TaskData};
+use crate::plan::{FeedMode, Plan};
+use crate::profile::Profile;
+use crate::rundir::Summary;
+use crate::schedule::{Mix, Rng, Schedule};
+use crate::session::{Inbox, PythonSide, Ticket};
+
+pub(crate) use record::{exchange, record_exchange};
+
+/// An arrival taken this long after it was due found no free connection.
+pub(crate) const LATE: Duration = Duration::from_millis(1);
+
+/// Builds the one multi-thread runtime the engine runs on; each worker thread gets its own
+/// metrics shard.
+pub fn build_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name("loadpilot-engine")
+        .on_thread_start(crate::metrics::register_worker_thread)
+        .enable_all()
+        .build()
+}
+
+pub(crate) enum Model {
+    Open {
+        schedule: Mutex<Schedule>,
+        connections: u32,
+        arrivals: Profile,
+    },
+    Closed {
+        users: Profile,
+        think: Duration,
+        iterations: AtomicU64,
+    },
+}
+
+/// What an iteration of a task runs.
+pub(crate) enum Body {
+    /// The task's requests, compiled.
+    Engine(Vec<CompiledRequest>),
+    /// Python code, run by Python when the engine asks.
+    Python,
+}
+
+pub(crate) struct FeedRows {
+    rows: Vec<Vec<String>>,
+    mode: FeedMode,
+    seed: u64,
+}
+
+impl FeedRows {
+    /// The row of iteration `iter`; `None` once a unique feeder has run out.
+    pub(crate) fn row(&self, iter: u64) -> Option<&[String]> {
+        let n = self.rows.len() as u64;
+        let i = match self.mode {
+            FeedMode::Cycle => iter % n,
+            FeedMode::Random => Rng::new(self.seed ^ iter.wrapping_mul(0x9E37_79B9)).next_u64() % n,
+            FeedMode::Unique if iter < n => iter,
+            FeedMode::Unique => return None,
+        };
+        Some(&self.rows[i as usize])
+    }
+}
+
+/// The run's clock, started once its users are set up.
+pub(crate) struct Clock {
+    pub(crate) start: Instant,
+    /// `start + duration`.
+    pub(crate) planned_end: Instant,
+    /// Nothing new is sent from this instant on (`planned_end + END_GRACE`).
+    pub(crate) send_until: Instant,
+}
+
+pub(crate) struct Ctx {
+    clock: OnceLock<Clock>,
+    pub(crate) duration: f64,
+    /// The longest the run waits after the planned end for requests in flight.
+    pub(crate) drain_limit: Duration,
+    /// The plan's request timeout.
+    pub(crate) default_timeout: Duration,
+    /// How many shards the schedule is split into (this run runs one of them).
+    pub(crate) shards: f64,
+    pub(crate) target: Arc<Target>,
+    /// Per task of the plan (the entries after them, if any, count hooks).
+    pub(crate) bodies: Vec<Body>,
+    pub(crate) mix: Mix,
+    pub(crate) model: Model,
+    pub(crate) feeder: Option<FeedRows>,
+    pub(crate) user_vars: Vec<BTreeMap<String, String>>,
+    pub(crate) recorder: Recorder,
+    pub(crate) stop: CancellationToken,
+    /// When the run was stopped before its planned end (seconds after the start).
+    pub(crate) stopped_at: OnceLock<f64>,
+    pub(crate) exhausted: AtomicBool,
+    /// Set when any part of the plan runs in Python (a task body or a hook).
+    pub(crate) python: Option<PythonSide>,
+}
+
+impl Ctx {
+    /// Starts the run's clock (once).
+    fn start_clock(&self) -> Instant {
+        let start = Instant::now();
+        let planned_end = start + Duration::from_secs_f64(self.duration);
+        let _ = self.clock.set(Clock {
+            start,
+            planned_end,
+            send_until: planned_end + lifecycle::END_GRACE,
+        });
+        self.recorder.begin(start);
+        start
+    }
+
+    /// The run's clock; workers only run once it has started.
+    pub(crate) fn clock(&self) -> &Clock {
+        self.clock
+            .get()
+            .expect("workers start after the run's clock")
+    }
+
+    /// When the run's clock started; `None` while users are being set up.
+    pub(crate) fn started(&self) -> Option<Instant> {
+        self.clock.get().map(|c| c.start)
+    }
+
+    /// Ends the run now, before its planned end: nothing new is sent, what is in flight is
+    /// cancelled. The first call's instant is the end of the run's sending time.
+    pub(crate) fn stop_now(&self) {
+        self.stopped_at.get_or_init(|| {
+            self.started()
+                .map_or(0.0, |s| s.elapsed().as_secs_f64().min(self.duration))
+        });
+        self.stop.cancel();
+    }
+}
+
+/// What Python (or any caller) sees of a run.
+pub struct RunState {
+    pub names: Vec<String>,
+    pub dir: PathBuf,
+    rows: Mutex<Vec<Row>>,
+    cumulative: Mutex<Vec<TaskData>>,
+    summary: Mutex<Option<Summary>>,
+    failure: Mutex<Option<String>>,
+    done: Mutex<bool>,
+    done_cv: Condvar,
+    /// Set by the first `stop()`, with its reason (`stopped` or `aborted`): tells a stopped
+    /// run from one whose token was cancelled for another reason (a unique feeder ran out,
+    /// in-flight requests outlived the drain).
+    stop_reason: OnceLock<&'static str>,
+}
+
+impl RunState {
+    fn finish(&self) {
+        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.done_cv.notify_all();
+    }
+
+    fn fail(&self, why: String) {
+        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        f.get_or_insert(why);
+    }
+}
+
+#[derive(Clone)]
+pub struct RunHandle(Arc<RunState>, Arc<Ctx>);
+
+impl RunHandle {
+    /// Stops the run: nothing new is sent, what is in flight is cancelled.
+    pub fn stop(&self) {
+        self.stop_with("stopped");
+    }
+
+    /// Stops the run with the reason the summary gives: `stopped` or `aborted` (a threshold
+    /// failed while the run went).
+    pub fn stop_with(&self, reason: &'static str) {
+        let _ = self.0.stop_reason.set(reason);
+        self.1.stop_now();
+    }
+    pub fn is_done(&self) -> bool {
+        *self.0.done.lock().unwrap()
+    }
+    /// Waits up to `timeout` for the run to end; true if it has.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let g = self.0.done.lock().unwrap();
+        let (g, _) = self
+            .0
+            .done_cv
+            .wait_timeout_while(g, timeout, |d| !*d)
+            .unwrap();
+        *g
+    }
+    /// Rows closed since the last call.
+    pub fn take_rows(&self) -> Vec<Row> {
+        std::mem::take(&mut *self.0.rows.lock().unwrap())
+    }
+    pub fn summary(&self) -> Option<Summary> {
+        self.0.summary.lock().unwrap().clone()
+    }
+    /// Set when the run ended on an error of its own (e.g. the disk filled up).
+    pub fn failure(&self) -> Option<String> {
+        self.0.failure.lock().unwrap().clone()
+    }
+    pub fn names(&self) -> &[String] {
+        &self.0.names
+    }
+    pub fn dir(&self) -> &PathBuf {
+        &self.0.dir
+    }
+    /// Everything closed so far for one task, or for all tasks (`None`).
+    pub fn cumulative(&self, task: Option<&str>) -> Result<TaskData> {
+        let c = self.0.cumulative.lock().unwrap();
+        match task {
+            None => {
+                let mut all = TaskData::new();
+                c.iter().for_each(|d| all.add(d));
+                Ok(all)
+            }
+            Some(name) => {
+                let i = self.0.names.iter().position(|n| n == name).ok_or_else(|| {
+                    Error::plan(
+                        "task",
+                        format!("no task named {name:?}; tasks: {:?}", self.0.names),
+                    )
+                })?;
+                Ok(c[i].clone())
+            }
+        }
+    }
+
+    /// Where the engine posts Python's work; `None` when no part of the plan is Python.
+    pub fn tickets(&self) -> Option<Arc<Inbox<Ticket>>> {
+        self.1.python.as_ref().map(|p| p.tickets.clone())
+    }
+
+    /// The most virtual users (closed model) or connections (open model) the run has at once.
+    pub fn max_users(&self) -> u64 {
+        match &self.1.model {
+            Model::Closed { users, .. } => users.peak().ceil() as u64,
+            Model::Open { connections, .. } => *connections as u64,
+        }
+    }
+
+    /// The Python side cannot go on: the run ends with this error.
+    pub fn python_failed(&self, why: &str) {
+        self.0.fail(format!("Python virtual users failed: {why}"));
+        self.1.stop_now();
+        if let Some(py) = &self.1.python {
+            py.tickets.close();
+        }
+    }
+}
+
+/// Validates and compiles `plan`, creates the run directory and starts the run on `rt`.
+/// Returns at once; every problem with the plan or the directory is reported here, before any
+/// request is sent.
+pub fn start(rt: &Handle, threads: usize, plan: Plan, dir: PathBuf) -> Result<RunHandle> {
+    let compiled = compile::compile(&plan, threads)?;
+    compile::check_descriptors(compiled.users)?;
+    lifecycle::launch(rt, compiled, plan, dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(mode: FeedMode) -> FeedRows {
+        FeedRows {
+            rows: (0..4).map(|i| vec![format!("r{i}")]).collect(),
+            mode,
+            seed: 7,
+        }
+    }
+
+    fn picks(f: &FeedRows, n: u64) -> Vec<Option<String>> {
+        (0..n).map(|k| f.row(k).map(|r| r[0].clone())).collect()
+    }
+
+    #[test]
+    fn feeder_rows_cycle_repeat_by_seed_and_run_out_when_unique() {
+        let cycle = picks(&rows(FeedMode::Cycle), 6);
+        let named = |v: &[&str]| v.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
+        assert_eq!(cycle, named(&["r0", "r1", "r2", "r3", "r0", "r1"]));
+        let random = picks(&rows(FeedMode::Random), 64);
+        assert_eq!(
+            random,
+            picks(&rows(FeedMode::Random), 64),
+            "the same seed, the same rows"
+        );
+        let other = FeedRows {
+            seed: 8,
+            ..rows(FeedMode::Random)
+        };
+        assert_ne!(random, picks(&other, 64));
+        assert!((0..4).all(|i| random.contains(&Some(format!("r{i}")))));
+        let unique = picks(&rows(FeedMode::Unique), 6);
+        assert_eq!(&unique[..4], named(&["r0", "r1", "r2", "r3"]).as_slice());
+        assert_eq!(&unique[4..], &[None, None]);
+    }
+}

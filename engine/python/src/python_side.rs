@@ -1,0 +1,333 @@
+//! What Python's virtual users use: the tickets the engine posts (task bodies and hooks to
+//! run), each user's `Session` (requests timed and recorded by the engine), the `Mailbox` their
+//! results come back through, and `Check`, an `expect` compiled once. See
+//! `engine/core/src/session.rs`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::Method;
+use loadpilot_core::check;
+use loadpilot_core::plan::Expect;
+use loadpilot_core::session::{Done, Inbox, Mailbox, NoResponse, PyRequest, Session, Ticket, Work};
+use loadpilot_core::template::Scope;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::{runtime, CoreError, LoadPilotError, PlanError};
+
+/// Python work the engine posted: take them in batches when `fileno()` is readable.
+#[pyclass(module = "loadpilot._engine", name = "Tickets")]
+pub(crate) struct PyTickets {
+    pub(crate) inner: Arc<Inbox<Ticket>>,
+}
+
+#[pymethods]
+impl PyTickets {
+    /// The descriptor to watch with `loop.add_reader`.
+    fn fileno(&self) -> i32 {
+        self.inner.fd()
+    }
+
+    /// The tickets posted so far, and whether the run is over (no more will come).
+    fn take(&self) -> (Vec<PyTicket>, bool) {
+        let (tickets, closed) = self.inner.take();
+        let tickets = tickets
+            .into_iter()
+            .map(|t| PyTicket {
+                inner: Mutex::new(t),
+            })
+            .collect();
+        (tickets, closed)
+    }
+}
+
+/// One piece of Python work for one virtual user: a task's iteration, `on_start` or
+/// `on_stop`. Answer it with `done`; one dropped unanswered counts as cancelled.
+#[pyclass(module = "loadpilot._engine", name = "Ticket")]
+pub(crate) struct PyTicket {
+    inner: Mutex<Ticket>,
+}
+
+impl PyTicket {
+    fn with<R>(&self, f: impl FnOnce(&mut Ticket) -> R) -> R {
+        f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+#[pymethods]
+impl PyTicket {
+    #[getter]
+    fn vu(&self) -> u64 {
+        self.with(|t| t.vu)
+    }
+
+    /// The task's number for an iteration; None for a hook.
+    #[getter]
+    fn task(&self) -> Option<usize> {
+        self.with(|t| match t.work {
+            Work::Task(i) => Some(i),
+            _ => None,
+        })
+    }
+
+    /// `on_start` or `on_stop`; None for an iteration.
+    #[getter]
+    fn hook(&self) -> Option<&'static str> {
+        self.with(|t| match t.work {
+            Work::Task(_) => None,
+            Work::OnStart => Some("on_start"),
+            Work::OnStop => Some("on_stop"),
+        })
+    }
+
+    #[getter]
+    fn iteration(&self) -> u64 {
+        self.with(|t| t.iteration)
+    }
+
+    /// Seconds after the run's start the iteration was due (its first request is measured
+    /// from it); None: from when it is sent.
+    #[getter]
+    fn due_s(&self) -> Option<f64> {
+        self.with(|t| t.due_s)
+    }
+
+    /// The feeder row's values, in the feeder's column order.
+    #[getter]
+    fn row(&self) -> Option<Vec<String>> {
+        self.with(|t| t.row.clone())
+    }
+
+    /// The user's session (the same for every ticket of the user).
+    #[getter]
+    fn session(&self) -> PySession {
+        self.with(|t| PySession {
+            inner: t.session.clone(),
+        })
+    }
+
+    /// How it ended: `ran`, `raised` or `cancelled`; `values` (on_start only): the user's
+    /// values for its engine requests.
+    #[pyo3(signature = (how, values=None))]
+    fn done(&self, how: &str, values: Option<BTreeMap<String, String>>) -> PyResult<()> {
+        let d = match (how, values) {
+            ("ran", Some(v)) => Done::Started(v),
+            ("ran", None) => Done::Ran,
+            ("raised", _) => Done::Raised,
+            ("cancelled", _) => Done::Cancelled,
+            (other, _) => {
+                return Err(PyValueError::new_err(format!(
+                    "a ticket ends as 'ran', 'raised' or 'cancelled', not {other:?}"
+                )))
+            }
+        };
+        self.with(|t| t.done(d));
+        Ok(())
+    }
+}
+
+/// `expect=`, compiled once and used for many requests.
+#[pyclass(module = "loadpilot._engine", name = "Check", frozen)]
+pub(crate) struct PyCheck {
+    inner: check::Check,
+}
+
+#[pymethods]
+impl PyCheck {
+    #[new]
+    fn new(expect_json: &str) -> PyResult<Self> {
+        let e: Expect = serde_json::from_str(expect_json)
+            .map_err(|e| PlanError::new_err(format!("invalid expect: {e}")))?;
+        let inner = check::Check::compile(&e, &Scope::default(), "expect").map_err(CoreError)?;
+        Ok(PyCheck { inner })
+    }
+}
+
+/// (status, headers, body) of a response, or the kind of error.
+type Outcome = Result<(u16, Vec<(String, String)>, Vec<u8>), String>;
+
+fn outcome(r: Result<loadpilot_core::http::Response, NoResponse>) -> Outcome {
+    r.map(|resp| (resp.status, resp.headers, resp.body.to_vec()))
+        .map_err(|k| k.name().to_string())
+}
+
+/// A tuple (status, [(name, value)], body: bytes), or the error kind as a str.
+fn outcome_to_py(py: Python<'_>, result: Outcome) -> PyResult<Py<PyAny>> {
+    Ok(match result {
+        Ok((status, headers, body)) => (status, headers, PyBytes::new(py, &body))
+            .into_pyobject(py)?
+            .into_any()
+            .unbind(),
+        Err(kind) => kind.into_pyobject(py)?.into_any().unbind(),
+    })
+}
+
+/// One virtual user's connection: requests are timed and recorded by the engine.
+#[pyclass(module = "loadpilot._engine", name = "Session")]
+pub(crate) struct PySession {
+    inner: Arc<Session>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn py_request(
+    n_tasks: usize,
+    task: Option<usize>,
+    method: &str,
+    path: &str,
+    headers: Vec<(String, String)>,
+    body: Option<Vec<u8>>,
+    timeout_s: Option<f64>,
+    due_s: Option<f64>,
+    check: Option<&PyCheck>,
+) -> PyResult<PyRequest> {
+    let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| PyValueError::new_err(format!("invalid HTTP method {method:?}")))?;
+    if !path.starts_with('/') {
+        return Err(PyValueError::new_err(format!(
+            "request paths start with '/' (the target comes from the plan), got {path:?}"
+        )));
+    }
+    let mut hs = Vec::with_capacity(headers.len());
+    for (k, v) in headers {
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| PyValueError::new_err(format!("invalid header name {k:?}")))?;
+        let value = HeaderValue::from_str(&v)
+            .map_err(|_| PyValueError::new_err(format!("invalid value for header {k:?}")))?;
+        hs.push((name, value));
+    }
+    if let Some(t) = timeout_s {
+        loadpilot_core::plan::seconds("timeout", t, false)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    }
+    if task.is_some_and(|t| t >= n_tasks) {
+        return Err(PyValueError::new_err(format!("no task number {task:?}")));
+    }
+    Ok(PyRequest {
+        task,
+        method,
+        path: path.to_string(),
+        headers: hs,
+        body: body.map(Bytes::from).unwrap_or_default(),
+        timeout: timeout_s.map(Duration::from_secs_f64),
+        due_s,
+        check: check.map(|c| c.inner.clone()).unwrap_or_default(),
+    })
+}
+
+#[pymethods]
+impl PySession {
+    /// Starts a request and returns at once; its result is posted to `mailbox` under `id`.
+    /// `task`: the entry it counts for (a task, or on_start's); None for on_stop's.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (task, method, path, headers, body, timeout_s, due_s, check, mailbox, id))]
+    fn request(
+        &self,
+        task: Option<usize>,
+        method: &str,
+        path: &str,
+        headers: Vec<(String, String)>,
+        body: Option<Vec<u8>>,
+        timeout_s: Option<f64>,
+        due_s: Option<f64>,
+        check: Option<PyRef<'_, PyCheck>>,
+        mailbox: &PyMailbox,
+        id: u64,
+    ) -> PyResult<()> {
+        let n = self.inner.entries();
+        let req = py_request(
+            n,
+            task,
+            method,
+            path,
+            headers,
+            body,
+            timeout_s,
+            due_s,
+            check.as_deref(),
+        )?;
+        let session = self.inner.clone();
+        let mailbox = mailbox.inner.clone();
+        runtime()?.spawn(async move {
+            let result = session.request(req).await;
+            let _ = mailbox.post((id, result));
+        });
+        Ok(())
+    }
+
+    /// The same, blocking this thread (not the others) until the response is in.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (task, method, path, headers, body, timeout_s, due_s, check))]
+    fn request_blocking(
+        &self,
+        py: Python<'_>,
+        task: Option<usize>,
+        method: &str,
+        path: &str,
+        headers: Vec<(String, String)>,
+        body: Option<Vec<u8>>,
+        timeout_s: Option<f64>,
+        due_s: Option<f64>,
+        check: Option<PyRef<'_, PyCheck>>,
+    ) -> PyResult<Py<PyAny>> {
+        let n = self.inner.entries();
+        let req = py_request(
+            n,
+            task,
+            method,
+            path,
+            headers,
+            body,
+            timeout_s,
+            due_s,
+            check.as_deref(),
+        )?;
+        let session = self.inner.clone();
+        let rt = runtime()?;
+        let result =
+            py.detach(move || rt.block_on(async move { outcome(session.request(req).await) }));
+        outcome_to_py(py, result)
+    }
+
+    #[getter]
+    fn vu(&self) -> u64 {
+        self.inner.vu
+    }
+}
+
+/// Finished requests waiting for the event loop.
+#[pyclass(module = "loadpilot._engine", name = "Mailbox")]
+pub(crate) struct PyMailbox {
+    inner: Arc<Mailbox>,
+}
+
+#[pymethods]
+impl PyMailbox {
+    #[new]
+    fn new() -> PyResult<Self> {
+        let inner = Mailbox::new()
+            .map_err(|e| LoadPilotError::new_err(format!("cannot create a mailbox: {e}")))?;
+        Ok(PyMailbox {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The descriptor to watch with `loop.add_reader`.
+    fn fileno(&self) -> i32 {
+        self.inner.fd()
+    }
+
+    /// Everything posted so far as (id, (status, headers, body) or error kind).
+    fn take(&self, py: Python<'_>) -> PyResult<Vec<(u64, Py<PyAny>)>> {
+        self.inner
+            .take()
+            .0
+            .into_iter()
+            .map(|(id, r)| Ok((id, outcome_to_py(py, outcome(r))?)))
+            .collect()
+    }
+}

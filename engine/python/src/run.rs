@@ -1,0 +1,158 @@
+//! `Run`: a run in progress or finished; starting runs, and what Python asks of plans.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use loadpilot_core::plan::Plan;
+use loadpilot_core::runner::{self, RunHandle};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::hist::PyHistogram;
+use crate::python_side::PyTickets;
+use crate::{runtime, threads, CoreError, PlanError};
+
+/// A run in progress (or finished) in this process.
+#[pyclass(module = "loadpilot._engine", name = "Run")]
+pub(crate) struct PyRun {
+    handle: RunHandle,
+}
+
+#[pymethods]
+impl PyRun {
+    /// Interval rows closed since the last call, as newline-delimited JSON.
+    fn take_rows<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        let mut out = Vec::new();
+        for r in self.handle.take_rows() {
+            serde_json::to_writer(&mut out, &r).expect("rows serialize");
+            out.push(b'\n');
+        }
+        PyBytes::new(py, &out)
+    }
+
+    /// Waits up to `timeout_s` (None: until the end) with the GIL released; True once the run
+    /// has ended. Signals are checked every 100 ms, so Ctrl-C raises KeyboardInterrupt here.
+    #[pyo3(signature = (timeout_s=None))]
+    fn wait(&self, py: Python<'_>, timeout_s: Option<f64>) -> PyResult<bool> {
+        // A timeout beyond a year (or inf, or nan) waits as long as None does.
+        let deadline = timeout_s
+            .filter(|t| *t <= loadpilot_core::plan::MAX_SECONDS)
+            .map(|t| std::time::Instant::now() + Duration::from_secs_f64(t.max(0.0)));
+        loop {
+            let step = match deadline {
+                Some(d) => d
+                    .saturating_duration_since(std::time::Instant::now())
+                    .min(Duration::from_millis(100)),
+                None => Duration::from_millis(100),
+            };
+            let handle = self.handle.clone();
+            if py.detach(move || handle.wait(step)) {
+                return Ok(true);
+            }
+            py.check_signals()?;
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Asks the run to stop: no new requests start, in-flight ones are dropped, the partial
+    /// interval is closed and the summary written.
+    /// `reason`: `stopped` (the default) or `aborted` (a threshold failed during the run).
+    #[pyo3(signature = (reason="stopped"))]
+    fn stop(&self, reason: &str) -> PyResult<()> {
+        let reason = match reason {
+            "stopped" => "stopped",
+            "aborted" => "aborted",
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "reason is 'stopped' or 'aborted', got {other:?}"
+                )))
+            }
+        };
+        self.handle.stop_with(reason);
+        Ok(())
+    }
+
+    #[getter]
+    fn done(&self) -> bool {
+        self.handle.is_done()
+    }
+
+    /// `summary.json` as text, once the run has ended.
+    fn summary_json(&self) -> Option<String> {
+        self.handle
+            .summary()
+            .map(|s| serde_json::to_string(&s).expect("summaries serialize"))
+    }
+
+    /// The run's own error, if it ended on one (e.g. the disk filled up).
+    fn failure(&self) -> Option<String> {
+        self.handle.failure()
+    }
+
+    /// Everything closed so far: corrected latency (`service=False`) or service time.
+    #[pyo3(signature = (task=None, service=false))]
+    fn histogram(&self, task: Option<&str>, service: bool) -> PyResult<PyHistogram> {
+        let d = self.handle.cumulative(task).map_err(CoreError)?;
+        Ok(PyHistogram {
+            h: if service { d.service } else { d.corrected },
+        })
+    }
+
+    #[getter]
+    fn tasks(&self) -> Vec<String> {
+        self.handle.names().to_vec()
+    }
+
+    /// Where the engine posts the Python work of this run (task bodies, hooks); None when
+    /// the plan has no Python part.
+    fn tickets(&self) -> Option<PyTickets> {
+        self.handle.tickets().map(|inner| PyTickets { inner })
+    }
+
+    /// The most virtual users (or connections) the run has at once.
+    fn max_users(&self) -> u64 {
+        self.handle.max_users()
+    }
+
+    /// The Python side cannot go on: the run ends with this error.
+    fn python_failed(&self, why: &str) {
+        self.handle.python_failed(why);
+    }
+
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.handle.dir().clone()
+    }
+}
+
+/// Validates `plan_json`, creates `out_dir` and starts the run; returns at once.
+#[pyfunction]
+pub(crate) fn start_run(plan_json: &str, out_dir: PathBuf) -> PyResult<PyRun> {
+    let plan = Plan::from_json(plan_json).map_err(CoreError)?;
+    let rt = runtime()?;
+    let handle = runner::start(rt.handle(), threads(), plan, out_dir).map_err(CoreError)?;
+    Ok(PyRun { handle })
+}
+
+/// A profile's corners `(seconds, value)` and its total (the integral of the curve), as the
+/// engine schedules them: the one rule for charts, the tuner and capacity planning.
+#[pyfunction]
+pub(crate) fn profile_points(stages_json: &str) -> PyResult<(Vec<(f64, f64)>, f64)> {
+    let stages: Vec<loadpilot_core::profile::Stage> = serde_json::from_str(stages_json)
+        .map_err(|e| PlanError::new_err(format!("invalid stages: {e}")))?;
+    let p = loadpilot_core::profile::Profile::new(&stages).map_err(CoreError)?;
+    Ok((p.points(), p.total()))
+}
+
+/// Checks a plan without running it.
+#[pyfunction]
+pub(crate) fn validate_plan(plan_json: &str) -> PyResult<()> {
+    let plan = Plan::from_json(plan_json).map_err(CoreError)?;
+    plan.validate().map_err(CoreError)?;
+    loadpilot_core::http::Target::parse(&plan.target, plan.insecure).map_err(CoreError)?;
+    Ok(())
+}
+

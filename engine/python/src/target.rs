@@ -1,0 +1,37 @@
+//! The built-in target server.
+
+use loadpilot_core::target::{self, TargetConfig, TargetServer};
+use pyo3::prelude::*;
+
+use crate::{runtime, CoreError, PlanError};
+
+/// The built-in target server, running on the engine's runtime in this process.
+#[pyclass(module = "loadpilot._engine", name = "TargetServer")]
+pub(crate) struct PyTarget {
+    server: TargetServer,
+}
+
+#[pymethods]
+impl PyTarget {
+    #[getter]
+    fn url(&self) -> String {
+        self.server.url()
+    }
+    #[getter]
+    fn port(&self) -> u16 {
+        self.server.addr.port()
+    }
+    fn stop(&self) {
+        self.server.stop();
+    }
+}
+
+#[pyfunction]
+pub(crate) fn start_target(config_json: &str) -> PyResult<PyTarget> {
+    let cfg: TargetConfig = serde_json::from_str(config_json)
+        .map_err(|e| PlanError::new_err(format!("invalid target settings: {e}")))?;
+    let rt = runtime()?;
+    let server = target::start(rt.handle(), cfg).map_err(CoreError)?;
+    Ok(PyTarget { server })
+}
+
