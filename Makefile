@@ -80,7 +80,7 @@ format: $(STAMP) ## Format Python and Rust
 	cargo fmt --all
 
 .PHONY: bench
-bench: bench-engine bench-python bench-live bench-peers ## Every benchmark (results in bench/results/, summary in docs/benchmarks.md)
+bench: bench-engine bench-python bench-loop bench-live bench-peers ## Every benchmark (results in bench/results/, summary in docs/benchmarks.md)
 
 .PHONY: bench-engine
 bench-engine: build-dev ## Engine throughput vs wrk and memory over a long run (see docs/benchmarks.md)
@@ -89,6 +89,10 @@ bench-engine: build-dev ## Engine throughput vs wrk and memory over a long run (
 .PHONY: bench-python
 bench-python: build-dev ## Python-logic tasks vs Locust FastHttpUser (installs locust into .venv)
 	$(PY) bench/python_path.py
+
+.PHONY: bench-loop
+bench-loop: build-dev ## The one engine loop: Python tasks vs engine tasks, on_start values vs a fixed header
+	$(PY) bench/one_loop.py
 
 .PHONY: bench-peers
 bench-peers: build-dev ## Against wrk, oha, k6 and Locust (installs them); then the chart and tables

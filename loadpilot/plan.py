@@ -145,6 +145,17 @@ class Feeder(_Model):
     seed: int = 0
 
 
+class Hooks(_Model):
+    """A scenario's per-user hooks, run in Python when the engine asks: ``on_start`` before
+    the user's first iteration, ``on_stop`` when the run ends or is stopped. ``values``: the
+    attributes ``on_start`` sets that the user's engine requests use as ``{{name}}``."""
+
+    on_start: bool = False
+    on_stop: bool = False
+    values: list[str] = Field(default_factory=list)
+    timeout_s: float = Field(default=60.0, gt=0, le=MAX_SECONDS)
+
+
 class Shard(_Model):
     index: int = Field(ge=0)
     count: int = Field(ge=1)
@@ -169,6 +180,7 @@ class Plan(_Model):
     max_users: int = Field(default=DEFAULT_MAX_USERS, ge=1)
     """The most virtual users (closed model) or connections (open model) the plan may ask
     for: a guard against a typo that would need unbounded memory. Raise it on purpose."""
+    hooks: Hooks = Field(default_factory=Hooks)
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, exclude_none=True, indent=2)

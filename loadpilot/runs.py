@@ -400,12 +400,16 @@ def start(
         if target is None:
             raise PlanError("a scenario needs a target: lp.start(Scenario, target='http://...')")
         plan = scenario.plan(target, profile=profile)
-    if any(t.path == "python" for t in plan.tasks) and scenario is None:
-        raise PlanError("a plan of python tasks runs from its scenario: lp.start(MyScenario, ...)")
+    hooks = plan.hooks.on_start or plan.hooks.on_stop
+    if (hooks or any(t.path == "python" for t in plan.tasks)) and scenario is None:
+        raise PlanError(
+            "a plan with python tasks or hooks runs from its scenario: lp.start(MyScenario, ...)"
+        )
     path = Path(out) if out is not None else _default_dir(plan)
     handle = _engine.start_run(plan.to_json(), path)
-    if scenario is not None and scenario.path == "python":
-        PythonUsers(handle, scenario).start()
+    tickets = handle.tickets()
+    if tickets is not None and scenario is not None:
+        PythonUsers(handle, tickets, scenario).start()
     return Run(handle, plan)
 
 

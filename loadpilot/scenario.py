@@ -12,16 +12,21 @@ class Shop(lp.VUser):
 A task whose body is only requests with fixed arguments (placeholders such as ``{{user}}`` are
 filled per iteration) runs entirely in the engine. Which tasks qualify is decided by reading the
 task's code, never by guessing from one call, so nothing that would vary per iteration is frozen.
-A scenario with any task that has Python logic (or with ``on_start``/``on_stop``) runs all its
-tasks as Python virtual users (see :mod:`loadpilot.vusers`), whose requests the engine still times.
-The plan and the summary say which path each task took (``engine`` or ``python``), and
-``Scenario.reason`` says why.
+A task with Python logic runs its body in Python (see :mod:`loadpilot.vusers`) when the engine
+asks, on the same virtual user and connection; the engine still keeps time and counts. Each
+task takes its own path: the plan and the summary say which (``engine`` or ``python``), and
+``Scenario.reason`` says why a task needs Python.
+
+``on_start`` and ``on_stop`` run once per virtual user. Attributes ``on_start`` sets
+(``self.token = ...``) are that user's values for engine requests (``{{token}}``), so a
+scenario that logs in per user keeps its other tasks at engine speed.
 """
 
 from __future__ import annotations
 
 import ast
 import inspect
+import re
 import sys
 import textwrap
 import urllib.parse
@@ -33,7 +38,7 @@ from typing import Any, TypeVar
 import polars as pl
 
 from loadpilot.errors import PlanError
-from loadpilot.plan import Expect, Feeder, Plan, Request, Task
+from loadpilot.plan import Expect, Feeder, Hooks, Plan, Request, Task
 from loadpilot.profiles import Duration, Profile, parse_duration
 from loadpilot.thresholds import Threshold, parse_all
 
@@ -290,17 +295,22 @@ class Scenario:
     max_drain_s: float = 10.0
     #: Stop the run (from the command line) as soon as a threshold fails.
     abort_on_fail: bool = False
-    #: Why the tasks run as Python virtual users; None when they run in the engine.
+    #: Why (the first of) its Python tasks run Python code; None when every task runs in
+    #: the engine.
     reason: str | None = None
+    #: The per-user hooks (``on_start``, ``on_stop``) and the values on_start sets.
+    hooks: Hooks = Hooks()
 
     @property
     def path(self) -> str:
-        """``engine`` or ``python``: where every task of this scenario runs."""
-        return "engine" if self.reason is None else "python"
+        """``engine``, ``python`` or ``mixed``: where the tasks of this scenario run."""
+        found = {t.path for t in self.tasks}
+        return found.pop() if len(found) == 1 else "mixed"
 
     @property
     def paths(self) -> Mapping[str, str]:
-        return {t.name: self.path for t in self.tasks}
+        """Where each task runs: ``engine`` (its requests, compiled) or ``python``."""
+        return {t.name: t.path for t in self.tasks}
 
     def plan(self, target: str, *, profile: Profile | None = None) -> Plan:
         """The plan that runs this scenario against ``target`` (optionally with another
@@ -314,11 +324,42 @@ class Scenario:
             feeder=self.feeder,
             timeout_s=self.timeout_s,
             max_drain_s=self.max_drain_s,
+            hooks=self.hooks,
         )
 
 
-def _read_tasks(cls: type[VUser]) -> tuple[tuple[Task, ...], str | None]:
-    """The tasks, and why they run as Python virtual users (None: in the engine)."""
+_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+def _attributes_set(fn: Callable[..., Any]) -> set[str]:
+    """The names ``fn`` assigns on ``self`` (``self.token = ...``)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError):
+        return set()
+    found = set()
+    for node in ast.walk(tree):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign | ast.AugAssign):
+            targets = [node.target]
+        for t in targets:
+            for sub in ast.walk(t):
+                if (
+                    isinstance(sub, ast.Attribute)
+                    and isinstance(sub.value, ast.Name)
+                    and sub.value.id == "self"
+                ):
+                    found.add(sub.attr)
+    return found
+
+
+def _read_tasks(cls: type[VUser]) -> tuple[tuple[Task, ...], str | None, Hooks]:
+    """The tasks (each on the engine path unless its body has Python logic), why the first
+    Python one is (None: every task runs in the engine), and the per-user hooks: the
+    attributes ``on_start`` sets that engine requests use as ``{{name}}`` become each user's
+    values."""
     where = _class_where(cls)
     found = [
         (name, fn, weight)
@@ -327,21 +368,14 @@ def _read_tasks(cls: type[VUser]) -> tuple[tuple[Task, ...], str | None]:
     ]
     if not found:
         raise ScenarioError(f"{where}: scenario {cls.__name__!r} has no @task method")
-    reason = next(
-        (
-            f"{cls.__name__}.{hook} runs per virtual user ({_where(vars(cls)[hook])})"
-            for hook in ("on_start", "on_stop")
-            if hook in vars(cls)
-        ),
-        None,
-    )
-    for name, fn, _ in found:
-        if reason is None and (why := _engine_path_reason(fn)) is not None:
-            reason = f"task {name!r} has Python logic: {why} ({_where(fn)})"
-    if reason is not None:
-        return tuple(Task(name=n, weight=w, path="python") for n, _, w in found), reason
+    reason = None
     tasks = []
     for name, fn, weight in found:
+        why = _engine_path_reason(fn)
+        if why is not None:
+            reason = reason or f"task {name!r} has Python logic: {why} ({_where(fn)})"
+            tasks.append(Task(name=name, weight=weight, path="python"))
+            continue
         rec = _Recorder()
         probe = object.__new__(cls)
         probe.client = rec
@@ -349,7 +383,22 @@ def _read_tasks(cls: type[VUser]) -> tuple[tuple[Task, ...], str | None]:
         if not rec.requests:
             raise ScenarioError(f"{_where(fn)}: task {name!r} sends no request")
         tasks.append(Task(name=name, weight=weight, requests=rec.requests))
-    return tuple(tasks), None
+    on_start = vars(cls).get("on_start")
+    values: list[str] = []
+    if on_start is not None:
+        used = {
+            m.group(1)
+            for t in tasks
+            for r in t.requests
+            for m in _PLACEHOLDER.finditer(r.model_dump_json())
+        }
+        values = sorted(used & _attributes_set(on_start))
+    hooks = Hooks(
+        on_start=callable(on_start),
+        on_stop=callable(vars(cls).get("on_stop")),
+        values=values,
+    )
+    return tuple(tasks), reason, hooks
 
 
 def scenario(
@@ -372,7 +421,7 @@ def scenario(
         raise ScenarioError(f"profile must come from lp.constant, lp.ramp, ... not {profile!r}")
 
     def declare(cls: type[VUser]) -> type[VUser]:
-        tasks, reason = _read_tasks(cls)
+        tasks, reason, hooks = _read_tasks(cls)
         names = [t.name for t in tasks]
         try:
             parsed = parse_all(dict(thresholds or {}), names)
@@ -392,6 +441,7 @@ def scenario(
             timeout_s=parse_duration(timeout, what="timeout"),
             max_drain_s=parse_duration(max_drain, what="max_drain"),
             reason=reason,
+            hooks=hooks,
             abort_on_fail=abort_on_fail,
         )
         setattr(cls, _SCENARIO, sc)

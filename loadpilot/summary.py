@@ -50,9 +50,10 @@ class Stats(BaseModel):
 class TaskSummary(Stats):
     name: str
     path: str
-    """Where the task's iterations ran: ``engine`` (entirely in Rust) or ``python``."""
+    """Where the task's iterations ran: ``engine`` (entirely in Rust) or ``python``; ``hook``
+    for the ``on_start`` entry, whose iterations are the users' set-ups."""
     target_requests: float | None = None
-    """Arrivals of this task that were due (open model)."""
+    """Arrivals of this task that were due (open model); for ``on_start``, the users set up."""
 
 
 class Summary(BaseModel):

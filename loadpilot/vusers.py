@@ -1,11 +1,12 @@
-"""Python-logic virtual users: scenario tasks that run Python between requests.
+"""The Python parts of a run: task bodies with Python logic, and per-user hooks.
 
-The virtual users are instances of the scenario's :class:`~loadpilot.VUser` class, run as asyncio
-tasks on one event loop in a thread of their own. ``async def`` tasks run on the loop; plain
-``def`` tasks (and hooks) run in a thread per virtual user, so a blocking call holds up only its
-own user. Every request goes through the engine's client (``self.client``), which keeps the time:
-an open model's iteration is measured from the instant it was due, and arrivals are released by
-the engine's scheduler, so the figures mean the same as for engine tasks.
+The engine runs every iteration. When one is a Python body (or a user's ``on_start`` or
+``on_stop`` is due), the engine posts a ticket; here each ticket runs on an instance of the
+scenario's :class:`~loadpilot.VUser` class (one per virtual user), on one event loop in a thread
+of its own. ``async def`` bodies run on the loop; plain ``def`` bodies (and hooks) run in a
+thread per virtual user, so a blocking call holds up only its own user. Every request goes
+through the engine's client (``self.client``), which keeps the time: an open model's iteration
+is measured from the instant it was due, so the figures mean the same as for engine tasks.
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ import asyncio
 import inspect
 import itertools
 import json as _json
-import random
 import sys
 import threading
 import traceback
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +40,7 @@ _Args = tuple[
     bytes | None,
     float | None,
     float | None,
-    str | None,
+    _engine.Check | None,
 ]
 
 
@@ -85,10 +85,11 @@ class Client:
     response is in. ``expect=lp.expect(...)`` is checked by the engine, as for engine tasks;
     without it a 4xx or 5xx counts as a ``status`` error. Either way the response is returned."""
 
-    def __init__(self, session: _engine.Session, inbox: _Inbox) -> None:
+    def __init__(self, session: _engine.Session, inbox: _Inbox, timeout_s: float) -> None:
         self._session = session
         self._inbox = inbox
-        # The task the current requests count for; None in hooks, whose requests are set-up.
+        self._timeout_s = timeout_s
+        # The entry the current requests count for (a task, or on_start's); None in on_stop.
         self._task: int | None = None
         self._due: float | None = None
 
@@ -107,6 +108,8 @@ class Client:
     ) -> Any:
         """Sends a request through the engine. ``timeout`` defaults to the scenario's
         (``@lp.scenario(timeout=...)``, else 30 s), as for engine tasks."""
+        if not isinstance(method, str) or not method.strip():
+            raise ValueError(f"invalid HTTP method {method!r}")
         if params:
             path = f"{path}{'&' if '?' in path else '?'}{urllib.parse.urlencode(params)}"
         hs = list((headers or {}).items())
@@ -125,9 +128,9 @@ class Client:
             path,
             hs,
             body,
-            None if timeout is None else parse_duration(timeout, what="timeout"),
+            self._timeout_s if timeout is None else parse_duration(timeout, what="timeout"),
             due,
-            None if expect is None else expect.model_dump_json(exclude_none=True),
+            None if expect is None else _check(expect),
         )
         try:
             asyncio.get_running_loop()
@@ -137,7 +140,11 @@ class Client:
 
     async def _send(self, args: _Args, method: str, path: str) -> Response:
         rid, fut = self._inbox.expect()
-        self._session.request(*args, self._inbox.mailbox, rid)
+        try:
+            self._session.request(*args, self._inbox.mailbox, rid)
+        except BaseException:
+            self._inbox.forget(rid)
+            raise
         return _finish(await fut, method, path)
 
     def get(self, path: str, **kw: Any) -> Any:
@@ -158,9 +165,27 @@ class Client:
     def head(self, path: str, **kw: Any) -> Any:
         return self.request("HEAD", path, **kw)
 
+    def options(self, path: str, **kw: Any) -> Any:
+        return self.request("OPTIONS", path, **kw)
 
-class _FeedExhausted(Exception):
-    """A ``unique`` feeder has no row left."""
+
+_CHECKS: dict[Any, _engine.Check] = {}
+
+
+def _check(expect: Expect) -> _engine.Check:
+    """``expect`` compiled by the engine, once per distinct expectation (an ``lp.expect(...)``
+    written in a task body is built anew on every call; its compiled check is not)."""
+    try:
+        key: Any = expect
+        found = _CHECKS.get(key)
+    except TypeError:  # unhashable (json_equals holds a dict or list): keyed by its JSON
+        key = expect.model_dump_json(exclude_none=True)
+        found = _CHECKS.get(key)
+    if found is None:
+        if len(_CHECKS) > 10_000:
+            _CHECKS.clear()
+        found = _CHECKS[key] = _engine.Check(expect.model_dump_json(exclude_none=True))
+    return found
 
 
 class _Inbox:
@@ -180,6 +205,9 @@ class _Inbox:
         self._pending[rid] = fut
         return rid, fut
 
+    def forget(self, rid: int) -> None:
+        self._pending.pop(rid, None)
+
     def _collect(self) -> None:
         pending = self._pending
         for rid, result in self.mailbox.take():
@@ -198,22 +226,24 @@ def _finish(result: _Result, method: str, path: str) -> Response:
 
 
 class PythonUsers:
-    """Runs a scenario's virtual users for one engine run, in a thread of their own."""
+    """Runs the Python parts of one run (task bodies and hooks) when the engine asks, in a
+    thread of their own: each ticket is one iteration or hook of one virtual user, run on that
+    user's object and connection; the engine keeps time and counts."""
 
-    #: At most this many ``on_start`` hooks run at once.
-    START_CONCURRENCY = 64
-
-    def __init__(self, handle: _engine.Run, scenario: Scenario) -> None:
+    def __init__(self, handle: _engine.Run, tickets: _engine.Tickets, scenario: Scenario) -> None:
         self._handle = handle
+        self._tickets = tickets
         self._scenario = scenario
         cls = scenario.user
-        self._fns: list[Callable[[Any], Any]] = [getattr(cls, t.name) for t in scenario.tasks]
-        self._is_async = [inspect.iscoroutinefunction(f) for f in self._fns]
+        self._fns: list[Callable[[Any], Any] | None] = [
+            getattr(cls, t.name) if t.path == "python" else None for t in scenario.tasks
+        ]
+        self._is_async = [f is not None and inspect.iscoroutinefunction(f) for f in self._fns]
+        self._hook_task = len(scenario.tasks)
+        self._values = tuple(scenario.hooks.values)
+        self._columns = scenario.feeder.columns if scenario.feeder is not None else []
+        self._users: dict[int, VUser] = {}
         self._errors_shown = 0
-        self._iterations = itertools.count()
-        self._rows = len(scenario.feeder.rows) if scenario.feeder is not None else 0
-        if scenario.feeder is not None and scenario.feeder.mode != "unique":
-            self._rows = 1 << 62  # cycle and random feeders never run out
         self._thread = threading.Thread(target=self._main, name="loadpilot-vusers", daemon=True)
 
     def start(self) -> None:
@@ -224,8 +254,7 @@ class PythonUsers:
             asyncio.run(self._run())
         except BaseException as e:  # noqa: BLE001 - never leave the run waiting
             print(f"loadpilot: virtual users stopped: {e!r}", file=sys.stderr)
-        finally:
-            self._handle.finish_python()
+            self._handle.python_failed(repr(e))
 
     def _report(self, what: str) -> None:
         # Show the first few tracebacks; the rest are counted as `exception` errors.
@@ -233,185 +262,91 @@ class PythonUsers:
             self._errors_shown += 1
             print(f"loadpilot: {what}:\n{traceback.format_exc()}", file=sys.stderr)
 
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(1, self._handle.max_users()), thread_name_prefix="loadpilot-vu"
+        )
+        self._inbox = _Inbox(loop)
+        over = loop.create_future()
+        running: set[asyncio.Task[None]] = set()
+
+        def collect() -> None:
+            tickets, closed = self._tickets.take()
+            for t in tickets:
+                task = loop.create_task(self._serve(t))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            if closed and not over.done():
+                over.set_result(None)
+
+        loop.add_reader(self._tickets.fileno(), collect)
+        try:
+            await over
+        finally:
+            loop.remove_reader(self._tickets.fileno())
+            for t in list(running):
+                t.cancel()
+            self._inbox.close()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _user(self, ticket: _engine.Ticket) -> VUser:
+        user = self._users.get(ticket.vu)
+        if user is None:
+            user = self._scenario.user()
+            user.client = Client(ticket.session, self._inbox, self._scenario.timeout_s)
+            self._users[ticket.vu] = user
+        return user
+
     async def _call(self, fn: Callable[[Any], Any], user: VUser, is_async: bool) -> None:
         if is_async:
             await fn(user)
         else:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._pool, fn, user)
+            await asyncio.get_running_loop().run_in_executor(self._pool, fn, user)
 
-    async def _hook(self, user: VUser, name: str) -> bool:
-        fn = getattr(type(user), name, None)
-        if fn is None:
-            return True
+    async def _serve(self, ticket: _engine.Ticket) -> None:
+        """Runs one ticket and says how it ended (an unanswered ticket counts as cancelled)."""
+        user = self._user(ticket)
         client = user.client
         assert isinstance(client, Client)
-        client._task, client._due = None, None
-        try:
-            await self._call(fn, user, inspect.iscoroutinefunction(fn))
-            return True
-        except Exception:
-            # Not an iteration of any task: the user retires, and the arrivals it would have
-            # taken go to other users (or, with none left, are counted as unsent).
-            self._report(f"{type(user).__name__}.{name} raised")
-            return False
-
-    def _row(self, k: int) -> dict[str, str] | None:
-        """The feeder row of iteration ``k`` (the engine's rule for each mode)."""
-        f = self._scenario.feeder
-        if f is None:
-            return None
-        n = len(f.rows)
-        if f.mode == "cycle":
-            i = k % n
-        elif f.mode == "random":
-            i = random.Random(f.seed * 1_000_003 + k).randrange(n)
-        elif k < n:
-            i = k
+        row = ticket.row
+        user.row = None if row is None else dict(zip(self._columns, row, strict=True))
+        hook = ticket.hook
+        task = ticket.task
+        if hook is not None:
+            fn = getattr(type(user), hook)
+            # on_start's requests count under its own name; on_stop's are not measured.
+            client._task, client._due = (self._hook_task if hook == "on_start" else None), None
+            what = f"{type(user).__name__}.{hook}"
+            is_async = inspect.iscoroutinefunction(fn)
         else:
-            raise _FeedExhausted
-        return dict(zip(f.columns, f.rows[i], strict=True))
-
-    async def _iteration(
-        self, user: VUser, task: int, due: float | None, k: int | None = None
-    ) -> bool:
-        """Runs one iteration if the engine says it may (not past the planned end, not
-        stopping); the engine counts it as started, and here as ended once it ran to its end.
-        An iteration cancelled by the end of the run never ends: the engine counts it as
-        cancelled. Returns False when the user must stop (a unique feeder ran out, the run
-        is over)."""
-        h = self._handle
-        client = user.client
-        assert isinstance(client, Client)
-        row: dict[str, str] | None = None
-        if k is not None and self._scenario.feeder is not None:
-            try:
-                row = self._row(k)
-            except _FeedExhausted:
-                h.exhaust()  # a unique feeder ran out: the run ends, as in the engine
-                return False
-        if not h.begin_iteration(task, due):
-            return False
-        if row is not None:
-            user.row = row
-        client._task, client._due = task, due
+            assert task is not None
+            fn = self._fns[task]
+            assert fn is not None
+            client._task, client._due = task, ticket.due_s
+            what = f"task {self._scenario.tasks[task].name!r}"
+            is_async = self._is_async[task]
         try:
-            await self._call(self._fns[task], user, self._is_async[task])
+            await self._call(fn, user, is_async)
         except RequestError as e:
             if e.kind == "cancelled":
-                return False  # the run ended under it: the engine counts it as cancelled
+                ticket.done("cancelled")  # the run ended under it
+                return
             # otherwise counted by the engine; the iteration ends here
         except Exception:
-            h.record_exception(task)
-            self._report(f"task {self._scenario.tasks[task].name!r} raised")
-        h.end_iteration(task)
-        return True
-
-    def _make_user(self, vu: int, inbox: _Inbox) -> VUser:
-        user = self._scenario.user()
-        user.client = Client(self._handle.session(vu), inbox)
-        # on_start sees the row of the user's number; each iteration then gets its own.
-        user.row = self._row(vu) if self._scenario.feeder is not None and vu < self._rows else None
-        return user
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        h = self._handle
-        n = h.max_users()
-        self._pool = ThreadPoolExecutor(max_workers=max(1, n), thread_name_prefix="loadpilot-vu")
-        inbox = _Inbox(loop)
-        users = [self._make_user(i, inbox) for i in range(n)]
-        closed = self._is_closed()
-        bodies: list[Awaitable[None]]
-        if closed:
-            bodies = [self._closed_user(u, i) for i, u in enumerate(users)]
-        else:
-            queue: asyncio.Queue[tuple[int, float, int] | None] = asyncio.Queue()
-            gate = asyncio.Semaphore(self.START_CONCURRENCY)
-            threading.Thread(target=self._pump, args=(loop, queue, n), daemon=True).start()
-            bodies = [self._open_user(u, queue, gate) for u in users]
-        tasks = [asyncio.ensure_future(b) for b in bodies]
-        watcher = asyncio.ensure_future(self._watch_stop(tasks))
-        await asyncio.gather(*tasks, return_exceptions=True)
-        watcher.cancel()
-        inbox.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def _is_closed(self) -> bool:
-        return self._scenario.profile.model == "closed"
-
-    async def _watch_stop(self, tasks: Sequence[asyncio.Future[None]]) -> None:
-        # A stopped run ends within moments: iterations in progress are cancelled.
-        while not self._handle.is_stopping():
-            await asyncio.sleep(0.05)
-        for t in tasks:
-            t.cancel()
-
-    def _pump(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        queue: asyncio.Queue[tuple[int, float, int] | None],
-        n: int,
-    ) -> None:
-        """Moves released arrivals to the loop in batches: one wake-up per batch."""
-        while (batch := self._handle.take_arrivals(0.25)) is not None:
-            if batch:
-                try:
-                    loop.call_soon_threadsafe(_put_all, queue, batch)
-                except RuntimeError:
-                    return  # every user is gone (their on_start failed): the rest is unsent
-        try:
-            loop.call_soon_threadsafe(_put_all, queue, [None] * n)
-        except RuntimeError:
-            pass
-
-    async def _open_user(
-        self,
-        user: VUser,
-        queue: asyncio.Queue[tuple[int, float, int] | None],
-        gate: asyncio.Semaphore,
-    ) -> None:
-        async with gate:
-            started = await self._hook(user, "on_start")
-        if not started:
-            return  # a user whose on_start failed takes no arrivals
-        while (item := await queue.get()) is not None:
-            k, due, task = item
-            # An arrival it may not run (the run is past its end) is unsent: take the next.
-            await self._iteration(user, task, due, k)
-        await self._hook(user, "on_stop")
-
-    async def _closed_user(self, user: VUser, i: int) -> None:
-        h = self._handle
-        think, duration = h.think_s(), h.duration_s()
-        started = active = False
-        try:
-            while (t := h.elapsed_s()) < duration and not h.is_stopping():
-                if h.users_at(t) <= i:
-                    if active:
-                        active = False
-                        h.user_active(False)
-                    await asyncio.sleep(0.05)
-                    continue
-                if not started:
-                    started = True
-                    if not await self._hook(user, "on_start"):
-                        return
-                if not active:
-                    active = True
-                    h.user_active(True)
-                if not await self._iteration(user, h.next_task(), None, next(self._iterations)):
-                    break
-                if think:
-                    # Thinking past the planned end would hold the run open for nothing.
-                    await asyncio.sleep(min(think, max(0.0, duration - h.elapsed_s())))
-        finally:
-            if active:
-                h.user_active(False)
-        if started:
-            await self._hook(user, "on_stop")
-
-
-def _put_all(queue: asyncio.Queue[Any], items: list[Any]) -> None:
-    for item in items:
-        queue.put_nowait(item)
+            self._report(f"{what} raised")
+            ticket.done("raised")
+            return
+        if hook == "on_start" and self._values:
+            missing = [n for n in self._values if not hasattr(user, n)]
+            if missing:
+                print(
+                    f"loadpilot: {what} did not set self.{missing[0]}, which the scenario's "
+                    f"requests use as {{{{{missing[0]}}}}}",
+                    file=sys.stderr,
+                )
+                ticket.done("raised")
+                return
+            ticket.done("ran", {n: str(getattr(user, n)) for n in self._values})
+            return
+        ticket.done("ran")

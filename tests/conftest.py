@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +29,8 @@ class Recorder(ThreadingHTTPServer):
 
     def __init__(self) -> None:
         self.arrivals: list[tuple[float, str]] = []
+        #: (method, path, Authorization header) of every request, in order of arrival.
+        self.seen: list[tuple[str, str, str | None]] = []
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _RecordingHandler)
 
@@ -34,18 +38,51 @@ class Recorder(ThreadingHTTPServer):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"
 
+    @classmethod
+    @contextlib.contextmanager
+    def serving(cls) -> Iterator[Recorder]:
+        """A recorder serving on a free loopback port, shut down on leaving."""
+        server = cls()
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield server
+        finally:
+            server.shutdown()
+            server.server_close()
+
 
 class _RecordingHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body are two writes: without TCP_NODELAY the body waits for the client's
+    # delayed ACK (40 ms) on a kept-alive connection.
+    disable_nagle_algorithm = True
     server: Recorder
 
-    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+    def _note(self) -> None:
         with self.server.lock:
             self.server.arrivals.append((time.monotonic(), self.path))
+            self.server.seen.append((self.command, self.path, self.headers.get("Authorization")))
+
+    def _answer(self, body: bytes) -> None:
         self.send_response(200)
-        self.send_header("Content-Length", "2")
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(b"ok")
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        self._note()
+        self._answer(b"ok")
+
+    def do_POST(self) -> None:  # noqa: N802
+        """``POST /login`` with ``{"user": U}`` answers ``{"token": "t-U"}``."""
+        self._note()
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path == "/login":
+            user = json.loads(body)["user"]
+            self._answer(json.dumps({"token": f"t-{user}"}).encode())
+        else:
+            self._answer(b"ok")
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -53,12 +90,8 @@ class _RecordingHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def recorder() -> Iterator[Recorder]:
-    server = Recorder()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with Recorder.serving() as server:
+        yield server
 
 
 @pytest.fixture

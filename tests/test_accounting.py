@@ -253,8 +253,11 @@ def test_a_failing_on_start_retires_users_and_their_arrivals_are_unsent(
 
     run = lp.run(BadLogin, tmp_path / "r", target=target.url)
     s = run.summary()
-    assert_accounted(s)
-    assert (s.overall.requests, s.overall.errors, s.overall.unsent) == (0, 0, 100)
+    assert_accounted(s, one_request=False)
+    browse, hook = s.task("browse"), s.task("on_start")
+    assert (browse.requests, browse.errors, browse.unsent) == (0, 0, 100)
+    # Each user's failed on_start is an error of its own entry, not of a task.
+    assert (hook.path, hook.iterations, hook.errors_by_kind["exception"]) == ("hook", 8, 8)
 
 
 @pytest.mark.parametrize(

@@ -73,7 +73,7 @@ def test_a_task_of_fixed_requests_runs_in_the_engine() -> None:
     assert sc.paths == {"browse": "engine", "buy": "engine"}
 
 
-def test_a_task_with_python_logic_makes_python_virtual_users_and_says_why() -> None:
+def test_a_python_logic_task_runs_in_python_says_why_and_leaves_the_others_in_the_engine() -> None:
     @lp.scenario(profile=lp.constant(10, "1s"))
     class Dice(lp.VUser):
         @lp.task
@@ -88,10 +88,10 @@ def test_a_task_with_python_logic_makes_python_virtual_users_and_says_why() -> N
 
     sc = scenario_of(Dice)
     assert sc is not None
-    assert sc.path == "python" and sc.paths == {"roll": "python", "look": "python"}
+    assert sc.path == "mixed" and sc.paths == {"roll": "python", "look": "engine"}
     assert sc.reason is not None and "task 'roll'" in sc.reason and "import random" in sc.reason
     assert "test_dsl.py" in sc.reason
-    assert [t.path for t in sc.plan("http://127.0.0.1:1").tasks] == ["python", "python"]
+    assert [t.path for t in sc.plan("http://127.0.0.1:1").tasks] == ["python", "engine"]
 
 
 def test_weight_zero_is_refused_where_it_is_written() -> None:

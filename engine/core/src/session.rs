@@ -307,7 +307,14 @@ mod tests {
         let mut buf = [0u8; 16];
         // SAFETY: a peek into a local buffer of the given length; the socket is
         // non-blocking, so an empty one answers -1 (EAGAIN) at once.
-        let n = unsafe { libc::recv(inbox.fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK) };
+        let n = unsafe {
+            libc::recv(
+                inbox.fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_PEEK,
+            )
+        };
         n.max(0)
     }
 
@@ -316,7 +323,9 @@ mod tests {
         let mb: Mailbox = Inbox::new().unwrap();
         assert_eq!(pending(&mb), 0);
         for id in 0..3 {
-            assert!(mb.post((id, Err(NoResponse::Failed(ErrorKind::Timeout)))).is_ok());
+            assert!(mb
+                .post((id, Err(NoResponse::Failed(ErrorKind::Timeout))))
+                .is_ok());
         }
         assert_eq!(pending(&mb), 1, "one ring for three results");
         let (taken, closed) = mb.take();

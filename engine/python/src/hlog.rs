@@ -32,4 +32,3 @@ pub(crate) fn read_hlog_from(path: PathBuf, offset: u64) -> PyResult<(Vec<LogLin
         loadpilot_core::rundir::read_hlog_from(&path, offset).map_err(CoreError)?;
     Ok((log_lines(entries), next))
 }
-

@@ -112,6 +112,11 @@ impl PyRun {
         self.handle.tickets().map(|inner| PyTickets { inner })
     }
 
+    /// Seconds since the run's clock started (0 while its users are set up).
+    fn elapsed_s(&self) -> f64 {
+        self.handle.elapsed_s()
+    }
+
     /// The most virtual users (or connections) the run has at once.
     fn max_users(&self) -> u64 {
         self.handle.max_users()
@@ -155,4 +160,3 @@ pub(crate) fn validate_plan(plan_json: &str) -> PyResult<()> {
     loadpilot_core::http::Target::parse(&plan.target, plan.insecure).map_err(CoreError)?;
     Ok(())
 }
-

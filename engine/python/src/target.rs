@@ -34,4 +34,3 @@ pub(crate) fn start_target(config_json: &str) -> PyResult<PyTarget> {
     let server = target::start(rt.handle(), cfg).map_err(CoreError)?;
     Ok(PyTarget { server })
 }
-

@@ -257,9 +257,15 @@ mod tests {
         assert_eq!(c.ctx.python.as_ref().unwrap().hook_task, 2);
         // Without on_start's value, the template names something nobody sets.
         let e = compile(&plan(mixed, ""), 1).err().unwrap().to_string();
-        assert!(e.contains("token") && e.contains("tasks[0].requests[0]"), "{e}");
-        let engine_only = compile(&plan(r#"[{"name": "a", "requests": [{"path": "/"}]}]"#, ""), 1)
-            .unwrap();
+        assert!(
+            e.contains("token") && e.contains("tasks[0].requests[0]"),
+            "{e}"
+        );
+        let engine_only = compile(
+            &plan(r#"[{"name": "a", "requests": [{"path": "/"}]}]"#, ""),
+            1,
+        )
+        .unwrap();
         assert!(engine_only.ctx.python.is_none() && engine_only.names == ["a"]);
     }
 }

@@ -293,7 +293,11 @@ fn finish_schedule(ctx: &Ctx, at: f64) -> Vec<u64> {
     }
 }
 
-fn spawn_workers(ctx: &Arc<Ctx>, workers: &mut JoinSet<()>, ready: Vec<Option<super::workers::User>>) {
+fn spawn_workers(
+    ctx: &Arc<Ctx>,
+    workers: &mut JoinSet<()>,
+    ready: Vec<Option<super::workers::User>>,
+) {
     match &ctx.model {
         Model::Open { .. } => {
             // A user whose on_start failed takes no arrivals: the others take them.
@@ -444,7 +448,6 @@ fn summarize(
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -578,7 +581,11 @@ mod tests {
             .map(|(_, vu, _)| *vu)
             .collect();
         assert_eq!(starts, 4);
-        assert_eq!(stops.len(), 3, "on_stop for the users that started: {stops:?}");
+        assert_eq!(
+            stops.len(),
+            3,
+            "on_stop for the users that started: {stops:?}"
+        );
         assert!(!stops.contains(&3));
         // Every iteration was due on the schedule (100/s, every 10 ms) and none by user 3.
         let dues: Vec<f64> = seen
@@ -590,7 +597,10 @@ mod tests {
             })
             .collect();
         assert_eq!(dues.len(), 100);
-        assert!(dues.iter().zip(&dues[1..]).all(|(a, b)| (b - a - 0.01).abs() < 1e-6));
+        assert!(dues
+            .iter()
+            .zip(&dues[1..])
+            .all(|(a, b)| (b - a - 0.01).abs() < 1e-6));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -260,6 +260,11 @@ impl RunHandle {
         }
     }
 
+    /// Seconds since the run's clock started (0 while its users are set up).
+    pub fn elapsed_s(&self) -> f64 {
+        self.1.started().map_or(0.0, |s| s.elapsed().as_secs_f64())
+    }
+
     /// Where the engine posts Python's work; `None` when no part of the plan is Python.
     pub fn tickets(&self) -> Option<Arc<Inbox<Ticket>>> {
         self.1.python.as_ref().map(|p| p.tickets.clone())

@@ -26,7 +26,8 @@ pub(super) struct User {
 impl User {
     fn values<'a>(&'a self, ctx: &'a Ctx) -> Option<&'a BTreeMap<String, String>> {
         self.own.as_ref().or_else(|| {
-            (!ctx.user_vars.is_empty()).then(|| &ctx.user_vars[self.vu() as usize % ctx.user_vars.len()])
+            (!ctx.user_vars.is_empty())
+                .then(|| &ctx.user_vars[self.vu() as usize % ctx.user_vars.len()])
         })
     }
 
@@ -371,7 +372,16 @@ async fn iteration(ctx: &Ctx, user: &User, iter: u64, task: usize, begin: Begin)
                     .await;
                 let failed = result.is_err();
                 let last = ri + 1 == requests.len();
-                record_exchange(ctx, task, from, end, &result, &req.check, &values, last || failed);
+                record_exchange(
+                    ctx,
+                    task,
+                    from,
+                    end,
+                    &result,
+                    &req.check,
+                    &values,
+                    last || failed,
+                );
                 if failed {
                     // The rest of the iteration depends on this request having been answered.
                     break;
@@ -388,7 +398,9 @@ async fn iteration(ctx: &Ctx, user: &User, iter: u64, task: usize, begin: Begin)
                 .due
                 .map(|d| d.saturating_duration_since(start).as_secs_f64());
             let row = row.map(<[String]>::to_vec);
-            let done = py.ask(&user.session, Work::Task(task), iter, due_s, row).await;
+            let done = py
+                .ask(&user.session, Work::Task(task), iter, due_s, row)
+                .await;
             let now = Instant::now();
             match done {
                 Done::Ran | Done::Started(_) => {
