@@ -24,6 +24,7 @@ import os
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 
 from engine import HERE, Target, measured, spread
 
@@ -70,8 +71,10 @@ print(json.dumps({{"requests": t.requests, "errors": t.errors, "rps": t.achieved
 
 def run_variant(name: str, url: str, users: int, seconds: float) -> dict[str, float]:
     out = tempfile.mkdtemp(prefix="lp-loop-bench-")
-    program = _PROGRAM.format(body=_SCENARIOS[name])
-    cmd = [sys.executable, "-c", program, url, str(users), str(seconds), out + "/run"]
+    # A file, not `-c`: the scenario reader reads each task's source to choose its path.
+    program = Path(out) / "scenario.py"
+    program.write_text(_PROGRAM.format(body=_SCENARIOS[name]))
+    cmd = [sys.executable, str(program), url, str(users), str(seconds), out + "/run"]
     env = dict(os.environ, LOADPILOT_THREADS="1")
     stdout, cpu = measured(cmd, env)
     shutil.rmtree(out, ignore_errors=True)

@@ -314,6 +314,8 @@ class Dashboard:
         t0 = time.perf_counter()
         # Read without waiting: waiting on the run from this thread would run its end hooks.
         final = self.run._summary_if_done()
+        if final is not None:
+            self.run._write_parquet()
         head = self._headline(final)
         svg = ""
         if len(self.run.metrics):

@@ -138,12 +138,18 @@ class Run(RunResult):
                 # One contiguous frame: a chunk per second would cost memory on every column
                 # for the whole run.
                 self._frames = [pl.concat(self._frames, rechunk=True)]
-            frame = self._frames[0] if self._frames else _store.empty_metrics()
-            if self._handle.done and not self._finished:
-                # Everything is in: the Parquet file replaces the append-only one for readers.
+            return self._frames[0] if self._frames else _store.empty_metrics()
+
+    def _write_parquet(self) -> None:
+        """Once the run has ended and every row is in: ``metrics.parquet`` for readers of the
+        run directory (once; reading ``metrics`` never writes anything)."""
+        if not self._handle.done:
+            return
+        frame = self._pull()
+        with self._lock:
+            if not self._finished:
                 _store.write_parquet(self.path, frame)
                 self._finished = True
-            return frame
 
     @property
     def metrics(self) -> pl.DataFrame:
@@ -160,7 +166,7 @@ class Run(RunResult):
         if ended:
             failure = self._handle.failure()
             try:
-                self._pull()
+                self._write_parquet()
             except RunDirError:
                 if not failure:
                     raise
@@ -198,7 +204,7 @@ class Run(RunResult):
     def _stop(self, reason: str) -> None:
         self._handle.stop(reason)
         self._handle.wait(None)
-        self._pull()
+        self._write_parquet()
         self._ended()
 
     def summary(self) -> Summary:
@@ -296,7 +302,8 @@ def _rebuild_summary(run: RunResult, ended: str = "interrupted") -> Summary:
     # The drain row (at the planned end) is not time requests were sent in.
     sending = m.filter(pl.col("elapsed_s") < run.plan.duration_s)
     drain = m.filter(pl.col("elapsed_s") >= run.plan.duration_s)
-    tasks = max(1, len(run.plan.tasks))
+    # One row per entry per interval: the plan's tasks, and on_start's if it has one.
+    tasks = max(1, m["task"].n_unique())
     duration = float(sending["interval_s"].sum() / tasks) if len(sending) else 0.0
     drain_s = float(drain["interval_s"].sum() / tasks) if len(drain) else 0.0
 
@@ -348,7 +355,12 @@ def _rebuild_summary(run: RunResult, ended: str = "interrupted") -> Summary:
             "model": run.plan.load.model,
             "target_requests": None,
             "overall": stats(None),
-            "tasks": [{"name": t.name, "path": t.path, **stats(t.name)} for t in run.plan.tasks],
+            "tasks": [{"name": t.name, "path": t.path, **stats(t.name)} for t in run.plan.tasks]
+            + (
+                [{"name": "on_start", "path": "hook", **stats("on_start")}]
+                if run.plan.hooks.on_start
+                else []
+            ),
         }
     )
 

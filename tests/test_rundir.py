@@ -163,3 +163,22 @@ def test_cli_run_of_a_plan_file_writes_the_directory(
     assert done.returncode == 0, done.stderr
     assert "all" in done.stdout
     assert lp.load_run(tmp_path / "r").summary().overall.requests == 100
+
+
+def test_reading_metrics_writes_nothing_and_the_end_writes_parquet(
+    target: lp.TargetServer, tmp_path: Path
+) -> None:
+    plan = lp.Plan(
+        target=target.url,
+        load=lp.OpenLoad(stages=[lp.Constant(rate=20, duration_s=1)], connections=4),
+        tasks=[lp.Task(name="a", requests=[lp.Request(path="/")])],
+    )
+    run = lp.start(plan, tmp_path / "r")
+    deadline = time.monotonic() + 20
+    while not run.done:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert len(run.metrics) >= 1
+    assert not (run.path / "metrics.parquet").exists(), "a property read has no side effect"
+    run.wait()
+    assert pl.read_parquet(run.path / "metrics.parquet").height == len(run.metrics)
