@@ -290,10 +290,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         chosen = dataclasses.replace(chosen, profile=profile)
         print(
             f"scenario {chosen.name}: "
-            + ", ".join(f"{t.name} (weight {t.weight}, {chosen.path})" for t in chosen.tasks)
+            + ", ".join(f"{t.name} (weight {t.weight}, {t.path})" for t in chosen.tasks)
         )
         if chosen.reason:
-            print(f"  python virtual users: {chosen.reason}")
+            print(f"  python path: {chosen.reason}")
+        if chosen.hooks.values:
+            print(f"  per-user values from on_start: {', '.join(chosen.hooks.values)}")
         abort = args.abort_on_fail or chosen.abort_on_fail
         return _execute(
             chosen, args.out, checks, _target(args, None), abort, args.report, source=path

@@ -204,3 +204,50 @@ def test_the_scenario_timeout_and_options_hold_on_both_paths(
     slow, opts = s.task("slow"), s.task("opts")
     assert slow.errors_by_kind["timeout"] == slow.requests == 5
     assert (opts.requests, opts.errors) == (5, 0)
+
+
+def test_the_cli_says_which_path_each_task_takes_and_what_on_start_feeds(
+    target: lp.TargetServer, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    scenario = tmp_path / "member.py"
+    scenario.write_text(
+        "import loadpilot as lp\n"
+        "\n"
+        '@lp.scenario(profile=lp.constant(20, "1s"), connections=2)\n'
+        "class Member(lp.VUser):\n"
+        "    def on_start(self):\n"
+        '        self.token = self.client.post("/echo", content="t1").text\n'
+        "\n"
+        "    @lp.task\n"
+        "    def browse(self):\n"
+        '        self.client.get("/json", headers={"Authorization": "Bearer {{token}}"})\n'
+        "\n"
+        "    @lp.task\n"
+        "    async def cart(self):\n"
+        '        await self.client.get("/json")\n'
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadpilot.cli",
+            "run",
+            str(scenario),
+            "--target",
+            target.url,
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "browse (weight 1, engine), cart (weight 1, python)" in done.stdout
+    assert "per-user values from on_start: token" in done.stdout
+    assert "python path: task 'cart'" in done.stdout
+    s = lp.load_run(tmp_path / "r").summary()
+    assert s.task("on_start").requests == 2 and s.task("browse").errors == 0
