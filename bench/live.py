@@ -24,7 +24,7 @@ from engine import HERE, Target, spread
 
 _RUN = """
 import json, sys, threading, loadpilot as lp
-from loadpilot.live import Dashboard
+from loadpilot.notebook.live import Dashboard
 url, kind, out = sys.argv[1], sys.argv[2], sys.argv[5]
 seconds, live = float(sys.argv[3]), sys.argv[4] == "1"
 

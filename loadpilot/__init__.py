@@ -4,14 +4,13 @@ Build a :class:`Plan`, :func:`start` it (or :func:`run` it to the end), and read
 ``run.metrics`` (a Polars DataFrame that grows while the run goes), ``run.summary()`` and
 ``run.histogram()``. :func:`load_run` reopens any run directory. Analysis: :func:`compare`
 two runs, :func:`spectrum` of latency, :func:`capacity` and :func:`max_sustainable_rps` of a
-step run, :func:`fit_usl`, :func:`report` and :func:`export`; charts in ``loadpilot.charts``.
+step run, :func:`fit_usl`, :func:`report` and :func:`export`; charts in ``lp.charts``.
 """
 
 from typing import TYPE_CHECKING, Any
 
 from loadpilot._engine import __version__
 from loadpilot.errors import LoadPilotError, PlanError, RunDirError, TargetError
-from loadpilot.loader import load_scenario, load_scenarios
 from loadpilot.plan import (
     ClosedLoad,
     Constant,
@@ -36,17 +35,25 @@ from loadpilot.profiles import (
     step,
     users,
 )
-from loadpilot.runs import Histogram, LoadedRun, Run, RunResult, load_run, run, start
-from loadpilot.scenario import Scenario, ScenarioError, VUser, expect, feed, scenario, task
+from loadpilot.running.runs import Histogram, LoadedRun, Run, RunResult, load_run, run, start
+from loadpilot.running.target import TargetServer, start_target
+from loadpilot.running.vusers import RequestError, Response
+from loadpilot.scenarios.loader import load_scenario, load_scenarios
+from loadpilot.scenarios.scenario import (
+    Scenario,
+    ScenarioError,
+    VUser,
+    expect,
+    feed,
+    scenario,
+    task,
+)
 from loadpilot.summary import Summary
-from loadpilot.target import TargetServer, start_target
-from loadpilot.vusers import RequestError, Response
 
 if TYPE_CHECKING:
-    from loadpilot import charts
-    from loadpilot.analysis import export, spectrum
-    from loadpilot.comparing import Comparison, compare
-    from loadpilot.planning import (
+    from loadpilot.analysis import charts
+    from loadpilot.analysis.comparing import Comparison, compare
+    from loadpilot.analysis.planning import (
         USL,
         Capacity,
         Sustainable,
@@ -54,26 +61,27 @@ if TYPE_CHECKING:
         fit_usl,
         max_sustainable_rps,
     )
-    from loadpilot.reporting import report
-    from loadpilot.tuner import Tuner, tune
+    from loadpilot.analysis.reporting import report
+    from loadpilot.analysis.spectra import export, spectrum
+    from loadpilot.notebook.tuner import Tuner, tune
 
 # Analysis, charts, reports and widgets pull in numpy, Altair and ipywidgets: imported on first
 # use, so a load test (and the CLI) starts without them.
 _LAZY = {
-    "charts": ("loadpilot.charts", None),
-    "export": ("loadpilot.analysis", "export"),
-    "spectrum": ("loadpilot.analysis", "spectrum"),
-    "USL": ("loadpilot.planning", "USL"),
-    "Capacity": ("loadpilot.planning", "Capacity"),
-    "Sustainable": ("loadpilot.planning", "Sustainable"),
-    "capacity": ("loadpilot.planning", "capacity"),
-    "fit_usl": ("loadpilot.planning", "fit_usl"),
-    "max_sustainable_rps": ("loadpilot.planning", "max_sustainable_rps"),
-    "Comparison": ("loadpilot.comparing", "Comparison"),
-    "compare": ("loadpilot.comparing", "compare"),
-    "report": ("loadpilot.reporting", "report"),
-    "Tuner": ("loadpilot.tuner", "Tuner"),
-    "tune": ("loadpilot.tuner", "tune"),
+    "charts": ("loadpilot.analysis.charts", None),
+    "export": ("loadpilot.analysis.spectra", "export"),
+    "spectrum": ("loadpilot.analysis.spectra", "spectrum"),
+    "USL": ("loadpilot.analysis.planning", "USL"),
+    "Capacity": ("loadpilot.analysis.planning", "Capacity"),
+    "Sustainable": ("loadpilot.analysis.planning", "Sustainable"),
+    "capacity": ("loadpilot.analysis.planning", "capacity"),
+    "fit_usl": ("loadpilot.analysis.planning", "fit_usl"),
+    "max_sustainable_rps": ("loadpilot.analysis.planning", "max_sustainable_rps"),
+    "Comparison": ("loadpilot.analysis.comparing", "Comparison"),
+    "compare": ("loadpilot.analysis.comparing", "compare"),
+    "report": ("loadpilot.analysis.reporting", "report"),
+    "Tuner": ("loadpilot.notebook.tuner", "Tuner"),
+    "tune": ("loadpilot.notebook.tuner", "tune"),
 }
 
 

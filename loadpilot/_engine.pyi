@@ -4,6 +4,7 @@ from os import PathLike
 from typing import final
 
 __all__ = [
+    "Check",
     "Histogram",
     "LoadPilotError",
     "Mailbox",
@@ -13,6 +14,8 @@ __all__ = [
     "Session",
     "TargetError",
     "TargetServer",
+    "Ticket",
+    "Tickets",
     "profile_points",
     "read_hlog",
     "read_hlog_from",
@@ -20,12 +23,15 @@ __all__ = [
     "start_target",
     "validate_plan",
     "ERROR_KINDS",
+    "ROW_COLUMNS",
     "__version__",
 ]
 
 __version__: str
 #: Kinds of failed request, in the order of the metrics' ``errors_<kind>`` columns.
 ERROR_KINDS: list[str]
+#: The metrics rows' columns, in order, with their types (``f64``, ``u64``, ``i64``, ``str``).
+ROW_COLUMNS: list[tuple[str, str]]
 
 class LoadPilotError(Exception): ...
 class PlanError(LoadPilotError): ...
@@ -66,6 +72,7 @@ class Run:
     @property
     def done(self) -> bool: ...
     def summary_json(self) -> str | None: ...
+    def summary_so_far_json(self) -> str: ...
     def failure(self) -> str | None: ...
     def histogram(self, task: str | None = None, service: bool = False) -> Histogram: ...
     @property

@@ -22,14 +22,14 @@ from pathlib import Path
 import polars as pl
 from pydantic import ValidationError
 
-from loadpilot import runs as _run
 from loadpilot import thresholds
 from loadpilot.errors import LoadPilotError, PlanError
-from loadpilot.loader import load_scenario
 from loadpilot.plan import Constant, Expect, OpenLoad, Plan, Ramp, Request, Task, describe
 from loadpilot.profiles import Profile, constant, parse_duration
-from loadpilot.scenario import Scenario
-from loadpilot.target import start_target
+from loadpilot.running import runs as _run
+from loadpilot.running.target import start_target
+from loadpilot.scenarios.loader import load_scenario
+from loadpilot.scenarios.scenario import Scenario
 
 EXIT_OK = 0
 EXIT_THRESHOLDS = 1
@@ -140,7 +140,7 @@ def _execute(
         for v in verdicts:
             print(f"  {v}")
     if report_to is not None:
-        from loadpilot.reporting import report
+        from loadpilot.analysis.reporting import report
 
         print(f"report: {report(r, report_to, checks)}")
     drain = f" (+{s.drain_s:.2f} s drain)" if s.drain_s >= 0.005 else ""
@@ -317,7 +317,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from loadpilot.comparing import compare
+    from loadpilot.analysis.comparing import compare
 
     c = compare(
         args.baseline,
@@ -336,7 +336,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from loadpilot.reporting import report
+    from loadpilot.analysis.reporting import report
 
     checks = [thresholds.parse_cli(t) for t in args.threshold or []]
     _check_output_file(args.output, "-o")
@@ -345,7 +345,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from loadpilot.analysis import export
+    from loadpilot.analysis.spectra import export
 
     formats = args.format or ["csv", "parquet", "hgrm"]
     for f in export(args.run, args.to, formats=formats):

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 import loadpilot as lp
-from loadpilot.analysis import hgrm
+from loadpilot.analysis.spectra import hgrm
 from tests.conftest import constant, get
 
 

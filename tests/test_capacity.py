@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 import loadpilot as lp
-from loadpilot.planning import parse_slo
+from loadpilot.analysis.planning import parse_slo
 from tests.conftest import get
 
 

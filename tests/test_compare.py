@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import loadpilot as lp
-from loadpilot.comparing import _percentile, compare_samples
+from loadpilot.analysis.comparing import _percentile, compare_samples
 from tests.conftest import constant, get
 
 METRICS = ("p50", "p90", "p99", "p999", "max", "mean")

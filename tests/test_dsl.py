@@ -10,7 +10,7 @@ import pytest
 
 import loadpilot as lp
 from loadpilot import thresholds
-from loadpilot.scenario import scenario_of
+from loadpilot.scenarios.scenario import scenario_of
 from loadpilot.summary import Summary
 
 
@@ -180,7 +180,7 @@ def test_a_scenario_without_source_code_at_hand_runs_as_python_users() -> None:
         "    @lp.task\n"
         "    def t(self):\n"
         "        self.client.get('/')\n"
-        "from loadpilot.scenario import scenario_of\n"
+        "from loadpilot.scenarios.scenario import scenario_of\n"
         "sc = scenario_of(S)\n"
         "print(sc.path, sc.reason)\n"
     )

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 import loadpilot as lp
-from loadpilot.scenario import scenario_of
+from loadpilot.scenarios.scenario import scenario_of
 from tests.conftest import Recorder
 
 USERS = pl.DataFrame({"user": [f"u{i}" for i in range(8)]})

@@ -435,6 +435,50 @@ pub struct Row {
     pub service_p99_ms: Option<f64>,
 }
 
+/// The columns of a row, in order, with their types (`f64`, `u64`, `i64`, `str`; every `f64`
+/// but `time`, `elapsed_s`, `interval_s` and `achieved_rps` may be null): the one schema
+/// Python's reader uses (`_engine.ROW_COLUMNS`).
+pub const ROW_COLUMNS: &[(&str, &str)] = &[
+    ("time", "f64"),
+    ("elapsed_s", "f64"),
+    ("interval_s", "f64"),
+    ("task", "str"),
+    ("requests", "u64"),
+    ("errors", "u64"),
+    ("errors_connect", "u64"),
+    ("errors_dns", "u64"),
+    ("errors_tls", "u64"),
+    ("errors_timeout", "u64"),
+    ("errors_reset", "u64"),
+    ("errors_status", "u64"),
+    ("errors_check", "u64"),
+    ("errors_exception", "u64"),
+    ("errors_protocol", "u64"),
+    ("errors_fd_limit", "u64"),
+    ("status_1xx", "u64"),
+    ("status_2xx", "u64"),
+    ("status_3xx", "u64"),
+    ("status_4xx", "u64"),
+    ("status_5xx", "u64"),
+    ("bytes_in", "u64"),
+    ("target_rps", "f64"),
+    ("achieved_rps", "f64"),
+    ("missed", "u64"),
+    ("cancelled", "u64"),
+    ("unsent", "u64"),
+    ("in_flight", "i64"),
+    ("active_users", "i64"),
+    ("p50_ms", "f64"),
+    ("p90_ms", "f64"),
+    ("p95_ms", "f64"),
+    ("p99_ms", "f64"),
+    ("p999_ms", "f64"),
+    ("max_ms", "f64"),
+    ("mean_ms", "f64"),
+    ("service_p50_ms", "f64"),
+    ("service_p99_ms", "f64"),
+];
+
 /// Where a row's figures come from besides the task's data.
 pub struct RowContext<'a> {
     pub time: f64,
@@ -503,6 +547,40 @@ impl Row {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_row_columns_are_what_a_row_serializes_to_in_order() {
+        let row = Row::new(
+            RowContext {
+                time: 1.0,
+                elapsed_s: 0.0,
+                interval_s: 1.0,
+                achieved_s: Some(1.0),
+                task: "a",
+                target_rps: Some(1.0),
+                in_flight: 0,
+                active_users: 0,
+            },
+            &TaskData::new(),
+        );
+        let text = serde_json::to_string(&row).unwrap();
+        let value = serde_json::to_value(&row).unwrap();
+        let named: Vec<&str> = ROW_COLUMNS.iter().map(|(n, _)| *n).collect();
+        assert_eq!(value.as_object().unwrap().len(), named.len());
+        // Every column is there, in this order.
+        let at: Vec<usize> = named
+            .iter()
+            .map(|n| text.find(&format!("\"{n}\":")).expect(n))
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
+        // The error columns follow the engine's kinds, in their order.
+        let errors: Vec<&str> = named
+            .iter()
+            .filter_map(|n| n.strip_prefix("errors_"))
+            .collect();
+        let kinds: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(errors, kinds);
+    }
 
     #[test]
     fn merged_histograms_give_exact_percentiles_of_the_union() {

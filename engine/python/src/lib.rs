@@ -102,6 +102,7 @@ mod _engine {
             .iter()
             .map(|k| k.name())
             .collect();
-        m.add("ERROR_KINDS", kinds)
+        m.add("ERROR_KINDS", kinds)?;
+        m.add("ROW_COLUMNS", loadpilot_core::metrics::ROW_COLUMNS.to_vec())
     }
 }

@@ -87,6 +87,12 @@ impl PyRun {
             .map(|s| serde_json::to_string(&s).expect("summaries serialize"))
     }
 
+    /// `summary.json` as text once the run has ended; while it goes, the summary of the
+    /// seconds closed so far (`ended` "running").
+    fn summary_so_far_json(&self) -> String {
+        serde_json::to_string(&self.handle.summary_so_far()).expect("summaries serialize")
+    }
+
     /// The run's own error, if it ended on one (e.g. the disk filled up).
     fn failure(&self) -> Option<String> {
         self.handle.failure()

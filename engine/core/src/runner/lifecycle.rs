@@ -16,7 +16,6 @@ use super::workers::{closed_users, open_worker, set_up, wanted_at_start};
 use super::{Ctx, Model, RunHandle, RunState};
 use crate::error::{Error, Result};
 use crate::metrics::{Row, RowContext, TaskData};
-use crate::plan::Plan;
 use crate::rundir::{epoch_seconds, RunWriter, Stats, Summary, TaskSummary};
 use crate::session::Work;
 
@@ -46,9 +45,12 @@ pub(super) fn launch(rt: &Handle, c: Compiled, plan: Plan, dir: PathBuf) -> Resu
         done: Mutex::new(false),
         done_cv: Condvar::new(),
         stop_reason: OnceLock::new(),
+        plan,
+        epoch0: OnceLock::new(),
+        sent_s: Mutex::new(0.0),
     });
     let handle = RunHandle(state.clone(), ctx.clone());
-    let driving = rt.spawn(drive(ctx.clone(), state.clone(), writer, plan));
+    let driving = rt.spawn(drive(ctx.clone(), state.clone(), writer));
     // A bug that panics the run's task must end the run with an error, never leave callers
     // waiting on a run that will not end, nor its workers sending.
     rt.spawn(async move {
@@ -83,7 +85,7 @@ enum Phase {
     Stopped { at: f64 },
 }
 
-async fn drive(ctx: Arc<Ctx>, state: Arc<RunState>, mut writer: RunWriter, plan: Plan) {
+async fn drive(ctx: Arc<Ctx>, state: Arc<RunState>, mut writer: RunWriter) {
     // Users wanted from the start are set up (their on_start run) before the clock starts.
     let ready = if ctx.python.as_ref().is_some_and(|p| p.hooks.on_start) {
         tokio::select! {
@@ -138,6 +140,7 @@ async fn drive(ctx: Arc<Ctx>, state: Arc<RunState>, mut writer: RunWriter, plan:
     });
 
     let epoch0 = epoch_seconds(wall_start);
+    let _ = state.epoch0.set(epoch0);
     let n_tasks = state.names.len();
     let mut closer = Closer {
         ctx: &ctx,
@@ -269,9 +272,7 @@ async fn drive(ctx: Arc<Ctx>, state: Arc<RunState>, mut writer: RunWriter, plan:
     } else if exhausted {
         ended = "exhausted";
     }
-    let summary = summarize(
-        &ctx, &state, &plan, epoch0, duration_s, drain_s, ended, &skipped,
-    );
+    let summary = summarize(&ctx, &state, epoch0, duration_s, drain_s, ended, &skipped);
     if let Err(e) = writer.summary(&summary) {
         *state.failure.lock().unwrap() = Some(e.to_string());
     }
@@ -357,6 +358,9 @@ impl Closer<'_> {
         let ctx = self.ctx;
         let start_s = (i as f64).min(ctx.duration);
         let drain = i as f64 >= ctx.duration;
+        if !drain {
+            *self.state.sent_s.lock().unwrap_or_else(|e| e.into_inner()) += length;
+        }
         let (in_flight, active_users) = self.gauges.unwrap_or_else(|| gauges(ctx));
         let rows: Vec<Row> = data
             .iter()
@@ -403,18 +407,19 @@ impl Closer<'_> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn summarize(
+/// The summary of what was recorded and closed: of the whole run at its end, or of the
+/// seconds closed so far while it goes (`ended` "running").
+pub(super) fn summarize(
     ctx: &Ctx,
     state: &RunState,
-    plan: &Plan,
     epoch0: f64,
     duration_s: f64,
     drain_s: f64,
     ended: &str,
     skipped: &[u64],
 ) -> Summary {
-    let c = state.cumulative.lock().unwrap();
+    let plan = &state.plan;
+    let c = state.cumulative.lock().unwrap_or_else(|e| e.into_inner());
     let open = matches!(ctx.model, Model::Open { .. });
     let mut all = TaskData::new();
     let mut all_target = 0u64;
@@ -424,7 +429,7 @@ fn summarize(
         .enumerate()
         .map(|(i, (d, name))| {
             all.add(d);
-            let target = d.taken + skipped[i];
+            let target = d.taken + skipped.get(i).copied().unwrap_or(0);
             all_target += target;
             TaskSummary {
                 name: name.clone(),
@@ -452,8 +457,7 @@ fn summarize(
 mod tests {
     use std::time::Duration;
 
-    use crate::plan::Plan;
-    use crate::session::{Done, Work};
+        use crate::session::{Done, Work};
 
     use super::super::start;
 

@@ -180,6 +180,11 @@ pub struct RunState {
     /// run from one whose token was cancelled for another reason (a unique feeder ran out,
     /// in-flight requests outlived the drain).
     stop_reason: OnceLock<&'static str>,
+    plan: Plan,
+    /// When the run's clock started, seconds since the Unix epoch.
+    epoch0: OnceLock<f64>,
+    /// Seconds of sending closed so far (the drain is not sending time).
+    sent_s: Mutex<f64>,
 }
 
 impl RunState {
@@ -228,6 +233,16 @@ impl RunHandle {
     }
     pub fn summary(&self) -> Option<Summary> {
         self.0.summary.lock().unwrap().clone()
+    }
+    /// The final summary once the run has ended; while it goes, the summary of the seconds
+    /// closed so far (`ended` "running"), by the same rule.
+    pub fn summary_so_far(&self) -> Summary {
+        if let Some(s) = self.summary() {
+            return s;
+        }
+        let sent = *self.0.sent_s.lock().unwrap_or_else(|e| e.into_inner());
+        let epoch0 = self.0.epoch0.get().copied().unwrap_or(0.0);
+        lifecycle::summarize(&self.1, &self.0, epoch0, sent, 0.0, "running", &[])
     }
     /// Set when the run ended on an error of its own (e.g. the disk filled up).
     pub fn failure(&self) -> Option<String> {

@@ -12,8 +12,8 @@ class Shop(lp.VUser):
 A task whose body is only requests with fixed arguments (placeholders such as ``{{user}}`` are
 filled per iteration) runs entirely in the engine. Which tasks qualify is decided by reading the
 task's code, never by guessing from one call, so nothing that would vary per iteration is frozen.
-A task with Python logic runs its body in Python (see :mod:`loadpilot.vusers`) when the engine
-asks, on the same virtual user and connection; the engine still keeps time and counts. Each
+A task with Python logic runs its body in Python (see :mod:`loadpilot.running.vusers`) when the
+engine asks, on the same virtual user and connection; the engine still keeps time and counts. Each
 task takes its own path: the plan and the summary say which (``engine`` or ``python``), and
 ``Scenario.reason`` says why a task needs Python.
 

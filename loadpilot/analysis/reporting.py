@@ -13,11 +13,11 @@ from pathlib import Path
 
 import altair as alt
 
-from loadpilot import charts
-from loadpilot.comparing import compare
+from loadpilot.analysis import charts
+from loadpilot.analysis.comparing import compare
+from loadpilot.analysis.planning import capacity
 from loadpilot.plan import Step
-from loadpilot.planning import capacity
-from loadpilot.runs import RunResult, load_run
+from loadpilot.running.runs import RunResult, load_run
 from loadpilot.summary import Summary
 from loadpilot.thresholds import Threshold, Verdict, evaluate
 

@@ -10,7 +10,7 @@ import polars as pl
 
 from loadpilot import _engine
 from loadpilot.errors import RunDirError
-from loadpilot.runs import RunResult, load_run
+from loadpilot.running.runs import RunResult, load_run
 
 
 def _as_run(run: RunResult | str | Path) -> RunResult:

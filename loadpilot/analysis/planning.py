@@ -15,7 +15,7 @@ import polars as pl
 
 from loadpilot.errors import PlanError
 from loadpilot.plan import Constant, Ramp, Spike, Stage, Step
-from loadpilot.runs import RunResult
+from loadpilot.running.runs import RunResult
 from loadpilot.thresholds import _OPS, LATENCY, Threshold, parse_cli
 
 # --------------------------------------------------------------------------------------------

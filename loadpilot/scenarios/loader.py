@@ -7,7 +7,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from loadpilot.scenario import Scenario, ScenarioError, scenario_of
+from loadpilot.scenarios.scenario import Scenario, ScenarioError, scenario_of
 
 
 def load_scenarios(path: str | Path) -> list[Scenario]:

@@ -24,7 +24,7 @@ import numpy.typing as npt
 import polars as pl
 
 from loadpilot import _engine
-from loadpilot.runs import RunResult, load_run
+from loadpilot.running.runs import RunResult, load_run
 
 Verdict = Literal["regressed", "improved", "no significant change", "not judged", "not compared"]
 

@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING
 import altair as alt
 import polars as pl
 
-from loadpilot import _engine, _store
-from loadpilot.analysis import spectrum
-from loadpilot.runs import RunResult, load_run
+from loadpilot import _engine
+from loadpilot.analysis.spectra import spectrum
+from loadpilot.running import store as _store
+from loadpilot.running.runs import RunResult, load_run
 
 if TYPE_CHECKING:
-    from loadpilot.planning import Capacity
+    from loadpilot.analysis.planning import Capacity
 
 WIDTH = 640
 

@@ -13,16 +13,17 @@ from typing import TYPE_CHECKING
 import polars as pl
 from pydantic import ValidationError
 
-from loadpilot import _engine, _store
+from loadpilot import _engine
 from loadpilot.errors import PlanError, RunDirError
 from loadpilot.plan import OpenLoad, Plan, describe
 from loadpilot.profiles import Profile
-from loadpilot.scenario import Scenario, VUser, scenario_of
+from loadpilot.running import store as _store
+from loadpilot.running.vusers import PythonUsers
+from loadpilot.scenarios.scenario import Scenario, VUser, scenario_of
 from loadpilot.summary import Summary
-from loadpilot.vusers import PythonUsers
 
 if TYPE_CHECKING:
-    from loadpilot.live import Dashboard
+    from loadpilot.notebook.live import Dashboard
     from loadpilot.thresholds import Threshold
 
 Histogram = _engine.Histogram
@@ -88,8 +89,8 @@ class RunResult:
         return sorted(by_start.items())
 
     def report(self, path: str | Path, thresholds: Sequence[Threshold] | None = None) -> Path:
-        """Writes this run's self-contained HTML report (see :func:`loadpilot.reporting`)."""
-        from loadpilot.reporting import report
+        """Writes this run's self-contained HTML report (see :func:`loadpilot.report`)."""
+        from loadpilot.analysis.reporting import report
 
         return report(self, path, thresholds)
 
@@ -189,7 +190,7 @@ class Run(RunResult):
         goes (rate vs target, latency percentiles corrected and service time, errors by kind,
         in flight and missed) and freezes on the final state. The kernel stays free: run
         other cells meanwhile. ``window_s`` bounds the seconds drawn (None: all)."""
-        from loadpilot.live import Dashboard
+        from loadpilot.notebook.live import Dashboard
 
         return Dashboard(self, every_s=every_s, window_s=window_s).show()
 
@@ -240,7 +241,7 @@ class Run(RunResult):
         during a run."""
         if self.done:
             return self.summary()
-        return _rebuild_summary(self, "running")
+        return Summary.model_validate_json(self._handle.summary_so_far_json())
 
 
 class LoadedRun(RunResult):

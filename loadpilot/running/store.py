@@ -20,45 +20,16 @@ SUMMARY = "summary.json"
 #: Kinds of failed request, each with an ``errors_<kind>`` column (the engine's order).
 ERROR_KINDS: list[str] = list(_engine.ERROR_KINDS)
 
-_COUNTS = [
-    "requests",
-    "errors",
-    *(f"errors_{k}" for k in ERROR_KINDS),
-    "status_1xx",
-    "status_2xx",
-    "status_3xx",
-    "status_4xx",
-    "status_5xx",
-    "bytes_in",
-]
-_LATENCIES = [
-    "p50_ms",
-    "p90_ms",
-    "p95_ms",
-    "p99_ms",
-    "p999_ms",
-    "max_ms",
-    "mean_ms",
-    "service_p50_ms",
-    "service_p99_ms",
-]
-
-#: The columns of ``run.metrics``, in order, as they are read from the engine's rows.
-RAW_SCHEMA: dict[str, pl.DataType] = {
-    "time": pl.Float64(),
-    "elapsed_s": pl.Float64(),
-    "interval_s": pl.Float64(),
-    "task": pl.String(),
-    **{c: pl.UInt64() for c in _COUNTS},
-    "target_rps": pl.Float64(),
-    "achieved_rps": pl.Float64(),
-    "missed": pl.UInt64(),
-    "cancelled": pl.UInt64(),
-    "unsent": pl.UInt64(),
-    "in_flight": pl.Int64(),
-    "active_users": pl.Int64(),
-    **{c: pl.Float64() for c in _LATENCIES},
+_TYPES: dict[str, pl.DataType] = {
+    "f64": pl.Float64(),
+    "u64": pl.UInt64(),
+    "i64": pl.Int64(),
+    "str": pl.String(),
 }
+
+#: The columns of ``run.metrics``, in order, as they are read from the engine's rows (the
+#: engine's schema: ``_engine.ROW_COLUMNS``).
+RAW_SCHEMA: dict[str, pl.DataType] = {name: _TYPES[kind] for name, kind in _engine.ROW_COLUMNS}
 
 
 def rows_from_ndjson(data: bytes) -> pl.DataFrame:

@@ -29,7 +29,7 @@ from loadpilot.plan import Expect
 from loadpilot.profiles import Duration, parse_duration
 
 if TYPE_CHECKING:
-    from loadpilot.scenario import Scenario, VUser
+    from loadpilot.scenarios.scenario import Scenario, VUser
 
 _Result = tuple[int, list[tuple[str, str]], bytes] | str
 _Args = tuple[

@@ -5,9 +5,9 @@ kernel stays free for other cells. Every frame is plain HTML with inline SVG: it
 flicker in JupyterLab, and the final frame is an ordinary static output when a notebook is
 executed with no browser attached (nbclient, nbval) or viewed on GitHub.
 
-While the run goes, frames are drawn by a few lines of plain Python (``_sparks``: milliseconds a
-frame). Altair with vl-convert would cost ~0.25 s of CPU a frame, and vl-convert holds the GIL
-while it draws, which stalls Python-logic virtual users: the run would pay for its own
+While the run goes, frames are drawn by a few lines of plain Python (``notebook.sparks``:
+milliseconds a frame). Altair with vl-convert would cost ~0.25 s of CPU a frame, and vl-convert
+holds the GIL while it draws, which stalls Python task bodies: the run would pay for its own
 dashboard. The final frame, drawn once the run has ended, is the Altair chart.
 """
 
@@ -22,10 +22,13 @@ from typing import TYPE_CHECKING, Any
 import altair as alt
 import polars as pl
 
-from loadpilot import _engine, _sparks, _store, charts
+from loadpilot import _engine
+from loadpilot.analysis import charts
+from loadpilot.notebook import sparks as _sparks
+from loadpilot.running import store as _store
 
 if TYPE_CHECKING:
-    from loadpilot.runs import Run
+    from loadpilot.running.runs import Run
     from loadpilot.summary import Summary
 
 _WIDTH = 300
@@ -145,7 +148,7 @@ def dashboard_chart(
 
 
 def live_frame(per: pl.DataFrame, lat: pl.DataFrame, since: float, end: float) -> str:
-    """The four panels of a frame drawn while the run goes (see ``_sparks``)."""
+    """The four panels of a frame drawn while the run goes (see ``notebook.sparks``)."""
     c = _sparks.COLOURS
     span = (since, max(end, since + 1))
 

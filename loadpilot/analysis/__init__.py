@@ -1,0 +1,2 @@
+"""Analysis of runs: percentile spectra and exports, comparisons, capacity planning, charts
+and reports."""

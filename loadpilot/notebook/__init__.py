@@ -1,0 +1,1 @@
+"""The notebook: the live dashboard and the load-profile tuner."""

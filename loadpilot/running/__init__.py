@@ -1,0 +1,1 @@
+"""Running: live runs and run directories, the Python side of a run, the built-in target."""

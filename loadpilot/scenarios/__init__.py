@@ -1,0 +1,1 @@
+"""Scenarios: the DSL (``VUser``, ``@scenario``, ``@task``, ``feed``) and scenario files."""
