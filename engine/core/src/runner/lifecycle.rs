@@ -16,6 +16,7 @@ use super::workers::{closed_users, open_worker, set_up, wanted_at_start};
 use super::{Ctx, Model, RunHandle, RunState};
 use crate::error::{Error, Result};
 use crate::metrics::{Row, RowContext, TaskData};
+use crate::plan::Plan;
 use crate::rundir::{epoch_seconds, RunWriter, Stats, Summary, TaskSummary};
 use crate::session::Work;
 
@@ -457,7 +458,8 @@ pub(super) fn summarize(
 mod tests {
     use std::time::Duration;
 
-        use crate::session::{Done, Work};
+    use crate::plan::Plan;
+    use crate::session::{Done, Work};
 
     use super::super::start;
 
