@@ -53,6 +53,7 @@ from loadpilot.summary import Summary
 if TYPE_CHECKING:
     from loadpilot.analysis import charts
     from loadpilot.analysis.comparing import Comparison, compare
+    from loadpilot.analysis.logs import LoadedLog, load_hlog
     from loadpilot.analysis.planning import (
         USL,
         Capacity,
@@ -80,6 +81,8 @@ _LAZY = {
     "Comparison": ("loadpilot.analysis.comparing", "Comparison"),
     "compare": ("loadpilot.analysis.comparing", "compare"),
     "report": ("loadpilot.analysis.reporting", "report"),
+    "LoadedLog": ("loadpilot.analysis.logs", "LoadedLog"),
+    "load_hlog": ("loadpilot.analysis.logs", "load_hlog"),
     "Tuner": ("loadpilot.notebook.tuner", "Tuner"),
     "tune": ("loadpilot.notebook.tuner", "tune"),
 }
@@ -107,6 +110,8 @@ __all__ = [
     "compare",
     "export",
     "fit_usl",
+    "LoadedLog",
+    "load_hlog",
     "max_sustainable_rps",
     "spectrum",
     "Tuner",

@@ -246,16 +246,24 @@ def test_feeder_rows_cycle_in_order_and_random_rows_repeat_with_their_seed(
 
 
 def test_loadpilot_threads_sets_the_engine_threads(tmp_path: Path) -> None:
+    # The runtime's threads start as the OS schedules them: count until the number asked for
+    # is there (or 10 s pass), then once more a moment later, so none beyond it is missed.
     script = (
-        "import os, loadpilot as lp\n"
+        "import os, sys, time, loadpilot as lp\n"
         "t = lp.start_target()\n"
-        "names = [open(f'/proc/self/task/{i}/comm').read().strip()"
+        "def count():\n"
+        "    names = [open(f'/proc/self/task/{i}/comm').read().strip()"
         " for i in os.listdir('/proc/self/task')]\n"
-        "print(sum(n.startswith('loadpilot-engin') for n in names))\n"
+        "    return sum(n.startswith('loadpilot-engin') for n in names)\n"
+        "deadline = time.monotonic() + 10\n"
+        "while count() < int(sys.argv[1]) and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "time.sleep(0.2)\n"
+        "print(count())\n"
     )
     for n in ("1", "3"):
         done = subprocess.run(
-            [sys.executable, "-c", script],
+            [sys.executable, "-c", script, n],
             capture_output=True,
             text=True,
             timeout=60,

@@ -118,11 +118,13 @@ class _Sample:
 def _percentile(
     cum: npt.NDArray[np.float64], values: npt.NDArray[np.float64], p: float
 ) -> npt.NDArray[np.float64]:
-    """Row-wise percentile from cumulative bucket counts, as HdrHistogram reads it: the value of
-    the first bucket whose cumulative count reaches ``ceil(p/100 * total)`` (at least 1)."""
+    """Row-wise percentile from cumulative bucket counts, as Java HdrHistogram reads it: the
+    value of the first bucket whose cumulative count reaches ``ceil(p'/100 * total)`` (at
+    least 1), ``p'`` the float just below ``p``."""
     total = cum[:, -1] if cum.shape[1] else np.zeros(len(cum))
-    # The same float arithmetic as HdrHistogram, so the figures equal the run's own.
-    rank = np.maximum(1.0, np.ceil((p / 100.0) * total))
+    # The same float arithmetic as the engine's (Java's), so the figures equal the run's own.
+    below = max(0.0, float(np.nextafter(p, -np.inf)))
+    rank = np.maximum(1.0, np.ceil((below / 100.0) * total))
     idx = np.argmax(cum >= rank[:, None], axis=1) if cum.shape[1] else np.zeros(len(cum), int)
     out = values[idx].astype(np.float64) if len(values) else np.full(len(cum), np.nan)
     out[total == 0] = np.nan
@@ -471,8 +473,8 @@ def compare(
         raise ValueError(f"unknown metric {unknown[0]!r}; metrics: {', '.join(METRICS)}")
     base = baseline if isinstance(baseline, RunResult) else load_run(baseline)
     cand = candidate if isinstance(candidate, RunResult) else load_run(candidate)
-    base_tasks = [t.name for t in base.plan.tasks]
-    cand_tasks = {t.name for t in cand.plan.tasks}
+    base_tasks = base.tasks
+    cand_tasks = set(cand.tasks)
     shared = [t for t in base_tasks if t in cand_tasks]
     groups: list[str | None] = [None]
     if len(shared) > 1 or len(base_tasks) > 1 or len(cand_tasks) > 1:

@@ -82,8 +82,8 @@ def hgrm(h: _engine.Histogram, *, ticks: int = 5) -> str:
     mean, sd, mx = h.mean or 0.0, h.stdev or 0.0, h.max or 0.0
     lines.append(f"#[Mean    = {mean:12.3f}, StdDeviation   = {sd:12.3f}]")
     lines.append(f"#[Max     = {mx:12.3f}, Total count    = {h.count:12d}]")
-    # The layout of every LoadPilot histogram (1 µs .. 1 h, 3 significant digits).
-    lines.append(f"#[Buckets = {22:12d}, SubBuckets     = {2048:12d}]")
+    buckets, sub_buckets = h.layout
+    lines.append(f"#[Buckets = {buckets:12d}, SubBuckets     = {sub_buckets:12d}]")
     return "\n".join(lines) + "\n"
 
 
@@ -116,13 +116,13 @@ def export(
         m.write_parquet(path)
         written.append(path)
     if "hgrm" in formats:
-        for service in (False, True):
+        for service in (False, True) if r.has_service else (False,):
             path = dest / ("service.hgrm" if service else "latency.hgrm")
             path.write_text(hgrm(r.histogram(service=service)))
             written.append(path)
-        for t in r.plan.tasks:
-            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in t.name)
+        for name in r.tasks:
+            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
             path = dest / f"latency-{safe}.hgrm"
-            path.write_text(hgrm(r.histogram(t.name)))
+            path.write_text(hgrm(r.histogram(name)))
             written.append(path)
     return written

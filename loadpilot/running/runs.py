@@ -30,10 +30,24 @@ Histogram = _engine.Histogram
 
 
 class RunResult:
-    """What live and loaded runs have in common."""
+    """What live and loaded runs (and foreign interval logs) have in common."""
 
     path: Path
-    plan: Plan
+    _plan: Plan
+    #: The unit the histograms' values are in (LoadPilot's own: microseconds).
+    unit: str = "us"
+    #: Whether service time was recorded beside corrected latency (foreign logs: no).
+    has_service: bool = True
+
+    @property
+    def plan(self) -> Plan:
+        """The plan the run ran."""
+        return self._plan
+
+    @property
+    def tasks(self) -> list[str]:
+        """The names histograms and rows are kept under (a log's tags)."""
+        return [t.name for t in self.plan.tasks]
 
     @property
     def metrics(self) -> pl.DataFrame:
@@ -55,7 +69,7 @@ class RunResult:
         a list of tasks, or all of them added up; of the whole run, or of the intervals that
         start in ``[start, end)`` seconds into it. Percentiles of any window and any subset of
         tasks come out exact this way, never by averaging percentiles."""
-        total = _engine.Histogram()
+        total = _engine.Histogram(self.unit)
         for _, h in self.interval_histograms(task, service=service, start=start, end=end):
             total.add(h)
         return total
@@ -119,7 +133,7 @@ class Run(RunResult):
 
     def __init__(self, handle: _engine.Run, plan: Plan) -> None:
         self._handle = handle
-        self.plan = plan
+        self._plan = plan
         self.path = Path(handle.path)
         self._lock = threading.Lock()
         self._frames: list[pl.DataFrame] = []
@@ -253,7 +267,7 @@ class LoadedRun(RunResult):
         if not plan_file.exists():
             raise RunDirError(f"{path}: not a run directory (no {_store.PLAN})")
         try:
-            self.plan = Plan.from_json(plan_file.read_bytes())
+            self._plan = Plan.from_json(plan_file.read_bytes())
         except (ValueError, OSError) as e:
             raise RunDirError(f"{plan_file}: {e}") from None
         self._metrics = _store.read_metrics(path)
@@ -291,7 +305,7 @@ def _task_set(run: RunResult, task: str | Sequence[str] | None) -> set[str] | No
     if task is None:
         return None
     names = [task] if isinstance(task, str) else list(task)
-    known = [t.name for t in run.plan.tasks]
+    known = run.tasks
     unknown = [n for n in names if n not in known]
     if unknown:
         raise KeyError(f"no task named {unknown[0]!r}; tasks: {known}")

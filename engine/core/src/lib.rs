@@ -1,5 +1,6 @@
 pub mod check;
 pub mod error;
+pub mod hlog;
 pub mod http;
 pub mod metrics;
 pub mod pacer;

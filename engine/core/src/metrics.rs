@@ -370,13 +370,14 @@ impl Percentiles {
         if h.is_empty() {
             return Percentiles::default();
         }
-        let q = |p: f64| Some(ms(h.value_at_quantile(p)));
+        // Java HdrHistogram's rule, the one `.hgrm` rows and Python's `percentile` use.
+        let q = |p: f64| Some(ms(crate::hlog::value_at_percentile(h, p)));
         Percentiles {
-            p50: q(0.50),
-            p90: q(0.90),
-            p95: q(0.95),
-            p99: q(0.99),
-            p999: q(0.999),
+            p50: q(50.0),
+            p90: q(90.0),
+            p95: q(95.0),
+            p99: q(99.0),
+            p999: q(99.9),
             max: Some(ms(h.max())),
             mean: Some(h.mean() / 1000.0),
             min: Some(ms(h.min())),

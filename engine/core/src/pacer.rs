@@ -236,17 +236,22 @@ mod tests {
         );
     }
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn many_waiters_released_together_soon_after_their_instants() {
-        // Registered latest first, so each new one is the earliest the pacer knows of; a waiter
-        // the pacer never wakes fails on the timeout below.
+    /// Lateness (µs, sorted) of 50 waiters due 20 µs apart, registered latest first, so each
+    /// new one is the earliest the waiting mechanism knows of. A waiter never released fails
+    /// on the timeout; none may be released before its instant.
+    async fn fifty_waiters<F, Fut>(wait: F) -> Vec<u64>
+    where
+        F: Fn(Instant) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let start = Instant::now();
         let mut handles = Vec::new();
         for i in (0..50u64).rev() {
             // All within reach of the pacer at once (no coarse sleep first).
             let due = start + Duration::from_millis(3) + Duration::from_micros(i * 20);
+            let waiting = wait(due);
             handles.push(tokio::spawn(async move {
-                until(due).await;
+                waiting.await;
                 (due, Instant::now())
             }));
             // Let it register before the next (earlier) one.
@@ -262,10 +267,20 @@ mod tests {
             late.push((at - due).as_micros() as u64);
         }
         late.sort_unstable();
+        late
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn many_waiters_released_together_soon_after_their_instants() {
+        let pacer = fifty_waiters(until).await;
+        let tokio = fifty_waiters(|due| tokio::time::sleep_until(due.into())).await;
         // Instants 20 µs apart are released a quantum (200 µs) at a time: well within the
-        // millisecond tokio's timer would round them up to, unless the machine stalls the
-        // pacer's thread (a loose bound: the point is that every waiter is released).
-        let median = late[late.len() / 2];
-        assert!(median < 2_000, "median lateness {median} µs; all: {late:?}");
+        // millisecond tokio's timer rounds them up to. The same waiters on tokio's timer, in
+        // the same test, are the yardstick when the machine is busy (other tests running).
+        let (median, tokio_median) = (pacer[pacer.len() / 2], tokio[tokio.len() / 2]);
+        assert!(
+            median < 2_000 || median * 2 < tokio_median,
+            "median lateness {median} µs (tokio's timer {tokio_median} µs); all: {pacer:?}"
+        );
     }
 }

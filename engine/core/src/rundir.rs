@@ -259,12 +259,14 @@ pub struct LogEntry {
     pub hist: Hist,
 }
 
-/// Reads an interval log: ours or any V2 `.hlog` (tagged or not). A torn last line (the writer
-/// was killed mid-write) is skipped; any other bad line is an error naming the line.
+/// Reads one of LoadPilot's interval logs (any other log: `hlog::read_log`). A torn last line
+/// (no newline after it: the writer was killed mid-write) is skipped; any other bad line is an
+/// error naming the line.
 pub fn read_hlog(path: &Path) -> Result<Vec<LogEntry>> {
     let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let lines: Vec<&str> = text.lines().collect();
-    let torn_ok = lines.len();
+    // Only a last line without its newline can be torn (the writer killed mid-write).
+    let torn_ok = if text.ends_with('\n') { 0 } else { lines.len() };
     parse_hlog_lines(path, &lines, torn_ok)
 }
 

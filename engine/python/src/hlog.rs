@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use pyo3::prelude::*;
 
-use crate::hist::PyHistogram;
+use crate::hist::{per_ms, PyHistogram};
 use crate::CoreError;
 
 /// One `.hlog` line: (tag, start_s, length_s, histogram).
@@ -13,7 +13,7 @@ type LogLine = (Option<String>, f64, f64, PyHistogram);
 fn log_lines(entries: Vec<loadpilot_core::rundir::LogEntry>) -> Vec<LogLine> {
     entries
         .into_iter()
-        .map(|e| (e.tag, e.start_s, e.length_s, PyHistogram { h: e.hist }))
+        .map(|e| (e.tag, e.start_s, e.length_s, PyHistogram::ours(e.hist)))
         .collect()
 }
 
@@ -31,4 +31,34 @@ pub(crate) fn read_hlog_from(path: PathBuf, offset: u64) -> PyResult<(Vec<LogLin
     let (entries, next) =
         loadpilot_core::rundir::read_hlog_from(&path, offset).map_err(CoreError)?;
     Ok((log_lines(entries), next))
+}
+
+/// One interval of any HdrHistogram log: (tag, seconds after its start time, seconds since the
+/// epoch, length in seconds, histogram).
+type ForeignLine = (Option<String>, f64, f64, f64, PyHistogram);
+
+/// Reads any HdrHistogram interval log (V0, V1 or V2 encodings; `#[StartTime:` and
+/// `#[BaseTime:` honoured) whose values are in `unit`: its start time (seconds since the
+/// epoch) and its intervals, each histogram in its writer's own layout.
+#[pyfunction]
+pub(crate) fn read_log(path: PathBuf, unit: &str) -> PyResult<(f64, Vec<ForeignLine>)> {
+    let scale = per_ms(unit)?;
+    let log = loadpilot_core::hlog::read_log(&path).map_err(CoreError)?;
+    let lines = log
+        .intervals
+        .into_iter()
+        .map(|iv| {
+            (
+                iv.tag,
+                iv.offset_s,
+                iv.absolute_s,
+                iv.length_s,
+                PyHistogram {
+                    h: iv.hist,
+                    per_ms: scale,
+                },
+            )
+        })
+        .collect();
+    Ok((log.start_time_s, lines))
 }

@@ -84,7 +84,7 @@ mod _engine {
     #[pymodule_export]
     use super::hist::PyHistogram;
     #[pymodule_export]
-    use super::hlog::{read_hlog, read_hlog_from};
+    use super::hlog::{read_hlog, read_hlog_from, read_log};
     #[pymodule_export]
     use super::python_side::{PyCheck, PyMailbox, PySession, PyTicket, PyTickets};
     #[pymodule_export]

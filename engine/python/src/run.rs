@@ -102,9 +102,11 @@ impl PyRun {
     #[pyo3(signature = (task=None, service=false))]
     fn histogram(&self, task: Option<&str>, service: bool) -> PyResult<PyHistogram> {
         let d = self.handle.cumulative(task).map_err(CoreError)?;
-        Ok(PyHistogram {
-            h: if service { d.service } else { d.corrected },
-        })
+        Ok(PyHistogram::ours(if service {
+            d.service
+        } else {
+            d.corrected
+        }))
     }
 
     #[getter]
