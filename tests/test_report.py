@@ -205,3 +205,24 @@ def test_two_closed_model_runs_of_one_scenario_read_apart_in_a_report(
     assert (tmp_path / "closed.png").stat().st_size > 10_000
     # The legend of "measured from" draws strokes, one of them dashed, not two like dots.
     assert seen["dashed_legend"] >= 1, seen
+
+
+def test_a_report_of_two_foreign_logs_compares_them_and_renders_offline(
+    browser: Any, tmp_path: Path
+) -> None:
+    data = Path(__file__).parent / "data" / "hdrhistogram"
+    logs = [
+        lp.load_hlog(data / "jHiccup-2.0.6.logV1.hlog", unit="ns"),
+        lp.load_hlog(data / "jHiccup-2.0.7S.logV2.hlog", unit="ns"),
+    ]
+    page_file = lp.report(logs, tmp_path / "logs.html")
+    page = page_file.read_text()
+    assert "Comparison with the baseline" in page
+    assert page.count("values recorded in ns, shown in ms") == 2
+    assert "65,964" in page and "48,761" in page  # the counts Java HdrHistogram gives
+    seen = render_offline(browser, page_file)
+    assert seen["refused"] == [] and seen["errors"] == [] and seen["failed"] == 0, seen
+    # the overlaid spectrum, then each log's latency over time
+    assert seen["charts"] == 3 and all(n > 0 for n in seen["marks"]), seen
+    one = lp.report(logs[0], tmp_path / "one.html").read_text()
+    assert "LoadPilot report: jHiccup-2.0.6.logV1.hlog" in one and "Latency by percentile" in one

@@ -114,7 +114,7 @@ def latency_chart(run: RunResult | str | Path, *, title: str | None = None) -> a
     second and for all tasks together, each point exact from the second's histograms."""
     r = _run(run)
     lat = dict(r.interval_histograms())
-    svc = dict(r.interval_histograms(service=True))
+    svc = dict(r.interval_histograms(service=True)) if r.has_service else {}
     rows = [
         {"elapsed_s": t, "series": name, "ms": v,
          "time": "service" if name.startswith("service") else "corrected"}

@@ -15,6 +15,7 @@ import altair as alt
 
 from loadpilot.analysis import charts
 from loadpilot.analysis.comparing import compare
+from loadpilot.analysis.logs import LoadedLog
 from loadpilot.analysis.planning import capacity
 from loadpilot.plan import Step
 from loadpilot.running.runs import RunResult, load_run
@@ -106,6 +107,29 @@ def _started(s: Summary) -> str:
     return dt.datetime.fromtimestamp(s.started_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _log_section(
+    page: _Page, log: LoadedLog, s: Summary, checks: Sequence[Threshold], level: int, label: str
+) -> None:
+    """A foreign interval log: what it holds, its figures per tag, spectrum and latency."""
+    h, sub = f"h{level}", f"h{level + 1}"
+    verdicts = evaluate(s, list(checks))
+    page.add(
+        f"<{h}>{'LoadPilot report: ' if level == 1 else ''}{html.escape(label)}</{h}>"
+        f"<p>Interval log {html.escape(str(log.path))} · started {_started(s)} · "
+        f"{s.duration_s:.1f} s · {len(log.interval_histograms())} intervals · values recorded "
+        f"in {html.escape(log.unit)}, shown in ms</p>"
+        + _verdicts(verdicts).replace("<h2>", f"<{sub}>").replace("</h2>", f"</{sub}>")
+        + f"<{sub}>Summary</{sub}><p>Per tag; percentiles from the log's merged histograms. "
+        "A log holds one latency (no service time, no errors).</p>" + s.html()
+    )
+    if not log.metrics.is_empty():
+        if level == 1:
+            page.add(f"<{sub}>Latency by percentile</{sub}>")
+            page.chart(charts.spectrum_chart(log))
+        page.add(f"<{sub}>Over time</{sub}>")
+        page.chart(charts.latency_chart(log))
+
+
 def _run_section(
     page: _Page,
     run: RunResult,
@@ -114,6 +138,9 @@ def _run_section(
     level: int,
     label: str | None = None,
 ) -> None:
+    if isinstance(run, LoadedLog):
+        _log_section(page, run, s, checks, level, label or s.name)
+        return
     verdicts = evaluate(s, list(checks))
     h = f"h{level}"
     sub = f"h{level + 1}"
