@@ -94,7 +94,11 @@ _Outcome = tuple[int, list[tuple[str, str]], bytes] | str
 @final
 class Tickets:
     def fileno(self) -> int: ...
-    def take(self) -> tuple[list[Ticket], bool]: ...
+    def take(
+        self,
+    ) -> tuple[
+        list[tuple[Ticket, int, int | None, str | None, float | None, list[str] | None]], bool
+    ]: ...
 
 @final
 class Ticket:

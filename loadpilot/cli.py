@@ -125,20 +125,37 @@ def _execute(
     print(f"run directory: {r.path}", flush=True)
     interrupted: KeyboardInterrupt | None = None
     aborted: list[thresholds.Verdict] = []
+    # A terminal gets a panel redrawn in place; CI logs and pipes one line per second.
+    console = None
+    if sys.stdout.isatty():
+        from rich.console import Console
+
+        from loadpilot import terminal
+
+        console = Console()
     try:
-        aborted = _progress(r, r.plan.duration_s, checks if abort_on_fail else None)
+        abort_on = checks if abort_on_fail else None
+        if console is not None:
+            aborted = terminal.live_progress(r, r.plan.duration_s, abort_on, console, r._stop)
+        else:
+            aborted = _progress(r, r.plan.duration_s, abort_on)
     except KeyboardInterrupt as e:
         interrupted = e
         print("\nstopping: keeping everything measured so far", flush=True)
         r.stop()
     s = r.summary()
-    print()
-    print(s.table())
     verdicts = thresholds.evaluate(s, checks or [])
-    if verdicts:
-        print("\nthresholds:")
-        for v in verdicts:
-            print(f"  {v}")
+    if console is not None:
+        for v in aborted:
+            console.print(f"[bold red]aborting:[/] {v}")
+        console.print(terminal.summary_table(s, verdicts))
+    else:
+        print()
+        print(s.table())
+        if verdicts:
+            print("\nthresholds:")
+            for v in verdicts:
+                print(f"  {v}")
     if report_to is not None:
         from loadpilot.analysis.reporting import report
 

@@ -104,3 +104,70 @@ def test_help_is_plain_text() -> None:
         [sys.executable, "-m", "loadpilot.cli", "run", "--help"], capture_output=True, text=True
     )
     assert "keeping its shape" in " ".join(run_help.stdout.split())
+
+
+def run_in_terminal(tmp_path: Path, *args: str) -> tuple[int, str]:
+    """Runs ``loadpilot run`` with a pseudo-terminal as its standard output (as a user at a
+    terminal sees it) and returns its exit code and everything it wrote, colours included."""
+    import os
+    import pty
+
+    f = tmp_path / "s.py"
+    f.write_text(textwrap.dedent(SCENARIOS))
+    leader, follower = pty.openpty()
+    env = {**os.environ, "COLUMNS": "160", "LINES": "50", "TERM": "xterm-256color"}
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loadpilot.cli", "run", str(f), *args],
+        stdout=follower,
+        stderr=follower,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the terminal closed: the process is gone
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    return proc.wait(timeout=60), b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_a_terminal_gets_a_redrawn_panel_and_a_coloured_summary(
+    target: lp.TargetServer, tmp_path: Path
+) -> None:
+    code, out = run_in_terminal(
+        tmp_path, "--scenario", "Open", "--target", target.url, "--out", str(tmp_path / "r"),
+        "--threshold", "p99<1000ms", "--threshold", "p50<0.001ms",
+    )  # fmt: skip
+    assert code == 1, out  # the second threshold fails
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)
+    # The panel: progress through the profile's stages, per-task figures of the last second.
+    assert "Open · open model" in plain
+    assert "stage 1/2: ramp 0→100/s" in plain and "stage 2/2: 100/s" in plain
+    assert re.search(r"4\.0/4 s", plain), plain[-3000:]
+    for column in ("rate/s", "target/s", "p50 ms", "p99 ms", "service p99", "errors", "missed"):
+        assert column in plain
+    # Redrawn in place (the cursor moves up over the previous frame), not appended.
+    assert "\x1b[" in out and ("\x1b[1A" in out or "\x1b[2K" in out)
+    assert not seconds_shown(plain), "no plain per-second lines at a terminal"
+    # The summary as a table, each threshold coloured by its verdict.
+    assert "p99.9 ms" in plain and "cancelled" in plain and "unsent" in plain
+    assert re.search(r"\x1b\[[0-9;]*32m\s*PASS", out) and re.search(r"\x1b\[[0-9;]*31m\s*FAIL", out)
+    assert "accounted for: 300 due" in plain
+
+
+def test_a_closed_model_panel_shows_users_against_the_profile(
+    target: lp.TargetServer, tmp_path: Path
+) -> None:
+    code, out = run_in_terminal(
+        tmp_path, "--scenario", "Closed", "--target", target.url, "--out", str(tmp_path / "r")
+    )
+    assert code == 0, out
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)
+    assert "users" in plain and re.search(r"\b5/5\b", plain), plain[-3000:]

@@ -274,7 +274,7 @@ class PythonUsers:
         def collect() -> None:
             tickets, closed = self._tickets.take()
             for t in tickets:
-                task = loop.create_task(self._serve(t))
+                task = loop.create_task(self._serve(*t))
                 running.add(task)
                 task.add_done_callback(running.discard)
             if closed and not over.done():
@@ -290,12 +290,12 @@ class PythonUsers:
             self._inbox.close()
             self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _user(self, ticket: _engine.Ticket) -> VUser:
-        user = self._users.get(ticket.vu)
+    def _user(self, ticket: _engine.Ticket, vu: int) -> VUser:
+        user = self._users.get(vu)
         if user is None:
             user = self._scenario.user()
             user.client = Client(ticket.session, self._inbox, self._scenario.timeout_s)
-            self._users[ticket.vu] = user
+            self._users[vu] = user
         return user
 
     async def _call(self, fn: Callable[[Any], Any], user: VUser, is_async: bool) -> None:
@@ -304,15 +304,20 @@ class PythonUsers:
         else:
             await asyncio.get_running_loop().run_in_executor(self._pool, fn, user)
 
-    async def _serve(self, ticket: _engine.Ticket) -> None:
+    async def _serve(
+        self,
+        ticket: _engine.Ticket,
+        vu: int,
+        task: int | None,
+        hook: str | None,
+        due_s: float | None,
+        row: list[str] | None,
+    ) -> None:
         """Runs one ticket and says how it ended (an unanswered ticket counts as cancelled)."""
-        user = self._user(ticket)
+        user = self._user(ticket, vu)
         client = user.client
         assert isinstance(client, Client)
-        row = ticket.row
         user.row = None if row is None else dict(zip(self._columns, row, strict=True))
-        hook = ticket.hook
-        task = ticket.task
         if hook is not None:
             fn = getattr(type(user), hook)
             # on_start's requests count under its own name; on_stop's are not measured.
@@ -323,7 +328,7 @@ class PythonUsers:
             assert task is not None
             fn = self._fns[task]
             assert fn is not None
-            client._task, client._due = task, ticket.due_s
+            client._task, client._due = task, due_s
             what = f"task {self._scenario.tasks[task].name!r}"
             is_async = self._is_async[task]
         try:

@@ -592,6 +592,52 @@ mod tests {
     }
 
     #[test]
+    fn uncompressed_encodings_read_as_the_compressed_ones() {
+        let mut h = Hist::new_with_bounds(1000, 100_000_000_000, 2).unwrap();
+        for v in [1_000u64, 12_345, 9_999_999, 50_000_000_000] {
+            h.record_n(v, 3).unwrap();
+        }
+        // V2, not compressed: ZigZag LEB128 counts.
+        let mut plain = Vec::new();
+        hdrhistogram::serialization::V2Serializer::new()
+            .serialize(&h, &mut plain)
+            .unwrap();
+        assert_eq!(be_u32(&plain, 0).unwrap() & !0xf0, V2_PLAIN);
+        let back = decode_bytes(&plain).unwrap();
+        assert_eq!(
+            (back.len(), back.max(), back.min()),
+            (h.len(), h.max(), h.min())
+        );
+        assert_eq!(back.lowest_equivalent(12_345), h.lowest_equivalent(12_345));
+        // V1, not compressed: the same header, counts as fixed 8-byte words.
+        let mut v1 = plain[..40].to_vec();
+        v1[0..4].copy_from_slice(&(V1_PLAIN | 0x80).to_be_bytes());
+        let counts: Vec<u64> = {
+            let mut c = vec![0u64; 0];
+            let layout = Layout::new(1000, 2);
+            let top = (0..100_000)
+                .take_while(|&i| layout.value_at(i).is_some_and(|v| v <= h.max()))
+                .count();
+            for i in 0..top {
+                let v = layout.value_at(i).unwrap();
+                c.push(h.count_at(v));
+            }
+            c
+        };
+        v1[4..8].copy_from_slice(&((counts.len() * 8) as u32).to_be_bytes());
+        for c in &counts {
+            v1.extend_from_slice(&c.to_be_bytes());
+        }
+        let from_v1 = decode_bytes(&v1).unwrap();
+        assert_eq!(from_v1.len(), h.len());
+        assert_eq!(from_v1.max(), h.max());
+        assert_eq!(
+            value_at_percentile(&from_v1, 50.0),
+            value_at_percentile(&h, 50.0)
+        );
+    }
+
+    #[test]
     fn a_tagged_log_keeps_its_tags_apart() {
         let log = read_log(&data("tagged-Log.logV2.hlog")).unwrap();
         let count = |tag: Option<&str>| {

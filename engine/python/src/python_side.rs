@@ -33,16 +33,47 @@ impl PyTickets {
         self.inner.fd()
     }
 
-    /// The tickets posted so far, and whether the run is over (no more will come).
-    fn take(&self) -> (Vec<PyTicket>, bool) {
+    /// The tickets posted so far, each as `(ticket, vu, task, hook, due_s, row)` (what the
+    /// ticket's getters give, in one call), and whether the run is over (no more will come).
+    #[allow(clippy::type_complexity)]
+    fn take(&self) -> (Vec<TicketParts>, bool) {
         let (tickets, closed) = self.inner.take();
         let tickets = tickets
             .into_iter()
-            .map(|t| PyTicket {
-                inner: Mutex::new(t),
+            .map(|mut t| {
+                let (vu, work, due_s, row) = (t.vu, t.work, t.due_s, t.row.take());
+                let ticket = PyTicket {
+                    inner: Mutex::new(t),
+                };
+                (ticket, vu, task_of(work), hook_of(work), due_s, row)
             })
             .collect();
         (tickets, closed)
+    }
+}
+
+/// A ticket with its parts: (ticket, vu, task, hook, due_s, row).
+type TicketParts = (
+    PyTicket,
+    u64,
+    Option<usize>,
+    Option<&'static str>,
+    Option<f64>,
+    Option<Vec<String>>,
+);
+
+fn task_of(work: Work) -> Option<usize> {
+    match work {
+        Work::Task(i) => Some(i),
+        _ => None,
+    }
+}
+
+fn hook_of(work: Work) -> Option<&'static str> {
+    match work {
+        Work::Task(_) => None,
+        Work::OnStart => Some("on_start"),
+        Work::OnStop => Some("on_stop"),
     }
 }
 
@@ -69,20 +100,13 @@ impl PyTicket {
     /// The task's number for an iteration; None for a hook.
     #[getter]
     fn task(&self) -> Option<usize> {
-        self.with(|t| match t.work {
-            Work::Task(i) => Some(i),
-            _ => None,
-        })
+        self.with(|t| task_of(t.work))
     }
 
     /// `on_start` or `on_stop`; None for an iteration.
     #[getter]
     fn hook(&self) -> Option<&'static str> {
-        self.with(|t| match t.work {
-            Work::Task(_) => None,
-            Work::OnStart => Some("on_start"),
-            Work::OnStop => Some("on_stop"),
-        })
+        self.with(|t| hook_of(t.work))
     }
 
     #[getter]
@@ -97,7 +121,8 @@ impl PyTicket {
         self.with(|t| t.due_s)
     }
 
-    /// The feeder row's values, in the feeder's column order.
+    /// The feeder row's values, in the feeder's column order (given once: `Tickets.take`
+    /// hands it over with the ticket, which then holds it no more).
     #[getter]
     fn row(&self) -> Option<Vec<String>> {
         self.with(|t| t.row.clone())
