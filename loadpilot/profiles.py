@@ -206,12 +206,21 @@ def stages(parts: list[Profile]) -> Profile:
 def users(
     n: int, duration: Duration, *, ramp: Duration | None = None, think: Duration | None = None
 ) -> Profile:
-    """A closed model: ``n`` virtual users for ``duration`` (after ``ramp``, if given, from 0),
-    each waiting ``think`` between iterations."""
+    """A closed model of ``duration`` in all: ``n`` virtual users (reached over ``ramp`` from 0,
+    if given, then held for the rest, as k6 and Locust count it), each waiting ``think``
+    between iterations."""
     count = _rate(n, "users")
     think_s = 0.0 if think is None else parse_duration(think, what="think time")
+    total = parse_duration(duration)
     parts: list[Stage] = []
     if ramp is not None:
-        parts.append(Ramp(from_=0, to=count, duration_s=parse_duration(ramp, what="ramp")))
-    parts.append(Constant(rate=count, duration_s=parse_duration(duration)))
+        ramp_s = parse_duration(ramp, what="ramp")
+        if ramp_s >= total:
+            raise PlanError(
+                f"ramp {ramp_s:g}s is not shorter than the duration {total:g}s, which includes "
+                "it: give the whole run's duration"
+            )
+        parts.append(Ramp(from_=0, to=count, duration_s=ramp_s))
+        total -= ramp_s
+    parts.append(Constant(rate=count, duration_s=total))
     return Profile("closed", tuple(parts), think_s)

@@ -41,8 +41,13 @@ def test_open_and_closed_profiles_do_not_mix() -> None:
         lp.constant(10, "1s") + lp.users(5, "1s")
 
 
-def test_users_ramp_then_hold() -> None:
+def test_users_ramp_then_hold_within_the_duration() -> None:
     p = lp.users(20, "1m", ramp="10s", think="500ms")
+    # The duration is the whole run, ramp included (as k6 and Locust count it).
+    assert p.duration_s == 60 and [s.duration_s for s in p.stages] == [10, 50]
+    assert p.describe() == "ramp 0→20 users over 10s, then 20 users for 50s, 0.5s think time"
+    with pytest.raises(lp.PlanError, match="ramp 60s is not shorter than the duration 60s"):
+        lp.users(20, "1m", ramp="1m")
 
     load = p.to_load()
     assert load.model == "closed" and load.think_s == 0.5

@@ -141,7 +141,7 @@ def test_closed_users_start_when_the_profile_wants_them_on_both_paths(
     python: bool, tmp_path: Path
 ) -> None:
     # 0 -> 4 users over 2 s: user i is wanted from i/4 * 2 s = 0.5 i s on.
-    profile = lp.users(4, "1s", ramp="2s", think="100ms")
+    profile = lp.users(4, "3s", ramp="2s", think="100ms")
     if python:
 
         @lp.scenario(profile=profile)

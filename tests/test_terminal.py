@@ -21,7 +21,7 @@ class Open(lp.VUser):
     def a(self):
         self.client.get("/")
 
-@lp.scenario(profile=lp.users(5, "2s", ramp="1s", think="100ms"))
+@lp.scenario(profile=lp.users(5, "3s", ramp="1s", think="100ms"))
 class Closed(lp.VUser):
     @lp.task
     def a(self):
