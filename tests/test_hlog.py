@@ -218,3 +218,13 @@ def test_a_logs_export_writes_its_percentile_distribution(tmp_path: Path) -> Non
         log.histogram(service=True)
     with pytest.raises(lp.LoadPilotError, match="no plan"):
         _ = log.plan
+
+
+def test_compare_reads_a_log_as_its_own_whole_log_figures() -> None:
+    older = lp.load_hlog(DATA / "jHiccup-2.0.6.logV1.hlog", unit="ns")
+    newer = lp.load_hlog(DATA / "jHiccup-2.0.7S.logV2.hlog", unit="ns")
+    c = lp.compare(older, newer, metrics=["p50", "p999"])
+    for ch in c.changes:
+        metric = {"p50": 50.0, "p999": 99.9}[ch.metric]
+        assert ch.baseline == older.histogram().percentile(metric), ch
+        assert ch.candidate == newer.histogram().percentile(metric), ch

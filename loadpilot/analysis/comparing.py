@@ -420,7 +420,12 @@ class Comparison:
 def _material(
     run: RunResult, task: str | None, start: float | None, end: float | None, service: bool
 ) -> _Sample:
-    hists = [h for _, h in run.interval_histograms(task, service=service, start=start, end=end)]
+    # Every interval in one layout (3 digits from 1, what `histogram()` adds into), so a
+    # foreign log's coarser buckets read as its own whole-log figures do.
+    hists = [
+        _engine.Histogram(h.unit) + h
+        for _, h in run.interval_histograms(task, service=service, start=start, end=end)
+    ]
     m = run.metrics
     if task is not None:
         m = m.filter(pl.col("task") == task)
