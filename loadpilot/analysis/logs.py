@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
-from collections.abc import Sequence
 from pathlib import Path
 
 import polars as pl
@@ -93,32 +92,10 @@ class LoadedLog(RunResult):
         }
         return pl.DataFrame(rows, schema=schema, orient="row")
 
-    def interval_histograms(
-        self,
-        task: str | Sequence[str] | None = None,
-        *,
-        service: bool = False,
-        start: float | None = None,
-        end: float | None = None,
-    ) -> list[tuple[float, _engine.Histogram]]:
-        """The log's interval histograms as ``(elapsed_s, histogram)``, the chosen tags added
-        up, for the intervals that start in ``[start, end)`` seconds after the log's start."""
+    def _logged(self, service: bool) -> list[tuple[str | None, float, _engine.Histogram]]:
         if service:
             raise LoadPilotError(f"{self.path}: an interval log holds one latency, no service time")
-        wanted = None if task is None else {task} if isinstance(task, str) else set(task)
-        if wanted is not None and (unknown := sorted(wanted - set(self._tasks))):
-            raise KeyError(f"no task named {unknown[0]!r}; tasks: {self._tasks}")
-        by_start: dict[float, _engine.Histogram] = {}
-        for tag, offset, _absolute, _length, h in self._intervals:
-            if wanted is not None and tag not in wanted:
-                continue
-            if (start is not None and offset < start) or (end is not None and offset >= end):
-                continue
-            # One histogram at an instant stays in its writer's layout (its figures are the
-            # file's); several (tags) are added into a new one.
-            seen = by_start.get(offset)
-            by_start[offset] = h if seen is None else seen + h
-        return sorted(by_start.items())
+        return [(tag, offset, h) for tag, offset, _absolute, _length, h in self._intervals]
 
     def summary(self) -> Summary:
         """Counts and percentiles per tag and overall (``model`` is ``log``)."""

@@ -86,21 +86,25 @@ class RunResult:
         tasks added up (all of them unless ``task`` names one or a list), for the intervals
         that start in ``[start, end)`` seconds into the run: add any of them for exact
         percentiles of that window."""
-        log = self.path / (_store.SERVICE_LOG if service else _store.LATENCY_LOG)
-        if not log.exists():
-            return []
         wanted = _task_set(self, task)
         by_start: dict[float, _engine.Histogram] = {}
-        for tag, t0, _length, h in _engine.read_hlog(log):
+        for tag, t0, h in self._logged(service):
             if wanted is not None and tag not in wanted:
                 continue
             if (start is not None and t0 < start) or (end is not None and t0 >= end):
                 continue
-            if t0 in by_start:
-                by_start[t0].add(h)
-            else:
-                by_start[t0] = h
+            # One histogram at an instant stays as it was written (a foreign log's figures are
+            # its file's); several (tasks) are added into a new one, never into a kept one.
+            seen = by_start.get(t0)
+            by_start[t0] = h if seen is None else seen + h
         return sorted(by_start.items())
+
+    def _logged(self, service: bool) -> list[tuple[str | None, float, _engine.Histogram]]:
+        """Every interval histogram of the run's log as ``(task, elapsed_s, histogram)``."""
+        log = self.path / (_store.SERVICE_LOG if service else _store.LATENCY_LOG)
+        if not log.exists():
+            return []
+        return [(tag, t0, h) for tag, t0, _length, h in _engine.read_hlog(log)]
 
     def report(self, path: str | Path, thresholds: Sequence[Threshold] | None = None) -> Path:
         """Writes this run's self-contained HTML report (see :func:`loadpilot.report`)."""

@@ -165,18 +165,15 @@ impl Ticket {
 pub(crate) struct PythonSide {
     pub(crate) tickets: Arc<Inbox<Ticket>>,
     pub(crate) hooks: Hooks,
-    /// Where `on_start`'s requests are counted (the entry after the plan's tasks).
-    pub(crate) hook_task: usize,
     /// Users that started (their `on_start` ran, or there is none): `on_stop` runs for them.
     pub(crate) started: Mutex<Vec<Arc<Session>>>,
 }
 
 impl PythonSide {
-    pub(crate) fn new(hooks: Hooks, hook_task: usize) -> std::io::Result<Self> {
+    pub(crate) fn new(hooks: Hooks) -> std::io::Result<Self> {
         Ok(PythonSide {
             tickets: Arc::new(Inbox::new()?),
             hooks,
-            hook_task,
             started: Mutex::new(Vec::new()),
         })
     }

@@ -119,13 +119,10 @@ pub(super) fn compile(plan: &Plan, threads: usize) -> Result<Compiled> {
     } else {
         longest_timeout.min(cap)
     };
-    let users = match &model {
-        Model::Open { connections, .. } => *connections as u64,
-        Model::Closed { users, .. } => users.peak().ceil() as u64,
-    };
+    let users = model.peak_users();
     let mut names: Vec<String> = plan.tasks.iter().map(|t| t.name.clone()).collect();
     let python = if plan.python() {
-        let side = PythonSide::new(plan.hooks.clone(), names.len())
+        let side = PythonSide::new(plan.hooks.clone())
             .map_err(|e| Error::plan("hooks", format!("cannot reach Python: {e}")))?;
         if plan.hooks.on_start {
             names.push(ON_START.to_string());
@@ -254,7 +251,7 @@ mod tests {
         assert_eq!(c.names, ["a", "b", "on_start"]);
         assert!(matches!(c.ctx.bodies[0], Body::Engine(_)));
         assert!(matches!(c.ctx.bodies[1], Body::Python));
-        assert_eq!(c.ctx.python.as_ref().unwrap().hook_task, 2);
+        assert_eq!(c.ctx.hook_entry(), 2);
         // Without on_start's value, the template names something nobody sets.
         let e = compile(&plan(mixed, ""), 1).err().unwrap().to_string();
         assert!(

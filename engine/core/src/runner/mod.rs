@@ -67,6 +67,16 @@ pub(crate) enum Model {
     },
 }
 
+impl Model {
+    /// Virtual users (closed model) or connections (open model) at the peak.
+    pub(crate) fn peak_users(&self) -> u64 {
+        match self {
+            Model::Open { connections, .. } => *connections as u64,
+            Model::Closed { users, .. } => users.peak().ceil() as u64,
+        }
+    }
+}
+
 /// What an iteration of a task runs.
 pub(crate) enum Body {
     /// The task's requests, compiled.
@@ -148,6 +158,12 @@ impl Ctx {
         self.clock
             .get()
             .expect("workers start after the run's clock")
+    }
+
+    /// The entry `on_start`'s requests and set-ups are counted under: the one after the
+    /// plan's tasks.
+    pub(crate) fn hook_entry(&self) -> usize {
+        self.bodies.len()
     }
 
     /// When the run's clock started; `None` while users are being set up.
@@ -287,10 +303,7 @@ impl RunHandle {
 
     /// The most virtual users (closed model) or connections (open model) the run has at once.
     pub fn max_users(&self) -> u64 {
-        match &self.1.model {
-            Model::Closed { users, .. } => users.peak().ceil() as u64,
-            Model::Open { connections, .. } => *connections as u64,
-        }
+        self.1.model.peak_users()
     }
 
     /// The Python side cannot go on: the run ends with this error.

@@ -46,7 +46,7 @@ pub(super) async fn start_user(ctx: &Arc<Ctx>, vu: u64) -> Option<User> {
     };
     let mut own = None;
     if py.hooks.on_start {
-        let hook = py.hook_task;
+        let hook = ctx.hook_entry();
         Begin {
             taken: true,
             late: false,
@@ -208,7 +208,7 @@ pub(super) async fn closed_users(ctx: Arc<Ctx>, ready: Vec<Option<User>>) {
     let clock = ctx.clock();
     let mut ready = ready.into_iter();
     let mut started = JoinSet::new();
-    for vu in 0..users.peak().ceil() as u64 {
+    for vu in 0..ctx.model.peak_users() {
         let prepared = ready.next();
         if matches!(prepared, Some(None)) {
             continue;
@@ -236,7 +236,7 @@ pub(super) async fn closed_users(ctx: Arc<Ctx>, ready: Vec<Option<User>>) {
 pub(super) fn wanted_at_start(ctx: &Ctx) -> u64 {
     match &ctx.model {
         Model::Open { connections, .. } => *connections as u64,
-        Model::Closed { users, .. } => (0..users.peak().ceil() as u64)
+        Model::Closed { users, .. } => (0..ctx.model.peak_users())
             .take_while(|&vu| users.next_time_above(vu as f64, 0.0) == Some(0.0))
             .count() as u64,
     }
