@@ -30,7 +30,7 @@ BUILT := $(VENV)/.engine-built
 $(BUILT): $(STAMP) $(ENGINE_SOURCES)
 	@echo "building the engine (release)"
 	@set -o pipefail; $(BIN)/maturin develop --release --quiet 2>&1 \
-		| { grep -v '^Requirement already satisfied' || true; }
+		| { grep -v -e '^Requirement already satisfied' -e '^Ignoring ' || true; }
 	@touch $@
 
 .PHONY: build-dev

@@ -10,7 +10,7 @@ step run, :func:`fit_usl`, :func:`report` and :func:`export`; charts in ``lp.cha
 from typing import TYPE_CHECKING, Any
 
 from loadpilot._engine import __version__
-from loadpilot.errors import LoadPilotError, PlanError, RunDirError, TargetError
+from loadpilot.errors import ClusterError, LoadPilotError, PlanError, RunDirError, TargetError
 from loadpilot.plan import (
     ClosedLoad,
     Constant,
@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     )
     from loadpilot.analysis.reporting import report
     from loadpilot.analysis.spectra import export, spectrum
+    from loadpilot.cluster.coordinator import Agents
     from loadpilot.notebook.tuner import Tuner, tune
 
 # Analysis, charts, reports and widgets pull in numpy, Altair and ipywidgets: imported on first
@@ -83,6 +84,7 @@ _LAZY = {
     "report": ("loadpilot.analysis.reporting", "report"),
     "LoadedLog": ("loadpilot.analysis.logs", "LoadedLog"),
     "load_hlog": ("loadpilot.analysis.logs", "load_hlog"),
+    "Agents": ("loadpilot.cluster.coordinator", "Agents"),
     "Tuner": ("loadpilot.notebook.tuner", "Tuner"),
     "tune": ("loadpilot.notebook.tuner", "tune"),
 }
@@ -101,6 +103,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Agents",
     "USL",
     "Capacity",
     "Comparison",
@@ -142,6 +145,7 @@ __all__ = [
     "Expect",
     "Feeder",
     "Histogram",
+    "ClusterError",
     "LoadPilotError",
     "LoadedRun",
     "OpenLoad",

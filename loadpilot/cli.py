@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from pydantic import ValidationError
@@ -113,16 +114,24 @@ def _execute(
     abort_on_fail: bool = False,
     report_to: Path | None = None,
     source: Path | None = None,
+    agents: Any = None,
 ) -> int:
     if report_to is not None:
         _check_output_file(report_to, "--report")
     try:
-        r = _run.start(what, out, target=target)
+        r = _run.start(what, out, target=target, agents=agents)
     except PlanError as e:
         if source is None:
             raise
         raise PlanError(f"{source}: {e}") from None
     print(f"run directory: {r.path}", flush=True)
+    if agents is not None:
+        for a in r.agents.iter_rows(named=True):
+            print(
+                f"  agent {a['name']}: clock offset {a['clock_offset_ms']:+.2f} ms "
+                f"(round trip {a['rtt_ms']:.2f} ms)",
+                flush=True,
+            )
     interrupted: KeyboardInterrupt | None = None
     aborted: list[thresholds.Verdict] = []
     # A terminal gets a panel redrawn in place; CI logs and pipes one line per second.
@@ -167,6 +176,12 @@ def _execute(
         print(
             f"accounted for: {s.target_requests:,.0f} due = {o.iterations or 0:,} ran "
             f"+ {o.cancelled:,} cancelled + {o.unsent:,} unsent"
+        )
+    if agents is not None:
+        lost = r.agents.filter(pl.col("state") == "lost")["name"].to_list()
+        print(
+            f"agents: {r.agents.height}"
+            + (f", lost: {', '.join(lost)} (see {r.path}/events.jsonl)" if lost else "")
         )
     if interrupted is not None:
         return EXIT_TERMINATED if isinstance(interrupted, _Terminated) else EXIT_INTERRUPTED
@@ -315,7 +330,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"  per-user values from on_start: {', '.join(chosen.hooks.values)}")
         abort = args.abort_on_fail or chosen.abort_on_fail
         return _execute(
-            chosen, args.out, checks, _target(args, None), abort, args.report, source=path
+            chosen,
+            args.out,
+            checks,
+            _target(args, None),
+            abort,
+            args.report,
+            source=path,
+            agents=_agents(args),
         )
     try:
         text = path.read_bytes()
@@ -330,7 +352,62 @@ def _cmd_run(args: argparse.Namespace) -> int:
     plan = plan.model_copy(update={"target": _target(args, plan.target)})
     if args.rps is not None or args.duration is not None:
         raise LoadPilotError("--rps and --duration apply to scenario files; edit the plan instead")
-    return _execute(plan, args.out, checks, None, args.abort_on_fail, args.report, source=path)
+    return _execute(
+        plan,
+        args.out,
+        checks,
+        None,
+        args.abort_on_fail,
+        args.report,
+        source=path,
+        agents=_agents(args),
+    )
+
+
+def _agents(args: argparse.Namespace) -> Any:
+    """The agents a run asks for on the command line (None: a run in this process)."""
+    if args.agents is None and args.external_agents is None:
+        if args.nats is not None:
+            raise LoadPilotError("--nats needs --agents N (started here) or --external-agents N")
+        return None
+    if args.agents is not None and args.external_agents is not None:
+        raise LoadPilotError("give --agents N (started here) or --external-agents N, not both")
+    from loadpilot.cluster.coordinator import Agents
+
+    if args.external_agents is not None:
+        if args.nats is None:
+            raise LoadPilotError("--external-agents needs --nats URL of the agents' NATS server")
+        return Agents(
+            count=args.external_agents,
+            nats=args.nats,
+            spawn=False,
+            timeout_s=args.agents_timeout,
+            on_loss=args.on_agent_loss,
+        )
+    return Agents(
+        count=args.agents,
+        nats=args.nats,
+        spawn=True,
+        timeout_s=args.agents_timeout,
+        on_loss=args.on_agent_loss,
+    )
+
+
+def _cmd_agent(args: argparse.Namespace) -> int:
+    from loadpilot.cluster.agent import Agent
+
+    token = args.token or os.environ.get("LOADPILOT_NATS_TOKEN")
+    Agent(
+        args.nats,
+        args.name,
+        token=token,
+        creds=args.creds,
+        tls_ca=args.tls_ca,
+        allow_targets=args.allow_target,
+        allow_code=args.allow_code,
+        health_port=args.health_port,
+    ).run_forever()
+    return EXIT_OK
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -379,6 +456,16 @@ def _share(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
     return value
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return n
 
 
 def _duration(text: str) -> float:
@@ -435,7 +522,58 @@ def _parser() -> argparse.ArgumentParser:
         help='stretch or squeeze the profile to this total, keeping its shape: "30s", "5m", '
         "or seconds (with --rps: how long the constant rate lasts)",
     )
+    r.add_argument(
+        "--agents", type=_count, default=None, help="spread the run over N agents started here"
+    )
+    r.add_argument(
+        "--nats",
+        default=None,
+        help="NATS URL of the agents (default with --agents: a server started for the run)",
+    )
+    r.add_argument(
+        "--external-agents",
+        type=_count,
+        default=None,
+        help="spread the run over N agents already running (`loadpilot agent`), found on --nats",
+    )
+    r.add_argument(
+        "--agents-timeout",
+        type=_duration,
+        default=60.0,
+        help="how long to wait for the agents to answer (60s)",
+    )
+    r.add_argument(
+        "--on-agent-loss",
+        choices=["redistribute", "continue", "abort"],
+        default="redistribute",
+        help="when an agent is lost mid-run: survivors take over its share (redistribute, "
+        "the default), go on without it, or abort",
+    )
     r.set_defaults(fn=_cmd_run)
+
+    a = sub.add_parser(
+        "agent", help="run as an agent of distributed runs: wait for work on NATS, run it"
+    )
+    a.add_argument("--nats", required=True, help="NATS URL (nats://host:4222)")
+    a.add_argument("--name", default=None, help="agent name (default: host-pid)")
+    a.add_argument("--token", default=None, help="NATS token (else $LOADPILOT_NATS_TOKEN)")
+    a.add_argument("--creds", default=None, help="NATS credentials file")
+    a.add_argument("--tls-ca", default=None, help="CA certificate to verify NATS over TLS")
+    a.add_argument(
+        "--allow-target",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="host or host:port glob this agent may send load to (repeatable; default: "
+        "loopback only)",
+    )
+    a.add_argument(
+        "--allow-code",
+        action="store_true",
+        help="run Python scenario code sent by coordinators (it is arbitrary code)",
+    )
+    a.add_argument("--health-port", type=int, default=None, help="serve GET /healthz on this port")
+    a.set_defaults(fn=_cmd_agent)
 
     c = sub.add_parser(
         "compare",

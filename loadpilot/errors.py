@@ -3,4 +3,9 @@
 
 from loadpilot._engine import LoadPilotError, PlanError, RunDirError, TargetError
 
-__all__ = ["LoadPilotError", "PlanError", "RunDirError", "TargetError"]
+__all__ = ["ClusterError", "LoadPilotError", "PlanError", "RunDirError", "TargetError"]
+
+
+class ClusterError(LoadPilotError):
+    """A distributed run cannot start or go on: no NATS server, agents that do not come or
+    that refuse the plan."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 #: The longest duration, timeout or think time a plan may give (a year), as in the engine.
 MAX_SECONDS = 366 * 86_400.0
@@ -143,6 +143,12 @@ class Feeder(_Model):
     rows: list[list[str]] = Field(min_length=1)
     mode: Literal["cycle", "random", "unique"] = "cycle"
     seed: int = 0
+    _source: str | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> str | None:
+        """The CSV path the rows were read from, as the scenario gave it (None: a frame)."""
+        return self._source
 
 
 class Hooks(_Model):
@@ -157,8 +163,14 @@ class Hooks(_Model):
 
 
 class Shard(_Model):
+    """A slice of a run (distributed runs): every ``count``-th arrival (open model) or user
+    (closed model) of the one schedule, starting at ``index``; its clock starts at
+    ``start_at`` (seconds since the Unix epoch) and it begins ``from_s`` seconds in."""
+
     index: int = Field(ge=0)
     count: int = Field(ge=1)
+    start_at: float | None = Field(default=None, gt=0)
+    from_s: float = Field(default=0.0, ge=0)
 
 
 class Plan(_Model):
@@ -181,6 +193,12 @@ class Plan(_Model):
     """The most virtual users (closed model) or connections (open model) the plan may ask
     for: a guard against a typo that would need unbounded memory. Raise it on purpose."""
     hooks: Hooks = Field(default_factory=Hooks)
+
+    def python(self) -> bool:
+        """Whether any part of the plan runs Python code (a task body or a hook)."""
+        return any(t.path == "python" for t in self.tasks) or (
+            self.hooks.on_start or self.hooks.on_stop
+        )
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, exclude_none=True, indent=2)

@@ -8,7 +8,7 @@ import re
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import polars as pl
 from pydantic import ValidationError
@@ -23,6 +23,7 @@ from loadpilot.scenarios.scenario import Scenario, VUser, scenario_of
 from loadpilot.summary import Summary
 
 if TYPE_CHECKING:
+    from loadpilot.cluster.coordinator import Agents
     from loadpilot.notebook.live import Dashboard
     from loadpilot.thresholds import Threshold
 
@@ -132,10 +133,28 @@ class RunResult:
         return self.summary()
 
 
-class Run(RunResult):
-    """A run going on in this process. ``metrics`` grows while it runs."""
+class _Handle(Protocol):
+    """What a Run drives: the engine's own run, or a distributed run's coordinator."""
 
-    def __init__(self, handle: _engine.Run, plan: Plan) -> None:
+    @property
+    def done(self) -> bool: ...
+    @property
+    def path(self) -> str | Path: ...
+    def take_rows(self) -> bytes: ...
+    def wait(self, timeout_s: float | None = None) -> bool: ...
+    def stop(self, reason: str = "stopped") -> None: ...
+    def summary_json(self) -> str | None: ...
+    def summary_so_far_json(self) -> str: ...
+    def failure(self) -> str | None: ...
+    def histogram(self, task: str | None = None, service: bool = False) -> _engine.Histogram: ...
+    def elapsed_s(self) -> float: ...
+
+
+class Run(RunResult):
+    """A run going on in this process (or, distributed, on agents it coordinates).
+    ``metrics`` grows while it runs."""
+
+    def __init__(self, handle: _Handle, plan: Plan) -> None:
         self._handle = handle
         self._plan = plan
         self.path = Path(handle.path)
@@ -214,6 +233,19 @@ class Run(RunResult):
 
     def _state(self) -> str:
         return "finished" if self.done else "running"
+
+    @property
+    def agents(self) -> pl.DataFrame:
+        """The agents of a distributed run, one row each: name, state (running, lost),
+        clock offset and round trip to the coordinator, seconds since last heard of, requests
+        reported. Empty for a run in this process."""
+        frame = getattr(self._handle, "agents_frame", None)
+        if frame is None:
+            from loadpilot.cluster.coordinator import AGENT_SCHEMA
+
+            return pl.DataFrame(schema=AGENT_SCHEMA)
+        result: pl.DataFrame = frame()
+        return result
 
     def stop(self) -> None:
         """Stops the run within moments: nothing new is sent, requests in flight are counted
@@ -408,10 +440,14 @@ def start(
     *,
     target: str | None = None,
     profile: Profile | None = None,
+    agents: int | Agents | None = None,
 ) -> Run:
     """Starts a plan, or a scenario (its class or its :class:`Scenario`) against ``target``,
     and returns at once. The run directory is ``out`` (default ``runs/<time>-<name>``).
-    ``profile`` replaces the plan's or scenario's load profile (e.g. one from ``lp.tune``)."""
+    ``profile`` replaces the plan's or scenario's load profile (e.g. one from ``lp.tune``).
+    ``agents``: spread the run over agent processes (a number: that many started here, with a
+    NATS server of their own; or :class:`Agents` for agents already running elsewhere); the
+    run is the same run, with the same directory, rows and summary."""
     scenario: Scenario | None = None
     if isinstance(what, Plan):
         plan = what if target is None else what.model_copy(update={"target": target})
@@ -437,6 +473,17 @@ def start(
             "a plan with python tasks or hooks runs from its scenario: lp.start(MyScenario, ...)"
         )
     path = Path(out) if out is not None else _default_dir(plan)
+    if agents is not None:
+        from loadpilot.cluster.coordinator import Agents as _Agents
+        from loadpilot.cluster.coordinator import Coordinator
+
+        spec = agents if isinstance(agents, _Agents) else _Agents(count=agents)
+        _engine.validate_plan(plan.to_json())
+        if path.joinpath(_store.METRICS_JSONL).exists():
+            raise RunDirError(f"{path}: already holds a run; choose another directory")
+        coordinator = Coordinator(plan, scenario, path, spec)
+        coordinator.start()
+        return Run(coordinator, plan)
     handle = _engine.start_run(plan.to_json(), path)
     tickets = handle.tickets()
     if tickets is not None and scenario is not None:
@@ -450,10 +497,11 @@ def run(
     *,
     target: str | None = None,
     profile: Profile | None = None,
+    agents: int | Agents | None = None,
 ) -> Run:
     """Runs a plan or a scenario to the end (Ctrl-C stops it early and keeps what it
     measured)."""
-    r = start(what, out, target=target, profile=profile)
+    r = start(what, out, target=target, profile=profile, agents=agents)
     r.wait()
     return r
 

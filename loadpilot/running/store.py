@@ -32,11 +32,12 @@ _TYPES: dict[str, pl.DataType] = {
 RAW_SCHEMA: dict[str, pl.DataType] = {name: _TYPES[kind] for name, kind in _engine.ROW_COLUMNS}
 
 
-def rows_from_ndjson(data: bytes) -> pl.DataFrame:
-    """Interval rows (newline-delimited JSON, as the engine emits them) as a typed frame."""
+def rows_from_ndjson(data: bytes, extra: dict[str, pl.DataType] | None = None) -> pl.DataFrame:
+    """Interval rows (newline-delimited JSON, as the engine emits them) as a typed frame;
+    ``extra``: columns some rows carry besides (an agent's name)."""
     if not data.strip():
         return empty_metrics()
-    frame = pl.read_ndjson(io.BytesIO(data), schema=RAW_SCHEMA)
+    frame = pl.read_ndjson(io.BytesIO(data), schema={**(extra or {}), **RAW_SCHEMA})
     return _typed(frame)
 
 

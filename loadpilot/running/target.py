@@ -17,6 +17,11 @@ class TargetServer:
         self.url: str = server.url
         self.port: int = server.port
 
+    @property
+    def served(self) -> int:
+        """Requests the target has received so far (each is answered)."""
+        return self._server.served
+
     def stop(self) -> None:
         self._server.stop()
 

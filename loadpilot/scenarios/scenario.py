@@ -153,12 +153,15 @@ def feed(source: str | Path | Any, mode: str = "cycle", *, seed: int = 0) -> Fee
     if frame.height == 0:
         raise ScenarioError(f"{where}: a feed needs at least one row")
     frame = frame.select(pl.all().cast(pl.String).fill_null(""))
-    return Feeder(
+    fed = Feeder(
         columns=frame.columns,
         rows=[list(r) for r in frame.iter_rows()],
         mode=mode,
         seed=seed,
     )
+    if isinstance(source, (str, Path)):
+        fed._source = str(source)
+    return fed
 
 
 class VUser:

@@ -2,6 +2,7 @@ pub mod check;
 pub mod error;
 pub mod hlog;
 pub mod http;
+pub mod merge;
 pub mod metrics;
 pub mod pacer;
 pub mod plan;

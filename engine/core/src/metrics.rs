@@ -184,6 +184,85 @@ impl TaskData {
     }
 }
 
+/// A task's data as it travels between processes (a distributed run's agents to their
+/// coordinator): histograms as `.hlog` encodes them, counters as they are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireData {
+    pub corrected: String,
+    pub service: String,
+    pub requests: u64,
+    pub errors: Vec<u64>,
+    pub status: Vec<u64>,
+    pub bytes_in: u64,
+    pub missed: u64,
+    pub taken: u64,
+    pub started: u64,
+    pub iterations: u64,
+    pub unsent: u64,
+    pub cancelled: u64,
+}
+
+impl TaskData {
+    pub fn to_wire(&self) -> WireData {
+        WireData {
+            corrected: encode_hist(&self.corrected),
+            service: encode_hist(&self.service),
+            requests: self.requests,
+            errors: self.errors.to_vec(),
+            status: self.status.to_vec(),
+            bytes_in: self.bytes_in,
+            missed: self.missed,
+            taken: self.taken,
+            started: self.started,
+            iterations: self.iterations,
+            unsent: self.unsent,
+            cancelled: self.cancelled,
+        }
+    }
+
+    pub fn from_wire(w: &WireData) -> Result<Self, String> {
+        let fixed = |v: &[u64], n: usize, what: &str| -> Result<Vec<u64>, String> {
+            if v.len() == n {
+                Ok(v.to_vec())
+            } else {
+                Err(format!("{what}: {} counts, expected {n}", v.len()))
+            }
+        };
+        let errors = fixed(&w.errors, ERROR_KINDS, "errors")?;
+        let status = fixed(&w.status, STATUS_CLASSES, "status")?;
+        let mut d = TaskData::new();
+        d.corrected = decode_hist(&w.corrected).map_err(|e| format!("corrected: {e}"))?;
+        d.service = decode_hist(&w.service).map_err(|e| format!("service: {e}"))?;
+        d.requests = w.requests;
+        d.errors.copy_from_slice(&errors);
+        d.status.copy_from_slice(&status);
+        d.bytes_in = w.bytes_in;
+        d.missed = w.missed;
+        d.taken = w.taken;
+        d.started = w.started;
+        d.iterations = w.iterations;
+        d.unsent = w.unsent;
+        d.cancelled = w.cancelled;
+        Ok(d)
+    }
+}
+
+/// One closed interval of a run, every task's data and what a row needs besides: what an
+/// agent of a distributed run sends its coordinator, which adds them up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Interval {
+    /// The interval's index: second `index` of the run, or the drain when `drain`.
+    pub index: u64,
+    pub start_s: f64,
+    pub length_s: f64,
+    pub drain: bool,
+    pub in_flight: i64,
+    pub active_users: i64,
+    /// Per entry (tasks, then hooks): the profile's rate for this slice and what it did.
+    pub target_rps: Vec<Option<f64>>,
+    pub tasks: Vec<WireData>,
+}
+
 impl Default for TaskData {
     fn default() -> Self {
         Self::new()

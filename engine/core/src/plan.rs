@@ -115,8 +115,20 @@ fn default_method() -> String {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Shard {
+    /// This slice keeps every `count`-th arrival (open model) or user (closed model) of the
+    /// one global schedule, starting at `index`.
     pub index: u64,
     pub count: u64,
+    /// The instant, seconds since the Unix epoch, at which the global schedule's 0 s falls:
+    /// every slice of a distributed run starts its clock then. May lie in the past (a slice
+    /// taken over from a lost agent).
+    #[serde(default)]
+    pub start_at: Option<f64>,
+    /// The slice begins this many seconds into the schedule: arrivals due earlier are not
+    /// its own (neither sent nor counted), and users start at the level the profile wants
+    /// then.
+    #[serde(default)]
+    pub from_s: f64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -391,10 +403,16 @@ impl Plan {
             }
         }
         if let Some(sh) = &self.shard {
-            if matches!(self.load, Load::Closed { .. }) {
+            if !(sh.from_s.is_finite() && sh.from_s >= 0.0) {
                 return Err(Error::plan(
-                    "shard",
-                    "shards split an open model's arrival schedule; a closed model has none",
+                    "shard.from_s",
+                    format!("must be a number of seconds >= 0, got {}", sh.from_s),
+                ));
+            }
+            if sh.start_at.is_some_and(|t| !(t.is_finite() && t > 0.0)) {
+                return Err(Error::plan(
+                    "shard.start_at",
+                    "must be seconds since the Unix epoch",
                 ));
             }
             if sh.count == 0 || sh.index >= sh.count {
@@ -496,8 +514,8 @@ mod tests {
             (with(ONE, OPEN, r#", "timeout_s": 1e300"#), "timeout_s"),
             (with(ONE, OPEN, r#", "max_drain_s": 0"#), "max_drain_s"),
             (
-                with(ONE, closed, r#", "shard": {"index": 0, "count": 2}"#),
-                "shard",
+                with(ONE, closed, r#", "shard": {"index": 0, "count": 2, "from_s": -1}"#),
+                "shard.from_s",
             ),
             (
                 with(ONE, OPEN, r#", "shard": {"index": 2, "count": 2}"#),

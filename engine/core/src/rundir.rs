@@ -19,20 +19,23 @@ pub const LATENCY_LOG: &str = "latency.hlog";
 pub const SERVICE_LOG: &str = "service.hlog";
 pub const METRICS_JSONL: &str = "metrics.jsonl";
 pub const SUMMARY: &str = "summary.json";
+/// A distributed run's per-agent corrected latency: one histogram per agent slice, task and
+/// interval, tagged `slice:task`.
+pub const AGENTS_LOG: &str = "agents.hlog";
 
 pub fn epoch_seconds(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-struct Hlog {
+pub(crate) struct Hlog {
     path: PathBuf,
     what: &'static str,
     out: BufWriter<File>,
 }
 
 impl Hlog {
-    fn create(path: PathBuf, what: &'static str) -> Result<Self> {
+    pub(crate) fn create(path: PathBuf, what: &'static str) -> Result<Self> {
         let f = File::create(&path).map_err(|e| Error::io(&path, e))?;
         Ok(Hlog {
             path,
@@ -42,7 +45,7 @@ impl Hlog {
     }
 
     /// Writes the header, with the instant the run's clock started.
-    fn begin(&mut self, start: SystemTime) -> Result<()> {
+    pub(crate) fn begin(&mut self, start: SystemTime) -> Result<()> {
         let start_s = epoch_seconds(start);
         let what = self.what;
         write!(
@@ -57,7 +60,7 @@ impl Hlog {
         .map_err(|e| Error::io(&self.path, e))
     }
 
-    fn write(&mut self, tag: &str, start_s: f64, length_s: f64, h: &Hist) -> Result<()> {
+    pub(crate) fn write(&mut self, tag: &str, start_s: f64, length_s: f64, h: &Hist) -> Result<()> {
         writeln!(
             self.out,
             "Tag={tag},{start_s:.3},{length_s:.3},{:.3},{}",
@@ -67,7 +70,7 @@ impl Hlog {
         .map_err(|e| Error::io(&self.path, e))
     }
 
-    fn flush(&mut self) -> Result<()> {
+    pub(crate) fn flush(&mut self) -> Result<()> {
         self.out.flush().map_err(|e| Error::io(&self.path, e))
     }
 }

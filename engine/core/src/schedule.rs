@@ -60,6 +60,9 @@ pub struct Schedule {
     cursor: usize,
     /// Set by `finish_before`: nothing more is taken.
     finished: bool,
+    /// Arrivals due before this many seconds are not this schedule's (a slice taken over
+    /// part-way through a run).
+    from: f64,
 }
 
 impl Schedule {
@@ -85,7 +88,14 @@ impl Schedule {
             u: 0.0,
             cursor: 0,
             finished: false,
+            from: 0.0,
         })
+    }
+
+    /// The schedule from `from` seconds on: earlier arrivals are neither taken nor counted.
+    pub fn starting_at(mut self, from: f64) -> Self {
+        self.from = from;
+        self
     }
 
     fn advance(&mut self) -> Option<Arrival> {
@@ -122,8 +132,12 @@ impl Schedule {
                 Arrivals::Poisson { .. } => self.next_index as f64 + left.ceil(),
             };
             let end = end.min(u64::MAX as f64) as u64;
+            // Arrivals before `from` are not this schedule's.
+            let first = self
+                .next_index
+                .max(self.profile.cumulative(self.from).ceil().min(u64::MAX as f64) as u64);
             mix.count_shard(
-                self.next_index,
+                first,
                 end,
                 self.shard_index,
                 self.shard_count,
@@ -135,7 +149,7 @@ impl Schedule {
                 if a.due >= t {
                     break;
                 }
-                if a.index % self.shard_count == self.shard_index {
+                if a.index % self.shard_count == self.shard_index && a.due >= self.from {
                     counts[mix.pick(a.index)] += 1;
                 }
             }
@@ -150,7 +164,7 @@ impl Iterator for Schedule {
     fn next(&mut self) -> Option<Arrival> {
         loop {
             let a = self.advance()?;
-            if a.index % self.shard_count == self.shard_index {
+            if a.index % self.shard_count == self.shard_index && a.due >= self.from {
                 return Some(a);
             }
         }

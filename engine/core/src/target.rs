@@ -101,6 +101,8 @@ struct Behaviour {
     cfg: TargetConfig,
     start: Instant,
     counter: AtomicU64,
+    /// Requests received (each one is answered, after any delay or stall).
+    served: Arc<AtomicU64>,
     workers: Option<tokio::sync::Semaphore>,
 }
 
@@ -166,6 +168,7 @@ async fn handle(
     b: Arc<Behaviour>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    b.served.fetch_add(1, Ordering::Relaxed);
     // Held until the response is built: a worker is busy for the delay and the stall alike.
     let _worker = match &b.workers {
         Some(w) => Some(w.acquire().await.expect("the semaphore is never closed")),
@@ -249,12 +252,17 @@ pub struct TargetServer {
     pub addr: SocketAddr,
     tls: bool,
     stop: CancellationToken,
+    served: Arc<AtomicU64>,
 }
 
 impl TargetServer {
     pub fn url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://{}", self.addr)
+    }
+    /// Requests received so far.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
     }
     pub fn stop(&self) {
         self.stop.cancel();
@@ -284,10 +292,12 @@ pub fn start(rt: &tokio::runtime::Handle, cfg: TargetConfig) -> Result<TargetSer
     let stop = CancellationToken::new();
     let workers =
         (cfg.concurrency > 0).then(|| tokio::sync::Semaphore::new(cfg.concurrency as usize));
+    let served = Arc::new(AtomicU64::new(0));
     let b = Arc::new(Behaviour {
         cfg,
         start: Instant::now(),
         counter: AtomicU64::new(0),
+        served: served.clone(),
         workers,
     });
     let token = stop.clone();
@@ -328,6 +338,7 @@ pub fn start(rt: &tokio::runtime::Handle, cfg: TargetConfig) -> Result<TargetSer
     Ok(TargetServer {
         addr: local,
         tls,
+        served,
         stop,
     })
 }

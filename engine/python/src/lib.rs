@@ -4,6 +4,7 @@
 
 mod hist;
 mod hlog;
+mod merge;
 mod python_side;
 mod run;
 mod target;
@@ -85,6 +86,8 @@ mod _engine {
     use super::hist::PyHistogram;
     #[pymodule_export]
     use super::hlog::{read_hlog, read_hlog_from, read_log};
+    #[pymodule_export]
+    use super::merge::PyMerge;
     #[pymodule_export]
     use super::python_side::{PyCheck, PyMailbox, PySession, PyTicket, PyTickets};
     #[pymodule_export]

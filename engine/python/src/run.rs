@@ -31,6 +31,16 @@ impl PyRun {
         PyBytes::new(py, &out)
     }
 
+    /// Intervals closed since the last call, each whole as JSON (histograms and counters of
+    /// every entry): empty unless the run was started to report them.
+    fn take_intervals<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
+        self.handle
+            .take_intervals()
+            .iter()
+            .map(|iv| PyBytes::new(py, &serde_json::to_vec(iv).expect("intervals serialize")))
+            .collect()
+    }
+
     /// Waits up to `timeout_s` (None: until the end) with the GIL released; True once the run
     /// has ended. Signals are checked every 100 ms, so Ctrl-C raises KeyboardInterrupt here.
     #[pyo3(signature = (timeout_s=None))]
@@ -142,11 +152,14 @@ impl PyRun {
 }
 
 /// Validates `plan_json`, creates `out_dir` and starts the run; returns at once.
+/// `report`: keep every closed interval whole for `take_intervals` (an agent's run).
 #[pyfunction]
-pub(crate) fn start_run(plan_json: &str, out_dir: PathBuf) -> PyResult<PyRun> {
+#[pyo3(signature = (plan_json, out_dir, report=false))]
+pub(crate) fn start_run(plan_json: &str, out_dir: PathBuf, report: bool) -> PyResult<PyRun> {
     let plan = Plan::from_json(plan_json).map_err(CoreError)?;
     let rt = runtime()?;
-    let handle = runner::start(rt.handle(), threads(), plan, out_dir).map_err(CoreError)?;
+    let handle =
+        runner::start_with(rt.handle(), threads(), plan, out_dir, report).map_err(CoreError)?;
     Ok(PyRun { handle })
 }
 

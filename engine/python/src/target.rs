@@ -21,6 +21,11 @@ impl PyTarget {
     fn port(&self) -> u16 {
         self.server.addr.port()
     }
+    /// Requests received so far.
+    #[getter]
+    fn served(&self) -> u64 {
+        self.server.served()
+    }
     fn stop(&self) {
         self.server.stop();
     }

@@ -81,7 +81,8 @@ pub(super) fn compile(plan: &Plan, threads: usize) -> Result<Compiled> {
                 ArrivalKind::Poisson => Arrivals::Poisson { seed: *seed },
             };
             let duration = profile.duration();
-            let schedule = Schedule::new(profile.clone(), kind, shard)?;
+            let from_s = plan.shard.map_or(0.0, |s| s.from_s);
+            let schedule = Schedule::new(profile.clone(), kind, shard)?.starting_at(from_s);
             (
                 Model::Open {
                     schedule: Mutex::new(schedule),
@@ -137,6 +138,8 @@ pub(super) fn compile(plan: &Plan, threads: usize) -> Result<Compiled> {
         drain_limit,
         default_timeout: Duration::from_secs_f64(plan.timeout_s),
         shards: shard.1 as f64,
+        shard,
+        start_at: plan.shard.and_then(|s| s.start_at),
         target,
         bodies,
         mix,

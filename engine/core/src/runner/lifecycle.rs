@@ -15,7 +15,7 @@ use super::compile::Compiled;
 use super::workers::{closed_users, open_worker, set_up, wanted_at_start};
 use super::{Ctx, Model, RunHandle, RunState};
 use crate::error::{Error, Result};
-use crate::metrics::{Row, RowContext, TaskData};
+use crate::metrics::{Interval, Row, RowContext, TaskData};
 use crate::plan::Plan;
 use crate::rundir::{epoch_seconds, RunWriter, Stats, Summary, TaskSummary};
 use crate::session::Work;
@@ -33,7 +33,13 @@ const STOP_GRACE: Duration = Duration::from_secs(1);
 const ON_STOP_LIMIT: Duration = Duration::from_secs(10);
 
 /// Creates the run directory and starts the run's task on `rt`.
-pub(super) fn launch(rt: &Handle, c: Compiled, plan: Plan, dir: PathBuf) -> Result<RunHandle> {
+pub(super) fn launch(
+    rt: &Handle,
+    c: Compiled,
+    plan: Plan,
+    dir: PathBuf,
+    report: bool,
+) -> Result<RunHandle> {
     let writer = RunWriter::create(&dir, &plan.to_json())?;
     let ctx = Arc::new(c.ctx);
     let state = Arc::new(RunState {
@@ -49,6 +55,7 @@ pub(super) fn launch(rt: &Handle, c: Compiled, plan: Plan, dir: PathBuf) -> Resu
         plan,
         epoch0: OnceLock::new(),
         sent_s: Mutex::new(0.0),
+        intervals: report.then(|| Mutex::new(Vec::new())),
     });
     let handle = RunHandle(state.clone(), ctx.clone());
     let driving = rt.spawn(drive(ctx.clone(), state.clone(), writer));
@@ -96,11 +103,27 @@ async fn drive(ctx: Arc<Ctx>, state: Arc<RunState>, mut writer: RunWriter) {
     } else {
         let mut users = Vec::new();
         for vu in 0..wanted_at_start(&ctx) {
-            users.push(super::workers::start_user(&ctx, vu).await);
+            users.push(match ctx.owns_user(vu) {
+                true => super::workers::start_user(&ctx, vu).await,
+                false => None,
+            });
         }
         users
     };
-    let wall_start = SystemTime::now();
+    let wall_start = match ctx.start_at {
+        // A distributed run's slices all start at the agreed instant.
+        Some(at) => {
+            let ahead = at - epoch_seconds(SystemTime::now());
+            if ahead > 0.0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs_f64(ahead)) => {}
+                    _ = ctx.stop.cancelled() => {}
+                }
+            }
+            SystemTime::UNIX_EPOCH + Duration::from_secs_f64(at)
+        }
+        None => SystemTime::now(),
+    };
     ctx.start_clock();
     let clock = ctx.clock();
     if let Err(e) = writer.begin(wall_start) {
@@ -396,6 +419,19 @@ impl Closer<'_> {
             .collect();
         self.writer
             .interval(&self.state.names, start_s, length, &data, &rows)?;
+        if let Some(q) = &self.state.intervals {
+            let whole = Interval {
+                index: i,
+                start_s,
+                length_s: length,
+                drain,
+                in_flight,
+                active_users,
+                target_rps: rows.iter().map(|r| r.target_rps).collect(),
+                tasks: data.iter().map(TaskData::to_wire).collect(),
+            };
+            q.lock().unwrap_or_else(|e| e.into_inner()).push(whole);
+        }
         {
             let mut c = self.state.cumulative.lock().unwrap();
             for (acc, d) in c.iter_mut().zip(&data) {

@@ -31,10 +31,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::http::{CompiledRequest, Target};
-use crate::metrics::{Recorder, Row, TaskData};
+use crate::metrics::{Interval, Recorder, Row, TaskData};
 use crate::plan::{FeedMode, Plan};
 use crate::profile::Profile;
-use crate::rundir::Summary;
+use crate::rundir::{self, Summary};
 use crate::schedule::{Mix, Rng, Schedule};
 use crate::session::{Inbox, PythonSide, Ticket};
 
@@ -123,6 +123,12 @@ pub(crate) struct Ctx {
     pub(crate) default_timeout: Duration,
     /// How many shards the schedule is split into (this run runs one of them).
     pub(crate) shards: f64,
+    /// This run's shard `(index, count)`: closed-model users `vu` with `vu % count == index`
+    /// are its own.
+    pub(crate) shard: (u64, u64),
+    /// When the schedule's 0 s falls, seconds since the Unix epoch (a distributed run's
+    /// agreed start); `None`: as soon as the users are set up.
+    pub(crate) start_at: Option<f64>,
     pub(crate) target: Arc<Target>,
     /// Per task of the plan (the entries after them, if any, count hooks).
     pub(crate) bodies: Vec<Body>,
@@ -140,9 +146,28 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    /// Starts the run's clock (once).
+    /// Whether closed-model user `vu` belongs to this run's shard.
+    /// (An open model's users are its connections: all its own.)
+    pub(crate) fn owns_user(&self, vu: u64) -> bool {
+        matches!(self.model, Model::Open { .. }) || vu % self.shard.1 == self.shard.0
+    }
+
+    /// Starts the run's clock (once): now, or at the agreed instant `start_at` (an instant
+    /// already past starts the clock in the past).
     fn start_clock(&self) -> Instant {
-        let start = Instant::now();
+        let now = Instant::now();
+        let start = match self.start_at {
+            None => now,
+            Some(at) => {
+                let ahead = at - rundir::epoch_seconds(std::time::SystemTime::now());
+                if ahead >= 0.0 {
+                    now + Duration::from_secs_f64(ahead)
+                } else {
+                    now.checked_sub(Duration::from_secs_f64(-ahead))
+                        .unwrap_or(now)
+                }
+            }
+        };
         let planned_end = start + Duration::from_secs_f64(self.duration);
         let _ = self.clock.set(Clock {
             start,
@@ -201,6 +226,8 @@ pub struct RunState {
     epoch0: OnceLock<f64>,
     /// Seconds of sending closed so far (the drain is not sending time).
     sent_s: Mutex<f64>,
+    /// Closed intervals kept whole for `take_intervals` (when the run reports them).
+    intervals: Option<Mutex<Vec<Interval>>>,
 }
 
 impl RunState {
@@ -244,6 +271,14 @@ impl RunHandle {
         *g
     }
     /// Rows closed since the last call.
+    /// Intervals closed since the last call, whole (only for runs started to report them).
+    pub fn take_intervals(&self) -> Vec<Interval> {
+        self.0
+            .intervals
+            .as_ref()
+            .map(|q| std::mem::take(&mut *q.lock().unwrap_or_else(|e| e.into_inner())))
+            .unwrap_or_default()
+    }
     pub fn take_rows(&self) -> Vec<Row> {
         std::mem::take(&mut *self.0.rows.lock().unwrap())
     }
@@ -320,9 +355,21 @@ impl RunHandle {
 /// Returns at once; every problem with the plan or the directory is reported here, before any
 /// request is sent.
 pub fn start(rt: &Handle, threads: usize, plan: Plan, dir: PathBuf) -> Result<RunHandle> {
+    start_with(rt, threads, plan, dir, false)
+}
+
+/// As `start`; with `report`, every closed interval is also kept whole (histograms and
+/// counters of every task) for `take_intervals`: what an agent of a distributed run sends.
+pub fn start_with(
+    rt: &Handle,
+    threads: usize,
+    plan: Plan,
+    dir: PathBuf,
+    report: bool,
+) -> Result<RunHandle> {
     let compiled = compile::compile(&plan, threads)?;
     compile::check_descriptors(compiled.users)?;
-    lifecycle::launch(rt, compiled, plan, dir)
+    lifecycle::launch(rt, compiled, plan, dir, report)
 }
 
 #[cfg(test)]

@@ -112,6 +112,10 @@ pub(super) async fn set_up(ctx: &Arc<Ctx>, vus: std::ops::Range<u64>) -> Vec<Opt
     loop {
         while running.len() < CONCURRENT_STARTS {
             let Some(vu) = pending.next() else { break };
+            if !ctx.owns_user(vu) {
+                // Another shard's user: none of this run's.
+                continue;
+            }
             let ctx = ctx.clone();
             running.spawn(async move { (vu, start_user(&ctx, vu).await) });
         }
@@ -210,7 +214,7 @@ pub(super) async fn closed_users(ctx: Arc<Ctx>, ready: Vec<Option<User>>) {
     let mut started = JoinSet::new();
     for vu in 0..ctx.model.peak_users() {
         let prepared = ready.next();
-        if matches!(prepared, Some(None)) {
+        if matches!(prepared, Some(None)) || !ctx.owns_user(vu) {
             continue;
         }
         // Levels are reached in order: user `vu + 1` is never wanted before user `vu`.

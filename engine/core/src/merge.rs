@@ -1,0 +1,556 @@
+//! A distributed run's one picture: the coordinator adds the intervals its agents report
+//! (histograms added, counters summed: percentiles of the whole, never averaged) into the same
+//! run directory, rows and summary a local run has.
+//!
+//! Agents report each closed interval once per slice they run (a "reporter": an agent's own
+//! slice, or a slice it took over). An interval closes when every live reporter has reported
+//! it, or when the caller says its grace is over; a report that arrives after its interval
+//! closed is folded into the next interval to close (so the rows still add up to the
+//! summary), and a report seen twice (a redelivery) is counted once.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::metrics::{Interval, Row, RowContext, TaskData};
+use crate::rundir::{Hlog, RunWriter, Stats, Summary, TaskSummary, AGENTS_LOG};
+
+/// Where a report went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    /// Into its own interval, still open.
+    Fresh,
+    /// Already seen from this reporter: ignored.
+    Duplicate,
+    /// Its interval had closed: folded into the next interval to close.
+    Late,
+}
+
+impl Added {
+    pub fn name(self) -> &'static str {
+        match self {
+            Added::Fresh => "fresh",
+            Added::Duplicate => "duplicate",
+            Added::Late => "late",
+        }
+    }
+}
+
+struct Open {
+    start_s: f64,
+    length_s: f64,
+    drain: bool,
+    in_flight: i64,
+    active_users: i64,
+    target_rps: Vec<Option<f64>>,
+    data: Vec<TaskData>,
+}
+
+/// What the coordinator knows of one slice at the end: its own summary.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SliceEnd {
+    pub reporter: String,
+    pub summary: Summary,
+}
+
+pub struct Merge {
+    names: Vec<String>,
+    paths: Vec<String>,
+    name: String,
+    model: String,
+    epoch0: f64,
+    duration: f64,
+    writer: RunWriter,
+    /// Each slice's own histograms, as reported (`agents.hlog`).
+    agents_log: Hlog,
+    open: BTreeMap<u64, Open>,
+    /// Every interval below this index has closed.
+    closed_below: u64,
+    /// Reports that came after their interval closed, for the next one to close.
+    late: Option<Open>,
+    /// Per reporter: the intervals seen.
+    seen: HashMap<String, BTreeSet<u64>>,
+    /// Per reporter and entry: arrivals taken, iterations started, ended, cancelled, unsent,
+    /// requests.
+    counts: HashMap<String, Vec<[u64; 6]>>,
+    cumulative: Vec<TaskData>,
+    rows: Vec<Row>,
+    /// Per reporter: its rows (the `agent` rows that find a slow agent).
+    reporter_rows: Vec<(String, Row)>,
+    sent_s: f64,
+}
+
+impl Merge {
+    /// Creates the run directory `dir` (plan and log headers) for a run whose clock starts at
+    /// `epoch0` (seconds since the Unix epoch) and whose entries are `names` (tasks, then
+    /// hooks) run on `paths`.
+    pub fn create(
+        dir: &Path,
+        plan_json: &str,
+        names: Vec<String>,
+        paths: Vec<String>,
+        epoch0: f64,
+    ) -> Result<Self> {
+        let plan = crate::plan::Plan::from_json(plan_json)?;
+        let (model, stages) = match &plan.load {
+            crate::plan::Load::Open { stages, .. } => ("open", stages),
+            crate::plan::Load::Closed { stages, .. } => ("closed", stages),
+        };
+        let duration = crate::profile::Profile::new(stages)?.duration();
+        let mut writer = RunWriter::create(dir, plan_json)?;
+        let start = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(epoch0);
+        writer.begin(start)?;
+        let mut agents_log = Hlog::create(dir.join(AGENTS_LOG), "corrected latency per agent")?;
+        agents_log.begin(start)?;
+        Ok(Merge {
+            cumulative: names.iter().map(|_| TaskData::new()).collect(),
+            names,
+            paths,
+            name: plan.name.clone(),
+            model: model.into(),
+            epoch0,
+            duration,
+            writer,
+            agents_log,
+            open: BTreeMap::new(),
+            closed_below: 0,
+            late: None,
+            seen: HashMap::new(),
+            counts: HashMap::new(),
+            rows: Vec::new(),
+            reporter_rows: Vec::new(),
+            sent_s: 0.0,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.writer.dir()
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Adds `reporter`'s interval.
+    pub fn add(&mut self, reporter: &str, iv: &Interval) -> Result<Added> {
+        if iv.tasks.len() != self.names.len() || iv.target_rps.len() != self.names.len() {
+            return Err(Error::plan(
+                "interval",
+                format!(
+                    "{reporter} reported {} entries, the run has {}",
+                    iv.tasks.len(),
+                    self.names.len()
+                ),
+            ));
+        }
+        let data = iv
+            .tasks
+            .iter()
+            .map(TaskData::from_wire)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::plan("interval", format!("{reporter}: {e}")))?;
+        if !self
+            .seen
+            .entry(reporter.to_string())
+            .or_default()
+            .insert(iv.index)
+        {
+            return Ok(Added::Duplicate);
+        }
+        for (name, d) in self.names.iter().zip(&data) {
+            self.agents_log
+                .write(&format!("{reporter}:{name}"), iv.start_s, iv.length_s, &d.corrected)?;
+        }
+        self.agents_log.flush()?;
+        let n = self.names.len();
+        let counts = self
+            .counts
+            .entry(reporter.to_string())
+            .or_insert_with(|| vec![[0; 6]; n]);
+        for (c, d) in counts.iter_mut().zip(&data) {
+            c[0] += d.taken;
+            c[1] += d.started;
+            c[2] += d.iterations;
+            c[3] += d.cancelled;
+            c[4] += d.unsent;
+            c[5] += d.requests;
+        }
+        self.reporter_rows.extend(
+            self.rows_of(iv, &data, &iv.target_rps, iv.in_flight, iv.active_users)
+                .into_iter()
+                .map(|r| (reporter.to_string(), r)),
+        );
+        let late = iv.index < self.closed_below;
+        let blank = || Open {
+            start_s: iv.start_s,
+            length_s: iv.length_s,
+            drain: iv.drain,
+            in_flight: 0,
+            active_users: 0,
+            target_rps: vec![None; iv.tasks.len()],
+            data: iv.tasks.iter().map(|_| TaskData::new()).collect(),
+        };
+        let slot = if late {
+            self.late.get_or_insert_with(blank)
+        } else {
+            self.open.entry(iv.index).or_insert_with(blank)
+        };
+        if !late {
+            // Slices stopped at slightly different instants: the interval is the longest.
+            slot.length_s = slot.length_s.max(iv.length_s);
+            slot.in_flight += iv.in_flight;
+            slot.active_users += iv.active_users;
+            for (acc, t) in slot.target_rps.iter_mut().zip(&iv.target_rps) {
+                if let Some(t) = t {
+                    *acc = Some(acc.unwrap_or(0.0) + t);
+                }
+            }
+        }
+        for (acc, d) in slot.data.iter_mut().zip(&data) {
+            acc.add(d);
+        }
+        Ok(if late { Added::Late } else { Added::Fresh })
+    }
+
+    /// `reporter` is gone (its agent was lost) and will report nothing more: what it had
+    /// taken and not started counts as unsent, what it had started and not reported ended
+    /// as cancelled (folded into the next interval to close). Returns the arrivals it took,
+    /// per entry: its share of what was due.
+    pub fn give_up(&mut self, reporter: &str) -> Vec<u64> {
+        let n = self.names.len();
+        let Some(counts) = self.counts.get_mut(reporter) else {
+            return vec![0; n];
+        };
+        let taken: Vec<u64> = counts.iter().map(|c| c[0]).collect();
+        let mut extra: Vec<TaskData> = (0..n).map(|_| TaskData::new()).collect();
+        for (c, d) in counts.iter_mut().zip(extra.iter_mut()) {
+            let unsent = c[0].saturating_sub(c[1]).saturating_sub(c[4]);
+            let cancelled = c[1].saturating_sub(c[2]).saturating_sub(c[3]);
+            d.unsent = unsent;
+            d.cancelled = cancelled;
+            c[4] += unsent;
+            c[3] += cancelled;
+        }
+        let slot = self.late.get_or_insert_with(|| Open {
+            start_s: 0.0,
+            length_s: 0.0,
+            drain: false,
+            in_flight: 0,
+            active_users: 0,
+            target_rps: vec![None; n],
+            data: (0..n).map(|_| TaskData::new()).collect(),
+        });
+        for (acc, d) in slot.data.iter_mut().zip(&extra) {
+            acc.add(d);
+        }
+        taken
+    }
+
+    /// The requests `reporter` has reported so far.
+    pub fn requests_of(&self, reporter: &str) -> u64 {
+        self.counts
+            .get(reporter)
+            .map_or(0, |c| c.iter().map(|c| c[5]).sum())
+    }
+
+    /// The highest interval index `reporter` has reported, if any.
+    pub fn reported_upto(&self, reporter: &str) -> Option<u64> {
+        self.seen.get(reporter).and_then(|s| s.last().copied())
+    }
+
+    /// Closes, in order, every open interval each of `live` has reported, and every interval
+    /// below `through` whatever was reported (its grace is over). Returns how many closed.
+    pub fn close_ready(&mut self, live: &[String], through: u64) -> Result<usize> {
+        let mut n = 0;
+        while let Some((&i, _)) = self.open.iter().next() {
+            let everyone = live
+                .iter()
+                .all(|r| self.seen.get(r).is_some_and(|s| s.contains(&i)));
+            if !(everyone || i < through) {
+                break;
+            }
+            let iv = self.open.remove(&i).expect("just seen");
+            self.close(i, iv)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn close(&mut self, i: u64, mut iv: Open) -> Result<()> {
+        if let Some(late) = self.late.take() {
+            for (acc, d) in iv.data.iter_mut().zip(&late.data) {
+                acc.add(d);
+            }
+        }
+        let rows = self.rows_of_open(&iv);
+        self.writer
+            .interval(&self.names, iv.start_s, iv.length_s, &iv.data, &rows)?;
+        if !iv.drain {
+            self.sent_s += iv.length_s;
+        }
+        for (acc, d) in self.cumulative.iter_mut().zip(&iv.data) {
+            acc.add(d);
+        }
+        self.rows.extend(rows);
+        self.closed_below = self.closed_below.max(i + 1);
+        Ok(())
+    }
+
+    fn rows_of_open(&self, iv: &Open) -> Vec<Row> {
+        let i = Interval {
+            index: 0,
+            start_s: iv.start_s,
+            length_s: iv.length_s,
+            drain: iv.drain,
+            in_flight: iv.in_flight,
+            active_users: iv.active_users,
+            target_rps: Vec::new(),
+            tasks: Vec::new(),
+        };
+        self.rows_of(&i, &iv.data, &iv.target_rps, iv.in_flight, iv.active_users)
+    }
+
+    fn rows_of(
+        &self,
+        iv: &Interval,
+        data: &[TaskData],
+        target_rps: &[Option<f64>],
+        in_flight: i64,
+        active_users: i64,
+    ) -> Vec<Row> {
+        data.iter()
+            .enumerate()
+            .map(|(t, d)| {
+                Row::new(
+                    RowContext {
+                        time: self.epoch0 + iv.start_s,
+                        elapsed_s: iv.start_s,
+                        interval_s: iv.length_s,
+                        achieved_s: (!iv.drain).then_some(iv.length_s),
+                        task: &self.names[t],
+                        target_rps: target_rps[t],
+                        in_flight,
+                        active_users,
+                    },
+                    d,
+                )
+            })
+            .collect()
+    }
+
+    /// Rows closed since the last call.
+    pub fn take_rows(&mut self) -> Vec<Row> {
+        std::mem::take(&mut self.rows)
+    }
+
+    /// Per-reporter rows added since the last call.
+    pub fn take_reporter_rows(&mut self) -> Vec<(String, Row)> {
+        std::mem::take(&mut self.reporter_rows)
+    }
+
+    /// Everything closed so far, of one entry or of all.
+    pub fn cumulative(&self, task: Option<&str>) -> Result<TaskData> {
+        match task {
+            None => {
+                let mut all = TaskData::new();
+                for d in &self.cumulative {
+                    all.add(d);
+                }
+                Ok(all)
+            }
+            Some(name) => self
+                .names
+                .iter()
+                .position(|n| n == name)
+                .map(|i| self.cumulative[i].clone())
+                .ok_or_else(|| {
+                    Error::plan(
+                        "task",
+                        format!("no task {name:?}; the run has {:?}", self.names),
+                    )
+                }),
+        }
+    }
+
+    /// Closes whatever is still open (a slice that never reported it is lost) and writes the
+    /// summary. `targets`: per entry, the arrivals that were due (open model), from the
+    /// slices' own summaries plus what lost slices had taken.
+    pub fn finish(
+        &mut self,
+        ended: &str,
+        duration_s: Option<f64>,
+        drain_s: f64,
+        targets: Option<Vec<f64>>,
+    ) -> Result<Summary> {
+        let rest: Vec<u64> = self.open.keys().copied().collect();
+        for i in rest {
+            let iv = self.open.remove(&i).expect("listed");
+            self.close(i, iv)?;
+        }
+        if let Some(late) = self.late.take() {
+            // Nothing left to fold it into: it joins the totals (and the files) as the
+            // last interval it was reported for.
+            let i = self.closed_below;
+            self.close(i, late)?;
+        }
+        let summary = self.summary(ended, duration_s.unwrap_or(self.sent_s), drain_s, targets);
+        self.writer.summary(&summary)?;
+        Ok(summary)
+    }
+
+    /// The summary of what has closed so far (`ended` "running" while the run goes).
+    pub fn summary(
+        &self,
+        ended: &str,
+        duration_s: f64,
+        drain_s: f64,
+        targets: Option<Vec<f64>>,
+    ) -> Summary {
+        let open = self.model == "open";
+        let mut all = TaskData::new();
+        let tasks = self
+            .cumulative
+            .iter()
+            .zip(&self.names)
+            .enumerate()
+            .map(|(i, (d, name))| {
+                all.add(d);
+                let target = match &targets {
+                    Some(t) => t.get(i).copied().unwrap_or(0.0),
+                    // While the run goes: what was taken so far.
+                    None => d.taken as f64,
+                };
+                TaskSummary {
+                    name: name.clone(),
+                    path: self.paths.get(i).cloned().unwrap_or_else(|| "hook".into()),
+                    target_requests: open.then_some(target),
+                    stats: Stats::of(d, duration_s),
+                }
+            })
+            .collect::<Vec<_>>();
+        let all_target = tasks.iter().filter_map(|t| t.target_requests).sum::<f64>();
+        Summary {
+            name: self.name.clone(),
+            started_at: self.epoch0,
+            duration_s,
+            drain_s,
+            planned_duration_s: self.duration,
+            ended: ended.into(),
+            model: self.model.clone(),
+            target_requests: open.then_some(all_target),
+            overall: Stats::of(&all, duration_s),
+            tasks,
+        }
+    }
+
+    /// Seconds of sending closed so far.
+    pub fn sent_s(&self) -> f64 {
+        self.sent_s
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.writer.dir().to_path_buf()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::new_hist;
+
+    const PLAN: &str = r#"{"target": "http://127.0.0.1:1", "load": {"model": "open", "stages": [{"kind": "constant", "rate": 10, "duration_s": 3}]}, "tasks": [{"name": "a", "requests": [{"path": "/"}]}]}"#;
+
+    fn interval(index: u64, values: &[u64]) -> Interval {
+        let mut d = TaskData::new();
+        for v in values {
+            d.response(200, 1, *v, *v);
+            d.taken += 1;
+            d.started += 1;
+            d.iterations += 1;
+        }
+        Interval {
+            index,
+            start_s: index as f64,
+            length_s: 1.0,
+            drain: false,
+            in_flight: 1,
+            active_users: 0,
+            target_rps: vec![Some(5.0)],
+            tasks: vec![d.to_wire()],
+        }
+    }
+
+    fn merge(name: &str) -> Merge {
+        let dir = std::env::temp_dir().join(format!("lp-merge-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Merge::create(&dir, PLAN, vec!["a".into()], vec!["engine".into()], 1e9).unwrap()
+    }
+
+    #[test]
+    fn reports_add_up_once_each_and_close_when_every_live_reporter_has_reported() {
+        let mut m = merge("add");
+        let live = vec!["x".to_string(), "y".to_string()];
+        assert_eq!(m.add("x", &interval(0, &[100, 200])).unwrap(), Added::Fresh);
+        assert_eq!(m.close_ready(&live, 0).unwrap(), 0, "y has not reported");
+        assert_eq!(m.add("x", &interval(0, &[100, 200])).unwrap(), Added::Duplicate);
+        assert_eq!(m.add("y", &interval(0, &[300])).unwrap(), Added::Fresh);
+        assert_eq!(m.close_ready(&live, 0).unwrap(), 1);
+        let rows = m.take_rows();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].requests, 3);
+        assert_eq!(rows[0].target_rps, Some(10.0), "the slices' rates add up");
+        assert_eq!(rows[0].in_flight, 2);
+        let mut all = new_hist();
+        for v in [100u64, 200, 300] {
+            all.record(v).unwrap();
+        }
+        assert_eq!(m.cumulative(None).unwrap().corrected, all);
+        // Interval 1 from x only: closes once its grace is over; y's report then is late and
+        // joins the next interval to close.
+        m.add("x", &interval(1, &[100])).unwrap();
+        assert_eq!(m.close_ready(&live, 2).unwrap(), 1);
+        assert_eq!(m.add("y", &interval(1, &[400])).unwrap(), Added::Late);
+        m.add("x", &interval(2, &[100])).unwrap();
+        m.add("y", &interval(2, &[100])).unwrap();
+        m.close_ready(&live, 0).unwrap();
+        let rows = m.take_rows();
+        assert_eq!(
+            rows.iter().map(|r| r.requests).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
+        let s = m.finish("completed", None, 0.0, Some(vec![7.0])).unwrap();
+        assert_eq!(s.overall.requests, 7, "nothing lost, nothing twice");
+        assert_eq!(s.target_requests, Some(7.0));
+        assert_eq!(s.duration_s, 3.0);
+        assert_eq!(m.take_reporter_rows().len(), 6);
+        let text = std::fs::read_to_string(m.dir().join(crate::rundir::SUMMARY)).unwrap();
+        assert!(text.contains("\"requests\": 7"), "{text}");
+    }
+
+    #[test]
+    fn a_lost_reporter_leaves_its_unanswered_iterations_cancelled() {
+        let mut m = merge("lost");
+        let mut iv = interval(0, &[100]);
+        let mut d = TaskData::from_wire(&iv.tasks[0]).unwrap();
+        d.taken += 3; // 4 taken, 2 started, 1 ended
+        d.started += 1;
+        iv.tasks[0] = d.to_wire();
+        m.add("x", &iv).unwrap();
+        m.close_ready(&["x".to_string()], 0).unwrap();
+        assert_eq!(m.give_up("x"), vec![4]);
+        let s = m.finish("completed", None, 0.0, Some(vec![4.0])).unwrap();
+        let o = &s.overall;
+        assert_eq!((o.iterations, o.cancelled, o.unsent), (1, 1, 2));
+        assert_eq!(o.iterations + o.cancelled + o.unsent, 4);
+    }
+
+    #[test]
+    fn a_report_of_another_shape_is_refused() {
+        let mut m = merge("shape");
+        let mut iv = interval(0, &[1]);
+        iv.tasks.push(TaskData::new().to_wire());
+        assert!(m.add("x", &iv).is_err());
+    }
+}

@@ -1,0 +1,349 @@
+"""``loadpilot agent``: registers with NATS, waits for work, runs its slices of a run on its
+local engine, streams every closed interval to the coordinator, and goes back to waiting.
+
+An agent runs only what its operator allowed: targets matching ``--allow-target`` (loopback
+when none is given) and Python scenario code only with ``--allow-code``. It stops its load on
+its own when the coordinator goes silent, so no load generator is ever orphaned."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import nats
+from nats.aio.msg import Msg
+
+from loadpilot import _engine
+from loadpilot.cluster import protocol as P
+from loadpilot.errors import LoadPilotError
+from loadpilot.plan import Plan
+
+
+@dataclass
+class _Slice:
+    """One slice of a run this agent runs (its own, or one taken over from a lost agent)."""
+
+    run: str
+    reporter: str
+    handle: _engine.Run
+    dir: Path
+    pending: deque[tuple[str, bytes]] = field(default_factory=deque)
+    stop_reason: str | None = None
+    ended: bool = False
+
+
+class Agent:
+    def __init__(
+        self,
+        url: str,
+        name: str | None = None,
+        *,
+        token: str | None = None,
+        creds: str | None = None,
+        tls_ca: str | None = None,
+        allow_targets: list[str] | None = None,
+        allow_code: bool = False,
+        health_port: int | None = None,
+        once: bool = False,
+    ) -> None:
+        self.url = url
+        self.name = name or f"{socket.gethostname().split('.')[0]}-{os.getpid()}"
+        if not P.valid_name(self.name):
+            raise LoadPilotError(f"agent name {self.name!r}: use letters, digits, '-' and '_' only")
+        self.token = token
+        self.creds = creds
+        self.tls_ca = tls_ca
+        self.allow_targets = list(allow_targets or [])
+        self.allow_code = allow_code
+        self.health_port = health_port
+        self.once = once
+        self.state = "idle"
+        self._slices: list[_Slice] = []
+        self._claimed_by: str | None = None
+        self._last_beat = 0.0
+        self._connected = False
+        self._disconnected_at: float | None = None
+        self._requests = 0
+        self._work_root = Path(tempfile.mkdtemp(prefix=f"loadpilot-agent-{self.name}-"))
+        self._quit: asyncio.Event | None = None  # made in the agent's event loop
+        self._subscribed: set[str] = set()
+
+    # -- entry point -------------------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        try:
+            asyncio.run(self._main())
+        finally:
+            shutil.rmtree(self._work_root, ignore_errors=True)
+
+    async def _main(self) -> None:
+        self._quit = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._quit.set)
+
+        async def on_disconnect() -> None:
+            self._connected = False
+            self._disconnected_at = time.monotonic()
+
+        async def on_reconnect() -> None:
+            self._connected = True
+            self._disconnected_at = None
+            # Silence while we were away says nothing about the coordinator.
+            self._last_beat = time.monotonic()
+
+        async def on_error(e: Exception) -> None:
+            pass
+
+        try:
+            self.nc = await nats.connect(
+                **P.connect_options(self.url, self.token, self.creds, self.tls_ca, self.name),
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+                error_cb=on_error,
+            )
+        except Exception as e:  # nats raises several kinds; all mean "cannot reach it"
+            raise LoadPilotError(f"agent {self.name}: cannot connect to NATS: {e}") from None
+        self._connected = True
+        self.js = self.nc.jetstream()
+        await self.nc.subscribe(P.DISCOVER, cb=self._on_discover)
+        await self.nc.subscribe(P.agent_subject(self.name, "clock"), cb=self._on_clock)
+        await self.nc.subscribe(P.agent_subject(self.name, "work"), cb=self._on_work)
+        health = await self._serve_health() if self.health_port is not None else None
+        print(f"agent {self.name}: waiting for work on {P.agent_subject(self.name, 'work')}",
+              flush=True)  # fmt: skip
+        try:
+            while not self._quit.is_set():
+                await self._tick()
+                try:
+                    await asyncio.wait_for(self._quit.wait(), 0.2)
+                except TimeoutError:
+                    pass
+                if self.once and self.state == "idle" and self._claimed_by == "done":
+                    break
+        finally:
+            for s in self._slices:
+                s.handle.stop("stopped")
+            if health is not None:
+                health.close()
+            await self.nc.drain()
+
+    # -- requests from coordinators ----------------------------------------------------------
+
+    def _info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "version": _engine.__version__,
+            "allow_targets": self.allow_targets or ["loopback"],
+            "allow_code": self.allow_code,
+        }
+
+    async def _on_discover(self, msg: Msg) -> None:
+        if msg.reply:
+            await msg.respond(json.dumps(self._info()).encode())
+
+    async def _on_clock(self, msg: Msg) -> None:
+        if msg.reply:
+            await msg.respond(json.dumps({"time": time.time()}).encode())
+
+    async def _on_work(self, msg: Msg) -> None:
+        try:
+            work = json.loads(msg.data)
+            reply = self._accept(work)
+        except Exception as e:  # refuse anything malformed with a reason, never crash
+            reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        if not reply["ok"]:
+            print(f"agent {self.name}: refused: {reply['error']}", flush=True)
+            await self._event(work.get("run") if isinstance(work, dict) else None, "refused",
+                              reply["error"])  # fmt: skip
+        if msg.reply:
+            await msg.respond(json.dumps(reply).encode())
+
+    def _accept(self, work: dict[str, Any]) -> dict[str, Any]:
+        run = str(work["run"])
+        reporter = str(work["reporter"])
+        if self.state != "idle" and self._claimed_by != run:
+            return {"ok": False, "error": f"busy with run {self._claimed_by}"}
+        plan = Plan.from_json(work["plan"])
+        if not P.target_allowed(plan.target, self.allow_targets):
+            allowed = ", ".join(self.allow_targets or ["loopback"])
+            return {
+                "ok": False,
+                "error": f"target {plan.target} is not allowed on this agent (allowed: "
+                f"{allowed}; start it with --allow-target)",
+            }
+        scenario = None
+        files = work.get("files")
+        if files:
+            if not self.allow_code:
+                return {
+                    "ok": False,
+                    "error": "the scenario has Python code and this agent runs plans only "
+                    "(start it with --allow-code to run scenario code)",
+                }
+            scenario = self._load_scenario(run, reporter, files, work["entry"], work["scenario"])
+        dir = self._work_root / run / reporter.replace("/", "_")
+        handle = _engine.start_run(plan.to_json(), dir, report=True)
+        tickets = handle.tickets()
+        if tickets is not None:
+            if scenario is None:
+                handle.stop("stopped")
+                return {"ok": False, "error": "the plan has Python parts and no scenario came"}
+            from loadpilot.running.vusers import PythonUsers
+
+            PythonUsers(handle, tickets, scenario).start()
+        self._slices.append(_Slice(run=run, reporter=reporter, handle=handle, dir=dir))
+        self._claimed_by = run
+        self.state = "running"
+        self._last_beat = time.monotonic()
+        return {"ok": True}
+
+    def _load_scenario(
+        self, run: str, reporter: str, files: dict[str, str], entry: str, name: str
+    ) -> Any:
+        from loadpilot.scenarios.loader import load_scenario
+
+        root = self._work_root / run / "code" / reporter.replace("/", "_")
+        for rel, data in files.items():
+            p = PurePosixPath(rel)
+            if p.is_absolute() or ".." in p.parts:
+                raise LoadPilotError(f"scenario file {rel!r}: only paths inside the scenario's "
+                                     "directory travel to agents")  # fmt: skip
+            out = root.joinpath(*p.parts)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(base64.b64decode(data))
+        return load_scenario(root / entry, name)
+
+    # -- the run's heartbeat -----------------------------------------------------------------
+
+    async def _on_run_beat(self, msg: Msg) -> None:
+        self._last_beat = time.monotonic()
+
+    async def _on_ctl(self, msg: Msg) -> None:
+        try:
+            op = json.loads(msg.data)
+        except ValueError:
+            return
+        if op.get("op") == "stop":
+            reason = "aborted" if op.get("reason") == "aborted" else "stopped"
+            for s in self._slices:
+                if s.stop_reason is None:
+                    s.stop_reason = reason
+                    s.handle.stop(reason)
+
+    async def _event(self, run: str | None, event: str, detail: str) -> None:
+        if run is None or not self._connected:
+            return
+        body = {"kind": "event", "agent": self.name, "event": event, "detail": detail}
+        try:
+            await self.nc.publish(P.run_subject(run, "agents"), json.dumps(body).encode())
+        except Exception:  # best effort: the coordinator also sees the refusal in the reply
+            pass
+
+    async def _tick(self) -> None:
+        now = time.monotonic()
+        runs = {s.run for s in self._slices}
+        for run in runs - self._subscribed:
+            self._subscribed = self._subscribed | {run}
+            await self.nc.subscribe(P.run_subject(run, "beat"), cb=self._on_run_beat)
+            await self.nc.subscribe(P.run_subject(run, "ctl"), cb=self._on_ctl)
+        gone = self._connected and now - self._last_beat > P.COORDINATOR_LOST_S
+        cut_off = (
+            self._disconnected_at is not None
+            and now - self._disconnected_at > P.DISCONNECTED_STOP_S
+        )
+        for s in self._slices:
+            if (gone or cut_off) and s.stop_reason is None:
+                why = "the coordinator went silent" if gone else "NATS is unreachable"
+                print(f"agent {self.name}: stopping run {s.run}: {why}", flush=True)
+                s.stop_reason = "stopped"
+                s.handle.stop("stopped")
+            done = s.handle.done
+            for iv in s.handle.take_intervals():
+                index = json.loads(iv)["index"]
+                body = json.dumps({"kind": "interval", "reporter": s.reporter}).encode()
+                s.pending.append((f"{s.run}.{s.reporter}.{index}", body + b"\n" + iv))
+            if done and not s.ended:
+                s.ended = True
+                summary = s.handle.summary_json() or "{}"
+                head = json.dumps({"kind": "end", "reporter": s.reporter}).encode()
+                s.pending.append((f"{s.run}.{s.reporter}.end", head + b"\n" + summary.encode()))
+            await self._flush(s)
+        if self._connected and runs:
+            for run in runs:
+                beat = {
+                    "kind": "beat",
+                    "agent": self.name,
+                    "state": self.state,
+                    "time": time.time(),
+                    "reporters": [s.reporter for s in self._slices if s.run == run],
+                }
+                try:
+                    await self.nc.publish(P.run_subject(run, "agents"), json.dumps(beat).encode())
+                except Exception:
+                    pass
+        finished = [s for s in self._slices if s.ended and not s.pending]
+        for s in finished:
+            self._slices.remove(s)
+            shutil.rmtree(s.dir, ignore_errors=True)
+        if not self._slices and self.state != "idle":
+            self.state = "idle"
+            self._claimed_by = "done" if self.once else None
+            self._subscribed = set()
+            shutil.rmtree(self._work_root, ignore_errors=True)
+            self._work_root.mkdir(parents=True, exist_ok=True)
+            print(f"agent {self.name}: run over, waiting for work", flush=True)
+        elif not self._slices and self._claimed_by not in (None, "done"):
+            self._claimed_by = None
+
+    async def _flush(self, s: _Slice) -> None:
+        """Publishes what the slice has ready, in order, each until JetStream acknowledges it
+        (its message id makes a retry after a lost acknowledgement harmless)."""
+        while s.pending and self._connected:
+            msg_id, payload = s.pending[0]
+            try:
+                await self.js.publish(
+                    P.data_subject(s.run, self.name),
+                    payload,
+                    timeout=2.0,
+                    headers={"Nats-Msg-Id": msg_id},
+                )
+            except Exception:
+                return  # NATS is away: try again on the next tick
+            s.pending.popleft()
+
+    # -- health ------------------------------------------------------------------------------
+
+    async def _serve_health(self) -> asyncio.Server:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+                ok = self._connected
+                body = json.dumps({**self._info(), "nats": "connected" if ok else "away"})
+                status = "200 OK" if ok else "503 Service Unavailable"
+                writer.write(
+                    f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n"
+                    f"content-length: {len(body)}\r\nconnection: close\r\n\r\n{body}".encode()
+                )
+                await writer.drain()
+            except (OSError, asyncio.IncompleteReadError, TimeoutError):
+                pass
+            finally:
+                writer.close()
+
+        assert self.health_port is not None
+        return await asyncio.start_server(answer, "0.0.0.0", self.health_port)

@@ -1,0 +1,686 @@
+"""The coordinator of a distributed run: finds its agents, measures their clocks, hands each a
+slice of the one schedule starting at one agreed instant, adds up what they report into the
+run directory, and keeps the run whole when an agent is lost.
+
+It is what ``lp.start(..., agents=...)`` and ``loadpilot run --agents`` drive; to the rest of
+LoadPilot it looks like a local run's engine handle (rows, summary, histograms)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import json
+import math
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+try:
+    import nats
+    from nats.aio.msg import Msg
+    from nats.js.api import ConsumerConfig, StorageType, StreamConfig
+except ImportError:  # pragma: no cover - the extra is missing
+    raise ImportError(
+        "distributed runs need the NATS client: pip install 'loadpilot[distributed]'"
+    ) from None
+
+from loadpilot import _engine
+from loadpilot.cluster import protocol as P
+from loadpilot.cluster.server import NatsServer, spawn_agent
+from loadpilot.errors import ClusterError
+from loadpilot.plan import OpenLoad, Plan, Shard
+from loadpilot.scenarios.scenario import Scenario
+
+#: What ``on_agent_loss`` may be.
+LOSS_POLICIES = ("redistribute", "continue", "abort")
+
+
+@dataclass(frozen=True)
+class Agents:
+    """Where a distributed run's load comes from. ``count`` agents; with no ``nats`` URL a
+    NATS server is started on loopback for the run, and with ``spawn`` (the default when no
+    URL is given) the agents are started here as child processes. ``on_loss``: what happens
+    when an agent is lost mid-run (``redistribute``: the survivors take over its remaining
+    share of the schedule; ``continue``; ``abort``). An agent whose clock is off by more than
+    ``max_offset_ms`` is reported before the start."""
+
+    count: int
+    nats: str | None = None
+    spawn: bool | None = None
+    timeout_s: float = 60.0
+    on_loss: str = "redistribute"
+    max_offset_ms: float = 50.0
+    token: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
+            raise ClusterError(f"agents: count must be a whole number >= 1, got {self.count!r}")
+        if self.on_loss not in LOSS_POLICIES:
+            raise ClusterError(
+                f"agents: on_loss {self.on_loss!r}: use one of {', '.join(LOSS_POLICIES)}"
+            )
+        if not (self.timeout_s > 0):
+            raise ClusterError("agents: timeout_s must be > 0")
+
+    @property
+    def spawns(self) -> bool:
+        return self.nats is None if self.spawn is None else self.spawn
+
+
+@dataclass
+class _AgentState:
+    name: str
+    info: dict[str, Any]
+    offset_s: float = 0.0
+    rtt_s: float = 0.0
+    state: str = "ready"
+    last_seen: float = field(default_factory=time.monotonic)
+    last_seen_wall: float = field(default_factory=time.time)
+    requests: int = 0
+
+
+@dataclass
+class _Reporter:
+    name: str
+    agent: str
+    shard_index: int
+    shard_count: int
+    from_s: float
+    state: str = "running"  # running, ended, lost
+    summary: dict[str, Any] | None = None
+
+
+def _scenario_files(scenario: Scenario) -> tuple[str, dict[str, str]]:
+    """The scenario's file and the feed files it reads, base64, by path relative to it: what
+    an agent needs to load the same scenario."""
+    file: Path | None = None
+    for v in vars(scenario.user).values():
+        code = getattr(v, "__code__", None)
+        if code is not None:
+            file = Path(code.co_filename)
+            break
+    if file is None or not file.is_file():
+        raise ClusterError(
+            f"scenario {scenario.name} has Python code and is not in a file: agents load "
+            "scenarios from files (put the class in a .py file and load it from there)"
+        )
+    files = {file.name: base64.b64encode(file.read_bytes()).decode()}
+    source = scenario.feeder.source if scenario.feeder is not None else None
+    if source is not None:
+        rel = Path(source)
+        found = file.parent / rel if not rel.is_absolute() else rel
+        if not found.is_file():
+            found = rel
+        if rel.is_absolute() or ".." in rel.parts or not found.is_file():
+            raise ClusterError(
+                f"feed {source!r}: agents get feed files by a path relative to the scenario "
+                "file, inside its directory"
+            )
+        files[rel.as_posix()] = base64.b64encode(found.read_bytes()).decode()
+    return file.name, files
+
+
+class Coordinator:
+    """A distributed run, seen as an engine run handle."""
+
+    def __init__(self, plan: Plan, scenario: Scenario | None, out: Path, agents: Agents) -> None:
+        self.plan = plan
+        self.scenario = scenario
+        self.spec = agents
+        self._out = out
+        self._names = [t.name for t in plan.tasks] + (["on_start"] if plan.hooks.on_start else [])
+        self._paths = [t.path for t in plan.tasks]
+        self.run_id = uuid.uuid4().hex[:12]
+        self._merge: _engine.Merge | None = None
+        self._agents: dict[str, _AgentState] = {}
+        self._reporters: dict[str, _Reporter] = {}
+        self._events: list[dict[str, Any]] = []
+        self._done = threading.Event()
+        self._summary: str | None = None
+        self._failure: str | None = None
+        self._stop_reason: str | None = None
+        self._server: NatsServer | None = None
+        self._children: list[Any] = []
+        self._start_at = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connected = False
+        self._lock = threading.Lock()
+        self._files: tuple[str, dict[str, str]] | None = None
+        if plan.python():
+            if scenario is None:
+                raise ClusterError("a plan with Python parts runs on agents from its scenario")
+            self._files = _scenario_files(scenario)
+
+    # -- starting -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Starts the run; returns once every agent has its slice (or raises why not)."""
+        started: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._thread_main, args=(started,), name="loadpilot-coordinator", daemon=True
+        )
+        self._thread.start()
+        try:
+            started.result()
+        except BaseException:
+            self._thread.join(15)
+            raise
+
+    def _thread_main(self, started: concurrent.futures.Future[None]) -> None:
+        try:
+            asyncio.run(self._main(started))
+        except BaseException as e:  # noqa: BLE001 - whatever ends the loop ends the run
+            if not started.done():
+                started.set_exception(e)
+            else:
+                self._failure = self._failure or f"the coordinator failed: {e!r}"
+        finally:
+            self._cleanup()
+            self._done.set()
+
+    def _cleanup(self) -> None:
+        for child in self._children:
+            if child.poll() is None:
+                child.terminate()
+        for child in self._children:
+            try:
+                child.wait(5)
+            except Exception:
+                child.kill()
+                child.wait()
+        if self._server is not None:
+            self._server.close()
+
+    async def _main(self, started: concurrent.futures.Future[None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        spec = self.spec
+        url = spec.nats
+        if url is None:
+            self._server = NatsServer()
+            url = self._server.url
+        if spec.spawns:
+            from urllib.parse import urlsplit
+
+            host = urlsplit(self.plan.target).hostname or "loopback"
+            code = self._files is not None
+            for i in range(spec.count):
+                name = f"local-{self.run_id[:6]}-{i}"
+                self._children.append(
+                    spawn_agent(url, name, allow_targets=[host], allow_code=code, env=None)
+                )
+
+        async def on_disconnect() -> None:
+            self._connected = False
+
+        async def on_reconnect() -> None:
+            self._connected = True
+            now = time.monotonic()
+            for a in self._agents.values():
+                a.last_seen = max(a.last_seen, now)
+
+        async def on_error(e: Exception) -> None:
+            pass
+
+        try:
+            nc = await nats.connect(
+                **P.connect_options(url, spec.token, None, None, f"coordinator-{self.run_id}"),
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+                error_cb=on_error,
+            )
+        except Exception as e:
+            raise ClusterError(f"cannot connect to NATS at {_redact(url)}: {e}") from None
+        self._connected = True
+        self.nc = nc
+        try:
+            await self._prepare(nc)
+            started.set_result(None)
+            await self._drive(nc)
+        finally:
+            await nc.drain()
+
+    async def _prepare(self, nc: Any) -> None:
+        spec = self.spec
+        found = await self._discover(nc, spec.count, spec.timeout_s)
+        with self._lock:
+            self._agents = {a.name: a for a in found}
+        for a in found:
+            a.offset_s, a.rtt_s = await self._clock(nc, a.name)
+            if abs(a.offset_s) * 1000 > spec.max_offset_ms:
+                self._event(
+                    "clock",
+                    a.name,
+                    f"clock off by {a.offset_s * 1000:+.1f} ms (bound {spec.max_offset_ms:g} ms)",
+                )
+        js = nc.jetstream()
+        try:
+            await js.add_stream(
+                StreamConfig(
+                    name=P.STREAM,
+                    subjects=[f"{P.DATA_PREFIX}.>"],
+                    storage=StorageType.FILE,
+                    max_age=3600.0,
+                    duplicate_window=300.0,
+                )
+            )
+        except Exception as e:
+            raise ClusterError(f"NATS has no JetStream (start nats-server with -js): {e}") from None
+        self._js = js
+        self._sub = await js.subscribe(
+            f"{P.DATA_PREFIX}.{self.run_id}.>",
+            durable=f"coordinator-{self.run_id}",
+            cb=self._on_data,
+            manual_ack=True,
+            config=ConsumerConfig(ack_wait=2.0, max_ack_pending=10_000),
+        )
+        await nc.subscribe(P.run_subject(self.run_id, "agents"), cb=self._on_agents)
+        lead = 2.0 if self.plan.hooks.on_start else 1.0
+        self._start_at = time.time() + lead
+        self._merge = _engine.Merge(
+            self.plan.to_json(), self._out, self._names, self._paths, self._start_at
+        )
+        self._beat_task = asyncio.create_task(self._beat(nc))
+        n = len(found)
+        for i, a in enumerate(found):
+            reporter = a.name
+            self._reporters[reporter] = _Reporter(reporter, a.name, i, n, 0.0)
+            err = await self._send_work(nc, a, reporter, i, n, 0.0, self._connections(i, n))
+            if err is not None:
+                await self._publish_ctl(nc, "stopped")
+                raise ClusterError(f"agent {a.name} refused the run: {err}")
+            a.state = "running"
+            self._event("started", a.name, f"slice {i}/{n}")
+
+    def _connections(self, i: int, n: int) -> int | None:
+        load = self.plan.load
+        if not isinstance(load, OpenLoad):
+            return None
+        return max(1, load.connections // n + (1 if i < load.connections % n else 0))
+
+    async def _discover(self, nc: Any, count: int, timeout_s: float) -> list[_AgentState]:
+        deadline = time.monotonic() + timeout_s
+        seen: dict[str, dict[str, Any]] = {}
+        while time.monotonic() < deadline:
+            inbox = nc.new_inbox()
+            answers: list[dict[str, Any]] = []
+
+            async def collect(msg: Msg, answers: list[dict[str, Any]] = answers) -> None:
+                try:
+                    answers.append(json.loads(msg.data))
+                except ValueError:
+                    pass
+
+            sub = await nc.subscribe(inbox, cb=collect)
+            await nc.publish(P.DISCOVER, b"", reply=inbox)
+            await asyncio.sleep(0.3)
+            await sub.unsubscribe()
+            for info in answers:
+                if info.get("state") == "idle" and P.valid_name(str(info.get("name", ""))):
+                    seen[info["name"]] = info
+            if len(seen) >= count:
+                chosen = sorted(seen)[:count]
+                return [_AgentState(name, seen[name]) for name in chosen]
+        raise ClusterError(
+            f"{len(seen)} of {count} agents answered within {timeout_s:g} s on NATS "
+            f"{_redact(self.spec.nats or 'of this run')} (start them with `loadpilot agent "
+            "--nats URL`, or wait longer with --agents-timeout)"
+        )
+
+    async def _clock(self, nc: Any, name: str) -> tuple[float, float]:
+        """The agent's clock minus ours, from the sample with the shortest round trip."""
+        best: tuple[float, float] | None = None
+        for _ in range(5):
+            t0 = time.time()
+            try:
+                msg = await nc.request(P.agent_subject(name, "clock"), b"", timeout=2)
+            except Exception:
+                continue
+            t1 = time.time()
+            theirs = float(json.loads(msg.data)["time"])
+            sample = (theirs - (t0 + t1) / 2, t1 - t0)
+            if best is None or sample[1] < best[1]:
+                best = sample
+        if best is None:
+            raise ClusterError(f"agent {name} did not answer a clock request")
+        return best
+
+    async def _send_work(
+        self,
+        nc: Any,
+        a: _AgentState,
+        reporter: str,
+        index: int,
+        count: int,
+        from_s: float,
+        connections: int | None,
+    ) -> str | None:
+        update: dict[str, Any] = {
+            "shard": Shard(
+                index=index, count=count, start_at=self._start_at + a.offset_s, from_s=from_s
+            )
+        }
+        if connections is not None:
+            assert isinstance(self.plan.load, OpenLoad)
+            update["load"] = self.plan.load.model_copy(update={"connections": connections})
+        plan = self.plan.model_copy(update=update)
+        work: dict[str, Any] = {"run": self.run_id, "reporter": reporter, "plan": plan.to_json()}
+        if self._files is not None:
+            assert self.scenario is not None
+            work["entry"], work["files"] = self._files
+            work["scenario"] = self.scenario.name
+        try:
+            msg = await nc.request(
+                P.agent_subject(a.name, "work"), json.dumps(work).encode(), timeout=10
+            )
+        except Exception as e:
+            return f"no answer ({type(e).__name__})"
+        reply = json.loads(msg.data)
+        return None if reply.get("ok") else str(reply.get("error", "refused"))
+
+    # -- while the run goes --------------------------------------------------------------------
+
+    async def _beat(self, nc: Any) -> None:
+        while True:
+            try:
+                await nc.publish(P.run_subject(self.run_id, "beat"), b"")
+            except Exception:
+                pass
+            await asyncio.sleep(P.BEAT_S)
+
+    async def _publish_ctl(self, nc: Any, reason: str) -> None:
+        body = json.dumps({"op": "stop", "reason": reason}).encode()
+        try:
+            await nc.publish(P.run_subject(self.run_id, "ctl"), body)
+            await nc.flush(2)
+        except Exception:
+            pass
+
+    async def _on_agents(self, msg: Msg) -> None:
+        try:
+            m = json.loads(msg.data)
+        except ValueError:
+            return
+        a = self._agents.get(str(m.get("agent")))
+        if a is None:
+            return
+        if m.get("kind") == "beat":
+            if a.state != "lost":
+                a.last_seen = time.monotonic()
+                a.last_seen_wall = time.time()
+        elif m.get("kind") == "event":
+            self._event(str(m.get("event")), a.name, str(m.get("detail")))
+
+    async def _on_data(self, msg: Msg) -> None:
+        head, _, body = msg.data.partition(b"\n")
+        try:
+            h = json.loads(head)
+            r = self._reporters.get(str(h["reporter"]))
+            if r is not None and self._merge is not None:
+                if h["kind"] == "interval" and r.state != "lost":
+                    added = self._merge.add(r.name, body)
+                    if added == "late":
+                        self._event(
+                            "late", r.agent, f"interval reported after it closed ({r.name})"
+                        )
+                    a = self._agents.get(r.agent)
+                    if a is not None:
+                        a.last_seen = time.monotonic()
+                        a.last_seen_wall = time.time()
+                elif h["kind"] == "end" and r.state == "running":
+                    r.summary = json.loads(body)
+                    r.state = "ended"
+                    self._wake.set()
+        except (ValueError, KeyError) as e:
+            self._event("bad_report", "?", str(e))
+        await msg.ack()
+
+    async def _drive(self, nc: Any) -> None:
+        merge = self._merge
+        assert merge is not None
+        n_sched = max(1, math.ceil(self.plan.duration_s))
+        stop_sent = False
+        ending_since: float | None = None
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), 0.2)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            now = time.monotonic()
+            if self._stop_reason is not None and not stop_sent:
+                await self._publish_ctl(nc, self._stop_reason)
+                stop_sent = True
+            if self._connected:
+                for a in self._agents.values():
+                    if a.state == "running" and now - a.last_seen > P.AGENT_LOST_S:
+                        await self._lose(nc, a)
+            live = [r.name for r in self._reporters.values() if r.state == "running"]
+            elapsed = time.time() - self._start_at
+            through = min(int(elapsed - P.CLOSE_GRACE_S), n_sched - 1)
+            merge.close_ready(live, max(0, through))
+            if not live:
+                break
+            # A stopped run whose agents do not answer ends anyway.
+            if stop_sent:
+                ending_since = ending_since or now
+                if now - ending_since > 15.0:
+                    self._event("timeout", "-", "agents did not end their slices after a stop")
+                    break
+        self._beat_task.cancel()
+        self._finish()
+        try:
+            await self._sub.unsubscribe()
+            await self._js.delete_consumer(P.STREAM, f"coordinator-{self.run_id}")
+        except Exception:
+            pass
+
+    async def _lose(self, nc: Any, a: _AgentState) -> None:
+        a.state = "lost"
+        self._event("lost", a.name, f"no heartbeat for {P.AGENT_LOST_S:g} s")
+        merge = self._merge
+        assert merge is not None
+        lost = [r for r in self._reporters.values() if r.agent == a.name and r.state == "running"]
+        for r in lost:
+            r.state = "lost"
+        policy = self.spec.on_loss
+        if policy == "abort":
+            self._stop_reason = self._stop_reason or "aborted"
+            return
+        remaining = self.plan.duration_s - (time.time() - self._start_at)
+        survivors = [x for x in self._agents.values() if x.state == "running"]
+        if policy != "redistribute" or remaining <= 0 or not survivors:
+            return
+        if self._stop_reason is not None:
+            return
+        for r in lost:
+            upto = merge.reported_upto(r.name)
+            from_s = max(r.from_s, 0.0 if upto is None else float(upto + 1))
+            s = len(survivors)
+            for k, x in enumerate(survivors):
+                index = r.shard_index + k * r.shard_count
+                count = r.shard_count * s
+                name = f"{x.name}+{r.name}"
+                conns = None
+                if isinstance(self.plan.load, OpenLoad):
+                    share = self._connections(r.shard_index, r.shard_count) or 1
+                    conns = max(1, math.ceil(share / s))
+                self._reporters[name] = _Reporter(name, x.name, index, count, from_s)
+                err = await self._send_work(nc, x, name, index, count, from_s, conns)
+                if err is not None:
+                    self._reporters[name].state = "lost"
+                    self._event("refused", x.name, f"takeover of {r.name}: {err}")
+                else:
+                    self._event("takeover", x.name, f"{r.name} from {from_s:g} s")
+
+    def _finish(self) -> None:
+        merge = self._merge
+        assert merge is not None
+        ended = [r for r in self._reporters.values() if r.state == "ended" and r.summary]
+        targets: list[float] | None = None
+        if isinstance(self.plan.load, OpenLoad):
+            targets = [0.0] * len(self._names)
+            for r in ended:
+                assert r.summary is not None
+                for i, t in enumerate(r.summary.get("tasks", [])):
+                    targets[i] += float(t.get("target_requests") or 0.0)
+        for r in self._reporters.values():
+            if r.state != "ended":
+                taken = merge.give_up(r.name)
+                if targets is not None:
+                    for i, n in enumerate(taken):
+                        targets[i] += n
+        summaries = [r.summary for r in ended if r.summary]
+        duration = max((float(s.get("duration_s", 0.0)) for s in summaries), default=None)
+        drain = max((float(s.get("drain_s", 0.0)) for s in summaries), default=0.0)
+        ends = {str(s.get("ended")) for s in summaries}
+        if self._stop_reason is not None:
+            why = self._stop_reason
+        else:
+            why = next(
+                (e for e in ("failed", "drain_timeout", "exhausted", "aborted") if e in ends),
+                "completed",
+            )
+        try:
+            self._summary = merge.finish(why, duration, drain, targets)
+        except _engine.LoadPilotError as e:
+            self._failure = str(e)
+        self._write_agent_files()
+
+    # -- what the run directory gets besides a local run's files -------------------------------
+
+    def _event(self, event: str, agent: str, detail: str) -> None:
+        e = {"time": time.time(), "event": event, "agent": agent, "detail": detail}
+        with self._lock:
+            self._events.append(e)
+        try:
+            self._out.mkdir(parents=True, exist_ok=True)
+            with open(self._out / "events.jsonl", "a") as f:
+                f.write(json.dumps(e) + "\n")
+        except OSError:
+            pass
+        if event in ("lost", "refused", "clock", "takeover", "timeout"):
+            print(f"agent {agent}: {event}: {detail}", flush=True)
+
+    def _write_agent_files(self) -> None:
+        assert self._merge is not None
+        data = self._merge.take_reporter_rows()
+        path = self._out / "agents.jsonl"
+        try:
+            path.write_bytes(data)
+            if data:
+                from loadpilot.running import store
+
+                frame = store.rows_from_ndjson(data, extra={"agent": pl.String})
+                frame.write_parquet(self._out / "agents.parquet")
+        except OSError as e:
+            self._failure = self._failure or f"{path}: {e}"
+
+    # -- the handle a Run wraps ----------------------------------------------------------------
+
+    def take_rows(self) -> bytes:
+        return self._merge.take_rows() if self._merge is not None else b""
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        deadline = None if timeout_s is None else time.monotonic() + max(0.0, timeout_s)
+        while True:
+            step = 0.1 if deadline is None else min(0.1, max(0.0, deadline - time.monotonic()))
+            if self._done.wait(step):
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+
+    def stop(self, reason: str = "stopped") -> None:
+        if reason not in ("stopped", "aborted"):
+            raise ValueError(f"reason is 'stopped' or 'aborted', got {reason!r}")
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        loop = self._loop
+        if loop is not None and not self._done.is_set():
+            loop.call_soon_threadsafe(self._wake.set)
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def summary_json(self) -> str | None:
+        return self._summary if self._done.is_set() else None
+
+    def summary_so_far_json(self) -> str:
+        assert self._merge is not None
+        return self._merge.summary_so_far_json()
+
+    def failure(self) -> str | None:
+        return self._failure
+
+    def histogram(self, task: str | None = None, service: bool = False) -> _engine.Histogram:
+        assert self._merge is not None
+        return self._merge.histogram(task, service)
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self._names)
+
+    def tickets(self) -> None:
+        return None
+
+    def elapsed_s(self) -> float:
+        return max(0.0, time.time() - self._start_at)
+
+    def max_users(self) -> int:
+        return 0
+
+    @property
+    def path(self) -> Path:
+        return self._out
+
+    def agents_frame(self) -> pl.DataFrame:
+        now = time.monotonic()
+        with self._lock:
+            rows = [
+                {
+                    "name": a.name,
+                    "state": a.state,
+                    "clock_offset_ms": a.offset_s * 1000,
+                    "rtt_ms": a.rtt_s * 1000,
+                    "last_seen_s": now - a.last_seen,
+                    "requests": self._requests_of(a.name),
+                }
+                for a in self._agents.values()
+            ]
+        return pl.DataFrame(rows, schema=AGENT_SCHEMA)
+
+    def _requests_of(self, agent: str) -> int:
+        if self._merge is None:
+            return 0
+        return sum(
+            self._merge.requests_of(r.name) for r in self._reporters.values() if r.agent == agent
+        )
+
+    def events(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._events)
+
+
+AGENT_SCHEMA = {
+    "name": pl.String,
+    "state": pl.String,
+    "clock_offset_ms": pl.Float64,
+    "rtt_ms": pl.Float64,
+    "last_seen_s": pl.Float64,
+    "requests": pl.Int64,
+}
+
+
+def _redact(url: str) -> str:
+    """A NATS URL without its token or password."""
+    if "@" in url:
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

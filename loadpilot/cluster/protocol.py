@@ -1,0 +1,102 @@
+"""What coordinators and agents say to each other over NATS: subjects, timings, and the
+target allow-list (documented in docs/distributed.md)."""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import ssl
+from typing import Any
+from urllib.parse import urlsplit
+
+#: Agents answer here (request/reply) with who they are and whether they are free.
+DISCOVER = "loadpilot.agents.discover"
+#: Every closed interval and each slice's end, on JetStream (stream ``STREAM``).
+STREAM = "LOADPILOT"
+DATA_PREFIX = "loadpilot.data"
+
+
+def agent_subject(name: str, what: str) -> str:
+    """An agent's own subjects: ``clock`` (a time sample) and ``work`` (a slice to run)."""
+    return f"loadpilot.agent.{name}.{what}"
+
+
+def run_subject(run: str, what: str) -> str:
+    """A run's subjects: ``beat`` (the coordinator is alive), ``ctl`` (stop), ``agents``
+    (agents' heartbeats and events)."""
+    return f"loadpilot.run.{run}.{what}"
+
+
+def data_subject(run: str, agent: str) -> str:
+    return f"{DATA_PREFIX}.{run}.{agent}"
+
+
+#: Heartbeats, both ways.
+BEAT_S = 0.5
+#: An agent silent this long (while the coordinator is connected) is lost.
+AGENT_LOST_S = 2.0
+#: A coordinator silent this long (while the agent is connected) is gone: the agent stops.
+COORDINATOR_LOST_S = 3.0
+#: Cut off from NATS this long, an agent stops its load whatever the coordinator does.
+DISCONNECTED_STOP_S = 30.0
+#: An interval not reported by every live agent closes this long after it ended.
+CLOSE_GRACE_S = 3.0
+
+
+def valid_name(name: str) -> bool:
+    """Agent names become NATS subject tokens: letters, digits, ``-`` and ``_``."""
+    return bool(name) and all(c.isalnum() or c in "-_" for c in name)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def target_allowed(target: str, patterns: list[str]) -> bool:
+    """Whether an agent whose operator allowed ``patterns`` may send load to ``target``.
+    No patterns: loopback only. A pattern is a host or ``host:port`` glob (``*.test``,
+    ``10.0.0.*:8080``); ``loopback`` names 127.0.0.0/8, ::1 and localhost."""
+    parts = urlsplit(target)
+    host = (parts.hostname or "").lower()
+    if not host:
+        return False
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    for p in patterns or ["loopback"]:
+        p = p.lower()
+        if p == "loopback":
+            if _is_loopback(host):
+                return True
+            continue
+        if fnmatch.fnmatchcase(host, p) or fnmatch.fnmatchcase(f"{host}:{port}", p):
+            return True
+    return False
+
+
+def connect_options(
+    url: str, token: str | None, creds: str | None, tls_ca: str | None, name: str
+) -> dict[str, Any]:
+    """Options of ``nats.connect`` shared by agents and coordinators: reconnect for ever,
+    quickly (a restarted server is back within a second)."""
+    opts: dict[str, Any] = {
+        "servers": [url],
+        "name": name,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.25,
+        "connect_timeout": 2,
+        "ping_interval": 1,
+        "max_outstanding_pings": 3,
+        "allow_reconnect": True,
+    }
+    if token:
+        opts["token"] = token
+    if creds:
+        opts["user_credentials"] = creds
+    if tls_ca:
+        ctx = ssl.create_default_context(cafile=tls_ca)
+        opts["tls"] = ctx
+    return opts

@@ -1,0 +1,322 @@
+"""Distributed runs on real nats-server processes and real agent processes, against the
+built-in target over loopback: exact split and merge, faults (an agent killed, the coordinator
+killed, NATS restarted), and agents that refuse what their operator did not allow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import get, wait_for_rows
+from hdrh.histogram import HdrHistogram
+from hdrh.log import HistogramLogReader
+
+import loadpilot as lp
+from loadpilot.cluster.protocol import target_allowed
+from loadpilot.cluster.server import NatsServer
+
+
+@pytest.fixture
+def nats_server() -> Iterator[NatsServer]:
+    with NatsServer() as server:
+        yield server
+
+
+def agent(url: str, name: str, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "loadpilot.cli", "agent", "--nats", url, "--name", name, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def end(*procs: subprocess.Popen[str]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def plan(target: str, rate: float, duration_s: float, **kw: object) -> lp.Plan:
+    return lp.Plan(
+        name="spread",
+        target=target,
+        load=lp.OpenLoad(stages=[lp.Constant(rate=rate, duration_s=duration_s)], connections=64),
+        tasks=[get("browse", "/", weight=5), get("buy", "/json", weight=1)],
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def events(run_dir: Path) -> list[dict[str, object]]:
+    path = run_dir / "events.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def hlog_total(path: Path, tag_prefix: str = "") -> HdrHistogram:
+    total = HdrHistogram(1, 3_600_000_000, 3)
+    reader = HistogramLogReader(str(path), HdrHistogram(1, 3_600_000_000, 3))
+    while (h := reader.get_next_interval_histogram()) is not None:
+        if h.get_tag().startswith(tag_prefix):
+            total.add(h)
+    return total
+
+
+def test_three_agents_add_up_to_the_plan_and_the_server_exactly(tmp_path: Path) -> None:
+    with lp.start_target() as target:
+        r = lp.start(plan(target.url, 3000, 10), tmp_path / "run", agents=3)
+        r.wait()
+        s = r.summary()
+        served = target.served
+    assert s.ended == "completed"
+    assert s.target_requests == 30_000
+    assert s.overall.requests == 30_000 == served, (s.overall.requests, served)
+    assert s.overall.errors == 0
+    assert [(t.name, t.requests) for t in s.tasks] == [("browse", 25_000), ("buy", 5_000)]
+    # Every agent did its third (every 3rd arrival), within the arrivals one interval holds.
+    agents = r.agents
+    assert agents.height == 3 and set(agents["state"]) == {"running"}
+    assert sorted(agents["requests"].to_list()) == [10_000, 10_000, 10_000]
+    # The merged distribution is the three agents' histograms added up, not an average.
+    per_agent = hlog_total(r.path / "agents.hlog")
+    merged = hlog_total(r.path / "latency.hlog")
+    assert per_agent.get_total_count() == merged.get_total_count() == 30_000
+    for q in (50, 99, 99.9):
+        assert per_agent.get_value_at_percentile(q) == merged.get_value_at_percentile(q)
+    assert s.overall.latency_ms.p99 == pytest.approx(
+        merged.get_value_at_percentile(99) / 1000, rel=1e-3
+    )
+    # Rows add up to the summary, as a local run's do; the run directory has the same files.
+    m = r.metrics
+    assert int(m["requests"].sum()) == 30_000
+    assert m.filter(m["task"] == "browse")["target_rps"].max() == pytest.approx(2500)
+    loaded = lp.load_run(r.path)
+    assert loaded.summary().overall.requests == 30_000
+    assert (r.path / "metrics.parquet").exists() and (r.path / "agents.parquet").exists()
+
+
+def test_closed_model_users_are_split_exactly(tmp_path: Path) -> None:
+    with lp.start_target(delay_ms=5) as target:
+        p = lp.Plan(
+            name="users",
+            target=target.url,
+            load=lp.ClosedLoad(stages=[lp.Constant(rate=7, duration_s=3)], think_s=0.05),
+            tasks=[get("a", "/")],
+        )
+        r = lp.start(p, tmp_path / "run", agents=3)
+        r.wait()
+    m = r.metrics
+    full = m.filter((m["interval_s"] == 1.0) & (m["elapsed_s"] >= 1))
+    assert set(full["active_users"].to_list()) == {7}
+    assert r.summary().overall.errors == 0
+
+
+SCENARIO = """
+import loadpilot as lp
+
+@lp.scenario(profile=lp.constant(rps=200, duration="3s"))
+class Shop(lp.VUser):
+    feed = lp.feed("users.csv")
+
+    @lp.task(weight=3)
+    def browse(self):
+        self.client.get("/", expect=lp.expect(status=200))
+
+    @lp.task
+    def login(self):
+        if self.row["user"].startswith("u"):
+            self.client.post("/echo", json={"user": self.row["user"]})
+"""
+
+
+def test_python_scenarios_travel_to_agents_with_their_feed_files(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "shop.py").write_text(textwrap.dedent(SCENARIO))
+    (work / "users.csv").write_text("user\nu1\nu2\nu3\n")
+    shop = lp.load_scenario(work / "shop.py")
+    with lp.start_target() as target:
+        r = lp.start(shop, tmp_path / "run", target=target.url, agents=2)
+        r.wait()
+        s = r.summary()
+        served = target.served
+    assert s.overall.requests == 600 == served
+    assert [(t.name, t.path, t.requests) for t in s.tasks] == [
+        ("browse", "engine", 450),
+        ("login", "python", 150),
+    ]
+    assert s.overall.errors == 0
+
+
+def test_an_agent_killed_mid_run_is_lost_and_the_survivors_take_its_share(
+    tmp_path: Path,
+) -> None:
+    with lp.start_target() as target:
+        r = lp.start(plan(target.url, 1000, 10), tmp_path / "run", agents=3)
+        wait_for_rows(r.path, 2 * 3)
+        victim = r._handle._children[0]  # type: ignore[attr-defined]
+        killed = time.monotonic()
+        os.kill(victim.pid, signal.SIGKILL)
+        seen_lost = None
+        while seen_lost is None and time.monotonic() - killed < 10:
+            if "lost" in r.agents["state"].to_list():
+                seen_lost = time.monotonic() - killed
+            time.sleep(0.05)
+        r.wait()
+        s = r.summary()
+    assert seen_lost is not None and seen_lost < 3.0, seen_lost
+    kinds = [e["event"] for e in events(r.path)]
+    assert "lost" in kinds and kinds.count("takeover") == 2, kinds
+    # The survivors sent the lost agent's remaining arrivals: the total stays with the plan.
+    assert s.target_requests == pytest.approx(10_000, rel=0.01)
+    assert s.overall.requests == pytest.approx(10_000, rel=0.01)
+    o = s.overall
+    assert s.target_requests == (o.iterations or 0) + o.cancelled + o.unsent
+
+
+def test_agents_stop_their_load_when_the_coordinator_is_killed(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    agents = [agent(nats_server.url, f"a{i}") for i in range(2)]
+    try:
+        with lp.start_target() as target:
+            plan_file = tmp_path / "plan.json"
+            plan_file.write_text(plan(target.url, 500, 60).to_json())
+            coordinator = subprocess.Popen(
+                [sys.executable, "-m", "loadpilot.cli", "run", str(plan_file), "--out",
+                 str(tmp_path / "run"), "--nats", nats_server.url, "--external-agents", "2"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+            try:
+                wait_for_rows(tmp_path / "run", 2 * 2)
+                os.kill(coordinator.pid, signal.SIGKILL)
+                killed = time.monotonic()
+            finally:
+                coordinator.wait()
+            last, last_change = target.served, time.monotonic()
+            while time.monotonic() - killed < 10:
+                time.sleep(0.1)
+                if target.served != last:
+                    last, last_change = target.served, time.monotonic()
+            assert last > 0
+            assert last_change - killed < 5.0, last_change - killed
+            assert target.served == last, "no load after the agents stopped"
+        # Both agents are back to waiting for work.
+        end(*agents)
+        for a in agents:
+            out = a.stdout.read() if a.stdout else ""
+            assert "the coordinator went silent" in out, out
+            assert out.count("waiting for work") >= 2, out
+    finally:
+        end(*agents)
+
+
+def test_a_nats_restart_mid_run_loses_and_doubles_nothing(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    agents = [agent(nats_server.url, f"b{i}") for i in range(2)]
+    try:
+        with lp.start_target() as target:
+            r = lp.start(
+                plan(target.url, 1000, 8),
+                tmp_path / "run",
+                agents=lp.Agents(count=2, nats=nats_server.url, timeout_s=20),
+            )
+            wait_for_rows(r.path, 2 * 3)
+            nats_server.restart()
+            r.wait()
+            s = r.summary()
+            served = target.served
+    finally:
+        end(*agents)
+    assert [a for a in r.agents["state"]] == ["running", "running"]
+    assert s.overall.requests == 8000 == served
+    assert s.target_requests == 8000
+    assert int(r.metrics["requests"].sum()) == 8000
+
+
+def test_an_agent_refuses_a_target_its_operator_did_not_allow(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    a = agent(nats_server.url, "picky", "--allow-target", "*.internal.test")
+    try:
+        with lp.start_target() as target:
+            plan_file = tmp_path / "plan.json"
+            plan_file.write_text(plan(target.url, 100, 2).to_json())
+            done = subprocess.run(
+                [sys.executable, "-m", "loadpilot.cli", "run", str(plan_file), "--out",
+                 str(tmp_path / "run"), "--nats", nats_server.url, "--external-agents", "1",
+                 "--agents-timeout", "20s"],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert target.served == 0
+    finally:
+        end(a)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "agent picky refused the run" in done.stderr
+    assert "is not allowed on this agent" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_an_agent_runs_scenario_code_only_when_allowed(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    (tmp_path / "shop.py").write_text(textwrap.dedent(SCENARIO))
+    (tmp_path / "users.csv").write_text("user\nu1\n")
+    a = agent(nats_server.url, "plans-only")
+    try:
+        with lp.start_target() as target:
+            done = subprocess.run(
+                [sys.executable, "-m", "loadpilot.cli", "run", str(tmp_path / "shop.py"),
+                 "--target", target.url, "--out", str(tmp_path / "run"),
+                 "--nats", nats_server.url, "--external-agents", "1", "--agents-timeout", "20s"],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert target.served == 0
+    finally:
+        end(a)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "runs plans only" in done.stderr and "--allow-code" in done.stderr
+
+
+def test_agents_that_do_not_come_are_a_clear_error(tmp_path: Path, nats_server: NatsServer) -> None:
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(plan("http://127.0.0.1:9", 10, 1).to_json())
+    done = subprocess.run(
+        [sys.executable, "-m", "loadpilot.cli", "run", str(plan_file), "--out",
+         str(tmp_path / "run"), "--nats", nats_server.url, "--external-agents", "2",
+         "--agents-timeout", "1s"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "0 of 2 agents answered within 1 s" in done.stderr, done.stderr
+    assert nats_server.token not in done.stderr, "the token is never printed"
+    assert "Traceback" not in done.stderr
+
+
+def test_target_allow_lists() -> None:
+    assert target_allowed("http://127.0.0.1:8080", [])
+    assert target_allowed("http://localhost", [])
+    assert target_allowed("http://[::1]:80/x", [])
+    assert not target_allowed("http://10.0.0.1", [])
+    assert target_allowed("http://api.internal.test:8443", ["*.internal.test"])
+    assert not target_allowed("http://127.0.0.1", ["*.internal.test"])
+    assert target_allowed("http://10.0.0.7:8080", ["10.0.0.*:8080"])
+    assert not target_allowed("http://10.0.0.7:9090", ["10.0.0.*:8080"])
+    assert target_allowed("http://127.0.0.1:1", ["loopback", "*.test"])
