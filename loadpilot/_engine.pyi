@@ -8,6 +8,7 @@ __all__ = [
     "Histogram",
     "LoadPilotError",
     "Mailbox",
+    "Merge",
     "PlanError",
     "Run",
     "RunDirError",

@@ -135,7 +135,7 @@ class Coordinator:
         self.spec = agents
         self._out = out
         self._names = [t.name for t in plan.tasks] + (["on_start"] if plan.hooks.on_start else [])
-        self._paths = [t.path for t in plan.tasks]
+        self._paths: list[str] = [str(t.path) for t in plan.tasks]
         self.run_id = uuid.uuid4().hex[:12]
         self._merge: _engine.Merge | None = None
         self._agents: dict[str, _AgentState] = {}
@@ -212,8 +212,9 @@ class Coordinator:
             code = self._files is not None
             for i in range(spec.count):
                 name = f"local-{self.run_id[:6]}-{i}"
+                log = self._out / "agents" / f"{name}.log"
                 self._children.append(
-                    spawn_agent(url, name, allow_targets=[host], allow_code=code, env=None)
+                    spawn_agent(url, name, allow_targets=[host], allow_code=code, log=log)
                 )
 
         async def on_disconnect() -> None:
@@ -577,7 +578,7 @@ class Coordinator:
             if data:
                 from loadpilot.running import store
 
-                frame = store.rows_from_ndjson(data, extra={"agent": pl.String})
+                frame = store.rows_from_ndjson(data, extra={"agent": pl.String()})
                 frame.write_parquet(self._out / "agents.parquet")
         except OSError as e:
             self._failure = self._failure or f"{path}: {e}"

@@ -118,17 +118,21 @@ class NatsServer:
 
 
 def spawn_agent(
-    url: str, name: str, *, allow_targets: list[str], allow_code: bool, env: dict[str, str] | None
+    url: str, name: str, *, allow_targets: list[str], allow_code: bool, log: Path
 ) -> subprocess.Popen[bytes]:
-    """Starts `loadpilot agent` as a child process of this one."""
+    """Starts `loadpilot agent` as a child process of this one, its output into `log`."""
     args = [sys.executable, "-m", "loadpilot.cli", "agent", "--nats", url, "--name", name]
     for t in allow_targets:
         args += ["--allow-target", t]
     if allow_code:
         args.append("--allow-code")
-    return subprocess.Popen(
-        args,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})},
-        start_new_session=True,
-    )
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )

@@ -160,8 +160,12 @@ impl Merge {
             return Ok(Added::Duplicate);
         }
         for (name, d) in self.names.iter().zip(&data) {
-            self.agents_log
-                .write(&format!("{reporter}:{name}"), iv.start_s, iv.length_s, &d.corrected)?;
+            self.agents_log.write(
+                &format!("{reporter}:{name}"),
+                iv.start_s,
+                iv.length_s,
+                &d.corrected,
+            )?;
         }
         self.agents_log.flush()?;
         let n = self.names.len();
@@ -494,7 +498,10 @@ mod tests {
         let live = vec!["x".to_string(), "y".to_string()];
         assert_eq!(m.add("x", &interval(0, &[100, 200])).unwrap(), Added::Fresh);
         assert_eq!(m.close_ready(&live, 0).unwrap(), 0, "y has not reported");
-        assert_eq!(m.add("x", &interval(0, &[100, 200])).unwrap(), Added::Duplicate);
+        assert_eq!(
+            m.add("x", &interval(0, &[100, 200])).unwrap(),
+            Added::Duplicate
+        );
         assert_eq!(m.add("y", &interval(0, &[300])).unwrap(), Added::Fresh);
         assert_eq!(m.close_ready(&live, 0).unwrap(), 1);
         let rows = m.take_rows();

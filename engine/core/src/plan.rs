@@ -514,7 +514,11 @@ mod tests {
             (with(ONE, OPEN, r#", "timeout_s": 1e300"#), "timeout_s"),
             (with(ONE, OPEN, r#", "max_drain_s": 0"#), "max_drain_s"),
             (
-                with(ONE, closed, r#", "shard": {"index": 0, "count": 2, "from_s": -1}"#),
+                with(
+                    ONE,
+                    closed,
+                    r#", "shard": {"index": 0, "count": 2, "from_s": -1}"#,
+                ),
                 "shard.from_s",
             ),
             (

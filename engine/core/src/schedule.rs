@@ -133,16 +133,13 @@ impl Schedule {
             };
             let end = end.min(u64::MAX as f64) as u64;
             // Arrivals before `from` are not this schedule's.
-            let first = self
-                .next_index
-                .max(self.profile.cumulative(self.from).ceil().min(u64::MAX as f64) as u64);
-            mix.count_shard(
-                first,
-                end,
-                self.shard_index,
-                self.shard_count,
-                &mut counts,
+            let first = self.next_index.max(
+                self.profile
+                    .cumulative(self.from)
+                    .ceil()
+                    .min(u64::MAX as f64) as u64,
             );
+            mix.count_shard(first, end, self.shard_index, self.shard_count, &mut counts);
             self.next_index = end.max(self.next_index);
         } else {
             while let Some(a) = self.advance() {

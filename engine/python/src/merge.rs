@@ -25,7 +25,10 @@ impl PyMerge {
     }
 }
 
-fn ndjson<'py>(py: Python<'py>, rows: impl Iterator<Item = serde_json::Value>) -> Bound<'py, PyBytes> {
+fn ndjson<'py>(
+    py: Python<'py>,
+    rows: impl Iterator<Item = serde_json::Value>,
+) -> Bound<'py, PyBytes> {
     let mut out = Vec::new();
     for r in rows {
         serde_json::to_writer(&mut out, &r).expect("rows serialize");

@@ -140,6 +140,7 @@ pub(super) fn compile(plan: &Plan, threads: usize) -> Result<Compiled> {
         shards: shard.1 as f64,
         shard,
         start_at: plan.shard.and_then(|s| s.start_at),
+        from_s: plan.shard.map_or(0.0, |s| s.from_s),
         target,
         bodies,
         mix,

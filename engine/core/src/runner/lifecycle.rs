@@ -419,7 +419,8 @@ impl Closer<'_> {
             .collect();
         self.writer
             .interval(&self.state.names, start_s, length, &data, &rows)?;
-        if let Some(q) = &self.state.intervals {
+        let before_slice = !drain && start_s + length <= ctx.from_s;
+        if let (Some(q), false) = (&self.state.intervals, before_slice) {
             let whole = Interval {
                 index: i,
                 start_s,

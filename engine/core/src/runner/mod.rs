@@ -129,6 +129,9 @@ pub(crate) struct Ctx {
     /// When the schedule's 0 s falls, seconds since the Unix epoch (a distributed run's
     /// agreed start); `None`: as soon as the users are set up.
     pub(crate) start_at: Option<f64>,
+    /// The slice begins this many seconds in (a slice taken over part-way through a run):
+    /// earlier intervals are empty by construction and not reported.
+    pub(crate) from_s: f64,
     pub(crate) target: Arc<Target>,
     /// Per task of the plan (the entries after them, if any, count hooks).
     pub(crate) bodies: Vec<Body>,
