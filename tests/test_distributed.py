@@ -320,3 +320,52 @@ def test_target_allow_lists() -> None:
     assert target_allowed("http://10.0.0.7:8080", ["10.0.0.*:8080"])
     assert not target_allowed("http://10.0.0.7:9090", ["10.0.0.*:8080"])
     assert target_allowed("http://127.0.0.1:1", ["loopback", "*.test"])
+
+
+def test_an_agent_serves_its_health_and_says_when_nats_is_away(nats_server: NatsServer) -> None:
+    import urllib.error
+    import urllib.request
+
+    from loadpilot.cluster.server import free_port
+
+    port = free_port()
+    a = agent(nats_server.url, "healthy", "--health-port", str(port))
+    try:
+        deadline = time.monotonic() + 20
+        body = None
+        while body is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    body = json.loads(r.read())
+            except (OSError, urllib.error.URLError):
+                time.sleep(0.1)
+        assert body is not None and body["name"] == "healthy" and body["state"] == "idle"
+        assert body["nats"] == "connected" and body["allow_targets"] == ["loopback"]
+        nats_server.kill()
+        status = 200
+        while status == 200 and time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).close()
+            except urllib.error.HTTPError as e:
+                status = e.code
+            time.sleep(0.1)
+        assert status == 503
+    finally:
+        end(a)
+
+
+def test_an_unreachable_nats_is_a_clear_error(tmp_path: Path) -> None:
+    from loadpilot.cluster.server import free_port
+
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(plan("http://127.0.0.1:9", 10, 1).to_json())
+    url = f"nats://secret-token@127.0.0.1:{free_port()}"
+    done = subprocess.run(
+        [sys.executable, "-m", "loadpilot.cli", "run", str(plan_file), "--out",
+         str(tmp_path / "run"), "--nats", url, "--external-agents", "1"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "cannot connect to NATS at nats://***@127.0.0.1:" in done.stderr, done.stderr
+    assert "secret-token" not in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import nats
 from nats.aio.msg import Msg
 
 from loadpilot import _engine
@@ -103,18 +102,28 @@ class Agent:
             # Silence while we were away says nothing about the coordinator.
             self._last_beat = time.monotonic()
 
-        async def on_error(e: Exception) -> None:
-            pass
-
-        try:
-            self.nc = await nats.connect(
-                **P.connect_options(self.url, self.token, self.creds, self.tls_ca, self.name),
-                disconnected_cb=on_disconnect,
-                reconnected_cb=on_reconnect,
-                error_cb=on_error,
-            )
-        except Exception as e:  # nats raises several kinds; all mean "cannot reach it"
-            raise LoadPilotError(f"agent {self.name}: cannot connect to NATS: {e}") from None
+        # NATS may come up after its agents (a cluster starting): try until it answers or
+        # the agent is told to stop.
+        told = False
+        while True:
+            try:
+                self.nc = await P.connect(
+                    self.url,
+                    name=self.name,
+                    token=self.token,
+                    creds=self.creds,
+                    tls_ca=self.tls_ca,
+                    timeout_s=5.0,
+                    disconnected=on_disconnect,
+                    reconnected=on_reconnect,
+                )
+                break
+            except ConnectionError as e:
+                if not told:
+                    print(f"agent {self.name}: {e}; trying again", flush=True)
+                    told = True
+                if self._quit.is_set():
+                    return
         self._connected = True
         self.js = self.nc.jetstream()
         await self.nc.subscribe(P.DISCOVER, cb=self._on_discover)

@@ -22,7 +22,6 @@ from typing import Any
 import polars as pl
 
 try:
-    import nats
     from nats.aio.msg import Msg
     from nats.js.api import ConsumerConfig, StorageType, StreamConfig
 except ImportError:  # pragma: no cover - the extra is missing
@@ -226,18 +225,17 @@ class Coordinator:
             for a in self._agents.values():
                 a.last_seen = max(a.last_seen, now)
 
-        async def on_error(e: Exception) -> None:
-            pass
-
         try:
-            nc = await nats.connect(
-                **P.connect_options(url, spec.token, None, None, f"coordinator-{self.run_id}"),
-                disconnected_cb=on_disconnect,
-                reconnected_cb=on_reconnect,
-                error_cb=on_error,
+            nc = await P.connect(
+                url,
+                name=f"coordinator-{self.run_id}",
+                token=spec.token,
+                timeout_s=10.0,
+                disconnected=on_disconnect,
+                reconnected=on_reconnect,
             )
-        except Exception as e:
-            raise ClusterError(f"cannot connect to NATS at {_redact(url)}: {e}") from None
+        except ConnectionError as e:
+            raise ClusterError(str(e)) from None
         self._connected = True
         self.nc = nc
         try:
@@ -330,7 +328,7 @@ class Coordinator:
                 return [_AgentState(name, seen[name]) for name in chosen]
         raise ClusterError(
             f"{len(seen)} of {count} agents answered within {timeout_s:g} s on NATS "
-            f"{_redact(self.spec.nats or 'of this run')} (start them with `loadpilot agent "
+            f"{P.redact(self.spec.nats or 'of this run')} (start them with `loadpilot agent "
             "--nats URL`, or wait longer with --agents-timeout)"
         )
 
@@ -677,11 +675,3 @@ AGENT_SCHEMA = {
     "last_seen_s": pl.Float64,
     "requests": pl.Int64,
 }
-
-
-def _redact(url: str) -> str:
-    """A NATS URL without its token or password."""
-    if "@" in url:
-        scheme, _, rest = url.partition("://")
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url

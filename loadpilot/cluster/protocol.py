@@ -3,9 +3,11 @@ target allow-list (documented in docs/distributed.md)."""
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import ipaddress
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -100,3 +102,47 @@ def connect_options(
         ctx = ssl.create_default_context(cafile=tls_ca)
         opts["tls"] = ctx
     return opts
+
+
+async def connect(
+    url: str,
+    *,
+    name: str,
+    token: str | None = None,
+    creds: str | None = None,
+    tls_ca: str | None = None,
+    timeout_s: float = 10.0,
+    disconnected: Callable[[], Awaitable[None]] | None = None,
+    reconnected: Callable[[], Awaitable[None]] | None = None,
+) -> Any:
+    """Connects to NATS, failing after ``timeout_s`` with the last error seen (a refused
+    connection, a bad token); once connected, reconnects for ever."""
+    import nats
+
+    last: list[str] = []
+
+    async def on_error(e: Exception) -> None:
+        last.append(str(e) or type(e).__name__)
+
+    opts = connect_options(url, token, creds, tls_ca, name)
+    try:
+        return await asyncio.wait_for(
+            nats.connect(
+                **opts,
+                error_cb=on_error,
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+            ),
+            timeout_s,
+        )
+    except (TimeoutError, OSError, Exception) as e:
+        why = last[-1] if last else (str(e) or type(e).__name__)
+        raise ConnectionError(f"cannot connect to NATS at {redact(url)}: {why}") from None
+
+
+def redact(url: str) -> str:
+    """A NATS URL without its token or password."""
+    if "@" in url:
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
