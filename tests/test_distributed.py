@@ -369,3 +369,39 @@ def test_an_unreachable_nats_is_a_clear_error(tmp_path: Path) -> None:
     assert "cannot connect to NATS at nats://***@127.0.0.1:" in done.stderr, done.stderr
     assert "secret-token" not in done.stderr + done.stdout
     assert "Traceback" not in done.stderr
+
+
+def test_a_plan_larger_than_a_nats_message_reaches_its_agents(tmp_path: Path) -> None:
+    rows = [[f"user-{i:06d}-" + "x" * 40] for i in range(40_000)]  # ~2 MB of feeder
+    with lp.start_target() as target:
+        p = plan(target.url, 100, 2).model_copy(
+            update={
+                "feeder": lp.Feeder(columns=["user"], rows=rows),
+                "tasks": [get("a", "/echo?u={{user}}")],
+            }
+        )
+        assert len(p.to_json()) > 1_000_000
+        r = lp.run(p, tmp_path / "run", agents=2)
+        served = target.served
+    s = r.summary()
+    assert s.overall.requests == 200 == served
+    assert s.overall.errors == 0
+
+
+def test_on_agent_loss_abort_ends_the_run_early(tmp_path: Path) -> None:
+    with lp.start_target() as target:
+        r = lp.start(
+            plan(target.url, 500, 30),
+            tmp_path / "run",
+            agents=lp.Agents(count=2, on_loss="abort"),
+        )
+        wait_for_rows(r.path, 2 * 2)
+        os.kill(r._handle._children[1].pid, signal.SIGKILL)  # type: ignore[attr-defined]
+        r.wait()
+    s = r.summary()
+    assert s.ended == "aborted"
+    assert s.duration_s < 15
+    assert "lost" in [e["event"] for e in events(r.path)]
+    assert "takeover" not in [e["event"] for e in events(r.path)]
+    o = s.overall
+    assert s.target_requests == (o.iterations or 0) + o.cancelled + o.unsent

@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 from loadpilot import _engine
 from loadpilot.cluster import protocol as P
 from loadpilot.errors import LoadPilotError
-from loadpilot.plan import Plan
+from loadpilot.plan import OpenLoad, Plan, Shard
 
 
 @dataclass
@@ -76,7 +76,8 @@ class Agent:
         self._requests = 0
         self._work_root = Path(tempfile.mkdtemp(prefix=f"loadpilot-agent-{self.name}-"))
         self._quit: asyncio.Event | None = None  # made in the agent's event loop
-        self._subscribed: set[str] = set()
+        self._subscribed: dict[str, list[Any]] = {}
+        self._runs: dict[str, dict[str, Any]] = {}
 
     # -- entry point -------------------------------------------------------------------------
 
@@ -172,7 +173,7 @@ class Agent:
     async def _on_work(self, msg: Msg) -> None:
         try:
             work = json.loads(msg.data)
-            reply = self._accept(work)
+            reply = await self._accept(work)
         except Exception as e:  # refuse anything malformed with a reason, never crash
             reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
         if not reply["ok"]:
@@ -182,12 +183,27 @@ class Agent:
         if msg.reply:
             await msg.respond(json.dumps(reply).encode())
 
-    def _accept(self, work: dict[str, Any]) -> dict[str, Any]:
+    async def _shared(self, run: str) -> dict[str, Any]:
+        """The run's plan and files, fetched once per run from the object store."""
+        if run not in self._runs:
+            obs = await self.js.object_store(P.WORK_BUCKET)
+            got = await obs.get(run)
+            self._runs[run] = json.loads(got.data or b"{}")
+        return self._runs[run]
+
+    async def _accept(self, work: dict[str, Any]) -> dict[str, Any]:
         run = str(work["run"])
         reporter = str(work["reporter"])
+        if not P.valid_name(run) or not all(P.valid_name(p) for p in reporter.split("+")):
+            return {"ok": False, "error": f"malformed run {run!r} or slice {reporter!r}"}
         if self.state != "idle" and self._claimed_by != run:
             return {"ok": False, "error": f"busy with run {self._claimed_by}"}
-        plan = Plan.from_json(work["plan"])
+        shared = await self._shared(run)
+        plan = Plan.from_json(shared["plan"])
+        update: dict[str, Any] = {"shard": Shard.model_validate(work["shard"])}
+        if work.get("connections") is not None and isinstance(plan.load, OpenLoad):
+            update["load"] = plan.load.model_copy(update={"connections": int(work["connections"])})
+        plan = Plan.model_validate(plan.model_copy(update=update).model_dump(by_alias=True))
         if not P.target_allowed(plan.target, self.allow_targets):
             allowed = ", ".join(self.allow_targets or ["loopback"])
             return {
@@ -196,7 +212,7 @@ class Agent:
                 f"{allowed}; start it with --allow-target)",
             }
         scenario = None
-        files = work.get("files")
+        files = shared.get("files")
         if files:
             if not self.allow_code:
                 return {
@@ -204,7 +220,9 @@ class Agent:
                     "error": "the scenario has Python code and this agent runs plans only "
                     "(start it with --allow-code to run scenario code)",
                 }
-            scenario = self._load_scenario(run, reporter, files, work["entry"], work["scenario"])
+            scenario = self._load_scenario(
+                run, reporter, files, shared["entry"], shared["scenario"]
+            )
         dir = self._work_root / run / reporter.replace("/", "_")
         handle = _engine.start_run(plan.to_json(), dir, report=True)
         tickets = handle.tickets()
@@ -266,10 +284,11 @@ class Agent:
     async def _tick(self) -> None:
         now = time.monotonic()
         runs = {s.run for s in self._slices}
-        for run in runs - self._subscribed:
-            self._subscribed = self._subscribed | {run}
-            await self.nc.subscribe(P.run_subject(run, "beat"), cb=self._on_run_beat)
-            await self.nc.subscribe(P.run_subject(run, "ctl"), cb=self._on_ctl)
+        for run in runs - set(self._subscribed):
+            self._subscribed[run] = [
+                await self.nc.subscribe(P.run_subject(run, "beat"), cb=self._on_run_beat),
+                await self.nc.subscribe(P.run_subject(run, "ctl"), cb=self._on_ctl),
+            ]
         gone = self._connected and now - self._last_beat > P.COORDINATOR_LOST_S
         cut_off = (
             self._disconnected_at is not None
@@ -312,7 +331,11 @@ class Agent:
         if not self._slices and self.state != "idle":
             self.state = "idle"
             self._claimed_by = "done" if self.once else None
-            self._subscribed = set()
+            for subs in self._subscribed.values():
+                for sub in subs:
+                    await sub.unsubscribe()
+            self._subscribed.clear()
+            self._runs.clear()
             shutil.rmtree(self._work_root, ignore_errors=True)
             self._work_root.mkdir(parents=True, exist_ok=True)
             print(f"agent {self.name}: run over, waiting for work", flush=True)

@@ -23,7 +23,7 @@ import polars as pl
 
 try:
     from nats.aio.msg import Msg
-    from nats.js.api import ConsumerConfig, StorageType, StreamConfig
+    from nats.js.api import ConsumerConfig, ObjectStoreConfig, StorageType, StreamConfig
 except ImportError:  # pragma: no cover - the extra is missing
     raise ImportError(
         "distributed runs need the NATS client: pip install 'loadpilot[distributed]'"
@@ -280,6 +280,19 @@ class Coordinator:
             config=ConsumerConfig(ack_wait=2.0, max_ack_pending=10_000),
         )
         await nc.subscribe(P.run_subject(self.run_id, "agents"), cb=self._on_agents)
+        # The plan (and scenario files) once per run, in chunks: feeders may be large.
+        shared: dict[str, Any] = {"plan": self.plan.to_json()}
+        if self._files is not None:
+            assert self.scenario is not None
+            shared["entry"], shared["files"] = self._files
+            shared["scenario"] = self.scenario.name
+        try:
+            self._obs = await js.create_object_store(
+                P.WORK_BUCKET, config=ObjectStoreConfig(ttl=3600.0, storage=StorageType.FILE)
+            )
+            await self._obs.put(self.run_id, json.dumps(shared).encode())
+        except Exception as e:
+            raise ClusterError(f"cannot store the run's plan on NATS: {e}") from None
         lead = 2.0 if self.plan.hooks.on_start else 1.0
         self._start_at = time.time() + lead
         self._merge = _engine.Merge(
@@ -360,20 +373,13 @@ class Coordinator:
         from_s: float,
         connections: int | None,
     ) -> str | None:
-        update: dict[str, Any] = {
-            "shard": Shard(
-                index=index, count=count, start_at=self._start_at + a.offset_s, from_s=from_s
-            )
+        shard = Shard(index=index, count=count, start_at=self._start_at + a.offset_s, from_s=from_s)
+        work: dict[str, Any] = {
+            "run": self.run_id,
+            "reporter": reporter,
+            "shard": shard.model_dump(),
+            "connections": connections,
         }
-        if connections is not None:
-            assert isinstance(self.plan.load, OpenLoad)
-            update["load"] = self.plan.load.model_copy(update={"connections": connections})
-        plan = self.plan.model_copy(update=update)
-        work: dict[str, Any] = {"run": self.run_id, "reporter": reporter, "plan": plan.to_json()}
-        if self._files is not None:
-            assert self.scenario is not None
-            work["entry"], work["files"] = self._files
-            work["scenario"] = self.scenario.name
         try:
             msg = await nc.request(
                 P.agent_subject(a.name, "work"), json.dumps(work).encode(), timeout=10
@@ -477,6 +483,7 @@ class Coordinator:
         try:
             await self._sub.unsubscribe()
             await self._js.delete_consumer(P.STREAM, f"coordinator-{self.run_id}")
+            await self._obs.delete(self.run_id)
         except Exception:
             pass
 

@@ -13,6 +13,9 @@ from urllib.parse import urlsplit
 
 #: Agents answer here (request/reply) with who they are and whether they are free.
 DISCOVER = "loadpilot.agents.discover"
+#: What a run's agents load once: its plan and, for Python scenarios, the scenario's files
+#: (a JetStream object store, so large feeders travel in chunks).
+WORK_BUCKET = "LOADPILOT_WORK"
 #: Every closed interval and each slice's end, on JetStream (stream ``STREAM``).
 STREAM = "LOADPILOT"
 DATA_PREFIX = "loadpilot.data"
