@@ -80,7 +80,7 @@ format: $(STAMP) ## Format Python and Rust
 	cargo fmt --all
 
 .PHONY: bench
-bench: bench-engine bench-python bench-loop bench-live bench-peers ## Every benchmark (results in bench/results/, summary in docs/benchmarks.md)
+bench: bench-engine bench-python bench-loop bench-live bench-distributed bench-peers ## Every benchmark (results in bench/results/, summary in docs/benchmarks.md)
 
 .PHONY: bench-engine
 bench-engine: build-dev ## Engine throughput vs wrk and memory over a long run (see docs/benchmarks.md)
@@ -99,6 +99,10 @@ bench-peers: build-dev ## Against wrk, oha, k6 and Locust (installs them); then 
 	$(PY) bench/peers.py
 	$(PY) bench/chart.py
 	$(PY) bench/tables.py
+
+.PHONY: bench-distributed
+bench-distributed: build-dev ## Distributed runs: CPU per request over 2 agents, the coordinator under 100 agents
+	$(PY) bench/distributed.py
 
 .PHONY: bench-live
 bench-live: build-dev ## What the notebook's live dashboard costs a run

@@ -95,7 +95,9 @@ fn decode_bytes(raw: &[u8]) -> std::result::Result<Hist, String> {
     }
 }
 
-fn decode_plain(b: &[u8]) -> std::result::Result<Hist, String> {
+/// The non-zero counts of a plain (uncompressed) encoding, as (the lowest value of the
+/// count's bucket in the writer's layout, count), and the writer's layout.
+fn plain_counts(b: &[u8]) -> std::result::Result<Counts, String> {
     let short = || "the histogram's header is cut short".to_string();
     let cookie = be_u32(b, 0).ok_or_else(short)?;
     let word = ((cookie & 0xf0) >> 4) as usize;
@@ -128,10 +130,8 @@ fn decode_plain(b: &[u8]) -> std::result::Result<Hist, String> {
     }
     let sigfig = sigfig as u8;
     let lowest = lowest.max(1);
-    let mut h = Hist::new_with_bounds(lowest, highest.max(2 * lowest), sigfig)
-        .map_err(|e| format!("bad layout: {e:?}"))?;
-    h.auto(true);
     let layout = Layout::new(lowest, sigfig);
+    let mut counts = Vec::new();
     let mut put = |index: usize, count: u64| -> std::result::Result<(), String> {
         if count == 0 {
             return Ok(());
@@ -139,8 +139,8 @@ fn decode_plain(b: &[u8]) -> std::result::Result<Hist, String> {
         let value = layout
             .value_at(index)
             .ok_or_else(|| format!("count at index {index} is out of range"))?;
-        h.record_n(value, count)
-            .map_err(|e| format!("cannot record {value}: {e:?}"))
+        counts.push((value, count));
+        Ok(())
     };
     if cookie & !0xf0 == V2_PLAIN {
         // ZigZag LEB128: a count, or a run of zero counts (negative).
@@ -182,7 +182,51 @@ fn decode_plain(b: &[u8]) -> std::result::Result<Hist, String> {
             put(index, count)?;
         }
     }
+    Ok(Counts {
+        lowest,
+        highest,
+        sigfig,
+        counts,
+    })
+}
+
+/// A decoded histogram before it is laid out: its writer's bounds and its non-zero counts.
+pub struct Counts {
+    pub lowest: u64,
+    pub highest: u64,
+    pub sigfig: u8,
+    /// (the lowest value of a count's bucket, the count), in ascending order.
+    pub counts: Vec<(u64, u64)>,
+}
+
+fn decode_plain(b: &[u8]) -> std::result::Result<Hist, String> {
+    let c = plain_counts(b)?;
+    let mut h = Hist::new_with_bounds(c.lowest, c.highest.max(2 * c.lowest), c.sigfig)
+        .map_err(|e| format!("bad layout: {e:?}"))?;
+    h.auto(true);
+    for (value, count) in c.counts {
+        h.record_n(value, count)
+            .map_err(|e| format!("cannot record {value}: {e:?}"))?;
+    }
     Ok(h)
+}
+
+/// The counts of one histogram of any encoding (base64 text), without laying it out.
+pub fn decode_counts(text: &str) -> std::result::Result<Counts, String> {
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| format!("not base64: {e}"))?;
+    let cookie = be_u32(&raw, 0).ok_or("too short for a histogram")?;
+    match cookie & !0xf0 {
+        V2_COMPRESSED | V1_COMPRESSED | V0_COMPRESSED => {
+            let len = be_u32(&raw, 4).ok_or("too short for a compressed histogram")? as usize;
+            let body = raw
+                .get(8..8 + len)
+                .ok_or("the compressed histogram is cut short")?;
+            plain_counts(&inflate(body)?)
+        }
+        _ => plain_counts(&raw),
+    }
 }
 
 /// One interval histogram of a log.
@@ -327,6 +371,41 @@ pub fn value_at_percentile(h: &Hist, p: f64) -> u64 {
     h.highest_equivalent(h.max())
 }
 
+/// `value_at_percentile` of several percentiles (in ascending order) in one pass.
+pub fn values_at_percentiles<const N: usize>(h: &Hist, ps: [f64; N]) -> [u64; N] {
+    let total = h.len();
+    let mut out = [0u64; N];
+    if total == 0 {
+        return out;
+    }
+    let wanted = ps.map(|p| {
+        let p = p.next_down().clamp(0.0, 100.0);
+        (p, (((p / 100.0) * total as f64).ceil() as u64).max(1))
+    });
+    debug_assert!(wanted.windows(2).all(|w| w[0].1 <= w[1].1), "ascending");
+    let mut next = 0;
+    let mut running = 0u64;
+    for v in h.iter_recorded() {
+        running += v.count_at_value();
+        while next < N && running >= wanted[next].1 {
+            let at = v.value_iterated_to();
+            out[next] = if wanted[next].0 == 0.0 {
+                h.lowest_equivalent(at)
+            } else {
+                h.highest_equivalent(at)
+            };
+            next += 1;
+        }
+        if next == N {
+            return out;
+        }
+    }
+    for o in out.iter_mut().skip(next) {
+        *o = h.highest_equivalent(h.max());
+    }
+    out
+}
+
 /// One row of the percentile distribution: the value, the percentile level (0..100) of the
 /// tick it answers, and the count up to and including the value.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -399,6 +478,19 @@ pub fn percentile_rows(h: &Hist, ticks_per_half_distance: u32) -> Vec<Percentile
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn percentiles_in_one_pass_are_those_one_at_a_time() {
+        let mut h = crate::metrics::new_hist();
+        for v in 1..=2000u64 {
+            h.record(v * v % 7919 + 1).unwrap();
+        }
+        let ps = [0.0, 50.0, 90.0, 95.0, 99.0, 99.9, 100.0];
+        let one = super::values_at_percentiles(&h, ps);
+        for (p, v) in ps.iter().zip(one) {
+            assert_eq!(v, super::value_at_percentile(&h, *p), "p{p}");
+        }
+    }
+
     use super::*;
     use hdrhistogram::serialization::Serializer;
 

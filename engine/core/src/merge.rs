@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::metrics::{Interval, Row, RowContext, TaskData};
+use crate::metrics::{Interval, Row, RowContext, TaskData, WireData};
 use crate::rundir::{Hlog, RunWriter, Stats, Summary, TaskSummary, AGENTS_LOG};
 
 /// Where a report went.
@@ -77,8 +77,10 @@ pub struct Merge {
     counts: HashMap<String, Vec<[u64; 6]>>,
     cumulative: Vec<TaskData>,
     rows: Vec<Row>,
-    /// Per reporter: its rows (the `agent` rows that find a slow agent).
+    /// Per report: the slice's row of all its tasks (the `agent` rows that find a slow agent).
     reporter_rows: Vec<(String, Row)>,
+    /// Where a report's tasks are added up for its row.
+    scratch: TaskData,
     sent_s: f64,
 }
 
@@ -121,6 +123,7 @@ impl Merge {
             counts: HashMap::new(),
             rows: Vec::new(),
             reporter_rows: Vec::new(),
+            scratch: TaskData::new(),
             sent_s: 0.0,
         })
     }
@@ -145,10 +148,10 @@ impl Merge {
                 ),
             ));
         }
-        let data = iv
+        let parsed = iv
             .tasks
             .iter()
-            .map(TaskData::from_wire)
+            .map(WireData::parse)
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| Error::plan("interval", format!("{reporter}: {e}")))?;
         if !self
@@ -159,21 +162,46 @@ impl Merge {
         {
             return Ok(Added::Duplicate);
         }
-        for (name, d) in self.names.iter().zip(&data) {
-            self.agents_log.write(
+        // The slice's own view: all its tasks together in one row, its histograms as they
+        // came (nothing encoded again).
+        let scratch = &mut self.scratch;
+        scratch.reset();
+        for ((name, w), p) in self.names.iter().zip(&iv.tasks).zip(&parsed) {
+            scratch.add_parsed(w, p);
+            let max = p
+                .corrected
+                .last()
+                .map_or(0, |&(v, _)| scratch.corrected.highest_equivalent(v));
+            self.agents_log.write_encoded(
                 &format!("{reporter}:{name}"),
                 iv.start_s,
                 iv.length_s,
-                &d.corrected,
+                max,
+                &w.corrected,
             )?;
         }
         self.agents_log.flush()?;
+        let target = iv.target_rps.iter().flatten().copied().reduce(|a, b| a + b);
+        let row = Row::new(
+            RowContext {
+                time: self.epoch0 + iv.start_s,
+                elapsed_s: iv.start_s,
+                interval_s: iv.length_s,
+                achieved_s: (!iv.drain).then_some(iv.length_s),
+                task: "all",
+                target_rps: target,
+                in_flight: iv.in_flight,
+                active_users: iv.active_users,
+            },
+            &self.scratch,
+        );
+        self.reporter_rows.push((reporter.to_string(), row));
         let n = self.names.len();
         let counts = self
             .counts
             .entry(reporter.to_string())
             .or_insert_with(|| vec![[0; 6]; n]);
-        for (c, d) in counts.iter_mut().zip(&data) {
+        for (c, d) in counts.iter_mut().zip(&iv.tasks) {
             c[0] += d.taken;
             c[1] += d.started;
             c[2] += d.iterations;
@@ -181,11 +209,6 @@ impl Merge {
             c[4] += d.unsent;
             c[5] += d.requests;
         }
-        self.reporter_rows.extend(
-            self.rows_of(iv, &data, &iv.target_rps, iv.in_flight, iv.active_users)
-                .into_iter()
-                .map(|r| (reporter.to_string(), r)),
-        );
         let late = iv.index < self.closed_below;
         let blank = || Open {
             start_s: iv.start_s,
@@ -212,8 +235,8 @@ impl Merge {
                 }
             }
         }
-        for (acc, d) in slot.data.iter_mut().zip(&data) {
-            acc.add(d);
+        for ((acc, w), p) in slot.data.iter_mut().zip(&iv.tasks).zip(&parsed) {
+            acc.add_parsed(w, p);
         }
         Ok(if late { Added::Late } else { Added::Fresh })
     }

@@ -48,6 +48,11 @@ pub fn decode_hist(text: &str) -> Result<Hist, String> {
     let h: Hist = Deserializer::new()
         .deserialize(&mut raw.as_slice())
         .map_err(|e| format!("not an HdrHistogram: {e:?}"))?;
+    if h.low() == LOWEST_US && h.high() == HIGHEST_US && h.sigfig() == SIGFIG && !h.is_auto_resize()
+    {
+        // Already in the standard layout (every LoadPilot histogram).
+        return Ok(h);
+    }
     // Re-home into the standard bounds so histograms from any writer add up.
     let mut out = new_hist();
     out.add(&h).map_err(|e| format!("{e:?}"))?;
@@ -221,29 +226,75 @@ impl TaskData {
     }
 
     pub fn from_wire(w: &WireData) -> Result<Self, String> {
-        let fixed = |v: &[u64], n: usize, what: &str| -> Result<Vec<u64>, String> {
-            if v.len() == n {
-                Ok(v.to_vec())
-            } else {
-                Err(format!("{what}: {} counts, expected {n}", v.len()))
-            }
-        };
-        let errors = fixed(&w.errors, ERROR_KINDS, "errors")?;
-        let status = fixed(&w.status, STATUS_CLASSES, "status")?;
         let mut d = TaskData::new();
-        d.corrected = decode_hist(&w.corrected).map_err(|e| format!("corrected: {e}"))?;
-        d.service = decode_hist(&w.service).map_err(|e| format!("service: {e}"))?;
-        d.requests = w.requests;
-        d.errors.copy_from_slice(&errors);
-        d.status.copy_from_slice(&status);
-        d.bytes_in = w.bytes_in;
-        d.missed = w.missed;
-        d.taken = w.taken;
-        d.started = w.started;
-        d.iterations = w.iterations;
-        d.unsent = w.unsent;
-        d.cancelled = w.cancelled;
+        d.add_parsed(w, &w.parse()?);
         Ok(d)
+    }
+
+    /// Adds `w` (checked by `parse` into `p`): its counts go straight into this data's
+    /// histograms, bucket for bucket, with no histogram of its own laid out.
+    pub fn add_parsed(&mut self, w: &WireData, p: &ParsedWire) {
+        for &(v, n) in &p.corrected {
+            self.corrected.record_n(v, n).expect("checked by parse");
+        }
+        for &(v, n) in &p.service {
+            self.service.record_n(v, n).expect("checked by parse");
+        }
+        self.requests += w.requests;
+        for (a, b) in self.errors.iter_mut().zip(&w.errors) {
+            *a += b;
+        }
+        for (a, b) in self.status.iter_mut().zip(&w.status) {
+            *a += b;
+        }
+        self.bytes_in += w.bytes_in;
+        self.missed += w.missed;
+        self.taken += w.taken;
+        self.started += w.started;
+        self.iterations += w.iterations;
+        self.unsent += w.unsent;
+        self.cancelled += w.cancelled;
+    }
+}
+
+/// A `WireData`'s histograms decoded into their counts and checked to be in LoadPilot's own
+/// layout (so they add up exactly, bucket for bucket).
+pub struct ParsedWire {
+    pub corrected: Vec<(u64, u64)>,
+    pub service: Vec<(u64, u64)>,
+}
+
+impl WireData {
+    pub fn parse(&self) -> Result<ParsedWire, String> {
+        if self.errors.len() != ERROR_KINDS {
+            return Err(format!(
+                "errors: {} counts, expected {ERROR_KINDS}",
+                self.errors.len()
+            ));
+        }
+        if self.status.len() != STATUS_CLASSES {
+            return Err(format!(
+                "status: {} counts, expected {STATUS_CLASSES}",
+                self.status.len()
+            ));
+        }
+        let ours = |what: &str, text: &str| -> Result<Vec<(u64, u64)>, String> {
+            let c = crate::hlog::decode_counts(text).map_err(|e| format!("{what}: {e}"))?;
+            if c.lowest != LOWEST_US || c.sigfig != SIGFIG {
+                return Err(format!(
+                    "{what}: a histogram of another layout (lowest {}, {} digits)",
+                    c.lowest, c.sigfig
+                ));
+            }
+            if c.counts.last().is_some_and(|&(v, _)| v > HIGHEST_US) {
+                return Err(format!("{what}: a value beyond an hour"));
+            }
+            Ok(c.counts)
+        };
+        Ok(ParsedWire {
+            corrected: ours("corrected", &self.corrected)?,
+            service: ours("service", &self.service)?,
+        })
     }
 }
 
@@ -449,14 +500,17 @@ impl Percentiles {
         if h.is_empty() {
             return Percentiles::default();
         }
-        // Java HdrHistogram's rule, the one `.hgrm` rows and Python's `percentile` use.
-        let q = |p: f64| Some(ms(crate::hlog::value_at_percentile(h, p)));
+        // Java HdrHistogram's rule, the one `.hgrm` rows and Python's `percentile` use; all
+        // five in one pass over the histogram.
+        let [p50, p90, p95, p99, p999] =
+            crate::hlog::values_at_percentiles(h, [50.0, 90.0, 95.0, 99.0, 99.9])
+                .map(|v| Some(ms(v)));
         Percentiles {
-            p50: q(50.0),
-            p90: q(90.0),
-            p95: q(95.0),
-            p99: q(99.0),
-            p999: q(99.9),
+            p50,
+            p90,
+            p95,
+            p99,
+            p999,
             max: Some(ms(h.max())),
             mean: Some(h.mean() / 1000.0),
             min: Some(ms(h.min())),

@@ -70,6 +70,23 @@ impl Hlog {
         .map_err(|e| Error::io(&self.path, e))
     }
 
+    /// As `write`, for a histogram already encoded (`encoded`, whose largest value is `max`).
+    pub(crate) fn write_encoded(
+        &mut self,
+        tag: &str,
+        start_s: f64,
+        length_s: f64,
+        max: u64,
+        encoded: &str,
+    ) -> Result<()> {
+        writeln!(
+            self.out,
+            "Tag={tag},{start_s:.3},{length_s:.3},{:.3},{encoded}",
+            max as f64 / 1000.0,
+        )
+        .map_err(|e| Error::io(&self.path, e))
+    }
+
     pub(crate) fn flush(&mut self) -> Result<()> {
         self.out.flush().map_err(|e| Error::io(&self.path, e))
     }
