@@ -4,7 +4,9 @@
    against the built-in target (its own process, one thread), run in one process and spread
    over 2 local agents (with their NATS server), rounds alternated. Reported: CPU seconds per
    10,000 requests of everything the run needed (for the distributed run: the coordinator, both
-   agents and nats-server, all waited for by the measured process) and the achieved rate.
+   agents and nats-server, all waited for by the measured process) at the margin (the fixed cost
+   of starting and stopping, measured by a 1 s run at 1 rps in the same round, taken off), the
+   fixed cost itself, and the achieved rate.
 2. ``coordinator``: the coordinator merging ``--agents`` simulated agents × ``--tasks`` tasks at
    1 Hz for ``--seconds``: a fleet process answers as that many agents and publishes, every second,
    one recorded interval per agent (real histograms of a real run of that many tasks) on
@@ -50,28 +52,38 @@ print(json.dumps({"requests": s.overall.requests, "errors": s.overall.errors,
 """
 
 
+def _one(url: str, rate: float, seconds: float, agents: int) -> tuple[dict[str, float], float]:
+    out = tempfile.mkdtemp(prefix="lp-dist-bench-")
+    program = Path(out) / "run.py"
+    program.write_text(_RUN)
+    cmd = [sys.executable, str(program), url, str(rate), str(seconds), out + "/run", str(agents)]
+    stdout, cpu = measured(cmd, dict(os.environ))
+    shutil.rmtree(out, ignore_errors=True)
+    r = json.loads(stdout.strip().splitlines()[-1])
+    assert r["errors"] == 0 and r["requests"] == r["due"], r
+    return r, cpu
+
+
 def overhead(args: argparse.Namespace) -> dict[str, object]:
+    """CPU per request at the margin: a run's CPU minus the same variant's fixed cost (Python
+    and its imports, agents and nats-server starting and stopping: a 1 s run at 1 rps measured
+    in the same round), over its requests."""
     target = Target(threads=1)
     runs: dict[str, list[dict[str, float]]] = {"local": [], "agents_2": []}
     try:
         for _ in range(args.rounds):
             for name, agents in (("local", 0), ("agents_2", 2)):
-                out = tempfile.mkdtemp(prefix="lp-dist-bench-")
-                program = Path(out) / "run.py"
-                program.write_text(_RUN)
-                cmd = [sys.executable, str(program), target.url, str(args.rate),
-                       str(args.seconds), out + "/run", str(agents)]  # fmt: skip
-                stdout, cpu = measured(cmd, dict(os.environ))
-                shutil.rmtree(out, ignore_errors=True)
-                r = json.loads(stdout.strip().splitlines()[-1])
-                assert r["errors"] == 0 and r["requests"] == r["due"], (name, r)
-                r["cpu_s_per_10k"] = cpu / max(1, r["requests"]) * 10_000
+                _, fixed = _one(target.url, 1, 1, agents)
+                r, cpu = _one(target.url, args.rate, args.seconds, agents)
+                r["cpu_s_total"] = cpu
+                r["cpu_s_fixed"] = fixed
+                r["cpu_s_per_10k"] = (cpu - fixed) / max(1, r["requests"]) * 10_000
                 runs[name].append(r)
                 print(name, r, flush=True)
     finally:
         target.close()
     summary = {
-        name: {k: spread([r[k] for r in rs]) for k in ("rps", "cpu_s_per_10k")}
+        name: {k: spread([r[k] for r in rs]) for k in ("rps", "cpu_s_per_10k", "cpu_s_fixed")}
         for name, rs in runs.items()
     }
     ratio = (
