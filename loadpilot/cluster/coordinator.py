@@ -8,6 +8,7 @@ LoadPilot it looks like a local run's engine handle (rows, summary, histograms).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import concurrent.futures
 import json
@@ -170,6 +171,14 @@ class Coordinator:
         except BaseException:
             self._thread.join(15)
             raise
+        # An interpreter that exits with the run going stops it first: agents and the NATS
+        # server started for it end with it.
+        atexit.register(self._at_exit)
+
+    def _at_exit(self) -> None:
+        if not self._done.is_set():
+            self.stop("stopped")
+            self._done.wait(20)
 
     def _thread_main(self, started: concurrent.futures.Future[None]) -> None:
         try:
@@ -182,6 +191,7 @@ class Coordinator:
         finally:
             self._cleanup()
             self._done.set()
+            atexit.unregister(self._at_exit)
 
     def _cleanup(self) -> None:
         for child in self._children:
@@ -308,6 +318,7 @@ class Coordinator:
                 await self._publish_ctl(nc, "stopped")
                 raise ClusterError(f"agent {a.name} refused the run: {err}")
             a.state = "running"
+            a.last_seen = time.monotonic()
             self._event("started", a.name, f"slice {i}/{n}")
 
     def _connections(self, i: int, n: int) -> int | None:
@@ -462,10 +473,14 @@ class Coordinator:
             if self._stop_reason is not None and not stop_sent:
                 await self._publish_ctl(nc, self._stop_reason)
                 stop_sent = True
-            if self._connected:
-                for a in self._agents.values():
-                    if a.state == "running" and now - a.last_seen > P.AGENT_LOST_S:
-                        await self._lose(nc, a)
+            for a in self._agents.values():
+                mine = [r for r in self._reporters.values() if r.agent == a.name]
+                if a.state == "running" and mine and all(r.state == "ended" for r in mine):
+                    a.state = "done"  # every slice it ran has ended: it no longer beats
+                elif (
+                    a.state == "running" and self._connected and now - a.last_seen > P.AGENT_LOST_S
+                ):
+                    await self._lose(nc, a)
             live = [r.name for r in self._reporters.values() if r.state == "running"]
             elapsed = time.time() - self._start_at
             through = min(int(elapsed - P.CLOSE_GRACE_S), n_sched - 1)

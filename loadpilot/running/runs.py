@@ -236,7 +236,7 @@ class Run(RunResult):
 
     @property
     def agents(self) -> pl.DataFrame:
-        """The agents of a distributed run, one row each: name, state (running, lost),
+        """The agents of a distributed run, one row each: name, state (running, done, lost),
         clock offset and round trip to the coordinator, seconds since last heard of, requests
         reported. Empty for a run in this process."""
         frame = getattr(self._handle, "agents_frame", None)

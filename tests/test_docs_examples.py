@@ -1,0 +1,226 @@
+"""Every Python and shell example of the README and of docs/analysis.md and docs/distributed.md
+runs as printed, in order, in a scratch directory that holds `datasets/` (the recorded runs the
+analysis examples read), against the built-in target.
+
+One substitution: the built-in target's documented port 8080 becomes a free port. Lines not run,
+and why: `make test` (this suite is part of it) and `make lab` (an interactive server); `pip
+install` (this environment has the extras); anything naming a host other than this machine (the
+cluster examples: nothing here is ever sent elsewhere). A new example is run too: this test reads
+the documents, it does not list their examples."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from loadpilot.cluster.server import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ["README.md", "docs/analysis.md", "docs/distributed.md"]
+PORT = "8080"
+
+
+@dataclass
+class Block:
+    doc: str
+    line: int
+    lang: str
+    text: str
+
+    @property
+    def where(self) -> str:
+        return f"{self.doc}:{self.line}"
+
+
+def blocks() -> list[Block]:
+    found = []
+    for doc in DOCS:
+        lines = (ROOT / doc).read_text().splitlines()
+        i = 0
+        while i < len(lines):
+            m = re.fullmatch(r"```(\w+)", lines[i])
+            if m is None:
+                i += 1
+                continue
+            start, body = i + 1, []
+            i += 1
+            while not lines[i].startswith("```"):
+                body.append(lines[i])
+                i += 1
+            i += 1
+            if m.group(1) in ("python", "sh"):
+                found.append(Block(doc, start, m.group(1), "\n".join(body) + "\n"))
+    return found
+
+
+_URL_HOST = re.compile(
+    r"\b(?:https?|nats)://(?:[^@/\s]*@)?([A-Za-z0-9_.\-\[\]:]+?)(?::\d+)?(?:/|\s|'|\"|$)"
+)
+
+
+def elsewhere(text: str) -> bool:
+    """Whether the text names a host other than this machine."""
+    hosts = _URL_HOST.findall(text)
+    return any(h not in ("127.0.0.1", "localhost", "[::1]") for h in hosts)
+
+
+def skipped(line: str) -> str | None:
+    command = line.split("#", 1)[0].strip()
+    if command in ("make test", "make lab"):
+        return "a make verb this suite cannot run from inside itself"
+    if command.startswith("pip install"):
+        return "installs what this environment has"
+    if elsewhere(line):
+        return "names a host other than this machine"
+    return None
+
+
+def env() -> dict[str, str]:
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+
+
+def answering(port: int, timeout_s: float = 20) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+class Workspace:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.port = free_port()
+        self.background: list[subprocess.Popen[bytes]] = []
+        (path / "datasets").symlink_to(ROOT / "datasets")
+
+    def close(self) -> None:
+        for p in self.background:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+            p.wait(10)
+
+    def sh(self, block: Block) -> None:
+        for line in block.text.splitlines():
+            if not line.strip() or line.lstrip().startswith("#") or skipped(line):
+                continue
+            command = line.split("  #", 1)[0].strip()
+            if command == "make demo":
+                done = subprocess.run(
+                    ["make", "demo"], cwd=ROOT, capture_output=True, text=True, timeout=300
+                )
+                assert done.returncode == 0, (block.where, done.stdout[-2000:], done.stderr)
+                assert "ended: completed" in done.stdout, (block.where, done.stdout[-2000:])
+                continue
+            if command.endswith("&"):
+                command = command[:-1].replace(PORT, str(self.port))
+                self.background.append(
+                    subprocess.Popen(command, shell=True, cwd=self.path, env=env(),
+                                     stdout=subprocess.DEVNULL, start_new_session=True)
+                )  # fmt: skip
+                assert answering(self.port), (block.where, command)
+                continue
+            if command.startswith("loadpilot target"):
+                # A server in the foreground: on a port of its own, answering, then stopped.
+                port = free_port()
+                server = subprocess.Popen(
+                    command.replace(PORT, str(port)), shell=True, cwd=self.path, env=env(),
+                    stdout=subprocess.DEVNULL, start_new_session=True,
+                )  # fmt: skip
+                try:
+                    assert answering(port), (block.where, command)
+                finally:
+                    os.killpg(server.pid, signal.SIGTERM)
+                    server.wait(10)
+                continue
+            command = command.replace(PORT, str(self.port))
+            done = subprocess.run(
+                command, shell=True, cwd=self.path, env=env(), capture_output=True, text=True,
+                timeout=300,
+            )  # fmt: skip
+            expected = {0}
+            if command.startswith("loadpilot compare"):
+                expected = {1}  # the recorded candidate regressed: the gate says so
+            elif "--threshold" in command:
+                expected = {0, 1}  # whether p99 stays under 20 ms is this machine's business
+            assert done.returncode in expected, (
+                block.where, command, done.returncode, done.stdout[-3000:], done.stderr[-3000:]
+            )  # fmt: skip
+            assert "Traceback" not in done.stderr, (block.where, command, done.stderr)
+            if command.startswith("loadpilot run"):
+                assert "ended: completed" in done.stdout, (block.where, done.stdout[-3000:])
+
+    def python(self, block: Block) -> None:
+        first = block.text.splitlines()[0].strip()
+        if re.fullmatch(r"# [\w-]+\.py", first):
+            # A file the examples after it use (shop.py), written as printed.
+            (self.path / first[2:]).write_text(block.text)
+            return
+        if elsewhere(block.text):
+            return
+        text = block.text.replace(PORT, str(self.port))
+        prelude = ["import loadpilot as lp"]
+        if "Shop" in text and "class Shop" not in text:
+            prelude.append('Shop = lp.load_scenario("shop.py")')
+        if re.search(r"\btarget\.url\b", text) and "as target" not in text:
+            prelude.append("target = lp.start_target()")
+        script = self.path / f"example_{Path(block.doc).stem}_{block.line}.py"
+        script.write_text("\n".join(prelude) + "\n" + text)
+        done = subprocess.run(
+            [sys.executable, script.name], cwd=self.path, env=env(), capture_output=True,
+            text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, (block.where, done.stdout[-3000:], done.stderr[-3000:])
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
+    ws = Workspace(tmp_path_factory.mktemp("docs"))
+    # The files the examples need, as the documents write them (a `# shop.py` block, a
+    # `printf ... > users.csv` line), are there before any example runs: an example may use
+    # one that the document shows further down.
+    for b in blocks():
+        first = b.text.splitlines()[0].strip()
+        if b.lang == "python" and re.fullmatch(r"# [\w-]+\.py", first):
+            (ws.path / first[2:]).write_text(b.text)
+        for line in b.text.splitlines() if b.lang == "sh" else []:
+            if line.startswith("printf ") and ">" in line:
+                command = line.split("  #", 1)[0]
+                subprocess.run(command, shell=True, cwd=ws.path, check=True)
+    try:
+        yield ws
+    finally:
+        ws.close()
+
+
+def test_the_documents_have_examples_and_none_is_left_out() -> None:
+    found = blocks()
+    assert sum(b.doc == "README.md" for b in found) >= 8
+    langs = {b.lang for b in found}
+    assert langs == {"python", "sh"}
+    # Fences of another language would be skipped silently: there are none.
+    for doc in DOCS:
+        for m in re.finditer(r"^```(\w+)$", (ROOT / doc).read_text(), re.M):
+            assert m.group(1) in ("python", "sh", "json"), (doc, m.group(1))
+
+
+@pytest.mark.parametrize("block", blocks(), ids=lambda b: b.where)
+def test_every_example_runs_as_printed(workspace: Workspace, block: Block) -> None:
+    if block.lang == "sh":
+        workspace.sh(block)
+    else:
+        workspace.python(block)
