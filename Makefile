@@ -46,8 +46,14 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	apt-get update && apt-get install -y chromium
 
+# Tests of the Prometheus metrics scrape them with a real Prometheus (Debian's package).
+PROMETHEUS := /usr/bin/prometheus
+
+$(PROMETHEUS):
+	apt-get update && apt-get install -y prometheus
+
 .PHONY: test
-test: build-dev $(CHROMIUM) ## Run every test: Rust (cargo test) and Python (pytest, Chromium)
+test: build-dev $(CHROMIUM) $(PROMETHEUS) ## Run every test: Rust (cargo test) and Python (pytest, Chromium)
 	cargo test --release --workspace --exclude loadpilot-python
 	$(PY) -m pytest
 	$(PY) -m pytest --nbval-lax -p no:cacheprovider notebooks

@@ -115,16 +115,19 @@ def _execute(
     report_to: Path | None = None,
     source: Path | None = None,
     agents: Any = None,
+    prometheus: str | None = None,
 ) -> int:
     if report_to is not None:
         _check_output_file(report_to, "--report")
     try:
-        r = _run.start(what, out, target=target, agents=agents)
+        r = _run.start(what, out, target=target, agents=agents, prometheus=prometheus)
     except PlanError as e:
         if source is None:
             raise
         raise PlanError(f"{source}: {e}") from None
     print(f"run directory: {r.path}", flush=True)
+    if prometheus is not None:
+        print(f"prometheus metrics: http://{prometheus}/metrics", flush=True)
     if agents is not None:
         for a in r.agents.iter_rows(named=True):
             print(
@@ -338,6 +341,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             args.report,
             source=path,
             agents=_agents(args),
+            prometheus=args.prometheus,
         )
     try:
         text = path.read_bytes()
@@ -361,6 +365,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         args.report,
         source=path,
         agents=_agents(args),
+        prometheus=args.prometheus,
     )
 
 
@@ -548,6 +553,12 @@ def _parser() -> argparse.ArgumentParser:
         default="redistribute",
         help="when an agent is lost mid-run: survivors take over its share (redistribute, "
         "the default), go on without it, or abort",
+    )
+    r.add_argument(
+        "--prometheus",
+        default=None,
+        metavar="HOST:PORT",
+        help="export the run's metrics for Prometheus at http://HOST:PORT/metrics",
     )
     r.set_defaults(fn=_cmd_run)
 

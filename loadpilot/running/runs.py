@@ -441,13 +441,16 @@ def start(
     target: str | None = None,
     profile: Profile | None = None,
     agents: int | Agents | None = None,
+    prometheus: str | None = None,
 ) -> Run:
     """Starts a plan, or a scenario (its class or its :class:`Scenario`) against ``target``,
     and returns at once. The run directory is ``out`` (default ``runs/<time>-<name>``).
     ``profile`` replaces the plan's or scenario's load profile (e.g. one from ``lp.tune``).
     ``agents``: spread the run over agent processes (a number: that many started here, with a
     NATS server of their own; or :class:`Agents` for agents already running elsewhere); the
-    run is the same run, with the same directory, rows and summary."""
+    run is the same run, with the same directory, rows and summary. ``prometheus``
+    (``"127.0.0.1:9464"``): export the run's metrics for Prometheus at that address's
+    ``/metrics`` (see docs/observability.md)."""
     scenario: Scenario | None = None
     if isinstance(what, Plan):
         plan = what if target is None else what.model_copy(update={"target": target})
@@ -483,12 +486,20 @@ def start(
             raise RunDirError(f"{path}: already holds a run; choose another directory")
         coordinator = Coordinator(plan, scenario, path, spec)
         coordinator.start()
-        return Run(coordinator, plan)
+        return _exported(Run(coordinator, plan), prometheus)
     handle = _engine.start_run(plan.to_json(), path)
     tickets = handle.tickets()
     if tickets is not None and scenario is not None:
         PythonUsers(handle, tickets, scenario).start()
-    return Run(handle, plan)
+    return _exported(Run(handle, plan), prometheus)
+
+
+def _exported(run: Run, prometheus: str | None) -> Run:
+    if prometheus is not None:
+        from loadpilot.serve.exporter import export
+
+        export(run, prometheus)
+    return run
 
 
 def run(
@@ -498,10 +509,11 @@ def run(
     target: str | None = None,
     profile: Profile | None = None,
     agents: int | Agents | None = None,
+    prometheus: str | None = None,
 ) -> Run:
     """Runs a plan or a scenario to the end (Ctrl-C stops it early and keeps what it
     measured)."""
-    r = start(what, out, target=target, profile=profile, agents=agents)
+    r = start(what, out, target=target, profile=profile, agents=agents, prometheus=prometheus)
     r.wait()
     return r
 

@@ -1,0 +1,1 @@
+"""Observing and driving runs from outside: Prometheus metrics of runs (``exporter``)."""
