@@ -72,8 +72,8 @@ lab: build-dev ## Start JupyterLab on the tutorials (notebooks/)
 
 .PHONY: lint
 lint: build-dev ## ruff, rustfmt, clippy, mypy and stubtest
-	$(BIN)/ruff check loadpilot tests bench datasets
-	$(BIN)/ruff format --check loadpilot tests bench datasets
+	$(BIN)/ruff check loadpilot tests bench datasets deploy
+	$(BIN)/ruff format --check loadpilot tests bench datasets deploy
 	cargo fmt --all --check
 	cargo clippy --release --workspace --all-targets -- -D warnings
 	$(BIN)/mypy loadpilot
@@ -81,8 +81,8 @@ lint: build-dev ## ruff, rustfmt, clippy, mypy and stubtest
 
 .PHONY: format
 format: $(STAMP) ## Format Python and Rust
-	$(BIN)/ruff format loadpilot tests bench datasets
-	$(BIN)/ruff check --fix loadpilot tests bench datasets
+	$(BIN)/ruff format loadpilot tests bench datasets deploy
+	$(BIN)/ruff check --fix loadpilot tests bench datasets deploy
 	cargo fmt --all
 
 .PHONY: bench

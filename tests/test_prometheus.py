@@ -8,6 +8,7 @@ import json
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -23,6 +24,7 @@ from loadpilot.cluster.server import free_port
 from loadpilot.serve.exporter import LATENCY_BUCKETS
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class Prometheus:
@@ -159,3 +161,39 @@ def test_the_exposition_names_only_run_scenario_task_and_class_labels(tmp_path: 
     assert "loadpilot_request_duration_seconds_bucket" in text
     assert "id=42" not in text and "/status" not in text, "no URL ever becomes a label"
     assert r.summary().overall.requests == 100
+
+
+def test_every_dashboard_panel_has_data_for_a_distributed_run(
+    tmp_path: Path, prometheus: Callable[[list[str]], Prometheus]
+) -> None:
+    build = ROOT / "deploy" / "grafana" / "build.py"
+    check = subprocess.run([sys.executable, str(build), "--check"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "loadpilot.json").read_text())
+    port = free_port()
+    with lp.start_target(delay_ms=1) as target:
+        plan = lp.Plan(
+            name="dashboard",
+            target=target.url,
+            load=lp.OpenLoad(stages=[lp.Constant(rate=200, duration_s=12)]),
+            tasks=[get("browse", "/", weight=3), get("fail", "/status/500")],
+        )
+        prom = prometheus([f"127.0.0.1:{port}"])
+        r = lp.start(plan, tmp_path / "dash", agents=2, prometheus=f"127.0.0.1:{port}")
+        time.sleep(9)
+        empty = []
+        queries = 0
+        for p in dashboard["panels"]:
+            for t in p.get("targets", []):
+                expr = (
+                    t["expr"]
+                    .replace("$run", "dash")
+                    .replace("$task", ".*")
+                    .replace("$__rate_interval", "5s")
+                )
+                queries += 1
+                if not prom.query(expr):
+                    empty.append((p["title"], expr))
+        r.wait()
+    assert queries >= 10
+    assert not empty, empty

@@ -1,0 +1,184 @@
+"""Builds the Grafana dashboard of LoadPilot's Prometheus metrics (`loadpilot.json`, beside
+this file) with Grafana's own Foundation SDK: rate against target, error ratio by kind, latency
+quantiles from the buckets, service time beside corrected latency, in flight and active users,
+missed arrivals, agents; variables for the run and the tasks, and the Prometheus data source.
+
+    python deploy/grafana/build.py          # writes deploy/grafana/loadpilot.json
+    python deploy/grafana/build.py --check  # fails if the committed file is not what this builds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from grafana_foundation_sdk.builders.dashboard import Dashboard as DashboardBuilder
+from grafana_foundation_sdk.builders.dashboard import (
+    DatasourceVariable,
+    QueryVariable,
+    Row,
+)
+from grafana_foundation_sdk.builders.prometheus import Dataquery
+from grafana_foundation_sdk.builders.timeseries import Panel as Timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.dashboard import DataSourceRef, VariableRefresh
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "loadpilot.json"
+
+DS = DataSourceRef(type_val="prometheus", uid="${datasource}")
+SEL = 'run="$run", task=~"$task"'
+RATE = "[$__rate_interval]"
+
+
+def query(expr: str, legend: str, ref: str) -> Dataquery:
+    return Dataquery().expr(expr).legend_format(legend).ref_id(ref).datasource(DS)
+
+
+def panel(title: str, unit: str, description: str, *queries: Dataquery) -> Timeseries:
+    p = (
+        Timeseries()
+        .title(title)
+        .unit(unit)
+        .description(description)
+        .datasource(DS)
+        .height(8)
+        .span(12)
+    )
+    for q in queries:
+        p = p.with_target(q)
+    return p
+
+
+def quantile(q: float, metric: str, legend: str, ref: str) -> Dataquery:
+    return query(
+        f"histogram_quantile({q}, sum by (le) (rate({metric}_bucket{{{SEL}}}{RATE})))", legend, ref
+    )
+
+
+def build() -> DashboardBuilder:
+    return (
+        DashboardBuilder("LoadPilot")
+        .uid("loadpilot-runs")
+        .tags(["loadpilot", "load-testing"])
+        .refresh("5s")
+        .time("now-15m", "now")
+        .with_variable(DatasourceVariable("datasource").label("Prometheus").type("prometheus"))
+        .with_variable(
+            QueryVariable("run")
+            .label("Run")
+            .datasource(DS)
+            .query("label_values(loadpilot_requests_total, run)")
+            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+        )
+        .with_variable(
+            QueryVariable("task")
+            .label("Task")
+            .datasource(DS)
+            .query('label_values(loadpilot_requests_total{run="$run"}, task)')
+            .multi(True)
+            .include_all(True)
+            .all_value(".*")
+            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+        )
+        .with_row(Row("Load"))
+        .with_panel(
+            panel(
+                "Rate against target",
+                "reqps",
+                "Completed requests per second and the profile's rate (open model), per task.",
+                query(
+                    f"sum by (task) (rate(loadpilot_requests_total{{{SEL}}}{RATE}))",
+                    "{{task}}",
+                    "A",
+                ),
+                query(f"sum by (task) (loadpilot_target_rate{{{SEL}}})", "{{task}} target", "B"),
+            )
+        )
+        .with_panel(
+            panel(
+                "Error ratio by kind",
+                "percentunit",
+                "Failed requests of each kind over all completed requests.",
+                query(
+                    f"sum by (kind) (rate(loadpilot_errors_total{{{SEL}}}{RATE})) / scalar(sum"
+                    f"(rate(loadpilot_requests_total{{{SEL}}}{RATE})))",
+                    "{{kind}}",
+                    "A",
+                ),
+            )
+        )
+        .with_row(Row("Latency"))
+        .with_panel(
+            panel(
+                "Corrected latency quantiles",
+                "s",
+                "From the instant each request was due (coordinated omission corrected), estimated "
+                "from the histogram's buckets; exact figures are in the run's own summary.",
+                quantile(0.5, "loadpilot_request_duration_seconds", "p50", "A"),
+                quantile(0.9, "loadpilot_request_duration_seconds", "p90", "B"),
+                quantile(0.99, "loadpilot_request_duration_seconds", "p99", "C"),
+            )
+        )
+        .with_panel(
+            panel(
+                "Service time beside corrected latency (p99)",
+                "s",
+                "Their gap is the time requests waited in the generator before they were sent.",
+                quantile(0.99, "loadpilot_request_duration_seconds", "corrected p99", "A"),
+                quantile(0.99, "loadpilot_service_duration_seconds", "service p99", "B"),
+            )
+        )
+        .with_row(Row("Generator"))
+        .with_panel(
+            panel(
+                "In flight and active users",
+                "short",
+                "Requests in flight; virtual users active (closed model).",
+                query('sum(loadpilot_in_flight{run="$run"})', "in flight", "A"),
+                query('sum(loadpilot_active_users{run="$run"})', "active users", "B"),
+            )
+        )
+        .with_panel(
+            panel(
+                "Missed arrivals",
+                "reqps",
+                "Arrivals per second that found every connection busy (they count from when they "
+                "were due).",
+                query(
+                    f"sum by (task) (rate(loadpilot_missed_total{{{SEL}}}{RATE}))", "{{task}}", "A"
+                ),
+            )
+        )
+        .with_panel(
+            panel(
+                "Agents",
+                "short",
+                "A distributed run's agents by state (running, done, lost).",
+                query('sum by (state) (loadpilot_agents{run="$run"})', "{{state}}", "A"),
+            )
+        )
+    )
+
+
+def render() -> str:
+    return JSONEncoder(sort_keys=True, indent=2).encode(build().build()) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--check", action="store_true")
+    args = p.parse_args()
+    text = render()
+    if args.check:
+        if not OUT.exists() or OUT.read_text() != text:
+            sys.exit(f"{OUT} is not what {Path(__file__).name} builds: run it")
+        return
+    OUT.write_text(text)
+    print(f"written {OUT} ({len(json.loads(text)['panels'])} panels)")
+
+
+if __name__ == "__main__":
+    main()
