@@ -398,6 +398,40 @@ def _agents(args: argparse.Namespace) -> Any:
     )
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from loadpilot.cluster.protocol import target_allowed
+
+    token = args.token or os.environ.get("LOADPILOT_TOKEN") or None
+    if not target_allowed(f"http://{args.host}", []) and token is None:
+        raise LoadPilotError(
+            f"--host {args.host} is not loopback: give --token (or $LOADPILOT_TOKEN) so the API "
+            "is not open to anyone who reaches it"
+        )
+    try:
+        import uvicorn
+
+        from loadpilot.serve.api import Limits, create_app
+    except ImportError:
+        raise LoadPilotError("serve mode needs FastAPI: pip install 'loadpilot[serve]'") from None
+    limits = Limits(
+        max_rate=args.max_rate,
+        max_duration_s=args.max_duration,
+        max_users=args.max_users,
+        max_body_bytes=args.max_body,
+        allow_targets=args.allow_target,
+        allow_code=args.allow_code,
+    )
+    agents = None
+    if args.agents is not None or args.external_agents is not None:
+        args.agents_timeout = 60.0
+        args.on_agent_loss = "redistribute"
+        agents = _agents(args)
+    app = create_app(args.runs, token=token, limits=limits, agents=agents)
+    print(f"loadpilot serve: http://{args.host}:{args.port} (runs in {args.runs})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return EXIT_OK
+
+
 def _cmd_agent(args: argparse.Namespace) -> int:
     from loadpilot.cluster.agent import Agent
 
@@ -561,6 +595,40 @@ def _parser() -> argparse.ArgumentParser:
         help="export the run's metrics for Prometheus at http://HOST:PORT/metrics",
     )
     r.set_defaults(fn=_cmd_run)
+
+    sv = sub.add_parser(
+        "serve", help="drive runs over HTTP (an API for pipelines), safe by default"
+    )
+    sv.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (other than loopback: a token is required)",
+    )
+    sv.add_argument("--port", type=int, default=8080)
+    sv.add_argument("--token", default=None, help="bearer token (else $LOADPILOT_TOKEN)")
+    sv.add_argument("--runs", type=Path, default=Path("runs"), help="where run directories go")
+    sv.add_argument(
+        "--max-rate", type=float, default=10_000.0, help="requests/s a plan may ask (10000)"
+    )
+    sv.add_argument(
+        "--max-duration", type=_duration, default=3600.0, help="how long a plan may run (1h)"
+    )
+    sv.add_argument("--max-users", type=int, default=10_000, help="users a plan may ask (10000)")
+    sv.add_argument(
+        "--max-body", type=int, default=1 << 20, help="largest request body, bytes (1 MiB)"
+    )
+    sv.add_argument(
+        "--allow-target", action="append", default=[], metavar="PATTERN",
+        help="host or host:port glob plans may target (repeatable; default: loopback only)",
+    )  # fmt: skip
+    sv.add_argument(
+        "--allow-code", action="store_true",
+        help="accept scenario source (Python: arbitrary code) at POST /scenarios",
+    )  # fmt: skip
+    sv.add_argument("--agents", type=_count, default=None, help="spread runs over N local agents")
+    sv.add_argument("--nats", default=None, help="NATS URL of the agents")
+    sv.add_argument("--external-agents", type=_count, default=None, help="N agents found on --nats")
+    sv.set_defaults(fn=_cmd_serve)
 
     a = sub.add_parser(
         "agent", help="run as an agent of distributed runs: wait for work on NATS, run it"

@@ -1,8 +1,9 @@
-"""Every Python and shell example of the README and of docs/analysis.md and docs/distributed.md
-runs as printed, in order, in a scratch directory that holds `datasets/` (the recorded runs the
-analysis examples read), against the built-in target.
+"""Every Python and shell example of the README and of docs/analysis.md, distributed.md,
+observability.md and serve.md runs as printed, in order, in a scratch directory that holds
+`datasets/` (the recorded runs the analysis examples read), against the built-in target.
 
-One substitution: the built-in target's documented port 8080 becomes a free port. Lines not run,
+One substitution: the documented ports (8080 the target, 8000 the API, 9464 metrics) become free
+ports. Lines not run,
 and why: `make test` (this suite is part of it) and `make lab` (an interactive server); `pip
 install` (this environment has the extras); anything naming a host other than this machine (the
 cluster examples: nothing here is ever sent elsewhere). A new example is run too: this test reads
@@ -10,13 +11,13 @@ the documents, it does not list their examples."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,16 @@ import pytest
 from loadpilot.cluster.server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ["README.md", "docs/analysis.md", "docs/distributed.md"]
-PORT = "8080"
+DOCS = [
+    "README.md",
+    "docs/analysis.md",
+    "docs/distributed.md",
+    "docs/observability.md",
+    "docs/serve.md",
+]
+#: The ports the documents use (the built-in target, the API, Prometheus metrics): each becomes
+#: a free port of its own.
+PORTS = ("8080", "8000", "9464")
 
 
 @dataclass
@@ -90,12 +99,15 @@ def env() -> dict[str, str]:
     return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
 
 
-def answering(port: int, timeout_s: float = 20) -> bool:
+def answering(port: int, timeout_s: float = 30) -> bool:
+    """Whether something answers HTTP on the port (any status) within the time."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1):
-                return True
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            c.request("GET", "/")
+            c.getresponse().read()
+            return True
         except OSError:
             time.sleep(0.1)
     return False
@@ -104,8 +116,9 @@ def answering(port: int, timeout_s: float = 20) -> bool:
 class Workspace:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.port = free_port()
+        self.ports = {p: str(free_port()) for p in PORTS}
         self.background: list[subprocess.Popen[bytes]] = []
+        self.started: set[str] = set()
         (path / "datasets").symlink_to(ROOT / "datasets")
 
     def close(self) -> None:
@@ -113,6 +126,11 @@ class Workspace:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGTERM)
             p.wait(10)
+
+    def local(self, text: str) -> str:
+        for documented, ours in self.ports.items():
+            text = text.replace(documented, ours)
+        return text
 
     def sh(self, block: Block) -> None:
         for line in block.text.splitlines():
@@ -127,18 +145,22 @@ class Workspace:
                 assert "ended: completed" in done.stdout, (block.where, done.stdout[-2000:])
                 continue
             if command.endswith("&"):
-                command = command[:-1].replace(PORT, str(self.port))
+                command = self.local(command[:-1].strip())
+                if command in self.started:
+                    continue  # already serving (an earlier example started it)
+                self.started.add(command)
                 self.background.append(
                     subprocess.Popen(command, shell=True, cwd=self.path, env=env(),
                                      stdout=subprocess.DEVNULL, start_new_session=True)
                 )  # fmt: skip
-                assert answering(self.port), (block.where, command)
+                port = int(re.search(r"--port (\d+)", command).group(1))  # type: ignore[union-attr]
+                assert answering(port), (block.where, command)
                 continue
             if command.startswith("loadpilot target"):
                 # A server in the foreground: on a port of its own, answering, then stopped.
                 port = free_port()
                 server = subprocess.Popen(
-                    command.replace(PORT, str(port)), shell=True, cwd=self.path, env=env(),
+                    command.replace("8080", str(port)), shell=True, cwd=self.path, env=env(),
                     stdout=subprocess.DEVNULL, start_new_session=True,
                 )  # fmt: skip
                 try:
@@ -147,7 +169,7 @@ class Workspace:
                     os.killpg(server.pid, signal.SIGTERM)
                     server.wait(10)
                 continue
-            command = command.replace(PORT, str(self.port))
+            command = self.local(command)
             done = subprocess.run(
                 command, shell=True, cwd=self.path, env=env(), capture_output=True, text=True,
                 timeout=300,
@@ -172,7 +194,7 @@ class Workspace:
             return
         if elsewhere(block.text):
             return
-        text = block.text.replace(PORT, str(self.port))
+        text = self.local(block.text)
         prelude = ["import loadpilot as lp"]
         if "Shop" in text and "class Shop" not in text:
             prelude.append('Shop = lp.load_scenario("shop.py")')
