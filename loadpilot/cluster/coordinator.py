@@ -35,6 +35,7 @@ from loadpilot.cluster import protocol as P
 from loadpilot.cluster.server import NatsServer, spawn_agent
 from loadpilot.errors import ClusterError
 from loadpilot.plan import OpenLoad, Plan, Shard
+from loadpilot.running.runs import AGENT_SCHEMA
 from loadpilot.scenarios.scenario import Scenario
 
 #: What ``on_agent_loss`` may be.
@@ -687,13 +688,3 @@ class Coordinator:
     def events(self) -> list[dict[str, Any]]:
         with self._lock:
             return list(self._events)
-
-
-AGENT_SCHEMA = {
-    "name": pl.String,
-    "state": pl.String,
-    "clock_offset_ms": pl.Float64,
-    "rtt_ms": pl.Float64,
-    "last_seen_s": pl.Float64,
-    "requests": pl.Int64,
-}

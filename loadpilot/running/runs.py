@@ -29,6 +29,16 @@ if TYPE_CHECKING:
 
 Histogram = _engine.Histogram
 
+#: The columns of ``Run.agents``.
+AGENT_SCHEMA: dict[str, pl.DataType] = {
+    "name": pl.String(),
+    "state": pl.String(),
+    "clock_offset_ms": pl.Float64(),
+    "rtt_ms": pl.Float64(),
+    "last_seen_s": pl.Float64(),
+    "requests": pl.Int64(),
+}
+
 
 class RunResult:
     """What live and loaded runs (and foreign interval logs) have in common."""
@@ -241,8 +251,6 @@ class Run(RunResult):
         reported. Empty for a run in this process."""
         frame = getattr(self._handle, "agents_frame", None)
         if frame is None:
-            from loadpilot.cluster.coordinator import AGENT_SCHEMA
-
             return pl.DataFrame(schema=AGENT_SCHEMA)
         result: pl.DataFrame = frame()
         return result
