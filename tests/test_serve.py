@@ -225,7 +225,9 @@ def test_the_openapi_document_holds_under_property_based_requests(tmp_path: Path
     p, port = serve(tmp_path, "--token", TOKEN, "--max-duration", "2s", "--max-rate", "50")
     auth = {"Authorization": f"Bearer {TOKEN}"}
     try:
-        schema = schemathesis.openapi.from_url(f"http://127.0.0.1:{port}/openapi.json")
+        url = f"http://127.0.0.1:{port}/openapi.json"
+        assert Api(port).request("GET", "/openapi.json", token=None)[0] == 401
+        schema = schemathesis.openapi.from_url(url, headers=auth)
         operations = [r.ok() for r in schema.get_all_operations()]
         assert len(operations) >= 11
         for op in operations:

@@ -191,10 +191,15 @@ def create_app(
 ) -> FastAPI:
     limits = limits or Limits()
     server = Server(runs_dir or Path(tempfile.mkdtemp(prefix="loadpilot-serve-")), limits, agents)
+    # The OpenAPI document is served behind the token like everything but /healthz; no
+    # browsable docs page (it would load its scripts from a CDN).
     app = FastAPI(
         title="LoadPilot",
         description="Load tests driven over HTTP: plans in, rows and summaries out.",
         version="1",
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     bearer = HTTPBearer(auto_error=False)
 
@@ -217,6 +222,16 @@ def create_app(
                 {"detail": f"the body is over {limits.max_body_bytes} bytes"}, status_code=413
             )
         return await call_next(request)
+
+    @app.get("/openapi.json", dependencies=auth, include_in_schema=False)
+    def openapi() -> JSONResponse:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            app.openapi_schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+        return JSONResponse(app.openapi_schema)
 
     @app.get("/healthz", summary="The server is up")
     def healthz() -> dict[str, str]:
