@@ -153,8 +153,19 @@ def _execute(
             aborted = _progress(r, r.plan.duration_s, abort_on)
     except KeyboardInterrupt as e:
         interrupted = e
-        print("\nstopping: keeping everything measured so far", flush=True)
-        r.stop()
+        # Stopping is bounded (about a second): a second Ctrl-C (or one delivered twice, as
+        # polars can raise it inside a read and again after) must not cut the summary short.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for attempt in range(3):
+            try:
+                if attempt == 0:
+                    print("\nstopping: keeping everything measured so far", flush=True)
+                r.stop()
+                break
+            except KeyboardInterrupt:  # already on its way before signals were ignored
+                continue
     s = r.summary()
     verdicts = thresholds.evaluate(s, checks or [])
     if console is not None:
