@@ -86,6 +86,9 @@ class _Watched:
         self.in_flight = 0
         self.active_users = 0
         self.rows_seen = 0
+        #: The end of the last closed interval (seconds since the epoch): the timestamp of the
+        #: counters, so a scrape's phase against the closing second never skews rate().
+        self.ts: float | None = None
         self.offsets = {"latency.hlog": 0, "service.hlog": 0}
         self.finished = False
         # Every task's series exists (at zero) from the start, so a scrape before the first
@@ -113,6 +116,7 @@ class _Watched:
                 t.errors[kind] += row[f"errors_{kind}"]
             t.missed += row["missed"]
             t.target_rate = row["target_rps"]
+            self.ts = row["time"].timestamp() + row["interval_s"]
             self.in_flight = row["in_flight"]
             self.active_users = row["active_users"]
         for log, service in (("latency.hlog", False), ("service.hlog", True)):
@@ -219,11 +223,12 @@ class RunMetrics(Collector):
             for w in self._watched:
                 for name, t in w.tasks.items():
                     labels = [w.name, w.scenario, name]
+                    ts = w.ts
                     for c, n in t.classes.items():
-                        requests.add_metric([*labels, c], n)
+                        requests.add_metric([*labels, c], n, timestamp=ts)
                     for kind, n in t.errors.items():
-                        errors.add_metric([*labels, kind], n)
-                    missed.add_metric(labels, t.missed)
+                        errors.add_metric([*labels, kind], n, timestamp=ts)
+                    missed.add_metric(labels, t.missed, timestamp=ts)
                     if t.target_rate is not None:
                         target.add_metric(labels, t.target_rate)
                     for fam, b in ((latency, t.latency), (service, t.service)):
@@ -231,7 +236,7 @@ class RunMetrics(Collector):
                             (str(le), n) for le, n in zip(LATENCY_BUCKETS, b.counts, strict=True)
                         ]
                         buckets.append(("+Inf", b.count))
-                        fam.add_metric(labels, buckets, sum_value=b.sum_s)
+                        fam.add_metric(labels, buckets, sum_value=b.sum_s, timestamp=ts)
                 in_flight.add_metric([w.name, w.scenario], w.in_flight)
                 users.add_metric([w.name, w.scenario], w.active_users)
                 frame = w.run.agents
