@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from engine import HERE, Target, measured, spread
+from engine import Target, measured, spread, write_results
 
 _RUN = """
 import json, sys, loadpilot as lp
@@ -256,11 +256,7 @@ def main() -> None:
         f"coordinator, {args.agents} agents x {args.tasks} tasks at 1 Hz: "
         f"{c['core_share']['median'] * 100:.1f}% of a core"
     )  # type: ignore[index]
-    results = HERE / "results"
-    results.mkdir(exist_ok=True)
-    name = results / f"distributed-{dt.date.today().isoformat()}.json"
-    name.write_text(json.dumps(report, indent=2))
-    print(f"written {name}")
+    write_results("distributed", report)
 
 
 if __name__ == "__main__":

@@ -120,6 +120,17 @@ def run_wrk(wrk: str, url: str, conns: int, seconds: float, threads: int) -> dic
     }
 
 
+def write_results(prefix: str, report: dict[str, object]) -> Path:
+    """Writes ``report`` to ``bench/results/<prefix>-<date>.json`` (what docs/benchmarks.md
+    quotes) and says where."""
+    results = HERE / "results"
+    results.mkdir(exist_ok=True)
+    name = results / f"{prefix}-{dt.date.today().isoformat()}.json"
+    name.write_text(json.dumps(report, indent=2))
+    print(f"written {name}")
+    return name
+
+
 def spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -236,11 +247,7 @@ def main() -> None:
             f"{s['rss_mib_minute_1']:.1f} MiB, last minute {s['rss_mib_last_minute']:.1f} MiB, "
             f"peak {s['rss_mib_peak']:.1f} MiB"
         )
-    results = HERE / "results"
-    results.mkdir(exist_ok=True)
-    name = results / f"engine-{dt.date.today().isoformat()}.json"
-    name.write_text(json.dumps(report, indent=2))
-    print(f"written {name}")
+    write_results("engine", report)
 
 
 if __name__ == "__main__":

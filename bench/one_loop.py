@@ -26,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from engine import HERE, Target, measured, spread
+from engine import Target, measured, spread, write_results
 
 _SCENARIOS = {
     "engine": """
@@ -124,11 +124,7 @@ def main() -> None:
     print(json.dumps(summary, indent=2))
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}")
-    results = HERE / "results"
-    results.mkdir(exist_ok=True)
-    name = results / f"one-loop-{dt.date.today().isoformat()}.json"
-    name.write_text(json.dumps(report, indent=2))
-    print(f"written {name}")
+    write_results("one-loop", report)
 
 
 if __name__ == "__main__":

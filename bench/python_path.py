@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from engine import HERE, Target, measured, spread
+from engine import Target, measured, spread, write_results
 
 _LOCUSTFILE = """
 from locust import FastHttpUser, constant, task
@@ -135,11 +135,7 @@ def main() -> None:
     }
     print(json.dumps(summary, indent=2))
     print(f"LoadPilot Python-logic tasks / Locust FastHttpUser: {ratio:.2f}")
-    results = HERE / "results"
-    results.mkdir(exist_ok=True)
-    name = results / f"python-path-{dt.date.today().isoformat()}.json"
-    name.write_text(json.dumps(report, indent=2))
-    print(f"written {name}")
+    write_results("python-path", report)
 
 
 if __name__ == "__main__":

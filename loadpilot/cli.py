@@ -390,22 +390,15 @@ def _agents(args: argparse.Namespace) -> Any:
         raise LoadPilotError("give --agents N (started here) or --external-agents N, not both")
     from loadpilot.cluster.coordinator import Agents
 
-    if args.external_agents is not None:
-        if args.nats is None:
-            raise LoadPilotError("--external-agents needs --nats URL of the agents' NATS server")
-        return Agents(
-            count=args.external_agents,
-            nats=args.nats,
-            spawn=False,
-            timeout_s=args.agents_timeout,
-            on_loss=args.on_agent_loss,
-        )
+    external = args.external_agents is not None
+    if external and args.nats is None:
+        raise LoadPilotError("--external-agents needs --nats URL of the agents' NATS server")
     return Agents(
-        count=args.agents,
+        count=args.external_agents if external else args.agents,
         nats=args.nats,
-        spawn=True,
-        timeout_s=args.agents_timeout,
-        on_loss=args.on_agent_loss,
+        spawn=not external,
+        timeout_s=getattr(args, "agents_timeout", 60.0),
+        on_loss=getattr(args, "on_agent_loss", "redistribute"),
     )
 
 
@@ -432,11 +425,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         allow_targets=args.allow_target,
         allow_code=args.allow_code,
     )
-    agents = None
-    if args.agents is not None or args.external_agents is not None:
-        args.agents_timeout = 60.0
-        args.on_agent_loss = "redistribute"
-        agents = _agents(args)
+    agents = _agents(args)
     app = create_app(args.runs, token=token, limits=limits, agents=agents)
     print(f"loadpilot serve: http://{args.host}:{args.port} (runs in {args.runs})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -40,6 +40,13 @@ def agent(url: str, name: str, *extra: str) -> subprocess.Popen[str]:
     )
 
 
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`loadpilot ARGS` to its end, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "loadpilot.cli", *args], capture_output=True, text=True, timeout=60
+    )
+
+
 def end(*procs: subprocess.Popen[str]) -> None:
     for p in procs:
         if p.poll() is None:
@@ -254,17 +261,15 @@ def test_a_nats_restart_mid_run_loses_and_doubles_nothing(
 def test_an_agent_refuses_a_target_its_operator_did_not_allow(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
-    a = agent(nats_server.url, "picky", "--allow-target", "*.internal.test")
+    # Its operator allowed another loopback address only: the target is not it.
+    a = agent(nats_server.url, "picky", "--allow-target", "127.0.0.2")
     try:
         with lp.start_target() as target:
             plan_file = tmp_path / "plan.json"
             plan_file.write_text(plan(target.url, 100, 2).to_json())
-            done = subprocess.run(
-                [sys.executable, "-m", "loadpilot.cli", "run", str(plan_file), "--out",
-                 str(tmp_path / "run"), "--nats", nats_server.url, "--external-agents", "1",
-                 "--agents-timeout", "20s"],
-                capture_output=True, text=True, timeout=60,
-            )  # fmt: skip
+            done = run_cli("run", str(plan_file), "--out", str(tmp_path / "run"),
+                           "--nats", nats_server.url, "--external-agents", "1",
+                           "--agents-timeout", "20s")  # fmt: skip
             assert target.served == 0
     finally:
         end(a)
@@ -282,12 +287,9 @@ def test_an_agent_runs_scenario_code_only_when_allowed(
     a = agent(nats_server.url, "plans-only")
     try:
         with lp.start_target() as target:
-            done = subprocess.run(
-                [sys.executable, "-m", "loadpilot.cli", "run", str(tmp_path / "shop.py"),
-                 "--target", target.url, "--out", str(tmp_path / "run"),
-                 "--nats", nats_server.url, "--external-agents", "1", "--agents-timeout", "20s"],
-                capture_output=True, text=True, timeout=60,
-            )  # fmt: skip
+            done = run_cli("run", str(tmp_path / "shop.py"), "--target", target.url, "--out",
+                           str(tmp_path / "run"), "--nats", nats_server.url,
+                           "--external-agents", "1", "--agents-timeout", "20s")  # fmt: skip
             assert target.served == 0
     finally:
         end(a)
@@ -311,15 +313,18 @@ def test_agents_that_do_not_come_are_a_clear_error(tmp_path: Path, nats_server: 
 
 
 def test_target_allow_lists() -> None:
+    # No pattern: loopback only (0.0.0.0, this machine's unspecified address, is not loopback).
     assert target_allowed("http://127.0.0.1:8080", [])
     assert target_allowed("http://localhost", [])
     assert target_allowed("http://[::1]:80/x", [])
-    assert not target_allowed("http://10.0.0.1", [])
-    assert target_allowed("http://api.internal.test:8443", ["*.internal.test"])
-    assert not target_allowed("http://127.0.0.1", ["*.internal.test"])
-    assert target_allowed("http://10.0.0.7:8080", ["10.0.0.*:8080"])
-    assert not target_allowed("http://10.0.0.7:9090", ["10.0.0.*:8080"])
-    assert target_allowed("http://127.0.0.1:1", ["loopback", "*.test"])
+    assert not target_allowed("http://0.0.0.0:9", [])
+    assert not target_allowed("http://:80", [])
+    # Patterns replace the default: hosts or host:port globs; `loopback` keeps it.
+    assert not target_allowed("http://127.0.0.1", ["127.0.0.2"])
+    assert target_allowed("http://127.0.0.2:8443", ["127.0.0.2"])
+    assert target_allowed("http://127.0.0.7:8080", ["127.0.0.*:8080"])
+    assert not target_allowed("http://127.0.0.7:9090", ["127.0.0.*:8080"])
+    assert target_allowed("http://127.0.0.1:1", ["127.0.0.2", "loopback"])
 
 
 def test_an_agent_serves_its_health_and_says_when_nats_is_away(nats_server: NatsServer) -> None:
@@ -359,15 +364,13 @@ def test_an_unreachable_nats_is_a_clear_error(tmp_path: Path) -> None:
 
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(plan("http://127.0.0.1:9", 10, 1).to_json())
-    url = f"nats://secret-token@127.0.0.1:{free_port()}"
-    done = subprocess.run(
-        [sys.executable, "-m", "loadpilot.cli", "run", str(plan_file), "--out",
-         str(tmp_path / "run"), "--nats", url, "--external-agents", "1"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    token = "do-not-print-me"
+    url = f"nats://{token}@127.0.0.1:{free_port()}"  # loopback, nobody listening
+    done = run_cli("run", str(plan_file), "--out", str(tmp_path / "run"), "--nats", url,
+                   "--external-agents", "1")  # fmt: skip
     assert done.returncode == 2
     assert "cannot connect to NATS at nats://***@127.0.0.1:" in done.stderr, done.stderr
-    assert "secret-token" not in done.stderr + done.stdout
+    assert token not in done.stderr + done.stdout
     assert "Traceback" not in done.stderr
 
 

@@ -87,7 +87,11 @@ def target() -> Iterator[lp.TargetServer]:
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
-    p, port = serve(tmp_path, "--token", TOKEN, "--max-duration", "20s", "--max-rate", "2000")
+    # Targets: 127.0.0.1 (the built-in target) only, so another loopback address is refused.
+    p, port = serve(
+        tmp_path, "--token", TOKEN, "--max-duration", "20s", "--max-rate", "2000",
+        "--allow-target", "127.0.0.1:*",
+    )  # fmt: skip
     try:
         yield Api(port)
     finally:
@@ -185,7 +189,7 @@ def test_refusals_are_clear_4xx(api: Api, target: lp.TargetServer, tmp_path: Pat
     assert api.request("GET", "/runs", token=None)[0] == 401
     assert api.request("GET", "/runs", token="wrong")[0] == 401
     assert api.request("GET", "/healthz", token=None)[0] == 200
-    status, body = api.request("POST", "/runs", plan("http://10.0.0.1:80"))
+    status, body = api.request("POST", "/runs", plan("http://127.0.0.2:80"))
     assert status == 403 and "not allowed" in body["detail"]
     status, body = api.request("POST", "/runs", plan(target.url, rate=5000))
     assert status == 403 and "5000 requests/s" in body["detail"]

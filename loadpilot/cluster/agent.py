@@ -54,7 +54,6 @@ class Agent:
         allow_targets: list[str] | None = None,
         allow_code: bool = False,
         health_port: int | None = None,
-        once: bool = False,
     ) -> None:
         self.url = url
         self.name = name or f"{socket.gethostname().split('.')[0]}-{os.getpid()}"
@@ -66,7 +65,6 @@ class Agent:
         self.allow_targets = list(allow_targets or [])
         self.allow_code = allow_code
         self.health_port = health_port
-        self.once = once
         self.state = "idle"
         self._slices: list[_Slice] = []
         self._claimed_by: str | None = None
@@ -140,8 +138,6 @@ class Agent:
                     await asyncio.wait_for(self._quit.wait(), 0.2)
                 except TimeoutError:
                     pass
-                if self.once and self.state == "idle" and self._claimed_by == "done":
-                    break
         finally:
             for s in self._slices:
                 s.handle.stop("stopped")
@@ -330,7 +326,7 @@ class Agent:
             shutil.rmtree(s.dir, ignore_errors=True)
         if not self._slices and self.state != "idle":
             self.state = "idle"
-            self._claimed_by = "done" if self.once else None
+            self._claimed_by = None
             for subs in self._subscribed.values():
                 for sub in subs:
                     await sub.unsubscribe()
@@ -339,8 +335,6 @@ class Agent:
             shutil.rmtree(self._work_root, ignore_errors=True)
             self._work_root.mkdir(parents=True, exist_ok=True)
             print(f"agent {self.name}: run over, waiting for work", flush=True)
-        elif not self._slices and self._claimed_by not in (None, "done"):
-            self._claimed_by = None
 
     async def _flush(self, s: _Slice) -> None:
         """Publishes what the slice has ready, in order, each until JetStream acknowledges it

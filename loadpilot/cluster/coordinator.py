@@ -649,14 +649,8 @@ class Coordinator:
     def tasks(self) -> list[str]:
         return list(self._names)
 
-    def tickets(self) -> None:
-        return None
-
     def elapsed_s(self) -> float:
         return max(0.0, time.time() - self._start_at)
-
-    def max_users(self) -> int:
-        return 0
 
     @property
     def path(self) -> Path:

@@ -478,8 +478,7 @@ def start(
         if target is None:
             raise PlanError("a scenario needs a target: lp.start(Scenario, target='http://...')")
         plan = scenario.plan(target, profile=profile)
-    hooks = plan.hooks.on_start or plan.hooks.on_stop
-    if (hooks or any(t.path == "python" for t in plan.tasks)) and scenario is None:
+    if plan.python() and scenario is None:
         raise PlanError(
             "a plan with python tasks or hooks runs from its scenario: lp.start(MyScenario, ...)"
         )

@@ -132,7 +132,12 @@ class Server:
                 return rid
         return None
 
-    def begin(self, what: Plan | Any, target: str | None = None) -> tuple[str, Run]:
+    def begin(self, what: Plan | Any, plan: Plan, target: str | None = None) -> tuple[str, Run]:
+        """Starts ``what`` (a plan, or a scenario whose plan is ``plan``) once ``plan`` is within
+        this server's caps and allow-list; 409 while another run goes."""
+        if what is plan and plan.python():
+            raise HTTPException(422, "a plan with Python parts runs from its scenario source")
+        check_plan(plan, self.limits)
         with self._lock:
             busy = self.active()
             if busy is not None:
@@ -250,10 +255,7 @@ def create_app(
     @app.post("/runs", status_code=201, dependencies=auth, responses=_ERRORS)
     def create_run(plan: Plan) -> Created:
         """Starts a plan; 409 while another run goes."""
-        if plan.python():
-            raise HTTPException(422, "a plan with Python parts runs from its scenario source")
-        check_plan(plan, limits)
-        rid, run = server.begin(plan)
+        rid, run = server.begin(plan, plan)
         return Created(id=rid, path=str(run.path))
 
     @app.post("/scenarios", status_code=201, dependencies=auth, responses=_ERRORS)
@@ -274,8 +276,7 @@ def create_app(
             plan = scenario.plan(body.target)
         except LoadPilotError as e:
             raise HTTPException(422, str(e)) from None
-        check_plan(plan, limits)
-        rid, run = server.begin(scenario, target=body.target)
+        rid, run = server.begin(scenario, plan, target=body.target)
         return Created(id=rid, path=str(run.path))
 
     @app.get("/runs", dependencies=auth, responses=_ERRORS)
@@ -323,10 +324,7 @@ def create_app(
         summary="Runs a plan and streams its rows, then its summary (409 while a run goes)",
     )
     def run_and_stream(plan: Plan) -> StreamingResponse:
-        if plan.python():
-            raise HTTPException(422, "a plan with Python parts runs from its scenario source")
-        check_plan(plan, limits)
-        _, run = server.begin(plan)
+        _, run = server.begin(plan, plan)
         return StreamingResponse(_rows(run), media_type="application/x-ndjson")
 
     app.state.server = server

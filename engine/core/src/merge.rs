@@ -38,12 +38,31 @@ impl Added {
     }
 }
 
-struct Open {
+/// Where a row's figures sit besides its data: an interval's start, length, whether it is the
+/// drain, and the run-wide gauges.
+#[derive(Clone, Copy)]
+struct Span {
     start_s: f64,
     length_s: f64,
     drain: bool,
     in_flight: i64,
     active_users: i64,
+}
+
+impl Span {
+    fn of(iv: &Interval) -> Self {
+        Span {
+            start_s: iv.start_s,
+            length_s: iv.length_s,
+            drain: iv.drain,
+            in_flight: iv.in_flight,
+            active_users: iv.active_users,
+        }
+    }
+}
+
+struct Open {
+    span: Span,
     target_rps: Vec<Option<f64>>,
     data: Vec<TaskData>,
 }
@@ -182,19 +201,7 @@ impl Merge {
         }
         self.agents_log.flush()?;
         let target = iv.target_rps.iter().flatten().copied().reduce(|a, b| a + b);
-        let row = Row::new(
-            RowContext {
-                time: self.epoch0 + iv.start_s,
-                elapsed_s: iv.start_s,
-                interval_s: iv.length_s,
-                achieved_s: (!iv.drain).then_some(iv.length_s),
-                task: "all",
-                target_rps: target,
-                in_flight: iv.in_flight,
-                active_users: iv.active_users,
-            },
-            &self.scratch,
-        );
+        let row = self.row(Span::of(iv), "all", target, &self.scratch);
         self.reporter_rows.push((reporter.to_string(), row));
         let n = self.names.len();
         let counts = self
@@ -211,11 +218,11 @@ impl Merge {
         }
         let late = iv.index < self.closed_below;
         let blank = || Open {
-            start_s: iv.start_s,
-            length_s: iv.length_s,
-            drain: iv.drain,
-            in_flight: 0,
-            active_users: 0,
+            span: Span {
+                in_flight: 0,
+                active_users: 0,
+                ..Span::of(iv)
+            },
             target_rps: vec![None; iv.tasks.len()],
             data: iv.tasks.iter().map(|_| TaskData::new()).collect(),
         };
@@ -226,9 +233,9 @@ impl Merge {
         };
         if !late {
             // Slices stopped at slightly different instants: the interval is the longest.
-            slot.length_s = slot.length_s.max(iv.length_s);
-            slot.in_flight += iv.in_flight;
-            slot.active_users += iv.active_users;
+            slot.span.length_s = slot.span.length_s.max(iv.length_s);
+            slot.span.in_flight += iv.in_flight;
+            slot.span.active_users += iv.active_users;
             for (acc, t) in slot.target_rps.iter_mut().zip(&iv.target_rps) {
                 if let Some(t) = t {
                     *acc = Some(acc.unwrap_or(0.0) + t);
@@ -261,11 +268,13 @@ impl Merge {
             c[3] += cancelled;
         }
         let slot = self.late.get_or_insert_with(|| Open {
-            start_s: 0.0,
-            length_s: 0.0,
-            drain: false,
-            in_flight: 0,
-            active_users: 0,
+            span: Span {
+                start_s: 0.0,
+                length_s: 0.0,
+                drain: false,
+                in_flight: 0,
+                active_users: 0,
+            },
             target_rps: vec![None; n],
             data: (0..n).map(|_| TaskData::new()).collect(),
         });
@@ -311,11 +320,18 @@ impl Merge {
                 acc.add(d);
             }
         }
-        let rows = self.rows_of_open(&iv);
-        self.writer
-            .interval(&self.names, iv.start_s, iv.length_s, &iv.data, &rows)?;
-        if !iv.drain {
-            self.sent_s += iv.length_s;
+        let rows: Vec<Row> = (iv.data.iter().zip(&self.names).zip(&iv.target_rps))
+            .map(|((d, name), target)| self.row(iv.span, name, *target, d))
+            .collect();
+        self.writer.interval(
+            &self.names,
+            iv.span.start_s,
+            iv.span.length_s,
+            &iv.data,
+            &rows,
+        )?;
+        if !iv.span.drain {
+            self.sent_s += iv.span.length_s;
         }
         for (acc, d) in self.cumulative.iter_mut().zip(&iv.data) {
             acc.add(d);
@@ -325,46 +341,21 @@ impl Merge {
         Ok(())
     }
 
-    fn rows_of_open(&self, iv: &Open) -> Vec<Row> {
-        let i = Interval {
-            index: 0,
-            start_s: iv.start_s,
-            length_s: iv.length_s,
-            drain: iv.drain,
-            in_flight: iv.in_flight,
-            active_users: iv.active_users,
-            target_rps: Vec::new(),
-            tasks: Vec::new(),
-        };
-        self.rows_of(&i, &iv.data, &iv.target_rps, iv.in_flight, iv.active_users)
-    }
-
-    fn rows_of(
-        &self,
-        iv: &Interval,
-        data: &[TaskData],
-        target_rps: &[Option<f64>],
-        in_flight: i64,
-        active_users: i64,
-    ) -> Vec<Row> {
-        data.iter()
-            .enumerate()
-            .map(|(t, d)| {
-                Row::new(
-                    RowContext {
-                        time: self.epoch0 + iv.start_s,
-                        elapsed_s: iv.start_s,
-                        interval_s: iv.length_s,
-                        achieved_s: (!iv.drain).then_some(iv.length_s),
-                        task: &self.names[t],
-                        target_rps: target_rps[t],
-                        in_flight,
-                        active_users,
-                    },
-                    d,
-                )
-            })
-            .collect()
+    fn row(&self, at: Span, task: &str, target_rps: Option<f64>, d: &TaskData) -> Row {
+        Row::new(
+            RowContext {
+                time: self.epoch0 + at.start_s,
+                elapsed_s: at.start_s,
+                interval_s: at.length_s,
+                // Nothing is sent in the drain: its requests were sent before it.
+                achieved_s: (!at.drain).then_some(at.length_s),
+                task,
+                target_rps,
+                in_flight: at.in_flight,
+                active_users: at.active_users,
+            },
+            d,
+        )
     }
 
     /// Rows closed since the last call.

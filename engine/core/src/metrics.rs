@@ -113,19 +113,42 @@ impl TaskData {
         self.service
             .add(&o.service)
             .expect("same bounds always add");
-        self.requests += o.requests;
-        self.bytes_in += o.bytes_in;
-        self.missed += o.missed;
-        self.taken += o.taken;
-        self.started += o.started;
-        self.iterations += o.iterations;
-        self.unsent += o.unsent;
-        self.cancelled += o.cancelled;
-        for i in 0..ERROR_KINDS {
-            self.errors[i] += o.errors[i];
+        self.add_counts(o.counters(), &o.errors, &o.status);
+    }
+
+    /// The scalar counters, in one order (what `add` and the wire form share).
+    fn counters(&self) -> [u64; 8] {
+        [
+            self.requests,
+            self.bytes_in,
+            self.missed,
+            self.taken,
+            self.started,
+            self.iterations,
+            self.unsent,
+            self.cancelled,
+        ]
+    }
+
+    fn add_counts(&mut self, c: [u64; 8], errors: &[u64], status: &[u64]) {
+        let mine = [
+            &mut self.requests,
+            &mut self.bytes_in,
+            &mut self.missed,
+            &mut self.taken,
+            &mut self.started,
+            &mut self.iterations,
+            &mut self.unsent,
+            &mut self.cancelled,
+        ];
+        for (a, b) in mine.into_iter().zip(c) {
+            *a += b;
         }
-        for i in 0..STATUS_CLASSES {
-            self.status[i] += o.status[i];
+        for (a, b) in self.errors.iter_mut().zip(errors) {
+            *a += b;
+        }
+        for (a, b) in self.status.iter_mut().zip(status) {
+            *a += b;
         }
     }
 
@@ -240,20 +263,17 @@ impl TaskData {
         for &(v, n) in &p.service {
             self.service.record_n(v, n).expect("checked by parse");
         }
-        self.requests += w.requests;
-        for (a, b) in self.errors.iter_mut().zip(&w.errors) {
-            *a += b;
-        }
-        for (a, b) in self.status.iter_mut().zip(&w.status) {
-            *a += b;
-        }
-        self.bytes_in += w.bytes_in;
-        self.missed += w.missed;
-        self.taken += w.taken;
-        self.started += w.started;
-        self.iterations += w.iterations;
-        self.unsent += w.unsent;
-        self.cancelled += w.cancelled;
+        let c = [
+            w.requests,
+            w.bytes_in,
+            w.missed,
+            w.taken,
+            w.started,
+            w.iterations,
+            w.unsent,
+            w.cancelled,
+        ];
+        self.add_counts(c, &w.errors, &w.status);
     }
 }
 
