@@ -114,6 +114,15 @@ bench-distributed: build-dev ## Distributed runs: CPU per request over 2 agents,
 bench-live: build-dev ## What the notebook's live dashboard costs a run
 	$(PY) bench/live.py
 
+# The container image of agents, serve mode and runs (deploy/Dockerfile); docker or podman.
+DOCKER ?= docker
+IMAGE ?= loadpilot
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+
+.PHONY: image
+image: ## Build the container image with docker or podman (DOCKER=podman IMAGE=registry/loadpilot)
+	$(DOCKER) build -f deploy/Dockerfile --build-arg LOADPILOT_VERSION=$(VERSION) -t $(IMAGE):$(VERSION) .
+
 .PHONY: clean
 clean: ## Remove build outputs and the virtual environment
 	rm -rf target $(VENV) .pytest_cache .ruff_cache .mypy_cache

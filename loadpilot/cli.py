@@ -399,6 +399,8 @@ def _agents(args: argparse.Namespace) -> Any:
         spawn=not external,
         timeout_s=getattr(args, "agents_timeout", 60.0),
         on_loss=getattr(args, "on_agent_loss", "redistribute"),
+        # As agents read it: a token kept out of the URL (and out of `ps`), e.g. from a Secret.
+        token=os.environ.get("LOADPILOT_NATS_TOKEN") or None if args.nats else None,
     )
 
 
@@ -626,7 +628,9 @@ def _parser() -> argparse.ArgumentParser:
         help="accept scenario source (Python: arbitrary code) at POST /scenarios",
     )  # fmt: skip
     sv.add_argument("--agents", type=_count, default=None, help="spread runs over N local agents")
-    sv.add_argument("--nats", default=None, help="NATS URL of the agents")
+    sv.add_argument(
+        "--nats", default=None, help="NATS URL of the agents (token: $LOADPILOT_NATS_TOKEN)"
+    )
     sv.add_argument("--external-agents", type=_count, default=None, help="N agents found on --nats")
     sv.set_defaults(fn=_cmd_serve)
 
