@@ -165,7 +165,7 @@ def test_a_broken_manifest_is_refused_by_the_same_checks(tmp_path: Path) -> None
         ({"coordinator": {"enabled": True, "maxDuration": "ten"}}, "/coordinator/maxDuration"),
         ({"agent": {"image": {"pullPolicy": "Sometimes"}}}, "/agent/image/pullPolicy"),
         ({"nats": {"enabled": False}}, "at '/externalNats/url': minLength: got 0, want 1"),
-        ({"externalNats": {"url": "http://nats:4222"}}, "/externalNats/url"),
+        ({"externalNats": {"url": "http://127.0.0.1:4222"}}, "/externalNats/url"),
     ],
 )
 def test_wrong_values_fail_with_the_schemas_message(values: dict[str, Any], message: str) -> None:
