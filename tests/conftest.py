@@ -71,7 +71,10 @@ class _RecordingHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        """``GET /sleep/MS`` answers after MS milliseconds; any other path at once."""
         self._note()
+        if self.path.startswith("/sleep/"):
+            time.sleep(int(self.path.removeprefix("/sleep/")) / 1000)
         self._answer(b"ok")
 
     def do_POST(self) -> None:  # noqa: N802
