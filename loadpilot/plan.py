@@ -12,6 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 MAX_SECONDS = 366 * 86_400.0
 #: The most virtual users or connections a plan may ask for unless it raises ``max_users``.
 DEFAULT_MAX_USERS = 100_000
+#: The most streams one HTTP/2 connection may be asked to carry (``max_streams``).
+MAX_STREAMS = 10_000
+#: The HTTP versions a plan may ask for.
+HttpVersion = Literal["1.1", "2", "auto"]
 
 
 class _Model(BaseModel):
@@ -193,6 +197,13 @@ class Plan(_Model):
     """The most virtual users (closed model) or connections (open model) the plan may ask
     for: a guard against a typo that would need unbounded memory. Raise it on purpose."""
     hooks: Hooks = Field(default_factory=Hooks)
+    http: HttpVersion = "1.1"
+    """The HTTP version spoken: ``"1.1"`` (a keep-alive connection per user), ``"2"``
+    (HTTP/2: by ALPN over TLS, with prior knowledge over cleartext) or ``"auto"`` (HTTP/2
+    where the server offers it by ALPN over TLS, HTTP/1.1 otherwise)."""
+    max_streams: int = Field(default=100, ge=1, le=MAX_STREAMS)
+    """HTTP/2: the most users (closed model) or connections (open model) whose requests
+    share one connection as concurrent streams."""
 
     def python(self) -> bool:
         """Whether any part of the plan runs Python code (a task body or a hook)."""

@@ -22,6 +22,16 @@ class TargetServer:
         """Requests the target has received so far (each is answered)."""
         return self._server.served
 
+    @property
+    def served_h2(self) -> int:
+        """Of the requests received, those that came over HTTP/2."""
+        return self._server.served_h2
+
+    @property
+    def connections(self) -> int:
+        """Connections the target has accepted so far."""
+        return self._server.connections
+
     def stop(self) -> None:
         self._server.stop()
 

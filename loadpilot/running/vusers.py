@@ -46,8 +46,9 @@ _Args = tuple[
 
 class RequestError(LoadPilotError):
     """A request got no response (``kind``: connect, dns, tls, timeout, reset, protocol,
-    fd_limit). The engine has counted it already; an uncaught one simply ends the iteration.
-    ``cancelled``: the run ended while it was in flight (its iteration counts as cancelled)."""
+    fd_limit, goaway, rst_stream). The engine has counted it already; an uncaught one simply
+    ends the iteration. ``cancelled``: the run ended while it was in flight (its iteration
+    counts as cancelled)."""
 
     def __init__(self, kind: str, method: str, path: str) -> None:
         super().__init__(f"{method} {path}: {kind}")

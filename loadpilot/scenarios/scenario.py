@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 import polars as pl
 
 from loadpilot.errors import PlanError
-from loadpilot.plan import Expect, Feeder, Hooks, Plan, Request, Task
+from loadpilot.plan import MAX_STREAMS, Expect, Feeder, Hooks, HttpVersion, Plan, Request, Task
 from loadpilot.profiles import Duration, Profile, parse_duration
 from loadpilot.thresholds import Threshold, parse_all
 
@@ -303,6 +303,10 @@ class Scenario:
     reason: str | None = None
     #: The per-user hooks (``on_start``, ``on_stop``) and the values on_start sets.
     hooks: Hooks = Hooks()
+    #: The HTTP version spoken: ``"1.1"``, ``"2"`` or ``"auto"`` (HTTP/2 where TLS offers it).
+    http: HttpVersion = "1.1"
+    #: HTTP/2: the most users (or open-model connections) sharing one connection.
+    max_streams: int = 100
 
     @property
     def path(self) -> str:
@@ -328,6 +332,8 @@ class Scenario:
             timeout_s=self.timeout_s,
             max_drain_s=self.max_drain_s,
             hooks=self.hooks,
+            http=self.http,
+            max_streams=self.max_streams,
         )
 
 
@@ -415,13 +421,22 @@ def scenario(
     timeout: Duration = "30s",
     abort_on_fail: bool = False,
     max_drain: Duration = "10s",
+    http: HttpVersion = "1.1",
+    max_streams: int = 100,
 ) -> Callable[[type[VUser]], type[VUser]]:
     """Declares a :class:`VUser` subclass as a scenario with its load profile and thresholds
     (``abort_on_fail``: ``loadpilot run`` stops as soon as one fails). ``timeout`` is every
     request's unless it gives its own; ``max_drain`` bounds the wait after the planned end for
-    iterations still going (what is still going then is counted as cancelled)."""
+    iterations still going (what is still going then is counted as cancelled). ``http``:
+    ``"1.1"`` (one connection per user), ``"2"`` (HTTP/2: by ALPN over TLS, prior knowledge
+    over cleartext; up to ``max_streams`` users share a connection) or ``"auto"`` (HTTP/2
+    where the server offers it over TLS, else HTTP/1.1)."""
     if not isinstance(profile, Profile):
         raise ScenarioError(f"profile must come from lp.constant, lp.ramp, ... not {profile!r}")
+    if http not in ("1.1", "2", "auto"):
+        raise ScenarioError(f'http must be "1.1", "2" or "auto", not {http!r}')
+    if not isinstance(max_streams, int) or not 1 <= max_streams <= MAX_STREAMS:
+        raise ScenarioError(f"max_streams must be a whole number in 1..{MAX_STREAMS}")
 
     def declare(cls: type[VUser]) -> type[VUser]:
         tasks, reason, hooks = _read_tasks(cls)
@@ -446,6 +461,8 @@ def scenario(
             reason=reason,
             hooks=hooks,
             abort_on_fail=abort_on_fail,
+            http=http,
+            max_streams=max_streams,
         )
         setattr(cls, _SCENARIO, sc)
         return cls

@@ -1,17 +1,22 @@
-//! The HTTP side of a virtual user: one keep-alive HTTP/1.1 connection it owns, requests built
-//! from compiled templates, per-user cookies, and errors sorted into kinds.
+//! The HTTP side of a virtual user: on HTTP/1.1 one keep-alive connection it owns (spoken by
+//! `h1`), on HTTP/2 a stream at a time on a connection its group of users shares (`h2`);
+//! requests built from compiled templates, per-user cookies, and errors sorted into kinds.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, COOKIE, HOST, SET_COOKIE};
-use hyper::{Method, Request, Uri};
-use hyper_util::rt::TokioIo;
+use bytes::{BufMut, Bytes, BytesMut};
+use hyper::header::{
+    HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING,
+};
+use hyper::http::uri::{PathAndQuery, Scheme};
+use hyper::{Method, Uri};
 use tokio::net::TcpStream;
+
+use crate::h1::{self, Stream};
+use crate::http2;
+use crate::plan::HttpVersion;
 
 use crate::check::{Check, Failure};
 use crate::error::{Error, Result};
@@ -36,11 +41,15 @@ pub enum ErrorKind {
     /// This machine ran out of file descriptors (EMFILE/ENFILE): the generator's limit, not
     /// the server's.
     FdLimit,
+    /// HTTP/2: the server sent GOAWAY; the request was refused or cut off with its connection.
+    GoAway,
+    /// HTTP/2: the server reset the request's stream (RST_STREAM).
+    RstStream,
 }
 
 impl ErrorKind {
     /// The kinds counted in metrics, in column order.
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::Connect,
         ErrorKind::Dns,
         ErrorKind::Tls,
@@ -51,6 +60,8 @@ impl ErrorKind {
         ErrorKind::Exception,
         ErrorKind::Protocol,
         ErrorKind::FdLimit,
+        ErrorKind::GoAway,
+        ErrorKind::RstStream,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -64,6 +75,8 @@ impl ErrorKind {
             ErrorKind::Exception => "exception",
             ErrorKind::Protocol => "protocol",
             ErrorKind::FdLimit => "fd_limit",
+            ErrorKind::GoAway => "goaway",
+            ErrorKind::RstStream => "rst_stream",
         }
     }
 }
@@ -86,6 +99,11 @@ pub struct Target {
     base_path: String,
     tls: Option<Tls>,
     resolved: OnceLock<Vec<SocketAddr>>,
+    http: HttpVersion,
+    /// `http = auto` over TLS: whether the server chose HTTP/2 by ALPN (asked once a run).
+    negotiated: tokio::sync::OnceCell<bool>,
+    origin: http2::Origin,
+    pool: http2::Pool,
 }
 
 struct Tls {
@@ -100,8 +118,18 @@ impl std::fmt::Debug for Tls {
 }
 
 impl Target {
-    /// `insecure` accepts any certificate from an `https://` target.
+    /// `insecure` accepts any certificate from an `https://` target. Speaks HTTP/1.1.
     pub fn parse(url: &str, insecure: bool) -> Result<Arc<Self>> {
+        Self::with_http(url, insecure, HttpVersion::Http1, 1)
+    }
+
+    /// As `parse`, speaking `http`; on HTTP/2 up to `max_streams` users share a connection.
+    pub fn with_http(
+        url: &str,
+        insecure: bool,
+        http: HttpVersion,
+        max_streams: u32,
+    ) -> Result<Arc<Self>> {
         let bad = |m: &str| Error::Target {
             target: url.to_string(),
             message: m.to_string(),
@@ -137,13 +165,24 @@ impl Target {
         };
         let tls = if https {
             Some(Tls {
-                connector: tokio_rustls::TlsConnector::from(crate::tls::client_config(insecure)),
+                connector: tokio_rustls::TlsConnector::from(crate::tls::client_config(
+                    insecure,
+                    match http {
+                        HttpVersion::Http1 => &[b"http/1.1"],
+                        HttpVersion::Http2 => &[b"h2"],
+                        HttpVersion::Auto => &[b"h2", b"http/1.1"],
+                    },
+                )),
                 name: crate::tls::server_name(host)?,
             })
         } else {
             None
         };
         let base_path = uri.path().trim_end_matches('/').to_string();
+        let origin = http2::Origin {
+            scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
+            authority: auth.clone(),
+        };
         Ok(Arc::new(Target {
             host: host.to_string(),
             port,
@@ -151,7 +190,52 @@ impl Target {
             base_path,
             tls,
             resolved: OnceLock::new(),
+            http,
+            negotiated: tokio::sync::OnceCell::new(),
+            origin,
+            pool: http2::Pool::new(max_streams),
         }))
+    }
+
+    /// Whether requests go over HTTP/2: as the plan says, or (`auto`) as the server chose by
+    /// ALPN on a first connection (over cleartext `auto` is HTTP/1.1).
+    async fn speaks_h2(&self) -> Result<bool, ErrorKind> {
+        match (self.http, &self.tls) {
+            (HttpVersion::Http1, _) | (HttpVersion::Auto, None) => Ok(false),
+            (HttpVersion::Http2, _) => Ok(true),
+            (HttpVersion::Auto, Some(_)) => self
+                .negotiated
+                .get_or_try_init(|| async {
+                    let stream = Box::pin(self.connect()).await?;
+                    Ok(matches!(&stream, Stream::Tls(t) if t.get_ref().1.alpn_protocol() == Some(b"h2")))
+                })
+                .await
+                .copied(),
+        }
+    }
+
+    /// A new connection (TCP, then TLS for `https://`).
+    async fn connect(&self) -> Result<Stream, ErrorKind> {
+        let addrs = self.addrs().await?;
+        let mut last = ErrorKind::Connect;
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    return match &self.tls {
+                        None => Ok(Stream::Plain(stream)),
+                        Some(tls) => Ok(Stream::Tls(Box::new(
+                            tls.connector
+                                .connect(tls.name.clone(), stream)
+                                .await
+                                .map_err(|_| ErrorKind::Tls)?,
+                        ))),
+                    };
+                }
+                Err(e) => last = classify_io(&e),
+            }
+        }
+        Err(last)
     }
 
     /// The `Host` header value.
@@ -208,10 +292,71 @@ pub fn encode_target(target: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// A request ready to send: its parts, and HTTP/1.1's head written once.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub method: Method,
+    /// Path and query, as sent.
+    pub path: PathAndQuery,
+    /// The request's own headers (no `host`, `content-length` or `cookie`).
+    pub headers: Arc<[(HeaderName, HeaderValue)]>,
+    pub body: Bytes,
+    /// Request line and header lines (`host` and `content-length` included), each ending
+    /// in CRLF, without the blank line.
+    h1_head: Bytes,
+}
+
+impl Outgoing {
+    /// `path` is percent-encoded where it must be; a header that is not valid in HTTP is an
+    /// error.
+    pub fn new(
+        method: Method,
+        path: &str,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        body: Bytes,
+        authority: &HeaderValue,
+    ) -> Result<Self, String> {
+        let path: PathAndQuery = encode_target(path)
+            .parse()
+            .map_err(|e| format!("bad request path: {e}"))?;
+        let has = |n: &HeaderName| headers.iter().any(|(k, _)| k == n);
+        let mut head = BytesMut::with_capacity(128);
+        head.put_slice(method.as_str().as_bytes());
+        head.put_u8(b' ');
+        head.put_slice(path.as_str().as_bytes());
+        head.put_slice(b" HTTP/1.1\r\n");
+        if !has(&HOST) {
+            head.put_slice(b"host: ");
+            head.put_slice(authority.as_bytes());
+            head.put_slice(b"\r\n");
+        }
+        for (k, v) in &headers {
+            head.put_slice(k.as_str().as_bytes());
+            head.put_slice(b": ");
+            head.put_slice(v.as_bytes());
+            head.put_slice(b"\r\n");
+        }
+        let expects_body = matches!(method, Method::POST | Method::PUT | Method::PATCH);
+        if (!body.is_empty() || expects_body) && !has(&CONTENT_LENGTH) && !has(&TRANSFER_ENCODING) {
+            head.put_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+        }
+        Ok(Outgoing {
+            method,
+            path,
+            headers: headers.into(),
+            body,
+            h1_head: head.freeze(),
+        })
+    }
+}
+
 /// One virtual user's connection and cookies.
 pub struct Client {
     target: Arc<Target>,
-    sender: Option<SendRequest<Full<Bytes>>>,
+    /// The user's number: on HTTP/2 it picks the shared connection.
+    user: u64,
+    conn: Option<Stream>,
+    h2: Option<http2::Conn>,
     cookies: Vec<(String, String)>,
 }
 
@@ -229,7 +374,7 @@ pub struct Response {
 /// `bytes_in` and dropped, so a 50 MB body costs no 50 MB per request in flight.
 pub const BODY_KEPT: usize = 1 << 20;
 
-fn classify_io(e: &std::io::Error) -> ErrorKind {
+pub(crate) fn classify_io(e: &std::io::Error) -> ErrorKind {
     use std::io::ErrorKind as K;
     // EMFILE, ENFILE: this machine's descriptor limit, not the server's doing.
     if matches!(e.raw_os_error(), Some(24) | Some(23)) {
@@ -240,205 +385,123 @@ fn classify_io(e: &std::io::Error) -> ErrorKind {
         K::ConnectionRefused | K::AddrNotAvailable | K::HostUnreachable | K::NetworkUnreachable => {
             ErrorKind::Connect
         }
+        K::InvalidData => ErrorKind::Protocol,
         _ => ErrorKind::Reset,
     }
 }
 
-/// Sorts a hyper error. `in_body`: the response's head had arrived, so a connection that
-/// ended early cut the body short (the server broke HTTP) rather than dropped an idle
-/// keep-alive connection (a reset).
-fn classify_hyper(e: &hyper::Error, in_body: bool) -> ErrorKind {
-    if e.is_timeout() {
-        return ErrorKind::Timeout;
-    }
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = src {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind as K;
-            return match io.kind() {
-                // hyper's body decoders report bad chunking and short bodies this way.
-                K::InvalidData | K::InvalidInput => ErrorKind::Protocol,
-                K::UnexpectedEof if in_body => ErrorKind::Protocol,
-                _ => classify_io(io),
-            };
-        }
-        src = s.source();
-    }
-    // A head that does not parse, or a body that breaks off, is the server breaking HTTP; a
-    // connection that closes before any answer is a reset (an idle keep-alive one, say).
-    if in_body || e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
-        return ErrorKind::Protocol;
-    }
-    ErrorKind::Reset
-}
-
-/// HTTP/1.1 over an open stream (plain or TLS).
-async fn attach<S>(stream: S) -> Result<SendRequest<Full<Bytes>>, ErrorKind>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| classify_hyper(&e, false))?;
-    // The connection future drives the socket; it ends when the sender is dropped.
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
-}
-
 impl Client {
-    pub fn new(target: Arc<Target>) -> Self {
+    /// User `user`'s client (on HTTP/2, users `k * max_streams ..` share a connection).
+    pub fn new(target: Arc<Target>, user: u64) -> Self {
         Client {
             target,
-            sender: None,
+            user,
+            conn: None,
+            h2: None,
             cookies: Vec::new(),
         }
     }
 
     pub fn has_connection(&self) -> bool {
-        self.sender.as_ref().is_some_and(|s| !s.is_closed())
-    }
-
-    async fn connect(&mut self) -> Result<(), ErrorKind> {
-        let addrs = self.target.addrs().await?;
-        let mut last = ErrorKind::Connect;
-        for addr in addrs {
-            match TcpStream::connect(addr).await {
-                Ok(stream) => {
-                    let _ = stream.set_nodelay(true);
-                    let sender = match &self.target.tls {
-                        None => attach(stream).await?,
-                        Some(tls) => {
-                            let stream = tls
-                                .connector
-                                .connect(tls.name.clone(), stream)
-                                .await
-                                .map_err(|_| ErrorKind::Tls)?;
-                            attach(stream).await?
-                        }
-                    };
-                    self.sender = Some(sender);
-                    return Ok(());
-                }
-                Err(e) => last = classify_io(&e),
-            }
-        }
-        Err(last)
+        self.conn.is_some() || self.h2.as_ref().is_some_and(|c| !c.is_dead())
     }
 
     /// Makes sure a connection is open; the time this takes is part of the request's latency.
+    /// A kept-alive connection the server has closed meanwhile is replaced.
     pub async fn ensure_connected(&mut self) -> Result<(), ErrorKind> {
-        if !self.has_connection() {
-            self.sender = None;
-            // Boxed: connecting (TCP, TLS, the HTTP/1 handshake) needs far more state than a
-            // request on an open connection, and is rare; inline it would be moved with every
-            // request's future.
+        if self.conn.as_mut().is_some_and(Stream::is_stale) {
+            self.conn = None;
+        }
+        if self.h2.as_ref().is_some_and(http2::Conn::is_dead) {
+            self.h2 = None;
+        }
+        if self.conn.is_none() && self.h2.is_none() {
+            // Boxed: connecting (TCP, TLS) needs far more state than a request on an open
+            // connection, and is rare; inline it would be moved with every request's future.
             Box::pin(self.connect()).await?;
         }
         Ok(())
     }
 
+    async fn connect(&mut self) -> Result<(), ErrorKind> {
+        let target = self.target.clone();
+        if target.speaks_h2().await? {
+            let conn = target.pool.get(self.user, || target.connect()).await?;
+            self.h2 = Some(conn);
+        } else {
+            self.conn = Some(target.connect().await?);
+        }
+        Ok(())
+    }
+
     /// Drops the connection (after a timeout its state is unknown); the next request reconnects.
+    /// On HTTP/2 the user lets go of its group's connection; the others keep it.
     pub fn disconnect(&mut self) {
-        self.sender = None;
+        self.conn = None;
+        self.h2 = None;
     }
 
     /// Sends `req` on the open connection and reads the whole response. The caller bounds it
     /// in time and calls `disconnect` when it gives up.
     pub async fn send(
         &mut self,
-        mut req: Request<Full<Bytes>>,
+        req: Outgoing,
         keep_body: bool,
         keep_headers: bool,
     ) -> Result<Response, ErrorKind> {
-        if !self.cookies.is_empty() {
+        let jar = (!self.cookies.is_empty()).then(|| {
             let jar: Vec<String> = self
                 .cookies
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
-            if let Ok(v) = HeaderValue::from_str(&jar.join("; ")) {
-                req.headers_mut().insert(COOKIE, v);
-            }
-        }
-        let sender = self.sender.as_mut().ok_or(ErrorKind::Reset)?;
-        let exchange = async {
-            sender
-                .ready()
-                .await
-                .map_err(|e| classify_hyper(&e, false))?;
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| classify_hyper(&e, false))?;
-            let status = resp.status().as_u16();
-            let headers: Vec<(String, String)> = if keep_headers {
-                resp.headers()
-                    .iter()
-                    .map(|(k, v)| {
-                        (
-                            k.to_string(),
-                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                        )
-                    })
-                    .collect()
-            } else {
-                Vec::new()
+            jar.join("; ")
+        });
+        // A cookie the server set that is not valid in a header is not sent back.
+        let cookie = jar.as_deref().and_then(|j| HeaderValue::from_str(j).ok());
+        let result = if let Some(conn) = &self.h2 {
+            http2::exchange(
+                conn,
+                &self.target.origin,
+                &req,
+                cookie.as_ref(),
+                keep_body,
+                keep_headers,
+            )
+            .await
+        } else {
+            let stream = self.conn.as_mut().ok_or(ErrorKind::Reset)?;
+            let sent = h1::Sent {
+                head: &req.h1_head,
+                cookie: cookie.as_ref().map(HeaderValue::as_bytes),
+                body: &req.body,
+                head_only: req.method == Method::HEAD,
             };
-            let cookies: Vec<(String, String)> = resp
-                .headers()
-                .get_all(SET_COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .filter_map(|v| {
-                    let pair = v.split(';').next()?;
-                    let (k, val) = pair.split_once('=')?;
-                    Some((k.trim().to_string(), val.trim().to_string()))
-                })
-                .collect();
-            // One allocation of the size that will be kept, not a chain of doublings (each
-            // a copy, and fragments the allocator keeps when large bodies come in parallel).
-            let announced = resp
-                .headers()
-                .get(hyper::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<usize>().ok());
-            let mut kept = match announced {
-                Some(n) if keep_body => Vec::with_capacity(n.min(BODY_KEPT)),
-                _ => Vec::new(),
-            };
-            let mut body = resp.into_body();
-            let mut bytes = 0u64;
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|e| classify_hyper(&e, true))?;
-                if let Some(data) = frame.data_ref() {
-                    bytes += data.len() as u64;
-                    if keep_body && kept.len() < BODY_KEPT {
-                        let room = BODY_KEPT - kept.len();
-                        kept.extend_from_slice(&data[..data.len().min(room)]);
-                    }
-                }
-            }
-            Ok::<_, ErrorKind>((status, bytes, Bytes::from(kept), cookies, headers))
+            h1::exchange(stream, sent, keep_body, keep_headers).await
         };
-        match exchange.await {
-            Ok((status, bytes, body, cookies, headers)) => {
-                for (k, v) in cookies {
+        match result {
+            Ok(got) => {
+                if !got.reusable {
+                    self.conn = None;
+                }
+                for (k, v) in got.set_cookies {
                     match self.cookies.iter_mut().find(|(n, _)| *n == k) {
                         Some(slot) => slot.1 = v,
                         None => self.cookies.push((k, v)),
                     }
                 }
                 Ok(Response {
-                    status,
-                    bytes,
-                    body,
-                    headers,
+                    status: got.status,
+                    bytes: got.bytes,
+                    body: Bytes::from(got.body),
+                    headers: got.headers,
                 })
             }
             Err(kind) => {
-                self.sender = None;
+                self.conn = None;
+                if kind != ErrorKind::RstStream {
+                    self.h2 = None;
+                }
                 Err(kind)
             }
         }
@@ -455,7 +518,7 @@ pub struct CompiledRequest {
     pub timeout: Duration,
     pub check: Check,
     /// Set when nothing in the request varies: the request is cloned instead of rendered.
-    constant: Option<Request<Full<Bytes>>>,
+    constant: Option<Outgoing>,
 }
 
 impl CompiledRequest {
@@ -541,38 +604,35 @@ impl CompiledRequest {
         Ok(req)
     }
 
-    fn render(&self, v: &Values<'_>, target: &Target) -> Result<Request<Full<Bytes>>, String> {
-        let mut b = Request::builder()
-            .method(self.method.clone())
-            .uri(encode_target(&self.path.render(v)).as_ref())
-            .header(HOST, target.authority.clone());
+    fn render(&self, v: &Values<'_>, target: &Target) -> Result<Outgoing, String> {
+        let mut headers = Vec::with_capacity(self.headers.len() + 1);
         for (name, t) in &self.headers {
-            b = b.header(name, t.render(v));
+            let value = HeaderValue::from_str(&t.render(v))
+                .map_err(|_| format!("header {name} is not valid in HTTP"))?;
+            headers.push((name.clone(), value));
         }
-        if self.json {
-            b = b.header(CONTENT_TYPE, "application/json");
+        if self.json && !headers.iter().any(|(k, _)| k == CONTENT_TYPE) {
+            headers.push((CONTENT_TYPE, HeaderValue::from_static("application/json")));
         }
         let body = self
             .body
             .as_ref()
             .map(|t| Bytes::from(t.render(v)))
             .unwrap_or_default();
-        b.body(Full::new(body)).map_err(|e| e.to_string())
+        Outgoing::new(
+            self.method.clone(),
+            &self.path.render(v),
+            headers,
+            body,
+            &target.authority,
+        )
     }
 
     /// The request for one iteration. A rendered value that is not valid in HTTP (say a header
     /// value with a newline from a feeder row) is a check failure of that iteration.
-    pub fn build(
-        &self,
-        v: &Values<'_>,
-        target: &Target,
-    ) -> Result<Request<Full<Bytes>>, ErrorKind> {
+    pub fn build(&self, v: &Values<'_>, target: &Target) -> Result<Outgoing, ErrorKind> {
         if let Some(c) = &self.constant {
-            let mut r = Request::new(c.body().clone());
-            *r.method_mut() = c.method().clone();
-            *r.uri_mut() = c.uri().clone();
-            *r.headers_mut() = c.headers().clone();
-            return Ok(r);
+            return Ok(c.clone());
         }
         self.render(v, target).map_err(|_| ErrorKind::Check)
     }

@@ -1,7 +1,9 @@
 pub mod check;
 pub mod error;
+pub mod h1;
 pub mod hlog;
 pub mod http;
+pub mod http2;
 pub mod merge;
 pub mod metrics;
 pub mod pacer;

@@ -47,7 +47,32 @@ pub struct Plan {
     /// Per-user hooks written in Python (`on_start`, `on_stop`).
     #[serde(default)]
     pub hooks: Hooks,
+    /// The HTTP version spoken to the target.
+    #[serde(default)]
+    pub http: HttpVersion,
+    /// HTTP/2: the most users (closed model) or workers (open model) whose requests share
+    /// one connection as concurrent streams.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: u32,
 }
+
+/// Which HTTP the engine speaks to the target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HttpVersion {
+    /// HTTP/1.1, one keep-alive connection per user (or per open-model worker).
+    #[default]
+    #[serde(rename = "1.1")]
+    Http1,
+    /// HTTP/2: over TLS by ALPN, over cleartext with prior knowledge (h2c).
+    #[serde(rename = "2")]
+    Http2,
+    /// HTTP/2 where the server offers it by ALPN (TLS); HTTP/1.1 otherwise (cleartext too).
+    #[serde(rename = "auto")]
+    Auto,
+}
+
+/// The most streams one HTTP/2 connection may be asked to carry.
+pub const MAX_STREAMS_LIMIT: u32 = 10_000;
 
 /// A scenario's per-user hooks. They run in Python, on the user's own connection, when the
 /// engine asks: `on_start` before the user's first iteration (before the run's clock starts
@@ -101,6 +126,9 @@ fn default_max_drain() -> f64 {
 pub const DEFAULT_MAX_USERS: u64 = 100_000;
 fn default_max_users() -> u64 {
     DEFAULT_MAX_USERS
+}
+fn default_max_streams() -> u32 {
+    100
 }
 fn default_connections() -> u32 {
     256
@@ -306,6 +334,15 @@ impl Plan {
 
     /// Checks what serde cannot: names, counts, ranges.
     pub fn validate(&self) -> Result<()> {
+        if !(1..=MAX_STREAMS_LIMIT).contains(&self.max_streams) {
+            return Err(Error::plan(
+                "max_streams",
+                format!(
+                    "{} is out of range (1..{MAX_STREAMS_LIMIT})",
+                    self.max_streams
+                ),
+            ));
+        }
         if self.tasks.is_empty() {
             return Err(Error::plan("tasks", "a plan needs at least one task"));
         }

@@ -16,13 +16,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::header::{HeaderName, HeaderValue, HOST};
-use hyper::{Method, Request};
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::Method;
 use tokio::sync::oneshot;
 
 use crate::check::Check;
-use crate::http::{Client, ErrorKind, Response};
+use crate::http::{Client, ErrorKind, Outgoing, Response};
 use crate::plan::Hooks;
 use crate::runner::{exchange, record_exchange, Ctx};
 use crate::template::Values;
@@ -233,7 +232,7 @@ pub struct PyRequest {
 impl Session {
     pub(crate) fn new(ctx: Arc<Ctx>, vu: u64) -> Self {
         Session {
-            client: tokio::sync::Mutex::new(Client::new(ctx.target.clone())),
+            client: tokio::sync::Mutex::new(Client::new(ctx.target.clone(), ctx.local_user(vu))),
             ctx,
             vu,
         }
@@ -252,8 +251,7 @@ impl Session {
             (Some(d), Some(start)) => start + Duration::from_secs_f64(d),
             _ => Instant::now(),
         };
-        let uri = crate::http::encode_target(&format!("{}{}", ctx.target.base_path(), r.path))
-            .into_owned();
+        let path = format!("{}{}", ctx.target.base_path(), r.path);
         let exchanged = exchange(
             ctx,
             &mut client,
@@ -261,14 +259,8 @@ impl Session {
             true,
             true,
             || {
-                let mut b = Request::builder()
-                    .method(r.method)
-                    .uri(uri)
-                    .header(HOST, ctx.target.authority());
-                for (k, v) in r.headers {
-                    b = b.header(k, v);
-                }
-                b.body(Full::new(r.body)).map_err(|_| ErrorKind::Check)
+                Outgoing::new(r.method, &path, r.headers, r.body, &ctx.target.authority())
+                    .map_err(|_| ErrorKind::Check)
             },
         );
         let Some(task) = r.task else {

@@ -1,4 +1,5 @@
-//! The built-in target: a small HTTP/1.1 server to load without a server of your own, and the
+//! The built-in target: a small HTTP/1.1 and HTTP/2 (h2 over TLS, h2c over cleartext) server to
+//! load without a server of your own, and the
 //! server behind the demo, the tutorials, the tests and the benchmark.
 //!
 //! Routes: `/echo` returns the request body; `/json` a small JSON document; `/status/NNN` that
@@ -97,12 +98,22 @@ impl TargetConfig {
     }
 }
 
+/// What the target has seen.
+#[derive(Default)]
+struct Counts {
+    /// Requests received (each one is answered, after any delay or stall).
+    served: AtomicU64,
+    /// Of them, over HTTP/2.
+    served_h2: AtomicU64,
+    /// Connections accepted.
+    connections: AtomicU64,
+}
+
 struct Behaviour {
     cfg: TargetConfig,
     start: Instant,
     counter: AtomicU64,
-    /// Requests received (each one is answered, after any delay or stall).
-    served: Arc<AtomicU64>,
+    counts: Arc<Counts>,
     workers: Option<tokio::sync::Semaphore>,
 }
 
@@ -168,7 +179,10 @@ async fn handle(
     b: Arc<Behaviour>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    b.served.fetch_add(1, Ordering::Relaxed);
+    b.counts.served.fetch_add(1, Ordering::Relaxed);
+    if req.version() == hyper::Version::HTTP_2 {
+        b.counts.served_h2.fetch_add(1, Ordering::Relaxed);
+    }
     // Held until the response is built: a worker is busy for the delay and the stall alike.
     let _worker = match &b.workers {
         Some(w) => Some(w.acquire().await.expect("the semaphore is never closed")),
@@ -252,7 +266,7 @@ pub struct TargetServer {
     pub addr: SocketAddr,
     tls: bool,
     stop: CancellationToken,
-    served: Arc<AtomicU64>,
+    counts: Arc<Counts>,
 }
 
 impl TargetServer {
@@ -262,7 +276,15 @@ impl TargetServer {
     }
     /// Requests received so far.
     pub fn served(&self) -> u64 {
-        self.served.load(Ordering::Relaxed)
+        self.counts.served.load(Ordering::Relaxed)
+    }
+    /// Requests received over HTTP/2 so far.
+    pub fn served_h2(&self) -> u64 {
+        self.counts.served_h2.load(Ordering::Relaxed)
+    }
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.counts.connections.load(Ordering::Relaxed)
     }
     pub fn stop(&self) {
         self.stop.cancel();
@@ -292,12 +314,12 @@ pub fn start(rt: &tokio::runtime::Handle, cfg: TargetConfig) -> Result<TargetSer
     let stop = CancellationToken::new();
     let workers =
         (cfg.concurrency > 0).then(|| tokio::sync::Semaphore::new(cfg.concurrency as usize));
-    let served = Arc::new(AtomicU64::new(0));
+    let counts = Arc::new(Counts::default());
     let b = Arc::new(Behaviour {
         cfg,
         start: Instant::now(),
         counter: AtomicU64::new(0),
-        served: served.clone(),
+        counts: counts.clone(),
         workers,
     });
     let token = stop.clone();
@@ -310,13 +332,17 @@ pub fn start(rt: &tokio::runtime::Handle, cfg: TargetConfig) -> Result<TargetSer
                 _ = token.cancelled() => break,
             };
             let Ok((stream, _)) = accepted else { continue };
+            b.counts.connections.fetch_add(1, Ordering::Relaxed);
             let _ = stream.set_nodelay(true);
             let b = b.clone();
             let token = token.clone();
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| handle(b.clone(), req));
-                let http = hyper::server::conn::http1::Builder::new();
+                // HTTP/1.1 and HTTP/2 (by ALPN over TLS, by the connection preface on h2c).
+                let http = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
                 tokio::select! {
                     _ = async {
                         match acceptor {
@@ -338,7 +364,7 @@ pub fn start(rt: &tokio::runtime::Handle, cfg: TargetConfig) -> Result<TargetSer
     Ok(TargetServer {
         addr: local,
         tls,
-        served,
+        counts,
         stop,
     })
 }

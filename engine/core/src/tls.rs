@@ -14,8 +14,9 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Client settings: the public web PKI roots, or (`insecure`) any certificate at all, for
-/// self-signed test and staging servers. Signatures are still checked either way.
-pub fn client_config(insecure: bool) -> Arc<ClientConfig> {
+/// self-signed test and staging servers. Signatures are still checked either way. `alpn`: the
+/// protocols offered, in order of preference (`h2`, `http/1.1`).
+pub fn client_config(insecure: bool, alpn: &[&[u8]]) -> Arc<ClientConfig> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("the ring provider supports the default protocol versions");
@@ -29,7 +30,7 @@ pub fn client_config(insecure: bool) -> Arc<ClientConfig> {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         builder.with_root_certificates(roots).with_no_client_auth()
     };
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(cfg)
 }
 
@@ -88,7 +89,8 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
-/// A server config with a fresh self-signed certificate for `localhost` and `127.0.0.1`.
+/// A server config with a fresh self-signed certificate for `localhost` and `127.0.0.1`,
+/// offering HTTP/2 and HTTP/1.1 by ALPN.
 pub fn self_signed_server(host: &str) -> Result<Arc<ServerConfig>> {
     let bad = |m: String| Error::plan("target.tls", m);
     let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
@@ -104,7 +106,7 @@ pub fn self_signed_server(host: &str) -> Result<Arc<ServerConfig>> {
         .with_no_client_auth()
         .with_single_cert(vec![cert], key)
         .map_err(|e| bad(e.to_string()))?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
 
@@ -122,11 +124,11 @@ mod tests {
     }
 
     #[test]
-    fn both_client_configs_speak_http1_over_alpn() {
+    fn client_configs_offer_the_protocols_asked_in_order() {
         for insecure in [false, true] {
             assert_eq!(
-                client_config(insecure).alpn_protocols,
-                vec![b"http/1.1".to_vec()]
+                client_config(insecure, &[b"h2", b"http/1.1"]).alpn_protocols,
+                vec![b"h2".to_vec(), b"http/1.1".to_vec()]
             );
         }
     }
@@ -146,7 +148,7 @@ mod tests {
         });
         let connect = |insecure| async move {
             let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            tokio_rustls::TlsConnector::from(client_config(insecure))
+            tokio_rustls::TlsConnector::from(client_config(insecure, &[b"http/1.1"]))
                 .connect(server_name("127.0.0.1").unwrap(), tcp)
                 .await
                 .map(|_| ())

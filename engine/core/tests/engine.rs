@@ -65,3 +65,238 @@ fn an_unreachable_target_is_counted_as_connect_errors() {
     assert_eq!(s.overall.errors_by_kind["connect"], 50);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("lp-core-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn a_hundred_open_model_workers_share_one_http2_connection_with_exact_weights() {
+    let rt = build_runtime(2).unwrap();
+    let server = target::start(rt.handle(), TargetConfig::default()).unwrap();
+    let dir = temp_dir("h2-open");
+    let p = plan(
+        &server.url(),
+        r#""http": "2", "max_streams": 100,
+           "load": {"model": "open", "connections": 100,
+                    "stages": [{"kind": "constant", "rate": 1000, "duration_s": 2}]},
+           "tasks": [{"name": "a", "weight": 3, "requests": [{"path": "/"}]},
+                     {"name": "b", "requests": [{"path": "/json"}]}]"#,
+    );
+    let run = start(rt.handle(), 2, p, dir.clone()).unwrap();
+    assert!(run.wait(Duration::from_secs(30)));
+    let s = run.summary().unwrap();
+    assert_eq!(s.overall.requests, 2000);
+    assert_eq!(s.overall.errors, 0, "{:?}", s.overall.errors_by_kind);
+    assert_eq!(s.tasks[0].stats.requests, 1500);
+    assert_eq!(s.tasks[1].stats.requests, 500);
+    assert_eq!(server.served(), 2000);
+    assert_eq!(server.served_h2(), 2000, "every request came over HTTP/2");
+    assert_eq!(server.connections(), 1, "on one connection");
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_hundred_closed_model_users_have_their_streams_in_flight_at_once() {
+    let rt = build_runtime(2).unwrap();
+    // Each answer takes 50 ms: one user sends at most 20 a second, one stream at a time on
+    // the connection at most 20 a second in all.
+    let cfg = TargetConfig {
+        delay_ms: 50.0,
+        ..TargetConfig::default()
+    };
+    let server = target::start(rt.handle(), cfg).unwrap();
+    let dir = temp_dir("h2-closed");
+    let p = plan(
+        &server.url(),
+        r#""http": "2", "max_streams": 100,
+           "load": {"model": "closed", "stages": [{"kind": "constant", "rate": 100, "duration_s": 2}]},
+           "tasks": [{"name": "a", "requests": [{"path": "/"}]}]"#,
+    );
+    let run = start(rt.handle(), 2, p, dir.clone()).unwrap();
+    assert!(run.wait(Duration::from_secs(30)));
+    let s = run.summary().unwrap();
+    assert_eq!(s.overall.errors, 0, "{:?}", s.overall.errors_by_kind);
+    // 100 streams at once: ~4,000 in 2 s (50 per stream at best).
+    assert!(s.overall.requests > 2_000, "{}", s.overall.requests);
+    assert_eq!(server.served(), s.overall.requests);
+    assert_eq!(server.served_h2(), s.overall.requests);
+    assert_eq!(server.connections(), 1);
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn over_tls_auto_takes_http2_when_the_server_offers_it_and_1_1_stays_1_1() {
+    let rt = build_runtime(2).unwrap();
+    let cfg = TargetConfig {
+        tls: true,
+        ..TargetConfig::default()
+    };
+    let server = target::start(rt.handle(), cfg).unwrap();
+    for (http, h2) in [("auto", 200), ("2", 200), ("1.1", 0)] {
+        let before = (server.served(), server.served_h2());
+        let dir = temp_dir(&format!("h2-tls-{http}"));
+        let p = plan(
+            &server.url(),
+            &format!(
+                r#""http": "{http}", "insecure": true, "max_streams": 10,
+                   "load": {{"model": "open", "connections": 20,
+                            "stages": [{{"kind": "constant", "rate": 200, "duration_s": 1}}]}},
+                   "tasks": [{{"name": "a", "requests": [{{"path": "/cookies/set?k=v"}}, {{"path": "/cookies", "expect": {{"body_contains": "k=v"}}}}]}}]"#
+            ),
+        );
+        let run = start(rt.handle(), 2, p, dir.clone()).unwrap();
+        assert!(run.wait(Duration::from_secs(30)));
+        let s = run.summary().unwrap();
+        assert_eq!(s.overall.requests, 400, "{http}");
+        assert_eq!(
+            s.overall.errors, 0,
+            "{http}: {:?}",
+            s.overall.errors_by_kind
+        );
+        assert_eq!(server.served() - before.0, 400, "{http}");
+        assert_eq!(server.served_h2() - before.1, 2 * h2, "{http}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    server.stop();
+}
+
+/// How the hostile HTTP/2 server below misbehaves.
+#[derive(Clone, Copy)]
+enum Hostile {
+    /// Resets every second stream (RST_STREAM, REFUSED_STREAM); answers the others.
+    ResetHalf,
+    /// Answers each stream after 20 ms; after `n` streams on a connection, sends GOAWAY
+    /// with an error and closes it, leaving what is in flight unanswered.
+    GoAwayAfter(u64),
+}
+
+/// Counts (streams taken, streams answered, connections).
+type HostileCounts = [std::sync::atomic::AtomicU64; 3];
+
+fn hostile_h2_server(
+    rt: &tokio::runtime::Runtime,
+    how: Hostile,
+) -> (String, std::sync::Arc<HostileCounts>) {
+    use std::sync::atomic::Ordering;
+    let counts: std::sync::Arc<HostileCounts> = std::sync::Arc::new(Default::default());
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let c = counts.clone();
+    rt.spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            c[2].fetch_add(1, Ordering::Relaxed);
+            let c = c.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                let mut seen = 0u64;
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    seen += 1;
+                    let n = c[0].fetch_add(1, Ordering::Relaxed);
+                    let c = c.clone();
+                    let answer = move |mut respond: h2::server::SendResponse<bytes::Bytes>| {
+                        let resp = hyper::Response::new(());
+                        if let Ok(mut body) = respond.send_response(resp, false) {
+                            if body
+                                .send_data(bytes::Bytes::from_static(b"OK"), true)
+                                .is_ok()
+                            {
+                                c[1].fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    };
+                    match how {
+                        Hostile::ResetHalf if n % 2 == 1 => {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM)
+                        }
+                        Hostile::ResetHalf => answer(respond),
+                        Hostile::GoAwayAfter(limit) => {
+                            if seen == limit {
+                                conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                            } else {
+                                tokio::spawn(async move {
+                                    tokio::time::sleep(Duration::from_millis(20)).await;
+                                    answer(respond);
+                                });
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (url, counts)
+}
+
+fn h2_run_against(url: &str, name: &str) -> loadpilot_core::rundir::Summary {
+    let rt = build_runtime(2).unwrap();
+    let dir = temp_dir(name);
+    let p = plan(
+        url,
+        r#""http": "2", "max_streams": 4, "timeout_s": 2,
+           "load": {"model": "open", "connections": 8,
+                    "stages": [{"kind": "constant", "rate": 400, "duration_s": 1}]},
+           "tasks": [{"name": "a", "requests": [{"path": "/"}]}]"#,
+    );
+    let run = start(rt.handle(), 2, p, dir.clone()).unwrap();
+    assert!(run.wait(Duration::from_secs(30)));
+    let s = run.summary().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    s
+}
+
+#[test]
+fn a_reset_stream_is_counted_as_rst_stream_and_the_connection_carries_on() {
+    use std::sync::atomic::Ordering;
+    let rt = build_runtime(1).unwrap();
+    let (url, counts) = hostile_h2_server(&rt, Hostile::ResetHalf);
+    let s = h2_run_against(&url, "h2-reset");
+    let kinds = &s.overall.errors_by_kind;
+    assert_eq!(
+        s.overall.requests, 400,
+        "every due request is accounted for"
+    );
+    let answered = counts[1].load(Ordering::Relaxed);
+    assert_eq!(s.overall.requests - s.overall.errors, answered, "{kinds:?}");
+    assert_eq!(kinds["rst_stream"], 400 - answered, "{kinds:?}");
+    assert_eq!(s.overall.errors, kinds["rst_stream"], "{kinds:?}");
+    assert!((190..=210).contains(&answered), "{answered}");
+    // A reset is one stream's end, not the connection's: 8 workers, 4 streams a connection.
+    assert_eq!(counts[2].load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn goaway_is_counted_as_its_own_kind_and_the_connection_is_replaced() {
+    use std::sync::atomic::Ordering;
+    let rt = build_runtime(1).unwrap();
+    let (url, counts) = hostile_h2_server(&rt, Hostile::GoAwayAfter(25));
+    let s = h2_run_against(&url, "h2-goaway");
+    let kinds = &s.overall.errors_by_kind;
+    assert_eq!(
+        s.overall.requests, 400,
+        "every due request is accounted for"
+    );
+    let answered = counts[1].load(Ordering::Relaxed);
+    assert_eq!(s.overall.requests - s.overall.errors, answered, "{kinds:?}");
+    assert!(kinds["goaway"] > 0, "{kinds:?}");
+    assert_eq!(
+        s.overall.errors,
+        kinds["goaway"] + kinds["reset"],
+        "{kinds:?}"
+    );
+    assert!(
+        counts[2].load(Ordering::Relaxed) > 4,
+        "connections were replaced"
+    );
+}

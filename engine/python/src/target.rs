@@ -26,6 +26,16 @@ impl PyTarget {
     fn served(&self) -> u64 {
         self.server.served()
     }
+    /// Of them, over HTTP/2.
+    #[getter]
+    fn served_h2(&self) -> u64 {
+        self.server.served_h2()
+    }
+    /// Connections accepted so far.
+    #[getter]
+    fn connections(&self) -> u64 {
+        self.server.connections()
+    }
     fn stop(&self) {
         self.server.stop();
     }

@@ -29,7 +29,7 @@ pub(super) struct Compiled {
 
 pub(super) fn compile(plan: &Plan, threads: usize) -> Result<Compiled> {
     plan.validate()?;
-    let target = Target::parse(&plan.target, plan.insecure)?;
+    let target = Target::with_http(&plan.target, plan.insecure, plan.http, plan.max_streams)?;
     // A user's values: the plan's per-user values, and what its on_start sets.
     let user_value_names: Vec<String> = plan
         .user_vars

@@ -155,6 +155,15 @@ impl Ctx {
         matches!(self.model, Model::Open { .. }) || vu % self.shard.1 == self.shard.0
     }
 
+    /// User `vu`'s place among this run's own users (0, 1, 2, ...): a closed-model shard owns
+    /// every `count`-th user of the schedule.
+    pub(crate) fn local_user(&self, vu: u64) -> u64 {
+        match self.model {
+            Model::Open { .. } => vu,
+            Model::Closed { .. } => vu / self.shard.1.max(1),
+        }
+    }
+
     /// Starts the run's clock (once): now, or at the agreed instant `start_at` (an instant
     /// already past starts the clock in the past).
     fn start_clock(&self) -> Instant {

@@ -4,12 +4,9 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
-
 use super::Ctx;
 use crate::check::Check;
-use crate::http::{Client, ErrorKind, Response};
+use crate::http::{Client, ErrorKind, Outgoing, Response};
 use crate::template::Values;
 
 /// Sends one request on `client`, bounded by `timeout` (connecting included), and counts it
@@ -20,7 +17,7 @@ pub(crate) async fn exchange(
     timeout: Duration,
     keep_body: bool,
     keep_headers: bool,
-    build: impl FnOnce() -> Result<hyper::Request<Full<Bytes>>, ErrorKind>,
+    build: impl FnOnce() -> Result<Outgoing, ErrorKind>,
 ) -> (Instant, Result<(Instant, Response), ErrorKind>) {
     /// Counts a request in flight for as long as it lives, including when it is dropped
     /// (cancelled) before it ends.

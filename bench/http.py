@@ -1,0 +1,234 @@
+"""The HTTP path at the machine's limit: LoadPilot's engine path against wrk, and memory per idle
+user.
+
+- ``h1``: max throughput at the same connection count (32), wrk (1 thread) and LoadPilot (closed
+  model, no think time, 1 engine thread) alternating round by round, against the built-in target
+  (one thread, its own process) and against nginx (Debian ``nginx-light``, one worker). CPU per
+  request from getrusage: wrk's whole process; LoadPilot's run (``lp.run`` from start to the
+  written run directory, every thread of the process) and its whole process (with Python's start).
+- ``memory``: closed-model users thinking 10 s between requests for 30 s; per user = growth of
+  peak RSS from 100 to 10,000 users (the fixed cost of the process is not charged to users).
+
+Results go to ``bench/results/http-<date>.json``; docs/benchmarks.md quotes them.
+
+    python bench/http.py [--rounds 5] [--scenarios h1,memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from engine import HERE, Target, ensure_wrk, free_port, measured, run_wrk, spread
+
+_LOADPILOT = """
+import json, resource, sys, loadpilot as lp
+url, users, seconds, think, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), \
+    float(sys.argv[4]), sys.argv[5]
+plan = lp.Plan(target=url, load=lp.ClosedLoad(stages=[lp.Constant(rate=users, duration_s=seconds)],
+               think_s=think),
+               tasks=[lp.Task(name="get", requests=[lp.Request(path="/")])])
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+before = cpu()
+s = lp.run(plan, out).summary()
+run_cpu = cpu() - before
+print(json.dumps({"requests": s.overall.requests, "errors": s.overall.errors,
+                  "rps": s.overall.achieved_rps, "run_cpu_s": run_cpu,
+                  "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def run_loadpilot(url: str, users: int, seconds: float, think: float = 0.0) -> dict[str, float]:
+    """One LoadPilot run in its own process on one engine thread."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-c", _LOADPILOT, url, str(users), str(seconds), str(think)]
+        stdout, cpu = measured([*cmd, tmp + "/run"], dict(os.environ, LOADPILOT_THREADS="1"))
+    r: dict[str, float] = json.loads(stdout.strip().splitlines()[-1])
+    r["cpu_s_per_10k"] = r["run_cpu_s"] / max(1, r["requests"]) * 10_000
+    r["process_cpu_s_per_10k"] = cpu / max(1, r["requests"]) * 10_000
+    return r
+
+
+def ensure_nginx() -> str:
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "")
+    if found:
+        return found
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light"], check=True)
+    return "/usr/sbin/nginx"
+
+
+_NGINX_CONF = """
+daemon off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ default_type text/plain; return 200 "OK"; }}
+    }}
+}}
+"""
+
+
+class Nginx:
+    """nginx with one worker on a free loopback port, answering ``OK`` to every request."""
+
+    def __init__(self, exe: str) -> None:
+        self.dir = tempfile.mkdtemp(prefix="lp-nginx-")
+        self.port = free_port()
+        conf = Path(self.dir) / "nginx.conf"
+        conf.write_text(_NGINX_CONF.format(dir=self.dir, port=self.port))
+        self.proc = subprocess.Popen([exe, "-c", str(conf), "-p", self.dir])
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("nginx did not start") from None
+                time.sleep(0.05)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+Tool = Callable[[], dict[str, float]]
+
+
+def alternate(tools: dict[str, Tool], n: int) -> dict[str, list[dict[str, float]]]:
+    out: dict[str, list[dict[str, float]]] = {k: [] for k in tools}
+    for i in range(n):
+        for name, fn in tools.items():
+            print(f"  round {i + 1}: {name}", flush=True)
+            out[name].append(fn())
+    return out
+
+
+def summarise(raw: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
+    return {
+        tool: {k: spread([r[k] for r in runs]) for k, v in runs[0].items() if isinstance(v, float)}
+        for tool, runs in raw.items()
+    }
+
+
+def h1(args: argparse.Namespace) -> dict[str, object]:
+    wrk, conns, secs = ensure_wrk(), args.connections, args.seconds
+    out: dict[str, object] = {"connections": conns, "seconds": secs, "rounds": args.rounds}
+    servers: dict[str, Callable[[], Target | Nginx]] = {
+        "built-in target": lambda: Target(threads=1),
+        "nginx": lambda: Nginx(ensure_nginx()),
+    }
+    for name, start in servers.items():
+        print(f"target: {name}", flush=True)
+        server = start()
+        try:
+            raw = alternate(
+                {
+                    "wrk": lambda url=server.url: run_wrk(wrk, url, conns, secs, 1),
+                    "loadpilot": lambda url=server.url: run_loadpilot(url, conns, secs),
+                },
+                args.rounds,
+            )
+        finally:
+            server.close()
+        for runs in raw.values():
+            for r in runs:
+                assert r["errors"] == 0, r
+        summary = summarise(raw)
+        rps = summary["loadpilot"]["rps"]["median"] / summary["wrk"]["rps"]["median"]
+        cpu = (
+            summary["loadpilot"]["cpu_s_per_10k"]["median"]
+            / (summary["wrk"]["cpu_s_per_10k"]["median"])
+        )
+        per_round = [
+            lp["rps"] / w["rps"] for lp, w in zip(raw["loadpilot"], raw["wrk"], strict=True)
+        ]
+        out[name] = {
+            "raw": raw,
+            "summary": summary,
+            "throughput_over_wrk": rps,
+            "throughput_over_wrk_by_round": per_round,
+            "cpu_per_request_over_wrk": cpu,
+        }
+        print(f"  {name}: throughput / wrk {rps:.2f} (rounds {per_round}), CPU / wrk {cpu:.2f}")
+    return out
+
+
+def memory(args: argparse.Namespace) -> dict[str, object]:
+    secs, think, few, many = 30.0, 10.0, 100, 10_000
+    server = Target(threads=1)
+    runs: list[dict[str, float]] = []
+    try:
+        for i in range(args.memory_rounds):
+            print(f"  round {i + 1}: 100 and 10,000 users", flush=True)
+            small = run_loadpilot(server.url, few, secs, think)
+            large = run_loadpilot(server.url, many, secs, think)
+            runs.append(
+                {
+                    "rss_mib_100_users": small["rss_mib"],
+                    "rss_mib_10k_users": large["rss_mib"],
+                    "rps_10k_users": large["rps"],
+                    "kib_per_user": (large["rss_mib"] - small["rss_mib"]) * 1024 / (many - few),
+                }
+            )
+    finally:
+        server.close()
+    summary = {k: spread([r[k] for r in runs]) for k in runs[0]}
+    print(f"  KiB per idle user: {summary['kib_per_user']}")
+    return {"users": many, "seconds": secs, "think_s": think, "raw": runs, "summary": summary}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--memory-rounds", type=int, default=3)
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--seconds", type=float, default=5)
+    p.add_argument("--scenarios", default="h1,memory")
+    args = p.parse_args()
+    results = HERE / "results"
+    results.mkdir(exist_ok=True)
+    path = results / f"http-{dt.date.today().isoformat()}.json"
+    # A scenario run today replaces its own entry in today's file and keeps the others.
+    report: dict[str, object] = json.loads(path.read_text()) if path.exists() else {}
+    report["date"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    report["machine"] = {"cpus": os.cpu_count()}
+    scenarios: dict[str, Callable[[argparse.Namespace], dict[str, object]]] = {
+        "h1": h1,
+        "memory": memory,
+    }
+    for name in args.scenarios.split(","):
+        print(f"scenario {name}", flush=True)
+        report[name] = scenarios[name](args)
+    path.write_text(json.dumps(report, indent=2))
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()

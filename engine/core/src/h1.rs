@@ -1,0 +1,462 @@
+//! HTTP/1.1 written and read on the user's own task: the request's bytes go straight to the
+//! socket and the answer is parsed with `httparse` (hyper's own parser) into a buffer taken
+//! from a per-thread pool for as long as the exchange lasts. An idle keep-alive connection
+//! holds its socket and nothing else: no dispatcher channel, no connection task, no buffers.
+
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::http::{classify_io, ErrorKind, BODY_KEPT};
+
+/// A connection's byte stream: plain TCP, or TLS over it (boxed: rustls's state is large and
+/// most runs are plain).
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl Stream {
+    /// Whether an idle keep-alive connection can no longer be used: the server closed it (or
+    /// sent something unasked). Polls once, without waiting.
+    pub fn is_stale(&mut self) -> bool {
+        let mut probe = [0u8; 1];
+        let mut rb = ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(Waker::noop());
+        Pin::new(self).poll_read(&mut cx, &mut rb).is_ready()
+    }
+}
+
+/// Buffers of this size are kept in the pool; a buffer grown past it (a huge head) is freed.
+const POOLED_SIZE: usize = 16 * 1024;
+/// At most this many idle buffers per thread.
+const POOL_DEPTH: usize = 256;
+/// The largest response head read (status line and headers), as hyper's default.
+pub const MAX_HEAD: usize = 400 * 1024;
+/// The most header fields in a response head.
+const MAX_HEADERS: usize = 128;
+
+thread_local! {
+    static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A buffer from this thread's pool, returned to the pool of whichever thread drops it.
+struct Pooled(Vec<u8>);
+
+impl Pooled {
+    fn take() -> Self {
+        let v = POOL
+            .with(|p| p.borrow_mut().pop())
+            .unwrap_or_else(|| Vec::with_capacity(POOLED_SIZE));
+        Pooled(v)
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let mut v = std::mem::take(&mut self.0);
+        if v.capacity() == POOLED_SIZE {
+            v.clear();
+            let _ = POOL.try_with(|p| {
+                let mut p = p.borrow_mut();
+                if p.len() < POOL_DEPTH {
+                    p.push(v);
+                }
+            });
+        }
+    }
+}
+
+/// What the exchange needs to know of the request.
+pub struct Sent<'a> {
+    /// Request line and header lines, each ending in CRLF; the blank line is not included.
+    pub head: &'a [u8],
+    /// A `cookie` header line to add (without CRLF), if the user has cookies.
+    pub cookie: Option<&'a [u8]>,
+    pub body: &'a [u8],
+    /// A HEAD request: its answer has no body whatever it announces.
+    pub head_only: bool,
+}
+
+/// A response read off the wire.
+pub struct Got {
+    pub status: u16,
+    pub bytes: u64,
+    pub body: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+    pub set_cookies: Vec<(String, String)>,
+    /// The connection may carry the next request.
+    pub reusable: bool,
+}
+
+/// How the body of a response ends.
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the server closes the connection.
+    Close,
+}
+
+/// Bytes read from the stream into a pooled buffer, consumed from the front.
+struct Reader<'s> {
+    stream: &'s mut Stream,
+    buf: Pooled,
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn pending(&self) -> &[u8] {
+        &self.buf.0[self.pos..]
+    }
+
+    /// Reads more from the socket after what is pending. `Ok(false)`: the peer closed.
+    async fn fill(&mut self) -> Result<bool, ErrorKind> {
+        let v = &mut self.buf.0;
+        if self.pos > 0 && self.pos == v.len() {
+            v.clear();
+            self.pos = 0;
+        } else if v.len() == v.capacity() {
+            if self.pos > 0 {
+                v.drain(..self.pos);
+                self.pos = 0;
+            } else {
+                v.reserve(v.capacity().max(4096));
+            }
+        }
+        match self.stream.read_buf(v).await {
+            Ok(0) => Ok(false),
+            Ok(_) => Ok(true),
+            Err(e) => Err(classify_io(&e)),
+        }
+    }
+}
+
+/// Writes the request and reads its whole answer. Every way the server can break HTTP is a
+/// `Protocol` error; a connection closed before any byte of an answer is a `Reset`.
+pub async fn exchange(
+    stream: &mut Stream,
+    req: Sent<'_>,
+    keep_body: bool,
+    keep_headers: bool,
+) -> Result<Got, ErrorKind> {
+    let mut buf = Pooled::take();
+    {
+        let out = &mut buf.0;
+        out.extend_from_slice(req.head);
+        if let Some(c) = req.cookie {
+            out.extend_from_slice(b"cookie: ");
+            out.extend_from_slice(c);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        let inline = req.body.len() <= POOLED_SIZE / 2;
+        if inline {
+            out.extend_from_slice(req.body);
+        }
+        let w = async {
+            stream.write_all(out).await?;
+            if !inline {
+                stream.write_all(req.body).await?;
+            }
+            stream.flush().await
+        };
+        w.await.map_err(|e| classify_io(&e))?;
+        out.clear();
+    }
+    let mut r = Reader {
+        stream,
+        buf,
+        pos: 0,
+    };
+    // The head, skipping interim (1xx) answers.
+    let (status, framing, mut reusable, headers, set_cookies, announced) = loop {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut fields);
+        let parsed = match resp.parse(r.pending()) {
+            Ok(httparse::Status::Complete(n)) => Some(n),
+            Ok(httparse::Status::Partial) => None,
+            Err(_) => return Err(ErrorKind::Protocol),
+        };
+        let Some(n) = parsed else {
+            if r.pending().len() >= MAX_HEAD {
+                return Err(ErrorKind::Protocol);
+            }
+            let had = !r.pending().is_empty();
+            if !r.fill().await? {
+                // Closed before an answer began (an idle keep-alive connection, say), or in
+                // the middle of a head.
+                return Err(if had {
+                    ErrorKind::Protocol
+                } else {
+                    ErrorKind::Reset
+                });
+            }
+            continue;
+        };
+        let status = resp.code.unwrap_or(0);
+        if (100..200).contains(&status) && status != 101 {
+            r.pos += n;
+            continue;
+        }
+        let http10 = resp.version == Some(0);
+        let mut reusable = !http10;
+        let mut length: Option<u64> = None;
+        let mut chunked = false;
+        // A transfer coding that does not end in chunked: the body runs to the close.
+        let mut other_coding = false;
+        let mut headers = Vec::new();
+        let mut set_cookies = Vec::new();
+        for h in resp.headers.iter() {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("content-length") {
+                let v = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                    .ok_or(ErrorKind::Protocol)?;
+                if length.is_some_and(|l| l != v) {
+                    return Err(ErrorKind::Protocol);
+                }
+                length = Some(v);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                // Chunked must be the last coding; anything else is read to the close.
+                let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
+                chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+                other_coding = !chunked;
+            } else if name.eq_ignore_ascii_case("connection") {
+                for token in h.value.split(|&b| b == b',') {
+                    let t = token.trim_ascii();
+                    if t.eq_ignore_ascii_case(b"close") {
+                        reusable = false;
+                    } else if http10 && t.eq_ignore_ascii_case(b"keep-alive") {
+                        reusable = true;
+                    }
+                }
+            } else if name.eq_ignore_ascii_case("set-cookie") {
+                if let Some(pair) = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.split(';').next())
+                    .and_then(|p| p.split_once('='))
+                {
+                    set_cookies.push((pair.0.trim().to_string(), pair.1.trim().to_string()));
+                }
+            }
+            if keep_headers {
+                headers.push((
+                    name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                ));
+            }
+        }
+        let no_body = req.head_only || status == 204 || status == 304 || status == 101;
+        let framing = if no_body {
+            Framing::None
+        } else if chunked {
+            Framing::Chunked
+        } else if let (Some(l), false) = (length, other_coding) {
+            Framing::Length(l)
+        } else {
+            reusable = false;
+            Framing::Close
+        };
+        if status == 101 {
+            reusable = false;
+        }
+        r.pos += n;
+        break (status, framing, reusable, headers, set_cookies, length);
+    };
+    let mut kept = match announced {
+        Some(n) if keep_body => Vec::with_capacity((n as usize).min(BODY_KEPT)),
+        _ => Vec::new(),
+    };
+    let mut bytes = 0u64;
+    let mut take = |data: &[u8], kept: &mut Vec<u8>| {
+        bytes += data.len() as u64;
+        if keep_body && kept.len() < BODY_KEPT {
+            let room = BODY_KEPT - kept.len();
+            kept.extend_from_slice(&data[..data.len().min(room)]);
+        }
+    };
+    match framing {
+        Framing::None => {}
+        Framing::Length(mut left) => {
+            while left > 0 {
+                if r.pending().is_empty() && !r.fill().await? {
+                    return Err(ErrorKind::Protocol);
+                }
+                let n = (r.pending().len() as u64).min(left) as usize;
+                take(&r.pending()[..n], &mut kept);
+                r.pos += n;
+                left -= n as u64;
+            }
+        }
+        Framing::Close => {
+            loop {
+                if !r.pending().is_empty() {
+                    take(r.pending(), &mut kept);
+                    r.pos = r.buf.0.len();
+                }
+                if !r.fill().await? {
+                    break;
+                }
+            }
+            reusable = false;
+        }
+        Framing::Chunked => loop {
+            // The size line: hex digits, then extensions to the CRLF.
+            let line = loop {
+                if let Some(i) = find_crlf(r.pending()) {
+                    break i;
+                }
+                if r.pending().len() > 4096 {
+                    return Err(ErrorKind::Protocol);
+                }
+                if !r.fill().await? {
+                    return Err(ErrorKind::Protocol);
+                }
+            };
+            let size = chunk_size(&r.pending()[..line]).ok_or(ErrorKind::Protocol)?;
+            r.pos += line + 2;
+            if size == 0 {
+                // Trailers, to the blank line.
+                loop {
+                    let line = loop {
+                        if let Some(i) = find_crlf(r.pending()) {
+                            break i;
+                        }
+                        if r.pending().len() > MAX_HEAD {
+                            return Err(ErrorKind::Protocol);
+                        }
+                        if !r.fill().await? {
+                            return Err(ErrorKind::Protocol);
+                        }
+                    };
+                    r.pos += line + 2;
+                    if line == 0 {
+                        break;
+                    }
+                }
+                break;
+            }
+            let mut left = size;
+            while left > 0 {
+                if r.pending().is_empty() && !r.fill().await? {
+                    return Err(ErrorKind::Protocol);
+                }
+                let n = (r.pending().len() as u64).min(left) as usize;
+                take(&r.pending()[..n], &mut kept);
+                r.pos += n;
+                left -= n as u64;
+            }
+            while r.pending().len() < 2 {
+                if !r.fill().await? {
+                    return Err(ErrorKind::Protocol);
+                }
+            }
+            if &r.pending()[..2] != b"\r\n" {
+                return Err(ErrorKind::Protocol);
+            }
+            r.pos += 2;
+        },
+    }
+    // Bytes beyond the answer were never asked for: the connection is out of step.
+    if !r.pending().is_empty() {
+        reusable = false;
+    }
+    Ok(Got {
+        status,
+        bytes,
+        body: kept,
+        headers,
+        set_cookies,
+        reusable,
+    })
+}
+
+fn find_crlf(b: &[u8]) -> Option<usize> {
+    b.windows(2).position(|w| w == b"\r\n")
+}
+
+/// The size of a chunk from its size line (hex, then optional `;extensions`).
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.split(|&b| b == b';').next()?.trim_ascii();
+    if digits.is_empty() || digits.len() > 15 {
+        return None;
+    }
+    let mut n = 0u64;
+    for &d in digits {
+        n = n * 16 + (d as char).to_digit(16)? as u64;
+    }
+    Some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes_are_hex_with_optional_extensions() {
+        assert_eq!(chunk_size(b"1a"), Some(26));
+        assert_eq!(chunk_size(b"0"), Some(0));
+        assert_eq!(chunk_size(b"FF;name=value"), Some(255));
+        assert_eq!(chunk_size(b"zz"), None);
+        assert_eq!(chunk_size(b""), None);
+        assert_eq!(chunk_size(b"1ffffffffffffffff"), None);
+    }
+
+    #[test]
+    fn pooled_buffers_come_back_to_the_pool() {
+        let depth = || POOL.with(|p| p.borrow().len());
+        let before = depth();
+        let b = Pooled::take();
+        assert_eq!(b.0.capacity(), POOLED_SIZE);
+        drop(b);
+        assert_eq!(depth(), before.max(1));
+        let mut grown = Pooled::take();
+        grown.0.reserve(POOLED_SIZE * 4);
+        let after_take = depth();
+        drop(grown);
+        assert_eq!(depth(), after_take, "a grown buffer is freed, not pooled");
+    }
+}

@@ -1,0 +1,113 @@
+"""HTTP/2 from Python: scenarios and plans that ask for it, on both paths, against the built-in
+target (which speaks h2c and h2 over TLS)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import loadpilot as lp
+from tests.conftest import constant, get
+
+
+def test_a_plan_asking_for_http2_sends_every_request_over_it_on_shared_connections(
+    target: lp.TargetServer, out: Path
+) -> None:
+    plan = lp.Plan(
+        target=target.url,
+        load=constant(400, 1, connections=40),
+        tasks=[get("a", weight=3), get("b", "/json")],
+        http="2",
+        max_streams=20,
+    )
+
+    s = lp.run(plan, out).summary()
+
+    assert s.overall.requests == 400 and s.overall.errors == 0
+    assert [t.requests for t in s.tasks] == [300, 100]
+    assert target.served == target.served_h2 == 400
+    assert target.connections == 2, "40 workers, 20 streams a connection"
+    assert s.overall.errors_by_kind["goaway"] == s.overall.errors_by_kind["rst_stream"] == 0
+
+
+SCENARIO = """
+import loadpilot as lp
+
+@lp.scenario(profile=lp.constant(200, "1s"), http="2")
+class Api(lp.VUser):
+    @lp.task
+    async def login(self):
+        r = await self.client.post("/echo", json={"user": "ann"})
+        assert r.json()["user"] == "ann"
+        await self.client.get("/cookies/set?session=s1")
+        r = await self.client.get("/cookies")
+        assert "session=s1" in r.text
+"""
+
+
+def test_python_tasks_speak_http2_too_with_bodies_and_cookies(
+    target: lp.TargetServer, out: Path, tmp_path: Path
+) -> None:
+    f = tmp_path / "api.py"
+    f.write_text(SCENARIO)
+    (sc,) = lp.load_scenarios(f)
+
+    s = lp.run(sc, out, target=target.url).summary()
+
+    assert s.tasks[0].path == "python"
+    assert s.overall.errors == 0, s.overall.errors_by_kind
+    assert s.overall.requests == 600
+    assert target.served == target.served_h2 == 600
+
+
+def test_auto_over_tls_negotiates_http2_and_over_cleartext_stays_on_1_1(out: Path) -> None:
+    with lp.start_target(tls=True) as tls, lp.start_target() as plain:
+        for server, h2 in ((tls, 100), (plain, 0)):
+            plan = lp.Plan(
+                target=server.url,
+                load=constant(100, 1, connections=8),
+                tasks=[get("a")],
+                http="auto",
+                insecure=True,
+            )
+            s = lp.run(plan, out / server.url.split(":")[0]).summary()
+            assert s.overall.requests == 100 and s.overall.errors == 0
+            assert server.served_h2 == h2, server.url
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"http": "3"}, "invalid plan at http"),
+        ({"max_streams": 0}, "invalid plan at max_streams"),
+    ],
+)
+def test_a_plan_with_a_bad_http_setting_exits_2_naming_the_field(
+    tmp_path: Path, change: dict[str, object], message: str
+) -> None:
+    plan = lp.Plan(target="http://127.0.0.1:9", load=constant(1, 1), tasks=[get("a")])
+    data = json.loads(plan.to_json()) | change
+    f = tmp_path / "plan.json"
+    f.write_text(json.dumps(data))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "loadpilot.cli", "run", str(f)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 2
+    assert message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_scenario_with_a_bad_http_setting_is_a_scenario_error() -> None:
+    with pytest.raises(lp.ScenarioError, match='http must be "1.1", "2" or "auto"'):
+        lp.scenario(profile=lp.constant(1, "1s"), http="h3")  # type: ignore[arg-type]
+    with pytest.raises(lp.ScenarioError, match="max_streams"):
+        lp.scenario(profile=lp.constant(1, "1s"), max_streams=0)
