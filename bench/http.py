@@ -8,10 +8,13 @@ user.
   written run directory, every thread of the process) and its whole process (with Python's start).
 - ``memory``: closed-model users thinking 10 s between requests for 30 s; per user = growth of
   peak RSS from 100 to 10,000 users (the fixed cost of the process is not charged to users).
+- ``h2``: HTTP/2 (h2c, prior knowledge) max throughput against the built-in target at the same
+  connections and streams: h2load (Debian ``nghttp2-client``), ``oha --http2`` and LoadPilot
+  (closed model, ``http="2"``, users = connections × streams, ``max_streams`` = streams).
 
 Results go to ``bench/results/http-<date>.json``; docs/benchmarks.md quotes them.
 
-    python bench/http.py [--rounds 5] [--scenarios h1,memory]
+    python bench/http.py [--rounds 5] [--scenarios h1,memory,h2]
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -29,15 +33,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from peers import ensure_oha, run_oha
+
 from engine import HERE, Target, ensure_wrk, free_port, measured, run_wrk, spread
 
 _LOADPILOT = """
 import json, resource, sys, loadpilot as lp
 url, users, seconds, think, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), \
     float(sys.argv[4]), sys.argv[5]
+http, streams = sys.argv[6], int(sys.argv[7])
 plan = lp.Plan(target=url, load=lp.ClosedLoad(stages=[lp.Constant(rate=users, duration_s=seconds)],
                think_s=think),
-               tasks=[lp.Task(name="get", requests=[lp.Request(path="/")])])
+               tasks=[lp.Task(name="get", requests=[lp.Request(path="/")])],
+               http=http, max_streams=streams)
 def cpu():
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -50,11 +58,14 @@ print(json.dumps({"requests": s.overall.requests, "errors": s.overall.errors,
 """
 
 
-def run_loadpilot(url: str, users: int, seconds: float, think: float = 0.0) -> dict[str, float]:
+def run_loadpilot(
+    url: str, users: int, seconds: float, think: float = 0.0, http: str = "1.1", streams: int = 1
+) -> dict[str, float]:
     """One LoadPilot run in its own process on one engine thread."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-c", _LOADPILOT, url, str(users), str(seconds), str(think)]
-        stdout, cpu = measured([*cmd, tmp + "/run"], dict(os.environ, LOADPILOT_THREADS="1"))
+        cmd += [tmp + "/run", http, str(streams)]
+        stdout, cpu = measured(cmd, dict(os.environ, LOADPILOT_THREADS="1"))
     r: dict[str, float] = json.loads(stdout.strip().splitlines()[-1])
     r["cpu_s_per_10k"] = r["run_cpu_s"] / max(1, r["requests"]) * 10_000
     r["process_cpu_s_per_10k"] = cpu / max(1, r["requests"]) * 10_000
@@ -180,6 +191,69 @@ def h1(args: argparse.Namespace) -> dict[str, object]:
     return out
 
 
+def ensure_h2load() -> str:
+    found = shutil.which("h2load")
+    if found:
+        return found
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "nghttp2-client"], check=True)
+    found = shutil.which("h2load")
+    assert found, "h2load did not install"
+    return found
+
+
+def run_h2load(h2load: str, url: str, conns: int, streams: int, seconds: float) -> dict[str, float]:
+    cmd = [h2load, "-t1", f"-c{conns}", f"-m{streams}", f"-D{seconds:.0f}", url + "/"]
+    stdout, cpu = measured(cmd)
+    rps = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", stdout)
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", stdout)
+    assert rps and done, stdout
+    requests = int(done.group(1))
+    return {
+        "requests": requests,
+        "errors": float(requests - int(done.group(2))),
+        "rps": float(rps.group(1)),
+        "cpu_s_per_10k": cpu / max(1, requests) * 10_000,
+    }
+
+
+def h2(args: argparse.Namespace) -> dict[str, object]:
+    h2load, oha = ensure_h2load(), ensure_oha()
+    conns, streams, secs = args.h2_connections, args.h2_streams, args.seconds
+    server = Target(threads=1)
+    try:
+        url = server.url
+        raw = alternate(
+            {
+                "h2load": lambda: run_h2load(h2load, url, conns, streams, secs),
+                "oha --http2": lambda: run_oha(
+                    oha, url, conns, secs, extra=("--http2", "-p", str(streams))
+                ),
+                "loadpilot": lambda: run_loadpilot(
+                    url, conns * streams, secs, http="2", streams=streams
+                ),
+            },
+            args.rounds,
+        )
+    finally:
+        server.close()
+    for runs in raw.values():
+        for r in runs:
+            assert r["errors"] == 0, r
+    summary = summarise(raw)
+    ratio = summary["loadpilot"]["rps"]["median"] / summary["h2load"]["rps"]["median"]
+    print(f"  HTTP/2: LoadPilot / h2load {ratio:.2f}")
+    return {
+        "connections": conns,
+        "streams": streams,
+        "seconds": secs,
+        "rounds": args.rounds,
+        "raw": raw,
+        "summary": summary,
+        "throughput_over_h2load": ratio,
+    }
+
+
 def memory(args: argparse.Namespace) -> dict[str, object]:
     secs, think, few, many = 30.0, 10.0, 100, 10_000
     server = Target(threads=1)
@@ -210,7 +284,9 @@ def main() -> None:
     p.add_argument("--memory-rounds", type=int, default=3)
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--seconds", type=float, default=5)
-    p.add_argument("--scenarios", default="h1,memory")
+    p.add_argument("--h2-connections", type=int, default=2)
+    p.add_argument("--h2-streams", type=int, default=16)
+    p.add_argument("--scenarios", default="h1,memory,h2")
     args = p.parse_args()
     results = HERE / "results"
     results.mkdir(exist_ok=True)
@@ -222,6 +298,7 @@ def main() -> None:
     scenarios: dict[str, Callable[[argparse.Namespace], dict[str, object]]] = {
         "h1": h1,
         "memory": memory,
+        "h2": h2,
     }
     for name in args.scenarios.split(","):
         print(f"scenario {name}", flush=True)

@@ -71,7 +71,7 @@ def wrapped(cmd: list[str], env: dict[str, str] | None = None) -> tuple[str, flo
 
 
 def run_oha(oha: str, url: str, conns: int, seconds: float, rate: float | None = None,
-            corrected: bool = False) -> dict[str, float]:  # fmt: skip
+            corrected: bool = False, extra: tuple[str, ...] = ()) -> dict[str, float]:  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "oha.json"
         cmd = [oha, "--no-tui", "-c", str(conns), "-z", f"{seconds:.0f}s",
@@ -80,7 +80,7 @@ def run_oha(oha: str, url: str, conns: int, seconds: float, rate: float | None =
             cmd += ["-q", str(rate)]
         if corrected:
             cmd.append("--latency-correction")
-        _, cpu, rss = wrapped([*cmd, url + "/"])
+        _, cpu, rss = wrapped([*cmd, *extra, url + "/"])
         data = json.loads(out.read_text())
     summary, pct = data["summary"], data["latencyPercentiles"]
     ok = sum(data.get("statusCodeDistribution", {}).values())

@@ -41,7 +41,8 @@ pub enum ErrorKind {
     /// This machine ran out of file descriptors (EMFILE/ENFILE): the generator's limit, not
     /// the server's.
     FdLimit,
-    /// HTTP/2: the server sent GOAWAY; the request was refused or cut off with its connection.
+    /// HTTP/2: the server's GOAWAY refused the request (a stream it will not process). One cut
+    /// off when the connection then closes is a `Reset`.
     GoAway,
     /// HTTP/2: the server reset the request's stream (RST_STREAM).
     RstStream,

@@ -283,12 +283,17 @@ fn goaway_is_counted_as_its_own_kind_and_the_connection_is_replaced() {
     let (url, counts) = hostile_h2_server(&rt, Hostile::GoAwayAfter(25));
     let s = h2_run_against(&url, "h2-goaway");
     let kinds = &s.overall.errors_by_kind;
+    // The server is slow (20 ms an answer, 8 streams): an arrival still waiting for a free
+    // worker at the end is counted as unsent.
     assert_eq!(
-        s.overall.requests, 400,
+        s.overall.requests + s.overall.unsent + s.overall.cancelled,
+        400,
         "every due request is accounted for"
     );
+    // An answer the server had buffered when it closed may not have left it.
     let answered = counts[1].load(Ordering::Relaxed);
-    assert_eq!(s.overall.requests - s.overall.errors, answered, "{kinds:?}");
+    let ok = s.overall.requests - s.overall.errors;
+    assert!(ok > 0 && ok <= answered, "{ok} of {answered}: {kinds:?}");
     assert!(kinds["goaway"] > 0, "{kinds:?}");
     assert_eq!(
         s.overall.errors,
