@@ -277,7 +277,7 @@ fn a_reset_stream_is_counted_as_rst_stream_and_the_connection_carries_on() {
 }
 
 #[test]
-fn goaway_is_counted_as_its_own_kind_and_the_connection_is_replaced() {
+fn a_connection_closed_after_goaway_is_replaced_and_what_it_cut_off_is_counted() {
     use std::sync::atomic::Ordering;
     let rt = build_runtime(1).unwrap();
     let (url, counts) = hostile_h2_server(&rt, Hostile::GoAwayAfter(25));
@@ -294,7 +294,6 @@ fn goaway_is_counted_as_its_own_kind_and_the_connection_is_replaced() {
     let answered = counts[1].load(Ordering::Relaxed);
     let ok = s.overall.requests - s.overall.errors;
     assert!(ok > 0 && ok <= answered, "{ok} of {answered}: {kinds:?}");
-    assert!(kinds["goaway"] > 0, "{kinds:?}");
     assert_eq!(
         s.overall.errors,
         kinds["goaway"] + kinds["reset"],
@@ -302,6 +301,75 @@ fn goaway_is_counted_as_its_own_kind_and_the_connection_is_replaced() {
     );
     assert!(
         counts[2].load(Ordering::Relaxed) > 4,
+        "connections were replaced"
+    );
+}
+
+/// A server that speaks just enough HTTP/2 to refuse everything: its SETTINGS, then, once the
+/// client has sent anything more than its preface, GOAWAY with last-stream-id 0 (no stream
+/// will be processed) and ENHANCE_YOUR_CALM; it keeps the connection until the client closes.
+/// Counts connections.
+fn refusing_h2_server(
+    rt: &tokio::runtime::Runtime,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let c = connections.clone();
+    rt.spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                const SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+                const GOAWAY: [u8; 17] = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0b];
+                let mut buf = vec![0u8; 65536];
+                if tcp.write_all(&SETTINGS).await.is_err() {
+                    return;
+                }
+                // The preface (24 bytes) and the client's SETTINGS come first; HEADERS after.
+                let mut got = 0;
+                while got <= 24 + 9 {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got += n,
+                    }
+                }
+                if tcp.write_all(&GOAWAY).await.is_err() {
+                    return;
+                }
+                while let Ok(n) = tcp.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (url, connections)
+}
+
+#[test]
+fn a_request_refused_by_goaway_is_counted_as_goaway_and_the_connection_is_replaced() {
+    use std::sync::atomic::Ordering;
+    let rt = build_runtime(1).unwrap();
+    let (url, connections) = refusing_h2_server(&rt);
+    let s = h2_run_against(&url, "h2-refused");
+    let kinds = &s.overall.errors_by_kind;
+    assert_eq!(
+        s.overall.requests, 400,
+        "every due request is accounted for"
+    );
+    assert_eq!(kinds["goaway"], 400, "{kinds:?}");
+    assert_eq!(s.overall.errors, 400, "{kinds:?}");
+    assert!(
+        connections.load(Ordering::Relaxed) > 2,
         "connections were replaced"
     );
 }
