@@ -218,23 +218,22 @@ def run_h2load(h2load: str, url: str, conns: int, streams: int, seconds: float) 
 
 
 def h2(args: argparse.Namespace) -> dict[str, object]:
-    h2load, oha = ensure_h2load(), ensure_oha()
+    h2load = ensure_h2load()
+    oha = ensure_oha() if not args.skip_oha else None
     conns, streams, secs = args.h2_connections, args.h2_streams, args.seconds
     server = Target(threads=1)
     try:
         url = server.url
-        raw = alternate(
-            {
-                "h2load": lambda: run_h2load(h2load, url, conns, streams, secs),
-                "oha --http2": lambda: run_oha(
-                    oha, url, conns, secs, extra=("--http2", "-p", str(streams))
-                ),
-                "loadpilot": lambda: run_loadpilot(
-                    url, conns * streams, secs, http="2", streams=streams
-                ),
-            },
-            args.rounds,
-        )
+        tools: dict[str, Tool] = {
+            "h2load": lambda: run_h2load(h2load, url, conns, streams, secs),
+            "loadpilot": lambda: run_loadpilot(
+                url, conns * streams, secs, http="2", streams=streams
+            ),
+        }
+        if oha is not None:
+            extra = ("--http2", "-p", str(streams))
+            tools["oha --http2"] = lambda: run_oha(oha, url, conns, secs, extra=extra)
+        raw = alternate(tools, args.rounds)
     finally:
         server.close()
     for runs in raw.values():
@@ -286,6 +285,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5)
     p.add_argument("--h2-connections", type=int, default=2)
     p.add_argument("--h2-streams", type=int, default=16)
+    p.add_argument("--skip-oha", action="store_true", help="HTTP/2 without oha (cargo install)")
     p.add_argument("--scenarios", default="h1,memory,h2")
     args = p.parse_args()
     results = HERE / "results"
