@@ -34,15 +34,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def ensure_wrk() -> str:
-    found = shutil.which("wrk")
+def ensure_apt(exe: str, package: str) -> str:
+    """The path of ``exe``, installing the Debian ``package`` that ships it if it is missing."""
+    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    found = shutil.which(exe, path=path)
     if found:
         return found
     subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
-    found = shutil.which("wrk")
-    assert found, "wrk did not install"
+    subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True)
+    found = shutil.which(exe, path=path)
+    assert found, f"{exe} did not install ({package})"
     return found
+
+
+def ensure_wrk() -> str:
+    return ensure_apt("wrk", "wrk")
 
 
 class Target:

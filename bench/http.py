@@ -33,9 +33,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from peers import ensure_oha, run_oha
+from peers import Raw, Tool, ensure_oha, rounds, run_oha, summarise
 
-from engine import HERE, Target, ensure_wrk, free_port, measured, run_wrk, spread
+from engine import HERE, Target, ensure_apt, ensure_wrk, free_port, measured, run_wrk, spread
 
 _LOADPILOT = """
 import json, resource, sys, loadpilot as lp
@@ -70,15 +70,6 @@ def run_loadpilot(
     r["cpu_s_per_10k"] = r["run_cpu_s"] / max(1, r["requests"]) * 10_000
     r["process_cpu_s_per_10k"] = cpu / max(1, r["requests"]) * 10_000
     return r
-
-
-def ensure_nginx() -> str:
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "")
-    if found:
-        return found
-    subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light"], check=True)
-    return "/usr/sbin/nginx"
 
 
 _NGINX_CONF = """
@@ -129,23 +120,12 @@ class Nginx:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-Tool = Callable[[], dict[str, float]]
-
-
-def alternate(tools: dict[str, Tool], n: int) -> dict[str, list[dict[str, float]]]:
-    out: dict[str, list[dict[str, float]]] = {k: [] for k in tools}
-    for i in range(n):
-        for name, fn in tools.items():
-            print(f"  round {i + 1}: {name}", flush=True)
-            out[name].append(fn())
-    return out
-
-
-def summarise(raw: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
-    return {
-        tool: {k: spread([r[k] for r in runs]) for k, v in runs[0].items() if isinstance(v, float)}
-        for tool, runs in raw.items()
-    }
+def no_errors(raw: Raw) -> Raw:
+    """``raw``, checked: a benchmark whose requests failed measured something else."""
+    for runs in raw.values():
+        for r in runs:
+            assert r["errors"] == 0, r
+    return raw
 
 
 def h1(args: argparse.Namespace) -> dict[str, object]:
@@ -153,13 +133,13 @@ def h1(args: argparse.Namespace) -> dict[str, object]:
     out: dict[str, object] = {"connections": conns, "seconds": secs, "rounds": args.rounds}
     servers: dict[str, Callable[[], Target | Nginx]] = {
         "built-in target": lambda: Target(threads=1),
-        "nginx": lambda: Nginx(ensure_nginx()),
+        "nginx": lambda: Nginx(ensure_apt("nginx", "nginx-light")),
     }
     for name, start in servers.items():
         print(f"target: {name}", flush=True)
         server = start()
         try:
-            raw = alternate(
+            raw = rounds(
                 {
                     "wrk": lambda url=server.url: run_wrk(wrk, url, conns, secs, 1),
                     "loadpilot": lambda url=server.url: run_loadpilot(url, conns, secs),
@@ -168,9 +148,7 @@ def h1(args: argparse.Namespace) -> dict[str, object]:
             )
         finally:
             server.close()
-        for runs in raw.values():
-            for r in runs:
-                assert r["errors"] == 0, r
+        no_errors(raw)
         summary = summarise(raw)
         rps = summary["loadpilot"]["rps"]["median"] / summary["wrk"]["rps"]["median"]
         cpu = (
@@ -191,17 +169,6 @@ def h1(args: argparse.Namespace) -> dict[str, object]:
     return out
 
 
-def ensure_h2load() -> str:
-    found = shutil.which("h2load")
-    if found:
-        return found
-    subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "nghttp2-client"], check=True)
-    found = shutil.which("h2load")
-    assert found, "h2load did not install"
-    return found
-
-
 def run_h2load(h2load: str, url: str, conns: int, streams: int, seconds: float) -> dict[str, float]:
     cmd = [h2load, "-t1", f"-c{conns}", f"-m{streams}", f"-D{seconds:.0f}", url + "/"]
     stdout, cpu = measured(cmd)
@@ -218,7 +185,7 @@ def run_h2load(h2load: str, url: str, conns: int, streams: int, seconds: float) 
 
 
 def h2(args: argparse.Namespace) -> dict[str, object]:
-    h2load = ensure_h2load()
+    h2load = ensure_apt("h2load", "nghttp2-client")
     oha = ensure_oha() if not args.skip_oha else None
     conns, streams, secs = args.h2_connections, args.h2_streams, args.seconds
     server = Target(threads=1)
@@ -233,12 +200,10 @@ def h2(args: argparse.Namespace) -> dict[str, object]:
         if oha is not None:
             extra = ("--http2", "-p", str(streams))
             tools["oha --http2"] = lambda: run_oha(oha, url, conns, secs, extra=extra)
-        raw = alternate(tools, args.rounds)
+        raw = rounds(tools, args.rounds)
     finally:
         server.close()
-    for runs in raw.values():
-        for r in runs:
-            assert r["errors"] == 0, r
+    no_errors(raw)
     summary = summarise(raw)
     ratio = summary["loadpilot"]["rps"]["median"] / summary["h2load"]["rps"]["median"]
     print(f"  HTTP/2: LoadPilot / h2load {ratio:.2f}")

@@ -294,7 +294,7 @@ def throughput(args: argparse.Namespace, tools: dict[str, str]) -> dict[str, obj
         }
 
     raw = on_target(tools_on, args.rounds)
-    return {"connections": conns, "seconds": secs, "raw": raw, "summary": _summarise(raw)}
+    return {"connections": conns, "seconds": secs, "raw": raw, "summary": summarise(raw)}
 
 
 def stall(args: argparse.Namespace, tools: dict[str, str]) -> dict[str, object]:
@@ -319,7 +319,7 @@ def stall(args: argparse.Namespace, tools: dict[str, str]) -> dict[str, object]:
         "seconds": secs,
         "theory_p99_ms": 450.0,
         "raw": raw,
-        "summary": _summarise(raw),
+        "summary": summarise(raw),
     }
 
 
@@ -341,7 +341,7 @@ def fixed_rate(args: argparse.Namespace, tools: dict[str, str]) -> dict[str, obj
             # From the requests sent over the planned duration, not each tool's own rate figure
             # (which divides by the time it measured itself).
             r["rate_error"] = abs(r["requests"] / secs - rate) / rate
-    return {"offered_rps": rate, "seconds": secs, "raw": raw, "summary": _summarise(raw)}
+    return {"offered_rps": rate, "seconds": secs, "raw": raw, "summary": summarise(raw)}
 
 
 _K6_USERS = """
@@ -398,10 +398,10 @@ def memory(args: argparse.Namespace, tools: dict[str, str]) -> dict[str, object]
 
     raw = on_target(tools_on, args.rounds)
     return {"users": many, "seconds": secs, "think_s": think, "raw": raw,
-            "summary": _summarise(raw)}  # fmt: skip
+            "summary": summarise(raw)}  # fmt: skip
 
 
-def _summarise(raw: Raw) -> dict[str, dict[str, dict[str, float]]]:
+def summarise(raw: Raw) -> dict[str, dict[str, dict[str, float]]]:
     out: dict[str, dict[str, dict[str, float]]] = {}
     for tool, runs in raw.items():
         keys = [k for k, v in runs[0].items() if isinstance(v, int | float)]

@@ -171,6 +171,73 @@ impl Reader<'_> {
             Err(e) => Err(classify_io(&e)),
         }
     }
+
+    /// The length of the next line (to its CRLF, which stays pending), reading as needed; a
+    /// line longer than `max` or cut off by the close breaks the protocol.
+    async fn line(&mut self, max: usize) -> Result<usize, ErrorKind> {
+        loop {
+            if let Some(i) = find_crlf(self.pending()) {
+                return Ok(i);
+            }
+            if self.pending().len() > max || !self.fill().await? {
+                return Err(ErrorKind::Protocol);
+            }
+        }
+    }
+
+    /// Exactly `left` bytes of body into `body`; a close before them breaks the protocol.
+    async fn copy(&mut self, mut left: u64, body: &mut Body) -> Result<(), ErrorKind> {
+        while left > 0 {
+            if self.pending().is_empty() && !self.fill().await? {
+                return Err(ErrorKind::Protocol);
+            }
+            let n = (self.pending().len() as u64).min(left) as usize;
+            body.take(&self.pending()[..n]);
+            self.pos += n;
+            left -= n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// A response body as it arrives: every byte counted, the first `BODY_KEPT` kept if asked.
+pub(crate) struct Body {
+    pub bytes: u64,
+    pub kept: Vec<u8>,
+    keep: bool,
+}
+
+impl Body {
+    /// `announced`: the length the response gave, to size what is kept.
+    pub fn new(keep: bool, announced: Option<u64>) -> Self {
+        let kept = match announced {
+            Some(n) if keep => Vec::with_capacity((n as usize).min(BODY_KEPT)),
+            _ => Vec::new(),
+        };
+        Body {
+            bytes: 0,
+            kept,
+            keep,
+        }
+    }
+
+    pub fn take(&mut self, data: &[u8]) {
+        self.bytes += data.len() as u64;
+        if self.keep && self.kept.len() < BODY_KEPT {
+            let room = BODY_KEPT - self.kept.len();
+            self.kept.extend_from_slice(&data[..data.len().min(room)]);
+        }
+    }
+}
+
+/// The `name=value` pair of a `set-cookie` header value (attributes after `;` dropped).
+pub(crate) fn cookie_pair(value: &[u8]) -> Option<(String, String)> {
+    let (name, value) = std::str::from_utf8(value)
+        .ok()?
+        .split(';')
+        .next()?
+        .split_once('=')?;
+    Some((name.trim().to_string(), value.trim().to_string()))
 }
 
 /// Writes the request and reads its whole answer. Every way the server can break HTTP is a
@@ -274,13 +341,7 @@ pub async fn exchange(
                     }
                 }
             } else if name.eq_ignore_ascii_case("set-cookie") {
-                if let Some(pair) = std::str::from_utf8(h.value)
-                    .ok()
-                    .and_then(|v| v.split(';').next())
-                    .and_then(|p| p.split_once('='))
-                {
-                    set_cookies.push((pair.0.trim().to_string(), pair.1.trim().to_string()));
-                }
+                set_cookies.extend(cookie_pair(h.value));
             }
             if keep_headers {
                 headers.push((
@@ -306,35 +367,14 @@ pub async fn exchange(
         r.pos += n;
         break (status, framing, reusable, headers, set_cookies, length);
     };
-    let mut kept = match announced {
-        Some(n) if keep_body => Vec::with_capacity((n as usize).min(BODY_KEPT)),
-        _ => Vec::new(),
-    };
-    let mut bytes = 0u64;
-    let mut take = |data: &[u8], kept: &mut Vec<u8>| {
-        bytes += data.len() as u64;
-        if keep_body && kept.len() < BODY_KEPT {
-            let room = BODY_KEPT - kept.len();
-            kept.extend_from_slice(&data[..data.len().min(room)]);
-        }
-    };
+    let mut body = Body::new(keep_body, announced);
     match framing {
         Framing::None => {}
-        Framing::Length(mut left) => {
-            while left > 0 {
-                if r.pending().is_empty() && !r.fill().await? {
-                    return Err(ErrorKind::Protocol);
-                }
-                let n = (r.pending().len() as u64).min(left) as usize;
-                take(&r.pending()[..n], &mut kept);
-                r.pos += n;
-                left -= n as u64;
-            }
-        }
+        Framing::Length(left) => r.copy(left, &mut body).await?,
         Framing::Close => {
             loop {
                 if !r.pending().is_empty() {
-                    take(r.pending(), &mut kept);
+                    body.take(r.pending());
                     r.pos = r.buf.0.len();
                 }
                 if !r.fill().await? {
@@ -345,33 +385,13 @@ pub async fn exchange(
         }
         Framing::Chunked => loop {
             // The size line: hex digits, then extensions to the CRLF.
-            let line = loop {
-                if let Some(i) = find_crlf(r.pending()) {
-                    break i;
-                }
-                if r.pending().len() > 4096 {
-                    return Err(ErrorKind::Protocol);
-                }
-                if !r.fill().await? {
-                    return Err(ErrorKind::Protocol);
-                }
-            };
+            let line = r.line(4096).await?;
             let size = chunk_size(&r.pending()[..line]).ok_or(ErrorKind::Protocol)?;
             r.pos += line + 2;
             if size == 0 {
                 // Trailers, to the blank line.
                 loop {
-                    let line = loop {
-                        if let Some(i) = find_crlf(r.pending()) {
-                            break i;
-                        }
-                        if r.pending().len() > MAX_HEAD {
-                            return Err(ErrorKind::Protocol);
-                        }
-                        if !r.fill().await? {
-                            return Err(ErrorKind::Protocol);
-                        }
-                    };
+                    let line = r.line(MAX_HEAD).await?;
                     r.pos += line + 2;
                     if line == 0 {
                         break;
@@ -379,22 +399,9 @@ pub async fn exchange(
                 }
                 break;
             }
-            let mut left = size;
-            while left > 0 {
-                if r.pending().is_empty() && !r.fill().await? {
-                    return Err(ErrorKind::Protocol);
-                }
-                let n = (r.pending().len() as u64).min(left) as usize;
-                take(&r.pending()[..n], &mut kept);
-                r.pos += n;
-                left -= n as u64;
-            }
-            while r.pending().len() < 2 {
-                if !r.fill().await? {
-                    return Err(ErrorKind::Protocol);
-                }
-            }
-            if &r.pending()[..2] != b"\r\n" {
+            r.copy(size, &mut body).await?;
+            // The chunk's own CRLF.
+            if r.line(2).await? != 0 {
                 return Err(ErrorKind::Protocol);
             }
             r.pos += 2;
@@ -406,8 +413,8 @@ pub async fn exchange(
     }
     Ok(Got {
         status,
-        bytes,
-        body: kept,
+        bytes: body.bytes,
+        body: body.kept,
         headers,
         set_cookies,
         reusable,
@@ -443,6 +450,75 @@ mod tests {
         assert_eq!(chunk_size(b"zz"), None);
         assert_eq!(chunk_size(b""), None);
         assert_eq!(chunk_size(b"1ffffffffffffffff"), None);
+    }
+
+    /// Serves `answer` in pieces of `piece` bytes (so every parse step sees partial input) on a
+    /// loopback connection, and exchanges one GET over it.
+    async fn exchange_with(answer: &'static [u8], piece: usize) -> Result<Got, ErrorKind> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut req = [0u8; 1024];
+            let _ = tcp.read(&mut req).await;
+            for part in answer.chunks(piece) {
+                tcp.write_all(part).await.unwrap();
+                tcp.flush().await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        });
+        let mut stream = Stream::Plain(TcpStream::connect(addr).await.unwrap());
+        let sent = Sent {
+            head: b"GET / HTTP/1.1\r\nhost: x\r\n",
+            cookie: None,
+            body: b"",
+            head_only: false,
+        };
+        let got = exchange(&mut stream, sent, true, false).await;
+        server.await.unwrap();
+        got
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn bodies_are_read_by_length_by_chunks_with_trailers_and_to_the_close() {
+        for piece in [1, 3, 4096] {
+            let got = exchange_with(
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\
+                  Set-Cookie: a=1; Path=/\r\n\r\nhello",
+                piece,
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                (got.status, got.bytes, &got.body[..]),
+                (200, 5, &b"hello"[..])
+            );
+            assert_eq!(got.set_cookies, vec![("a".into(), "1".into())]);
+            assert!(got.reusable);
+
+            let got = exchange_with(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  5;ext=1\r\nhello\r\n1\r\n!\r\n0\r\nX-Trailer: t\r\n\r\n",
+                piece,
+            )
+            .await
+            .unwrap();
+            assert_eq!((got.bytes, &got.body[..]), (6, &b"hello!"[..]), "{piece}");
+            assert!(got.reusable, "{piece}");
+
+            let got = exchange_with(b"HTTP/1.1 200 OK\r\n\r\nto the close", piece)
+                .await
+                .unwrap();
+            assert_eq!(&got.body[..], b"to the close", "{piece}");
+            assert!(!got.reusable);
+
+            let bad = exchange_with(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
+                piece,
+            )
+            .await;
+            assert_eq!(bad.err(), Some(ErrorKind::Protocol), "{piece}");
+        }
     }
 
     #[test]

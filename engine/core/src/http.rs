@@ -499,10 +499,9 @@ impl Client {
                 })
             }
             Err(kind) => {
+                // HTTP/1.1: the connection's state is unknown. HTTP/2: a failure of the
+                // connection has marked it dead for all its users (`ensure_connected`).
                 self.conn = None;
-                if kind != ErrorKind::RstStream {
-                    self.h2 = None;
-                }
                 Err(kind)
             }
         }

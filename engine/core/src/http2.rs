@@ -12,8 +12,8 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, COOKIE, 
 use hyper::http::uri::{Authority, Scheme};
 use hyper::{Method, Request, Uri};
 
-use crate::h1::{Got, Stream};
-use crate::http::{classify_io, ErrorKind, Outgoing, BODY_KEPT};
+use crate::h1::{cookie_pair, Body, Got, Stream};
+use crate::http::{classify_io, ErrorKind, Outgoing};
 
 /// A stream's receive window; the connection's is `CONNECTION_WINDOW`. Larger than the
 /// protocol's 64 KiB default so that a large body is not paced by window updates.
@@ -192,44 +192,38 @@ pub async fn exchange(
             .map_err(|e| fail(conn, &e))?;
     }
     let response = response.await.map_err(|e| fail(conn, &e))?;
-    let (head, mut body) = response.into_parts();
-    let mut got = Got {
-        status: head.status.as_u16(),
-        bytes: 0,
-        body: Vec::new(),
-        headers: Vec::new(),
-        set_cookies: Vec::new(),
-        reusable: true,
-    };
+    let (head, mut incoming) = response.into_parts();
+    let mut headers = Vec::new();
+    let mut set_cookies = Vec::new();
     for (name, value) in head.headers.iter() {
         if name == hyper::header::SET_COOKIE {
-            if let Some(pair) = value
-                .to_str()
-                .ok()
-                .and_then(|v| v.split(';').next())
-                .and_then(|p| p.split_once('='))
-            {
-                got.set_cookies
-                    .push((pair.0.trim().to_string(), pair.1.trim().to_string()));
-            }
+            set_cookies.extend(cookie_pair(value.as_bytes()));
         }
         if keep_headers {
-            got.headers.push((
+            headers.push((
                 name.as_str().to_string(),
                 String::from_utf8_lossy(value.as_bytes()).into_owned(),
             ));
         }
     }
-    while let Some(chunk) = body.data().await {
+    let announced = head
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let mut body = Body::new(keep_body, announced);
+    while let Some(chunk) = incoming.data().await {
         let chunk = chunk.map_err(|e| fail(conn, &e))?;
-        let _ = body.flow_control().release_capacity(chunk.len());
-        got.bytes += chunk.len() as u64;
-        if keep_body && got.body.len() < BODY_KEPT {
-            let room = BODY_KEPT - got.body.len();
-            got.body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        }
+        let _ = incoming.flow_control().release_capacity(chunk.len());
+        body.take(&chunk);
     }
-    Ok(got)
+    Ok(Got {
+        status: head.status.as_u16(),
+        bytes: body.bytes,
+        body: body.kept,
+        headers,
+        set_cookies,
+        reusable: true,
+    })
 }
 
 /// `e`'s kind; a failure of the whole connection (not of one stream) marks it dead, so its

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use loadpilot_core::plan::Plan;
-use loadpilot_core::rundir::{read_hlog, LATENCY_LOG, METRICS_JSONL};
+use loadpilot_core::rundir::{read_hlog, Summary, LATENCY_LOG, METRICS_JSONL};
 use loadpilot_core::runner::{build_runtime, start};
 use loadpilot_core::target::{self, TargetConfig};
 
@@ -39,7 +39,6 @@ fn a_short_open_run_sends_its_schedule_and_writes_its_directory() {
     let rows = std::fs::read_to_string(dir.join(METRICS_JSONL)).unwrap();
     assert_eq!(rows.lines().count(), 4, "two intervals of two tasks");
     server.stop();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -66,28 +65,32 @@ fn an_unreachable_target_is_counted_as_connect_errors() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
+/// Runs the plan `body` against `url` on `rt` (a run directory of its own, removed after) and
+/// returns its summary.
+fn run(rt: &tokio::runtime::Runtime, url: &str, body: &str, name: &str) -> Summary {
     let dir = std::env::temp_dir().join(format!("lp-core-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    dir
+    let run = start(rt.handle(), 2, plan(url, body), dir.clone()).unwrap();
+    assert!(run.wait(Duration::from_secs(30)));
+    let s = run.summary().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    s
 }
 
 #[test]
 fn a_hundred_open_model_workers_share_one_http2_connection_with_exact_weights() {
     let rt = build_runtime(2).unwrap();
     let server = target::start(rt.handle(), TargetConfig::default()).unwrap();
-    let dir = temp_dir("h2-open");
-    let p = plan(
+    let s = run(
+        &rt,
         &server.url(),
         r#""http": "2", "max_streams": 100,
            "load": {"model": "open", "connections": 100,
                     "stages": [{"kind": "constant", "rate": 1000, "duration_s": 2}]},
            "tasks": [{"name": "a", "weight": 3, "requests": [{"path": "/"}]},
                      {"name": "b", "requests": [{"path": "/json"}]}]"#,
+        "h2-open",
     );
-    let run = start(rt.handle(), 2, p, dir.clone()).unwrap();
-    assert!(run.wait(Duration::from_secs(30)));
-    let s = run.summary().unwrap();
     assert_eq!(s.overall.requests, 2000);
     assert_eq!(s.overall.errors, 0, "{:?}", s.overall.errors_by_kind);
     assert_eq!(s.tasks[0].stats.requests, 1500);
@@ -96,7 +99,6 @@ fn a_hundred_open_model_workers_share_one_http2_connection_with_exact_weights() 
     assert_eq!(server.served_h2(), 2000, "every request came over HTTP/2");
     assert_eq!(server.connections(), 1, "on one connection");
     server.stop();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -109,16 +111,14 @@ fn a_hundred_closed_model_users_have_their_streams_in_flight_at_once() {
         ..TargetConfig::default()
     };
     let server = target::start(rt.handle(), cfg).unwrap();
-    let dir = temp_dir("h2-closed");
-    let p = plan(
+    let s = run(
+        &rt,
         &server.url(),
         r#""http": "2", "max_streams": 100,
            "load": {"model": "closed", "stages": [{"kind": "constant", "rate": 100, "duration_s": 2}]},
            "tasks": [{"name": "a", "requests": [{"path": "/"}]}]"#,
+        "h2-closed",
     );
-    let run = start(rt.handle(), 2, p, dir.clone()).unwrap();
-    assert!(run.wait(Duration::from_secs(30)));
-    let s = run.summary().unwrap();
     assert_eq!(s.overall.errors, 0, "{:?}", s.overall.errors_by_kind);
     // 100 streams at once: ~4,000 in 2 s (50 per stream at best).
     assert!(s.overall.requests > 2_000, "{}", s.overall.requests);
@@ -126,7 +126,6 @@ fn a_hundred_closed_model_users_have_their_streams_in_flight_at_once() {
     assert_eq!(server.served_h2(), s.overall.requests);
     assert_eq!(server.connections(), 1);
     server.stop();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -139,8 +138,8 @@ fn over_tls_auto_takes_http2_when_the_server_offers_it_and_1_1_stays_1_1() {
     let server = target::start(rt.handle(), cfg).unwrap();
     for (http, h2) in [("auto", 200), ("2", 200), ("1.1", 0)] {
         let before = (server.served(), server.served_h2());
-        let dir = temp_dir(&format!("h2-tls-{http}"));
-        let p = plan(
+        let s = run(
+            &rt,
             &server.url(),
             &format!(
                 r#""http": "{http}", "insecure": true, "max_streams": 10,
@@ -148,10 +147,8 @@ fn over_tls_auto_takes_http2_when_the_server_offers_it_and_1_1_stays_1_1() {
                             "stages": [{{"kind": "constant", "rate": 200, "duration_s": 1}}]}},
                    "tasks": [{{"name": "a", "requests": [{{"path": "/cookies/set?k=v"}}, {{"path": "/cookies", "expect": {{"body_contains": "k=v"}}}}]}}]"#
             ),
+            &format!("h2-tls-{http}"),
         );
-        let run = start(rt.handle(), 2, p, dir.clone()).unwrap();
-        assert!(run.wait(Duration::from_secs(30)));
-        let s = run.summary().unwrap();
         assert_eq!(s.overall.requests, 400, "{http}");
         assert_eq!(
             s.overall.errors, 0,
@@ -160,7 +157,6 @@ fn over_tls_auto_takes_http2_when_the_server_offers_it_and_1_1_stays_1_1() {
         );
         assert_eq!(server.served() - before.0, 400, "{http}");
         assert_eq!(server.served_h2() - before.1, 2 * h2, "{http}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
     server.stop();
 }
@@ -239,21 +235,18 @@ fn hostile_h2_server(
     (url, counts)
 }
 
-fn h2_run_against(url: &str, name: &str) -> loadpilot_core::rundir::Summary {
+/// 400 requests in 1 s from 8 open-model workers, 4 streams a connection, against `url`.
+fn h2_run_against(url: &str, name: &str) -> Summary {
     let rt = build_runtime(2).unwrap();
-    let dir = temp_dir(name);
-    let p = plan(
+    run(
+        &rt,
         url,
         r#""http": "2", "max_streams": 4, "timeout_s": 2,
            "load": {"model": "open", "connections": 8,
                     "stages": [{"kind": "constant", "rate": 400, "duration_s": 1}]},
            "tasks": [{"name": "a", "requests": [{"path": "/"}]}]"#,
-    );
-    let run = start(rt.handle(), 2, p, dir.clone()).unwrap();
-    assert!(run.wait(Duration::from_secs(30)));
-    let s = run.summary().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    s
+        name,
+    )
 }
 
 #[test]
