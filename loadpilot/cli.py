@@ -18,14 +18,25 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import polars as pl
 from pydantic import ValidationError
 
 from loadpilot import thresholds
 from loadpilot.errors import LoadPilotError, PlanError
-from loadpilot.plan import Constant, Expect, OpenLoad, Plan, Ramp, Request, Task, describe
+from loadpilot.plan import (
+    MAX_STREAMS,
+    Constant,
+    Expect,
+    HttpVersion,
+    OpenLoad,
+    Plan,
+    Ramp,
+    Request,
+    Task,
+    describe,
+)
 from loadpilot.profiles import Profile, constant, parse_duration
 from loadpilot.running import runs as _run
 from loadpilot.running.target import start_target
@@ -333,7 +344,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         profile = _override(chosen.profile, args)
         if profile != chosen.profile:
             print(f"profile (from the command line): {profile.describe()}")
-        chosen = dataclasses.replace(chosen, profile=profile)
+        chosen = dataclasses.replace(chosen, profile=profile, **_protocol(args))
         print(
             f"scenario {chosen.name}: "
             + ", ".join(f"{t.name} (weight {t.weight}, {t.path})" for t in chosen.tasks)
@@ -342,6 +353,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"  python path: {chosen.reason}")
         if chosen.hooks.values:
             print(f"  per-user values from on_start: {', '.join(chosen.hooks.values)}")
+        if chosen.http != "1.1":
+            print(f"  http {chosen.http}: up to {chosen.max_streams} users share a connection")
         abort = args.abort_on_fail or chosen.abort_on_fail
         return _execute(
             chosen,
@@ -364,7 +377,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise LoadPilotError(f"{path}: {e}") from e
     names = [t.name for t in plan.tasks]
     checks = [thresholds.parse_cli(t, names) for t in cli_checks]
-    plan = plan.model_copy(update={"target": _target(args, plan.target)})
+    plan = plan.model_copy(update={"target": _target(args, plan.target), **_protocol(args)})
     if args.rps is not None or args.duration is not None:
         raise LoadPilotError("--rps and --duration apply to scenario files; edit the plan instead")
     return _execute(
@@ -509,6 +522,20 @@ def _count(text: str) -> int:
     return n
 
 
+def _streams(text: str) -> int:
+    n = _count(text)
+    if n > MAX_STREAMS:
+        raise argparse.ArgumentTypeError(f"{text!r} must be <= {MAX_STREAMS}")
+    return n
+
+
+def _protocol(args: argparse.Namespace) -> dict[str, Any]:
+    """The HTTP version and streams per connection given on the command line (what is not
+    given stays the scenario's or the plan's)."""
+    given = {"http": args.http, "max_streams": args.max_streams}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def _duration(text: str) -> float:
     try:
         return parse_duration(text)
@@ -562,6 +589,19 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help='stretch or squeeze the profile to this total, keeping its shape: "30s", "5m", '
         "or seconds (with --rps: how long the constant rate lasts)",
+    )
+    r.add_argument(
+        "--http",
+        choices=list(get_args(HttpVersion)),
+        default=None,
+        help="HTTP version (else the scenario's or plan's, 1.1 by default): 1.1, 2 (HTTP/2; "
+        "prior knowledge on http://) or auto (HTTP/2 where the server offers it over TLS)",
+    )
+    r.add_argument(
+        "--max-streams",
+        type=_streams,
+        default=None,
+        help="HTTP/2: the most users sharing one connection as concurrent streams (100)",
     )
     r.add_argument(
         "--agents", type=_count, default=None, help="spread the run over N agents started here"

@@ -111,3 +111,70 @@ def test_a_scenario_with_a_bad_http_setting_is_a_scenario_error() -> None:
         lp.scenario(profile=lp.constant(1, "1s"), http="h3")  # type: ignore[arg-type]
     with pytest.raises(lp.ScenarioError, match="max_streams"):
         lp.scenario(profile=lp.constant(1, "1s"), max_streams=0)
+
+
+ENGINE_SCENARIO = """
+import loadpilot as lp
+
+@lp.scenario(profile=lp.constant(300, "1s"), connections=30)
+class Api(lp.VUser):
+    @lp.task
+    def home(self):
+        self.client.get("/")
+"""
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "loadpilot.cli", "run", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_command_line_chooses_http2_and_streams_for_a_scenario_and_a_plan(
+    target: lp.TargetServer, tmp_path: Path
+) -> None:
+    f = tmp_path / "api.py"
+    f.write_text(ENGINE_SCENARIO)
+
+    done = cli(str(f), "--target", target.url, "--out", str(tmp_path / "a"), "--http", "2")
+    done2 = cli(str(f), "--target", target.url, "--out", str(tmp_path / "b"))
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "http 2: up to 100 users share a connection" in done.stdout
+    assert done2.returncode == 0, done2.stdout + done2.stderr
+    assert "http 2" not in done2.stdout
+    assert target.served == 600 and target.served_h2 == 300
+    # 30 HTTP/2 connections shared 100 to a connection: one; then 30 of HTTP/1.1.
+    assert target.connections == 31
+    assert json.loads((tmp_path / "a" / "plan.json").read_text())["http"] == "2"
+
+    plan = lp.Plan(target=target.url, load=constant(200, 1, connections=20), tasks=[get("a")])
+    p = tmp_path / "plan.json"
+    p.write_text(plan.to_json())
+    done = cli(str(p), "--out", str(tmp_path / "c"), "--http", "2", "--max-streams", "5")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert target.served_h2 == 500
+    assert target.connections == 31 + 4, "20 connections' users, 5 to a connection"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--http", "3"], "invalid choice: '3'"),
+        (["--max-streams", "0"], "'0' must be >= 1"),
+        (["--max-streams", "10001"], "'10001' must be <= 10000"),
+    ],
+)
+def test_bad_http_flags_exit_2_saying_which(tmp_path: Path, args: list[str], message: str) -> None:
+    f = tmp_path / "api.py"
+    f.write_text(ENGINE_SCENARIO)
+
+    done = cli(str(f), "--target", "http://127.0.0.1:9", *args)
+
+    assert done.returncode == 2
+    assert message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
