@@ -435,6 +435,16 @@ impl Client {
         Ok(())
     }
 
+    /// A request got no answer within `timeout`: its connection's state is unknown, so it is
+    /// dropped (the next request reconnects). On HTTP/2 the user lets go of its group's
+    /// connection, which must answer a PING within `timeout` to be kept for the others.
+    pub fn timed_out(&mut self, timeout: Duration) {
+        if let Some(conn) = &self.h2 {
+            conn.suspect(timeout);
+        }
+        self.disconnect();
+    }
+
     /// Drops the connection (after a timeout its state is unknown); the next request reconnects.
     /// On HTTP/2 the user lets go of its group's connection; the others keep it.
     pub fn disconnect(&mut self) {

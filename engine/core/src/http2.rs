@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, COOKIE, HOST};
@@ -26,11 +27,21 @@ pub struct Conn {
     send: h2::client::SendRequest<Bytes>,
     /// Set when the connection ended or failed: its users connect again.
     dead: Arc<AtomicBool>,
+    /// Asks the connection's prober for a PING answered within the given time.
+    probe: tokio::sync::mpsc::Sender<Duration>,
 }
 
 impl Conn {
     pub fn is_dead(&self) -> bool {
         self.dead.load(Ordering::Relaxed)
+    }
+
+    /// A request on this connection got no answer in time. Others may just be slow, so the
+    /// connection is not dropped for it: it is sent a PING, and if no PONG comes back
+    /// `within`, it is marked dead, so its users connect again rather than wait out their
+    /// timeouts on a connection that no longer answers. One probe at a time.
+    pub fn suspect(&self, within: Duration) {
+        let _ = self.probe.try_send(within);
     }
 }
 
@@ -85,7 +96,7 @@ impl Pool {
 }
 
 async fn handshake(io: Stream, max_streams: u32) -> Result<Conn, ErrorKind> {
-    let (send, connection) = h2::client::Builder::new()
+    let (send, mut connection) = h2::client::Builder::new()
         .enable_push(false)
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -95,12 +106,30 @@ async fn handshake(io: Stream, max_streams: u32) -> Result<Conn, ErrorKind> {
         .await
         .map_err(|e| kind(&e))?;
     let dead = Arc::new(AtomicBool::new(false));
+    let pings = connection.ping_pong();
     let flag = dead.clone();
     tokio::spawn(async move {
         let _ = connection.await;
         flag.store(true, Ordering::Relaxed);
     });
-    Ok(Conn { send, dead })
+    let (probe, mut probes) = tokio::sync::mpsc::channel::<Duration>(1);
+    if let Some(mut pings) = pings {
+        let flag = dead.clone();
+        // Ends when the connection's last handle is dropped (or it is found dead).
+        tokio::spawn(async move {
+            while let Some(within) = probes.recv().await {
+                if flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                let pong = tokio::time::timeout(within, pings.ping(h2::Ping::opaque())).await;
+                if !matches!(pong, Ok(Ok(_))) {
+                    flag.store(true, Ordering::Relaxed);
+                    break;
+                }
+            }
+        });
+    }
+    Ok(Conn { send, dead, probe })
 }
 
 /// Sorts an HTTP/2 failure: the server's GOAWAY and RST_STREAM are their own kinds; the

@@ -169,6 +169,9 @@ enum Hostile {
     /// Answers each stream after 20 ms; after `n` streams on a connection, sends GOAWAY
     /// with an error and closes it, leaving what is in flight unanswered.
     GoAwayAfter(u64),
+    /// Answers at once; the first connection goes silent after `n` streams (reads nothing,
+    /// answers nothing, PINGs included) and is never closed: a black hole.
+    FirstSilentAfter(u64),
 }
 
 /// Counts (streams taken, streams answered, connections).
@@ -190,7 +193,7 @@ fn hostile_h2_server(
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
-            c[2].fetch_add(1, Ordering::Relaxed);
+            let index = c[2].fetch_add(1, Ordering::Relaxed);
             let c = c.clone();
             tokio::spawn(async move {
                 let Ok(mut conn) = h2::server::handshake(tcp).await else {
@@ -217,6 +220,11 @@ fn hostile_h2_server(
                             respond.send_reset(h2::Reason::REFUSED_STREAM)
                         }
                         Hostile::ResetHalf => answer(respond),
+                        Hostile::FirstSilentAfter(limit) if index == 0 && seen > limit => {
+                            // Holds the connection without polling it again.
+                            match std::future::pending::<std::convert::Infallible>().await {}
+                        }
+                        Hostile::FirstSilentAfter(_) => answer(respond),
                         Hostile::GoAwayAfter(limit) => {
                             if seen == limit {
                                 conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
@@ -364,5 +372,41 @@ fn a_request_refused_by_goaway_is_counted_as_goaway_and_the_connection_is_replac
     assert!(
         connections.load(Ordering::Relaxed) > 2,
         "connections were replaced"
+    );
+}
+
+#[test]
+fn a_connection_that_stops_answering_is_found_dead_by_ping_and_replaced() {
+    use std::sync::atomic::Ordering;
+    let rt = build_runtime(1).unwrap();
+    let (url, counts) = hostile_h2_server(&rt, Hostile::FirstSilentAfter(20));
+    let s = run(
+        &build_runtime(2).unwrap(),
+        &url,
+        r#""http": "2", "max_streams": 4, "timeout_s": 0.3,
+           "load": {"model": "open", "connections": 8,
+                    "stages": [{"kind": "constant", "rate": 200, "duration_s": 3}]},
+           "tasks": [{"name": "a", "requests": [{"path": "/"}]}]"#,
+        "h2-silent",
+    );
+    let kinds = &s.overall.errors_by_kind;
+    assert_eq!(
+        s.overall.requests + s.overall.unsent,
+        600,
+        "every due request is accounted for: {kinds:?}"
+    );
+    assert_eq!(s.overall.errors, kinds["timeout"], "{kinds:?}");
+    assert_eq!(
+        s.overall.requests - s.overall.errors,
+        counts[1].load(Ordering::Relaxed),
+        "every answer counted"
+    );
+    // The silent connection's users timed out (0.3 s), its PING went unanswered (0.3 s more),
+    // and they moved to a new connection: a few timeouts, not one per request for 3 s.
+    assert_eq!(counts[2].load(Ordering::Relaxed), 3, "replaced once");
+    assert!(
+        (1..=20).contains(&s.overall.errors),
+        "{} timeouts",
+        s.overall.errors
     );
 }

@@ -39,7 +39,7 @@ pub(crate) async fn exchange(
     .await
     .unwrap_or_else(|_| {
         // The answer may still come later; the connection can no longer be trusted.
-        client.disconnect();
+        client.timed_out(timeout);
         Err(ErrorKind::Timeout)
     });
     (Instant::now(), result)
