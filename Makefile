@@ -86,7 +86,7 @@ format: $(STAMP) ## Format Python and Rust
 	cargo fmt --all
 
 .PHONY: bench
-bench: bench-engine bench-http bench-python bench-loop bench-live bench-distributed bench-peers ## Every benchmark (results in bench/results/, summary in docs/benchmarks.md)
+bench: bench-engine bench-http bench-profile bench-python bench-loop bench-live bench-distributed bench-peers ## Every benchmark (results in bench/results/, summary in docs/benchmarks.md)
 
 .PHONY: bench-engine
 bench-engine: build-dev ## Engine throughput vs wrk and memory over a long run (see docs/benchmarks.md)
@@ -95,6 +95,10 @@ bench-engine: build-dev ## Engine throughput vs wrk and memory over a long run (
 .PHONY: bench-http
 bench-http: build-dev ## The HTTP path at the limit: vs wrk (built-in target, nginx), memory per idle user, HTTP/2 vs h2load and oha
 	$(PY) bench/http.py
+
+.PHONY: bench-profile
+bench-profile: build-dev ## Where the CPU goes at max throughput (perf): LoadPilot HTTP/1.1 and HTTP/2, and wrk
+	$(PY) bench/profile.py
 
 .PHONY: bench-python
 bench-python: build-dev ## Python-logic tasks vs Locust FastHttpUser (installs locust into .venv)

@@ -52,7 +52,8 @@ def cpu():
 before = cpu()
 s = lp.run(plan, out).summary()
 run_cpu = cpu() - before
-print(json.dumps({"requests": s.overall.requests, "errors": s.overall.errors,
+kinds = {k: v for k, v in s.overall.errors_by_kind.items() if v}
+print(json.dumps({"requests": s.overall.requests, "errors": s.overall.errors, "error_kinds": kinds,
                   "rps": s.overall.achieved_rps, "run_cpu_s": run_cpu,
                   "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
@@ -268,7 +269,8 @@ def main() -> None:
     for name in args.scenarios.split(","):
         print(f"scenario {name}", flush=True)
         report[name] = scenarios[name](args)
-    path.write_text(json.dumps(report, indent=2))
+        # Written after each scenario: what was measured stays if a later one fails.
+        path.write_text(json.dumps(report, indent=2))
     print(f"written {path}")
 
 
