@@ -94,7 +94,7 @@ bench-engine: build-dev ## Engine throughput vs wrk and memory over a long run (
 
 .PHONY: bench-http
 bench-http: build-dev ## The HTTP path at the limit: vs wrk (built-in target, nginx), memory per idle user, HTTP/2 vs h2load and oha
-	$(PY) bench/http.py
+	$(PY) bench/http_path.py
 
 .PHONY: bench-profile
 bench-profile: build-dev ## Where the CPU goes at max throughput (perf): LoadPilot HTTP/1.1 and HTTP/2, and wrk

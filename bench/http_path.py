@@ -14,7 +14,7 @@ user.
 
 Results go to ``bench/results/http-<date>.json``; docs/benchmarks.md quotes them.
 
-    python bench/http.py [--rounds 5] [--scenarios h1,memory,h2]
+    python bench/http_path.py [--rounds 5] [--scenarios h1,memory,h2]
 """
 
 from __future__ import annotations
