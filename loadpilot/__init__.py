@@ -10,7 +10,16 @@ step run, :func:`fit_usl`, :func:`report` and :func:`export`; charts in ``lp.cha
 from typing import TYPE_CHECKING, Any
 
 from loadpilot._engine import __version__
-from loadpilot.errors import ClusterError, LoadPilotError, PlanError, RunDirError, TargetError
+from loadpilot.errors import (
+    ClusterError,
+    LoadPilotError,
+    PlanError,
+    RequestError,
+    RunDirError,
+    ScenarioError,
+    TargetError,
+)
+from loadpilot.launch import run, start
 from loadpilot.plan import (
     ClosedLoad,
     Constant,
@@ -35,13 +44,12 @@ from loadpilot.profiles import (
     step,
     users,
 )
-from loadpilot.running.runs import Histogram, LoadedRun, Run, RunResult, load_run, run, start
-from loadpilot.running.target import TargetServer, start_target
-from loadpilot.running.vusers import RequestError, Response
+from loadpilot.running.runs import Histogram, LoadedRun, Run, RunResult, load_run
+from loadpilot.running.testbed import TargetServer, start_target
+from loadpilot.running.vusers import Response
 from loadpilot.scenarios.loader import load_scenario, load_scenarios
 from loadpilot.scenarios.scenario import (
     Scenario,
-    ScenarioError,
     VUser,
     expect,
     feed,
@@ -103,27 +111,20 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "Agents",
-    "USL",
-    "Capacity",
-    "Comparison",
-    "Sustainable",
-    "capacity",
-    "charts",
-    "compare",
-    "export",
-    "fit_usl",
-    "LoadedLog",
-    "load_hlog",
-    "max_sustainable_rps",
-    "spectrum",
-    "Tuner",
-    "tune",
-    "RequestError",
-    "Response",
+    # Scenarios and plans
+    "ClosedLoad",
+    "Constant",
+    "Expect",
+    "Feeder",
+    "OpenLoad",
+    "Plan",
     "Profile",
+    "Ramp",
+    "Request",
     "Scenario",
-    "ScenarioError",
+    "Spike",
+    "Step",
+    "Task",
     "VUser",
     "constant",
     "expect",
@@ -133,38 +134,49 @@ __all__ = [
     "load_scenarios",
     "parse_duration",
     "ramp",
-    "report",
     "scenario",
     "spike",
     "stages",
     "step",
     "task",
     "users",
-    "ClosedLoad",
-    "Constant",
-    "Expect",
-    "Feeder",
+    # Running
+    "Agents",
     "Histogram",
-    "ClusterError",
-    "LoadPilotError",
     "LoadedRun",
-    "OpenLoad",
-    "Plan",
-    "PlanError",
-    "Ramp",
-    "Request",
+    "Response",
     "Run",
-    "RunDirError",
     "RunResult",
-    "Spike",
-    "Step",
     "Summary",
-    "TargetError",
     "TargetServer",
-    "Task",
-    "__version__",
     "load_run",
     "run",
     "start",
     "start_target",
+    # Analysis, charts, reports and widgets (loaded on first use)
+    "Capacity",
+    "Comparison",
+    "LoadedLog",
+    "Sustainable",
+    "Tuner",
+    "USL",
+    "capacity",
+    "charts",
+    "compare",
+    "export",
+    "fit_usl",
+    "load_hlog",
+    "max_sustainable_rps",
+    "report",
+    "spectrum",
+    "tune",
+    # Errors
+    "ClusterError",
+    "LoadPilotError",
+    "PlanError",
+    "RequestError",
+    "RunDirError",
+    "ScenarioError",
+    "TargetError",
+    "__version__",
 ]

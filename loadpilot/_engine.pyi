@@ -1,7 +1,8 @@
 """Type stubs for the compiled engine module (checked against it with mypy.stubtest)."""
 
 from os import PathLike
-from typing import final
+from pathlib import Path
+from typing import Any, final
 
 __all__ = [
     "Check",
@@ -10,6 +11,7 @@ __all__ = [
     "Mailbox",
     "Merge",
     "PlanError",
+    "ReportError",
     "Run",
     "RunDirError",
     "Session",
@@ -17,15 +19,23 @@ __all__ = [
     "TargetServer",
     "Ticket",
     "Tickets",
+    "normalize_plan",
     "profile_points",
     "read_hlog",
     "read_hlog_from",
     "read_log",
     "start_run",
     "start_target",
+    "summarize_dir",
     "validate_plan",
+    "DEFAULT_MAX_USERS",
+    "END_REASONS",
     "ERROR_KINDS",
+    "MAX_SECONDS",
+    "MAX_STREAMS",
+    "PLAN_DEFAULTS",
     "ROW_COLUMNS",
+    "RUN_FILES",
     "__version__",
 ]
 
@@ -34,11 +44,24 @@ __version__: str
 ERROR_KINDS: list[str]
 #: The metrics rows' columns, in order, with their types (``f64``, ``u64``, ``i64``, ``str``).
 ROW_COLUMNS: list[tuple[str, str]]
+#: Why a run ended (``summary.json``'s ``ended``), every reason the engine gives.
+END_REASONS: list[str]
+#: The files of a run directory, by what each holds (``plan``, ``latency_log``, ...).
+RUN_FILES: dict[str, str]
+#: The longest duration, timeout or think time a plan may give (a year), in seconds.
+MAX_SECONDS: float
+#: The most virtual users or connections a plan may ask for unless it raises ``max_users``.
+DEFAULT_MAX_USERS: int
+#: The most streams one HTTP/2 connection may be asked to carry (``max_streams``).
+MAX_STREAMS: int
+#: The default of every plan field a plan may leave out, by field.
+PLAN_DEFAULTS: dict[str, Any]
 
 class LoadPilotError(Exception): ...
 class PlanError(LoadPilotError): ...
 class TargetError(LoadPilotError): ...
 class RunDirError(LoadPilotError): ...
+class ReportError(LoadPilotError): ...
 
 @final
 class Histogram:
@@ -84,7 +107,7 @@ class Run:
     @property
     def tasks(self) -> list[str]: ...
     @property
-    def path(self) -> str: ...
+    def path(self) -> Path: ...
     def tickets(self) -> Tickets | None: ...
     def elapsed_s(self) -> float: ...
     def max_users(self) -> int: ...
@@ -180,7 +203,7 @@ class Merge:
         plan_json: str,
         out_dir: str | PathLike[str],
         names: list[str],
-        paths: list[str],
+        runs_on: list[str],
         epoch0: float,
     ) -> Merge: ...
     def add(self, reporter: str, interval: bytes) -> str: ...
@@ -194,7 +217,8 @@ class Merge:
     def summary_so_far_json(self) -> str: ...
     def finish(
         self,
-        ended: str,
+        stopped: str | None,
+        ends: list[str],
         duration_s: float | None = None,
         drain_s: float = 0.0,
         targets: list[float] | None = None,
@@ -202,10 +226,12 @@ class Merge:
     @property
     def tasks(self) -> list[str]: ...
     @property
-    def path(self) -> str: ...
+    def path(self) -> Path: ...
 
 def start_run(plan_json: str, out_dir: str | PathLike[str], report: bool = False) -> Run: ...
 def validate_plan(plan_json: str) -> None: ...
+def normalize_plan(plan_json: str) -> str: ...
+def summarize_dir(dir: str | PathLike[str]) -> str: ...
 def start_target(config_json: str) -> TargetServer: ...
 def read_hlog(
     path: str | PathLike[str],
@@ -216,4 +242,4 @@ def read_hlog_from(
 def read_log(
     path: str | PathLike[str], unit: str
 ) -> tuple[float, list[tuple[str | None, float, float, float, Histogram]]]: ...
-def profile_points(stages_json: str) -> tuple[list[tuple[float, float]], float]: ...
+def profile_points(stages_json: str) -> tuple[list[tuple[float, float]], float, float]: ...

@@ -23,10 +23,9 @@ from typing import Any, get_args
 import polars as pl
 from pydantic import ValidationError
 
-from loadpilot import thresholds
+from loadpilot import launch, thresholds
 from loadpilot.errors import LoadPilotError, PlanError
 from loadpilot.plan import (
-    MAX_STREAMS,
     Constant,
     Expect,
     HttpVersion,
@@ -35,11 +34,12 @@ from loadpilot.plan import (
     Ramp,
     Request,
     Task,
+    check_field,
     describe,
 )
 from loadpilot.profiles import Profile, constant, parse_duration
 from loadpilot.running import runs as _run
-from loadpilot.running.target import start_target
+from loadpilot.running.testbed import start_target
 from loadpilot.scenarios.loader import load_scenario
 from loadpilot.scenarios.scenario import Scenario
 
@@ -91,7 +91,7 @@ def _progress(
                 show_new()
                 for v in failed:
                     print(f"aborting: {v}", flush=True)
-                r._stop("aborted")
+                r.stop("aborted")
                 return failed
         show_new()
     show_new()
@@ -131,7 +131,7 @@ def _execute(
     if report_to is not None:
         _check_output_file(report_to, "--report")
     try:
-        r = _run.start(what, out, target=target, agents=agents, prometheus=prometheus)
+        r = launch.start(what, out, target=target, agents=agents, prometheus=prometheus)
     except PlanError as e:
         if source is None:
             raise
@@ -159,7 +159,7 @@ def _execute(
     try:
         abort_on = checks if abort_on_fail else None
         if console is not None:
-            aborted = terminal.live_progress(r, r.plan.duration_s, abort_on, console, r._stop)
+            aborted = terminal.live_progress(r, r.plan.duration_s, abort_on, console, r.stop)
         else:
             aborted = _progress(r, r.plan.duration_s, abort_on)
     except KeyboardInterrupt as e:
@@ -418,7 +418,7 @@ def _agents(args: argparse.Namespace) -> Any:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from loadpilot.cluster.protocol import target_allowed
+    from loadpilot.allowlist import target_allowed
 
     token = args.token or os.environ.get("LOADPILOT_TOKEN") or None
     if not target_allowed(f"http://{args.host}", []) and token is None:
@@ -523,9 +523,10 @@ def _count(text: str) -> int:
 
 
 def _streams(text: str) -> int:
-    n = _count(text)
-    if n > MAX_STREAMS:
-        raise argparse.ArgumentTypeError(f"{text!r} must be <= {MAX_STREAMS}")
+    try:
+        n: int = check_field("max_streams", _count(text))
+    except PlanError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     return n
 
 

@@ -6,14 +6,29 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
-#: The longest duration, timeout or think time a plan may give (a year), as in the engine.
-MAX_SECONDS = 366 * 86_400.0
+from loadpilot import _engine
+from loadpilot.errors import PlanError
+
+# Limits and defaults are the engine's: read here, never restated (a test holds every field of
+# these models to the engine's reading of the same plan).
+#: The longest duration, timeout or think time a plan may give (a year).
+MAX_SECONDS: float = _engine.MAX_SECONDS
 #: The most virtual users or connections a plan may ask for unless it raises ``max_users``.
-DEFAULT_MAX_USERS = 100_000
+DEFAULT_MAX_USERS: int = _engine.DEFAULT_MAX_USERS
 #: The most streams one HTTP/2 connection may be asked to carry (``max_streams``).
-MAX_STREAMS = 10_000
+MAX_STREAMS: int = _engine.MAX_STREAMS
+#: Every default a plan field takes when left out.
+DEFAULTS: dict[str, Any] = dict(_engine.PLAN_DEFAULTS)
 #: The HTTP versions a plan may ask for.
 HttpVersion = Literal["1.1", "2", "auto"]
 
@@ -74,9 +89,9 @@ class OpenLoad(_Model):
 
     model: Literal["open"] = "open"
     stages: list[Stage] = Field(min_length=1)
-    arrivals: Literal["uniform", "poisson"] = "uniform"
-    seed: int = 0
-    connections: int = Field(default=256, ge=1)
+    arrivals: Literal["uniform", "poisson"] = DEFAULTS["arrivals"]
+    seed: int = DEFAULTS["seed"]
+    connections: int = Field(default=DEFAULTS["connections"], ge=1)
 
 
 class ClosedLoad(_Model):
@@ -85,7 +100,7 @@ class ClosedLoad(_Model):
 
     model: Literal["closed"] = "closed"
     stages: list[Stage] = Field(min_length=1)
-    think_s: float = Field(default=0.0, ge=0, le=MAX_SECONDS)
+    think_s: float = Field(default=DEFAULTS["think_s"], ge=0, le=MAX_SECONDS)
 
 
 Load = Annotated[OpenLoad | ClosedLoad, Field(discriminator="model")]
@@ -111,7 +126,7 @@ class Expect(_Model):
 class Request(_Model):
     """One request. ``path``, header values and bodies may hold ``{{name}}`` placeholders."""
 
-    method: str = "GET"
+    method: str = DEFAULTS["method"]
     path: str
     headers: dict[str, str] = Field(default_factory=dict)
     body: str | None = None
@@ -129,8 +144,8 @@ class Task(_Model):
     virtual-user class and list none."""
 
     name: str
-    weight: int = Field(default=1, ge=1)
-    path: Literal["engine", "python"] = "engine"
+    weight: int = Field(default=DEFAULTS["weight"], ge=1)
+    path: Literal["engine", "python"] = DEFAULTS["path"]
     requests: list[Request] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -145,8 +160,8 @@ class Feeder(_Model):
 
     columns: list[str]
     rows: list[list[str]] = Field(min_length=1)
-    mode: Literal["cycle", "random", "unique"] = "cycle"
-    seed: int = 0
+    mode: Literal["cycle", "random", "unique"] = DEFAULTS["feed_mode"]
+    seed: int = DEFAULTS["seed"]
     _source: str | None = PrivateAttr(default=None)
 
     @property
@@ -163,7 +178,7 @@ class Hooks(_Model):
     on_start: bool = False
     on_stop: bool = False
     values: list[str] = Field(default_factory=list)
-    timeout_s: float = Field(default=60.0, gt=0, le=MAX_SECONDS)
+    timeout_s: float = Field(default=DEFAULTS["hook_timeout_s"], gt=0, le=MAX_SECONDS)
 
 
 class Shard(_Model):
@@ -180,28 +195,28 @@ class Shard(_Model):
 class Plan(_Model):
     """A complete run: target, load, tasks."""
 
-    name: str = "run"
+    name: str = DEFAULTS["name"]
     target: str
     load: Load
     tasks: list[Task] = Field(min_length=1)
     feeder: Feeder | None = None
     user_vars: list[dict[str, str]] = Field(default_factory=list)
     vars: dict[str, str] = Field(default_factory=dict)
-    timeout_s: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
-    insecure: bool = False
+    timeout_s: float = Field(default=DEFAULTS["timeout_s"], gt=0, le=MAX_SECONDS)
+    insecure: bool = DEFAULTS["insecure"]
     shard: Shard | None = None
-    max_drain_s: float = Field(default=10.0, gt=0, le=MAX_SECONDS)
+    max_drain_s: float = Field(default=DEFAULTS["max_drain_s"], gt=0, le=MAX_SECONDS)
     """The longest wait after the planned end for requests in flight (also bounded by the
     longest request timeout); what is still in flight then is cancelled."""
     max_users: int = Field(default=DEFAULT_MAX_USERS, ge=1)
     """The most virtual users (closed model) or connections (open model) the plan may ask
     for: a guard against a typo that would need unbounded memory. Raise it on purpose."""
     hooks: Hooks = Field(default_factory=Hooks)
-    http: HttpVersion = "1.1"
+    http: HttpVersion = DEFAULTS["http"]
     """The HTTP version spoken: ``"1.1"`` (a keep-alive connection per user), ``"2"``
     (HTTP/2: by ALPN over TLS, with prior knowledge over cleartext) or ``"auto"`` (HTTP/2
     where the server offers it by ALPN over TLS, HTTP/1.1 otherwise)."""
-    max_streams: int = Field(default=100, ge=1, le=MAX_STREAMS)
+    max_streams: int = Field(default=DEFAULTS["max_streams"], ge=1, le=MAX_STREAMS)
     """HTTP/2: the most users (closed model) or connections (open model) whose requests
     share one connection as concurrent streams."""
 
@@ -237,6 +252,19 @@ class Plan(_Model):
     @property
     def duration_s(self) -> float:
         return sum(s.duration_s for s in self.load.stages)
+
+
+def check_field(field: str, value: Any) -> Any:
+    """``value`` validated by the rule of the :class:`Plan` field ``field`` (the one rule for
+    it, wherever the value comes from: a decorator, the command line); raises ``PlanError``
+    naming the field."""
+    info = Plan.model_fields[field]
+    rule: Any = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+    try:
+        return TypeAdapter(rule).validate_python(value)
+    except ValidationError as e:
+        msg = e.errors(include_url=False)[0]["msg"]
+        raise PlanError(f"invalid {field}: {msg} (got {value!r})") from None
 
 
 def describe(e: ValidationError) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -53,6 +54,29 @@ def _rate(value: float, what: str) -> float:
 
 
 @dataclass(frozen=True)
+class Shape:
+    """A profile as the engine schedules it: its corners ``(seconds, value)``, two per linear
+    piece, the area under the curve and the highest value. The one rule for every stage kind:
+    charts, the tuner, capacity planning and serve mode's caps all read it."""
+
+    points: list[tuple[float, float]]
+    total: float
+    peak: float
+
+    def segments(self) -> list[tuple[float, float, float, float]]:
+        """The linear pieces ``(start_s, end_s, from, to)``; a plateau has ``from == to``."""
+        p = self.points
+        return [(p[i][0], p[i + 1][0], p[i][1], p[i + 1][1]) for i in range(0, len(p) - 1, 2)]
+
+
+def shape(stages: Sequence[Stage]) -> Shape:
+    """The engine's reading of ``stages`` (raises ``PlanError`` where it refuses them)."""
+    text = json.dumps([s.model_dump(by_alias=True) for s in stages])
+    points, total, peak = _engine.profile_points(text)
+    return Shape(points, total, peak)
+
+
+@dataclass(frozen=True)
 class Profile:
     """Stages of an open model (values are requests per second) or of a closed model (values
     are virtual users, looping with ``think_s`` between iterations)."""
@@ -78,21 +102,14 @@ class Profile:
 
     @property
     def peak(self) -> float:
-        """The highest rate (or user count) anywhere in the profile."""
-        return max(
-            max(getattr(s, k, 0.0) for k in ("rate", "from_", "to", "base", "peak"))
-            for s in self.stages
-        )
+        """The highest rate (or user count) anywhere in the profile (the engine's)."""
+        return shape(self.stages).peak
 
     def points(self) -> list[tuple[float, float]]:
         """The rate (or users) curve as its corners ``(seconds, value)``, joined by straight
         lines: what a chart of the profile draws. Computed by the engine, from the stages it
         schedules, so the tuner and capacity planning count what is sent."""
-        return self._engine_profile()[0]
-
-    def _engine_profile(self) -> tuple[list[tuple[float, float]], float]:
-        stages = json.dumps([s.model_dump(by_alias=True) for s in self.stages])
-        return _engine.profile_points(stages)
+        return shape(self.stages).points
 
     def scaled(self, duration: Duration) -> Profile:
         """The same shape stretched or squeezed to last ``duration``: every stage (and a
@@ -130,7 +147,7 @@ class Profile:
     def total(self) -> float:
         """The area under the curve: the requests an open-model profile sends, or the
         user-seconds of a closed one (the engine's own count)."""
-        return self._engine_profile()[1]
+        return shape(self.stages).total
 
     def to_load(
         self, *, connections: int | None = None, arrivals: str = "uniform", seed: int = 0

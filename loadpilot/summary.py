@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 import html
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
+
+#: Why a run ended: the engine's reasons (``_engine.END_REASONS``; a test holds them equal).
+EndReason = Literal[
+    "running",
+    "completed",
+    "stopped",
+    "aborted",
+    "drain_timeout",
+    "exhausted",
+    "failed",
+    "interrupted",
+]
 
 
 class Percentiles(BaseModel):
@@ -65,7 +78,7 @@ class Summary(BaseModel):
     drain_s: float = 0.0
     """How long the run then waited for requests still in flight."""
     planned_duration_s: float
-    ended: str
+    ended: EndReason
     """``completed``; ``stopped`` (stop(), Ctrl-C, SIGTERM); ``aborted`` (a threshold failed
     during the run); ``drain_timeout`` (requests still in flight when the drain ended were
     cancelled); ``exhausted`` (a unique feeder ran out); ``failed`` (the run directory could

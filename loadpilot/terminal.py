@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable
+from typing import Literal
 
 import polars as pl
 from rich.console import Console, Group
@@ -131,7 +132,7 @@ def live_progress(
     total_s: float,
     abort_on: list[thresholds.Threshold] | None,
     console: Console,
-    stop: Callable[[str], None],
+    stop: Callable[[Literal["stopped", "aborted"]], None],
 ) -> list[thresholds.Verdict]:
     """Redraws the panel about four times a second until the run ends. With ``abort_on`` the
     thresholds are checked on each closed second and the first failure stops the run (through
@@ -141,7 +142,7 @@ def live_progress(
         while True:
             ended = r.wait(0.25)
             # At the end, the run's own sending time (the planned duration, or up to a stop).
-            elapsed = r.summary().duration_s if ended else r._handle.elapsed_s()
+            elapsed = r.summary().duration_s if ended else r.elapsed_s
             live.update(panel(r, total_s, elapsed))
             if ended:
                 return []

@@ -20,7 +20,8 @@ from hdrh.histogram import HdrHistogram
 from hdrh.log import HistogramLogReader
 
 import loadpilot as lp
-from loadpilot.cluster.protocol import target_allowed
+from loadpilot.allowlist import target_allowed
+from loadpilot.cluster.protocol import data_subject
 from loadpilot.cluster.server import NatsServer
 
 
@@ -408,3 +409,63 @@ def test_on_agent_loss_abort_ends_the_run_early(tmp_path: Path) -> None:
     assert "takeover" not in [e["event"] for e in events(r.path)]
     o = s.overall
     assert s.target_requests == (o.iterations or 0) + o.cancelled + o.unsent
+
+
+def test_a_report_of_another_shape_is_logged_once_acknowledged_and_the_run_goes_on(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    # What an agent of another version would send: a well-formed interval with three entries
+    # (the run has two) or with another count of error kinds. Each must be logged once as a
+    # bad report naming the agent, acknowledged (JetStream would otherwise redeliver it every
+    # ack_wait for the rest of the run), and the run must go on exactly.
+    import asyncio
+
+    import nats
+
+    entry = {"corrected": "", "service": "", "requests": 1, "errors": [0], "status": [0] * 5,
+             "bytes_in": 0, "missed": 0, "taken": 1, "started": 1, "iterations": 1,
+             "unsent": 0, "cancelled": 0}  # fmt: skip
+    shapes = [
+        {"index": 1, "start_s": 1.0, "length_s": 1.0, "drain": False, "in_flight": 0,
+         "active_users": 0, "target_rps": [None] * 3, "tasks": [entry] * 3},
+        {"index": 1, "start_s": 1.0, "length_s": 1.0, "drain": False, "in_flight": 0,
+         "active_users": 0, "target_rps": [None] * 2, "tasks": [entry] * 2},
+    ]  # fmt: skip
+
+    async def send_bad_reports() -> None:
+        nc = await nats.connect(nats_server.url)
+        beat: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        async def on_beat(msg: object) -> None:
+            if not beat.done():
+                beat.set_result(msg.subject.split(".")[2])  # type: ignore[attr-defined]
+
+        await nc.subscribe("loadpilot.run.*.beat", cb=on_beat)
+        run_id = await asyncio.wait_for(beat, 30)
+        for iv in shapes:
+            head = json.dumps({"kind": "interval", "reporter": "b0"}).encode()
+            await nc.publish(data_subject(run_id, "b0"), head + b"\n" + json.dumps(iv).encode())
+        await nc.flush(5)
+        await nc.close()
+
+    agents = [agent(nats_server.url, f"b{i}") for i in range(2)]
+    try:
+        with lp.start_target() as target:
+            r = lp.start(
+                plan(target.url, 500, 8),
+                tmp_path / "run",
+                agents=lp.Agents(count=2, nats=nats_server.url, timeout_s=20),
+            )
+            asyncio.run(send_bad_reports())
+            r.wait()
+            s = r.summary()
+            served = target.served
+    finally:
+        end(*agents)
+    bad = [e for e in events(r.path) if e["event"] == "bad_report"]
+    assert len(bad) == 2, bad
+    assert {e["agent"] for e in bad} == {"b0"}
+    assert "3 entries" in str(bad[0]["detail"]) and "errors" in str(bad[1]["detail"]), bad
+    assert s.ended == "completed"
+    assert s.overall.requests == 4000 == served
+    assert r.agents["state"].to_list() == ["done", "done"]

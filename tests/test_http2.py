@@ -107,7 +107,9 @@ def test_a_plan_with_a_bad_http_setting_exits_2_naming_the_field(
 
 
 def test_a_scenario_with_a_bad_http_setting_is_a_scenario_error() -> None:
-    with pytest.raises(lp.ScenarioError, match='http must be "1.1", "2" or "auto"'):
+    with pytest.raises(
+        lp.ScenarioError, match="invalid http: Input should be '1.1', '2' or 'auto'"
+    ):
         lp.scenario(profile=lp.constant(1, "1s"), http="h3")  # type: ignore[arg-type]
     with pytest.raises(lp.ScenarioError, match="max_streams"):
         lp.scenario(profile=lp.constant(1, "1s"), max_streams=0)
@@ -166,7 +168,10 @@ def test_the_command_line_chooses_http2_and_streams_for_a_scenario_and_a_plan(
     [
         (["--http", "3"], "invalid choice: '3'"),
         (["--max-streams", "0"], "'0' must be >= 1"),
-        (["--max-streams", "10001"], "'10001' must be <= 10000"),
+        (
+            ["--max-streams", "10001"],
+            "invalid max_streams: Input should be less than or equal to 10000",
+        ),
     ],
 )
 def test_bad_http_flags_exit_2_saying_which(tmp_path: Path, args: list[str], message: str) -> None:

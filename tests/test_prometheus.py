@@ -21,7 +21,7 @@ from conftest import get
 
 import loadpilot as lp
 from loadpilot.cluster.server import free_port
-from loadpilot.serve.exporter import LATENCY_BUCKETS
+from loadpilot.exporter import LATENCY_BUCKETS
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 ROOT = Path(__file__).resolve().parent.parent

@@ -206,6 +206,24 @@ def test_refusals_are_clear_4xx(api: Api, target: lp.TargetServer, tmp_path: Pat
     assert api.request("GET", "/runs/nope")[0] == 404
 
 
+def test_the_rate_cap_holds_for_every_stage_kind(api: Api, target: lp.TargetServer) -> None:
+    # A spike whose base is above its peak (a dip) is a valid plan: its rate is its base for
+    # most of the run, so the cap (2000/s here) must read the base too.
+    served = target.served
+    stages: list[dict[str, Any]] = [
+        {"kind": "spike", "base": 5000, "peak": 1, "peak_s": 0.5, "duration_s": 2},
+        {"kind": "spike", "base": 1, "peak": 5000, "peak_s": 0.5, "duration_s": 2},
+        {"kind": "step", "from": 1, "to": 5000, "steps": 2, "duration_s": 2},
+        {"kind": "ramp", "from": 5000, "to": 1, "duration_s": 2},
+    ]
+    for stage in stages:
+        body = {**plan(target.url), "load": {"model": "open", "stages": [stage]}}
+        status, answer = api.request("POST", "/runs", body)
+        assert status == 403, (stage, answer)
+        assert "5000 requests/s" in answer["detail"], answer
+    assert target.served == served, "nothing was sent for a refused plan"
+
+
 def test_serve_binds_elsewhere_only_with_a_token(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "loadpilot.cli", "serve", "--host", "0.0.0.0", "--port", "0"],

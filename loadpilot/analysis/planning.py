@@ -14,7 +14,8 @@ import numpy.typing as npt
 import polars as pl
 
 from loadpilot.errors import PlanError
-from loadpilot.plan import Constant, Ramp, Spike, Stage, Step
+from loadpilot.plan import Stage
+from loadpilot.profiles import shape
 from loadpilot.running.runs import RunResult
 from loadpilot.thresholds import _OPS, LATENCY, Threshold, parse_cli
 
@@ -181,29 +182,18 @@ class Level:
 
 
 def _segments(stages: Sequence[Stage], window_s: float) -> list[tuple[float, float, float]]:
-    """(start_s, end_s, level) plateaus of a profile; ramps are cut into windows."""
+    """(start_s, end_s, level) plateaus of a profile, from the engine's own pieces (a step's
+    plateaus, a spike's three parts); ramps are cut into windows at their mid value."""
     out: list[tuple[float, float, float]] = []
-    t = 0.0
-    for s in stages:
-        if isinstance(s, Constant):
-            out.append((t, t + s.duration_s, s.rate))
-        elif isinstance(s, Step):
-            width = s.duration_s / s.steps
-            for i in range(s.steps):
-                # One step holds its target, as the engine schedules it.
-                level = s.to if s.steps == 1 else s.from_ + (s.to - s.from_) * i / (s.steps - 1)
-                out.append((t + i * width, t + (i + 1) * width, level))
-        elif isinstance(s, Spike):
-            side = (s.duration_s - s.peak_s) / 2
-            out += [(t, t + side, s.base), (t + side, t + side + s.peak_s, s.peak)]
-            out.append((t + side + s.peak_s, t + s.duration_s, s.base))
-        elif isinstance(s, Ramp):
-            pieces = max(1, round(s.duration_s / window_s))
-            width = s.duration_s / pieces
-            for i in range(pieces):
-                mid = (i + 0.5) / pieces
-                out.append((t + i * width, t + (i + 1) * width, s.from_ + (s.to - s.from_) * mid))
-        t += s.duration_s
+    for t0, t1, a, b in shape(stages).segments():
+        if a == b:
+            out.append((t0, t1, a))
+            continue
+        pieces = max(1, round((t1 - t0) / window_s))
+        width = (t1 - t0) / pieces
+        for i in range(pieces):
+            mid = (i + 0.5) / pieces
+            out.append((t0 + i * width, t0 + (i + 1) * width, a + (b - a) * mid))
     return out
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from loadpilot import _engine
+from loadpilot.allowlist import target_allowed
 from loadpilot.cluster import protocol as P
 from loadpilot.errors import LoadPilotError
 from loadpilot.plan import OpenLoad, Plan, Shard
@@ -200,7 +201,7 @@ class Agent:
         if work.get("connections") is not None and isinstance(plan.load, OpenLoad):
             update["load"] = plan.load.model_copy(update={"connections": int(work["connections"])})
         plan = Plan.model_validate(plan.model_copy(update=update).model_dump(by_alias=True))
-        if not P.target_allowed(plan.target, self.allow_targets):
+        if not target_allowed(plan.target, self.allow_targets):
             allowed = ", ".join(self.allow_targets or ["loopback"])
             return {
                 "ok": False,

@@ -33,8 +33,9 @@ except ImportError:  # pragma: no cover - the extra is missing
 from loadpilot import _engine
 from loadpilot.cluster import protocol as P
 from loadpilot.cluster.server import NatsServer, spawn_agent
-from loadpilot.errors import ClusterError
+from loadpilot.errors import ClusterError, ReportError
 from loadpilot.plan import OpenLoad, Plan, Shard
+from loadpilot.running import store
 from loadpilot.running.runs import AGENT_SCHEMA
 from loadpilot.scenarios.scenario import Scenario
 
@@ -136,12 +137,11 @@ class Coordinator:
         self.spec = agents
         self._out = out
         self._names = [t.name for t in plan.tasks] + (["on_start"] if plan.hooks.on_start else [])
-        self._paths: list[str] = [str(t.path) for t in plan.tasks]
+        self._runs_on: list[str] = [str(t.path) for t in plan.tasks]
         self.run_id = uuid.uuid4().hex[:12]
         self._merge: _engine.Merge | None = None
         self._agents: dict[str, _AgentState] = {}
         self._reporters: dict[str, _Reporter] = {}
-        self._events: list[dict[str, Any]] = []
         self._done = threading.Event()
         self._summary: str | None = None
         self._failure: str | None = None
@@ -307,7 +307,7 @@ class Coordinator:
         lead = 2.0 if self.plan.hooks.on_start else 1.0
         self._start_at = time.time() + lead
         self._merge = _engine.Merge(
-            self.plan.to_json(), self._out, self._names, self._paths, self._start_at
+            self.plan.to_json(), self._out, self._names, self._runs_on, self._start_at
         )
         self._beat_task = asyncio.create_task(self._beat(nc))
         n = len(found)
@@ -435,28 +435,37 @@ class Coordinator:
             self._event(str(m.get("event")), a.name, str(m.get("detail")))
 
     async def _on_data(self, msg: Msg) -> None:
-        head, _, body = msg.data.partition(b"\n")
+        # Acknowledged whatever it holds: a report that cannot be used is logged once, never
+        # redelivered for the rest of the run.
         try:
-            h = json.loads(head)
-            r = self._reporters.get(str(h["reporter"]))
-            if r is not None and self._merge is not None:
-                if h["kind"] == "interval" and r.state != "lost":
-                    added = self._merge.add(r.name, body)
-                    if added == "late":
-                        self._event(
-                            "late", r.agent, f"interval reported after it closed ({r.name})"
-                        )
-                    a = self._agents.get(r.agent)
-                    if a is not None:
-                        a.last_seen = time.monotonic()
-                        a.last_seen_wall = time.time()
-                elif h["kind"] == "end" and r.state == "running":
-                    r.summary = json.loads(body)
-                    r.state = "ended"
-                    self._wake.set()
-        except (ValueError, KeyError) as e:
-            self._event("bad_report", "?", str(e))
+            self._take_report(msg.data)
+        except (ValueError, KeyError, ReportError) as e:
+            self._event("bad_report", self._agent_of(msg.subject), str(e))
         await msg.ack()
+
+    def _agent_of(self, subject: str) -> str:
+        """The agent a data subject names (``loadpilot.data.<run>.<agent>.<what>``)."""
+        parts = subject.split(".")
+        return parts[3] if len(parts) > 3 else "?"
+
+    def _take_report(self, data: bytes) -> None:
+        head, _, body = data.partition(b"\n")
+        h = json.loads(head)
+        r = self._reporters.get(str(h["reporter"]))
+        if r is None or self._merge is None:
+            return
+        if h["kind"] == "interval" and r.state != "lost":
+            added = self._merge.add(r.name, body)
+            if added == "late":
+                self._event("late", r.agent, f"interval reported after it closed ({r.name})")
+            a = self._agents.get(r.agent)
+            if a is not None:
+                a.last_seen = time.monotonic()
+                a.last_seen_wall = time.time()
+        elif h["kind"] == "end" and r.state == "running":
+            r.summary = json.loads(body)
+            r.state = "ended"
+            self._wake.set()
 
     async def _drive(self, nc: Any) -> None:
         merge = self._merge
@@ -561,16 +570,9 @@ class Coordinator:
         summaries = [r.summary for r in ended if r.summary]
         duration = max((float(s.get("duration_s", 0.0)) for s in summaries), default=None)
         drain = max((float(s.get("drain_s", 0.0)) for s in summaries), default=0.0)
-        ends = {str(s.get("ended")) for s in summaries}
-        if self._stop_reason is not None:
-            why = self._stop_reason
-        else:
-            why = next(
-                (e for e in ("failed", "drain_timeout", "exhausted", "aborted") if e in ends),
-                "completed",
-            )
+        ends = [str(s.get("ended")) for s in summaries]
         try:
-            self._summary = merge.finish(why, duration, drain, targets)
+            self._summary = merge.finish(self._stop_reason, ends, duration, drain, targets)
         except _engine.LoadPilotError as e:
             self._failure = str(e)
         self._write_agent_files()
@@ -579,11 +581,9 @@ class Coordinator:
 
     def _event(self, event: str, agent: str, detail: str) -> None:
         e = {"time": time.time(), "event": event, "agent": agent, "detail": detail}
-        with self._lock:
-            self._events.append(e)
         try:
             self._out.mkdir(parents=True, exist_ok=True)
-            with open(self._out / "events.jsonl", "a") as f:
+            with open(self._out / store.EVENTS, "a") as f:
                 f.write(json.dumps(e) + "\n")
         except OSError:
             pass
@@ -593,14 +593,12 @@ class Coordinator:
     def _write_agent_files(self) -> None:
         assert self._merge is not None
         data = self._merge.take_reporter_rows()
-        path = self._out / "agents.jsonl"
+        path = self._out / store.AGENTS_JSONL
         try:
             path.write_bytes(data)
             if data:
-                from loadpilot.running import store
-
                 frame = store.rows_from_ndjson(data, extra={"agent": pl.String()})
-                frame.write_parquet(self._out / "agents.parquet")
+                frame.write_parquet(self._out / store.AGENTS_PARQUET)
         except OSError as e:
             self._failure = self._failure or f"{path}: {e}"
 
@@ -678,7 +676,3 @@ class Coordinator:
         return sum(
             self._merge.requests_of(r.name) for r in self._reporters.values() if r.agent == agent
         )
-
-    def events(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return list(self._events)

@@ -1,15 +1,12 @@
-"""What coordinators and agents say to each other over NATS: subjects, timings, and the
-target allow-list (documented in docs/distributed.md)."""
+"""What coordinators and agents say to each other over NATS: subjects, timings and how to
+connect (documented in docs/distributed.md)."""
 
 from __future__ import annotations
 
 import asyncio
-import fnmatch
-import ipaddress
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 #: Agents answer here (request/reply) with who they are and whether they are free.
 DISCOVER = "loadpilot.agents.discover"
@@ -51,35 +48,6 @@ CLOSE_GRACE_S = 3.0
 def valid_name(name: str) -> bool:
     """Agent names become NATS subject tokens: letters, digits, ``-`` and ``_``."""
     return bool(name) and all(c.isalnum() or c in "-_" for c in name)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def target_allowed(target: str, patterns: list[str]) -> bool:
-    """Whether an agent whose operator allowed ``patterns`` may send load to ``target``.
-    No patterns: loopback only. A pattern is a host or ``host:port`` glob (``*.test``,
-    ``10.0.0.*:8080``); ``loopback`` names 127.0.0.0/8, ::1 and localhost."""
-    parts = urlsplit(target)
-    host = (parts.hostname or "").lower()
-    if not host:
-        return False
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    for p in patterns or ["loopback"]:
-        p = p.lower()
-        if p == "loopback":
-            if _is_loopback(host):
-                return True
-            continue
-        if fnmatch.fnmatchcase(host, p) or fnmatch.fnmatchcase(f"{host}:{port}", p):
-            return True
-    return False
 
 
 def connect_options(

@@ -35,19 +35,14 @@ _WIDTH = 300
 
 
 class _HlogTail:
-    """An ``.hlog`` followed as it grows (the engine's reader, from where it stopped), each
-    interval's tasks added up."""
+    """An ``.hlog`` followed as it grows, each interval's tasks added up."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
+        self.tail = _store.LogTail(path)
         self.intervals: dict[float, _engine.Histogram] = {}
 
     def read(self) -> dict[float, _engine.Histogram]:
-        if not self.path.exists():
-            return self.intervals
-        lines, self.offset = _engine.read_hlog_from(self.path, self.offset)
-        for _tag, start, _length, h in lines:
+        for _tag, start, h in self.tail.read():
             if start in self.intervals:
                 self.intervals[start].add(h)
             else:
@@ -289,7 +284,7 @@ class Dashboard:
             elapsed = s.duration_s
         else:
             state = "● running"
-            elapsed = run._handle.elapsed_s()
+            elapsed = run.elapsed_s
             if len(m):
                 last_t = m["elapsed_s"].max()
                 last = m.filter(pl.col("elapsed_s") == last_t)
@@ -368,7 +363,7 @@ class Dashboard:
         try:
             while not self.run.done:
                 next_at += self.every_s
-                self.run._handle.wait(max(0.0, next_at - time.monotonic()))
+                self.run.poll(max(0.0, next_at - time.monotonic()))
                 self._update()
             for _ in range(50):  # the summary is written a moment after the run ends
                 self._update()

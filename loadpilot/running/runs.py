@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import html
-import re
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import polars as pl
 from pydantic import ValidationError
 
 from loadpilot import _engine
-from loadpilot.errors import PlanError, RunDirError
-from loadpilot.plan import OpenLoad, Plan, describe
-from loadpilot.profiles import Profile
+from loadpilot.errors import RunDirError
+from loadpilot.plan import Plan, describe
 from loadpilot.running import store as _store
-from loadpilot.running.vusers import PythonUsers
-from loadpilot.scenarios.scenario import Scenario, VUser, scenario_of
 from loadpilot.summary import Summary
 
 if TYPE_CHECKING:
-    from loadpilot.cluster.coordinator import Agents
     from loadpilot.notebook.live import Dashboard
     from loadpilot.thresholds import Threshold
 
@@ -255,16 +249,24 @@ class Run(RunResult):
         result: pl.DataFrame = frame()
         return result
 
-    def stop(self) -> None:
+    def stop(self, reason: Literal["stopped", "aborted"] = "stopped") -> None:
         """Stops the run within moments: nothing new is sent, requests in flight are counted
-        as cancelled, what was measured is kept and summarised (``ended == "stopped"``)."""
-        self._stop("stopped")
-
-    def _stop(self, reason: str) -> None:
+        as cancelled, what was measured is kept and summarised (``ended`` is ``reason``:
+        ``stopped``, or ``aborted`` when a threshold failed while the run went)."""
         self._handle.stop(reason)
         self._handle.wait(None)
         self._write_parquet()
         self._ended()
+
+    @property
+    def elapsed_s(self) -> float:
+        """Seconds since the run's clock started (0 while its users are set up)."""
+        return self._handle.elapsed_s()
+
+    def poll(self, timeout_s: float) -> bool:
+        """True once the run has ended, waiting at most ``timeout_s`` for it; unlike
+        :meth:`wait` it finishes nothing (for watchers such as the dashboard)."""
+        return self._handle.wait(timeout_s)
 
     def summary(self) -> Summary:
         """Whole-run figures; waits for the run to end first."""
@@ -342,7 +344,10 @@ class LoadedRun(RunResult):
                     else str(e)
                 )
                 raise RunDirError(f"{f}: {detail}") from None
-        return _rebuild_summary(self)
+        try:
+            return Summary.model_validate_json(_engine.summarize_dir(self.path))
+        except ValidationError as e:
+            raise RunDirError(f"{self.path}: {describe(e)}") from None
 
 
 def _task_set(run: RunResult, task: str | Sequence[str] | None) -> set[str] | None:
@@ -354,175 +359,6 @@ def _task_set(run: RunResult, task: str | Sequence[str] | None) -> set[str] | No
     if unknown:
         raise KeyError(f"no task named {unknown[0]!r}; tasks: {known}")
     return set(names)
-
-
-def _rebuild_summary(run: RunResult, ended: str = "interrupted") -> Summary:
-    m = run.metrics
-    # The drain row (at the planned end) is not time requests were sent in.
-    sending = m.filter(pl.col("elapsed_s") < run.plan.duration_s)
-    drain = m.filter(pl.col("elapsed_s") >= run.plan.duration_s)
-    # One row per entry per interval: the plan's tasks, and on_start's if it has one.
-    tasks = max(1, m["task"].n_unique())
-    duration = float(sending["interval_s"].sum() / tasks) if len(sending) else 0.0
-    drain_s = float(drain["interval_s"].sum() / tasks) if len(drain) else 0.0
-
-    def stats(task: str | None) -> dict[str, object]:
-        rows = m if task is None else m.filter(pl.col("task") == task)
-        kinds = _store.ERROR_KINDS
-        requests = int(rows["requests"].sum())
-        errors = int(rows["errors"].sum())
-        cancelled = int(rows["cancelled"].sum())
-        lat, svc = run.histogram(task), run.histogram(task, service=True)
-
-        def pct(h: _engine.Histogram) -> dict[str, float | None]:
-            return {
-                "p50": h.percentile(50),
-                "p90": h.percentile(90),
-                "p95": h.percentile(95),
-                "p99": h.percentile(99),
-                "p999": h.percentile(99.9),
-                "max": h.max,
-                "mean": h.mean,
-                "min": h.min,
-            }
-
-        return {
-            "requests": requests,
-            "errors": errors,
-            "errors_by_kind": {k: int(rows[f"errors_{k}"].sum()) for k in kinds},
-            "error_rate": _error_rate(
-                errors, requests, int(rows["errors_exception"].sum()), cancelled
-            ),
-            "missed": int(rows["missed"].sum()),
-            "cancelled": cancelled,
-            "unsent": int(rows["unsent"].sum()),
-            "bytes_in": int(rows["bytes_in"].sum()),
-            "achieved_rps": requests / duration if duration else 0.0,
-            "latency_ms": pct(lat),
-            "service_ms": pct(svc),
-        }
-
-    started = m["time"].min() if len(m) else None
-    return Summary.model_validate(
-        {
-            "name": run.plan.name,
-            "started_at": started.timestamp() if isinstance(started, _dt.datetime) else 0.0,
-            "duration_s": duration,
-            "drain_s": drain_s,
-            "planned_duration_s": run.plan.duration_s,
-            "ended": ended,
-            "model": run.plan.load.model,
-            "target_requests": None,
-            "overall": stats(None),
-            "tasks": [{"name": t.name, "path": t.path, **stats(t.name)} for t in run.plan.tasks]
-            + (
-                [{"name": "on_start", "path": "hook", **stats("on_start")}]
-                if run.plan.hooks.on_start
-                else []
-            ),
-        }
-    )
-
-
-def _error_rate(errors: int, requests: int, exceptions: int, cancelled: int) -> float:
-    """The engine's rule: failed requests, exceptions and cancelled iterations over answered
-    requests, exceptions and cancelled iterations."""
-    outcomes = requests + exceptions + cancelled
-    return (errors + cancelled) / outcomes if outcomes else 0.0
-
-
-def _default_dir(plan: Plan) -> Path:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", plan.name).strip("-") or "run"
-    base = Path("runs") / f"{stamp}-{slug}"
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    return path
-
-
-def start(
-    what: Plan | Scenario | type[VUser],
-    out: str | Path | None = None,
-    *,
-    target: str | None = None,
-    profile: Profile | None = None,
-    agents: int | Agents | None = None,
-    prometheus: str | None = None,
-) -> Run:
-    """Starts a plan, or a scenario (its class or its :class:`Scenario`) against ``target``,
-    and returns at once. The run directory is ``out`` (default ``runs/<time>-<name>``).
-    ``profile`` replaces the plan's or scenario's load profile (e.g. one from ``lp.tune``).
-    ``agents``: spread the run over agent processes (a number: that many started here, with a
-    NATS server of their own; or :class:`Agents` for agents already running elsewhere); the
-    run is the same run, with the same directory, rows and summary. ``prometheus``
-    (``"127.0.0.1:9464"``): export the run's metrics for Prometheus at that address's
-    ``/metrics`` (see docs/observability.md)."""
-    scenario: Scenario | None = None
-    if isinstance(what, Plan):
-        plan = what if target is None else what.model_copy(update={"target": target})
-        if profile is not None:
-            old = plan.load
-            if isinstance(old, OpenLoad):
-                load = profile.to_load(
-                    connections=old.connections, arrivals=old.arrivals, seed=old.seed
-                )
-            else:
-                load = profile.to_load()
-            plan = plan.model_copy(update={"load": load})
-    else:
-        scenario = what if isinstance(what, Scenario) else scenario_of(what)
-        if scenario is None:
-            raise PlanError(f"{what!r} is not a scenario: decorate it with @lp.scenario")
-        if target is None:
-            raise PlanError("a scenario needs a target: lp.start(Scenario, target='http://...')")
-        plan = scenario.plan(target, profile=profile)
-    if plan.python() and scenario is None:
-        raise PlanError(
-            "a plan with python tasks or hooks runs from its scenario: lp.start(MyScenario, ...)"
-        )
-    path = Path(out) if out is not None else _default_dir(plan)
-    if agents is not None:
-        from loadpilot.cluster.coordinator import Agents as _Agents
-        from loadpilot.cluster.coordinator import Coordinator
-
-        spec = agents if isinstance(agents, _Agents) else _Agents(count=agents)
-        _engine.validate_plan(plan.to_json())
-        if path.joinpath(_store.METRICS_JSONL).exists():
-            raise RunDirError(f"{path}: already holds a run; choose another directory")
-        coordinator = Coordinator(plan, scenario, path, spec)
-        coordinator.start()
-        return _exported(Run(coordinator, plan), prometheus)
-    handle = _engine.start_run(plan.to_json(), path)
-    tickets = handle.tickets()
-    if tickets is not None and scenario is not None:
-        PythonUsers(handle, tickets, scenario).start()
-    return _exported(Run(handle, plan), prometheus)
-
-
-def _exported(run: Run, prometheus: str | None) -> Run:
-    if prometheus is not None:
-        from loadpilot.serve.exporter import export
-
-        export(run, prometheus)
-    return run
-
-
-def run(
-    what: Plan | Scenario | type[VUser],
-    out: str | Path | None = None,
-    *,
-    target: str | None = None,
-    profile: Profile | None = None,
-    agents: int | Agents | None = None,
-    prometheus: str | None = None,
-) -> Run:
-    """Runs a plan or a scenario to the end (Ctrl-C stops it early and keeps what it
-    measured)."""
-    r = start(what, out, target=target, profile=profile, agents=agents, prometheus=prometheus)
-    r.wait()
-    return r
 
 
 def load_run(path: str | Path) -> LoadedRun:

@@ -10,12 +10,18 @@ import polars as pl
 from loadpilot import _engine
 from loadpilot.errors import RunDirError
 
-PLAN = "plan.json"
-LATENCY_LOG = "latency.hlog"
-SERVICE_LOG = "service.hlog"
-METRICS_JSONL = "metrics.jsonl"
-METRICS_PARQUET = "metrics.parquet"
-SUMMARY = "summary.json"
+# The run directory's file names are the engine's (docs/run-directory.md).
+_FILES = _engine.RUN_FILES
+PLAN = _FILES["plan"]
+LATENCY_LOG = _FILES["latency_log"]
+SERVICE_LOG = _FILES["service_log"]
+METRICS_JSONL = _FILES["metrics_jsonl"]
+METRICS_PARQUET = _FILES["metrics_parquet"]
+SUMMARY = _FILES["summary"]
+AGENTS_LOG = _FILES["agents_log"]
+EVENTS = _FILES["events"]
+AGENTS_JSONL = _FILES["agents_jsonl"]
+AGENTS_PARQUET = _FILES["agents_parquet"]
 
 #: Kinds of failed request, each with an ``errors_<kind>`` column (the engine's order).
 ERROR_KINDS: list[str] = list(_engine.ERROR_KINDS)
@@ -98,3 +104,20 @@ def write_parquet(path: Path, frame: pl.DataFrame) -> None:
         raise RunDirError(
             f"{path / METRICS_PARQUET}: cannot be written ({why}); the rows stay in {METRICS_JSONL}"
         ) from None
+
+
+class LogTail:
+    """One of a run's interval logs followed as it grows: each call reads the lines completed
+    since the last (the engine's reader, from where it stopped)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+
+    def read(self) -> list[tuple[str | None, float, _engine.Histogram]]:
+        """The new histograms as ``(task, elapsed_s, histogram)``; none while the log does not
+        exist yet."""
+        if not self.path.exists():
+            return []
+        lines, self.offset = _engine.read_hlog_from(self.path, self.offset)
+        return [(tag, start, h) for tag, start, _length, h in lines]

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from loadpilot import _engine
-from loadpilot.errors import LoadPilotError
+from loadpilot.errors import RequestError
 from loadpilot.plan import Expect
 from loadpilot.profiles import Duration, parse_duration
 
@@ -42,17 +42,6 @@ _Args = tuple[
     float | None,
     _engine.Check | None,
 ]
-
-
-class RequestError(LoadPilotError):
-    """A request got no response (``kind``: connect, dns, tls, timeout, reset, protocol,
-    fd_limit, goaway, rst_stream). The engine has counted it already; an uncaught one simply
-    ends the iteration. ``cancelled``: the run ended while it was in flight (its iteration
-    counts as cancelled)."""
-
-    def __init__(self, kind: str, method: str, path: str) -> None:
-        super().__init__(f"{method} {path}: {kind}")
-        self.kind = kind
 
 
 class Response:
@@ -86,10 +75,9 @@ class Client:
     response is in. ``expect=lp.expect(...)`` is checked by the engine, as for engine tasks;
     without it a 4xx or 5xx counts as a ``status`` error. Either way the response is returned."""
 
-    def __init__(self, session: _engine.Session, inbox: _Inbox, timeout_s: float) -> None:
+    def __init__(self, session: _engine.Session, inbox: _Inbox) -> None:
         self._session = session
         self._inbox = inbox
-        self._timeout_s = timeout_s
         # The entry the current requests count for (a task, or on_start's); None in on_stop.
         self._task: int | None = None
         self._due: float | None = None
@@ -107,8 +95,8 @@ class Client:
         timeout: Duration | None = None,
         expect: Expect | None = None,
     ) -> Any:
-        """Sends a request through the engine. ``timeout`` defaults to the scenario's
-        (``@lp.scenario(timeout=...)``, else 30 s), as for engine tasks."""
+        """Sends a request through the engine. Without ``timeout`` the plan's applies
+        (``@lp.scenario(timeout=...)``), as for engine tasks: the engine fills it in."""
         if not isinstance(method, str) or not method.strip():
             raise ValueError(f"invalid HTTP method {method!r}")
         if params:
@@ -129,7 +117,7 @@ class Client:
             path,
             hs,
             body,
-            self._timeout_s if timeout is None else parse_duration(timeout, what="timeout"),
+            None if timeout is None else parse_duration(timeout, what="timeout"),
             due,
             None if expect is None else _check(expect),
         )
@@ -295,7 +283,7 @@ class PythonUsers:
         user = self._users.get(vu)
         if user is None:
             user = self._scenario.user()
-            user.client = Client(ticket.session, self._inbox, self._scenario.timeout_s)
+            user.client = Client(ticket.session, self._inbox)
             self._users[vu] = user
         return user
 

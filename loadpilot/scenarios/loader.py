@@ -7,7 +7,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from loadpilot.scenarios.scenario import Scenario, ScenarioError, scenario_of
+from loadpilot.errors import ScenarioError
+from loadpilot.scenarios.scenario import Scenario, scenario_of
 
 
 def load_scenarios(path: str | Path) -> list[Scenario]:

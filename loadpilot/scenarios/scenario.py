@@ -37,18 +37,24 @@ from typing import Any, TypeVar
 
 import polars as pl
 
-from loadpilot.errors import PlanError
-from loadpilot.plan import MAX_STREAMS, Expect, Feeder, Hooks, HttpVersion, Plan, Request, Task
+from loadpilot.errors import PlanError, ScenarioError
+from loadpilot.plan import (
+    DEFAULTS,
+    Expect,
+    Feeder,
+    Hooks,
+    HttpVersion,
+    Plan,
+    Request,
+    Task,
+    check_field,
+)
 from loadpilot.profiles import Duration, Profile, parse_duration
 from loadpilot.thresholds import Threshold, parse_all
 
 _TASK = "__loadpilot_task_weight__"
 _SCENARIO = "__loadpilot_scenario__"
 _VERBS = ("get", "post", "put", "patch", "delete", "head", "options")
-
-
-class ScenarioError(PlanError):
-    """A scenario file or class is invalid: the message names the file and line."""
 
 
 def _where(fn: Callable[..., Any]) -> str:
@@ -293,9 +299,9 @@ class Scenario:
     connections: int | None = None
     arrivals: str = "uniform"
     seed: int = 0
-    timeout_s: float = 30.0
+    timeout_s: float = DEFAULTS["timeout_s"]
     #: The longest wait after the planned end for requests in flight.
-    max_drain_s: float = 10.0
+    max_drain_s: float = DEFAULTS["max_drain_s"]
     #: Stop the run (from the command line) as soon as a threshold fails.
     abort_on_fail: bool = False
     #: Why (the first of) its Python tasks run Python code; None when every task runs in
@@ -304,9 +310,9 @@ class Scenario:
     #: The per-user hooks (``on_start``, ``on_stop``) and the values on_start sets.
     hooks: Hooks = Hooks()
     #: The HTTP version spoken: ``"1.1"``, ``"2"`` or ``"auto"`` (HTTP/2 where TLS offers it).
-    http: HttpVersion = "1.1"
+    http: HttpVersion = DEFAULTS["http"]
     #: HTTP/2: the most users (or open-model connections) sharing one connection.
-    max_streams: int = 100
+    max_streams: int = DEFAULTS["max_streams"]
 
     @property
     def path(self) -> str:
@@ -418,25 +424,34 @@ def scenario(
     connections: int | None = None,
     arrivals: str = "uniform",
     seed: int = 0,
-    timeout: Duration = "30s",
+    timeout: Duration | None = None,
     abort_on_fail: bool = False,
-    max_drain: Duration = "10s",
-    http: HttpVersion = "1.1",
-    max_streams: int = 100,
+    max_drain: Duration | None = None,
+    http: HttpVersion | None = None,
+    max_streams: int | None = None,
 ) -> Callable[[type[VUser]], type[VUser]]:
     """Declares a :class:`VUser` subclass as a scenario with its load profile and thresholds
     (``abort_on_fail``: ``loadpilot run`` stops as soon as one fails). ``timeout`` is every
-    request's unless it gives its own; ``max_drain`` bounds the wait after the planned end for
-    iterations still going (what is still going then is counted as cancelled). ``http``:
-    ``"1.1"`` (one connection per user), ``"2"`` (HTTP/2: by ALPN over TLS, prior knowledge
-    over cleartext; up to ``max_streams`` users share a connection) or ``"auto"`` (HTTP/2
-    where the server offers it over TLS, else HTTP/1.1)."""
+    request's unless it gives its own (default 30 s); ``max_drain`` bounds the wait after the
+    planned end for iterations still going (default 10 s; what is still going then is counted
+    as cancelled). ``http``: ``"1.1"`` (the default: one connection per user), ``"2"`` (HTTP/2:
+    by ALPN over TLS, prior knowledge over cleartext; up to ``max_streams``, default 100, users
+    share a connection) or ``"auto"`` (HTTP/2 where the server offers it over TLS, else
+    HTTP/1.1)."""
     if not isinstance(profile, Profile):
         raise ScenarioError(f"profile must come from lp.constant, lp.ramp, ... not {profile!r}")
-    if http not in ("1.1", "2", "auto"):
-        raise ScenarioError(f'http must be "1.1", "2" or "auto", not {http!r}')
-    if not isinstance(max_streams, int) or not 1 <= max_streams <= MAX_STREAMS:
-        raise ScenarioError(f"max_streams must be a whole number in 1..{MAX_STREAMS}")
+    try:
+        http = DEFAULTS["http"] if http is None else check_field("http", http)
+        streams = DEFAULTS["max_streams"] if max_streams is None else max_streams
+        streams = check_field("max_streams", streams)
+    except PlanError as e:
+        raise ScenarioError(str(e)) from None
+    timeout_s: float = DEFAULTS["timeout_s"]
+    if timeout is not None:
+        timeout_s = parse_duration(timeout, what="timeout")
+    drain_s: float = DEFAULTS["max_drain_s"]
+    if max_drain is not None:
+        drain_s = parse_duration(max_drain, what="max_drain")
 
     def declare(cls: type[VUser]) -> type[VUser]:
         tasks, reason, hooks = _read_tasks(cls)
@@ -456,13 +471,13 @@ def scenario(
             connections=connections,
             arrivals=arrivals,
             seed=seed,
-            timeout_s=parse_duration(timeout, what="timeout"),
-            max_drain_s=parse_duration(max_drain, what="max_drain"),
+            timeout_s=timeout_s,
+            max_drain_s=drain_s,
             reason=reason,
             hooks=hooks,
             abort_on_fail=abort_on_fail,
             http=http,
-            max_streams=max_streams,
+            max_streams=streams,
         )
         setattr(cls, _SCENARIO, sc)
         return cls

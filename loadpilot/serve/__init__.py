@@ -1,1 +1,2 @@
-"""Observing and driving runs from outside: Prometheus metrics of runs (``exporter``)."""
+"""Driving runs from outside: `loadpilot serve`, an HTTP API that takes plans and streams rows
+and summaries back (``api``)."""

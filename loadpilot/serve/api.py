@@ -26,11 +26,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
-from loadpilot.cluster.protocol import target_allowed
+from loadpilot.allowlist import target_allowed
 from loadpilot.errors import LoadPilotError
+from loadpilot.launch import start
 from loadpilot.plan import ClosedLoad, OpenLoad, Plan
-from loadpilot.running.runs import Run, start
-from loadpilot.serve.exporter import RunMetrics
+from loadpilot.profiles import shape
+from loadpilot.running.runs import Run
+from loadpilot.exporter import RunMetrics
 
 
 @dataclass
@@ -84,16 +86,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _stage_peak(load: OpenLoad | ClosedLoad) -> float:
-    peak = 0.0
-    for s in load.stages:
-        for attr in ("rate", "from_", "to", "peak"):
-            v = getattr(s, attr, None)
-            if isinstance(v, int | float):
-                peak = max(peak, float(v))
-    return peak
-
-
 def check_plan(plan: Plan, limits: Limits) -> None:
     """Refuses (403) a plan beyond the server's caps or for a target it does not allow."""
     if not target_allowed(plan.target, limits.allow_targets):
@@ -104,7 +96,7 @@ def check_plan(plan: Plan, limits: Limits) -> None:
             403,
             f"the plan runs {plan.duration_s:g} s; this server allows {limits.max_duration_s:g} s",
         )
-    peak = _stage_peak(plan.load)
+    peak = shape(plan.load.stages).peak
     if isinstance(plan.load, OpenLoad) and peak > limits.max_rate:
         raise HTTPException(
             403, f"the plan asks for {peak:g} requests/s; this server allows {limits.max_rate:g}"

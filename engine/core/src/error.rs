@@ -17,6 +17,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A report from another process (an agent's interval) that cannot be added: another
+    /// version's shape, or histograms of another layout. The run goes on without it.
+    #[error("bad report from {reporter}: {message}")]
+    Report { reporter: String, message: String },
     /// A run directory or log that exists but cannot be read as one.
     #[error("{path}: {message}")]
     Format { path: PathBuf, message: String },
@@ -26,6 +30,12 @@ impl Error {
     pub fn plan(at: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Plan {
             at: at.into(),
+            message: message.into(),
+        }
+    }
+    pub fn report(reporter: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Report {
+            reporter: reporter.into(),
             message: message.into(),
         }
     }

@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
+use loadpilot_core::measure::rundir::{read_hlog, LATENCY_LOG, METRICS_JSONL};
+use loadpilot_core::measure::summary::Summary;
 use loadpilot_core::plan::Plan;
-use loadpilot_core::rundir::{read_hlog, Summary, LATENCY_LOG, METRICS_JSONL};
 use loadpilot_core::runner::{build_runtime, start};
-use loadpilot_core::target::{self, TargetConfig};
+use loadpilot_core::testbed::{self, TargetConfig};
 
 fn plan(target: &str, body: &str) -> Plan {
     Plan::from_json(&format!(r#"{{"target": "{target}", {body}}}"#)).unwrap()
@@ -14,7 +15,7 @@ fn plan(target: &str, body: &str) -> Plan {
 #[test]
 fn a_short_open_run_sends_its_schedule_and_writes_its_directory() {
     let rt = build_runtime(2).unwrap();
-    let server = target::start(rt.handle(), TargetConfig::default()).unwrap();
+    let server = testbed::start(rt.handle(), TargetConfig::default()).unwrap();
     let dir = std::env::temp_dir().join(format!("lp-core-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let p = plan(
@@ -80,7 +81,7 @@ fn run(rt: &tokio::runtime::Runtime, url: &str, body: &str, name: &str) -> Summa
 #[test]
 fn a_hundred_open_model_workers_share_one_http2_connection_with_exact_weights() {
     let rt = build_runtime(2).unwrap();
-    let server = target::start(rt.handle(), TargetConfig::default()).unwrap();
+    let server = testbed::start(rt.handle(), TargetConfig::default()).unwrap();
     let s = run(
         &rt,
         &server.url(),
@@ -110,7 +111,7 @@ fn a_hundred_closed_model_users_have_their_streams_in_flight_at_once() {
         delay_ms: 50.0,
         ..TargetConfig::default()
     };
-    let server = target::start(rt.handle(), cfg).unwrap();
+    let server = testbed::start(rt.handle(), cfg).unwrap();
     let s = run(
         &rt,
         &server.url(),
@@ -135,7 +136,7 @@ fn over_tls_auto_takes_http2_when_the_server_offers_it_and_1_1_stays_1_1() {
         tls: true,
         ..TargetConfig::default()
     };
-    let server = target::start(rt.handle(), cfg).unwrap();
+    let server = testbed::start(rt.handle(), cfg).unwrap();
     for (http, h2) in [("auto", 200), ("2", 200), ("1.1", 0)] {
         let before = (server.served(), server.served_h2());
         let s = run(

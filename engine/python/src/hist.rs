@@ -3,8 +3,9 @@
 //! used) and every figure is returned in milliseconds. Percentiles and the percentile rows
 //! follow Java HdrHistogram's rules.
 
-use loadpilot_core::hlog;
-use loadpilot_core::metrics::{decode_hist, encode_hist, new_hist, Hist};
+use loadpilot_core::measure::hlog;
+use loadpilot_core::measure::hlog::encode as encode_hist;
+use loadpilot_core::measure::metrics::{decode_hist, new_hist, Hist};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 

@@ -10,7 +10,7 @@ use crate::CoreError;
 /// One `.hlog` line: (tag, start_s, length_s, histogram).
 type LogLine = (Option<String>, f64, f64, PyHistogram);
 
-fn log_lines(entries: Vec<loadpilot_core::rundir::LogEntry>) -> Vec<LogLine> {
+fn log_lines(entries: Vec<loadpilot_core::measure::rundir::LogEntry>) -> Vec<LogLine> {
     entries
         .into_iter()
         .map(|e| (e.tag, e.start_s, e.length_s, PyHistogram::ours(e.hist)))
@@ -20,7 +20,7 @@ fn log_lines(entries: Vec<loadpilot_core::rundir::LogEntry>) -> Vec<LogLine> {
 /// Reads an `.hlog` into its lines.
 #[pyfunction]
 pub(crate) fn read_hlog(path: PathBuf) -> PyResult<Vec<LogLine>> {
-    let entries = loadpilot_core::rundir::read_hlog(&path).map_err(CoreError)?;
+    let entries = loadpilot_core::measure::rundir::read_hlog(&path).map_err(CoreError)?;
     Ok(log_lines(entries))
 }
 
@@ -29,7 +29,7 @@ pub(crate) fn read_hlog(path: PathBuf) -> PyResult<Vec<LogLine>> {
 #[pyfunction]
 pub(crate) fn read_hlog_from(path: PathBuf, offset: u64) -> PyResult<(Vec<LogLine>, u64)> {
     let (entries, next) =
-        loadpilot_core::rundir::read_hlog_from(&path, offset).map_err(CoreError)?;
+        loadpilot_core::measure::rundir::read_hlog_from(&path, offset).map_err(CoreError)?;
     Ok((log_lines(entries), next))
 }
 
@@ -43,7 +43,7 @@ type ForeignLine = (Option<String>, f64, f64, f64, PyHistogram);
 #[pyfunction]
 pub(crate) fn read_log(path: PathBuf, unit: &str) -> PyResult<(f64, Vec<ForeignLine>)> {
     let scale = per_ms(unit)?;
-    let log = loadpilot_core::hlog::read_log(&path).map_err(CoreError)?;
+    let log = loadpilot_core::measure::hlog::read_log(&path).map_err(CoreError)?;
     let lines = log
         .intervals
         .into_iter()

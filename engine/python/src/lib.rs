@@ -1,13 +1,14 @@
 //! `loadpilot._engine`: thin bindings over `loadpilot-core`. Types are converted, the GIL is
-//! released while the engine works, and core errors become Python exceptions. No logic lives
-//! here; the Python package wraps these in its public API.
+//! released while the engine works, core errors become Python exceptions, and the engine's
+//! rules (limits, defaults, file names, error kinds, end reasons) are exported for Python to
+//! read rather than restate. The Python package wraps these in its public API.
 
 mod hist;
 mod hlog;
 mod merge;
 mod python_side;
 mod run;
-mod target;
+mod testbed;
 
 use std::sync::OnceLock;
 
@@ -42,6 +43,13 @@ pyo3::create_exception!(
     "A run directory cannot be written or read."
 );
 
+pyo3::create_exception!(
+    _engine,
+    ReportError,
+    LoadPilotError,
+    "A report from another process (an agent's interval) that cannot be added."
+);
+
 pub(crate) struct CoreError(Error);
 
 impl From<Error> for CoreError {
@@ -56,6 +64,7 @@ impl From<CoreError> for PyErr {
         match e.0 {
             Error::Plan { .. } => PlanError::new_err(msg),
             Error::Target { .. } => TargetError::new_err(msg),
+            Error::Report { .. } => ReportError::new_err(msg),
             Error::Io { .. } | Error::Format { .. } => RunDirError::new_err(msg),
         }
     }
@@ -80,6 +89,17 @@ pub(crate) fn runtime() -> PyResult<&'static Runtime> {
     Ok(RT.get_or_init(|| rt))
 }
 
+/// Values as newline-delimited JSON (rows, in the order given): what Python parses with
+/// Polars in one call.
+pub(crate) fn ndjson<T: serde::Serialize>(values: impl IntoIterator<Item = T>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for v in values {
+        serde_json::to_writer(&mut out, &v).expect("rows serialize");
+        out.push(b'\n');
+    }
+    out
+}
+
 #[pymodule]
 mod _engine {
     #[pymodule_export]
@@ -91,21 +111,42 @@ mod _engine {
     #[pymodule_export]
     use super::python_side::{PyCheck, PyMailbox, PySession, PyTicket, PyTickets};
     #[pymodule_export]
-    use super::run::{profile_points, start_run, validate_plan, PyRun};
+    use super::run::{
+        normalize_plan, profile_points, start_run, summarize_dir, validate_plan, PyRun,
+    };
     #[pymodule_export]
-    use super::target::{start_target, PyTarget};
+    use super::testbed::{start_target, PyTarget};
     #[pymodule_export]
-    use super::{LoadPilotError, PlanError, RunDirError, TargetError};
+    use super::{LoadPilotError, PlanError, ReportError, RunDirError, TargetError};
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
-        use pyo3::types::PyModuleMethods;
+        use pyo3::types::{PyAnyMethods, PyModuleMethods};
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-        let kinds: Vec<&str> = loadpilot_core::http::ErrorKind::ALL
+        let kinds: Vec<&str> = loadpilot_core::outcome::ErrorKind::ALL
             .iter()
             .map(|k| k.name())
             .collect();
         m.add("ERROR_KINDS", kinds)?;
-        m.add("ROW_COLUMNS", loadpilot_core::metrics::ROW_COLUMNS.to_vec())
+        m.add(
+            "ROW_COLUMNS",
+            loadpilot_core::measure::rows::ROW_COLUMNS.to_vec(),
+        )?;
+        let ends: Vec<&str> = loadpilot_core::measure::summary::Ended::ALL
+            .iter()
+            .map(|e| e.name())
+            .collect();
+        m.add("END_REASONS", ends)?;
+        let files: std::collections::BTreeMap<&str, &str> = loadpilot_core::measure::rundir::FILES
+            .iter()
+            .copied()
+            .collect();
+        m.add("RUN_FILES", files)?;
+        m.add("MAX_SECONDS", loadpilot_core::plan::MAX_SECONDS)?;
+        m.add("DEFAULT_MAX_USERS", loadpilot_core::plan::DEFAULT_MAX_USERS)?;
+        m.add("MAX_STREAMS", loadpilot_core::plan::MAX_STREAMS_LIMIT)?;
+        let defaults = loadpilot_core::plan::defaults().to_string();
+        let json = pyo3::types::PyModule::import(m.py(), "json")?;
+        m.add("PLAN_DEFAULTS", json.call_method1("loads", (defaults,))?)
     }
 }

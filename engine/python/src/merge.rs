@@ -3,9 +3,8 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use loadpilot_core::merge::Merge;
-use loadpilot_core::metrics::Interval;
-use pyo3::exceptions::PyValueError;
+use loadpilot_core::measure::merge::Merge;
+use loadpilot_core::measure::summary::Ended;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -25,31 +24,19 @@ impl PyMerge {
     }
 }
 
-fn ndjson<'py>(
-    py: Python<'py>,
-    rows: impl Iterator<Item = serde_json::Value>,
-) -> Bound<'py, PyBytes> {
-    let mut out = Vec::new();
-    for r in rows {
-        serde_json::to_writer(&mut out, &r).expect("rows serialize");
-        out.push(b'\n');
-    }
-    PyBytes::new(py, &out)
-}
-
 #[pymethods]
 impl PyMerge {
     /// Creates the run directory `out_dir` for `plan_json` whose clock starts at `epoch0`;
-    /// `names`: the entries reported (tasks, then hooks), `paths`: where each task runs.
+    /// `names`: the entries reported (tasks, then hooks), `runs_on`: where each task runs.
     #[new]
     fn new(
         plan_json: &str,
         out_dir: PathBuf,
         names: Vec<String>,
-        paths: Vec<String>,
+        runs_on: Vec<String>,
         epoch0: f64,
     ) -> PyResult<Self> {
-        let m = Merge::create(&out_dir, plan_json, names, paths, epoch0).map_err(CoreError)?;
+        let m = Merge::create(&out_dir, plan_json, names, runs_on, epoch0).map_err(CoreError)?;
         Ok(PyMerge {
             inner: Mutex::new(m),
         })
@@ -57,11 +44,13 @@ impl PyMerge {
 
     /// Adds one interval (JSON, as `Run.take_intervals` gives it) reported by `reporter`:
     /// `fresh`, `duplicate` (already seen, ignored) or `late` (folded into the next
-    /// interval to close).
+    /// interval to close). A report that cannot be added raises `ReportError`.
     fn add(&self, reporter: &str, interval: &[u8]) -> PyResult<&'static str> {
-        let iv: Interval = serde_json::from_slice(interval)
-            .map_err(|e| PyValueError::new_err(format!("not an interval: {e}")))?;
-        Ok(self.lock().add(reporter, &iv).map_err(CoreError)?.name())
+        Ok(self
+            .lock()
+            .add_json(reporter, interval)
+            .map_err(CoreError)?
+            .name())
     }
 
     /// Closes every interval each of `live` has reported, and every interval below
@@ -90,27 +79,21 @@ impl PyMerge {
     /// Rows closed since the last call, as newline-delimited JSON.
     fn take_rows<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
         let rows = self.lock().take_rows();
-        ndjson(
-            py,
-            rows.into_iter()
-                .map(|r| serde_json::to_value(r).expect("rows serialize")),
-        )
+        PyBytes::new(py, &crate::ndjson(rows))
     }
 
     /// Per-reporter rows added since the last call (newline-delimited JSON, each with its
     /// `agent`).
     fn take_reporter_rows<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
         let rows = self.lock().take_reporter_rows();
-        ndjson(
-            py,
-            rows.into_iter().map(|(who, r)| {
-                let mut v = serde_json::to_value(r).expect("rows serialize");
-                v.as_object_mut()
-                    .expect("a row is an object")
-                    .insert("agent".into(), who.into());
-                v
-            }),
-        )
+        let tagged = rows.into_iter().map(|(who, r)| {
+            let mut v = serde_json::to_value(r).expect("rows serialize");
+            v.as_object_mut()
+                .expect("a row is an object")
+                .insert("agent".into(), who.into());
+            v
+        });
+        PyBytes::new(py, &crate::ndjson(tagged))
     }
 
     /// Everything closed so far: corrected latency (`service=False`) or service time.
@@ -127,23 +110,31 @@ impl PyMerge {
     /// The summary of what has closed so far (`ended` "running").
     fn summary_so_far_json(&self) -> String {
         let m = self.lock();
-        let s = m.summary("running", m.sent_s(), 0.0, None);
+        let s = m.summary(Ended::Running, m.sent_s(), 0.0, None);
         serde_json::to_string(&s).expect("summaries serialize")
     }
 
-    /// Closes what is still open, writes `summary.json` and returns it. `targets`: per entry,
-    /// the arrivals that were due (open model).
-    #[pyo3(signature = (ended, duration_s=None, drain_s=0.0, targets=None))]
+    /// Closes what is still open, writes `summary.json` and returns it. `stopped`: the reason
+    /// the run was stopped with, if it was; else it ended as the gravest of its slices'
+    /// `ends`. `targets`: per entry, the arrivals that were due (open model).
+    #[pyo3(signature = (stopped, ends, duration_s=None, drain_s=0.0, targets=None))]
     fn finish(
         &self,
-        ended: &str,
+        stopped: Option<&str>,
+        ends: Vec<String>,
         duration_s: Option<f64>,
         drain_s: f64,
         targets: Option<Vec<f64>>,
     ) -> PyResult<String> {
+        let stopped = stopped.map(Ended::parse).transpose().map_err(CoreError)?;
+        let ends = ends
+            .iter()
+            .map(|e| Ended::parse(e))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(CoreError)?;
         let s = self
             .lock()
-            .finish(ended, duration_s, drain_s, targets)
+            .finish(stopped, &ends, duration_s, drain_s, targets)
             .map_err(CoreError)?;
         Ok(serde_json::to_string(&s).expect("summaries serialize"))
     }

@@ -10,10 +10,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::Method;
-use loadpilot_core::check;
+use loadpilot_core::plan::check;
+use loadpilot_core::plan::template::Scope;
 use loadpilot_core::plan::Expect;
-use loadpilot_core::session::{Done, Inbox, Mailbox, NoResponse, PyRequest, Session, Ticket, Work};
-use loadpilot_core::template::Scope;
+use loadpilot_core::runner::python::{
+    Done, Inbox, Mailbox, NoResponse, PyRequest, Session, Ticket, Work,
+};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;

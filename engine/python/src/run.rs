@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use loadpilot_core::measure::summary::Ended;
 use loadpilot_core::plan::Plan;
 use loadpilot_core::runner::{self, RunHandle};
 use pyo3::exceptions::PyValueError;
@@ -23,11 +24,7 @@ pub(crate) struct PyRun {
 impl PyRun {
     /// Interval rows closed since the last call, as newline-delimited JSON.
     fn take_rows<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        let mut out = Vec::new();
-        for r in self.handle.take_rows() {
-            serde_json::to_writer(&mut out, &r).expect("rows serialize");
-            out.push(b'\n');
-        }
+        let out = crate::ndjson(self.handle.take_rows());
         PyBytes::new(py, &out)
     }
 
@@ -73,8 +70,8 @@ impl PyRun {
     #[pyo3(signature = (reason="stopped"))]
     fn stop(&self, reason: &str) -> PyResult<()> {
         let reason = match reason {
-            "stopped" => "stopped",
-            "aborted" => "aborted",
+            "stopped" => Ended::Stopped,
+            "aborted" => Ended::Aborted,
             other => {
                 return Err(PyValueError::new_err(format!(
                     "reason is 'stopped' or 'aborted', got {other:?}"
@@ -163,14 +160,30 @@ pub(crate) fn start_run(plan_json: &str, out_dir: PathBuf, report: bool) -> PyRe
     Ok(PyRun { handle })
 }
 
-/// A profile's corners `(seconds, value)` and its total (the integral of the curve), as the
-/// engine schedules them: the one rule for charts, the tuner and capacity planning.
+/// A profile's corners `(seconds, value)` (two per linear piece, so consecutive pairs are its
+/// segments), its total (the integral of the curve) and its peak, as the engine schedules
+/// them: the one rule for charts, the tuner, capacity planning and serve mode's caps.
 #[pyfunction]
-pub(crate) fn profile_points(stages_json: &str) -> PyResult<(Vec<(f64, f64)>, f64)> {
-    let stages: Vec<loadpilot_core::profile::Stage> = serde_json::from_str(stages_json)
+pub(crate) fn profile_points(stages_json: &str) -> PyResult<(Vec<(f64, f64)>, f64, f64)> {
+    let stages: Vec<loadpilot_core::plan::Stage> = serde_json::from_str(stages_json)
         .map_err(|e| PlanError::new_err(format!("invalid stages: {e}")))?;
-    let p = loadpilot_core::profile::Profile::new(&stages).map_err(CoreError)?;
-    Ok((p.points(), p.total()))
+    let p = loadpilot_core::plan::profile::Profile::new(&stages).map_err(CoreError)?;
+    Ok((p.points(), p.total(), p.peak()))
+}
+
+/// The plan as the engine reads it, every default filled in (JSON): what the plan models of
+/// another language must agree with.
+#[pyfunction]
+pub(crate) fn normalize_plan(plan_json: &str) -> PyResult<String> {
+    let plan = Plan::from_json(plan_json).map_err(CoreError)?;
+    Ok(plan.to_json())
+}
+
+/// The summary (JSON) of a run cut short, rebuilt from its run directory's files.
+#[pyfunction]
+pub(crate) fn summarize_dir(dir: PathBuf) -> PyResult<String> {
+    let s = loadpilot_core::measure::rundir::summarize_dir(&dir).map_err(CoreError)?;
+    Ok(serde_json::to_string(&s).expect("summaries serialize"))
 }
 
 /// Checks a plan without running it.

@@ -3,21 +3,19 @@
 //! refuse a plan before anything is sent.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
-
-use tokio_util::sync::CancellationToken;
 
 use super::{Body, Ctx, FeedRows, Model};
 use crate::error::{Error, Result};
 use crate::http::{CompiledRequest, Target};
-use crate::metrics::Recorder;
+use crate::measure::metrics::Recorder;
+use crate::plan::profile::Profile;
+use crate::plan::schedule::{Arrivals, Mix, Schedule};
+use crate::plan::template::Scope;
 use crate::plan::{ArrivalKind, Load, Plan, TaskPath, ON_START};
-use crate::profile::Profile;
-use crate::schedule::{Arrivals, Mix, Schedule};
-use crate::session::PythonSide;
-use crate::template::Scope;
+use crate::runner::python::PythonSide;
 
 pub(super) struct Compiled {
     pub(super) ctx: Ctx,
@@ -152,9 +150,7 @@ pub(super) fn compile(plan: &Plan, threads: usize) -> Result<Compiled> {
         }),
         user_vars: plan.user_vars.clone(),
         recorder: Recorder::new(names.len(), duration, threads),
-        stop: CancellationToken::new(),
-        stopped_at: OnceLock::new(),
-        exhausted: AtomicBool::new(false),
+        stop: super::Stop::default(),
         python,
     };
     Ok(Compiled { ctx, names, users })

@@ -1,6 +1,7 @@
-//! A run's life: set up its users, start the clock, close one interval per second into the
-//! run directory and the row queue, drain what is in flight at the planned end (or cancel it
-//! on a stop), run the users' `on_stop`, and write the summary.
+//! A run's life, step by step: set its users up, wait for its start, close one interval per
+//! second into the run directory and the row queue, wind down (drain what is in flight at the
+//! planned end, or cancel it on a stop), close what is left, run the users' `on_stop`, and
+//! write the summary.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -8,17 +9,20 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::runtime::Handle;
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio::time::sleep_until;
 
 use super::compile::Compiled;
-use super::workers::{closed_users, open_worker, set_up, wanted_at_start};
-use super::{Ctx, Model, RunHandle, RunState};
-use crate::error::{Error, Result};
-use crate::metrics::{Interval, Row, RowContext, TaskData};
+use super::python::Work;
+use super::workers::{closed_users, open_worker, set_up, start_user, wanted_at_start, User};
+use super::{lock, Ctx, Model, RunHandle, RunState};
+use crate::error::Result;
+use crate::measure::metrics::{Interval, TaskData};
+use crate::measure::rows::{Row, Span};
+use crate::measure::rundir::{epoch_seconds, RunWriter};
+use crate::measure::summary::{Ended, Head, Summary, Totals};
 use crate::plan::Plan;
-use crate::rundir::{epoch_seconds, RunWriter, Stats, Summary, TaskSummary};
-use crate::session::Work;
 
 /// How long after a second ends its interval is closed: lets requests that completed just
 /// before the boundary finish recording.
@@ -42,8 +46,13 @@ pub(super) fn launch(
 ) -> Result<RunHandle> {
     let writer = RunWriter::create(&dir, &plan.to_json())?;
     let ctx = Arc::new(c.ctx);
+    let runs_on = plan
+        .tasks
+        .iter()
+        .map(|t| t.path.name().to_string())
+        .collect();
     let state = Arc::new(RunState {
-        cumulative: Mutex::new(c.names.iter().map(|_| TaskData::new()).collect()),
+        totals: Mutex::new(Totals::new(c.names.clone(), runs_on)),
         names: c.names,
         dir,
         rows: Mutex::new(Vec::new()),
@@ -51,13 +60,15 @@ pub(super) fn launch(
         failure: Mutex::new(None),
         done: Mutex::new(false),
         done_cv: Condvar::new(),
-        stop_reason: OnceLock::new(),
         plan,
         epoch0: OnceLock::new(),
         sent_s: Mutex::new(0.0),
         intervals: report.then(|| Mutex::new(Vec::new())),
     });
-    let handle = RunHandle(state.clone(), ctx.clone());
+    let handle = RunHandle {
+        state: state.clone(),
+        ctx: ctx.clone(),
+    };
     let driving = rt.spawn(drive(ctx.clone(), state.clone(), writer));
     // A bug that panics the run's task must end the run with an error, never leave callers
     // waiting on a run that will not end, nor its workers sending.
@@ -74,7 +85,7 @@ pub(super) fn launch(
             ctx.stop_now();
             if let Some(py) = &ctx.python {
                 py.tickets.close();
-                py.started.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                lock(&py.started).clear();
             }
             state.fail(format!("the engine failed during the run: {why}"));
             state.finish();
@@ -93,79 +104,29 @@ enum Phase {
     Stopped { at: f64 },
 }
 
+/// Where the run stands once every worker is gone.
+struct WoundDown {
+    duration_s: f64,
+    drain_s: f64,
+    /// The interval still open: its index and length.
+    last: (u64, f64),
+    /// The drain (`Completed`), or the drain limit cut it short (`DrainTimeout`).
+    drained: Ended,
+    /// Whether what is left open is the drain (after the planned end).
+    is_drain: bool,
+}
+
 async fn drive(ctx: Arc<Ctx>, state: Arc<RunState>, mut writer: RunWriter) {
-    // Users wanted from the start are set up (their on_start run) before the clock starts.
-    let ready = if ctx.python.as_ref().is_some_and(|p| p.hooks.on_start) {
-        tokio::select! {
-            users = set_up(&ctx, 0..wanted_at_start(&ctx)) => users,
-            _ = ctx.stop.cancelled() => Vec::new(),
-        }
-    } else {
-        let mut users = Vec::new();
-        for vu in 0..wanted_at_start(&ctx) {
-            users.push(match ctx.owns_user(vu) {
-                true => super::workers::start_user(&ctx, vu).await,
-                false => None,
-            });
-        }
-        users
-    };
-    let wall_start = match ctx.start_at {
-        // A distributed run's slices all start at the agreed instant.
-        Some(at) => {
-            let ahead = at - epoch_seconds(SystemTime::now());
-            if ahead > 0.0 {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs_f64(ahead)) => {}
-                    _ = ctx.stop.cancelled() => {}
-                }
-            }
-            SystemTime::UNIX_EPOCH + Duration::from_secs_f64(at)
-        }
-        None => SystemTime::now(),
-    };
+    let ready = set_up_users(&ctx).await;
+    let wall_start = wait_for_start(&ctx).await;
     ctx.start_clock();
-    let clock = ctx.clock();
     if let Err(e) = writer.begin(wall_start) {
         state.fail(e.to_string());
         ctx.stop_now();
     }
-    let n_intervals = ctx.duration.ceil().max(1.0) as u64;
-    let mut workers = JoinSet::new();
-    if !ctx.stop.is_cancelled() {
-        spawn_workers(&ctx, &mut workers, ready);
-    }
-    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
-    let joiner_stop = ctx.stop.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                r = workers.join_next() => if r.is_none() { break },
-                _ = joiner_stop.cancelled() => {
-                    // Workers drop what is in flight as soon as they see the token; whatever
-                    // has not noticed it in a moment is aborted.
-                    let grace = tokio::time::sleep(STOP_GRACE);
-                    tokio::pin!(grace);
-                    loop {
-                        tokio::select! {
-                            r = workers.join_next() => if r.is_none() { break },
-                            _ = &mut grace => {
-                                workers.abort_all();
-                                while workers.join_next().await.is_some() {}
-                                break;
-                            }
-                        }
-                    }
-                    break;
-                }
-            }
-        }
-        let _ = done_tx.send(());
-    });
-
+    let mut workers_done = spawn_workers(&ctx, ready);
     let epoch0 = epoch_seconds(wall_start);
     let _ = state.epoch0.set(epoch0);
-    let n_tasks = state.names.len();
     let mut closer = Closer {
         ctx: &ctx,
         state: &state,
@@ -173,17 +134,118 @@ async fn drive(ctx: Arc<Ctx>, state: Arc<RunState>, mut writer: RunWriter) {
         epoch0,
         gauges: None,
     };
-    let fail = |e: Error| {
-        *state.failure.lock().unwrap() = Some(e.to_string());
-        ctx.stop_now();
-    };
     // Arrivals due and never taken from the schedule, per task.
-    let mut skipped = vec![0u64; n_tasks];
-    let mut i = 0u64;
+    let mut skipped = vec![0u64; state.names.len()];
+    let (phase, next) = close_intervals(&mut closer, &mut workers_done, &mut skipped).await;
+    let end = wind_down(&ctx, phase, next, &mut workers_done, &mut skipped).await;
+    let drain_s = close_last(&mut closer, &end, &skipped);
+    let ended = ctx.stop.ended(state.failed(), end.drained);
+    let summary = summarize(
+        &ctx,
+        &state,
+        epoch0,
+        end.duration_s,
+        drain_s,
+        ended,
+        &skipped,
+    );
+    if let Err(e) = writer.summary(&summary) {
+        state.fail(e.to_string());
+    }
+    // The measured part is on disk; the users' on_stop runs before the run says it is done.
+    tear_down(&ctx).await;
+    *lock(&state.summary) = Some(summary);
+    state.finish();
+}
+
+/// The users wanted from the start, set up (their `on_start` run) before the clock starts;
+/// `None` for a user that is not this run's own or whose `on_start` failed.
+async fn set_up_users(ctx: &Arc<Ctx>) -> Vec<Option<User>> {
+    if ctx.python.as_ref().is_some_and(|p| p.hooks.on_start) {
+        return tokio::select! {
+            users = set_up(ctx, 0..wanted_at_start(ctx)) => users,
+            _ = ctx.stop.cancelled() => Vec::new(),
+        };
+    }
+    let mut users = Vec::new();
+    for vu in 0..wanted_at_start(ctx) {
+        users.push(match ctx.owns_user(vu) {
+            true => start_user(ctx, vu).await,
+            false => None,
+        });
+    }
+    users
+}
+
+/// Waits for the instant the run starts: now, or a distributed run's agreed instant (every
+/// slice starts at it). Returns that instant.
+async fn wait_for_start(ctx: &Ctx) -> SystemTime {
+    let Some(at) = ctx.start_at else {
+        return SystemTime::now();
+    };
+    let ahead = at - epoch_seconds(SystemTime::now());
+    if ahead > 0.0 {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs_f64(ahead)) => {}
+            _ = ctx.stop.cancelled() => {}
+        }
+    }
+    SystemTime::UNIX_EPOCH + Duration::from_secs_f64(at)
+}
+
+/// Starts the workers (unless the run was stopped already) and a joiner that waits for them
+/// all; what it returns resolves once every worker is gone. On a stop, workers get
+/// `STOP_GRACE` to notice it and are aborted after.
+fn spawn_workers(ctx: &Arc<Ctx>, ready: Vec<Option<User>>) -> oneshot::Receiver<()> {
+    let mut workers = JoinSet::new();
+    if !ctx.stop.is_cancelled() {
+        match &ctx.model {
+            Model::Open { .. } => {
+                // A user whose on_start failed takes no arrivals: the others take them.
+                for user in ready.into_iter().flatten() {
+                    workers.spawn(open_worker(ctx.clone(), user));
+                }
+            }
+            Model::Closed { .. } => {
+                workers.spawn(closed_users(ctx.clone(), ready));
+            }
+        }
+    }
+    let (done_tx, done_rx) = oneshot::channel::<()>();
+    let stop = ctx.stop.token();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = async { while workers.join_next().await.is_some() {} } => {}
+            _ = stop.cancelled() => {
+                // Workers drop what is in flight as soon as they see the token; whatever has
+                // not noticed it in a moment is aborted.
+                let all = async { while workers.join_next().await.is_some() {} };
+                if tokio::time::timeout(STOP_GRACE, all).await.is_err() {
+                    workers.abort_all();
+                    while workers.join_next().await.is_some() {}
+                }
+            }
+        }
+        let _ = done_tx.send(());
+    });
+    done_rx
+}
+
+/// Closes one interval per second until the planned end, a stop, or every worker finishing.
+/// Returns how the schedule's part ended and the index of the next interval to close.
+async fn close_intervals(
+    closer: &mut Closer<'_>,
+    workers_done: &mut oneshot::Receiver<()>,
+    skipped: &mut [u64],
+) -> (Phase, u64) {
+    let ctx = closer.ctx;
+    let clock = ctx.clock();
+    let n_intervals = ctx.duration.ceil().max(1.0) as u64;
     // The last interval's gauges are read just before the planned end, while users are still
     // at work.
     let gauge_at = clock.start + Duration::from_secs_f64((ctx.duration - 0.1).max(0.0));
-    let phase = loop {
+    let mut i = 0u64;
+    loop {
         let is_last = i + 1 >= n_intervals;
         let boundary = if is_last {
             clock.send_until
@@ -192,147 +254,142 @@ async fn drive(ctx: Arc<Ctx>, state: Arc<RunState>, mut writer: RunWriter) {
         };
         tokio::select! {
             _ = sleep_until(gauge_at.into()), if is_last && closer.gauges.is_none() => {
-                closer.gauges = Some(gauges(&ctx));
+                closer.gauges = Some(gauges(ctx));
             }
             _ = sleep_until(boundary.into()) => {
                 let mut data = ctx.recorder.take(i, false);
                 let length = if is_last { ctx.duration - i as f64 } else { 1.0 };
                 if is_last {
                     // Nothing new is sent from here on: what was due and not taken is unsent.
-                    let left = finish_schedule(&ctx, ctx.duration);
+                    let left = finish_schedule(ctx, ctx.duration);
                     for (t, n) in left.iter().enumerate() {
-                        data[t].unsent += n;
+                        data[t].counts.unsent += n;
                         skipped[t] += n;
                     }
                 }
                 if let Err(e) = closer.close(i, length, data) {
-                    fail(e);
+                    closer.state.fail(e.to_string());
+                    ctx.stop_now();
                 }
                 i += 1;
                 if is_last {
-                    break Phase::Planned;
+                    return (Phase::Planned, i);
                 }
             }
-            _ = &mut done_rx => match ctx.stopped_at.get() {
+            _ = &mut *workers_done => return match ctx.stop.at() {
                 // Workers saw a stop and were gone before this loop woke.
-                Some(&at) => break Phase::Stopped { at },
-                None => break Phase::Joined,
+                Some(at) => (Phase::Stopped { at }, i),
+                None => (Phase::Joined, i),
             },
             _ = ctx.stop.cancelled() => {
-                closer.gauges = Some(gauges(&ctx));
-                let _ = (&mut done_rx).await;
-                let at = ctx.stopped_at.get().copied().unwrap_or(ctx.duration);
-                break Phase::Stopped { at };
+                closer.gauges = Some(gauges(ctx));
+                let _ = (&mut *workers_done).await;
+                let at = ctx.stop.at().unwrap_or(ctx.duration);
+                return (Phase::Stopped { at }, i);
             }
         }
-    };
-    let exhausted = ctx.exhausted.load(Ordering::Relaxed);
-    let mut ended = "completed";
-    let (duration_s, drain_s, last_i, last_len) = match phase {
+    }
+}
+
+/// Waits until every worker is gone: at the planned end, for what is in flight (up to the
+/// drain limit); after a stop or an early end, what the schedule still held is unsent.
+async fn wind_down(
+    ctx: &Ctx,
+    phase: Phase,
+    next: u64,
+    workers_done: &mut oneshot::Receiver<()>,
+    skipped: &mut [u64],
+) -> WoundDown {
+    match phase {
         Phase::Planned => {
-            // The drain: wait for what is in flight, up to the drain limit.
+            let clock = ctx.clock();
             let deadline = clock.planned_end + ctx.drain_limit;
+            let mut drained = Ended::Completed;
             tokio::select! {
-                _ = &mut done_rx => {}
+                _ = &mut *workers_done => {}
                 _ = sleep_until(deadline.into()) => {
-                    ended = "drain_timeout";
+                    drained = Ended::DrainTimeout;
                     ctx.stop.cancel();
-                    let _ = (&mut done_rx).await;
+                    let _ = (&mut *workers_done).await;
                 }
                 _ = ctx.stop.cancelled() => {
-                    let _ = (&mut done_rx).await;
+                    let _ = (&mut *workers_done).await;
                 }
             }
             let drain = clock.planned_end.elapsed().as_secs_f64();
-            (ctx.duration, drain, i, drain)
+            WoundDown {
+                duration_s: ctx.duration,
+                drain_s: drain,
+                last: (next, drain),
+                drained,
+                is_drain: true,
+            }
         }
         Phase::Joined | Phase::Stopped { .. } => {
             let at = match phase {
                 Phase::Stopped { at } => at,
                 _ => ctx.duration,
             };
-            let left = finish_schedule(&ctx, at);
+            let left = finish_schedule(ctx, at);
             for (t, n) in left.iter().enumerate() {
                 skipped[t] += n;
             }
-            (at, 0.0, i, (at - i as f64).clamp(0.0, 1.0))
+            WoundDown {
+                duration_s: at,
+                drain_s: 0.0,
+                last: (next, (at - next as f64).clamp(0.0, 1.0)),
+                drained: Ended::Completed,
+                is_drain: false,
+            }
         }
-    };
-    // Every worker is gone: what remains open is the last interval (or the drain).
-    let mut data = ctx.recorder.take(u64::MAX, true);
-    if !matches!(phase, Phase::Planned) {
+    }
+}
+
+/// Closes what remains open once every worker is gone (the last interval, or the drain):
+/// arrivals taken and never started are unsent, iterations started and never finished are
+/// cancelled. Returns the drain's length (0 when nothing happened in it).
+fn close_last(closer: &mut Closer<'_>, end: &WoundDown, skipped: &[u64]) -> f64 {
+    let mut data = closer.ctx.recorder.take(u64::MAX, true);
+    if !end.is_drain {
         for (t, n) in skipped.iter().enumerate() {
-            data[t].unsent += n;
+            data[t].counts.unsent += n;
         }
     }
     {
-        let cumulative = state.cumulative.lock().unwrap();
-        for (t, d) in data.iter_mut().enumerate() {
-            let mut total = cumulative[t].clone();
-            total.add(d);
+        let totals = lock(&closer.state.totals);
+        for (d, before) in data.iter_mut().zip(totals.entries()) {
+            let mut total = before.counts;
+            total.add(&d.counts);
             // Taken and never started: unsent. Started and never finished: cancelled.
-            d.unsent += total.taken.saturating_sub(total.started);
-            d.cancelled += total.started.saturating_sub(total.iterations);
+            d.counts.unsent += total.taken.saturating_sub(total.started);
+            d.counts.cancelled += total.started.saturating_sub(total.iterations);
         }
     }
-    let is_drain = matches!(phase, Phase::Planned);
-    let anything = data
-        .iter()
-        .any(|d| d.requests + d.unsent + d.cancelled + d.error_total() + d.taken > 0);
+    let anything = data.iter().any(|d| d.counts.any());
     // A drain in which nothing happened (everything had come back by the planned end) is
     // not a row, and no time.
-    let drain_s = if is_drain && !anything { 0.0 } else { drain_s };
-    if !is_drain || anything {
-        if let Err(e) = closer.close(last_i, last_len, data) {
-            *state.failure.lock().unwrap() = Some(e.to_string());
-        }
+    if end.is_drain && !anything {
+        return 0.0;
     }
-    if state.failure.lock().unwrap().is_some() {
-        // The run directory could not be written (a full disk): what the summary says was
-        // measured, but rows may be missing from the files.
-        ended = "failed";
-    } else if let (Some(reason), "completed") = (state.stop_reason.get(), ended) {
-        ended = reason;
-    } else if exhausted {
-        ended = "exhausted";
+    let (i, length) = end.last;
+    if let Err(e) = closer.close(i, length, data) {
+        closer.state.fail(e.to_string());
     }
-    let summary = summarize(&ctx, &state, epoch0, duration_s, drain_s, ended, &skipped);
-    if let Err(e) = writer.summary(&summary) {
-        *state.failure.lock().unwrap() = Some(e.to_string());
+    if end.is_drain {
+        end.drain_s
+    } else {
+        0.0
     }
-    // The measured part is on disk; the users' on_stop runs before the run says it is done.
-    tear_down(&ctx).await;
-    *state.summary.lock().unwrap() = Some(summary);
-    state.finish();
 }
 
 /// Ends the open model's schedule at `at` seconds: the arrivals due before it that nobody
 /// took, per task.
 fn finish_schedule(ctx: &Ctx, at: f64) -> Vec<u64> {
     match &ctx.model {
-        Model::Open { schedule, .. } => schedule
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .finish_before(at, &ctx.mix, ctx.bodies.len()),
+        Model::Open { schedule, .. } => {
+            lock(schedule).finish_before(at, &ctx.mix, ctx.bodies.len())
+        }
         Model::Closed { .. } => vec![0; ctx.bodies.len()],
-    }
-}
-
-fn spawn_workers(
-    ctx: &Arc<Ctx>,
-    workers: &mut JoinSet<()>,
-    ready: Vec<Option<super::workers::User>>,
-) {
-    match &ctx.model {
-        Model::Open { .. } => {
-            // A user whose on_start failed takes no arrivals: the others take them.
-            for user in ready.into_iter().flatten() {
-                workers.spawn(open_worker(ctx.clone(), user));
-            }
-        }
-        Model::Closed { .. } => {
-            workers.spawn(closed_users(ctx.clone(), ready));
-        }
     }
 }
 
@@ -340,7 +397,7 @@ fn spawn_workers(
 /// Python the run is over.
 async fn tear_down(ctx: &Arc<Ctx>) {
     let Some(py) = &ctx.python else { return };
-    let users = std::mem::take(&mut *py.started.lock().unwrap_or_else(|e| e.into_inner()));
+    let users = std::mem::take(&mut *lock(&py.started));
     if py.hooks.on_stop && !users.is_empty() {
         let limit = Duration::from_secs_f64(py.hooks.timeout_s).min(ON_STOP_LIMIT);
         let mut stopping = JoinSet::new();
@@ -383,38 +440,22 @@ impl Closer<'_> {
         let start_s = (i as f64).min(ctx.duration);
         let drain = i as f64 >= ctx.duration;
         if !drain {
-            *self.state.sent_s.lock().unwrap_or_else(|e| e.into_inner()) += length;
+            *lock(&self.state.sent_s) += length;
         }
         let (in_flight, active_users) = self.gauges.unwrap_or_else(|| gauges(ctx));
+        let span = Span {
+            start_s,
+            length_s: length,
+            drain,
+            in_flight,
+            active_users,
+        };
         let rows: Vec<Row> = data
             .iter()
             .enumerate()
             .map(|(t, d)| {
-                let target_rps = match &ctx.model {
-                    // A hook's entry has no arrivals of its own.
-                    _ if t >= ctx.bodies.len() => None,
-                    Model::Open { .. } if drain => Some(0.0),
-                    Model::Open { arrivals, .. } if length > 0.0 => {
-                        let n =
-                            arrivals.cumulative(start_s + length) - arrivals.cumulative(start_s);
-                        Some(n / ctx.shards * ctx.mix.share(t) / length)
-                    }
-                    _ => None,
-                };
-                Row::new(
-                    RowContext {
-                        time: self.epoch0 + start_s,
-                        elapsed_s: start_s,
-                        interval_s: length,
-                        // Nothing is sent in the drain: its requests were sent before it.
-                        achieved_s: (!drain).then_some(length),
-                        task: &self.state.names[t],
-                        target_rps,
-                        in_flight,
-                        active_users,
-                    },
-                    d,
-                )
+                let target_rps = target_rps(ctx, t, start_s, length, drain);
+                span.row(self.epoch0, &self.state.names[t], target_rps, d)
             })
             .collect();
         self.writer
@@ -431,72 +472,70 @@ impl Closer<'_> {
                 target_rps: rows.iter().map(|r| r.target_rps).collect(),
                 tasks: data.iter().map(TaskData::to_wire).collect(),
             };
-            q.lock().unwrap_or_else(|e| e.into_inner()).push(whole);
+            lock(q).push(whole);
         }
-        {
-            let mut c = self.state.cumulative.lock().unwrap();
-            for (acc, d) in c.iter_mut().zip(&data) {
-                acc.add(d);
-            }
-        }
-        self.state.rows.lock().unwrap().extend(rows);
+        lock(&self.state.totals).add(&data);
+        lock(&self.state.rows).extend(rows);
         ctx.recorder.recycle(data);
         Ok(())
     }
 }
 
+/// The profile's rate for entry `t` over `[start_s, start_s + length)`: an open model's
+/// share of its slice; `None` for a closed model and for hooks (no arrivals of their own).
+fn target_rps(ctx: &Ctx, t: usize, start_s: f64, length: f64, drain: bool) -> Option<f64> {
+    match &ctx.model {
+        _ if t >= ctx.bodies.len() => None,
+        Model::Open { .. } if drain => Some(0.0),
+        Model::Open { arrivals, .. } if length > 0.0 => {
+            let n = arrivals.cumulative(start_s + length) - arrivals.cumulative(start_s);
+            Some(n / ctx.shards * ctx.mix.share(t) / length)
+        }
+        _ => None,
+    }
+}
+
 /// The summary of what was recorded and closed: of the whole run at its end, or of the
-/// seconds closed so far while it goes (`ended` "running").
+/// seconds closed so far while it goes (`Ended::Running`). An open model's target per task
+/// is what was taken from its schedule and what was skipped.
 pub(super) fn summarize(
     ctx: &Ctx,
     state: &RunState,
     epoch0: f64,
     duration_s: f64,
     drain_s: f64,
-    ended: &str,
+    ended: Ended,
     skipped: &[u64],
 ) -> Summary {
-    let plan = &state.plan;
-    let c = state.cumulative.lock().unwrap_or_else(|e| e.into_inner());
+    let totals = lock(&state.totals);
     let open = matches!(ctx.model, Model::Open { .. });
-    let mut all = TaskData::new();
-    let mut all_target = 0u64;
-    let tasks = c
-        .iter()
-        .zip(&state.names)
-        .enumerate()
-        .map(|(i, (d, name))| {
-            all.add(d);
-            let target = d.taken + skipped.get(i).copied().unwrap_or(0);
-            all_target += target;
-            TaskSummary {
-                name: name.clone(),
-                path: plan.tasks.get(i).map_or("hook", |t| t.path.name()).into(),
-                target_requests: open.then_some(target as f64),
-                stats: Stats::of(d, duration_s),
-            }
-        })
-        .collect();
-    Summary {
-        name: plan.name.clone(),
+    let targets: Option<Vec<f64>> = open.then(|| {
+        totals
+            .entries()
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.counts.taken + skipped.get(i).copied().unwrap_or(0)) as f64)
+            .collect()
+    });
+    let head = Head {
+        name: &state.plan.name,
         started_at: epoch0,
         duration_s,
         drain_s,
         planned_duration_s: ctx.duration,
-        ended: ended.into(),
-        model: if open { "open" } else { "closed" }.into(),
-        target_requests: open.then_some(all_target as f64),
-        overall: Stats::of(&all, duration_s),
-        tasks,
-    }
+        ended,
+        model: if open { "open" } else { "closed" },
+    };
+    totals.summary(head, targets.as_deref())
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
+    use crate::measure::summary::Ended;
     use crate::plan::Plan;
-    use crate::session::{Done, Work};
+    use crate::runner::python::{Done, Work};
 
     use super::super::start;
 
@@ -532,7 +571,7 @@ mod tests {
             .await
             .unwrap();
         let s = run.summary().expect("a finished run has a summary");
-        assert_eq!(s.ended, "completed");
+        assert_eq!(s.ended, Ended::Completed);
         assert_eq!(s.target_requests, Some(200.0));
         let targets: Vec<_> = s.tasks.iter().map(|t| t.target_requests).collect();
         assert_eq!(targets, [Some(150.0), Some(50.0)]);
@@ -540,7 +579,7 @@ mod tests {
             let st = &t.stats;
             assert_eq!(
                 t.target_requests,
-                Some((st.iterations + st.cancelled + st.unsent) as f64)
+                Some((st.iterations.unwrap() + st.cancelled + st.unsent) as f64)
             );
             assert_eq!(st.errors_by_kind["connect"], st.requests);
         }
@@ -607,15 +646,18 @@ mod tests {
             .unwrap();
         let seen = py.join().unwrap();
         let s = run.summary().unwrap();
-        assert_eq!(s.ended, "completed");
+        assert_eq!(s.ended, Ended::Completed);
         let names: Vec<_> = s.tasks.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["py", "on_start"]);
         let py_task = &s.tasks[0];
         assert_eq!(py_task.target_requests, Some(100.0));
-        assert_eq!(py_task.stats.iterations, 100);
+        assert_eq!(py_task.stats.iterations, Some(100));
         assert_eq!(py_task.stats.errors_by_kind["exception"], 10);
         let hook = &s.tasks[1];
-        assert_eq!((hook.path.as_str(), hook.stats.iterations), ("hook", 4));
+        assert_eq!(
+            (hook.path.as_str(), hook.stats.iterations),
+            ("hook", Some(4))
+        );
         assert_eq!(hook.stats.errors_by_kind["exception"], 1);
         let starts = seen.iter().filter(|(w, ..)| *w == Work::OnStart).count();
         let stops: Vec<u64> = seen
@@ -669,11 +711,11 @@ mod tests {
         assert!(ended, "the run ends by itself");
         let seen = py.join().unwrap();
         let s = run.summary().unwrap();
-        assert_eq!(s.ended, "drain_timeout");
+        assert_eq!(s.ended, Ended::DrainTimeout);
         let st = &s.tasks[0].stats;
         assert_eq!(st.cancelled, 1, "{st:?}");
         let by_user0 = seen.iter().filter(|(_, vu, _)| *vu == 0).count() as u64;
-        assert_eq!(st.iterations, by_user0);
+        assert_eq!(st.iterations, Some(by_user0));
         assert!(by_user0 >= 5, "user 0 ran about every 0.1 s: {by_user0}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -17,6 +17,8 @@
 
 mod compile;
 mod lifecycle;
+pub mod pacer;
+pub mod python;
 mod record;
 mod workers;
 
@@ -27,16 +29,19 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::http::{CompiledRequest, Target};
-use crate::metrics::{Interval, Recorder, Row, TaskData};
+use crate::measure::metrics::{Interval, Recorder, TaskData};
+use crate::measure::rows::Row;
+use crate::measure::rundir;
+use crate::measure::summary::Summary;
+use crate::measure::summary::{Ended, Totals};
+use crate::plan::profile::Profile;
+use crate::plan::schedule::{Mix, Rng, Schedule};
 use crate::plan::{FeedMode, Plan};
-use crate::profile::Profile;
-use crate::rundir::{self, Summary};
-use crate::schedule::{Mix, Rng, Schedule};
-use crate::session::{Inbox, PythonSide, Ticket};
+use crate::runner::python::{Inbox, PythonSide, Ticket};
 
 pub(crate) use record::{exchange, record_exchange};
 
@@ -49,7 +54,7 @@ pub fn build_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime>
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
         .thread_name("loadpilot-engine")
-        .on_thread_start(crate::metrics::register_worker_thread)
+        .on_thread_start(crate::measure::metrics::register_worker_thread)
         .enable_all()
         .build()
 }
@@ -105,6 +110,61 @@ impl FeedRows {
     }
 }
 
+/// How a run stops before its planned end, all in one place: the token every worker watches,
+/// when it was stopped, why (when a caller stopped it), and whether a unique feeder ran out.
+#[derive(Default)]
+pub(crate) struct Stop {
+    token: CancellationToken,
+    /// When the run was stopped before its planned end (seconds after the start).
+    at: OnceLock<f64>,
+    /// Set by the first `RunHandle::stop`, with its reason (`Stopped` or `Aborted`): tells a
+    /// stopped run from one whose token was cancelled for another reason (a unique feeder ran
+    /// out, in-flight requests outlived the drain).
+    reason: OnceLock<Ended>,
+    exhausted: AtomicBool,
+}
+
+impl Stop {
+    /// Resolves once the run is stopping (for whatever reason).
+    pub(crate) fn cancelled(&self) -> WaitForCancellationFuture<'_> {
+        self.token.cancelled()
+    }
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.token.is_cancelled()
+    }
+    /// Cancels what is in flight without ending the run's sending time (the drain's end).
+    pub(crate) fn cancel(&self) {
+        self.token.cancel();
+    }
+    pub(crate) fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+    /// When the run was stopped before its planned end, if it was.
+    pub(crate) fn at(&self) -> Option<f64> {
+        self.at.get().copied()
+    }
+    /// A unique feeder ran out: the run ends as `exhausted`.
+    pub(crate) fn exhaust(&self) {
+        self.exhausted
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    /// How the run ended, once it has: a failure first, then the caller's reason, then a
+    /// feeder that ran out, then what the drain says (`Completed` or `DrainTimeout`).
+    pub(crate) fn ended(&self, failed: bool, drained: Ended) -> Ended {
+        if failed {
+            Ended::Failed
+        } else if drained != Ended::Completed {
+            drained
+        } else if let Some(&reason) = self.reason.get() {
+            reason
+        } else if self.exhausted.load(std::sync::atomic::Ordering::Relaxed) {
+            Ended::Exhausted
+        } else {
+            Ended::Completed
+        }
+    }
+}
+
 /// The run's clock, started once its users are set up.
 pub(crate) struct Clock {
     pub(crate) start: Instant,
@@ -140,10 +200,7 @@ pub(crate) struct Ctx {
     pub(crate) feeder: Option<FeedRows>,
     pub(crate) user_vars: Vec<BTreeMap<String, String>>,
     pub(crate) recorder: Recorder,
-    pub(crate) stop: CancellationToken,
-    /// When the run was stopped before its planned end (seconds after the start).
-    pub(crate) stopped_at: OnceLock<f64>,
-    pub(crate) exhausted: AtomicBool,
+    pub(crate) stop: Stop,
     /// Set when any part of the plan runs in Python (a task body or a hook).
     pub(crate) python: Option<PythonSide>,
 }
@@ -211,7 +268,7 @@ impl Ctx {
     /// Ends the run now, before its planned end: nothing new is sent, what is in flight is
     /// cancelled. The first call's instant is the end of the run's sending time.
     pub(crate) fn stop_now(&self) {
-        self.stopped_at.get_or_init(|| {
+        self.stop.at.get_or_init(|| {
             self.started()
                 .map_or(0.0, |s| s.elapsed().as_secs_f64().min(self.duration))
         });
@@ -224,15 +281,11 @@ pub struct RunState {
     pub names: Vec<String>,
     pub dir: PathBuf,
     rows: Mutex<Vec<Row>>,
-    cumulative: Mutex<Vec<TaskData>>,
+    totals: Mutex<Totals>,
     summary: Mutex<Option<Summary>>,
     failure: Mutex<Option<String>>,
     done: Mutex<bool>,
     done_cv: Condvar,
-    /// Set by the first `stop()`, with its reason (`stopped` or `aborted`): tells a stopped
-    /// run from one whose token was cancelled for another reason (a unique feeder ran out,
-    /// in-flight requests outlived the drain).
-    stop_reason: OnceLock<&'static str>,
     plan: Plan,
     /// When the run's clock started, seconds since the Unix epoch.
     epoch0: OnceLock<f64>,
@@ -242,60 +295,74 @@ pub struct RunState {
     intervals: Option<Mutex<Vec<Interval>>>,
 }
 
+/// A lock whose holder panicked still guards data that is whole (every update under these
+/// locks is a single assignment or addition): the run goes on with it.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl RunState {
     fn finish(&self) {
-        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        *lock(&self.done) = true;
         self.done_cv.notify_all();
     }
 
+    /// Records the run's first failure (later ones are consequences).
     fn fail(&self, why: String) {
-        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
-        f.get_or_insert(why);
+        lock(&self.failure).get_or_insert(why);
+    }
+
+    fn failed(&self) -> bool {
+        lock(&self.failure).is_some()
     }
 }
 
+/// A run, as its caller holds it.
 #[derive(Clone)]
-pub struct RunHandle(Arc<RunState>, Arc<Ctx>);
+pub struct RunHandle {
+    state: Arc<RunState>,
+    ctx: Arc<Ctx>,
+}
 
 impl RunHandle {
     /// Stops the run: nothing new is sent, what is in flight is cancelled.
     pub fn stop(&self) {
-        self.stop_with("stopped");
+        self.stop_with(Ended::Stopped);
     }
 
-    /// Stops the run with the reason the summary gives: `stopped` or `aborted` (a threshold
+    /// Stops the run with the reason the summary gives: `Stopped` or `Aborted` (a threshold
     /// failed while the run went).
-    pub fn stop_with(&self, reason: &'static str) {
-        let _ = self.0.stop_reason.set(reason);
-        self.1.stop_now();
+    pub fn stop_with(&self, reason: Ended) {
+        let _ = self.ctx.stop.reason.set(reason);
+        self.ctx.stop_now();
     }
     pub fn is_done(&self) -> bool {
-        *self.0.done.lock().unwrap()
+        *lock(&self.state.done)
     }
     /// Waits up to `timeout` for the run to end; true if it has.
     pub fn wait(&self, timeout: Duration) -> bool {
-        let g = self.0.done.lock().unwrap();
+        let g = lock(&self.state.done);
         let (g, _) = self
-            .0
+            .state
             .done_cv
             .wait_timeout_while(g, timeout, |d| !*d)
-            .unwrap();
+            .unwrap_or_else(|e| e.into_inner());
         *g
     }
-    /// Rows closed since the last call.
     /// Intervals closed since the last call, whole (only for runs started to report them).
     pub fn take_intervals(&self) -> Vec<Interval> {
-        self.0
+        self.state
             .intervals
             .as_ref()
-            .map(|q| std::mem::take(&mut *q.lock().unwrap_or_else(|e| e.into_inner())))
+            .map(|q| std::mem::take(&mut *lock(q)))
             .unwrap_or_default()
     }
+    /// Rows closed since the last call.
     pub fn take_rows(&self) -> Vec<Row> {
-        std::mem::take(&mut *self.0.rows.lock().unwrap())
+        std::mem::take(&mut *lock(&self.state.rows))
     }
     pub fn summary(&self) -> Option<Summary> {
-        self.0.summary.lock().unwrap().clone()
+        lock(&self.state.summary).clone()
     }
     /// The final summary once the run has ended; while it goes, the summary of the seconds
     /// closed so far (`ended` "running"), by the same rule.
@@ -303,61 +370,56 @@ impl RunHandle {
         if let Some(s) = self.summary() {
             return s;
         }
-        let sent = *self.0.sent_s.lock().unwrap_or_else(|e| e.into_inner());
-        let epoch0 = self.0.epoch0.get().copied().unwrap_or(0.0);
-        lifecycle::summarize(&self.1, &self.0, epoch0, sent, 0.0, "running", &[])
+        let sent = *lock(&self.state.sent_s);
+        let epoch0 = self.state.epoch0.get().copied().unwrap_or(0.0);
+        lifecycle::summarize(
+            &self.ctx,
+            &self.state,
+            epoch0,
+            sent,
+            0.0,
+            Ended::Running,
+            &[],
+        )
     }
     /// Set when the run ended on an error of its own (e.g. the disk filled up).
     pub fn failure(&self) -> Option<String> {
-        self.0.failure.lock().unwrap().clone()
+        lock(&self.state.failure).clone()
     }
     pub fn names(&self) -> &[String] {
-        &self.0.names
+        &self.state.names
     }
     pub fn dir(&self) -> &PathBuf {
-        &self.0.dir
+        &self.state.dir
     }
     /// Everything closed so far for one task, or for all tasks (`None`).
     pub fn cumulative(&self, task: Option<&str>) -> Result<TaskData> {
-        let c = self.0.cumulative.lock().unwrap();
-        match task {
-            None => {
-                let mut all = TaskData::new();
-                c.iter().for_each(|d| all.add(d));
-                Ok(all)
-            }
-            Some(name) => {
-                let i = self.0.names.iter().position(|n| n == name).ok_or_else(|| {
-                    Error::plan(
-                        "task",
-                        format!("no task named {name:?}; tasks: {:?}", self.0.names),
-                    )
-                })?;
-                Ok(c[i].clone())
-            }
-        }
+        lock(&self.state.totals).of(task)
     }
 
     /// Seconds since the run's clock started (0 while its users are set up).
     pub fn elapsed_s(&self) -> f64 {
-        self.1.started().map_or(0.0, |s| s.elapsed().as_secs_f64())
+        self.ctx
+            .started()
+            .map_or(0.0, |s| s.elapsed().as_secs_f64())
     }
 
     /// Where the engine posts Python's work; `None` when no part of the plan is Python.
     pub fn tickets(&self) -> Option<Arc<Inbox<Ticket>>> {
-        self.1.python.as_ref().map(|p| p.tickets.clone())
+        self.ctx.python.as_ref().map(|p| p.tickets.clone())
     }
 
     /// The most virtual users (closed model) or connections (open model) the run has at once.
     pub fn max_users(&self) -> u64 {
-        self.1.model.peak_users()
+        self.ctx.model.peak_users()
     }
 
     /// The Python side cannot go on: the run ends with this error.
     pub fn python_failed(&self, why: &str) {
-        self.0.fail(format!("Python virtual users failed: {why}"));
-        self.1.stop_now();
-        if let Some(py) = &self.1.python {
+        self.state
+            .fail(format!("Python virtual users failed: {why}"));
+        self.ctx.stop_now();
+        if let Some(py) = &self.ctx.python {
             py.tickets.close();
         }
     }

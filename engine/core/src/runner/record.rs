@@ -5,9 +5,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::Ctx;
-use crate::check::Check;
-use crate::http::{Client, ErrorKind, Outgoing, Response};
-use crate::template::Values;
+use crate::http::{Client, Outgoing, Response};
+use crate::outcome::ErrorKind;
+use crate::plan::check::Check;
+use crate::plan::template::Values;
 
 /// Sends one request on `client`, bounded by `timeout` (connecting included), and counts it
 /// in flight meanwhile. Returns when it ended, and when it was sent with the response.
@@ -70,12 +71,12 @@ pub(crate) fn record_exchange(
                 if let Some(f) = failure {
                     d.error(f.into(), true);
                 }
-                d.iterations += ends;
+                d.counts.iterations += ends;
             });
         }
         Err(kind) => ctx.recorder.record(task, end, |d| {
             d.error(*kind, false);
-            d.iterations += ends;
+            d.counts.iterations += ends;
         }),
     }
 }

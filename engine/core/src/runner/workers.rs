@@ -11,9 +11,9 @@ use tokio::task::JoinSet;
 use tokio::time::sleep_until;
 
 use super::{record_exchange, Body, Ctx, Model, LATE};
-use crate::pacer;
-use crate::session::{Done, Session, Work};
-use crate::template::Values;
+use crate::plan::template::Values;
+use crate::runner::pacer;
+use crate::runner::python::{Done, Session, Work};
 
 /// A virtual user: its connection (shared with its Python code) and its template values.
 pub(super) struct User {
@@ -68,7 +68,7 @@ pub(super) async fn start_user(ctx: &Arc<Ctx>, vu: u64) -> Option<User> {
         let now = Instant::now();
         match done {
             Done::Started(values) => {
-                ctx.recorder.record(hook, now, |d| d.iterations += 1);
+                ctx.recorder.record(hook, now, |d| d.counts.iterations += 1);
                 let mut merged = User {
                     session: session.clone(),
                     own: None,
@@ -79,11 +79,11 @@ pub(super) async fn start_user(ctx: &Arc<Ctx>, vu: u64) -> Option<User> {
                 merged.extend(values);
                 own = Some(merged);
             }
-            Done::Ran => ctx.recorder.record(hook, now, |d| d.iterations += 1),
+            Done::Ran => ctx.recorder.record(hook, now, |d| d.counts.iterations += 1),
             Done::Raised => {
                 ctx.recorder.record(hook, now, |d| {
                     d.exception();
-                    d.iterations += 1;
+                    d.counts.iterations += 1;
                 });
                 return None;
             }
@@ -140,9 +140,9 @@ impl Begin {
     /// Records the iteration's start, in one visit to the recorder.
     fn record(&self, ctx: &Ctx, task: usize) {
         ctx.recorder.record(task, Instant::now(), |d| {
-            d.taken += self.taken as u64;
-            d.started += 1;
-            d.missed += self.late as u64;
+            d.counts.taken += self.taken as u64;
+            d.counts.started += 1;
+            d.counts.missed += self.late as u64;
         });
     }
 }
@@ -159,8 +159,9 @@ pub(super) async fn open_worker(ctx: Arc<Ctx>, user: User) {
     // An arrival taken and not sent is counted as unsent when the run ends (taken - started),
     // if it was due before the run stopped: a worker takes its next arrival ahead of time.
     let give_up = |task: usize, due_s: f64| {
-        if ctx.stopped_at.get().is_none_or(|&at| due_s < at) {
-            ctx.recorder.record(task, Instant::now(), |d| d.taken += 1);
+        if ctx.stop.at().is_none_or(|at| due_s < at) {
+            ctx.recorder
+                .record(task, Instant::now(), |d| d.counts.taken += 1);
         }
     };
     loop {
@@ -342,9 +343,10 @@ async fn iteration(ctx: &Ctx, user: &User, iter: u64, task: usize, begin: Begin)
             Some(r) => Some(r),
             None => {
                 if begin.taken {
-                    ctx.recorder.record(task, Instant::now(), |d| d.taken += 1);
+                    ctx.recorder
+                        .record(task, Instant::now(), |d| d.counts.taken += 1);
                 }
-                ctx.exhausted.store(true, Ordering::Relaxed);
+                ctx.stop.exhaust();
                 ctx.stop_now();
                 return false;
             }
@@ -408,11 +410,11 @@ async fn iteration(ctx: &Ctx, user: &User, iter: u64, task: usize, begin: Begin)
             let now = Instant::now();
             match done {
                 Done::Ran | Done::Started(_) => {
-                    ctx.recorder.record(task, now, |d| d.iterations += 1);
+                    ctx.recorder.record(task, now, |d| d.counts.iterations += 1);
                 }
                 Done::Raised => ctx.recorder.record(task, now, |d| {
                     d.exception();
-                    d.iterations += 1;
+                    d.counts.iterations += 1;
                 }),
                 // The run ended under it: started and never ended, so cancelled.
                 Done::Cancelled => {}

@@ -5,33 +5,8 @@
 //! quadratic within a segment and can be inverted in closed form, which is what makes arrivals
 //! land at exact instants instead of in bursts at tick boundaries.
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::{Error, Result};
-
-/// One stage of a profile as written in a plan.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Stage {
-    /// `rate` per second (or users) for `duration_s`.
-    Constant { rate: f64, duration_s: f64 },
-    /// Linear change from `from` to `to` over `duration_s`.
-    Ramp { from: f64, to: f64, duration_s: f64 },
-    /// `steps` equal plateaus from `from` to `to` (inclusive) over `duration_s`.
-    Step {
-        from: f64,
-        to: f64,
-        steps: u32,
-        duration_s: f64,
-    },
-    /// Holds `base`, jumps to `peak` for `peak_s` in the middle of `duration_s`, back to `base`.
-    Spike {
-        base: f64,
-        peak: f64,
-        peak_s: f64,
-        duration_s: f64,
-    },
-}
+use crate::plan::Stage;
 
 /// The most arrivals a profile may ask for in all: counts stay exact in a float.
 const MAX_TOTAL: f64 = 9.0e15;

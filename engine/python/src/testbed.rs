@@ -1,6 +1,6 @@
 //! The built-in target server.
 
-use loadpilot_core::target::{self, TargetConfig, TargetServer};
+use loadpilot_core::testbed::{self, TargetConfig, TargetServer};
 use pyo3::prelude::*;
 
 use crate::{runtime, CoreError, PlanError};
@@ -46,6 +46,6 @@ pub(crate) fn start_target(config_json: &str) -> PyResult<PyTarget> {
     let cfg: TargetConfig = serde_json::from_str(config_json)
         .map_err(|e| PlanError::new_err(format!("invalid target settings: {e}")))?;
     let rt = runtime()?;
-    let server = target::start(rt.handle(), cfg).map_err(CoreError)?;
+    let server = testbed::start(rt.handle(), cfg).map_err(CoreError)?;
     Ok(PyTarget { server })
 }

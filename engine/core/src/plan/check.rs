@@ -1,8 +1,8 @@
 //! Checks on a response (`expect`), evaluated in the engine so they cost no Python call.
 
 use crate::error::{Error, Result};
+use crate::plan::template::{Scope, Template, Values};
 use crate::plan::Expect;
-use crate::template::{Scope, Template, Values};
 
 #[derive(Debug, Clone, PartialEq)]
 enum PathStep {
@@ -144,6 +144,15 @@ impl Check {
             return Some(Failure::Check);
         }
         None
+    }
+}
+
+impl From<Failure> for crate::outcome::ErrorKind {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Status => crate::outcome::ErrorKind::Status,
+            Failure::Check => crate::outcome::ErrorKind::Check,
+        }
     }
 }
 

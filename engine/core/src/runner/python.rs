@@ -20,11 +20,12 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::Method;
 use tokio::sync::oneshot;
 
-use crate::check::Check;
-use crate::http::{Client, ErrorKind, Outgoing, Response};
+use crate::http::{Client, Outgoing, Response};
+use crate::outcome::ErrorKind;
+use crate::plan::check::Check;
+use crate::plan::template::Values;
 use crate::plan::Hooks;
 use crate::runner::{exchange, record_exchange, Ctx};
-use crate::template::Values;
 
 /// Why a Python request has no response: a failure the engine counted, or the run ending
 /// while it was in flight (its iteration is then counted as cancelled, nothing else).

@@ -9,93 +9,58 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::{Error, Result};
-use crate::metrics::{decode_hist, encode_hist, Hist, Percentiles, Row, TaskData};
+use crate::measure::hlog::LogWriter;
+use crate::measure::metrics::{decode_hist, Hist, TaskData};
+use crate::measure::rows::{Row, Span};
+use crate::measure::summary::{Ended, Head, Summary, Totals};
+use crate::plan::profile::Profile;
+use crate::plan::{Load, Plan, ON_START};
 
+/// The plan the run ran.
 pub const PLAN: &str = "plan.json";
+/// Corrected latency: one histogram per task per interval, tagged with the task.
 pub const LATENCY_LOG: &str = "latency.hlog";
+/// Service time, as `LATENCY_LOG`.
 pub const SERVICE_LOG: &str = "service.hlog";
+/// The rows, one line per task per interval, appended as intervals close.
 pub const METRICS_JSONL: &str = "metrics.jsonl";
+/// The rows as one file, written (by Python) once the run has ended.
+pub const METRICS_PARQUET: &str = "metrics.parquet";
+/// Whole-run figures, written once at the end.
 pub const SUMMARY: &str = "summary.json";
 /// A distributed run's per-agent corrected latency: one histogram per agent slice, task and
 /// interval, tagged `slice:task`.
 pub const AGENTS_LOG: &str = "agents.hlog";
+/// A distributed run's events (agents found, lost, taken over; bad reports), one JSON per line.
+pub const EVENTS: &str = "events.jsonl";
+/// A distributed run's agents: their rows (`agents.jsonl`), and their state at the end.
+pub const AGENTS_JSONL: &str = "agents.jsonl";
+pub const AGENTS_PARQUET: &str = "agents.parquet";
+
+/// Every file of a run directory, by what it holds: what Python reads its names from.
+pub const FILES: &[(&str, &str)] = &[
+    ("plan", PLAN),
+    ("latency_log", LATENCY_LOG),
+    ("service_log", SERVICE_LOG),
+    ("metrics_jsonl", METRICS_JSONL),
+    ("metrics_parquet", METRICS_PARQUET),
+    ("summary", SUMMARY),
+    ("agents_log", AGENTS_LOG),
+    ("events", EVENTS),
+    ("agents_jsonl", AGENTS_JSONL),
+    ("agents_parquet", AGENTS_PARQUET),
+];
 
 pub fn epoch_seconds(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-pub(crate) struct Hlog {
-    path: PathBuf,
-    what: &'static str,
-    out: BufWriter<File>,
-}
-
-impl Hlog {
-    pub(crate) fn create(path: PathBuf, what: &'static str) -> Result<Self> {
-        let f = File::create(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(Hlog {
-            path,
-            what,
-            out: BufWriter::new(f),
-        })
-    }
-
-    /// Writes the header, with the instant the run's clock started.
-    pub(crate) fn begin(&mut self, start: SystemTime) -> Result<()> {
-        let start_s = epoch_seconds(start);
-        let what = self.what;
-        write!(
-            self.out,
-            "#[LoadPilot {what}, microseconds; one histogram per task per interval, tagged with the task]\n\
-             #[Histogram log format version 1.3]\n\
-             #[StartTime: {start_s:.3} (seconds since epoch)]\n\
-             #[BaseTime: {start_s:.3} (seconds since epoch)]\n\
-             #[MaxValueDivisor: 1000.000]\n\
-             \"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"\n"
-        )
-        .map_err(|e| Error::io(&self.path, e))
-    }
-
-    pub(crate) fn write(&mut self, tag: &str, start_s: f64, length_s: f64, h: &Hist) -> Result<()> {
-        writeln!(
-            self.out,
-            "Tag={tag},{start_s:.3},{length_s:.3},{:.3},{}",
-            h.max() as f64 / 1000.0,
-            encode_hist(h)
-        )
-        .map_err(|e| Error::io(&self.path, e))
-    }
-
-    /// As `write`, for a histogram already encoded (`encoded`, whose largest value is `max`).
-    pub(crate) fn write_encoded(
-        &mut self,
-        tag: &str,
-        start_s: f64,
-        length_s: f64,
-        max: u64,
-        encoded: &str,
-    ) -> Result<()> {
-        writeln!(
-            self.out,
-            "Tag={tag},{start_s:.3},{length_s:.3},{:.3},{encoded}",
-            max as f64 / 1000.0,
-        )
-        .map_err(|e| Error::io(&self.path, e))
-    }
-
-    pub(crate) fn flush(&mut self) -> Result<()> {
-        self.out.flush().map_err(|e| Error::io(&self.path, e))
-    }
-}
-
 pub struct RunWriter {
     dir: PathBuf,
-    latency: Hlog,
-    service: Hlog,
+    latency: LogWriter,
+    service: LogWriter,
     metrics: BufWriter<File>,
 }
 
@@ -119,8 +84,8 @@ impl RunWriter {
         let metrics = BufWriter::new(File::create(&mpath).map_err(|e| Error::io(&mpath, e))?);
         Ok(RunWriter {
             dir: dir.to_path_buf(),
-            latency: Hlog::create(dir.join(LATENCY_LOG), "corrected latency")?,
-            service: Hlog::create(dir.join(SERVICE_LOG), "service time")?,
+            latency: LogWriter::create(dir.join(LATENCY_LOG), "corrected latency")?,
+            service: LogWriter::create(dir.join(SERVICE_LOG), "service time")?,
             metrics,
         })
     }
@@ -185,90 +150,116 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
-/// Whole-run figures of one task or of all tasks together.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Stats {
-    pub requests: u64,
-    pub errors: u64,
-    pub errors_by_kind: std::collections::BTreeMap<String, u64>,
-    /// Failed requests, exceptions and cancelled iterations over all outcomes: a request that
-    /// never came back counts against the run.
-    pub error_rate: f64,
-    pub missed: u64,
-    /// Iterations that ran to their end (for tasks of one request: `requests`).
-    pub iterations: u64,
-    /// Iterations sent and still unanswered when the run was stopped or its drain ended.
-    pub cancelled: u64,
-    /// Arrivals that were due and never sent.
-    pub unsent: u64,
-    pub bytes_in: u64,
-    /// Requests over the time they were being sent (`duration_s`).
-    pub achieved_rps: f64,
-    /// From the instant each request was due (coordinated-omission corrected).
-    pub latency_ms: Percentiles,
-    /// From the instant each request was sent.
-    pub service_ms: Percentiles,
-}
-
-impl Stats {
-    pub fn of(d: &TaskData, duration_s: f64) -> Self {
-        let errors_by_kind = crate::http::ErrorKind::ALL
-            .iter()
-            .map(|k| (k.name().to_string(), d.errors[*k as usize]))
-            .collect();
-        Stats {
-            requests: d.requests,
-            errors: d.error_total(),
-            errors_by_kind,
-            error_rate: d.error_rate(),
-            missed: d.missed,
-            iterations: d.iterations,
-            cancelled: d.cancelled,
-            unsent: d.unsent,
-            bytes_in: d.bytes_in,
-            achieved_rps: if duration_s > 0.0 {
-                d.requests as f64 / duration_s
-            } else {
-                0.0
-            },
-            latency_ms: Percentiles::of(&d.corrected),
-            service_ms: Percentiles::of(&d.service),
+/// The rows a run wrote to `metrics.jsonl`: a torn last line (the writer killed mid-write) is
+/// skipped; any other line that is not a row is an error naming it.
+pub fn read_rows(dir: &Path) -> Result<Vec<Row>> {
+    let path = dir.join(METRICS_JSONL);
+    let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let lines: Vec<&str> = text.lines().collect();
+    let torn_ok = if text.ends_with('\n') { 0 } else { lines.len() };
+    let mut rows = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Row>(line) {
+            Ok(r) => rows.push(r),
+            Err(_) if i + 1 == torn_ok => {}
+            Err(e) => {
+                return Err(Error::Format {
+                    path,
+                    message: format!("line {}: not a row: {e}", i + 1),
+                })
+            }
         }
     }
+    Ok(rows)
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskSummary {
-    pub name: String,
-    /// `engine`: the whole iteration runs inside the engine.
-    pub path: String,
-    /// Arrivals of this task that were due (open model).
-    pub target_requests: Option<f64>,
-    #[serde(flatten)]
-    pub stats: Stats,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Summary {
-    pub name: String,
-    /// Seconds since the Unix epoch.
-    pub started_at: f64,
-    /// How long requests were being sent: the planned duration, or up to the stop.
-    pub duration_s: f64,
-    /// How long the run waited after the planned end for requests still in flight.
-    pub drain_s: f64,
-    pub planned_duration_s: f64,
-    /// Why the run ended: `completed`, `stopped` (stop() or a signal), `aborted` (a threshold
-    /// failed during the run), `drain_timeout` (requests were still in flight when the drain
-    /// ended: they are counted as cancelled), `exhausted` (a unique feeder ran out) or `failed` (the
-    /// run directory could not be written).
-    pub ended: String,
-    pub model: String,
-    /// Arrivals that were due (open model): for every task,
-    /// `target_requests == iterations + cancelled + unsent`.
-    pub target_requests: Option<f64>,
-    pub overall: Stats,
-    pub tasks: Vec<TaskSummary>,
+/// The summary of a run cut short (killed before it wrote `summary.json`), rebuilt from what
+/// it wrote as it went: counts from its rows, percentiles from its interval logs' histograms,
+/// by the rule every summary is built by. It `ended` as `interrupted`; what the rows do not
+/// carry (iterations, the arrivals that were due) is unknown.
+pub fn summarize_dir(dir: &Path) -> Result<Summary> {
+    let plan_path = dir.join(PLAN);
+    let text = fs::read_to_string(&plan_path).map_err(|e| Error::io(&plan_path, e))?;
+    let plan = Plan::from_json(&text).map_err(|e| Error::Format {
+        path: plan_path.clone(),
+        message: e.to_string(),
+    })?;
+    let (model, stages) = match &plan.load {
+        Load::Open { stages, .. } => ("open", stages),
+        Load::Closed { stages, .. } => ("closed", stages),
+    };
+    let planned = Profile::new(stages)?.duration();
+    let mut names: Vec<String> = plan.tasks.iter().map(|t| t.name.clone()).collect();
+    if plan.hooks.on_start {
+        names.push(ON_START.to_string());
+    }
+    let runs_on = plan
+        .tasks
+        .iter()
+        .map(|t| t.path.name().to_string())
+        .collect();
+    let mut data: Vec<TaskData> = names.iter().map(|_| TaskData::new()).collect();
+    let entry = |name: &str| names.iter().position(|n| n == name);
+    let rows = read_rows(dir)?;
+    // Each interval counts once towards the sending time (or the drain's, after the planned
+    // end), whatever the number of entries with a row in it.
+    let mut spans = std::collections::BTreeMap::new();
+    for row in &rows {
+        if let Some(i) = entry(&row.task) {
+            data[i].counts.add(&Span::counters_of(row));
+        }
+        spans.insert(row.elapsed_s.to_bits(), (row.elapsed_s, row.interval_s));
+    }
+    for (log, service) in [(LATENCY_LOG, false), (SERVICE_LOG, true)] {
+        let path = dir.join(log);
+        if !path.exists() {
+            continue;
+        }
+        for e in read_hlog(&path)? {
+            if let Some(i) = e.tag.as_deref().and_then(entry) {
+                let h = if service {
+                    &mut data[i].service
+                } else {
+                    &mut data[i].corrected
+                };
+                h.add(&e.hist).map_err(|e| Error::Format {
+                    path: path.clone(),
+                    message: format!("{e:?}"),
+                })?;
+            }
+        }
+    }
+    let (mut duration_s, mut drain_s) = (0.0, 0.0);
+    for (start, length) in spans.values() {
+        if *start < planned {
+            duration_s += length;
+        } else {
+            drain_s += length;
+        }
+    }
+    let started_at = rows.iter().map(|r| r.time).reduce(f64::min).unwrap_or(0.0);
+    let mut totals = Totals::new(names.clone(), runs_on);
+    for (i, d) in data.iter().enumerate() {
+        totals.add_to(i, d);
+    }
+    let head = Head {
+        name: &plan.name,
+        started_at,
+        duration_s,
+        drain_s,
+        planned_duration_s: planned,
+        ended: Ended::Interrupted,
+        model,
+    };
+    let mut s = totals.summary(head, None);
+    s.overall.iterations = None;
+    for t in &mut s.tasks {
+        t.stats.iterations = None;
+    }
+    Ok(s)
 }
 
 /// One histogram line of an `.hlog`.
@@ -353,7 +344,8 @@ fn parse_hlog_lines(path: &Path, lines: &[&str], torn: usize) -> Result<Vec<LogE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::new_hist;
+    use crate::measure::hlog::encode;
+    use crate::measure::metrics::new_hist;
 
     fn line(tag: &str, start: f64, us: u64) -> String {
         let mut h = new_hist();
@@ -361,7 +353,7 @@ mod tests {
         format!(
             "Tag={tag},{start:.3},1.000,{:.3},{}\n",
             us as f64 / 1000.0,
-            encode_hist(&h)
+            encode(&h)
         )
     }
 

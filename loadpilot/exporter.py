@@ -30,6 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from loadpilot import _engine
+from loadpilot.running import store
 
 if TYPE_CHECKING:
     from loadpilot.running.runs import Run
@@ -89,7 +90,10 @@ class _Watched:
         #: The end of the last closed interval (seconds since the epoch): the timestamp of the
         #: counters, so a scrape's phase against the closing second never skews rate().
         self.ts: float | None = None
-        self.offsets = {"latency.hlog": 0, "service.hlog": 0}
+        self.logs = [
+            (store.LogTail(Path(run.path) / store.LATENCY_LOG), False),
+            (store.LogTail(Path(run.path) / store.SERVICE_LOG), True),
+        ]
         self.finished = False
         # Every task's series exists (at zero) from the start, so a scrape before the first
         # closed second gives rate() its baseline.
@@ -119,12 +123,8 @@ class _Watched:
             self.ts = row["time"].timestamp() + row["interval_s"]
             self.in_flight = row["in_flight"]
             self.active_users = row["active_users"]
-        for log, service in (("latency.hlog", False), ("service.hlog", True)):
-            path = Path(self.run.path) / log
-            if not path.exists():
-                continue
-            entries, self.offsets[log] = _engine.read_hlog_from(path, self.offsets[log])
-            for tag, _start, _length, h in entries:
+        for tail, service in self.logs:
+            for tag, _start, h in tail.read():
                 t = self.task(tag or "untagged")
                 (t.service if service else t.latency).add(h)
         if done:

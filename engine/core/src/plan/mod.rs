@@ -2,12 +2,40 @@
 //! these structs; serde reads it here. `deny_unknown_fields` everywhere so a typo is an error
 //! that names the field rather than a silently ignored option.
 
+pub mod check;
+pub mod profile;
+pub mod schedule;
+pub mod template;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::profile::Stage;
+
+/// One stage of a profile as written in a plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Stage {
+    /// `rate` per second (or users) for `duration_s`.
+    Constant { rate: f64, duration_s: f64 },
+    /// Linear change from `from` to `to` over `duration_s`.
+    Ramp { from: f64, to: f64, duration_s: f64 },
+    /// `steps` equal plateaus from `from` to `to` (inclusive) over `duration_s`.
+    Step {
+        from: f64,
+        to: f64,
+        steps: u32,
+        duration_s: f64,
+    },
+    /// Holds `base`, jumps to `peak` for `peak_s` in the middle of `duration_s`, back to `base`.
+    Spike {
+        base: f64,
+        peak: f64,
+        peak_s: f64,
+        duration_s: f64,
+    },
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,6 +166,30 @@ fn default_weight() -> u32 {
 }
 fn default_method() -> String {
     "GET".to_string()
+}
+
+/// Every default a plan's fields take when the plan leaves them out, by field (`connections`
+/// of an open load, `hook_timeout_s` for `hooks.timeout_s`, `weight` of a task, `method` of a
+/// request): what Python's plan models read, so each default is declared once, here.
+pub fn defaults() -> serde_json::Value {
+    serde_json::json!({
+        "name": default_name(),
+        "timeout_s": default_timeout(),
+        "max_drain_s": default_max_drain(),
+        "max_users": default_max_users(),
+        "http": HttpVersion::default(),
+        "max_streams": default_max_streams(),
+        "insecure": false,
+        "connections": default_connections(),
+        "arrivals": ArrivalKind::default(),
+        "seed": 0,
+        "think_s": 0.0,
+        "hook_timeout_s": default_hook_timeout(),
+        "weight": default_weight(),
+        "path": TaskPath::default(),
+        "method": default_method(),
+        "feed_mode": FeedMode::default(),
+    })
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]

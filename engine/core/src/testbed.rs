@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::schedule::Rng;
+use crate::plan::schedule::Rng;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -305,7 +305,7 @@ pub fn start(rt: &tokio::runtime::Handle, cfg: TargetConfig) -> Result<TargetSer
         .map_err(|e| Error::io(addr.clone(), e))?;
     let acceptor = if cfg.tls {
         Some(tokio_rustls::TlsAcceptor::from(
-            crate::tls::self_signed_server(&cfg.host)?,
+            crate::http::tls::self_signed_server(&cfg.host)?,
         ))
     } else {
         None

@@ -13,8 +13,9 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, COOKIE, 
 use hyper::http::uri::{Authority, Scheme};
 use hyper::{Method, Request, Uri};
 
-use crate::h1::{cookie_pair, Body, Got, Stream};
-use crate::http::{classify_io, ErrorKind, Outgoing};
+use crate::http::h1::{cookie_pair, Body, Got, Stream};
+use crate::http::Outgoing;
+use crate::outcome::{classify_io, ErrorKind};
 
 /// A stream's receive window; the connection's is `CONNECTION_WINDOW`. Larger than the
 /// protocol's 64 KiB default so that a large body is not paced by window updates.

@@ -15,30 +15,22 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use base64::Engine as _;
-use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
+use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::http::ErrorKind;
+use crate::outcome::ErrorKind;
 
 /// Latencies are recorded in microseconds, 1 µs to 1 h, 3 significant digits.
 pub const LOWEST_US: u64 = 1;
 pub const HIGHEST_US: u64 = 3_600_000_000;
 pub const SIGFIG: u8 = 3;
 
-pub type Hist = Histogram<u64>;
+/// Every histogram LoadPilot records: microseconds, in the layout below.
+pub use crate::measure::hlog::Hist;
 
 pub fn new_hist() -> Hist {
     Histogram::new_with_bounds(LOWEST_US, HIGHEST_US, SIGFIG).expect("valid histogram bounds")
-}
-
-/// Base64 of the compressed V2 encoding: what `.hlog` lines and other HdrHistogram tools use.
-pub fn encode_hist(h: &Hist) -> String {
-    let mut buf = Vec::new();
-    V2DeflateSerializer::new()
-        .serialize(h, &mut buf)
-        .expect("serializing into memory cannot fail");
-    base64::engine::general_purpose::STANDARD.encode(buf)
 }
 
 pub fn decode_hist(text: &str) -> Result<Hist, String> {
@@ -62,14 +54,17 @@ pub fn decode_hist(text: &str) -> Result<Hist, String> {
 pub const STATUS_CLASSES: usize = 5;
 pub const ERROR_KINDS: usize = ErrorKind::ALL.len();
 
-/// What one task did in one interval (or over any span, once added up).
-#[derive(Clone)]
-pub struct TaskData {
-    pub corrected: Hist,
-    pub service: Hist,
+/// A task's counts over an interval (or any span, once added up): what a local run and a
+/// distributed run's merge count alike, and what travels between them as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
     /// Requests that completed (with a response or an error).
     pub requests: u64,
+    /// Failed requests (and Python exceptions) by kind, in `ErrorKind::ALL`'s order.
+    #[serde(deserialize_with = "errors_counts")]
     pub errors: [u64; ERROR_KINDS],
+    /// Responses by status class: 1xx to 5xx.
+    #[serde(deserialize_with = "status_counts")]
     pub status: [u64; STATUS_CLASSES],
     pub bytes_in: u64,
     /// Arrivals that could not start on time (no free connection).
@@ -88,62 +83,50 @@ pub struct TaskData {
     pub cancelled: u64,
 }
 
-impl TaskData {
-    pub fn new() -> Self {
-        TaskData {
-            corrected: new_hist(),
-            service: new_hist(),
-            requests: 0,
-            errors: [0; ERROR_KINDS],
-            status: [0; STATUS_CLASSES],
-            bytes_in: 0,
-            missed: 0,
-            taken: 0,
-            started: 0,
-            iterations: 0,
-            unsent: 0,
-            cancelled: 0,
-        }
-    }
+/// A fixed number of counts, refused with a message that says which and how many (a report
+/// from an engine of another version).
+fn counts<'de, D: serde::Deserializer<'de>, const N: usize>(
+    d: D,
+    what: &str,
+) -> Result<[u64; N], D::Error> {
+    let v = Vec::<u64>::deserialize(d)?;
+    let n = v.len();
+    v.try_into()
+        .map_err(|_| serde::de::Error::custom(format!("{what}: {n} counts, expected {N}")))
+}
 
-    pub fn add(&mut self, o: &TaskData) {
-        self.corrected
-            .add(&o.corrected)
-            .expect("same bounds always add");
-        self.service
-            .add(&o.service)
-            .expect("same bounds always add");
-        self.add_counts(o.counters(), &o.errors, &o.status);
-    }
+fn errors_counts<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[u64; ERROR_KINDS], D::Error> {
+    counts(d, "errors")
+}
 
-    /// The scalar counters, in one order (what `add` and the wire form share).
-    fn counters(&self) -> [u64; 8] {
-        [
-            self.requests,
-            self.bytes_in,
-            self.missed,
-            self.taken,
-            self.started,
-            self.iterations,
-            self.unsent,
-            self.cancelled,
-        ]
-    }
+fn status_counts<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<[u64; STATUS_CLASSES], D::Error> {
+    counts(d, "status")
+}
 
-    fn add_counts(&mut self, c: [u64; 8], errors: &[u64], status: &[u64]) {
-        let mine = [
-            &mut self.requests,
-            &mut self.bytes_in,
-            &mut self.missed,
-            &mut self.taken,
-            &mut self.started,
-            &mut self.iterations,
-            &mut self.unsent,
-            &mut self.cancelled,
-        ];
-        for (a, b) in mine.into_iter().zip(c) {
-            *a += b;
-        }
+impl Counters {
+    pub fn add(&mut self, o: &Counters) {
+        let Counters {
+            requests,
+            errors,
+            status,
+            bytes_in,
+            missed,
+            taken,
+            started,
+            iterations,
+            unsent,
+            cancelled,
+        } = o;
+        self.requests += requests;
+        self.bytes_in += bytes_in;
+        self.missed += missed;
+        self.taken += taken;
+        self.started += started;
+        self.iterations += iterations;
+        self.unsent += unsent;
+        self.cancelled += cancelled;
         for (a, b) in self.errors.iter_mut().zip(errors) {
             *a += b;
         }
@@ -152,50 +135,8 @@ impl TaskData {
         }
     }
 
-    /// Back to empty, keeping the histograms' memory.
-    pub fn reset(&mut self) {
-        self.corrected.reset();
-        self.service.reset();
-        self.requests = 0;
-        self.errors = [0; ERROR_KINDS];
-        self.status = [0; STATUS_CLASSES];
-        self.bytes_in = 0;
-        self.missed = 0;
-        self.taken = 0;
-        self.started = 0;
-        self.iterations = 0;
-        self.unsent = 0;
-        self.cancelled = 0;
-    }
-
     pub fn error_total(&self) -> u64 {
         self.errors.iter().sum()
-    }
-
-    /// A completed response: its status and both latencies.
-    pub fn response(&mut self, status: u16, bytes: u64, corrected_us: u64, service_us: u64) {
-        self.requests += 1;
-        self.bytes_in += bytes;
-        if (100..600).contains(&status) {
-            self.status[(status / 100 - 1) as usize] += 1;
-        }
-        self.corrected
-            .saturating_record(corrected_us.clamp(LOWEST_US, HIGHEST_US));
-        self.service
-            .saturating_record(service_us.clamp(LOWEST_US, HIGHEST_US));
-    }
-
-    /// An error, counted by kind. Errors with a response are recorded by `response` too.
-    pub fn error(&mut self, kind: ErrorKind, with_response: bool) {
-        if !with_response {
-            self.requests += 1;
-        }
-        self.errors[kind as usize] += 1;
-    }
-
-    /// A Python task raised: an error of its iteration, not a request.
-    pub fn exception(&mut self) {
-        self.errors[ErrorKind::Exception as usize] += 1;
     }
 
     /// The share of outcomes that failed: failed requests, exceptions and cancelled
@@ -210,41 +151,79 @@ impl TaskData {
             (self.error_total() + self.cancelled) as f64 / outcomes as f64
         }
     }
+
+    /// Whether anything at all was counted.
+    pub fn any(&self) -> bool {
+        *self != Counters::default()
+    }
 }
 
-/// A task's data as it travels between processes (a distributed run's agents to their
-/// coordinator): histograms as `.hlog` encodes them, counters as they are.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WireData {
-    pub corrected: String,
-    pub service: String,
-    pub requests: u64,
-    pub errors: Vec<u64>,
-    pub status: Vec<u64>,
-    pub bytes_in: u64,
-    pub missed: u64,
-    pub taken: u64,
-    pub started: u64,
-    pub iterations: u64,
-    pub unsent: u64,
-    pub cancelled: u64,
+/// What one task did in one interval (or over any span, once added up).
+#[derive(Clone)]
+pub struct TaskData {
+    pub corrected: Hist,
+    pub service: Hist,
+    pub counts: Counters,
 }
 
 impl TaskData {
+    pub fn new() -> Self {
+        TaskData {
+            corrected: new_hist(),
+            service: new_hist(),
+            counts: Counters::default(),
+        }
+    }
+
+    pub fn add(&mut self, o: &TaskData) {
+        self.corrected
+            .add(&o.corrected)
+            .expect("same bounds always add");
+        self.service
+            .add(&o.service)
+            .expect("same bounds always add");
+        self.counts.add(&o.counts);
+    }
+
+    /// Back to empty, keeping the histograms' memory.
+    pub fn reset(&mut self) {
+        self.corrected.reset();
+        self.service.reset();
+        self.counts = Counters::default();
+    }
+
+    /// A completed response: its status and both latencies.
+    pub fn response(&mut self, status: u16, bytes: u64, corrected_us: u64, service_us: u64) {
+        let c = &mut self.counts;
+        c.requests += 1;
+        c.bytes_in += bytes;
+        if (100..600).contains(&status) {
+            c.status[(status / 100 - 1) as usize] += 1;
+        }
+        self.corrected
+            .saturating_record(corrected_us.clamp(LOWEST_US, HIGHEST_US));
+        self.service
+            .saturating_record(service_us.clamp(LOWEST_US, HIGHEST_US));
+    }
+
+    /// An error, counted by kind. Errors with a response are recorded by `response` too.
+    pub fn error(&mut self, kind: ErrorKind, with_response: bool) {
+        if !with_response {
+            self.counts.requests += 1;
+        }
+        self.counts.errors[kind as usize] += 1;
+    }
+
+    /// A Python task raised: an error of its iteration, not a request.
+    pub fn exception(&mut self) {
+        self.counts.errors[ErrorKind::Exception as usize] += 1;
+    }
+
     pub fn to_wire(&self) -> WireData {
         WireData {
-            corrected: encode_hist(&self.corrected),
-            service: encode_hist(&self.service),
-            requests: self.requests,
-            errors: self.errors.to_vec(),
-            status: self.status.to_vec(),
-            bytes_in: self.bytes_in,
-            missed: self.missed,
-            taken: self.taken,
-            started: self.started,
-            iterations: self.iterations,
-            unsent: self.unsent,
-            cancelled: self.cancelled,
+            corrected: crate::measure::hlog::encode(&self.corrected),
+            service: crate::measure::hlog::encode(&self.service),
+            counts: self.counts,
         }
     }
 
@@ -263,18 +242,18 @@ impl TaskData {
         for &(v, n) in &p.service {
             self.service.record_n(v, n).expect("checked by parse");
         }
-        let c = [
-            w.requests,
-            w.bytes_in,
-            w.missed,
-            w.taken,
-            w.started,
-            w.iterations,
-            w.unsent,
-            w.cancelled,
-        ];
-        self.add_counts(c, &w.errors, &w.status);
+        self.counts.add(&w.counts);
     }
+}
+
+/// A task's data as it travels between processes (a distributed run's agents to their
+/// coordinator): histograms as `.hlog` encodes them, counters as they are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireData {
+    pub corrected: String,
+    pub service: String,
+    #[serde(flatten)]
+    pub counts: Counters,
 }
 
 /// A `WireData`'s histograms decoded into their counts and checked to be in LoadPilot's own
@@ -286,20 +265,9 @@ pub struct ParsedWire {
 
 impl WireData {
     pub fn parse(&self) -> Result<ParsedWire, String> {
-        if self.errors.len() != ERROR_KINDS {
-            return Err(format!(
-                "errors: {} counts, expected {ERROR_KINDS}",
-                self.errors.len()
-            ));
-        }
-        if self.status.len() != STATUS_CLASSES {
-            return Err(format!(
-                "status: {} counts, expected {STATUS_CLASSES}",
-                self.status.len()
-            ));
-        }
         let ours = |what: &str, text: &str| -> Result<Vec<(u64, u64)>, String> {
-            let c = crate::hlog::decode_counts(text).map_err(|e| format!("{what}: {e}"))?;
+            let c =
+                crate::measure::hlog::decode_counts(text).map_err(|e| format!("{what}: {e}"))?;
             if c.lowest != LOWEST_US || c.sigfig != SIGFIG {
                 return Err(format!(
                     "{what}: a histogram of another layout (lowest {}, {} digits)",
@@ -523,7 +491,7 @@ impl Percentiles {
         // Java HdrHistogram's rule, the one `.hgrm` rows and Python's `percentile` use; all
         // five in one pass over the histogram.
         let [p50, p90, p95, p99, p999] =
-            crate::hlog::values_at_percentiles(h, [50.0, 90.0, 95.0, 99.0, 99.9])
+            crate::measure::hlog::values_at_percentiles(h, [50.0, 90.0, 95.0, 99.0, 99.9])
                 .map(|v| Some(ms(v)));
         Percentiles {
             p50,
@@ -538,209 +506,9 @@ impl Percentiles {
     }
 }
 
-/// One row of `metrics.jsonl` / `metrics.parquet`: one task in one interval.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Row {
-    /// Interval start, seconds since the Unix epoch.
-    pub time: f64,
-    /// Interval start, seconds since the run started.
-    pub elapsed_s: f64,
-    /// Interval length: 1 s, less for the last second of the schedule or of a stopped run;
-    /// the drain's length for the drain row (`elapsed_s` at the planned end).
-    pub interval_s: f64,
-    pub task: String,
-    pub requests: u64,
-    pub errors: u64,
-    pub errors_connect: u64,
-    pub errors_dns: u64,
-    pub errors_tls: u64,
-    pub errors_timeout: u64,
-    pub errors_reset: u64,
-    pub errors_status: u64,
-    pub errors_check: u64,
-    pub errors_exception: u64,
-    pub errors_protocol: u64,
-    pub errors_fd_limit: u64,
-    pub errors_goaway: u64,
-    pub errors_rst_stream: u64,
-    pub status_1xx: u64,
-    pub status_2xx: u64,
-    pub status_3xx: u64,
-    pub status_4xx: u64,
-    pub status_5xx: u64,
-    pub bytes_in: u64,
-    /// The profile's rate for this task (open model only).
-    pub target_rps: Option<f64>,
-    pub achieved_rps: f64,
-    pub missed: u64,
-    /// Iterations cancelled in this interval (in flight when the run stopped or the drain
-    /// ended).
-    pub cancelled: u64,
-    /// Arrivals given up in this interval: due, never sent.
-    pub unsent: u64,
-    pub in_flight: i64,
-    pub active_users: i64,
-    pub p50_ms: Option<f64>,
-    pub p90_ms: Option<f64>,
-    pub p95_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
-    pub p999_ms: Option<f64>,
-    pub max_ms: Option<f64>,
-    pub mean_ms: Option<f64>,
-    pub service_p50_ms: Option<f64>,
-    pub service_p99_ms: Option<f64>,
-}
-
-/// The columns of a row, in order, with their types (`f64`, `u64`, `i64`, `str`; every `f64`
-/// but `time`, `elapsed_s`, `interval_s` and `achieved_rps` may be null): the one schema
-/// Python's reader uses (`_engine.ROW_COLUMNS`).
-pub const ROW_COLUMNS: &[(&str, &str)] = &[
-    ("time", "f64"),
-    ("elapsed_s", "f64"),
-    ("interval_s", "f64"),
-    ("task", "str"),
-    ("requests", "u64"),
-    ("errors", "u64"),
-    ("errors_connect", "u64"),
-    ("errors_dns", "u64"),
-    ("errors_tls", "u64"),
-    ("errors_timeout", "u64"),
-    ("errors_reset", "u64"),
-    ("errors_status", "u64"),
-    ("errors_check", "u64"),
-    ("errors_exception", "u64"),
-    ("errors_protocol", "u64"),
-    ("errors_fd_limit", "u64"),
-    ("errors_goaway", "u64"),
-    ("errors_rst_stream", "u64"),
-    ("status_1xx", "u64"),
-    ("status_2xx", "u64"),
-    ("status_3xx", "u64"),
-    ("status_4xx", "u64"),
-    ("status_5xx", "u64"),
-    ("bytes_in", "u64"),
-    ("target_rps", "f64"),
-    ("achieved_rps", "f64"),
-    ("missed", "u64"),
-    ("cancelled", "u64"),
-    ("unsent", "u64"),
-    ("in_flight", "i64"),
-    ("active_users", "i64"),
-    ("p50_ms", "f64"),
-    ("p90_ms", "f64"),
-    ("p95_ms", "f64"),
-    ("p99_ms", "f64"),
-    ("p999_ms", "f64"),
-    ("max_ms", "f64"),
-    ("mean_ms", "f64"),
-    ("service_p50_ms", "f64"),
-    ("service_p99_ms", "f64"),
-];
-
-/// Where a row's figures come from besides the task's data.
-pub struct RowContext<'a> {
-    pub time: f64,
-    pub elapsed_s: f64,
-    pub interval_s: f64,
-    /// What requests are divided by for `achieved_rps`: the interval's length, or `None` for
-    /// the drain, in which nothing is sent.
-    pub achieved_s: Option<f64>,
-    pub task: &'a str,
-    pub target_rps: Option<f64>,
-    pub in_flight: i64,
-    pub active_users: i64,
-}
-
-impl Row {
-    pub fn new(c: RowContext<'_>, d: &TaskData) -> Self {
-        let l = Percentiles::of(&d.corrected);
-        let s = Percentiles::of(&d.service);
-        let e = &d.errors;
-        Row {
-            time: c.time,
-            elapsed_s: c.elapsed_s,
-            interval_s: c.interval_s,
-            task: c.task.to_string(),
-            requests: d.requests,
-            errors: d.error_total(),
-            errors_connect: e[ErrorKind::Connect as usize],
-            errors_dns: e[ErrorKind::Dns as usize],
-            errors_tls: e[ErrorKind::Tls as usize],
-            errors_timeout: e[ErrorKind::Timeout as usize],
-            errors_reset: e[ErrorKind::Reset as usize],
-            errors_status: e[ErrorKind::Status as usize],
-            errors_check: e[ErrorKind::Check as usize],
-            errors_exception: e[ErrorKind::Exception as usize],
-            errors_protocol: e[ErrorKind::Protocol as usize],
-            errors_fd_limit: e[ErrorKind::FdLimit as usize],
-            errors_goaway: e[ErrorKind::GoAway as usize],
-            errors_rst_stream: e[ErrorKind::RstStream as usize],
-            status_1xx: d.status[0],
-            status_2xx: d.status[1],
-            status_3xx: d.status[2],
-            status_4xx: d.status[3],
-            status_5xx: d.status[4],
-            bytes_in: d.bytes_in,
-            target_rps: c.target_rps,
-            achieved_rps: match c.achieved_s {
-                Some(s) if s > 0.0 => d.requests as f64 / s,
-                _ => 0.0,
-            },
-            missed: d.missed,
-            cancelled: d.cancelled,
-            unsent: d.unsent,
-            in_flight: c.in_flight,
-            active_users: c.active_users,
-            p50_ms: l.p50,
-            p90_ms: l.p90,
-            p95_ms: l.p95,
-            p99_ms: l.p99,
-            p999_ms: l.p999,
-            max_ms: l.max,
-            mean_ms: l.mean,
-            service_p50_ms: s.p50,
-            service_p99_ms: s.p99,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_row_columns_are_what_a_row_serializes_to_in_order() {
-        let row = Row::new(
-            RowContext {
-                time: 1.0,
-                elapsed_s: 0.0,
-                interval_s: 1.0,
-                achieved_s: Some(1.0),
-                task: "a",
-                target_rps: Some(1.0),
-                in_flight: 0,
-                active_users: 0,
-            },
-            &TaskData::new(),
-        );
-        let text = serde_json::to_string(&row).unwrap();
-        let value = serde_json::to_value(&row).unwrap();
-        let named: Vec<&str> = ROW_COLUMNS.iter().map(|(n, _)| *n).collect();
-        assert_eq!(value.as_object().unwrap().len(), named.len());
-        // Every column is there, in this order.
-        let at: Vec<usize> = named
-            .iter()
-            .map(|n| text.find(&format!("\"{n}\":")).expect(n))
-            .collect();
-        assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
-        // The error columns follow the engine's kinds, in their order.
-        let errors: Vec<&str> = named
-            .iter()
-            .filter_map(|n| n.strip_prefix("errors_"))
-            .collect();
-        let kinds: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.name()).collect();
-        assert_eq!(errors, kinds);
-    }
 
     #[test]
     fn merged_histograms_give_exact_percentiles_of_the_union() {
@@ -770,7 +538,7 @@ mod tests {
         for v in [1u64, 50, 1234, 99_999, 3_000_000] {
             h.record(v).unwrap();
         }
-        let back = decode_hist(&encode_hist(&h)).unwrap();
+        let back = decode_hist(&crate::measure::hlog::encode(&h)).unwrap();
         assert_eq!(back, h);
     }
 
@@ -788,15 +556,15 @@ mod tests {
         assert_eq!(rec.interval_of(at(2.49)), 2);
         assert_eq!(rec.interval_of(at(2.5)), 3);
         let first = rec.take(0, false);
-        assert_eq!(first[0].requests, 1);
-        assert_eq!(first[1].errors[ErrorKind::Connect as usize], 1);
+        assert_eq!(first[0].counts.requests, 1);
+        assert_eq!(first[1].counts.errors[ErrorKind::Connect as usize], 1);
         let second = rec.take(1, false);
         assert_eq!(second[0].corrected.max(), new_hist_with(2000).max());
         let last = rec.take(2, false);
-        assert_eq!((last[0].status[1], last[0].status[4]), (1, 0));
+        assert_eq!((last[0].counts.status[1], last[0].counts.status[4]), (1, 0));
         let drain = rec.take(3, false); // the drain follows the schedule's 3 intervals
         assert_eq!(
-            drain[0].status[4], 1,
+            drain[0].counts.status[4], 1,
             "what completes after the planned end lands in the drain interval"
         );
     }

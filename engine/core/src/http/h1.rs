@@ -10,7 +10,8 @@ use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::http::{classify_io, ErrorKind, BODY_KEPT};
+use crate::http::BODY_KEPT;
+use crate::outcome::{classify_io, ErrorKind};
 
 /// A connection's byte stream: plain TCP, or TLS over it (boxed: rustls's state is large and
 /// most runs are plain).

@@ -8,7 +8,7 @@
 //! to the whole.
 
 use crate::error::{Error, Result};
-use crate::profile::Profile;
+use crate::plan::profile::Profile;
 
 /// A small, seedable generator (SplitMix64): reproducible Poisson schedules and random feeder
 /// picks without pulling a dependency into the hot path.
@@ -269,7 +269,7 @@ fn gcd(a: u64, b: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::Stage;
+    use crate::plan::Stage;
 
     #[test]
     fn counting_a_shard_in_closed_form_matches_counting_one_by_one() {

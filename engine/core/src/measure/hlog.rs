@@ -1,13 +1,16 @@
-//! HdrHistogram interval logs from any tool (jHiccup, wrk2, YCSB, Cassandra, ...) read as the
-//! Java HdrHistogram reads them: every histogram encoding (V0, V1, V2; compressed or not) kept
-//! in its own layout (lowest discernible value, significant digits; resized as values need),
-//! `#[StartTime:` and `#[BaseTime:` honoured, and percentiles and the `.hgrm` distribution by
-//! Java's rules.
+//! HdrHistogram interval logs: LoadPilot's own written (`LogWriter`, `encode`), and those of
+//! any tool (jHiccup, wrk2, YCSB, Cassandra, ...) read as the Java HdrHistogram reads them:
+//! every histogram encoding (V0, V1, V2; compressed or not) kept in its own layout (lowest
+//! discernible value, significant digits; resized as values need), `#[StartTime:` and
+//! `#[BaseTime:` honoured, and percentiles and the `.hgrm` distribution by Java's rules.
 
-use std::io::Read;
-use std::path::Path;
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use base64::Engine;
+use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
 use hdrhistogram::Histogram;
 
 use crate::error::{Error, Result};
@@ -230,7 +233,7 @@ pub fn decode_counts(text: &str) -> std::result::Result<Counts, String> {
 }
 
 /// One interval histogram of a log.
-pub struct Interval {
+pub struct LogInterval {
     pub tag: Option<String>,
     /// Seconds after the log's start time (`#[StartTime:`); may be negative.
     pub offset_s: f64,
@@ -244,7 +247,7 @@ pub struct Interval {
 pub struct Log {
     /// `#[StartTime:` (seconds since the epoch), else 0.
     pub start_time_s: f64,
-    pub intervals: Vec<Interval>,
+    pub intervals: Vec<LogInterval>,
 }
 
 /// The number in `#[Name: 123.456 ...]`.
@@ -327,7 +330,7 @@ pub fn parse_log(path: &Path, text: &str) -> Result<Log> {
                 };
                 let base = *base_time.get_or_insert(deduced);
                 let absolute_s = start + base;
-                intervals.push(Interval {
+                intervals.push(LogInterval {
                     tag,
                     offset_s: absolute_s - start_time_s,
                     absolute_s,
@@ -476,11 +479,88 @@ pub fn percentile_rows(h: &Hist, ticks_per_half_distance: u32) -> Vec<Percentile
     rows
 }
 
+/// Base64 of the compressed V2 encoding: what `.hlog` lines and other HdrHistogram tools use.
+pub fn encode(h: &Hist) -> String {
+    let mut buf = Vec::new();
+    V2DeflateSerializer::new()
+        .serialize(h, &mut buf)
+        .expect("serializing into memory cannot fail");
+    base64::engine::general_purpose::STANDARD.encode(buf)
+}
+
+/// Writes an interval log in the format every HdrHistogram tool reads: its header once the
+/// run's clock has started, then one tagged, compressed histogram per line.
+pub struct LogWriter {
+    path: PathBuf,
+    what: &'static str,
+    out: BufWriter<File>,
+}
+
+impl LogWriter {
+    pub fn create(path: PathBuf, what: &'static str) -> Result<Self> {
+        let f = File::create(&path).map_err(|e| Error::io(&path, e))?;
+        Ok(LogWriter {
+            path,
+            what,
+            out: BufWriter::new(f),
+        })
+    }
+
+    /// Writes the header, with the instant the run's clock started.
+    pub fn begin(&mut self, start: SystemTime) -> Result<()> {
+        let start_s = start
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let what = self.what;
+        write!(
+            self.out,
+            "#[LoadPilot {what}, microseconds; one histogram per task per interval, tagged with the task]\n\
+             #[Histogram log format version 1.3]\n\
+             #[StartTime: {start_s:.3} (seconds since epoch)]\n\
+             #[BaseTime: {start_s:.3} (seconds since epoch)]\n\
+             #[MaxValueDivisor: 1000.000]\n\
+             \"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"\n"
+        )
+        .map_err(|e| Error::io(&self.path, e))
+    }
+
+    pub fn write(&mut self, tag: &str, start_s: f64, length_s: f64, h: &Hist) -> Result<()> {
+        writeln!(
+            self.out,
+            "Tag={tag},{start_s:.3},{length_s:.3},{:.3},{}",
+            h.max() as f64 / 1000.0,
+            encode(h)
+        )
+        .map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// As `write`, for a histogram already encoded (`encoded`, whose largest value is `max`).
+    pub fn write_encoded(
+        &mut self,
+        tag: &str,
+        start_s: f64,
+        length_s: f64,
+        max: u64,
+        encoded: &str,
+    ) -> Result<()> {
+        writeln!(
+            self.out,
+            "Tag={tag},{start_s:.3},{length_s:.3},{:.3},{encoded}",
+            max as f64 / 1000.0,
+        )
+        .map_err(|e| Error::io(&self.path, e))
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        self.out.flush().map_err(|e| Error::io(&self.path, e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn percentiles_in_one_pass_are_those_one_at_a_time() {
-        let mut h = crate::metrics::new_hist();
+        let mut h = crate::measure::metrics::new_hist();
         for v in 1..=2000u64 {
             h.record(v * v % 7919 + 1).unwrap();
         }

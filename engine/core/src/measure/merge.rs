@@ -14,8 +14,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::metrics::{Interval, Row, RowContext, TaskData, WireData};
-use crate::rundir::{Hlog, RunWriter, Stats, Summary, TaskSummary, AGENTS_LOG};
+use crate::measure::hlog::LogWriter;
+use crate::measure::metrics::{Counters, Interval, TaskData, WireData};
+use crate::measure::rows::{Row, Span};
+use crate::measure::rundir::{RunWriter, AGENTS_LOG};
+use crate::measure::summary::{Ended, Head, Summary, Totals};
 
 /// Where a report went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,26 +41,13 @@ impl Added {
     }
 }
 
-/// Where a row's figures sit besides its data: an interval's start, length, whether it is the
-/// drain, and the run-wide gauges.
-#[derive(Clone, Copy)]
-struct Span {
-    start_s: f64,
-    length_s: f64,
-    drain: bool,
-    in_flight: i64,
-    active_users: i64,
-}
-
-impl Span {
-    fn of(iv: &Interval) -> Self {
-        Span {
-            start_s: iv.start_s,
-            length_s: iv.length_s,
-            drain: iv.drain,
-            in_flight: iv.in_flight,
-            active_users: iv.active_users,
-        }
+fn span_of(iv: &Interval) -> Span {
+    Span {
+        start_s: iv.start_s,
+        length_s: iv.length_s,
+        drain: iv.drain,
+        in_flight: iv.in_flight,
+        active_users: iv.active_users,
     }
 }
 
@@ -75,15 +65,13 @@ pub struct SliceEnd {
 }
 
 pub struct Merge {
-    names: Vec<String>,
-    paths: Vec<String>,
     name: String,
     model: String,
     epoch0: f64,
     duration: f64,
     writer: RunWriter,
     /// Each slice's own histograms, as reported (`agents.hlog`).
-    agents_log: Hlog,
+    agents_log: LogWriter,
     open: BTreeMap<u64, Open>,
     /// Every interval below this index has closed.
     closed_below: u64,
@@ -91,10 +79,9 @@ pub struct Merge {
     late: Option<Open>,
     /// Per reporter: the intervals seen.
     seen: HashMap<String, BTreeSet<u64>>,
-    /// Per reporter and entry: arrivals taken, iterations started, ended, cancelled, unsent,
-    /// requests.
-    counts: HashMap<String, Vec<[u64; 6]>>,
-    cumulative: Vec<TaskData>,
+    /// Per reporter and entry: what it has reported, added up.
+    counts: HashMap<String, Vec<Counters>>,
+    totals: Totals,
     rows: Vec<Row>,
     /// Per report: the slice's row of all its tasks (the `agent` rows that find a slow agent).
     reporter_rows: Vec<(String, Row)>,
@@ -106,12 +93,12 @@ pub struct Merge {
 impl Merge {
     /// Creates the run directory `dir` (plan and log headers) for a run whose clock starts at
     /// `epoch0` (seconds since the Unix epoch) and whose entries are `names` (tasks, then
-    /// hooks) run on `paths`.
+    /// hooks); `runs_on`: where each task runs (`engine`, `python`).
     pub fn create(
         dir: &Path,
         plan_json: &str,
         names: Vec<String>,
-        paths: Vec<String>,
+        runs_on: Vec<String>,
         epoch0: f64,
     ) -> Result<Self> {
         let plan = crate::plan::Plan::from_json(plan_json)?;
@@ -119,16 +106,15 @@ impl Merge {
             crate::plan::Load::Open { stages, .. } => ("open", stages),
             crate::plan::Load::Closed { stages, .. } => ("closed", stages),
         };
-        let duration = crate::profile::Profile::new(stages)?.duration();
+        let duration = crate::plan::profile::Profile::new(stages)?.duration();
         let mut writer = RunWriter::create(dir, plan_json)?;
         let start = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(epoch0);
         writer.begin(start)?;
-        let mut agents_log = Hlog::create(dir.join(AGENTS_LOG), "corrected latency per agent")?;
+        let mut agents_log =
+            LogWriter::create(dir.join(AGENTS_LOG), "corrected latency per agent")?;
         agents_log.begin(start)?;
         Ok(Merge {
-            cumulative: names.iter().map(|_| TaskData::new()).collect(),
-            names,
-            paths,
+            totals: Totals::new(names, runs_on),
             name: plan.name.clone(),
             model: model.into(),
             epoch0,
@@ -152,18 +138,27 @@ impl Merge {
     }
 
     pub fn names(&self) -> &[String] {
-        &self.names
+        self.totals.names()
+    }
+
+    /// Adds `reporter`'s interval, as JSON (what an agent publishes). A report that cannot be
+    /// added (not an interval, another shape) is an `Error::Report` and changes nothing.
+    pub fn add_json(&mut self, reporter: &str, json: &[u8]) -> Result<Added> {
+        let iv: Interval = serde_json::from_slice(json)
+            .map_err(|e| Error::report(reporter, format!("not an interval: {e}")))?;
+        self.add(reporter, &iv)
     }
 
     /// Adds `reporter`'s interval.
     pub fn add(&mut self, reporter: &str, iv: &Interval) -> Result<Added> {
-        if iv.tasks.len() != self.names.len() || iv.target_rps.len() != self.names.len() {
-            return Err(Error::plan(
-                "interval",
+        let n = self.names().len();
+        if iv.tasks.len() != n || iv.target_rps.len() != n {
+            return Err(Error::report(
+                reporter,
                 format!(
-                    "{reporter} reported {} entries, the run has {}",
+                    "an interval of {} entries, the run has {}",
                     iv.tasks.len(),
-                    self.names.len()
+                    n
                 ),
             ));
         }
@@ -172,7 +167,7 @@ impl Merge {
             .iter()
             .map(WireData::parse)
             .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Error::plan("interval", format!("{reporter}: {e}")))?;
+            .map_err(|e| Error::report(reporter, e))?;
         if !self
             .seen
             .entry(reporter.to_string())
@@ -185,7 +180,7 @@ impl Merge {
         // came (nothing encoded again).
         let scratch = &mut self.scratch;
         scratch.reset();
-        for ((name, w), p) in self.names.iter().zip(&iv.tasks).zip(&parsed) {
+        for ((name, w), p) in self.totals.names().iter().zip(&iv.tasks).zip(&parsed) {
             scratch.add_parsed(w, p);
             let max = p
                 .corrected
@@ -201,27 +196,21 @@ impl Merge {
         }
         self.agents_log.flush()?;
         let target = iv.target_rps.iter().flatten().copied().reduce(|a, b| a + b);
-        let row = self.row(Span::of(iv), "all", target, &self.scratch);
+        let row = span_of(iv).row(self.epoch0, "all", target, &self.scratch);
         self.reporter_rows.push((reporter.to_string(), row));
-        let n = self.names.len();
         let counts = self
             .counts
             .entry(reporter.to_string())
-            .or_insert_with(|| vec![[0; 6]; n]);
+            .or_insert_with(|| vec![Counters::default(); n]);
         for (c, d) in counts.iter_mut().zip(&iv.tasks) {
-            c[0] += d.taken;
-            c[1] += d.started;
-            c[2] += d.iterations;
-            c[3] += d.cancelled;
-            c[4] += d.unsent;
-            c[5] += d.requests;
+            c.add(&d.counts);
         }
         let late = iv.index < self.closed_below;
         let blank = || Open {
             span: Span {
                 in_flight: 0,
                 active_users: 0,
-                ..Span::of(iv)
+                ..span_of(iv)
             },
             target_rps: vec![None; iv.tasks.len()],
             data: iv.tasks.iter().map(|_| TaskData::new()).collect(),
@@ -253,28 +242,26 @@ impl Merge {
     /// as cancelled (folded into the next interval to close). Returns the arrivals it took,
     /// per entry: its share of what was due.
     pub fn give_up(&mut self, reporter: &str) -> Vec<u64> {
-        let n = self.names.len();
+        let n = self.names().len();
         let Some(counts) = self.counts.get_mut(reporter) else {
             return vec![0; n];
         };
-        let taken: Vec<u64> = counts.iter().map(|c| c[0]).collect();
+        let taken: Vec<u64> = counts.iter().map(|c| c.taken).collect();
         let mut extra: Vec<TaskData> = (0..n).map(|_| TaskData::new()).collect();
         for (c, d) in counts.iter_mut().zip(extra.iter_mut()) {
-            let unsent = c[0].saturating_sub(c[1]).saturating_sub(c[4]);
-            let cancelled = c[1].saturating_sub(c[2]).saturating_sub(c[3]);
-            d.unsent = unsent;
-            d.cancelled = cancelled;
-            c[4] += unsent;
-            c[3] += cancelled;
+            // Taken and never started: unsent. Started and never ended: cancelled.
+            let unsent = c.taken.saturating_sub(c.started).saturating_sub(c.unsent);
+            let cancelled = c
+                .started
+                .saturating_sub(c.iterations)
+                .saturating_sub(c.cancelled);
+            d.counts.unsent = unsent;
+            d.counts.cancelled = cancelled;
+            c.unsent += unsent;
+            c.cancelled += cancelled;
         }
         let slot = self.late.get_or_insert_with(|| Open {
-            span: Span {
-                start_s: 0.0,
-                length_s: 0.0,
-                drain: false,
-                in_flight: 0,
-                active_users: 0,
-            },
+            span: Span::default(),
             target_rps: vec![None; n],
             data: (0..n).map(|_| TaskData::new()).collect(),
         });
@@ -288,7 +275,7 @@ impl Merge {
     pub fn requests_of(&self, reporter: &str) -> u64 {
         self.counts
             .get(reporter)
-            .map_or(0, |c| c.iter().map(|c| c[5]).sum())
+            .map_or(0, |c| c.iter().map(|c| c.requests).sum())
     }
 
     /// The highest interval index `reporter` has reported, if any.
@@ -320,11 +307,11 @@ impl Merge {
                 acc.add(d);
             }
         }
-        let rows: Vec<Row> = (iv.data.iter().zip(&self.names).zip(&iv.target_rps))
-            .map(|((d, name), target)| self.row(iv.span, name, *target, d))
+        let rows: Vec<Row> = (iv.data.iter().zip(self.totals.names()).zip(&iv.target_rps))
+            .map(|((d, name), target)| iv.span.row(self.epoch0, name, *target, d))
             .collect();
         self.writer.interval(
-            &self.names,
+            self.totals.names(),
             iv.span.start_s,
             iv.span.length_s,
             &iv.data,
@@ -333,29 +320,10 @@ impl Merge {
         if !iv.span.drain {
             self.sent_s += iv.span.length_s;
         }
-        for (acc, d) in self.cumulative.iter_mut().zip(&iv.data) {
-            acc.add(d);
-        }
+        self.totals.add(&iv.data);
         self.rows.extend(rows);
         self.closed_below = self.closed_below.max(i + 1);
         Ok(())
-    }
-
-    fn row(&self, at: Span, task: &str, target_rps: Option<f64>, d: &TaskData) -> Row {
-        Row::new(
-            RowContext {
-                time: self.epoch0 + at.start_s,
-                elapsed_s: at.start_s,
-                interval_s: at.length_s,
-                // Nothing is sent in the drain: its requests were sent before it.
-                achieved_s: (!at.drain).then_some(at.length_s),
-                task,
-                target_rps,
-                in_flight: at.in_flight,
-                active_users: at.active_users,
-            },
-            d,
-        )
     }
 
     /// Rows closed since the last call.
@@ -370,34 +338,17 @@ impl Merge {
 
     /// Everything closed so far, of one entry or of all.
     pub fn cumulative(&self, task: Option<&str>) -> Result<TaskData> {
-        match task {
-            None => {
-                let mut all = TaskData::new();
-                for d in &self.cumulative {
-                    all.add(d);
-                }
-                Ok(all)
-            }
-            Some(name) => self
-                .names
-                .iter()
-                .position(|n| n == name)
-                .map(|i| self.cumulative[i].clone())
-                .ok_or_else(|| {
-                    Error::plan(
-                        "task",
-                        format!("no task {name:?}; the run has {:?}", self.names),
-                    )
-                }),
-        }
+        self.totals.of(task)
     }
 
     /// Closes whatever is still open (a slice that never reported it is lost) and writes the
-    /// summary. `targets`: per entry, the arrivals that were due (open model), from the
-    /// slices' own summaries plus what lost slices had taken.
+    /// summary. `stopped`: the reason the run was stopped with, if it was; otherwise it ended
+    /// as the gravest of its slices' `ends`. `targets`: per entry, the arrivals that were due
+    /// (open model), from the slices' own summaries plus what lost slices had taken.
     pub fn finish(
         &mut self,
-        ended: &str,
+        stopped: Option<Ended>,
+        ends: &[Ended],
         duration_s: Option<f64>,
         drain_s: f64,
         targets: Option<Vec<f64>>,
@@ -413,54 +364,38 @@ impl Merge {
             let i = self.closed_below;
             self.close(i, late)?;
         }
+        let ended = stopped.unwrap_or_else(|| Ended::of_slices(ends.iter().copied()));
         let summary = self.summary(ended, duration_s.unwrap_or(self.sent_s), drain_s, targets);
         self.writer.summary(&summary)?;
         Ok(summary)
     }
 
-    /// The summary of what has closed so far (`ended` "running" while the run goes).
+    /// The summary of what has closed so far (`Ended::Running` while the run goes).
     pub fn summary(
         &self,
-        ended: &str,
+        ended: Ended,
         duration_s: f64,
         drain_s: f64,
         targets: Option<Vec<f64>>,
     ) -> Summary {
         let open = self.model == "open";
-        let mut all = TaskData::new();
-        let tasks = self
-            .cumulative
-            .iter()
-            .zip(&self.names)
-            .enumerate()
-            .map(|(i, (d, name))| {
-                all.add(d);
-                let target = match &targets {
-                    Some(t) => t.get(i).copied().unwrap_or(0.0),
-                    // While the run goes: what was taken so far.
-                    None => d.taken as f64,
-                };
-                TaskSummary {
-                    name: name.clone(),
-                    path: self.paths.get(i).cloned().unwrap_or_else(|| "hook".into()),
-                    target_requests: open.then_some(target),
-                    stats: Stats::of(d, duration_s),
-                }
+        // While the run goes: what was taken so far.
+        let targets = open.then(|| {
+            targets.unwrap_or_else(|| {
+                let taken = self.totals.entries().iter();
+                taken.map(|d| d.counts.taken as f64).collect()
             })
-            .collect::<Vec<_>>();
-        let all_target = tasks.iter().filter_map(|t| t.target_requests).sum::<f64>();
-        Summary {
-            name: self.name.clone(),
+        });
+        let head = Head {
+            name: &self.name,
             started_at: self.epoch0,
             duration_s,
             drain_s,
             planned_duration_s: self.duration,
-            ended: ended.into(),
-            model: self.model.clone(),
-            target_requests: open.then_some(all_target),
-            overall: Stats::of(&all, duration_s),
-            tasks,
-        }
+            ended,
+            model: &self.model,
+        };
+        self.totals.summary(head, targets.as_deref())
     }
 
     /// Seconds of sending closed so far.
@@ -476,7 +411,7 @@ impl Merge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::new_hist;
+    use crate::measure::metrics::new_hist;
 
     const PLAN: &str = r#"{"target": "http://127.0.0.1:1", "load": {"model": "open", "stages": [{"kind": "constant", "rate": 10, "duration_s": 3}]}, "tasks": [{"name": "a", "requests": [{"path": "/"}]}]}"#;
 
@@ -484,9 +419,9 @@ mod tests {
         let mut d = TaskData::new();
         for v in values {
             d.response(200, 1, *v, *v);
-            d.taken += 1;
-            d.started += 1;
-            d.iterations += 1;
+            d.counts.taken += 1;
+            d.counts.started += 1;
+            d.counts.iterations += 1;
         }
         Interval {
             index,
@@ -541,12 +476,14 @@ mod tests {
             rows.iter().map(|r| r.requests).collect::<Vec<_>>(),
             vec![1, 3]
         );
-        let s = m.finish("completed", None, 0.0, Some(vec![7.0])).unwrap();
+        let s = m
+            .finish(None, &[Ended::Completed], None, 0.0, Some(vec![7.0]))
+            .unwrap();
         assert_eq!(s.overall.requests, 7, "nothing lost, nothing twice");
         assert_eq!(s.target_requests, Some(7.0));
         assert_eq!(s.duration_s, 3.0);
         assert_eq!(m.take_reporter_rows().len(), 6);
-        let text = std::fs::read_to_string(m.dir().join(crate::rundir::SUMMARY)).unwrap();
+        let text = std::fs::read_to_string(m.dir().join(crate::measure::rundir::SUMMARY)).unwrap();
         assert!(text.contains("\"requests\": 7"), "{text}");
     }
 
@@ -555,16 +492,15 @@ mod tests {
         let mut m = merge("lost");
         let mut iv = interval(0, &[100]);
         let mut d = TaskData::from_wire(&iv.tasks[0]).unwrap();
-        d.taken += 3; // 4 taken, 2 started, 1 ended
-        d.started += 1;
+        d.counts.taken += 3; // 4 taken, 2 started, 1 ended
+        d.counts.started += 1;
         iv.tasks[0] = d.to_wire();
         m.add("x", &iv).unwrap();
         m.close_ready(&["x".to_string()], 0).unwrap();
         assert_eq!(m.give_up("x"), vec![4]);
-        let s = m.finish("completed", None, 0.0, Some(vec![4.0])).unwrap();
+        let s = m.finish(None, &[], None, 0.0, Some(vec![4.0])).unwrap();
         let o = &s.overall;
-        assert_eq!((o.iterations, o.cancelled, o.unsent), (1, 1, 2));
-        assert_eq!(o.iterations + o.cancelled + o.unsent, 4);
+        assert_eq!((o.iterations, o.cancelled, o.unsent), (Some(1), 1, 2));
     }
 
     #[test]
@@ -572,6 +508,11 @@ mod tests {
         let mut m = merge("shape");
         let mut iv = interval(0, &[1]);
         iv.tasks.push(TaskData::new().to_wire());
-        assert!(m.add("x", &iv).is_err());
+        let e = m.add("x", &iv).unwrap_err();
+        assert!(matches!(e, Error::Report { .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "bad report from x: an interval of 2 entries, the run has 1"
+        );
     }
 }

@@ -1,0 +1,246 @@
+//! Requests: a task's request compiled once per run (`CompiledRequest`), and a request ready
+//! to send (`Outgoing`, HTTP/1.1's head written once for a request with no placeholder).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use hyper::header::{
+    HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING,
+};
+use hyper::http::uri::PathAndQuery;
+use hyper::Method;
+
+use crate::error::{Error, Result};
+use crate::http::Target;
+use crate::outcome::ErrorKind;
+use crate::plan::check::Check;
+use crate::plan::template::{Scope, Template, Values};
+use crate::plan::RequestSpec;
+
+/// Percent-encodes what may not stand in a request target (spaces, quotes, `<>`, `{}`, `|`,
+/// `\\`, `^`, backquotes, controls, non-ASCII) as httpx and requests do; what may (reserved
+/// characters and existing `%XX` escapes) is kept.
+pub fn encode_target(target: &str) -> std::borrow::Cow<'_, str> {
+    fn keep(b: u8) -> bool {
+        b.is_ascii_alphanumeric() || b"-._~:/?#@!$&'()*+,;=%".contains(&b)
+    }
+    if target.bytes().all(keep) {
+        return std::borrow::Cow::Borrowed(target);
+    }
+    let mut out = String::with_capacity(target.len() + 16);
+    for b in target.bytes() {
+        if keep(b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// A request ready to send: its parts, and HTTP/1.1's head written once.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub method: Method,
+    /// Path and query, as sent.
+    pub path: PathAndQuery,
+    /// The request's own headers (no `host`, `content-length` or `cookie`).
+    pub headers: Arc<[(HeaderName, HeaderValue)]>,
+    pub body: Bytes,
+    /// Request line and header lines (`host` and `content-length` included), each ending
+    /// in CRLF, without the blank line.
+    pub(super) h1_head: Bytes,
+}
+
+impl Outgoing {
+    /// `path` is percent-encoded where it must be; a header that is not valid in HTTP is an
+    /// error.
+    pub fn new(
+        method: Method,
+        path: &str,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        body: Bytes,
+        authority: &HeaderValue,
+    ) -> Result<Self, String> {
+        let path: PathAndQuery = encode_target(path)
+            .parse()
+            .map_err(|e| format!("bad request path: {e}"))?;
+        let has = |n: &HeaderName| headers.iter().any(|(k, _)| k == n);
+        let mut head = BytesMut::with_capacity(128);
+        head.put_slice(method.as_str().as_bytes());
+        head.put_u8(b' ');
+        head.put_slice(path.as_str().as_bytes());
+        head.put_slice(b" HTTP/1.1\r\n");
+        if !has(&HOST) {
+            head.put_slice(b"host: ");
+            head.put_slice(authority.as_bytes());
+            head.put_slice(b"\r\n");
+        }
+        for (k, v) in &headers {
+            head.put_slice(k.as_str().as_bytes());
+            head.put_slice(b": ");
+            head.put_slice(v.as_bytes());
+            head.put_slice(b"\r\n");
+        }
+        let expects_body = matches!(method, Method::POST | Method::PUT | Method::PATCH);
+        if (!body.is_empty() || expects_body) && !has(&CONTENT_LENGTH) && !has(&TRANSFER_ENCODING) {
+            head.put_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+        }
+        Ok(Outgoing {
+            method,
+            path,
+            headers: headers.into(),
+            body,
+            h1_head: head.freeze(),
+        })
+    }
+}
+
+/// A request of a task, compiled once per run.
+pub struct CompiledRequest {
+    method: Method,
+    path: Template,
+    headers: Vec<(HeaderName, Template)>,
+    body: Option<Template>,
+    json: bool,
+    pub timeout: Duration,
+    pub check: Check,
+    /// Set when nothing in the request varies: the request is cloned instead of rendered.
+    constant: Option<Outgoing>,
+}
+
+impl CompiledRequest {
+    pub fn compile(
+        spec: &RequestSpec,
+        scope: &Scope,
+        target: &Target,
+        default_timeout: f64,
+        at: &str,
+    ) -> Result<Self> {
+        let method = Method::from_bytes(spec.method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| Error::plan(format!("{at}.method"), format!("{:?}", spec.method)))?;
+        if !spec.path.starts_with('/') {
+            return Err(Error::plan(
+                format!("{at}.path"),
+                format!("must start with '/', got {:?}", spec.path),
+            ));
+        }
+        let path = Template::compile(
+            &format!("{}{}", target.base_path, spec.path),
+            scope,
+            &format!("{at}.path"),
+        )?;
+        let mut headers = Vec::new();
+        for (k, v) in &spec.headers {
+            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
+                Error::plan(format!("{at}.headers"), format!("bad header name {k:?}"))
+            })?;
+            headers.push((
+                name,
+                Template::compile(v, scope, &format!("{at}.headers.{k}"))?,
+            ));
+        }
+        let (body, json) = match (&spec.body, &spec.json) {
+            (Some(_), Some(_)) => {
+                return Err(Error::plan(at, "give either body or json, not both"));
+            }
+            (Some(b), None) => (
+                Some(Template::compile(b, scope, &format!("{at}.body"))?),
+                false,
+            ),
+            (None, Some(j)) => (
+                Some(Template::compile(
+                    &j.to_string(),
+                    scope,
+                    &format!("{at}.json"),
+                )?),
+                true,
+            ),
+            (None, None) => (None, false),
+        };
+        let timeout = spec.timeout_s.unwrap_or(default_timeout);
+        if !(timeout.is_finite() && timeout > 0.0) {
+            return Err(Error::plan(format!("{at}.timeout_s"), "must be > 0"));
+        }
+        let check = match &spec.expect {
+            Some(e) => Check::compile(e, scope, &format!("{at}.expect"))?,
+            None => Check::default(),
+        };
+        let mut req = CompiledRequest {
+            method,
+            path,
+            headers,
+            body,
+            json,
+            timeout: Duration::from_secs_f64(timeout),
+            check,
+            constant: None,
+        };
+        let varies = req.path.as_constant().is_none()
+            || req.headers.iter().any(|(_, t)| t.as_constant().is_none())
+            || req.body.as_ref().is_some_and(|b| b.as_constant().is_none());
+        if !varies {
+            let empty = Values {
+                vu: 0,
+                iter: 0,
+                row: None,
+                user: None,
+            };
+            let built = req.render(&empty, target).map_err(|m| Error::plan(at, m))?;
+            req.constant = Some(built);
+        }
+        Ok(req)
+    }
+
+    fn render(&self, v: &Values<'_>, target: &Target) -> Result<Outgoing, String> {
+        let mut headers = Vec::with_capacity(self.headers.len() + 1);
+        for (name, t) in &self.headers {
+            let value = HeaderValue::from_str(&t.render(v))
+                .map_err(|_| format!("header {name} is not valid in HTTP"))?;
+            headers.push((name.clone(), value));
+        }
+        if self.json && !headers.iter().any(|(k, _)| k == CONTENT_TYPE) {
+            headers.push((CONTENT_TYPE, HeaderValue::from_static("application/json")));
+        }
+        let body = self
+            .body
+            .as_ref()
+            .map(|t| Bytes::from(t.render(v)))
+            .unwrap_or_default();
+        Outgoing::new(
+            self.method.clone(),
+            &self.path.render(v),
+            headers,
+            body,
+            &target.authority,
+        )
+    }
+
+    /// The request for one iteration. A rendered value that is not valid in HTTP (say a header
+    /// value with a newline from a feeder row) is a check failure of that iteration.
+    pub fn build(&self, v: &Values<'_>, target: &Target) -> Result<Outgoing, ErrorKind> {
+        if let Some(c) = &self.constant {
+            return Ok(c.clone());
+        }
+        self.render(v, target).map_err(|_| ErrorKind::Check)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn characters_a_target_may_not_hold_are_percent_encoded() {
+        assert_eq!(
+            encode_target("/search?q=<b>x</b> y&z=é"),
+            "/search?q=%3Cb%3Ex%3C/b%3E%20y&z=%C3%A9"
+        );
+        // Reserved characters and escapes already made stay as they are.
+        let kept = "/a/b?c=1&d=%20e+f;g=(h)*i,j:k@l!$'~";
+        assert_eq!(encode_target(kept), kept);
+        assert!(matches!(encode_target(kept), std::borrow::Cow::Borrowed(_)));
+        assert!(encode_target("/{\"a\"}|\\^`").parse::<hyper::Uri>().is_ok());
+    }
+}

@@ -1,0 +1,220 @@
+//! The parsed target URL: where to connect (DNS resolved once a run), TLS and ALPN, the HTTP
+//! version spoken, and the pool of shared HTTP/2 connections.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use hyper::header::HeaderValue;
+use hyper::http::uri::Scheme;
+use hyper::Uri;
+use tokio::net::TcpStream;
+
+use crate::error::{Error, Result};
+use crate::http::h1::Stream;
+use crate::http::http2;
+use crate::outcome::{classify_io, ErrorKind};
+use crate::plan::HttpVersion;
+
+/// The parsed target: where to connect and what to send as `Host`.
+#[derive(Debug)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub(super) authority: HeaderValue,
+    pub(super) base_path: String,
+    tls: Option<Tls>,
+    resolved: OnceLock<Vec<SocketAddr>>,
+    http: HttpVersion,
+    /// `http = auto` over TLS: whether the server chose HTTP/2 by ALPN (asked once a run).
+    negotiated: tokio::sync::OnceCell<bool>,
+    pub(super) origin: http2::Origin,
+    pub(super) pool: http2::Pool,
+}
+
+struct Tls {
+    connector: tokio_rustls::TlsConnector,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("name", &self.name).finish()
+    }
+}
+
+impl Target {
+    /// `insecure` accepts any certificate from an `https://` target. Speaks HTTP/1.1.
+    pub fn parse(url: &str, insecure: bool) -> Result<Arc<Self>> {
+        Self::with_http(url, insecure, HttpVersion::Http1, 1)
+    }
+
+    /// As `parse`, speaking `http`; on HTTP/2 up to `max_streams` users share a connection.
+    pub fn with_http(
+        url: &str,
+        insecure: bool,
+        http: HttpVersion,
+        max_streams: u32,
+    ) -> Result<Arc<Self>> {
+        let bad = |m: &str| Error::Target {
+            target: url.to_string(),
+            message: m.to_string(),
+        };
+        let uri: Uri = url.parse().map_err(|e| bad(&format!("not a URL ({e})")))?;
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            Some(s) => {
+                return Err(bad(&format!(
+                    "unsupported scheme {s:?}; use http:// or https://"
+                )))
+            }
+            None => return Err(bad("missing scheme; write it as http://host:port")),
+        };
+        let auth = uri.authority().ok_or_else(|| bad("missing host"))?;
+        let host = auth.host().trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(bad("missing host"));
+        }
+        let port = match explicit_port(auth.as_str()) {
+            None => {
+                if https {
+                    443
+                } else {
+                    80
+                }
+            }
+            Some(p) => match p.parse::<u16>() {
+                Ok(n) if n > 0 => n,
+                _ => return Err(bad(&format!("port {p:?} is not a port (1..65535)"))),
+            },
+        };
+        let tls = if https {
+            Some(Tls {
+                connector: tokio_rustls::TlsConnector::from(crate::http::tls::client_config(
+                    insecure,
+                    match http {
+                        HttpVersion::Http1 => &[b"http/1.1"],
+                        HttpVersion::Http2 => &[b"h2"],
+                        HttpVersion::Auto => &[b"h2", b"http/1.1"],
+                    },
+                )),
+                name: crate::http::tls::server_name(host)?,
+            })
+        } else {
+            None
+        };
+        let base_path = uri.path().trim_end_matches('/').to_string();
+        let origin = http2::Origin {
+            scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
+            authority: auth.clone(),
+        };
+        Ok(Arc::new(Target {
+            host: host.to_string(),
+            port,
+            authority: HeaderValue::from_str(auth.as_str()).map_err(|_| bad("bad host"))?,
+            base_path,
+            tls,
+            resolved: OnceLock::new(),
+            http,
+            negotiated: tokio::sync::OnceCell::new(),
+            origin,
+            pool: http2::Pool::new(max_streams),
+        }))
+    }
+
+    /// Whether requests go over HTTP/2: as the plan says, or (`auto`) as the server chose by
+    /// ALPN on a first connection (over cleartext `auto` is HTTP/1.1).
+    pub(super) async fn speaks_h2(&self) -> Result<bool, ErrorKind> {
+        match (self.http, &self.tls) {
+            (HttpVersion::Http1, _) | (HttpVersion::Auto, None) => Ok(false),
+            (HttpVersion::Http2, _) => Ok(true),
+            (HttpVersion::Auto, Some(_)) => self
+                .negotiated
+                .get_or_try_init(|| async {
+                    let stream = Box::pin(self.connect()).await?;
+                    Ok(matches!(&stream, Stream::Tls(t) if t.get_ref().1.alpn_protocol() == Some(b"h2")))
+                })
+                .await
+                .copied(),
+        }
+    }
+
+    /// A new connection (TCP, then TLS for `https://`).
+    pub(super) async fn connect(&self) -> Result<Stream, ErrorKind> {
+        let addrs = self.addrs().await?;
+        let mut last = ErrorKind::Connect;
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    return match &self.tls {
+                        None => Ok(Stream::Plain(stream)),
+                        Some(tls) => Ok(Stream::Tls(Box::new(
+                            tls.connector
+                                .connect(tls.name.clone(), stream)
+                                .await
+                                .map_err(|_| ErrorKind::Tls)?,
+                        ))),
+                    };
+                }
+                Err(e) => last = classify_io(&e),
+            }
+        }
+        Err(last)
+    }
+
+    /// The `Host` header value.
+    pub fn authority(&self) -> HeaderValue {
+        self.authority.clone()
+    }
+
+    /// The path part of the target URL, prefixed to every request path.
+    pub fn base_path(&self) -> &str {
+        &self.base_path
+    }
+
+    async fn addrs(&self) -> Result<&[SocketAddr], ErrorKind> {
+        if let Some(a) = self.resolved.get() {
+            return Ok(a);
+        }
+        let found: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .map_err(|_| ErrorKind::Dns)?
+            .collect();
+        if found.is_empty() {
+            return Err(ErrorKind::Dns);
+        }
+        Ok(self.resolved.get_or_init(|| found))
+    }
+}
+
+/// The port written in an authority (`host:port`, `[v6]:port`), if any, as text.
+fn explicit_port(authority: &str) -> Option<&str> {
+    let after_host = authority
+        .rsplit_once(']')
+        .map_or(authority, |(_, rest)| rest);
+    after_host.rsplit_once(':').map(|(_, p)| p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_out_of_range_is_an_error_not_port_80() {
+        for url in [
+            "http://127.0.0.1:99999",
+            "http://127.0.0.1:0",
+            "http://[::1]:70000/x",
+        ] {
+            let err = Target::parse(url, false).unwrap_err().to_string();
+            assert!(err.contains("is not a port"), "{url}: {err}");
+        }
+        assert_eq!(Target::parse("http://127.0.0.1", false).unwrap().port, 80);
+        assert_eq!(Target::parse("https://localhost", true).unwrap().port, 443);
+        assert_eq!(
+            Target::parse("http://[::1]:8080", false).unwrap().port,
+            8080
+        );
+    }
+}
