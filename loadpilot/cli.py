@@ -42,6 +42,7 @@ from loadpilot.running import runs as _run
 from loadpilot.running.testbed import start_target
 from loadpilot.scenarios.loader import load_scenario
 from loadpilot.scenarios.scenario import Scenario
+from loadpilot.summary import Summary
 
 EXIT_OK = 0
 EXIT_THRESHOLDS = 1
@@ -146,40 +147,13 @@ def _execute(
                 f"(round trip {a['rtt_ms']:.2f} ms)",
                 flush=True,
             )
-    interrupted: KeyboardInterrupt | None = None
-    aborted: list[thresholds.Verdict] = []
-    # A terminal gets a panel redrawn in place; CI logs and pipes one line per second.
-    console = None
-    if sys.stdout.isatty():
-        from rich.console import Console
-
-        from loadpilot import terminal
-
-        console = Console()
-    try:
-        abort_on = checks if abort_on_fail else None
-        if console is not None:
-            aborted = terminal.live_progress(r, r.plan.duration_s, abort_on, console, r.stop)
-        else:
-            aborted = _progress(r, r.plan.duration_s, abort_on)
-    except KeyboardInterrupt as e:
-        interrupted = e
-        # Stopping is bounded (about a second): a second Ctrl-C (or one delivered twice, as
-        # polars can raise it inside a read and again after) must not cut the summary short.
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for attempt in range(3):
-            try:
-                if attempt == 0:
-                    print("\nstopping: keeping everything measured so far", flush=True)
-                r.stop()
-                break
-            except KeyboardInterrupt:  # already on its way before signals were ignored
-                continue
+    console = _console()
+    aborted, interrupted = _follow(r, checks if abort_on_fail else None, console)
     s = r.summary()
     verdicts = thresholds.evaluate(s, checks or [])
     if console is not None:
+        from loadpilot import terminal
+
         for v in aborted:
             console.print(f"[bold red]aborting:[/] {v}")
         console.print(terminal.summary_table(s, verdicts))
@@ -194,6 +168,57 @@ def _execute(
         from loadpilot.analysis.reporting import report
 
         print(f"report: {report(r, report_to, checks)}")
+    _print_end(r, s, agents is not None)
+    if interrupted is not None:
+        return EXIT_TERMINATED if isinstance(interrupted, _Terminated) else EXIT_INTERRUPTED
+    if aborted or not all(v.passed for v in verdicts):
+        return EXIT_THRESHOLDS
+    return _exit_for_failures(s, verdicts)
+
+
+def _console() -> Any:
+    """A rich console when standard output is a terminal (a panel redrawn in place); None for
+    CI logs and pipes (one line per second)."""
+    if not sys.stdout.isatty():
+        return None
+    from rich.console import Console
+
+    return Console()
+
+
+def _follow(
+    r: _run.Run, abort_on: list[thresholds.Threshold] | None, console: Any
+) -> tuple[list[thresholds.Verdict], KeyboardInterrupt | None]:
+    """Shows the run's progress until it ends; stops it (keeping what it measured) on Ctrl-C
+    or SIGTERM. Returns the thresholds that aborted it, and the interruption, if any."""
+    aborted: list[thresholds.Verdict] = []
+    try:
+        if console is not None:
+            from loadpilot import terminal
+
+            aborted = terminal.live_progress(r, r.plan.duration_s, abort_on, console, r.stop)
+        else:
+            aborted = _progress(r, r.plan.duration_s, abort_on)
+    except KeyboardInterrupt as e:
+        # Stopping is bounded (about a second): a second Ctrl-C (or one delivered twice, as
+        # polars can raise it inside a read and again after) must not cut the summary short.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for attempt in range(3):
+            try:
+                if attempt == 0:
+                    print("\nstopping: keeping everything measured so far", flush=True)
+                r.stop()
+                break
+            except KeyboardInterrupt:  # already on its way before signals were ignored
+                continue
+        return aborted, e
+    return aborted, None
+
+
+def _print_end(r: _run.Run, s: Summary, distributed: bool) -> None:
+    """How the run ended, where it is, every due request accounted for, lost agents."""
     drain = f" (+{s.drain_s:.2f} s drain)" if s.drain_s >= 0.005 else ""
     print(f"\nended: {s.ended} after {s.duration_s:.2f} s{drain}; everything is in {r.path}/")
     if s.target_requests is not None:
@@ -202,16 +227,17 @@ def _execute(
             f"accounted for: {s.target_requests:,.0f} due = {o.iterations or 0:,} ran "
             f"+ {o.cancelled:,} cancelled + {o.unsent:,} unsent"
         )
-    if agents is not None:
+    if distributed:
         lost = r.agents.filter(pl.col("state") == "lost")["name"].to_list()
         print(
             f"agents: {r.agents.height}"
             + (f", lost: {', '.join(lost)} (see {r.path}/events.jsonl)" if lost else "")
         )
-    if interrupted is not None:
-        return EXIT_TERMINATED if isinstance(interrupted, _Terminated) else EXIT_INTERRUPTED
-    if aborted or not all(v.passed for v in verdicts):
-        return EXIT_THRESHOLDS
+
+
+def _exit_for_failures(s: Summary, verdicts: list[thresholds.Verdict]) -> int:
+    """Exit 3 when requests failed (and no error-rate threshold judged them) or were due and
+    never sent; else 0."""
     judged = any(v.threshold.metric == "error_rate" for v in verdicts)
     code = EXIT_OK
     if (s.overall.errors or s.overall.cancelled) and not judged:
@@ -552,11 +578,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_demo(sub)
+    _add_target(sub)
+    _add_run(sub)
+    _add_serve(sub)
+    _add_agent(sub)
+    _add_compare(sub)
+    _add_report(sub)
+    _add_export(sub)
+    return p
 
+
+def _add_demo(sub: Any) -> None:
     d = sub.add_parser("demo", help="run a demo load test against the built-in target")
     d.add_argument("--out", type=Path, default=None, help="run directory")
     d.set_defaults(fn=_cmd_demo)
 
+
+def _add_target(sub: Any) -> None:
     t = sub.add_parser("target", help="serve the built-in target")
     t.add_argument("--host", default="127.0.0.1")
     t.add_argument("--port", type=int, default=8080, help="0 picks a free port")
@@ -573,6 +612,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--for-s", type=float, default=None, help="stop after this many seconds")
     t.set_defaults(fn=_cmd_target)
 
+
+def _add_run(sub: Any) -> None:
     r = sub.add_parser("run", help="run a scenario file (.py) or a plan (.json)")
     r.add_argument("file", help="FILE.py or PLAN.json")
     r.add_argument("--target", default=None, help="target URL (else $LOADPILOT_TARGET)")
@@ -639,6 +680,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.set_defaults(fn=_cmd_run)
 
+
+def _add_serve(sub: Any) -> None:
     sv = sub.add_parser(
         "serve", help="drive runs over HTTP (an API for pipelines), safe by default"
     )
@@ -675,6 +718,8 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--external-agents", type=_count, default=None, help="N agents found on --nats")
     sv.set_defaults(fn=_cmd_serve)
 
+
+def _add_agent(sub: Any) -> None:
     a = sub.add_parser(
         "agent", help="run as an agent of distributed runs: wait for work on NATS, run it"
     )
@@ -699,6 +744,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--health-port", type=int, default=None, help="serve GET /healthz on this port")
     a.set_defaults(fn=_cmd_agent)
 
+
+def _add_compare(sub: Any) -> None:
     c = sub.add_parser(
         "compare",
         help="compare a candidate run with a baseline; exit 1 if a metric regressed",
@@ -718,12 +765,16 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print JSON")
     c.set_defaults(fn=_cmd_compare)
 
+
+def _add_report(sub: Any) -> None:
     rp = sub.add_parser("report", help="write one HTML report of one or several run directories")
     rp.add_argument("runs", type=Path, nargs="+", help="run directories (the first: baseline)")
     rp.add_argument("-o", "--output", type=Path, required=True, help="FILE.html")
     rp.add_argument("--threshold", action="append", help="e.g. 'p99<25ms' (repeatable)")
     rp.set_defaults(fn=_cmd_report)
 
+
+def _add_export(sub: Any) -> None:
     e = sub.add_parser("export", help="write CSV/Parquet rows and .hgrm distributions of a run")
     e.add_argument("run", type=Path, help="run directory")
     e.add_argument("--to", type=Path, required=True, help="output directory")
@@ -731,7 +782,6 @@ def _parser() -> argparse.ArgumentParser:
         "--format", action="append", choices=["csv", "parquet", "hgrm"], help="(default: all)"
     )
     e.set_defaults(fn=_cmd_export)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

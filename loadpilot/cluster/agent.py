@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -28,6 +29,13 @@ from loadpilot.allowlist import target_allowed
 from loadpilot.cluster import protocol as P
 from loadpilot.errors import LoadPilotError
 from loadpilot.plan import OpenLoad, Plan, Shard
+
+
+class AgentMode(StrEnum):
+    """What an agent is doing: waiting for work, or running the slices of one run."""
+
+    IDLE = "idle"
+    RUNNING = "running"
 
 
 @dataclass
@@ -66,7 +74,7 @@ class Agent:
         self.allow_targets = list(allow_targets or [])
         self.allow_code = allow_code
         self.health_port = health_port
-        self.state = "idle"
+        self.state = AgentMode.IDLE
         self._slices: list[_Slice] = []
         self._claimed_by: str | None = None
         self._last_beat = 0.0
@@ -151,7 +159,7 @@ class Agent:
     def _info(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "state": self.state,
+            "state": self.state.value,
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "version": _engine.__version__,
@@ -193,7 +201,7 @@ class Agent:
         reporter = str(work["reporter"])
         if not P.valid_name(run) or not all(P.valid_name(p) for p in reporter.split("+")):
             return {"ok": False, "error": f"malformed run {run!r} or slice {reporter!r}"}
-        if self.state != "idle" and self._claimed_by != run:
+        if self.state != AgentMode.IDLE and self._claimed_by != run:
             return {"ok": False, "error": f"busy with run {self._claimed_by}"}
         shared = await self._shared(run)
         plan = Plan.from_json(shared["plan"])
@@ -232,7 +240,7 @@ class Agent:
             PythonUsers(handle, tickets, scenario).start()
         self._slices.append(_Slice(run=run, reporter=reporter, handle=handle, dir=dir))
         self._claimed_by = run
-        self.state = "running"
+        self.state = AgentMode.RUNNING
         self._last_beat = time.monotonic()
         return {"ok": True}
 
@@ -313,7 +321,7 @@ class Agent:
                 beat = {
                     "kind": "beat",
                     "agent": self.name,
-                    "state": self.state,
+                    "state": self.state.value,
                     "time": time.time(),
                     "reporters": [s.reporter for s in self._slices if s.run == run],
                 }
@@ -325,8 +333,8 @@ class Agent:
         for s in finished:
             self._slices.remove(s)
             shutil.rmtree(s.dir, ignore_errors=True)
-        if not self._slices and self.state != "idle":
-            self.state = "idle"
+        if not self._slices and self.state != AgentMode.IDLE:
+            self.state = AgentMode.IDLE
             self._claimed_by = None
             for subs in self._subscribed.values():
                 for sub in subs:

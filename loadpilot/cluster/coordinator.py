@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ except ImportError:  # pragma: no cover - the extra is missing
 
 from loadpilot import _engine
 from loadpilot.cluster import protocol as P
+from loadpilot.cluster import slices
 from loadpilot.cluster.server import NatsServer, spawn_agent
 from loadpilot.errors import ClusterError, ReportError
 from loadpilot.plan import OpenLoad, Plan, Shard
@@ -75,13 +77,36 @@ class Agents:
         return self.nats is None if self.spawn is None else self.spawn
 
 
+class AgentState(StrEnum):
+    """Where an agent stands in a run."""
+
+    #: Found and answering, no work yet.
+    READY = "ready"
+    #: Running at least one slice.
+    RUNNING = "running"
+    #: Every slice it ran has ended: it no longer beats.
+    DONE = "done"
+    #: Silent past the loss limit: its slices were given up (and taken over).
+    LOST = "lost"
+
+
+class ReporterState(StrEnum):
+    """Where a slice (what reports intervals: an agent's own, or a takeover) stands."""
+
+    RUNNING = "running"
+    #: Its end (the slice's own summary) has arrived.
+    ENDED = "ended"
+    #: Its agent was lost or refused it: it reports nothing more.
+    LOST = "lost"
+
+
 @dataclass
-class _AgentState:
+class _Agent:
     name: str
     info: dict[str, Any]
     offset_s: float = 0.0
     rtt_s: float = 0.0
-    state: str = "ready"
+    state: AgentState = AgentState.READY
     last_seen: float = field(default_factory=time.monotonic)
     last_seen_wall: float = field(default_factory=time.time)
     requests: int = 0
@@ -91,10 +116,8 @@ class _AgentState:
 class _Reporter:
     name: str
     agent: str
-    shard_index: int
-    shard_count: int
-    from_s: float
-    state: str = "running"  # running, ended, lost
+    share: slices.Slice
+    state: ReporterState = ReporterState.RUNNING
     summary: dict[str, Any] | None = None
 
 
@@ -140,7 +163,7 @@ class Coordinator:
         self._runs_on: list[str] = [str(t.path) for t in plan.tasks]
         self.run_id = uuid.uuid4().hex[:12]
         self._merge: _engine.Merge | None = None
-        self._agents: dict[str, _AgentState] = {}
+        self._agents: dict[str, _Agent] = {}
         self._reporters: dict[str, _Reporter] = {}
         self._done = threading.Event()
         self._summary: str | None = None
@@ -310,25 +333,26 @@ class Coordinator:
             self.plan.to_json(), self._out, self._names, self._runs_on, self._start_at
         )
         self._beat_task = asyncio.create_task(self._beat(nc))
-        n = len(found)
-        for i, a in enumerate(found):
+        for a, sl in zip(found, slices.initial(len(found)), strict=True):
             reporter = a.name
-            self._reporters[reporter] = _Reporter(reporter, a.name, i, n, 0.0)
-            err = await self._send_work(nc, a, reporter, i, n, 0.0, self._connections(i, n))
+            self._reporters[reporter] = _Reporter(reporter, a.name, sl)
+            err = await self._send_work(nc, a, reporter, sl, self._connections(sl))
             if err is not None:
                 await self._publish_ctl(nc, "stopped")
                 raise ClusterError(f"agent {a.name} refused the run: {err}")
-            a.state = "running"
+            a.state = AgentState.RUNNING
             a.last_seen = time.monotonic()
-            self._event("started", a.name, f"slice {i}/{n}")
+            self._event("started", a.name, f"slice {sl.index}/{sl.count}")
 
-    def _connections(self, i: int, n: int) -> int | None:
+    def _connections(self, sl: slices.Slice) -> int | None:
+        """An open model's connections for one of the first slices (a closed model's users
+        are its own)."""
         load = self.plan.load
         if not isinstance(load, OpenLoad):
             return None
-        return max(1, load.connections // n + (1 if i < load.connections % n else 0))
+        return slices.connections(load.connections, sl.index, sl.count)
 
-    async def _discover(self, nc: Any, count: int, timeout_s: float) -> list[_AgentState]:
+    async def _discover(self, nc: Any, count: int, timeout_s: float) -> list[_Agent]:
         deadline = time.monotonic() + timeout_s
         seen: dict[str, dict[str, Any]] = {}
         while time.monotonic() < deadline:
@@ -350,7 +374,7 @@ class Coordinator:
                     seen[info["name"]] = info
             if len(seen) >= count:
                 chosen = sorted(seen)[:count]
-                return [_AgentState(name, seen[name]) for name in chosen]
+                return [_Agent(name, seen[name]) for name in chosen]
         raise ClusterError(
             f"{len(seen)} of {count} agents answered within {timeout_s:g} s on NATS "
             f"{P.redact(self.spec.nats or 'of this run')} (start them with `loadpilot agent "
@@ -378,14 +402,13 @@ class Coordinator:
     async def _send_work(
         self,
         nc: Any,
-        a: _AgentState,
+        a: _Agent,
         reporter: str,
-        index: int,
-        count: int,
-        from_s: float,
+        sl: slices.Slice,
         connections: int | None,
     ) -> str | None:
-        shard = Shard(index=index, count=count, start_at=self._start_at + a.offset_s, from_s=from_s)
+        start_at = self._start_at + a.offset_s
+        shard = Shard(index=sl.index, count=sl.count, start_at=start_at, from_s=sl.from_s)
         work: dict[str, Any] = {
             "run": self.run_id,
             "reporter": reporter,
@@ -428,7 +451,7 @@ class Coordinator:
         if a is None:
             return
         if m.get("kind") == "beat":
-            if a.state != "lost":
+            if a.state != AgentState.LOST:
                 a.last_seen = time.monotonic()
                 a.last_seen_wall = time.time()
         elif m.get("kind") == "event":
@@ -454,7 +477,7 @@ class Coordinator:
         r = self._reporters.get(str(h["reporter"]))
         if r is None or self._merge is None:
             return
-        if h["kind"] == "interval" and r.state != "lost":
+        if h["kind"] == "interval" and r.state != ReporterState.LOST:
             added = self._merge.add(r.name, body)
             if added == "late":
                 self._event("late", r.agent, f"interval reported after it closed ({r.name})")
@@ -462,9 +485,9 @@ class Coordinator:
             if a is not None:
                 a.last_seen = time.monotonic()
                 a.last_seen_wall = time.time()
-        elif h["kind"] == "end" and r.state == "running":
+        elif h["kind"] == "end" and r.state == ReporterState.RUNNING:
             r.summary = json.loads(body)
-            r.state = "ended"
+            r.state = ReporterState.ENDED
             self._wake.set()
 
     async def _drive(self, nc: Any) -> None:
@@ -485,13 +508,16 @@ class Coordinator:
                 stop_sent = True
             for a in self._agents.values():
                 mine = [r for r in self._reporters.values() if r.agent == a.name]
-                if a.state == "running" and mine and all(r.state == "ended" for r in mine):
-                    a.state = "done"  # every slice it ran has ended: it no longer beats
+                ended = all(r.state == ReporterState.ENDED for r in mine)
+                if a.state == AgentState.RUNNING and mine and ended:
+                    a.state = AgentState.DONE  # every slice it ran has ended: no more beats
                 elif (
-                    a.state == "running" and self._connected and now - a.last_seen > P.AGENT_LOST_S
+                    a.state == AgentState.RUNNING
+                    and self._connected
+                    and now - a.last_seen > P.AGENT_LOST_S
                 ):
                     await self._lose(nc, a)
-            live = [r.name for r in self._reporters.values() if r.state == "running"]
+            live = [r.name for r in self._reporters.values() if r.state == ReporterState.RUNNING]
             elapsed = time.time() - self._start_at
             through = min(int(elapsed - P.CLOSE_GRACE_S), n_sched - 1)
             merge.close_ready(live, max(0, through))
@@ -512,40 +538,41 @@ class Coordinator:
         except Exception:
             pass
 
-    async def _lose(self, nc: Any, a: _AgentState) -> None:
-        a.state = "lost"
+    async def _lose(self, nc: Any, a: _Agent) -> None:
+        a.state = AgentState.LOST
         self._event("lost", a.name, f"no heartbeat for {P.AGENT_LOST_S:g} s")
         merge = self._merge
         assert merge is not None
-        lost = [r for r in self._reporters.values() if r.agent == a.name and r.state == "running"]
+        lost = [
+            r
+            for r in self._reporters.values()
+            if r.agent == a.name and r.state == ReporterState.RUNNING
+        ]
         for r in lost:
-            r.state = "lost"
+            r.state = ReporterState.LOST
         policy = self.spec.on_loss
         if policy == "abort":
             self._stop_reason = self._stop_reason or "aborted"
             return
         remaining = self.plan.duration_s - (time.time() - self._start_at)
-        survivors = [x for x in self._agents.values() if x.state == "running"]
+        survivors = [x for x in self._agents.values() if x.state == AgentState.RUNNING]
         if policy != "redistribute" or remaining <= 0 or not survivors:
             return
         if self._stop_reason is not None:
             return
         for r in lost:
-            upto = merge.reported_upto(r.name)
-            from_s = max(r.from_s, 0.0 if upto is None else float(upto + 1))
-            s = len(survivors)
-            for k, x in enumerate(survivors):
-                index = r.shard_index + k * r.shard_count
-                count = r.shard_count * s
+            from_s = slices.resume_from(r.share, merge.reported_upto(r.name))
+            parts = slices.takeover(r.share, len(survivors), from_s)
+            conns = None
+            if isinstance(self.plan.load, OpenLoad):
+                share = self._connections(r.share) or 1
+                conns = slices.takeover_connections(share, len(survivors))
+            for x, part in zip(survivors, parts, strict=True):
                 name = f"{x.name}+{r.name}"
-                conns = None
-                if isinstance(self.plan.load, OpenLoad):
-                    share = self._connections(r.shard_index, r.shard_count) or 1
-                    conns = max(1, math.ceil(share / s))
-                self._reporters[name] = _Reporter(name, x.name, index, count, from_s)
-                err = await self._send_work(nc, x, name, index, count, from_s, conns)
+                self._reporters[name] = _Reporter(name, x.name, part)
+                err = await self._send_work(nc, x, name, part, conns)
                 if err is not None:
-                    self._reporters[name].state = "lost"
+                    self._reporters[name].state = ReporterState.LOST
                     self._event("refused", x.name, f"takeover of {r.name}: {err}")
                 else:
                     self._event("takeover", x.name, f"{r.name} from {from_s:g} s")
@@ -553,7 +580,9 @@ class Coordinator:
     def _finish(self) -> None:
         merge = self._merge
         assert merge is not None
-        ended = [r for r in self._reporters.values() if r.state == "ended" and r.summary]
+        ended = [
+            r for r in self._reporters.values() if r.state == ReporterState.ENDED and r.summary
+        ]
         targets: list[float] | None = None
         if isinstance(self.plan.load, OpenLoad):
             targets = [0.0] * len(self._names)
@@ -562,7 +591,7 @@ class Coordinator:
                 for i, t in enumerate(r.summary.get("tasks", [])):
                     targets[i] += float(t.get("target_requests") or 0.0)
         for r in self._reporters.values():
-            if r.state != "ended":
+            if r.state != ReporterState.ENDED:
                 taken = merge.give_up(r.name)
                 if targets is not None:
                     for i, n in enumerate(taken):
@@ -660,7 +689,7 @@ class Coordinator:
             rows = [
                 {
                     "name": a.name,
-                    "state": a.state,
+                    "state": a.state.value,
                     "clock_offset_ms": a.offset_s * 1000,
                     "rtt_ms": a.rtt_s * 1000,
                     "last_seen_s": now - a.last_seen,

@@ -28,11 +28,11 @@ from pydantic import BaseModel, Field
 
 from loadpilot.allowlist import target_allowed
 from loadpilot.errors import LoadPilotError
+from loadpilot.exporter import RunMetrics
 from loadpilot.launch import start
 from loadpilot.plan import ClosedLoad, OpenLoad, Plan
 from loadpilot.profiles import shape
 from loadpilot.running.runs import Run
-from loadpilot.exporter import RunMetrics
 
 
 @dataclass
@@ -188,6 +188,16 @@ def create_app(
 ) -> FastAPI:
     limits = limits or Limits()
     server = Server(runs_dir or Path(tempfile.mkdtemp(prefix="loadpilot-serve-")), limits, agents)
+    app, auth = _app(token, limits)
+    _health_routes(app, server, auth)
+    _run_routes(app, server, limits, auth)
+    app.state.server = server
+    return app
+
+
+def _app(token: str | None, limits: Limits) -> tuple[FastAPI, list[Any]]:
+    """The app with its safety: every route but /healthz behind the bearer token (what
+    ``auth`` adds to a route), bodies bounded, the OpenAPI document behind the token too."""
     # The OpenAPI document is served behind the token like everything but /healthz; no
     # browsable docs page (it would load its scripts from a CDN).
     app = FastAPI(
@@ -230,6 +240,12 @@ def create_app(
             )
         return JSONResponse(app.openapi_schema)
 
+    return app, auth
+
+
+def _health_routes(app: FastAPI, server: Server, auth: list[Any]) -> None:
+    """Liveness, readiness and the Prometheus metrics of the server's runs."""
+
     @app.get("/healthz", summary="The server is up")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -243,6 +259,11 @@ def create_app(
         return PlainTextResponse(
             generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST
         )
+
+
+def _run_routes(app: FastAPI, server: Server, limits: Limits, auth: list[Any]) -> None:
+    """Runs: started from a plan or (allowed) scenario source, listed, stopped, their rows
+    streamed and their report."""
 
     @app.post("/runs", status_code=201, dependencies=auth, responses=_ERRORS)
     def create_run(plan: Plan) -> Created:
@@ -318,6 +339,3 @@ def create_app(
     def run_and_stream(plan: Plan) -> StreamingResponse:
         _, run = server.begin(plan, plan)
         return StreamingResponse(_rows(run), media_type="application/x-ndjson")
-
-    app.state.server = server
-    return app

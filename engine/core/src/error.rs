@@ -39,6 +39,16 @@ impl Error {
             message: message.into(),
         }
     }
+    /// The same error, its field's path put under `prefix` (`stages[0]` → `load.stages[0]`).
+    pub fn under(self, prefix: &str) -> Self {
+        match self {
+            Error::Plan { at, message } => Error::Plan {
+                at: format!("{prefix}{at}"),
+                message,
+            },
+            other => other,
+        }
+    }
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

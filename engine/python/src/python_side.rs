@@ -5,16 +5,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use bytes::Bytes;
-use hyper::header::{HeaderName, HeaderValue};
-use hyper::Method;
 use loadpilot_core::plan::check;
 use loadpilot_core::plan::template::Scope;
 use loadpilot_core::plan::Expect;
 use loadpilot_core::runner::python::{
-    Done, Inbox, Mailbox, NoResponse, PyRequest, Session, Ticket, Work,
+    Asked, Done, Inbox, Mailbox, NoResponse, PyRequest, Session, Ticket, Work,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -200,52 +196,6 @@ pub(crate) struct PySession {
     inner: Arc<Session>,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn py_request(
-    n_tasks: usize,
-    task: Option<usize>,
-    method: &str,
-    path: &str,
-    headers: Vec<(String, String)>,
-    body: Option<Vec<u8>>,
-    timeout_s: Option<f64>,
-    due_s: Option<f64>,
-    check: Option<&PyCheck>,
-) -> PyResult<PyRequest> {
-    let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
-        .map_err(|_| PyValueError::new_err(format!("invalid HTTP method {method:?}")))?;
-    if !path.starts_with('/') {
-        return Err(PyValueError::new_err(format!(
-            "request paths start with '/' (the target comes from the plan), got {path:?}"
-        )));
-    }
-    let mut hs = Vec::with_capacity(headers.len());
-    for (k, v) in headers {
-        let name = HeaderName::from_bytes(k.as_bytes())
-            .map_err(|_| PyValueError::new_err(format!("invalid header name {k:?}")))?;
-        let value = HeaderValue::from_str(&v)
-            .map_err(|_| PyValueError::new_err(format!("invalid value for header {k:?}")))?;
-        hs.push((name, value));
-    }
-    if let Some(t) = timeout_s {
-        loadpilot_core::plan::seconds("timeout", t, false)
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
-    }
-    if task.is_some_and(|t| t >= n_tasks) {
-        return Err(PyValueError::new_err(format!("no task number {task:?}")));
-    }
-    Ok(PyRequest {
-        task,
-        method,
-        path: path.to_string(),
-        headers: hs,
-        body: body.map(Bytes::from).unwrap_or_default(),
-        timeout: timeout_s.map(Duration::from_secs_f64),
-        due_s,
-        check: check.map(|c| c.inner.clone()).unwrap_or_default(),
-    })
-}
-
 #[pymethods]
 impl PySession {
     /// Starts a request and returns at once; its result is posted to `mailbox` under `id`.
@@ -266,17 +216,20 @@ impl PySession {
         id: u64,
     ) -> PyResult<()> {
         let n = self.inner.entries();
-        let req = py_request(
+        let req = PyRequest::new(
+            Asked {
+                task,
+                method,
+                path,
+                headers,
+                body,
+                timeout_s,
+                due_s,
+                check: check.map(|c| c.inner.clone()),
+            },
             n,
-            task,
-            method,
-            path,
-            headers,
-            body,
-            timeout_s,
-            due_s,
-            check.as_deref(),
-        )?;
+        )
+        .map_err(PyValueError::new_err)?;
         let session = self.inner.clone();
         let mailbox = mailbox.inner.clone();
         runtime()?.spawn(async move {
@@ -302,17 +255,20 @@ impl PySession {
         check: Option<PyRef<'_, PyCheck>>,
     ) -> PyResult<Py<PyAny>> {
         let n = self.inner.entries();
-        let req = py_request(
+        let req = PyRequest::new(
+            Asked {
+                task,
+                method,
+                path,
+                headers,
+                body,
+                timeout_s,
+                due_s,
+                check: check.map(|c| c.inner.clone()),
+            },
             n,
-            task,
-            method,
-            path,
-            headers,
-            body,
-            timeout_s,
-            due_s,
-            check.as_deref(),
-        )?;
+        )
+        .map_err(PyValueError::new_err)?;
         let session = self.inner.clone();
         let rt = runtime()?;
         let result =

@@ -160,11 +160,14 @@ pub(crate) fn start_run(plan_json: &str, out_dir: PathBuf, report: bool) -> PyRe
     Ok(PyRun { handle })
 }
 
+/// Corners, total and peak (see `profile_points`).
+type ProfileShape = (Vec<(f64, f64)>, f64, f64);
+
 /// A profile's corners `(seconds, value)` (two per linear piece, so consecutive pairs are its
 /// segments), its total (the integral of the curve) and its peak, as the engine schedules
 /// them: the one rule for charts, the tuner, capacity planning and serve mode's caps.
 #[pyfunction]
-pub(crate) fn profile_points(stages_json: &str) -> PyResult<(Vec<(f64, f64)>, f64, f64)> {
+pub(crate) fn profile_points(stages_json: &str) -> PyResult<ProfileShape> {
     let stages: Vec<loadpilot_core::plan::Stage> = serde_json::from_str(stages_json)
         .map_err(|e| PlanError::new_err(format!("invalid stages: {e}")))?;
     let p = loadpilot_core::plan::profile::Profile::new(&stages).map_err(CoreError)?;

@@ -241,6 +241,17 @@ pub(crate) fn cookie_pair(value: &[u8]) -> Option<(String, String)> {
     Some((name.trim().to_string(), value.trim().to_string()))
 }
 
+/// A response's head: what the body's reading and the caller need of it.
+struct Head {
+    status: u16,
+    framing: Framing,
+    /// The length the response announced, to size what is kept of its body.
+    announced: Option<u64>,
+    reusable: bool,
+    headers: Vec<(String, String)>,
+    set_cookies: Vec<(String, String)>,
+}
+
 /// Writes the request and reads its whole answer. Every way the server can break HTTP is a
 /// `Protocol` error; a connection closed before any byte of an answer is a `Reset`.
 pub async fn exchange(
@@ -250,175 +261,219 @@ pub async fn exchange(
     keep_headers: bool,
 ) -> Result<Got, ErrorKind> {
     let mut buf = Pooled::take();
-    {
-        let out = &mut buf.0;
-        out.extend_from_slice(req.head);
-        if let Some(c) = req.cookie {
-            out.extend_from_slice(b"cookie: ");
-            out.extend_from_slice(c);
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        let inline = req.body.len() <= POOLED_SIZE / 2;
-        if inline {
-            out.extend_from_slice(req.body);
-        }
-        let w = async {
-            stream.write_all(out).await?;
-            if !inline {
-                stream.write_all(req.body).await?;
-            }
-            stream.flush().await
-        };
-        w.await.map_err(|e| classify_io(&e))?;
-        out.clear();
-    }
+    write_request(stream, &req, &mut buf.0).await?;
     let mut r = Reader {
         stream,
         buf,
         pos: 0,
     };
-    // The head, skipping interim (1xx) answers.
-    let (status, framing, mut reusable, headers, set_cookies, announced) = loop {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut fields);
-        let parsed = match resp.parse(r.pending()) {
-            Ok(httparse::Status::Complete(n)) => Some(n),
-            Ok(httparse::Status::Partial) => None,
-            Err(_) => return Err(ErrorKind::Protocol),
-        };
-        let Some(n) = parsed else {
-            if r.pending().len() >= MAX_HEAD {
-                return Err(ErrorKind::Protocol);
-            }
-            let had = !r.pending().is_empty();
-            if !r.fill().await? {
-                // Closed before an answer began (an idle keep-alive connection, say), or in
-                // the middle of a head.
-                return Err(if had {
-                    ErrorKind::Protocol
-                } else {
-                    ErrorKind::Reset
-                });
-            }
-            continue;
-        };
-        let status = resp.code.unwrap_or(0);
-        if (100..200).contains(&status) && status != 101 {
-            r.pos += n;
-            continue;
-        }
-        let http10 = resp.version == Some(0);
-        let mut reusable = !http10;
-        let mut length: Option<u64> = None;
-        let mut chunked = false;
-        // A transfer coding that does not end in chunked: the body runs to the close.
-        let mut other_coding = false;
-        let mut headers = Vec::new();
-        let mut set_cookies = Vec::new();
-        for h in resp.headers.iter() {
-            let name = h.name;
-            if name.eq_ignore_ascii_case("content-length") {
-                let v = std::str::from_utf8(h.value)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u64>().ok())
-                    .ok_or(ErrorKind::Protocol)?;
-                if length.is_some_and(|l| l != v) {
-                    return Err(ErrorKind::Protocol);
-                }
-                length = Some(v);
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                // Chunked must be the last coding; anything else is read to the close.
-                let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
-                chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
-                other_coding = !chunked;
-            } else if name.eq_ignore_ascii_case("connection") {
-                for token in h.value.split(|&b| b == b',') {
-                    let t = token.trim_ascii();
-                    if t.eq_ignore_ascii_case(b"close") {
-                        reusable = false;
-                    } else if http10 && t.eq_ignore_ascii_case(b"keep-alive") {
-                        reusable = true;
-                    }
-                }
-            } else if name.eq_ignore_ascii_case("set-cookie") {
-                set_cookies.extend(cookie_pair(h.value));
-            }
-            if keep_headers {
-                headers.push((
-                    name.to_ascii_lowercase(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                ));
-            }
-        }
-        let no_body = req.head_only || status == 204 || status == 304 || status == 101;
-        let framing = if no_body {
-            Framing::None
-        } else if chunked {
-            Framing::Chunked
-        } else if let (Some(l), false) = (length, other_coding) {
-            Framing::Length(l)
-        } else {
-            reusable = false;
-            Framing::Close
-        };
-        if status == 101 {
-            reusable = false;
-        }
-        r.pos += n;
-        break (status, framing, reusable, headers, set_cookies, length);
-    };
-    let mut body = Body::new(keep_body, announced);
-    match framing {
+    let head = r.head(req.head_only, keep_headers).await?;
+    let mut body = Body::new(keep_body, head.announced);
+    let mut reusable = head.reusable;
+    match head.framing {
         Framing::None => {}
         Framing::Length(left) => r.copy(left, &mut body).await?,
         Framing::Close => {
-            loop {
-                if !r.pending().is_empty() {
-                    body.take(r.pending());
-                    r.pos = r.buf.0.len();
-                }
-                if !r.fill().await? {
-                    break;
-                }
-            }
+            r.until_close(&mut body).await?;
             reusable = false;
         }
-        Framing::Chunked => loop {
-            // The size line: hex digits, then extensions to the CRLF.
-            let line = r.line(4096).await?;
-            let size = chunk_size(&r.pending()[..line]).ok_or(ErrorKind::Protocol)?;
-            r.pos += line + 2;
-            if size == 0 {
-                // Trailers, to the blank line.
-                loop {
-                    let line = r.line(MAX_HEAD).await?;
-                    r.pos += line + 2;
-                    if line == 0 {
-                        break;
-                    }
-                }
-                break;
-            }
-            r.copy(size, &mut body).await?;
-            // The chunk's own CRLF.
-            if r.line(2).await? != 0 {
-                return Err(ErrorKind::Protocol);
-            }
-            r.pos += 2;
-        },
+        Framing::Chunked => r.chunks(&mut body).await?,
     }
     // Bytes beyond the answer were never asked for: the connection is out of step.
     if !r.pending().is_empty() {
         reusable = false;
     }
     Ok(Got {
-        status,
+        status: head.status,
         bytes: body.bytes,
         body: body.kept,
+        headers: head.headers,
+        set_cookies: head.set_cookies,
+        reusable,
+    })
+}
+
+/// Writes the request's head (with the user's cookies), the blank line and the body: one
+/// write when the body is small enough to go in the pooled buffer `out` (left empty after).
+async fn write_request(
+    stream: &mut Stream,
+    req: &Sent<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), ErrorKind> {
+    out.extend_from_slice(req.head);
+    if let Some(c) = req.cookie {
+        out.extend_from_slice(b"cookie: ");
+        out.extend_from_slice(c);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let inline = req.body.len() <= POOLED_SIZE / 2;
+    if inline {
+        out.extend_from_slice(req.body);
+    }
+    let w = async {
+        stream.write_all(out).await?;
+        if !inline {
+            stream.write_all(req.body).await?;
+        }
+        stream.flush().await
+    };
+    w.await.map_err(|e| classify_io(&e))?;
+    out.clear();
+    Ok(())
+}
+
+impl Reader<'_> {
+    /// Reads the response's head, skipping interim (1xx) answers. `head_only`: the request
+    /// was a HEAD (no body, whatever the head announces).
+    async fn head(&mut self, head_only: bool, keep_headers: bool) -> Result<Head, ErrorKind> {
+        loop {
+            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut fields);
+            let parsed = match resp.parse(self.pending()) {
+                Ok(httparse::Status::Complete(n)) => Some(n),
+                Ok(httparse::Status::Partial) => None,
+                Err(_) => return Err(ErrorKind::Protocol),
+            };
+            let Some(n) = parsed else {
+                if self.pending().len() >= MAX_HEAD {
+                    return Err(ErrorKind::Protocol);
+                }
+                let had = !self.pending().is_empty();
+                if !self.fill().await? {
+                    // Closed before an answer began (an idle keep-alive connection, say), or
+                    // in the middle of a head.
+                    return Err(if had {
+                        ErrorKind::Protocol
+                    } else {
+                        ErrorKind::Reset
+                    });
+                }
+                continue;
+            };
+            let status = resp.code.unwrap_or(0);
+            if (100..200).contains(&status) && status != 101 {
+                self.pos += n;
+                continue;
+            }
+            let head = parse_head(&resp, status, head_only, keep_headers)?;
+            self.pos += n;
+            return Ok(head);
+        }
+    }
+
+    /// A body that runs to the close of the connection.
+    async fn until_close(&mut self, body: &mut Body) -> Result<(), ErrorKind> {
+        loop {
+            if !self.pending().is_empty() {
+                body.take(self.pending());
+                self.pos = self.buf.0.len();
+            }
+            if !self.fill().await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// A chunked body: size lines (hex, then extensions), chunks with their CRLF, the last
+    /// chunk and its trailers to the blank line.
+    async fn chunks(&mut self, body: &mut Body) -> Result<(), ErrorKind> {
+        loop {
+            let line = self.line(4096).await?;
+            let size = chunk_size(&self.pending()[..line]).ok_or(ErrorKind::Protocol)?;
+            self.pos += line + 2;
+            if size == 0 {
+                // Trailers, to the blank line.
+                loop {
+                    let line = self.line(MAX_HEAD).await?;
+                    self.pos += line + 2;
+                    if line == 0 {
+                        return Ok(());
+                    }
+                }
+            }
+            self.copy(size, body).await?;
+            // The chunk's own CRLF.
+            if self.line(2).await? != 0 {
+                return Err(ErrorKind::Protocol);
+            }
+            self.pos += 2;
+        }
+    }
+}
+
+/// The head's fields: how the body is framed (length, chunked, to the close, none), whether
+/// the connection stays usable, the cookies it sets, and its headers when asked for.
+fn parse_head(
+    resp: &httparse::Response<'_, '_>,
+    status: u16,
+    head_only: bool,
+    keep_headers: bool,
+) -> Result<Head, ErrorKind> {
+    let http10 = resp.version == Some(0);
+    let mut reusable = !http10;
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    // A transfer coding that does not end in chunked: the body runs to the close.
+    let mut other_coding = false;
+    let mut headers = Vec::new();
+    let mut set_cookies = Vec::new();
+    for h in resp.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let v = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or(ErrorKind::Protocol)?;
+            if length.is_some_and(|l| l != v) {
+                return Err(ErrorKind::Protocol);
+            }
+            length = Some(v);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // Chunked must be the last coding; anything else is read to the close.
+            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
+            chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            other_coding = !chunked;
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|&b| b == b',') {
+                let t = token.trim_ascii();
+                if t.eq_ignore_ascii_case(b"close") {
+                    reusable = false;
+                } else if http10 && t.eq_ignore_ascii_case(b"keep-alive") {
+                    reusable = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("set-cookie") {
+            set_cookies.extend(cookie_pair(h.value));
+        }
+        if keep_headers {
+            headers.push((
+                name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            ));
+        }
+    }
+    let no_body = head_only || status == 204 || status == 304 || status == 101;
+    let framing = if no_body {
+        Framing::None
+    } else if chunked {
+        Framing::Chunked
+    } else if let (Some(l), false) = (length, other_coding) {
+        Framing::Length(l)
+    } else {
+        reusable = false;
+        Framing::Close
+    };
+    if status == 101 {
+        reusable = false;
+    }
+    Ok(Head {
+        status,
+        framing,
+        announced: length,
+        reusable,
         headers,
         set_cookies,
-        reusable,
     })
 }
 

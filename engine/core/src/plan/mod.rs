@@ -395,6 +395,24 @@ impl Plan {
                 ),
             ));
         }
+        self.validate_tasks()?;
+        seconds("timeout_s", self.timeout_s, false)?;
+        seconds("max_drain_s", self.max_drain_s, false)?;
+        seconds("hooks.timeout_s", self.hooks.timeout_s, false)?;
+        if !self.hooks.on_start && !self.hooks.values.is_empty() {
+            return Err(Error::plan(
+                "hooks.values",
+                "values come from on_start; the plan has none",
+            ));
+        }
+        self.validate_load()?;
+        self.validate_shard()?;
+        self.validate_feeder()
+    }
+
+    /// Names unique and valid, engine tasks with requests and Python tasks without, request
+    /// timeouts in range.
+    fn validate_tasks(&self) -> Result<()> {
         if self.tasks.is_empty() {
             return Err(Error::plan("tasks", "a plan needs at least one task"));
         }
@@ -436,23 +454,18 @@ impl Plan {
                     "\"on_start\" names the requests of the per-user hook; choose another",
                 ));
             }
-        }
-        seconds("timeout_s", self.timeout_s, false)?;
-        seconds("max_drain_s", self.max_drain_s, false)?;
-        seconds("hooks.timeout_s", self.hooks.timeout_s, false)?;
-        if !self.hooks.on_start && !self.hooks.values.is_empty() {
-            return Err(Error::plan(
-                "hooks.values",
-                "values come from on_start; the plan has none",
-            ));
-        }
-        for (ti, t) in self.tasks.iter().enumerate() {
             for (ri, r) in t.requests.iter().enumerate() {
                 if let Some(v) = r.timeout_s {
-                    seconds(&format!("tasks[{ti}].requests[{ri}].timeout_s"), v, false)?;
+                    seconds(&format!("tasks[{i}].requests[{ri}].timeout_s"), v, false)?;
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Connections (open model) or users at the profile's peak (closed model) within
+    /// `max_users`.
+    fn validate_load(&self) -> Result<()> {
         match &self.load {
             Load::Open { connections, .. } => {
                 if *connections == 0 {
@@ -471,15 +484,10 @@ impl Plan {
             }
             Load::Closed { think_s, stages } => {
                 seconds("load.think_s", *think_s, true)?;
-                let peak = stages
-                    .iter()
-                    .map(|s| match *s {
-                        Stage::Constant { rate, .. } => rate,
-                        Stage::Ramp { from, to, .. } | Stage::Step { from, to, .. } => from.max(to),
-                        Stage::Spike { base, peak, .. } => base.max(peak),
-                    })
-                    .fold(0.0, f64::max);
-                if peak.is_finite() && peak > self.max_users as f64 {
+                let peak = profile::Profile::new(stages)
+                    .map_err(|e| e.under("load."))?
+                    .peak();
+                if peak > self.max_users as f64 {
                     return Err(Error::plan(
                         "load.stages",
                         format!(
@@ -491,40 +499,50 @@ impl Plan {
                 }
             }
         }
-        if let Some(sh) = &self.shard {
-            if !(sh.from_s.is_finite() && sh.from_s >= 0.0) {
-                return Err(Error::plan(
-                    "shard.from_s",
-                    format!("must be a number of seconds >= 0, got {}", sh.from_s),
-                ));
-            }
-            if sh.start_at.is_some_and(|t| !(t.is_finite() && t > 0.0)) {
-                return Err(Error::plan(
-                    "shard.start_at",
-                    "must be seconds since the Unix epoch",
-                ));
-            }
-            if sh.count == 0 || sh.index >= sh.count {
-                return Err(Error::plan(
-                    "shard",
-                    format!("index must be < count, got {}/{}", sh.index, sh.count),
-                ));
-            }
+        Ok(())
+    }
+
+    fn validate_shard(&self) -> Result<()> {
+        let Some(sh) = &self.shard else {
+            return Ok(());
+        };
+        if !(sh.from_s.is_finite() && sh.from_s >= 0.0) {
+            return Err(Error::plan(
+                "shard.from_s",
+                format!("must be a number of seconds >= 0, got {}", sh.from_s),
+            ));
         }
-        if let Some(f) = &self.feeder {
-            if f.rows.is_empty() {
+        if sh.start_at.is_some_and(|t| !(t.is_finite() && t > 0.0)) {
+            return Err(Error::plan(
+                "shard.start_at",
+                "must be seconds since the Unix epoch",
+            ));
+        }
+        if sh.count == 0 || sh.index >= sh.count {
+            return Err(Error::plan(
+                "shard",
+                format!("index must be < count, got {}/{}", sh.index, sh.count),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_feeder(&self) -> Result<()> {
+        let Some(f) = &self.feeder else {
+            return Ok(());
+        };
+        if f.rows.is_empty() {
+            return Err(Error::plan(
+                "feeder.rows",
+                "a feeder needs at least one row",
+            ));
+        }
+        for (i, r) in f.rows.iter().enumerate() {
+            if r.len() != f.columns.len() {
                 return Err(Error::plan(
-                    "feeder.rows",
-                    "a feeder needs at least one row",
+                    format!("feeder.rows[{i}]"),
+                    format!("has {} values for {} columns", r.len(), f.columns.len()),
                 ));
-            }
-            for (i, r) in f.rows.iter().enumerate() {
-                if r.len() != f.columns.len() {
-                    return Err(Error::plan(
-                        format!("feeder.rows[{i}]"),
-                        format!("has {} values for {} columns", r.len(), f.columns.len()),
-                    ));
-                }
             }
         }
         Ok(())

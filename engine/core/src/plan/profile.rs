@@ -71,76 +71,83 @@ fn check_value(v: f64, what: &str, at: usize) -> Result<()> {
     Ok(())
 }
 
+/// Every stage as linear pieces `(from, to, duration)`, checked: a step's plateaus, a
+/// spike's base, peak and base again.
+fn pieces(stages: &[Stage]) -> Result<Vec<(f64, f64, f64)>> {
+    let mut pieces: Vec<(f64, f64, f64)> = Vec::new();
+    for (i, st) in stages.iter().enumerate() {
+        let d = match st {
+            Stage::Constant { duration_s, .. }
+            | Stage::Ramp { duration_s, .. }
+            | Stage::Step { duration_s, .. }
+            | Stage::Spike { duration_s, .. } => *duration_s,
+        };
+        crate::plan::seconds(&format!("stages[{i}].duration_s"), d, false)?;
+        match *st {
+            Stage::Constant { rate, duration_s } => {
+                check_value(rate, "rate", i)?;
+                pieces.push((rate, rate, duration_s));
+            }
+            Stage::Ramp {
+                from,
+                to,
+                duration_s,
+            } => {
+                check_value(from, "from", i)?;
+                check_value(to, "to", i)?;
+                pieces.push((from, to, duration_s));
+            }
+            Stage::Step {
+                from,
+                to,
+                steps,
+                duration_s,
+            } => {
+                check_value(from, "from", i)?;
+                check_value(to, "to", i)?;
+                if steps == 0 {
+                    return Err(Error::plan(format!("stages[{i}].steps"), "must be >= 1"));
+                }
+                let each = duration_s / steps as f64;
+                for s in 0..steps {
+                    let r = if steps == 1 {
+                        to
+                    } else {
+                        from + (to - from) * s as f64 / (steps - 1) as f64
+                    };
+                    pieces.push((r, r, each));
+                }
+            }
+            Stage::Spike {
+                base,
+                peak,
+                peak_s,
+                duration_s,
+            } => {
+                check_value(base, "base", i)?;
+                check_value(peak, "peak", i)?;
+                if !(peak_s > 0.0 && peak_s < duration_s) {
+                    return Err(Error::plan(
+                        format!("stages[{i}].peak_s"),
+                        format!("must be > 0 and < duration_s ({duration_s}), got {peak_s}"),
+                    ));
+                }
+                let side = (duration_s - peak_s) / 2.0;
+                pieces.push((base, base, side));
+                pieces.push((peak, peak, peak_s));
+                pieces.push((base, base, side));
+            }
+        }
+    }
+    Ok(pieces)
+}
+
 impl Profile {
     pub fn new(stages: &[Stage]) -> Result<Self> {
         if stages.is_empty() {
             return Err(Error::plan("stages", "a profile needs at least one stage"));
         }
-        let mut pieces: Vec<(f64, f64, f64)> = Vec::new(); // (from, to, duration)
-        for (i, st) in stages.iter().enumerate() {
-            let d = match st {
-                Stage::Constant { duration_s, .. }
-                | Stage::Ramp { duration_s, .. }
-                | Stage::Step { duration_s, .. }
-                | Stage::Spike { duration_s, .. } => *duration_s,
-            };
-            crate::plan::seconds(&format!("stages[{i}].duration_s"), d, false)?;
-            match *st {
-                Stage::Constant { rate, duration_s } => {
-                    check_value(rate, "rate", i)?;
-                    pieces.push((rate, rate, duration_s));
-                }
-                Stage::Ramp {
-                    from,
-                    to,
-                    duration_s,
-                } => {
-                    check_value(from, "from", i)?;
-                    check_value(to, "to", i)?;
-                    pieces.push((from, to, duration_s));
-                }
-                Stage::Step {
-                    from,
-                    to,
-                    steps,
-                    duration_s,
-                } => {
-                    check_value(from, "from", i)?;
-                    check_value(to, "to", i)?;
-                    if steps == 0 {
-                        return Err(Error::plan(format!("stages[{i}].steps"), "must be >= 1"));
-                    }
-                    let each = duration_s / steps as f64;
-                    for s in 0..steps {
-                        let r = if steps == 1 {
-                            to
-                        } else {
-                            from + (to - from) * s as f64 / (steps - 1) as f64
-                        };
-                        pieces.push((r, r, each));
-                    }
-                }
-                Stage::Spike {
-                    base,
-                    peak,
-                    peak_s,
-                    duration_s,
-                } => {
-                    check_value(base, "base", i)?;
-                    check_value(peak, "peak", i)?;
-                    if !(peak_s > 0.0 && peak_s < duration_s) {
-                        return Err(Error::plan(
-                            format!("stages[{i}].peak_s"),
-                            format!("must be > 0 and < duration_s ({duration_s}), got {peak_s}"),
-                        ));
-                    }
-                    let side = (duration_s - peak_s) / 2.0;
-                    pieces.push((base, base, side));
-                    pieces.push((peak, peak, peak_s));
-                    pieces.push((base, base, side));
-                }
-            }
-        }
+        let pieces = pieces(stages)?;
         let whole: f64 = pieces.iter().map(|p| p.2).sum();
         if whole > crate::plan::MAX_SECONDS {
             return Err(Error::plan(

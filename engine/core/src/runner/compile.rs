@@ -28,96 +28,12 @@ pub(super) struct Compiled {
 pub(super) fn compile(plan: &Plan, threads: usize) -> Result<Compiled> {
     plan.validate()?;
     let target = Target::with_http(&plan.target, plan.insecure, plan.http, plan.max_streams)?;
-    // A user's values: the plan's per-user values, and what its on_start sets.
-    let user_value_names: Vec<String> = plan
-        .user_vars
-        .iter()
-        .flat_map(|m| m.keys().cloned())
-        .chain(plan.hooks.values.iter().cloned())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let columns = plan
-        .feeder
-        .as_ref()
-        .map(|f| f.columns.clone())
-        .unwrap_or_default();
-    let scope = Scope::new(&columns, &user_value_names, &plan.vars);
-    let mut bodies = Vec::new();
-    for (ti, t) in plan.tasks.iter().enumerate() {
-        bodies.push(match t.path {
-            TaskPath::Python => Body::Python,
-            TaskPath::Engine => {
-                let mut reqs = Vec::new();
-                for (ri, r) in t.requests.iter().enumerate() {
-                    let at = format!("tasks[{ti}].requests[{ri}]");
-                    reqs.push(CompiledRequest::compile(
-                        r,
-                        &scope,
-                        &target,
-                        plan.timeout_s,
-                        &at,
-                    )?);
-                }
-                Body::Engine(reqs)
-            }
-        });
-    }
+    let bodies = compile_bodies(plan, &target)?;
     let weights: Vec<u32> = plan.tasks.iter().map(|t| t.weight).collect();
     let mix = Mix::new(&weights)?;
     let shard = plan.shard.map_or((0, 1), |s| (s.index, s.count));
-    let (model, duration) = match &plan.load {
-        Load::Open {
-            stages,
-            arrivals,
-            seed,
-            connections,
-        } => {
-            let profile = Profile::new(stages).map_err(|e| prefix(e, "load."))?;
-            let kind = match arrivals {
-                ArrivalKind::Uniform => Arrivals::Uniform,
-                ArrivalKind::Poisson => Arrivals::Poisson { seed: *seed },
-            };
-            let duration = profile.duration();
-            let from_s = plan.shard.map_or(0.0, |s| s.from_s);
-            let schedule = Schedule::new(profile.clone(), kind, shard)?.starting_at(from_s);
-            (
-                Model::Open {
-                    schedule: Mutex::new(schedule),
-                    connections: *connections,
-                    arrivals: profile,
-                },
-                duration,
-            )
-        }
-        Load::Closed { stages, think_s } => {
-            let profile = Profile::new(stages).map_err(|e| prefix(e, "load."))?;
-            let duration = profile.duration();
-            (
-                Model::Closed {
-                    users: profile,
-                    think: Duration::from_secs_f64(*think_s),
-                    iterations: AtomicU64::new(0),
-                },
-                duration,
-            )
-        }
-    };
-    let longest_timeout = bodies
-        .iter()
-        .flat_map(|b| match b {
-            Body::Engine(reqs) => reqs.as_slice(),
-            Body::Python => &[],
-        })
-        .map(|r| r.timeout)
-        .fold(Duration::from_secs_f64(plan.timeout_s), Duration::max);
-    // Python task bodies may give any request its own timeout: for them only the cap holds.
-    let cap = Duration::from_secs_f64(plan.max_drain_s);
-    let drain_limit = if bodies.iter().any(|b| matches!(b, Body::Python)) {
-        cap
-    } else {
-        longest_timeout.min(cap)
-    };
+    let (model, duration) = build_model(plan, shard)?;
+    let drain_limit = drain_limit(plan, &bodies);
     let users = model.peak_users();
     let mut names: Vec<String> = plan.tasks.iter().map(|t| t.name.clone()).collect();
     let python = if plan.python() {
@@ -156,13 +72,107 @@ pub(super) fn compile(plan: &Plan, threads: usize) -> Result<Compiled> {
     Ok(Compiled { ctx, names, users })
 }
 
-fn prefix(e: Error, p: &str) -> Error {
-    match e {
-        Error::Plan { at, message } => Error::Plan {
-            at: format!("{p}{at}"),
-            message,
-        },
-        other => other,
+/// Each task's body: its requests compiled against the target and the template scope (the
+/// feeder's columns, per-user values and what on_start sets, the plan's vars), or Python.
+fn compile_bodies(plan: &Plan, target: &Target) -> Result<Vec<Body>> {
+    // A user's values: the plan's per-user values, and what its on_start sets.
+    let user_value_names: Vec<String> = plan
+        .user_vars
+        .iter()
+        .flat_map(|m| m.keys().cloned())
+        .chain(plan.hooks.values.iter().cloned())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let columns = plan
+        .feeder
+        .as_ref()
+        .map(|f| f.columns.clone())
+        .unwrap_or_default();
+    let scope = Scope::new(&columns, &user_value_names, &plan.vars);
+    let mut bodies = Vec::new();
+    for (ti, t) in plan.tasks.iter().enumerate() {
+        bodies.push(match t.path {
+            TaskPath::Python => Body::Python,
+            TaskPath::Engine => {
+                let mut reqs = Vec::new();
+                for (ri, r) in t.requests.iter().enumerate() {
+                    let at = format!("tasks[{ti}].requests[{ri}]");
+                    reqs.push(CompiledRequest::compile(
+                        r,
+                        &scope,
+                        target,
+                        plan.timeout_s,
+                        &at,
+                    )?);
+                }
+                Body::Engine(reqs)
+            }
+        });
+    }
+    Ok(bodies)
+}
+
+/// The load model (an open model's schedule of this shard, or a closed model's users) and
+/// the run's planned duration.
+fn build_model(plan: &Plan, shard: (u64, u64)) -> Result<(Model, f64)> {
+    Ok(match &plan.load {
+        Load::Open {
+            stages,
+            arrivals,
+            seed,
+            connections,
+        } => {
+            let profile = Profile::new(stages).map_err(|e| e.under("load."))?;
+            let kind = match arrivals {
+                ArrivalKind::Uniform => Arrivals::Uniform,
+                ArrivalKind::Poisson => Arrivals::Poisson { seed: *seed },
+            };
+            let duration = profile.duration();
+            let from_s = plan.shard.map_or(0.0, |s| s.from_s);
+            let schedule = Schedule::new(profile.clone(), kind, shard)?.starting_at(from_s);
+            (
+                Model::Open {
+                    schedule: Mutex::new(schedule),
+                    connections: *connections,
+                    arrivals: profile,
+                },
+                duration,
+            )
+        }
+        Load::Closed { stages, think_s } => {
+            let profile = Profile::new(stages).map_err(|e| e.under("load."))?;
+            let duration = profile.duration();
+            (
+                Model::Closed {
+                    users: profile,
+                    think: Duration::from_secs_f64(*think_s),
+                    iterations: AtomicU64::new(0),
+                },
+                duration,
+            )
+        }
+    })
+}
+
+/// How long the run waits after its planned end for what is in flight: the longest request
+/// timeout, capped by `max_drain_s` (Python bodies may give any request any timeout: for them
+/// only the cap holds).
+fn drain_limit(plan: &Plan, bodies: &[Body]) -> Duration {
+    let longest_timeout = bodies
+        .iter()
+        .flat_map(|b| match b {
+            Body::Engine(reqs) => reqs.as_slice(),
+            Body::Python => &[],
+        })
+        .map(|r| r.timeout)
+        .fold(Duration::from_secs_f64(plan.timeout_s), Duration::max);
+    // Python task bodies may give any request its own timeout: for them only the cap holds.
+    let cap = Duration::from_secs_f64(plan.max_drain_s);
+    if bodies.iter().any(|b| matches!(b, Body::Python)) {
+        cap
+    } else {
+        longest_timeout.min(cap)
     }
 }
 

@@ -43,7 +43,7 @@ use crate::plan::schedule::{Mix, Rng, Schedule};
 use crate::plan::{FeedMode, Plan};
 use crate::runner::python::{Inbox, PythonSide, Ticket};
 
-pub(crate) use record::{exchange, record_exchange};
+pub(crate) use record::{exchange, Keep};
 
 /// An arrival taken this long after it was due found no free connection.
 pub(crate) const LATE: Duration = Duration::from_millis(1);

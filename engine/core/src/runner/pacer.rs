@@ -59,7 +59,7 @@ impl Future for Precise {
         }
         match &self.slot {
             Some(slot) => {
-                let mut w = slot.waker.lock().unwrap();
+                let mut w = super::lock(&slot.waker);
                 if !w.will_wake(cx.waker()) {
                     w.clone_from(cx.waker());
                 }
@@ -139,7 +139,7 @@ fn pacer() -> Option<&'static Pacer> {
 
 impl Pacer {
     fn add(&self, due: Instant, slot: Arc<Slot>) {
-        let mut state = self.state.lock().unwrap();
+        let mut state = super::lock(&self.state);
         state.heap.push(Entry { due, slot });
         // Wake the thread only if this instant needs it sooner than it would wake anyway.
         let needed = due.max(state.rests_until);
@@ -153,7 +153,7 @@ impl Pacer {
     fn run(&self) {
         lower_timer_slack();
         let mut fire: Vec<Arc<Slot>> = Vec::new();
-        let mut state = self.state.lock().unwrap();
+        let mut state = super::lock(&self.state);
         loop {
             let now = Instant::now();
             while state.heap.peek().is_some_and(|top| top.due <= now) {
@@ -165,9 +165,9 @@ impl Pacer {
                 state.rests_until = now + QUANTUM;
                 drop(state);
                 for slot in fire.drain(..) {
-                    slot.waker.lock().unwrap().wake_by_ref();
+                    super::lock(&slot.waker).wake_by_ref();
                 }
-                state = self.state.lock().unwrap();
+                state = super::lock(&self.state);
                 continue;
             }
             let next = state.heap.peek().map(|top| top.due.max(state.rests_until));

@@ -25,7 +25,7 @@ use crate::outcome::ErrorKind;
 use crate::plan::check::Check;
 use crate::plan::template::Values;
 use crate::plan::Hooks;
-use crate::runner::{exchange, record_exchange, Ctx};
+use crate::runner::{exchange, Ctx, Keep};
 
 /// Why a Python request has no response: a failure the engine counted, or the run ending
 /// while it was in flight (its iteration is then counted as cancelled, nothing else).
@@ -230,6 +230,58 @@ pub struct PyRequest {
     pub check: Check,
 }
 
+/// A request as Python asked for it, unchecked: `PyRequest::new` checks it.
+pub struct Asked<'a> {
+    pub task: Option<usize>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Vec<u8>>,
+    pub timeout_s: Option<f64>,
+    pub due_s: Option<f64>,
+    pub check: Option<Check>,
+}
+
+impl PyRequest {
+    /// Checks what Python asked for against a run of `entries` entries: a method and header
+    /// names and values HTTP allows, a path (the target comes from the plan), a timeout in
+    /// range, an entry the run has. The error says which.
+    pub fn new(a: Asked<'_>, entries: usize) -> Result<Self, String> {
+        let method = Method::from_bytes(a.method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| format!("invalid HTTP method {:?}", a.method))?;
+        if !a.path.starts_with('/') {
+            return Err(format!(
+                "request paths start with '/' (the target comes from the plan), got {:?}",
+                a.path
+            ));
+        }
+        let mut headers = Vec::with_capacity(a.headers.len());
+        for (k, v) in a.headers {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| format!("invalid header name {k:?}"))?;
+            let value =
+                HeaderValue::from_str(&v).map_err(|_| format!("invalid value for header {k:?}"))?;
+            headers.push((name, value));
+        }
+        if let Some(t) = a.timeout_s {
+            crate::plan::seconds("timeout", t, false).map_err(|e| e.to_string())?;
+        }
+        if a.task.is_some_and(|t| t >= entries) {
+            return Err(format!("no task number {:?}", a.task));
+        }
+        Ok(PyRequest {
+            task: a.task,
+            method,
+            path: a.path.to_string(),
+            headers,
+            body: a.body.map(Bytes::from).unwrap_or_default(),
+            timeout: a.timeout_s.map(Duration::from_secs_f64),
+            due_s: a.due_s,
+            check: a.check.unwrap_or_default(),
+        })
+    }
+}
+
 impl Session {
     pub(crate) fn new(ctx: Arc<Ctx>, vu: u64) -> Self {
         Session {
@@ -253,25 +305,23 @@ impl Session {
             _ => Instant::now(),
         };
         let path = format!("{}{}", ctx.target.base_path(), r.path);
-        let exchanged = exchange(
-            ctx,
-            &mut client,
-            r.timeout.unwrap_or(ctx.default_timeout),
-            true,
-            true,
-            || {
-                Outgoing::new(r.method, &path, r.headers, r.body, &ctx.target.authority())
-                    .map_err(|_| ErrorKind::Check)
-            },
-        );
+        let keep = Keep {
+            body: true,
+            headers: true,
+        };
+        let timeout = r.timeout.unwrap_or(ctx.default_timeout);
+        let exchanged = exchange(ctx, &mut client, from, timeout, keep, || {
+            Outgoing::new(r.method, &path, r.headers, r.body, &ctx.target.authority())
+                .map_err(|_| ErrorKind::Check)
+        });
         let Some(task) = r.task else {
             // on_stop: sent whatever state the run is in, bounded by its timeout.
-            let (_, result) = exchanged.await;
-            return result.map(|(_, resp)| resp).map_err(NoResponse::Failed);
+            let ex = exchanged.await;
+            return ex.outcome.map(|(_, resp)| resp).map_err(NoResponse::Failed);
         };
         // A request still in flight when the run ends is cancelled with its iteration, not
         // left to finish after the run.
-        let (end, result) = tokio::select! {
+        let ex = tokio::select! {
             r = exchanged => r,
             _ = ctx.stop.cancelled() => {
                 client.disconnect();
@@ -284,8 +334,8 @@ impl Session {
             row: None,
             user: None,
         };
-        record_exchange(ctx, task, from, end, &result, &r.check, &values, false);
-        result.map(|(_, resp)| resp).map_err(NoResponse::Failed)
+        ex.record(ctx, task, &r.check, &values, false);
+        ex.outcome.map(|(_, resp)| resp).map_err(NoResponse::Failed)
     }
 }
 

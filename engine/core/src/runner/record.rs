@@ -10,16 +10,26 @@ use crate::outcome::ErrorKind;
 use crate::plan::check::Check;
 use crate::plan::template::Values;
 
+/// One exchange as it ended: what its latency is measured from, when it ended, and when it
+/// was sent with its response, or why there was none. What `record` counts.
+pub(crate) struct Exchange {
+    /// The iteration's due instant for its first request; the start of the exchange for the
+    /// next ones (they start when the previous one answered).
+    pub(crate) from: Instant,
+    pub(crate) end: Instant,
+    pub(crate) outcome: Result<(Instant, Response), ErrorKind>,
+}
+
 /// Sends one request on `client`, bounded by `timeout` (connecting included), and counts it
-/// in flight meanwhile. Returns when it ended, and when it was sent with the response.
+/// in flight meanwhile; latency will count from `from`.
 pub(crate) async fn exchange(
     ctx: &Ctx,
     client: &mut Client,
+    from: Instant,
     timeout: Duration,
-    keep_body: bool,
-    keep_headers: bool,
+    keep: Keep,
     build: impl FnOnce() -> Result<Outgoing, ErrorKind>,
-) -> (Instant, Result<(Instant, Response), ErrorKind>) {
+) -> Exchange {
     /// Counts a request in flight for as long as it lives, including when it is dropped
     /// (cancelled) before it ends.
     struct InFlight<'a>(&'a AtomicI64);
@@ -30,11 +40,11 @@ pub(crate) async fn exchange(
     }
     ctx.recorder.in_flight.fetch_add(1, Ordering::Relaxed);
     let _in_flight = InFlight(&ctx.recorder.in_flight);
-    let result = tokio::time::timeout(timeout, async {
+    let outcome = tokio::time::timeout(timeout, async {
         client.ensure_connected().await?;
         let built = build()?;
         let sent = Instant::now();
-        let resp = client.send(built, keep_body, keep_headers).await?;
+        let resp = client.send(built, keep.body, keep.headers).await?;
         Ok::<_, ErrorKind>((sent, resp))
     })
     .await
@@ -43,40 +53,149 @@ pub(crate) async fn exchange(
         client.timed_out(timeout);
         Err(ErrorKind::Timeout)
     });
-    (Instant::now(), result)
+    Exchange {
+        from,
+        end: Instant::now(),
+        outcome,
+    }
 }
 
-/// Records an exchange of entry `task` that ended at `end`: latency from `from` (the
-/// iteration's due instant for its first request), service time from the send, the check's
-/// verdict, or the error. `ends_iteration`: this exchange is its iteration's last.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn record_exchange(
-    ctx: &Ctx,
-    task: usize,
-    from: Instant,
-    end: Instant,
-    result: &Result<(Instant, Response), ErrorKind>,
-    check: &Check,
-    values: &Values<'_>,
-    ends_iteration: bool,
-) {
-    let ends = ends_iteration as u64;
-    match result {
-        Ok((sent, resp)) => {
-            let corrected = end.saturating_duration_since(from).as_micros() as u64;
-            let service = end.saturating_duration_since(*sent).as_micros() as u64;
-            let failure = check.evaluate(resp.status, &resp.body, corrected, values);
-            ctx.recorder.record(task, end, |d| {
-                d.response(resp.status, resp.bytes, corrected, service);
-                if let Some(f) = failure {
-                    d.error(f.into(), true);
-                }
+/// What of a response to keep beyond its status and size: the body (for checks and Python),
+/// the headers (for Python).
+#[derive(Clone, Copy)]
+pub(crate) struct Keep {
+    pub(crate) body: bool,
+    pub(crate) headers: bool,
+}
+
+impl Exchange {
+    /// Records this exchange of entry `task` in the interval it ended in: latency from
+    /// `from`, service time from the send, the check's verdict, or the error.
+    /// `ends_iteration`: this exchange is its iteration's last.
+    pub(crate) fn record(
+        &self,
+        ctx: &Ctx,
+        task: usize,
+        check: &Check,
+        values: &Values<'_>,
+        ends_iteration: bool,
+    ) {
+        let ends = ends_iteration as u64;
+        match &self.outcome {
+            Ok((sent, resp)) => {
+                let corrected = self.end.saturating_duration_since(self.from).as_micros() as u64;
+                let service = self.end.saturating_duration_since(*sent).as_micros() as u64;
+                let failure = check.evaluate(resp.status, &resp.body, corrected, values);
+                ctx.recorder.record(task, self.end, |d| {
+                    d.response(resp.status, resp.bytes, corrected, service);
+                    if let Some(f) = failure {
+                        d.error(f.into(), true);
+                    }
+                    d.counts.iterations += ends;
+                });
+            }
+            Err(kind) => ctx.recorder.record(task, self.end, |d| {
+                d.error(*kind, false);
                 d.counts.iterations += ends;
-            });
+            }),
         }
-        Err(kind) => ctx.recorder.record(task, end, |d| {
-            d.error(*kind, false);
-            d.counts.iterations += ends;
-        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::template::Scope;
+    use crate::plan::{Expect, Plan};
+
+    /// A run's context compiled from a plan (nothing is sent), its clock started at `start`.
+    fn ctx(start: Instant) -> Ctx {
+        let plan = Plan::from_json(
+            r#"{"target": "http://127.0.0.1:1",
+                "load": {"model": "open", "stages": [{"kind": "constant", "rate": 1, "duration_s": 3}]},
+                "tasks": [{"name": "a", "requests": [{"path": "/"}]}]}"#,
+        )
+        .unwrap();
+        let ctx = super::super::compile::compile(&plan, 1).unwrap().ctx;
+        ctx.recorder.begin(start);
+        ctx
+    }
+
+    fn check(e: Expect) -> Check {
+        let scope = Scope::new(&[], &[], &Default::default());
+        Check::compile(&e, &scope, "expect").unwrap()
+    }
+
+    fn response(status: u16) -> Response {
+        Response {
+            status,
+            bytes: 5,
+            body: bytes::Bytes::from_static(b"hello"),
+            headers: Vec::new(),
+        }
+    }
+
+    const VALUES: Values<'static> = Values {
+        vu: 0,
+        iter: 0,
+        row: None,
+        user: None,
+    };
+
+    #[test]
+    fn an_exchange_counts_latency_from_its_due_instant_and_service_time_from_the_send() {
+        let t0 = Instant::now();
+        let ctx = ctx(t0);
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        // Due at 100 ms, sent at 150 ms (late: the generator's own wait), answered at 400 ms.
+        let ex = Exchange {
+            from: ms(100),
+            end: ms(400),
+            outcome: Ok((ms(150), response(200))),
+        };
+        ex.record(&ctx, 0, &check(Expect::default()), &VALUES, true);
+        let d = &ctx.recorder.take(0, false)[0];
+        assert_eq!((d.counts.requests, d.counts.iterations), (1, 1));
+        assert_eq!((d.counts.status[1], d.counts.bytes_in), (1, 5));
+        assert_eq!(d.corrected.max(), d.corrected.highest_equivalent(300_000));
+        assert_eq!(d.service.max(), d.service.highest_equivalent(250_000));
+        assert_eq!(d.counts.error_total(), 0);
+    }
+
+    #[test]
+    fn a_failed_check_and_a_failed_exchange_are_errors_of_their_kind() {
+        let t0 = Instant::now();
+        let ctx = ctx(t0);
+        let at = t0 + Duration::from_millis(1200);
+        let wanted = check(Expect {
+            status: Some(vec![201]),
+            ..Expect::default()
+        });
+        let answered = Exchange {
+            from: t0,
+            end: at,
+            outcome: Ok((t0, response(200))),
+        };
+        answered.record(&ctx, 0, &wanted, &VALUES, false);
+        let refused = Exchange {
+            from: t0,
+            end: at,
+            outcome: Err(ErrorKind::Connect),
+        };
+        refused.record(&ctx, 0, &wanted, &VALUES, true);
+        let d = &ctx.recorder.take(1, false)[0];
+        // Both in the interval they ended in (the second), neither in the first.
+        assert_eq!(d.counts.requests, 2);
+        assert_eq!(d.counts.errors[ErrorKind::Status as usize], 1);
+        assert_eq!(d.counts.errors[ErrorKind::Connect as usize], 1);
+        assert_eq!(
+            d.counts.iterations, 1,
+            "only the last exchange ends its iteration"
+        );
+        assert_eq!(
+            d.corrected.len(),
+            1,
+            "a request with no response has no latency"
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio::time::sleep_until;
 
-use super::{record_exchange, Body, Ctx, Model, LATE};
+use super::{exchange, Body, Ctx, Keep, Model, LATE};
 use crate::plan::template::Values;
 use crate::runner::pacer;
 use crate::runner::python::{Done, Session, Work};
@@ -168,7 +168,7 @@ pub(super) async fn open_worker(ctx: Arc<Ctx>, user: User) {
         if ctx.stop.is_cancelled() {
             break;
         }
-        let next = schedule.lock().unwrap().next();
+        let next = super::lock(schedule).next();
         let Some(arrival) = next else { break };
         let due = clock.start + Duration::from_secs_f64(arrival.due);
         let task = ctx.mix.pick(arrival.index);
@@ -298,9 +298,9 @@ async fn closed_worker(ctx: Arc<Ctx>, vu: u64, user: Option<User>) {
             late: false,
             due: None,
         };
-        // Boxed: an iteration's state (the request in flight, hyper's futures) is about 1.5 KiB;
-        // inline it would stay in every user's task while the user thinks, and a run may hold
-        // tens of thousands of thinking users.
+        // Boxed: an iteration's state (the request in flight, the exchange's futures) is about
+        // 1.5 KiB; inline it would stay in every user's task while the user thinks, and a run
+        // may hold tens of thousands of thinking users.
         let went = tokio::select! {
             go_on = Box::pin(iteration(&ctx, &user, iter, task, begin)) => go_on,
             _ = &mut stopped => false,
@@ -370,24 +370,17 @@ async fn iteration(ctx: &Ctx, user: &User, iter: u64, task: usize, begin: Begin)
                     Some(d) if ri == 0 => d,
                     _ => Instant::now(),
                 };
-                let keep_body = req.check.needs_body();
-                let (end, result) =
-                    super::exchange(ctx, &mut client, req.timeout, keep_body, false, || {
-                        req.build(&values, &ctx.target)
-                    })
-                    .await;
-                let failed = result.is_err();
+                let keep = Keep {
+                    body: req.check.needs_body(),
+                    headers: false,
+                };
+                let ex = exchange(ctx, &mut client, from, req.timeout, keep, || {
+                    req.build(&values, &ctx.target)
+                })
+                .await;
+                let failed = ex.outcome.is_err();
                 let last = ri + 1 == requests.len();
-                record_exchange(
-                    ctx,
-                    task,
-                    from,
-                    end,
-                    &result,
-                    &req.check,
-                    &values,
-                    last || failed,
-                );
+                ex.record(ctx, task, &req.check, &values, last || failed);
                 if failed {
                     // The rest of the iteration depends on this request having been answered.
                     break;
