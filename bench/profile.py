@@ -45,8 +45,14 @@ KINDS: list[tuple[str, str]] = [
     ),
     ("kernel: the rest", r"\[k\]"),
     ("HTTP/2 framing, HPACK, streams (h2)", r"\] h2::|<h2::|tokio_util::codec|atomic_waker"),
-    ("request and response (h1, httparse, client)", r"loadpilot_core::(h1|http|session)|httparse"),
-    ("recording (histograms, counters)", r"hdrhistogram|loadpilot_core::(metrics|runner::record)"),
+    (
+        "request and response (h1, httparse, client)",
+        r"loadpilot_core::(http::(h1|client|request|target)|runner::python)|httparse",
+    ),
+    (
+        "recording (histograms, counters)",
+        r"hdrhistogram|loadpilot_core::(measure::metrics|runner::record)",
+    ),
     ("workers and tokio", r"tokio::|loadpilot_core::runner|Future>::poll|mio::|cancellation"),
     ("memory and copies (libc, bytes)", r"mem(move|cpy|set)|malloc|free|_int_|bytes::"),
     ("other user space", r"."),

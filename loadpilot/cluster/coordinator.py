@@ -121,6 +121,41 @@ class _Reporter:
     summary: dict[str, Any] | None = None
 
 
+class _RunFiles:
+    """What a distributed run's directory gets besides a local run's files: its events, one
+    JSON line each (agents found, lost, taken over; bad reports), and its agents' rows."""
+
+    #: Events also said on standard output, where the user sees them as they happen.
+    SAID = ("lost", "refused", "clock", "takeover", "timeout")
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def event(self, event: str, agent: str, detail: str) -> None:
+        e = {"time": time.time(), "event": event, "agent": agent, "detail": detail}
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with open(self.out / store.EVENTS, "a") as f:
+                f.write(json.dumps(e) + "\n")
+        except OSError:
+            pass
+        if event in self.SAID:
+            print(f"agent {agent}: {event}: {detail}", flush=True)
+
+    def agents(self, rows: bytes) -> str | None:
+        """Writes the agents' rows (``agents.jsonl``, ``agents.parquet``); the error, if a
+        file cannot be written."""
+        path = self.out / store.AGENTS_JSONL
+        try:
+            path.write_bytes(rows)
+            if rows:
+                frame = store.rows_from_ndjson(rows, extra={"agent": pl.String()})
+                frame.write_parquet(self.out / store.AGENTS_PARQUET)
+        except OSError as e:
+            return f"{path}: {e}"
+        return None
+
+
 def _scenario_files(scenario: Scenario) -> tuple[str, dict[str, str]]:
     """The scenario's file and the feed files it reads, base64, by path relative to it: what
     an agent needs to load the same scenario."""
@@ -159,6 +194,7 @@ class Coordinator:
         self.scenario = scenario
         self.spec = agents
         self._out = out
+        self._journal = _RunFiles(out)
         self._names = [t.name for t in plan.tasks] + (["on_start"] if plan.hooks.on_start else [])
         self._runs_on: list[str] = [str(t.path) for t in plan.tasks]
         self.run_id = uuid.uuid4().hex[:12]
@@ -592,7 +628,7 @@ class Coordinator:
                     targets[i] += float(t.get("target_requests") or 0.0)
         for r in self._reporters.values():
             if r.state != ReporterState.ENDED:
-                taken = merge.give_up(r.name)
+                taken = merge.lose(r.name)
                 if targets is not None:
                     for i, n in enumerate(taken):
                         targets[i] += n
@@ -606,30 +642,13 @@ class Coordinator:
             self._failure = str(e)
         self._write_agent_files()
 
-    # -- what the run directory gets besides a local run's files -------------------------------
-
     def _event(self, event: str, agent: str, detail: str) -> None:
-        e = {"time": time.time(), "event": event, "agent": agent, "detail": detail}
-        try:
-            self._out.mkdir(parents=True, exist_ok=True)
-            with open(self._out / store.EVENTS, "a") as f:
-                f.write(json.dumps(e) + "\n")
-        except OSError:
-            pass
-        if event in ("lost", "refused", "clock", "takeover", "timeout"):
-            print(f"agent {agent}: {event}: {detail}", flush=True)
+        self._journal.event(event, agent, detail)
 
     def _write_agent_files(self) -> None:
         assert self._merge is not None
-        data = self._merge.take_reporter_rows()
-        path = self._out / store.AGENTS_JSONL
-        try:
-            path.write_bytes(data)
-            if data:
-                frame = store.rows_from_ndjson(data, extra={"agent": pl.String()})
-                frame.write_parquet(self._out / store.AGENTS_PARQUET)
-        except OSError as e:
-            self._failure = self._failure or f"{path}: {e}"
+        failure = self._journal.agents(self._merge.take_reporter_rows())
+        self._failure = self._failure or failure
 
     # -- the handle a Run wraps ----------------------------------------------------------------
 

@@ -188,7 +188,7 @@ class VUser:
         return found
 
 
-class _Recorder:
+class _RequestReader:
     """Stands in for the client while an engine-path task is read: collects its requests."""
 
     def __init__(self) -> None:
@@ -391,7 +391,7 @@ def _read_tasks(cls: type[VUser]) -> tuple[tuple[Task, ...], str | None, Hooks]:
             reason = reason or f"task {name!r} has Python logic: {why} ({_where(fn)})"
             tasks.append(Task(name=name, weight=weight, path="python"))
             continue
-        rec = _Recorder()
+        rec = _RequestReader()
         probe = object.__new__(cls)
         probe.client = rec
         fn(probe)

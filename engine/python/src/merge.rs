@@ -62,8 +62,8 @@ impl PyMerge {
     /// `reporter` will report nothing more (its agent was lost): its taken and unstarted
     /// arrivals count as unsent, its unanswered iterations as cancelled. Returns the arrivals
     /// it took, per entry.
-    fn give_up(&self, reporter: &str) -> Vec<u64> {
-        self.lock().give_up(reporter)
+    fn lose(&self, reporter: &str) -> Vec<u64> {
+        self.lock().lose(reporter)
     }
 
     /// The requests `reporter` has reported so far.

@@ -1,7 +1,7 @@
 //! What Python's virtual users use: the tickets the engine posts (task bodies and hooks to
 //! run), each user's `Session` (requests timed and recorded by the engine), the `Mailbox` their
 //! results come back through, and `Check`, an `expect` compiled once. See
-//! `engine/core/src/session.rs`.
+//! `engine/core/src/runner/python.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -241,7 +241,7 @@ impl Merge {
     /// taken and not started counts as unsent, what it had started and not reported ended
     /// as cancelled (folded into the next interval to close). Returns the arrivals it took,
     /// per entry: its share of what was due.
-    pub fn give_up(&mut self, reporter: &str) -> Vec<u64> {
+    pub fn lose(&mut self, reporter: &str) -> Vec<u64> {
         let n = self.names().len();
         let Some(counts) = self.counts.get_mut(reporter) else {
             return vec![0; n];
@@ -497,7 +497,7 @@ mod tests {
         iv.tasks[0] = d.to_wire();
         m.add("x", &iv).unwrap();
         m.close_ready(&["x".to_string()], 0).unwrap();
-        assert_eq!(m.give_up("x"), vec![4]);
+        assert_eq!(m.lose("x"), vec![4]);
         let s = m.finish(None, &[], None, 0.0, Some(vec![4.0])).unwrap();
         let o = &s.overall;
         assert_eq!((o.iterations, o.cancelled, o.unsent), (Some(1), 1, 2));
