@@ -71,13 +71,14 @@ lab: build-dev ## Start JupyterLab on the tutorials (notebooks/)
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .PHONY: lint
-lint: build-dev ## ruff, rustfmt, clippy, mypy and stubtest
+lint: build-dev ## ruff, rustfmt, clippy, mypy, stubtest and the package's layers (import-linter)
 	$(BIN)/ruff check loadpilot tests bench datasets deploy
 	$(BIN)/ruff format --check loadpilot tests bench datasets deploy
 	cargo fmt --all --check
 	cargo clippy --release --workspace --all-targets -- -D warnings
 	$(BIN)/mypy loadpilot
 	$(PY) -m mypy.stubtest loadpilot._engine
+	$(BIN)/lint-imports
 
 .PHONY: format
 format: $(STAMP) ## Format Python and Rust
