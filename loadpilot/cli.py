@@ -57,8 +57,21 @@ class _Terminated(KeyboardInterrupt):
     measured, exit 143."""
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise _Terminated
+class _StopOnce:
+    """The handler of SIGINT and SIGTERM while a run goes: the first raises (Ctrl-C or
+    ``_Terminated``), every later one is ignored. One signal can reach Python twice (polars
+    checks for signals inside a read, and the interpreter again after): a second
+    KeyboardInterrupt raised while the first is being handled would cut the stop and the
+    summary short."""
+
+    def __init__(self) -> None:
+        self.raised = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.raised:
+            return
+        self.raised = True
+        raise _Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
 def _progress(
@@ -790,7 +803,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         return EXIT_USAGE if e.code else EXIT_OK
     if args.command in ("run", "demo") and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        once = _StopOnce()
+        signal.signal(signal.SIGTERM, once)
+        signal.signal(signal.SIGINT, once)
     try:
         code: int = args.fn(args)
         return code

@@ -194,3 +194,15 @@ def browser() -> Iterator[object]:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+def read_line(stream: Any, timeout_s: float = 30.0) -> str:
+    """The next line a child writes, read with a deadline: a child that never prints fails
+    its test instead of hanging the suite."""
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    if not got:
+        pytest.fail(f"no line from the child within {timeout_s:g} s")
+    return got[0]

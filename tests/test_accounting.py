@@ -13,7 +13,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from conftest import constant, get
+from conftest import constant, get, read_line
 from hostile import (
     bad_chunking,
     huge_headers,
@@ -170,7 +170,9 @@ def test_a_stopped_run_counts_in_flight_requests_as_cancelled(out: Path) -> None
     with silent() as server:
         plan = hanging(server.url, 20, 30, connections=4)
         run = lp.start(plan, out)
+        deadline = time.monotonic() + 30
         while server.received < 4:
+            assert time.monotonic() < deadline, f"only {server.received} requests arrived"
             time.sleep(0.05)
         time.sleep(0.5)
         run.stop()
@@ -365,7 +367,7 @@ def test_large_bodies_are_counted_but_only_their_first_mebibyte_is_kept(
     )
     try:
         assert target.stdout is not None
-        url = target.stdout.readline().split()[-1]
+        url = read_line(target.stdout).split()[-1]
         script = tmp_path / "big.py"
         script.write_text(_BIG_BODIES)
         done = subprocess.run(

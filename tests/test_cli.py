@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import loadpilot as lp
-from tests.conftest import constant, get
+from tests.conftest import constant, get, read_line
 
 CLI = [sys.executable, "-m", "loadpilot.cli"]
 
@@ -39,7 +39,7 @@ def test_target_command_serves_until_told_to_stop(tmp_path: Path) -> None:
     )
     try:
         assert server.stdout is not None
-        url = server.stdout.readline().split()[-1]
+        url = read_line(server.stdout).split()[-1]
         assert url.startswith("http://127.0.0.1:")
         r = lp.run(lp.Plan(target=url, load=constant(50, 1), tasks=[get("x")]), tmp_path / "r")
         assert r.summary().overall.errors == 0

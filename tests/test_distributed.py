@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from hdrh.log import HistogramLogReader
 
 import loadpilot as lp
 from loadpilot.allowlist import target_allowed
-from loadpilot.cluster.protocol import data_subject
+from loadpilot.cluster.protocol import AGENT_LOST_S, data_subject
 from loadpilot.cluster.server import NatsServer
 
 
@@ -188,7 +189,9 @@ def test_an_agent_killed_mid_run_is_lost_and_the_survivors_take_its_share(
             time.sleep(0.05)
         r.wait()
         s = r.summary()
-    assert seen_lost is not None and seen_lost < 3.0, seen_lost
+    # Lost after AGENT_LOST_S of silence, seen within the coordinator's next checks (a busy
+    # machine runs the coordinator beside three agents).
+    assert seen_lost is not None and seen_lost < AGENT_LOST_S + 3.0, seen_lost
     kinds = [e["event"] for e in events(r.path)]
     assert "lost" in kinds and kinds.count("takeover") == 2, kinds
     # The survivors sent the lost agent's remaining arrivals: the total stays with the plan.
@@ -458,7 +461,11 @@ def test_a_report_of_another_shape_is_logged_once_acknowledged_and_the_run_goes_
                 tmp_path / "run",
                 agents=lp.Agents(count=2, nats=nats_server.url, timeout_s=20),
             )
-            asyncio.run(send_bad_reports())
+            # On a thread of its own: the test's thread may already have an event loop.
+            sender = threading.Thread(target=lambda: asyncio.run(send_bad_reports()))
+            sender.start()
+            sender.join(60)
+            assert not sender.is_alive(), "the bad reports were not sent"
             r.wait()
             s = r.summary()
             served = target.served

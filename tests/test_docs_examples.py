@@ -222,7 +222,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
         for line in b.text.splitlines() if b.lang == "sh" else []:
             if line.startswith("printf ") and ">" in line:
                 command = line.split("  #", 1)[0]
-                subprocess.run(command, shell=True, cwd=ws.path, check=True)
+                subprocess.run(command, shell=True, cwd=ws.path, check=True, timeout=60)
     try:
         yield ws
     finally:

@@ -238,10 +238,12 @@ def test_a_feed_file_is_found_beside_its_scenario_or_named_with_its_line(
     )
     (work / "shop.py").write_text(scenario)
     run = [sys.executable, "-m", "loadpilot.cli", "run", "work/shop.py", "--target", target.url]
-    done = subprocess.run([*run, "--out", "r"], cwd=tmp_path, capture_output=True, text=True)
+    done = subprocess.run(
+        [*run, "--out", "r"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     (work / "users.csv").unlink()
-    missing = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True)
+    missing = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2
     assert "shop.py:5: feed 'users.csv': no such file" in missing.stderr, missing.stderr
     assert "Traceback" not in missing.stderr

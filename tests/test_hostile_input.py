@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import constant, get
+from conftest import constant, get, read_line
 
 import loadpilot as lp
 
@@ -172,7 +172,7 @@ def test_broken_run_directories_are_one_line_errors(
     one_clean_error(cli("export", str(good), "--to", str(blocked)), str(blocked), "not a directory")
 
     corrupt = tmp_path / "corrupt"
-    subprocess.run(["cp", "-r", str(good), str(corrupt)], check=True)
+    subprocess.run(["cp", "-r", str(good), str(corrupt)], check=True, timeout=60)
     (corrupt / "metrics.parquet").write_bytes(b"PAR1 not really")
     (corrupt / "summary.json").write_text('{"name": 3}')
     for args in (
@@ -270,7 +270,7 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_exits_143(tmp_path: Path) -> None:
             text=True,
         )
         assert proc.stdout is not None
-        head = proc.stdout.readline()
+        head = read_line(proc.stdout)
         assert head.startswith("run directory:")
         time.sleep(0.3)
         proc.send_signal(signal.SIGTERM)

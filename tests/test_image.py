@@ -83,7 +83,9 @@ def test_the_versions_agree_with_the_chart() -> None:
     args = dict(re.findall(r"^ARG (\w+)=(\S+)$", DOCKERFILE.read_text(), re.M))
     assert args["LOADPILOT_VERSION"] == chart["appVersion"] == version()
     assert values["agent"]["image"]["tag"] == chart["appVersion"]
-    maturin = subprocess.run([tool("maturin"), "--version"], capture_output=True, text=True)
+    maturin = subprocess.run(
+        [tool("maturin"), "--version"], capture_output=True, text=True, timeout=60
+    )
     assert maturin.stdout.split()[-1] == args["MATURIN_VERSION"]
 
 
@@ -127,10 +129,15 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return env
 
 
+# Building the wheels (the fixture's setup) takes minutes on this machine: the test's limit
+# covers its setup, so it gets the subprocesses' limits, not the suite's default.
+@pytest.mark.timeout(2400)
 def test_the_installed_wheel_runs_every_role(installed: Path, tmp_path: Path) -> None:
     exe = str(installed / "bin/loadpilot")
     for verb in ("agent", "serve", "run"):
-        done = subprocess.run([exe, verb, "--help"], capture_output=True, text=True, cwd=tmp_path)
+        done = subprocess.run(
+            [exe, verb, "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=60
+        )
         assert done.returncode == 0 and f"usage: loadpilot {verb}" in done.stdout, done.stderr
     # The NATS server binary of the distributed extra is there for `run --agents`.
     assert (installed / "bin/nats-server").is_file()
@@ -150,7 +157,7 @@ def test_the_installed_wheel_runs_every_role(installed: Path, tmp_path: Path) ->
         assert target.served == 50
     where = subprocess.run(
         [str(installed / "bin/python"), "-c", "import loadpilot; print(loadpilot.__file__)"],
-        capture_output=True, text=True, cwd=tmp_path,
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
     )  # fmt: skip
     assert where.stdout.startswith(str(installed))
     summary = json.loads((tmp_path / "out/summary.json").read_text())

@@ -171,7 +171,9 @@ def test_every_dashboard_panel_has_data_for_a_distributed_run(
     tmp_path: Path, prometheus: Callable[[list[str]], Prometheus]
 ) -> None:
     build = ROOT / "deploy" / "grafana" / "build.py"
-    check = subprocess.run([sys.executable, str(build), "--check"], capture_output=True, text=True)
+    check = subprocess.run(
+        [sys.executable, str(build), "--check"], capture_output=True, text=True, timeout=120
+    )
     assert check.returncode == 0, check.stderr
     dashboard = json.loads((ROOT / "deploy" / "grafana" / "loadpilot.json").read_text())
     port = free_port()

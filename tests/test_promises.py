@@ -15,6 +15,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from conftest import read_line
 from hdrh.histogram import HdrHistogram
 from hostile import HostileServer
 
@@ -283,7 +284,7 @@ def target_process(*flags: str) -> tuple[subprocess.Popen[str], str]:
         text=True,
     )
     assert proc.stdout is not None
-    return proc, proc.stdout.readline().split()[-1]
+    return proc, read_line(proc.stdout).split()[-1]
 
 
 def test_the_target_flags_work_from_the_command_line(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 from hdrh.histogram import HdrHistogram
 
 import loadpilot as lp
-from tests.conftest import constant, get, read_with_hdrh, stop_delay, wait_for_rows
+from tests.conftest import constant, get, read_line, read_with_hdrh, stop_delay, wait_for_rows
 
 
 def test_the_hlog_reads_back_in_hdrh_with_the_summary_figures(
@@ -85,7 +85,7 @@ def _start_child(out: Path) -> subprocess.Popen[str]:
     p = subprocess.Popen(
         [sys.executable, "-c", _CHILD, str(out)], stdout=subprocess.PIPE, text=True
     )
-    assert p.stdout is not None and p.stdout.readline().strip() == "started"
+    assert p.stdout is not None and read_line(p.stdout).strip() == "started"
     return p
 
 

@@ -76,11 +76,14 @@ def test_thresholds_read_alike_however_they_were_written(
 ) -> None:
     done = run(tmp_path, "--scenario", "Open", "--target", target.url, "--duration", "1",
                "--threshold", "p99 <= 30ms", "--out", str(tmp_path / "r"))  # fmt: skip
-    verdicts = [ln.strip() for ln in done.stdout.splitlines() if ln.strip().startswith("pass")]
-    assert [v[: v.index("(")].strip() for v in verdicts] == [
-        "pass  p99 < 25ms",
-        "pass  p99 <= 30ms",
+    # How each threshold reads, whatever its verdict (a hiccup may fail p99 < 25ms: this test is
+    # about the spelling).
+    verdicts = [
+        re.sub(r"^(pass|FAIL)\s+", "", ln.strip())
+        for ln in done.stdout.splitlines()
+        if re.match(r"\s*(pass|FAIL)\s", ln)
     ]
+    assert [v[: v.index("(")].strip() for v in verdicts] == ["p99 < 25ms", "p99 <= 30ms"]
 
 
 def test_nothing_answered_reads_as_a_dash_live_and_in_the_summary(tmp_path: Path) -> None:
@@ -97,11 +100,17 @@ def test_nothing_answered_reads_as_a_dash_live_and_in_the_summary(tmp_path: Path
 
 def test_help_is_plain_text() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "loadpilot.cli", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "loadpilot.cli", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0 and "``" not in done.stdout and "143" in done.stdout
     run_help = subprocess.run(
-        [sys.executable, "-m", "loadpilot.cli", "run", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "loadpilot.cli", "run", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert "keeping its shape" in " ".join(run_help.stdout.split())
 

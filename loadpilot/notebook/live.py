@@ -19,15 +19,18 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import altair as alt
 import polars as pl
 
 from loadpilot import _engine
-from loadpilot.analysis import charts
+from loadpilot.analysis import series as _series
 from loadpilot.notebook import sparks as _sparks
 from loadpilot.running import store as _store
 
 if TYPE_CHECKING:
+    # Altair is loaded for the final frame only: importing it can take seconds, and a
+    # dashboard must show a run that lasts less than that.
+    import altair as alt
+
     from loadpilot.running.runs import Run
     from loadpilot.summary import Summary
 
@@ -63,6 +66,8 @@ _LAT_SCHEMA = {"elapsed_s": pl.Float64, "series": pl.String, "ms": pl.Float64}
 
 
 def _lines(frame: pl.DataFrame, x: alt.X, y_title: str, title: str) -> alt.Chart:
+    import altair as alt
+
     """One line per column of ``frame`` (besides ``elapsed_s``) over time, legend below."""
     columns = [c for c in frame.columns if c != "elapsed_s"]
     chart: alt.Chart = (
@@ -83,6 +88,10 @@ def dashboard_chart(
 ) -> alt.VConcatChart:
     """The dashboard's four charts from :meth:`Dashboard.data`: rate vs target, latency,
     errors by kind, in flight and missed."""
+    import altair as alt
+
+    from loadpilot.analysis import charts
+
     x = alt.X("elapsed_s:Q", title="seconds")
     rate = _lines(
         per.select(
@@ -246,7 +255,7 @@ class Dashboard:
         lat, svc = self._lat.read(), self._svc.read()
         for t, h in lat.items():
             if t not in self._lat_rows:
-                self._lat_rows[t] = charts.latency_points(t, h, svc.get(t))
+                self._lat_rows[t] = _series.latency_points(t, h, svc.get(t))
         rows = [r for t, rs in self._lat_rows.items() if t >= since for r in rs]
         return pl.DataFrame(rows, schema=_LAT_SCHEMA, orient="row")
 
@@ -256,7 +265,7 @@ class Dashboard:
         m = self.run.metrics
         end = float(m["elapsed_s"].max() or 0.0) + 1 if len(m) else 0.0  # type: ignore[arg-type]
         since = max(0.0, end - self.window_s) if self.window_s else 0.0
-        per = charts.per_second(m.filter(pl.col("elapsed_s") >= since)).select(PER_COLUMNS)
+        per = _series.per_second(m.filter(pl.col("elapsed_s") >= since)).select(PER_COLUMNS)
         return (
             per.cast(dict.fromkeys(PER_COLUMNS, pl.Float64)),
             self._latency_frame(since),
