@@ -141,8 +141,10 @@ def test_compare_finds_a_slower_candidate_with_more_errors(two_runs: tuple[Path,
     assert err.verdict == "regressed" and err.baseline == 0.0
     assert err.candidate == pytest.approx(0.05, abs=0.03)
     assert c.regressed and "p50 regressed" in c.verdict()
-    # The reverse direction is an improvement, and a run against itself changes nothing.
-    assert lp.compare(cand, base).change("p99", "browse").verdict == "improved"
+    # The reverse direction is an improvement, and a run against itself changes nothing. (The
+    # median: a 4 s run's p99 moves with a busy machine's hiccups, the 3x service time does
+    # not.)
+    assert lp.compare(cand, base).change("p50", "browse").verdict == "improved"
     same = lp.compare(base, base)
     assert not same.regressed and not same.improvements
     assert same.verdict().startswith("no significant change")

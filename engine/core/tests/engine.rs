@@ -405,7 +405,10 @@ fn a_connection_that_stops_answering_is_found_dead_by_ping_and_replaced() {
     // The silent connection's users timed out (0.3 s), its PING went unanswered (0.3 s more),
     // and they moved to a new connection: a few timeouts, not one per request for 3 s. (A
     // healthy connection starved of CPU for 0.3 s under parallel tests may be replaced too.)
-    assert!(counts[2].load(Ordering::Relaxed) >= 3, "replaced at least once");
+    assert!(
+        counts[2].load(Ordering::Relaxed) >= 3,
+        "replaced at least once"
+    );
     assert!(
         (1..=20).contains(&s.overall.errors),
         "{} timeouts",
