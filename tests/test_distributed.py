@@ -22,7 +22,7 @@ from hdrh.log import HistogramLogReader
 
 import loadpilot as lp
 from loadpilot.allowlist import target_allowed
-from loadpilot.cluster.protocol import AGENT_LOST_S, data_subject
+from loadpilot.cluster.protocol import AGENT_LOST_S, COORDINATOR_LOST_S, data_subject
 from loadpilot.cluster.server import NatsServer
 
 
@@ -226,7 +226,9 @@ def test_agents_stop_their_load_when_the_coordinator_is_killed(
                 if target.served != last:
                     last, last_change = target.served, time.monotonic()
             assert last > 0
-            assert last_change - killed < 5.0, last_change - killed
+            # Agents stop after COORDINATOR_LOST_S of silence, seen at their next tick (a busy
+            # machine runs both agents and the target beside this test).
+            assert last_change - killed < COORDINATOR_LOST_S + 3.0, last_change - killed
             assert target.served == last, "no load after the agents stopped"
         # Both agents are back to waiting for work.
         end(*agents)
