@@ -108,6 +108,10 @@ def test_a_kernel_interrupt_stops_the_run_and_keeps_its_data(
     target: lp.TargetServer, out: Path
 ) -> None:
     plan = lp.Plan(target=target.url, load=constant(100, 60), tasks=[get("a")])
+    # The interrupt must reach Python's own handler (a handler an earlier test left behind, such
+    # as asyncio's, would turn it into something else): say which one it would reach.
+    handler = signal.getsignal(signal.SIGINT)
+    assert handler is signal.default_int_handler, f"SIGINT goes to {handler!r}"
     # What Jupyter's "interrupt the kernel" does: SIGINT to the kernel's main thread.
     timer = threading.Timer(1.5, _thread.interrupt_main)
     timer.start()
