@@ -470,7 +470,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
         from loadpilot.serve.api import Limits, create_app
     except ImportError:
-        raise LoadPilotError("serve mode needs FastAPI: pip install 'loadpilot[serve]'") from None
+        raise LoadPilotError(
+            "serve mode needs FastAPI: pip install '.[serve]' from a LoadPilot checkout"
+        ) from None
     limits = Limits(
         max_rate=args.max_rate,
         max_duration_s=args.max_duration,

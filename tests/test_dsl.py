@@ -269,7 +269,7 @@ def test_run_metrics_convert_to_pandas_with_the_extra(
         ),
         tmp_path / "r",
     )
-    frame = run.metrics.to_pandas()  # pandas and pyarrow: pip install 'loadpilot[pandas]'
+    frame = run.metrics.to_pandas()  # pandas and pyarrow: pip install '.[pandas]' from a checkout
     assert list(frame.columns) == run.metrics.columns and int(frame["requests"].sum()) == 20
     assert str(frame["time"].dt.tz) == "UTC"
 

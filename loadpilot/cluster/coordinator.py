@@ -28,7 +28,8 @@ try:
     from nats.js.api import ConsumerConfig, ObjectStoreConfig, StorageType, StreamConfig
 except ImportError:  # pragma: no cover - the extra is missing
     raise ImportError(
-        "distributed runs need the NATS client: pip install 'loadpilot[distributed]'"
+        "distributed runs need the NATS client: pip install '.[distributed]' from a LoadPilot "
+        "checkout"
     ) from None
 
 from loadpilot import _engine
@@ -499,13 +500,8 @@ class Coordinator:
         try:
             self._take_report(msg.data)
         except (ValueError, KeyError, ReportError) as e:
-            self._event("bad_report", self._agent_of(msg.subject), str(e))
+            self._event("bad_report", P.data_subject_agent(msg.subject), str(e))
         await msg.ack()
-
-    def _agent_of(self, subject: str) -> str:
-        """The agent a data subject names (``loadpilot.data.<run>.<agent>.<what>``)."""
-        parts = subject.split(".")
-        return parts[3] if len(parts) > 3 else "?"
 
     def _take_report(self, data: bytes) -> None:
         head, _, body = data.partition(b"\n")

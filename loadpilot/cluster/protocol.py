@@ -33,6 +33,12 @@ def data_subject(run: str, agent: str) -> str:
     return f"{DATA_PREFIX}.{run}.{agent}"
 
 
+def data_subject_agent(subject: str) -> str:
+    """The agent a data subject names (``data_subject``'s second part), or "?"."""
+    run_and_agent = subject.removeprefix(DATA_PREFIX + ".").split(".")
+    return run_and_agent[1] if subject.startswith(DATA_PREFIX) and len(run_and_agent) > 1 else "?"
+
+
 #: Heartbeats, both ways.
 BEAT_S = 0.5
 #: An agent silent this long (while the coordinator is connected) is lost.

@@ -196,6 +196,14 @@ pub(crate) struct PySession {
     inner: Arc<Session>,
 }
 
+impl PySession {
+    /// What Python asked for, checked against this run's entries (a `ValueError` saying what
+    /// is wrong).
+    fn checked(&self, asked: Asked<'_>) -> PyResult<PyRequest> {
+        PyRequest::new(asked, self.inner.entries()).map_err(PyValueError::new_err)
+    }
+}
+
 #[pymethods]
 impl PySession {
     /// Starts a request and returns at once; its result is posted to `mailbox` under `id`.
@@ -215,21 +223,16 @@ impl PySession {
         mailbox: &PyMailbox,
         id: u64,
     ) -> PyResult<()> {
-        let n = self.inner.entries();
-        let req = PyRequest::new(
-            Asked {
-                task,
-                method,
-                path,
-                headers,
-                body,
-                timeout_s,
-                due_s,
-                check: check.map(|c| c.inner.clone()),
-            },
-            n,
-        )
-        .map_err(PyValueError::new_err)?;
+        let req = self.checked(Asked {
+            task,
+            method,
+            path,
+            headers,
+            body,
+            timeout_s,
+            due_s,
+            check: check.map(|c| c.inner.clone()),
+        })?;
         let session = self.inner.clone();
         let mailbox = mailbox.inner.clone();
         runtime()?.spawn(async move {
@@ -254,21 +257,16 @@ impl PySession {
         due_s: Option<f64>,
         check: Option<PyRef<'_, PyCheck>>,
     ) -> PyResult<Py<PyAny>> {
-        let n = self.inner.entries();
-        let req = PyRequest::new(
-            Asked {
-                task,
-                method,
-                path,
-                headers,
-                body,
-                timeout_s,
-                due_s,
-                check: check.map(|c| c.inner.clone()),
-            },
-            n,
-        )
-        .map_err(PyValueError::new_err)?;
+        let req = self.checked(Asked {
+            task,
+            method,
+            path,
+            headers,
+            body,
+            timeout_s,
+            due_s,
+            check: check.map(|c| c.inner.clone()),
+        })?;
         let session = self.inner.clone();
         let rt = runtime()?;
         let result =
