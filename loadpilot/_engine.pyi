@@ -23,6 +23,10 @@ __all__ = [
     "profile_points",
     "read_hlog",
     "read_hlog_from",
+    "request_name",
+    "request_name_problem",
+    "request_tag",
+    "split_tag",
     "read_log",
     "start_run",
     "start_target",
@@ -33,6 +37,7 @@ __all__ = [
     "ERROR_KINDS",
     "MAX_SECONDS",
     "MAX_STREAMS",
+    "OTHER_REQUEST",
     "PLAN_DEFAULTS",
     "ROW_COLUMNS",
     "RUN_FILES",
@@ -54,8 +59,15 @@ MAX_SECONDS: float
 DEFAULT_MAX_USERS: int
 #: The most streams one HTTP/2 connection may be asked to carry (``max_streams``).
 MAX_STREAMS: int
+#: The request name that measures, together, the names past a plan's ``max_request_names``.
+OTHER_REQUEST: str
 #: The default of every plan field a plan may leave out, by field.
 PLAN_DEFAULTS: dict[str, Any]
+
+def split_tag(tag: str) -> tuple[str, str | None]: ...
+def request_name(name: str | None, method: str, path: str) -> str: ...
+def request_name_problem(name: str) -> str | None: ...
+def request_tag(task: str, name: str) -> str: ...
 
 class LoadPilotError(Exception): ...
 class PlanError(LoadPilotError): ...
@@ -103,7 +115,9 @@ class Run:
     def summary_json(self) -> str | None: ...
     def summary_so_far_json(self) -> str: ...
     def failure(self) -> str | None: ...
-    def histogram(self, task: str | None = None, service: bool = False) -> Histogram: ...
+    def histogram(
+        self, task: str | None = None, service: bool = False, request: str | None = None
+    ) -> Histogram: ...
     @property
     def tasks(self) -> list[str]: ...
     @property
@@ -158,6 +172,7 @@ class Session:
     def request(
         self,
         task: int | None,
+        name: str | None,
         method: str,
         path: str,
         headers: list[tuple[str, str]],
@@ -171,6 +186,7 @@ class Session:
     def request_blocking(
         self,
         task: int | None,
+        name: str | None,
         method: str,
         path: str,
         headers: list[tuple[str, str]],
@@ -213,7 +229,9 @@ class Merge:
     def reported_upto(self, reporter: str) -> int | None: ...
     def take_rows(self) -> bytes: ...
     def take_reporter_rows(self) -> bytes: ...
-    def histogram(self, task: str | None = None, service: bool = False) -> Histogram: ...
+    def histogram(
+        self, task: str | None = None, service: bool = False, request: str | None = None
+    ) -> Histogram: ...
     def summary_so_far_json(self) -> str: ...
     def finish(
         self,

@@ -31,6 +31,7 @@ from loadpilot.plan import (
     HttpVersion,
     OpenLoad,
     Plan,
+    plan_request_names,
     Ramp,
     Request,
     Task,
@@ -39,6 +40,7 @@ from loadpilot.plan import (
 )
 from loadpilot.profiles import Profile, constant, parse_duration
 from loadpilot.running import runs as _run
+from loadpilot.running import store as _store
 from loadpilot.running.testbed import start_target
 from loadpilot.scenarios.loader import load_scenario
 from loadpilot.scenarios.scenario import Scenario
@@ -84,7 +86,7 @@ def _progress(
     shown: set[float] = set()
 
     def show_new() -> None:
-        m = r.metrics
+        m = _store.task_rows(r.metrics)
         for second in sorted(set(m["elapsed_s"].to_list()) - shown):
             shown.add(second)
             if second >= total_s:
@@ -379,7 +381,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if path.suffix == ".py":
         chosen = load_scenario(path, args.scenario)
         names = [t.name for t in chosen.tasks]
-        checks = [*chosen.thresholds, *(thresholds.parse_cli(t, names) for t in cli_checks)]
+        known = chosen.request_names
+        checks = [
+            *chosen.thresholds,
+            *(thresholds.parse_cli(t, names, known) for t in cli_checks),
+        ]
         profile = _override(chosen.profile, args)
         if profile != chosen.profile:
             print(f"profile (from the command line): {profile.describe()}")
@@ -415,7 +421,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise LoadPilotError(f"{path}: {e}") from e
     names = [t.name for t in plan.tasks]
-    checks = [thresholds.parse_cli(t, names) for t in cli_checks]
+    known = None if plan.python() else plan_request_names(plan)
+    checks = [thresholds.parse_cli(t, names, known) for t in cli_checks]
     plan = plan.model_copy(update={"target": _target(args, plan.target), **_protocol(args)})
     if args.rps is not None or args.duration is not None:
         raise LoadPilotError("--rps and --duration apply to scenario files; edit the plan instead")

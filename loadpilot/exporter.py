@@ -83,7 +83,8 @@ class _Watched:
         self.run = run
         self.name = name
         self.scenario = run.plan.name
-        self.tasks: dict[str, _Task] = {}
+        #: By (task, request name): "" for the task's own series (all its requests).
+        self.tasks: dict[tuple[str, str], _Task] = {}
         self.in_flight = 0
         self.active_users = 0
         self.rows_seen = 0
@@ -93,6 +94,8 @@ class _Watched:
         self.logs = [
             (store.LogTail(Path(run.path) / store.LATENCY_LOG), False),
             (store.LogTail(Path(run.path) / store.SERVICE_LOG), True),
+            (store.LogTail(Path(run.path) / store.REQUESTS_LATENCY_LOG), False),
+            (store.LogTail(Path(run.path) / store.REQUESTS_SERVICE_LOG), True),
         ]
         self.finished = False
         # Every task's series exists (at zero) from the start, so a scrape before the first
@@ -100,16 +103,16 @@ class _Watched:
         for name in run.tasks:
             self.task(name)
 
-    def task(self, name: str) -> _Task:
-        return self.tasks.setdefault(name, _Task())
+    def task(self, name: str, request: str | None = None) -> _Task:
+        return self.tasks.setdefault((name, request or ""), _Task())
 
     def catch_up(self) -> None:
         done = self.run.done
-        frame = self.run.metrics
+        frame = self.run._rows  # tasks' rows and request names'
         new = frame.slice(self.rows_seen)
         self.rows_seen = frame.height
         for row in new.iter_rows(named=True):
-            t = self.task(row["task"])
+            t = self.task(row["task"], row["request"])
             with_status = 0
             for c in _CLASSES:
                 n = row[f"status_{c}"]
@@ -124,8 +127,8 @@ class _Watched:
             self.in_flight = row["in_flight"]
             self.active_users = row["active_users"]
         for tail, service in self.logs:
-            for tag, _start, h in tail.read():
-                t = self.task(tag or "untagged")
+            for task, request, _start, h in tail.read():
+                t = self.task(task or "untagged", request)
                 (t.service if service else t.latency).add(h)
         if done:
             self.in_flight = 0
@@ -181,12 +184,12 @@ class RunMetrics(Collector):
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         requests = CounterMetricFamily(
             "loadpilot_requests", "Completed requests, by status class (none: no response).",
-            labels=["run", "scenario", "task", "status_class"],
+            labels=["run", "scenario", "task", "request", "status_class"],
         )  # fmt: skip
         errors = CounterMetricFamily(
             "loadpilot_errors",
             "Failed requests, by kind.",
-            labels=["run", "scenario", "task", "kind"],
+            labels=["run", "scenario", "task", "request", "kind"],
         )
         missed = CounterMetricFamily(
             "loadpilot_missed", "Arrivals that found every connection busy.",
@@ -199,12 +202,12 @@ class RunMetrics(Collector):
         latency = HistogramMetricFamily(
             "loadpilot_request_duration_seconds",
             "Corrected latency: from the instant each request was due to its answer.",
-            labels=["run", "scenario", "task"],
+            labels=["run", "scenario", "task", "request"],
         )
         service = HistogramMetricFamily(
             "loadpilot_service_duration_seconds",
             "Service time: from the instant each request was sent to its answer.",
-            labels=["run", "scenario", "task"],
+            labels=["run", "scenario", "task", "request"],
         )
         in_flight = GaugeMetricFamily(
             "loadpilot_in_flight", "Requests in flight.", labels=["run", "scenario"]
@@ -221,22 +224,26 @@ class RunMetrics(Collector):
         )
         with self._lock:
             for w in self._watched:
-                for name, t in w.tasks.items():
+                for (name, request), t in w.tasks.items():
+                    # A task's own series have request="" (no label, to Prometheus); each
+                    # request name's have its name: select request="" to add tasks up.
                     labels = [w.name, w.scenario, name]
+                    named = [*labels, request]
                     ts = w.ts
                     for c, n in t.classes.items():
-                        requests.add_metric([*labels, c], n, timestamp=ts)
+                        requests.add_metric([*named, c], n, timestamp=ts)
                     for kind, n in t.errors.items():
-                        errors.add_metric([*labels, kind], n, timestamp=ts)
-                    missed.add_metric(labels, t.missed, timestamp=ts)
-                    if t.target_rate is not None:
-                        target.add_metric(labels, t.target_rate)
+                        errors.add_metric([*named, kind], n, timestamp=ts)
+                    if not request:
+                        missed.add_metric(labels, t.missed, timestamp=ts)
+                        if t.target_rate is not None:
+                            target.add_metric(labels, t.target_rate)
                     for fam, b in ((latency, t.latency), (service, t.service)):
                         buckets = [
                             (str(le), n) for le, n in zip(LATENCY_BUCKETS, b.counts, strict=True)
                         ]
                         buckets.append(("+Inf", b.count))
-                        fam.add_metric(labels, buckets, sum_value=b.sum_s, timestamp=ts)
+                        fam.add_metric(named, buckets, sum_value=b.sum_s, timestamp=ts)
                 in_flight.add_metric([w.name, w.scenario], w.in_flight)
                 users.add_metric([w.name, w.scenario], w.active_users)
                 frame = w.run.agents

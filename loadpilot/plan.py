@@ -4,6 +4,7 @@ one, so a plan built here, written as JSON, or produced by another tool runs the
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -124,8 +125,11 @@ class Expect(_Model):
 
 
 class Request(_Model):
-    """One request. ``path``, header values and bodies may hold ``{{name}}`` placeholders."""
+    """One request. ``path``, header values and bodies may hold ``{{name}}`` placeholders.
+    ``name``: what its measurements are kept under (default: the method and the path as
+    written, without the query: ``GET /items/{{id}}``)."""
 
+    name: str | None = None
     method: str = DEFAULTS["method"]
     path: str
     headers: dict[str, str] = Field(default_factory=dict)
@@ -219,6 +223,9 @@ class Plan(_Model):
     max_streams: int = Field(default=DEFAULTS["max_streams"], ge=1, le=MAX_STREAMS)
     """HTTP/2: the most users (closed model) or connections (open model) whose requests
     share one connection as concurrent streams."""
+    max_request_names: int = Field(default=DEFAULTS["max_request_names"], ge=1)
+    """The most distinct request names measured apart; past it, new names are measured
+    together under ``other`` (and the run says so once)."""
 
     def python(self) -> bool:
         """Whether any part of the plan runs Python code (a task body or a hook)."""
@@ -252,6 +259,14 @@ class Plan(_Model):
     @property
     def duration_s(self) -> float:
         return sum(s.duration_s for s in self.load.stages)
+
+
+def plan_request_names(tasks: Plan | Sequence[Task]) -> list[str]:
+    """The names the engine measures the engine tasks' requests under (a request's own, or
+    the method and the path as written, without its query), each once, in order."""
+    found = tasks.tasks if isinstance(tasks, Plan) else tasks
+    names = (_engine.request_name(r.name, r.method, r.path) for t in found for r in t.requests)
+    return list(dict.fromkeys(names))
 
 
 def check_field(field: str, value: Any) -> Any:

@@ -69,6 +69,13 @@ class TaskSummary(Stats):
     """Arrivals of this task that were due (open model); for ``on_start``, the users set up."""
 
 
+class RequestSummary(Stats):
+    """Whole-run figures of one request name of a task (``iterations`` is the task's)."""
+
+    task: str
+    name: str
+
+
 class Summary(BaseModel):
     model_config = ConfigDict(frozen=True)
     name: str
@@ -90,12 +97,30 @@ class Summary(BaseModel):
     per task."""
     overall: Stats
     tasks: list[TaskSummary]
+    requests: list[RequestSummary] = []
+    """Per request name of each task, in the order the names were first seen (empty for
+    runs recorded before requests were measured apart)."""
 
     def task(self, name: str) -> TaskSummary:
         for t in self.tasks:
             if t.name == name:
                 return t
         raise KeyError(f"no task named {name!r}; tasks: {[t.name for t in self.tasks]}")
+
+    def request(self, name: str, task: str | None = None) -> RequestSummary:
+        """The figures of request ``name`` (of ``task``; needed only when two tasks send
+        requests of that name)."""
+        found = [r for r in self.requests if r.name == name and task in (None, r.task)]
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise KeyError(
+                f"no request named {name!r}"
+                + (f" in task {task!r}" if task else "")
+                + f"; requests: {sorted({r.name for r in self.requests})}"
+            )
+        tasks = ", ".join(r.task for r in found)
+        raise KeyError(f"request {name!r} is sent by several tasks ({tasks}): name the task")
 
     def html(self) -> str:
         """An HTML table, one row per task and one for all (what reports and notebooks show)."""
@@ -124,10 +149,24 @@ class Summary(BaseModel):
                 f"{fmt(s.latency_ms.p50)}{fmt(s.latency_ms.p99)}{fmt(s.latency_ms.max)}"
                 f"{fmt(s.service_ms.p99)}"
             )
+        if self.requests:
+            lines.append("")
+            lines.append(
+                f"{'request':<32}{'task':<16}{'requests':>10}{'errors':>8}{'rps':>10}"
+                f"{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+            )
+            for r in self.requests:
+                lines.append(
+                    f"{r.name[:31]:<32}{r.task[:15]:<16}{r.requests:>10}{r.errors:>8}"
+                    f"{r.achieved_rps:>10.1f}{fmt(r.latency_ms.p50)}{fmt(r.latency_ms.p99)}"
+                    f"{fmt(r.latency_ms.max)}"
+                )
         return "\n".join(lines)
 
 
-def _stats_row(name: str, path: str, s: Stats) -> str:
+def _stats_row(name: str, path: str, s: Stats, iterations: bool = True) -> str:
+    """A table row; ``iterations``: with the counts of iterations (missed, cancelled, unsent),
+    which a request name's row has not."""
     cells = [
         html.escape(name),
         html.escape(path),
@@ -137,10 +176,9 @@ def _stats_row(name: str, path: str, s: Stats) -> str:
         f"{s.achieved_rps:,.1f}",
         *(_ms(getattr(s.latency_ms, k)) for k in ("p50", "p90", "p99", "p999", "max")),
         _ms(s.service_ms.p99),
-        f"{s.missed:,}",
-        f"{s.cancelled:,}",
-        f"{s.unsent:,}",
     ]
+    if iterations:
+        cells += [f"{s.missed:,}", f"{s.cancelled:,}", f"{s.unsent:,}"]
     return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
 
 
@@ -151,8 +189,20 @@ def _summary_table(s: Summary) -> str:
     ]  # fmt: skip
     rows = [_stats_row(t.name, t.path, t) for t in s.tasks]
     rows.append(_stats_row("all", "", s.overall))
-    return (
+    table = (
         "<table><thead><tr>"
+        + "".join(f"<th>{h}</th>" for h in head)
+        + "</tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
+    if not s.requests:
+        return table
+    head = ["request", "task", *head[2:-3]]
+    rows = [_stats_row(r.name, r.task, r, iterations=False) for r in s.requests]
+    return (
+        table
+        + "<table class='loadpilot-requests'><thead><tr>"
         + "".join(f"<th>{h}</th>" for h in head)
         + "</tr></thead><tbody>"
         + "".join(rows)

@@ -104,14 +104,18 @@ def panel(r: _run.Run, total_s: float, elapsed_s: float) -> Panel:
         last = sending.filter(pl.col("elapsed_s") == sending["elapsed_s"].max())
         if not open_model:
             wanted = _value_at(_profile(plan).points(), elapsed_s)
-        for row in last.sort("task").iter_rows(named=True):
+        # Each task's row, then its request names' (indented under it).
+        ordered = last.sort("task", pl.col("request").is_not_null(), maintain_order=True)
+        for row in ordered.iter_rows(named=True):
             load = (
-                f"{row['target_rps'] or 0:,.0f}"
+                ""  # a request name's row: its task's load
+                if row["request"] is not None
+                else f"{row['target_rps'] or 0:,.0f}"
                 if open_model
                 else f"{row['active_users']}/{wanted:.0f}"
             )
             body.add_row(
-                row["task"],
+                row["task"] if row["request"] is None else f"  └ {row['request']}",
                 f"{row['achieved_rps']:,.0f}",
                 load,
                 _ms(row["p50_ms"]),
@@ -199,6 +203,9 @@ def summary_table(s: Summary, verdicts: list[thresholds.Verdict]) -> Group:
 
     for task in s.tasks:
         row(task.name, task.path, task)
+        for r in s.requests:
+            if r.task == task.name:
+                row(f"  └ {r.name}", "", r)
     row("all", "", s.overall)
     parts: list[Table | Text] = [t]
     if verdicts:

@@ -1,7 +1,9 @@
 """Thresholds: pass/fail criteria on a run's whole-run figures, for CI gates.
 
 Written as ``{"p99": "< 25ms", "error_rate": "< 0.1%", "rps": "> 900"}``, per task with the
-task's name in front (``"browse.p99": "< 20ms"``), or on the command line as ``p99<25ms``.
+task's name in front (``"browse.p99": "< 20ms"``), per request with the request's name in front
+(``"item.p99": "< 20ms"``, ``"checkout.error_rate": "< 1%"``), or on the command line as
+``p99<25ms``.
 Latency figures come from the merged histograms, so a threshold on p99 is on the exact p99.
 """
 
@@ -30,18 +32,21 @@ _UNIT_MS = {None: 1.0, "us": 0.001, "ms": 1.0, "s": 1000.0}
 
 @dataclass(frozen=True)
 class Threshold:
-    """One criterion: ``metric op value`` for the whole run (``task is None``) or one task.
-    Latency values are in milliseconds, ``error_rate`` is a fraction, ``rps`` per second."""
+    """One criterion: ``metric op value`` for the whole run, one task (``task``) or one
+    request name (``request``). Latency values are in milliseconds, ``error_rate`` is a
+    fraction, ``rps`` per second."""
 
     metric: str
     op: str
     value: float
     task: str | None = None
     text: str = ""
+    request: str | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.task}.{self.metric}" if self.task else self.metric
+        scope = self.task or self.request
+        return f"{scope}.{self.metric}" if scope else self.metric
 
 
 @dataclass(frozen=True)
@@ -64,15 +69,33 @@ def _show(metric: str, v: float) -> str:
     return f"{v:.3f} ms"
 
 
-def parse(name: str, expr: str, tasks: list[str] | None = None) -> Threshold:
-    """One threshold from its name (``p99`` or ``browse.p99``) and expression (``< 25ms``)."""
-    task, _, metric = name.rpartition(".")
+def parse(
+    name: str,
+    expr: str,
+    tasks: list[str] | None = None,
+    requests: list[str] | None = None,
+) -> Threshold:
+    """One threshold from its name (``p99``, ``browse.p99`` for a task, ``item.p99`` for a
+    request name) and expression (``< 25ms``). ``tasks``: the scenario's task names (what is
+    not one is a request name); ``requests``: every request name it can send, when they are
+    all known (no Python task), to refuse a name it never sends."""
+    scope, _, metric = name.rpartition(".")
     if metric not in METRICS:
         raise PlanError(
             f"unknown threshold metric {metric!r} in {name!r}; known: {', '.join(METRICS)}"
         )
-    if task and tasks is not None and task not in tasks:
-        raise PlanError(f"threshold {name!r} names no task; tasks: {', '.join(tasks)}")
+    task = request = None
+    if scope and tasks is not None and scope in tasks:
+        task = scope
+    elif scope and tasks is not None:
+        if requests is not None and scope not in requests:
+            raise PlanError(
+                f"threshold {name!r} names no task and no request; tasks: {', '.join(tasks)}; "
+                f"requests: {', '.join(requests)}"
+            )
+        request = scope
+    elif scope:
+        task = scope
     m = _EXPR.match(expr)
     if not m:
         raise PlanError(f"invalid threshold {name}: {expr!r} (write it like '< 25ms' or '< 0.1%')")
@@ -93,19 +116,26 @@ def parse(name: str, expr: str, tasks: list[str] | None = None) -> Threshold:
         value = number
     # One spelling whichever way it was written ("<25ms", "< 25ms"): "< 25ms".
     text = f"{op} {m.group(2)}{unit or ''}"
-    return Threshold(metric=metric, op=op, value=value, task=task or None, text=text)
+    return Threshold(
+        metric=metric, op=op, value=value, task=task, text=text, request=request
+    )
 
 
-def parse_all(spec: Mapping[str, str], tasks: list[str] | None = None) -> list[Threshold]:
-    return [parse(name, expr, tasks) for name, expr in spec.items()]
+def parse_all(
+    spec: Mapping[str, str], tasks: list[str] | None = None, requests: list[str] | None = None
+) -> list[Threshold]:
+    return [parse(name, expr, tasks, requests) for name, expr in spec.items()]
 
 
-def parse_cli(text: str, tasks: list[str] | None = None) -> Threshold:
-    """``p99<25ms`` or ``browse.p99 <= 20ms``, as given to ``--threshold``."""
-    m = re.match(r"^\s*([A-Za-z0-9_.:/-]+)\s*((?:<=|>=|<|>).*)$", text)
+def parse_cli(
+    text: str, tasks: list[str] | None = None, requests: list[str] | None = None
+) -> Threshold:
+    """``p99<25ms``, ``browse.p99 <= 20ms`` or ``GET /items/{{id}}.p99<20ms``, as given to
+    ``--threshold``."""
+    m = re.match(r"^\s*([^<>]+?)\s*((?:<=|>=|<|>).*)$", text)
     if not m:
         raise PlanError(f"invalid --threshold {text!r} (write it like 'p99<25ms')")
-    return parse(m.group(1), m.group(2), tasks)
+    return parse(m.group(1), m.group(2), tasks, requests)
 
 
 def _actual(stats: Stats, metric: str) -> float | None:
@@ -117,13 +147,40 @@ def _actual(stats: Stats, metric: str) -> float | None:
     return value
 
 
+def _together(summary: Summary, name: str, metric: str) -> Stats | None:
+    """The figures of a request name that several tasks send: counts and rates add up;
+    latency percentiles cannot be added from a summary, so a latency threshold on such a name
+    reads as no data (give the requests names of their own)."""
+    found = [r for r in summary.requests if r.name == name]
+    if metric in LATENCY:
+        return None
+    requests = sum(r.requests for r in found)
+    errors = sum(r.errors for r in found)
+    return found[0].model_copy(
+        update={
+            "requests": requests,
+            "errors": errors,
+            "error_rate": errors / requests if requests else 0.0,
+            "achieved_rps": sum(r.achieved_rps for r in found),
+        }
+    )
+
+
 def evaluate(summary: Summary, thresholds: list[Threshold]) -> list[Verdict]:
     """Each threshold against the run's figures. A latency threshold with no answered request
     to measure fails: a run that measured nothing has not shown it is fast."""
     out = []
     for t in thresholds:
-        stats: Stats = summary.overall if t.task is None else summary.task(t.task)
-        actual = _actual(stats, t.metric)
+        stats: Stats | None = summary.overall
+        scope = t.task or t.request
+        if scope is not None and any(task.name == scope for task in summary.tasks):
+            stats = summary.task(scope)
+        elif scope is not None:
+            # A request name never sent has shown nothing: no data, a failed threshold.
+            stats = next((r for r in summary.requests if r.name == scope), None)
+            if sum(r.name == scope for r in summary.requests) > 1:
+                stats = _together(summary, scope, t.metric)
+        actual = None if stats is None else _actual(stats, t.metric)
         passed = actual is not None and _OPS[t.op](actual, t.value)
         out.append(Verdict(t, actual, passed))
     return out

@@ -148,8 +148,14 @@ def test_compare_finds_a_slower_candidate_with_more_errors(two_runs: tuple[Path,
     same = lp.compare(base, base)
     assert not same.regressed and not same.improvements
     assert same.verdict().startswith("no significant change")
-    # The frame and the notebook table carry every change.
-    assert len(c.frame) == 3 * 7 and set(c.frame["verdict"]) >= {"regressed"}
+    # Per request name too, with the same intervals: each task sends one.
+    by_name = c.change("p50", request="GET /json")
+    assert (by_name.task, by_name.verdict) == ("browse", "regressed")
+    assert by_name.baseline == c.change("p50", "browse").baseline
+    # The frame and the notebook table carry every change: the whole run, two tasks, two
+    # request names.
+    assert len(c.frame) == 5 * 7 and set(c.frame["verdict"]) >= {"regressed"}
+    assert set(c.frame["request"].drop_nulls()) == {"GET /json", "GET /"}
     assert '<tr class="regressed">' in c._repr_html_()
 
 

@@ -170,8 +170,12 @@ def test_thresholds_compare_with_units() -> None:
 def test_cli_thresholds_parse_compactly() -> None:
     t = thresholds.parse_cli("browse.p99<=20ms", ["browse"])
     assert (t.task, t.metric, t.op, t.value) == ("browse", "p99", "<=", 20.0)
-    with pytest.raises(lp.PlanError, match="names no task"):
-        thresholds.parse_cli("nope.p99<1ms", ["browse"])
+    with pytest.raises(lp.PlanError, match="names no task and no request"):
+        thresholds.parse_cli("nope.p99<1ms", ["browse"], ["GET /items"])
+    # A request name, with spaces and dots; when Python tasks may send any name, any.
+    t = thresholds.parse_cli("GET /v1.2/items.p99 < 5ms", ["browse"], ["GET /v1.2/items"])
+    assert (t.request, t.task, t.metric, t.value) == ("GET /v1.2/items", None, "p99", 5.0)
+    assert thresholds.parse_cli("cart.error_rate<1%", ["browse"], None).request == "cart"
 
 
 def test_a_scenario_without_source_code_at_hand_runs_as_python_users() -> None:

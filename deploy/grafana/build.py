@@ -29,7 +29,8 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "loadpilot.json"
 
 DS = DataSourceRef(type_val="prometheus", uid="${datasource}")
-SEL = 'run="$run", task=~"$task"'
+# request="": the tasks' own series (each request name has series of its own besides).
+SEL = 'run="$run", task=~"$task", request=""'
 RATE = "[$__rate_interval]"
 
 

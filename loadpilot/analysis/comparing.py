@@ -11,6 +11,8 @@ beyond the noise threshold, else *no significant change*.
 
 from __future__ import annotations
 
+import dataclasses
+
 import html
 import json
 import math
@@ -40,7 +42,8 @@ _CHUNK = 128  # resamples summed at once: bounds memory to _CHUNK x buckets
 
 @dataclass(frozen=True)
 class Change:
-    """One metric of one task: both values, the change, its confidence interval, the verdict.
+    """One metric of one task (or of one request name of a task, ``request``): both values,
+    the change, its confidence interval, the verdict.
     ``change``, ``low`` and ``high`` are relative (0.1 = +10%) for latency and absolute (a
     difference of shares: 0.001 = +0.1 percentage points) for ``error_rate``."""
 
@@ -52,6 +55,7 @@ class Change:
     low: float | None
     high: float | None
     verdict: Verdict
+    request: str | None = None
 
     @property
     def relative(self) -> bool:
@@ -61,6 +65,8 @@ class Change:
         """E.g. ``"p99 regressed +18.2% (95% CI +12.0%..+25.1%)"``."""
         fmt = _pct if self.relative else _pp
         where = "" if self.task == "all" else f"{self.task} "
+        if self.request is not None:
+            where = f"{self.task} {self.request!r} "
         if self.change is None:
             return f"{where}{self.metric}: not compared (no data)"
         if self.low is None or self.high is None:
@@ -304,11 +310,18 @@ class Comparison:
         """True when any metric of any task regressed: what ``loadpilot compare`` fails on."""
         return bool(self.regressions)
 
-    def change(self, metric: str, task: str = "all") -> Change:
+    def change(self, metric: str, task: str = "all", request: str | None = None) -> Change:
+        """The change of ``metric`` for the whole run, one task, or one request name of a task
+        (``request``; ``task`` may be left out when one task sends it)."""
         for c in self.changes:
-            if c.task == task and c.metric == metric:
+            if (
+                c.metric == metric
+                and c.request == request
+                and (c.task == task or (request is not None and task == "all"))
+            ):
                 return c
-        raise KeyError(f"no change of {metric!r} for task {task!r}")
+        what = f"request {request!r}" if request is not None else f"task {task!r}"
+        raise KeyError(f"no change of {metric!r} for {what}")
 
     def verdict(self) -> str:
         """One line: the regressions (or improvements), else that nothing changed
@@ -317,8 +330,13 @@ class Comparison:
         found = self.regressions or self.improvements
         if not found:
             return f"no significant change ({level}, noise threshold ±{self.noise * 100:g}%)"
-        # The whole run's changes first; per-task ones only when the whole shows none.
-        main = [c for c in found if c.task == "all"] or found
+        # The whole run's changes first; per-task ones only when the whole shows none, and per
+        # request only when no task shows one.
+        main = (
+            [c for c in found if c.task == "all"]
+            or [c for c in found if c.request is None]
+            or found
+        )
         shown = main[:4]
         text = "; ".join(c.describe().replace("(CI", f"({level}") for c in shown)
         more = len(found) - len(shown)
@@ -337,6 +355,7 @@ class Comparison:
                 "low": pl.Float64,
                 "high": pl.Float64,
                 "verdict": pl.String,
+                "request": pl.String,
             },
         )
 
@@ -366,9 +385,18 @@ class Comparison:
         fmt = _pct if c.relative else _pp
         change = "–" if c.change is None else fmt(c.change)
         ci = "–" if c.low is None or c.high is None else f"{fmt(c.low)} .. {fmt(c.high)}"
-        return [c.task, c.metric, value(c.baseline), value(c.candidate), change, ci, c.verdict]
+        return [
+            c.task,
+            c.request or "",
+            c.metric,
+            value(c.baseline),
+            value(c.candidate),
+            change,
+            ci,
+            c.verdict,
+        ]
 
-    _HEAD = ["task", "metric", "baseline", "candidate", "change", "CI", "verdict"]
+    _HEAD = ["task", "request", "metric", "baseline", "candidate", "change", "CI", "verdict"]
 
     def table(self) -> str:
         """A plain-text table (latency in ms)."""
@@ -376,7 +404,7 @@ class Comparison:
         widths = [max(len(r[i]) for r in rows) for i in range(len(self._HEAD))]
         lines = [
             "  ".join(
-                cell.ljust(w) if i in (0, 1, 6) else cell.rjust(w)
+                cell.ljust(w) if i in (0, 1, 2, 7) else cell.rjust(w)
                 for i, (cell, w) in enumerate(zip(r, widths, strict=True))
             ).rstrip()
             for r in rows
@@ -418,15 +446,24 @@ class Comparison:
 
 
 def _material(
-    run: RunResult, task: str | None, start: float | None, end: float | None, service: bool
+    run: RunResult,
+    task: str | None,
+    start: float | None,
+    end: float | None,
+    service: bool,
+    request: str | None = None,
 ) -> _Sample:
     # Every interval in one layout (3 digits from 1, what `histogram()` adds into), so a
     # foreign log's coarser buckets read as its own whole-log figures do.
     hists = [
         _engine.Histogram(h.unit) + h
-        for _, h in run.interval_histograms(task, service=service, start=start, end=end)
+        for _, h in run.interval_histograms(
+            task, request=request, service=service, start=start, end=end
+        )
     ]
-    m = run.metrics
+    m = run.metrics if request is None else run.request_metrics
+    if request is not None:
+        m = m.filter(pl.col("request") == request)
     if task is not None:
         m = m.filter(pl.col("task") == task)
     if start is not None:
@@ -458,7 +495,8 @@ def compare(
     block: int | None = None,
 ) -> Comparison:
     """Compares ``candidate`` with ``baseline`` (runs, or run directories), per task present in
-    both and for all tasks together (task ``"all"``).
+    both, per request name of a task present in both (``Change.request``), and for all tasks
+    together (task ``"all"``).
 
     Each metric gets a confidence interval (``confidence``) for its change from a seeded block
     bootstrap over intervals (``resamples`` draws, blocks of ``block`` consecutive intervals,
@@ -481,29 +519,30 @@ def compare(
     base_tasks = base.tasks
     cand_tasks = set(cand.tasks)
     shared = [t for t in base_tasks if t in cand_tasks]
-    groups: list[str | None] = [None]
+    groups: list[tuple[str | None, str | None]] = [(None, None)]
     if len(shared) > 1 or len(base_tasks) > 1 or len(cand_tasks) > 1:
-        groups += shared
+        groups += [(t, None) for t in shared]
+    cand_requests = set(cand.requests)
+    groups += [r for r in base.requests if r in cand_requests and r[0] in shared]
     rng = np.random.default_rng(seed)
     changes: list[Change] = []
-    for task in groups:
+    for task, request in groups:
         b_point, b_reps = _bootstrap(
-            _material(base, task, start, end, service), metrics, resamples, rng, block
+            _material(base, task, start, end, service, request), metrics, resamples, rng, block
         )
         c_point, c_reps = _bootstrap(
-            _material(cand, task, start, end, service), metrics, resamples, rng, block
+            _material(cand, task, start, end, service, request), metrics, resamples, rng, block
         )
         for m in metrics:
-            changes.append(
-                _judge(
-                    task or "all",
-                    m,
-                    (b_point[m], b_reps[m]),
-                    (c_point[m], c_reps[m]),
-                    confidence,
-                    error_noise if m == "error_rate" else noise,
-                )
+            change = _judge(
+                task or "all",
+                m,
+                (b_point[m], b_reps[m]),
+                (c_point[m], c_reps[m]),
+                confidence,
+                error_noise if m == "error_rate" else noise,
             )
+            changes.append(dataclasses.replace(change, request=request))
     return Comparison(
         _label(base),
         _label(cand),

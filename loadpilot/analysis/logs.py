@@ -61,6 +61,10 @@ class LoadedLog(RunResult):
         """One row per (interval, tag): when, how long, how many values, their percentiles."""
         return self._metrics
 
+    @property
+    def _rows(self) -> pl.DataFrame:
+        return self._metrics
+
     def _frame(self) -> pl.DataFrame:
         rows = []
         for tag, offset, absolute, length, h in self._intervals:
@@ -70,6 +74,7 @@ class LoadedLog(RunResult):
                     "elapsed_s": offset,
                     "interval_s": length,
                     "task": tag,
+                    "request": None,
                     "requests": h.count,
                     "errors": 0,
                     "p50_ms": h.percentile(50),
@@ -85,6 +90,7 @@ class LoadedLog(RunResult):
             "elapsed_s": pl.Float64(),
             "interval_s": pl.Float64(),
             "task": pl.String(),
+            "request": pl.String(),
             "requests": pl.UInt64(),
             "errors": pl.UInt64(),
             **{c: pl.Float64() for c in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms")},
@@ -92,7 +98,11 @@ class LoadedLog(RunResult):
         }
         return pl.DataFrame(rows, schema=schema, orient="row")
 
-    def _logged(self, service: bool) -> list[tuple[str | None, float, _engine.Histogram]]:
+    def _logged(
+        self, service: bool, requests: bool = False
+    ) -> list[tuple[str | None, float, _engine.Histogram]]:
+        if requests:
+            return []  # an interval log is one log: its tags are its tasks
         if service:
             raise LoadPilotError(f"{self.path}: an interval log holds one latency, no service time")
         return [(tag, offset, h) for tag, offset, _absolute, _length, h in self._intervals]

@@ -12,9 +12,11 @@ from loadpilot.running import store as _store
 
 def per_second(m: pl.DataFrame) -> pl.DataFrame:
     """Interval rows of all tasks together, one row per second: counts and rates summed, gauges
-    (in flight, active users) at their highest; ``target_rps`` null in a closed model."""
+    (in flight, active users) at their highest; ``target_rps`` null in a closed model. The
+    rows of request names are left out (their tasks' rows count them)."""
     return (
-        m.group_by("elapsed_s")
+        _store.task_rows(m)
+        .group_by("elapsed_s")
         .agg(
             pl.col("requests").sum(),
             pl.col("errors").sum(),

@@ -683,9 +683,11 @@ class Coordinator:
     def failure(self) -> str | None:
         return self._failure
 
-    def histogram(self, task: str | None = None, service: bool = False) -> _engine.Histogram:
+    def histogram(
+        self, task: str | None = None, service: bool = False, request: str | None = None
+    ) -> _engine.Histogram:
         assert self._merge is not None
-        return self._merge.histogram(task, service)
+        return self._merge.histogram(task, service, request)
 
     @property
     def tasks(self) -> list[str]:

@@ -45,7 +45,9 @@ class _HlogTail:
         self.intervals: dict[float, _engine.Histogram] = {}
 
     def read(self) -> dict[float, _engine.Histogram]:
-        for _tag, start, h in self.tail.read():
+        for _task, request, start, h in self.tail.read():
+            if request is not None:
+                continue  # a request name's: already in its task's
             if start in self.intervals:
                 self.intervals[start].add(h)
             else:
@@ -279,7 +281,7 @@ class Dashboard:
 
     def _headline(self, final: Summary | None) -> str:
         run = self.run
-        m = run.metrics
+        m = _store.task_rows(run.metrics)
         planned = run.plan.duration_s
         if final is not None:
             s = final

@@ -55,8 +55,26 @@ class RunResult:
         return [t.name for t in self.plan.tasks]
 
     @property
+    def requests(self) -> list[tuple[str, str]]:
+        """The request names measured, as ``(task, name)``, in the order first seen."""
+        rows = self.request_metrics.select("task", "request")
+        return [(t, r) for t, r in rows.unique(maintain_order=True).iter_rows()]
+
+    @property
     def metrics(self) -> pl.DataFrame:
-        """One row per (interval, task)."""
+        """One row per (interval, task): each counts all of its task's requests (``request``
+        is null). Per request name: :attr:`request_metrics`."""
+        return _store.task_rows(self._rows)
+
+    @property
+    def request_metrics(self) -> pl.DataFrame:
+        """One row per (interval, task, request name), the name in ``request``; the same
+        columns as :attr:`metrics` (the task's load and gauges are on the task's rows)."""
+        return _store.request_rows(self._rows)
+
+    @property
+    def _rows(self) -> pl.DataFrame:
+        """Every interval row as the run wrote it: tasks' and request names'."""
         raise NotImplementedError
 
     def summary(self) -> Summary:
@@ -66,16 +84,20 @@ class RunResult:
         self,
         task: str | Sequence[str] | None = None,
         *,
+        request: str | None = None,
         service: bool = False,
         start: float | None = None,
         end: float | None = None,
     ) -> _engine.Histogram:
         """The latency histogram (corrected, or service time with ``service=True``) of one task,
-        a list of tasks, or all of them added up; of the whole run, or of the intervals that
-        start in ``[start, end)`` seconds into it. Percentiles of any window and any subset of
-        tasks come out exact this way, never by averaging percentiles."""
+        a list of tasks, or all of them added up; with ``request``, of that request name (in
+        the chosen tasks, or in every task that sends it); of the whole run, or of the
+        intervals that start in ``[start, end)`` seconds into it. Percentiles of any window and
+        any subset come out exact this way, never by averaging percentiles."""
         total = _engine.Histogram(self.unit)
-        for _, h in self.interval_histograms(task, service=service, start=start, end=end):
+        for _, h in self.interval_histograms(
+            task, request=request, service=service, start=start, end=end
+        ):
             total.add(h)
         return total
 
@@ -83,18 +105,25 @@ class RunResult:
         self,
         task: str | Sequence[str] | None = None,
         *,
+        request: str | None = None,
         service: bool = False,
         start: float | None = None,
         end: float | None = None,
     ) -> list[tuple[float, _engine.Histogram]]:
         """Per-interval histograms from the ``.hlog`` as ``(elapsed_s, histogram)``, the chosen
-        tasks added up (all of them unless ``task`` names one or a list), for the intervals
-        that start in ``[start, end)`` seconds into the run: add any of them for exact
-        percentiles of that window."""
+        tasks added up (all of them unless ``task`` names one or a list), or the request name
+        ``request`` of those tasks, for the intervals that start in ``[start, end)`` seconds
+        into the run: add any of them for exact percentiles of that window."""
         wanted = _task_set(self, task)
+        if request is not None and not any(r == request for _, r in self.requests):
+            names = sorted({r for _, r in self.requests})
+            raise KeyError(f"no request named {request!r}; requests: {names}")
         by_start: dict[float, _engine.Histogram] = {}
-        for tag, t0, h in self._logged(service):
-            if wanted is not None and tag not in wanted:
+        for tag, t0, h in self._logged(service, requests=request is not None):
+            of_task, of_request = _store.split_tag(tag) if request is not None else (tag, None)
+            if of_request != request:
+                continue
+            if wanted is not None and of_task not in wanted:
                 continue
             if (start is not None and t0 < start) or (end is not None and t0 >= end):
                 continue
@@ -104,9 +133,18 @@ class RunResult:
             by_start[t0] = h if seen is None else seen + h
         return sorted(by_start.items())
 
-    def _logged(self, service: bool) -> list[tuple[str | None, float, _engine.Histogram]]:
-        """Every interval histogram of the run's log as ``(task, elapsed_s, histogram)``."""
-        log = self.path / (_store.SERVICE_LOG if service else _store.LATENCY_LOG)
+    def _logged(
+        self, service: bool, requests: bool = False
+    ) -> list[tuple[str | None, float, _engine.Histogram]]:
+        """Every interval histogram of the run's log as ``(tag, elapsed_s, histogram)``: the
+        tasks' log, or with ``requests`` the request names' (tags ``task|name``)."""
+        name = {
+            (False, False): _store.LATENCY_LOG,
+            (True, False): _store.SERVICE_LOG,
+            (False, True): _store.REQUESTS_LATENCY_LOG,
+            (True, True): _store.REQUESTS_SERVICE_LOG,
+        }[(service, requests)]
+        log = self.path / name
         if not log.exists():
             return []
         return [(tag, t0, h) for tag, t0, _length, h in _engine.read_hlog(log)]
@@ -150,7 +188,9 @@ class _Handle(Protocol):
     def summary_json(self) -> str | None: ...
     def summary_so_far_json(self) -> str: ...
     def failure(self) -> str | None: ...
-    def histogram(self, task: str | None = None, service: bool = False) -> _engine.Histogram: ...
+    def histogram(
+        self, task: str | None = None, service: bool = False, request: str | None = None
+    ) -> _engine.Histogram: ...
     def elapsed_s(self) -> float: ...
 
 
@@ -194,7 +234,7 @@ class Run(RunResult):
                 self._finished = True
 
     @property
-    def metrics(self) -> pl.DataFrame:
+    def _rows(self) -> pl.DataFrame:
         return self._pull()
 
     def wait(self, timeout_s: float | None = None) -> bool:
@@ -279,16 +319,21 @@ class Run(RunResult):
         self,
         task: str | Sequence[str] | None = None,
         *,
+        request: str | None = None,
         service: bool = False,
         start: float | None = None,
         end: float | None = None,
     ) -> _engine.Histogram:
-        if (task is None or isinstance(task, str)) and start is None and end is None:
+        whole = start is None and end is None
+        if whole and (task is None or isinstance(task, str)) and (request is None or task):
             # Everything closed so far, straight from the engine.
             if task is not None:
                 _task_set(self, task)
-            return self._handle.histogram(task, service)
-        return super().histogram(task, service=service, start=start, end=end)
+            try:
+                return self._handle.histogram(task, service, request)
+            except _engine.PlanError as e:
+                raise KeyError(str(e)) from None
+        return super().histogram(task, request=request, service=service, start=start, end=end)
 
     def _summary_if_done(self) -> Summary | None:
         """The final summary if the run has ended, without waiting (or running end hooks)."""
@@ -316,11 +361,11 @@ class LoadedRun(RunResult):
             self._plan = Plan.from_json(plan_file.read_bytes())
         except (ValueError, OSError) as e:
             raise RunDirError(f"{plan_file}: {e}") from None
-        self._metrics = _store.read_metrics(path)
+        self._all_rows = _store.read_metrics(path)
 
     @property
-    def metrics(self) -> pl.DataFrame:
-        return self._metrics
+    def _rows(self) -> pl.DataFrame:
+        return self._all_rows
 
     def _state(self) -> str:
         return "finished" if self.complete else "cut short"

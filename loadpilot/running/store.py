@@ -15,6 +15,8 @@ _FILES = _engine.RUN_FILES
 PLAN = _FILES["plan"]
 LATENCY_LOG = _FILES["latency_log"]
 SERVICE_LOG = _FILES["service_log"]
+REQUESTS_LATENCY_LOG = _FILES["requests_latency_log"]
+REQUESTS_SERVICE_LOG = _FILES["requests_service_log"]
 METRICS_JSONL = _FILES["metrics_jsonl"]
 METRICS_PARQUET = _FILES["metrics_parquet"]
 SUMMARY = _FILES["summary"]
@@ -86,9 +88,22 @@ def _complete(frame: pl.DataFrame) -> pl.DataFrame:
     missing = [c for c in RAW_SCHEMA if c not in frame.columns]
     if not missing:
         return frame
-    return frame.with_columns(pl.lit(0, dtype=RAW_SCHEMA[c]).alias(c) for c in missing).select(
-        list(RAW_SCHEMA)
-    )
+    # Rows of runs recorded before requests were measured apart are all tasks' rows.
+    return frame.with_columns(
+        pl.lit(None if RAW_SCHEMA[c] == pl.String() else 0, dtype=RAW_SCHEMA[c]).alias(c)
+        for c in missing
+    ).select(list(RAW_SCHEMA))
+
+
+def task_rows(frame: pl.DataFrame) -> pl.DataFrame:
+    """The rows of tasks (each counts all of its task's requests): the frame without its
+    per-request rows."""
+    return frame.filter(pl.col("request").is_null())
+
+
+def request_rows(frame: pl.DataFrame) -> pl.DataFrame:
+    """The rows of request names (``request`` set): one per name of a task per interval."""
+    return frame.filter(pl.col("request").is_not_null())
 
 
 def write_parquet(path: Path, frame: pl.DataFrame) -> None:
@@ -114,10 +129,18 @@ class LogTail:
         self.path = path
         self.offset = 0
 
-    def read(self) -> list[tuple[str | None, float, _engine.Histogram]]:
-        """The new histograms as ``(task, elapsed_s, histogram)``; none while the log does not
-        exist yet."""
+    def read(self) -> list[tuple[str | None, str | None, float, _engine.Histogram]]:
+        """The new histograms as ``(task, request, elapsed_s, histogram)`` (``request`` is
+        None for a task's histogram); none while the log does not exist yet."""
         if not self.path.exists():
             return []
         lines, self.offset = _engine.read_hlog_from(self.path, self.offset)
-        return [(tag, start, h) for tag, start, _length, h in lines]
+        return [(*split_tag(tag), start, h) for tag, start, _length, h in lines]
+
+
+def split_tag(tag: str | None) -> tuple[str | None, str | None]:
+    """An interval log's tag as ``(task, request)``: a task's histograms have no request;
+    an untagged (foreign) one has neither."""
+    if tag is None:
+        return None, None
+    return _engine.split_tag(tag)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 _Result = tuple[int, list[tuple[str, str]], bytes] | str
 _Args = tuple[
     int | None,
+    str | None,
     str,
     str,
     list[tuple[str, str]],
@@ -87,6 +88,7 @@ class Client:
         method: str,
         path: str,
         *,
+        name: str | None = None,
         params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         json: Any = None,
@@ -96,7 +98,9 @@ class Client:
         expect: Expect | None = None,
     ) -> Any:
         """Sends a request through the engine. Without ``timeout`` the plan's applies
-        (``@lp.scenario(timeout=...)``), as for engine tasks: the engine fills it in."""
+        (``@lp.scenario(timeout=...)``), as for engine tasks: the engine fills it in.
+        ``name``: what its measurements are kept under (default: the method and the path
+        without its query, as given here: ``GET /items/7``; name requests whose path varies)."""
         if not isinstance(method, str) or not method.strip():
             raise ValueError(f"invalid HTTP method {method!r}")
         if params:
@@ -113,6 +117,7 @@ class Client:
         due, self._due = self._due, None
         args: _Args = (
             self._task,
+            name,
             method,
             path,
             hs,

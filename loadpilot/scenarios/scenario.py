@@ -30,13 +30,14 @@ import re
 import sys
 import textwrap
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import polars as pl
 
+from loadpilot import _engine
 from loadpilot.errors import PlanError, ScenarioError
 from loadpilot.plan import (
     DEFAULTS,
@@ -48,6 +49,7 @@ from loadpilot.plan import (
     Request,
     Task,
     check_field,
+    plan_request_names,
 )
 from loadpilot.profiles import Duration, Profile, parse_duration
 from loadpilot.thresholds import Threshold, parse_all
@@ -199,6 +201,7 @@ class _RequestReader:
         method: str,
         path: str,
         *,
+        name: str | None = None,
         params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         json: Any = None,
@@ -207,6 +210,14 @@ class _RequestReader:
         timeout: Duration | None = None,
         expect: Expect | None = None,
     ) -> None:
+        if name is not None:
+            why = (
+                f"name {name!r} is not text"
+                if not isinstance(name, str)
+                else _engine.request_name_problem(name)
+            )
+            if why is not None:
+                raise ScenarioError(f"{_caller()}: {why}")
         if params:
             # Placeholders stay readable for the engine to fill.
             query = urllib.parse.urlencode(params, safe="{}")
@@ -214,6 +225,7 @@ class _RequestReader:
         body = content if content is not None else data
         self.requests.append(
             Request(
+                name=name,
                 method=method.upper(),
                 path=path,
                 headers=dict(headers or {}),
@@ -228,6 +240,14 @@ class _RequestReader:
         if verb not in _VERBS:
             raise AttributeError(verb)
         return lambda path, **kw: self.request(verb.upper(), path, **kw)
+
+
+def _caller() -> str:
+    """file:line of the scenario code that called the client (outside this module)."""
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_code.co_filename == __file__:
+        frame = frame.f_back
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
 
 def _static(node: ast.expr) -> bool:
@@ -319,6 +339,12 @@ class Scenario:
         """``engine``, ``python`` or ``mixed``: where the tasks of this scenario run."""
         found = {t.path for t in self.tasks}
         return found.pop() if len(found) == 1 else "mixed"
+
+    @property
+    def request_names(self) -> list[str] | None:
+        """Every request name the tasks can send, when all are known before the run (no
+        Python code sends requests); None otherwise."""
+        return _request_names(self.tasks, self.hooks)
 
     @property
     def paths(self) -> Mapping[str, str]:
@@ -457,7 +483,7 @@ def scenario(
         tasks, reason, hooks = _read_tasks(cls)
         names = [t.name for t in tasks]
         try:
-            parsed = parse_all(dict(thresholds or {}), names)
+            parsed = parse_all(dict(thresholds or {}), names, _request_names(tasks, hooks))
         except PlanError as e:
             raise ScenarioError(f"{_class_where(cls)}: {e}") from None
         feeder = vars(cls).get("feed")
@@ -483,6 +509,14 @@ def scenario(
         return cls
 
     return declare
+
+
+def _request_names(tasks: Sequence[Task], hooks: Hooks) -> list[str] | None:
+    """Every request name the tasks can send, when all are known before the run (no Python
+    code sends requests); None otherwise."""
+    if hooks.on_start or any(t.path == "python" for t in tasks):
+        return None
+    return plan_request_names(tasks)
 
 
 def scenario_of(cls: type) -> Scenario | None:

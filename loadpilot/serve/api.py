@@ -167,7 +167,7 @@ async def _rows(run: Run, every_s: float = 0.25) -> AsyncIterator[bytes]:
     sent = 0
     while True:
         done = run.done
-        frame = run.metrics
+        frame = run._rows  # tasks' rows and request names'
         if frame.height > sent:
             new = frame.slice(sent)
             sent = frame.height

@@ -21,24 +21,66 @@ fn a_short_open_run_sends_its_schedule_and_writes_its_directory() {
     let p = plan(
         &server.url(),
         r#""load": {"model": "open", "stages": [{"kind": "constant", "rate": 200, "duration_s": 2}]},
-           "tasks": [{"name": "a", "weight": 3, "requests": [{"path": "/"}]},
-                     {"name": "b", "requests": [{"path": "/json", "expect": {"json_path": "$.items[1].id", "json_equals": 2}}]}]"#,
+           "tasks": [{"name": "a", "weight": 3, "requests": [{"path": "/?x={{__vu}}"}]},
+                     {"name": "b", "requests": [{"path": "/json", "name": "the json", "expect": {"json_path": "$.items[1].id", "json_equals": 2}},
+                                                {"path": "/"}]}]"#,
     );
     let run = start(rt.handle(), 2, p, dir.clone()).unwrap();
     assert!(run.wait(Duration::from_secs(20)));
     let s = run.summary().unwrap();
-    assert_eq!(s.overall.requests, 400);
+    assert_eq!(s.overall.requests, 500);
     assert_eq!(s.overall.errors, 0, "{:?}", s.overall.errors_by_kind);
     assert_eq!(s.tasks[0].stats.requests, 300);
-    assert_eq!(s.tasks[1].stats.requests, 100);
-    let logged: u64 = read_hlog(&dir.join(LATENCY_LOG))
-        .unwrap()
+    assert_eq!(s.tasks[1].stats.requests, 200);
+    // Per request name: its own or the method and the path as written, without the query.
+    let named: Vec<(&str, &str, u64)> = s
+        .requests
         .iter()
-        .map(|e| e.hist.len())
-        .sum();
-    assert_eq!(logged, 400);
+        .map(|r| (r.task.as_str(), r.name.as_str(), r.stats.requests))
+        .collect();
+    assert_eq!(
+        named,
+        [("a", "GET /", 300), ("b", "the json", 100), ("b", "GET /", 100)]
+    );
+    // The logs hold each task's histograms, and apart, each request name's.
+    let mut logged = std::collections::BTreeMap::<String, u64>::new();
+    let requests_log = dir.join(loadpilot_core::measure::rundir::REQUESTS_LATENCY_LOG);
+    for e in read_hlog(&dir.join(LATENCY_LOG))
+        .unwrap()
+        .into_iter()
+        .chain(read_hlog(&requests_log).unwrap())
+    {
+        *logged.entry(e.tag.unwrap()).or_default() += e.hist.len();
+    }
+    let expected: std::collections::BTreeMap<String, u64> = [
+        ("a", 300),
+        ("b", 200),
+        ("a|GET%20/", 300),
+        ("b|the%20json", 100),
+        ("b|GET%20/", 100),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(logged, expected);
     let rows = std::fs::read_to_string(dir.join(METRICS_JSONL)).unwrap();
-    assert_eq!(rows.lines().count(), 4, "two intervals of two tasks");
+    assert_eq!(
+        rows.lines().count(),
+        10,
+        "two intervals of two tasks and three request names"
+    );
+    // A run cut short is summarised from its files alike, per request too.
+    let rebuilt = loadpilot_core::measure::rundir::summarize_dir(&dir).unwrap();
+    let again: Vec<(&str, &str, u64)> = rebuilt
+        .requests
+        .iter()
+        .map(|r| (r.task.as_str(), r.name.as_str(), r.stats.requests))
+        .collect();
+    assert_eq!(again, named);
+    assert_eq!(
+        rebuilt.requests[1].stats.latency_ms, s.requests[1].stats.latency_ms,
+        "percentiles from the logs' histograms"
+    );
     server.stop();
 }
 

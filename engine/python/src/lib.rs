@@ -105,14 +105,15 @@ mod _engine {
     #[pymodule_export]
     use super::hist::PyHistogram;
     #[pymodule_export]
-    use super::hlog::{read_hlog, read_hlog_from, read_log};
+    use super::hlog::{read_hlog, read_hlog_from, read_log, request_tag, split_tag};
     #[pymodule_export]
     use super::merge::PyMerge;
     #[pymodule_export]
     use super::python_side::{PyCheck, PyMailbox, PySession, PyTicket, PyTickets};
     #[pymodule_export]
     use super::run::{
-        normalize_plan, profile_points, start_run, summarize_dir, validate_plan, PyRun,
+        normalize_plan, profile_points, request_name, request_name_problem, start_run,
+        summarize_dir, validate_plan, PyRun,
     };
     #[pymodule_export]
     use super::testbed::{start_target, PyTarget};
@@ -145,6 +146,7 @@ mod _engine {
         m.add("MAX_SECONDS", loadpilot_core::plan::MAX_SECONDS)?;
         m.add("DEFAULT_MAX_USERS", loadpilot_core::plan::DEFAULT_MAX_USERS)?;
         m.add("MAX_STREAMS", loadpilot_core::plan::MAX_STREAMS_LIMIT)?;
+        m.add("OTHER_REQUEST", loadpilot_core::measure::names::OTHER)?;
         let defaults = loadpilot_core::plan::defaults().to_string();
         let json = pyo3::types::PyModule::import(m.py(), "json")?;
         m.add("PLAN_DEFAULTS", json.call_method1("loads", (defaults,))?)

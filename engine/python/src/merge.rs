@@ -96,10 +96,25 @@ impl PyMerge {
         PyBytes::new(py, &crate::ndjson(tagged))
     }
 
-    /// Everything closed so far: corrected latency (`service=False`) or service time.
-    #[pyo3(signature = (task=None, service=false))]
-    fn histogram(&self, task: Option<&str>, service: bool) -> PyResult<PyHistogram> {
-        let d = self.lock().cumulative(task).map_err(CoreError)?;
+    /// Everything closed so far: corrected latency (`service=False`) or service time; of
+    /// one task, of all, or of one request name of a task.
+    #[pyo3(signature = (task=None, service=false, request=None))]
+    fn histogram(
+        &self,
+        task: Option<&str>,
+        service: bool,
+        request: Option<&str>,
+    ) -> PyResult<PyHistogram> {
+        let d = match (task, request) {
+            (Some(t), Some(r)) => self.lock().cumulative_request(t, r),
+            (None, Some(_)) => {
+                return Err(pyo3::exceptions::PyValueError::new_err(
+                    "a request is named within its task: give task= too",
+                ))
+            }
+            _ => self.lock().cumulative(task),
+        }
+        .map_err(CoreError)?;
         Ok(PyHistogram::ours(if service {
             d.service
         } else {

@@ -207,12 +207,14 @@ impl PySession {
 #[pymethods]
 impl PySession {
     /// Starts a request and returns at once; its result is posted to `mailbox` under `id`.
-    /// `task`: the entry it counts for (a task, or on_start's); None for on_stop's.
+    /// `task`: the entry it counts for (a task, or on_start's); None for on_stop's. `name`:
+    /// what it is measured under (None: the method and the path without its query).
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (task, method, path, headers, body, timeout_s, due_s, check, mailbox, id))]
+    #[pyo3(signature = (task, name, method, path, headers, body, timeout_s, due_s, check, mailbox, id))]
     fn request(
         &self,
         task: Option<usize>,
+        name: Option<&str>,
         method: &str,
         path: &str,
         headers: Vec<(String, String)>,
@@ -225,6 +227,7 @@ impl PySession {
     ) -> PyResult<()> {
         let req = self.checked(Asked {
             task,
+            name,
             method,
             path,
             headers,
@@ -244,11 +247,12 @@ impl PySession {
 
     /// The same, blocking this thread (not the others) until the response is in.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (task, method, path, headers, body, timeout_s, due_s, check))]
+    #[pyo3(signature = (task, name, method, path, headers, body, timeout_s, due_s, check))]
     fn request_blocking(
         &self,
         py: Python<'_>,
         task: Option<usize>,
+        name: Option<&str>,
         method: &str,
         path: &str,
         headers: Vec<(String, String)>,
@@ -259,6 +263,7 @@ impl PySession {
     ) -> PyResult<Py<PyAny>> {
         let req = self.checked(Asked {
             task,
+            name,
             method,
             path,
             headers,

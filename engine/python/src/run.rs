@@ -105,10 +105,25 @@ impl PyRun {
         self.handle.failure()
     }
 
-    /// Everything closed so far: corrected latency (`service=False`) or service time.
-    #[pyo3(signature = (task=None, service=false))]
-    fn histogram(&self, task: Option<&str>, service: bool) -> PyResult<PyHistogram> {
-        let d = self.handle.cumulative(task).map_err(CoreError)?;
+    /// Everything closed so far: corrected latency (`service=False`) or service time; of
+    /// one task, of all, or of one request name of a task.
+    #[pyo3(signature = (task=None, service=false, request=None))]
+    fn histogram(
+        &self,
+        task: Option<&str>,
+        service: bool,
+        request: Option<&str>,
+    ) -> PyResult<PyHistogram> {
+        let d = match (task, request) {
+            (Some(t), Some(r)) => self.handle.cumulative_request(t, r),
+            (None, Some(_)) => {
+                return Err(pyo3::exceptions::PyValueError::new_err(
+                    "a request is named within its task: give task= too",
+                ))
+            }
+            _ => self.handle.cumulative(task),
+        }
+        .map_err(CoreError)?;
         Ok(PyHistogram::ours(if service {
             d.service
         } else {
@@ -196,4 +211,18 @@ pub(crate) fn validate_plan(plan_json: &str) -> PyResult<()> {
     plan.validate().map_err(CoreError)?;
     loadpilot_core::http::Target::parse(&plan.target, plan.insecure).map_err(CoreError)?;
     Ok(())
+}
+
+/// The name a request's measurements are kept under: `name`, or the method and the path as
+/// written without its query.
+#[pyfunction]
+#[pyo3(signature = (name, method, path))]
+pub(crate) fn request_name(name: Option<&str>, method: &str, path: &str) -> String {
+    loadpilot_core::plan::request_name(name, method, path)
+}
+
+/// Why `name` cannot name a request, or None.
+#[pyfunction]
+pub(crate) fn request_name_problem(name: &str) -> Option<String> {
+    loadpilot_core::plan::request_name_problem(name)
 }

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::measure::hlog::LogWriter;
 use crate::measure::metrics::{Counters, Interval, TaskData, WireData};
+use crate::measure::names::Names;
 use crate::measure::rows::{Row, Span};
 use crate::measure::rundir::{RunWriter, AGENTS_LOG};
 use crate::measure::summary::{Ended, Head, Summary, Totals};
@@ -82,6 +83,8 @@ pub struct Merge {
     /// Per reporter and entry: what it has reported, added up.
     counts: HashMap<String, Vec<Counters>>,
     totals: Totals,
+    /// The request names the agents reported, given slots in the order first seen.
+    request_names: Names,
     rows: Vec<Row>,
     /// Per report: the slice's row of all its tasks (the `agent` rows that find a slow agent).
     reporter_rows: Vec<(String, Row)>,
@@ -114,6 +117,7 @@ impl Merge {
             LogWriter::create(dir.join(AGENTS_LOG), "corrected latency per agent")?;
         agents_log.begin(start)?;
         Ok(Merge {
+            request_names: Names::new(names.clone(), plan.max_request_names as usize),
             totals: Totals::new(names, runs_on),
             name: plan.name.clone(),
             model: model.into(),
@@ -168,6 +172,20 @@ impl Merge {
             .map(WireData::parse)
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| Error::report(reporter, e))?;
+        let mut parsed_requests = Vec::with_capacity(iv.requests.len());
+        for r in &iv.requests {
+            if r.entry >= n {
+                return Err(Error::report(
+                    reporter,
+                    format!("request {:?} of entry {}, the run has {n}", r.name, r.entry),
+                ));
+            }
+            if let Some(why) = crate::plan::request_name_problem(&r.name) {
+                return Err(Error::report(reporter, why));
+            }
+            let p = r.data.parse().map_err(|e| Error::report(reporter, e))?;
+            parsed_requests.push(p);
+        }
         if !self
             .seen
             .entry(reporter.to_string())
@@ -196,7 +214,7 @@ impl Merge {
         }
         self.agents_log.flush()?;
         let target = iv.target_rps.iter().flatten().copied().reduce(|a, b| a + b);
-        let row = span_of(iv).row(self.epoch0, "all", target, &self.scratch);
+        let row = span_of(iv).row(self.epoch0, "all", None, target, &self.scratch);
         self.reporter_rows.push((reporter.to_string(), row));
         let counts = self
             .counts
@@ -233,6 +251,13 @@ impl Merge {
         }
         for ((acc, w), p) in slot.data.iter_mut().zip(&iv.tasks).zip(&parsed) {
             acc.add_parsed(w, p);
+        }
+        for (r, p) in iv.requests.iter().zip(&parsed_requests) {
+            let at = self.request_names.slot(r.entry, &r.name);
+            if slot.data.len() <= at {
+                slot.data.resize_with(at + 1, TaskData::new);
+            }
+            slot.data[at].add_parsed(&r.data, p);
         }
         Ok(if late { Added::Late } else { Added::Fresh })
     }
@@ -302,16 +327,28 @@ impl Merge {
     }
 
     fn close(&mut self, i: u64, mut iv: Open) -> Result<()> {
+        let requests = self.request_names.requests();
+        let n = self.totals.names().len();
+        let slots = n + requests.len();
+        iv.data.resize_with(slots.max(iv.data.len()), TaskData::new);
         if let Some(late) = self.late.take() {
             for (acc, d) in iv.data.iter_mut().zip(&late.data) {
                 acc.add(d);
             }
         }
-        let rows: Vec<Row> = (iv.data.iter().zip(self.totals.names()).zip(&iv.target_rps))
-            .map(|((d, name), target)| iv.span.row(self.epoch0, name, *target, d))
+        let names = self.totals.names();
+        let mut rows: Vec<Row> = (iv.data.iter().zip(names).zip(&iv.target_rps))
+            .map(|((d, name), target)| iv.span.row(self.epoch0, name, None, *target, d))
             .collect();
+        rows.extend(
+            requests
+                .iter()
+                .zip(&iv.data[n..])
+                .map(|((e, name), d)| iv.span.row(self.epoch0, &names[*e], Some(name), None, d)),
+        );
         self.writer.interval(
-            self.totals.names(),
+            names,
+            &requests,
             iv.span.start_s,
             iv.span.length_s,
             &iv.data,
@@ -320,7 +357,7 @@ impl Merge {
         if !iv.span.drain {
             self.sent_s += iv.span.length_s;
         }
-        self.totals.add(&iv.data);
+        self.totals.add(&iv.data, &requests);
         self.rows.extend(rows);
         self.closed_below = self.closed_below.max(i + 1);
         Ok(())
@@ -339,6 +376,11 @@ impl Merge {
     /// Everything closed so far, of one entry or of all.
     pub fn cumulative(&self, task: Option<&str>) -> Result<TaskData> {
         self.totals.of(task)
+    }
+
+    /// Everything closed so far of request `name` of task `task`.
+    pub fn cumulative_request(&self, task: &str, name: &str) -> Result<TaskData> {
+        self.totals.of_request(task, name)
     }
 
     /// Closes whatever is still open (a slice that never reported it is lost) and writes the
@@ -432,7 +474,75 @@ mod tests {
             active_users: 0,
             target_rps: vec![Some(5.0)],
             tasks: vec![d.to_wire()],
+            requests: Vec::new(),
         }
+    }
+
+    /// An interval whose task sent the named requests `(name, latency)`.
+    fn named(index: u64, sent: &[(&str, u64)]) -> Interval {
+        let mut iv = interval(index, &sent.iter().map(|(_, v)| *v).collect::<Vec<_>>());
+        let mut by_name: Vec<(String, TaskData)> = Vec::new();
+        for (name, v) in sent {
+            let at = match by_name.iter().position(|(n, _)| n == name) {
+                Some(i) => i,
+                None => {
+                    by_name.push((name.to_string(), TaskData::new()));
+                    by_name.len() - 1
+                }
+            };
+            by_name[at].1.response(200, 1, *v, *v);
+        }
+        iv.requests = by_name
+            .into_iter()
+            .map(|(name, d)| crate::measure::metrics::WireRequest {
+                entry: 0,
+                name,
+                data: d.to_wire(),
+            })
+            .collect();
+        iv
+    }
+
+    #[test]
+    fn request_names_merge_by_name_whatever_order_each_agent_saw_them_in() {
+        let mut m = merge("names");
+        let live = vec!["x".to_string(), "y".to_string()];
+        m.add("x", &named(0, &[("login", 100), ("cart", 200), ("cart", 250)]))
+            .unwrap();
+        m.add("y", &named(0, &[("cart", 300), ("login", 400)])).unwrap();
+        m.close_ready(&live, 0).unwrap();
+        let rows = m.take_rows();
+        let of = |name: &str| {
+            rows.iter()
+                .find(|r| r.request.as_deref() == Some(name))
+                .unwrap_or_else(|| panic!("no row of {name}"))
+                .requests
+        };
+        assert_eq!((rows.len(), of("login"), of("cart")), (3, 2, 3));
+        assert_eq!(rows[0].request, None, "the task's row comes first");
+        assert_eq!(rows[0].requests, 5);
+        let mut cart = new_hist();
+        for v in [200u64, 250, 300] {
+            cart.record(v).unwrap();
+        }
+        assert_eq!(m.cumulative_request("a", "cart").unwrap().corrected, cart);
+        let bad = Interval {
+            requests: vec![crate::measure::metrics::WireRequest {
+                entry: 3,
+                name: "x".into(),
+                data: TaskData::new().to_wire(),
+            }],
+            ..interval(1, &[])
+        };
+        assert!(matches!(m.add("x", &bad), Err(Error::Report { .. })));
+        let s = m.finish(None, &[Ended::Completed], None, 0.0, None).unwrap();
+        let names: Vec<(&str, u64)> = s
+            .requests
+            .iter()
+            .map(|r| (r.name.as_str(), r.stats.requests))
+            .collect();
+        assert_eq!(names, [("login", 2), ("cart", 3)]);
+        assert_eq!(s.requests[1].stats.latency_ms.max, Some(0.3));
     }
 
     fn merge(name: &str) -> Merge {

@@ -300,6 +300,19 @@ pub struct Interval {
     /// Per entry (tasks, then hooks): the profile's rate for this slice and what it did.
     pub target_rps: Vec<Option<f64>>,
     pub tasks: Vec<WireData>,
+    /// Per request name that has data in this interval: its entry, its name, what it did.
+    #[serde(default)]
+    pub requests: Vec<WireRequest>,
+}
+
+/// A request name's data in an interval, as it travels (names, not slots: each process
+/// gives its names slots in the order it sees them).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireRequest {
+    pub entry: usize,
+    pub name: String,
+    #[serde(flatten)]
+    pub data: WireData,
 }
 
 impl Default for TaskData {
@@ -404,8 +417,20 @@ impl Recorder {
         }
     }
 
-    /// Records into the interval in which `at` falls.
+    /// Records into slot `task`'s data of the interval in which `at` falls.
     pub fn record(&self, task: usize, at: Instant, f: impl FnOnce(&mut TaskData)) {
+        self.record_in(at, |slots| f(slot(slots, task)));
+    }
+
+    /// Records the same into two slots (a request's entry and its name's) at once.
+    pub fn record_both(&self, entry: usize, request: usize, at: Instant, f: impl Fn(&mut TaskData)) {
+        self.record_in(at, |slots| {
+            f(slot(slots, entry));
+            f(slot(slots, request));
+        });
+    }
+
+    fn record_in(&self, at: Instant, f: impl FnOnce(&mut Vec<TaskData>)) {
         let interval = self.interval_of(at);
         let mut s = self.shard().lock().unwrap_or_else(|e| e.into_inner());
         if interval > s.interval {
@@ -418,7 +443,7 @@ impl Recorder {
         // A sample for an interval this shard already moved past (a thread descheduled across
         // a boundary) joins the current one: late by a moment, never lost.
         let cur = s.current.get_or_insert_with(|| self.fresh());
-        f(&mut cur[task]);
+        f(cur);
     }
 
     /// An empty set of per-task data: a recycled one when there is one (once per interval
@@ -438,7 +463,8 @@ impl Recorder {
         }
     }
 
-    /// Takes every sample of intervals up to and including `upto`, added up per task.
+    /// Takes every sample of intervals up to and including `upto`, added up per slot (the
+    /// entries, then as many request slots as were recorded into: pad to the names known).
     /// With `everything`, also takes what is still open (the run has ended).
     /// Hand the result back with `recycle` once it has been used.
     pub fn take(&self, upto: u64, everything: bool) -> Vec<TaskData> {
@@ -457,6 +483,9 @@ impl Recorder {
         }
         // Adding up happens outside the shard locks, so recording threads never wait on it.
         for data in used {
+            if out.len() < data.len() {
+                out.resize_with(data.len(), TaskData::new);
+            }
             for (o, d) in out.iter_mut().zip(&data) {
                 o.add(d);
             }
@@ -464,6 +493,14 @@ impl Recorder {
         }
         out
     }
+}
+
+/// Slot `i` of an interval's data, added on first use (request names come as they are seen).
+fn slot(slots: &mut Vec<TaskData>, i: usize) -> &mut TaskData {
+    if slots.len() <= i {
+        slots.resize_with(i + 1, TaskData::new);
+    }
+    &mut slots[i]
 }
 
 /// Latency figures in milliseconds; `None` where there were no samples.

@@ -1,4 +1,4 @@
-//! The rows of a run: one per task per interval, in `metrics.jsonl` while the run goes and
+//! The rows of a run: one per task per interval, and one per request name of a task, in `metrics.jsonl` while the run goes and
 //! `metrics.parquet` at its end. A local run and a distributed run's merge build them alike,
 //! from a `Span` and a task's data.
 
@@ -20,6 +20,9 @@ pub struct Row {
     /// the drain's length for the drain row (`elapsed_s` at the planned end).
     pub interval_s: f64,
     pub task: String,
+    /// The request name, in a request's row; `None` in a task's row (which counts all of
+    /// the task's requests, and its iterations).
+    pub request: Option<String>,
     pub requests: u64,
     pub errors: u64,
     pub errors_connect: u64,
@@ -63,13 +66,14 @@ pub struct Row {
 }
 
 /// The columns of a row, in order, with their types (`f64`, `u64`, `i64`, `str`; every `f64`
-/// but `time`, `elapsed_s`, `interval_s` and `achieved_rps` may be null): the one schema
+/// but `time`, `elapsed_s`, `interval_s` and `achieved_rps` may be null, and `request`): the one schema
 /// Python's reader uses (`_engine.ROW_COLUMNS`).
 pub const ROW_COLUMNS: &[(&str, &str)] = &[
     ("time", "f64"),
     ("elapsed_s", "f64"),
     ("interval_s", "f64"),
     ("task", "str"),
+    ("request", "str"),
     ("requests", "u64"),
     ("errors", "u64"),
     ("errors_connect", "u64"),
@@ -122,9 +126,16 @@ pub struct Span {
 }
 
 impl Span {
-    /// The row of `task` in this span, for a run whose clock started at `epoch0` (seconds
-    /// since the Unix epoch).
-    pub fn row(&self, epoch0: f64, task: &str, target_rps: Option<f64>, d: &TaskData) -> Row {
+    /// The row of `task` (or of its request `request`) in this span, for a run whose clock
+    /// started at `epoch0` (seconds since the Unix epoch).
+    pub fn row(
+        &self,
+        epoch0: f64,
+        task: &str,
+        request: Option<&str>,
+        target_rps: Option<f64>,
+        d: &TaskData,
+    ) -> Row {
         let l = Percentiles::of(&d.corrected);
         let s = Percentiles::of(&d.service);
         let c = &d.counts;
@@ -134,6 +145,7 @@ impl Span {
             elapsed_s: self.start_s,
             interval_s: self.length_s,
             task: task.to_string(),
+            request: request.map(str::to_string),
             requests: c.requests,
             errors: c.error_total(),
             errors_connect: e[ErrorKind::Connect as usize],
@@ -226,7 +238,7 @@ mod tests {
             length_s: 1.0,
             ..Span::default()
         };
-        let row = span.row(1.0, "a", Some(1.0), &TaskData::new());
+        let row = span.row(1.0, "a", Some("GET /"), Some(1.0), &TaskData::new());
         let text = serde_json::to_string(&row).unwrap();
         let value = serde_json::to_value(&row).unwrap();
         let named: Vec<&str> = ROW_COLUMNS.iter().map(|(n, _)| *n).collect();
@@ -259,7 +271,7 @@ mod tests {
             length_s: 1.0,
             ..Span::default()
         };
-        let back = Span::counters_of(&span.row(0.0, "a", None, &d));
+        let back = Span::counters_of(&span.row(0.0, "a", None, None, &d));
         assert_eq!(back, d.counts);
     }
 }

@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::error::{Error, Result};
 use crate::measure::hlog::LogWriter;
 use crate::measure::metrics::{decode_hist, Hist, TaskData};
+use crate::measure::names::{request_tag, split_tag};
 use crate::measure::rows::{Row, Span};
 use crate::measure::summary::{Ended, Head, Summary, Totals};
 use crate::plan::profile::Profile;
@@ -23,6 +24,12 @@ pub const PLAN: &str = "plan.json";
 pub const LATENCY_LOG: &str = "latency.hlog";
 /// Service time, as `LATENCY_LOG`.
 pub const SERVICE_LOG: &str = "service.hlog";
+/// Corrected latency per request name: one histogram per name per interval it has any,
+/// tagged `task|name` (`names::request_tag`). Apart from `LATENCY_LOG`, whose histograms
+/// add up to the run's whatever reads them.
+pub const REQUESTS_LATENCY_LOG: &str = "requests-latency.hlog";
+/// Service time per request name, as `REQUESTS_LATENCY_LOG`.
+pub const REQUESTS_SERVICE_LOG: &str = "requests-service.hlog";
 /// The rows, one line per task per interval, appended as intervals close.
 pub const METRICS_JSONL: &str = "metrics.jsonl";
 /// The rows as one file, written (by Python) once the run has ended.
@@ -43,6 +50,8 @@ pub const FILES: &[(&str, &str)] = &[
     ("plan", PLAN),
     ("latency_log", LATENCY_LOG),
     ("service_log", SERVICE_LOG),
+    ("requests_latency_log", REQUESTS_LATENCY_LOG),
+    ("requests_service_log", REQUESTS_SERVICE_LOG),
     ("metrics_jsonl", METRICS_JSONL),
     ("metrics_parquet", METRICS_PARQUET),
     ("summary", SUMMARY),
@@ -61,6 +70,8 @@ pub struct RunWriter {
     dir: PathBuf,
     latency: LogWriter,
     service: LogWriter,
+    requests_latency: LogWriter,
+    requests_service: LogWriter,
     metrics: BufWriter<File>,
 }
 
@@ -86,6 +97,14 @@ impl RunWriter {
             dir: dir.to_path_buf(),
             latency: LogWriter::create(dir.join(LATENCY_LOG), "corrected latency")?,
             service: LogWriter::create(dir.join(SERVICE_LOG), "service time")?,
+            requests_latency: LogWriter::create(
+                dir.join(REQUESTS_LATENCY_LOG),
+                "corrected latency per request name",
+            )?,
+            requests_service: LogWriter::create(
+                dir.join(REQUESTS_SERVICE_LOG),
+                "service time per request name",
+            )?,
             metrics,
         })
     }
@@ -93,17 +112,22 @@ impl RunWriter {
     /// The run's clock started at `start`: the logs' headers.
     pub fn begin(&mut self, start: SystemTime) -> Result<()> {
         self.latency.begin(start)?;
-        self.service.begin(start)
+        self.service.begin(start)?;
+        self.requests_latency.begin(start)?;
+        self.requests_service.begin(start)
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// Appends one closed interval and flushes it to disk.
+    /// Appends one closed interval and flushes it to disk: per slot of `data`, the entries
+    /// (`names`) and then the request names (`requests`: entry, name), and the rows. A
+    /// request name's histograms are written for the intervals it has any.
     pub fn interval(
         &mut self,
         names: &[String],
+        requests: &[(usize, String)],
         start_s: f64,
         length_s: f64,
         data: &[TaskData],
@@ -112,6 +136,17 @@ impl RunWriter {
         for (name, d) in names.iter().zip(data) {
             self.latency.write(name, start_s, length_s, &d.corrected)?;
             self.service.write(name, start_s, length_s, &d.service)?;
+        }
+        let past = data.get(names.len()..).unwrap_or_default();
+        for ((entry, name), d) in requests.iter().zip(past) {
+            if d.corrected.is_empty() && d.service.is_empty() {
+                continue;
+            }
+            let tag = request_tag(&names[*entry], name);
+            self.requests_latency
+                .write(&tag, start_s, length_s, &d.corrected)?;
+            self.requests_service
+                .write(&tag, start_s, length_s, &d.service)?;
         }
         let mpath = self.dir.join(METRICS_JSONL);
         for r in rows {
@@ -124,6 +159,8 @@ impl RunWriter {
         }
         self.latency.flush()?;
         self.service.flush()?;
+        self.requests_latency.flush()?;
+        self.requests_service.flush()?;
         self.metrics.flush().map_err(|e| Error::io(&mpath, e))
     }
 
@@ -201,7 +238,7 @@ pub fn summarize_dir(dir: &Path) -> Result<Summary> {
         .iter()
         .map(|t| t.path.name().to_string())
         .collect();
-    let mut data: Vec<TaskData> = names.iter().map(|_| TaskData::new()).collect();
+    let mut totals = Totals::new(names.clone(), runs_on);
     let entry = |name: &str| names.iter().position(|n| n == name);
     let rows = read_rows(dir)?;
     // Each interval counts once towards the sending time (or the drain's, after the planned
@@ -209,26 +246,46 @@ pub fn summarize_dir(dir: &Path) -> Result<Summary> {
     let mut spans = std::collections::BTreeMap::new();
     for row in &rows {
         if let Some(i) = entry(&row.task) {
-            data[i].counts.add(&Span::counters_of(row));
+            let d = TaskData {
+                counts: Span::counters_of(row),
+                ..TaskData::new()
+            };
+            match &row.request {
+                None => totals.add_to(i, &d),
+                Some(name) => totals.add_request(i, name, &d),
+            }
         }
         spans.insert(row.elapsed_s.to_bits(), (row.elapsed_s, row.interval_s));
     }
-    for (log, service) in [(LATENCY_LOG, false), (SERVICE_LOG, true)] {
+    let logs = [
+        (LATENCY_LOG, false),
+        (SERVICE_LOG, true),
+        (REQUESTS_LATENCY_LOG, false),
+        (REQUESTS_SERVICE_LOG, true),
+    ];
+    for (log, service) in logs {
         let path = dir.join(log);
         if !path.exists() {
             continue;
         }
         for e in read_hlog(&path)? {
-            if let Some(i) = e.tag.as_deref().and_then(entry) {
-                let h = if service {
-                    &mut data[i].service
-                } else {
-                    &mut data[i].corrected
-                };
-                h.add(&e.hist).map_err(|e| Error::Format {
-                    path: path.clone(),
-                    message: format!("{e:?}"),
-                })?;
+            let Some((task, request)) = e.tag.as_deref().map(split_tag) else {
+                continue;
+            };
+            let Some(i) = entry(&task) else { continue };
+            let mut d = TaskData::new();
+            let h = if service {
+                &mut d.service
+            } else {
+                &mut d.corrected
+            };
+            h.add(&e.hist).map_err(|e| Error::Format {
+                path: path.clone(),
+                message: format!("{e:?}"),
+            })?;
+            match request {
+                None => totals.add_to(i, &d),
+                Some(name) => totals.add_request(i, &name, &d),
             }
         }
     }
@@ -241,10 +298,6 @@ pub fn summarize_dir(dir: &Path) -> Result<Summary> {
         }
     }
     let started_at = rows.iter().map(|r| r.time).reduce(f64::min).unwrap_or(0.0);
-    let mut totals = Totals::new(names.clone(), runs_on);
-    for (i, d) in data.iter().enumerate() {
-        totals.add_to(i, d);
-    }
     let head = Head {
         name: &plan.name,
         started_at,

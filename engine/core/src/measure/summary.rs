@@ -153,6 +153,15 @@ pub struct TaskSummary {
     pub stats: Stats,
 }
 
+/// Whole-run figures of one request name of a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestSummary {
+    pub task: String,
+    pub name: String,
+    #[serde(flatten)]
+    pub stats: Stats,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub name: String,
@@ -172,14 +181,21 @@ pub struct Summary {
     pub target_requests: Option<f64>,
     pub overall: Stats,
     pub tasks: Vec<TaskSummary>,
+    /// Per request name of each task (in the order names were first seen); empty in the
+    /// summaries of runs recorded before requests were measured apart.
+    #[serde(default)]
+    pub requests: Vec<RequestSummary>,
 }
 
-/// A run's totals so far: per entry (tasks, then hooks), everything closed, added up. What
-/// the summary, `Run.histogram` and the merge's totals are read from.
+/// A run's totals so far: per entry (tasks, then hooks) and per request name, everything
+/// closed, added up. What the summary, `Run.histogram` and the merge's totals are read from.
 pub struct Totals {
     names: Vec<String>,
     /// Where each task runs (`engine`, `python`); entries past the tasks are hooks.
     runs_on: Vec<String>,
+    /// The request names after the entries: (entry, name), in slot order.
+    requests: Vec<(usize, String)>,
+    /// Per slot: the entries, then the request names.
     data: Vec<TaskData>,
 }
 
@@ -202,6 +218,7 @@ impl Totals {
             data: names.iter().map(|_| TaskData::new()).collect(),
             names,
             runs_on,
+            requests: Vec::new(),
         }
     }
 
@@ -209,20 +226,70 @@ impl Totals {
         &self.names
     }
 
-    /// Adds one closed interval's data, entry by entry.
-    pub fn add(&mut self, data: &[TaskData]) {
+    /// The request names after the entries, as (entry, name).
+    pub fn requests(&self) -> &[(usize, String)] {
+        &self.requests
+    }
+
+    /// Adds one closed interval's data, slot by slot; `requests`: the request names known
+    /// (every name of `data`'s slots, and maybe more).
+    pub fn add(&mut self, data: &[TaskData], requests: &[(usize, String)]) {
+        if requests.len() > self.requests.len() {
+            self.requests = requests.to_vec();
+        }
+        let slots = (self.names.len() + self.requests.len()).max(data.len());
+        if self.data.len() < slots {
+            self.data.resize_with(slots, TaskData::new);
+        }
         for (acc, d) in self.data.iter_mut().zip(data) {
             acc.add(d);
         }
     }
 
-    /// Adds `d` to one entry's totals.
-    pub fn add_to(&mut self, entry: usize, d: &TaskData) {
-        self.data[entry].add(d);
+    /// Adds `d` to one slot's totals (an entry's, or request name `request - entries`).
+    pub fn add_to(&mut self, slot: usize, d: &TaskData) {
+        self.data[slot].add(d);
     }
 
+    /// Adds `d` to request `name` of `entry`, giving it a slot if it has none.
+    pub fn add_request(&mut self, entry: usize, name: &str, d: &TaskData) {
+        let i = match self.requests.iter().position(|(e, n)| *e == entry && n == name) {
+            Some(i) => i,
+            None => {
+                self.requests.push((entry, name.to_string()));
+                self.data.push(TaskData::new());
+                self.requests.len() - 1
+            }
+        };
+        let slot = self.names.len() + i;
+        self.data[slot].add(d);
+    }
+
+    /// The entries' totals (tasks, then hooks).
     pub fn entries(&self) -> &[TaskData] {
-        &self.data
+        &self.data[..self.names.len()]
+    }
+
+    /// Everything closed so far of request `name` of task `task`.
+    pub fn of_request(&self, task: &str, name: &str) -> Result<TaskData> {
+        let found = self.requests.iter().position(|(e, n)| {
+            n == name && self.names.get(*e).is_some_and(|t| t == task)
+        });
+        match found {
+            Some(i) => Ok(self.data[self.names.len() + i].clone()),
+            None => {
+                let of_task: Vec<&str> = self
+                    .requests
+                    .iter()
+                    .filter(|(e, _)| self.names.get(*e).is_some_and(|t| t == task))
+                    .map(|(_, n)| n.as_str())
+                    .collect();
+                Err(Error::plan(
+                    "request",
+                    format!("task {task:?} has no request named {name:?}; its requests: {of_task:?}"),
+                ))
+            }
+        }
     }
 
     /// Everything closed so far, of one entry (by name) or of all (`None`).
@@ -230,7 +297,7 @@ impl Totals {
         match task {
             None => {
                 let mut all = TaskData::new();
-                self.data.iter().for_each(|d| all.add(d));
+                self.entries().iter().for_each(|d| all.add(d));
                 Ok(all)
             }
             Some(name) => self
@@ -252,7 +319,7 @@ impl Totals {
     pub fn summary(&self, head: Head<'_>, targets: Option<&[f64]>) -> Summary {
         let mut all = TaskData::new();
         let tasks: Vec<TaskSummary> = self
-            .data
+            .entries()
             .iter()
             .zip(&self.names)
             .enumerate()
@@ -281,6 +348,19 @@ impl Totals {
             target_requests: targets.map(|_| tasks.iter().filter_map(|t| t.target_requests).sum()),
             overall: Stats::of(&all, head.duration_s),
             tasks,
+            requests: self
+                .requests
+                .iter()
+                .zip(&self.data[self.names.len()..])
+                .map(|((e, name), d)| RequestSummary {
+                    task: self.names[*e].clone(),
+                    name: name.clone(),
+                    stats: Stats {
+                        iterations: None,
+                        ..Stats::of(d, head.duration_s)
+                    },
+                })
+                .collect(),
         }
     }
 }

@@ -82,6 +82,10 @@ pub struct Plan {
     /// one connection as concurrent streams.
     #[serde(default = "default_max_streams")]
     pub max_streams: u32,
+    /// The most distinct request names measured apart; past it, new names are measured
+    /// together under `other` (a test must not explode its own memory, nor a Prometheus).
+    #[serde(default = "default_max_request_names")]
+    pub max_request_names: u32,
 }
 
 /// Which HTTP the engine speaks to the target.
@@ -158,6 +162,9 @@ fn default_max_users() -> u64 {
 fn default_max_streams() -> u32 {
     100
 }
+fn default_max_request_names() -> u32 {
+    1000
+}
 fn default_connections() -> u32 {
     256
 }
@@ -179,6 +186,7 @@ pub fn defaults() -> serde_json::Value {
         "max_users": default_max_users(),
         "http": HttpVersion::default(),
         "max_streams": default_max_streams(),
+        "max_request_names": default_max_request_names(),
         "insecure": false,
         "connections": default_connections(),
         "arrivals": ArrivalKind::default(),
@@ -279,6 +287,10 @@ pub struct TaskSpec {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequestSpec {
+    /// The name its measurements are kept under; by default the method and the path as
+    /// written, without its query (`GET /items/{{id}}`): see `request_name`.
+    #[serde(default)]
+    pub name: Option<String>,
     #[serde(default = "default_method")]
     pub method: String,
     /// Path and query, may hold `{{name}}` placeholders.
@@ -355,6 +367,39 @@ pub fn seconds(at: &str, v: f64, zero_ok: bool) -> Result<()> {
 }
 
 /// Names accepted as task names: they become hlog tags and Parquet values.
+/// The longest request name.
+pub const MAX_REQUEST_NAME: usize = 200;
+
+/// The name a request's measurements are kept under: its own, or the method and the path as
+/// written (placeholders unexpanded), without the query.
+pub fn request_name(name: Option<&str>, method: &str, path: &str) -> String {
+    match name {
+        Some(n) => n.to_string(),
+        None => {
+            let path = path.split(['?', '#']).next().unwrap_or(path);
+            format!("{} {path}", method.to_ascii_uppercase())
+        }
+    }
+}
+
+/// Why `name` cannot name a request (a name is fixed for the run: no `{{placeholder}}`).
+pub fn request_name_problem(name: &str) -> Option<String> {
+    if name.trim().is_empty() {
+        Some("a request name cannot be empty".into())
+    } else if name.len() > MAX_REQUEST_NAME {
+        Some(format!("a request name has at most {MAX_REQUEST_NAME} bytes"))
+    } else if name.contains("{{") {
+        Some(format!(
+            "request name {name:?} holds a placeholder: a name is fixed for the run (it would \
+             make a new name per request); put the placeholder in the path and name the request"
+        ))
+    } else if name.chars().any(char::is_control) {
+        Some(format!("request name {name:?} holds a control character"))
+    } else {
+        None
+    }
+}
+
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
@@ -394,6 +439,9 @@ impl Plan {
                     self.max_streams
                 ),
             ));
+        }
+        if self.max_request_names == 0 {
+            return Err(Error::plan("max_request_names", "must be >= 1"));
         }
         self.validate_tasks()?;
         seconds("timeout_s", self.timeout_s, false)?;
@@ -455,6 +503,9 @@ impl Plan {
                 ));
             }
             for (ri, r) in t.requests.iter().enumerate() {
+                if let Some(why) = r.name.as_deref().and_then(request_name_problem) {
+                    return Err(Error::plan(format!("tasks[{i}].requests[{ri}].name"), why));
+                }
                 if let Some(v) = r.timeout_s {
                     seconds(&format!("tasks[{i}].requests[{ri}].timeout_s"), v, false)?;
                 }

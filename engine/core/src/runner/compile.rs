@@ -7,14 +7,15 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use super::{Body, Ctx, FeedRows, Model};
+use super::{Body, Ctx, FeedRows, Model, Step};
 use crate::error::{Error, Result};
 use crate::http::{CompiledRequest, Target};
 use crate::measure::metrics::Recorder;
+use crate::measure::names::Names;
 use crate::plan::profile::Profile;
 use crate::plan::schedule::{Arrivals, Mix, Schedule};
 use crate::plan::template::Scope;
-use crate::plan::{ArrivalKind, Load, Plan, TaskPath, ON_START};
+use crate::plan::{request_name, ArrivalKind, Load, Plan, TaskPath, ON_START};
 use crate::runner::python::PythonSide;
 
 pub(super) struct Compiled {
@@ -28,20 +29,21 @@ pub(super) struct Compiled {
 pub(super) fn compile(plan: &Plan, threads: usize) -> Result<Compiled> {
     plan.validate()?;
     let target = Target::with_http(&plan.target, plan.insecure, plan.http, plan.max_streams)?;
-    let bodies = compile_bodies(plan, &target)?;
+    let mut names: Vec<String> = plan.tasks.iter().map(|t| t.name.clone()).collect();
+    if plan.hooks.on_start {
+        names.push(ON_START.to_string());
+    }
+    let named = Names::new(names.clone(), plan.max_request_names as usize);
+    let bodies = compile_bodies(plan, &target, &named)?;
     let weights: Vec<u32> = plan.tasks.iter().map(|t| t.weight).collect();
     let mix = Mix::new(&weights)?;
     let shard = plan.shard.map_or((0, 1), |s| (s.index, s.count));
     let (model, duration) = build_model(plan, shard)?;
     let drain_limit = drain_limit(plan, &bodies);
     let users = model.peak_users();
-    let mut names: Vec<String> = plan.tasks.iter().map(|t| t.name.clone()).collect();
     let python = if plan.python() {
         let side = PythonSide::new(plan.hooks.clone())
             .map_err(|e| Error::plan("hooks", format!("cannot reach Python: {e}")))?;
-        if plan.hooks.on_start {
-            names.push(ON_START.to_string());
-        }
         Some(side)
     } else {
         None
@@ -66,6 +68,7 @@ pub(super) fn compile(plan: &Plan, threads: usize) -> Result<Compiled> {
         }),
         user_vars: plan.user_vars.clone(),
         recorder: Recorder::new(names.len(), duration, threads),
+        names: named,
         stop: super::Stop::default(),
         python,
     };
@@ -74,7 +77,7 @@ pub(super) fn compile(plan: &Plan, threads: usize) -> Result<Compiled> {
 
 /// Each task's body: its requests compiled against the target and the template scope (the
 /// feeder's columns, per-user values and what on_start sets, the plan's vars), or Python.
-fn compile_bodies(plan: &Plan, target: &Target) -> Result<Vec<Body>> {
+fn compile_bodies(plan: &Plan, target: &Target, names: &Names) -> Result<Vec<Body>> {
     // A user's values: the plan's per-user values, and what its on_start sets.
     let user_value_names: Vec<String> = plan
         .user_vars
@@ -98,13 +101,13 @@ fn compile_bodies(plan: &Plan, target: &Target) -> Result<Vec<Body>> {
                 let mut reqs = Vec::new();
                 for (ri, r) in t.requests.iter().enumerate() {
                     let at = format!("tasks[{ti}].requests[{ri}]");
-                    reqs.push(CompiledRequest::compile(
-                        r,
-                        &scope,
-                        target,
-                        plan.timeout_s,
-                        &at,
-                    )?);
+                    let request =
+                        CompiledRequest::compile(r, &scope, target, plan.timeout_s, &at)?;
+                    let name = request_name(r.name.as_deref(), &r.method, &r.path);
+                    reqs.push(Step {
+                        request,
+                        slot: names.slot(ti, &name),
+                    });
                 }
                 Body::Engine(reqs)
             }
@@ -165,7 +168,7 @@ fn drain_limit(plan: &Plan, bodies: &[Body]) -> Duration {
             Body::Engine(reqs) => reqs.as_slice(),
             Body::Python => &[],
         })
-        .map(|r| r.timeout)
+        .map(|s| s.request.timeout)
         .fold(Duration::from_secs_f64(plan.timeout_s), Duration::max);
     // Python task bodies may give any request its own timeout: for them only the cap holds.
     let cap = Duration::from_secs_f64(plan.max_drain_s);

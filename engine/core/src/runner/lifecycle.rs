@@ -18,7 +18,7 @@ use super::python::Work;
 use super::workers::{closed_users, open_worker, set_up, start_user, wanted_at_start, User};
 use super::{lock, Ctx, Model, RunHandle, RunState};
 use crate::error::Result;
-use crate::measure::metrics::{Interval, TaskData};
+use crate::measure::metrics::{Interval, TaskData, WireRequest};
 use crate::measure::rows::{Row, Span};
 use crate::measure::rundir::{epoch_seconds, RunWriter};
 use crate::measure::summary::{Ended, Head, Summary, Totals};
@@ -435,7 +435,7 @@ fn gauges(ctx: &Ctx) -> (i64, i64) {
 impl Closer<'_> {
     /// Writes interval `i` (`length` seconds; the drain when `i` is past the schedule) from
     /// `data`, adds it to the run's totals and hands rows to readers.
-    fn close(&mut self, i: u64, length: f64, data: Vec<TaskData>) -> Result<()> {
+    fn close(&mut self, i: u64, length: f64, mut data: Vec<TaskData>) -> Result<()> {
         let ctx = self.ctx;
         let start_s = (i as f64).min(ctx.duration);
         let drain = i as f64 >= ctx.duration;
@@ -450,16 +450,27 @@ impl Closer<'_> {
             in_flight,
             active_users,
         };
-        let rows: Vec<Row> = data
+        // Read after the data was taken: every slot recorded into has its name by then.
+        let requests = ctx.names.requests();
+        let names = &self.state.names;
+        let n = names.len();
+        data.resize_with((n + requests.len()).max(data.len()), TaskData::new);
+        let mut rows: Vec<Row> = data[..n]
             .iter()
             .enumerate()
             .map(|(t, d)| {
                 let target_rps = target_rps(ctx, t, start_s, length, drain);
-                span.row(self.epoch0, &self.state.names[t], target_rps, d)
+                span.row(self.epoch0, &names[t], None, target_rps, d)
             })
             .collect();
+        rows.extend(
+            requests
+                .iter()
+                .zip(&data[n..])
+                .map(|((e, name), d)| span.row(self.epoch0, &names[*e], Some(name), None, d)),
+        );
         self.writer
-            .interval(&self.state.names, start_s, length, &data, &rows)?;
+            .interval(names, &requests, start_s, length, &data, &rows)?;
         let before_slice = !drain && start_s + length <= ctx.from_s;
         if let (Some(q), false) = (&self.state.intervals, before_slice) {
             let whole = Interval {
@@ -469,12 +480,22 @@ impl Closer<'_> {
                 drain,
                 in_flight,
                 active_users,
-                target_rps: rows.iter().map(|r| r.target_rps).collect(),
-                tasks: data.iter().map(TaskData::to_wire).collect(),
+                target_rps: rows[..n].iter().map(|r| r.target_rps).collect(),
+                tasks: data[..n].iter().map(TaskData::to_wire).collect(),
+                requests: requests
+                    .iter()
+                    .zip(&data[n..])
+                    .filter(|(_, d)| d.counts.any())
+                    .map(|((e, name), d)| WireRequest {
+                        entry: *e,
+                        name: name.clone(),
+                        data: d.to_wire(),
+                    })
+                    .collect(),
             };
             lock(q).push(whole);
         }
-        lock(&self.state.totals).add(&data);
+        lock(&self.state.totals).add(&data, &requests);
         lock(&self.state.rows).extend(rows);
         ctx.recorder.recycle(data);
         Ok(())

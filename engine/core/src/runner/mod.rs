@@ -34,6 +34,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use crate::error::Result;
 use crate::http::{CompiledRequest, Target};
 use crate::measure::metrics::{Interval, Recorder, TaskData};
+use crate::measure::names::Names;
 use crate::measure::rows::Row;
 use crate::measure::rundir;
 use crate::measure::summary::Summary;
@@ -82,10 +83,16 @@ impl Model {
     }
 }
 
+/// One request of an engine task: compiled, and the slot its name is measured in.
+pub(crate) struct Step {
+    pub(crate) request: CompiledRequest,
+    pub(crate) slot: usize,
+}
+
 /// What an iteration of a task runs.
 pub(crate) enum Body {
     /// The task's requests, compiled.
-    Engine(Vec<CompiledRequest>),
+    Engine(Vec<Step>),
     /// Python code, run by Python when the engine asks.
     Python,
 }
@@ -200,6 +207,8 @@ pub(crate) struct Ctx {
     pub(crate) feeder: Option<FeedRows>,
     pub(crate) user_vars: Vec<BTreeMap<String, String>>,
     pub(crate) recorder: Recorder,
+    /// The names measurements are kept under: entries, then request names.
+    pub(crate) names: Names,
     pub(crate) stop: Stop,
     /// Set when any part of the plan runs in Python (a task body or a hook).
     pub(crate) python: Option<PythonSide>,
@@ -395,6 +404,22 @@ impl RunHandle {
     /// Everything closed so far for one task, or for all tasks (`None`).
     pub fn cumulative(&self, task: Option<&str>) -> Result<TaskData> {
         lock(&self.state.totals).of(task)
+    }
+
+    /// Everything closed so far for request `name` of task `task`.
+    pub fn cumulative_request(&self, task: &str, name: &str) -> Result<TaskData> {
+        lock(&self.state.totals).of_request(task, name)
+    }
+
+    /// The request names measured so far, as (task, name).
+    pub fn request_names(&self) -> Vec<(String, String)> {
+        let entries = self.ctx.names.entries();
+        self.ctx
+            .names
+            .requests()
+            .into_iter()
+            .map(|(e, n)| (entries[e].clone(), n))
+            .collect()
     }
 
     /// Seconds since the run's clock started (0 while its users are set up).

@@ -217,6 +217,8 @@ pub struct PyRequest {
     /// The entry it counts for (a task, or `on_start`); `None` for `on_stop`, whose requests
     /// come after the run's measurement and are sent even when the run was stopped.
     pub task: Option<usize>,
+    /// The name its measurements are kept under (`request_name`'s rule).
+    pub name: String,
     pub method: Method,
     /// Path and query, appended to the target's base path.
     pub path: String,
@@ -233,6 +235,8 @@ pub struct PyRequest {
 /// A request as Python asked for it, unchecked: `PyRequest::new` checks it.
 pub struct Asked<'a> {
     pub task: Option<usize>,
+    /// `None`: the method and the path without its query.
+    pub name: Option<&'a str>,
     pub method: &'a str,
     pub path: &'a str,
     pub headers: Vec<(String, String)>,
@@ -269,8 +273,12 @@ impl PyRequest {
         if a.task.is_some_and(|t| t >= entries) {
             return Err(format!("no task number {:?}", a.task));
         }
+        if let Some(why) = a.name.and_then(crate::plan::request_name_problem) {
+            return Err(why);
+        }
         Ok(PyRequest {
             task: a.task,
+            name: crate::plan::request_name(a.name, method.as_str(), a.path),
             method,
             path: a.path.to_string(),
             headers,
@@ -334,7 +342,8 @@ impl Session {
             row: None,
             user: None,
         };
-        ex.record(ctx, task, &r.check, &values, false);
+        let slot = ctx.names.slot(task, &r.name);
+        ex.record(ctx, task, slot, &r.check, &values, false);
         ex.outcome.map(|(_, resp)| resp).map_err(NoResponse::Failed)
     }
 }

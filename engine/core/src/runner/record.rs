@@ -69,13 +69,14 @@ pub(crate) struct Keep {
 }
 
 impl Exchange {
-    /// Records this exchange of entry `task` in the interval it ended in: latency from
-    /// `from`, service time from the send, the check's verdict, or the error.
-    /// `ends_iteration`: this exchange is its iteration's last.
+    /// Records this exchange of entry `task` (and of its request name's `slot`) in the
+    /// interval it ended in: latency from `from`, service time from the send, the check's
+    /// verdict, or the error. `ends_iteration`: this exchange is its iteration's last.
     pub(crate) fn record(
         &self,
         ctx: &Ctx,
         task: usize,
+        slot: usize,
         check: &Check,
         values: &Values<'_>,
         ends_iteration: bool,
@@ -86,7 +87,7 @@ impl Exchange {
                 let corrected = self.end.saturating_duration_since(self.from).as_micros() as u64;
                 let service = self.end.saturating_duration_since(*sent).as_micros() as u64;
                 let failure = check.evaluate(resp.status, &resp.body, corrected, values);
-                ctx.recorder.record(task, self.end, |d| {
+                ctx.recorder.record_both(task, slot, self.end, |d| {
                     d.response(resp.status, resp.bytes, corrected, service);
                     if let Some(f) = failure {
                         d.error(f.into(), true);
@@ -94,7 +95,7 @@ impl Exchange {
                     d.counts.iterations += ends;
                 });
             }
-            Err(kind) => ctx.recorder.record(task, self.end, |d| {
+            Err(kind) => ctx.recorder.record_both(task, slot, self.end, |d| {
                 d.error(*kind, false);
                 d.counts.iterations += ends;
             }),
@@ -153,7 +154,7 @@ mod tests {
             end: ms(400),
             outcome: Ok((ms(150), response(200))),
         };
-        ex.record(&ctx, 0, &check(Expect::default()), &VALUES, true);
+        ex.record(&ctx, 0, 1, &check(Expect::default()), &VALUES, true);
         let d = &ctx.recorder.take(0, false)[0];
         assert_eq!((d.counts.requests, d.counts.iterations), (1, 1));
         assert_eq!((d.counts.status[1], d.counts.bytes_in), (1, 5));
@@ -176,13 +177,13 @@ mod tests {
             end: at,
             outcome: Ok((t0, response(200))),
         };
-        answered.record(&ctx, 0, &wanted, &VALUES, false);
+        answered.record(&ctx, 0, 1, &wanted, &VALUES, false);
         let refused = Exchange {
             from: t0,
             end: at,
             outcome: Err(ErrorKind::Connect),
         };
-        refused.record(&ctx, 0, &wanted, &VALUES, true);
+        refused.record(&ctx, 0, 1, &wanted, &VALUES, true);
         let d = &ctx.recorder.take(1, false)[0];
         // Both in the interval they ended in (the second), neither in the first.
         assert_eq!(d.counts.requests, 2);

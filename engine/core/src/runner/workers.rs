@@ -363,7 +363,8 @@ async fn iteration(ctx: &Ctx, user: &User, iter: u64, task: usize, begin: Begin)
     match &ctx.bodies[task] {
         Body::Engine(requests) => {
             let mut client = user.session.client.lock().await;
-            for (ri, req) in requests.iter().enumerate() {
+            for (ri, step) in requests.iter().enumerate() {
+                let req = &step.request;
                 // Only the first request of an iteration has a due instant; the next ones
                 // start when the previous answered.
                 let from = match begin.due {
@@ -380,7 +381,7 @@ async fn iteration(ctx: &Ctx, user: &User, iter: u64, task: usize, begin: Begin)
                 .await;
                 let failed = ex.outcome.is_err();
                 let last = ri + 1 == requests.len();
-                ex.record(ctx, task, &req.check, &values, last || failed);
+                ex.record(ctx, task, step.slot, &req.check, &values, last || failed);
                 if failed {
                     // The rest of the iteration depends on this request having been answered.
                     break;
