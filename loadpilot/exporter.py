@@ -184,12 +184,12 @@ class RunMetrics(Collector):
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         requests = CounterMetricFamily(
             "loadpilot_requests", "Completed requests, by status class (none: no response).",
-            labels=["run", "scenario", "task", "request", "status_class"],
+            labels=["run", "scenario", "task", "status_class"],
         )  # fmt: skip
         errors = CounterMetricFamily(
             "loadpilot_errors",
             "Failed requests, by kind.",
-            labels=["run", "scenario", "task", "request", "kind"],
+            labels=["run", "scenario", "task", "kind"],
         )
         missed = CounterMetricFamily(
             "loadpilot_missed", "Arrivals that found every connection busy.",
@@ -202,11 +202,33 @@ class RunMetrics(Collector):
         latency = HistogramMetricFamily(
             "loadpilot_request_duration_seconds",
             "Corrected latency: from the instant each request was due to its answer.",
-            labels=["run", "scenario", "task", "request"],
+            labels=["run", "scenario", "task"],
         )
         service = HistogramMetricFamily(
             "loadpilot_service_duration_seconds",
             "Service time: from the instant each request was sent to its answer.",
+            labels=["run", "scenario", "task"],
+        )
+        # Per request name: families of their own, so that adding up any family over all its
+        # labels counts each request once.
+        named_requests = CounterMetricFamily(
+            "loadpilot_named_requests",
+            "Completed requests per request name, by status class (none: no response).",
+            labels=["run", "scenario", "task", "request", "status_class"],
+        )
+        named_errors = CounterMetricFamily(
+            "loadpilot_named_errors",
+            "Failed requests per request name, by kind.",
+            labels=["run", "scenario", "task", "request", "kind"],
+        )
+        named_latency = HistogramMetricFamily(
+            "loadpilot_named_request_duration_seconds",
+            "Corrected latency per request name.",
+            labels=["run", "scenario", "task", "request"],
+        )
+        named_service = HistogramMetricFamily(
+            "loadpilot_named_service_duration_seconds",
+            "Service time per request name.",
             labels=["run", "scenario", "task", "request"],
         )
         in_flight = GaugeMetricFamily(
@@ -225,25 +247,27 @@ class RunMetrics(Collector):
         with self._lock:
             for w in self._watched:
                 for (name, request), t in w.tasks.items():
-                    # A task's own series have request="" (no label, to Prometheus); each
-                    # request name's have its name: select request="" to add tasks up.
-                    labels = [w.name, w.scenario, name]
-                    named = [*labels, request]
+                    labels = [w.name, w.scenario, name] + ([request] if request else [])
                     ts = w.ts
+                    counts, kinds, lat, svc = (
+                        (named_requests, named_errors, named_latency, named_service)
+                        if request
+                        else (requests, errors, latency, service)
+                    )
                     for c, n in t.classes.items():
-                        requests.add_metric([*named, c], n, timestamp=ts)
+                        counts.add_metric([*labels, c], n, timestamp=ts)
                     for kind, n in t.errors.items():
-                        errors.add_metric([*named, kind], n, timestamp=ts)
+                        kinds.add_metric([*labels, kind], n, timestamp=ts)
                     if not request:
                         missed.add_metric(labels, t.missed, timestamp=ts)
                         if t.target_rate is not None:
                             target.add_metric(labels, t.target_rate)
-                    for fam, b in ((latency, t.latency), (service, t.service)):
+                    for fam, b in ((lat, t.latency), (svc, t.service)):
                         buckets = [
                             (str(le), n) for le, n in zip(LATENCY_BUCKETS, b.counts, strict=True)
                         ]
                         buckets.append(("+Inf", b.count))
-                        fam.add_metric(named, buckets, sum_value=b.sum_s, timestamp=ts)
+                        fam.add_metric(labels, buckets, sum_value=b.sum_s, timestamp=ts)
                 in_flight.add_metric([w.name, w.scenario], w.in_flight)
                 users.add_metric([w.name, w.scenario], w.active_users)
                 frame = w.run.agents
@@ -252,6 +276,7 @@ class RunMetrics(Collector):
                     if frame.height:
                         agents.add_metric([w.name, w.scenario, state], n)
         yield from (requests, errors, missed, target, latency, service, in_flight, users, agents)
+        yield from (named_requests, named_errors, named_latency, named_service)
 
 
 _default: RunMetrics | None = None

@@ -29,8 +29,7 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "loadpilot.json"
 
 DS = DataSourceRef(type_val="prometheus", uid="${datasource}")
-# request="": the tasks' own series (each request name has series of its own besides).
-SEL = 'run="$run", task=~"$task", request=""'
+SEL = 'run="$run", task=~"$task"'
 RATE = "[$__rate_interval]"
 
 

@@ -28,6 +28,11 @@ class TargetServer:
         return self._server.served_h2
 
     @property
+    def served_by_path(self) -> dict[str, int]:
+        """Requests received so far per path (query left out; the first 10,000 paths)."""
+        return self._server.served_by_path()
+
+    @property
     def connections(self) -> int:
         """Connections the target has accepted so far."""
         return self._server.connections

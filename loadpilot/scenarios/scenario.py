@@ -333,6 +333,8 @@ class Scenario:
     http: HttpVersion = DEFAULTS["http"]
     #: HTTP/2: the most users (or open-model connections) sharing one connection.
     max_streams: int = DEFAULTS["max_streams"]
+    #: The most request names measured apart (past it: ``other``).
+    max_request_names: int = DEFAULTS["max_request_names"]
 
     @property
     def path(self) -> str:
@@ -366,6 +368,7 @@ class Scenario:
             hooks=self.hooks,
             http=self.http,
             max_streams=self.max_streams,
+            max_request_names=self.max_request_names,
         )
 
 
@@ -455,6 +458,7 @@ def scenario(
     max_drain: Duration | None = None,
     http: HttpVersion | None = None,
     max_streams: int | None = None,
+    max_request_names: int | None = None,
 ) -> Callable[[type[VUser]], type[VUser]]:
     """Declares a :class:`VUser` subclass as a scenario with its load profile and thresholds
     (``abort_on_fail``: ``loadpilot run`` stops as soon as one fails). ``timeout`` is every
@@ -463,13 +467,17 @@ def scenario(
     as cancelled). ``http``: ``"1.1"`` (the default: one connection per user), ``"2"`` (HTTP/2:
     by ALPN over TLS, prior knowledge over cleartext; up to ``max_streams``, default 100, users
     share a connection) or ``"auto"`` (HTTP/2 where the server offers it over TLS, else
-    HTTP/1.1)."""
+    HTTP/1.1). ``max_request_names`` (default 1,000) bounds the request names measured apart:
+    past it, new names are measured together under ``other``."""
     if not isinstance(profile, Profile):
         raise ScenarioError(f"profile must come from lp.constant, lp.ramp, ... not {profile!r}")
     try:
         http = DEFAULTS["http"] if http is None else check_field("http", http)
         streams = DEFAULTS["max_streams"] if max_streams is None else max_streams
         streams = check_field("max_streams", streams)
+        names_max = DEFAULTS["max_request_names"]
+        if max_request_names is not None:
+            names_max = check_field("max_request_names", max_request_names)
     except PlanError as e:
         raise ScenarioError(str(e)) from None
     timeout_s: float = DEFAULTS["timeout_s"]
@@ -504,6 +512,7 @@ def scenario(
             abort_on_fail=abort_on_fail,
             http=http,
             max_streams=streams,
+            max_request_names=names_max,
         )
         setattr(cls, _SCENARIO, sc)
         return cls

@@ -107,7 +107,13 @@ struct Counts {
     served_h2: AtomicU64,
     /// Connections accepted.
     connections: AtomicU64,
+    /// Requests received per path (the first `MAX_PATHS` paths), what a test checks a run's
+    /// per-request counts against.
+    by_path: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
+
+/// The most distinct paths counted apart.
+const MAX_PATHS: usize = 10_000;
 
 struct Behaviour {
     cfg: TargetConfig,
@@ -182,6 +188,15 @@ async fn handle(
     b.counts.served.fetch_add(1, Ordering::Relaxed);
     if req.version() == hyper::Version::HTTP_2 {
         b.counts.served_h2.fetch_add(1, Ordering::Relaxed);
+    }
+    {
+        let mut by_path = b.counts.by_path.lock().unwrap_or_else(|e| e.into_inner());
+        let path = req.uri().path();
+        if let Some(n) = by_path.get_mut(path) {
+            *n += 1;
+        } else if by_path.len() < MAX_PATHS {
+            by_path.insert(path.to_string(), 1);
+        }
     }
     // Held until the response is built: a worker is busy for the delay and the stall alike.
     let _worker = match &b.workers {
@@ -285,6 +300,14 @@ impl TargetServer {
     /// Connections accepted so far.
     pub fn connections(&self) -> u64 {
         self.counts.connections.load(Ordering::Relaxed)
+    }
+    /// Requests received per path so far (the first 10,000 paths).
+    pub fn served_by_path(&self) -> std::collections::HashMap<String, u64> {
+        self.counts
+            .by_path
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
     pub fn stop(&self) {
         self.stop.cancel();

@@ -36,6 +36,10 @@ impl PyTarget {
     fn connections(&self) -> u64 {
         self.server.connections()
     }
+    /// Requests received so far per path (the first 10,000 paths).
+    fn served_by_path(&self) -> std::collections::HashMap<String, u64> {
+        self.server.served_by_path()
+    }
     fn stop(&self) {
         self.server.stop();
     }

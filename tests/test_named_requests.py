@@ -1,0 +1,224 @@
+"""Named requests: every request is measured under its name beside its task, on the engine
+path and the Python path alike, and the counts are what the server counted per path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import polars as pl
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import loadpilot as lp
+from loadpilot.cluster.server import free_port
+from loadpilot.scenarios.loader import load_scenario
+
+SHOP = """
+import loadpilot as lp
+
+@lp.scenario(profile=lp.constant(rps=100, duration="2s"))
+class Shop(lp.VUser):
+    @lp.task(weight=2)
+    def browse(self):
+        self.client.get("/", name="home")
+        self.client.get("/items/{{__iter}}", name="item")
+        self.client.get("/json?page=1")
+
+    @lp.task
+    def buy(self):
+        for n in (3, 5):
+            self.client.get(f"/bytes/{n}", name="bytes")
+        self.client.get("/json?page=2")
+        self.client.post("/echo", content="order")
+"""
+
+
+def _scenario(tmp_path: Path, text: str, name: str = "shop.py") -> Path:
+    f = tmp_path / name
+    f.write_text(textwrap.dedent(text))
+    return f
+
+
+def test_each_request_name_counts_what_the_server_counted_on_its_paths(
+    tmp_path: Path, out: Path
+) -> None:
+    shop = load_scenario(_scenario(tmp_path, SHOP), None)
+    assert shop.paths == {"browse": "engine", "buy": "python"}
+    with lp.start_target() as target:
+        run = lp.run(shop, out, target=target.url)
+        s = run.summary()
+        served = target.served_by_path
+    assert s.ended == "completed" and s.overall.errors == 0
+    got = {(r.task, r.name): r.requests for r in s.requests}
+    items = sum(n for p, n in served.items() if p.startswith("/items/"))
+    # The default name is the method and the path as written, without the query; the engine's
+    # placeholders stay unexpanded, a Python path is named as given.
+    assert got == {
+        ("browse", "home"): served["/"],
+        ("browse", "item"): items,
+        ("browse", "GET /json"): got[("browse", "home")],
+        ("buy", "bytes"): served["/bytes/3"] + served["/bytes/5"],
+        ("buy", "GET /json"): served["/json"] - got[("browse", "home")],
+        ("buy", "POST /echo"): served["/echo"],
+    }
+    assert served["/bytes/3"] == served["/bytes/5"] == served["/echo"] > 0
+    assert items == served["/"] > 0
+    # A task counts all of its requests.
+    for task in s.tasks:
+        assert task.requests == sum(n for (t, _), n in got.items() if t == task.name)
+    # Rows per second of each name add up to its summary; the tasks' rows stay as they were.
+    per_name = run.request_metrics.group_by("task", "request").agg(pl.col("requests").sum())
+    assert {(t, r): int(n) for t, r, n in per_name.iter_rows()} == got
+    assert int(run.metrics["requests"].sum()) == s.overall.requests
+    assert run.metrics["request"].null_count() == len(run.metrics)
+    # Histograms per name, exact: live, and read back from the run directory.
+    loaded = lp.load_run(out)
+    for where in (run, loaded):
+        assert where.histogram("browse", request="item").count == got[("browse", "item")]
+        both = where.histogram(request="GET /json")
+        assert both.count == served["/json"], "a name several tasks send, added up"
+        assert where.histogram().count == s.overall.requests
+    p99 = s.request("item").latency_ms.p99
+    assert loaded.histogram("browse", request="item").percentile(99) == p99
+    assert loaded.summary().requests == s.requests
+    with pytest.raises(KeyError, match="several tasks"):
+        s.request("GET /json")
+    assert s.request("GET /json", task="buy").requests == got[("buy", "GET /json")]
+    with pytest.raises(KeyError, match="no request named 'nope'"):
+        run.histogram(request="nope")
+    # The tables people read carry a row per name.
+    assert "item" in s.table() and "POST /echo" in s.html()
+
+
+def test_past_the_limit_new_names_are_measured_together_as_other(
+    out: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    class Many(lp.VUser):
+        @lp.task
+        def walk(self) -> None:
+            for i in range(6):
+                self.client.get(f"/items/{i}")
+
+    scenario = lp.scenario(profile=lp.constant(rps=20, duration="1s"), max_request_names=4)(Many)
+    with lp.start_target() as target:
+        s = lp.run(scenario, out, target=target.url).summary()
+    names = {r.name: r.requests for r in s.requests}
+    assert list(names) == [*(f"GET /items/{i}" for i in range(4)), "other"]
+    assert names["other"] == 2 * names["GET /items/0"] == 40
+    assert sum(names.values()) == s.overall.requests
+    said = capfd.readouterr().err
+    assert said.count("more than 4 request names") == 1, said
+
+
+def test_thresholds_name_requests_and_gate_the_run(tmp_path: Path) -> None:
+    f = _scenario(
+        tmp_path,
+        """
+        import loadpilot as lp
+
+        @lp.scenario(profile=lp.constant(rps=20, duration="1s"),
+                     thresholds={"checkout.error_rate": "< 1%", "GET /json.p99": "< 10s"})
+        class Gate(lp.VUser):
+            @lp.task
+            def flow(self):
+                self.client.get("/json")
+                self.client.get("/status/503", name="checkout")
+        """,
+    )
+    with lp.start_target() as target:
+        done = subprocess.run(
+            [sys.executable, "-m", "loadpilot.cli", "run", str(f), "--target", target.url,
+             "--out", str(tmp_path / "run")],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "FAIL  checkout.error_rate < 1%  (actual 100%)" in done.stdout, done.stdout
+    assert "pass  GET /json.p99 < 10s" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        ('self.client.get("/items/{{__iter}}", name="item {{__iter}}")', "holds a placeholder"),
+        ('self.client.get("/", name="")', "cannot be empty"),
+    ],
+)
+def test_a_bad_request_name_is_refused_with_file_and_line_before_anything_is_sent(
+    tmp_path: Path, line: str, why: str
+) -> None:
+    f = _scenario(
+        tmp_path,
+        f"""
+        import loadpilot as lp
+
+        @lp.scenario(profile=lp.constant(rps=20, duration="1s"))
+        class Bad(lp.VUser):
+            @lp.task
+            def t(self):
+                {line}
+        """,
+    )
+    with lp.start_target() as target:
+        done = subprocess.run(
+            [sys.executable, "-m", "loadpilot.cli", "run", str(f), "--target", target.url,
+             "--out", str(tmp_path / "run")],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        served = target.served
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert f"{f}:8: " in done.stderr and why in done.stderr, done.stderr
+    assert served == 0
+
+
+def test_prometheus_counts_each_name_once_in_families_of_their_own(out: Path) -> None:
+    port = free_port()
+    with lp.start_target() as target:
+        plan = lp.Plan(
+            target=target.url,
+            load=lp.OpenLoad(stages=[lp.Constant(rate=50, duration_s=2)]),
+            tasks=[
+                lp.Task(
+                    name="flow",
+                    requests=[lp.Request(path="/", name="home"), lp.Request(path="/json")],
+                )
+            ],
+        )
+        run = lp.start(plan, out, prometheus=f"127.0.0.1:{port}")
+        s = run.summary()
+        # The exporter follows the run's files: scraped until it has caught up with the end.
+        deadline = time.monotonic() + 10
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                samples = _samples(r.read().decode())
+            named = samples.get(("loadpilot_named_requests_total", "GET /json", "2xx"), 0)
+            if named == 100:
+                break
+            assert time.monotonic() < deadline, samples
+            time.sleep(0.1)
+    assert samples[("loadpilot_requests_total", None, "2xx")] == 200
+    for name in ("home", "GET /json"):
+        assert samples[("loadpilot_named_requests_total", name, "2xx")] == 100
+        count = samples[("loadpilot_named_request_duration_seconds_count", name, None)]
+        assert count == s.request(name).requests == 100
+    # The task families carry no request label: adding any family up counts each request once.
+    assert ("loadpilot_request_duration_seconds_count", None, None) in samples
+    task_families = {k[0] for k in samples if k[1] is not None}
+    assert all(f.startswith("loadpilot_named_") for f in task_families), task_families
+
+
+def _samples(text: str) -> dict[tuple[str, str | None, str | None], float]:
+    """The scraped samples of task ``flow`` as (metric, request label, status class): value."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sm in family.samples:
+            if sm.labels.get("task") == "flow" and "le" not in sm.labels:
+                key = (sm.name, sm.labels.get("request"), sm.labels.get("status_class"))
+                if sm.labels.get("kind") is None:
+                    out[key] = sm.value
+    return out
