@@ -103,18 +103,28 @@ def test_export_writes_rows_and_distributions(three_tasks: lp.Run, tmp_path: Pat
     assert done.returncode == 0, done.stderr
     names = sorted(p.name for p in (tmp_path / "x").iterdir())
     assert names == [
+        "latency-a--GET__.hgrm",
         "latency-a.hgrm",
+        "latency-b--GET__json.hgrm",
         "latency-b.hgrm",
+        "latency-c--GET__echo.hgrm",
         "latency-c.hgrm",
         "latency.hgrm",
         "metrics.csv",
         "metrics.parquet",
         "service.hgrm",
     ]
-    m = three_tasks.metrics
+    # The rows of the tasks and of their request names, as the run directory holds them.
+    m = pl.concat([three_tasks.metrics, three_tasks.request_metrics])
     csv = pl.read_csv(tmp_path / "x" / "metrics.csv")
     assert csv.shape == m.shape and csv["requests"].sum() == m["requests"].sum()
-    assert pl.read_parquet(tmp_path / "x" / "metrics.parquet").equals(m)
+    assert set(csv["request"].drop_nulls()) == {"GET /", "GET /json", "GET /echo"}
+    written = pl.read_parquet(tmp_path / "x" / "metrics.parquet")
+    assert written.sort("elapsed_s", "task", "request", nulls_last=False).equals(
+        m.sort("elapsed_s", "task", "request", nulls_last=False)
+    )
+    per_name = (tmp_path / "x" / "latency-b--GET__json.hgrm").read_text()
+    assert per_name == (tmp_path / "x" / "latency-b.hgrm").read_text(), "one request per task"
     only = lp.export(three_tasks, tmp_path / "y", formats=["hgrm"])
     assert {p.suffix for p in only} == {".hgrm"}
     with pytest.raises(ValueError, match="xml"):

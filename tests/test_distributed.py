@@ -150,7 +150,7 @@ class Shop(lp.VUser):
     @lp.task
     def login(self):
         if self.row["user"].startswith("u"):
-            self.client.post("/echo", json={"user": self.row["user"]})
+            self.client.post("/echo", json={"user": self.row["user"]}, name="login")
 """
 
 
@@ -165,12 +165,18 @@ def test_python_scenarios_travel_to_agents_with_their_feed_files(tmp_path: Path)
         r.wait()
         s = r.summary()
         served = target.served
+        by_path = target.served_by_path
     assert s.overall.requests == 600 == served
     assert [(t.name, t.path, t.requests) for t in s.tasks] == [
         ("browse", "engine", 450),
         ("login", "python", 150),
     ]
     assert s.overall.errors == 0
+    # Per request name, merged by name from both agents, exactly what the server counted.
+    named = {(q.task, q.name): q.requests for q in s.requests}
+    assert named == {("browse", "GET /"): by_path["/"], ("login", "login"): by_path["/echo"]}
+    assert r.histogram("login", request="login").count == 150
+    assert lp.load_run(tmp_path / "run").histogram(request="GET /").count == 450
 
 
 def test_an_agent_killed_mid_run_is_lost_and_the_survivors_take_its_share(

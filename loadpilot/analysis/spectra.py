@@ -94,8 +94,10 @@ def export(
     formats: Sequence[str] = ("csv", "parquet", "hgrm"),
 ) -> list[Path]:
     """Writes ``run``'s results for other tools into directory ``out``: ``metrics.csv`` and
-    ``metrics.parquet`` (the interval rows), and ``latency.hgrm``/``service.hgrm`` (whole run)
-    plus ``latency-<task>.hgrm`` per task. The ``.hlog`` files in the run directory are
+    ``metrics.parquet`` (the interval rows: the tasks', and the request names' with their name in
+    ``request``), and ``latency.hgrm``/``service.hgrm`` (whole run) plus ``latency-<task>.hgrm``
+    per task and ``latency-<task>--<request>.hgrm`` per request name (characters other than
+    letters, digits and ``-_.`` written as ``_``). The ``.hlog`` files in the run directory are
     standard already. Returns the files written."""
     r = _as_run(run)
     unknown = [f for f in formats if f not in ("csv", "parquet", "hgrm")]
@@ -106,7 +108,7 @@ def export(
         raise RunDirError(f"{dest}: exists and is not a directory; export writes a directory")
     dest.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    m = r.metrics
+    m = r._rows
     if "csv" in formats:
         path = dest / "metrics.csv"
         m.with_columns(pl.col("time").dt.to_string("%Y-%m-%dT%H:%M:%S%.6fZ")).write_csv(path)
@@ -120,9 +122,19 @@ def export(
             path = dest / ("service.hgrm" if service else "latency.hgrm")
             path.write_text(hgrm(r.histogram(service=service)))
             written.append(path)
+        def safe(name: str) -> str:
+            return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
         for name in r.tasks:
-            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-            path = dest / f"latency-{safe}.hgrm"
+            path = dest / f"latency-{safe(name)}.hgrm"
             path.write_text(hgrm(r.histogram(name)))
+            written.append(path)
+        for task, request in r.requests:
+            stem = f"latency-{safe(task)}--{safe(request)}"
+            path, n = dest / f"{stem}.hgrm", 1
+            while path in written:  # two names written alike
+                n += 1
+                path = dest / f"{stem}-{n}.hgrm"
+            path.write_text(hgrm(r.histogram(task, request=request)))
             written.append(path)
     return written
