@@ -87,7 +87,7 @@ format: $(STAMP) ## Format Python and Rust
 	cargo fmt --all
 
 .PHONY: bench
-bench: bench-engine bench-http bench-profile bench-python bench-loop bench-live bench-distributed bench-peers ## Every benchmark (results in bench/results/, summary in docs/benchmarks.md)
+bench: bench-engine bench-http bench-profile bench-python bench-loop bench-named bench-live bench-distributed bench-peers ## Every benchmark (results in bench/results/, summary in docs/benchmarks.md)
 
 .PHONY: bench-engine
 bench-engine: build-dev ## Engine throughput vs wrk and memory over a long run (see docs/benchmarks.md)
@@ -108,6 +108,10 @@ bench-python: build-dev ## Python-logic tasks vs Locust FastHttpUser (installs l
 .PHONY: bench-loop
 bench-loop: build-dev ## The one engine loop: Python tasks vs engine tasks, on_start values vs a fixed header
 	$(PY) bench/one_loop.py
+
+.PHONY: bench-named
+bench-named: build-dev ## What naming requests costs: three names vs one, same task
+	$(PY) bench/named.py
 
 .PHONY: bench-peers
 bench-peers: build-dev ## Against wrk, oha, k6 and Locust (installs them); then the chart and tables

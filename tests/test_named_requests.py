@@ -222,3 +222,40 @@ def _samples(text: str) -> dict[tuple[str, str | None, str | None], float]:
                 if sm.labels.get("kind") is None:
                     out[key] = sm.value
     return out
+
+
+def test_a_run_recorded_before_request_names_still_loads(tmp_path: Path) -> None:
+    """A run directory as runs wrote it before request names: no request column, no request
+    rows, no request logs, no ``requests`` in the summary."""
+    import json
+
+    out = tmp_path / "run"
+    with lp.start_target() as target:
+        plan = lp.Plan(
+            target=target.url,
+            load=lp.OpenLoad(stages=[lp.Constant(rate=20, duration_s=2)]),
+            tasks=[lp.Task(name="t", requests=[lp.Request(path="/")])],
+        )
+        s = lp.run(plan, out).summary()
+    old = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    old = [{k: v for k, v in row.items() if k != "request"} for row in old if not row["request"]]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    pl.read_parquet(out / "metrics.parquet").filter(pl.col("request").is_null()).drop(
+        "request"
+    ).write_parquet(out / "metrics.parquet")
+    for log in ("requests-latency.hlog", "requests-service.hlog"):
+        (out / log).unlink()
+    summary = json.loads((out / "summary.json").read_text())
+    del summary["requests"]
+    (out / "summary.json").write_text(json.dumps(summary))
+
+    for finished in (True, False):
+        if not finished:  # cut short: the summary rebuilt from the rows and logs
+            (out / "summary.json").unlink()
+            (out / "metrics.parquet").unlink()
+        run = lp.load_run(out)
+        assert run.metrics["request"].null_count() == len(run.metrics) == 2
+        assert run.request_metrics.is_empty() and run.requests == []
+        assert run.summary().requests == []
+        assert run.summary().overall.requests == s.overall.requests == 40
+        assert run.histogram("t").count == 40

@@ -1,0 +1,105 @@
+"""What naming requests costs: requests per second in one process on one engine thread, closed
+model, users looping with no think time, against the built-in target (its own process, one
+thread), variants alternated round by round:
+
+- ``one_name``: a task of three GETs measured under one name;
+- ``three_names``: the same three GETs, each under a name of its own.
+
+Each request is recorded into its task and into its name either way; with three names, into
+three slots instead of one. Goal: ``three_names / one_name >= 0.97`` (medians: naming costs at
+most 3% of engine throughput). Results go to ``bench/results/named-<date>.json``.
+
+    python bench/named.py [--users 32] [--seconds 10] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from engine import Target, measured, spread, write_results
+
+_NAMES = {
+    "one_name": ("step", "step", "step"),
+    "three_names": ("login", "browse", "order"),
+}
+
+_PROGRAM = """
+import json, sys, loadpilot as lp
+url, users, seconds, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+
+@lp.scenario(profile=lp.users(users, seconds))
+class User(lp.VUser):
+    @lp.task
+    def flow(self):
+        self.client.get("/", name="{0}")
+        self.client.get("/", name="{1}")
+        self.client.get("/", name="{2}")
+
+s = lp.run(User, out, target=url).summary()
+t = s.task("flow")
+print(json.dumps({{"requests": t.requests, "errors": t.errors, "rps": t.achieved_rps,
+                  "path": t.path, "names": len(s.requests)}}))
+"""
+
+
+def run_variant(name: str, url: str, users: int, seconds: float) -> dict[str, float]:
+    out = tempfile.mkdtemp(prefix="lp-named-bench-")
+    # A file, not `-c`: the scenario reader reads each task's source to choose its path.
+    program = Path(out) / "scenario.py"
+    program.write_text(_PROGRAM.format(*_NAMES[name]))
+    cmd = [sys.executable, str(program), url, str(users), str(seconds), out + "/run"]
+    env = dict(os.environ, LOADPILOT_THREADS="1")
+    stdout, cpu = measured(cmd, env)
+    shutil.rmtree(out, ignore_errors=True)
+    r = json.loads(stdout.strip().splitlines()[-1])
+    assert r.pop("path") == "engine", (name, r)
+    assert r.pop("names") == len(set(_NAMES[name])), (name, r)
+    assert r["errors"] == 0, (name, r)
+    r["cpu_s_per_10k"] = cpu / max(1, r["requests"]) * 10_000
+    return r
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--users", type=int, default=32)
+    p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--rounds", type=int, default=5)
+    args = p.parse_args()
+    target = Target(threads=1)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in _NAMES}
+    try:
+        for _ in range(args.rounds):
+            for name in _NAMES:
+                runs[name].append(run_variant(name, target.url, args.users, args.seconds))
+    finally:
+        target.close()
+    summary = {
+        name: {k: spread([r[k] for r in rs]) for k in ("rps", "cpu_s_per_10k")}
+        for name, rs in runs.items()
+    }
+    ratio = float(summary["three_names"]["rps"]["median"]) / float(
+        summary["one_name"]["rps"]["median"]
+    )
+    report = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "users": args.users,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "runs": runs,
+        "summary": summary,
+        "ratios": {"three_names_over_one_name": ratio},
+    }
+    print(json.dumps(summary, indent=2))
+    print(f"three_names_over_one_name: {ratio:.3f}")
+    write_results("named", report)
+
+
+if __name__ == "__main__":
+    main()
