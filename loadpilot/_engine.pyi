@@ -195,6 +195,15 @@ class Session:
         due_s: float | None,
         check: Check | None,
     ) -> _Outcome: ...
+    def settle(
+        self,
+        task: int | None,
+        name: str | None,
+        method: str,
+        path: str,
+        kind: str,
+        message: str,
+    ) -> None: ...
     @property
     def vu(self) -> int: ...
 

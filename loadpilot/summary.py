@@ -76,6 +76,17 @@ class RequestSummary(Stats):
     name: str
 
 
+class FailureCount(BaseModel):
+    """A failure message of a request name (a failed check's, as Python gave it) and how often
+    it came."""
+
+    model_config = ConfigDict(frozen=True)
+    task: str
+    request: str
+    message: str
+    count: int
+
+
 class Summary(BaseModel):
     model_config = ConfigDict(frozen=True)
     name: str
@@ -100,6 +111,10 @@ class Summary(BaseModel):
     requests: list[RequestSummary] = []
     """Per request name of each task, in the order the names were first seen (empty for
     runs recorded before requests were measured apart)."""
+    failures: list[FailureCount] = []
+    """The messages of failed checks (``response.failure(...)``, an exception in a
+    ``catch_response`` block), most frequent first; at most 100, each request name keeping
+    its 100 most distinct."""
 
     def task(self, name: str) -> TaskSummary:
         for t in self.tasks:
@@ -161,6 +176,11 @@ class Summary(BaseModel):
                     f"{r.achieved_rps:>10.1f}{fmt(r.latency_ms.p50)}{fmt(r.latency_ms.p99)}"
                     f"{fmt(r.latency_ms.max)}"
                 )
+        if self.failures:
+            lines.append("")
+            lines.append(f"{'failures':>10}  {'request':<32}message")
+            for f in self.failures:
+                lines.append(f"{f.count:>10}  {f.request[:31]:<32}{f.message}")
         return "\n".join(lines)
 
 
@@ -196,18 +216,27 @@ def _summary_table(s: Summary) -> str:
         + "".join(rows)
         + "</tbody></table>"
     )
-    if not s.requests:
-        return table
-    head = ["request", "task", *head[2:-3]]
-    rows = [_stats_row(r.name, r.task, r, iterations=False) for r in s.requests]
-    return (
-        table
-        + "<table class='loadpilot-requests'><thead><tr>"
-        + "".join(f"<th>{h}</th>" for h in head)
-        + "</tr></thead><tbody>"
-        + "".join(rows)
-        + "</tbody></table>"
-    )
+    if s.requests:
+        named = [_stats_row(r.name, r.task, r, iterations=False) for r in s.requests]
+        table += (
+            "<table class='loadpilot-requests'><thead><tr>"
+            + "".join(f"<th>{h}</th>" for h in ["request", "task", *head[2:-3]])
+            + "</tr></thead><tbody>"
+            + "".join(named)
+            + "</tbody></table>"
+        )
+    if s.failures:
+        table += (
+            "<table class='loadpilot-failures'><thead><tr><th>failures</th><th>request</th>"
+            "<th>task</th><th>message</th></tr></thead><tbody>"
+            + "".join(
+                f"<tr><td>{f.count:,}</td><td>{html.escape(f.request)}</td>"
+                f"<td>{html.escape(f.task)}</td><td>{html.escape(f.message)}</td></tr>"
+                for f in s.failures
+            )
+            + "</tbody></table>"
+        )
+    return table
 
 
 def _ms(v: float | None) -> str:

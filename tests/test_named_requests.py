@@ -259,3 +259,65 @@ def test_a_run_recorded_before_request_names_still_loads(tmp_path: Path) -> None
         assert run.summary().requests == []
         assert run.summary().overall.requests == s.overall.requests == 40
         assert run.histogram("t").count == 40
+
+
+CHECKS = """
+import loadpilot as lp
+
+@lp.scenario(profile=lp.constant(rps=50, duration="2s"))
+class Checked(lp.VUser):
+    @lp.task
+    def sync_checks(self):
+        with self.client.get("/json", name="cart", catch_response=True) as r:
+            if "total" not in r.text:
+                r.failure("no total")
+        with self.client.get("/status/404", name="gone", catch_response=True) as r:
+            r.success()                       # a 404 is what this request expects
+        with self.client.get("/status/503", name="down", catch_response=True):
+            pass                              # undecided: a 5xx is a status error
+        try:
+            with self.client.get("/json", name="parsed", catch_response=True) as r:
+                r.json()["missing"]
+        except KeyError:
+            pass
+
+    @lp.task
+    async def async_checks(self):
+        async with self.client.get("/echo", name="echo", catch_response=True) as r:
+            if r.text != "":
+                r.failure(f"echoed {r.text!r}")
+            else:
+                r.failure("empty echo")
+"""
+
+
+def test_python_code_decides_a_caught_response_and_its_messages_are_kept(
+    tmp_path: Path, out: Path
+) -> None:
+    checked = load_scenario(_scenario(tmp_path, CHECKS, "checked.py"), None)
+    with lp.start_target() as target:
+        s = lp.run(checked, out, target=target.url).summary()
+        served = target.served_by_path
+    by = {r.name: r for r in s.requests}
+    iterations = s.task("sync_checks").iterations
+    assert iterations and by["cart"].requests == iterations
+    # Each request counted once as a request; its failure as an error of its kind.
+    assert by["cart"].errors_by_kind["check"] == by["cart"].requests
+    assert by["gone"].errors == 0 and served["/status/404"] == by["gone"].requests
+    assert by["down"].errors_by_kind["status"] == by["down"].requests == served["/status/503"]
+    assert by["parsed"].errors_by_kind["check"] == by["parsed"].requests
+    assert by["echo"].errors_by_kind["check"] == by["echo"].requests == served["/echo"]
+    assert s.task("sync_checks").errors == 3 * iterations
+    assert s.task("sync_checks").errors_by_kind["exception"] == 0, "caught in the task"
+    # The messages, most frequent first, with their counts.
+    failures = {(f.request, f.message): f.count for f in s.failures}
+    assert failures == {
+        ("cart", "no total"): iterations,
+        ("down", "HTTP 503"): iterations,
+        ("parsed", "KeyError: 'missing'"): iterations,
+        ("echo", "empty echo"): by["echo"].requests,
+    }
+    counts = [f.count for f in s.failures]
+    assert counts == sorted(counts, reverse=True)
+    assert "no total" in s.table() and "KeyError: &#x27;missing&#x27;" in s.html()
+    assert lp.load_run(out).summary().failures == s.failures

@@ -19,7 +19,7 @@ import sys
 import threading
 import traceback
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +70,84 @@ class Response:
         return f"<Response [{self.status_code}]>"
 
 
+class CaughtResponse(Response):
+    """A response whose success the code in its ``with`` block decides (``catch_response=True``,
+    Locust's idiom): ``failure(message)`` counts the request as failed (an error of kind
+    ``check``, with the message kept for the summary's failures), ``success()`` as a success
+    whatever its status; an exception in the block fails it too (and goes on up). Left
+    undecided, a 4xx or 5xx counts as a ``status`` error, as without ``catch_response``."""
+
+    __slots__ = ("_settle", "_verdict")
+
+    def __init__(
+        self,
+        status: int,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        settle: Callable[[str, str], None],
+    ) -> None:
+        super().__init__(status, headers, body)
+        self._settle = settle
+        self._verdict: tuple[str, str] | None = None
+
+    def success(self) -> None:
+        """This request succeeded, whatever its status."""
+        self._verdict = ("ok", "")
+
+    def failure(self, message: object) -> None:
+        """This request failed: counted as a ``check`` error with ``message`` (an exception or
+        any text)."""
+        if isinstance(message, BaseException):
+            message = f"{type(message).__name__}: {message}"
+        self._verdict = ("check", str(message))
+
+    def __enter__(self) -> CaughtResponse:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: Any) -> None:
+        verdict = self._verdict
+        if err is not None and not isinstance(err, RequestError):
+            verdict = ("check", f"{type(err).__name__}: {err}")
+        if verdict is None and self.status_code >= 400:
+            verdict = ("status", f"HTTP {self.status_code}")
+        if verdict is not None and verdict[0] != "ok":
+            self._settle(*verdict)
+
+    async def __aenter__(self) -> CaughtResponse:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: Any
+    ) -> None:
+        self.__exit__(kind, err, tb)
+
+
+class _Catching:
+    """What an ``async`` task's ``self.client.get(..., catch_response=True)`` gives: ``async
+    with`` it (or await it) for the :class:`CaughtResponse`."""
+
+    def __init__(self, sent: Awaitable[CaughtResponse]) -> None:
+        self._sent = sent
+        self._response: CaughtResponse | None = None
+
+    def __await__(self) -> Generator[Any, None, CaughtResponse]:
+        return self._sent.__await__()
+
+    async def __aenter__(self) -> CaughtResponse:
+        self._response = await self._sent
+        return self._response
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: Any
+    ) -> None:
+        assert self._response is not None
+        self._response.__exit__(kind, err, tb)
+
+
+#: The check of a request whose success Python decides: every status is an answer.
+_ANY_STATUS = Expect(status_range=(100, 999))
+
+
 class Client:
     """``self.client`` of a Python virtual user. In an ``async def`` task its methods return
     awaitables; in a plain ``def`` task (or hook) they block that user's thread until the
@@ -96,13 +174,18 @@ class Client:
         data: bytes | str | None = None,
         timeout: Duration | None = None,
         expect: Expect | None = None,
+        catch_response: bool = False,
     ) -> Any:
         """Sends a request through the engine. Without ``timeout`` the plan's applies
         (``@lp.scenario(timeout=...)``), as for engine tasks: the engine fills it in.
         ``name``: what its measurements are kept under (default: the method and the path
-        without its query, as given here: ``GET /items/7``; name requests whose path varies)."""
+        without its query, as given here: ``GET /items/7``; name requests whose path varies).
+        ``catch_response=True``: the code in a ``with`` block over the response decides
+        whether it failed (:class:`CaughtResponse`)."""
         if not isinstance(method, str) or not method.strip():
             raise ValueError(f"invalid HTTP method {method!r}")
+        if catch_response and expect is not None:
+            raise ValueError("expect= and catch_response=True both judge the response: give one")
         if params:
             path = f"{path}{'&' if '?' in path else '?'}{urllib.parse.urlencode(params)}"
         hs = list((headers or {}).items())
@@ -124,22 +207,36 @@ class Client:
             body,
             None if timeout is None else parse_duration(timeout, what="timeout"),
             due,
-            None if expect is None else _check(expect),
+            _check(_ANY_STATUS) if catch_response else None if expect is None else _check(expect),
         )
+        settle = None
+        if catch_response:
+            task, session = self._task, self._session
+
+            def settle(kind: str, message: str) -> None:
+                session.settle(task, name, method, path, kind, message)
+
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return _finish(self._session.request_blocking(*args), method, path)
-        return self._send(args, method, path)
+            return _finish(self._session.request_blocking(*args), method, path, settle)
+        sent = self._send(args, method, path, settle)
+        return _Catching(sent) if catch_response else sent  # type: ignore[arg-type]
 
-    async def _send(self, args: _Args, method: str, path: str) -> Response:
+    async def _send(
+        self,
+        args: _Args,
+        method: str,
+        path: str,
+        settle: Callable[[str, str], None] | None = None,
+    ) -> Any:
         rid, fut = self._inbox.expect()
         try:
             self._session.request(*args, self._inbox.mailbox, rid)
         except BaseException:
             self._inbox.forget(rid)
             raise
-        return _finish(await fut, method, path)
+        return _finish(await fut, method, path, settle)
 
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)
@@ -213,9 +310,16 @@ class _Inbox:
         self._loop.remove_reader(self.mailbox.fileno())
 
 
-def _finish(result: _Result, method: str, path: str) -> Response:
+def _finish(
+    result: _Result,
+    method: str,
+    path: str,
+    settle: Callable[[str, str], None] | None = None,
+) -> Response:
     if isinstance(result, str):
         raise RequestError(result, method, path)
+    if settle is not None:
+        return CaughtResponse(*result, settle=settle)
     return Response(*result)
 
 

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use loadpilot_core::outcome::ErrorKind;
 use loadpilot_core::plan::check;
 use loadpilot_core::plan::template::Scope;
 use loadpilot_core::plan::Expect;
@@ -277,6 +278,34 @@ impl PySession {
         let result =
             py.detach(move || rt.block_on(async move { outcome(session.request(req).await) }));
         outcome_to_py(py, result)
+    }
+
+    /// A request's failure decided in Python once its response was in (`catch_response`):
+    /// `kind` is `check` (a failure or an exception in the block) or `status` (a 4xx or 5xx
+    /// not marked a success), counted now for request `name` of entry `task`, with `message`.
+    /// `name`: what the request was measured under (None: its method and path, as sent).
+    #[pyo3(signature = (task, name, method, path, kind, message))]
+    fn settle(
+        &self,
+        task: Option<usize>,
+        name: Option<&str>,
+        method: &str,
+        path: &str,
+        kind: &str,
+        message: &str,
+    ) -> PyResult<()> {
+        let kind = match kind {
+            "check" => ErrorKind::Check,
+            "status" => ErrorKind::Status,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "a settled failure is of kind check or status, not {other:?}"
+                )))
+            }
+        };
+        let name = loadpilot_core::plan::request_name(name, method, path);
+        self.inner.settle(task, &name, kind, message);
+        Ok(())
     }
 
     #[getter]

@@ -158,12 +158,41 @@ impl Counters {
     }
 }
 
+/// The most distinct failure messages kept per slot: past it, a new message is counted under
+/// `OTHER_MESSAGES` (a check whose message varies per request must not grow without bound).
+pub const MAX_MESSAGES: usize = 100;
+/// Where messages past `MAX_MESSAGES` are counted.
+pub const OTHER_MESSAGES: &str = "(other messages)";
+/// The longest message kept, in bytes (longer ones are cut at a character boundary).
+pub const MAX_MESSAGE_LEN: usize = 300;
+
+/// Failure messages and how often each came (a failed check's, as Python gave it).
+pub type Messages = Vec<(String, u64)>;
+
+/// Adds `n` of `message` (cut to `MAX_MESSAGE_LEN`) to `into`, within `MAX_MESSAGES`.
+pub fn add_message(into: &mut Messages, message: &str, n: u64) {
+    let mut end = message.len().min(MAX_MESSAGE_LEN);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut message = &message[..end];
+    if into.len() >= MAX_MESSAGES && !into.iter().any(|(m, _)| m == message) {
+        message = OTHER_MESSAGES;
+    }
+    match into.iter_mut().find(|(m, _)| m == message) {
+        Some(m) => m.1 += n,
+        None => into.push((message.to_string(), n)),
+    }
+}
+
 /// What one task did in one interval (or over any span, once added up).
 #[derive(Clone)]
 pub struct TaskData {
     pub corrected: Hist,
     pub service: Hist,
     pub counts: Counters,
+    /// The messages of its failed checks (those given one), with their counts.
+    pub messages: Messages,
 }
 
 impl TaskData {
@@ -172,6 +201,7 @@ impl TaskData {
             corrected: new_hist(),
             service: new_hist(),
             counts: Counters::default(),
+            messages: Vec::new(),
         }
     }
 
@@ -183,6 +213,9 @@ impl TaskData {
             .add(&o.service)
             .expect("same bounds always add");
         self.counts.add(&o.counts);
+        for (m, n) in &o.messages {
+            add_message(&mut self.messages, m, *n);
+        }
     }
 
     /// Back to empty, keeping the histograms' memory.
@@ -190,6 +223,16 @@ impl TaskData {
         self.corrected.reset();
         self.service.reset();
         self.counts = Counters::default();
+        self.messages.clear();
+    }
+
+    /// A failure decided after the response was recorded (a Python check): an error of
+    /// `kind`, with its message.
+    pub fn failed(&mut self, kind: ErrorKind, message: &str) {
+        self.error(kind, true);
+        if !message.is_empty() {
+            add_message(&mut self.messages, message, 1);
+        }
     }
 
     /// A completed response: its status and both latencies.
@@ -224,6 +267,7 @@ impl TaskData {
             corrected: crate::measure::hlog::encode(&self.corrected),
             service: crate::measure::hlog::encode(&self.service),
             counts: self.counts,
+            messages: self.messages.clone(),
         }
     }
 
@@ -243,6 +287,9 @@ impl TaskData {
             self.service.record_n(v, n).expect("checked by parse");
         }
         self.counts.add(&w.counts);
+        for (m, n) in &w.messages {
+            add_message(&mut self.messages, m, *n);
+        }
     }
 }
 
@@ -254,6 +301,8 @@ pub struct WireData {
     pub service: String,
     #[serde(flatten)]
     pub counts: Counters,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Messages,
 }
 
 /// A `WireData`'s histograms decoded into their counts and checked to be in LoadPilot's own
@@ -604,6 +653,32 @@ mod tests {
             drain[0].counts.status[4], 1,
             "what completes after the planned end lands in the drain interval"
         );
+    }
+
+    #[test]
+    fn failure_messages_are_bounded_cut_and_travel_with_their_counts() {
+        let mut d = TaskData::new();
+        d.failed(ErrorKind::Check, "no total");
+        d.failed(ErrorKind::Check, "no total");
+        let long = "é".repeat(MAX_MESSAGE_LEN); // two bytes each: cut at a boundary
+        d.failed(ErrorKind::Check, &long);
+        d.failed(ErrorKind::Check, &long);
+        assert_eq!(d.messages[0], ("no total".to_string(), 2));
+        assert_eq!(d.messages[1].0.len(), MAX_MESSAGE_LEN);
+        assert_eq!(d.messages[1].1, 2, "a long message cut alike each time");
+        for i in 0..MAX_MESSAGES + 5 {
+            d.failed(ErrorKind::Check, &format!("id {i}"));
+        }
+        assert_eq!(d.messages.len(), MAX_MESSAGES + 1);
+        let other = d.messages.iter().find(|(m, _)| m == OTHER_MESSAGES).unwrap();
+        assert_eq!(other.1, 7);
+        assert_eq!(d.counts.errors[ErrorKind::Check as usize], 4 + MAX_MESSAGES as u64 + 5);
+        let back = TaskData::from_wire(&d.to_wire()).unwrap();
+        assert_eq!(back.messages, d.messages);
+        let mut sum = TaskData::new();
+        sum.add(&back);
+        sum.add(&d);
+        assert_eq!(sum.messages[0], ("no total".to_string(), 4));
     }
 
     fn new_hist_with(v: u64) -> Hist {

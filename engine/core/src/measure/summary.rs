@@ -162,6 +162,18 @@ pub struct RequestSummary {
     pub stats: Stats,
 }
 
+/// One failure message of a request name and how often it came (Locust's failures table).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailureCount {
+    pub task: String,
+    pub request: String,
+    pub message: String,
+    pub count: u64,
+}
+
+/// The most failure messages a summary lists (the most frequent).
+pub const MAX_FAILURES: usize = 100;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub name: String,
@@ -185,6 +197,9 @@ pub struct Summary {
     /// summaries of runs recorded before requests were measured apart.
     #[serde(default)]
     pub requests: Vec<RequestSummary>,
+    /// The messages of failed checks, most frequent first (at most `MAX_FAILURES`).
+    #[serde(default)]
+    pub failures: Vec<FailureCount>,
 }
 
 /// A run's totals so far: per entry (tasks, then hooks) and per request name, everything
@@ -337,7 +352,23 @@ impl Totals {
                 }
             })
             .collect();
+        let mut failures: Vec<FailureCount> = self
+            .requests
+            .iter()
+            .zip(&self.data[self.names.len()..])
+            .flat_map(|((e, name), d)| {
+                d.messages.iter().map(move |(m, n)| FailureCount {
+                    task: self.names[*e].clone(),
+                    request: name.clone(),
+                    message: m.clone(),
+                    count: *n,
+                })
+            })
+            .collect();
+        failures.sort_by(|a, b| b.count.cmp(&a.count));
+        failures.truncate(MAX_FAILURES);
         Summary {
+            failures,
             name: head.name.to_string(),
             started_at: head.started_at,
             duration_s: head.duration_s,

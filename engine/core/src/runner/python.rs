@@ -291,6 +291,19 @@ impl PyRequest {
 }
 
 impl Session {
+    /// A request's failure decided in Python after its response was recorded (a check of
+    /// `catch_response`): an error of `kind` of request `name` of entry `task`, now, with its
+    /// message. Requests of no entry (`on_stop`'s) are not measured.
+    pub fn settle(&self, task: Option<usize>, name: &str, kind: ErrorKind, message: &str) {
+        let Some(task) = task.filter(|t| *t < self.entries()) else {
+            return;
+        };
+        let slot = self.ctx.names.slot(task, name);
+        self.ctx
+            .recorder
+            .record_both(task, slot, Instant::now(), |d| d.failed(kind, message));
+    }
+
     pub(crate) fn new(ctx: Arc<Ctx>, vu: u64) -> Self {
         Session {
             client: tokio::sync::Mutex::new(Client::new(ctx.target.clone(), ctx.local_user(vu))),
