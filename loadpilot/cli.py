@@ -31,12 +31,12 @@ from loadpilot.plan import (
     HttpVersion,
     OpenLoad,
     Plan,
-    plan_request_names,
     Ramp,
     Request,
     Task,
     check_field,
     describe,
+    plan_request_names,
 )
 from loadpilot.profiles import Profile, constant, parse_duration
 from loadpilot.running import runs as _run

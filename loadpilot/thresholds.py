@@ -116,9 +116,7 @@ def parse(
         value = number
     # One spelling whichever way it was written ("<25ms", "< 25ms"): "< 25ms".
     text = f"{op} {m.group(2)}{unit or ''}"
-    return Threshold(
-        metric=metric, op=op, value=value, task=task, text=text, request=request
-    )
+    return Threshold(metric=metric, op=op, value=value, task=task, text=text, request=request)
 
 
 def parse_all(

@@ -73,7 +73,8 @@ def test_runs_and_summaries_render_as_compact_tables(
     run.wait()
     done = run._repr_html_()
     assert "finished (completed)" in done and "<td>a</td>" in done and "<td>200</td>" in done
-    assert lp.load_run(run.path)._repr_html_().count("<tr>") == 1 + 2
+    # The tasks' table (a head, the task, all) and the request names' (a head, the name).
+    assert lp.load_run(run.path)._repr_html_().count("<tr>") == (1 + 2) + (1 + 1)
     assert run.summary()._repr_html_().startswith("<table>")
 
 

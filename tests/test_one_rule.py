@@ -153,7 +153,16 @@ def test_every_file_a_run_writes_is_one_the_engine_names(tmp_path: Path) -> None
     written = {p.name for p in (tmp_path / "r").iterdir()}
     files = _engine.RUN_FILES
     assert written <= set(files.values()), written - set(files.values())
-    local = ("plan", "latency_log", "service_log", "metrics_jsonl", "metrics_parquet", "summary")
+    local = (
+        "plan",
+        "latency_log",
+        "service_log",
+        "requests_latency_log",
+        "requests_service_log",
+        "metrics_jsonl",
+        "metrics_parquet",
+        "summary",
+    )
     assert written == {files[k] for k in local}
 
 

@@ -163,7 +163,13 @@ def test_the_exposition_names_only_run_scenario_task_and_class_labels(tmp_path: 
         in text
     )
     assert "loadpilot_request_duration_seconds_bucket" in text
-    assert "id=42" not in text and "/status" not in text, "no URL ever becomes a label"
+    # No URL becomes a label: a request's default name is its path as written, without the
+    # query, and only the per-request families carry it (bounded by max_request_names).
+    assert "id=42" not in text
+    with_path = [ln for ln in text.splitlines() if "/status" in ln and not ln.startswith("#")]
+    assert with_path and all(
+        ln.startswith("loadpilot_named_") and 'request="GET /status/503"' in ln for ln in with_path
+    )
     assert r.summary().overall.requests == 100
 
 

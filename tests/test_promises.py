@@ -345,13 +345,19 @@ def test_compare_covers_shared_tasks_a_window_and_service_time(pair: tuple[Path,
     c = lp.compare(base, cand, service=True, start=1)
     # Tasks in one run only are left out of the per-task rows; "all" holds everything.
     assert set(c.frame["task"]) == {"a", "all"}
-    p99 = c.frame.filter((pl.col("task") == "a") & (pl.col("metric") == "p99"))
+    of_a = (pl.col("task") == "a") & (pl.col("metric") == "p99")
+    p99 = c.frame.filter(of_a & pl.col("request").is_null())
     window = lp.load_run(base).histogram("a", service=True, start=1)
     assert p99["baseline"].item() == window.percentile(99)
+    # Task a's one request name, "GET /", from its own log: the same requests, the same p99.
+    named = c.frame.filter(of_a & (pl.col("request") == "GET /"))
+    assert named["baseline"].item() == window.percentile(99)
     done = cli("compare", str(base), str(cand), "--service", "--from", "1s", "--json")
     assert done.returncode in (0, 1), done.stderr
     rows = json.loads(done.stdout)["changes"]
-    a99 = next(r for r in rows if r["task"] == "a" and r["metric"] == "p99")
+    a99 = next(
+        r for r in rows if r["task"] == "a" and r["metric"] == "p99" and r["request"] is None
+    )
     assert a99["baseline"] == window.percentile(99)
 
 

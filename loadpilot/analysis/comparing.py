@@ -12,7 +12,6 @@ beyond the noise threshold, else *no significant change*.
 from __future__ import annotations
 
 import dataclasses
-
 import html
 import json
 import math

@@ -122,6 +122,7 @@ def export(
             path = dest / ("service.hgrm" if service else "latency.hgrm")
             path.write_text(hgrm(r.histogram(service=service)))
             written.append(path)
+
         def safe(name: str) -> str:
             return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 

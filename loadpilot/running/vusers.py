@@ -104,7 +104,9 @@ class CaughtResponse(Response):
     def __enter__(self) -> CaughtResponse:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: Any) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: Any
+    ) -> None:
         verdict = self._verdict
         if err is not None and not isinstance(err, RequestError):
             verdict = ("check", f"{type(err).__name__}: {err}")
@@ -221,7 +223,7 @@ class Client:
         except RuntimeError:
             return _finish(self._session.request_blocking(*args), method, path, settle)
         sent = self._send(args, method, path, settle)
-        return _Catching(sent) if catch_response else sent  # type: ignore[arg-type]
+        return _Catching(sent) if catch_response else sent
 
     async def _send(
         self,

@@ -40,7 +40,11 @@ fn a_short_open_run_sends_its_schedule_and_writes_its_directory() {
         .collect();
     assert_eq!(
         named,
-        [("a", "GET /", 300), ("b", "the json", 100), ("b", "GET /", 100)]
+        [
+            ("a", "GET /", 300),
+            ("b", "the json", 100),
+            ("b", "GET /", 100)
+        ]
     );
     // The logs hold each task's histograms, and apart, each request name's.
     let mut logged = std::collections::BTreeMap::<String, u64>::new();

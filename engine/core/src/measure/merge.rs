@@ -507,9 +507,13 @@ mod tests {
     fn request_names_merge_by_name_whatever_order_each_agent_saw_them_in() {
         let mut m = merge("names");
         let live = vec!["x".to_string(), "y".to_string()];
-        m.add("x", &named(0, &[("login", 100), ("cart", 200), ("cart", 250)]))
+        m.add(
+            "x",
+            &named(0, &[("login", 100), ("cart", 200), ("cart", 250)]),
+        )
+        .unwrap();
+        m.add("y", &named(0, &[("cart", 300), ("login", 400)]))
             .unwrap();
-        m.add("y", &named(0, &[("cart", 300), ("login", 400)])).unwrap();
         m.close_ready(&live, 0).unwrap();
         let rows = m.take_rows();
         let of = |name: &str| {
@@ -535,7 +539,9 @@ mod tests {
             ..interval(1, &[])
         };
         assert!(matches!(m.add("x", &bad), Err(Error::Report { .. })));
-        let s = m.finish(None, &[Ended::Completed], None, 0.0, None).unwrap();
+        let s = m
+            .finish(None, &[Ended::Completed], None, 0.0, None)
+            .unwrap();
         let names: Vec<(&str, u64)> = s
             .requests
             .iter()

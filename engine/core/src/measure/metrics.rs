@@ -472,7 +472,13 @@ impl Recorder {
     }
 
     /// Records the same into two slots (a request's entry and its name's) at once.
-    pub fn record_both(&self, entry: usize, request: usize, at: Instant, f: impl Fn(&mut TaskData)) {
+    pub fn record_both(
+        &self,
+        entry: usize,
+        request: usize,
+        at: Instant,
+        f: impl Fn(&mut TaskData),
+    ) {
         self.record_in(at, |slots| {
             f(slot(slots, entry));
             f(slot(slots, request));
@@ -670,9 +676,16 @@ mod tests {
             d.failed(ErrorKind::Check, &format!("id {i}"));
         }
         assert_eq!(d.messages.len(), MAX_MESSAGES + 1);
-        let other = d.messages.iter().find(|(m, _)| m == OTHER_MESSAGES).unwrap();
+        let other = d
+            .messages
+            .iter()
+            .find(|(m, _)| m == OTHER_MESSAGES)
+            .unwrap();
         assert_eq!(other.1, 7);
-        assert_eq!(d.counts.errors[ErrorKind::Check as usize], 4 + MAX_MESSAGES as u64 + 5);
+        assert_eq!(
+            d.counts.errors[ErrorKind::Check as usize],
+            4 + MAX_MESSAGES as u64 + 5
+        );
         let back = TaskData::from_wire(&d.to_wire()).unwrap();
         assert_eq!(back.messages, d.messages);
         let mut sum = TaskData::new();

@@ -165,7 +165,11 @@ mod tests {
     fn names_get_slots_after_the_entries_and_past_the_limit_go_to_other() {
         let n = Names::new(vec!["a".into(), "b".into()], 2);
         assert_eq!(n.slot(0, "GET /x"), 2);
-        assert_eq!(n.slot(1, "GET /x"), 3, "the same name in another task is another");
+        assert_eq!(
+            n.slot(1, "GET /x"),
+            3,
+            "the same name in another task is another"
+        );
         assert_eq!(n.slot(0, "GET /x"), 2);
         assert!(!n.capped());
         assert_eq!(n.slot(0, "GET /y"), 4);

@@ -268,7 +268,11 @@ impl Totals {
 
     /// Adds `d` to request `name` of `entry`, giving it a slot if it has none.
     pub fn add_request(&mut self, entry: usize, name: &str, d: &TaskData) {
-        let i = match self.requests.iter().position(|(e, n)| *e == entry && n == name) {
+        let i = match self
+            .requests
+            .iter()
+            .position(|(e, n)| *e == entry && n == name)
+        {
             Some(i) => i,
             None => {
                 self.requests.push((entry, name.to_string()));
@@ -287,9 +291,10 @@ impl Totals {
 
     /// Everything closed so far of request `name` of task `task`.
     pub fn of_request(&self, task: &str, name: &str) -> Result<TaskData> {
-        let found = self.requests.iter().position(|(e, n)| {
-            n == name && self.names.get(*e).is_some_and(|t| t == task)
-        });
+        let found = self
+            .requests
+            .iter()
+            .position(|(e, n)| n == name && self.names.get(*e).is_some_and(|t| t == task));
         match found {
             Some(i) => Ok(self.data[self.names.len() + i].clone()),
             None => {
@@ -301,7 +306,9 @@ impl Totals {
                     .collect();
                 Err(Error::plan(
                     "request",
-                    format!("task {task:?} has no request named {name:?}; its requests: {of_task:?}"),
+                    format!(
+                        "task {task:?} has no request named {name:?}; its requests: {of_task:?}"
+                    ),
                 ))
             }
         }
@@ -365,7 +372,7 @@ impl Totals {
                 })
             })
             .collect();
-        failures.sort_by(|a, b| b.count.cmp(&a.count));
+        failures.sort_by_key(|f| std::cmp::Reverse(f.count));
         failures.truncate(MAX_FAILURES);
         Summary {
             failures,

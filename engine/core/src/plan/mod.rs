@@ -387,7 +387,9 @@ pub fn request_name_problem(name: &str) -> Option<String> {
     if name.trim().is_empty() {
         Some("a request name cannot be empty".into())
     } else if name.len() > MAX_REQUEST_NAME {
-        Some(format!("a request name has at most {MAX_REQUEST_NAME} bytes"))
+        Some(format!(
+            "a request name has at most {MAX_REQUEST_NAME} bytes"
+        ))
     } else if name.contains("{{") {
         Some(format!(
             "request name {name:?} holds a placeholder: a name is fixed for the run (it would \

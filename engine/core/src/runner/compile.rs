@@ -101,8 +101,7 @@ fn compile_bodies(plan: &Plan, target: &Target, names: &Names) -> Result<Vec<Bod
                 let mut reqs = Vec::new();
                 for (ri, r) in t.requests.iter().enumerate() {
                     let at = format!("tasks[{ti}].requests[{ri}]");
-                    let request =
-                        CompiledRequest::compile(r, &scope, target, plan.timeout_s, &at)?;
+                    let request = CompiledRequest::compile(r, &scope, target, plan.timeout_s, &at)?;
                     let name = request_name(r.name.as_deref(), &r.method, &r.path);
                     reqs.push(Step {
                         request,
