@@ -13,7 +13,8 @@ Each request is recorded into its task and into its name either way; with three 
 three slots instead of one. Goal: naming costs at most 3% of engine throughput:
 ``three_names / one_name >= 0.97``, read three ways: the ratio of the medians, the median of each
 round's ratio (the two variants run back to back in a round, under the same conditions), and the
-CPU seconds per request (what bounds throughput at saturation: ``one_name / three_names``). Results go to ``bench/results/named-<date>.json``.
+CPU seconds per request (what bounds throughput at saturation: ``one_name / three_names``).
+Results go to ``bench/results/named-<date>.json``.
 
     python bench/named.py [--users 32] [--seconds 6] [--rounds 8]
 """

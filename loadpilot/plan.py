@@ -135,6 +135,10 @@ class Request(_Model):
     headers: dict[str, str] = Field(default_factory=dict)
     body: str | None = None
     json_: Any = Field(default=None, alias="json")
+    form: list[tuple[str, str]] | None = None
+    """A form body: name and value pairs (templated), sent urlencoded."""
+    auth: tuple[str, str] | None = None
+    """Basic authentication: user and password (templated)."""
     timeout_s: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
     expect: Expect | None = None
 

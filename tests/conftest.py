@@ -31,6 +31,8 @@ class Recorder(ThreadingHTTPServer):
         self.arrivals: list[tuple[float, str]] = []
         #: (method, path, Authorization header) of every request, in order of arrival.
         self.seen: list[tuple[str, str, str | None]] = []
+        #: (path, Content-Type header, body) of every POST, in order of arrival.
+        self.bodies: list[tuple[str, str | None, bytes]] = []
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _RecordingHandler)
 
@@ -81,6 +83,8 @@ class _RecordingHandler(BaseHTTPRequestHandler):
         """``POST /login`` with ``{"user": U}`` answers ``{"token": "t-U"}``."""
         self._note()
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        with self.server.lock:
+            self.server.bodies.append((self.path, self.headers.get("Content-Type"), body))
         if self.path == "/login":
             user = json.loads(body)["user"]
             self._answer(json.dumps({"token": f"t-{user}"}).encode())

@@ -3,12 +3,15 @@ path and the Python path alike, and the counts are what the server counted per p
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 import textwrap
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -321,3 +324,85 @@ def test_python_code_decides_a_caught_response_and_its_messages_are_kept(
     assert counts == sorted(counts, reverse=True)
     assert "no total" in s.table() and "KeyError: &#x27;missing&#x27;" in s.html()
     assert lp.load_run(out).summary().failures == s.failures
+
+
+FORMS = """
+import loadpilot as lp
+import polars as pl
+
+@lp.scenario(profile=lp.constant(rps=20, duration="1s"))
+class Forms(lp.VUser):
+    feed = lp.feed(pl.DataFrame({"user": ["al ice", "bob&co"]}))
+
+    @lp.task
+    def engine_form(self):
+        self.client.post("/engine", data={"user": "{{user}}", "note": "a b&c=d é"},
+                         auth=("{{user}}", "p:w é"))
+
+    @lp.task
+    def python_form(self):
+        user = self.row["user"]
+        self.client.post("/python", data=[("user", user), ("note", "a b&c=d é")],
+                         auth=(user, "p:w é"))
+"""
+
+
+def test_forms_and_basic_auth_mean_the_same_on_both_paths(
+    tmp_path: Path, out: Path, recorder: Any
+) -> None:
+    forms = load_scenario(_scenario(tmp_path, FORMS, "forms.py"), None)
+    assert forms.paths == {"engine_form": "engine", "python_form": "python"}
+    s = lp.run(forms, out, target=recorder.url).summary()
+    assert s.overall.errors == 0 and s.overall.requests == 20
+    seen = {"/engine": [], "/python": []}
+    for path, content_type, body in recorder.bodies:
+        assert content_type == "application/x-www-form-urlencoded"
+        # Read back by the standard library's parser, not by the code that wrote it.
+        seen[path].append(urllib.parse.parse_qsl(body.decode(), strict_parsing=True))
+    auths = {}
+    for _method, path, auth in recorder.seen:
+        scheme, _, token = (auth or "").partition(" ")
+        assert scheme == "Basic", auth
+        auths.setdefault(path, set()).add(base64.b64decode(token).decode())
+    for path in ("/engine", "/python"):
+        assert seen[path], path
+        assert {tuple(p) for p in seen[path]} <= {
+            (("user", u), ("note", "a b&c=d é")) for u in ("al ice", "bob&co")
+        }
+        assert auths[path] <= {"al ice:p:w é", "bob&co:p:w é"} and auths[path]
+    # Two names, the method and the path: a form is a body like any other.
+    assert {r.name for r in s.requests} == {"POST /engine", "POST /python"}
+
+
+@pytest.mark.parametrize(
+    ("call", "why"),
+    [
+        ('self.client.get("/", files={"f": "x"})', "get() takes no keyword 'files'"),
+        ('self.client.get("/", verify=False)', "get() takes no keyword 'verify'"),
+    ],
+)
+def test_a_keyword_the_client_does_not_take_is_refused_at_load_on_either_path(
+    tmp_path: Path, call: str, why: str
+) -> None:
+    for body in (call, "x = 1\n" + " " * 20 + call):  # engine path, then Python path
+        f = _scenario(
+            tmp_path,
+            f"""
+            import loadpilot as lp
+
+            @lp.scenario(profile=lp.constant(rps=20, duration="1s"))
+            class Bad(lp.VUser):
+                @lp.task
+                def t(self):
+                    {body}
+            """,
+            "kw.py",
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "loadpilot.cli", "run", str(f), "--target", "http://127.0.0.1:9"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        line = 8 + body.count("\n")
+        assert f"{f}:{line}: {why}" in done.stderr, done.stderr

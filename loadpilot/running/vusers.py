@@ -12,6 +12,7 @@ is measured from the instant it was due, so the figures mean the same as for eng
 from __future__ import annotations
 
 import asyncio
+import base64
 import inspect
 import itertools
 import json as _json
@@ -19,7 +20,7 @@ import sys
 import threading
 import traceback
 import urllib.parse
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -173,7 +174,8 @@ class Client:
         headers: Mapping[str, str] | None = None,
         json: Any = None,
         content: bytes | str | None = None,
-        data: bytes | str | None = None,
+        data: bytes | str | Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
+        auth: tuple[str, str] | None = None,
         timeout: Duration | None = None,
         expect: Expect | None = None,
         catch_response: bool = False,
@@ -192,6 +194,16 @@ class Client:
             path = f"{path}{'&' if '?' in path else '?'}{urllib.parse.urlencode(params)}"
         hs = list((headers or {}).items())
         body: bytes | None = None
+        if data is not None and not isinstance(data, str | bytes):
+            # A form: urlencoded, as httpx and requests send it.
+            pairs = data.items() if isinstance(data, Mapping) else data
+            data = urllib.parse.urlencode([(str(k), str(v)) for k, v in pairs])
+            if not any(k.lower() == "content-type" for k, _ in hs):
+                hs.append(("content-type", "application/x-www-form-urlencoded"))
+        if auth is not None:
+            user, password = auth
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            hs.append(("authorization", f"Basic {token}"))
         raw = content if content is not None else data
         if json is not None:
             body = _json.dumps(json).encode()

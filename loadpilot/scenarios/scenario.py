@@ -206,10 +206,26 @@ class _RequestReader:
         headers: Mapping[str, str] | None = None,
         json: Any = None,
         content: str | None = None,
-        data: str | None = None,
+        data: str | Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
+        auth: tuple[str, str] | None = None,
         timeout: Duration | None = None,
         expect: Expect | None = None,
+        **unknown: Any,
     ) -> None:
+        if unknown:
+            kw = next(iter(unknown))
+            hint = (
+                ": it needs a `with` block, which runs the task in Python"
+                if kw == "catch_response"
+                else f"; it takes {', '.join(CLIENT_KEYWORDS)}"
+            )
+            raise ScenarioError(f"{_caller()}: {method.lower()}() takes no keyword {kw!r}{hint}")
+        form = None
+        if data is not None and not isinstance(data, str | bytes):
+            form = _form_pairs(data, _caller)
+            data = None
+        if auth is not None:
+            auth = _auth_pair(auth, _caller)
         if name is not None:
             why = (
                 f"name {name!r} is not text"
@@ -231,6 +247,8 @@ class _RequestReader:
                 headers=dict(headers or {}),
                 body=body,
                 json_=json,
+                form=form,
+                auth=auth,
                 timeout_s=None if timeout is None else parse_duration(timeout, what="timeout"),
                 expect=expect,
             )
@@ -240,6 +258,64 @@ class _RequestReader:
         if verb not in _VERBS:
             raise AttributeError(verb)
         return lambda path, **kw: self.request(verb.upper(), path, **kw)
+
+
+#: The keywords both paths' clients take, with the same meaning (httpx's where they overlap).
+CLIENT_KEYWORDS = (
+    "name",
+    "params",
+    "headers",
+    "json",
+    "content",
+    "data",
+    "auth",
+    "timeout",
+    "expect",
+    "catch_response",
+)
+
+
+def _form_pairs(data: Any, where: Callable[[], str]) -> list[tuple[str, str]]:
+    """A form given as a mapping or as (name, value) pairs, as text pairs."""
+    try:
+        items = data.items() if isinstance(data, Mapping) else list(data)
+        return [(str(k), str(v)) for k, v in items]
+    except (TypeError, ValueError):
+        raise ScenarioError(
+            f"{where()}: data= takes text, bytes, a mapping or (name, value) pairs, "
+            f"not {type(data).__name__}"
+        ) from None
+
+
+def _auth_pair(auth: Any, where: Callable[[], str]) -> tuple[str, str]:
+    if not (isinstance(auth, tuple) and len(auth) == 2 and all(isinstance(a, str) for a in auth)):
+        raise ScenarioError(f"{where()}: auth= takes (user, password), not {auth!r}")
+    return auth
+
+
+def _bad_keyword(fn: Callable[..., Any]) -> str | None:
+    """file:line and what is wrong, for the first client call in ``fn`` that gives a keyword
+    the client does not take: refused when the scenario is read, never at run time."""
+    try:
+        source = textwrap.dedent(inspect.getsource(fn))
+    except (OSError, TypeError):
+        return None
+    first = fn.__code__.co_firstlineno - 1
+    for node in ast.walk(ast.parse(source)):
+        if not (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and ast.unparse(node.func.value) == "self.client"
+            and node.func.attr in (*_VERBS, "request")
+        ):
+            continue
+        for k in node.keywords:
+            if k.arg is not None and k.arg not in CLIENT_KEYWORDS:
+                return (
+                    f"{fn.__code__.co_filename}:{first + node.lineno}: {node.func.attr}() takes "
+                    f"no keyword {k.arg!r}; it takes {', '.join(CLIENT_KEYWORDS)}"
+                )
+    return None
 
 
 def _caller() -> str:
@@ -415,6 +491,9 @@ def _read_tasks(cls: type[VUser]) -> tuple[tuple[Task, ...], str | None, Hooks]:
     reason = None
     tasks = []
     for name, fn, weight in found:
+        bad = _bad_keyword(fn)
+        if bad is not None:
+            raise ScenarioError(bad)
         why = _engine_path_reason(fn)
         if why is not None:
             reason = reason or f"task {name!r} has Python logic: {why} ({_where(fn)})"

@@ -241,6 +241,21 @@ async fn handle(
                 .insert(CONTENT_TYPE, "application/json".parse().unwrap());
             r
         }
+        "/headers" => {
+            // The request's headers as a JSON object (a name sent twice: its last value).
+            let seen: serde_json::Map<String, serde_json::Value> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                    (k.as_str().to_string(), serde_json::Value::String(v))
+                })
+                .collect();
+            let mut r = text(StatusCode::OK, serde_json::Value::Object(seen).to_string());
+            r.headers_mut()
+                .insert(CONTENT_TYPE, "application/json".parse().unwrap());
+            r
+        }
         "/cookies" => {
             let sent = req
                 .headers()
@@ -443,6 +458,8 @@ mod tests {
             .starts_with("HTTP/1.1 400"));
         let set = ask(at, "/cookies/set?sid=s1").await;
         assert!(set.contains("set-cookie: sid=s1; Path=/"), "{set}");
+        let headers = ask(at, "/headers").await;
+        assert!(headers.contains(r#""host":"x""#), "{headers}");
         server.stop();
     }
 

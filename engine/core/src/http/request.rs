@@ -97,13 +97,49 @@ impl Outgoing {
     }
 }
 
+/// What a request's body is made of.
+enum BodyParts {
+    None,
+    /// Sent as rendered.
+    Raw(Template),
+    /// Sent as rendered, as `application/json`.
+    Json(Template),
+    /// Name and value pairs, each rendered, then urlencoded.
+    Form(Vec<(Template, Template)>),
+}
+
+impl BodyParts {
+    fn templates(&self) -> Vec<&Template> {
+        match self {
+            BodyParts::None => Vec::new(),
+            BodyParts::Raw(t) | BodyParts::Json(t) => vec![t],
+            BodyParts::Form(pairs) => pairs.iter().flat_map(|(k, v)| [k, v]).collect(),
+        }
+    }
+}
+
+/// `s` as `application/x-www-form-urlencoded` writes it: letters, digits and `*-._` as they
+/// are, a space as `+`, every other byte as `%XX` (what browsers, requests and httpx send).
+pub fn form_encode(s: &str, out: &mut String) {
+    for b in s.bytes() {
+        match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+}
+
 /// A request of a task, compiled once per run.
 pub struct CompiledRequest {
     method: Method,
     path: Template,
     headers: Vec<(HeaderName, Template)>,
-    body: Option<Template>,
-    json: bool,
+    body: BodyParts,
+    /// Basic authentication: user and password.
+    auth: Option<(Template, Template)>,
     pub timeout: Duration,
     pub check: Check,
     /// Set when nothing in the request varies: the request is cloned instead of rendered.
@@ -141,23 +177,43 @@ impl CompiledRequest {
                 Template::compile(v, scope, &format!("{at}.headers.{k}"))?,
             ));
         }
-        let (body, json) = match (&spec.body, &spec.json) {
-            (Some(_), Some(_)) => {
-                return Err(Error::plan(at, "give either body or json, not both"));
+        let body = match (&spec.body, &spec.json, &spec.form) {
+            (None, None, None) => BodyParts::None,
+            (Some(b), None, None) => {
+                BodyParts::Raw(Template::compile(b, scope, &format!("{at}.body"))?)
             }
-            (Some(b), None) => (
-                Some(Template::compile(b, scope, &format!("{at}.body"))?),
-                false,
-            ),
-            (None, Some(j)) => (
-                Some(Template::compile(
-                    &j.to_string(),
-                    scope,
-                    &format!("{at}.json"),
-                )?),
-                true,
-            ),
-            (None, None) => (None, false),
+            (None, Some(j), None) => BodyParts::Json(Template::compile(
+                &j.to_string(),
+                scope,
+                &format!("{at}.json"),
+            )?),
+            (None, None, Some(pairs)) => {
+                let mut compiled = Vec::with_capacity(pairs.len());
+                for (i, (k, v)) in pairs.iter().enumerate() {
+                    let here = format!("{at}.form[{i}]");
+                    compiled.push((
+                        Template::compile(k, scope, &here)?,
+                        Template::compile(v, scope, &here)?,
+                    ));
+                }
+                BodyParts::Form(compiled)
+            }
+            _ => {
+                return Err(Error::plan(at, "give one of body, json and form"));
+            }
+        };
+        let auth = match &spec.auth {
+            Some((user, password)) => {
+                let here = format!("{at}.auth");
+                if user.contains(':') {
+                    return Err(Error::plan(here, "a user name cannot hold ':'"));
+                }
+                Some((
+                    Template::compile(user, scope, &here)?,
+                    Template::compile(password, scope, &here)?,
+                ))
+            }
+            None => None,
         };
         let timeout = spec.timeout_s.unwrap_or(default_timeout);
         if !(timeout.is_finite() && timeout > 0.0) {
@@ -172,14 +228,22 @@ impl CompiledRequest {
             path,
             headers,
             body,
-            json,
+            auth,
             timeout: Duration::from_secs_f64(timeout),
             check,
             constant: None,
         };
         let varies = req.path.as_constant().is_none()
             || req.headers.iter().any(|(_, t)| t.as_constant().is_none())
-            || req.body.as_ref().is_some_and(|b| b.as_constant().is_none());
+            || req
+                .body
+                .templates()
+                .iter()
+                .any(|b| b.as_constant().is_none())
+            || req
+                .auth
+                .as_ref()
+                .is_some_and(|(u, p)| u.as_constant().is_none() || p.as_constant().is_none());
         if !varies {
             let empty = Values {
                 vu: 0,
@@ -200,14 +264,35 @@ impl CompiledRequest {
                 .map_err(|_| format!("header {name} is not valid in HTTP"))?;
             headers.push((name.clone(), value));
         }
-        if self.json && !headers.iter().any(|(k, _)| k == CONTENT_TYPE) {
-            headers.push((CONTENT_TYPE, HeaderValue::from_static("application/json")));
+        let has_type = headers.iter().any(|(k, _)| k == CONTENT_TYPE);
+        let (body, content_type) = match &self.body {
+            BodyParts::None => (Bytes::new(), None),
+            BodyParts::Raw(t) => (Bytes::from(t.render(v)), None),
+            BodyParts::Json(t) => (Bytes::from(t.render(v)), Some("application/json")),
+            BodyParts::Form(pairs) => {
+                let mut out = String::new();
+                for (i, (k, val)) in pairs.iter().enumerate() {
+                    if i > 0 {
+                        out.push('&');
+                    }
+                    form_encode(&k.render(v), &mut out);
+                    out.push('=');
+                    form_encode(&val.render(v), &mut out);
+                }
+                (Bytes::from(out), Some("application/x-www-form-urlencoded"))
+            }
+        };
+        if let (Some(ct), false) = (content_type, has_type) {
+            headers.push((CONTENT_TYPE, HeaderValue::from_static(ct)));
         }
-        let body = self
-            .body
-            .as_ref()
-            .map(|t| Bytes::from(t.render(v)))
-            .unwrap_or_default();
+        if let Some((user, password)) = &self.auth {
+            use base64::Engine as _;
+            let pair = format!("{}:{}", user.render(v), password.render(v));
+            let coded = base64::engine::general_purpose::STANDARD.encode(pair);
+            let value = HeaderValue::from_str(&format!("Basic {coded}"))
+                .map_err(|_| "basic authentication is not valid in HTTP".to_string())?;
+            headers.push((hyper::header::AUTHORIZATION, value));
+        }
         Outgoing::new(
             self.method.clone(),
             &self.path.render(v),

@@ -303,6 +303,13 @@ pub struct RequestSpec {
     /// JSON body (string values templated); sets `content-type: application/json`.
     #[serde(default)]
     pub json: Option<serde_json::Value>,
+    /// A form body: `[name, value]` pairs (templated), sent urlencoded as
+    /// `application/x-www-form-urlencoded`.
+    #[serde(default)]
+    pub form: Option<Vec<(String, String)>>,
+    /// Basic authentication: `[user, password]` (templated), sent as `Authorization: Basic`.
+    #[serde(default)]
+    pub auth: Option<(String, String)>,
     #[serde(default)]
     pub timeout_s: Option<f64>,
     #[serde(default)]
