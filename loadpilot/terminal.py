@@ -208,6 +208,12 @@ def summary_table(s: Summary, verdicts: list[thresholds.Verdict]) -> Group:
                 row(f"  └ {r.name}", "", r)
     row("all", "", s.overall)
     parts: list[Table | Text] = [t]
+    if s.failures:
+        parts.append(Text("failures (most frequent first):"))
+        for f in s.failures[:10]:
+            parts.append(Text(f"  {f.count:>10,}  {f.request} ({f.task}): {f.message}"))
+        if len(s.failures) > 10:
+            parts.append(Text(f"  and {len(s.failures) - 10} more in summary.json"))
     if verdicts:
         parts.append(Text("thresholds:"))
         for v in verdicts:

@@ -142,6 +142,9 @@ def test_thresholds_name_requests_and_gate_the_run(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stdout + done.stderr
     assert "FAIL  checkout.error_rate < 1%  (actual 100%)" in done.stdout, done.stdout
     assert "pass  GET /json.p99 < 10s" in done.stdout, done.stdout
+    # An engine request's failed check has its line in the failures too.
+    failures = done.stdout.split("failures", 1)[1]
+    assert "checkout" in failures and "HTTP 503" in failures, done.stdout
 
 
 @pytest.mark.parametrize(

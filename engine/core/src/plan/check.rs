@@ -105,6 +105,18 @@ impl Check {
         latency_us: u64,
         values: &Values<'_>,
     ) -> Option<Failure> {
+        self.evaluate_why(status, body, latency_us, values)
+            .map(|(f, _)| f)
+    }
+
+    /// As `evaluate`, with the failure's message (what the summary's failures list).
+    pub fn evaluate_why(
+        &self,
+        status: u16,
+        body: &[u8],
+        latency_us: u64,
+        values: &Values<'_>,
+    ) -> Option<(Failure, &'static str)> {
         let status_ok = match (&self.status, self.status_range) {
             (None, None) => status < 400,
             (set, range) => {
@@ -113,13 +125,13 @@ impl Check {
             }
         };
         if !status_ok {
-            return Some(Failure::Status);
+            return Some((Failure::Status, "unexpected status"));
         }
         if let Some(t) = &self.body_contains {
             let needle = t.render(values);
             let needle = needle.as_bytes();
             if !needle.is_empty() && !body.windows(needle.len()).any(|w| w == needle) {
-                return Some(Failure::Check);
+                return Some((Failure::Check, "the body lacks the expected text"));
             }
         }
         if let Some((path, want)) = &self.json {
@@ -137,11 +149,14 @@ impl Check {
                 })
                 .unwrap_or(false);
             if !ok {
-                return Some(Failure::Check);
+                return Some((
+                    Failure::Check,
+                    "the JSON path does not hold the expected value",
+                ));
             }
         }
         if self.max_latency_us.is_some_and(|m| latency_us > m) {
-            return Some(Failure::Check);
+            return Some((Failure::Check, "slower than the latency limit"));
         }
         None
     }

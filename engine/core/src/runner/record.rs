@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::Ctx;
 use crate::http::{Client, Outgoing, Response};
 use crate::outcome::ErrorKind;
-use crate::plan::check::Check;
+use crate::plan::check::{Check, Failure};
 use crate::plan::template::Values;
 
 /// One exchange as it ended: what its latency is measured from, when it ended, and when it
@@ -86,11 +86,16 @@ impl Exchange {
             Ok((sent, resp)) => {
                 let corrected = self.end.saturating_duration_since(self.from).as_micros() as u64;
                 let service = self.end.saturating_duration_since(*sent).as_micros() as u64;
-                let failure = check.evaluate(resp.status, &resp.body, corrected, values);
+                let failure = check.evaluate_why(resp.status, &resp.body, corrected, values);
+                // The failures table's line: the status, or which check failed.
+                let message = failure.map(|(f, why)| match f {
+                    Failure::Status => format!("HTTP {}", resp.status),
+                    Failure::Check => why.to_string(),
+                });
                 ctx.recorder.record_both(task, slot, self.end, |d| {
                     d.response(resp.status, resp.bytes, corrected, service);
-                    if let Some(f) = failure {
-                        d.error(f.into(), true);
+                    if let (Some((f, _)), Some(m)) = (failure, &message) {
+                        d.failed(f.into(), m);
                     }
                     d.counts.iterations += ends;
                 });
@@ -184,7 +189,11 @@ mod tests {
             outcome: Err(ErrorKind::Connect),
         };
         refused.record(&ctx, 0, 1, &wanted, &VALUES, true);
-        let d = &ctx.recorder.take(1, false)[0];
+        let taken = ctx.recorder.take(1, false);
+        let d = &taken[0];
+        // The failed check's line for the failures table, in the task and in its name.
+        assert_eq!(d.messages, [("HTTP 200".to_string(), 1)]);
+        assert_eq!(taken[1].messages, d.messages);
         // Both in the interval they ended in (the second), neither in the first.
         assert_eq!(d.counts.requests, 2);
         assert_eq!(d.counts.errors[ErrorKind::Status as usize], 1);
