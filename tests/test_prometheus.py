@@ -137,10 +137,12 @@ def test_prometheus_sees_the_target_rate_and_the_runs_own_p99(
         b_exact = bisect.bisect_left(LATENCY_BUCKETS, exact / 1000)
         assert abs(b_est - b_exact) <= 1, (task, est, exact, LATENCY_BUCKETS[b_exact])
     # Counters are the run's own totals.
-    total = prom.value("sum(loadpilot_requests_total)")
+    # This run's series: the exporter of this process serves every run it has exported.
+    total = prom.value('sum(loadpilot_requests_total{scenario="scraped"})')
     assert total == s.overall.requests == 10_000
-    assert prom.value('sum(loadpilot_requests_total{status_class="2xx"})') == 10_000
-    assert prom.value("sum(loadpilot_errors_total)") == 0
+    ok = prom.value('sum(loadpilot_requests_total{scenario="scraped",status_class="2xx"})')
+    assert ok == 10_000
+    assert prom.value('sum(loadpilot_errors_total{scenario="scraped"})') == 0
     assert prom.value('loadpilot_target_rate{task="browse"}') == pytest.approx(400)
 
 
