@@ -80,6 +80,27 @@ def measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[str, fl
     return done.stdout, cpu
 
 
+def run_scenario_program(
+    program_text: str, url: str, users: int, seconds: float, prefix: list[str] | None = None
+) -> dict[str, float]:
+    """Runs a scenario program (argv: url, users, seconds, out; it prints one JSON line last)
+    on one engine thread, behind ``prefix`` (e.g. ``taskset``); returns that line's figures
+    with ``cpu_s_per_10k``, the program's CPU seconds per 10,000 requests."""
+    out = tempfile.mkdtemp(prefix="lp-bench-")
+    # A file, not `-c`: the scenario reader reads each task's source to choose its path.
+    program = Path(out) / "scenario.py"
+    program.write_text(program_text)
+    cmd = [*(prefix or []), sys.executable, str(program), url, str(users), str(seconds)]
+    env = dict(os.environ, LOADPILOT_THREADS="1")
+    try:
+        stdout, cpu = measured([*cmd, out + "/run"], env)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    r: dict[str, float] = json.loads(stdout.strip().splitlines()[-1])
+    r["cpu_s_per_10k"] = cpu / max(1, r["requests"]) * 10_000
+    return r
+
+
 _LOADPILOT_MAX = """
 import json, resource, sys, loadpilot as lp
 url, users, seconds, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]

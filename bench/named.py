@@ -28,11 +28,8 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
-from engine import Target, measured, spread, write_results
+from engine import Target, run_scenario_program, spread, write_results
 
 _NAMES = {
     "one_name": ("step", "step", "step"),
@@ -63,19 +60,11 @@ _PIN_RUN = ["taskset", "-c", "1"] if _PIN else []
 
 
 def run_variant(name: str, url: str, users: int, seconds: float) -> dict[str, float]:
-    out = tempfile.mkdtemp(prefix="lp-named-bench-")
-    # A file, not `-c`: the scenario reader reads each task's source to choose its path.
-    program = Path(out) / "scenario.py"
-    program.write_text(_PROGRAM.format(*_NAMES[name]))
-    cmd = [*_PIN_RUN, sys.executable, str(program), url, str(users), str(seconds), out + "/run"]
-    env = dict(os.environ, LOADPILOT_THREADS="1")
-    stdout, cpu = measured(cmd, env)
-    shutil.rmtree(out, ignore_errors=True)
-    r = json.loads(stdout.strip().splitlines()[-1])
+    program = _PROGRAM.format(*_NAMES[name])
+    r = run_scenario_program(program, url, users, seconds, prefix=_PIN_RUN)
     assert r.pop("path") == "engine", (name, r)
     assert r.pop("names") == len(set(_NAMES[name])), (name, r)
     assert r["errors"] == 0, (name, r)
-    r["cpu_s_per_10k"] = cpu / max(1, r["requests"]) * 10_000
     return r
 
 

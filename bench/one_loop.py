@@ -20,13 +20,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import shutil
-import sys
-import tempfile
-from pathlib import Path
 
-from engine import Target, measured, spread, write_results
+from engine import Target, run_scenario_program, spread, write_results
 
 _SCENARIOS = {
     "engine": """
@@ -70,19 +65,10 @@ print(json.dumps({{"requests": t.requests, "errors": t.errors, "rps": t.achieved
 
 
 def run_variant(name: str, url: str, users: int, seconds: float) -> dict[str, float]:
-    out = tempfile.mkdtemp(prefix="lp-loop-bench-")
-    # A file, not `-c`: the scenario reader reads each task's source to choose its path.
-    program = Path(out) / "scenario.py"
-    program.write_text(_PROGRAM.format(body=_SCENARIOS[name]))
-    cmd = [sys.executable, str(program), url, str(users), str(seconds), out + "/run"]
-    env = dict(os.environ, LOADPILOT_THREADS="1")
-    stdout, cpu = measured(cmd, env)
-    shutil.rmtree(out, ignore_errors=True)
-    r = json.loads(stdout.strip().splitlines()[-1])
+    r = run_scenario_program(_PROGRAM.format(body=_SCENARIOS[name]), url, users, seconds)
     expected = "python" if name == "python" else "engine"
     assert r.pop("path") == expected, (name, expected)
     assert r["errors"] == 0, (name, r)
-    r["cpu_s_per_10k"] = cpu / max(1, r["requests"]) * 10_000
     return r
 
 

@@ -25,7 +25,6 @@ __all__ = [
     "read_hlog_from",
     "request_name",
     "request_name_problem",
-    "request_tag",
     "split_tag",
     "read_log",
     "start_run",
@@ -37,7 +36,6 @@ __all__ = [
     "ERROR_KINDS",
     "MAX_SECONDS",
     "MAX_STREAMS",
-    "OTHER_REQUEST",
     "PLAN_DEFAULTS",
     "ROW_COLUMNS",
     "RUN_FILES",
@@ -59,15 +57,12 @@ MAX_SECONDS: float
 DEFAULT_MAX_USERS: int
 #: The most streams one HTTP/2 connection may be asked to carry (``max_streams``).
 MAX_STREAMS: int
-#: The request name that measures, together, the names past a plan's ``max_request_names``.
-OTHER_REQUEST: str
 #: The default of every plan field a plan may leave out, by field.
 PLAN_DEFAULTS: dict[str, Any]
 
 def split_tag(tag: str) -> tuple[str, str | None]: ...
 def request_name(name: str | None, method: str, path: str) -> str: ...
 def request_name_problem(name: str) -> str | None: ...
-def request_tag(task: str, name: str) -> str: ...
 
 class LoadPilotError(Exception): ...
 class PlanError(LoadPilotError): ...

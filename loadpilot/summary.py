@@ -114,7 +114,7 @@ class Summary(BaseModel):
     failures: list[FailureCount] = []
     """The messages of failed checks (``response.failure(...)``, an exception in a
     ``catch_response`` block), most frequent first; at most 100, each request name keeping
-    its 100 most distinct."""
+    the first 100 distinct messages it met (later ones as ``(other messages)``)."""
 
     def task(self, name: str) -> TaskSummary:
         for t in self.tasks:

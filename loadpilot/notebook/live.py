@@ -45,9 +45,7 @@ class _HlogTail:
         self.intervals: dict[float, _engine.Histogram] = {}
 
     def read(self) -> dict[float, _engine.Histogram]:
-        for _task, request, start, h in self.tail.read():
-            if request is not None:
-                continue  # a request name's: already in its task's
+        for _task, _request, start, h in self.tail.read():
             if start in self.intervals:
                 self.intervals[start].add(h)
             else:

@@ -68,9 +68,3 @@ pub(crate) fn read_log(path: PathBuf, unit: &str) -> PyResult<(f64, Vec<ForeignL
 pub(crate) fn split_tag(tag: &str) -> (String, Option<String>) {
     loadpilot_core::measure::names::split_tag(tag)
 }
-
-/// The log tag of request `name` of task `task`.
-#[pyfunction]
-pub(crate) fn request_tag(task: &str, name: &str) -> String {
-    loadpilot_core::measure::names::request_tag(task, name)
-}

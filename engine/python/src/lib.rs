@@ -105,7 +105,7 @@ mod _engine {
     #[pymodule_export]
     use super::hist::PyHistogram;
     #[pymodule_export]
-    use super::hlog::{read_hlog, read_hlog_from, read_log, request_tag, split_tag};
+    use super::hlog::{read_hlog, read_hlog_from, read_log, split_tag};
     #[pymodule_export]
     use super::merge::PyMerge;
     #[pymodule_export]
@@ -146,7 +146,6 @@ mod _engine {
         m.add("MAX_SECONDS", loadpilot_core::plan::MAX_SECONDS)?;
         m.add("DEFAULT_MAX_USERS", loadpilot_core::plan::DEFAULT_MAX_USERS)?;
         m.add("MAX_STREAMS", loadpilot_core::plan::MAX_STREAMS_LIMIT)?;
-        m.add("OTHER_REQUEST", loadpilot_core::measure::names::OTHER)?;
         let defaults = loadpilot_core::plan::defaults().to_string();
         let json = pyo3::types::PyModule::import(m.py(), "json")?;
         m.add("PLAN_DEFAULTS", json.call_method1("loads", (defaults,))?)

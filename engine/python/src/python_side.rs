@@ -294,15 +294,14 @@ impl PySession {
         kind: &str,
         message: &str,
     ) -> PyResult<()> {
-        let kind = match kind {
-            "check" => ErrorKind::Check,
-            "status" => ErrorKind::Status,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "a settled failure is of kind check or status, not {other:?}"
-                )))
-            }
-        };
+        let kind = [ErrorKind::Check, ErrorKind::Status]
+            .into_iter()
+            .find(|k| k.name() == kind)
+            .ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "a settled failure is of kind check or status, not {kind:?}"
+                ))
+            })?;
         let name = loadpilot_core::plan::request_name(name, method, path);
         self.inner.settle(task, &name, kind, message);
         Ok(())

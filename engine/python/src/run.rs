@@ -114,16 +114,7 @@ impl PyRun {
         service: bool,
         request: Option<&str>,
     ) -> PyResult<PyHistogram> {
-        let d = match (task, request) {
-            (Some(t), Some(r)) => self.handle.cumulative_request(t, r),
-            (None, Some(_)) => {
-                return Err(pyo3::exceptions::PyValueError::new_err(
-                    "a request is named within its task: give task= too",
-                ))
-            }
-            _ => self.handle.cumulative(task),
-        }
-        .map_err(CoreError)?;
+        let d = self.handle.cumulative(task, request).map_err(CoreError)?;
         Ok(PyHistogram::ours(if service {
             d.service
         } else {

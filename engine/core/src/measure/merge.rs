@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::measure::hlog::LogWriter;
-use crate::measure::metrics::{Counters, Interval, TaskData, WireData};
+use crate::measure::metrics::{at_slot, Counters, Interval, TaskData, WireData};
 use crate::measure::names::Names;
 use crate::measure::rows::{Row, Span};
 use crate::measure::rundir::{RunWriter, AGENTS_LOG};
@@ -254,10 +254,7 @@ impl Merge {
         }
         for (r, p) in iv.requests.iter().zip(&parsed_requests) {
             let at = self.request_names.slot(r.entry, &r.name);
-            if slot.data.len() <= at {
-                slot.data.resize_with(at + 1, TaskData::new);
-            }
-            slot.data[at].add_parsed(&r.data, p);
+            at_slot(&mut slot.data, at).add_parsed(&r.data, p);
         }
         Ok(if late { Added::Late } else { Added::Fresh })
     }
@@ -373,14 +370,9 @@ impl Merge {
         std::mem::take(&mut self.reporter_rows)
     }
 
-    /// Everything closed so far, of one entry or of all.
-    pub fn cumulative(&self, task: Option<&str>) -> Result<TaskData> {
-        self.totals.of(task)
-    }
-
-    /// Everything closed so far of request `name` of task `task`.
-    pub fn cumulative_request(&self, task: &str, name: &str) -> Result<TaskData> {
-        self.totals.of_request(task, name)
+    /// Everything closed so far: of one entry, of all, or of one request name of an entry.
+    pub fn cumulative(&self, task: Option<&str>, request: Option<&str>) -> Result<TaskData> {
+        self.totals.of(task, request)
     }
 
     /// Closes whatever is still open (a slice that never reported it is lost) and writes the
@@ -529,7 +521,10 @@ mod tests {
         for v in [200u64, 250, 300] {
             cart.record(v).unwrap();
         }
-        assert_eq!(m.cumulative_request("a", "cart").unwrap().corrected, cart);
+        assert_eq!(
+            m.cumulative(Some("a"), Some("cart")).unwrap().corrected,
+            cart
+        );
         let bad = Interval {
             requests: vec![crate::measure::metrics::WireRequest {
                 entry: 3,
@@ -578,7 +573,7 @@ mod tests {
         for v in [100u64, 200, 300] {
             all.record(v).unwrap();
         }
-        assert_eq!(m.cumulative(None).unwrap().corrected, all);
+        assert_eq!(m.cumulative(None, None).unwrap().corrected, all);
         // Interval 1 from x only: closes once its grace is over; y's report then is late and
         // joins the next interval to close.
         m.add("x", &interval(1, &[100])).unwrap();

@@ -468,7 +468,7 @@ impl Recorder {
 
     /// Records into slot `task`'s data of the interval in which `at` falls.
     pub fn record(&self, task: usize, at: Instant, f: impl FnOnce(&mut TaskData)) {
-        self.record_in(at, |slots| f(slot(slots, task)));
+        self.record_in(at, |slots| f(at_slot(slots, task)));
     }
 
     /// Records the same into two slots (a request's entry and its name's) at once.
@@ -480,8 +480,8 @@ impl Recorder {
         f: impl Fn(&mut TaskData),
     ) {
         self.record_in(at, |slots| {
-            f(slot(slots, entry));
-            f(slot(slots, request));
+            f(at_slot(slots, entry));
+            f(at_slot(slots, request));
         });
     }
 
@@ -551,7 +551,7 @@ impl Recorder {
 }
 
 /// Slot `i` of an interval's data, added on first use (request names come as they are seen).
-fn slot(slots: &mut Vec<TaskData>, i: usize) -> &mut TaskData {
+pub(crate) fn at_slot(slots: &mut Vec<TaskData>, i: usize) -> &mut TaskData {
     if slots.len() <= i {
         slots.resize_with(i + 1, TaskData::new);
     }

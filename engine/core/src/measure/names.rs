@@ -84,7 +84,8 @@ pub struct Names {
     entries: Vec<String>,
     max: usize,
     known: RwLock<Known>,
-    capped: AtomicBool,
+    /// Set once the run has said that names went to `other`.
+    said: AtomicBool,
 }
 
 impl Names {
@@ -98,7 +99,7 @@ impl Names {
             entries,
             max,
             known: RwLock::new(known),
-            capped: AtomicBool::new(false),
+            said: AtomicBool::new(false),
         }
     }
 
@@ -121,7 +122,7 @@ impl Names {
             return base + i;
         }
         let name = if k.named >= self.max && name != OTHER {
-            if !self.capped.swap(true, Ordering::Relaxed) {
+            if !self.said.swap(true, Ordering::Relaxed) {
                 eprintln!(
                     "loadpilot: more than {} request names; later names are measured together \
                      under {OTHER:?} (raise max_request_names to keep them apart)",
@@ -150,11 +151,6 @@ impl Names {
             .requests
             .clone()
     }
-
-    /// Whether some names were measured under `other`.
-    pub fn capped(&self) -> bool {
-        self.capped.load(Ordering::Relaxed)
-    }
 }
 
 #[cfg(test)]
@@ -171,11 +167,9 @@ mod tests {
             "the same name in another task is another"
         );
         assert_eq!(n.slot(0, "GET /x"), 2);
-        assert!(!n.capped());
         assert_eq!(n.slot(0, "GET /y"), 4);
         assert_eq!(n.slot(0, "GET /z"), 4, "one other per entry");
         assert_eq!(n.slot(1, "GET /z"), 5);
-        assert!(n.capped());
         assert_eq!(
             n.requests(),
             [

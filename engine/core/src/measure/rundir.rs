@@ -11,12 +11,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 use crate::measure::hlog::LogWriter;
-use crate::measure::metrics::{decode_hist, Hist, TaskData};
-use crate::measure::names::{request_tag, split_tag};
+use crate::measure::metrics::{at_slot, decode_hist, Hist, TaskData};
+use crate::measure::names::{request_tag, split_tag, Names};
 use crate::measure::rows::{Row, Span};
 use crate::measure::summary::{Ended, Head, Summary, Totals};
 use crate::plan::profile::Profile;
-use crate::plan::{Load, Plan, ON_START};
+use crate::plan::{Load, Plan};
 
 /// The plan the run ran.
 pub const PLAN: &str = "plan.json";
@@ -229,31 +229,26 @@ pub fn summarize_dir(dir: &Path) -> Result<Summary> {
         Load::Closed { stages, .. } => ("closed", stages),
     };
     let planned = Profile::new(stages)?.duration();
-    let mut names: Vec<String> = plan.tasks.iter().map(|t| t.name.clone()).collect();
-    if plan.hooks.on_start {
-        names.push(ON_START.to_string());
-    }
+    let names = plan.entry_names();
     let runs_on = plan
         .tasks
         .iter()
         .map(|t| t.path.name().to_string())
         .collect();
-    let mut totals = Totals::new(names.clone(), runs_on);
-    let entry = |name: &str| names.iter().position(|n| n == name);
+    // Slots as the run gave them: its entries, then its request names as first met.
+    let slots = Names::new(names.clone(), plan.max_request_names as usize);
+    let slot = |task: &str, request: Option<&str>| {
+        let i = names.iter().position(|n| n == task)?;
+        Some(request.map_or(i, |r| slots.slot(i, r)))
+    };
+    let mut data: Vec<TaskData> = Vec::new();
     let rows = read_rows(dir)?;
     // Each interval counts once towards the sending time (or the drain's, after the planned
     // end), whatever the number of entries with a row in it.
     let mut spans = std::collections::BTreeMap::new();
     for row in &rows {
-        if let Some(i) = entry(&row.task) {
-            let d = TaskData {
-                counts: Span::counters_of(row),
-                ..TaskData::new()
-            };
-            match &row.request {
-                None => totals.add_to(i, &d),
-                Some(name) => totals.add_request(i, name, &d),
-            }
+        if let Some(s) = slot(&row.task, row.request.as_deref()) {
+            at_slot(&mut data, s).counts.add(&Span::counters_of(row));
         }
         spans.insert(row.elapsed_s.to_bits(), (row.elapsed_s, row.interval_s));
     }
@@ -272,8 +267,10 @@ pub fn summarize_dir(dir: &Path) -> Result<Summary> {
             let Some((task, request)) = e.tag.as_deref().map(split_tag) else {
                 continue;
             };
-            let Some(i) = entry(&task) else { continue };
-            let mut d = TaskData::new();
+            let Some(s) = slot(&task, request.as_deref()) else {
+                continue;
+            };
+            let d = at_slot(&mut data, s);
             let h = if service {
                 &mut d.service
             } else {
@@ -283,12 +280,10 @@ pub fn summarize_dir(dir: &Path) -> Result<Summary> {
                 path: path.clone(),
                 message: format!("{e:?}"),
             })?;
-            match request {
-                None => totals.add_to(i, &d),
-                Some(name) => totals.add_request(i, &name, &d),
-            }
         }
     }
+    let mut totals = Totals::new(names.clone(), runs_on);
+    totals.add(&data, &slots.requests());
     let (mut duration_s, mut drain_s) = (0.0, 0.0);
     for (start, length) in spans.values() {
         if *start < planned {

@@ -241,11 +241,6 @@ impl Totals {
         &self.names
     }
 
-    /// The request names after the entries, as (entry, name).
-    pub fn requests(&self) -> &[(usize, String)] {
-        &self.requests
-    }
-
     /// Adds one closed interval's data, slot by slot; `requests`: the request names known
     /// (every name of `data`'s slots, and maybe more).
     pub fn add(&mut self, data: &[TaskData], requests: &[(usize, String)]) {
@@ -261,27 +256,27 @@ impl Totals {
         }
     }
 
-    /// Adds `d` to one slot's totals (an entry's, or request name `request - entries`).
-    pub fn add_to(&mut self, slot: usize, d: &TaskData) {
-        self.data[slot].add(d);
-    }
-
-    /// Adds `d` to request `name` of `entry`, giving it a slot if it has none.
-    pub fn add_request(&mut self, entry: usize, name: &str, d: &TaskData) {
-        let i = match self
+    fn of_request(&self, task: &str, name: &str) -> Result<TaskData> {
+        let of_task = |e: &usize| self.names.get(*e).is_some_and(|t| t == task);
+        match self
             .requests
             .iter()
-            .position(|(e, n)| *e == entry && n == name)
+            .position(|(e, n)| n == name && of_task(e))
         {
-            Some(i) => i,
+            Some(i) => Ok(self.data[self.names.len() + i].clone()),
             None => {
-                self.requests.push((entry, name.to_string()));
-                self.data.push(TaskData::new());
-                self.requests.len() - 1
+                let known: Vec<&str> = self
+                    .requests
+                    .iter()
+                    .filter(|(e, _)| of_task(e))
+                    .map(|(_, n)| n.as_str())
+                    .collect();
+                Err(Error::plan(
+                    "request",
+                    format!("task {task:?} has no request named {name:?}; its requests: {known:?}"),
+                ))
             }
-        };
-        let slot = self.names.len() + i;
-        self.data[slot].add(d);
+        }
     }
 
     /// The entries' totals (tasks, then hooks).
@@ -289,33 +284,18 @@ impl Totals {
         &self.data[..self.names.len()]
     }
 
-    /// Everything closed so far of request `name` of task `task`.
-    pub fn of_request(&self, task: &str, name: &str) -> Result<TaskData> {
-        let found = self
-            .requests
-            .iter()
-            .position(|(e, n)| n == name && self.names.get(*e).is_some_and(|t| t == task));
-        match found {
-            Some(i) => Ok(self.data[self.names.len() + i].clone()),
-            None => {
-                let of_task: Vec<&str> = self
-                    .requests
-                    .iter()
-                    .filter(|(e, _)| self.names.get(*e).is_some_and(|t| t == task))
-                    .map(|(_, n)| n.as_str())
-                    .collect();
-                Err(Error::plan(
+    /// Everything closed so far: of one entry (by name) or of all (`None`); with `request`,
+    /// of that request name of entry `task` (which it then needs).
+    pub fn of(&self, task: Option<&str>, request: Option<&str>) -> Result<TaskData> {
+        if let Some(name) = request {
+            let task = task.ok_or_else(|| {
+                Error::plan(
                     "request",
-                    format!(
-                        "task {task:?} has no request named {name:?}; its requests: {of_task:?}"
-                    ),
-                ))
-            }
+                    "a request is named within its task: give the task too",
+                )
+            })?;
+            return self.of_request(task, name);
         }
-    }
-
-    /// Everything closed so far, of one entry (by name) or of all (`None`).
-    pub fn of(&self, task: Option<&str>) -> Result<TaskData> {
         match task {
             None => {
                 let mut all = TaskData::new();

@@ -427,6 +427,16 @@ impl Plan {
         })
     }
 
+    /// What a run of this plan counts under, in order: its tasks, then `on_start` when it has
+    /// one (the entries; request names come after them).
+    pub fn entry_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.tasks.iter().map(|t| t.name.clone()).collect();
+        if self.hooks.on_start {
+            names.push(ON_START.to_string());
+        }
+        names
+    }
+
     /// Whether any part of the plan runs in Python (a task body or a hook).
     pub fn python(&self) -> bool {
         self.hooks.on_start

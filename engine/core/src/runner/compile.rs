@@ -15,7 +15,7 @@ use crate::measure::names::Names;
 use crate::plan::profile::Profile;
 use crate::plan::schedule::{Arrivals, Mix, Schedule};
 use crate::plan::template::Scope;
-use crate::plan::{request_name, ArrivalKind, Load, Plan, TaskPath, ON_START};
+use crate::plan::{request_name, ArrivalKind, Load, Plan, TaskPath};
 use crate::runner::python::PythonSide;
 
 pub(super) struct Compiled {
@@ -29,10 +29,7 @@ pub(super) struct Compiled {
 pub(super) fn compile(plan: &Plan, threads: usize) -> Result<Compiled> {
     plan.validate()?;
     let target = Target::with_http(&plan.target, plan.insecure, plan.http, plan.max_streams)?;
-    let mut names: Vec<String> = plan.tasks.iter().map(|t| t.name.clone()).collect();
-    if plan.hooks.on_start {
-        names.push(ON_START.to_string());
-    }
+    let names = plan.entry_names();
     let named = Names::new(names.clone(), plan.max_request_names as usize);
     let bodies = compile_bodies(plan, &target, &named)?;
     let weights: Vec<u32> = plan.tasks.iter().map(|t| t.weight).collect();

@@ -401,25 +401,10 @@ impl RunHandle {
     pub fn dir(&self) -> &PathBuf {
         &self.state.dir
     }
-    /// Everything closed so far for one task, or for all tasks (`None`).
-    pub fn cumulative(&self, task: Option<&str>) -> Result<TaskData> {
-        lock(&self.state.totals).of(task)
-    }
-
-    /// Everything closed so far for request `name` of task `task`.
-    pub fn cumulative_request(&self, task: &str, name: &str) -> Result<TaskData> {
-        lock(&self.state.totals).of_request(task, name)
-    }
-
-    /// The request names measured so far, as (task, name).
-    pub fn request_names(&self) -> Vec<(String, String)> {
-        let entries = self.ctx.names.entries();
-        self.ctx
-            .names
-            .requests()
-            .into_iter()
-            .map(|(e, n)| (entries[e].clone(), n))
-            .collect()
+    /// Everything closed so far: of one task, of all (`None`), or of request name `request`
+    /// of `task`.
+    pub fn cumulative(&self, task: Option<&str>, request: Option<&str>) -> Result<TaskData> {
+        lock(&self.state.totals).of(task, request)
     }
 
     /// Seconds since the run's clock started (0 while its users are set up).
