@@ -24,11 +24,14 @@ pub enum ErrorKind {
     GoAway,
     /// HTTP/2: the server reset the request's stream (RST_STREAM).
     RstStream,
+    /// A redirect that was not followed to its end: more hops than allowed (a loop), a
+    /// `Location` that is not an HTTP URL, or a hop to a host this run may not send to.
+    Redirect,
 }
 
 impl ErrorKind {
     /// The kinds counted in metrics, in column order.
-    pub const ALL: [ErrorKind; 12] = [
+    pub const ALL: [ErrorKind; 13] = [
         ErrorKind::Connect,
         ErrorKind::Dns,
         ErrorKind::Tls,
@@ -41,6 +44,7 @@ impl ErrorKind {
         ErrorKind::FdLimit,
         ErrorKind::GoAway,
         ErrorKind::RstStream,
+        ErrorKind::Redirect,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -56,6 +60,33 @@ impl ErrorKind {
             ErrorKind::FdLimit => "fd_limit",
             ErrorKind::GoAway => "goaway",
             ErrorKind::RstStream => "rst_stream",
+            ErrorKind::Redirect => "redirect",
+        }
+    }
+}
+
+/// A request that got no answer to keep: its kind, and what happened where the kind alone
+/// does not say it (which redirect failed and why), for the run's failures table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failed {
+    pub kind: ErrorKind,
+    pub message: Option<String>,
+}
+
+impl Failed {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Failed {
+            kind,
+            message: Some(message.into()),
+        }
+    }
+}
+
+impl From<ErrorKind> for Failed {
+    fn from(kind: ErrorKind) -> Self {
+        Failed {
+            kind,
+            message: None,
         }
     }
 }

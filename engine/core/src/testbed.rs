@@ -3,8 +3,11 @@
 //! server behind the demo, the tutorials, the tests and the benchmark.
 //!
 //! Routes: `/echo` returns the request body; `/json` a small JSON document; `/status/NNN` that
-//! status; `/cookies/set?name=value` sets a cookie and `/cookies` shows the ones sent back;
-//! anything else `OK`. `?delay_ms=N` adds a delay to one request.
+//! status; `/cookies/set?name=value` sets a cookie (and redirects to `next=` if given) and
+//! `/cookies` shows the ones sent back; `/headers` the request's headers as JSON, `/anything`
+//! its method, path, query, body and content type as JSON; `/redirect/N` redirects N times
+//! (302) before answering, `/redirect-to?url=U&status=S` redirects to `U` with status `S`
+//! (302 by default); anything else `OK`. `?delay_ms=N` adds a delay to one request.
 //!
 //! Behaviours (all optional): a fixed delay, a random delay up to a maximum, an error rate, and a
 //! stall: for `stall_ms` out of every `stall_every_s` seconds the server answers nothing; what
@@ -266,14 +269,74 @@ async fn handle(
             text(StatusCode::OK, sent)
         }
         "/cookies/set" => {
-            let mut r = text(StatusCode::OK, "set");
-            for kv in query.split('&').filter(|kv| kv.contains('=')) {
+            let next = query_pairs(&query)
+                .find(|(k, _)| k == "next")
+                .map(|(_, v)| v);
+            let mut r = match next {
+                Some(to) => redirect(StatusCode::FOUND, &to),
+                None => text(StatusCode::OK, "set"),
+            };
+            for kv in query
+                .split('&')
+                .filter(|kv| kv.contains('=') && !kv.starts_with("next="))
+            {
                 if let Ok(v) = format!("{kv}; Path=/").parse() {
                     r.headers_mut().append(SET_COOKIE, v);
                 }
             }
             r
         }
+        "/anything" => {
+            let method = req.method().to_string();
+            let ct = req
+                .headers()
+                .get(CONTENT_TYPE)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            let seen = serde_json::json!({
+                "method": method,
+                "path": path,
+                "query": query,
+                "content_type": ct,
+                "body": String::from_utf8_lossy(&body),
+            });
+            let mut r = text(StatusCode::OK, seen.to_string());
+            r.headers_mut()
+                .insert(CONTENT_TYPE, "application/json".parse().unwrap());
+            r
+        }
+        "/redirect-to" => {
+            let mut to = None;
+            let mut status = StatusCode::FOUND;
+            for (k, v) in query_pairs(&query) {
+                match k.as_str() {
+                    "url" => to = Some(v),
+                    "status" => match v
+                        .parse::<u16>()
+                        .ok()
+                        .and_then(|c| StatusCode::from_u16(c).ok())
+                    {
+                        Some(c) if c.is_redirection() => status = c,
+                        _ => return Ok(text(StatusCode::BAD_REQUEST, "status: 300..=399")),
+                    },
+                    _ => {}
+                }
+            }
+            match to {
+                Some(to) => redirect(status, &to),
+                None => text(StatusCode::BAD_REQUEST, "redirect-to needs url="),
+            }
+        }
+        p if p.starts_with("/redirect/") => match p[10..].parse::<u32>() {
+            Ok(0) => text(StatusCode::OK, "redirected"),
+            Ok(n) => redirect(StatusCode::FOUND, &format!("/redirect/{}", n - 1)),
+            Err(_) => text(StatusCode::BAD_REQUEST, "redirect: a count"),
+        },
         p if p.starts_with("/bytes/") => match p[7..].parse::<usize>() {
             Ok(n) if n <= MAX_BYTES => text(StatusCode::OK, Bytes::from_static(&filler()[..n])),
             _ => text(StatusCode::BAD_REQUEST, "bytes: 0..=67108864"),
@@ -289,6 +352,23 @@ async fn handle(
         _ => text(StatusCode::OK, "OK"),
     };
     Ok(resp)
+}
+
+/// The name and value pairs of a query, percent-decoded.
+fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    url::form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned()))
+}
+
+/// A `status` redirect to `to`.
+fn redirect(status: StatusCode, to: &str) -> Response<Full<Bytes>> {
+    let mut r = text(status, "");
+    match to.parse() {
+        Ok(v) => {
+            r.headers_mut().insert(hyper::header::LOCATION, v);
+            r
+        }
+        Err(_) => text(StatusCode::BAD_REQUEST, "redirect: not a valid Location"),
+    }
 }
 
 /// A running built-in target. Dropping it does not stop it; call `stop`.

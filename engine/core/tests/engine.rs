@@ -461,3 +461,104 @@ fn a_connection_that_stops_answering_is_found_dead_by_ping_and_replaced() {
         s.overall.errors
     );
 }
+
+#[test]
+fn redirects_are_followed_as_one_request_with_their_hops_counted() {
+    let rt = build_runtime(2).unwrap();
+    let server = testbed::start(rt.handle(), TargetConfig::default()).unwrap();
+    let other = testbed::start(rt.handle(), TargetConfig::default()).unwrap();
+    let away = format!("{}/anything", other.url());
+    let s = run(
+        &rt,
+        &server.url(),
+        &format!(
+            r#""load": {{"model": "open", "stages": [{{"kind": "constant", "rate": 10, "duration_s": 1}}]}},
+               "tasks": [{{"name": "a", "requests": [
+                   {{"path": "/redirect/3", "name": "chain", "expect": {{"status": [200], "body_contains": "redirected"}}}},
+                   {{"method": "POST", "path": "/redirect-to?url=/anything&status=303", "body": "x", "name": "see other", "expect": {{"body_contains": "\"method\":\"GET\""}}}},
+                   {{"method": "POST", "path": "/redirect-to?url=/anything&status=307", "body": "kept", "name": "temporary", "expect": {{"body_contains": "\"body\":\"kept\""}}}},
+                   {{"path": "/redirect-to?url={away}", "name": "away", "expect": {{"body_contains": "\"path\":\"/anything\""}}}},
+                   {{"path": "/redirect/2", "name": "not followed", "follow_redirects": false, "expect": {{"status": [302]}}}},
+                   {{"path": "/redirect/12", "name": "too far", "expect": {{"status": [200]}}}}
+               ]}}]"#
+        ),
+        "redirects",
+    );
+    let by_name = |n: &str| &s.requests.iter().find(|r| r.name == n).unwrap().stats;
+    // Each exchange counts once, whatever its hops; its hops are counted apart.
+    for (name, hops) in [
+        ("chain", 30),
+        ("see other", 10),
+        ("temporary", 10),
+        ("away", 10),
+        ("not followed", 0),
+    ] {
+        let st = by_name(name);
+        assert_eq!(
+            (st.requests, st.errors, st.redirects),
+            (10, 0, hops),
+            "{name}: {st:?}"
+        );
+    }
+    // Eleven hops are one too many: an error of its own kind, with the chain in the failures.
+    let far = by_name("too far");
+    assert_eq!(
+        (far.requests, far.errors_by_kind["redirect"]),
+        (10, 10),
+        "{far:?}"
+    );
+    assert_eq!(
+        far.redirects, 0,
+        "a failed chain's hops are not counted as followed"
+    );
+    let line = s.failures.iter().find(|f| f.request == "too far").unwrap();
+    assert!(
+        line.message
+            .starts_with("too many redirects (more than 10): "),
+        "{}",
+        line.message
+    );
+    assert_eq!(line.count, 10);
+    // The server saw every hop: the chain's, the one not followed, the ten of the one too
+    // far (from /redirect/12 down to /redirect/2); the other origin its own.
+    let seen = server.served_by_path();
+    for (p, n) in [
+        ("/redirect/12", 10),
+        ("/redirect/3", 20),
+        ("/redirect/2", 30),
+        ("/redirect/1", 10),
+        ("/redirect/0", 10),
+        ("/anything", 20),
+    ] {
+        assert_eq!(seen[p], n, "{p}");
+    }
+    assert_eq!(other.served_by_path()["/anything"], 10);
+    assert_eq!(s.overall.redirects, 60);
+}
+
+#[test]
+fn a_redirect_outside_the_allowed_hosts_sends_nothing_there() {
+    let rt = build_runtime(2).unwrap();
+    let server = testbed::start(rt.handle(), TargetConfig::default()).unwrap();
+    let other = testbed::start(rt.handle(), TargetConfig::default()).unwrap();
+    let port = server.addr.port();
+    let s = run(
+        &rt,
+        &server.url(),
+        &format!(
+            r#""load": {{"model": "open", "stages": [{{"kind": "constant", "rate": 5, "duration_s": 1}}]}},
+               "allow_hosts": ["127.0.0.1:{port}"],
+               "tasks": [{{"name": "a", "requests": [{{"path": "/redirect-to?url={}/x"}}]}}]"#,
+            other.url()
+        ),
+        "allow",
+    );
+    assert_eq!(s.overall.errors_by_kind["redirect"], 5, "{:?}", s.overall);
+    assert_eq!(other.served(), 0, "nothing was sent outside the allow-list");
+    let line = &s.failures[0];
+    assert!(
+        line.message.contains("refused: not an allowed target"),
+        "{}",
+        line.message
+    );
+}

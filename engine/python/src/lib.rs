@@ -109,11 +109,11 @@ mod _engine {
     #[pymodule_export]
     use super::merge::PyMerge;
     #[pymodule_export]
-    use super::python_side::{PyCheck, PyMailbox, PySession, PyTicket, PyTickets};
+    use super::python_side::{PyCall, PyCheck, PyMailbox, PySession, PyTicket, PyTickets};
     #[pymodule_export]
     use super::run::{
         normalize_plan, profile_points, request_name, request_name_problem, start_run,
-        summarize_dir, validate_plan, PyRun,
+        summarize_dir, target_allowed, validate_plan, PyRun,
     };
     #[pymodule_export]
     use super::testbed::{start_target, PyTarget};

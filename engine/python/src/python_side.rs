@@ -172,21 +172,32 @@ impl PyCheck {
     }
 }
 
-/// (status, headers, body) of a response, or the kind of error.
-type Outcome = Result<(u16, Vec<(String, String)>, Vec<u8>), String>;
+/// (status, headers, body, url, redirects) of a response, or the kind of error.
+type Outcome = Result<(u16, Vec<(String, String)>, Vec<u8>, Option<String>, u32), String>;
 
 fn outcome(r: Result<loadpilot_core::http::Response, NoResponse>) -> Outcome {
-    r.map(|resp| (resp.status, resp.headers, resp.body.to_vec()))
-        .map_err(|k| k.name().to_string())
+    r.map(|resp| {
+        (
+            resp.status,
+            resp.headers,
+            resp.body.to_vec(),
+            resp.url,
+            resp.redirects,
+        )
+    })
+    .map_err(|k| k.name().to_string())
 }
 
-/// A tuple (status, [(name, value)], body: bytes), or the error kind as a str.
+/// A tuple (status, [(name, value)], body: bytes, url or None, redirects), or the error kind
+/// as a str.
 fn outcome_to_py(py: Python<'_>, result: Outcome) -> PyResult<Py<PyAny>> {
     Ok(match result {
-        Ok((status, headers, body)) => (status, headers, PyBytes::new(py, &body))
-            .into_pyobject(py)?
-            .into_any()
-            .unbind(),
+        Ok((status, headers, body, url, redirects)) => {
+            (status, headers, PyBytes::new(py, &body), url, redirects)
+                .into_pyobject(py)?
+                .into_any()
+                .unbind()
+        }
         Err(kind) => kind.into_pyobject(py)?.into_any().unbind(),
     })
 }
@@ -197,22 +208,21 @@ pub(crate) struct PySession {
     inner: Arc<Session>,
 }
 
-impl PySession {
-    /// What Python asked for, checked against this run's entries (a `ValueError` saying what
-    /// is wrong).
-    fn checked(&self, asked: Asked<'_>) -> PyResult<PyRequest> {
-        PyRequest::new(asked, self.inner.entries()).map_err(PyValueError::new_err)
-    }
+/// A request checked against its session's run, ready to send (once or more).
+#[pyclass(module = "loadpilot._engine", name = "Call", frozen)]
+pub(crate) struct PyCall {
+    inner: PyRequest,
 }
 
 #[pymethods]
 impl PySession {
-    /// Starts a request and returns at once; its result is posted to `mailbox` under `id`.
-    /// `task`: the entry it counts for (a task, or on_start's); None for on_stop's. `name`:
-    /// what it is measured under (None: the method and the path without its query).
+    /// A request checked against this run (a `ValueError` saying what is wrong). `task`: the
+    /// entry it counts for (a task, or on_start's); None for on_stop's. `name`: what it is
+    /// measured under (None: the method and the path without its query). `max_redirects`:
+    /// redirects followed (0: none; None: the plan's).
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (task, name, method, path, headers, body, timeout_s, due_s, check, mailbox, id))]
-    fn request(
+    #[pyo3(signature = (task, name, method, path, headers, body, timeout_s, due_s, check, max_redirects))]
+    fn prepare(
         &self,
         task: Option<usize>,
         name: Option<&str>,
@@ -223,10 +233,9 @@ impl PySession {
         timeout_s: Option<f64>,
         due_s: Option<f64>,
         check: Option<PyRef<'_, PyCheck>>,
-        mailbox: &PyMailbox,
-        id: u64,
-    ) -> PyResult<()> {
-        let req = self.checked(Asked {
+        max_redirects: Option<u32>,
+    ) -> PyResult<PyCall> {
+        let asked = Asked {
             task,
             name,
             method,
@@ -236,7 +245,15 @@ impl PySession {
             timeout_s,
             due_s,
             check: check.map(|c| c.inner.clone()),
-        })?;
+            max_redirects,
+        };
+        let inner = PyRequest::new(asked, self.inner.entries()).map_err(PyValueError::new_err)?;
+        Ok(PyCall { inner })
+    }
+
+    /// Starts `call` and returns at once; its result is posted to `mailbox` under `id`.
+    fn request(&self, call: &PyCall, mailbox: &PyMailbox, id: u64) -> PyResult<()> {
+        let req = call.inner.clone();
         let session = self.inner.clone();
         let mailbox = mailbox.inner.clone();
         runtime()?.spawn(async move {
@@ -247,32 +264,8 @@ impl PySession {
     }
 
     /// The same, blocking this thread (not the others) until the response is in.
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (task, name, method, path, headers, body, timeout_s, due_s, check))]
-    fn request_blocking(
-        &self,
-        py: Python<'_>,
-        task: Option<usize>,
-        name: Option<&str>,
-        method: &str,
-        path: &str,
-        headers: Vec<(String, String)>,
-        body: Option<Vec<u8>>,
-        timeout_s: Option<f64>,
-        due_s: Option<f64>,
-        check: Option<PyRef<'_, PyCheck>>,
-    ) -> PyResult<Py<PyAny>> {
-        let req = self.checked(Asked {
-            task,
-            name,
-            method,
-            path,
-            headers,
-            body,
-            timeout_s,
-            due_s,
-            check: check.map(|c| c.inner.clone()),
-        })?;
+    fn request_blocking(&self, py: Python<'_>, call: &PyCall) -> PyResult<Py<PyAny>> {
+        let req = call.inner.clone();
         let session = self.inner.clone();
         let rt = runtime()?;
         let result =

@@ -217,3 +217,10 @@ pub(crate) fn request_name(name: Option<&str>, method: &str, path: &str) -> Stri
 pub(crate) fn request_name_problem(name: &str) -> Option<String> {
     loadpilot_core::plan::request_name_problem(name)
 }
+
+/// Whether a process started with the allow-list `patterns` may send load to `url` (the
+/// engine's rule, which its redirects follow too): no patterns means loopback only.
+#[pyfunction]
+pub(crate) fn target_allowed(url: &str, patterns: Vec<String>) -> bool {
+    loadpilot_core::http::allow::url_allowed(url, &patterns)
+}

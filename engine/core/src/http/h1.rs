@@ -127,6 +127,8 @@ pub struct Got {
     pub body: Vec<u8>,
     pub headers: Vec<(String, String)>,
     pub set_cookies: Vec<(String, String)>,
+    /// A redirect's (3xx) `Location`, as the server wrote it.
+    pub location: Option<String>,
     /// The connection may carry the next request.
     pub reusable: bool,
 }
@@ -250,6 +252,7 @@ struct Head {
     reusable: bool,
     headers: Vec<(String, String)>,
     set_cookies: Vec<(String, String)>,
+    location: Option<String>,
 }
 
 /// Writes the request and reads its whole answer. Every way the server can break HTTP is a
@@ -289,6 +292,7 @@ pub async fn exchange(
         body: body.kept,
         headers: head.headers,
         set_cookies: head.set_cookies,
+        location: head.location,
         reusable,
     })
 }
@@ -418,6 +422,7 @@ fn parse_head(
     let mut other_coding = false;
     let mut headers = Vec::new();
     let mut set_cookies = Vec::new();
+    let mut location = None;
     for h in resp.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -445,6 +450,8 @@ fn parse_head(
             }
         } else if name.eq_ignore_ascii_case("set-cookie") {
             set_cookies.extend(cookie_pair(h.value));
+        } else if (300..400).contains(&status) && name.eq_ignore_ascii_case("location") {
+            location = Some(String::from_utf8_lossy(h.value).trim().to_string());
         }
         if keep_headers {
             headers.push((
@@ -474,6 +481,7 @@ fn parse_head(
         reusable,
         headers,
         set_cookies,
+        location,
     })
 }
 

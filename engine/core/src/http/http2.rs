@@ -252,6 +252,12 @@ pub async fn exchange(
         body: body.kept,
         headers,
         set_cookies,
+        location: head
+            .status
+            .is_redirection()
+            .then(|| head.headers.get(hyper::header::LOCATION))
+            .flatten()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string()),
         reusable: true,
     })
 }

@@ -3,13 +3,15 @@
 //! the parsed target (`target`), requests built from compiled templates (`request`), and the
 //! user's client with its cookies (`client`).
 
+pub mod allow;
 mod client;
 pub mod h1;
 pub mod http2;
+pub mod redirect;
 mod request;
 mod target;
 pub mod tls;
 
-pub use client::{Client, Response, BODY_KEPT};
+pub use client::{Client, Keep, Response, BODY_KEPT};
 pub use request::{encode_target, CompiledRequest, Outgoing};
 pub use target::Target;

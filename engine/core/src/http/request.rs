@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hyper::header::{
-    HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING,
+    HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, TRANSFER_ENCODING,
 };
 use hyper::http::uri::PathAndQuery;
 use hyper::Method;
@@ -45,11 +45,14 @@ pub struct Outgoing {
     pub method: Method,
     /// Path and query, as sent.
     pub path: PathAndQuery,
-    /// The request's own headers (no `host`, `content-length` or `cookie`).
+    /// The request's own headers but `cookie` (no `content-length` unless it gave one).
     pub headers: Arc<[(HeaderName, HeaderValue)]>,
+    /// The request's own `Cookie` header (several joined with `; `): sent in one header with
+    /// the user's cookies (RFC 6265 allows one), on HTTP/1.1 and HTTP/2 alike.
+    pub cookie: Option<HeaderValue>,
     pub body: Bytes,
     /// Request line and header lines (`host` and `content-length` included), each ending
-    /// in CRLF, without the blank line.
+    /// in CRLF, without the blank line (nor the cookies: they are added as it is sent).
     pub(super) h1_head: Bytes,
 }
 
@@ -66,6 +69,19 @@ impl Outgoing {
         let path: PathAndQuery = encode_target(path)
             .parse()
             .map_err(|e| format!("bad request path: {e}"))?;
+        let (cookies, headers): (Vec<_>, Vec<_>) =
+            headers.into_iter().partition(|(k, _)| *k == COOKIE);
+        let cookie = match &cookies[..] {
+            [] => None,
+            [(_, one)] => Some(one.clone()),
+            many => {
+                let joined: Vec<&[u8]> = many.iter().map(|(_, v)| v.as_bytes()).collect();
+                Some(
+                    HeaderValue::from_bytes(&joined.join(&b"; "[..]))
+                        .map_err(|_| "cookie is not valid in HTTP".to_string())?,
+                )
+            }
+        };
         let has = |n: &HeaderName| headers.iter().any(|(k, _)| k == n);
         let mut head = BytesMut::with_capacity(128);
         head.put_slice(method.as_str().as_bytes());
@@ -91,6 +107,7 @@ impl Outgoing {
             method,
             path,
             headers: headers.into(),
+            cookie,
             body,
             h1_head: head.freeze(),
         })
@@ -142,6 +159,8 @@ pub struct CompiledRequest {
     auth: Option<(Template, Template)>,
     pub timeout: Duration,
     pub check: Check,
+    /// Redirects followed (0: none); the plan's unless the request says.
+    pub max_redirects: u32,
     /// Set when nothing in the request varies: the request is cloned instead of rendered.
     constant: Option<Outgoing>,
 }
@@ -231,6 +250,7 @@ impl CompiledRequest {
             auth,
             timeout: Duration::from_secs_f64(timeout),
             check,
+            max_redirects: crate::http::redirect::DEFAULT_MAX_REDIRECTS,
             constant: None,
         };
         let varies = req.path.as_constant().is_none()

@@ -29,7 +29,16 @@ pub struct Target {
     negotiated: tokio::sync::OnceCell<bool>,
     pub(super) origin: http2::Origin,
     pub(super) pool: http2::Pool,
+    /// The hosts redirects may lead to (`allow::url_allowed`); `None`: any.
+    allow: Option<Arc<[String]>>,
+    insecure: bool,
+    max_streams: u32,
+    /// The other origins redirects led to, each parsed (and resolved) once a run.
+    others: std::sync::Mutex<Vec<Arc<Target>>>,
 }
+
+/// The most other origins a run's redirects may lead to.
+pub const MAX_OTHER_ORIGINS: usize = 64;
 
 struct Tls {
     connector: tokio_rustls::TlsConnector,
@@ -55,6 +64,29 @@ impl Target {
         http: HttpVersion,
         max_streams: u32,
     ) -> Result<Arc<Self>> {
+        Self::build(url, insecure, http, max_streams, None).map(Arc::new)
+    }
+
+    /// A plan's target; redirects may lead only to the hosts `allow` names, if given.
+    pub fn of_plan(plan: &crate::plan::Plan) -> Result<Arc<Self>> {
+        let allow = plan.allow_hosts.as_ref().map(|a| a.clone().into());
+        Self::build(
+            &plan.target,
+            plan.insecure,
+            plan.http,
+            plan.max_streams,
+            allow,
+        )
+        .map(Arc::new)
+    }
+
+    fn build(
+        url: &str,
+        insecure: bool,
+        http: HttpVersion,
+        max_streams: u32,
+        allow: Option<Arc<[String]>>,
+    ) -> Result<Self> {
         let bad = |m: &str| Error::Target {
             target: url.to_string(),
             message: m.to_string(),
@@ -108,7 +140,7 @@ impl Target {
             scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
             authority: auth.clone(),
         };
-        Ok(Arc::new(Target {
+        Ok(Target {
             host: host.to_string(),
             port,
             authority: HeaderValue::from_str(auth.as_str()).map_err(|_| bad("bad host"))?,
@@ -119,7 +151,66 @@ impl Target {
             negotiated: tokio::sync::OnceCell::new(),
             origin,
             pool: http2::Pool::new(max_streams),
-        }))
+            allow,
+            insecure,
+            max_streams,
+            others: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The absolute URL of `path` (path and query, as sent) on this target.
+    pub(super) fn url_of(&self, path: &str) -> Result<url::Url, String> {
+        let s = format!("{}://{}{path}", self.origin.scheme, self.origin.authority);
+        url::Url::parse(&s).map_err(|e| format!("{s}: {e}"))
+    }
+
+    /// Whether `url` is on this target's origin (scheme, host, port).
+    pub(super) fn serves(&self, url: &url::Url) -> bool {
+        let host = url.host_str().unwrap_or("");
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        (url.scheme() == "https") == self.tls.is_some()
+            && url.port_or_known_default() == Some(self.port)
+            && host.eq_ignore_ascii_case(&self.host)
+    }
+
+    /// The target of another origin a redirect led to: refused (with why) if the run's
+    /// allow-list does not name its host, or past `MAX_OTHER_ORIGINS`. It speaks as this one
+    /// (TLS checks, HTTP version), keeps its own connections and shares its run's redirects'
+    /// allow-list.
+    pub(super) fn other(&self, url: &url::Url) -> Result<Arc<Target>, String> {
+        let origin = url.origin().ascii_serialization();
+        if let Some(allow) = &self.allow {
+            if !crate::http::allow::url_allowed(&origin, allow) {
+                let named = if allow.is_empty() {
+                    "loopback".to_string()
+                } else {
+                    allow.join(", ")
+                };
+                return Err(format!(
+                    "redirect to {origin} refused: not an allowed target (allowed: {named})"
+                ));
+            }
+        }
+        let mut others = self.others.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = others.iter().find(|t| t.serves(url)) {
+            return Ok(t.clone());
+        }
+        if others.len() >= MAX_OTHER_ORIGINS {
+            return Err(format!(
+                "redirect to {origin}: more than {MAX_OTHER_ORIGINS} other origins in one run"
+            ));
+        }
+        let t = Self::build(
+            &origin,
+            self.insecure,
+            self.http,
+            self.max_streams,
+            self.allow.clone(),
+        )
+        .map(Arc::new)
+        .map_err(|e| format!("redirect to {origin}: {e}"))?;
+        others.push(t.clone());
+        Ok(t)
     }
 
     /// Whether requests go over HTTP/2: as the plan says, or (`auto`) as the server chose by

@@ -67,6 +67,9 @@ pub struct Counters {
     #[serde(deserialize_with = "status_counts")]
     pub status: [u64; STATUS_CLASSES],
     pub bytes_in: u64,
+    /// Redirects followed.
+    #[serde(default)]
+    pub redirects: u64,
     /// Arrivals that could not start on time (no free connection).
     pub missed: u64,
     /// Arrivals taken from the schedule (or handed to Python, or picked by a closed-model
@@ -112,6 +115,7 @@ impl Counters {
             errors,
             status,
             bytes_in,
+            redirects,
             missed,
             taken,
             started,
@@ -121,6 +125,7 @@ impl Counters {
         } = o;
         self.requests += requests;
         self.bytes_in += bytes_in;
+        self.redirects += redirects;
         self.missed += missed;
         self.taken += taken;
         self.started += started;
@@ -232,6 +237,15 @@ impl TaskData {
         self.error(kind, true);
         if !message.is_empty() {
             add_message(&mut self.messages, message, 1);
+        }
+    }
+
+    /// A request that got no answer to keep: an error of its kind, with its message if it
+    /// has one (a failed redirect's).
+    pub fn unanswered(&mut self, f: &crate::outcome::Failed) {
+        self.error(f.kind, false);
+        if let Some(m) = &f.message {
+            add_message(&mut self.messages, m, 1);
         }
     }
 

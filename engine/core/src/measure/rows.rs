@@ -37,12 +37,16 @@ pub struct Row {
     pub errors_fd_limit: u64,
     pub errors_goaway: u64,
     pub errors_rst_stream: u64,
+    pub errors_redirect: u64,
     pub status_1xx: u64,
     pub status_2xx: u64,
     pub status_3xx: u64,
     pub status_4xx: u64,
     pub status_5xx: u64,
     pub bytes_in: u64,
+    /// Redirects followed (hops after the first answer; the requests count each exchange
+    /// once, whatever its hops).
+    pub redirects: u64,
     /// The profile's rate for this task (open model only).
     pub target_rps: Option<f64>,
     pub achieved_rps: f64,
@@ -88,12 +92,14 @@ pub const ROW_COLUMNS: &[(&str, &str)] = &[
     ("errors_fd_limit", "u64"),
     ("errors_goaway", "u64"),
     ("errors_rst_stream", "u64"),
+    ("errors_redirect", "u64"),
     ("status_1xx", "u64"),
     ("status_2xx", "u64"),
     ("status_3xx", "u64"),
     ("status_4xx", "u64"),
     ("status_5xx", "u64"),
     ("bytes_in", "u64"),
+    ("redirects", "u64"),
     ("target_rps", "f64"),
     ("achieved_rps", "f64"),
     ("missed", "u64"),
@@ -160,12 +166,14 @@ impl Span {
             errors_fd_limit: e[ErrorKind::FdLimit as usize],
             errors_goaway: e[ErrorKind::GoAway as usize],
             errors_rst_stream: e[ErrorKind::RstStream as usize],
+            errors_redirect: e[ErrorKind::Redirect as usize],
             status_1xx: c.status[0],
             status_2xx: c.status[1],
             status_3xx: c.status[2],
             status_4xx: c.status[3],
             status_5xx: c.status[4],
             bytes_in: c.bytes_in,
+            redirects: c.redirects,
             target_rps,
             // Nothing is sent in the drain: its requests were sent before it.
             achieved_rps: if self.drain || self.length_s <= 0.0 {
@@ -207,6 +215,7 @@ impl Span {
                 ErrorKind::FdLimit => row.errors_fd_limit,
                 ErrorKind::GoAway => row.errors_goaway,
                 ErrorKind::RstStream => row.errors_rst_stream,
+                ErrorKind::Redirect => row.errors_redirect,
             };
         }
         crate::measure::metrics::Counters {
@@ -220,6 +229,7 @@ impl Span {
                 row.status_5xx,
             ],
             bytes_in: row.bytes_in,
+            redirects: row.redirects,
             missed: row.missed,
             unsent: row.unsent,
             cancelled: row.cancelled,
@@ -264,6 +274,8 @@ mod tests {
         d.response(503, 7, 1000, 900);
         d.error(ErrorKind::Status, true);
         d.error(ErrorKind::GoAway, false);
+        d.error(ErrorKind::Redirect, false);
+        d.counts.redirects = 4;
         d.counts.missed = 3;
         d.counts.unsent = 2;
         d.counts.cancelled = 1;

@@ -106,6 +106,9 @@ pub struct Stats {
     /// Arrivals that were due and never sent.
     pub unsent: u64,
     pub bytes_in: u64,
+    /// Redirects followed (a request's hops are part of that one request).
+    #[serde(default)]
+    pub redirects: u64,
     /// Requests over the time they were being sent (`duration_s`).
     pub achieved_rps: f64,
     /// From the instant each request was due (coordinated-omission corrected).
@@ -131,6 +134,7 @@ impl Stats {
             cancelled: c.cancelled,
             unsent: c.unsent,
             bytes_in: c.bytes_in,
+            redirects: c.redirects,
             achieved_rps: if duration_s > 0.0 {
                 c.requests as f64 / duration_s
             } else {

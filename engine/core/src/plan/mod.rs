@@ -86,6 +86,17 @@ pub struct Plan {
     /// together under `other` (a test must not explode its own memory, nor a Prometheus).
     #[serde(default = "default_max_request_names")]
     pub max_request_names: u32,
+    /// Whether redirects are followed (each request may say otherwise).
+    #[serde(default = "default_true")]
+    pub follow_redirects: bool,
+    /// The most redirects one request follows; past it the request fails (`redirect`).
+    #[serde(default = "default_max_redirects")]
+    pub max_redirects: u32,
+    /// The hosts redirects may lead to, as an agent's or serve mode's allow-list says
+    /// (`host`, `host:port` globs, `loopback`; empty: loopback only); `None`: any. A hop
+    /// elsewhere fails (`redirect`) and nothing is sent there.
+    #[serde(default)]
+    pub allow_hosts: Option<Vec<String>>,
 }
 
 /// Which HTTP the engine speaks to the target.
@@ -140,6 +151,36 @@ impl Default for Hooks {
     }
 }
 
+/// `max_redirects` within `0..=MAX_REDIRECTS_LIMIT`.
+pub fn redirects_in_range(at: &str, n: u32) -> Result<()> {
+    let limit = crate::http::redirect::MAX_REDIRECTS_LIMIT;
+    if n > limit {
+        return Err(Error::plan(at, format!("{n} is out of range (0..{limit})")));
+    }
+    Ok(())
+}
+
+impl Plan {
+    /// How many redirects `spec` follows in this plan: none if either says not to follow,
+    /// else the request's `max_redirects` or the plan's.
+    pub fn redirects_of(&self, spec: &RequestSpec) -> u32 {
+        if spec.follow_redirects.unwrap_or(self.follow_redirects) {
+            spec.max_redirects.unwrap_or(self.max_redirects)
+        } else {
+            0
+        }
+    }
+
+    /// How many redirects a request of Python's follows by default.
+    pub fn default_redirects(&self) -> u32 {
+        if self.follow_redirects {
+            self.max_redirects
+        } else {
+            0
+        }
+    }
+}
+
 /// The name the requests of `on_start` are counted under.
 pub const ON_START: &str = "on_start";
 
@@ -165,6 +206,12 @@ fn default_max_streams() -> u32 {
 fn default_max_request_names() -> u32 {
     1000
 }
+fn default_true() -> bool {
+    true
+}
+fn default_max_redirects() -> u32 {
+    crate::http::redirect::DEFAULT_MAX_REDIRECTS
+}
 fn default_connections() -> u32 {
     256
 }
@@ -187,6 +234,8 @@ pub fn defaults() -> serde_json::Value {
         "http": HttpVersion::default(),
         "max_streams": default_max_streams(),
         "max_request_names": default_max_request_names(),
+        "follow_redirects": true,
+        "max_redirects": default_max_redirects(),
         "insecure": false,
         "connections": default_connections(),
         "arrivals": ArrivalKind::default(),
@@ -314,6 +363,12 @@ pub struct RequestSpec {
     pub timeout_s: Option<f64>,
     #[serde(default)]
     pub expect: Option<Expect>,
+    /// Whether this request follows redirects (default: the plan's `follow_redirects`).
+    #[serde(default)]
+    pub follow_redirects: Option<bool>,
+    /// The most redirects this request follows (default: the plan's `max_redirects`).
+    #[serde(default)]
+    pub max_redirects: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -462,6 +517,7 @@ impl Plan {
         if self.max_request_names == 0 {
             return Err(Error::plan("max_request_names", "must be >= 1"));
         }
+        redirects_in_range("max_redirects", self.max_redirects)?;
         self.validate_tasks()?;
         seconds("timeout_s", self.timeout_s, false)?;
         seconds("max_drain_s", self.max_drain_s, false)?;
@@ -527,6 +583,9 @@ impl Plan {
                 }
                 if let Some(v) = r.timeout_s {
                     seconds(&format!("tasks[{i}].requests[{ri}].timeout_s"), v, false)?;
+                }
+                if let Some(n) = r.max_redirects {
+                    redirects_in_range(&format!("tasks[{i}].requests[{ri}].max_redirects"), n)?;
                 }
             }
         }

@@ -28,7 +28,7 @@ pub(super) struct Compiled {
 
 pub(super) fn compile(plan: &Plan, threads: usize) -> Result<Compiled> {
     plan.validate()?;
-    let target = Target::with_http(&plan.target, plan.insecure, plan.http, plan.max_streams)?;
+    let target = Target::of_plan(plan)?;
     let names = plan.entry_names();
     let named = Names::new(names.clone(), plan.max_request_names as usize);
     let bodies = compile_bodies(plan, &target, &named)?;
@@ -50,6 +50,7 @@ pub(super) fn compile(plan: &Plan, threads: usize) -> Result<Compiled> {
         duration,
         drain_limit,
         default_timeout: Duration::from_secs_f64(plan.timeout_s),
+        default_redirects: plan.default_redirects(),
         shards: shard.1 as f64,
         shard,
         start_at: plan.shard.and_then(|s| s.start_at),
@@ -98,7 +99,9 @@ fn compile_bodies(plan: &Plan, target: &Target, names: &Names) -> Result<Vec<Bod
                 let mut reqs = Vec::new();
                 for (ri, r) in t.requests.iter().enumerate() {
                     let at = format!("tasks[{ti}].requests[{ri}]");
-                    let request = CompiledRequest::compile(r, &scope, target, plan.timeout_s, &at)?;
+                    let mut request =
+                        CompiledRequest::compile(r, &scope, target, plan.timeout_s, &at)?;
+                    request.max_redirects = plan.redirects_of(r);
                     let name = request_name(r.name.as_deref(), &r.method, &r.path);
                     reqs.push(Step {
                         request,

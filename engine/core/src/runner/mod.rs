@@ -188,6 +188,8 @@ pub(crate) struct Ctx {
     pub(crate) drain_limit: Duration,
     /// The plan's request timeout.
     pub(crate) default_timeout: Duration,
+    /// How many redirects a Python request follows unless it says.
+    pub(crate) default_redirects: u32,
     /// How many shards the schedule is split into (this run runs one of them).
     pub(crate) shards: f64,
     /// This run's shard `(index, count)`: closed-model users `vu` with `vu % count == index`

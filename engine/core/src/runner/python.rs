@@ -213,6 +213,7 @@ pub struct Session {
 }
 
 /// A request as Python gives it.
+#[derive(Clone)]
 pub struct PyRequest {
     /// The entry it counts for (a task, or `on_start`); `None` for `on_stop`, whose requests
     /// come after the run's measurement and are sent even when the run was stopped.
@@ -230,6 +231,8 @@ pub struct PyRequest {
     pub due_s: Option<f64>,
     /// `expect`; without one, a 4xx or 5xx counts as a `status` error.
     pub check: Check,
+    /// Redirects followed (0: none); `None`: the plan's.
+    pub max_redirects: Option<u32>,
 }
 
 /// A request as Python asked for it, unchecked: `PyRequest::new` checks it.
@@ -244,6 +247,8 @@ pub struct Asked<'a> {
     pub timeout_s: Option<f64>,
     pub due_s: Option<f64>,
     pub check: Option<Check>,
+    /// Redirects followed (0: none); `None`: the plan's.
+    pub max_redirects: Option<u32>,
 }
 
 impl PyRequest {
@@ -276,6 +281,9 @@ impl PyRequest {
         if let Some(why) = a.name.and_then(crate::plan::request_name_problem) {
             return Err(why);
         }
+        if let Some(n) = a.max_redirects {
+            crate::plan::redirects_in_range("max_redirects", n).map_err(|e| e.to_string())?;
+        }
         Ok(PyRequest {
             task: a.task,
             name: crate::plan::request_name(a.name, method.as_str(), a.path),
@@ -286,6 +294,7 @@ impl PyRequest {
             timeout: a.timeout_s.map(Duration::from_secs_f64),
             due_s: a.due_s,
             check: a.check.unwrap_or_default(),
+            max_redirects: a.max_redirects,
         })
     }
 }
@@ -331,14 +340,18 @@ impl Session {
             headers: true,
         };
         let timeout = r.timeout.unwrap_or(ctx.default_timeout);
-        let exchanged = exchange(ctx, &mut client, from, timeout, keep, || {
+        let redirects = r.max_redirects.unwrap_or(ctx.default_redirects);
+        let exchanged = exchange(ctx, &mut client, from, timeout, keep, redirects, || {
             Outgoing::new(r.method, &path, r.headers, r.body, &ctx.target.authority())
                 .map_err(|_| ErrorKind::Check)
         });
         let Some(task) = r.task else {
             // on_stop: sent whatever state the run is in, bounded by its timeout.
             let ex = exchanged.await;
-            return ex.outcome.map(|(_, resp)| resp).map_err(NoResponse::Failed);
+            return ex
+                .outcome
+                .map(|(_, resp)| resp)
+                .map_err(|f| NoResponse::Failed(f.kind));
         };
         // A request still in flight when the run ends is cancelled with its iteration, not
         // left to finish after the run.
@@ -357,7 +370,9 @@ impl Session {
         };
         let slot = ctx.names.slot(task, &r.name);
         ex.record(ctx, task, slot, &r.check, &values, false);
-        ex.outcome.map(|(_, resp)| resp).map_err(NoResponse::Failed)
+        ex.outcome
+            .map(|(_, resp)| resp)
+            .map_err(|f| NoResponse::Failed(f.kind))
     }
 }
 

@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::Ctx;
+pub(crate) use crate::http::Keep;
 use crate::http::{Client, Outgoing, Response};
-use crate::outcome::ErrorKind;
+use crate::outcome::{ErrorKind, Failed};
 use crate::plan::check::{Check, Failure};
 use crate::plan::template::Values;
 
@@ -17,17 +18,19 @@ pub(crate) struct Exchange {
     /// next ones (they start when the previous one answered).
     pub(crate) from: Instant,
     pub(crate) end: Instant,
-    pub(crate) outcome: Result<(Instant, Response), ErrorKind>,
+    pub(crate) outcome: Result<(Instant, Response), Failed>,
 }
 
-/// Sends one request on `client`, bounded by `timeout` (connecting included), and counts it
-/// in flight meanwhile; latency will count from `from`.
+/// Sends one request on `client` and follows up to `max_redirects` redirects, bounded by
+/// `timeout` (connecting and every hop included), and counts it in flight meanwhile; latency
+/// will count from `from`.
 pub(crate) async fn exchange(
     ctx: &Ctx,
     client: &mut Client,
     from: Instant,
     timeout: Duration,
     keep: Keep,
+    max_redirects: u32,
     build: impl FnOnce() -> Result<Outgoing, ErrorKind>,
 ) -> Exchange {
     /// Counts a request in flight for as long as it lives, including when it is dropped
@@ -44,28 +47,20 @@ pub(crate) async fn exchange(
         client.ensure_connected().await?;
         let built = build()?;
         let sent = Instant::now();
-        let resp = client.send(built, keep.body, keep.headers).await?;
-        Ok::<_, ErrorKind>((sent, resp))
+        let resp = client.fetch(built, keep, max_redirects).await?;
+        Ok::<_, Failed>((sent, resp))
     })
     .await
     .unwrap_or_else(|_| {
         // The answer may still come later; the connection can no longer be trusted.
         client.timed_out(timeout);
-        Err(ErrorKind::Timeout)
+        Err(ErrorKind::Timeout.into())
     });
     Exchange {
         from,
         end: Instant::now(),
         outcome,
     }
-}
-
-/// What of a response to keep beyond its status and size: the body (for checks and Python),
-/// the headers (for Python).
-#[derive(Clone, Copy)]
-pub(crate) struct Keep {
-    pub(crate) body: bool,
-    pub(crate) headers: bool,
 }
 
 impl Exchange {
@@ -94,14 +89,15 @@ impl Exchange {
                 });
                 ctx.recorder.record_both(task, slot, self.end, |d| {
                     d.response(resp.status, resp.bytes, corrected, service);
+                    d.counts.redirects += u64::from(resp.redirects);
                     if let (Some((f, _)), Some(m)) = (failure, &message) {
                         d.failed(f.into(), m);
                     }
                     d.counts.iterations += ends;
                 });
             }
-            Err(kind) => ctx.recorder.record_both(task, slot, self.end, |d| {
-                d.error(*kind, false);
+            Err(failed) => ctx.recorder.record_both(task, slot, self.end, |d| {
+                d.unanswered(failed);
                 d.counts.iterations += ends;
             }),
         }
@@ -138,6 +134,9 @@ mod tests {
             bytes: 5,
             body: bytes::Bytes::from_static(b"hello"),
             headers: Vec::new(),
+            location: None,
+            redirects: 0,
+            url: None,
         }
     }
 
@@ -186,7 +185,7 @@ mod tests {
         let refused = Exchange {
             from: t0,
             end: at,
-            outcome: Err(ErrorKind::Connect),
+            outcome: Err(ErrorKind::Connect.into()),
         };
         refused.record(&ctx, 0, 1, &wanted, &VALUES, true);
         let taken = ctx.recorder.take(1, false);

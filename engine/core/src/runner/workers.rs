@@ -375,9 +375,15 @@ async fn iteration(ctx: &Ctx, user: &User, iter: u64, task: usize, begin: Begin)
                     body: req.check.needs_body(),
                     headers: false,
                 };
-                let ex = exchange(ctx, &mut client, from, req.timeout, keep, || {
-                    req.build(&values, &ctx.target)
-                })
+                let ex = exchange(
+                    ctx,
+                    &mut client,
+                    from,
+                    req.timeout,
+                    keep,
+                    req.max_redirects,
+                    || req.build(&values, &ctx.target),
+                )
                 .await;
                 let failed = ex.outcome.is_err();
                 let last = ri + 1 == requests.len();
