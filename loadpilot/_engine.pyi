@@ -30,11 +30,13 @@ __all__ = [
     "start_run",
     "start_target",
     "summarize_dir",
+    "target_allowed",
     "validate_plan",
     "DEFAULT_MAX_USERS",
     "END_REASONS",
     "ERROR_KINDS",
     "MAX_SECONDS",
+    "MAX_REDIRECTS",
     "MAX_STREAMS",
     "PLAN_DEFAULTS",
     "ROW_COLUMNS",
@@ -57,12 +59,15 @@ MAX_SECONDS: float
 DEFAULT_MAX_USERS: int
 #: The most streams one HTTP/2 connection may be asked to carry (``max_streams``).
 MAX_STREAMS: int
+#: The most redirects a plan or a request may ask to follow (``max_redirects``).
+MAX_REDIRECTS: int
 #: The default of every plan field a plan may leave out, by field.
 PLAN_DEFAULTS: dict[str, Any]
 
 def split_tag(tag: str) -> tuple[str, str | None]: ...
 def request_name(name: str | None, method: str, path: str) -> str: ...
 def request_name_problem(name: str) -> str | None: ...
+def target_allowed(url: str, patterns: list[str]) -> bool: ...
 
 class LoadPilotError(Exception): ...
 class PlanError(LoadPilotError): ...
@@ -123,7 +128,7 @@ class Run:
     def take_intervals(self) -> list[bytes]: ...
     def python_failed(self, why: str) -> None: ...
 
-_Outcome = tuple[int, list[tuple[str, str]], bytes] | str
+_Outcome = tuple[int, list[tuple[str, str]], bytes, str | None, int] | str
 
 @final
 class Tickets:
@@ -164,7 +169,7 @@ class Mailbox:
 
 @final
 class Session:
-    def request(
+    def prepare(
         self,
         task: int | None,
         name: str | None,
@@ -175,21 +180,11 @@ class Session:
         timeout_s: float | None,
         due_s: float | None,
         check: Check | None,
-        mailbox: Mailbox,
-        id: int,
-    ) -> None: ...
-    def request_blocking(
-        self,
-        task: int | None,
-        name: str | None,
-        method: str,
-        path: str,
-        headers: list[tuple[str, str]],
-        body: bytes | None,
-        timeout_s: float | None,
-        due_s: float | None,
-        check: Check | None,
-    ) -> _Outcome: ...
+        follow_redirects: bool | None,
+        max_redirects: int | None,
+    ) -> Call: ...
+    def request(self, call: Call, mailbox: Mailbox, id: int) -> None: ...
+    def request_blocking(self, call: Call) -> _Outcome: ...
     def settle(
         self,
         task: int | None,
@@ -201,6 +196,9 @@ class Session:
     ) -> None: ...
     @property
     def vu(self) -> int: ...
+
+@final
+class Call: ...
 
 @final
 class TargetServer:

@@ -44,6 +44,7 @@ def start(
     profile: Profile | None = None,
     agents: int | Agents | None = None,
     prometheus: str | None = None,
+    allow_hosts: list[str] | None = None,
 ) -> Run:
     """Starts a plan, or a scenario (its class or its :class:`Scenario`) against ``target``,
     and returns at once. The run directory is ``out`` (default ``runs/<time>-<name>``).
@@ -52,7 +53,8 @@ def start(
     NATS server of their own; or :class:`Agents` for agents already running elsewhere); the
     run is the same run, with the same directory, rows and summary. ``prometheus``
     (``"127.0.0.1:9464"``): export the run's metrics for Prometheus at that address's
-    ``/metrics`` (see docs/observability.md)."""
+    ``/metrics`` (see docs/observability.md). ``allow_hosts``: the only hosts redirects may
+    lead to (``host`` or ``host:port`` globs, ``loopback``), as serve mode's allow-list."""
     scenario: Scenario | None = None
     if isinstance(what, Plan):
         plan = what if target is None else what.model_copy(update={"target": target})
@@ -72,6 +74,8 @@ def start(
         if target is None:
             raise PlanError("a scenario needs a target: lp.start(Scenario, target='http://...')")
         plan = scenario.plan(target, profile=profile)
+    if allow_hosts is not None:
+        plan = plan.model_copy(update={"allow_hosts": list(allow_hosts)})
     if plan.python() and scenario is None:
         raise PlanError(
             "a plan with python tasks or hooks runs from its scenario: lp.start(MyScenario, ...)"

@@ -28,6 +28,8 @@ MAX_SECONDS: float = _engine.MAX_SECONDS
 DEFAULT_MAX_USERS: int = _engine.DEFAULT_MAX_USERS
 #: The most streams one HTTP/2 connection may be asked to carry (``max_streams``).
 MAX_STREAMS: int = _engine.MAX_STREAMS
+#: The most redirects a plan or a request may ask to follow (``max_redirects``).
+MAX_REDIRECTS: int = _engine.MAX_REDIRECTS
 #: Every default a plan field takes when left out.
 DEFAULTS: dict[str, Any] = dict(_engine.PLAN_DEFAULTS)
 #: The HTTP versions a plan may ask for.
@@ -141,6 +143,10 @@ class Request(_Model):
     """Basic authentication: user and password (templated)."""
     timeout_s: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
     expect: Expect | None = None
+    follow_redirects: bool | None = None
+    """Whether this request follows redirects (default: the plan's)."""
+    max_redirects: int | None = Field(default=None, ge=0, le=MAX_REDIRECTS)
+    """The most redirects this request follows (default: the plan's)."""
 
     model_config = ConfigDict(
         extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False
@@ -230,6 +236,14 @@ class Plan(_Model):
     max_request_names: int = Field(default=DEFAULTS["max_request_names"], ge=1)
     """The most distinct request names measured apart; past it, new names are measured
     together under ``other`` (and the run says so once)."""
+    follow_redirects: bool = DEFAULTS["follow_redirects"]
+    """Whether requests follow redirects (each request may say otherwise)."""
+    max_redirects: int = Field(default=DEFAULTS["max_redirects"], ge=0, le=MAX_REDIRECTS)
+    """The most redirects one request follows; past it the request fails (``redirect``)."""
+    allow_hosts: list[str] | None = None
+    """The hosts redirects may lead to (``host`` or ``host:port`` globs, ``loopback``; empty:
+    loopback only), as agents and serve mode set from their allow-list; None: any. A hop
+    elsewhere fails (``redirect``) and nothing is sent there."""
 
     def python(self) -> bool:
         """Whether any part of the plan runs Python code (a task body or a hook)."""

@@ -52,6 +52,8 @@ class Stats(BaseModel):
     unsent: int = 0
     """Arrivals that were due and never sent (the generator fell behind, or the run ended)."""
     bytes_in: int
+    redirects: int = 0
+    """Redirects followed (each request's hops are part of that one request)."""
     achieved_rps: float
     """Requests per second over ``duration_s``, the time requests were being sent."""
     latency_ms: Percentiles

@@ -205,7 +205,11 @@ class Agent:
             return {"ok": False, "error": f"busy with run {self._claimed_by}"}
         shared = await self._shared(run)
         plan = Plan.from_json(shared["plan"])
-        update: dict[str, Any] = {"shard": Shard.model_validate(work["shard"])}
+        # Redirects lead only where this agent may send load.
+        update: dict[str, Any] = {
+            "shard": Shard.model_validate(work["shard"]),
+            "allow_hosts": list(self.allow_targets),
+        }
         if work.get("connections") is not None and isinstance(plan.load, OpenLoad):
             update["load"] = plan.load.model_copy(update={"connections": int(work["connections"])})
         plan = Plan.model_validate(plan.model_copy(update=update).model_dump(by_alias=True))

@@ -32,29 +32,26 @@ from loadpilot.profiles import Duration, parse_duration
 if TYPE_CHECKING:
     from loadpilot.scenarios.scenario import Scenario, VUser
 
-_Result = tuple[int, list[tuple[str, str]], bytes] | str
-_Args = tuple[
-    int | None,
-    str | None,
-    str,
-    str,
-    list[tuple[str, str]],
-    bytes | None,
-    float | None,
-    float | None,
-    _engine.Check | None,
-]
-
-
+_Result = tuple[int, list[tuple[str, str]], bytes, str | None, int] | str
 class Response:
-    """A response, with httpx's names."""
+    """A response, with httpx's names. ``redirects``: how many redirects were followed to
+    get it; ``url``: where they led (None when none was followed)."""
 
-    __slots__ = ("content", "headers", "status_code")
+    __slots__ = ("content", "headers", "redirects", "status_code", "url")
 
-    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+    def __init__(
+        self,
+        status: int,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        url: str | None = None,
+        redirects: int = 0,
+    ) -> None:
         self.status_code = status
         self.headers = dict(headers)
         self.content = body
+        self.url = url
+        self.redirects = redirects
 
     @property
     def text(self) -> str:
@@ -85,9 +82,11 @@ class CaughtResponse(Response):
         status: int,
         headers: list[tuple[str, str]],
         body: bytes,
+        url: str | None,
+        redirects: int,
         settle: Callable[[str, str], None],
     ) -> None:
-        super().__init__(status, headers, body)
+        super().__init__(status, headers, body, url, redirects)
         self._settle = settle
         self._verdict: tuple[str, str] | None = None
 
@@ -176,16 +175,22 @@ class Client:
         content: bytes | str | None = None,
         data: bytes | str | Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
         auth: tuple[str, str] | None = None,
+        cookies: Mapping[str, str] | None = None,
         timeout: Duration | None = None,
         expect: Expect | None = None,
         catch_response: bool = False,
+        follow_redirects: bool | None = None,
+        max_redirects: int | None = None,
     ) -> Any:
         """Sends a request through the engine. Without ``timeout`` the plan's applies
         (``@lp.scenario(timeout=...)``), as for engine tasks: the engine fills it in.
         ``name``: what its measurements are kept under (default: the method and the path
         without its query, as given here: ``GET /items/7``; name requests whose path varies).
         ``catch_response=True``: the code in a ``with`` block over the response decides
-        whether it failed (:class:`CaughtResponse`)."""
+        whether it failed (:class:`CaughtResponse`). Redirects are followed as the scenario
+        says (``@lp.scenario(follow_redirects=..., max_redirects=...)``, by default up to 10)
+        unless ``follow_redirects``/``max_redirects`` say otherwise; the hops are part of
+        this one request. ``cookies``: sent with the user's own (which the server set)."""
         if not isinstance(method, str) or not method.strip():
             raise ValueError(f"invalid HTTP method {method!r}")
         if catch_response and expect is not None:
@@ -204,6 +209,8 @@ class Client:
             user, password = auth
             token = base64.b64encode(f"{user}:{password}".encode()).decode()
             hs.append(("authorization", f"Basic {token}"))
+        if cookies:
+            hs.append(("cookie", "; ".join(f"{k}={v}" for k, v in cookies.items())))
         raw = content if content is not None else data
         if json is not None:
             body = _json.dumps(json).encode()
@@ -212,7 +219,7 @@ class Client:
             body = raw.encode() if isinstance(raw, str) else raw
         # The first request of an iteration is measured from the iteration's due instant.
         due, self._due = self._due, None
-        args: _Args = (
+        call = self._session.prepare(
             self._task,
             name,
             method,
@@ -222,6 +229,8 @@ class Client:
             None if timeout is None else parse_duration(timeout, what="timeout"),
             due,
             _check(_ANY_STATUS) if catch_response else None if expect is None else _check(expect),
+            follow_redirects,
+            max_redirects,
         )
         settle = None
         if catch_response:
@@ -233,20 +242,20 @@ class Client:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return _finish(self._session.request_blocking(*args), method, path, settle)
-        sent = self._send(args, method, path, settle)
+            return _finish(self._session.request_blocking(call), method, path, settle)
+        sent = self._send(call, method, path, settle)
         return _Catching(sent) if catch_response else sent
 
     async def _send(
         self,
-        args: _Args,
+        call: _engine.Call,
         method: str,
         path: str,
         settle: Callable[[str, str], None] | None = None,
     ) -> Any:
         rid, fut = self._inbox.expect()
         try:
-            self._session.request(*args, self._inbox.mailbox, rid)
+            self._session.request(call, self._inbox.mailbox, rid)
         except BaseException:
             self._inbox.forget(rid)
             raise

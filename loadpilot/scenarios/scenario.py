@@ -208,8 +208,11 @@ class _RequestReader:
         content: str | None = None,
         data: str | Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
         auth: tuple[str, str] | None = None,
+        cookies: Mapping[str, str] | None = None,
         timeout: Duration | None = None,
         expect: Expect | None = None,
+        follow_redirects: bool | None = None,
+        max_redirects: int | None = None,
         **unknown: Any,
     ) -> None:
         if unknown:
@@ -238,19 +241,26 @@ class _RequestReader:
             # Placeholders stay readable for the engine to fill.
             query = urllib.parse.urlencode(params, safe="{}")
             path = f"{path}{'&' if '?' in path else '?'}{query}"
+        hs = dict(headers or {})
+        if cookies:
+            sent = "; ".join(f"{k}={v}" for k, v in _text_pairs(cookies, "cookies", _caller))
+            own = next((k for k in hs if k.lower() == "cookie"), None)
+            hs[own or "cookie"] = f"{hs[own]}; {sent}" if own else sent
         body = content if content is not None else data
         self.requests.append(
             Request(
                 name=name,
                 method=method.upper(),
                 path=path,
-                headers=dict(headers or {}),
+                headers=hs,
                 body=body,
                 json_=json,
                 form=form,
                 auth=auth,
                 timeout_s=None if timeout is None else parse_duration(timeout, what="timeout"),
                 expect=expect,
+                follow_redirects=follow_redirects,
+                max_redirects=max_redirects,
             )
         )
 
@@ -269,21 +279,31 @@ CLIENT_KEYWORDS = (
     "content",
     "data",
     "auth",
+    "cookies",
     "timeout",
     "expect",
     "catch_response",
+    "follow_redirects",
+    "max_redirects",
 )
 
 
 def _form_pairs(data: Any, where: Callable[[], str]) -> list[tuple[str, str]]:
     """A form given as a mapping or as (name, value) pairs, as text pairs."""
+    return _text_pairs(data, "data", where, "text, bytes, ")
+
+
+def _text_pairs(
+    given: Any, keyword: str, where: Callable[[], str], also: str = ""
+) -> list[tuple[str, str]]:
+    """A mapping or (name, value) pairs, as text pairs."""
     try:
-        items = data.items() if isinstance(data, Mapping) else list(data)
+        items = given.items() if isinstance(given, Mapping) else list(given)
         return [(str(k), str(v)) for k, v in items]
     except (TypeError, ValueError):
         raise ScenarioError(
-            f"{where()}: data= takes text, bytes, a mapping or (name, value) pairs, "
-            f"not {type(data).__name__}"
+            f"{where()}: {keyword}= takes {also}a mapping or (name, value) pairs, "
+            f"not {type(given).__name__}"
         ) from None
 
 
@@ -411,6 +431,9 @@ class Scenario:
     max_streams: int = DEFAULTS["max_streams"]
     #: The most request names measured apart (past it: ``other``).
     max_request_names: int = DEFAULTS["max_request_names"]
+    #: Whether requests follow redirects, and how many at most (each request may say).
+    follow_redirects: bool = DEFAULTS["follow_redirects"]
+    max_redirects: int = DEFAULTS["max_redirects"]
 
     @property
     def path(self) -> str:
@@ -445,6 +468,8 @@ class Scenario:
             http=self.http,
             max_streams=self.max_streams,
             max_request_names=self.max_request_names,
+            follow_redirects=self.follow_redirects,
+            max_redirects=self.max_redirects,
         )
 
 
@@ -538,6 +563,8 @@ def scenario(
     http: HttpVersion | None = None,
     max_streams: int | None = None,
     max_request_names: int | None = None,
+    follow_redirects: bool = DEFAULTS["follow_redirects"],
+    max_redirects: int | None = None,
 ) -> Callable[[type[VUser]], type[VUser]]:
     """Declares a :class:`VUser` subclass as a scenario with its load profile and thresholds
     (``abort_on_fail``: ``loadpilot run`` stops as soon as one fails). ``timeout`` is every
@@ -547,7 +574,9 @@ def scenario(
     by ALPN over TLS, prior knowledge over cleartext; up to ``max_streams``, default 100, users
     share a connection) or ``"auto"`` (HTTP/2 where the server offers it over TLS, else
     HTTP/1.1). ``max_request_names`` (default 1,000) bounds the request names measured apart:
-    past it, new names are measured together under ``other``."""
+    past it, new names are measured together under ``other``. Redirects are followed up to
+    ``max_redirects`` hops (default 10; ``follow_redirects=False``: not at all), as requests
+    and k6 do; each request may say otherwise."""
     if not isinstance(profile, Profile):
         raise ScenarioError(f"profile must come from lp.constant, lp.ramp, ... not {profile!r}")
     try:
@@ -557,6 +586,10 @@ def scenario(
         names_max = DEFAULTS["max_request_names"]
         if max_request_names is not None:
             names_max = check_field("max_request_names", max_request_names)
+        hops = DEFAULTS["max_redirects"]
+        if max_redirects is not None:
+            hops = check_field("max_redirects", max_redirects)
+        follow = check_field("follow_redirects", follow_redirects)
     except PlanError as e:
         raise ScenarioError(str(e)) from None
     timeout_s: float = DEFAULTS["timeout_s"]
@@ -592,6 +625,8 @@ def scenario(
             http=http,
             max_streams=streams,
             max_request_names=names_max,
+            follow_redirects=follow,
+            max_redirects=hops,
         )
         setattr(cls, _SCENARIO, sc)
         return cls

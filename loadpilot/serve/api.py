@@ -136,7 +136,13 @@ class Server:
                 raise HTTPException(409, f"run {busy} is going; one run at a time (stop it first)")
             rid = uuid.uuid4().hex[:12]
             try:
-                run = start(what, self.runs_dir / rid, target=target, agents=self.agents)
+                run = start(
+                    what,
+                    self.runs_dir / rid,
+                    target=target,
+                    agents=self.agents,
+                    allow_hosts=list(self.limits.allow_targets),
+                )
             except LoadPilotError as e:
                 raise HTTPException(422, str(e)) from None
             self.runs[rid] = run

@@ -146,6 +146,10 @@ mod _engine {
         m.add("MAX_SECONDS", loadpilot_core::plan::MAX_SECONDS)?;
         m.add("DEFAULT_MAX_USERS", loadpilot_core::plan::DEFAULT_MAX_USERS)?;
         m.add("MAX_STREAMS", loadpilot_core::plan::MAX_STREAMS_LIMIT)?;
+        m.add(
+            "MAX_REDIRECTS",
+            loadpilot_core::http::redirect::MAX_REDIRECTS_LIMIT,
+        )?;
         let defaults = loadpilot_core::plan::defaults().to_string();
         let json = pyo3::types::PyModule::import(m.py(), "json")?;
         m.add("PLAN_DEFAULTS", json.call_method1("loads", (defaults,))?)

@@ -218,10 +218,10 @@ pub(crate) struct PyCall {
 impl PySession {
     /// A request checked against this run (a `ValueError` saying what is wrong). `task`: the
     /// entry it counts for (a task, or on_start's); None for on_stop's. `name`: what it is
-    /// measured under (None: the method and the path without its query). `max_redirects`:
-    /// redirects followed (0: none; None: the plan's).
+    /// measured under (None: the method and the path without its query).
+    /// `follow_redirects`, `max_redirects`: None for the plan's.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (task, name, method, path, headers, body, timeout_s, due_s, check, max_redirects))]
+    #[pyo3(signature = (task, name, method, path, headers, body, timeout_s, due_s, check, follow_redirects, max_redirects))]
     fn prepare(
         &self,
         task: Option<usize>,
@@ -233,6 +233,7 @@ impl PySession {
         timeout_s: Option<f64>,
         due_s: Option<f64>,
         check: Option<PyRef<'_, PyCheck>>,
+        follow_redirects: Option<bool>,
         max_redirects: Option<u32>,
     ) -> PyResult<PyCall> {
         let asked = Asked {
@@ -245,6 +246,7 @@ impl PySession {
             timeout_s,
             due_s,
             check: check.map(|c| c.inner.clone()),
+            follow_redirects,
             max_redirects,
         };
         let inner = PyRequest::new(asked, self.inner.entries()).map_err(PyValueError::new_err)?;

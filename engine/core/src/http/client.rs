@@ -203,7 +203,19 @@ impl Client {
             if hops == max {
                 let looped = chain.contains(&next);
                 chain.push(next);
-                let path: Vec<&str> = chain.iter().map(url::Url::as_str).collect();
+                // Each hop as its path where it stays on the first's origin.
+                let first = chain[0].origin();
+                let path: Vec<&str> = chain
+                    .iter()
+                    .enumerate()
+                    .map(|(i, u)| {
+                        if i > 0 && u.origin() == first {
+                            &u[url::Position::BeforePath..]
+                        } else {
+                            u.as_str()
+                        }
+                    })
+                    .collect();
                 let what = if looped {
                     "redirect loop"
                 } else {

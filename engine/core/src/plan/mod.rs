@@ -160,24 +160,20 @@ pub fn redirects_in_range(at: &str, n: u32) -> Result<()> {
     Ok(())
 }
 
-impl Plan {
-    /// How many redirects `spec` follows in this plan: none if either says not to follow,
-    /// else the request's `max_redirects` or the plan's.
-    pub fn redirects_of(&self, spec: &RequestSpec) -> u32 {
-        if spec.follow_redirects.unwrap_or(self.follow_redirects) {
-            spec.max_redirects.unwrap_or(self.max_redirects)
-        } else {
-            0
-        }
+/// How many redirects a request follows: none if it (or, when it does not say, the plan)
+/// says not to follow them; else its own `max_redirects` or the plan's.
+pub fn redirects(follow: Option<bool>, max: Option<u32>, plan: (bool, u32)) -> u32 {
+    if follow.unwrap_or(plan.0) {
+        max.unwrap_or(plan.1)
+    } else {
+        0
     }
+}
 
-    /// How many redirects a request of Python's follows by default.
-    pub fn default_redirects(&self) -> u32 {
-        if self.follow_redirects {
-            self.max_redirects
-        } else {
-            0
-        }
+impl Plan {
+    /// The plan's `follow_redirects` and `max_redirects`, for `redirects`.
+    pub fn redirect_defaults(&self) -> (bool, u32) {
+        (self.follow_redirects, self.max_redirects)
     }
 }
 

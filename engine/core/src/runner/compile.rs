@@ -50,7 +50,7 @@ pub(super) fn compile(plan: &Plan, threads: usize) -> Result<Compiled> {
         duration,
         drain_limit,
         default_timeout: Duration::from_secs_f64(plan.timeout_s),
-        default_redirects: plan.default_redirects(),
+        redirect_defaults: plan.redirect_defaults(),
         shards: shard.1 as f64,
         shard,
         start_at: plan.shard.and_then(|s| s.start_at),
@@ -101,7 +101,11 @@ fn compile_bodies(plan: &Plan, target: &Target, names: &Names) -> Result<Vec<Bod
                     let at = format!("tasks[{ti}].requests[{ri}]");
                     let mut request =
                         CompiledRequest::compile(r, &scope, target, plan.timeout_s, &at)?;
-                    request.max_redirects = plan.redirects_of(r);
+                    request.max_redirects = crate::plan::redirects(
+                        r.follow_redirects,
+                        r.max_redirects,
+                        plan.redirect_defaults(),
+                    );
                     let name = request_name(r.name.as_deref(), &r.method, &r.path);
                     reqs.push(Step {
                         request,

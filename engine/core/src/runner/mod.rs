@@ -188,8 +188,8 @@ pub(crate) struct Ctx {
     pub(crate) drain_limit: Duration,
     /// The plan's request timeout.
     pub(crate) default_timeout: Duration,
-    /// How many redirects a Python request follows unless it says.
-    pub(crate) default_redirects: u32,
+    /// The plan's `follow_redirects` and `max_redirects`, for Python's requests.
+    pub(crate) redirect_defaults: (bool, u32),
     /// How many shards the schedule is split into (this run runs one of them).
     pub(crate) shards: f64,
     /// This run's shard `(index, count)`: closed-model users `vu` with `vu % count == index`

@@ -231,7 +231,8 @@ pub struct PyRequest {
     pub due_s: Option<f64>,
     /// `expect`; without one, a 4xx or 5xx counts as a `status` error.
     pub check: Check,
-    /// Redirects followed (0: none); `None`: the plan's.
+    /// Whether redirects are followed, and how many at most; `None`: the plan's.
+    pub follow_redirects: Option<bool>,
     pub max_redirects: Option<u32>,
 }
 
@@ -247,7 +248,8 @@ pub struct Asked<'a> {
     pub timeout_s: Option<f64>,
     pub due_s: Option<f64>,
     pub check: Option<Check>,
-    /// Redirects followed (0: none); `None`: the plan's.
+    /// Whether redirects are followed, and how many at most; `None`: the plan's.
+    pub follow_redirects: Option<bool>,
     pub max_redirects: Option<u32>,
 }
 
@@ -294,6 +296,7 @@ impl PyRequest {
             timeout: a.timeout_s.map(Duration::from_secs_f64),
             due_s: a.due_s,
             check: a.check.unwrap_or_default(),
+            follow_redirects: a.follow_redirects,
             max_redirects: a.max_redirects,
         })
     }
@@ -340,7 +343,8 @@ impl Session {
             headers: true,
         };
         let timeout = r.timeout.unwrap_or(ctx.default_timeout);
-        let redirects = r.max_redirects.unwrap_or(ctx.default_redirects);
+        let redirects =
+            crate::plan::redirects(r.follow_redirects, r.max_redirects, ctx.redirect_defaults);
         let exchanged = exchange(ctx, &mut client, from, timeout, keep, redirects, || {
             Outgoing::new(r.method, &path, r.headers, r.body, &ctx.target.authority())
                 .map_err(|_| ErrorKind::Check)
