@@ -177,6 +177,8 @@ class Session:
         path: str,
         headers: list[tuple[str, str]],
         body: bytes | None,
+        form: list[tuple[str, str]] | None,
+        files: list[tuple[str, str | None, bytes | None, str | None, str | None]],
         timeout_s: float | None,
         due_s: float | None,
         check: Check | None,

@@ -126,6 +126,25 @@ class Expect(_Model):
         return self
 
 
+class File(_Model):
+    """A file of a multipart form: its ``content`` (templated text) or a ``path`` on the
+    machine that sends, read as each request is sent (never held whole in memory)."""
+
+    field: str
+    filename: str | None = None
+    """Default: the last part of ``path``, else ``field``."""
+    content: str | None = None
+    path: str | None = None
+    content_type: str | None = None
+    """Default: ``application/octet-stream``."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> File:
+        if (self.content is None) == (self.path is None):
+            raise ValueError("give one of content and path")
+        return self
+
+
 class Request(_Model):
     """One request. ``path``, header values and bodies may hold ``{{name}}`` placeholders.
     ``name``: what its measurements are kept under (default: the method and the path as
@@ -141,6 +160,9 @@ class Request(_Model):
     """A form body: name and value pairs (templated), sent urlencoded."""
     auth: tuple[str, str] | None = None
     """Basic authentication: user and password (templated)."""
+    files: list[File] | None = None
+    """Files to upload: the body is then ``multipart/form-data`` (``form`` its text
+    fields)."""
     timeout_s: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
     expect: Expect | None = None
     follow_redirects: bool | None = None

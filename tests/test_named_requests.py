@@ -386,7 +386,7 @@ def test_forms_and_basic_auth_mean_the_same_on_both_paths(
 @pytest.mark.parametrize(
     ("call", "why"),
     [
-        ('self.client.get("/", files={"f": "x"})', "get() takes no keyword 'files'"),
+        ('self.client.get("/", stream=True)', "get() takes no keyword 'stream'"),
         ('self.client.get("/", verify=False)', "get() takes no keyword 'verify'"),
     ],
 )

@@ -28,9 +28,12 @@ from loadpilot import _engine
 from loadpilot.errors import RequestError
 from loadpilot.plan import Expect
 from loadpilot.profiles import Duration, parse_duration
+from loadpilot.scenarios.scenario import file_parts
 
 if TYPE_CHECKING:
     from loadpilot.scenarios.scenario import Scenario, VUser
+
+_SCENARIO_FILE = sys.modules[file_parts.__module__].__file__
 
 _Result = tuple[int, list[tuple[str, str]], bytes, str | None, int] | str
 class Response:
@@ -150,6 +153,14 @@ class _Catching:
 _ANY_STATUS = Expect(status_range=(100, 999))
 
 
+def _where() -> str:
+    """file:line of the task code that called the client."""
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_code.co_filename in (__file__, _SCENARIO_FILE):
+        frame = frame.f_back
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
 class Client:
     """``self.client`` of a Python virtual user. In an ``async def`` task its methods return
     awaitables; in a plain ``def`` task (or hook) they block that user's thread until the
@@ -175,6 +186,7 @@ class Client:
         content: bytes | str | None = None,
         data: bytes | str | Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
         auth: tuple[str, str] | None = None,
+        files: Any = None,
         cookies: Mapping[str, str] | None = None,
         timeout: Duration | None = None,
         expect: Expect | None = None,
@@ -190,7 +202,9 @@ class Client:
         whether it failed (:class:`CaughtResponse`). Redirects are followed as the scenario
         says (``@lp.scenario(follow_redirects=..., max_redirects=...)``, by default up to 10)
         unless ``follow_redirects``/``max_redirects`` say otherwise; the hops are part of
-        this one request. ``cookies``: sent with the user's own (which the server set)."""
+        this one request. ``cookies``: sent with the user's own (which the server set).
+        ``files``: a multipart form (as httpx takes it; ``data`` its text fields), a file
+        given as a ``Path`` or an open file read from disk as the request is sent."""
         if not isinstance(method, str) or not method.strip():
             raise ValueError(f"invalid HTTP method {method!r}")
         if catch_response and expect is not None:
@@ -199,12 +213,13 @@ class Client:
             path = f"{path}{'&' if '?' in path else '?'}{urllib.parse.urlencode(params)}"
         hs = list((headers or {}).items())
         body: bytes | None = None
+        form: list[tuple[str, str]] | None = None
         if data is not None and not isinstance(data, str | bytes):
-            # A form: urlencoded, as httpx and requests send it.
+            # A form: urlencoded by the engine (or a multipart form's fields, with files).
             pairs = data.items() if isinstance(data, Mapping) else data
-            data = urllib.parse.urlencode([(str(k), str(v)) for k, v in pairs])
-            if not any(k.lower() == "content-type" for k, _ in hs):
-                hs.append(("content-type", "application/x-www-form-urlencoded"))
+            form = [(str(k), str(v)) for k, v in pairs]
+            data = None
+        uploads = [] if files is None else file_parts(files, _where)
         if auth is not None:
             user, password = auth
             token = base64.b64encode(f"{user}:{password}".encode()).decode()
@@ -226,6 +241,8 @@ class Client:
             path,
             hs,
             body,
+            form,
+            uploads,
             None if timeout is None else parse_duration(timeout, what="timeout"),
             due,
             _check(_ANY_STATUS) if catch_response else None if expect is None else _check(expect),

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import ast
 import inspect
+import mimetypes
+import os
 import re
 import sys
 import textwrap
@@ -43,6 +45,7 @@ from loadpilot.plan import (
     DEFAULTS,
     Expect,
     Feeder,
+    File,
     Hooks,
     HttpVersion,
     Plan,
@@ -208,6 +211,7 @@ class _RequestReader:
         content: str | None = None,
         data: str | Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
         auth: tuple[str, str] | None = None,
+        files: Any = None,
         cookies: Mapping[str, str] | None = None,
         timeout: Duration | None = None,
         expect: Expect | None = None,
@@ -229,6 +233,30 @@ class _RequestReader:
             data = None
         if auth is not None:
             auth = _auth_pair(auth, _caller)
+        uploads = None
+        if files is not None:
+            uploads = []
+            for field, filename, content, on_disk, content_type in file_parts(files, _caller):
+                try:
+                    text = None if content is None else content.decode()
+                except UnicodeDecodeError:
+                    raise ScenarioError(
+                        f"{_caller()}: files[{field!r}]: an engine task sends text content; "
+                        "give binary content as a file (a Path)"
+                    ) from None
+                uploads.append(
+                    File(
+                        field=field,
+                        filename=filename,
+                        content=text,
+                        path=on_disk,
+                        content_type=content_type,
+                    )
+                )
+            if data is not None and form is None:
+                raise ScenarioError(
+                    f"{_caller()}: with files=, data= is the form's fields (a mapping or pairs)"
+                )
         if name is not None:
             why = (
                 f"name {name!r} is not text"
@@ -256,6 +284,7 @@ class _RequestReader:
                 body=body,
                 json_=json,
                 form=form,
+                files=uploads,
                 auth=auth,
                 timeout_s=None if timeout is None else parse_duration(timeout, what="timeout"),
                 expect=expect,
@@ -279,6 +308,7 @@ CLIENT_KEYWORDS = (
     "content",
     "data",
     "auth",
+    "files",
     "cookies",
     "timeout",
     "expect",
@@ -305,6 +335,54 @@ def _text_pairs(
             f"{where()}: {keyword}= takes {also}a mapping or (name, value) pairs, "
             f"not {type(given).__name__}"
         ) from None
+
+
+#: A file of a form as both paths hand it on: field, file name, content, path, content type.
+FilePart = tuple[str, str | None, bytes | None, str | None, str | None]
+
+
+def file_parts(files: Any, where: Callable[[], str]) -> list[FilePart]:
+    """``files=`` as httpx takes it, a mapping (or pairs) of field to a value: a
+    :class:`~pathlib.Path` or an open file (sent from disk, read as each request is sent),
+    ``bytes`` or ``str`` (the content), or a tuple ``(filename, value)`` or ``(filename,
+    value, content_type)``. The content type is guessed from the file name when not given."""
+    try:
+        items = list(files.items() if isinstance(files, Mapping) else files)
+    except TypeError:
+        items = None
+    if items is None or not all(isinstance(i, tuple) and len(i) == 2 for i in items):
+        raise ScenarioError(f"{where()}: files= takes a mapping of field to file, not {files!r}")
+    parts: list[FilePart] = []
+    for field, value in items:
+        filename: str | None = None
+        content_type: str | None = None
+        if isinstance(value, tuple):
+            if not 2 <= len(value) <= 3 or not all(isinstance(v, str) for v in value[::2]):
+                raise ScenarioError(
+                    f"{where()}: files[{field!r}] takes (filename, content or path"
+                    f"[, content_type]), not {value!r}"
+                )
+            filename, value, *rest = value
+            content_type = rest[0] if rest else None
+        content: bytes | None = None
+        path: str | None = None
+        if isinstance(value, os.PathLike) or (
+            hasattr(value, "read") and isinstance(getattr(value, "name", None), str)
+        ):
+            path = os.fspath(value if isinstance(value, os.PathLike) else value.name)
+            if not os.path.isfile(path):
+                raise ScenarioError(f"{where()}: files[{field!r}]: no file {path!r}")
+        elif isinstance(value, bytes | str):
+            content = value.encode() if isinstance(value, str) else value
+        else:
+            raise ScenarioError(
+                f"{where()}: files[{field!r}] is a Path, an open file, bytes or str, not "
+                f"{type(value).__name__}"
+            )
+        if content_type is None:
+            content_type = mimetypes.guess_type(filename or path or "")[0]
+        parts.append((str(field), filename, content, path, content_type))
+    return parts
 
 
 def _auth_pair(auth: Any, where: Callable[[], str]) -> tuple[str, str]:
@@ -361,7 +439,9 @@ def _static(node: ast.expr) -> bool:
             )
         case ast.Call(func=func, args=args, keywords=kws):
             name = ast.unparse(func)
-            allowed = name in ("range", "expect") or name.endswith(".expect")
+            allowed = name in ("range", "expect", "Path", "pathlib.Path") or name.endswith(
+                ".expect"
+            )
             return allowed and all(_static(a) for a in args) and all(_static(k.value) for k in kws)
     return False
 

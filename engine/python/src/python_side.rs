@@ -11,7 +11,7 @@ use loadpilot_core::plan::check;
 use loadpilot_core::plan::template::Scope;
 use loadpilot_core::plan::Expect;
 use loadpilot_core::runner::python::{
-    Asked, Done, Inbox, Mailbox, NoResponse, PyRequest, Session, Ticket, Work,
+    Asked, Done, FileAsked, Inbox, Mailbox, NoResponse, PyRequest, Session, Ticket, Work,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -208,6 +208,15 @@ pub(crate) struct PySession {
     inner: Arc<Session>,
 }
 
+/// A file of a form: (field, file name, content, path, content type).
+type PyFile = (
+    String,
+    Option<String>,
+    Option<Vec<u8>>,
+    Option<String>,
+    Option<String>,
+);
+
 /// A request checked against its session's run, ready to send (once or more).
 #[pyclass(module = "loadpilot._engine", name = "Call", frozen)]
 pub(crate) struct PyCall {
@@ -219,9 +228,12 @@ impl PySession {
     /// A request checked against this run (a `ValueError` saying what is wrong). `task`: the
     /// entry it counts for (a task, or on_start's); None for on_stop's. `name`: what it is
     /// measured under (None: the method and the path without its query).
-    /// `follow_redirects`, `max_redirects`: None for the plan's.
+    /// `form`: name and value pairs (urlencoded, or a multipart form's text fields when
+    /// there are `files`: (field, file name, content, path, content type), content or path
+    /// given, the others None for their defaults). `follow_redirects`, `max_redirects`: None
+    /// for the plan's.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (task, name, method, path, headers, body, timeout_s, due_s, check, follow_redirects, max_redirects))]
+    #[pyo3(signature = (task, name, method, path, headers, body, form, files, timeout_s, due_s, check, follow_redirects, max_redirects))]
     fn prepare(
         &self,
         task: Option<usize>,
@@ -230,6 +242,8 @@ impl PySession {
         path: &str,
         headers: Vec<(String, String)>,
         body: Option<Vec<u8>>,
+        form: Option<Vec<(String, String)>>,
+        files: Vec<PyFile>,
         timeout_s: Option<f64>,
         due_s: Option<f64>,
         check: Option<PyRef<'_, PyCheck>>,
@@ -243,6 +257,17 @@ impl PySession {
             path,
             headers,
             body,
+            form,
+            files: files
+                .into_iter()
+                .map(|(field, filename, content, path, content_type)| FileAsked {
+                    field,
+                    filename,
+                    content,
+                    path,
+                    content_type,
+                })
+                .collect(),
             timeout_s,
             due_s,
             check: check.map(|c| c.inner.clone()),

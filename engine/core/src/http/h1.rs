@@ -10,6 +10,7 @@ use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::http::body::Payload;
 use crate::http::BODY_KEPT;
 use crate::outcome::{classify_io, ErrorKind};
 
@@ -115,7 +116,7 @@ pub struct Sent<'a> {
     pub head: &'a [u8],
     /// A `cookie` header line to add (without CRLF), if the user has cookies.
     pub cookie: Option<&'a [u8]>,
-    pub body: &'a [u8],
+    pub body: &'a Payload,
     /// A HEAD request: its answer has no body whatever it announces.
     pub head_only: bool,
 }
@@ -311,18 +312,28 @@ async fn write_request(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    let inline = req.body.len() <= POOLED_SIZE / 2;
-    if inline {
-        out.extend_from_slice(req.body);
-    }
-    let w = async {
-        stream.write_all(out).await?;
-        if !inline {
-            stream.write_all(req.body).await?;
+    let io = |e: std::io::Error| classify_io(&e);
+    match req.body {
+        Payload::Bytes(body) => {
+            let inline = body.len() <= POOLED_SIZE / 2;
+            if inline {
+                out.extend_from_slice(body);
+            }
+            stream.write_all(out).await.map_err(io)?;
+            if !inline {
+                stream.write_all(body).await.map_err(io)?;
+            }
         }
-        stream.flush().await
-    };
-    w.await.map_err(|e| classify_io(&e))?;
+        Payload::Pieces(..) => {
+            // Files are read as they are sent, a chunk at a time.
+            stream.write_all(out).await.map_err(io)?;
+            let mut chunks = req.body.chunks();
+            while let Some(chunk) = chunks.next().await? {
+                stream.write_all(&chunk).await.map_err(io)?;
+            }
+        }
+    }
+    stream.flush().await.map_err(io)?;
     out.clear();
     Ok(())
 }
@@ -535,7 +546,7 @@ mod tests {
         let sent = Sent {
             head: b"GET / HTTP/1.1\r\nhost: x\r\n",
             cookie: None,
-            body: b"",
+            body: &Payload::default(),
             head_only: false,
         };
         let got = exchange(&mut stream, sent, true, false).await;

@@ -13,6 +13,7 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, COOKIE, 
 use hyper::http::uri::{Authority, Scheme};
 use hyper::{Method, Request, Uri};
 
+use crate::http::body::Payload;
 use crate::http::h1::{cookie_pair, Body, Got, Stream};
 use crate::http::Outgoing;
 use crate::outcome::{classify_io, ErrorKind};
@@ -215,11 +216,23 @@ pub async fn exchange(
     let (response, mut body_out) = send
         .send_request(request, req.body.is_empty())
         .map_err(|e| fail(conn, &e))?;
-    if !req.body.is_empty() {
-        // Sent as the stream's window allows (h2 holds what does not fit yet).
-        body_out
-            .send_data(req.body.clone(), true)
-            .map_err(|e| fail(conn, &e))?;
+    match &req.body {
+        Payload::Bytes(b) if !b.is_empty() => {
+            // Sent as the stream's window allows (h2 holds what does not fit yet).
+            body_out
+                .send_data(b.clone(), true)
+                .map_err(|e| fail(conn, &e))?;
+        }
+        Payload::Bytes(_) => {}
+        Payload::Pieces(..) => {
+            // Files are read as the stream's window opens, a chunk at a time.
+            let mut chunks = req.body.chunks();
+            let mut next = chunks.next().await?;
+            while let Some(chunk) = next {
+                next = chunks.next().await?;
+                paced(conn, &mut body_out, chunk, next.is_none()).await?;
+            }
+        }
     }
     let response = response.await.map_err(|e| fail(conn, &e))?;
     let (head, mut incoming) = response.into_parts();
@@ -260,6 +273,30 @@ pub async fn exchange(
             .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string()),
         reusable: true,
     })
+}
+
+/// Sends `data` on `out` as its window allows, holding no more than it at a time.
+async fn paced(
+    conn: &Conn,
+    out: &mut h2::SendStream<Bytes>,
+    mut data: Bytes,
+    end: bool,
+) -> Result<(), ErrorKind> {
+    while !data.is_empty() {
+        out.reserve_capacity(data.len());
+        let room = match std::future::poll_fn(|cx| out.poll_capacity(cx)).await {
+            Some(Ok(n)) => n,
+            Some(Err(e)) => return Err(fail(conn, &e)),
+            None => return Err(ErrorKind::Reset),
+        };
+        if room == 0 {
+            continue;
+        }
+        let piece = data.split_to(room.min(data.len()));
+        out.send_data(piece, end && data.is_empty())
+            .map_err(|e| fail(conn, &e))?;
+    }
+    Ok(())
 }
 
 /// `e`'s kind; a failure of the whole connection (not of one stream) marks it dead, so its

@@ -4,6 +4,7 @@
 //! user's client with its cookies (`client`).
 
 pub mod allow;
+pub mod body;
 mod client;
 pub mod h1;
 pub mod http2;
@@ -13,5 +14,5 @@ mod target;
 pub mod tls;
 
 pub use client::{Client, Keep, Response, BODY_KEPT};
-pub use request::{encode_target, CompiledRequest, Outgoing};
+pub use request::{encode_target, form_encode, CompiledRequest, Outgoing};
 pub use target::Target;

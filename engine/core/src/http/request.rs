@@ -12,6 +12,7 @@ use hyper::http::uri::PathAndQuery;
 use hyper::Method;
 
 use crate::error::{Error, Result};
+use crate::http::body::{multipart, FilePart, Payload, Source};
 use crate::http::Target;
 use crate::outcome::ErrorKind;
 use crate::plan::check::Check;
@@ -50,7 +51,7 @@ pub struct Outgoing {
     /// The request's own `Cookie` header (several joined with `; `): sent in one header with
     /// the user's cookies (RFC 6265 allows one), on HTTP/1.1 and HTTP/2 alike.
     pub cookie: Option<HeaderValue>,
-    pub body: Bytes,
+    pub body: Payload,
     /// Request line and header lines (`host` and `content-length` included), each ending
     /// in CRLF, without the blank line (nor the cookies: they are added as it is sent).
     pub(super) h1_head: Bytes,
@@ -63,9 +64,10 @@ impl Outgoing {
         method: Method,
         path: &str,
         headers: Vec<(HeaderName, HeaderValue)>,
-        body: Bytes,
+        body: impl Into<Payload>,
         authority: &HeaderValue,
     ) -> Result<Self, String> {
+        let body = body.into();
         let path: PathAndQuery = encode_target(path)
             .parse()
             .map_err(|e| format!("bad request path: {e}"))?;
@@ -123,6 +125,26 @@ enum BodyParts {
     Json(Template),
     /// Name and value pairs, each rendered, then urlencoded.
     Form(Vec<(Template, Template)>),
+    /// A `multipart/form-data` form: text fields, then files.
+    Multipart {
+        fields: Vec<(Template, Template)>,
+        files: Vec<FileTemplate>,
+        boundary: String,
+    },
+}
+
+/// A file part of a form, compiled.
+struct FileTemplate {
+    field: Template,
+    filename: Template,
+    content_type: String,
+    source: FileSource,
+}
+
+enum FileSource {
+    Content(Template),
+    /// On disk, with its length when compiled.
+    Path(std::path::PathBuf, u64),
 }
 
 impl BodyParts {
@@ -131,6 +153,17 @@ impl BodyParts {
             BodyParts::None => Vec::new(),
             BodyParts::Raw(t) | BodyParts::Json(t) => vec![t],
             BodyParts::Form(pairs) => pairs.iter().flat_map(|(k, v)| [k, v]).collect(),
+            BodyParts::Multipart { fields, files, .. } => fields
+                .iter()
+                .flat_map(|(k, v)| [k, v])
+                .chain(files.iter().flat_map(|f| {
+                    let content = match &f.source {
+                        FileSource::Content(t) => Some(t),
+                        FileSource::Path(..) => None,
+                    };
+                    [&f.field, &f.filename].into_iter().chain(content)
+                }))
+                .collect(),
         }
     }
 }
@@ -146,6 +179,33 @@ pub fn form_encode(s: &str, out: &mut String) {
             b' ' => out.push('+'),
             _ => out.push_str(&format!("%{b:02X}")),
         }
+    }
+}
+
+impl FileTemplate {
+    fn compile(f: &crate::plan::FileSpec, scope: &Scope, at: &str) -> Result<Self> {
+        let source = match (&f.content, &f.path) {
+            (Some(c), None) => FileSource::Content(Template::compile(c, scope, at)?),
+            (None, Some(p)) => match crate::http::body::on_disk(p) {
+                Ok(Source::Path(p, len)) => FileSource::Path(p, len),
+                Ok(Source::Content(_)) => unreachable!("a file on disk"),
+                Err(why) => return Err(Error::plan(format!("{at}.path"), why)),
+            },
+            _ => return Err(Error::plan(at, "give one of content and path")),
+        };
+        let (filename, content_type) = crate::http::body::part_defaults(
+            &f.field,
+            f.filename.as_deref(),
+            f.path.as_deref(),
+            f.content_type.as_deref(),
+        )
+        .map_err(|why| Error::plan(format!("{at}.content_type"), why))?;
+        Ok(FileTemplate {
+            field: Template::compile(&f.field, scope, &format!("{at}.field"))?,
+            filename: Template::compile(&filename, scope, &format!("{at}.filename"))?,
+            content_type,
+            source,
+        })
     }
 }
 
@@ -196,29 +256,42 @@ impl CompiledRequest {
                 Template::compile(v, scope, &format!("{at}.headers.{k}"))?,
             ));
         }
-        let body = match (&spec.body, &spec.json, &spec.form) {
-            (None, None, None) => BodyParts::None,
-            (Some(b), None, None) => {
+        let pairs = |pairs: &[(String, String)]| -> Result<Vec<(Template, Template)>> {
+            let mut compiled = Vec::with_capacity(pairs.len());
+            for (i, (k, v)) in pairs.iter().enumerate() {
+                let here = format!("{at}.form[{i}]");
+                compiled.push((
+                    Template::compile(k, scope, &here)?,
+                    Template::compile(v, scope, &here)?,
+                ));
+            }
+            Ok(compiled)
+        };
+        let body = match (&spec.body, &spec.json, &spec.form, &spec.files) {
+            (None, None, None, None) => BodyParts::None,
+            (Some(b), None, None, None) => {
                 BodyParts::Raw(Template::compile(b, scope, &format!("{at}.body"))?)
             }
-            (None, Some(j), None) => BodyParts::Json(Template::compile(
+            (None, Some(j), None, None) => BodyParts::Json(Template::compile(
                 &j.to_string(),
                 scope,
                 &format!("{at}.json"),
             )?),
-            (None, None, Some(pairs)) => {
-                let mut compiled = Vec::with_capacity(pairs.len());
-                for (i, (k, v)) in pairs.iter().enumerate() {
-                    let here = format!("{at}.form[{i}]");
-                    compiled.push((
-                        Template::compile(k, scope, &here)?,
-                        Template::compile(v, scope, &here)?,
-                    ));
-                }
-                BodyParts::Form(compiled)
-            }
+            (None, None, Some(p), None) => BodyParts::Form(pairs(p)?),
+            (None, None, form, Some(files)) => BodyParts::Multipart {
+                fields: pairs(form.as_deref().unwrap_or_default())?,
+                files: files
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| FileTemplate::compile(f, scope, &format!("{at}.files[{i}]")))
+                    .collect::<Result<_>>()?,
+                boundary: crate::http::body::boundary(),
+            },
             _ => {
-                return Err(Error::plan(at, "give one of body, json and form"));
+                return Err(Error::plan(
+                    at,
+                    "give one of body, json and form (files go with form)",
+                ));
             }
         };
         let auth = match &spec.auth {
@@ -286,9 +359,12 @@ impl CompiledRequest {
         }
         let has_type = headers.iter().any(|(k, _)| k == CONTENT_TYPE);
         let (body, content_type) = match &self.body {
-            BodyParts::None => (Bytes::new(), None),
-            BodyParts::Raw(t) => (Bytes::from(t.render(v)), None),
-            BodyParts::Json(t) => (Bytes::from(t.render(v)), Some("application/json")),
+            BodyParts::None => (Payload::default(), None),
+            BodyParts::Raw(t) => (Payload::from(Bytes::from(t.render(v))), None),
+            BodyParts::Json(t) => (
+                Payload::from(Bytes::from(t.render(v))),
+                Some(HeaderValue::from_static("application/json")),
+            ),
             BodyParts::Form(pairs) => {
                 let mut out = String::new();
                 for (i, (k, val)) in pairs.iter().enumerate() {
@@ -299,11 +375,43 @@ impl CompiledRequest {
                     out.push('=');
                     form_encode(&val.render(v), &mut out);
                 }
-                (Bytes::from(out), Some("application/x-www-form-urlencoded"))
+                (
+                    Payload::from(Bytes::from(out)),
+                    Some(HeaderValue::from_static(
+                        "application/x-www-form-urlencoded",
+                    )),
+                )
+            }
+            BodyParts::Multipart {
+                fields,
+                files,
+                boundary,
+            } => {
+                let fields: Vec<(String, String)> = fields
+                    .iter()
+                    .map(|(k, val)| (k.render(v), val.render(v)))
+                    .collect();
+                let files: Vec<FilePart> = files
+                    .iter()
+                    .map(|f| FilePart {
+                        field: f.field.render(v),
+                        filename: f.filename.render(v),
+                        content_type: f.content_type.clone(),
+                        source: match &f.source {
+                            FileSource::Content(t) => Source::Content(Bytes::from(t.render(v))),
+                            FileSource::Path(p, len) => Source::Path(p.clone(), *len),
+                        },
+                    })
+                    .collect();
+                (
+                    multipart(boundary, &fields, &files),
+                    HeaderValue::from_str(&format!("multipart/form-data; boundary={boundary}"))
+                        .ok(),
+                )
             }
         };
         if let (Some(ct), false) = (content_type, has_type) {
-            headers.push((CONTENT_TYPE, HeaderValue::from_static(ct)));
+            headers.push((CONTENT_TYPE, ct));
         }
         if let Some((user, password)) = &self.auth {
             use base64::Engine as _;

@@ -355,6 +355,10 @@ pub struct RequestSpec {
     /// Basic authentication: `[user, password]` (templated), sent as `Authorization: Basic`.
     #[serde(default)]
     pub auth: Option<(String, String)>,
+    /// Files to upload: the body is then `multipart/form-data`, `form`'s pairs its text
+    /// fields, then these files.
+    #[serde(default)]
+    pub files: Option<Vec<FileSpec>>,
     #[serde(default)]
     pub timeout_s: Option<f64>,
     #[serde(default)]
@@ -365,6 +369,28 @@ pub struct RequestSpec {
     /// The most redirects this request follows (default: the plan's `max_redirects`).
     #[serde(default)]
     pub max_redirects: Option<u32>,
+}
+
+/// A file part of a multipart form: its content given, or a file on disk read as each
+/// request is sent (never held whole in memory).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    /// The form field's name (templated).
+    pub field: String,
+    /// The file name sent (templated); default: the last part of `path`, else the field.
+    #[serde(default)]
+    pub filename: Option<String>,
+    /// The content, as text (templated).
+    #[serde(default)]
+    pub content: Option<String>,
+    /// A file on the machine that sends (relative to its working directory); its length is
+    /// read when the plan is compiled.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Default: `application/octet-stream`.
+    #[serde(default)]
+    pub content_type: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -16,10 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hyper::header::{HeaderName, HeaderValue};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper::Method;
 use tokio::sync::oneshot;
 
+use crate::http::body::{self, Payload};
 use crate::http::{Client, Outgoing, Response};
 use crate::outcome::ErrorKind;
 use crate::plan::check::Check;
@@ -224,7 +225,7 @@ pub struct PyRequest {
     /// Path and query, appended to the target's base path.
     pub path: String,
     pub headers: Vec<(HeaderName, HeaderValue)>,
-    pub body: Bytes,
+    pub body: Payload,
     /// `None`: the plan's timeout (the scenario's `timeout`), as for engine tasks.
     pub timeout: Option<Duration>,
     /// The iteration's due instant (seconds after the start), for its first request.
@@ -245,12 +246,26 @@ pub struct Asked<'a> {
     pub path: &'a str,
     pub headers: Vec<(String, String)>,
     pub body: Option<Vec<u8>>,
+    /// A form's name and value pairs: sent urlencoded, or as the text fields of a multipart
+    /// form when there are `files`.
+    pub form: Option<Vec<(String, String)>>,
+    pub files: Vec<FileAsked>,
     pub timeout_s: Option<f64>,
     pub due_s: Option<f64>,
     pub check: Option<Check>,
     /// Whether redirects are followed, and how many at most; `None`: the plan's.
     pub follow_redirects: Option<bool>,
     pub max_redirects: Option<u32>,
+}
+
+/// A file of a form as Python gives it: its field, file name, content or path (read as
+/// the request is sent), content type.
+pub struct FileAsked {
+    pub field: String,
+    pub filename: Option<String>,
+    pub content: Option<Vec<u8>>,
+    pub path: Option<String>,
+    pub content_type: Option<String>,
 }
 
 impl PyRequest {
@@ -286,13 +301,67 @@ impl PyRequest {
         if let Some(n) = a.max_redirects {
             crate::plan::redirects_in_range("max_redirects", n).map_err(|e| e.to_string())?;
         }
+        let has_type = headers.iter().any(|(k, _)| *k == CONTENT_TYPE);
+        let (body, content_type) = match (a.body, a.form, a.files) {
+            (body, None, files) if files.is_empty() => (
+                Payload::from(body.map(Bytes::from).unwrap_or_default()),
+                None,
+            ),
+            (None, Some(form), files) if files.is_empty() => {
+                let mut out = String::new();
+                for (i, (k, v)) in form.iter().enumerate() {
+                    if i > 0 {
+                        out.push('&');
+                    }
+                    crate::http::form_encode(k, &mut out);
+                    out.push('=');
+                    crate::http::form_encode(v, &mut out);
+                }
+                let ct = HeaderValue::from_static("application/x-www-form-urlencoded");
+                (Payload::from(Bytes::from(out)), Some(ct))
+            }
+            (None, form, files) => {
+                let mut parts = Vec::with_capacity(files.len());
+                for f in files {
+                    let (filename, content_type) = body::part_defaults(
+                        &f.field,
+                        f.filename.as_deref(),
+                        f.path.as_deref(),
+                        f.content_type.as_deref(),
+                    )?;
+                    let source = match (f.content, f.path) {
+                        (Some(c), None) => body::Source::Content(Bytes::from(c)),
+                        (None, Some(p)) => body::on_disk(&p)?,
+                        _ => {
+                            return Err(format!("file {:?}: give its content or its path", f.field))
+                        }
+                    };
+                    parts.push(body::FilePart {
+                        field: f.field,
+                        filename,
+                        content_type,
+                        source,
+                    });
+                }
+                let boundary = body::boundary();
+                let ct =
+                    HeaderValue::from_str(&format!("multipart/form-data; boundary={boundary}"))
+                        .map_err(|_| "bad boundary".to_string())?;
+                let form = form.unwrap_or_default();
+                (body::multipart(&boundary, &form, &parts), Some(ct))
+            }
+            _ => return Err("a body and a form are two bodies: give one".to_string()),
+        };
+        if let (Some(ct), false) = (content_type, has_type) {
+            headers.push((CONTENT_TYPE, ct));
+        }
         Ok(PyRequest {
             task: a.task,
             name: crate::plan::request_name(a.name, method.as_str(), a.path),
             method,
             path: a.path.to_string(),
             headers,
-            body: a.body.map(Bytes::from).unwrap_or_default(),
+            body,
             timeout: a.timeout_s.map(Duration::from_secs_f64),
             due_s: a.due_s,
             check: a.check.unwrap_or_default(),
