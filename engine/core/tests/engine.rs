@@ -564,3 +564,38 @@ fn a_redirect_outside_the_allowed_hosts_sends_nothing_there() {
         line.message
     );
 }
+
+#[test]
+fn a_file_larger_than_a_stream_window_is_uploaded_whole_on_either_http_version() {
+    let rt = build_runtime(2).unwrap();
+    let server = testbed::start(rt.handle(), TargetConfig::default()).unwrap();
+    let dir = std::env::temp_dir().join(format!("lp-upload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("big.bin");
+    // 300 kB, past HTTP/2's first 64 kB window, ending in a mark the check looks for.
+    let mut data: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    data.extend_from_slice(b"<the end>");
+    std::fs::write(&file, &data).unwrap();
+    for http in ["1.1", "2"] {
+        let s = run(
+            &rt,
+            &server.url(),
+            &format!(
+                r#""http": "{http}",
+                   "load": {{"model": "open", "connections": 4, "stages": [{{"kind": "constant", "rate": 20, "duration_s": 1}}]}},
+                   "tasks": [{{"name": "up", "requests": [{{"method": "POST", "path": "/echo",
+                       "form": [["note", "n"]], "files": [{{"field": "f", "path": "{}"}}],
+                       "expect": {{"status": [200], "body_contains": "<the end>\r\n--loadpilot-"}}}}]}}]"#,
+                file.display()
+            ),
+            &format!("upload-{http}"),
+        );
+        assert_eq!(s.overall.errors, 0, "HTTP/{http}: {:?}", s.failures);
+        assert_eq!(s.overall.requests, 20);
+        // The echo holds the whole form, the file in it.
+        assert!(s.overall.bytes_in > 20 * data.len() as u64, "HTTP/{http}");
+    }
+    assert_eq!(server.served_h2(), 20);
+    let _ = std::fs::remove_dir_all(&dir);
+    server.stop();
+}
