@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any, final
 
 __all__ = [
+    "Call",
     "Check",
     "Histogram",
     "LoadPilotError",

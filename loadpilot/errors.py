@@ -21,9 +21,9 @@ class ScenarioError(PlanError):
 
 class RequestError(LoadPilotError):
     """A request of a Python task got no response (``kind``: connect, dns, tls, timeout,
-    reset, protocol, fd_limit, goaway, rst_stream, or cancelled when the run ended while it
-    was in flight). The engine has counted it already; an uncaught one simply ends the
-    iteration."""
+    reset, protocol, fd_limit, goaway, rst_stream, redirect, or cancelled when the run ended
+    while it was in flight). The engine has counted it already; an uncaught one simply ends
+    the iteration."""
 
     def __init__(self, kind: str, method: str, path: str) -> None:
         super().__init__(f"{method} {path}: {kind}")

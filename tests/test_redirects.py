@@ -9,12 +9,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import constant
 
 import loadpilot as lp
 from loadpilot import _engine
 from loadpilot.scenarios.loader import load_scenario
-
-from conftest import constant
 
 LOGIN = """
 import loadpilot as lp
@@ -45,9 +44,7 @@ def _scenario(tmp_path: Path, text: str, name: str) -> Path:
     return f
 
 
-def test_both_paths_follow_redirects_keep_cookies_and_count_hops(
-    tmp_path: Path, out: Path
-) -> None:
+def test_both_paths_follow_redirects_keep_cookies_and_count_hops(tmp_path: Path, out: Path) -> None:
     sc = load_scenario(_scenario(tmp_path, LOGIN, "login.py"), None)
     assert sc.paths == {"engine_login": "engine", "python_login": "python"}
     with lp.start_target() as target:

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 _SCENARIO_FILE = sys.modules[file_parts.__module__].__file__
 
 _Result = tuple[int, list[tuple[str, str]], bytes, str | None, int] | str
+
+
 class Response:
     """A response, with httpx's names. ``redirects``: how many redirects were followed to
     get it; ``url``: where they led (None when none was followed)."""

@@ -236,9 +236,9 @@ class _RequestReader:
         uploads = None
         if files is not None:
             uploads = []
-            for field, filename, content, on_disk, content_type in file_parts(files, _caller):
+            for field, filename, given, on_disk, content_type in file_parts(files, _caller):
                 try:
-                    text = None if content is None else content.decode()
+                    text = None if given is None else given.decode()
                 except UnicodeDecodeError:
                     raise ScenarioError(
                         f"{_caller()}: files[{field!r}]: an engine task sends text content; "
