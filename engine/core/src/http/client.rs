@@ -161,19 +161,12 @@ impl Client {
         keep: Keep,
         max_redirects: u32,
     ) -> Result<Response, Failed> {
-        let first = if max_redirects > 0 {
-            Some(req.clone())
-        } else {
-            None
-        };
-        let resp = self.send(None, req, keep).await?;
-        match first {
-            Some(req) if redirect::is_followed(resp.status) && resp.location.is_some() => {
-                // Boxed: rare, and its state would otherwise weigh on every request's future.
-                Box::pin(self.follow(req, resp, keep, max_redirects)).await
-            }
-            _ => Ok(resp),
+        let resp = self.send(None, &req, keep).await?;
+        if max_redirects > 0 && redirect::is_followed(resp.status) && resp.location.is_some() {
+            // Boxed: rare, and its state would otherwise weigh on every request's future.
+            return Box::pin(self.follow(req, resp, keep, max_redirects)).await;
         }
+        Ok(resp)
     }
 
     /// The redirects after `resp`, the answer to `req`: up to `max` hops, each measured as
@@ -239,7 +232,7 @@ impl Client {
                 .redirected(resp.status, &next, &link.target.authority, to != at)
                 .map_err(redirect)?;
             link.ensure_connected(self.user).await?;
-            resp = self.send(to, req.clone(), keep).await?;
+            resp = self.send(to, &req, keep).await?;
             bytes += resp.bytes;
             hops += 1;
             at = to;
@@ -285,7 +278,7 @@ impl Client {
     async fn send(
         &mut self,
         link: Option<usize>,
-        req: Outgoing,
+        req: &Outgoing,
         keep: Keep,
     ) -> Result<Response, Failed> {
         let cookie = if self.cookies.is_empty() && req.cookie.is_none() {
@@ -302,7 +295,7 @@ impl Client {
             http2::exchange(
                 conn,
                 &l.target.origin,
-                &req,
+                req,
                 cookie.as_ref(),
                 keep.body,
                 keep.headers,

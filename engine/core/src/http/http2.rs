@@ -165,15 +165,9 @@ fn connection_specific(name: &HeaderName) -> bool {
     )
 }
 
-/// Sends `req` as one stream on `conn` and reads its whole answer.
-pub async fn exchange(
-    conn: &Conn,
-    origin: &Origin,
-    req: &Outgoing,
-    cookie: Option<&HeaderValue>,
-    keep_body: bool,
-    keep_headers: bool,
-) -> Result<Got, ErrorKind> {
+/// The URI and headers `req` is sent with to `origin` (without the user's cookies): built
+/// once for a request that never varies, per request otherwise.
+pub(crate) fn head(origin: &Origin, req: &Outgoing) -> Result<(Uri, HeaderMap), ErrorKind> {
     let mut authority = origin.authority.clone();
     let mut headers = HeaderMap::with_capacity(req.headers.len() + 2);
     for (k, v) in req.headers.iter() {
@@ -189,9 +183,6 @@ pub async fn exchange(
         }
         headers.append(k.clone(), v.clone());
     }
-    if let Some(c) = cookie {
-        headers.insert(COOKIE, c.clone());
-    }
     let expects_body = matches!(req.method, Method::POST | Method::PUT | Method::PATCH);
     if (!req.body.is_empty() || expects_body) && !headers.contains_key(CONTENT_LENGTH) {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(req.body.len()));
@@ -201,6 +192,25 @@ pub async fn exchange(
     parts.authority = Some(authority);
     parts.path_and_query = Some(req.path.clone());
     let uri = Uri::from_parts(parts).map_err(|_| ErrorKind::Protocol)?;
+    Ok((uri, headers))
+}
+
+/// Sends `req` as one stream on `conn` and reads its whole answer.
+pub async fn exchange(
+    conn: &Conn,
+    origin: &Origin,
+    req: &Outgoing,
+    cookie: Option<&HeaderValue>,
+    keep_body: bool,
+    keep_headers: bool,
+) -> Result<Got, ErrorKind> {
+    let (uri, mut headers) = match &req.h2_head {
+        Some(h) => (h.0.clone(), h.1.clone()),
+        None => head(origin, req)?,
+    };
+    if let Some(c) = cookie {
+        headers.insert(COOKIE, c.clone());
+    }
     let mut request = Request::new(());
     *request.method_mut() = req.method.clone();
     *request.uri_mut() = uri;

@@ -55,6 +55,8 @@ pub struct Outgoing {
     /// Request line and header lines (`host` and `content-length` included), each ending
     /// in CRLF, without the blank line (nor the cookies: they are added as it is sent).
     pub(super) h1_head: Bytes,
+    /// HTTP/2's URI and headers, built once for a request that never varies.
+    pub(super) h2_head: Option<Arc<(hyper::Uri, hyper::HeaderMap)>>,
 }
 
 impl Outgoing {
@@ -112,6 +114,7 @@ impl Outgoing {
             cookie,
             body,
             h1_head: head.freeze(),
+            h2_head: None,
         })
     }
 }
@@ -344,7 +347,10 @@ impl CompiledRequest {
                 row: None,
                 user: None,
             };
-            let built = req.render(&empty, target).map_err(|m| Error::plan(at, m))?;
+            let mut built = req.render(&empty, target).map_err(|m| Error::plan(at, m))?;
+            built.h2_head = crate::http::http2::head(&target.origin, &built)
+                .ok()
+                .map(Arc::new);
             req.constant = Some(built);
         }
         Ok(req)
