@@ -81,11 +81,14 @@ def test_files_are_sent_as_a_multipart_form_on_both_paths(
     assert len(docs) > 1, [p for p, _, _ in recorder.bodies]
 
 
-def test_a_file_that_is_not_there_is_refused_before_anything_is_sent(tmp_path: Path) -> None:
+@pytest.mark.parametrize("before", ["", "x = 1\n" + " " * 20])  # engine path, Python path
+def test_a_file_that_is_not_there_is_refused_before_anything_is_sent(
+    tmp_path: Path, before: str
+) -> None:
     f = tmp_path / "missing.py"
     f.write_text(
         textwrap.dedent(
-            """
+            f"""
             from pathlib import Path
 
             import loadpilot as lp
@@ -94,7 +97,7 @@ def test_a_file_that_is_not_there_is_refused_before_anything_is_sent(tmp_path: P
             class Missing(lp.VUser):
                 @lp.task
                 def t(self):
-                    self.client.post("/", files={"f": Path("no-such-file.csv")})
+                    {before}self.client.post("/", files={{"f": ("a.csv", Path("no-such.csv"))}})
             """
         )
     )
@@ -104,7 +107,8 @@ def test_a_file_that_is_not_there_is_refused_before_anything_is_sent(tmp_path: P
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
-    assert f"{f}:10: files['f']: no file 'no-such-file.csv'" in done.stderr, done.stderr
+    line = 10 + before.count("\n")
+    assert f"{f}:{line}: files['f']: no file 'no-such.csv'" in done.stderr, done.stderr
 
 
 def test_a_plan_names_the_file_it_cannot_read(tmp_path: Path) -> None:

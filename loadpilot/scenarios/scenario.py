@@ -408,11 +408,34 @@ def _bad_keyword(fn: Callable[..., Any]) -> str | None:
         ):
             continue
         for k in node.keywords:
+            at = f"{fn.__code__.co_filename}:{first + node.lineno}"
             if k.arg is not None and k.arg not in CLIENT_KEYWORDS:
                 return (
-                    f"{fn.__code__.co_filename}:{first + node.lineno}: {node.func.attr}() takes "
-                    f"no keyword {k.arg!r}; it takes {', '.join(CLIENT_KEYWORDS)}"
+                    f"{at}: {node.func.attr}() takes no keyword {k.arg!r}; it takes "
+                    f"{', '.join(CLIENT_KEYWORDS)}"
                 )
+            if k.arg == "files" and (missing := _missing_file(k.value)) is not None:
+                return f"{at}: {missing}"
+    return None
+
+
+def _missing_file(files: ast.expr) -> str | None:
+    """What is wrong with a ``files=`` mapping written out in the code, if one of its files is
+    a ``Path("...")`` that is not there (on either path: refused before anything is sent)."""
+    if not isinstance(files, ast.Dict):
+        return None
+    for key, value in zip(files.keys, files.values, strict=True):
+        given = value.elts[1] if isinstance(value, ast.Tuple) and len(value.elts) > 1 else value
+        if (
+            isinstance(key, ast.Constant)
+            and isinstance(given, ast.Call)
+            and ast.unparse(given.func) in ("Path", "pathlib.Path")
+            and len(given.args) == 1
+            and isinstance(given.args[0], ast.Constant)
+            and isinstance(given.args[0].value, str)
+            and not os.path.isfile(given.args[0].value)
+        ):
+            return f"files[{key.value!r}]: no file {given.args[0].value!r}"
     return None
 
 
