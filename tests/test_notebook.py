@@ -119,3 +119,23 @@ def test_a_tuned_profile_starts_a_scenario(target: lp.TargetServer, tmp_path: Pa
     tuner.editors[0].duration.value = 2
     run = lp.run(S, tmp_path / "r", target=target.url, profile=tuner.profile)
     assert run.summary().overall.requests == 300
+
+
+def test_a_running_frame_shows_the_last_second_of_each_request_name(
+    target: lp.TargetServer, tmp_path: Path
+) -> None:
+    from loadpilot.notebook.live import Dashboard
+
+    shop = lp.Task(
+        name="shop",
+        requests=[lp.Request(path="/", name="home"), lp.Request(path="/json", name="cart <json>")],
+    )
+    plan = lp.Plan(name="names", target=target.url, load=constant(100, 3), tasks=[shop])
+    run = lp.start(plan, tmp_path / "r")
+    wait_for_rows(tmp_path / "r", 1)
+    frame = Dashboard(run)._repr_html_()  # while the run goes
+    run.wait()
+    assert "● running" in frame
+    rows = re.findall(r"<tr><td>shop</td><td>([^<]*)</td><td[^>]*>([\d.,]+)</td>", frame)
+    assert sorted(name for name, _ in rows) == ["cart &lt;json&gt;", "home"], frame
+    assert all(float(rps.replace(",", "")) > 0 for _, rps in rows)

@@ -65,6 +65,32 @@ PER_COLUMNS = [
 _LAT_SCHEMA = {"elapsed_s": pl.Float64, "series": pl.String, "ms": pl.Float64}
 
 
+def requests_now(rows: pl.DataFrame, most: int = 10) -> str:
+    """The last second's busiest request names (of ``run.request_metrics``) as an HTML table:
+    task, name, rate, p50, p99, errors; empty before the first second."""
+    if not len(rows):
+        return ""
+    last = rows.filter(pl.col("elapsed_s") == rows["elapsed_s"].max()).sort(
+        ["requests", "task", "request"], descending=[True, False, False]
+    )
+    cells = "".join(
+        f"<tr><td>{html.escape(str(r['task']))}</td><td>{html.escape(str(r['request']))}</td>"
+        f"<td style='text-align:right'>{float(r['achieved_rps']):,.1f}</td>"
+        f"<td style='text-align:right'>{_fmt(r['p50_ms'])}</td>"
+        f"<td style='text-align:right'>{_fmt(r['p99_ms'])}</td>"
+        f"<td style='text-align:right'>{int(r['errors']):,}</td></tr>"
+        for r in last.head(most).iter_rows(named=True)
+    )
+    more = len(last) - most
+    note = f"<tr><td colspan='6'>… {more} more names</td></tr>" if more > 0 else ""
+    return (
+        "<table class='lp-requests' style='font-family: system-ui, sans-serif; "
+        "font-size: 0.85rem'><thead><tr><th>task</th><th>request</th><th>rps</th>"
+        f"<th>p50</th><th>p99</th><th>errors</th></tr></thead><tbody>{cells}{note}</tbody>"
+        "</table>"
+    )
+
+
 def _lines(frame: pl.DataFrame, x: alt.X, y_title: str, title: str) -> alt.Chart:
     import altair as alt
 
@@ -333,6 +359,9 @@ class Dashboard:
             else:
                 svg = live_frame(*self.data())
         body = head + f"<div class='lp-live'>{svg}</div>"
+        if final is None:
+            # Per request name, the last second (the final frame's summary has the whole run).
+            body += requests_now(self.run.request_metrics)
         if final is not None:
             body += final.html()
         self.render_s += time.perf_counter() - t0
