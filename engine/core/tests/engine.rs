@@ -599,3 +599,32 @@ fn a_file_larger_than_a_stream_window_is_uploaded_whole_on_either_http_version()
     let _ = std::fs::remove_dir_all(&dir);
     server.stop();
 }
+
+#[test]
+fn a_run_cut_short_keeps_its_failures() {
+    let rt = build_runtime(2).unwrap();
+    let server = testbed::start(rt.handle(), TargetConfig::default()).unwrap();
+    let dir = std::env::temp_dir().join(format!("lp-core-failures-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let p = plan(
+        &server.url(),
+        r#""load": {"model": "open", "stages": [{"kind": "constant", "rate": 50, "duration_s": 2}]},
+           "tasks": [{"name": "a", "requests": [
+               {"path": "/status/503", "name": "down"},
+               {"path": "/redirect/5", "name": "far", "max_redirects": 1}]}]"#,
+    );
+    let run = start(rt.handle(), 2, p, dir.clone()).unwrap();
+    assert!(run.wait(Duration::from_secs(20)));
+    let s = run.summary().unwrap();
+    let lines: Vec<(&str, &str, u64)> = s
+        .failures
+        .iter()
+        .map(|f| (f.request.as_str(), &f.message[..8], f.count))
+        .collect();
+    assert_eq!(lines, [("down", "HTTP 503", 100), ("far", "too many", 100)]);
+    // Rebuilt from the files alone (as for a run whose summary was never written): the same.
+    let rebuilt = loadpilot_core::measure::rundir::summarize_dir(&dir).unwrap();
+    assert_eq!(rebuilt.failures, s.failures);
+    let _ = std::fs::remove_dir_all(&dir);
+    server.stop();
+}

@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 use crate::measure::hlog::LogWriter;
-use crate::measure::metrics::{at_slot, decode_hist, Hist, TaskData};
+use crate::measure::metrics::{add_message, at_slot, decode_hist, Hist, TaskData};
 use crate::measure::names::{request_tag, split_tag, Names};
 use crate::measure::rows::{Row, Span};
 use crate::measure::summary::{Ended, Head, Summary, Totals};
@@ -45,6 +45,20 @@ pub const EVENTS: &str = "events.jsonl";
 pub const AGENTS_JSONL: &str = "agents.jsonl";
 pub const AGENTS_PARQUET: &str = "agents.parquet";
 
+/// The failure messages of each interval, one JSON per line (`elapsed_s`, `task`, `request`,
+/// `message`, `count`): what a run cut short rebuilds its failures table from.
+pub const FAILURES_JSONL: &str = "failures.jsonl";
+
+/// One line of `failures.jsonl`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FailureLine {
+    pub elapsed_s: f64,
+    pub task: String,
+    pub request: String,
+    pub message: String,
+    pub count: u64,
+}
+
 /// Every file of a run directory, by what it holds: what Python reads its names from.
 pub const FILES: &[(&str, &str)] = &[
     ("plan", PLAN),
@@ -54,6 +68,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("requests_service_log", REQUESTS_SERVICE_LOG),
     ("metrics_jsonl", METRICS_JSONL),
     ("metrics_parquet", METRICS_PARQUET),
+    ("failures_jsonl", FAILURES_JSONL),
     ("summary", SUMMARY),
     ("agents_log", AGENTS_LOG),
     ("events", EVENTS),
@@ -73,6 +88,8 @@ pub struct RunWriter {
     requests_latency: LogWriter,
     requests_service: LogWriter,
     metrics: BufWriter<File>,
+    /// `failures.jsonl`, opened with the first failure.
+    failures: Option<BufWriter<File>>,
 }
 
 impl RunWriter {
@@ -106,6 +123,7 @@ impl RunWriter {
                 "service time per request name",
             )?,
             metrics,
+            failures: None,
         })
     }
 
@@ -139,6 +157,15 @@ impl RunWriter {
         }
         let past = data.get(names.len()..).unwrap_or_default();
         for ((entry, name), d) in requests.iter().zip(past) {
+            for (message, count) in &d.messages {
+                self.failure(&FailureLine {
+                    elapsed_s: start_s,
+                    task: names[*entry].clone(),
+                    request: name.clone(),
+                    message: message.clone(),
+                    count: *count,
+                })?;
+            }
             if d.corrected.is_empty() && d.service.is_empty() {
                 continue;
             }
@@ -161,7 +188,25 @@ impl RunWriter {
         self.service.flush()?;
         self.requests_latency.flush()?;
         self.requests_service.flush()?;
+        if let Some(f) = &mut self.failures {
+            f.flush()
+                .map_err(|e| Error::io(&self.dir.join(FAILURES_JSONL), e))?;
+        }
         self.metrics.flush().map_err(|e| Error::io(&mpath, e))
+    }
+
+    /// Appends a failure line, creating the file with the first one (a run without failures
+    /// has none).
+    fn failure(&mut self, line: &FailureLine) -> Result<()> {
+        let path = self.dir.join(FAILURES_JSONL);
+        if self.failures.is_none() {
+            let f = File::create(&path).map_err(|e| Error::io(&path, e))?;
+            self.failures = Some(BufWriter::new(f));
+        }
+        let mut text = serde_json::to_vec(line).expect("failure lines serialize");
+        text.push(b'\n');
+        let out = self.failures.as_mut().expect("just opened");
+        out.write_all(&text).map_err(|e| Error::io(&path, e))
     }
 
     pub fn summary(&mut self, s: &Summary) -> Result<()> {
@@ -280,6 +325,27 @@ pub fn summarize_dir(dir: &Path) -> Result<Summary> {
                 path: path.clone(),
                 message: format!("{e:?}"),
             })?;
+        }
+    }
+    let failures = dir.join(FAILURES_JSONL);
+    if failures.exists() {
+        let text = fs::read_to_string(&failures).map_err(|e| Error::io(&failures, e))?;
+        for (i, line) in text.lines().enumerate() {
+            match serde_json::from_str::<FailureLine>(line) {
+                Ok(f) => {
+                    if let Some(s) = slot(&f.task, Some(&f.request)) {
+                        add_message(&mut at_slot(&mut data, s).messages, &f.message, f.count);
+                    }
+                }
+                // A torn last line (the writer was killed mid-write) is left out.
+                Err(_) if i + 1 == text.lines().count() && !text.ends_with('\n') => {}
+                Err(e) => {
+                    return Err(Error::Format {
+                        path: failures.clone(),
+                        message: format!("line {}: {e}", i + 1),
+                    })
+                }
+            }
         }
     }
     let mut totals = Totals::new(names.clone(), runs_on);
