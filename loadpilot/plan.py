@@ -267,6 +267,17 @@ class Plan(_Model):
     loopback only), as agents and serve mode set from their allow-list; None: any. A hop
     elsewhere fails (``redirect``) and nothing is sent there."""
 
+    def file_paths(self) -> list[str]:
+        """The files on disk the plan's requests upload, read by the machine that sends them
+        (serve mode and agents send them only when allowed to run code)."""
+        return [
+            f.path
+            for t in self.tasks
+            for r in t.requests
+            for f in r.files or []
+            if f.path is not None
+        ]
+
     def python(self) -> bool:
         """Whether any part of the plan runs Python code (a task body or a hook)."""
         return any(t.path == "python" for t in self.tasks) or (

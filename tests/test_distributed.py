@@ -291,6 +291,34 @@ def test_an_agent_refuses_a_target_its_operator_did_not_allow(
     assert "Traceback" not in done.stderr
 
 
+def test_an_agent_uploads_a_file_of_its_disk_only_when_allowed_code(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the target")
+    a = agent(nats_server.url, "no-files")
+    try:
+        with lp.start_target() as target:
+            upload = lp.Request(
+                method="POST", path="/echo", files=[{"field": "f", "path": str(secret)}]
+            )
+            p = plan(target.url, 100, 2).model_copy(
+                update={"tasks": [lp.Task(name="up", requests=[upload])]}
+            )
+            plan_file = tmp_path / "plan.json"
+            plan_file.write_text(p.to_json())
+            done = run_cli("run", str(plan_file), "--out", str(tmp_path / "run"),
+                           "--nats", nats_server.url, "--external-agents", "1",
+                           "--agents-timeout", "20s")  # fmt: skip
+            assert target.served == 0
+    finally:
+        end(a)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "agent no-files refused the run" in done.stderr
+    assert f"uploads files from this agent's disk ({secret})" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_an_agent_runs_scenario_code_only_when_allowed(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:

@@ -203,6 +203,16 @@ def test_refusals_are_clear_4xx(api: Api, target: lp.TargetServer, tmp_path: Pat
         "POST", "/scenarios", {"scenario": "import os", "target": target.url}
     )
     assert status == 403 and "--allow-code" in body["detail"]
+    # A plan that would upload a file of this server's disk to the target.
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the target")
+    upload = {"method": "POST", "path": "/echo", "files": [{"field": "f", "path": str(secret)}]}
+    served = target.served
+    status, body = api.request(
+        "POST", "/runs", plan(target.url, tasks=[{"name": "up", "requests": [upload]}])
+    )
+    assert status == 403 and str(secret) in body["detail"] and "--allow-code" in body["detail"]
+    assert target.served == served, "nothing was sent"
     assert api.request("GET", "/runs/nope")[0] == 404
 
 

@@ -220,6 +220,12 @@ class Agent:
                 "error": f"target {plan.target} is not allowed on this agent (allowed: "
                 f"{allowed}; start it with --allow-target)",
             }
+        if plan.file_paths() and not self.allow_code:
+            return {
+                "ok": False,
+                "error": "the plan uploads files from this agent's disk ("
+                f"{', '.join(plan.file_paths())}); start it with --allow-code to allow that",
+            }
         scenario = None
         files = shared.get("files")
         if files:

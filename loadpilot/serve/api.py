@@ -91,6 +91,12 @@ def check_plan(plan: Plan, limits: Limits) -> None:
     if not target_allowed(plan.target, limits.allow_targets):
         allowed = ", ".join(limits.allow_targets or ["loopback"])
         raise HTTPException(403, f"target {plan.target} is not allowed here (allowed: {allowed})")
+    if plan.file_paths() and not limits.allow_code:
+        raise HTTPException(
+            403,
+            f"the plan uploads files from this server's disk ({', '.join(plan.file_paths())}); "
+            "only a server started with --allow-code reads local files",
+        )
     if plan.duration_s > limits.max_duration_s:
         raise HTTPException(
             403,
