@@ -190,7 +190,7 @@ impl RunWriter {
         self.requests_service.flush()?;
         if let Some(f) = &mut self.failures {
             f.flush()
-                .map_err(|e| Error::io(&self.dir.join(FAILURES_JSONL), e))?;
+                .map_err(|e| Error::io(self.dir.join(FAILURES_JSONL), e))?;
         }
         self.metrics.flush().map_err(|e| Error::io(&mpath, e))
     }
