@@ -67,13 +67,17 @@ class _StopOnce:
     summary short."""
 
     def __init__(self) -> None:
-        self.raised = False
+        self.raised: KeyboardInterrupt | None = None
 
     def __call__(self, signum: int, frame: object) -> None:
-        if self.raised:
+        if self.raised is not None:
             return
-        self.raised = True
-        raise _Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        self.raised = _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        raise self.raised
+
+
+#: The handler of this process's run, once installed (``main``).
+_STOP: _StopOnce | None = None
 
 
 def _progress(
@@ -214,22 +218,34 @@ def _follow(
             aborted = terminal.live_progress(r, r.plan.duration_s, abort_on, console, r.stop)
         else:
             aborted = _progress(r, r.plan.duration_s, abort_on)
+    except Exception:
+        # A library that checks for signals inside its own code (polars does, in a read) can
+        # turn the interrupt raised there into an error of its own: after a stop signal, that
+        # error is the signal.
+        if _STOP is None or _STOP.raised is None:
+            raise
+        return aborted, _stopped(r, _STOP.raised)
     except KeyboardInterrupt as e:
-        # Stopping is bounded (about a second): a second Ctrl-C (or one delivered twice, as
-        # polars can raise it inside a read and again after) must not cut the summary short.
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for attempt in range(3):
-            try:
-                if attempt == 0:
-                    print("\nstopping: keeping everything measured so far", flush=True)
-                r.stop()
-                break
-            except KeyboardInterrupt:  # already on its way before signals were ignored
-                continue
-        return aborted, e
+        return aborted, _stopped(r, e)
     return aborted, None
+
+
+def _stopped(r: _run.Run, e: KeyboardInterrupt) -> KeyboardInterrupt:
+    """Stops ``r`` after the interruption ``e``, keeping what it measured; returns ``e``.
+    Stopping is bounded (about a second): a second Ctrl-C (or one delivered twice, as polars
+    can raise it inside a read and again after) must not cut the summary short."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for attempt in range(3):
+        try:
+            if attempt == 0:
+                print("\nstopping: keeping everything measured so far", flush=True)
+            r.stop()
+            break
+        except KeyboardInterrupt:  # already on its way before signals were ignored
+            continue
+    return e
 
 
 def _print_end(r: _run.Run, s: Summary, distributed: bool) -> None:
@@ -812,9 +828,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         return EXIT_USAGE if e.code else EXIT_OK
     if args.command in ("run", "demo") and threading.current_thread() is threading.main_thread():
-        once = _StopOnce()
-        signal.signal(signal.SIGTERM, once)
-        signal.signal(signal.SIGINT, once)
+        global _STOP
+        _STOP = _StopOnce()
+        signal.signal(signal.SIGTERM, _STOP)
+        signal.signal(signal.SIGINT, _STOP)
     try:
         code: int = args.fn(args)
         return code

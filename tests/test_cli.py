@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 import loadpilot as lp
 from tests.conftest import constant, get, read_line
@@ -85,3 +89,34 @@ def test_an_invalid_target_url_is_refused_with_exit_code_2(tmp_path: Path) -> No
     assert done.returncode == 2
     assert "invalid target" in done.stderr and "http//127.0.0.1:8080" in done.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_an_error_a_library_raises_for_a_stop_signal_is_that_signal(monkeypatch: Any) -> None:
+    # Polars checks for signals inside a read: the KeyboardInterrupt raised there can come out
+    # as an error of its own (a TypeError). After a stop signal, it is the signal: the run is
+    # stopped and kept, and the exit code is Ctrl-C's.
+    from loadpilot import cli
+
+    class FakeRun:
+        plan = lp.Plan(name="x", target="http://127.0.0.1:9", load=constant(1, 1), tasks=[get("a")])
+        stopped = 0
+
+        def stop(self) -> None:
+            self.stopped += 1
+
+    def progress(*_: object) -> list[object]:
+        raise TypeError("'<unprintable str object>' is not a Polars data type")
+
+    monkeypatch.setattr(cli, "_progress", progress)
+    monkeypatch.setattr(signal, "signal", lambda *_: None)  # this process's handlers stay
+    run = FakeRun()
+    once = cli._StopOnce()
+    monkeypatch.setattr(cli, "_STOP", once)
+    # No signal came: the error is an error.
+    with pytest.raises(TypeError):
+        cli._follow(run, None, None)  # type: ignore[arg-type]
+    assert run.stopped == 0
+    with pytest.raises(KeyboardInterrupt):
+        once(signal.SIGINT, None)
+    aborted, interrupted = cli._follow(run, None, None)  # type: ignore[arg-type]
+    assert aborted == [] and type(interrupted) is KeyboardInterrupt and run.stopped == 1
