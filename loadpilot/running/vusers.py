@@ -28,12 +28,10 @@ from loadpilot import _engine
 from loadpilot.errors import RequestError
 from loadpilot.plan import Expect
 from loadpilot.profiles import Duration, parse_duration
-from loadpilot.scenarios.scenario import file_parts
+from loadpilot.scenarios.scenario import caller, file_parts
 
 if TYPE_CHECKING:
     from loadpilot.scenarios.scenario import Scenario, VUser
-
-_SCENARIO_FILE = sys.modules[file_parts.__module__].__file__
 
 _Result = tuple[int, list[tuple[str, str]], bytes, str | None, int] | str
 
@@ -155,14 +153,6 @@ class _Catching:
 _ANY_STATUS = Expect(status_range=(100, 999))
 
 
-def _where() -> str:
-    """file:line of the task code that called the client."""
-    frame = sys._getframe(1)
-    while frame.f_back is not None and frame.f_code.co_filename in (__file__, _SCENARIO_FILE):
-        frame = frame.f_back
-    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
-
-
 class Client:
     """``self.client`` of a Python virtual user. In an ``async def`` task its methods return
     awaitables; in a plain ``def`` task (or hook) they block that user's thread until the
@@ -221,7 +211,7 @@ class Client:
             pairs = data.items() if isinstance(data, Mapping) else data
             form = [(str(k), str(v)) for k, v in pairs]
             data = None
-        uploads = [] if files is None else file_parts(files, _where)
+        uploads = [] if files is None else file_parts(files, caller)
         if auth is not None:
             user, password = auth
             token = base64.b64encode(f"{user}:{password}".encode()).decode()

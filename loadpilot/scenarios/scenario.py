@@ -226,22 +226,22 @@ class _RequestReader:
                 if kw == "catch_response"
                 else f"; it takes {', '.join(CLIENT_KEYWORDS)}"
             )
-            raise ScenarioError(f"{_caller()}: {method.lower()}() takes no keyword {kw!r}{hint}")
+            raise ScenarioError(f"{caller()}: {method.lower()}() takes no keyword {kw!r}{hint}")
         form = None
         if data is not None and not isinstance(data, str | bytes):
-            form = _form_pairs(data, _caller)
+            form = _form_pairs(data, caller)
             data = None
         if auth is not None:
-            auth = _auth_pair(auth, _caller)
+            auth = _auth_pair(auth, caller)
         uploads = None
         if files is not None:
             uploads = []
-            for field, filename, given, on_disk, content_type in file_parts(files, _caller):
+            for field, filename, given, on_disk, content_type in file_parts(files, caller):
                 try:
                     text = None if given is None else given.decode()
                 except UnicodeDecodeError:
                     raise ScenarioError(
-                        f"{_caller()}: files[{field!r}]: an engine task sends text content; "
+                        f"{caller()}: files[{field!r}]: an engine task sends text content; "
                         "give binary content as a file (a Path)"
                     ) from None
                 uploads.append(
@@ -255,7 +255,7 @@ class _RequestReader:
                 )
             if data is not None and form is None:
                 raise ScenarioError(
-                    f"{_caller()}: with files=, data= is the form's fields (a mapping or pairs)"
+                    f"{caller()}: with files=, data= is the form's fields (a mapping or pairs)"
                 )
         if name is not None:
             why = (
@@ -264,14 +264,14 @@ class _RequestReader:
                 else _engine.request_name_problem(name)
             )
             if why is not None:
-                raise ScenarioError(f"{_caller()}: {why}")
+                raise ScenarioError(f"{caller()}: {why}")
         if params:
             # Placeholders stay readable for the engine to fill.
             query = urllib.parse.urlencode(params, safe="{}")
             path = f"{path}{'&' if '?' in path else '?'}{query}"
         hs = dict(headers or {})
         if cookies:
-            sent = "; ".join(f"{k}={v}" for k, v in _text_pairs(cookies, "cookies", _caller))
+            sent = "; ".join(f"{k}={v}" for k, v in _text_pairs(cookies, "cookies", caller))
             own = next((k for k in hs if k.lower() == "cookie"), None)
             hs[own or "cookie"] = f"{hs[own]}; {sent}" if own else sent
         body = content if content is not None else data
@@ -439,10 +439,15 @@ def _missing_file(files: ast.expr) -> str | None:
     return None
 
 
-def _caller() -> str:
-    """file:line of the scenario code that called the client (outside this module)."""
+#: LoadPilot's own Python files: a caller is the first frame outside them.
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def caller() -> str:
+    """file:line of the scenario code that called the client (the first frame outside
+    LoadPilot's package), whichever client (the engine path's reader, the Python path's)."""
     frame = sys._getframe(1)
-    while frame.f_back is not None and frame.f_code.co_filename == __file__:
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
         frame = frame.f_back
     return f"{frame.f_code.co_filename}:{frame.f_lineno}"
 

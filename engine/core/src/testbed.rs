@@ -223,13 +223,7 @@ async fn handle(
     let resp = match path.as_str() {
         "/echo" => {
             let ct = req.headers().get(CONTENT_TYPE).cloned();
-            let body = req
-                .into_body()
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            let mut r = text(StatusCode::OK, body);
+            let mut r = text(StatusCode::OK, body_of(req).await);
             if let Some(ct) = ct {
                 r.headers_mut().insert(CONTENT_TYPE, ct);
             }
@@ -292,12 +286,7 @@ async fn handle(
                 .headers()
                 .get(CONTENT_TYPE)
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-            let body = req
-                .into_body()
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
+            let body = body_of(req).await;
             let seen = serde_json::json!({
                 "method": method,
                 "path": path,
@@ -352,6 +341,15 @@ async fn handle(
         _ => text(StatusCode::OK, "OK"),
     };
     Ok(resp)
+}
+
+/// A request's whole body (empty if it broke off).
+async fn body_of(req: Request<Incoming>) -> Bytes {
+    req.into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default()
 }
 
 /// The name and value pairs of a query, percent-decoded.

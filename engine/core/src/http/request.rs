@@ -185,15 +185,30 @@ pub fn form_encode(s: &str, out: &mut String) {
     }
 }
 
+/// Name and value pairs as an `application/x-www-form-urlencoded` body (`form_encode`d, joined
+/// with `=` and `&`): the one form encoder of both paths.
+pub fn form_body<K: AsRef<str>, V: AsRef<str>>(pairs: impl IntoIterator<Item = (K, V)>) -> Bytes {
+    let mut out = String::new();
+    for (i, (k, v)) in pairs.into_iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        form_encode(k.as_ref(), &mut out);
+        out.push('=');
+        form_encode(v.as_ref(), &mut out);
+    }
+    Bytes::from(out)
+}
+
 impl FileTemplate {
     fn compile(f: &crate::plan::FileSpec, scope: &Scope, at: &str) -> Result<Self> {
         let source = match (&f.content, &f.path) {
             (Some(c), None) => FileSource::Content(Template::compile(c, scope, at)?),
-            (None, Some(p)) => match crate::http::body::on_disk(p) {
-                Ok(Source::Path(p, len)) => FileSource::Path(p, len),
-                Ok(Source::Content(_)) => unreachable!("a file on disk"),
-                Err(why) => return Err(Error::plan(format!("{at}.path"), why)),
-            },
+            (None, Some(p)) => {
+                let len = crate::http::body::file_len(p)
+                    .map_err(|why| Error::plan(format!("{at}.path"), why))?;
+                FileSource::Path(p.into(), len)
+            }
             _ => return Err(Error::plan(at, "give one of content and path")),
         };
         let (filename, content_type) = crate::http::body::part_defaults(
@@ -372,17 +387,9 @@ impl CompiledRequest {
                 Some(HeaderValue::from_static("application/json")),
             ),
             BodyParts::Form(pairs) => {
-                let mut out = String::new();
-                for (i, (k, val)) in pairs.iter().enumerate() {
-                    if i > 0 {
-                        out.push('&');
-                    }
-                    form_encode(&k.render(v), &mut out);
-                    out.push('=');
-                    form_encode(&val.render(v), &mut out);
-                }
+                let out = form_body(pairs.iter().map(|(k, val)| (k.render(v), val.render(v))));
                 (
-                    Payload::from(Bytes::from(out)),
+                    Payload::from(out),
                     Some(HeaderValue::from_static(
                         "application/x-www-form-urlencoded",
                     )),

@@ -308,17 +308,8 @@ impl PyRequest {
                 None,
             ),
             (None, Some(form), files) if files.is_empty() => {
-                let mut out = String::new();
-                for (i, (k, v)) in form.iter().enumerate() {
-                    if i > 0 {
-                        out.push('&');
-                    }
-                    crate::http::form_encode(k, &mut out);
-                    out.push('=');
-                    crate::http::form_encode(v, &mut out);
-                }
                 let ct = HeaderValue::from_static("application/x-www-form-urlencoded");
-                (Payload::from(Bytes::from(out)), Some(ct))
+                (Payload::from(crate::http::form_body(form)), Some(ct))
             }
             (None, form, files) => {
                 let mut parts = Vec::with_capacity(files.len());
@@ -331,7 +322,9 @@ impl PyRequest {
                     )?;
                     let source = match (f.content, f.path) {
                         (Some(c), None) => body::Source::Content(Bytes::from(c)),
-                        (None, Some(p)) => body::on_disk(&p)?,
+                        (None, Some(p)) => {
+                            body::Source::Path(p.as_str().into(), body::file_len(&p)?)
+                        }
                         _ => {
                             return Err(format!("file {:?}: give its content or its path", f.field))
                         }
