@@ -1,5 +1,5 @@
-"""The ``loadpilot`` command: ``run FILE.py|PLAN.json``, ``compare BASE CAND``, ``report RUN...``,
-``export RUN``, ``demo`` and ``target``.
+"""The ``loadpilot`` command: ``run FILE.py|PLAN.json``, ``locust -f LOCUSTFILE``, ``compare BASE
+CAND``, ``report RUN...``, ``export RUN``, ``demo``, ``target``, ``serve`` and ``agent``.
 
 Exit codes: 0 passed (thresholds met, no failed request unless an error_rate threshold allows
 it; for ``compare``, no regression); 1 a threshold failed (``compare``: a metric regressed); 2
@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from loadpilot import launch, thresholds
 from loadpilot.errors import LoadPilotError, PlanError
+from loadpilot.locust import reading as locust_reading
 from loadpilot.plan import (
     Constant,
     Expect,
@@ -394,6 +395,21 @@ def _override(profile: Profile, args: argparse.Namespace) -> Profile:
 def _cmd_run(args: argparse.Namespace) -> int:
     path = Path(args.file)
     cli_checks = list(args.threshold or [])
+    if path.suffix == ".py" and locust_reading.is_locustfile(path):
+        return _run_locustfile(
+            path,
+            args,
+            chosen=[],
+            users=1,
+            spawn_rate=1.0,
+            run_time=args.duration,
+            tags=None,
+            exclude=None,
+            host=_target(args, None) if args.target or os.environ.get("LOADPILOT_TARGET") else None,
+            report=args.report,
+            drain=None,
+            error_code=EXIT_ERRORS,
+        )
     if path.suffix == ".py":
         chosen = load_scenario(path, args.scenario)
         names = [t.name for t in chosen.tasks]
@@ -452,6 +468,131 @@ def _cmd_run(args: argparse.Namespace) -> int:
         source=path,
         agents=_agents(args),
         prometheus=args.prometheus,
+    )
+
+
+def _run_locustfile(
+    path: Path,
+    args: argparse.Namespace,
+    *,
+    chosen: list[str],
+    users: int,
+    spawn_rate: float,
+    run_time: float | None,
+    tags: list[str] | None,
+    exclude: list[str] | None,
+    host: str | None,
+    report: Path | None,
+    drain: float | None,
+    error_code: int,
+) -> int:
+    """A locustfile run as Locust would run it headless (users, spawn rate, run time, tags),
+    or as an open model at ``--rps``."""
+    from loadpilot.locust.environment import Environment
+    from loadpilot.locust.events import events
+
+    lf = locust_reading.read(path, chosen)
+    host = host or next((c.host for c in lf.users if c.host), None)
+    if not host:
+        raise LoadPilotError(
+            f"{path}: no host: give -H/--host (or --target), or set host on the user class"
+        )
+    if getattr(args, "rps", None) is not None:
+        if run_time is None:
+            raise LoadPilotError("--rps needs a run time (-t/--run-time, or --duration)")
+        profile = constant(args.rps, run_time)
+        source = f"{args.rps:g} requests' worth of tasks a second for {run_time:g}s (open model)"
+    elif lf.shape is not None and not getattr(args, "users_given", False):
+        profile = locust_reading.shape_profile(lf.shape, run_time or 86_400.0)
+        source = f"{type(lf.shape).__name__}"
+    else:
+        if run_time is None:
+            raise LoadPilotError(
+                f"{path}: give a run time (-t/--run-time; `loadpilot run`: --duration): "
+                "a LoadPilot run is bounded"
+            )
+        profile = locust_reading.users_over(users, spawn_rate, run_time)
+        source = f"{users} users at {spawn_rate:g}/s for {run_time:g}s"
+    env = Environment(host=host, parsed_options=args, shape_class=lf.shape)
+    options: dict[str, Any] = {}
+    if drain is not None:
+        options["max_drain"] = drain
+    chosen_scenario = locust_reading.to_scenario(
+        lf,
+        profile,
+        include=set(tags) if tags else None,
+        exclude=set(exclude) if exclude else None,
+        env=env,
+        scenario_options=options,
+    )
+    names = [t.name for t in chosen_scenario.tasks]
+    checks = [
+        thresholds.parse_cli(t, names, chosen_scenario.request_names)
+        for t in (args.threshold or [])
+    ]
+    print(f"locustfile {path}: {source}; {chosen_scenario.profile.describe()}")
+    print(
+        f"scenario {chosen_scenario.name}: "
+        + ", ".join(f"{t.name} (weight {t.weight}, {t.path})" for t in chosen_scenario.tasks)
+    )
+    if chosen_scenario.reason:
+        print(f"  python path: {chosen_scenario.reason}")
+    silent = events.silent()
+    if silent:
+        print(f"  listeners LoadPilot never fires: {', '.join(silent)} (see docs/locust.md)")
+    events.init.fire(environment=env, runner=env.runner, web_ui=None)
+    events.test_start.fire(environment=env)
+    try:
+        code = _execute(
+            chosen_scenario,
+            args.out,
+            checks,
+            host,
+            False,
+            report,
+            source=path,
+            prometheus=getattr(args, "prometheus", None),
+        )
+    finally:
+        events.test_stop.fire(environment=env)
+        events.quitting.fire(environment=env)
+    return error_code if code == EXIT_ERRORS else code
+
+
+def _locust_time(text: str) -> float:
+    """Locust's run time: ``20``, ``300s``, ``20m``, ``3h``, ``1h30m``, ``1h30m20s``."""
+    import re
+
+    m = re.fullmatch(r"\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*", text)
+    if text.strip().isdigit():
+        seconds = float(text)
+    elif m and any(m.groups()):
+        h, mi, s = (int(g or 0) for g in m.groups())
+        seconds = h * 3600.0 + mi * 60.0 + s
+    else:
+        raise argparse.ArgumentTypeError(f"{text!r}: write a run time like 20s, 5m, 1h30m")
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a run time is more than zero")
+    return seconds
+
+
+def _cmd_locust(args: argparse.Namespace) -> int:
+    if args.report is not None and args.html is not None:
+        raise LoadPilotError("--html and --report both name the report: give one")
+    args.users_given = args.users is not None
+    return _run_locustfile(
+        Path(args.locustfile),
+        args,
+        chosen=list(args.user_classes or []),
+        users=args.users if args.users is not None else 1,
+        spawn_rate=args.spawn_rate,
+        run_time=args.run_time,
+        tags=args.tags,
+        exclude=args.exclude_tags,
+        host=args.host,
+        report=args.html or args.report,
+        drain=args.stop_timeout,
+        error_code=args.exit_code_on_error,
     )
 
 
@@ -619,6 +760,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_target(sub)
     _add_run(sub)
+    _add_locust(sub)
     _add_serve(sub)
     _add_agent(sub)
     _add_compare(sub)
@@ -717,6 +859,75 @@ def _add_run(sub: Any) -> None:
         help="export the run's metrics for Prometheus at http://HOST:PORT/metrics",
     )
     r.set_defaults(fn=_cmd_run)
+
+
+def _add_locust(sub: Any) -> None:
+    lo = sub.add_parser(
+        "locust",
+        help="run a locustfile with Locust's command line (headless), on LoadPilot's engine",
+        description="Runs a locustfile unchanged, as `locust --headless` would, with LoadPilot's "
+        "engine keeping the time (see docs/locust.md). Exit codes: as `loadpilot run`, except "
+        "that failed requests exit with --exit-code-on-error (1).",
+    )
+    lo.add_argument("user_classes", nargs="*", help="user classes to run (default: all)")
+    lo.add_argument("-f", "--locustfile", default="locustfile.py", help="the locustfile")
+    lo.add_argument(
+        "-H", "--host", default=None, help="the host to load, e.g. http://127.0.0.1:8080"
+    )
+    lo.add_argument("-u", "--users", type=_count, default=None, help="peak number of users (1)")
+    lo.add_argument(
+        "-r", "--spawn-rate", type=_positive, default=1.0, help="users started a second (1)"
+    )
+    lo.add_argument(
+        "-t", "--run-time", type=_locust_time, default=None, help="e.g. 300s, 20m, 1h30m"
+    )
+    lo.add_argument(
+        "--headless", action="store_true", help="accepted: LoadPilot always runs headless"
+    )
+    lo.add_argument("-T", "--tags", nargs="*", default=None, help="run only tasks with these tags")
+    lo.add_argument(
+        "-E", "--exclude-tags", nargs="*", default=None, help="leave out tasks with these tags"
+    )
+    lo.add_argument(
+        "--stop-timeout",
+        type=_locust_time,
+        default=None,
+        help="how long tasks still going at the end may finish (LoadPilot's drain, 10s)",
+    )
+    lo.add_argument("--html", type=Path, default=None, help="write LoadPilot's HTML report")
+    lo.add_argument("--loglevel", "-L", default="INFO", help="accepted for Locust's command lines")
+    lo.add_argument(
+        "--exit-code-on-error",
+        type=int,
+        default=1,
+        help="exit code when requests failed (1)",
+    )
+    lo.add_argument("--out", type=Path, default=None, help="run directory")
+    lo.add_argument("--threshold", action="append", help="e.g. 'p99<25ms' (repeatable)")
+    lo.add_argument("--report", type=Path, default=None, help="same as --html")
+    lo.add_argument(
+        "--rps",
+        type=float,
+        default=None,
+        help="run the tasks as an open model at this rate (coordinated-omission correct)",
+    )
+    lo.add_argument(
+        "--prometheus",
+        default=None,
+        metavar="HOST:PORT",
+        help="export the run's metrics for Prometheus at http://HOST:PORT/metrics",
+    )
+    lo.set_defaults(fn=_cmd_locust)
+
+
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return v
 
 
 def _add_serve(sub: Any) -> None:
@@ -827,7 +1038,8 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as e:
         return EXIT_USAGE if e.code else EXIT_OK
-    if args.command in ("run", "demo") and threading.current_thread() is threading.main_thread():
+    main_thread = threading.current_thread() is threading.main_thread()
+    if args.command in ("run", "demo", "locust") and main_thread:
         global _STOP
         _STOP = _StopOnce()
         signal.signal(signal.SIGTERM, _STOP)

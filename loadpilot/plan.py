@@ -104,6 +104,8 @@ class ClosedLoad(_Model):
     model: Literal["closed"] = "closed"
     stages: list[Stage] = Field(min_length=1)
     think_s: float = Field(default=DEFAULTS["think_s"], ge=0, le=MAX_SECONDS)
+    think_max_s: float | None = Field(default=None, ge=0, le=MAX_SECONDS)
+    pace_s: float | None = Field(default=None, ge=0, le=MAX_SECONDS)
 
 
 Load = Annotated[OpenLoad | ClosedLoad, Field(discriminator="model")]

@@ -79,11 +79,17 @@ def shape(stages: Sequence[Stage]) -> Shape:
 @dataclass(frozen=True)
 class Profile:
     """Stages of an open model (values are requests per second) or of a closed model (values
-    are virtual users, looping with ``think_s`` between iterations)."""
+    are virtual users, looping with ``think_s`` between iterations, or a time drawn uniformly
+    from ``think_s`` to ``think_max_s``, or starting iterations ``pace_s`` apart)."""
 
     model: Literal["open", "closed"]
     stages: tuple[Stage, ...]
     think_s: float = 0.0
+    think_max_s: float | None = None
+    pace_s: float | None = None
+
+    def _wait(self) -> tuple[float, float | None, float | None]:
+        return (self.think_s, self.think_max_s, self.pace_s)
 
     def __add__(self, other: Profile) -> Profile:
         if not isinstance(other, Profile):
@@ -92,9 +98,9 @@ class Profile:
             raise PlanError(
                 f"cannot join a {self.model}-model profile and a {other.model}-model one"
             )
-        if self.model == "closed" and other.think_s != self.think_s:
+        if self.model == "closed" and other._wait() != self._wait():
             raise PlanError("joined closed-model profiles must have the same think time")
-        return Profile(self.model, self.stages + other.stages, self.think_s)
+        return Profile(self.model, self.stages + other.stages, *self._wait())
 
     @property
     def duration_s(self) -> float:
@@ -122,7 +128,7 @@ class Profile:
             if isinstance(st, Spike):
                 update["peak_s"] = st.peak_s * f
             out.append(st.model_copy(update=update))
-        return Profile(self.model, tuple(out), self.think_s)
+        return Profile(self.model, tuple(out), *self._wait())
 
     def describe(self) -> str:
         """The profile in a line, e.g. ``ramp 0→300/s over 5s, then 300/s for 15s``."""
@@ -140,7 +146,14 @@ class Profile:
                 parts.append(
                     f"{st.base:g}{unit} with a {st.peak_s:g}s spike to {st.peak:g} over {d}"
                 )
-        think = f", {self.think_s:g}s think time" if self.model == "closed" and self.think_s else ""
+        think = ""
+        if self.model == "closed":
+            if self.pace_s is not None:
+                think = f", an iteration every {self.pace_s:g}s"
+            elif self.think_max_s is not None and self.think_max_s > self.think_s:
+                think = f", {self.think_s:g}-{self.think_max_s:g}s think time"
+            elif self.think_s:
+                think = f", {self.think_s:g}s think time"
         return ", then ".join(parts) + think
 
     @property
@@ -153,7 +166,12 @@ class Profile:
         self, *, connections: int | None = None, arrivals: str = "uniform", seed: int = 0
     ) -> OpenLoad | ClosedLoad:
         if self.model == "closed":
-            return ClosedLoad(stages=list(self.stages), think_s=self.think_s)
+            return ClosedLoad(
+                stages=list(self.stages),
+                think_s=self.think_s,
+                think_max_s=self.think_max_s,
+                pace_s=self.pace_s,
+            )
         extra = {} if connections is None else {"connections": connections}
         return OpenLoad(stages=list(self.stages), arrivals=arrivals, seed=seed, **extra)
 
@@ -221,13 +239,33 @@ def stages(parts: list[Profile]) -> Profile:
 
 
 def users(
-    n: int, duration: Duration, *, ramp: Duration | None = None, think: Duration | None = None
+    n: int,
+    duration: Duration,
+    *,
+    ramp: Duration | None = None,
+    think: Duration | tuple[Duration, Duration] | None = None,
+    pace: Duration | None = None,
 ) -> Profile:
     """A closed model of ``duration`` in all: ``n`` virtual users (reached over ``ramp`` from 0,
     if given, then held for the rest, as k6 and Locust count it), each waiting ``think``
-    between iterations."""
+    between iterations: a time, or a ``(least, most)`` pair drawn uniformly per wait (Locust's
+    ``between``). ``pace`` instead: each user starts an iteration every ``pace`` (Locust's
+    ``constant_pacing``), waiting what the iteration left of it."""
     count = _rate(n, "users")
-    think_s = 0.0 if think is None else parse_duration(think, what="think time")
+    think_s, think_max = 0.0, None
+    if isinstance(think, tuple):
+        least, most = think
+        think_s = parse_duration(least, what="think time")
+        think_max = parse_duration(most, what="think time")
+        if think_max < think_s:
+            raise PlanError(f"think time ({think_s:g}s, {think_max:g}s): the least comes first")
+    elif think is not None:
+        think_s = parse_duration(think, what="think time")
+    pace_s = None
+    if pace is not None:
+        if think is not None:
+            raise PlanError("give think or pace, not both: a paced user waits what is left")
+        pace_s = parse_duration(pace, what="pace")
     total = parse_duration(duration)
     parts: list[Stage] = []
     if ramp is not None:
@@ -240,4 +278,4 @@ def users(
         parts.append(Ramp(from_=0, to=count, duration_s=ramp_s))
         total -= ramp_s
     parts.append(Constant(rate=count, duration_s=total))
-    return Profile("closed", tuple(parts), think_s)
+    return Profile("closed", tuple(parts), think_s, think_max, pace_s)

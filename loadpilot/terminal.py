@@ -28,8 +28,9 @@ from loadpilot.summary import Summary
 
 def _profile(plan: Plan) -> Profile:
     load = plan.load
-    think = getattr(load, "think_s", 0.0)
-    return Profile(load.model, tuple(load.stages), think)
+    if load.model == "closed":
+        return Profile("closed", tuple(load.stages), load.think_s, load.think_max_s, load.pace_s)
+    return Profile(load.model, tuple(load.stages))
 
 
 def _stage_at(plan: Plan, t: float) -> str:

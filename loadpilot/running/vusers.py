@@ -36,6 +36,19 @@ if TYPE_CHECKING:
 _Result = tuple[int, list[tuple[str, str]], bytes, str | None, int] | str
 
 
+class Headers(dict[str, str]):
+    """Response headers, looked up whatever the case of the name (``r.headers["Content-Type"]``)."""
+
+    def __getitem__(self, key: str) -> str:
+        return super().__getitem__(key.lower())
+
+    def __contains__(self, key: object) -> bool:
+        return super().__contains__(key.lower() if isinstance(key, str) else key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return super().get(key.lower(), default)
+
+
 class Response:
     """A response, with httpx's names. ``redirects``: how many redirects were followed to
     get it; ``url``: where they led (None when none was followed)."""
@@ -51,7 +64,7 @@ class Response:
         redirects: int = 0,
     ) -> None:
         self.status_code = status
-        self.headers = dict(headers)
+        self.headers = Headers((k.lower(), v) for k, v in headers)
         self.content = body
         self.url = url
         self.redirects = redirects
@@ -67,6 +80,16 @@ class Response:
     def is_success(self) -> bool:
         return 200 <= self.status_code < 300
 
+    @property
+    def ok(self) -> bool:
+        """requests' name: the status is below 400."""
+        return self.status_code < 400
+
+    def raise_for_status(self) -> None:
+        """Raises :class:`~loadpilot.errors.RequestError` (kind ``status``) for a 4xx or 5xx."""
+        if self.status_code >= 400:
+            raise RequestError("status", "HTTP", str(self.status_code))
+
     def __repr__(self) -> str:
         return f"<Response [{self.status_code}]>"
 
@@ -78,7 +101,7 @@ class CaughtResponse(Response):
     whatever its status; an exception in the block fails it too (and goes on up). Left
     undecided, a 4xx or 5xx counts as a ``status`` error, as without ``catch_response``."""
 
-    __slots__ = ("_settle", "_verdict")
+    __slots__ = ("_settle", "_verdict", "js")
 
     def __init__(
         self,
@@ -92,6 +115,8 @@ class CaughtResponse(Response):
         super().__init__(status, headers, body, url, redirects)
         self._settle = settle
         self._verdict: tuple[str, str] | None = None
+        #: The parsed body, in Locust's ``rest()``.
+        self.js: Any = None
 
     def success(self) -> None:
         """This request succeeded, whatever its status."""
@@ -373,6 +398,7 @@ class PythonUsers:
         self._values = tuple(scenario.hooks.values)
         self._columns = scenario.feeder.columns if scenario.feeder is not None else []
         self._users: dict[int, VUser] = {}
+        self._clients: dict[int, Client] = {}
         self._errors_shown = 0
         self._thread = threading.Thread(target=self._main, name="loadpilot-vusers", daemon=True)
 
@@ -420,13 +446,16 @@ class PythonUsers:
             self._inbox.close()
             self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _user(self, ticket: _engine.Ticket, vu: int) -> VUser:
+    def _user(self, ticket: _engine.Ticket, vu: int) -> tuple[VUser, Client]:
+        """The virtual user's object and its client (which a class may show its code through
+        an API of its own, as a Locust user does)."""
         user = self._users.get(vu)
         if user is None:
             user = self._scenario.user()
-            user.client = Client(ticket.session, self._inbox)
+            self._clients[vu] = Client(ticket.session, self._inbox)
+            user.client = self._clients[vu]
             self._users[vu] = user
-        return user
+        return user, self._clients[vu]
 
     async def _call(self, fn: Callable[[Any], Any], user: VUser, is_async: bool) -> None:
         if is_async:
@@ -444,9 +473,7 @@ class PythonUsers:
         row: list[str] | None,
     ) -> None:
         """Runs one ticket and says how it ended (an unanswered ticket counts as cancelled)."""
-        user = self._user(ticket, vu)
-        client = user.client
-        assert isinstance(client, Client)
+        user, client = self._user(ticket, vu)
         user.row = None if row is None else dict(zip(self._columns, row, strict=True))
         if hook is not None:
             fn = getattr(type(user), hook)

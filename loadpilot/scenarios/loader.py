@@ -6,13 +6,14 @@ import importlib.util
 import sys
 import traceback
 from pathlib import Path
+from types import ModuleType
 
 from loadpilot.errors import ScenarioError
 from loadpilot.scenarios.scenario import Scenario, scenario_of
 
 
-def load_scenarios(path: str | Path) -> list[Scenario]:
-    """The scenarios a Python file declares, in the order they appear."""
+def load_module(path: str | Path) -> ModuleType:
+    """A Python file run as a module; an error in it is reported with its file and line."""
     file = Path(path)
     if not file.is_file():
         raise ScenarioError(f"{file}: no such scenario file")
@@ -37,6 +38,13 @@ def load_scenarios(path: str | Path) -> list[Scenario]:
         raise ScenarioError(f"{file}:{line}: {type(e).__name__}: {e}") from None
     finally:
         sys.modules.pop(module_name, None)
+    return module
+
+
+def load_scenarios(path: str | Path) -> list[Scenario]:
+    """The scenarios a Python file declares, in the order they appear."""
+    file = Path(path)
+    module = load_module(file)
     found = [sc for v in vars(module).values() if isinstance(v, type) and (sc := scenario_of(v))]
     if not found:
         raise ScenarioError(f"{file}: no scenario (decorate a VUser subclass with @lp.scenario)")

@@ -63,7 +63,7 @@ _VERBS = ("get", "post", "put", "patch", "delete", "head", "options")
 
 
 def _where(fn: Callable[..., Any]) -> str:
-    code = fn.__code__
+    code = inspect.unwrap(fn).__code__
     return f"{code.co_filename}:{code.co_firstlineno}"
 
 
@@ -391,9 +391,11 @@ def _auth_pair(auth: Any, where: Callable[[], str]) -> tuple[str, str]:
     return auth
 
 
-def _bad_keyword(fn: Callable[..., Any]) -> str | None:
+def _bad_keyword(fn: Callable[..., Any], keywords: Sequence[str] = CLIENT_KEYWORDS) -> str | None:
     """file:line and what is wrong, for the first client call in ``fn`` that gives a keyword
-    the client does not take: refused when the scenario is read, never at run time."""
+    the client (whose keywords are ``keywords``) does not take: refused when the scenario is
+    read, never at run time."""
+    fn = inspect.unwrap(fn)
     try:
         source = textwrap.dedent(inspect.getsource(fn))
     except (OSError, TypeError):
@@ -409,10 +411,10 @@ def _bad_keyword(fn: Callable[..., Any]) -> str | None:
             continue
         for k in node.keywords:
             at = f"{fn.__code__.co_filename}:{first + node.lineno}"
-            if k.arg is not None and k.arg not in CLIENT_KEYWORDS:
+            if k.arg is not None and k.arg not in keywords:
                 return (
                     f"{at}: {node.func.attr}() takes no keyword {k.arg!r}; it takes "
-                    f"{', '.join(CLIENT_KEYWORDS)}"
+                    f"{', '.join(keywords)}"
                 )
             if k.arg == "files" and (missing := _missing_file(k.value)) is not None:
                 return f"{at}: {missing}"
@@ -477,6 +479,7 @@ def _static(node: ast.expr) -> bool:
 def _engine_path_reason(fn: Callable[..., Any]) -> str | None:
     """None when every statement of the task is a request with fixed arguments; otherwise the
     reason, with its line."""
+    fn = inspect.unwrap(fn)
     try:
         source = textwrap.dedent(inspect.getsource(fn))
     except (OSError, TypeError):
@@ -623,8 +626,9 @@ def _read_tasks(cls: type[VUser]) -> tuple[tuple[Task, ...], str | None, Hooks]:
         raise ScenarioError(f"{where}: scenario {cls.__name__!r} has no @task method")
     reason = None
     tasks = []
+    keywords = getattr(cls, "_client_keywords", CLIENT_KEYWORDS)
     for name, fn, weight in found:
-        bad = _bad_keyword(fn)
+        bad = _bad_keyword(fn, keywords)
         if bad is not None:
             raise ScenarioError(bad)
         why = _engine_path_reason(fn)

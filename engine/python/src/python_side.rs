@@ -327,6 +327,12 @@ impl PySession {
         Ok(())
     }
 
+    /// The user's wait after its current iteration (closed model), chosen in Python: it
+    /// replaces the plan's think time once. A value that is not a finite time >= 0 is ignored.
+    fn wait_next(&self, seconds: f64) {
+        self.inner.wait_next(seconds);
+    }
+
     #[getter]
     fn vu(&self) -> u64 {
         self.inner.vu

@@ -273,7 +273,9 @@ pub enum ArrivalKind {
 }
 
 /// Open model: arrivals per second whatever the server does. Closed model: a number of virtual
-/// users, each looping over tasks, waiting `think_s` between iterations.
+/// users, each looping over tasks, waiting between iterations: `think_s`, or a time drawn
+/// uniformly from `think_s` to `think_max_s`, or what is left of `pace_s` after the iteration
+/// (iterations start `pace_s` apart, as Locust's `constant_pacing`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "model", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Load {
@@ -293,6 +295,10 @@ pub enum Load {
         stages: Vec<Stage>,
         #[serde(default)]
         think_s: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        think_max_s: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pace_s: Option<f64>,
     },
 }
 
@@ -633,8 +639,31 @@ impl Plan {
                     ));
                 }
             }
-            Load::Closed { think_s, stages } => {
+            Load::Closed {
+                think_s,
+                think_max_s,
+                pace_s,
+                stages,
+            } => {
                 seconds("load.think_s", *think_s, true)?;
+                if let Some(max) = think_max_s {
+                    seconds("load.think_max_s", *max, true)?;
+                    if max < think_s {
+                        return Err(Error::plan(
+                            "load.think_max_s",
+                            format!("{max} is less than think_s ({think_s})"),
+                        ));
+                    }
+                }
+                if let Some(pace) = pace_s {
+                    seconds("load.pace_s", *pace, true)?;
+                    if *think_s != 0.0 || think_max_s.is_some() {
+                        return Err(Error::plan(
+                            "load.pace_s",
+                            "paced iterations have no think time: give pace_s or think_s, not both",
+                        ));
+                    }
+                }
                 let peak = profile::Profile::new(stages)
                     .map_err(|e| e.under("load."))?
                     .peak();

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use super::{Body, Ctx, FeedRows, Model, Step};
+use super::{Body, Ctx, FeedRows, Model, Step, Think};
 use crate::error::{Error, Result};
 use crate::http::{CompiledRequest, Target};
 use crate::measure::metrics::Recorder;
@@ -146,13 +146,22 @@ fn build_model(plan: &Plan, shard: (u64, u64)) -> Result<(Model, f64)> {
                 duration,
             )
         }
-        Load::Closed { stages, think_s } => {
+        Load::Closed {
+            stages,
+            think_s,
+            think_max_s,
+            pace_s,
+        } => {
             let profile = Profile::new(stages).map_err(|e| e.under("load."))?;
             let duration = profile.duration();
             (
                 Model::Closed {
                     users: profile,
-                    think: Duration::from_secs_f64(*think_s),
+                    think: Think {
+                        min: Duration::from_secs_f64(*think_s),
+                        max: Duration::from_secs_f64(think_max_s.unwrap_or(*think_s)),
+                        pace: pace_s.map(Duration::from_secs_f64),
+                    },
                     iterations: AtomicU64::new(0),
                 },
                 duration,

@@ -68,9 +68,32 @@ pub(crate) enum Model {
     },
     Closed {
         users: Profile,
-        think: Duration,
+        think: Think,
         iterations: AtomicU64,
     },
+}
+
+/// A closed-model user's wait between iterations.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Think {
+    /// Drawn uniformly from `min` to `max` (equal: a constant think time).
+    pub(crate) min: Duration,
+    pub(crate) max: Duration,
+    /// Iterations start `pace` apart: the wait is what the iteration left of it.
+    pub(crate) pace: Option<Duration>,
+}
+
+impl Think {
+    /// The wait after an iteration that took `took`; `draw` is a uniform number in [0, 1).
+    pub(crate) fn after(&self, took: Duration, draw: f64) -> Duration {
+        if let Some(pace) = self.pace {
+            return pace.saturating_sub(took);
+        }
+        if self.max > self.min {
+            return self.min + (self.max - self.min).mul_f64(draw);
+        }
+        self.min
+    }
 }
 
 impl Model {

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -211,7 +212,12 @@ pub struct Session {
     pub(crate) ctx: Arc<Ctx>,
     pub(crate) client: tokio::sync::Mutex<Client>,
     pub vu: u64,
+    /// The wait Python chose for after the current iteration (closed model), in seconds as
+    /// f64 bits; `NO_WAIT`: the plan's think time.
+    wait: AtomicU64,
 }
+
+const NO_WAIT: u64 = u64::MAX;
 
 /// A request as Python gives it.
 #[derive(Clone)]
@@ -383,6 +389,23 @@ impl Session {
             client: tokio::sync::Mutex::new(Client::new(ctx.target.clone(), ctx.local_user(vu))),
             ctx,
             vu,
+            wait: AtomicU64::new(NO_WAIT),
+        }
+    }
+
+    /// The user's wait after its current iteration, chosen by Python code (a Locust
+    /// `wait_time`): instead of the plan's think time, once. Not a finite time >= 0: ignored.
+    pub fn wait_next(&self, seconds: f64) {
+        if seconds.is_finite() && seconds >= 0.0 {
+            self.wait.store(seconds.to_bits(), Ordering::Relaxed);
+        }
+    }
+
+    /// The wait Python chose for after this iteration, if any; cleared.
+    pub(crate) fn take_wait(&self) -> Option<Duration> {
+        match self.wait.swap(NO_WAIT, Ordering::Relaxed) {
+            NO_WAIT => None,
+            bits => Some(Duration::from_secs_f64(f64::from_bits(bits).min(1e9))),
         }
     }
 

@@ -269,6 +269,8 @@ async fn closed_worker(ctx: Arc<Ctx>, vu: u64, user: Option<User>) {
     let stopped = ctx.stop.cancelled();
     tokio::pin!(stopped);
     let mut active = false;
+    // Each user's own draws of a random think time, the same from run to run.
+    let mut rng = vu ^ 0x5EED_0F7A_11u64;
     loop {
         let t = clock.start.elapsed().as_secs_f64();
         if t >= ctx.duration || ctx.stop.is_cancelled() {
@@ -298,6 +300,7 @@ async fn closed_worker(ctx: Arc<Ctx>, vu: u64, user: Option<User>) {
             late: false,
             due: None,
         };
+        let began = Instant::now();
         // Boxed: an iteration's state (the request in flight, the exchange's futures) is about
         // 1.5 KiB; inline it would stay in every user's task while the user thinks, and a run
         // may hold tens of thousands of thinking users.
@@ -308,6 +311,12 @@ async fn closed_worker(ctx: Arc<Ctx>, vu: u64, user: Option<User>) {
         if !went {
             break;
         }
+        rng = splitmix(rng);
+        let draw = (rng >> 11) as f64 / (1u64 << 53) as f64;
+        let wait = match user.session.take_wait() {
+            Some(chosen) => chosen,
+            None => think.after(began.elapsed(), draw),
+        };
         // Without think time, a user whose target refuses connections would spin: pause
         // briefly so the errors are counted without burning the CPU the run measures.
         let refused = matches!(ctx.bodies[task], Body::Engine(_))
@@ -316,11 +325,11 @@ async fn closed_worker(ctx: Arc<Ctx>, vu: u64, user: Option<User>) {
                 .client
                 .try_lock()
                 .is_ok_and(|c| c.has_connection());
-        if !think.is_zero() || refused {
-            let pause = if think.is_zero() {
+        if !wait.is_zero() || refused {
+            let pause = if wait.is_zero() {
                 Duration::from_millis(10)
             } else {
-                *think
+                wait
             };
             // Thinking past the planned end would hold the run open for nothing.
             tokio::select! {
@@ -422,4 +431,12 @@ async fn iteration(ctx: &Ctx, user: &User, iter: u64, task: usize, begin: Begin)
         }
     }
     true
+}
+
+/// One step of SplitMix64: a small, good generator for think-time draws.
+fn splitmix(state: u64) -> u64 {
+    let mut z = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE5_E9B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }

@@ -1,0 +1,202 @@
+"""``self.client`` of a Locust user: requests' API (Locust's ``HttpSession`` and
+``FastHttpSession``), sent through LoadPilot's engine client, which keeps the time.
+
+As under Locust, a request that gets no response does not raise: the response has status 0
+and its ``error`` (the engine has counted the error already).
+"""
+
+from __future__ import annotations
+
+import json as _json
+import time
+import traceback
+import urllib.parse
+from collections.abc import Generator
+from contextlib import contextmanager
+from typing import Any
+
+from loadpilot.errors import RequestError
+from loadpilot.locust.events import events
+
+#: What the clients' methods take besides the URL (Locust's keywords).
+KEYWORDS = (
+    "name",
+    "catch_response",
+    "params",
+    "headers",
+    "json",
+    "data",
+    "files",
+    "auth",
+    "cookies",
+    "timeout",
+    "allow_redirects",
+    "context",
+)
+
+
+class ErrorResponse:
+    """What a request that got no response gives (Locust's): status 0, its ``error``. In a
+    ``catch_response`` block, ``success()`` and ``failure()`` change nothing: the error is
+    counted."""
+
+    status_code = 0
+    content = b""
+    text = ""
+    headers: dict[str, str] = {}
+    ok = False
+    url = None
+    js = None
+
+    def __init__(self, error: RequestError) -> None:
+        self.error = error
+
+    def json(self) -> Any:
+        raise ValueError(f"no response: {self.error}")
+
+    def raise_for_status(self) -> None:
+        raise self.error
+
+    def success(self) -> None:
+        pass
+
+    def failure(self, message: object) -> None:
+        pass
+
+    def __enter__(self) -> ErrorResponse:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+class HttpSession:
+    """Locust's ``HttpSession`` API over the engine's client (``base`` is the run's target,
+    so an absolute URL on the same host is sent as its path)."""
+
+    def __init__(self, inner: Any, user: Any) -> None:
+        self._inner = inner
+        self._user = user
+
+    def _path(self, url: str) -> str:
+        if "://" not in url:
+            return url
+        given = urllib.parse.urlsplit(url)
+        host = getattr(getattr(self._user, "environment", None), "host", None) or ""
+        base = urllib.parse.urlsplit(host)
+        if (given.scheme, given.netloc) != (base.scheme, base.netloc):
+            raise ValueError(
+                f"{url}: LoadPilot sends a user's requests to the run's host ({host}) only"
+            )
+        return urllib.parse.urlunsplit(("", "", given.path or "/", given.query, ""))
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        name: str | None = None,
+        catch_response: bool = False,
+        context: Any = None,
+        allow_redirects: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        unknown = set(kwargs) - set(KEYWORDS)
+        if unknown:
+            raise TypeError(
+                f"{method.lower()}() takes no keyword {sorted(unknown)[0]!r} under LoadPilot; "
+                f"it takes {', '.join(KEYWORDS)}"
+            )
+        path = self._path(url)
+        listening = events.request.has_listeners()
+        began = time.perf_counter() if listening else 0.0
+        if name is not None:
+            kwargs["name"] = name
+        if catch_response:
+            kwargs["catch_response"] = True
+        if not allow_redirects:
+            kwargs["follow_redirects"] = False
+        try:
+            r = self._inner.request(method.upper(), path, **kwargs)
+        except RequestError as e:
+            if e.kind == "cancelled":
+                raise
+            r = ErrorResponse(e)
+        if listening:
+            self._fire(method, name or path.split("?")[0], url, r, began, context)
+        return r
+
+    def _fire(self, method: str, name: str, url: str, r: Any, began: float, context: Any) -> None:
+        failed = isinstance(r, ErrorResponse) or r.status_code >= 400
+        events.request.fire(
+            request_type=method.upper(),
+            name=name,
+            response_time=(time.perf_counter() - began) * 1000,
+            response_length=len(r.content or b""),
+            response=r,
+            context=context or {},
+            exception=(
+                r.error
+                if isinstance(r, ErrorResponse)
+                else (RuntimeError(f"HTTP {r.status_code}") if failed else None)
+            ),
+            start_time=time.time() - (time.perf_counter() - began),
+            url=url,
+        )
+
+    def get(self, url: str, **kwargs: Any) -> Any:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, data: Any = None, json: Any = None, **kwargs: Any) -> Any:
+        return self.request("POST", url, data=data, json=json, **kwargs)
+
+    def put(self, url: str, data: Any = None, **kwargs: Any) -> Any:
+        return self.request("PUT", url, data=data, **kwargs)
+
+    def patch(self, url: str, data: Any = None, **kwargs: Any) -> Any:
+        return self.request("PATCH", url, data=data, **kwargs)
+
+    def delete(self, url: str, **kwargs: Any) -> Any:
+        return self.request("DELETE", url, **kwargs)
+
+    def head(self, url: str, **kwargs: Any) -> Any:
+        return self.request("HEAD", url, **kwargs)
+
+    def options(self, url: str, **kwargs: Any) -> Any:
+        return self.request("OPTIONS", url, **kwargs)
+
+
+class RestSession(HttpSession):
+    """``FastHttpSession``: ``HttpSession`` plus ``rest()``."""
+
+    @contextmanager
+    def rest(
+        self, method: str, url: str, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> Generator[Any, None, None]:
+        """A JSON request whose response is checked in a ``with`` block: ``r.js`` is the parsed
+        body; a body that is not JSON, an assertion or any exception in the block fails it
+        (with its message), as Locust's ``rest()`` does."""
+        sent = {"Content-Type": "application/json", "Accept": "application/json"}
+        sent.update(headers or {})
+        with self.request(method, url, headers=sent, catch_response=True, **kwargs) as r:
+            r.js = None
+            if not isinstance(r, ErrorResponse) and r.text:
+                try:
+                    r.js = r.json()
+                except _json.JSONDecodeError as e:
+                    r.failure(
+                        f"Could not parse response as JSON. {r.text[:250]}, response code "
+                        f"{r.status_code}, error {e}"
+                    )
+            try:
+                yield r
+            except AssertionError as e:
+                if e.args and isinstance(e.args[0], str):
+                    msg = e.args[0]
+                    r.failure(
+                        f"{msg[:-1]}, response was {r.text[:200]}" if msg.endswith(",") else msg
+                    )
+                else:
+                    r.failure("Assertion failed")
+            except Exception as e:  # noqa: BLE001 - Locust counts any exception as a failure
+                lines = traceback.format_exception_only(type(e), e)
+                r.failure("".join(lines).strip())

@@ -1,0 +1,368 @@
+"""Reading a locustfile and turning it into a LoadPilot scenario.
+
+While the file is read, ``locust`` (and the submodules locustfiles import from) is LoadPilot's
+implementation, whether or not Locust is installed. A user class whose tasks are plain methods
+and whose ``wait_time`` is one of Locust's own (``constant``, ``between``, ``constant_pacing``,
+``constant_throughput``) becomes a scenario of those tasks: each straight-line task runs in the
+engine, the others in Python, and the engine waits the ``wait_time`` as think time. Anything
+else (TaskSets, several user classes, a ``wait_time`` of the file's own, a ``request``
+listener) runs each user in Python, one Locust task per iteration, choosing tasks as Locust does.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import dataclasses
+import functools
+import inspect
+import itertools
+import math
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from loadpilot.errors import ScenarioError
+from loadpilot.locust import clients, environment
+from loadpilot.locust import users as lu
+from loadpilot.locust.events import events
+from loadpilot.plan import Constant, Ramp, Stage
+from loadpilot.profiles import Profile
+from loadpilot.profiles import users as users_profile
+from loadpilot.scenarios import loader
+from loadpilot.scenarios.scenario import (
+    Scenario,
+    VUser,
+    _engine_path_reason,
+    scenario,
+)
+from loadpilot.scenarios.scenario import task as lp_task
+
+#: The modules a locustfile imports from, and what stands in for them.
+_MODULES = {
+    "locust": "loadpilot.locust",
+    "locust.user": "loadpilot.locust.users",
+    "locust.user.users": "loadpilot.locust.users",
+    "locust.user.task": "loadpilot.locust.users",
+    "locust.user.wait_time": "loadpilot.locust.users",
+    "locust.user.sequential_taskset": "loadpilot.locust.users",
+    "locust.exception": "loadpilot.locust.users",
+    "locust.shape": "loadpilot.locust.users",
+    "locust.contrib": "loadpilot.locust.contrib",
+    "locust.contrib.fasthttp": "loadpilot.locust.contrib",
+    "locust.clients": "loadpilot.locust.clients",
+    "locust.event": "loadpilot.locust.events",
+    "locust.env": "loadpilot.locust.environment",
+}
+
+
+@contextlib.contextmanager
+def aliased() -> Iterator[None]:
+    """``import locust`` gives LoadPilot's implementation while the block runs."""
+    import importlib
+
+    saved = {name: sys.modules.get(name) for name in _MODULES}
+    try:
+        for name, ours in _MODULES.items():
+            sys.modules[name] = importlib.import_module(ours)
+        yield
+    finally:
+        for name, was in saved.items():
+            if was is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = was
+
+
+def is_locustfile(path: Path) -> bool:
+    """Whether a Python file imports from ``locust`` (read, not run)."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, SyntaxError):
+        return False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "locust":
+            return True
+        if isinstance(node, ast.Import) and any(
+            a.name.split(".")[0] == "locust" for a in node.names
+        ):
+            return True
+    return False
+
+
+def _line(cls: type) -> str:
+    try:
+        return f"{inspect.getsourcefile(cls)}:{inspect.getsourcelines(cls)[1]}"
+    except (OSError, TypeError):
+        return cls.__qualname__
+
+
+@dataclass
+class Locustfile:
+    """What a locustfile declares."""
+
+    path: Path
+    users: list[type[lu.User]]
+    shape: lu.LoadTestShape | None
+    module: ModuleType = field(repr=False)
+
+
+def read(path: str | Path, chosen: list[str] | None = None) -> Locustfile:
+    """The locustfile's user classes (those named in ``chosen``, else all) and its shape."""
+    file = Path(path)
+    events.reset()
+    with aliased():
+        module = loader.load_module(file)
+    found: list[type[lu.User]] = []
+    shapes: list[type[lu.LoadTestShape]] = []
+    for value in vars(module).values():
+        if not isinstance(value, type):
+            continue
+        if issubclass(value, lu.User) and not vars(value).get("abstract", False):
+            if not issubclass(value, lu.HttpUser):
+                raise ScenarioError(
+                    f"{_line(value)}: {value.__name__} is a Locust User with a client of its "
+                    "own; LoadPilot runs HttpUser and FastHttpUser"
+                )
+            found.append(value)
+        elif issubclass(value, lu.LoadTestShape) and not vars(value).get("abstract", False):
+            shapes.append(value)
+    if chosen:
+        names = {c.__name__: c for c in found}
+        missing = [c for c in chosen if c not in names]
+        if missing:
+            raise ScenarioError(
+                f"{file}: no user class {missing[0]!r}; user classes: {', '.join(names) or 'none'}"
+            )
+        found = [names[c] for c in chosen]
+    if not found:
+        raise ScenarioError(f"{file}: no user class (a subclass of HttpUser or FastHttpUser)")
+    if len(shapes) > 1:
+        raise ScenarioError(
+            f"{file}: several LoadTestShape classes ({', '.join(s.__name__ for s in shapes)}); "
+            "keep one"
+        )
+    return Locustfile(file, found, shapes[0]() if shapes else None, module)
+
+
+def shape_profile(shape: lu.LoadTestShape, limit_s: float = 86_400.0) -> Profile:
+    """A LoadTestShape as a closed-model profile: its ``tick()`` each second (on a clock of
+    LoadPilot's own) gives the users wanted and the spawn rate; users move towards the number
+    wanted at that rate, as Locust spawns and stops them."""
+    stages: list[Stage] = []
+    now = 0.0
+    users_now = 0.0
+    while now < limit_s:
+        shape._now = now
+        wanted = shape.tick()
+        if wanted is None:
+            break
+        if not isinstance(wanted, tuple) or len(wanted) < 2:
+            raise ScenarioError(
+                f"{_line(type(shape))}: tick() returned {wanted!r}; it returns (users, spawn_rate) "
+                "or None"
+            )
+        target, rate = float(wanted[0]), float(wanted[1])
+        if target < 0 or rate <= 0 or not math.isfinite(target) or not math.isfinite(rate):
+            raise ScenarioError(
+                f"{_line(type(shape))}: tick() returned {wanted!r}: users >= 0 and a spawn rate > 0"
+            )
+        step = max(-rate, min(rate, target - users_now))
+        after = users_now + step
+        if step == 0:
+            last = stages[-1] if stages else None
+            if isinstance(last, Constant) and last.rate == after:
+                stages[-1] = last.model_copy(update={"duration_s": last.duration_s + 1})
+            else:
+                stages.append(Constant(rate=after, duration_s=1))
+        else:
+            stages.append(Ramp(from_=users_now, to=after, duration_s=1))
+        users_now = after
+        now += 1
+    if not stages:
+        raise ScenarioError(f"{_line(type(shape))}: tick() returned None at once: no load")
+    return Profile("closed", tuple(stages))
+
+
+def users_over(users_n: int, spawn_rate: float, run_time_s: float) -> Profile:
+    """Locust's ``-u``/``-r``/``-t``: users started at ``spawn_rate`` a second up to
+    ``users_n``, the whole run lasting ``run_time_s``."""
+    ramp = users_n / spawn_rate
+    if ramp <= 0 or users_n <= 1 and ramp <= 1:
+        return users_profile(users_n, run_time_s)
+    if ramp >= run_time_s:
+        reached = spawn_rate * run_time_s
+        return Profile("closed", (Ramp(from_=0, to=reached, duration_s=run_time_s),))
+    return users_profile(users_n, run_time_s, ramp=ramp)
+
+
+def _wait_kind(cls: type) -> tuple[Any, ...] | None:
+    """The wait the engine can keep for this user class (``()``: none), or None when its
+    ``wait_time`` is code of the file's own."""
+    fn = getattr(cls, "wait_time", None)
+    if fn is None:
+        return ()
+    return getattr(fn, lu.WAIT, None)
+
+
+def _with_wait(profile: Profile, kind: tuple[Any, ...]) -> Profile:
+    if not kind:
+        return profile
+    if kind[0] == "constant":
+        return Profile("closed", profile.stages, kind[1])
+    if kind[0] == "between":
+        return Profile("closed", profile.stages, kind[1], kind[2])
+    return Profile("closed", profile.stages, 0.0, None, kind[1])
+
+
+def _python_task(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A Locust task run on LoadPilot's Python path, with Locust's exceptions' meanings."""
+
+    @functools.wraps(fn)
+    def run(self: Any) -> None:
+        try:
+            fn(self)
+        except (lu.RescheduleTask, lu.RescheduleTaskImmediately):
+            pass
+        except lu.StopUser:
+            self._loadpilot_stop()
+            self._lp_client._inner._session.wait_next(1e9)
+
+    return run
+
+
+def _flat(
+    cls: type[lu.User], include: set[str] | None, exclude: set[str] | None
+) -> dict[str, Any] | None:
+    """A user class's tasks as LoadPilot tasks, when each is a plain method (None when it
+    has TaskSets)."""
+    chosen = lu.filter_tasks(lu._marked(cls), include, exclude)
+    body: dict[str, Any] = {}
+    for fn, weight in chosen:
+        if isinstance(fn, type) or not callable(fn):
+            return None
+        if weight == 0:
+            continue
+        name = fn.__name__
+        if name in body:
+            return None
+        on_engine = _engine_path_reason(fn) is None
+        body[name] = lp_task(fn if on_engine else _python_task(fn), weight=weight)
+    if not body:
+        raise ScenarioError(f"{_line(cls)}: {cls.__name__} has no task (after -T/-E)")
+    return body
+
+
+def to_scenario(
+    lf: Locustfile,
+    profile: Profile | None,
+    *,
+    include: set[str] | None = None,
+    exclude: set[str] | None = None,
+    env: environment.Environment,
+    scenario_options: dict[str, Any] | None = None,
+) -> Scenario:
+    """The locustfile as one scenario. ``profile``: an open model (``--rps``), or the closed
+    one of ``-u``/``-r``/``-t`` or the file's shape, whose think time each user's
+    ``wait_time`` sets."""
+    options = dict(scenario_options or {})
+    for cls in lf.users:
+        cls._loadpilot_filter = (include, exclude)
+        for klass in _tasksets(cls):
+            klass._loadpilot_filter = (include, exclude)  # type: ignore[attr-defined]
+    env.user_classes = list(lf.users)
+    environment.set_current(env)
+    assert profile is not None
+    only = lf.users[0] if len(lf.users) == 1 else None
+    wait = _wait_kind(only) if only is not None else None
+    flat = _flat(only, include, exclude) if only is not None and wait is not None else None
+    if flat is not None and not events.request.has_listeners() and only is not None:
+        cls = only
+        if profile.model == "closed":
+            profile = _with_wait(profile, wait or ())
+        body = dict(flat)
+        if cls.on_start is not lu.User.on_start:
+            body["on_start"] = cls.on_start
+        stop = cls.on_stop
+
+        def on_stop(self: Any) -> None:
+            if not self._stopped:
+                self._stopped = True
+                stop(self)
+
+        body["on_stop"] = on_stop
+        body["_client_keywords"] = clients.KEYWORDS
+        made = type(cls.__name__, (cls,), body)
+        made.__module__ = cls.__module__
+        return scenario(profile=profile, name=cls.__name__, **options)(made).describe()
+    if len(lf.users) > 1:
+        why = f"{len(lf.users)} user classes, each user one of them"
+    elif wait is None:
+        why = f"{only.__name__}.wait_time is the file's own code"  # type: ignore[union-attr]
+    elif flat is None:
+        why = f"{only.__name__} has TaskSets"  # type: ignore[union-attr]
+    else:
+        why = "a request listener sees every request"
+    made_driver = scenario(profile=profile, name=_driver_name(lf), **options)(
+        _driver(lf.users, env)
+    ).describe()
+    return dataclasses.replace(made_driver, reason=f"each user runs in Python: {why}")
+
+
+def _tasksets(cls: type) -> Iterator[type]:
+    for t, _w in lu._marked(cls):
+        if isinstance(t, type) and issubclass(t, lu.TaskSet):
+            yield t
+            yield from _tasksets(t)
+
+
+def _driver_name(lf: Locustfile) -> str:
+    return lf.users[0].__name__ if len(lf.users) == 1 else "users"
+
+
+def _driver(classes: list[type[lu.User]], env: environment.Environment) -> type[VUser]:
+    """Runs each virtual user as one of ``classes`` (by their ``weight``, in turn), one Locust
+    task per iteration; the engine waits what the user's ``wait_time`` says between them."""
+    turns: list[type[lu.User]] = []
+    weights = [max(0, int(getattr(c, "weight", 1))) for c in classes]
+    unit = math.gcd(*weights) or 1
+    for c, w in zip(classes, weights, strict=True):
+        turns.extend([c] * (w // unit))
+    if not turns:
+        raise ScenarioError("every user class has weight 0")
+    counter = itertools.count()
+
+    def on_start(self: Any) -> None:
+        cls = turns[next(counter) % len(turns)]
+        user = cls(env)
+        user.client = self.client
+        self.user = user
+        user.on_start()
+
+    def step(self: Any) -> None:
+        wait = self.user._loadpilot_step()
+        self.client._session.wait_next(1e9 if wait is None else wait)
+
+    def on_stop(self: Any) -> None:
+        user = getattr(self, "user", None)
+        if user is not None and not user._stopped:
+            user._loadpilot_stop()
+
+    name = classes[0].__name__ if len(classes) == 1 else "users"
+    step.__name__ = step.__qualname__ = name
+    body = {name: lp_task(step), "on_start": on_start, "on_stop": on_stop}
+    return type(f"Locust{name}", (VUser,), body)
+
+
+__all__ = [
+    "Locustfile",
+    "aliased",
+    "is_locustfile",
+    "read",
+    "shape_profile",
+    "to_scenario",
+    "users_over",
+]
