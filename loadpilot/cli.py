@@ -502,9 +502,10 @@ def _run_locustfile(
             raise LoadPilotError("--rps needs a run time (-t/--run-time, or --duration)")
         profile = constant(args.rps, run_time)
         source = f"{args.rps:g} requests' worth of tasks a second for {run_time:g}s (open model)"
-    elif lf.shape is not None and not getattr(args, "users_given", False):
+    elif lf.shape is not None:
+        # As under Locust, the file's shape decides the users (-u and -r are set aside).
         profile = locust_reading.shape_profile(lf.shape, run_time or 86_400.0)
-        source = f"{type(lf.shape).__name__}"
+        source = f"{type(lf.shape).__name__} (the file's shape: -u and -r set aside)"
     else:
         if run_time is None:
             raise LoadPilotError(
@@ -579,7 +580,6 @@ def _locust_time(text: str) -> float:
 def _cmd_locust(args: argparse.Namespace) -> int:
     if args.report is not None and args.html is not None:
         raise LoadPilotError("--html and --report both name the report: give one")
-    args.users_given = args.users is not None
     return _run_locustfile(
         Path(args.locustfile),
         args,

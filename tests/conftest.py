@@ -66,17 +66,24 @@ class _RecordingHandler(BaseHTTPRequestHandler):
             self.server.arrivals.append((time.monotonic(), self.path))
             self.server.seen.append((self.command, self.path, self.headers.get("Authorization")))
 
-    def _answer(self, body: bytes) -> None:
-        self.send_response(200)
+    def _answer(self, body: bytes, status: int = 200) -> None:
+        self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
     def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
-        """``GET /sleep/MS`` answers after MS milliseconds; any other path at once."""
+        """``GET /sleep/MS`` answers after MS milliseconds; ``/status/N`` with status N;
+        ``/json`` with ``{"ok": true, "items": [1, 2, 3]}``; any other path at once."""
         self._note()
         if self.path.startswith("/sleep/"):
             time.sleep(int(self.path.removeprefix("/sleep/")) / 1000)
+        if self.path.startswith("/status/"):
+            self._answer(b"status", int(self.path.removeprefix("/status/")))
+            return
+        if self.path == "/json":
+            self._answer(b'{"ok": true, "items": [1, 2, 3]}')
+            return
         self._answer(b"ok")
 
     def do_POST(self) -> None:  # noqa: N802

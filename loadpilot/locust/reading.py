@@ -15,7 +15,6 @@ import ast
 import contextlib
 import dataclasses
 import functools
-import inspect
 import itertools
 import math
 import sys
@@ -94,10 +93,22 @@ def is_locustfile(path: Path) -> bool:
 
 
 def _line(cls: type) -> str:
-    try:
-        return f"{inspect.getsourcefile(cls)}:{inspect.getsourcelines(cls)[1]}"
-    except (OSError, TypeError):
-        return cls.__qualname__
+    """file:line of a class of a locustfile (read from the file: once read, the module is
+    no longer importable for ``inspect``)."""
+    file = getattr(sys.modules.get(cls.__module__), "__file__", None) or _FILES.get(cls.__module__)
+    if file is not None:
+        try:
+            tree = ast.parse(Path(file).read_text(encoding="utf-8", errors="replace"))
+        except (OSError, SyntaxError):
+            tree = None
+        for node in ast.walk(tree) if tree is not None else ():
+            if isinstance(node, ast.ClassDef) and node.name == cls.__name__:
+                return f"{file}:{node.lineno}"
+    return cls.__qualname__
+
+
+#: The file each locustfile module was read from.
+_FILES: dict[str, str] = {}
 
 
 @dataclass
@@ -116,6 +127,7 @@ def read(path: str | Path, chosen: list[str] | None = None) -> Locustfile:
     events.reset()
     with aliased():
         module = loader.load_module(file)
+    _FILES[module.__name__] = str(file)
     found: list[type[lu.User]] = []
     shapes: list[type[lu.LoadTestShape]] = []
     for value in vars(module).values():
@@ -170,16 +182,17 @@ def shape_profile(shape: lu.LoadTestShape, limit_s: float = 86_400.0) -> Profile
             raise ScenarioError(
                 f"{_line(type(shape))}: tick() returned {wanted!r}: users >= 0 and a spawn rate > 0"
             )
-        step = max(-rate, min(rate, target - users_now))
-        after = users_now + step
-        if step == 0:
+        diff = target - users_now
+        ramp = min(1.0, abs(diff) / rate)
+        after = users_now + max(-rate, min(rate, diff))
+        if ramp > 0:
+            stages.append(Ramp(from_=users_now, to=after, duration_s=ramp))
+        if ramp < 1:
             last = stages[-1] if stages else None
             if isinstance(last, Constant) and last.rate == after:
-                stages[-1] = last.model_copy(update={"duration_s": last.duration_s + 1})
+                stages[-1] = last.model_copy(update={"duration_s": last.duration_s + 1 - ramp})
             else:
-                stages.append(Constant(rate=after, duration_s=1))
-        else:
-            stages.append(Ramp(from_=users_now, to=after, duration_s=1))
+                stages.append(Constant(rate=after, duration_s=1 - ramp))
         users_now = after
         now += 1
     if not stages:

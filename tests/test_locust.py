@@ -1,0 +1,301 @@
+"""Locustfiles run unchanged by `loadpilot locust`, set beside Locust itself running the same
+files against the same kind of server: the server's own record of what arrived is the truth
+both are held to (paths, their shares, failures), never LoadPilot's own counts alone."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Recorder
+
+FILES = Path(__file__).parent / "locustfiles"
+BIN = Path(sys.executable).parent
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def run_locust(file: str, users: int, seconds: int, tmp: Path, *extra: str) -> tuple[Recorder, str]:
+    """Locust itself, headless, against a fresh recording server: what the server saw."""
+    with Recorder.serving() as srv:
+        p = subprocess.run(
+            [
+                str(BIN / "locust"),
+                "-f",
+                str(FILES / file),
+                "--headless",
+                "-u",
+                str(users),
+                "-r",
+                str(users * 10),
+                "-t",
+                f"{seconds}s",
+                "-H",
+                srv.url,
+                "--csv",
+                str(tmp / "locust"),
+                "--loglevel",
+                "WARNING",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=_env(),
+            cwd=tmp,
+        )
+        assert p.returncode in (0, 1), p.stderr[-3000:]
+        return srv, p.stdout + p.stderr
+
+
+def run_loadpilot(
+    file: str, users: int, seconds: int, tmp: Path, *extra: str, expect: tuple[int, ...] = (0, 1)
+) -> tuple[Recorder, str, dict[str, object], int]:
+    """`loadpilot locust` with the same flags: what the server saw, the output, summary.json."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    out = tmp / "run"
+    with Recorder.serving() as srv:
+        p = subprocess.run(
+            [
+                str(BIN / "loadpilot"),
+                "locust",
+                "-f",
+                str(FILES / file),
+                "--headless",
+                "-u",
+                str(users),
+                "-r",
+                str(users * 10),
+                "-t",
+                f"{seconds}s",
+                "-H",
+                srv.url,
+                "--out",
+                str(out),
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=_env(),
+            cwd=tmp,
+        )
+        assert p.returncode in expect, p.stdout[-3000:] + p.stderr[-3000:]
+        summary = json.loads((out / "summary.json").read_text()) if out.exists() else {}
+        return srv, p.stdout + p.stderr, summary, p.returncode
+
+
+def shares(srv: Recorder, strip_query: bool = True) -> dict[str, float]:
+    seen = Counter(f"{m} {path.split('?')[0] if strip_query else path}" for m, path, _ in srv.seen)
+    total = sum(seen.values())
+    return {k: v / total for k, v in seen.items()}
+
+
+def assert_same_mix(a: dict[str, float], b: dict[str, float], within: float) -> None:
+    """The same requests, in the same proportions (within what a few seconds allow)."""
+    assert set(a) == set(b), (sorted(a), sorted(b))
+    for k in a:
+        assert abs(a[k] - b[k]) <= within, (k, a[k], b[k], a, b)
+
+
+def request_stats(summary: dict[str, object]) -> dict[str, dict[str, int]]:
+    return {r["name"]: r for r in summary["requests"]}  # type: ignore[union-attr,index]
+
+
+def test_quickstart_sends_what_locust_sends_with_straight_line_tasks_in_the_engine(
+    tmp_path: Path,
+) -> None:
+    ours, text, summary, code = run_loadpilot("quickstart.py", 4, 3, tmp_path)
+    theirs, _ = run_locust("quickstart.py", 4, 3, tmp_path)
+    assert code == 0, text
+    # Both log each user in once, then 1 hello_world (2 requests) to 3 view_items (10 each).
+    assert_same_mix(shares(ours), shares(theirs), within=0.03)
+    assert shares(ours)["GET /hello"] == pytest.approx(2 / 32 / 2, abs=0.02)
+    logins = [b for b in ours.bodies if b[0] == "/login"]
+    assert len(logins) == 4 and all(json.loads(b[2])["user"] == "foo" for b in logins)
+    tasks = {t["name"]: t for t in summary["tasks"]}  # type: ignore[union-attr]
+    assert tasks["hello_world"]["path"] == "engine" and tasks["view_items"]["path"] == "python"
+    # Every request the server answered is counted, under Locust's names.
+    served = Counter(path.split("?")[0] for _, path, _ in ours.seen)
+    stats = request_stats(summary)
+    assert stats["/item"]["requests"] == served["/item"]
+    assert stats["GET /hello"]["requests"] == served["/hello"]
+
+
+def test_tasksets_nested_sequential_and_tags_choose_tasks_as_locust_does(tmp_path: Path) -> None:
+    ours, text, summary, code = run_loadpilot("tasksets.py", 4, 4, tmp_path)
+    theirs, _ = run_locust("tasksets.py", 4, 4, tmp_path)
+    assert code == 0, text
+    assert_same_mix(shares(ours), shares(theirs), within=0.06)
+    # A sequential set runs in order: every pay follows a cart of the same user.
+    assert abs(shares(ours)["GET /cart"] - shares(ours)["POST /pay"]) < 0.02
+    assert [b[2] for b in ours.bodies if b[0] == "/pay"][0] == b"card=4111"
+    # -T keeps the tagged task only; -E leaves it out.
+    only, _, _, _ = run_loadpilot("tasksets.py", 2, 2, tmp_path / "t", "-T", "account")
+    assert set(shares(only)) == {"GET /account"}
+    without, _, _, _ = run_loadpilot("tasksets.py", 2, 2, tmp_path / "e", "-E", "account")
+    assert "GET /account" not in shares(without) and "GET /cart" in shares(without)
+
+
+def test_rest_assertions_and_statuses_fail_the_requests_locust_fails(tmp_path: Path) -> None:
+    ours, text, summary, code = run_loadpilot("rest.py", 3, 3, tmp_path)
+    theirs, _ = run_locust("rest.py", 3, 3, tmp_path)
+    assert code == 1, text  # failed requests: Locust's exit code
+    assert_same_mix(shares(ours), shares(theirs), within=0.06)
+    stats = request_stats(summary)
+    served = Counter(path for _, path, _ in ours.seen)
+    # Every "wrong" (a failed assertion) and "broken" (500) failed; the others passed.
+    assert stats["wrong"]["errors"] == stats["wrong"]["requests"] > 0
+    assert stats["broken"]["errors"] == stats["broken"]["requests"] == served["/status/500"]
+    assert stats["GET /json"]["errors"] == 0
+    assert stats["GET /json"]["requests"] + stats["wrong"]["requests"] == served["/json"]
+    messages = {f["message"] for f in summary["failures"]}  # type: ignore[union-attr]
+    assert "expected no items" in messages
+    # Locust counts the same ones as failures.
+    with open(tmp_path / "locust_stats.csv") as f:
+        theirs_stats = {r["Name"]: r for r in csv.DictReader(f)}
+    assert theirs_stats["wrong"]["Failure Count"] == theirs_stats["wrong"]["Request Count"]
+    assert theirs_stats["/json"]["Failure Count"] == "0"
+
+
+def test_listeners_hear_every_request_and_the_run_s_start_and_end(tmp_path: Path) -> None:
+    ours, text, summary, code = run_loadpilot("listeners.py", 2, 2, tmp_path)
+    assert code == 1, text
+    lines = [ln for ln in text.splitlines() if ln.startswith("listener:")]
+    assert lines[0] == "listener: init"
+    assert lines[1] == f"listener: test_start host={ours.url}"
+    assert lines[-1] == "listener: quitting"
+    stop = lines[-2].split()
+    served = len(ours.seen)
+    failed = sum(1 for _, p, _ in ours.seen if p == "/status/404")
+    assert stop[:2] == ["listener:", "test_stop"]
+    assert stop[2] == f"requests={served}" and stop[3] == f"failed={failed}" and failed > 0
+    theirs, locust_text = run_locust("listeners.py", 2, 2, tmp_path)
+    assert_same_mix(shares(ours), shares(theirs), within=0.08)
+
+
+def test_csv_rows_per_user_and_pacing(tmp_path: Path) -> None:
+    ours, text, summary, code = run_loadpilot("csvdata.py", 3, 3, tmp_path)
+    assert code == 0, text
+    logins = sorted(json.loads(b[2])["user"] for b in ours.bodies if b[0] == "/login")
+    assert logins == ["ann", "bob", "cyd"]
+    profiles = Counter(p for _, p, _ in ours.seen if p.startswith("/profile/"))
+    assert set(profiles) == {"/profile/ann", "/profile/bob", "/profile/cyd"}
+    # constant_pacing(0.01): each user starts a task every 10 ms, ~300 in 3 s (less the ramp).
+    for n in profiles.values():
+        assert 200 <= n <= 310, profiles
+    assert request_stats(summary)["/profile/[user]"]["requests"] == sum(profiles.values())
+
+
+def test_a_load_test_shape_sets_the_users_over_time(tmp_path: Path) -> None:
+    ours, text, summary, code = run_loadpilot("shape.py", 1, 30, tmp_path)
+    assert code == 0, text
+    # The shape's own end (4 s), not -t 30s; 2 users, then 4 (-u 1 set aside): about 12
+    # user-seconds at under 100 requests a user-second (constant(0.01) plus the request).
+    assert summary["planned_duration_s"] == 4
+    walks = sum(1 for _, p, _ in ours.seen if p == "/walk")
+    assert 700 <= walks <= 1200, walks
+
+
+def test_loadpilot_run_recognises_a_locustfile(tmp_path: Path) -> None:
+    with Recorder.serving() as srv:
+        p = subprocess.run(
+            [
+                str(BIN / "loadpilot"),
+                "run",
+                str(FILES / "quickstart.py"),
+                "--target",
+                srv.url,
+                "--duration",
+                "2s",
+                "--out",
+                str(tmp_path / "run"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=_env(),
+        )
+        assert p.returncode == 0, p.stderr
+        assert "locustfile" in p.stdout
+        assert any(path == "/hello" for _, path, _ in srv.seen)
+
+
+def test_open_model_at_a_rate_runs_the_same_tasks(tmp_path: Path) -> None:
+    ours, text, summary, code = run_loadpilot("quickstart.py", 2, 2, tmp_path, "--rps", "50")
+    assert code == 0, text
+    hello = sum(1 for _, p, _ in ours.seen if p == "/hello")
+    items = sum(1 for _, p, _ in ours.seen if p.startswith("/item"))
+    # 100 iterations: a quarter hello_world, three quarters ten items each.
+    assert hello == 25 and items == 750
+
+
+@pytest.mark.parametrize(
+    ("source", "said"),
+    [
+        (
+            "from locust import User, task\n\nclass Raw(User):\n    @task\n    def t(self):\n"
+            "        pass\n",
+            "locustfile.py:3: Raw is a Locust User with a client of its own",
+        ),
+        (
+            "from locust import HttpUser\nfrom locust import MarkovTaskSet\n",
+            "locustfile.py:2: ImportError: cannot import name 'MarkovTaskSet'",
+        ),
+        ("from locust import HttpUser\n", "locustfile.py: no user class"),
+        (
+            "from locust import HttpUser, task\n\nclass U(HttpUser):\n    @task\n    def t(self):\n"
+            "        self.client.get('/', verify=False)\n",
+            "locustfile.py:6: get() takes no keyword 'verify'",
+        ),
+    ],
+)
+def test_what_loadpilot_cannot_run_is_refused_with_file_and_line(
+    tmp_path: Path, source: str, said: str
+) -> None:
+    (tmp_path / "locustfile.py").write_text(source)
+    p = subprocess.run(
+        [
+            str(BIN / "loadpilot"),
+            "locust",
+            "-f",
+            "locustfile.py",
+            "-u",
+            "1",
+            "-t",
+            "1s",
+            "-H",
+            "http://127.0.0.1:9",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=_env(),
+    )
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert said in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_without_a_host_or_a_run_time_it_says_what_to_give(tmp_path: Path) -> None:
+    for args, said in [
+        (["-u", "1", "-t", "1s"], "no host: give -H/--host"),
+        (["-u", "1", "-H", "http://127.0.0.1:9"], "give a run time"),
+    ]:
+        p = subprocess.run(
+            [str(BIN / "loadpilot"), "locust", "-f", str(FILES / "quickstart.py"), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=_env(),
+        )
+        assert p.returncode == 2 and said in p.stderr, p.stderr
