@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 import loadpilot as lp
-from tests.conftest import get
+from tests.conftest import Recorder, get
 
 
 def test_users_loop_with_think_time(target: lp.TargetServer, out: Path) -> None:
@@ -50,3 +52,47 @@ def test_a_user_ramp_starts_users_in_order(target: lp.TargetServer, out: Path) -
     assert active[0] < 10 and active[-1] == 20, active
     rates = m["achieved_rps"].to_list()
     assert rates[0] < rates[2] < rates[4], rates
+
+
+def _gaps(arrivals: list[tuple[float, str]]) -> list[float]:
+    times = [t for t, _ in arrivals]
+    return [b - a for a, b in zip(times, times[1:], strict=False)]
+
+
+def test_a_think_time_between_two_bounds_is_drawn_for_each_wait(recorder: Recorder) -> None:
+    # One user: the gaps the server sees between its requests are its waits plus a request.
+    profile = lp.users(1, "3s", think=("50ms", "150ms"))
+    assert profile.describe() == "1 users for 3s, 0.05-0.15s think time"
+    lp.run(lp.Plan(target=recorder.url, load=profile.to_load(), tasks=[get("x")]))
+    gaps = _gaps(recorder.arrivals)
+    assert 20 <= len(gaps) <= 45, gaps
+    assert min(gaps) >= 0.05 and max(gaps) <= 0.17, gaps
+    assert 0.08 <= statistics.mean(gaps) <= 0.125, gaps
+    # Drawn, not fixed: a uniform draw over 100 ms spreads by about 29 ms.
+    assert statistics.stdev(gaps) >= 0.015, gaps
+
+
+def test_a_paced_user_starts_an_iteration_every_pace_whatever_the_request_takes(
+    recorder: Recorder,
+) -> None:
+    profile = lp.users(1, "3s", pace="100ms")
+    plan = lp.Plan(target=recorder.url, load=profile.to_load(), tasks=[get("s", "/sleep/40")])
+    lp.run(plan)
+    gaps = _gaps(recorder.arrivals)
+    # 40 ms of request then 60 ms of wait: starts 100 ms apart (a think time would give 140).
+    assert 25 <= len(gaps) <= 30, gaps
+    assert statistics.mean(gaps) == pytest.approx(0.1, abs=0.008), gaps
+
+
+def test_think_and_pace_are_checked() -> None:
+    with pytest.raises(lp.PlanError, match="think or pace"):
+        lp.users(1, "3s", think="1s", pace="2s")
+    with pytest.raises(lp.PlanError, match="the least comes first"):
+        lp.users(1, "3s", think=("2s", "1s"))
+    bad = lp.Plan(
+        target="http://127.0.0.1:9",
+        load=lp.ClosedLoad(stages=[lp.Constant(rate=1, duration_s=1)], think_s=1, pace_s=2),
+        tasks=[get("x")],
+    )
+    with pytest.raises(lp.PlanError, match="load.pace_s: paced iterations have no think time"):
+        lp.run(bad)

@@ -299,3 +299,27 @@ def test_without_a_host_or_a_run_time_it_says_what_to_give(tmp_path: Path) -> No
             env=_env(),
         )
         assert p.returncode == 2 and said in p.stderr, p.stderr
+
+
+def test_a_wait_time_of_the_file_s_own_is_waited_between_tasks(tmp_path: Path) -> None:
+    (tmp_path / "own.py").write_text(
+        "from locust import HttpUser, task\n\n"
+        "class Own(HttpUser):\n"
+        "    def wait_time(self):\n"
+        "        return 0.1\n\n"
+        "    @task\n"
+        "    def x(self):\n"
+        "        self.client.get('/x')\n"
+    )
+    with Recorder.serving() as srv:
+        p = subprocess.run(
+            [str(BIN / "loadpilot"), "locust", "-f", str(tmp_path / "own.py"), "-u", "1",
+             "-t", "3s", "-H", srv.url, "--out", str(tmp_path / "run")],
+            capture_output=True, text=True, timeout=60, env=_env(),
+        )
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "wait_time is the file's own code" in p.stdout
+        times = [t for t, _ in srv.arrivals]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    # Python chose each wait; the engine waited it: a request every ~100 ms.
+    assert 20 <= len(gaps) <= 30 and min(gaps) >= 0.095, gaps

@@ -485,6 +485,31 @@ pub fn start_with(
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_wait_is_fixed_drawn_between_bounds_or_what_the_pace_leaves() {
+        let ms = Duration::from_millis;
+        let fixed = Think {
+            min: ms(100),
+            max: ms(100),
+            pace: None,
+        };
+        assert_eq!(fixed.after(ms(30), 0.9), ms(100));
+        let between = Think {
+            min: ms(50),
+            max: ms(150),
+            pace: None,
+        };
+        assert_eq!(between.after(ms(30), 0.0), ms(50));
+        assert_eq!(between.after(ms(30), 0.5), ms(100));
+        let paced = Think {
+            min: ms(0),
+            max: ms(0),
+            pace: Some(ms(100)),
+        };
+        assert_eq!(paced.after(ms(30), 0.5), ms(70));
+        assert_eq!(paced.after(ms(130), 0.5), ms(0));
+    }
+
     fn rows(mode: FeedMode) -> FeedRows {
         FeedRows {
             rows: (0..4).map(|i| vec![format!("r{i}")]).collect(),
