@@ -501,7 +501,7 @@ def _run_locustfile(
         if run_time is None:
             raise LoadPilotError("--rps needs a run time (-t/--run-time, or --duration)")
         profile = constant(args.rps, run_time)
-        source = f"{args.rps:g} requests' worth of tasks a second for {run_time:g}s (open model)"
+        source = f"{args.rps:g} task iterations a second for {run_time:g}s (open model)"
     elif lf.shape is not None:
         # As under Locust, the file's shape decides the users (-u and -r are set aside).
         profile = locust_reading.shape_profile(lf.shape, run_time or 86_400.0)

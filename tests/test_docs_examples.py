@@ -1,5 +1,5 @@
 """Every Python and shell example of the README and of docs/analysis.md, distributed.md,
-observability.md and serve.md runs as printed, in order, in a scratch directory that holds
+locust.md, observability.md and serve.md runs as printed, in order, in a scratch directory that holds
 `datasets/` (the recorded runs the analysis examples read), against the built-in target.
 
 One substitution: the documented ports (8080 the target, 8000 the API, 9464 metrics) become free
@@ -31,6 +31,7 @@ DOCS = [
     "README.md",
     "docs/analysis.md",
     "docs/distributed.md",
+    "docs/locust.md",
     "docs/observability.md",
     "docs/serve.md",
 ]

@@ -323,3 +323,16 @@ def test_a_wait_time_of_the_file_s_own_is_waited_between_tasks(tmp_path: Path) -
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     # Python chose each wait; the engine waited it: a request every ~100 ms.
     assert 20 <= len(gaps) <= 30 and min(gaps) >= 0.095, gaps
+
+
+def test_gevent_is_refused_with_its_line(tmp_path: Path) -> None:
+    (tmp_path / "locustfile.py").write_text(
+        "from locust import HttpUser, task\nimport gevent\n\nclass U(HttpUser):\n"
+        "    @task\n    def t(self):\n        self.client.get('/')\n"
+    )
+    p = subprocess.run(
+        [str(BIN / "loadpilot"), "locust", "-u", "1", "-t", "1s", "-H", "http://127.0.0.1:9"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=_env(),
+    )
+    assert p.returncode == 2 and "locustfile.py:2: ImportError: LoadPilot runs locustfiles " \
+        "without gevent" in p.stderr, p.stderr

@@ -15,6 +15,8 @@ import ast
 import contextlib
 import dataclasses
 import functools
+import importlib
+import importlib.abc
 import itertools
 import math
 import sys
@@ -58,17 +60,34 @@ _MODULES = {
 }
 
 
+class _NoGevent(importlib.abc.MetaPathFinder):
+    """Refuses ``import gevent`` in a locustfile: LoadPilot's users are not greenlets."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name.split(".")[0] == "gevent":
+            raise ImportError(
+                "LoadPilot runs locustfiles without gevent (each user's tasks run in a thread "
+                "of its own; a blocking call pauses that user only): leave gevent out"
+            )
+        return None
+
+
 @contextlib.contextmanager
 def aliased() -> Iterator[None]:
-    """``import locust`` gives LoadPilot's implementation while the block runs."""
-    import importlib
-
-    saved = {name: sys.modules.get(name) for name in _MODULES}
+    """``import locust`` gives LoadPilot's implementation while the block runs (and
+    ``import gevent`` is refused)."""
+    names = [*_MODULES, *(n for n in sys.modules if n.split(".")[0] == "gevent")]
+    saved = {name: sys.modules.get(name) for name in names}
+    finder = _NoGevent()
     try:
+        for name in names:
+            sys.modules.pop(name, None)
         for name, ours in _MODULES.items():
             sys.modules[name] = importlib.import_module(ours)
+        sys.meta_path.insert(0, finder)
         yield
     finally:
+        sys.meta_path.remove(finder)
         for name, was in saved.items():
             if was is None:
                 sys.modules.pop(name, None)
