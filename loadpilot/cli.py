@@ -148,7 +148,9 @@ def _execute(
     source: Path | None = None,
     agents: Any = None,
     prometheus: str | None = None,
+    after: Any = None,
 ) -> int:
+    """Runs, follows and judges a run; ``after(run, summary)`` is called once it is over."""
     if report_to is not None:
         _check_output_file(report_to, "--report")
     try:
@@ -188,6 +190,8 @@ def _execute(
         from loadpilot.analysis.reporting import report
 
         print(f"report: {report(r, report_to, checks)}")
+    if after is not None:
+        after(r, s)
     _print_end(r, s, agents is not None)
     if interrupted is not None:
         return EXIT_TERMINATED if isinstance(interrupted, _Terminated) else EXIT_INTERRUPTED
@@ -541,6 +545,21 @@ def _run_locustfile(
     silent = events.silent()
     if silent:
         print(f"  listeners LoadPilot never fires: {', '.join(silent)} (see docs/locust.md)")
+    after = None
+    prefix = getattr(args, "csv", None)
+    if prefix is not None:
+        _check_output_file(Path(f"{prefix}_stats.csv"), "--csv")
+
+        def after(r: _run.Run, s: Summary) -> None:
+            from loadpilot.locust import clients, stats
+
+            methods = {
+                q.name: q.method for t in chosen_scenario.tasks for q in t.requests if q.name
+            }
+            methods.update(clients.METHODS)
+            for written in stats.write(r, s, prefix, methods):
+                print(f"csv: {written}")
+
     events.init.fire(environment=env, runner=env.runner, web_ui=None)
     events.test_start.fire(environment=env)
     try:
@@ -553,6 +572,7 @@ def _run_locustfile(
             report,
             source=path,
             prometheus=getattr(args, "prometheus", None),
+            after=after,
         )
     finally:
         events.test_stop.fire(environment=env)
@@ -895,6 +915,13 @@ def _add_locust(sub: Any) -> None:
         help="how long tasks still going at the end may finish (LoadPilot's drain, 10s)",
     )
     lo.add_argument("--html", type=Path, default=None, help="write LoadPilot's HTML report")
+    lo.add_argument(
+        "--csv",
+        default=None,
+        metavar="PREFIX",
+        help="write Locust's CSV files (PREFIX_stats.csv, _stats_history.csv, _failures.csv, "
+        "_exceptions.csv)",
+    )
     lo.add_argument("--loglevel", "-L", default="INFO", help="accepted for Locust's command lines")
     lo.add_argument(
         "--exit-code-on-error",

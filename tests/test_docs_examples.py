@@ -1,6 +1,6 @@
 """Every Python and shell example of the README and of docs/analysis.md, distributed.md,
-locust.md, observability.md and serve.md runs as printed, in order, in a scratch directory that holds
-`datasets/` (the recorded runs the analysis examples read), against the built-in target.
+locust.md, observability.md and serve.md runs as printed, in order, in a scratch directory that
+holds `datasets/` (the recorded runs the analysis examples read), against the built-in target.
 
 One substitution: the documented ports (8080 the target, 8000 the API, 9464 metrics) become free
 ports. Lines not run,

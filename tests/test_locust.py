@@ -147,7 +147,7 @@ def test_tasksets_nested_sequential_and_tags_choose_tasks_as_locust_does(tmp_pat
 
 
 def test_rest_assertions_and_statuses_fail_the_requests_locust_fails(tmp_path: Path) -> None:
-    ours, text, summary, code = run_loadpilot("rest.py", 3, 3, tmp_path)
+    ours, text, summary, code = run_loadpilot("rest.py", 3, 3, tmp_path, "--csv", "lp")
     theirs, _ = run_locust("rest.py", 3, 3, tmp_path)
     assert code == 1, text  # failed requests: Locust's exit code
     assert_same_mix(shares(ours), shares(theirs), within=0.06)
@@ -165,6 +165,26 @@ def test_rest_assertions_and_statuses_fail_the_requests_locust_fails(tmp_path: P
         theirs_stats = {r["Name"]: r for r in csv.DictReader(f)}
     assert theirs_stats["wrong"]["Failure Count"] == theirs_stats["wrong"]["Request Count"]
     assert theirs_stats["/json"]["Failure Count"] == "0"
+    # --csv writes Locust's files with Locust's columns, holding what the server saw.
+    for part in ("stats", "stats_history", "failures", "exceptions"):
+        with open(tmp_path / f"locust_{part}.csv") as a, open(tmp_path / f"lp_{part}.csv") as b:
+            assert next(csv.reader(b)) == next(csv.reader(a)), part
+    with open(tmp_path / "lp_stats.csv") as f:
+        mine = {r["Name"]: r for r in csv.DictReader(f)}
+    assert mine["broken"]["Type"] == "GET" and mine["/json"]["Type"] == "GET"
+    assert int(mine["broken"]["Request Count"]) == int(mine["broken"]["Failure Count"])
+    assert int(mine["broken"]["Request Count"]) == served["/status/500"]
+    assert int(mine["wrong"]["Failure Count"]) == stats["wrong"]["errors"]
+    assert int(mine["Aggregated"]["Request Count"]) == len(ours.seen)
+    assert (
+        float(mine["/json"]["50%"]) <= float(mine["/json"]["99%"]) <= float(mine["/json"]["100%"])
+    )
+    with open(tmp_path / "lp_failures.csv") as f:
+        failures = {(r["Name"], r["Error"]): int(r["Occurrences"]) for r in csv.DictReader(f)}
+    assert failures[("wrong", "expected no items")] == stats["wrong"]["errors"]
+    with open(tmp_path / "lp_stats_history.csv") as f:
+        history = list(csv.DictReader(f))
+    assert 2 <= len(history) <= 4 and history[-1]["Total Request Count"] == str(len(ours.seen))
 
 
 def test_listeners_hear_every_request_and_the_run_s_start_and_end(tmp_path: Path) -> None:
@@ -313,9 +333,24 @@ def test_a_wait_time_of_the_file_s_own_is_waited_between_tasks(tmp_path: Path) -
     )
     with Recorder.serving() as srv:
         p = subprocess.run(
-            [str(BIN / "loadpilot"), "locust", "-f", str(tmp_path / "own.py"), "-u", "1",
-             "-t", "3s", "-H", srv.url, "--out", str(tmp_path / "run")],
-            capture_output=True, text=True, timeout=60, env=_env(),
+            [
+                str(BIN / "loadpilot"),
+                "locust",
+                "-f",
+                str(tmp_path / "own.py"),
+                "-u",
+                "1",
+                "-t",
+                "3s",
+                "-H",
+                srv.url,
+                "--out",
+                str(tmp_path / "run"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=_env(),
         )
         assert p.returncode == 0, p.stdout + p.stderr
         assert "wait_time is the file's own code" in p.stdout
@@ -332,7 +367,13 @@ def test_gevent_is_refused_with_its_line(tmp_path: Path) -> None:
     )
     p = subprocess.run(
         [str(BIN / "loadpilot"), "locust", "-u", "1", "-t", "1s", "-H", "http://127.0.0.1:9"],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=_env(),
     )
-    assert p.returncode == 2 and "locustfile.py:2: ImportError: LoadPilot runs locustfiles " \
-        "without gevent" in p.stderr, p.stderr
+    assert (
+        p.returncode == 2
+        and "locustfile.py:2: ImportError: LoadPilot runs locustfiles without gevent" in p.stderr
+    ), p.stderr

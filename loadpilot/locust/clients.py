@@ -35,6 +35,10 @@ KEYWORDS = (
 )
 
 
+#: The HTTP method of each request name given with ``name=`` (for Locust's CSV Type column).
+METHODS: dict[str, str] = {}
+
+
 class ErrorResponse:
     """What a request that got no response gives (Locust's): status 0, its ``error``. In a
     ``catch_response`` block, ``success()`` and ``failure()`` change nothing: the error is
@@ -111,6 +115,8 @@ class HttpSession:
         began = time.perf_counter() if listening else 0.0
         if name is not None:
             kwargs["name"] = name
+            if name not in METHODS and len(METHODS) < 10_000:
+                METHODS[name] = method.upper()
         if catch_response:
             kwargs["catch_response"] = True
         if not allow_redirects:
