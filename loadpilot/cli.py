@@ -571,6 +571,7 @@ def _run_locustfile(
             False,
             report,
             source=path,
+            agents=_agents(args),
             prometheus=getattr(args, "prometheus", None),
             after=after,
         )
@@ -943,6 +944,23 @@ def _add_locust(sub: Any) -> None:
         default=None,
         metavar="HOST:PORT",
         help="export the run's metrics for Prometheus at http://HOST:PORT/metrics",
+    )
+    lo.add_argument(
+        "--processes",
+        "--agents",
+        dest="agents",
+        type=_count,
+        default=None,
+        help="spread the users over N local agents (processes) started here",
+    )
+    lo.add_argument(
+        "--nats", default=None, help="NATS URL of the agents (default: a server started here)"
+    )
+    lo.add_argument(
+        "--external-agents",
+        type=_count,
+        default=None,
+        help="spread the run over N agents already running (`loadpilot agent --allow-code`)",
     )
     lo.set_defaults(fn=_cmd_locust)
 

@@ -377,3 +377,16 @@ def test_gevent_is_refused_with_its_line(tmp_path: Path) -> None:
         p.returncode == 2
         and "locustfile.py:2: ImportError: LoadPilot runs locustfiles without gevent" in p.stderr
     ), p.stderr
+
+
+def test_processes_spread_the_users_over_local_agents_and_merge_exactly(tmp_path: Path) -> None:
+    ours, text, summary, code = run_loadpilot("tasksets.py", 4, 3, tmp_path, "--processes", "2")
+    assert code == 0, text
+    assert "agents: 2" in text
+    overall = summary["overall"]
+    assert overall["requests"] == len(ours.seen)  # type: ignore[index]
+    served = Counter(f"{m} {p}" for m, p, _ in ours.seen)
+    for r in summary["requests"]:  # type: ignore[union-attr]
+        assert r["requests"] == served[r["name"]], (r["name"], served)
+    theirs, _ = run_locust("tasksets.py", 4, 3, tmp_path, "--processes", "2")
+    assert_same_mix(shares(ours), shares(theirs), within=0.06)

@@ -236,7 +236,13 @@ class Agent:
                     "(start it with --allow-code to run scenario code)",
                 }
             scenario = self._load_scenario(
-                run, reporter, files, shared["entry"], shared["scenario"]
+                run,
+                reporter,
+                files,
+                shared["entry"],
+                shared["scenario"],
+                shared.get("locust"),
+                plan,
             )
         dir = self._work_root / run / reporter.replace("/", "_")
         handle = _engine.start_run(plan.to_json(), dir, report=True)
@@ -255,7 +261,14 @@ class Agent:
         return {"ok": True}
 
     def _load_scenario(
-        self, run: str, reporter: str, files: dict[str, str], entry: str, name: str
+        self,
+        run: str,
+        reporter: str,
+        files: dict[str, str],
+        entry: str,
+        name: str,
+        locust: dict[str, Any] | None,
+        plan: Plan,
     ) -> Any:
         from loadpilot.scenarios.loader import load_scenario
 
@@ -268,6 +281,11 @@ class Agent:
             out = root.joinpath(*p.parts)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(base64.b64decode(data))
+        if locust is not None:
+            # A locustfile: read as the coordinator read it (its classes and tags).
+            from loadpilot.locust.reading import read_again
+
+            return read_again(root / entry, plan, locust)
         return load_scenario(root / entry, name)
 
     # -- the run's heartbeat -----------------------------------------------------------------

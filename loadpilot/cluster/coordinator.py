@@ -161,7 +161,9 @@ def _scenario_files(scenario: Scenario) -> tuple[str, dict[str, str]]:
     """The scenario's file and the feed files it reads, base64, by path relative to it: what
     an agent needs to load the same scenario."""
     file: Path | None = None
-    for v in vars(scenario.user).values():
+    if scenario.origin is not None:
+        file = Path(scenario.origin["locustfile"])
+    for v in vars(scenario.user).values() if file is None else ():
         code = getattr(v, "__code__", None)
         if code is not None:
             file = Path(code.co_filename)
@@ -357,6 +359,10 @@ class Coordinator:
             assert self.scenario is not None
             shared["entry"], shared["files"] = self._files
             shared["scenario"] = self.scenario.name
+            if self.scenario.origin is not None:
+                origin = dict(self.scenario.origin)
+                origin.pop("locustfile")
+                shared["locust"] = origin
         try:
             self._obs = await js.create_object_store(
                 P.WORK_BUCKET, config=ObjectStoreConfig(ttl=3600.0, storage=StorageType.FILE)

@@ -20,7 +20,7 @@ import importlib.abc
 import itertools
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -30,7 +30,7 @@ from loadpilot.errors import ScenarioError
 from loadpilot.locust import clients, environment
 from loadpilot.locust import users as lu
 from loadpilot.locust.events import events
-from loadpilot.plan import Constant, Ramp, Stage
+from loadpilot.plan import Constant, Plan, Ramp, Stage
 from loadpilot.profiles import Profile
 from loadpilot.profiles import users as users_profile
 from loadpilot.scenarios import loader
@@ -301,6 +301,12 @@ def to_scenario(
     one of ``-u``/``-r``/``-t`` or the file's shape, whose think time each user's
     ``wait_time`` sets."""
     options = dict(scenario_options or {})
+    origin = {
+        "locustfile": str(lf.path.resolve()),
+        "classes": [c.__name__ for c in lf.users],
+        "tags": sorted(include) if include else None,
+        "exclude": sorted(exclude) if exclude else None,
+    }
     for cls in lf.users:
         cls._loadpilot_filter = (include, exclude)
         for klass in _tasksets(cls):
@@ -329,7 +335,8 @@ def to_scenario(
         body["_client_keywords"] = clients.KEYWORDS
         made = type(cls.__name__, (cls,), body)
         made.__module__ = cls.__module__
-        return scenario(profile=profile, name=cls.__name__, **options)(made).describe()
+        read = scenario(profile=profile, name=cls.__name__, **options)(made).describe()
+        return dataclasses.replace(read, origin=origin)
     if len(lf.users) > 1:
         why = f"{len(lf.users)} user classes, each user one of them"
     elif wait is None:
@@ -341,7 +348,29 @@ def to_scenario(
     made_driver = scenario(profile=profile, name=_driver_name(lf), **options)(
         _driver(lf.users, env)
     ).describe()
-    return dataclasses.replace(made_driver, reason=f"each user runs in Python: {why}")
+    return dataclasses.replace(
+        made_driver, reason=f"each user runs in Python: {why}", origin=origin
+    )
+
+
+def read_again(file: Path, plan: Plan, origin: Mapping[str, Any]) -> Scenario:
+    """A locustfile read on an agent as its coordinator read it (its user classes and tags),
+    for the plan the coordinator sent."""
+    lf = read(file, list(origin.get("classes") or []))
+    load = plan.load
+    if load.model == "closed":
+        profile = Profile("closed", tuple(load.stages), load.think_s, load.think_max_s, load.pace_s)
+    else:
+        profile = Profile("open", tuple(load.stages))
+    tags, exclude = origin.get("tags"), origin.get("exclude")
+    env = environment.Environment(host=plan.target)
+    return to_scenario(
+        lf,
+        profile,
+        include=set(tags) if tags else None,
+        exclude=set(exclude) if exclude else None,
+        env=env,
+    )
 
 
 def _tasksets(cls: type) -> Iterator[type]:

@@ -545,6 +545,9 @@ class Scenario:
     #: Whether requests follow redirects, and how many at most (each request may say).
     follow_redirects: bool = DEFAULTS["follow_redirects"]
     max_redirects: int = DEFAULTS["max_redirects"]
+    #: How to read it again elsewhere (agents): None for a scenario class; for a locustfile,
+    #: ``{"locustfile": path, "classes": [...], "tags": [...], "exclude": [...]}``.
+    origin: Mapping[str, Any] | None = None
 
     @property
     def path(self) -> str:
