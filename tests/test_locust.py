@@ -390,3 +390,22 @@ def test_processes_spread_the_users_over_local_agents_and_merge_exactly(tmp_path
         assert r["requests"] == served[r["name"]], (r["name"], served)
     theirs, _ = run_locust("tasksets.py", 4, 3, tmp_path, "--processes", "2")
     assert_same_mix(shares(ours), shares(theirs), within=0.06)
+
+
+def test_users_are_spawned_at_the_spawn_rate_as_locust_spawns_them(tmp_path: Path) -> None:
+    ours, text, summary, code = run_loadpilot(
+        "quickstart.py", 6, 6, tmp_path, "-r", "2", "--csv", "lp"
+    )
+    theirs, _ = run_locust("quickstart.py", 6, 6, tmp_path, "-r", "2")
+    assert code == 0, text
+
+    def users(file: str) -> list[int]:
+        with open(tmp_path / file) as f:
+            return [int(r["User Count"]) for r in csv.DictReader(f)]
+
+    mine, locusts = users("lp_stats_history.csv"), users("locust_stats_history.csv")
+    # 2 users a second up to 6: both climb over about 3 s, then hold 6.
+    for counts in (mine, locusts):
+        assert counts == sorted(counts) and counts[-1] == 6, (mine, locusts)
+    reached = [next(i for i, n in enumerate(c) if n == 6) for c in (mine, locusts)]
+    assert abs(reached[0] - reached[1]) <= 1 and 2 <= reached[0] <= 3, (mine, locusts)
