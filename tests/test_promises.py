@@ -108,16 +108,19 @@ def test_a_kernel_interrupt_stops_the_run_and_keeps_its_data(
     target: lp.TargetServer, out: Path
 ) -> None:
     plan = lp.Plan(target=target.url, load=constant(100, 60), tasks=[get("a")])
-    # The interrupt must reach Python's own handler (a handler an earlier test left behind, such
-    # as asyncio's, would turn it into something else): say which one it would reach.
-    handler = signal.getsignal(signal.SIGINT)
-    assert handler is signal.default_int_handler, f"SIGINT goes to {handler!r}"
-    # What Jupyter's "interrupt the kernel" does: SIGINT to the kernel's main thread.
-    timer = threading.Timer(1.5, _thread.interrupt_main)
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        lp.run(plan, out)
-    timer.join()
+    # A kernel's SIGINT goes to Python's own handler, as in Jupyter, whatever this process
+    # inherited (a shell that starts a job in the background ignores SIGINT for it) or an
+    # earlier test left behind (asyncio's).
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        # What Jupyter's "interrupt the kernel" does: SIGINT to the kernel's main thread.
+        timer = threading.Timer(1.5, _thread.interrupt_main)
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            lp.run(plan, out)
+        timer.join()
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     loaded = lp.load_run(out)
     s = loaded.summary()
     assert s.ended == "stopped" and 1.0 < s.duration_s < 3.0
