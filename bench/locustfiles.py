@@ -117,8 +117,11 @@ def run_loadpilot_locust(file: Path, url: str, users: int, seconds: float) -> di
 
 def run_dsl(url: str, users: int, seconds: float) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
+        # From a file: the scenario reader reads a task's source to put it in the engine.
+        Path(f"{tmp}/dsl.py").write_text(DSL)
         stdout, cpu = measured(
-            [sys.executable, "-c", DSL, url, str(users), str(seconds), f"{tmp}/run"], _env()
+            [sys.executable, f"{tmp}/dsl.py", url, str(users), str(seconds), f"{tmp}/run"],
+            _env(),
         )
     r = json.loads(stdout.strip().splitlines()[-1])
     assert r.pop("path") == "engine"

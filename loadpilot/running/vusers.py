@@ -16,12 +16,12 @@ import base64
 import inspect
 import itertools
 import json as _json
+import queue
 import sys
 import threading
 import traceback
 import urllib.parse
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from loadpilot import _engine
@@ -399,6 +399,8 @@ class PythonUsers:
         self._columns = scenario.feeder.columns if scenario.feeder is not None else []
         self._users: dict[int, VUser] = {}
         self._clients: dict[int, Client] = {}
+        self._queues: dict[int, queue.SimpleQueue[Any]] = {}
+        self._lock = threading.Lock()
         self._errors_shown = 0
         self._thread = threading.Thread(target=self._main, name="loadpilot-vusers", daemon=True)
 
@@ -412,17 +414,15 @@ class PythonUsers:
             print(f"loadpilot: virtual users stopped: {e!r}", file=sys.stderr)
             self._handle.python_failed(repr(e))
 
-    def _report(self, what: str) -> None:
+    def _report(self, what: str, error: BaseException) -> None:
         # Show the first few tracebacks; the rest are counted as `exception` errors.
         if self._errors_shown < 3:
             self._errors_shown += 1
-            print(f"loadpilot: {what}:\n{traceback.format_exc()}", file=sys.stderr)
+            shown = "".join(traceback.format_exception(error))
+            print(f"loadpilot: {what}:\n{shown}", file=sys.stderr)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        self._pool = ThreadPoolExecutor(
-            max_workers=max(1, self._handle.max_users()), thread_name_prefix="loadpilot-vu"
-        )
         self._inbox = _Inbox(loop)
         over = loop.create_future()
         running: set[asyncio.Task[None]] = set()
@@ -430,9 +430,13 @@ class PythonUsers:
         def collect() -> None:
             tickets, closed = self._tickets.take()
             for t in tickets:
-                task = loop.create_task(self._serve(*t))
-                running.add(task)
-                task.add_done_callback(running.discard)
+                ticket, vu, task, hook, due_s, row = t
+                if self._runs_async(vu, task, hook):
+                    job = loop.create_task(self._serve(*t))
+                    running.add(job)
+                    job.add_done_callback(running.discard)
+                else:
+                    self._queue(vu).put(t)
             if closed and not over.done():
                 over.set_result(None)
 
@@ -444,24 +448,77 @@ class PythonUsers:
             for t in list(running):
                 t.cancel()
             self._inbox.close()
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            with self._lock:
+                for q in self._queues.values():
+                    q.put(None)  # the user's thread ends once its current body returns
+
+    def _runs_async(self, vu: int, task: int | None, hook: str | None) -> bool:
+        if hook is None:
+            return task is not None and self._is_async[task]
+        user = self._users.get(vu)
+        fn = getattr(user if user is not None else self._scenario.user, hook, None)
+        return inspect.iscoroutinefunction(fn)
+
+    def _queue(self, vu: int) -> queue.SimpleQueue[Any]:
+        """The ticket queue of a user whose plain ``def`` bodies run in a thread of its own
+        (started with its first such ticket): a blocking call holds up that user only, and a
+        ticket costs one queue hand-off instead of an asyncio task and an executor job."""
+        q = self._queues.get(vu)
+        if q is None:
+            with self._lock:
+                q = self._queues[vu] = queue.SimpleQueue()
+            threading.Thread(
+                target=self._user_thread, args=(q,), name=f"loadpilot-vu-{vu}", daemon=True
+            ).start()
+        return q
+
+    def _user_thread(self, q: queue.SimpleQueue[Any]) -> None:
+        while (t := q.get()) is not None:
+            ticket, vu, task, hook, due_s, row = t
+            user, fn, what = self._begin(ticket, vu, task, hook, due_s, row)
+            try:
+                fn(user)
+            except Exception as e:  # noqa: BLE001 - counted, as for any body
+                self._end(ticket, user, hook, what, e)
+                continue
+            self._end(ticket, user, hook, what, None)
 
     def _user(self, ticket: _engine.Ticket, vu: int) -> tuple[VUser, Client]:
         """The virtual user's object and its client (which a class may show its code through
         an API of its own, as a Locust user does)."""
         user = self._users.get(vu)
         if user is None:
-            user = self._scenario.user()
-            self._clients[vu] = Client(ticket.session, self._inbox)
-            user.client = self._clients[vu]
-            self._users[vu] = user
+            with self._lock:
+                user = self._users.get(vu)
+                if user is None:
+                    user = self._scenario.user()
+                    self._clients[vu] = Client(ticket.session, self._inbox)
+                    user.client = self._clients[vu]
+                    self._users[vu] = user
         return user, self._clients[vu]
 
-    async def _call(self, fn: Callable[[Any], Any], user: VUser, is_async: bool) -> None:
-        if is_async:
-            await fn(user)
-        else:
-            await asyncio.get_running_loop().run_in_executor(self._pool, fn, user)
+    def _begin(
+        self,
+        ticket: _engine.Ticket,
+        vu: int,
+        task: int | None,
+        hook: str | None,
+        due_s: float | None,
+        row: list[str] | None,
+    ) -> tuple[VUser, Callable[[Any], Any], str]:
+        """The user, the body to run for the ticket and what to call it in errors; the client
+        set to count its requests where they belong."""
+        user, client = self._user(ticket, vu)
+        user.row = None if row is None else dict(zip(self._columns, row, strict=True))
+        if hook is not None:
+            # on_start's requests count under its own name; on_stop's are not measured.
+            client._task, client._due = (self._hook_task if hook == "on_start" else None), None
+            return user, getattr(type(user), hook), f"{type(user).__name__}.{hook}"
+        assert task is not None
+        fn = self._fns[task]
+        assert fn is not None
+        client._task, client._due = task, due_s
+        return user, fn, f"task {self._scenario.tasks[task].name!r}"
 
     async def _serve(
         self,
@@ -472,31 +529,31 @@ class PythonUsers:
         due_s: float | None,
         row: list[str] | None,
     ) -> None:
-        """Runs one ticket and says how it ended (an unanswered ticket counts as cancelled)."""
-        user, client = self._user(ticket, vu)
-        user.row = None if row is None else dict(zip(self._columns, row, strict=True))
-        if hook is not None:
-            fn = getattr(type(user), hook)
-            # on_start's requests count under its own name; on_stop's are not measured.
-            client._task, client._due = (self._hook_task if hook == "on_start" else None), None
-            what = f"{type(user).__name__}.{hook}"
-            is_async = inspect.iscoroutinefunction(fn)
-        else:
-            assert task is not None
-            fn = self._fns[task]
-            assert fn is not None
-            client._task, client._due = task, due_s
-            what = f"task {self._scenario.tasks[task].name!r}"
-            is_async = self._is_async[task]
+        """Runs one ticket of an ``async def`` body on the loop."""
+        user, fn, what = self._begin(ticket, vu, task, hook, due_s, row)
         try:
-            await self._call(fn, user, is_async)
-        except RequestError as e:
-            if e.kind == "cancelled":
+            await fn(user)
+        except Exception as e:  # noqa: BLE001 - counted, as for any body
+            self._end(ticket, user, hook, what, e)
+            return
+        self._end(ticket, user, hook, what, None)
+
+    def _end(
+        self,
+        ticket: _engine.Ticket,
+        user: VUser,
+        hook: str | None,
+        what: str,
+        error: Exception | None,
+    ) -> None:
+        """Says how a ticket ended (one left unanswered counts as cancelled)."""
+        if isinstance(error, RequestError):
+            if error.kind == "cancelled":
                 ticket.done("cancelled")  # the run ended under it
                 return
             # otherwise counted by the engine; the iteration ends here
-        except Exception:
-            self._report(f"{what} raised")
+        elif error is not None:
+            self._report(f"{what} raised", error)
             ticket.done("raised")
             return
         if hook == "on_start" and self._values:

@@ -290,13 +290,20 @@ impl PySession {
         Ok(())
     }
 
-    /// The same, blocking this thread (not the others) until the response is in.
+    /// The same, blocking this thread (not the others) until the response is in. The
+    /// exchange runs on the engine's threads, as an async body's does (its socket's events
+    /// are handled where they arrive); this thread is woken once, when it is over.
     fn request_blocking(&self, py: Python<'_>, call: &PyCall) -> PyResult<Py<PyAny>> {
         let req = call.inner.clone();
         let session = self.inner.clone();
         let rt = runtime()?;
-        let result =
-            py.detach(move || rt.block_on(async move { outcome(session.request(req).await) }));
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        rt.spawn(async move {
+            let _ = tx.send(outcome(session.request(req).await));
+        });
+        let result = py
+            .detach(move || rx.recv())
+            .map_err(|_| LoadPilotError::new_err("the engine dropped a request"))?;
         outcome_to_py(py, result)
     }
 
