@@ -7,7 +7,8 @@ with no wait, alternating the tools round by round:
 - straight-line: a task of one GET, which `loadpilot locust` runs in the engine; compared with
   the same task written with `@lp.scenario` (the figure: ≥ 0.9×);
 - python-logic: a FastHttpUser task with Python between its requests (a JSON field read, a
-  branch), run by `loadpilot locust` on its Python path and by Locust (the figure: ≥ 3×).
+  branch), run by `loadpilot locust` on its Python path and by Locust (the figure: ≥ 3×), and
+  both again with `--processes 2` (the figure: ≥ 5×).
 
 Every LoadPilot process runs with one engine thread (LOADPILOT_THREADS=1), as Locust runs in one
 process. Locust is installed from PyPI when missing. Results go to
@@ -81,11 +82,13 @@ def _env() -> dict[str, str]:
     return dict(os.environ, LOADPILOT_THREADS="1")
 
 
-def run_locust(locust: str, file: Path, url: str, users: int, seconds: float) -> dict[str, float]:
+def run_locust(
+    locust: str, file: Path, url: str, users: int, seconds: float, *extra: str
+) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [locust, "-f", str(file), "--headless", "-u", str(users), "-r", str(users * 100),
                "-t", f"{seconds:.0f}s", "--host", url, "--only-summary", "--csv",
-               f"{tmp}/stats", "--loglevel", "ERROR"]  # fmt: skip
+               f"{tmp}/stats", "--loglevel", "ERROR", *extra]  # fmt: skip
         _, cpu = measured(cmd)
         with open(f"{tmp}/stats_stats.csv") as f:
             agg = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
@@ -98,11 +101,13 @@ def run_locust(locust: str, file: Path, url: str, users: int, seconds: float) ->
     }
 
 
-def run_loadpilot_locust(file: Path, url: str, users: int, seconds: float) -> dict[str, float]:
+def run_loadpilot_locust(
+    file: Path, url: str, users: int, seconds: float, *extra: str
+) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "loadpilot.cli", "locust", "-f", str(file), "--headless",
                "-u", str(users), "-r", str(users * 100), "-t", f"{seconds:.0f}s", "-H", url,
-               "--out", f"{tmp}/run"]  # fmt: skip
+               "--out", f"{tmp}/run", *extra]  # fmt: skip
         _, cpu = measured(cmd, _env())
         s = json.loads(Path(f"{tmp}/run/summary.json").read_text())
     o = s["overall"]
@@ -146,6 +151,8 @@ def main() -> None:
         "straight: LoadPilot DSL": [],
         "logic: loadpilot locust": [],
         "logic: locust": [],
+        "logic: loadpilot locust --processes 2": [],
+        "logic: locust --processes 2": [],
     }
     n, secs = args.users, args.seconds
     try:
@@ -156,6 +163,12 @@ def main() -> None:
             runs["straight: LoadPilot DSL"].append(run_dsl(target.url, n, secs))
             runs["logic: loadpilot locust"].append(run_loadpilot_locust(logic, target.url, n, secs))
             runs["logic: locust"].append(run_locust(locust, logic, target.url, n, secs))
+            runs["logic: loadpilot locust --processes 2"].append(
+                run_loadpilot_locust(logic, target.url, n, secs, "--processes", "2")
+            )
+            runs["logic: locust --processes 2"].append(
+                run_locust(locust, logic, target.url, n, secs, "--processes", "2")
+            )
     finally:
         target.close()
     summary = {
@@ -170,6 +183,8 @@ def main() -> None:
         "straight_locustfile_over_dsl": median("straight: loadpilot locust")
         / median("straight: LoadPilot DSL"),
         "logic_loadpilot_over_locust": median("logic: loadpilot locust") / median("logic: locust"),
+        "logic_2_processes_loadpilot_over_locust": median("logic: loadpilot locust --processes 2")
+        / median("logic: locust --processes 2"),
     }
     report = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -184,7 +199,8 @@ def main() -> None:
     print(
         f"straight-line locustfile / the same in the DSL: "
         f"{ratios['straight_locustfile_over_dsl']:.2f}; Python-logic locustfile, "
-        f"loadpilot locust / locust: {ratios['logic_loadpilot_over_locust']:.2f}"
+        f"loadpilot locust / locust: {ratios['logic_loadpilot_over_locust']:.2f}; with 2 "
+        f"processes each: {ratios['logic_2_processes_loadpilot_over_locust']:.2f}"
     )
     write_results("locustfiles", report)
 
