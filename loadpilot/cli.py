@@ -545,18 +545,20 @@ def _run_locustfile(
     silent = events.silent()
     if silent:
         print(f"  listeners LoadPilot never fires: {', '.join(silent)} (see docs/locust.md)")
-    after = None
     prefix = getattr(args, "csv", None)
     if prefix is not None:
         _check_output_file(Path(f"{prefix}_stats.csv"), "--csv")
 
-        def after(r: _run.Run, s: Summary) -> None:
-            from loadpilot.locust import clients, stats
+    def after(r: _run.Run, s: Summary) -> None:
+        """Locust's table (and its CSV files) once the run is over."""
+        from loadpilot.locust import clients, stats
 
-            methods = {
-                q.name: q.method for t in chosen_scenario.tasks for q in t.requests if q.name
-            }
-            methods.update(clients.METHODS)
+        tasks = chosen_scenario.tasks
+        methods = {q.name: q.method for t in tasks for q in t.requests if q.name}
+        methods.update(clients.METHODS)
+        print("\nas Locust reports it (service time, ms), with the corrected p99:")
+        print(stats.table(stats.rows(r, s, methods), max(s.duration_s, 1e-9)))
+        if prefix is not None:
             for written in stats.write(r, s, prefix, methods):
                 print(f"csv: {written}")
 

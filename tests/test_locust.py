@@ -129,6 +129,10 @@ def test_quickstart_sends_what_locust_sends_with_straight_line_tasks_in_the_engi
     stats = request_stats(summary)
     assert stats["/item"]["requests"] == served["/item"]
     assert stats["GET /hello"]["requests"] == served["/hello"]
+    # The end of the output is Locust's table (service time) with the corrected p99 beside it.
+    table = text[text.index("as Locust reports it") :].splitlines()
+    item = next(line.split() for line in table if line.startswith("GET     /item "))
+    assert int(item[2]) == served["/item"] and item[3] == "0(0.00%)"
 
 
 def test_tasksets_nested_sequential_and_tags_choose_tasks_as_locust_does(tmp_path: Path) -> None:

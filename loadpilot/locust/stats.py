@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,70 @@ def _figures(h: _engine.Histogram) -> list[str]:
     ]
 
 
+@dataclass
+class Row:
+    """Locust's figures of one request name (or of all: ``Aggregated``)."""
+
+    kind: str
+    name: str
+    requests: int
+    failures: int
+    size: int
+    latency: _engine.Histogram
+    """Service time, Locust's meaning."""
+    corrected_p99: float | None
+    """LoadPilot's p99 measured from the instant each request was due."""
+
+
+def rows(run: RunResult, summary: Summary, methods: Mapping[str, str]) -> list[Row]:
+    """A row per request name, in the order they were first seen, then ``Aggregated``."""
+    by_name: dict[str, list[Any]] = {}
+    for r in summary.requests:
+        by_name.setdefault(r.name, []).append(r)
+    out = []
+    for name, entries in by_name.items():
+        n = failed = size = 0
+        for e in entries:
+            cn, cf = _counts(e)
+            n, failed, size = n + cn, failed + cf, size + e.bytes_in
+        kind, shown = _split(name, methods)
+        out.append(
+            Row(kind, shown, n, failed, size, run.histogram(request=name, service=True),
+                run.histogram(request=name).percentile(99))
+        )  # fmt: skip
+    out.append(
+        Row("", "Aggregated", sum(r.requests for r in out), sum(r.failures for r in out),
+            sum(r.size for r in out), run.histogram(service=True),
+            summary.overall.latency_ms.p99)
+    )  # fmt: skip
+    return out
+
+
+def table(found: list[Row], seconds: float) -> str:
+    """Locust's end-of-run table (response times in ms, service time) with LoadPilot's
+    corrected p99 beside it."""
+    head = (
+        f"{'Type':<8}{'Name':<32}{'# reqs':>9}{'# fails':>16}{'Avg':>8}{'Min':>8}{'Max':>8}"
+        f"{'Med':>8}{'p95':>8}{'p99':>8}{'req/s':>10}{'corrected p99':>15}"
+    )
+    lines = [head, "-" * len(head)]
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+
+    for r in found:
+        h = r.latency
+        share = f"{r.failures}({r.failures / r.requests:.2%})" if r.requests else "0(0.00%)"
+        if r.name == "Aggregated":
+            lines.append("-" * len(head))
+        lines.append(
+            f"{r.kind:<8}{r.name[:31]:<32}{r.requests:>9}{share:>16}{ms(h.mean):>8}{ms(h.min):>8}"
+            f"{ms(h.max):>8}{ms(h.percentile(50)):>8}{ms(h.percentile(95)):>8}"
+            f"{ms(h.percentile(99)):>8}{r.requests / seconds:>10.1f}{ms(r.corrected_p99):>15}"
+        )
+    return "\n".join(lines)
+
+
 def write(run: RunResult, summary: Summary, prefix: str, methods: Mapping[str, str]) -> list[Path]:
     """Writes the four files; returns their paths. ``methods``: the HTTP method of each
     request name that does not say it (``name=``)."""
@@ -80,25 +145,14 @@ def write(run: RunResult, summary: Summary, prefix: str, methods: Mapping[str, s
                 *(_pct_name(p) for p in PERCENTILES),
             ]
         )
-        total_n = total_f = total_bytes = 0
-        for name, entries in by_name.items():
-            n = failed = size = 0
-            for e in entries:
-                cn, cf = _counts(e)
-                n, failed, size = n + cn, failed + cf, size + e.bytes_in
-            total_n, total_f, total_bytes = total_n + n, total_f + failed, total_bytes + size
-            kind, shown = _split(name, methods)
-            fig = _figures(run.histogram(request=name, service=True))
+        for row in rows(run, summary, methods):
+            fig = _figures(row.latency)
+            n = row.requests
             w.writerow(
-                [kind, shown, n, failed, *fig[:4], f"{size / n:.1f}" if n else "0",
-                 f"{n / seconds:.3f}", f"{failed / seconds:.3f}", *fig[4:]]
+                [row.kind, row.name, n, row.failures, *fig[:4],
+                 f"{row.size / n:.1f}" if n else "0", f"{n / seconds:.3f}",
+                 f"{row.failures / seconds:.3f}", *fig[4:]]
             )  # fmt: skip
-        fig = _figures(run.histogram(service=True))
-        w.writerow(
-            ["", "Aggregated", total_n, total_f, *fig[:4],
-             f"{total_bytes / total_n:.1f}" if total_n else "0",
-             f"{total_n / seconds:.3f}", f"{total_f / seconds:.3f}", *fig[4:]]
-        )  # fmt: skip
     written.append(path)
 
     path = Path(f"{prefix}_failures.csv")
