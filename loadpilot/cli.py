@@ -149,8 +149,10 @@ def _execute(
     agents: Any = None,
     prometheus: str | None = None,
     after: Any = None,
+    started: Any = None,
 ) -> int:
-    """Runs, follows and judges a run; ``after(run, summary)`` is called once it is over."""
+    """Runs, follows and judges a run; ``started(run)`` is called once it has started,
+    ``after(run, summary)`` once it is over."""
     if report_to is not None:
         _check_output_file(report_to, "--report")
     try:
@@ -160,6 +162,8 @@ def _execute(
             raise
         raise PlanError(f"{source}: {e}") from None
     print(f"run directory: {r.path}", flush=True)
+    if started is not None:
+        started(r)
     if prometheus is not None:
         print(f"prometheus metrics: http://{prometheus}/metrics", flush=True)
     if agents is not None:
@@ -495,7 +499,15 @@ def _run_locustfile(
     from loadpilot.locust.environment import Environment
     from loadpilot.locust.events import events
 
-    lf = locust_reading.read(path, chosen)
+    own = bool(getattr(args, "extra", None))
+    lf = locust_reading.read(path, [] if own else chosen)
+    if own:
+        # Options of the file's own (its init_command_line_parser listeners): the command line
+        # is read again with them, as Locust reads it once the file is imported.
+        full = _parser()
+        locust_reading.add_own_options(_subparser(full, "locust"))
+        args = full.parse_args(args.argv)
+        lf = locust_reading.choose(lf, list(args.user_classes or []))
     host = host or next((c.host for c in lf.users if c.host), None)
     if not host:
         raise LoadPilotError(
@@ -518,6 +530,8 @@ def _run_locustfile(
             )
         profile = locust_reading.users_over(users, spawn_rate, run_time)
         source = f"{users} users at {spawn_rate:g}/s for {run_time:g}s"
+    # Locust's names for what its options hold, beside LoadPilot's.
+    args.num_users, args.spawn_rate, args.run_time, args.host = users, spawn_rate, run_time, host
     env = Environment(host=host, parsed_options=args, shape_class=lf.shape)
     options: dict[str, Any] = {}
     if drain is not None:
@@ -562,6 +576,12 @@ def _run_locustfile(
             for written in stats.write(r, s, prefix, methods):
                 print(f"csv: {written}")
 
+    def started(r: _run.Run) -> None:
+        """What the file's code reads of the run: users wanted now, and quit()."""
+        corners = chosen_scenario.profile.points()
+        env._users_fn = lambda: locust_reading.value_at(corners, r.elapsed_s)
+        env._stop_fn = r.stop
+
     events.init.fire(environment=env, runner=env.runner, web_ui=None)
     events.test_start.fire(environment=env)
     try:
@@ -576,11 +596,15 @@ def _run_locustfile(
             agents=_agents(args),
             prometheus=getattr(args, "prometheus", None),
             after=after,
+            started=started,
         )
+        code = error_code if code == EXIT_ERRORS else code
     finally:
+        events.test_stopping.fire(environment=env)
         events.test_stop.fire(environment=env)
         events.quitting.fire(environment=env)
-    return error_code if code == EXIT_ERRORS else code
+    events.quit.fire(exit_code=code)
+    return code
 
 
 def _locust_time(text: str) -> float:
@@ -967,6 +991,15 @@ def _add_locust(sub: Any) -> None:
     lo.set_defaults(fn=_cmd_locust)
 
 
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of one verb."""
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser = action.choices[command]
+            return found
+    raise KeyError(command)
+
+
 def _positive(text: str) -> float:
     try:
         v = float(text)
@@ -1081,10 +1114,15 @@ def _add_export(sub: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     try:
-        args = _parser().parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.command != "locust":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as e:
         return EXIT_USAGE if e.code else EXIT_OK
+    # A locustfile may add options of its own (its init_command_line_parser listeners).
+    args.extra, args.argv = extra, sys.argv[1:] if argv is None else argv
     main_thread = threading.current_thread() is threading.main_thread()
     if args.command in ("run", "demo", "locust") and main_thread:
         global _STOP
@@ -1094,6 +1132,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code: int = args.fn(args)
         return code
+    except SystemExit as e:  # the command line read again (a locustfile's own options)
+        return EXIT_USAGE if e.code else EXIT_OK
     except ValidationError as e:
         if args.debug:
             raise

@@ -413,3 +413,52 @@ def test_users_are_spawned_at_the_spawn_rate_as_locust_spawns_them(tmp_path: Pat
         assert counts == sorted(counts) and counts[-1] == 6, (mine, locusts)
     reached = [next(i for i, n in enumerate(c) if n == 6) for c in (mine, locusts)]
     assert abs(reached[0] - reached[1]) <= 1 and 2 <= reached[0] <= 3, (mine, locusts)
+
+
+def test_the_file_s_own_options_its_environment_and_its_other_events(tmp_path: Path) -> None:
+    (tmp_path / "locustfile.py").write_text(
+        """
+from locust import HttpUser, constant, events, task
+
+@events.init_command_line_parser.add_listener
+def options(parser):
+    parser.add_argument("--item", type=int, default=1, include_in_web_ui=True, help="which")
+
+@events.user_error.add_listener
+def broke(user_instance, exception, tb, **kw):
+    print(f"event: user_error {type(exception).__name__}", flush=True)
+
+@events.quit.add_listener
+def quit(exit_code, **kw):
+    print(f"event: quit {exit_code}", flush=True)
+
+class U(HttpUser):
+    wait_time = constant(0.05)
+
+    @task
+    def t(self):
+        opts = self.environment.parsed_options
+        self.client.get(f"/item/{opts.item}?users={self.environment.runner.user_count}")
+        if opts.num_users == 2 and self.environment.runner.user_count == 2:
+            raise ValueError("seen")
+"""
+    )
+    with Recorder.serving() as srv:
+        p = subprocess.run(
+            [str(BIN / "loadpilot"), "locust", "-u", "2", "-r", "20", "-t", "2s", "-H", srv.url,
+             "--item", "7", "--out", str(tmp_path / "run")],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path, env=_env(),
+        )  # fmt: skip
+        paths = [path for _, path, _ in srv.seen]
+    assert p.returncode == 1, p.stdout + p.stderr  # the tasks' exceptions are errors
+    assert paths and all(path.startswith("/item/7?users=") for path in paths), paths
+    assert "/item/7?users=2" in paths
+    assert "event: user_error ValueError" in p.stdout
+    assert p.stdout.rstrip().endswith("event: quit 1"), p.stdout[-500:]
+    # An option nobody adds is refused.
+    p = subprocess.run(
+        [str(BIN / "loadpilot"), "locust", "-u", "1", "-t", "1s", "-H", "http://127.0.0.1:9",
+         "--no-such"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=_env(),
+    )  # fmt: skip
+    assert p.returncode == 2 and "unrecognized arguments: --no-such" in p.stderr, p.stderr

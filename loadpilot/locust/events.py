@@ -1,9 +1,12 @@
 """Locust's ``events``: listeners on the hooks LoadPilot fires.
 
-Fired: ``init`` (once the locustfile is read), ``test_start``, ``test_stop``, ``quitting``, and
-``request`` (after each request a Python task sends; a locustfile with a ``request`` listener
-runs every task in Python so that it sees every request). Any other Locust event takes
-listeners and is never fired (they belong to Locust's web UI and its master/worker runners).
+Fired: ``init_command_line_parser`` (the file's own options), ``init`` (once the locustfile is
+read), ``test_start``, ``request`` (after each request a Python task sends; a locustfile with a
+``request`` listener runs every task in Python so that it sees every request), ``user_error`` (a
+task raised), ``test_stopping``, ``test_stop``, ``quitting`` and ``quit``. Any other Locust event
+takes listeners and is never fired (``spawning_complete``, ``reset_stats``, ``usage_monitor``,
+``cpu_warning``, and those of Locust's master/worker runners: ``report_to_master``,
+``worker_report``, ``worker_connect``, ``heartbeat_sent``, ``heartbeat_received``).
 """
 
 from __future__ import annotations
@@ -13,7 +16,17 @@ from collections.abc import Callable
 from typing import Any
 
 #: The events LoadPilot fires; every other name is accepted and stays silent.
-FIRED = ("init", "test_start", "test_stop", "quitting", "request")
+FIRED = (
+    "init_command_line_parser",
+    "init",
+    "test_start",
+    "request",
+    "user_error",
+    "test_stopping",
+    "test_stop",
+    "quitting",
+    "quit",
+)
 
 
 class EventHook:

@@ -11,6 +11,7 @@ listener) runs each user in Python, one Locust task per iteration, choosing task
 
 from __future__ import annotations
 
+import argparse
 import ast
 import contextlib
 import dataclasses
@@ -26,7 +27,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from loadpilot.errors import ScenarioError
+from loadpilot.errors import RequestError, ScenarioError
 from loadpilot.locust import clients, environment
 from loadpilot.locust import users as lu
 from loadpilot.locust.events import events
@@ -161,14 +162,7 @@ def read(path: str | Path, chosen: list[str] | None = None) -> Locustfile:
             found.append(value)
         elif issubclass(value, lu.LoadTestShape) and not vars(value).get("abstract", False):
             shapes.append(value)
-    if chosen:
-        names = {c.__name__: c for c in found}
-        missing = [c for c in chosen if c not in names]
-        if missing:
-            raise ScenarioError(
-                f"{file}: no user class {missing[0]!r}; user classes: {', '.join(names) or 'none'}"
-            )
-        found = [names[c] for c in chosen]
+    found = _choose(file, found, chosen)
     if not found:
         raise ScenarioError(f"{file}: no user class (a subclass of HttpUser or FastHttpUser)")
     if len(shapes) > 1:
@@ -177,6 +171,51 @@ def read(path: str | Path, chosen: list[str] | None = None) -> Locustfile:
             "keep one"
         )
     return Locustfile(file, found, shapes[0]() if shapes else None, module)
+
+
+class _Options:
+    """What a locustfile's ``init_command_line_parser`` listeners get as the parser: options
+    go to the ``loadpilot locust`` command line; Locust's web-UI keywords are accepted and
+    have no use here."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self._parser = parser
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> Any:
+        for web_only in ("include_in_web_ui", "is_secret", "is_required", "env_var"):
+            kwargs.pop(web_only, None)
+        return self._parser.add_argument(*args, **kwargs)
+
+    def add_argument_group(self, *args: Any, **kwargs: Any) -> _Options:
+        return _Options(self._parser.add_argument_group(*args, **kwargs))  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._parser, name)
+
+
+def add_own_options(parser: argparse.ArgumentParser) -> None:
+    """The options the locustfile adds (``events.init_command_line_parser``), added to
+    ``parser``."""
+    events.init_command_line_parser.fire(parser=_Options(parser))
+
+
+def _choose(
+    file: Path, found: list[type[lu.User]], chosen: list[str] | None
+) -> list[type[lu.User]]:
+    if not chosen:
+        return found
+    names = {c.__name__: c for c in found}
+    missing = [c for c in chosen if c not in names]
+    if missing:
+        raise ScenarioError(
+            f"{file}: no user class {missing[0]!r}; user classes: {', '.join(names) or 'none'}"
+        )
+    return [names[c] for c in chosen]
+
+
+def choose(lf: Locustfile, chosen: list[str]) -> Locustfile:
+    """The locustfile with only the user classes named in ``chosen`` (all when none is)."""
+    return dataclasses.replace(lf, users=_choose(lf.path, lf.users, chosen))
 
 
 def shape_profile(shape: lu.LoadTestShape, limit_s: float = 86_400.0) -> Profile:
@@ -217,6 +256,16 @@ def shape_profile(shape: lu.LoadTestShape, limit_s: float = 86_400.0) -> Profile
     if not stages:
         raise ScenarioError(f"{_line(type(shape))}: tick() returned None at once: no load")
     return Profile("closed", tuple(stages))
+
+
+def value_at(corners: list[tuple[float, float]], t: float) -> float:
+    """A profile's value ``t`` seconds in, from its corners (joined by straight lines)."""
+    if not corners or t < corners[0][0]:
+        return 0.0
+    for (t0, v0), (t1, v1) in zip(corners, corners[1:], strict=False):
+        if t0 <= t < t1:
+            return v0 + (v1 - v0) * (t - t0) / (t1 - t0) if t1 > t0 else v1
+    return corners[-1][1] if t <= corners[-1][0] else 0.0
 
 
 def users_over(users_n: int, spawn_rate: float, run_time_s: float) -> Profile:
@@ -262,6 +311,11 @@ def _python_task(fn: Callable[..., Any]) -> Callable[..., Any]:
         except lu.StopUser:
             self._loadpilot_stop()
             self._lp_client._inner._session.wait_next(1e9)
+        except RequestError:
+            raise  # the run ended under it
+        except Exception as e:
+            events.user_error.fire(user_instance=self, exception=e, tb=e.__traceback__)
+            raise
 
     return run
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from loadpilot.errors import ScenarioError
+from loadpilot.errors import RequestError, ScenarioError
 from loadpilot.locust.clients import HttpSession, RestSession
 from loadpilot.locust.events import Events, events
 from loadpilot.scenarios.scenario import VUser
@@ -326,6 +326,11 @@ class User(VUser):
             except StopUser:
                 self._loadpilot_stop()
                 return None
+            except RequestError:
+                raise  # the run ended under it
+            except Exception as e:
+                events.user_error.fire(user_instance=self, exception=e, tb=e.__traceback__)
+                raise
             return float(owner.wait_time_for_next())
 
     def _loadpilot_stop(self) -> None:
