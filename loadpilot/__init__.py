@@ -2,7 +2,8 @@
 
 Build a :class:`Plan`, :func:`start` it (or :func:`run` it to the end), and read
 ``run.metrics`` (a Polars DataFrame that grows while the run goes), ``run.summary()`` and
-``run.histogram()``. :func:`load_run` reopens any run directory. Analysis: :func:`compare`
+``run.histogram()``. :func:`load_run` reopens any run directory; :func:`load_locustfile` reads a
+locustfile as a scenario. Analysis: :func:`compare`
 two runs, :func:`spectrum` of latency, :func:`capacity` and :func:`max_sustainable_rps` of a
 step run, :func:`fit_usl`, :func:`report` and :func:`export`; charts in ``lp.charts``.
 """
@@ -20,6 +21,7 @@ from loadpilot.errors import (
     TargetError,
 )
 from loadpilot.launch import run, start
+from loadpilot.locust.reading import load_locustfile
 from loadpilot.plan import (
     ClosedLoad,
     Constant,
@@ -130,6 +132,7 @@ __all__ = [
     "expect",
     "feed",
     "hold",
+    "load_locustfile",
     "load_scenario",
     "load_scenarios",
     "parse_duration",

@@ -462,3 +462,33 @@ class U(HttpUser):
         capture_output=True, text=True, timeout=60, cwd=tmp_path, env=_env(),
     )  # fmt: skip
     assert p.returncode == 2 and "unrecognized arguments: --no-such" in p.stderr, p.stderr
+
+
+def test_several_user_classes_share_the_users_by_weight_and_fixed_count(tmp_path: Path) -> None:
+    ours, text, summary, code = run_loadpilot("classes.py", 5, 3, tmp_path)
+    theirs, _ = run_locust("classes.py", 5, 3, tmp_path)
+    assert code == 0, text
+    # 1 admin, then 4 users 3:1: each user as busy as the others.
+    mine = shares(ours)
+    assert mine["GET /admin"] == pytest.approx(0.2, abs=0.04), mine
+    assert mine["GET /read"] == pytest.approx(0.6, abs=0.05), mine
+    assert_same_mix(mine, shares(theirs), within=0.06)
+    # Only the classes named on the command line run.
+    only, _, _, _ = run_loadpilot("classes.py", 2, 2, tmp_path / "w", "Writer")
+    assert set(shares(only)) == {"POST /write"}
+
+
+def test_a_locustfile_loads_as_a_scenario_in_python(recorder: Recorder, tmp_path: Path) -> None:
+    import loadpilot as lp
+
+    shop = lp.load_locustfile(
+        FILES / "quickstart.py", users=2, spawn_rate=20, run_time="2s", tags=None
+    )
+    assert [t.path for t in shop.tasks] == ["engine", "python"]
+    assert shop.profile.think_s == 0.005 and shop.profile.think_max_s == 0.015
+    run = lp.run(shop, tmp_path / "run", target=recorder.url)
+    s = run.summary()
+    served = Counter(p.split("?")[0] for _, p, _ in recorder.seen)
+    assert s.request("/item").requests == served["/item"] > 0
+    with pytest.raises(lp.ScenarioError, match="give a run_time"):
+        lp.load_locustfile(FILES / "quickstart.py", users=2)

@@ -32,7 +32,8 @@ from loadpilot.locust import clients, environment
 from loadpilot.locust import users as lu
 from loadpilot.locust.events import events
 from loadpilot.plan import Constant, Plan, Ramp, Stage
-from loadpilot.profiles import Profile
+from loadpilot.profiles import Duration, Profile, parse_duration
+from loadpilot.profiles import constant as open_rate
 from loadpilot.profiles import users as users_profile
 from loadpilot.scenarios import loader
 from loadpilot.scenarios.scenario import (
@@ -441,17 +442,27 @@ def _driver_name(lf: Locustfile) -> str:
 def _driver(classes: list[type[lu.User]], env: environment.Environment) -> type[VUser]:
     """Runs each virtual user as one of ``classes`` (by their ``weight``, in turn), one Locust
     task per iteration; the engine waits what the user's ``wait_time`` says between them."""
+    # As Locust spreads users: a class's fixed_count users first, then the others in turn
+    # by weight.
+    fixed = [c for c in classes if int(getattr(c, "fixed_count", 0) or 0) > 0]
+    first = [c for c in fixed for _ in range(int(c.fixed_count))]
+    shared = [c for c in classes if c not in fixed]
     turns: list[type[lu.User]] = []
-    weights = [max(0, int(getattr(c, "weight", 1))) for c in classes]
+    weights = [max(0, int(getattr(c, "weight", 1))) for c in shared]
     unit = math.gcd(*weights) or 1
-    for c, w in zip(classes, weights, strict=True):
+    for c, w in zip(shared, weights, strict=True):
         turns.extend([c] * (w // unit))
-    if not turns:
+    if not turns and not first:
         raise ScenarioError("every user class has weight 0")
     counter = itertools.count()
 
+    def pick(n: int) -> type[lu.User]:
+        if n < len(first):
+            return first[n]
+        return turns[(n - len(first)) % len(turns)] if turns else first[n % len(first)]
+
     def on_start(self: Any) -> None:
-        cls = turns[next(counter) % len(turns)]
+        cls = pick(next(counter))
         user = cls(env)
         user.client = self.client
         self.user = user
@@ -481,3 +492,39 @@ __all__ = [
     "to_scenario",
     "users_over",
 ]
+
+
+def load_locustfile(
+    path: str | Path,
+    *,
+    users: int = 1,
+    spawn_rate: float = 1.0,
+    run_time: Duration | None = None,
+    rps: float | None = None,
+    classes: list[str] | None = None,
+    tags: list[str] | None = None,
+    exclude_tags: list[str] | None = None,
+) -> Scenario:
+    """A locustfile as a scenario, as ``loadpilot locust`` would run it: ``users`` started at
+    ``spawn_rate`` a second for ``run_time`` (or the file's ``LoadTestShape``), or its tasks at
+    ``rps`` iterations a second (an open model). Run it with
+    ``lp.run(scenario, target="http://...")``."""
+    lf = read(path, classes)
+    seconds = None if run_time is None else parse_duration(run_time, what="run_time")
+    if rps is not None:
+        if seconds is None:
+            raise ScenarioError("rps needs a run_time")
+        profile = open_rate(rps, seconds)
+    elif lf.shape is not None:
+        profile = shape_profile(lf.shape, seconds or 86_400.0)
+    else:
+        if seconds is None:
+            raise ScenarioError(f"{path}: give a run_time (a LoadPilot run is bounded)")
+        profile = users_over(users, spawn_rate, seconds)
+    return to_scenario(
+        lf,
+        profile,
+        include=set(tags) if tags else None,
+        exclude=set(exclude_tags) if exclude_tags else None,
+        env=environment.Environment(),
+    )
