@@ -129,7 +129,7 @@ class Run:
     def take_intervals(self) -> list[bytes]: ...
     def python_failed(self, why: str) -> None: ...
 
-_Outcome = tuple[int, list[tuple[str, str]], bytes, str | None, int] | str
+_Outcome = tuple[int, list[tuple[str, str]], bytes, str | None, int, float] | str
 
 @final
 class Tickets:

@@ -492,3 +492,84 @@ def test_a_locustfile_loads_as_a_scenario_in_python(recorder: Recorder, tmp_path
     assert s.request("/item").requests == served["/item"] > 0
     with pytest.raises(lp.ScenarioError, match="give a run_time"):
         lp.load_locustfile(FILES / "quickstart.py", users=2)
+
+
+def test_headers_and_auth_set_on_the_client_go_with_every_request(tmp_path: Path) -> None:
+    (tmp_path / "locustfile.py").write_text(
+        """
+from locust import HttpUser, constant, task
+
+class U(HttpUser):
+    wait_time = constant(0.02)
+
+    def on_start(self):
+        self.client.headers["Authorization"] = "Bearer t-1"
+
+    @task
+    def plain(self):
+        self.client.get("/plain")
+
+    @task
+    def own(self):
+        self.client.get("/own", headers={"authorization": "Bearer mine"})
+
+class Basic(HttpUser):
+    wait_time = constant(0.02)
+
+    def on_start(self):
+        self.client.auth = ("ann", "pw")
+
+    @task
+    def b(self):
+        self.client.get("/basic")
+"""
+    )
+    for cls, expected in (("U", {"/plain": "Bearer t-1", "/own": "Bearer mine"}),
+                          ("Basic", {"/basic": "Basic YW5uOnB3"})):  # fmt: skip
+        with Recorder.serving() as srv:
+            p = subprocess.run(
+                [str(BIN / "loadpilot"), "locust", "-u", "2", "-t", "1s", "-H", srv.url,
+                 "--out", str(tmp_path / f"run-{cls}"), cls],
+                capture_output=True, text=True, timeout=60, cwd=tmp_path, env=_env(),
+            )  # fmt: skip
+            assert p.returncode == 0, p.stdout + p.stderr
+            # Set at run time: no task can be read into the engine once.
+            assert "(weight 1, engine)" not in p.stdout, p.stdout
+            seen = {(path, auth) for _, path, auth in srv.seen}
+        assert {path for path, _ in seen} == set(expected), seen
+        assert all(auth == expected[path] for path, auth in seen), seen
+
+
+def test_a_response_s_elapsed_time_judges_it_as_in_locust_s_docs(tmp_path: Path) -> None:
+    (tmp_path / "locustfile.py").write_text(
+        """
+from locust import HttpUser, constant, task
+
+class U(HttpUser):
+    wait_time = constant(0.01)
+
+    @task
+    def slow(self):
+        with self.client.get("/sleep/60", catch_response=True) as response:
+            if response.elapsed.total_seconds() > 0.05:
+                response.failure("Request took too long")
+
+    @task
+    def quick(self):
+        with self.client.get("/quick", catch_response=True) as response:
+            if response.elapsed.total_seconds() > 0.05:
+                response.failure("Request took too long")
+"""
+    )
+    with Recorder.serving() as srv:
+        p = subprocess.run(
+            [str(BIN / "loadpilot"), "locust", "-u", "2", "-t", "2s", "-H", srv.url,
+             "--out", str(tmp_path / "run")],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path, env=_env(),
+        )  # fmt: skip
+        served = Counter(path for _, path, _ in srv.seen)
+    assert p.returncode == 1, p.stdout + p.stderr
+    stats = request_stats(json.loads((tmp_path / "run" / "summary.json").read_text()))
+    assert stats["GET /sleep/60"]["errors"] == stats["GET /sleep/60"]["requests"]
+    assert stats["GET /sleep/60"]["requests"] == served["/sleep/60"] > 0
+    assert stats["GET /quick"]["errors"] == 0 and stats["GET /quick"]["requests"] > 0

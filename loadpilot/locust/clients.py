@@ -7,6 +7,7 @@ and its ``error`` (the engine has counted the error already).
 
 from __future__ import annotations
 
+import datetime
 import json as _json
 import time
 import traceback
@@ -45,6 +46,7 @@ class ErrorResponse:
     counted."""
 
     status_code = 0
+    elapsed = datetime.timedelta(0)
     content = b""
     text = ""
     headers: dict[str, str] = {}
@@ -81,6 +83,10 @@ class HttpSession:
     def __init__(self, inner: Any, user: Any) -> None:
         self._inner = inner
         self._user = user
+        #: Headers sent with every request of this user (a request's own win), and Basic
+        #: auth for requests that give none: requests.Session's ``headers`` and ``auth``.
+        self.headers: dict[str, str] = {}
+        self.auth: tuple[str, str] | None = None
 
     def _path(self, url: str) -> str:
         if "://" not in url:
@@ -111,6 +117,15 @@ class HttpSession:
                 f"it takes {', '.join(KEYWORDS)}"
             )
         path = self._path(url)
+        if self.headers:
+            given = kwargs.get("headers") or {}
+            mine = {k.lower() for k in given}
+            kwargs["headers"] = {
+                **{k: v for k, v in self.headers.items() if k.lower() not in mine},
+                **given,
+            }
+        if self.auth is not None and kwargs.get("auth") is None:
+            kwargs["auth"] = self.auth
         listening = events.request.has_listeners()
         began = time.perf_counter() if listening else 0.0
         if name is not None:

@@ -300,8 +300,9 @@ def _with_wait(profile: Profile, kind: tuple[Any, ...]) -> Profile:
     return Profile("closed", profile.stages, 0.0, None, kind[1])
 
 
-def _python_task(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A Locust task run on LoadPilot's Python path, with Locust's exceptions' meanings."""
+def _python_task(fn: Callable[..., Any], why: str | None = None) -> Callable[..., Any]:
+    """A Locust task run on LoadPilot's Python path, with Locust's exceptions' meanings
+    (``why``: the reason it runs there, when its own code would not say)."""
 
     @functools.wraps(fn)
     def run(self: Any) -> None:
@@ -318,7 +319,33 @@ def _python_task(fn: Callable[..., Any]) -> Callable[..., Any]:
             events.user_error.fire(user_instance=self, exception=e, tb=e.__traceback__)
             raise
 
+    if why is not None:
+        run._loadpilot_python = why  # type: ignore[attr-defined]
     return run
+
+
+def _session_state(cls: type) -> bool:
+    """Whether the class's code sets or reads its client's own state (``self.client.headers``
+    or ``.auth``, as requests.Session has): then its requests depend on it at run time, and
+    no task can be read into the engine once."""
+    file = _FILES.get(cls.__module__) or getattr(sys.modules.get(cls.__module__), "__file__", None)
+    if file is None:
+        return True
+    try:
+        tree = ast.parse(Path(file).read_text(encoding="utf-8", errors="replace"))
+    except (OSError, SyntaxError):
+        return True
+    names = {k.__name__ for k in cls.__mro__}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name in names:
+            for sub in ast.walk(node):
+                if (
+                    isinstance(sub, ast.Attribute)
+                    and sub.attr in ("headers", "auth")
+                    and ast.unparse(sub.value) == "self.client"
+                ):
+                    return True
+    return False
 
 
 def _flat(
@@ -328,6 +355,7 @@ def _flat(
     has TaskSets)."""
     chosen = lu.filter_tasks(lu._marked(cls), include, exclude)
     body: dict[str, Any] = {}
+    stateful = _session_state(cls)
     for fn, weight in chosen:
         if isinstance(fn, type) or not callable(fn):
             return None
@@ -336,6 +364,10 @@ def _flat(
         name = fn.__name__
         if name in body:
             return None
+        if stateful:
+            why = f"{cls.__name__} uses self.client.headers or .auth, set at run time"
+            body[name] = lp_task(_python_task(fn, why), weight=weight)
+            continue
         on_engine = _engine_path_reason(fn) is None
         body[name] = lp_task(fn if on_engine else _python_task(fn), weight=weight)
     if not body:
@@ -388,6 +420,13 @@ def to_scenario(
 
         body["on_stop"] = on_stop
         body["_client_keywords"] = clients.KEYWORDS
+
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:  # noqa: N807
+            # Each virtual user is made without arguments; a user class may take Locust's
+            # environment in an __init__ of its own.
+            cls.__init__(self, *(args or (env,)), **kwargs)
+
+        body["__init__"] = __init__
         made = type(cls.__name__, (cls,), body)
         made.__module__ = cls.__module__
         read = scenario(profile=profile, name=cls.__name__, **options)(made).describe()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import inspect
 import itertools
 import json as _json
@@ -33,7 +34,7 @@ from loadpilot.scenarios.scenario import caller, file_parts
 if TYPE_CHECKING:
     from loadpilot.scenarios.scenario import Scenario, VUser
 
-_Result = tuple[int, list[tuple[str, str]], bytes, str | None, int] | str
+_Result = tuple[int, list[tuple[str, str]], bytes, str | None, int, float] | str
 
 
 class Headers(dict[str, str]):
@@ -51,9 +52,10 @@ class Headers(dict[str, str]):
 
 class Response:
     """A response, with httpx's names. ``redirects``: how many redirects were followed to
-    get it; ``url``: where they led (None when none was followed)."""
+    get it; ``url``: where they led (None when none was followed); ``elapsed``: from the
+    instant the request was sent to its (last) answer, as the engine measured it."""
 
-    __slots__ = ("content", "headers", "redirects", "status_code", "url")
+    __slots__ = ("_elapsed_s", "_headers", "_raw", "content", "redirects", "status_code", "url")
 
     def __init__(
         self,
@@ -62,12 +64,27 @@ class Response:
         body: bytes,
         url: str | None = None,
         redirects: int = 0,
+        elapsed_s: float = 0.0,
     ) -> None:
         self.status_code = status
-        self.headers = Headers((k.lower(), v) for k, v in headers)
+        self._raw = headers
+        self._headers: Headers | None = None
         self.content = body
         self.url = url
         self.redirects = redirects
+        self._elapsed_s = elapsed_s
+
+    @property
+    def elapsed(self) -> datetime.timedelta:
+        """The request's service time (requests' and httpx's name)."""
+        return datetime.timedelta(seconds=self._elapsed_s)
+
+    @property
+    def headers(self) -> Headers:
+        """The headers, read into a mapping the first time they are asked for."""
+        if self._headers is None:
+            self._headers = Headers((k.lower(), v) for k, v in self._raw)
+        return self._headers
 
     @property
     def text(self) -> str:
@@ -110,9 +127,10 @@ class CaughtResponse(Response):
         body: bytes,
         url: str | None,
         redirects: int,
+        elapsed_s: float,
         settle: Callable[[str, str], None],
     ) -> None:
-        super().__init__(status, headers, body, url, redirects)
+        super().__init__(status, headers, body, url, redirects, elapsed_s)
         self._settle = settle
         self._verdict: tuple[str, str] | None = None
         #: The parsed body, in Locust's ``rest()``.
@@ -277,23 +295,14 @@ class Client:
             asyncio.get_running_loop()
         except RuntimeError:
             return _finish(self._session.request_blocking(call), method, path, settle)
-        sent = self._send(call, method, path, settle)
-        return _Catching(sent) if catch_response else sent
-
-    async def _send(
-        self,
-        call: _engine.Call,
-        method: str,
-        path: str,
-        settle: Callable[[str, str], None] | None = None,
-    ) -> Any:
-        rid, fut = self._inbox.expect()
+        # Sent now; the future the loop resolves (no coroutine of its own per request).
+        rid, fut = self._inbox.expect(method, path, settle)
         try:
             self._session.request(call, self._inbox.mailbox, rid)
         except BaseException:
             self._inbox.forget(rid)
             raise
-        return _finish(await fut, method, path, settle)
+        return _Catching(fut) if catch_response else fut
 
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)
@@ -343,14 +352,19 @@ class _Inbox:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.mailbox = _engine.Mailbox()
         self._loop = loop
-        self._pending: dict[int, asyncio.Future[_Result]] = {}
+        self._pending: dict[
+            int, tuple[asyncio.Future[Any], str, str, Callable[[str, str], None] | None]
+        ] = {}
         self._ids = itertools.count()
         loop.add_reader(self.mailbox.fileno(), self._collect)
 
-    def expect(self) -> tuple[int, asyncio.Future[_Result]]:
+    def expect(
+        self, method: str, path: str, settle: Callable[[str, str], None] | None
+    ) -> tuple[int, asyncio.Future[Any]]:
+        """A request's id and the future of its response (or of its RequestError)."""
         rid = next(self._ids)
-        fut: asyncio.Future[_Result] = self._loop.create_future()
-        self._pending[rid] = fut
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._pending[rid] = (fut, method, path, settle)
         return rid, fut
 
     def forget(self, rid: int) -> None:
@@ -359,9 +373,18 @@ class _Inbox:
     def _collect(self) -> None:
         pending = self._pending
         for rid, result in self.mailbox.take():
-            fut = pending.pop(rid, None)
-            if fut is not None and not fut.done():  # a cancelled iteration's answer is dropped
-                fut.set_result(result)
+            waiting = pending.pop(rid, None)
+            if waiting is None:
+                continue
+            fut, method, path, settle = waiting
+            if fut.done():  # a cancelled iteration's answer is dropped
+                continue
+            if isinstance(result, str):
+                fut.set_exception(RequestError(result, method, path))
+            elif settle is not None:
+                fut.set_result(CaughtResponse(*result, settle=settle))
+            else:
+                fut.set_result(Response(*result))
 
     def close(self) -> None:
         self._loop.remove_reader(self.mailbox.fileno())
@@ -480,6 +503,9 @@ class PythonUsers:
                 fn(user)
             except Exception as e:  # noqa: BLE001 - counted, as for any body
                 self._end(ticket, user, hook, what, e)
+                continue
+            except BaseException as e:  # noqa: BLE001 - sys.exit() in a body: its user goes on
+                self._end(ticket, user, hook, what, RuntimeError(f"{type(e).__name__}: {e}"))
                 continue
             self._end(ticket, user, hook, what, None)
 

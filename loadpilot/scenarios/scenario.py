@@ -478,7 +478,10 @@ def _static(node: ast.expr) -> bool:
 
 def _engine_path_reason(fn: Callable[..., Any]) -> str | None:
     """None when every statement of the task is a request with fixed arguments; otherwise the
-    reason, with its line."""
+    reason, with its line (or the reason a task's maker gave, ``_loadpilot_python``)."""
+    given = getattr(fn, "_loadpilot_python", None)
+    if given is not None:
+        return str(given)
     fn = inspect.unwrap(fn)
     try:
         source = textwrap.dedent(inspect.getsource(fn))

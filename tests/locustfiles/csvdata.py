@@ -16,6 +16,10 @@ LOCK = threading.Lock()
 class CsvUser(HttpUser):
     wait_time = constant_pacing(0.01)
 
+    def __init__(self, environment):
+        super().__init__(environment)
+        self.rows_seen = 0
+
     def on_start(self):
         with LOCK:
             self.name = next(NEXT)

@@ -35,6 +35,11 @@ def on_quit(environment, **kwargs):
 class Listened(HttpUser):
     wait_time = constant(0.004)
 
+    def __init__(self, environment):
+        # A user class may take the environment in an __init__ of its own.
+        super().__init__(environment)
+        self.where = environment.host
+
     @task(3)
     def fine(self):
         self.client.get("/fine")

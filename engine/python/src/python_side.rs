@@ -172,8 +172,19 @@ impl PyCheck {
     }
 }
 
-/// (status, headers, body, url, redirects) of a response, or the kind of error.
-type Outcome = Result<(u16, Vec<(String, String)>, Vec<u8>, Option<String>, u32), String>;
+/// (status, headers, body, url, redirects, elapsed seconds) of a response, or the kind of
+/// error.
+type Outcome = Result<
+    (
+        u16,
+        Vec<(String, String)>,
+        Vec<u8>,
+        Option<String>,
+        u32,
+        f64,
+    ),
+    String,
+>;
 
 fn outcome(r: Result<loadpilot_core::http::Response, NoResponse>) -> Outcome {
     r.map(|resp| {
@@ -183,21 +194,27 @@ fn outcome(r: Result<loadpilot_core::http::Response, NoResponse>) -> Outcome {
             resp.body.to_vec(),
             resp.url,
             resp.redirects,
+            resp.elapsed.as_secs_f64(),
         )
     })
     .map_err(|k| k.name().to_string())
 }
 
-/// A tuple (status, [(name, value)], body: bytes, url or None, redirects), or the error kind
-/// as a str.
+/// A tuple (status, [(name, value)], body: bytes, url or None, redirects, elapsed seconds), or
+/// the error kind as a str.
 fn outcome_to_py(py: Python<'_>, result: Outcome) -> PyResult<Py<PyAny>> {
     Ok(match result {
-        Ok((status, headers, body, url, redirects)) => {
-            (status, headers, PyBytes::new(py, &body), url, redirects)
-                .into_pyobject(py)?
-                .into_any()
-                .unbind()
-        }
+        Ok((status, headers, body, url, redirects, elapsed)) => (
+            status,
+            headers,
+            PyBytes::new(py, &body),
+            url,
+            redirects,
+            elapsed,
+        )
+            .into_pyobject(py)?
+            .into_any()
+            .unbind(),
         Err(kind) => kind.into_pyobject(py)?.into_any().unbind(),
     })
 }

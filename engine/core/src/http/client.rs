@@ -55,6 +55,9 @@ pub struct Response {
     pub redirects: u32,
     /// Where the redirects led (absolute URL); `None` when none was followed.
     pub url: Option<String>,
+    /// From the instant the request was sent to its last answer (Python tasks' responses;
+    /// zero elsewhere).
+    pub elapsed: Duration,
 }
 
 /// Bytes of a response body kept for checks and Python tasks; the rest is read, counted in
@@ -340,6 +343,7 @@ impl Client {
                     location: got.location,
                     redirects: 0,
                     url: None,
+                    elapsed: Duration::ZERO,
                 })
             }
             Err(kind) => {

@@ -459,8 +459,12 @@ impl Session {
         };
         let slot = ctx.names.slot(task, &r.name);
         ex.record(ctx, task, slot, &r.check, &values, false);
+        let end = ex.end;
         ex.outcome
-            .map(|(_, resp)| resp)
+            .map(|(sent, mut resp)| {
+                resp.elapsed = end.saturating_duration_since(sent);
+                resp
+            })
             .map_err(|f| NoResponse::Failed(f.kind))
     }
 }

@@ -137,6 +137,7 @@ mod tests {
             location: None,
             redirects: 0,
             url: None,
+            elapsed: std::time::Duration::ZERO,
         }
     }
 

@@ -270,7 +270,7 @@ async fn closed_worker(ctx: Arc<Ctx>, vu: u64, user: Option<User>) {
     tokio::pin!(stopped);
     let mut active = false;
     // Each user's own draws of a random think time, the same from run to run.
-    let mut rng = vu ^ 0x5EED_0F7A_11u64;
+    let mut rng = vu ^ 0x005E_ED0F_7A11_u64;
     loop {
         let t = clock.start.elapsed().as_secs_f64();
         if t >= ctx.duration || ctx.stop.is_cancelled() {
