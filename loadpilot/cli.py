@@ -975,6 +975,7 @@ def _add_locust(sub: Any) -> None:
         "--processes",
         "--agents",
         dest="agents",
+        metavar="N",
         type=_count,
         default=None,
         help="spread the users over N local agents (processes) started here",
