@@ -24,10 +24,11 @@ import csv
 import datetime as dt
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from python_path import ensure_locust
 
 from engine import Target, measured, spread, write_results
 
@@ -69,13 +70,6 @@ s = lp.run(User, out, target=url).summary()
 print(json.dumps({"requests": s.overall.requests, "errors": s.overall.errors,
                   "rps": s.overall.achieved_rps, "path": s.tasks[0].path}))
 """
-
-
-def ensure_locust() -> str:
-    exe = Path(sys.executable).with_name("locust")
-    if not exe.exists():
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "locust"], check=True)
-    return str(exe)
 
 
 def _env() -> dict[str, str]:

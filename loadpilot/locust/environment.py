@@ -15,7 +15,6 @@ class Runner:
     value at this instant), and ``quit()`` (stops the run)."""
 
     environment: Environment
-    target_user_count: int = 0
 
     @property
     def user_count(self) -> int:

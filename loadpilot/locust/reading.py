@@ -22,9 +22,8 @@ import itertools
 import math
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from loadpilot.errors import RequestError, ScenarioError
@@ -113,19 +112,24 @@ def is_locustfile(path: Path) -> bool:
     return False
 
 
+def _classes(cls: type) -> tuple[str | None, list[ast.ClassDef]]:
+    """A locustfile class's file and the class definitions in it (read from the file: once
+    read, the module is no longer importable for ``inspect``)."""
+    file = _FILES.get(cls.__module__) or getattr(sys.modules.get(cls.__module__), "__file__", None)
+    if file is None:
+        return None, []
+    try:
+        tree = ast.parse(Path(file).read_text(encoding="utf-8", errors="replace"))
+    except (OSError, SyntaxError):
+        return file, []
+    return file, [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
+
+
 def _line(cls: type) -> str:
-    """file:line of a class of a locustfile (read from the file: once read, the module is
-    no longer importable for ``inspect``)."""
-    file = getattr(sys.modules.get(cls.__module__), "__file__", None) or _FILES.get(cls.__module__)
-    if file is not None:
-        try:
-            tree = ast.parse(Path(file).read_text(encoding="utf-8", errors="replace"))
-        except (OSError, SyntaxError):
-            tree = None
-        for node in ast.walk(tree) if tree is not None else ():
-            if isinstance(node, ast.ClassDef) and node.name == cls.__name__:
-                return f"{file}:{node.lineno}"
-    return cls.__qualname__
+    """file:line of a class of a locustfile."""
+    file, found = _classes(cls)
+    line = next((n.lineno for n in found if n.name == cls.__name__), None)
+    return f"{file}:{line}" if line is not None else cls.__qualname__
 
 
 #: The file each locustfile module was read from.
@@ -139,7 +143,6 @@ class Locustfile:
     path: Path
     users: list[type[lu.User]]
     shape: lu.LoadTestShape | None
-    module: ModuleType = field(repr=False)
 
 
 def read(path: str | Path, chosen: list[str] | None = None) -> Locustfile:
@@ -171,7 +174,7 @@ def read(path: str | Path, chosen: list[str] | None = None) -> Locustfile:
             f"{file}: several LoadTestShape classes ({', '.join(s.__name__ for s in shapes)}); "
             "keep one"
         )
-    return Locustfile(file, found, shapes[0]() if shapes else None, module)
+    return Locustfile(file, found, shapes[0]() if shapes else None)
 
 
 class _Options:
@@ -328,24 +331,18 @@ def _session_state(cls: type) -> bool:
     """Whether the class's code sets or reads its client's own state (``self.client.headers``
     or ``.auth``, as requests.Session has): then its requests depend on it at run time, and
     no task can be read into the engine once."""
-    file = _FILES.get(cls.__module__) or getattr(sys.modules.get(cls.__module__), "__file__", None)
-    if file is None:
-        return True
-    try:
-        tree = ast.parse(Path(file).read_text(encoding="utf-8", errors="replace"))
-    except (OSError, SyntaxError):
+    file, found = _classes(cls)
+    if file is None or not found:
         return True
     names = {k.__name__ for k in cls.__mro__}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ClassDef) and node.name in names:
-            for sub in ast.walk(node):
-                if (
-                    isinstance(sub, ast.Attribute)
-                    and sub.attr in ("headers", "auth")
-                    and ast.unparse(sub.value) == "self.client"
-                ):
-                    return True
-    return False
+    return any(
+        isinstance(sub, ast.Attribute)
+        and sub.attr in ("headers", "auth")
+        and ast.unparse(sub.value) == "self.client"
+        for node in found
+        if node.name in names
+        for sub in ast.walk(node)
+    )
 
 
 def _flat(

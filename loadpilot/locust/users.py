@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from loadpilot.errors import RequestError, ScenarioError
 from loadpilot.locust.clients import HttpSession, RestSession
-from loadpilot.locust.events import Events, events
+from loadpilot.locust.events import events
 from loadpilot.scenarios.scenario import VUser
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -395,21 +395,3 @@ class LoadTestShape:
 
     def tick(self) -> tuple[int, float] | tuple[int, float, Any] | None:
         raise NotImplementedError
-
-
-__all__ = [
-    "Events",
-    "FastHttpUser",
-    "HttpUser",
-    "LoadTestShape",
-    "SequentialTaskSet",
-    "TaskSet",
-    "User",
-    "between",
-    "constant",
-    "constant_pacing",
-    "constant_throughput",
-    "events",
-    "tag",
-    "task",
-]

@@ -300,7 +300,8 @@ async fn closed_worker(ctx: Arc<Ctx>, vu: u64, user: Option<User>) {
             late: false,
             due: None,
         };
-        let began = Instant::now();
+        // The clock is read only for a paced wait, which is what the iteration left of it.
+        let began = think.pace.map(|_| Instant::now());
         // Boxed: an iteration's state (the request in flight, the exchange's futures) is about
         // 1.5 KiB; inline it would stay in every user's task while the user thinks, and a run
         // may hold tens of thousands of thinking users.
@@ -311,11 +312,17 @@ async fn closed_worker(ctx: Arc<Ctx>, vu: u64, user: Option<User>) {
         if !went {
             break;
         }
-        rng = splitmix(rng);
-        let draw = (rng >> 11) as f64 / (1u64 << 53) as f64;
         let wait = match user.session.take_wait() {
             Some(chosen) => chosen,
-            None => think.after(began.elapsed(), draw),
+            None => {
+                let draw = if think.max > think.min {
+                    rng = splitmix(rng);
+                    (rng >> 11) as f64 / (1u64 << 53) as f64
+                } else {
+                    0.0
+                };
+                think.after(began.map_or(Duration::ZERO, |b| b.elapsed()), draw)
+            }
         };
         // Without think time, a user whose target refuses connections would spin: pause
         // briefly so the errors are counted without burning the CPU the run measures.
