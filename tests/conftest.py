@@ -87,7 +87,8 @@ class _RecordingHandler(BaseHTTPRequestHandler):
         self._answer(b"ok")
 
     def do_POST(self) -> None:  # noqa: N802
-        """``POST /login`` with ``{"user": U}`` answers ``{"token": "t-U"}``."""
+        """``POST /login`` with ``{"user": U}`` answers ``{"token": "t-U"}``; ``POST /echo``
+        answers its body; any other path ``ok``."""
         self._note()
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         with self.server.lock:
@@ -95,6 +96,8 @@ class _RecordingHandler(BaseHTTPRequestHandler):
         if self.path == "/login":
             user = json.loads(body)["user"]
             self._answer(json.dumps({"token": f"t-{user}"}).encode())
+        elif self.path == "/echo":
+            self._answer(body)
         else:
             self._answer(b"ok")
 
@@ -151,18 +154,30 @@ def wait_for_rows(run_dir: Path, rows: int, timeout_s: float = 30.0) -> None:
     raise AssertionError(f"{jsonl} did not reach {rows} rows in {timeout_s} s")
 
 
-def stop_delay(run_dir: Path, signalled_at: float) -> float:
-    """Seconds from a signal sent at wall time ``signalled_at`` to the instant the engine
-    stopped sending, as the run's own summary records it (``started_at + duration_s``): the
-    stop itself, without printing, Parquet or the interpreter's exit."""
-    s = lp.load_run(run_dir).summary()
-    return s.started_at + s.duration_s - signalled_at
+def assert_stopped_on_time(recorder: Recorder, signalled: float, s: lp.Summary) -> None:
+    """A stop as the server saw it: no request arrived more than a second after the signal
+    (``time.monotonic()`` when it was sent), and every request that arrived is one the run
+    counts as answered or as cancelled in flight (nothing sent that the run does not own)."""
+    with recorder.lock:
+        times = [t for t, _ in recorder.arrivals]
+    assert times, "nothing reached the server"
+    assert max(times) - signalled < 1.0, f"a request arrived {max(times) - signalled:.2f} s after the stop"
+    o = s.overall
+    assert o.requests <= len(times) <= o.requests + o.cancelled, (len(times), o)
+
+
+def assert_served(s: lp.Summary, served: int) -> None:
+    """What the run says it sent, held to what the server counted (one request an iteration):
+    every answered request reached the server, and nothing reached it that the run does not
+    count as answered or as cancelled in flight."""
+    o = s.overall
+    assert o.requests <= served <= o.requests + o.cancelled, (served, o)
 
 
 def interrupt_cli(args: list[str], rows: int = 2) -> tuple[int, str, str, float]:
     """Runs ``loadpilot ARGS`` (which must give ``--out DIR``), presses Ctrl-C once the run
     has written ``rows`` rows, and returns its exit code, its output and the wall time at
-    which Ctrl-C was pressed (for :func:`stop_delay`)."""
+    which Ctrl-C was pressed (``time.monotonic()``, for :func:`assert_stopped_on_time`)."""
     import signal
     import subprocess
     import sys
@@ -180,7 +195,7 @@ def interrupt_cli(args: list[str], rows: int = 2) -> tuple[int, str, str, float]
     except AssertionError:
         proc.kill()
         raise
-    sent = time.time()
+    sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     return proc.returncode, out, err, sent

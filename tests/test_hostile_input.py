@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import constant, get, read_line
+from conftest import Recorder, assert_stopped_on_time, constant, get, read_line
 
 import loadpilot as lp
 
@@ -252,7 +252,7 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_exits_143(tmp_path: Path) -> None:
     import time
 
     ten_s = {"model": "open", "stages": [{"kind": "constant", "rate": 50, "duration_s": 10}]}
-    with lp.start_target() as target:
+    with Recorder.serving() as target:
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -272,11 +272,16 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_exits_143(tmp_path: Path) -> None:
         assert proc.stdout is not None
         head = read_line(proc.stdout)
         assert head.startswith("run directory:")
-        time.sleep(0.3)
+        deadline = time.monotonic() + 30
+        while len(target.arrivals) < 10:
+            assert time.monotonic() < deadline, "the run sent nothing"
+            time.sleep(0.02)
+        sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 143, out + err
     assert "Traceback" not in err
     s = lp.load_run(tmp_path / "r").summary()
     assert s.ended == "stopped"
+    assert_stopped_on_time(target, sent, s)
     assert s.target_requests == s.overall.iterations + s.overall.cancelled + s.overall.unsent

@@ -200,12 +200,14 @@ def test_weights_are_exact_at_fifty_thousand_requests_a_second(
     plan = lp.Plan(
         target=target.url,
         load=constant(50_000, 1),
-        tasks=[get("a", weight=5), get("b")],
+        tasks=[get("a", "/a", weight=5), get("b", "/b")],
     )
     s = lp.run(plan, out).summary()
     # Exact in the arrivals, whatever this machine could send of them.
     assert [t.target_requests for t in s.tasks] == [41_667, 8_333]
-    for t in s.tasks:
+    served = target.served_by_path
+    for t, path in zip(s.tasks, ["/a", "/b"], strict=True):
+        assert t.requests <= served[path] <= t.requests + t.cancelled, (served, t)
         assert t.target_requests == t.iterations + t.cancelled + t.unsent
 
 

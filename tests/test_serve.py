@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 
 import loadpilot as lp
@@ -117,36 +119,61 @@ def lines(resp: http.client.HTTPResponse) -> list[dict[str, Any]]:
     return [json.loads(line) for line in resp.read().decode().splitlines() if line.strip()]
 
 
+def _requests_counted(exposition: str, run: str) -> float:
+    """``loadpilot_requests_total`` of one run, summed over its series, from the exposition
+    as Prometheus' own parser reads it."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(exposition)
+        for s in family.samples
+        if s.name == "loadpilot_requests_total" and s.labels.get("run") == run
+    )
+
+
 def test_a_plan_runs_and_its_rows_stream_as_they_close(api: Api, target: lp.TargetServer) -> None:
     before = target.served
-    status, created = api.request("POST", "/runs", plan(target.url))
+    started = time.time()
+    status, created = api.request("POST", "/runs", plan(target.url, seconds=3))
     assert status == 201, created
     rid = created["id"]
     status, busy = api.request("POST", "/runs", plan(target.url))
     assert status == 409 and rid in busy["detail"]
-    out = lines(api.stream("GET", f"/runs/{rid}/metrics"))
+    assert api.request("GET", "/readyz") == (200, {"ready": False, "busy": True})
+    resp = api.stream("GET", f"/runs/{rid}/metrics")
+    first = json.loads(resp.readline())
+    # The first row came while the run went: streamed as it closed, not kept to the end.
+    status, info = api.request("GET", f"/runs/{rid}")
+    assert info["state"] == "running", info
+    assert 0 < info["summary"]["overall"]["requests"] < 300
+    out = [first, *lines(resp)]
     rows, summary = out[:-1], out[-1]["summary"]
-    assert summary["ended"] == "completed" and summary["overall"]["requests"] == 200
-    assert target.served - before == 200
+    assert summary["ended"] == "completed" and summary["overall"]["requests"] == 300
+    assert target.served - before == 300
+    # Rows carry their instant in seconds since the Unix epoch.
+    assert all(started - 1 < r["time"] < time.time() + 1 for r in rows)
     # The same rows as the run directory's: one per task per closed second.
     on_disk = [
         json.loads(x) for x in (Path(created["path"]) / "metrics.jsonl").read_text().splitlines()
     ]
-    assert [(r["elapsed_s"], r["task"], r["requests"]) for r in rows] == [
-        (r["elapsed_s"], r["task"], r["requests"]) for r in on_disk
+    assert [(r["elapsed_s"], r["task"], r["request"], r["requests"]) for r in rows] == [
+        (r["elapsed_s"], r["task"], r["request"], r["requests"]) for r in on_disk
     ]
     status, info = api.request("GET", f"/runs/{rid}")
     assert (
         status == 200
         and info["state"] == "finished"
-        and info["summary"]["overall"]["requests"] == 200
+        and info["summary"]["overall"]["requests"] == 300
     )
+    assert api.request("GET", "/readyz") == (200, {"ready": True, "busy": False})
     status, listed = api.request("GET", "/runs")
     assert [r["id"] for r in listed] == [rid]
     status, html = api.request("GET", f"/runs/{rid}/report")
     assert status == 200 and "<html" in html.lower()
+    assert re.search(r"<td>all</td><td></td><td>300</td>", html), "the report's total"
     status, text = api.request("GET", "/metrics")
-    assert status == 200 and f'loadpilot_requests_total{{run="{rid}"' in text
+    assert status == 200 and _requests_counted(text, rid) == 300
 
 
 def test_the_seed_endpoint_streams_a_run_and_refuses_a_second(
@@ -177,12 +204,20 @@ def test_a_client_going_away_does_not_touch_the_run(api: Api, target: lp.TargetS
 
 
 def test_a_run_stops_on_request(api: Api, target: lp.TargetServer) -> None:
+    before = target.served
     status, created = api.request("POST", "/runs", plan(target.url, seconds=15))
     time.sleep(1.5)
     status, info = api.request("POST", f"/runs/{created['id']}/stop")
+    at_stop = target.served - before
     assert status == 202
-    assert info["state"] == "finished" and info["summary"]["ended"] == "stopped"
-    assert info["summary"]["duration_s"] < 5
+    s = info["summary"]
+    assert info["state"] == "finished" and s["ended"] == "stopped"
+    assert s["duration_s"] < 5
+    o = s["overall"]
+    assert o["requests"] <= at_stop <= o["requests"] + o["cancelled"], (at_stop, o)
+    # Nothing new is sent once the stop is answered.
+    time.sleep(2)
+    assert target.served - before == at_stop
 
 
 def test_refusals_are_clear_4xx(api: Api, target: lp.TargetServer, tmp_path: Path) -> None:
@@ -243,15 +278,27 @@ def test_serve_binds_elsewhere_only_with_a_token(tmp_path: Path) -> None:
     assert "give --token" in done.stderr and "Traceback" not in done.stderr
 
 
+def _documented_endpoints() -> set[tuple[str, str]]:
+    """(method, path) of every row of docs/serve.md's table of endpoints."""
+    doc = (Path(__file__).parents[1] / "docs" / "serve.md").read_text()
+    table = doc.split("## Endpoints", 1)[1].split("\n## ", 1)[0]
+    return {
+        (m.group(1), re.sub(r"\{\w+\}", "{}", m.group(2)))
+        for m in re.finditer(r"^\| `([A-Z]+) (/[^`]*)` \|", table, re.M)
+    }
+
+
 def test_the_openapi_document_holds_under_property_based_requests(tmp_path: Path) -> None:
     """Every operation of the served OpenAPI document, with generated inputs (valid and not),
     with the token: never a 5xx, every response as the document says (status, content type,
-    schema), invalid input refused. Caps keep any plan that gets through tiny (2 s, 50
-    requests/s, loopback only). Not checked: that every schema-valid plan is accepted, since a
-    plan has rules across fields that JSON Schema does not state (an ``expect`` with a JSON path
-    needs the value it must equal; a stage's ``kind`` picks its fields)."""
+    schema), invalid input refused (a 4xx). Caps keep any plan that gets through tiny (2 s, 50
+    requests/s, loopback only). The operations are the ones docs/serve.md lists. Not checked:
+    that every schema-valid plan is accepted, since a plan has rules across fields that JSON
+    Schema does not state (an ``expect`` with a JSON path needs the value it must equal; a
+    stage's ``kind`` picks its fields)."""
     import schemathesis
     from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
     from schemathesis.specs.openapi.checks import positive_data_acceptance as accepts_valid
 
     p, port = serve(tmp_path, "--token", TOKEN, "--max-duration", "2s", "--max-rate", "50")
@@ -261,15 +308,87 @@ def test_the_openapi_document_holds_under_property_based_requests(tmp_path: Path
         assert Api(port).request("GET", "/openapi.json", token=None)[0] == 401
         schema = schemathesis.openapi.from_url(url, headers=auth)
         operations = [r.ok() for r in schema.get_all_operations()]
-        assert len(operations) >= 11
+        served = {(op.method.upper(), re.sub(r"\{\w+\}", "{}", op.path)) for op in operations}
+        # The document lists itself nowhere; every other operation is in the docs' table.
+        assert served | {("GET", "/openapi.json")} == _documented_endpoints()
+        negative = 0
         for op in operations:
+            takes_input = bool(op.body) or bool(op.path_parameters) or bool(op.query)
+            modes = [GenerationMode.POSITIVE] + ([GenerationMode.NEGATIVE] if takes_input else [])
+            for mode in modes:
+                examples = 30 if op.method.upper() == "POST" else 12
 
-            @given(case=op.as_strategy())
-            @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
-            def holds(case: Any) -> None:
-                case.call_and_validate(headers=auth, timeout=30, excluded_checks=[accepts_valid])
+                @given(case=op.as_strategy(generation_mode=mode))
+                @settings(
+                    max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck)
+                )
+                def holds(case: Any) -> None:
+                    case.call_and_validate(
+                        headers=auth, timeout=30, excluded_checks=[accepts_valid]
+                    )
 
-            holds()
+                holds()
+                negative += mode is GenerationMode.NEGATIVE
+        # POST /runs, POST /run and POST /scenarios take a body, the run routes an id.
+        assert negative >= 7
     finally:
         os.killpg(p.pid, signal.SIGTERM)
         p.wait(20)
+
+
+def test_scenario_source_runs_with_allow_code_within_the_user_cap(
+    tmp_path: Path, target: lp.TargetServer
+) -> None:
+    p, port = serve(tmp_path, "--token", TOKEN, "--allow-code", "--max-users", "5")
+    api = Api(port)
+    source = (
+        "import loadpilot as lp\n"
+        "@lp.scenario(profile=lp.users({users}, '2s', think='100ms'))\n"
+        "class Browse(lp.VUser):\n"
+        "    @lp.task\n"
+        "    def home(self):\n"
+        "        self.client.get('/')\n"
+    )
+    try:
+        before = target.served
+        status, body = api.request(
+            "POST", "/scenarios", {"scenario": source.format(users=6), "target": target.url}
+        )
+        assert status == 403 and "6 users" in body["detail"] and "allows 5" in body["detail"]
+        status, body = api.request(
+            "POST", "/runs", {**plan(target.url), "load": {
+                "model": "closed", "stages": [{"kind": "constant", "rate": 6, "duration_s": 2}]}}
+        )  # fmt: skip
+        assert status == 403 and "allows 5" in body["detail"]
+        assert target.served == before, "nothing was sent for a refused run"
+
+        status, created = api.request(
+            "POST", "/scenarios", {"scenario": source.format(users=5), "target": target.url}
+        )
+        assert status == 201, created
+        rows = lines(api.stream("GET", f"/runs/{created['id']}/metrics"))
+        s = rows[-1]["summary"]
+        assert s["ended"] == "completed" and s["overall"]["requests"] > 0
+        assert target.served - before == s["overall"]["requests"]
+        assert {r["active_users"] for r in rows[:-1] if r["request"] is None} == {5}
+    finally:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(20)
+
+
+def test_serve_spreads_a_plan_over_local_agents(tmp_path: Path, target: lp.TargetServer) -> None:
+    p, port = serve(tmp_path, "--token", TOKEN, "--agents", "2")
+    api = Api(port)
+    try:
+        before = target.served
+        status, created = api.request("POST", "/runs", plan(target.url, rate=200))
+        assert status == 201, created
+        s = lines(api.stream("GET", f"/runs/{created['id']}/metrics"))[-1]["summary"]
+        assert s["ended"] == "completed" and s["overall"]["requests"] == 400
+        assert target.served - before == 400
+        agents = pl.read_parquet(Path(created["path"]) / "agents.parquet")
+        per_agent = agents.group_by("agent").agg(pl.col("requests").sum()).sort("agent")
+        assert per_agent["requests"].to_list() == [200, 200]
+    finally:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(30)

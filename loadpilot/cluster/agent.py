@@ -103,10 +103,15 @@ class Agent:
         async def on_disconnect() -> None:
             self._connected = False
             self._disconnected_at = time.monotonic()
+            if self._slices:
+                print(f"agent {self.name}: NATS is away; holding reports", flush=True)
 
         async def on_reconnect() -> None:
             self._connected = True
             self._disconnected_at = None
+            held = sum(len(s.pending) for s in self._slices)
+            if held:
+                print(f"agent {self.name}: NATS is back; publishing {held} held reports", flush=True)
             # Silence while we were away says nothing about the coordinator.
             self._last_beat = time.monotonic()
 

@@ -77,6 +77,7 @@ class Problem(BaseModel):
 # Refusals are JSON whatever the endpoint's own content type.
 _PROBLEM: dict[str, Any] = {"model": Problem, "content": {"application/json": {}}}
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {**_PROBLEM, "description": "The body is not JSON"},
     401: {**_PROBLEM, "description": "No or wrong bearer token"},
     403: {**_PROBLEM, "description": "Beyond this server's caps, allow-list or code policy"},
     404: {**_PROBLEM, "description": "No such run"},
@@ -264,7 +265,8 @@ def _health_routes(app: FastAPI, server: Server, auth: list[Any]) -> None:
 
     @app.get("/readyz", dependencies=auth, responses=_ERRORS, summary="Ready for a run")
     def readyz() -> dict[str, Any]:
-        return {"ready": True, "busy": server.active() is not None}
+        busy = server.active() is not None
+        return {"ready": not busy, "busy": busy}
 
     @app.get("/metrics", dependencies=auth, responses=_ERRORS, response_class=PlainTextResponse)
     def metrics() -> PlainTextResponse:
