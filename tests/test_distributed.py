@@ -18,7 +18,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import get, wait_for_rows
+from conftest import Recorder, get, wait_for_rows
 from hdrh.histogram import HdrHistogram
 from hdrh.log import HistogramLogReader
 
@@ -467,19 +467,24 @@ def test_an_unreachable_nats_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_a_plan_larger_than_a_nats_message_reaches_its_agents(tmp_path: Path) -> None:
     rows = [[f"user-{i:06d}-" + "x" * 40] for i in range(40_000)]  # ~2 MB of feeder
-    with lp.start_target() as target:
-        p = plan(target.url, 100, 2).model_copy(
+    with Recorder.serving() as server:
+        p = plan(server.url, 100, 2).model_copy(
             update={
-                "feeder": lp.Feeder(columns=["user"], rows=rows),
+                # Rows drawn at random from the whole feeder: a plan cut at a message's size
+                # would lose the second half of them.
+                "feeder": lp.Feeder(columns=["user"], rows=rows, mode="random", seed=7),
                 "tasks": [get("a", "/echo?u={{user}}")],
             }
         )
         assert len(p.to_json()) > 1_000_000
         r = lp.run(p, tmp_path / "run", agents=2)
-        served = target.served
+        paths = [path for _, path in server.arrivals]
     s = r.summary()
-    assert s.overall.requests == 200 == served
+    assert s.overall.requests == 200 == len(paths)
     assert s.overall.errors == 0
+    users = [path.removeprefix("/echo?u=") for path in paths]
+    assert set(users) <= {row[0] for row in rows}
+    assert max(int(u.split("-")[1]) for u in users) >= 20_000, "rows from the second megabyte"
 
 
 def test_on_agent_loss_abort_ends_the_run_early(tmp_path: Path) -> None:
@@ -492,12 +497,16 @@ def test_on_agent_loss_abort_ends_the_run_early(tmp_path: Path) -> None:
         wait_for_rows(r.path, 2 * 2)
         os.kill(r._handle._children[1].pid, signal.SIGKILL)  # type: ignore[attr-defined]
         r.wait()
+        served = target.served
     s = r.summary()
     assert s.ended == "aborted"
     assert s.duration_s < 15
     assert "lost" in [e["event"] for e in events(r.path)]
     assert "takeover" not in [e["event"] for e in events(r.path)]
     o = s.overall
+    # What the lost agent sent in the seconds it had not reported reached the server: at most
+    # two seconds of its share (250 a second) beyond what the run counts.
+    assert o.requests <= served <= o.requests + o.cancelled + 2 * 250, (served, o)
     assert s.target_requests == (o.iterations or 0) + o.cancelled + o.unsent
 
 

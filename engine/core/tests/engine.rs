@@ -339,9 +339,21 @@ fn a_connection_closed_after_goaway_is_replaced_and_what_it_cut_off_is_counted()
         "every due request is accounted for"
     );
     // An answer the server had buffered when it closed may not have left it.
+    let taken = counts[0].load(Ordering::Relaxed);
     let answered = counts[1].load(Ordering::Relaxed);
     let ok = s.overall.requests - s.overall.errors;
     assert!(ok > 0 && ok <= answered, "{ok} of {answered}: {kinds:?}");
+    // The server's side: every stream it took was sent, so it is answered, failed or
+    // cancelled; every stream it took and never answered is a failure or cancelled.
+    assert!(
+        s.overall.requests + s.overall.cancelled >= taken,
+        "{taken} streams taken: {:?}",
+        s.overall
+    );
+    assert!(
+        s.overall.errors + s.overall.cancelled >= taken - answered,
+        "{taken} taken, {answered} answered: {kinds:?}"
+    );
     assert_eq!(
         s.overall.errors,
         kinds["goaway"] + kinds["reset"],

@@ -528,8 +528,20 @@ mod tests {
     }
 
     /// Serves `answer` in pieces of `piece` bytes (so every parse step sees partial input) on a
-    /// loopback connection, and exchanges one GET over it.
+    /// loopback connection, and exchanges one GET over it; the server closes after answering.
     async fn exchange_with(answer: &'static [u8], piece: usize) -> Result<Got, ErrorKind> {
+        exchange_held(answer, piece, false, false).await
+    }
+
+    /// As `exchange_with`, a HEAD when `head_only`; with `hold`, the server keeps the
+    /// connection open after its answer (as a kept-alive server does), so a client that waits
+    /// for a body the answer does not have waits until the test's 2 s limit (a timeout).
+    async fn exchange_held(
+        answer: &'static [u8],
+        piece: usize,
+        head_only: bool,
+        hold: bool,
+    ) -> Result<Got, ErrorKind> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
@@ -537,21 +549,63 @@ mod tests {
             let mut req = [0u8; 1024];
             let _ = tcp.read(&mut req).await;
             for part in answer.chunks(piece) {
-                tcp.write_all(part).await.unwrap();
-                tcp.flush().await.unwrap();
+                // A client that found the answer broken has gone: the rest is not read.
+                if tcp.write_all(part).await.is_err() || tcp.flush().await.is_err() {
+                    return;
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            if hold {
+                // Until the client closes.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read(&mut req))
+                    .await;
             }
         });
         let mut stream = Stream::Plain(TcpStream::connect(addr).await.unwrap());
+        let head: &[u8] = if head_only {
+            b"HEAD / HTTP/1.1\r\nhost: x\r\n"
+        } else {
+            b"GET / HTTP/1.1\r\nhost: x\r\n"
+        };
         let sent = Sent {
-            head: b"GET / HTTP/1.1\r\nhost: x\r\n",
+            head,
             cookie: None,
             body: &Payload::default(),
-            head_only: false,
+            head_only,
         };
-        let got = exchange(&mut stream, sent, true, false).await;
+        let got = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            exchange(&mut stream, sent, true, false),
+        )
+        .await
+        .unwrap_or(Err(ErrorKind::Timeout));
+        drop(stream);
         server.await.unwrap();
         got
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn head_204_and_304_answers_have_no_body_whatever_they_announce() {
+        for piece in [1, 4096] {
+            let got = exchange_held(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                piece,
+                true,
+                true,
+            )
+            .await
+            .unwrap();
+            assert_eq!((got.status, got.bytes), (200, 0), "HEAD, {piece}");
+            assert!(got.reusable, "HEAD, {piece}");
+            for answer in [
+                &b"HTTP/1.1 204 No Content\r\n\r\n"[..],
+                &b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n"[..],
+            ] {
+                let got = exchange_held(answer, piece, false, true).await.unwrap();
+                assert_eq!(got.bytes, 0, "{piece}");
+                assert!(got.reusable, "{piece}");
+            }
+        }
     }
 
     #[tokio::test(flavor = "current_thread")]
