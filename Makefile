@@ -52,8 +52,15 @@ PROMETHEUS := /usr/bin/prometheus
 $(PROMETHEUS):
 	apt-get update && apt-get install -y prometheus
 
+# An HTTP/1.1 and HTTP/2 server that is not built on the engine's libraries (Debian's nginx),
+# and openssl to make its test certificate.
+NGINX := /usr/sbin/nginx
+
+$(NGINX):
+	apt-get update && apt-get install -y nginx-light openssl
+
 .PHONY: test
-test: build-dev $(CHROMIUM) $(PROMETHEUS) ## Run every test: Rust (cargo test) and Python (pytest, Chromium)
+test: build-dev $(CHROMIUM) $(PROMETHEUS) $(NGINX) ## Run every test: Rust (cargo test) and Python (pytest, Chromium)
 	cargo test --release --workspace --exclude loadpilot-python
 	$(PY) -m pytest
 	$(PY) -m pytest --nbval-lax -p no:cacheprovider notebooks
