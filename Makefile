@@ -59,8 +59,14 @@ NGINX := /usr/sbin/nginx
 $(NGINX):
 	apt-get update && apt-get install -y nginx-light openssl
 
+# Java HdrHistogram's own log processor, the reference the .hgrm files are held to.
+HDRHISTOGRAM_JAVA := /usr/share/java/hdrhistogram.jar
+
+$(HDRHISTOGRAM_JAVA):
+	apt-get update && apt-get install -y default-jre-headless libhdrhistogram-java
+
 .PHONY: test
-test: build-dev $(CHROMIUM) $(PROMETHEUS) $(NGINX) ## Run every test: Rust (cargo test) and Python (pytest, Chromium)
+test: build-dev $(CHROMIUM) $(PROMETHEUS) $(NGINX) $(HDRHISTOGRAM_JAVA) ## Run every test: Rust (cargo test) and Python (pytest, Chromium)
 	cargo test --release --workspace --exclude loadpilot-python
 	$(PY) -m pytest
 	$(PY) -m pytest --nbval-lax -p no:cacheprovider notebooks

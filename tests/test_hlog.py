@@ -4,6 +4,7 @@ own tests assert on these files), analysed like runs, and percentile rows by Jav
 from __future__ import annotations
 
 import math
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,11 @@ from hdrh.histogram import HdrHistogram
 import loadpilot as lp
 from loadpilot import _engine
 from loadpilot.analysis.spectra import hgrm
+from tests.conftest import read_with_hdrh
 
 DATA = Path(__file__).parent / "data" / "hdrhistogram"
+#: Java HdrHistogram, Debian's libhdrhistogram-java (make test installs it).
+JAVA_HDRHISTOGRAM = "/usr/share/java/hdrhistogram.jar"
 
 
 def ns(ms: float | None) -> int:
@@ -159,9 +163,52 @@ def test_a_run_reads_as_a_log_with_the_same_figures(
     assert log.tasks == ["a"]
     assert log.histogram() == run.histogram()
     assert log.histogram().percentile(99) == run.summary().overall.latency_ms.p99
-    # A log and a run compare like two runs.
+    # The same figures from a reader that is not the engine's.
+    by_hdrh = HdrHistogram(1, 3_600_000_000, 3)
+    for h in read_with_hdrh(run.path / "latency.hlog"):
+        by_hdrh.add(h)
+    assert by_hdrh.get_total_count() == run.histogram().count == 400
+    assert by_hdrh.get_value_at_percentile(99) / 1000 == run.summary().overall.latency_ms.p99
+    # A log and a run compare like two runs: alike with itself, and a slower run is a
+    # regression against it.
     c = lp.compare(run, log)
     assert {ch.verdict for ch in c.changes if ch.metric != "max"} == {"no significant change"}
+    with lp.start_target(delay_ms=5) as slow:
+        slower = lp.run(plan.model_copy(update={"target": slow.url}), tmp_path / "slow")
+    c = lp.compare(log, slower, metrics=["p50", "p99"])
+    assert {ch.verdict for ch in c.changes} == {"regressed"}, c
+
+
+def test_hgrm_files_are_what_java_hdrhistogram_writes_for_the_same_log(
+    target: lp.TargetServer, tmp_path: Path
+) -> None:
+    """Each task's ``.hgrm`` against Java HdrHistogram's own ``HistogramLogProcessor`` (Debian's
+    libhdrhistogram-java) reading the run's ``latency.hlog``: the same rows, line for line."""
+    plan = lp.Plan(
+        target=target.url,
+        load=lp.OpenLoad(stages=[lp.Constant(rate=300, duration_s=3)], connections=8),
+        tasks=[
+            lp.Task(name="fast", weight=2, requests=[lp.Request(path="/")]),
+            lp.Task(name="slow", requests=[lp.Request(path="/?delay_ms=3")]),
+        ],
+    )
+    run = lp.run(plan, tmp_path / "r")
+    lp.export(run, tmp_path / "out", formats=["hgrm"])
+    for task in ("fast", "slow"):
+        java = subprocess.run(
+            ["java", "-cp", JAVA_HDRHISTOGRAM, "org.HdrHistogram.HistogramLogProcessor",
+             "-i", str(run.path / "latency.hlog"), "-o", str(tmp_path / task), "-tag", task,
+             "-outputValueUnitRatio", "1000", "-percentilesOutputTicksPerHalf", "5"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert java.returncode == 0, java.stderr
+        theirs = (tmp_path / f"{task}.hgrm").read_text().splitlines()
+        ours = (tmp_path / "out" / f"latency-{task}.hgrm").read_text().splitlines()
+        # Java's processor adds two lines of its own first (the window and the start time).
+        assert theirs[0].startswith("#[Overall percentile distribution")
+        assert theirs[1].startswith("#[StartTime:")
+        assert len(ours) > 30
+        assert ours == theirs[2:], task
 
 
 def _java_rows(h: _engine.Histogram, ticks: int) -> list[tuple[float, float, int]]:

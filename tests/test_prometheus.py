@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 import shutil
 import statistics
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import get
+from conftest import get, read_with_hdrh
 
 import loadpilot as lp
 from loadpilot.cluster.server import free_port
@@ -89,6 +90,49 @@ def scrape_text(port: int) -> str:
         return text
 
 
+def samples(text: str, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
+    """The samples of ``name`` whose labels include ``labels``, as Prometheus' own parser reads
+    the exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [
+        (s.labels, s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    ]
+
+
+def total(text: str, name: str, **labels: str) -> float:
+    return sum(v for _, v in samples(text, name, **labels))
+
+
+def scraped_when(port: int, ready: Callable[[str], bool], timeout_s: float = 10) -> str:
+    """The exporter's text once ``ready(text)`` holds (it catches up with the run's files a
+    few times a second), or a failure after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = scrape_text(port)
+        if ready(text):
+            return text
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the exporter did not catch up:\n{text[-2000:]}")
+        time.sleep(0.1)
+
+
+def hlog_buckets(path: Path) -> list[int]:
+    """Cumulative counts at each of ``LATENCY_BUCKETS`` of every value in an ``.hlog``, read
+    by hdrh, each value placed by the highest latency its HdrHistogram bucket stands for."""
+    counts = [0] * len(LATENCY_BUCKETS)
+    for h in read_with_hdrh(path):
+        for item in h.get_recorded_iterator():
+            v = item.value_iterated_to / 1e6
+            first = bisect.bisect_left(LATENCY_BUCKETS, v)
+            for j in range(first, len(LATENCY_BUCKETS)):
+                counts[j] += item.count_at_value_iterated_to
+    return counts
+
+
 def test_prometheus_sees_the_target_rate_and_the_runs_own_p99(
     tmp_path: Path, prometheus: Callable[[list[str]], Prometheus]
 ) -> None:
@@ -116,13 +160,30 @@ def test_prometheus_sees_the_target_rate_and_the_runs_own_p99(
                 rates.append(v)
         r.wait()
         s = r.summary()
-        time.sleep(2.5)  # the last seconds scraped
+        # The last seconds scraped.
+        deadline = time.monotonic() + 10
+        while prom.value('sum(loadpilot_requests_total{scenario="scraped"})') != 10_000:
+            assert time.monotonic() < deadline, "Prometheus never scraped the run's total"
+            time.sleep(0.2)
     assert len(rates) >= 6, rates
     within = [v for v in rates if abs(v - 500) <= 25]
     assert abs(statistics.median(rates) - 500) <= 25, rates
     assert len(within) >= len(rates) * 0.75, rates
-    # After it: the quantile Prometheus estimates from the buckets lands within one bucket of
-    # the run's own p99, for the whole run and per task.
+    # After it: every bucket the exporter serves is the count hdrh reads from the run's own
+    # log at that bound, and so the quantile Prometheus estimates from the buckets lands in
+    # the bucket of the run's own p99, for the whole run and per task.
+    text = scraped_when(port, lambda x: total(x, "loadpilot_requests_total", run="run") == 10_000)
+    served = {
+        float(labels["le"]): v
+        for labels, v in samples(text, "loadpilot_request_duration_seconds_bucket", run="run")
+        if labels["task"] == "browse"
+    }
+    summed: dict[float, float] = {}
+    for labels, v in samples(text, "loadpilot_request_duration_seconds_bucket", run="run"):
+        summed[float(labels["le"])] = summed.get(float(labels["le"]), 0) + v
+    expected = hlog_buckets(r.path / "latency.hlog")
+    assert [summed[le] for le in LATENCY_BUCKETS] == expected
+    assert summed[float("inf")] == 10_000 and len(served) == len(LATENCY_BUCKETS) + 1
     for task, exact in [
         (None, s.overall.latency_ms.p99),
         ("browse", s.task("browse").latency_ms.p99),
@@ -135,15 +196,24 @@ def test_prometheus_sees_the_target_rate_and_the_runs_own_p99(
         assert est is not None and exact is not None
         b_est = bisect.bisect_left(LATENCY_BUCKETS, est)
         b_exact = bisect.bisect_left(LATENCY_BUCKETS, exact / 1000)
-        assert abs(b_est - b_exact) <= 1, (task, est, exact, LATENCY_BUCKETS[b_exact])
+        assert b_est == b_exact, (task, est, exact, LATENCY_BUCKETS[b_exact])
     # Counters are the run's own totals.
     # This run's series: the exporter of this process serves every run it has exported.
-    total = prom.value('sum(loadpilot_requests_total{scenario="scraped"})')
-    assert total == s.overall.requests == 10_000
+    total_seen = prom.value('sum(loadpilot_requests_total{scenario="scraped"})')
+    assert total_seen == s.overall.requests == 10_000
     ok = prom.value('sum(loadpilot_requests_total{scenario="scraped",status_class="2xx"})')
     assert ok == 10_000
     assert prom.value('sum(loadpilot_errors_total{scenario="scraped"})') == 0
     assert prom.value('loadpilot_target_rate{task="browse"}') == pytest.approx(400)
+    # The other families, each against the run's own figure.
+    assert total(text, "loadpilot_missed_total", run="run") == s.overall.missed
+    assert total(text, "loadpilot_service_duration_seconds_count", run="run") == 10_000
+    assert [
+        sum(v for lb, v in samples(text, "loadpilot_service_duration_seconds_bucket", run="run")
+            if float(lb["le"]) == le)
+        for le in LATENCY_BUCKETS
+    ] == hlog_buckets(r.path / "service.hlog")  # fmt: skip
+    assert total(text, "loadpilot_in_flight", run="run") == 0, "nothing in flight once it ended"
 
 
 def test_the_exposition_names_only_run_scenario_task_and_class_labels(tmp_path: Path) -> None:
@@ -156,21 +226,36 @@ def test_the_exposition_names_only_run_scenario_task_and_class_labels(tmp_path: 
             tasks=[get("a", "/status/503"), get("b", "/?id=42")],
         )
         r = lp.run(plan, tmp_path / "labelled", prometheus=f"127.0.0.1:{port}")
-    time.sleep(0.5)
-    text = scrape_text(port)
+    text = scraped_when(port, lambda x: total(x, "loadpilot_requests_total", run="labelled") == 100)
     a = 'run="labelled",scenario="labels"'
     assert f'loadpilot_requests_total{{{a},status_class="5xx",task="a"}} 50.0' in text
     assert (
         'loadpilot_errors_total{kind="status",run="labelled",scenario="labels",task="a"} 50.0'
         in text
     )
-    assert "loadpilot_request_duration_seconds_bucket" in text
+    from prometheus_client.parser import text_string_to_metric_families
+
+    keys: set[str] = set()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            keys |= set(s.labels)
+            assert math.isfinite(s.value), (s.name, s.labels, s.value)
     # No URL becomes a label: a request's default name is its path as written, without the
     # query, and only the per-request families carry it (bounded by max_request_names).
+    assert keys <= {"run", "scenario", "task", "request", "status_class", "kind", "state", "le"}
     assert "id=42" not in text
-    with_path = [ln for ln in text.splitlines() if "/status" in ln and not ln.startswith("#")]
-    assert with_path and all(
-        ln.startswith("loadpilot_named_") and 'request="GET /status/503"' in ln for ln in with_path
+    named = {
+        s.labels["request"]
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if "request" in s.labels and s.labels["run"] == "labelled"
+    }
+    assert named == {"GET /status/503", "GET /"}
+    assert all(
+        s.name.startswith("loadpilot_named_")
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if "request" in s.labels
     )
     assert r.summary().overall.requests == 100
 
@@ -206,8 +291,21 @@ def test_every_dashboard_panel_has_data_for_a_distributed_run(
                     .replace("$__rate_interval", "5s")
                 )
                 queries += 1
-                if not prom.query(expr):
-                    empty.append((p["title"], expr))
+                values = [float(x["value"][1]) for x in prom.query(expr)]
+                # A query over nothing (a quantile of no buckets, a ratio of zeros) answers NaN:
+                # no data, however many series it returns.
+                if not values or not all(math.isfinite(v) for v in values):
+                    empty.append((p["title"], expr, values))
         r.wait()
+        s = r.summary()
+        text = scraped_when(
+            port, lambda x: total(x, "loadpilot_requests_total", run="dash") == s.overall.requests
+        )
     assert queries >= 10
     assert not empty, empty
+    # The distributed exporter's figures are the merged summary's.
+    assert total(text, "loadpilot_requests_total", run="dash") == s.overall.requests == 2400
+    assert total(text, "loadpilot_errors_total", run="dash") == s.overall.errors == 600
+    assert total(text, "loadpilot_request_duration_seconds_count", run="dash") == 2400
+    assert total(text, "loadpilot_agents", run="dash", state="done") == 2
+    assert total(text, "loadpilot_agents", run="dash", state="lost") == 0
