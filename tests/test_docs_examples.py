@@ -1,17 +1,20 @@
 """Every Python and shell example of the README and of docs/analysis.md, distributed.md,
-locust.md, observability.md and serve.md runs as printed, in order, in a scratch directory that
+kubernetes.md, locust.md, observability.md and serve.md runs as printed, in order, in a scratch directory that
 holds `datasets/` (the recorded runs the analysis examples read), against the built-in target.
 
-One substitution: the documented ports (8080 the target, 8000 the API, 9464 metrics) become free
-ports. Lines not run,
-and why: `make test` (this suite is part of it) and `make lab` (an interactive server); `pip
-install` (this environment has the extras); anything naming a host other than this machine (the
-cluster examples: nothing here is ever sent elsewhere). A new example is run too: this test reads
-the documents, it does not list their examples."""
+Two substitutions: the documented ports (8080 the target, 8000 the API, 9464 metrics) become free
+ports, and `curl -s` fails on a 4xx or 5xx answer (`--fail-with-body`). What the examples print
+is checked where it states a fact (a streamed run's summary, the HTTP/2 example's counts). Lines
+not run, and why: `make test` (this suite is part of it) and `make lab` (an interactive server);
+`pip install` (this environment has the extras); anything naming a host other than this machine
+(the cluster examples: nothing here is ever sent elsewhere); `docker`, `helm` and `kubectl` (a
+cluster). Their count per document and reason is asserted, so none is left out silently. A new
+example is run too: this test reads the documents, it does not list their examples."""
 
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
 import signal
@@ -31,10 +34,13 @@ DOCS = [
     "README.md",
     "docs/analysis.md",
     "docs/distributed.md",
+    "docs/kubernetes.md",
     "docs/locust.md",
     "docs/observability.md",
     "docs/serve.md",
 ]
+#: Documents whose fences are all listings (file layouts, log heads, schemas), never commands.
+LISTINGS = ["docs/architecture.md", "docs/run-directory.md", "docs/benchmarks.md"]
 #: The ports the documents use (the built-in target, the API, Prometheus metrics): each becomes
 #: a free port of its own.
 PORTS = ("8080", "8000", "9464")
@@ -58,7 +64,7 @@ def blocks() -> list[Block]:
         lines = (ROOT / doc).read_text().splitlines()
         i = 0
         while i < len(lines):
-            m = re.fullmatch(r"```(\w+)", lines[i])
+            m = re.fullmatch(r"```(\w*)", lines[i])
             if m is None:
                 i += 1
                 continue
@@ -84,6 +90,22 @@ def elsewhere(text: str) -> bool:
     return any(h not in ("127.0.0.1", "localhost", "[::1]") for h in hosts)
 
 
+def commands(text: str) -> list[str]:
+    """The shell lines of a block, a line ending in a backslash joined with the next."""
+    out: list[str] = []
+    pending = ""
+    for line in text.splitlines():
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        out.append(pending + line)
+        pending = ""
+    return out
+
+
+CLUSTER = re.compile(r"^(?:docker|kubectl|helm)\b|\$\((?:kubectl)|\$TOKEN\b")
+
+
 def skipped(line: str) -> str | None:
     command = line.split("#", 1)[0].strip()
     if command in ("make test", "make lab"):
@@ -92,7 +114,23 @@ def skipped(line: str) -> str | None:
         return "installs what this environment has"
     if elsewhere(line):
         return "names a host other than this machine"
+    if CLUSTER.search(command):
+        return "needs a Kubernetes cluster or a container engine"
     return None
+
+
+#: Every line the examples leave out, by document and reason: a new line left out must be
+#: added here, so nothing is skipped silently.
+SKIPPED = {
+    ("README.md", "a make verb this suite cannot run from inside itself"): 2,
+    ("README.md", "installs what this environment has"): 1,
+    ("README.md", "names a host other than this machine"): 2,
+    ("docs/distributed.md", "a Python example naming a host other than this machine"): 1,
+    ("docs/distributed.md", "installs what this environment has"): 1,
+    ("docs/distributed.md", "names a host other than this machine"): 2,
+    ("docs/kubernetes.md", "names a host other than this machine"): 2,
+    ("docs/kubernetes.md", "needs a Kubernetes cluster or a container engine"): 14,
+}
 
 
 def env() -> dict[str, str]:
@@ -134,7 +172,7 @@ class Workspace:
         return text
 
     def sh(self, block: Block) -> None:
-        for line in block.text.splitlines():
+        for line in commands(block.text):
             if not line.strip() or line.lstrip().startswith("#") or skipped(line):
                 continue
             command = line.split("  #", 1)[0].strip()
@@ -171,6 +209,9 @@ class Workspace:
                     server.wait(10)
                 continue
             command = self.local(command)
+            if command.startswith("curl -s "):
+                # An answer of 4xx or 5xx fails the example (curl alone exits 0 on them).
+                command = command.replace("curl -s ", "curl -sS --fail-with-body ", 1)
             done = subprocess.run(
                 command, shell=True, cwd=self.path, env=env(), capture_output=True, text=True,
                 timeout=300,
@@ -186,6 +227,13 @@ class Workspace:
             assert "Traceback" not in done.stderr, (block.where, command, done.stderr)
             if command.startswith("loadpilot run"):
                 assert "ended: completed" in done.stdout, (block.where, done.stdout[-3000:])
+            if command.startswith("curl") and command.endswith("/run"):
+                # A streamed run: its rows, then its summary.
+                last = json.loads(done.stdout.strip().splitlines()[-1])
+                assert last["summary"]["ended"] == "completed", (block.where, last)
+                assert last["summary"]["overall"]["errors"] == 0, (block.where, last)
+            if command.startswith("curl") and command.endswith("/healthz"):
+                assert json.loads(done.stdout) == {"status": "ok"}, (block.where, done.stdout)
 
     def python(self, block: Block) -> None:
         first = block.text.splitlines()[0].strip()
@@ -208,6 +256,10 @@ class Workspace:
             text=True, timeout=300,
         )  # fmt: skip
         assert done.returncode == 0, (block.where, done.stdout[-3000:], done.stderr[-3000:])
+        # What an example prints is checked where it states a fact the reader could check.
+        if '"over HTTP/2' in block.text:
+            m = re.search(r"^(\d+) requests, (\d+) over HTTP/2", done.stdout, re.M)
+            assert m and m.group(1) == m.group(2) != "0", (block.where, done.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -235,10 +287,26 @@ def test_the_documents_have_examples_and_none_is_left_out() -> None:
     assert sum(b.doc == "README.md" for b in found) >= 8
     langs = {b.lang for b in found}
     assert langs == {"python", "sh"}
-    # Fences of another language would be skipped silently: there are none.
-    for doc in DOCS:
-        for m in re.finditer(r"^```(\w+)$", (ROOT / doc).read_text(), re.M):
-            assert m.group(1) in ("python", "sh", "json"), (doc, m.group(1))
+    # Every fence says its language, and only examples' languages are commands: a fence of
+    # another language would be skipped silently.
+    for doc in DOCS + LISTINGS:
+        text = (ROOT / doc).read_text()
+        opening = re.findall(r"^```(\w*)$", text, re.M)[::2]
+        allowed = ("text", "json") if doc in LISTINGS else ("python", "sh", "json", "text")
+        assert all(lang in allowed for lang in opening), (doc, opening)
+    # The lines left out, by document and reason, are exactly the ones listed.
+    left_out: dict[tuple[str, str], int] = {}
+    for b in found:
+        if b.lang == "python":
+            if elsewhere(b.text):
+                key = (b.doc, "a Python example naming a host other than this machine")
+                left_out[key] = left_out.get(key, 0) + 1
+            continue
+        for line in commands(b.text):
+            why = skipped(line)
+            if why is not None:
+                left_out[(b.doc, why)] = left_out.get((b.doc, why), 0) + 1
+    assert left_out == SKIPPED
 
 
 @pytest.mark.parametrize("block", blocks(), ids=lambda b: b.where)
