@@ -161,7 +161,9 @@ def assert_stopped_on_time(recorder: Recorder, signalled: float, s: lp.Summary) 
     with recorder.lock:
         times = [t for t, _ in recorder.arrivals]
     assert times, "nothing reached the server"
-    assert max(times) - signalled < 1.0, f"a request arrived {max(times) - signalled:.2f} s after the stop"
+    assert max(times) - signalled < 1.0, (
+        f"a request arrived {max(times) - signalled:.2f} s after the stop"
+    )
     o = s.overall
     assert o.requests <= len(times) <= o.requests + o.cancelled, (len(times), o)
 

@@ -71,7 +71,11 @@ class Nginx:
         conf = self.dir / "nginx.conf"
         conf.write_text(
             _CONF.format(
-                dir=self.dir, port=self.port, listen=listen, tls=tls_conf, streams=streams,
+                dir=self.dir,
+                port=self.port,
+                listen=listen,
+                tls=tls_conf,
+                streams=streams,
                 upstream=upstream,
             )  # fmt: skip
         )

@@ -201,7 +201,16 @@ def test_ctrl_c_stops_within_a_second_and_prints_the_partial_summary(
 ) -> None:
     f = _write(tmp_path, SHOP.replace('duration="2s"', 'duration="60s"'))
     code, out, err, sent = interrupt_cli(
-        ["run", str(f), "--scenario", "Shop", "--target", recorder.url, "--out", str(tmp_path / "r")]
+        [
+            "run",
+            str(f),
+            "--scenario",
+            "Shop",
+            "--target",
+            recorder.url,
+            "--out",
+            str(tmp_path / "r"),
+        ]
     )
 
     assert code == 130, out + err

@@ -161,7 +161,9 @@ def test_connections_are_split_between_the_agents(tmp_path: Path) -> None:
     # unsent.
     with lp.start_target(delay_ms=30) as target:
         p = plan(target.url, 150, 2).model_copy(
-            update={"load": lp.OpenLoad(stages=[lp.Constant(rate=150, duration_s=2)], connections=3)}
+            update={
+                "load": lp.OpenLoad(stages=[lp.Constant(rate=150, duration_s=2)], connections=3)
+            }
         )
         s = lp.run(p, tmp_path / "run", agents=3).summary()
         assert target.connections == 3

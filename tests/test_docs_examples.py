@@ -1,6 +1,7 @@
 """Every Python and shell example of the README and of docs/analysis.md, distributed.md,
-kubernetes.md, locust.md, observability.md and serve.md runs as printed, in order, in a scratch directory that
-holds `datasets/` (the recorded runs the analysis examples read), against the built-in target.
+kubernetes.md, locust.md, observability.md and serve.md runs as printed, in order, in a scratch
+directory that holds `datasets/` (the recorded runs the analysis examples read), against the
+built-in target.
 
 Two substitutions: the documented ports (8080 the target, 8000 the API, 9464 metrics) become free
 ports, and `curl -s` fails on a 4xx or 5xx answer (`--fail-with-body`). What the examples print

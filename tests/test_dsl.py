@@ -284,8 +284,12 @@ def test_profile_totals_are_the_engines_count_of_what_is_sent(
     # One step holds its target: the engine sends 100 a second, and the profile says so.
     one_step = lp.step(0, 100, 1, "1s")
     assert one_step.total == 100 and one_step.points() == [(0.0, 100.0), (1.0, 100.0)]
+    # Worked by hand: a ramp from 0 to 60 over 1 s is 30; the step 100; the spike 10 for
+    # 0.5 s and 50 for 0.5 s, 30.
     mixed = lp.ramp(0, 60, "1s") + one_step + lp.spike(10, 50, "0.5s", "1s")
-    for profile in (one_step, mixed):
+    assert mixed.total == 30 + 100 + 30
+    for profile, expected in ((one_step, 100), (mixed, 160)):
+        before = target.served
 
         @lp.scenario(profile=profile)
         class S(lp.VUser):
@@ -294,4 +298,5 @@ def test_profile_totals_are_the_engines_count_of_what_is_sent(
                 self.client.get("/")
 
         s = lp.run(S, tmp_path / f"r{len(profile.stages)}", target=target.url).summary()
-        assert s.target_requests == round(profile.total), profile.describe()
+        assert s.target_requests == expected, profile.describe()
+        assert target.served - before == s.overall.requests == expected, profile.describe()

@@ -209,7 +209,9 @@ def test_http2_against_an_independent_server_counts_what_it_served(out: Path) ->
     assert len({uri for _, _, uri in log}) == 800
 
 
-def test_the_servers_concurrent_stream_limit_is_honoured(target: lp.TargetServer, out: Path) -> None:
+def test_the_servers_concurrent_stream_limit_is_honoured(
+    target: lp.TargetServer, out: Path
+) -> None:
     # Eight requests in flight, all eight on one connection as the plan asks; nginx allows 2
     # streams a connection. Answers take 20 ms (passed to the built-in target), so a connection
     # within the limit carries at most ~100 a second of the 200 due; a client that opened more

@@ -6,11 +6,15 @@ where `agent`, `serve` and `run` all work."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import tomllib
 import venv
 from pathlib import Path
@@ -19,6 +23,7 @@ import pytest
 import yaml
 
 import loadpilot as lp
+from loadpilot.cluster.server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
@@ -155,6 +160,36 @@ def test_the_installed_wheel_runs_every_role(installed: Path, tmp_path: Path) ->
         )  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
         assert target.served == 50
+        # The distributed extra at work: the installed nats-server and two agents of the
+        # installed package.
+        done = subprocess.run(
+            [exe, "run", "plan.json", "--out", "spread", "--agents", "2"],
+            capture_output=True, text=True, cwd=tmp_path, timeout=180,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert target.served == 100
+    # The serve extra at work: the installed server answers.
+    port = free_port()
+    server = subprocess.Popen(
+        [exe, "serve", "--port", str(port)], cwd=tmp_path, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                c.request("GET", "/healthz")
+                r = c.getresponse()
+                assert (r.status, json.loads(r.read())) == (200, {"status": "ok"})
+                break
+            except OSError:
+                assert server.poll() is None, server.communicate()[1]
+                assert time.monotonic() < deadline, "the installed serve never answered"
+                time.sleep(0.2)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(20)
     where = subprocess.run(
         [str(installed / "bin/python"), "-c", "import loadpilot; print(loadpilot.__file__)"],
         capture_output=True, text=True, cwd=tmp_path, timeout=60,

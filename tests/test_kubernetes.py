@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -214,26 +215,57 @@ def test_what_the_pods_reference_exists_and_matches(combination: str) -> None:
         for v in volumes.values():
             if "persistentVolumeClaim" in v:
                 assert v["persistentVolumeClaim"]["claimName"] in claims
-        if w["metadata"]["labels"].get("app.kubernetes.io/part-of") == "loadpilot":
-            assert spec["securityContext"]["runAsNonRoot"] is True
-            for c in spec["containers"]:
-                assert c["securityContext"]["readOnlyRootFilesystem"] is True
-                assert c["securityContext"]["allowPrivilegeEscalation"] is False
-                assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
-    for pdb in find(docs, "PodDisruptionBudget", "-agent"):
-        agent = one(docs, "Deployment", "-agent")
+    # LoadPilot's own workloads, each hardened: the agents, the coordinator when enabled and
+    # the helm test pod (the bundled NATS is the subchart's).
+    coordinator_on = values.get("coordinator", {}).get("enabled", False)
+    ours = [w for w in workloads if w["metadata"]["name"].startswith("lp-loadpilot-")]
+    assert {w["metadata"]["name"] for w in ours} == {
+        "lp-loadpilot-agent", "lp-loadpilot-test",
+    } | ({"lp-loadpilot-coordinator"} if coordinator_on else set())  # fmt: skip
+    for w in ours:
+        assert w["metadata"]["labels"]["app.kubernetes.io/part-of"] == "loadpilot"
+        spec = pod_spec(w)
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["runAsUser"] == 10001
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert spec["automountServiceAccountToken"] is False
+        for c in spec["containers"]:
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True
+            assert c["securityContext"]["allowPrivilegeEscalation"] is False
+            assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+            # Tokens come from Secrets through the environment, never on a command line.
+            assert "--token" not in c.get("args", []), w["metadata"]["name"]
+            for s in secrets.values():
+                for v in s.get("data", {}).values():
+                    assert base64.b64decode(v).decode() not in " ".join(c.get("args", []))
+    # Agents are disrupted one at a time, unless the budget is turned off.
+    agent = one(docs, "Deployment", "-agent")
+    if values.get("agent", {}).get("podDisruptionBudget", {}).get("enabled", True):
+        pdb = one(docs, "PodDisruptionBudget", "-agent")
         assert pdb["spec"]["selector"] == agent["spec"]["selector"]
-    for svc in find(docs, "Service", "-coordinator"):
+        assert pdb["spec"]["maxUnavailable"] == 1
+    else:
+        assert find(docs, "PodDisruptionBudget", "-agent") == []
+    if not coordinator_on:
+        assert find(docs, "Service", "-coordinator") == find(docs, "ServiceMonitor") == []
+    else:
+        svc = one(docs, "Service", "-coordinator")
         coord = one(docs, "Deployment", "-coordinator")
+        # One coordinator, never two at once (a run's state lives in its process).
+        assert coord["spec"]["replicas"] == 1
+        assert coord["spec"]["strategy"] == {"type": "Recreate"}
         labels = coord["spec"]["template"]["metadata"]["labels"]
         assert svc["spec"]["selector"].items() <= labels.items()
         named = {p["name"] for p in pod_spec(coord)["containers"][0]["ports"]}
         assert {p["targetPort"] for p in svc["spec"]["ports"]} <= named
-        for sm in find(docs, "ServiceMonitor"):
+        monitors = find(docs, "ServiceMonitor")
+        assert len(monitors) == int(values.get("monitoring", {}).get("enabled", False))
+        for sm in monitors:
             assert (
                 sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
             )
             assert sm["spec"]["endpoints"][0]["port"] in {p["name"] for p in svc["spec"]["ports"]}
+            assert sm["spec"]["endpoints"][0]["interval"] == "15s"
             cred = sm["spec"]["endpoints"][0]["authorization"]["credentials"]
             token_env = pod_spec(coord)["containers"][0]["env"][0]
             assert token_env["name"] == "LOADPILOT_TOKEN"
@@ -530,6 +562,10 @@ def test_the_rendered_nats_agent_and_coordinator_run_a_load_test(
     assert status == 200 and f'loadpilot_requests_total{{run="{created["id"]}"' in text
     assert http_get(api, endpoint["path"])[0] == 401
 
-    # NATS gone: the agent's readiness probe fails (and its liveness probe's port still answers).
+    # NATS gone: the agent's readiness probe fails, and its liveness probe (a TCP connect to
+    # the same port) still succeeds: an agent waiting for NATS is not restarted.
     processes.procs[0].kill()
     wait_status(health, readiness["httpGet"]["path"], 503)
+    liveness = pod_spec(one(docs, "Deployment", "-agent"))["containers"][0]["livenessProbe"]
+    assert liveness["tcpSocket"]["port"] == readiness["httpGet"]["port"]
+    socket.create_connection(("127.0.0.1", health), timeout=5).close()

@@ -65,14 +65,14 @@ def test_the_live_dashboard_updates_without_blocking_and_freezes_on_the_end(
 def test_runs_and_summaries_render_as_compact_tables(
     target: lp.TargetServer, tmp_path: Path
 ) -> None:
-    plan = lp.Plan(name="<r>", target=target.url, load=constant(100, 2), tasks=[get("a")])
+    plan = lp.Plan(name="<r>", target=target.url, load=constant(100, 4), tasks=[get("a")])
     run = lp.start(plan, tmp_path / "r")
     wait_for_rows(tmp_path / "r", 1)
-    running = run._repr_html_()  # a second before the end of the run
+    running = run._repr_html_()  # three seconds before the end of the run
     assert "running" in running and "&lt;r&gt;" in running
     run.wait()
     done = run._repr_html_()
-    assert "finished (completed)" in done and "<td>a</td>" in done and "<td>200</td>" in done
+    assert "finished (completed)" in done and "<td>a</td>" in done and "<td>400</td>" in done
     # The tasks' table (a head, the task, all) and the request names' (a head, the name).
     assert lp.load_run(run.path)._repr_html_().count("<tr>") == (1 + 2) + (1 + 1)
     assert run.summary()._repr_html_().startswith("<table>")

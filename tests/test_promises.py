@@ -125,7 +125,10 @@ def test_a_kernel_interrupt_stops_the_run_and_keeps_its_data(
     s = loaded.summary()
     assert s.ended == "stopped" and 1.0 < s.duration_s < 3.0
     assert s.overall.requests == int(loaded.metrics["requests"].sum()) > 100
-    assert (out / "metrics.parquet").exists()
+    # The interrupted run's Parquet was written, whole: the rows of its metrics.jsonl.
+    parquet = pl.read_parquet(out / "metrics.parquet").filter(pl.col("request").is_null())
+    assert parquet.height == len(loaded.metrics)
+    assert int(parquet["requests"].sum()) == s.overall.requests
 
 
 def test_parquet_time_is_utc_and_a_torn_jsonl_line_is_dropped(

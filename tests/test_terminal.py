@@ -8,7 +8,10 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
+
+import pytest
 
 import loadpilot as lp
 
@@ -134,8 +137,19 @@ def run_in_terminal(tmp_path: Path, *args: str) -> tuple[int, str]:
         env=env,
     )
     os.close(follower)
+    import select
+
     chunks = []
+    deadline = time.monotonic() + 120
     while True:
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            os.close(leader)
+            pytest.fail("the run in the terminal did not end within 120 s")
+        ready, _, _ = select.select([leader], [], [], 1.0)
+        if not ready:
+            continue
         try:
             data = os.read(leader, 65536)
         except OSError:  # the terminal closed: the process is gone

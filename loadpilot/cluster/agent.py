@@ -111,7 +111,9 @@ class Agent:
             self._disconnected_at = None
             held = sum(len(s.pending) for s in self._slices)
             if held:
-                print(f"agent {self.name}: NATS is back; publishing {held} held reports", flush=True)
+                print(
+                    f"agent {self.name}: NATS is back; publishing {held} held reports", flush=True
+                )
             # Silence while we were away says nothing about the coordinator.
             self._last_beat = time.monotonic()
 
