@@ -125,6 +125,15 @@ def test_three_agents_add_up_to_the_plan_and_the_server_exactly(tmp_path: Path) 
     loaded = lp.load_run(r.path)
     assert loaded.summary().overall.requests == 30_000
     assert (r.path / "metrics.parquet").exists() and (r.path / "agents.parquet").exists()
+    # One instant: every agent's interval n ended at the same moment (each row's time is its
+    # interval's end, on the agent's clock corrected by its measured offset).
+    ends = seconds.group_by("elapsed_s").agg(
+        (pl.col("time").max() - pl.col("time").min()).dt.total_microseconds().alias("spread_us")
+    )
+    assert ends["spread_us"].max() < 50_000, ends
+    # Each local agent's output is kept beside the run.
+    logs = sorted((r.path / "agents").glob("*.log"))
+    assert len(logs) == 3 and all("waiting for work" in f.read_text() for f in logs)
 
 
 def test_closed_model_users_are_split_exactly(tmp_path: Path) -> None:
@@ -248,6 +257,10 @@ def test_an_agent_killed_mid_run_is_lost_and_the_survivors_take_its_share(
     extra = served - (o.requests + o.cancelled)
     assert 0 <= extra <= 2 * 1000 / 3, (served, o)
     assert s.target_requests == (o.iterations or 0) + o.cancelled + o.unsent
+    # The taken-over arrivals were sent late and count from when they were due: at least the
+    # loss limit of waiting shows in the tail (the target answers in well under a millisecond).
+    assert o.latency_ms.max is not None and o.latency_ms.max >= AGENT_LOST_S * 1000, o.latency_ms
+    assert o.service_ms.max is not None and o.service_ms.max < 500, o.service_ms
 
 
 def test_agents_stop_their_load_when_the_coordinator_is_killed(
@@ -279,6 +292,12 @@ def test_agents_stop_their_load_when_the_coordinator_is_killed(
             # machine runs both agents and the target beside this test).
             assert last_change - killed < COORDINATOR_LOST_S + 3.0, last_change - killed
             assert target.served == last, "no load after the agents stopped"
+        # The run directory has every interval closed so far and no summary; it loads, and
+        # its summary is made from what is there.
+        assert not (tmp_path / "run" / "summary.json").exists()
+        loaded = lp.load_run(tmp_path / "run")
+        assert not loaded.complete
+        assert loaded.summary().overall.requests == int(loaded.metrics["requests"].sum()) > 0
         # Both agents are back to waiting for work.
         end(*agents)
         for a in agents:
@@ -577,3 +596,66 @@ def test_a_report_of_another_shape_is_logged_once_acknowledged_and_the_run_goes_
     assert s.ended == "completed"
     assert s.overall.requests == 4000 == served
     assert r.agents["state"].to_list() == ["done", "done"]
+
+
+def test_clock_offsets_are_measured_and_reported_past_their_bound(tmp_path: Path) -> None:
+    # A bound of zero: every agent's measured offset (tiny on one machine, never exactly
+    # nothing) is past it, and the run says so for each, before it starts.
+    with lp.start_target() as target:
+        r = lp.run(
+            plan(target.url, 100, 1), tmp_path / "run", agents=lp.Agents(count=2, max_offset_ms=0)
+        )
+    clock = [e for e in events(r.path) if e["event"] == "clock"]
+    assert len(clock) == 2 and all("clock off by" in str(e["detail"]) for e in clock), clock
+    offsets = r.agents["clock_offset_ms"].to_list()
+    assert all(abs(v) < 20 for v in offsets), offsets
+    assert r.summary().overall.requests == 100
+
+
+def test_on_agent_loss_continue_goes_on_without_the_lost_share(tmp_path: Path) -> None:
+    with lp.start_target() as target:
+        r = lp.start(
+            plan(target.url, 400, 8),
+            tmp_path / "run",
+            agents=lp.Agents(count=2, on_loss="continue"),
+        )
+        wait_for_rows(r.path, 2 * 2)
+        os.kill(r._handle._children[1].pid, signal.SIGKILL)  # type: ignore[attr-defined]
+        r.wait()
+        served = target.served
+    s = r.summary()
+    kinds = [e["event"] for e in events(r.path)]
+    assert s.ended == "completed" and "lost" in kinds and "takeover" not in kinds, kinds
+    # The survivor sent its half; the lost agent's rest was never sent by anyone.
+    per_agent = r.agents.sort("name")
+    assert per_agent["state"].to_list() == ["done", "lost"]
+    assert per_agent["requests"][0] == 1600
+    o = s.overall
+    assert 1600 <= o.requests < 3200 - 2 * 200
+    assert o.requests <= served <= o.requests + o.cancelled + 2 * 200
+
+
+def test_a_lost_agents_users_are_started_by_the_survivors(tmp_path: Path) -> None:
+    with lp.start_target(delay_ms=5) as target:
+        p = lp.Plan(
+            name="users",
+            target=target.url,
+            load=lp.ClosedLoad(stages=[lp.Constant(rate=6, duration_s=10)], think_s=0.05),
+            tasks=[get("a", "/")],
+        )
+        r = lp.start(p, tmp_path / "run", agents=2)
+        wait_for_rows(r.path, 2 * 2)
+        os.kill(r._handle._children[0].pid, signal.SIGKILL)  # type: ignore[attr-defined]
+        r.wait()
+    kinds = [e["event"] for e in events(r.path)]
+    assert "lost" in kinds and "takeover" in kinds, kinds
+    # The survivor runs all six users by the last seconds: its own three and the lost three.
+    survivor = (
+        pl.read_parquet(r.path / "agents.parquet")
+        .filter(pl.col("interval_s") == 1.0)
+        .group_by("elapsed_s")
+        .agg(pl.col("active_users").sum())
+        .sort("elapsed_s")
+    )
+    assert survivor["active_users"][-2:].to_list() == [6, 6], survivor
+    assert r.summary().overall.errors == 0

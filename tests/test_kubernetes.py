@@ -349,6 +349,21 @@ def test_monitoring_ships_the_dashboard_for_grafanas_sidecar() -> None:
                 and d["metadata"]["name"].endswith("-dashboard")]  # fmt: skip
 
 
+def test_the_dashboard_goes_where_grafanas_sidecar_looks_and_nats_exports_its_own() -> None:
+    docs = manifests(
+        render(
+            {
+                "monitoring": {"enabled": True, "dashboard": {"namespace": "grafana"}},
+                "nats": {"promExporter": {"enabled": True, "podMonitor": {"enabled": True}}},
+            }
+        )
+    )
+    assert one(docs, "ConfigMap", "-dashboard")["metadata"]["namespace"] == "grafana"
+    nats = pod_spec(one(docs, "StatefulSet"))
+    assert any("exporter" in c["name"] for c in nats["containers"]), nats["containers"]
+    assert one(docs, "PodMonitor", "-nats")
+
+
 def test_the_notes_say_how_to_start_a_run() -> None:
     notes = render({})["loadpilot/templates/NOTES.txt"]
     assert "agent.allowTargets is empty" in notes
@@ -556,6 +571,14 @@ def test_the_rendered_nats_agent_and_coordinator_run_a_load_test(
         assert summary["ended"] == "completed", (summary, processes.log("coordinator"))
         assert summary["overall"]["requests"] == summary["target_requests"] == 400
         assert target.served == 400
+        # A target outside the allow-list the chart gave the coordinator is refused before any
+        # agent sees the plan.
+        c = http.client.HTTPConnection("127.0.0.1", api, timeout=60)
+        elsewhere = {**plan, "target": "http://127.0.0.2:8080"}
+        c.request("POST", "/runs", body=json.dumps(elsewhere), headers=headers)
+        r = c.getresponse()
+        refused = json.loads(r.read())
+        assert r.status == 403 and "not allowed" in refused["detail"], refused
     # What the ServiceMonitor scrapes, with the token it is given.
     endpoint = one(docs, "ServiceMonitor")["spec"]["endpoints"][0]
     status, text = http_get(api, endpoint["path"], token)

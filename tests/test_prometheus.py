@@ -225,7 +225,17 @@ def test_the_exposition_names_only_run_scenario_task_and_class_labels(tmp_path: 
             load=lp.OpenLoad(stages=[lp.Constant(rate=50, duration_s=2)]),
             tasks=[get("a", "/status/503"), get("b", "/?id=42")],
         )
-        r = lp.run(plan, tmp_path / "labelled", prometheus=f"127.0.0.1:{port}")
+        r = lp.start(plan, tmp_path / "labelled", prometheus=f"127.0.0.1:{port}")
+        # Before its first second closes, the run's series are there at zero (so rate() has its
+        # baseline from the first scrape).
+        early = scraped_when(port, lambda x: bool(samples(x, "loadpilot_requests_total")))
+        assert (
+            not (tmp_path / "labelled" / "metrics.jsonl").exists()
+            or not (tmp_path / "labelled" / "metrics.jsonl").read_text()
+        )
+        zeros = samples(early, "loadpilot_requests_total", run="labelled")
+        assert zeros and all(v == 0 for _, v in zeros), zeros
+        r.wait()
     text = scraped_when(port, lambda x: total(x, "loadpilot_requests_total", run="labelled") == 100)
     a = 'run="labelled",scenario="labels"'
     assert f'loadpilot_requests_total{{{a},status_class="5xx",task="a"}} 50.0' in text

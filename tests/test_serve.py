@@ -193,6 +193,11 @@ def test_a_client_going_away_does_not_touch_the_run(api: Api, target: lp.TargetS
     resp = api.stream("GET", f"/runs/{created['id']}/metrics")
     resp.readline()
     resp.close()  # gone mid-stream
+    # A client that joins later gets the rows from the first.
+    late = api.stream("GET", f"/runs/{created['id']}/metrics")
+    rows = lines(late)
+    assert rows[0]["elapsed_s"] == 0.0 and "summary" in rows[-1]
+    assert sum(r["requests"] for r in rows[:-1] if r["request"] is None) == 300
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         status, info = api.request("GET", f"/runs/{created['id']}")
