@@ -659,3 +659,32 @@ def test_a_lost_agents_users_are_started_by_the_survivors(tmp_path: Path) -> Non
     )
     assert survivor["active_users"][-2:].to_list() == [6, 6], survivor
     assert r.summary().overall.errors == 0
+
+
+def test_a_busy_agent_is_not_shared_with_a_second_coordinator(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    worker = agent(nats_server.url, "solo")
+    try:
+        with lp.start_target() as target:
+            first = lp.start(
+                plan(target.url, 200, 5),
+                tmp_path / "first",
+                agents=lp.Agents(count=1, nats=nats_server.url, timeout_s=20),
+            )
+            wait_for_rows(first.path, 2)
+            # The only agent is busy: the second coordinator finds no agent for its run.
+            with pytest.raises(lp.LoadPilotError, match="0 of 1 agents") as e:
+                lp.run(
+                    plan(target.url, 200, 2),
+                    tmp_path / "second",
+                    agents=lp.Agents(count=1, nats=nats_server.url, timeout_s=3),
+                )
+            assert "busy with another run: solo" in str(e.value)
+            first.wait()
+            served = target.served
+    finally:
+        end(worker)
+    # The first run went on untouched: its plan's count, the server's count.
+    s = first.summary()
+    assert s.ended == "completed" and s.overall.requests == 1000 == served

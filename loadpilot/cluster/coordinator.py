@@ -398,6 +398,7 @@ class Coordinator:
     async def _discover(self, nc: Any, count: int, timeout_s: float) -> list[_Agent]:
         deadline = time.monotonic() + timeout_s
         seen: dict[str, dict[str, Any]] = {}
+        busy: set[str] = set()
         while time.monotonic() < deadline:
             inbox = nc.new_inbox()
             answers: list[dict[str, Any]] = []
@@ -413,15 +414,26 @@ class Coordinator:
             await asyncio.sleep(0.3)
             await sub.unsubscribe()
             for info in answers:
-                if info.get("state") == "idle" and P.valid_name(str(info.get("name", ""))):
-                    seen[info["name"]] = info
+                name = str(info.get("name", ""))
+                if not P.valid_name(name):
+                    continue
+                if info.get("state") == "idle":
+                    seen[name] = info
+                    busy.discard(name)
+                elif name not in seen:
+                    busy.add(name)
             if len(seen) >= count:
                 chosen = sorted(seen)[:count]
                 return [_Agent(name, seen[name]) for name in chosen]
+        taken = (
+            f"; busy with another run: {', '.join(sorted(busy))} (an agent runs one run at a time)"
+            if busy
+            else ""
+        )
         raise ClusterError(
             f"{len(seen)} of {count} agents answered within {timeout_s:g} s on NATS "
             f"{P.redact(self.spec.nats or 'of this run')} (start them with `loadpilot agent "
-            "--nats URL`, or wait longer with --agents-timeout)"
+            f"--nats URL`, or wait longer with --agents-timeout){taken}"
         )
 
     async def _clock(self, nc: Any, name: str) -> tuple[float, float]:
