@@ -364,6 +364,20 @@ def test_the_dashboard_goes_where_grafanas_sidecar_looks_and_nats_exports_its_ow
     assert one(docs, "PodMonitor", "-nats")
 
 
+def test_scenario_code_is_accepted_only_where_the_values_allow_it() -> None:
+    def args(values: dict[str, Any], suffix: str) -> list[str]:
+        got: list[str] = pod_spec(one(manifests(render(values)), "Deployment", suffix))[
+            "containers"
+        ][0]["args"]
+        return got
+
+    on = {"coordinator": {"enabled": True, "allowCode": True}, "agent": {"allowCode": True}}
+    assert "--allow-code" in args(on, "-coordinator") and "--allow-code" in args(on, "-agent")
+    off = {"coordinator": {"enabled": True}}
+    assert "--allow-code" not in args(off, "-coordinator")
+    assert "--allow-code" not in args(off, "-agent")
+
+
 def test_the_notes_say_how_to_start_a_run() -> None:
     notes = render({})["loadpilot/templates/NOTES.txt"]
     assert "agent.allowTargets is empty" in notes

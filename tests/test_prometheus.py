@@ -319,3 +319,20 @@ def test_every_dashboard_panel_has_data_for_a_distributed_run(
     assert total(text, "loadpilot_request_duration_seconds_count", run="dash") == 2400
     assert total(text, "loadpilot_agents", run="dash", state="done") == 2
     assert total(text, "loadpilot_agents", run="dash", state="lost") == 0
+
+
+def test_a_closed_model_run_exports_its_active_users(tmp_path: Path) -> None:
+    port = free_port()
+    with lp.start_target(delay_ms=5) as target:
+        plan = lp.Plan(
+            name="users",
+            target=target.url,
+            load=lp.ClosedLoad(stages=[lp.Constant(rate=3, duration_s=3)], think_s=0.05),
+            tasks=[get("a")],
+        )
+        r = lp.start(plan, tmp_path / "closed", prometheus=f"127.0.0.1:{port}")
+        text = scraped_when(
+            port, lambda x: total(x, "loadpilot_requests_total", run="closed") > 0
+        )
+        assert total(text, "loadpilot_active_users", run="closed") == 3
+        r.wait()
