@@ -1020,7 +1020,9 @@ def _add_serve(sub: Any) -> None:
         default="127.0.0.1",
         help="address to bind (other than loopback: a token is required)",
     )
-    sv.add_argument("--port", type=int, default=8080)
+    sv.add_argument(
+        "--port", type=int, default=8000, help="port to listen on (8000; the target's is 8080)"
+    )
     sv.add_argument("--token", default=None, help="bearer token (else $LOADPILOT_TOKEN)")
     sv.add_argument("--runs", type=Path, default=Path("runs"), help="where run directories go")
     sv.add_argument(
