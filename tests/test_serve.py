@@ -397,3 +397,11 @@ def test_serve_spreads_a_plan_over_local_agents(tmp_path: Path, target: lp.Targe
     finally:
         os.killpg(p.pid, signal.SIGTERM)
         p.wait(30)
+
+
+def test_serve_and_the_target_listen_on_ports_that_do_not_collide() -> None:
+    from loadpilot.cli import _parser
+
+    parser = _parser()
+    assert parser.parse_args(["serve"]).port == 8000
+    assert parser.parse_args(["target"]).port == 8080
