@@ -221,10 +221,10 @@ def summary_table(s: Summary, verdicts: list[thresholds.Verdict]) -> Group:
             parts.append(
                 Text.assemble(
                     (
-                        "  PASS " if v.passed else "  FAIL ",
+                        "  PASS  " if v.passed else "  FAIL  ",
                         "bold green" if v.passed else "bold red",
                     ),
-                    str(v),
+                    v.detail,
                 )
             )
     return Group(*parts)

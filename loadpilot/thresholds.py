@@ -55,10 +55,14 @@ class Verdict:
     actual: float | None
     passed: bool
 
-    def __str__(self) -> str:
-        mark = "pass" if self.passed else "FAIL"
+    @property
+    def detail(self) -> str:
+        """The threshold and the measured value, without the verdict's word."""
         actual = "no data" if self.actual is None else _show(self.threshold.metric, self.actual)
-        return f"{mark}  {self.threshold.name} {self.threshold.text.strip()}  (actual {actual})"
+        return f"{self.threshold.name} {self.threshold.text.strip()}  (actual {actual})"
+
+    def __str__(self) -> str:
+        return f"{'pass' if self.passed else 'FAIL'}  {self.detail}"
 
 
 def _show(metric: str, v: float) -> str:

@@ -182,6 +182,9 @@ def test_a_terminal_gets_a_redrawn_panel_and_a_coloured_summary(
     # The summary as a table, each threshold coloured by its verdict.
     assert "p99.9 ms" in plain and "cancelled" in plain and "unsent" in plain
     assert re.search(r"\x1b\[[0-9;]*32m\s*PASS", out) and re.search(r"\x1b\[[0-9;]*31m\s*FAIL", out)
+    # One word for each verdict.
+    assert re.search(r"PASS\s+p99 < 1000ms", plain) and re.search(r"FAIL\s+p50 < 0.001ms", plain)
+    assert not re.search(r"PASS\s+pass|FAIL\s+FAIL", plain), plain[-2000:]
     assert "accounted for: 300 due" in plain
 
 
