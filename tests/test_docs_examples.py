@@ -41,7 +41,12 @@ DOCS = [
     "docs/serve.md",
 ]
 #: Documents whose fences are all listings (file layouts, log heads, schemas), never commands.
-LISTINGS = ["docs/architecture.md", "docs/run-directory.md", "docs/benchmarks.md"]
+LISTINGS = [
+    "docs/architecture.md",
+    "docs/run-directory.md",
+    "docs/benchmarks.md",
+    "docs/development.md",
+]
 #: The ports the documents use (the built-in target, the API, Prometheus metrics): each becomes
 #: a free port of its own.
 PORTS = ("8080", "8000", "9464")
