@@ -150,11 +150,14 @@ def _execute(
     prometheus: str | None = None,
     after: Any = None,
     started: Any = None,
+    junit_to: Path | None = None,
 ) -> int:
     """Runs, follows and judges a run; ``started(run)`` is called once it has started,
     ``after(run, summary)`` once it is over."""
     if report_to is not None:
         _check_output_file(report_to, "--report")
+    if junit_to is not None:
+        _check_output_file(junit_to, "--junit")
     try:
         r = launch.start(what, out, target=target, agents=agents, prometheus=prometheus)
     except PlanError as e:
@@ -194,6 +197,10 @@ def _execute(
         from loadpilot.analysis.reporting import report
 
         print(f"report: {report(r, report_to, checks)}")
+    if junit_to is not None:
+        from loadpilot.analysis.junit import run_junit
+
+        print(f"junit: {run_junit(s, verdicts, junit_to, r.path)}")
     if after is not None:
         after(r, s)
     _print_end(r, s, agents is not None)
@@ -451,6 +458,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             source=path,
             agents=_agents(args),
             prometheus=args.prometheus,
+            junit_to=args.junit,
         )
     try:
         text = path.read_bytes()
@@ -476,6 +484,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         source=path,
         agents=_agents(args),
         prometheus=args.prometheus,
+        junit_to=args.junit,
     )
 
 
@@ -597,6 +606,7 @@ def _run_locustfile(
             prometheus=getattr(args, "prometheus", None),
             after=after,
             started=started,
+            junit_to=getattr(args, "junit", None),
         )
         code = error_code if code == EXIT_ERRORS else code
     finally:
@@ -732,6 +742,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         service=args.service,
     )
     print(c.to_json() if args.json else c.table())
+    if args.junit is not None:
+        from loadpilot.analysis.junit import compare_junit
+
+        written = compare_junit(c, args.junit)
+        if not args.json:
+            print(f"junit: {written}")
     return EXIT_THRESHOLDS if c.regressed else EXIT_OK
 
 
@@ -849,6 +865,12 @@ def _add_run(sub: Any) -> None:
     r.add_argument("--threshold", action="append", help="e.g. 'p99<25ms' (repeatable)")
     r.add_argument("--abort-on-fail", action="store_true", help="stop as soon as a threshold fails")
     r.add_argument("--report", type=Path, default=None, help="write an HTML report (FILE.html)")
+    r.add_argument(
+        "--junit",
+        type=Path,
+        default=None,
+        help="write JUnit XML (FILE.xml): a test case per threshold, per task and for the end",
+    )
     r.add_argument(
         "--rps", type=float, default=None, help="run at this constant rate instead (open model)"
     )
@@ -1095,6 +1117,9 @@ def _add_compare(sub: Any) -> None:
     c.add_argument("--to", dest="end", type=_duration, default=None, help="window end")
     c.add_argument("--service", action="store_true", help="compare service time")
     c.add_argument("--json", action="store_true", help="print JSON")
+    c.add_argument(
+        "--junit", type=Path, default=None, help="write JUnit XML (FILE.xml): a case per metric"
+    )
     c.set_defaults(fn=_cmd_compare)
 
 
