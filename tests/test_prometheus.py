@@ -331,8 +331,6 @@ def test_a_closed_model_run_exports_its_active_users(tmp_path: Path) -> None:
             tasks=[get("a")],
         )
         r = lp.start(plan, tmp_path / "closed", prometheus=f"127.0.0.1:{port}")
-        text = scraped_when(
-            port, lambda x: total(x, "loadpilot_requests_total", run="closed") > 0
-        )
+        text = scraped_when(port, lambda x: total(x, "loadpilot_requests_total", run="closed") > 0)
         assert total(text, "loadpilot_active_users", run="closed") == 3
         r.wait()

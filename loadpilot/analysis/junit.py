@@ -22,9 +22,7 @@ from loadpilot.thresholds import Verdict
 _ENDED_OK = ("completed", "exhausted")
 
 
-def _case(
-    suite: ET.Element, classname: str, name: str, failure: str | None, out: str = ""
-) -> None:
+def _case(suite: ET.Element, classname: str, name: str, failure: str | None, out: str = "") -> None:
     case = ET.SubElement(suite, "testcase", classname=classname, name=name, time="0")
     if failure is not None:
         f = ET.SubElement(case, "failure", message=failure, type="loadpilot")
