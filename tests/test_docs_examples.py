@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = [
     "README.md",
     "docs/analysis.md",
+    "docs/ci.md",
     "docs/distributed.md",
     "docs/kubernetes.md",
     "docs/locust.md",
@@ -58,6 +59,9 @@ class Block:
     line: int
     lang: str
     text: str
+    #: A CI job's commands: run in a directory of their own, as a fresh checkout of the user's
+    #: repository (the workspace's files linked into it).
+    job: bool = False
 
     @property
     def where(self) -> str:
@@ -82,7 +86,25 @@ def blocks() -> list[Block]:
             i += 1
             if m.group(1) in ("python", "sh"):
                 found.append(Block(doc, start, m.group(1), "\n".join(body) + "\n"))
+            elif m.group(1) == "yaml":
+                found.append(Block(doc, start, "sh", "\n".join(ci_commands(body)) + "\n", True))
     return found
+
+
+def ci_commands(lines: list[str]) -> list[str]:
+    """The shell commands of a CI configuration, in order: a GitHub Actions workflow's `run`
+    steps, a GitLab CI job's `script`."""
+    import yaml
+
+    config = yaml.safe_load("\n".join(lines))
+    commands: list[str] = []
+    for job in (config.get("jobs") or {}).values():
+        commands += [s["run"] for s in job.get("steps", []) if "run" in s]
+    for job in config.values():
+        if isinstance(job, dict) and "script" in job:
+            commands += list(job["script"])
+    assert commands, "a CI configuration with no commands"
+    return commands
 
 
 _URL_HOST = re.compile(
@@ -129,6 +151,7 @@ def skipped(line: str) -> str | None:
 #: added here, so nothing is skipped silently.
 SKIPPED = {
     ("README.md", "a make verb this suite cannot run from inside itself"): 2,
+    ("docs/ci.md", "installs what this environment has"): 2,
     ("README.md", "installs what this environment has"): 1,
     ("README.md", "names a host other than this machine"): 2,
     ("docs/distributed.md", "a Python example naming a host other than this machine"): 1,
@@ -177,7 +200,19 @@ class Workspace:
             text = text.replace(documented, ours)
         return text
 
+    def checkout(self, block: Block) -> Path:
+        """A directory of its own for a CI job, holding links to the workspace's files (what
+        the user's repository would hold: shop.py, the feed, the recorded baseline)."""
+        where = self.path / f"job-{Path(block.doc).stem}-{block.line}"
+        where.mkdir()
+        for entry in self.path.iterdir():
+            # Not the run directories other examples wrote: a fresh checkout has none.
+            if not entry.name.startswith("job-") and entry.name != "runs":
+                (where / entry.name).symlink_to(entry)
+        return where
+
     def sh(self, block: Block) -> None:
+        cwd = self.checkout(block) if block.job else self.path
         for line in commands(block.text):
             if not line.strip() or line.lstrip().startswith("#") or skipped(line):
                 continue
@@ -195,7 +230,7 @@ class Workspace:
                     continue  # already serving (an earlier example started it)
                 self.started.add(command)
                 self.background.append(
-                    subprocess.Popen(command, shell=True, cwd=self.path, env=env(),
+                    subprocess.Popen(command, shell=True, cwd=cwd, env=env(),
                                      stdout=subprocess.DEVNULL, start_new_session=True)
                 )  # fmt: skip
                 port = int(re.search(r"--port (\d+)", command).group(1))  # type: ignore[union-attr]
@@ -205,7 +240,7 @@ class Workspace:
                 # A server in the foreground: on a port of its own, answering, then stopped.
                 port = free_port()
                 server = subprocess.Popen(
-                    command.replace("8080", str(port)), shell=True, cwd=self.path, env=env(),
+                    command.replace("8080", str(port)), shell=True, cwd=cwd, env=env(),
                     stdout=subprocess.DEVNULL, start_new_session=True,
                 )  # fmt: skip
                 try:
@@ -219,12 +254,14 @@ class Workspace:
                 # An answer of 4xx or 5xx fails the example (curl alone exits 0 on them).
                 command = command.replace("curl -s ", "curl -sS --fail-with-body ", 1)
             done = subprocess.run(
-                command, shell=True, cwd=self.path, env=env(), capture_output=True, text=True,
+                command, shell=True, cwd=cwd, env=env(), capture_output=True, text=True,
                 timeout=300,
             )  # fmt: skip
             expected = {0}
-            if command.startswith("loadpilot compare"):
+            if command.startswith("loadpilot compare datasets/"):
                 expected = {1}  # the recorded candidate regressed: the gate says so
+            elif command.startswith("loadpilot compare"):
+                expected = {0, 1}  # a run of this machine against its baseline: either
             elif "--threshold" in command:
                 expected = {0, 1}  # whether p99 stays under 20 ms is this machine's business
             assert done.returncode in expected, (
@@ -298,7 +335,7 @@ def test_the_documents_have_examples_and_none_is_left_out() -> None:
     for doc in DOCS + LISTINGS:
         text = (ROOT / doc).read_text()
         opening = re.findall(r"^```(\w*)$", text, re.M)[::2]
-        allowed = ("text", "json") if doc in LISTINGS else ("python", "sh", "json", "text")
+        allowed = ("text", "json") if doc in LISTINGS else ("python", "sh", "yaml", "json", "text")
         assert all(lang in allowed for lang in opening), (doc, opening)
     # The lines left out, by document and reason, are exactly the ones listed.
     left_out: dict[tuple[str, str], int] = {}
