@@ -840,14 +840,23 @@ def _add_demo(sub: Any) -> None:
 
 def _add_target(sub: Any) -> None:
     t = sub.add_parser("target", help="serve the built-in target")
-    t.add_argument("--host", default="127.0.0.1")
+    t.add_argument("--host", default="127.0.0.1", help="address to bind")
     t.add_argument("--port", type=int, default=8080, help="0 picks a free port")
-    t.add_argument("--delay-ms", type=float, default=0.0)
-    t.add_argument("--delay-max-ms", type=float, default=None)
-    t.add_argument("--error-rate", type=float, default=0.0)
-    t.add_argument("--stall-ms", type=float, default=0.0)
-    t.add_argument("--stall-every-s", type=float, default=0.0)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--delay-ms", type=float, default=0.0, help="answer each request this late")
+    t.add_argument(
+        "--delay-max-ms",
+        type=float,
+        default=None,
+        help="with --delay-ms: a delay drawn uniformly between the two",
+    )
+    t.add_argument(
+        "--error-rate", type=float, default=0.0, help="share of requests answered 500 (0 to 1)"
+    )
+    t.add_argument("--stall-ms", type=float, default=0.0, help="stop answering for this long ...")
+    t.add_argument(
+        "--stall-every-s", type=float, default=0.0, help="... once every this many seconds"
+    )
+    t.add_argument("--seed", type=int, default=0, help="seed of the drawn delays and errors")
     t.add_argument("--tls", action="store_true", help="serve https (self-signed certificate)")
     t.add_argument(
         "--concurrency", type=int, default=0, help="serve at most N requests at once (0: no cap)"

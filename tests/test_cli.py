@@ -120,3 +120,18 @@ def test_an_error_a_library_raises_for_a_stop_signal_is_that_signal(monkeypatch:
         once(signal.SIGINT, None)
     aborted, interrupted = cli._follow(run, None, None)  # type: ignore[arg-type]
     assert aborted == [] and type(interrupted) is KeyboardInterrupt and run.stopped == 1
+
+
+def test_the_command_line_reference_is_made_from_the_parser() -> None:
+    """docs/cli.md lists every verb and option the parser has, with defaults and help: a verb or
+    flag added, renamed or removed without the docs fails here."""
+    from tests.cli_reference import DOC, render
+
+    made = render()
+    assert DOC.read_text() == made, "docs/cli.md is stale: run `python tests/cli_reference.py`"
+    from loadpilot.cli import _parser
+
+    help_text = _parser().format_help()
+    verbs = help_text.split("{", 1)[1].split("}", 1)[0].split(",")
+    assert verbs and all(f"## loadpilot {v}\n" in made for v in verbs), verbs
+    assert "`--junit` `JUNIT`" in made and "`--max-streams` `MAX_STREAMS`" in made

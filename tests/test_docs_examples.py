@@ -46,6 +46,7 @@ LISTINGS = [
     "docs/architecture.md",
     "docs/run-directory.md",
     "docs/benchmarks.md",
+    "docs/cli.md",
     "docs/development.md",
 ]
 #: The ports the documents use (the built-in target, the API, Prometheus metrics): each becomes
