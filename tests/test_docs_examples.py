@@ -39,6 +39,7 @@ DOCS = [
     "docs/kubernetes.md",
     "docs/locust.md",
     "docs/observability.md",
+    "docs/scenarios.md",
     "docs/serve.md",
 ]
 #: Documents whose fences are all listings (file layouts, log heads, schemas), never commands.
