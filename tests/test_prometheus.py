@@ -172,14 +172,18 @@ def test_prometheus_sees_the_target_rate_and_the_runs_own_p99(
     # After it: every bucket the exporter serves is the count hdrh reads from the run's own
     # log at that bound, and so the quantile Prometheus estimates from the buckets lands in
     # the bucket of the run's own p99, for the whole run and per task.
-    text = scraped_when(port, lambda x: total(x, "loadpilot_requests_total", run="run") == 10_000)
+    text = scraped_when(
+        port, lambda x: total(x, "loadpilot_requests_total", scenario="scraped") == 10_000
+    )
     served = {
         float(labels["le"]): v
-        for labels, v in samples(text, "loadpilot_request_duration_seconds_bucket", run="run")
+        for labels, v in samples(
+            text, "loadpilot_request_duration_seconds_bucket", scenario="scraped"
+        )
         if labels["task"] == "browse"
     }
     summed: dict[float, float] = {}
-    for labels, v in samples(text, "loadpilot_request_duration_seconds_bucket", run="run"):
+    for labels, v in samples(text, "loadpilot_request_duration_seconds_bucket", scenario="scraped"):
         summed[float(labels["le"])] = summed.get(float(labels["le"]), 0) + v
     expected = hlog_buckets(r.path / "latency.hlog")
     assert [summed[le] for le in LATENCY_BUCKETS] == expected
@@ -206,14 +210,15 @@ def test_prometheus_sees_the_target_rate_and_the_runs_own_p99(
     assert prom.value('sum(loadpilot_errors_total{scenario="scraped"})') == 0
     assert prom.value('loadpilot_target_rate{task="browse"}') == pytest.approx(400)
     # The other families, each against the run's own figure.
-    assert total(text, "loadpilot_missed_total", run="run") == s.overall.missed
-    assert total(text, "loadpilot_service_duration_seconds_count", run="run") == 10_000
+    assert total(text, "loadpilot_missed_total", scenario="scraped") == s.overall.missed
+    assert total(text, "loadpilot_service_duration_seconds_count", scenario="scraped") == 10_000
+    service = samples(text, "loadpilot_service_duration_seconds_bucket", scenario="scraped")
     assert [
-        sum(v for lb, v in samples(text, "loadpilot_service_duration_seconds_bucket", run="run")
-            if float(lb["le"]) == le)
-        for le in LATENCY_BUCKETS
-    ] == hlog_buckets(r.path / "service.hlog")  # fmt: skip
-    assert total(text, "loadpilot_in_flight", run="run") == 0, "nothing in flight once it ended"
+        sum(v for lb, v in service if float(lb["le"]) == le) for le in LATENCY_BUCKETS
+    ] == hlog_buckets(r.path / "service.hlog")
+    assert total(text, "loadpilot_in_flight", scenario="scraped") == 0, (
+        "nothing in flight once it ended"
+    )
 
 
 def test_the_exposition_names_only_run_scenario_task_and_class_labels(tmp_path: Path) -> None:
@@ -309,28 +314,35 @@ def test_every_dashboard_panel_has_data_for_a_distributed_run(
         r.wait()
         s = r.summary()
         text = scraped_when(
-            port, lambda x: total(x, "loadpilot_requests_total", run="dash") == s.overall.requests
+            port,
+            lambda x: (
+                total(x, "loadpilot_requests_total", scenario="dashboard") == s.overall.requests
+            ),
         )
     assert queries >= 10
     assert not empty, empty
     # The distributed exporter's figures are the merged summary's.
-    assert total(text, "loadpilot_requests_total", run="dash") == s.overall.requests == 2400
-    assert total(text, "loadpilot_errors_total", run="dash") == s.overall.errors == 600
-    assert total(text, "loadpilot_request_duration_seconds_count", run="dash") == 2400
-    assert total(text, "loadpilot_agents", run="dash", state="done") == 2
-    assert total(text, "loadpilot_agents", run="dash", state="lost") == 0
+    assert (
+        total(text, "loadpilot_requests_total", scenario="dashboard") == s.overall.requests == 2400
+    )
+    assert total(text, "loadpilot_errors_total", scenario="dashboard") == s.overall.errors == 600
+    assert total(text, "loadpilot_request_duration_seconds_count", scenario="dashboard") == 2400
+    assert total(text, "loadpilot_agents", scenario="dashboard", state="done") == 2
+    assert total(text, "loadpilot_agents", scenario="dashboard", state="lost") == 0
 
 
 def test_a_closed_model_run_exports_its_active_users(tmp_path: Path) -> None:
     port = free_port()
     with lp.start_target(delay_ms=5) as target:
         plan = lp.Plan(
-            name="users",
+            name="closed-users",
             target=target.url,
             load=lp.ClosedLoad(stages=[lp.Constant(rate=3, duration_s=3)], think_s=0.05),
             tasks=[get("a")],
         )
         r = lp.start(plan, tmp_path / "closed", prometheus=f"127.0.0.1:{port}")
-        text = scraped_when(port, lambda x: total(x, "loadpilot_requests_total", run="closed") > 0)
-        assert total(text, "loadpilot_active_users", run="closed") == 3
+        text = scraped_when(
+            port, lambda x: total(x, "loadpilot_requests_total", scenario="closed-users") > 0
+        )
+        assert total(text, "loadpilot_active_users", scenario="closed-users") == 3
         r.wait()
