@@ -288,14 +288,9 @@ class Workspace:
             return
         if elsewhere(block.text):
             return
-        text = self.local(block.text)
-        prelude = ["import loadpilot as lp"]
-        if "Shop" in text and "class Shop" not in text:
-            prelude.append('Shop = lp.load_scenario("shop.py")')
-        if re.search(r"\btarget\.url\b", text) and "as target" not in text:
-            prelude.append("target = lp.start_target()")
+        # As printed, nothing added: an example that uses a name it does not define fails.
         script = self.path / f"example_{Path(block.doc).stem}_{block.line}.py"
-        script.write_text("\n".join(prelude) + "\n" + text)
+        script.write_text(self.local(block.text))
         done = subprocess.run(
             [sys.executable, script.name], cwd=self.path, env=env(), capture_output=True,
             text=True, timeout=300,
