@@ -285,21 +285,10 @@ def _print_end(r: _run.Run, s: Summary, distributed: bool) -> None:
 def _exit_for_failures(s: Summary, verdicts: list[thresholds.Verdict]) -> int:
     """Exit 3 when requests failed (and no error-rate threshold judged them) or were due and
     never sent; else 0."""
-    judged = any(v.threshold.metric == "error_rate" for v in verdicts)
-    code = EXIT_OK
-    if (s.overall.errors or s.overall.cancelled) and not judged:
-        kinds = ", ".join(f"{k} {n}" for k, n in s.overall.errors_by_kind.items() if n)
-        if s.overall.cancelled:
-            kinds = ", ".join(x for x in (kinds, f"cancelled {s.overall.cancelled}") if x)
-        print(f"requests failed: {kinds}")
-        code = EXIT_ERRORS
-    if s.overall.unsent and s.ended != "exhausted":
-        print(
-            f"{s.overall.unsent:,} requests were due and never sent: the generator fell behind "
-            "(more connections, or a lower rate)"
-        )
-        code = EXIT_ERRORS
-    return code
+    why = thresholds.unjudged(s.overall, verdicts, s.ended)
+    for line in why:
+        print(line)
+    return EXIT_ERRORS if why else EXIT_OK
 
 
 def _check_output_file(path: Path, what: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from loadpilot.errors import PlanError
@@ -56,10 +56,14 @@ class Verdict:
     passed: bool
 
     @property
+    def measured(self) -> str:
+        """The measured value as the verdict shows it (``30.000 ms``, ``2.5%``, ``no data``)."""
+        return "no data" if self.actual is None else _show(self.threshold.metric, self.actual)
+
+    @property
     def detail(self) -> str:
         """The threshold and the measured value, without the verdict's word."""
-        actual = "no data" if self.actual is None else _show(self.threshold.metric, self.actual)
-        return f"{self.threshold.name} {self.threshold.text.strip()}  (actual {actual})"
+        return f"{self.threshold.name} {self.threshold.text.strip()}  (actual {self.measured})"
 
     def __str__(self) -> str:
         return f"{'pass' if self.passed else 'FAIL'}  {self.detail}"
@@ -186,3 +190,22 @@ def evaluate(summary: Summary, thresholds: list[Threshold]) -> list[Verdict]:
         passed = actual is not None and _OPS[t.op](actual, t.value)
         out.append(Verdict(t, actual, passed))
     return out
+
+
+def unjudged(stats: Stats, verdicts: Sequence[Verdict], ended: str) -> list[str]:
+    """Why ``stats`` (the run's or a task's) fail whatever the thresholds say: requests that
+    failed or never came back when no error-rate threshold judged them, and due requests
+    never sent (unless a feeder ran out: ``ended == "exhausted"``). Empty: nothing failed."""
+    why = []
+    judged = any(v.threshold.metric == "error_rate" for v in verdicts)
+    if (stats.errors or stats.cancelled) and not judged:
+        kinds = [f"{k} {n}" for k, n in stats.errors_by_kind.items() if n]
+        if stats.cancelled:
+            kinds.append(f"cancelled {stats.cancelled}")
+        why.append("requests failed: " + ", ".join(kinds))
+    if stats.unsent and ended != "exhausted":
+        why.append(
+            f"{stats.unsent:,} requests were due and never sent: the generator fell behind "
+            "(more connections, or a lower rate)"
+        )
+    return why

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from loadpilot.analysis.comparing import Comparison
 from loadpilot.summary import Stats, Summary
-from loadpilot.thresholds import Verdict
+from loadpilot.thresholds import Verdict, unjudged
 
 #: How a run may end and still pass (a feeder that ran out ends a run as planned).
 _ENDED_OK = ("completed", "exhausted")
@@ -41,19 +41,6 @@ def _figures(s: Stats) -> str:
         f"latency p50 {ms(s.latency_ms.p50)}, p99 {ms(s.latency_ms.p99)}, "
         f"max {ms(s.latency_ms.max)}; service p99 {ms(s.service_ms.p99)}"
     )
-
-
-def _task_failure(s: Stats, judged: bool, ended: str) -> str | None:
-    """Why a task fails on its own, as ``loadpilot run``'s exit 3 says it for the run."""
-    why = []
-    if (s.errors or s.cancelled) and not judged:
-        kinds = [f"{k} {n}" for k, n in s.errors_by_kind.items() if n]
-        if s.cancelled:
-            kinds.append(f"cancelled {s.cancelled}")
-        why.append("requests failed: " + ", ".join(kinds))
-    if s.unsent and ended != "exhausted":
-        why.append(f"{s.unsent} requests were due and never sent")
-    return "; ".join(why) or None
 
 
 def _write(suites: ET.Element, path: Path) -> Path:
@@ -86,17 +73,16 @@ def run_junit(s: Summary, verdicts: Sequence[Verdict], path: Path, run_dir: Path
     for key, value in (("run_directory", str(run_dir)), ("ended", s.ended)):
         ET.SubElement(props, "property", name=key, value=value)
     for v in verdicts:
-        measured = v.detail.rsplit("(actual ", 1)[-1].rstrip(")")
         limit = v.threshold.text.strip()
         _case(
             suite,
             "thresholds",
             f"{v.threshold.name} {limit}",
-            None if v.passed else f"{v.threshold.name} measured {measured}, limit {limit}",
+            None if v.passed else f"{v.threshold.name} measured {v.measured}, limit {limit}",
         )
-    judged = any(v.threshold.metric == "error_rate" for v in verdicts)
     for t in s.tasks:
-        _case(suite, "tasks", t.name, _task_failure(t, judged, s.ended), _figures(t))
+        why = unjudged(t, verdicts, s.ended)
+        _case(suite, "tasks", t.name, "; ".join(why) or None, _figures(t))
     _case(
         suite,
         "run",

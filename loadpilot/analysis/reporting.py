@@ -41,7 +41,7 @@ def _verdicts(verdicts: Sequence[Verdict]) -> str:
     rows = "".join(
         f'<tr class="{"pass" if v.passed else "fail"}"><td>{"pass" if v.passed else "FAIL"}</td>'
         f"<td>{html.escape(v.threshold.name)} {html.escape(v.threshold.text.strip())}</td>"
-        f"<td>{html.escape(str(v).split('(actual ', 1)[-1].rstrip(')'))}</td></tr>"
+        f"<td>{html.escape(v.measured)}</td></tr>"
         for v in verdicts
     )
     return f"<h2>Thresholds</h2><table><tbody>{rows}</tbody></table>"
