@@ -68,7 +68,7 @@ $(HDRHISTOGRAM_JAVA):
 .PHONY: test
 test: build-dev $(CHROMIUM) $(PROMETHEUS) $(NGINX) $(HDRHISTOGRAM_JAVA) ## Run every test: Rust (cargo test) and Python (pytest, Chromium)
 	cargo test --release --workspace --exclude loadpilot-python
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=30
 	$(PY) -m pytest --nbval-lax -p no:cacheprovider notebooks
 
 .PHONY: check-binder
