@@ -24,18 +24,16 @@ import datetime as dt
 import json
 import os
 import re
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
-from pathlib import Path
 
 from peers import Raw, Tool, ensure_oha, rounds, run_oha, summarise
 
-from engine import HERE, Target, ensure_apt, ensure_wrk, free_port, measured, run_wrk, spread
+from engine import HERE, Target, ensure_apt, ensure_wrk, measured, run_wrk, spread
+
+sys.path.insert(0, str(HERE.parent))  # the repository: the nginx the tests hold HTTP/2 to
+from tests.peers import Nginx  # noqa: E402
 
 _LOADPILOT = """
 import json, resource, sys, loadpilot as lp
@@ -73,54 +71,6 @@ def run_loadpilot(
     return r
 
 
-_NGINX_CONF = """
-daemon off;
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    keepalive_requests 1000000;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{ default_type text/plain; return 200 "OK"; }}
-    }}
-}}
-"""
-
-
-class Nginx:
-    """nginx with one worker on a free loopback port, answering ``OK`` to every request."""
-
-    def __init__(self, exe: str) -> None:
-        self.dir = tempfile.mkdtemp(prefix="lp-nginx-")
-        self.port = free_port()
-        conf = Path(self.dir) / "nginx.conf"
-        conf.write_text(_NGINX_CONF.format(dir=self.dir, port=self.port))
-        self.proc = subprocess.Popen([exe, "-c", str(conf), "-p", self.dir])
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("nginx did not start") from None
-                time.sleep(0.05)
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 def no_errors(raw: Raw) -> Raw:
     """``raw``, checked: a benchmark whose requests failed measured something else."""
     for runs in raw.values():
@@ -134,7 +84,7 @@ def h1(args: argparse.Namespace) -> dict[str, object]:
     out: dict[str, object] = {"connections": conns, "seconds": secs, "rounds": args.rounds}
     servers: dict[str, Callable[[], Target | Nginx]] = {
         "built-in target": lambda: Target(threads=1),
-        "nginx": lambda: Nginx(ensure_apt("nginx", "nginx-light")),
+        "nginx": lambda: Nginx(http2=False, log=False, exe=ensure_apt("nginx", "nginx-light")),
     }
     for name, start in servers.items():
         print(f"target: {name}", flush=True)

@@ -1,6 +1,7 @@
 """Servers that are not built on the engine's own HTTP libraries, for tests whose truth must
-come from another implementation: nginx (Debian's ``nginx-light``, HTTP/1.1 and HTTP/2 of its
-own) on a free loopback port, logging the protocol of every request it answers."""
+come from another implementation, and for the benchmarks' peers: nginx (Debian's
+``nginx-light``, HTTP/1.1 and HTTP/2 of its own) on a free loopback port, logging every request
+it answers unless told not to (a benchmark measures nginx, not its disk)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from loadpilot.cluster.server import free_port
 
@@ -23,7 +25,7 @@ error_log {dir}/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
     log_format proto '$connection $server_protocol $status $request_uri';
-    access_log {dir}/access.log proto;
+    {access_log};
     client_body_temp_path {dir}/body;
     proxy_temp_path {dir}/proxy;
     fastcgi_temp_path {dir}/fastcgi;
@@ -41,10 +43,20 @@ http {{
 """
 
 
+class Served(NamedTuple):
+    """One request nginx answered: its connection's serial number, protocol, status and URI."""
+
+    connection: int
+    protocol: str
+    status: int
+    uri: str
+
+
 class Nginx:
     """nginx with one worker. ``http2``: HTTP/2 (cleartext with prior knowledge, or over TLS
     by ALPN) beside HTTP/1.1; without it, HTTP/1.1 only (over TLS, ALPN offers ``http/1.1``
-    alone). ``/`` answers ``OK``; ``/up/...`` is passed to ``upstream`` (for a slow answer)."""
+    alone). ``/`` answers ``OK``; ``/up/...`` is passed to ``upstream`` (for a slow answer).
+    ``log``: note every request (:meth:`served`)."""
 
     def __init__(
         self,
@@ -53,6 +65,8 @@ class Nginx:
         tls: bool = False,
         streams: int = 128,
         upstream: str = "http://127.0.0.1:9",
+        log: bool = True,
+        exe: str = NGINX,
     ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="lp-nginx-"))
         self.port = free_port()
@@ -68,6 +82,7 @@ class Nginx:
             tls_conf = (
                 f"ssl_certificate {self.dir}/cert.pem; ssl_certificate_key {self.dir}/key.pem;"
             )
+        access_log = f"access_log {self.dir}/access.log proto" if log else "access_log off"
         conf = self.dir / "nginx.conf"
         conf.write_text(
             _CONF.format(
@@ -77,11 +92,12 @@ class Nginx:
                 tls=tls_conf,
                 streams=streams,
                 upstream=upstream,
-            )  # fmt: skip
+                access_log=access_log,
+            )
         )
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [NGINX, "-c", str(conf), "-p", str(self.dir)],
+            [exe, "-c", str(conf), "-p", str(self.dir)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
@@ -96,19 +112,15 @@ class Nginx:
                     raise RuntimeError(f"nginx did not start: {self.errors()}") from None
                 time.sleep(0.05)
 
-    def log(self) -> list[tuple[str, int, str]]:
-        """(protocol, status, URI) of every request nginx answered, in order."""
-        return [(proto, status, uri) for _, proto, status, uri in self.requests()]
-
-    def requests(self) -> list[tuple[int, str, int, str]]:
-        """(connection serial number, protocol, status, URI) of every request nginx answered."""
+    def served(self) -> list[Served]:
+        """Every request nginx answered, in order."""
         path = self.dir / "access.log"
         if not path.exists():
             return []
         out = []
         for line in path.read_text().splitlines():
             conn, proto, status, uri = line.split(" ", 3)
-            out.append((int(conn), proto, int(status), uri))
+            out.append(Served(int(conn), proto, int(status), uri))
         return out
 
     def errors(self) -> str:

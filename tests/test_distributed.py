@@ -89,6 +89,15 @@ def hlog_total(path: Path, tag_prefix: str = "") -> HdrHistogram:
     return total
 
 
+def lose_an_agent(r: lp.Run, index: int, sig: int = signal.SIGKILL) -> float:
+    """Once every agent of ``r`` has reported two seconds, sends local agent ``index`` the
+    signal; returns the instant (``time.monotonic()``) it was sent."""
+    wait_for_rows(r.path, 2 * len(r._handle._children))  # type: ignore[attr-defined]
+    sent = time.monotonic()
+    os.kill(r._handle._children[index].pid, sig)  # type: ignore[attr-defined]
+    return sent
+
+
 def test_three_agents_add_up_to_the_plan_and_the_server_exactly(tmp_path: Path) -> None:
     with lp.start_target() as target:
         r = lp.start(plan(target.url, 3000, 10), tmp_path / "run", agents=3)
@@ -233,10 +242,7 @@ def test_an_agent_killed_mid_run_is_lost_and_the_survivors_take_its_share(
     the survivors take over the rest of its share."""
     with lp.start_target() as target:
         r = lp.start(plan(target.url, 1000, 10), tmp_path / "run", agents=3)
-        wait_for_rows(r.path, 2 * 3)
-        victim = r._handle._children[0]  # type: ignore[attr-defined]
-        killed = time.monotonic()
-        os.kill(victim.pid, sig)
+        killed = lose_an_agent(r, 0, sig)
         seen_lost = None
         while seen_lost is None and time.monotonic() - killed < 10:
             if "lost" in r.agents["state"].to_list():
@@ -517,8 +523,7 @@ def test_on_agent_loss_abort_ends_the_run_early(tmp_path: Path) -> None:
             tmp_path / "run",
             agents=lp.Agents(count=2, on_loss="abort"),
         )
-        wait_for_rows(r.path, 2 * 2)
-        os.kill(r._handle._children[1].pid, signal.SIGKILL)  # type: ignore[attr-defined]
+        lose_an_agent(r, 1)
         r.wait()
         served = target.served
     s = r.summary()
@@ -621,8 +626,7 @@ def test_on_agent_loss_continue_goes_on_without_the_lost_share(tmp_path: Path) -
             tmp_path / "run",
             agents=lp.Agents(count=2, on_loss="continue"),
         )
-        wait_for_rows(r.path, 2 * 2)
-        os.kill(r._handle._children[1].pid, signal.SIGKILL)  # type: ignore[attr-defined]
+        lose_an_agent(r, 1)
         r.wait()
         served = target.served
     s = r.summary()
@@ -646,8 +650,7 @@ def test_a_lost_agents_users_are_started_by_the_survivors(tmp_path: Path) -> Non
             tasks=[get("a", "/")],
         )
         r = lp.start(p, tmp_path / "run", agents=2)
-        wait_for_rows(r.path, 2 * 2)
-        os.kill(r._handle._children[0].pid, signal.SIGKILL)  # type: ignore[attr-defined]
+        lose_an_agent(r, 0)
         r.wait()
     kinds = [e["event"] for e in events(r.path)]
     assert "lost" in kinds and "takeover" in kinds, kinds

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -190,23 +191,23 @@ def test_bad_http_flags_exit_2_saying_which(tmp_path: Path, args: list[str], mes
 # target's (hyper), counting on its own side.
 
 
+def _plan(url: str, rate: float, seconds: float, connections: int, path: str, **kw: Any) -> lp.Plan:
+    """One task of one GET at ``rate`` for ``seconds`` over ``connections`` workers."""
+    load = constant(rate, seconds, connections=connections)
+    return lp.Plan(target=url, load=load, tasks=[get("a", path)], **kw)
+
+
 def test_http2_against_an_independent_server_counts_what_it_served(out: Path) -> None:
     with Nginx() as nginx:
-        plan = lp.Plan(
-            target=nginx.url,
-            load=constant(400, 2, connections=2),
-            tasks=[get("a", "/?n={{__iter}}")],
-            http="2",
-            max_streams=4,
-        )
-        s = lp.run(plan, out).summary()
-        log = nginx.log()
-    assert s.overall.errors == 0, s.overall.errors_by_kind
-    assert s.overall.requests == 800 == len(log)
-    assert {proto for proto, _, _ in log} == {"HTTP/2.0"}
-    assert {status for _, status, _ in log} == {200}
+        plan = _plan(nginx.url, 400, 2, 2, "/?n={{__iter}}", http="2", max_streams=4)
+        o = lp.run(plan, out).summary().overall
+        seen = nginx.served()
+    assert o.errors == 0, o.errors_by_kind
+    assert o.requests == 800 == len(seen)
+    assert {r.protocol for r in seen} == {"HTTP/2.0"}
+    assert {r.status for r in seen} == {200}
     # Every iteration's own request, each once.
-    assert len({uri for _, _, uri in log}) == 800
+    assert len({r.uri for r in seen}) == 800
 
 
 def test_the_servers_concurrent_stream_limit_is_honoured(
@@ -217,38 +218,25 @@ def test_the_servers_concurrent_stream_limit_is_honoured(
     # within the limit carries at most ~100 a second of the 200 due; a client that opened more
     # streams than allowed would have them refused (REFUSED_STREAM, an error).
     with Nginx(streams=2, upstream=target.url) as nginx:
-        plan = lp.Plan(
-            target=nginx.url,
-            load=constant(200, 2, connections=8),
-            tasks=[get("a", "/up/?delay_ms=20")],
-            http="2",
-            max_streams=8,
-        )
-        s = lp.run(plan, out).summary()
-        seen = nginx.requests()
-    o = s.overall
+        plan = _plan(nginx.url, 200, 2, 8, "/up/?delay_ms=20", http="2", max_streams=8)
+        o = lp.run(plan, out).summary().overall
+        seen = nginx.served()
     assert o.errors == 0, o.errors_by_kind
     assert o.requests == len(seen) == target.served
-    assert {proto for _, proto, _, _ in seen} == {"HTTP/2.0"}
-    connections = {conn for conn, _, _, _ in seen}
+    assert {r.protocol for r in seen} == {"HTTP/2.0"}
+    connections = {r.connection for r in seen}
     assert o.requests <= len(connections) * 2 * (2 / 0.020) + 10, (o.requests, connections)
     assert o.unsent > 0, "the limit held the rate below the plan's"
 
 
 def test_auto_over_tls_stays_on_1_1_when_the_server_offers_no_http2(out: Path) -> None:
     with Nginx(http2=False, tls=True) as nginx:
-        plan = lp.Plan(
-            target=nginx.url,
-            load=constant(100, 1, connections=4),
-            tasks=[get("a")],
-            http="auto",
-            insecure=True,
-        )
-        s = lp.run(plan, out).summary()
-        log = nginx.log()
-    assert s.overall.errors == 0, s.overall.errors_by_kind
-    assert s.overall.requests == 100 == len(log)
-    assert {proto for proto, _, _ in log} == {"HTTP/1.1"}
+        plan = _plan(nginx.url, 100, 1, 4, "/", http="auto", insecure=True)
+        o = lp.run(plan, out).summary().overall
+        seen = nginx.served()
+    assert o.errors == 0, o.errors_by_kind
+    assert o.requests == 100 == len(seen)
+    assert {r.protocol for r in seen} == {"HTTP/1.1"}
 
 
 def test_a_stream_waiting_for_a_slot_counts_from_its_due_instant(
@@ -256,15 +244,8 @@ def test_a_stream_waiting_for_a_slot_counts_from_its_due_instant(
 ) -> None:
     # One connection, one stream, answers in 50 ms: 20 a second fit, 30 are due. The arrivals
     # queue, and their corrected latency grows with the wait while the service time stays 50 ms.
-    plan = lp.Plan(
-        target=target.url,
-        load=constant(30, 2, connections=1),
-        tasks=[get("a", "/?delay_ms=50")],
-        http="2",
-        max_streams=1,
-    )
-    s = lp.run(plan, out).summary()
-    o = s.overall
+    plan = _plan(target.url, 30, 2, 1, "/?delay_ms=50", http="2", max_streams=1)
+    o = lp.run(plan, out).summary().overall
     assert o.errors == 0 and target.served_h2 == target.served == o.requests
     assert o.service_ms.p99 is not None and o.latency_ms.max is not None
     assert 50 <= o.service_ms.p99 < 100
