@@ -168,6 +168,28 @@ def assert_stopped_on_time(recorder: Recorder, signalled: float, s: lp.Summary) 
     assert o.requests <= len(times) <= o.requests + o.cancelled, (len(times), o)
 
 
+def exposition(text: str) -> list[Any]:
+    """Every sample of a Prometheus exposition (``.name``, ``.labels``, ``.value``), as
+    Prometheus' own parser (prometheus_client's) reads it."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def samples(text: str, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of the samples of ``name`` whose labels include ``labels``."""
+    return [
+        (s.labels, s.value)
+        for s in exposition(text)
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    ]
+
+
+def total(text: str, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels``."""
+    return sum(v for _, v in samples(text, name, **labels))
+
+
 def assert_served(s: lp.Summary, served: int) -> None:
     """What the run says it sent, held to what the server counted (one request an iteration):
     every answered request reached the server, and nothing reached it that the run does not

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import get, read_with_hdrh
+from conftest import exposition, get, read_with_hdrh, samples, total
 
 import loadpilot as lp
 from loadpilot.cluster.server import free_port
@@ -88,23 +88,6 @@ def scrape_text(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         text: str = r.read().decode()
         return text
-
-
-def samples(text: str, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
-    """The samples of ``name`` whose labels include ``labels``, as Prometheus' own parser reads
-    the exposition."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return [
-        (s.labels, s.value)
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    ]
-
-
-def total(text: str, name: str, **labels: str) -> float:
-    return sum(v for _, v in samples(text, name, **labels))
 
 
 def scraped_when(port: int, ready: Callable[[str], bool], timeout_s: float = 10) -> str:
@@ -248,30 +231,21 @@ def test_the_exposition_names_only_run_scenario_task_and_class_labels(tmp_path: 
         'loadpilot_errors_total{kind="status",run="labelled",scenario="labels",task="a"} 50.0'
         in text
     )
-    from prometheus_client.parser import text_string_to_metric_families
-
-    keys: set[str] = set()
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            keys |= set(s.labels)
-            assert math.isfinite(s.value), (s.name, s.labels, s.value)
+    parsed = exposition(text)
+    assert all(math.isfinite(s.value) for s in parsed), [
+        s for s in parsed if not math.isfinite(s.value)
+    ]
     # No URL becomes a label: a request's default name is its path as written, without the
     # query, and only the per-request families carry it (bounded by max_request_names).
+    keys = {k for s in parsed for k in s.labels}
     assert keys <= {"run", "scenario", "task", "request", "status_class", "kind", "state", "le"}
     assert "id=42" not in text
-    named = {
-        s.labels["request"]
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if "request" in s.labels and s.labels["run"] == "labelled"
+    named = [s for s in parsed if "request" in s.labels]
+    assert {s.labels["request"] for s in named if s.labels["run"] == "labelled"} == {
+        "GET /status/503",
+        "GET /",
     }
-    assert named == {"GET /status/503", "GET /"}
-    assert all(
-        s.name.startswith("loadpilot_named_")
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if "request" in s.labels
-    )
+    assert all(s.name.startswith("loadpilot_named_") for s in named)
     assert r.summary().overall.requests == 100
 
 

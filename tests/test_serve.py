@@ -21,6 +21,7 @@ import pytest
 
 import loadpilot as lp
 from loadpilot.cluster.server import free_port
+from tests.conftest import total
 
 TOKEN = "test-token-123"
 
@@ -119,19 +120,6 @@ def lines(resp: http.client.HTTPResponse) -> list[dict[str, Any]]:
     return [json.loads(line) for line in resp.read().decode().splitlines() if line.strip()]
 
 
-def _requests_counted(exposition: str, run: str) -> float:
-    """``loadpilot_requests_total`` of one run, summed over its series, from the exposition
-    as Prometheus' own parser reads it."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(exposition)
-        for s in family.samples
-        if s.name == "loadpilot_requests_total" and s.labels.get("run") == run
-    )
-
-
 def test_a_plan_runs_and_its_rows_stream_as_they_close(api: Api, target: lp.TargetServer) -> None:
     before = target.served
     started = time.time()
@@ -173,7 +161,7 @@ def test_a_plan_runs_and_its_rows_stream_as_they_close(api: Api, target: lp.Targ
     assert status == 200 and "<html" in html.lower()
     assert re.search(r"<td>all</td><td></td><td>300</td>", html), "the report's total"
     status, text = api.request("GET", "/metrics")
-    assert status == 200 and _requests_counted(text, rid) == 300
+    assert status == 200 and total(text, "loadpilot_requests_total", run=rid) == 300
 
 
 def test_the_seed_endpoint_streams_a_run_and_refuses_a_second(
