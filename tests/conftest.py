@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import loadpilot as lp
+from loadpilot.summary import Stats
 
 
 @pytest.fixture
@@ -164,8 +165,7 @@ def assert_stopped_on_time(recorder: Recorder, signalled: float, s: lp.Summary) 
     assert max(times) - signalled < 1.0, (
         f"a request arrived {max(times) - signalled:.2f} s after the stop"
     )
-    o = s.overall
-    assert o.requests <= len(times) <= o.requests + o.cancelled, (len(times), o)
+    assert_served(s.overall, len(times))
 
 
 def exposition(text: str) -> list[Any]:
@@ -190,12 +190,12 @@ def total(text: str, name: str, **labels: str) -> float:
     return sum(v for _, v in samples(text, name, **labels))
 
 
-def assert_served(s: lp.Summary, served: int) -> None:
-    """What the run says it sent, held to what the server counted (one request an iteration):
-    every answered request reached the server, and nothing reached it that the run does not
-    count as answered or as cancelled in flight."""
-    o = s.overall
-    assert o.requests <= served <= o.requests + o.cancelled, (served, o)
+def assert_served(stats: Stats, served: int, extra: int = 0) -> None:
+    """What a run says it sent (``stats``: the run's or a task's, one request an iteration),
+    held to what the server counted: every answered request reached the server, and nothing
+    reached it that the run does not count as answered or as cancelled in flight, beyond
+    ``extra`` (what a lost agent sent and never reported)."""
+    assert stats.requests <= served <= stats.requests + stats.cancelled + extra, (served, stats)
 
 
 def interrupt_cli(args: list[str], rows: int = 2) -> tuple[int, str, str, float]:
