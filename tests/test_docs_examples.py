@@ -7,10 +7,11 @@ Two substitutions: the documented ports (8080 the target, 8000 the API, 9464 met
 ports, and `curl -s` fails on a 4xx or 5xx answer (`--fail-with-body`). What the examples print
 is checked where it states a fact (a streamed run's summary, the HTTP/2 example's counts). Lines
 not run, and why: `make test` (this suite is part of it) and `make lab` (an interactive server);
-`pip install` (this environment has the extras); anything naming a host other than this machine
-(the cluster examples: nothing here is ever sent elsewhere); `docker`, `helm` and `kubectl` (a
-cluster). Their count per document and reason is asserted, so none is left out silently. A new
-example is run too: this test reads the documents, it does not list their examples."""
+`pip install` (tests/test_install.py runs each in a scratch environment); anything naming a host
+other than this machine (the cluster examples: nothing here is ever sent elsewhere); `docker`,
+`helm` and `kubectl` (a cluster). Their count per document and reason is asserted, so none is
+left out silently. A new example is run too: this test reads the documents, it does not list
+their examples."""
 
 from __future__ import annotations
 
@@ -136,12 +137,16 @@ def commands(text: str) -> list[str]:
 CLUSTER = re.compile(r"^(?:docker|kubectl|helm)\b|\$\((?:kubectl)|\$TOKEN\b")
 
 
+#: Install lines run elsewhere: each in a scratch environment of its own.
+INSTALL = "an install line (tests/test_install.py runs it)"
+
+
 def skipped(line: str) -> str | None:
     command = line.split("#", 1)[0].strip()
     if command in ("make test", "make lab"):
         return "a make verb this suite cannot run from inside itself"
     if command.startswith("pip install"):
-        return "installs what this environment has"
+        return INSTALL
     if elsewhere(line):
         return "names a host other than this machine"
     if CLUSTER.search(command):
@@ -153,11 +158,11 @@ def skipped(line: str) -> str | None:
 #: added here, so nothing is skipped silently.
 SKIPPED = {
     ("README.md", "a make verb this suite cannot run from inside itself"): 2,
-    ("docs/ci.md", "installs what this environment has"): 2,
-    ("README.md", "installs what this environment has"): 1,
+    ("docs/ci.md", INSTALL): 2,
+    ("README.md", INSTALL): 2,
     ("README.md", "names a host other than this machine"): 2,
     ("docs/distributed.md", "a Python example naming a host other than this machine"): 1,
-    ("docs/distributed.md", "installs what this environment has"): 1,
+    ("docs/distributed.md", INSTALL): 1,
     ("docs/distributed.md", "names a host other than this machine"): 2,
     ("docs/kubernetes.md", "names a host other than this machine"): 2,
     ("docs/kubernetes.md", "needs a Kubernetes cluster or a container engine"): 14,
