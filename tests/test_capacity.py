@@ -173,3 +173,5 @@ def test_a_step_run_report_shows_capacity_and_renders_offline(
     # spectrum, rate, latency, capacity (nothing failed: a sentence, not an errors chart)
     assert seen["charts"] == 4 and all(n > 0 for n in seen["marks"]), seen
     assert "No request failed" in text
+    # The two-panel capacity chart spans the page like the single ones.
+    assert all(w > 0.85 for w in seen["widths"]), seen

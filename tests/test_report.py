@@ -9,6 +9,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import loadpilot as lp
 from loadpilot import thresholds
 from tests.conftest import constant, get
@@ -39,14 +41,24 @@ def test_a_report_is_one_offline_file_with_the_summary_and_charts(
     assert page.rstrip().endswith("</html>")
 
 
-def test_run_writes_the_report_asked_for(target: lp.TargetServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("checks", "code", "word"),
+    [
+        ('{"p99": "< 1s"}', 0, "PASS"),
+        ('{"p99": "< 1s", "p50": "< 0.001ms"}', 1, "FAIL"),
+        ("None", 0, "DONE"),
+    ],
+)
+def test_a_run_s_report_opens_on_what_its_exit_code_says(
+    browser: Any, target: lp.TargetServer, tmp_path: Path, checks: str, code: int, word: str
+) -> None:
     f = tmp_path / "s.py"
     f.write_text(
         textwrap.dedent(
-            """
+            f"""
             import loadpilot as lp
 
-            @lp.scenario(profile=lp.constant(rps=50, duration="1s"), thresholds={"p99": "< 1s"})
+            @lp.scenario(profile=lp.constant(rps=50, duration="1s"), thresholds={checks})
             class S(lp.VUser):
                 @lp.task
                 def get(self):
@@ -54,30 +66,23 @@ def test_run_writes_the_report_asked_for(target: lp.TargetServer, tmp_path: Path
             """
         )
     )
-
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "loadpilot.cli",
-            "run",
-            str(f),
-            "--target",
-            target.url,
-            "--out",
-            str(tmp_path / "r"),
-            "--report",
-            str(tmp_path / "out.html"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-    assert done.returncode == 0, done.stdout + done.stderr
-    page = (tmp_path / "out.html").read_text()
-    assert '<tr class="pass"><td>pass</td><td>p99 &lt; 1s</td>' in page
+        [sys.executable, "-m", "loadpilot.cli", "run", str(f), "--target", target.url,
+         "--out", str(tmp_path / "r"), "--report", str(tmp_path / "out.html")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == code, done.stdout + done.stderr
     assert f"report: {tmp_path / 'out.html'}" in done.stdout
+    page = (tmp_path / "out.html").read_text()
+    if word != "DONE":
+        assert '<tr class="pass"><td>pass</td><td>p99 &lt; 1s</td>' in page
+    if word == "FAIL":
+        # The failed threshold and its measured value in the banner, the passed one counted.
+        assert re.search(r"<li>p50 &lt; 0.001ms: measured [\d.]+ ms</li>", page), page[:3000]
+        assert "<li>1 of 2 thresholds passed</li>" in page
+    seen = render_offline(browser, tmp_path / "out.html")
+    assert seen["state"] == word and seen["first_screen"], seen
+    assert seen["errors"] == [] and seen["failed"] == 0, seen
 
 
 def render_offline(browser: Any, page_file: Path, screenshot: Path | None = None) -> dict[str, Any]:
@@ -118,6 +123,21 @@ def render_offline(browser: Any, page_file: Path, screenshot: Path | None = None
     dashed_legend = page.eval_on_selector_all(
         "g.role-legend-symbol path[stroke-dasharray]", "els => els.length"
     )
+    # The first screen: the banner's word, and whether the banner and the first table of key
+    # figures lie wholly within the first 900 pixels; each chart's width against the page's.
+    first = page.evaluate(
+        """() => {
+            const bottom = s => { const e = document.querySelector(s);
+                                  return e ? e.getBoundingClientRect().bottom : Infinity; };
+            const state = document.querySelector('.lp-banner .lp-state');
+            return {state: state ? state.textContent : null,
+                    banner: bottom('.lp-banner'), glance: bottom('table.lp-glance'),
+                    body: document.body.clientWidth};
+        }"""
+    )
+    widths = page.eval_on_selector_all(
+        ".lp-chart svg.marks", "els => els.map(e => e.getBoundingClientRect().width)"
+    )
     if screenshot is not None:
         page.screenshot(path=str(screenshot), full_page=True)
     context.close()
@@ -128,6 +148,10 @@ def render_offline(browser: Any, page_file: Path, screenshot: Path | None = None
         "errors": errors,
         "failed": failed,
         "dashed_legend": dashed_legend,
+        "state": first["state"],
+        "first_screen": first["banner"] <= 900 and first["glance"] <= 900,
+        # each chart's share of the page's width (its margins taken out)
+        "widths": [w / first["body"] for w in widths],
     }
 
 
@@ -145,6 +169,10 @@ def test_a_report_renders_its_charts_in_chromium_with_the_network_off(
     assert seen["refused"] == [] and seen["errors"] == [] and seen["failed"] == 0, seen
     # spectrum, rate, latency, errors: each drew marks from data
     assert seen["charts"] == 4 and all(n > 0 for n in seen["marks"]), seen
+    # The first screen says it failed (requests failed and no threshold judged them: exit 3)
+    # above the key figures; the charts span the page.
+    assert seen["state"] == "FAIL" and seen["first_screen"], seen
+    assert all(w > 0.85 for w in seen["widths"]), seen
 
 
 def test_a_report_of_several_runs_compares_them_and_renders_offline(
@@ -175,10 +203,15 @@ def test_a_report_of_several_runs_compares_them_and_renders_offline(
     assert "<h2>1. run0: v0</h2>" in page and "<h2>2. run1: v1</h2>" in page
     # Nothing failed: a sentence for each run instead of an empty errors chart.
     assert page.count("No request failed") == 2
+    # What changed, first: the candidate's latency verdict in the banner, its row marked.
+    assert re.search(r"<li>2\. run1 against 1\. run0: p\d+ regressed \+", page), page[:3000]
+    assert '<tr class="regressed"><td>2. run1: v1</td>' in page
     seen = render_offline(browser, tmp_path / "both.html")
     assert seen["refused"] == [] and seen["errors"] == [] and seen["failed"] == 0, seen
     # the overlaid spectrum, then rate and latency of each run
     assert seen["charts"] == 5 and all(n > 0 for n in seen["marks"]), seen
+    assert seen["state"] == "REGRESSED" and seen["first_screen"], seen
+    assert all(w > 0.85 for w in seen["widths"]), seen
 
 
 def test_two_closed_model_runs_of_one_scenario_read_apart_in_a_report(
