@@ -71,6 +71,10 @@ test: build-dev $(CHROMIUM) $(PROMETHEUS) $(NGINX) $(HDRHISTOGRAM_JAVA) ## Run e
 	$(PY) -m pytest --durations=30
 	$(PY) -m pytest --nbval-lax -p no:cacheprovider notebooks
 
+.PHONY: coverage
+coverage: $(CHROMIUM) $(PROMETHEUS) $(NGINX) $(HDRHISTOGRAM_JAVA) ## Every test with coverage (Python: pytest-cov, the engine: cargo-llvm-cov) in .venv-coverage; HTML in coverage/ (TESTS=... for fewer)
+	bash tests/coverage.sh $(TESTS)
+
 .PHONY: check-binder
 check-binder: ## Run binder/postBuild in a fresh environment on a clean copy, then the tutorials there
 	bash binder/check.sh
@@ -155,4 +159,4 @@ image: ## Build the container image with docker or podman (DOCKER=podman IMAGE=r
 
 .PHONY: clean
 clean: ## Remove build outputs and the virtual environment
-	rm -rf target $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf target $(VENV) .venv-coverage coverage .coverage .pytest_cache .ruff_cache .mypy_cache
