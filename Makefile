@@ -75,6 +75,11 @@ test: build-dev $(CHROMIUM) $(PROMETHEUS) $(NGINX) $(HDRHISTOGRAM_JAVA) ## Run e
 coverage: $(CHROMIUM) $(PROMETHEUS) $(NGINX) $(HDRHISTOGRAM_JAVA) ## Every test with coverage (Python: pytest-cov, the engine: cargo-llvm-cov) in .venv-coverage; HTML in coverage/ (TESTS=... for fewer)
 	bash tests/coverage.sh $(TESTS)
 
+.PHONY: test-fast
+test-fast: build-dev ## The edit-test loop (about 2 minutes): Rust unit tests, Python tests not marked slow
+	cargo test --release --workspace --exclude loadpilot-python --lib
+	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider
+
 .PHONY: check-binder
 check-binder: ## Run binder/postBuild in a fresh environment on a clean copy, then the tutorials there
 	bash binder/check.sh

@@ -14,6 +14,41 @@ import pytest
 import loadpilot as lp
 from loadpilot.summary import Stats
 
+# Test tiers. `make test` runs everything; `make test-fast` (the edit-test loop) leaves out the
+# tests marked `slow`: those that run load for seconds, or need Chromium, Prometheus, NATS, Helm
+# or a build of the package. A test of the fast tier that takes longer than FAST_LIMIT_S is named
+# at the end of a fast run, to be marked.
+FAST_LIMIT_S = 2.0
+_too_slow: list[tuple[str, float]] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "slow: runs load for seconds or needs an outside program; not in test-fast"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A test in a browser is a slow one wherever it is.
+    for item in items:
+        if "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and report.duration > FAST_LIMIT_S and "slow" not in report.keywords:
+        _too_slow.append((report.nodeid, report.duration))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _too_slow:
+        terminalreporter.section("unmarked slow tests")
+        for nodeid, seconds in _too_slow:
+            terminalreporter.write_line(
+                f"{seconds:.1f} s {nodeid}: over {FAST_LIMIT_S:g} s, mark it slow "
+                "(`@pytest.mark.slow`) to keep `make test-fast` fast"
+            )
+
 
 @pytest.fixture
 def target() -> Iterator[lp.TargetServer]:

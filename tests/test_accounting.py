@@ -56,6 +56,7 @@ def rows_add_up(run: lp.LoadedRun | lp.Run, s: lp.Summary) -> None:
         assert m[col].sum() == total, col
 
 
+@pytest.mark.slow
 def test_a_server_that_never_answers_cancels_every_request_and_fails_the_run(out: Path) -> None:
     with silent() as server:
         plan = hanging(server.url, 20, 2, connections=8, max_drain_s=1)
@@ -80,6 +81,7 @@ def test_a_server_that_never_answers_cancels_every_request_and_fails_the_run(out
     assert not failed[0].passed
 
 
+@pytest.mark.slow
 def test_slow_requests_past_the_end_are_drained_into_their_own_row(
     target: lp.TargetServer, out: Path
 ) -> None:
@@ -109,6 +111,7 @@ def test_slow_requests_past_the_end_are_drained_into_their_own_row(
     rows_add_up(run, s)
 
 
+@pytest.mark.slow
 def test_requests_longer_than_the_drain_are_cancelled(target: lp.TargetServer, out: Path) -> None:
     plan = lp.Plan(
         target=target.url,
@@ -125,6 +128,7 @@ def test_requests_longer_than_the_drain_are_cancelled(target: lp.TargetServer, o
     rows_add_up(run, s)
 
 
+@pytest.mark.slow
 def test_an_overloaded_target_leaves_unsent_requests_not_vanished_ones(out: Path) -> None:
     with lp.start_target(delay_ms=10, concurrency=1) as slow:
         plan = lp.Plan(
@@ -148,6 +152,7 @@ def test_an_overloaded_target_leaves_unsent_requests_not_vanished_ones(out: Path
     rows_add_up(run, s)
 
 
+@pytest.mark.slow
 def test_an_unreachable_rate_ends_on_time_and_says_what_was_due(
     target: lp.TargetServer, out: Path
 ) -> None:
@@ -194,6 +199,7 @@ def test_a_stopped_run_counts_in_flight_requests_as_cancelled(out: Path) -> None
     assert s.target_requests == pytest.approx(20 * s.duration_s, abs=1.5)
 
 
+@pytest.mark.slow
 def test_exactly_the_due_requests_are_sent(recorder: object, out: Path) -> None:
     from conftest import Recorder
 
@@ -206,6 +212,7 @@ def test_exactly_the_due_requests_are_sent(recorder: object, out: Path) -> None:
     assert len(recorder.arrivals) == s.overall.requests == 400
 
 
+@pytest.mark.slow
 def test_nothing_is_sent_after_the_planned_end(recorder: object, out: Path) -> None:
     """What was due before the planned end but could not be sent by it (plus the engine's
     20 ms grace) is unsent, never sent late."""
@@ -229,6 +236,7 @@ def test_nothing_is_sent_after_the_planned_end(recorder: object, out: Path) -> N
     assert s.overall.unsent == 20 - s.overall.requests
 
 
+@pytest.mark.slow
 def test_python_tasks_count_iterations_requests_and_exceptions_like_engine_tasks(
     target: lp.TargetServer, tmp_path: Path
 ) -> None:
@@ -248,6 +256,7 @@ def test_python_tasks_count_iterations_requests_and_exceptions_like_engine_tasks
     assert t.error_rate == pytest.approx(0.5)  # 100 answered requests, 100 exceptions
 
 
+@pytest.mark.slow
 def test_sleeping_sync_tasks_are_accounted_and_end_with_the_drain(
     target: lp.TargetServer, tmp_path: Path
 ) -> None:
@@ -309,6 +318,7 @@ def test_broken_http_is_a_protocol_error_not_a_reset(server: object, out: Path) 
     assert kinds["reset"] == 0
 
 
+@pytest.mark.slow
 def test_the_cli_fails_a_run_whose_requests_never_came_back(tmp_path: Path) -> None:
     with silent() as server:
         plan = hanging(server.url, 10, 1, connections=2, max_drain_s=0.5)
@@ -365,6 +375,7 @@ print(s.overall.requests, s.overall.bytes_in, s.overall.errors_by_kind["check"],
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["engine", "python"])
 def test_large_bodies_are_counted_but_only_their_first_mebibyte_is_kept(
     tmp_path: Path, path: str
@@ -400,6 +411,7 @@ def test_large_bodies_are_counted_but_only_their_first_mebibyte_is_kept(
     assert rss_mib < 200, f"peak RSS {rss_mib} MiB"
 
 
+@pytest.mark.slow
 def test_closed_model_users_start_as_the_ramp_asks(recorder: object, out: Path) -> None:
     from conftest import Recorder
 
@@ -423,6 +435,7 @@ def test_closed_model_users_start_as_the_ramp_asks(recorder: object, out: Path) 
         assert first[f"/u/{k}"] == pytest.approx(k / 10, abs=0.15), k
 
 
+@pytest.mark.slow
 def test_python_tasks_follow_the_scenarios_timeout(target: lp.TargetServer, tmp_path: Path) -> None:
     @lp.scenario(profile=lp.constant(10, "1s"), timeout="100ms")
     class Impatient(lp.VUser):

@@ -27,6 +27,7 @@ def three_tasks(tmp_path_factory: pytest.TempPathFactory) -> lp.Run:
         return lp.run(plan, out)
 
 
+@pytest.mark.slow
 def test_window_and_task_percentiles_come_from_added_histograms(three_tasks: lp.Run) -> None:
     run, loaded = three_tasks, lp.load_run(three_tasks.path)
     # A window of two tasks, built by an independent reader (Python's hdrh) from the log:
@@ -131,6 +132,7 @@ def test_export_writes_rows_and_distributions(three_tasks: lp.Run, tmp_path: Pat
         lp.export(three_tasks, tmp_path / "z", formats=["xml"])
 
 
+@pytest.mark.slow
 def test_the_target_serves_at_most_its_workers_at_once(tmp_path: Path) -> None:
     # 2 workers, 20 ms each serve 100/s: of 200 offered in one second the last waits ~1 s.
     with lp.start_target(delay_ms=20, concurrency=2) as t:

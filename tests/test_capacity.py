@@ -14,6 +14,9 @@ import loadpilot as lp
 from loadpilot.analysis.planning import parse_slo
 from tests.conftest import get
 
+#: Left out of `make test-fast` (see tests/conftest.py).
+pytestmark = pytest.mark.slow
+
 
 def golden(name: str) -> pl.DataFrame:
     """Published datasets with published fits (provenance: tests/data/README.md)."""

@@ -17,6 +17,7 @@ from tests.conftest import constant, get, read_line
 CLI = [sys.executable, "-m", "loadpilot.cli"]
 
 
+@pytest.mark.slow
 def test_demo_runs_against_the_built_in_target_and_says_where_everything_is(
     tmp_path: Path,
 ) -> None:

@@ -47,6 +47,7 @@ def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_a_scenario_file_runs_and_its_thresholds_pass(
     target: lp.TargetServer, tmp_path: Path
 ) -> None:
@@ -64,6 +65,7 @@ def test_a_scenario_file_runs_and_its_thresholds_pass(
     assert [t.requests for t in summary.tasks] == [150, 50]
 
 
+@pytest.mark.slow
 def test_a_failed_threshold_exits_1(target: lp.TargetServer, tmp_path: Path) -> None:
     f = _write(tmp_path, SHOP)
 
@@ -112,6 +114,7 @@ def test_target_comes_from_the_environment_and_overrides_apply(
     assert s.model == "closed" and s.planned_duration_s == 1
 
 
+@pytest.mark.slow
 def test_an_unreachable_target_completes_and_exits_3(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -196,6 +199,7 @@ def test_an_invalid_target_url_exits_2(tmp_path: Path) -> None:
     assert "invalid target" in done.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_within_a_second_and_prints_the_partial_summary(
     recorder: Recorder, tmp_path: Path
 ) -> None:
@@ -225,6 +229,7 @@ def test_ctrl_c_stops_within_a_second_and_prints_the_partial_summary(
     assert s.overall.requests >= s.target_requests - 10
 
 
+@pytest.mark.slow
 def test_abort_on_fail_stops_the_run_at_the_first_failed_threshold(tmp_path: Path) -> None:
     f = _write(
         tmp_path,

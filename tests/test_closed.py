@@ -11,6 +11,9 @@ import pytest
 import loadpilot as lp
 from tests.conftest import Recorder, get
 
+#: Left out of `make test-fast` (see tests/conftest.py).
+pytestmark = pytest.mark.slow
+
 
 def test_users_loop_with_think_time(target: lp.TargetServer, out: Path) -> None:
     plan = lp.Plan(

@@ -15,6 +15,9 @@ import loadpilot as lp
 from loadpilot.analysis.comparing import _percentile, compare_samples
 from tests.conftest import constant, get
 
+#: Left out of `make test-fast` (see tests/conftest.py).
+pytestmark = pytest.mark.slow
+
 METRICS = ("p50", "p90", "p99", "p999", "max", "mean")
 
 

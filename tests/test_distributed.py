@@ -27,6 +27,9 @@ from loadpilot.allowlist import target_allowed
 from loadpilot.cluster.protocol import AGENT_LOST_S, COORDINATOR_LOST_S, data_subject
 from loadpilot.cluster.server import NatsServer
 
+#: Left out of `make test-fast` (see tests/conftest.py).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def nats_server() -> Iterator[NatsServer]:

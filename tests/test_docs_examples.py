@@ -31,6 +31,9 @@ import pytest
 
 from loadpilot.cluster.server import free_port
 
+#: Left out of `make test-fast` (see tests/conftest.py).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [
     "README.md",

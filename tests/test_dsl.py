@@ -222,6 +222,7 @@ def test_a_profile_knows_its_peak() -> None:
     assert lp.users(12, "1m", ramp="10s").peak == 12
 
 
+@pytest.mark.slow
 def test_a_feed_file_is_found_beside_its_scenario_or_named_with_its_line(
     target: lp.TargetServer, tmp_path: Path
 ) -> None:
@@ -278,6 +279,7 @@ def test_run_metrics_convert_to_pandas_with_the_extra(
     assert str(frame["time"].dt.tz) == "UTC"
 
 
+@pytest.mark.slow
 def test_profile_totals_are_the_engines_count_of_what_is_sent(
     target: lp.TargetServer, tmp_path: Path
 ) -> None:

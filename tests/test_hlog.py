@@ -150,6 +150,7 @@ def test_a_bad_last_line_is_an_error_and_only_a_line_without_newline_is_torn(
         lp.load_hlog(bad)
 
 
+@pytest.mark.slow
 def test_a_run_reads_as_a_log_with_the_same_figures(
     target: lp.TargetServer, tmp_path: Path
 ) -> None:
@@ -180,6 +181,7 @@ def test_a_run_reads_as_a_log_with_the_same_figures(
     assert {ch.verdict for ch in c.changes} == {"regressed"}, c
 
 
+@pytest.mark.slow
 def test_hgrm_files_are_what_java_hdrhistogram_writes_for_the_same_log(
     target: lp.TargetServer, tmp_path: Path
 ) -> None:

@@ -107,6 +107,7 @@ def test_a_deeply_nested_or_binary_plan_file_is_named(tmp_path: Path) -> None:
     one_clean_error(cli("run", str(binary)), "blob.json", "not a text file")
 
 
+@pytest.mark.slow
 def test_huge_durations_and_rates_from_the_command_line_are_refused(tmp_path: Path) -> None:
     scenario = tmp_path / "s.py"
     scenario.write_text(
@@ -162,6 +163,7 @@ def test_a_report_to_a_directory_or_a_missing_parent_is_refused_before_the_run(
         assert not (tmp_path / "r").exists(), "refused before anything ran"
 
 
+@pytest.mark.slow
 def test_broken_run_directories_are_one_line_errors(
     tmp_path: Path, target: lp.TargetServer
 ) -> None:
@@ -207,6 +209,7 @@ def test_a_run_needing_more_descriptors_than_allowed_says_so_before_it_starts(
     one_clean_error(done, "plan.json", "file descriptors", "limit is 1024", "ulimit -n")
 
 
+@pytest.mark.slow
 def test_the_built_in_target_warns_when_it_listens_beyond_loopback() -> None:
     done = cli("target", "--host", "0.0.0.0", "--port", "0", "--for-s", "0.2")
     assert done.returncode == 0
@@ -215,6 +218,7 @@ def test_the_built_in_target_warns_when_it_listens_beyond_loopback() -> None:
     assert "warning" not in quiet.stderr
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_the_run_with_one_line_and_leaves_no_half_written_file(
     tmp_path: Path, target: lp.TargetServer
 ) -> None:

@@ -66,6 +66,7 @@ def test_python_tasks_speak_http2_too_with_bodies_and_cookies(
     assert target.served == target.served_h2 == 600
 
 
+@pytest.mark.slow
 def test_auto_over_tls_negotiates_http2_and_over_cleartext_stays_on_1_1(out: Path) -> None:
     with lp.start_target(tls=True) as tls, lp.start_target() as plain:
         for server, h2 in ((tls, 100), (plain, 0)):
@@ -137,6 +138,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_the_command_line_chooses_http2_and_streams_for_a_scenario_and_a_plan(
     target: lp.TargetServer, tmp_path: Path
 ) -> None:
@@ -197,6 +199,7 @@ def _plan(url: str, rate: float, seconds: float, connections: int, path: str, **
     return lp.Plan(target=url, load=load, tasks=[get("a", path)], **kw)
 
 
+@pytest.mark.slow
 def test_http2_against_an_independent_server_counts_what_it_served(out: Path) -> None:
     with Nginx() as nginx:
         plan = _plan(nginx.url, 400, 2, 2, "/?n={{__iter}}", http="2", max_streams=4)
@@ -210,6 +213,7 @@ def test_http2_against_an_independent_server_counts_what_it_served(out: Path) ->
     assert len({r.uri for r in seen}) == 800
 
 
+@pytest.mark.slow
 def test_the_servers_concurrent_stream_limit_is_honoured(
     target: lp.TargetServer, out: Path
 ) -> None:
@@ -239,6 +243,7 @@ def test_auto_over_tls_stays_on_1_1_when_the_server_offers_no_http2(out: Path) -
     assert {r.protocol for r in seen} == {"HTTP/1.1"}
 
 
+@pytest.mark.slow
 def test_a_stream_waiting_for_a_slot_counts_from_its_due_instant(
     target: lp.TargetServer, out: Path
 ) -> None:

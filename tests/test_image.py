@@ -25,6 +25,9 @@ import yaml
 import loadpilot as lp
 from loadpilot.cluster.server import free_port
 
+#: Left out of `make test-fast` (see tests/conftest.py).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 CHART = ROOT / "deploy" / "helm" / "loadpilot"

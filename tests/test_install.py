@@ -20,6 +20,9 @@ from pathlib import Path
 
 import pytest
 
+#: Left out of `make test-fast` (see tests/conftest.py).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 #: Where install lines are given to users.
 SOURCES = [

@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from junitparser import Failure, JUnitXml
 
 import loadpilot as lp
@@ -47,6 +48,7 @@ def cases(path: Path) -> dict[tuple[str, str], str | None]:
     return out
 
 
+@pytest.mark.slow
 def test_a_runs_junit_has_a_case_per_threshold_per_task_and_for_its_end(
     target: lp.TargetServer, tmp_path: Path
 ) -> None:
@@ -83,6 +85,7 @@ def test_a_runs_junit_has_a_case_per_threshold_per_task_and_for_its_end(
     assert (suite.tests, suite.failures, suite.errors) == (5, 2, 0)
 
 
+@pytest.mark.slow
 def test_an_error_rate_threshold_judges_the_failed_requests(
     target: lp.TargetServer, tmp_path: Path
 ) -> None:

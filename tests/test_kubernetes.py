@@ -31,6 +31,9 @@ import yaml
 import loadpilot as lp
 from loadpilot.cluster.server import free_port, nats_server_binary
 
+#: Left out of `make test-fast` (see tests/conftest.py).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "deploy" / "helm" / "loadpilot"
 DASHBOARD = ROOT / "deploy" / "grafana" / "loadpilot.json"

@@ -111,6 +111,7 @@ def request_stats(summary: dict[str, object]) -> dict[str, dict[str, int]]:
     return {r["name"]: r for r in summary["requests"]}  # type: ignore[union-attr,index]
 
 
+@pytest.mark.slow
 def test_quickstart_sends_what_locust_sends_with_straight_line_tasks_in_the_engine(
     tmp_path: Path,
 ) -> None:
@@ -135,6 +136,7 @@ def test_quickstart_sends_what_locust_sends_with_straight_line_tasks_in_the_engi
     assert int(item[2]) == served["/item"] and item[3] == "0(0.00%)"
 
 
+@pytest.mark.slow
 def test_tasksets_nested_sequential_and_tags_choose_tasks_as_locust_does(tmp_path: Path) -> None:
     ours, text, summary, code = run_loadpilot("tasksets.py", 4, 4, tmp_path)
     theirs, _ = run_locust("tasksets.py", 4, 4, tmp_path)
@@ -150,6 +152,7 @@ def test_tasksets_nested_sequential_and_tags_choose_tasks_as_locust_does(tmp_pat
     assert "GET /account" not in shares(without) and "GET /cart" in shares(without)
 
 
+@pytest.mark.slow
 def test_rest_assertions_and_statuses_fail_the_requests_locust_fails(tmp_path: Path) -> None:
     ours, text, summary, code = run_loadpilot("rest.py", 3, 3, tmp_path, "--csv", "lp")
     theirs, _ = run_locust("rest.py", 3, 3, tmp_path)
@@ -191,6 +194,7 @@ def test_rest_assertions_and_statuses_fail_the_requests_locust_fails(tmp_path: P
     assert 2 <= len(history) <= 4 and history[-1]["Total Request Count"] == str(len(ours.seen))
 
 
+@pytest.mark.slow
 def test_listeners_hear_every_request_and_the_run_s_start_and_end(tmp_path: Path) -> None:
     ours, text, summary, code = run_loadpilot("listeners.py", 2, 2, tmp_path)
     assert code == 1, text
@@ -207,6 +211,7 @@ def test_listeners_hear_every_request_and_the_run_s_start_and_end(tmp_path: Path
     assert_same_mix(shares(ours), shares(theirs), within=0.08)
 
 
+@pytest.mark.slow
 def test_csv_rows_per_user_and_pacing(tmp_path: Path) -> None:
     ours, text, summary, code = run_loadpilot("csvdata.py", 3, 3, tmp_path)
     assert code == 0, text
@@ -220,6 +225,7 @@ def test_csv_rows_per_user_and_pacing(tmp_path: Path) -> None:
     assert request_stats(summary)["/profile/[user]"]["requests"] == sum(profiles.values())
 
 
+@pytest.mark.slow
 def test_a_load_test_shape_sets_the_users_over_time(tmp_path: Path) -> None:
     ours, text, summary, code = run_loadpilot("shape.py", 1, 30, tmp_path)
     assert code == 0, text
@@ -230,6 +236,7 @@ def test_a_load_test_shape_sets_the_users_over_time(tmp_path: Path) -> None:
     assert 700 <= walks <= 1200, walks
 
 
+@pytest.mark.slow
 def test_loadpilot_run_recognises_a_locustfile(tmp_path: Path) -> None:
     with Recorder.serving() as srv:
         p = subprocess.run(
@@ -254,6 +261,7 @@ def test_loadpilot_run_recognises_a_locustfile(tmp_path: Path) -> None:
         assert any(path == "/hello" for _, path, _ in srv.seen)
 
 
+@pytest.mark.slow
 def test_open_model_at_a_rate_runs_the_same_tasks(tmp_path: Path) -> None:
     ours, text, summary, code = run_loadpilot("quickstart.py", 2, 2, tmp_path, "--rps", "50")
     assert code == 0, text
@@ -325,6 +333,7 @@ def test_without_a_host_or_a_run_time_it_says_what_to_give(tmp_path: Path) -> No
         assert p.returncode == 2 and said in p.stderr, p.stderr
 
 
+@pytest.mark.slow
 def test_a_wait_time_of_the_file_s_own_is_waited_between_tasks(tmp_path: Path) -> None:
     (tmp_path / "own.py").write_text(
         "from locust import HttpUser, task\n\n"
@@ -383,6 +392,7 @@ def test_gevent_is_refused_with_its_line(tmp_path: Path) -> None:
     ), p.stderr
 
 
+@pytest.mark.slow
 def test_processes_spread_the_users_over_local_agents_and_merge_exactly(tmp_path: Path) -> None:
     ours, text, summary, code = run_loadpilot("tasksets.py", 4, 3, tmp_path, "--processes", "2")
     assert code == 0, text
@@ -396,6 +406,7 @@ def test_processes_spread_the_users_over_local_agents_and_merge_exactly(tmp_path
     assert_same_mix(shares(ours), shares(theirs), within=0.06)
 
 
+@pytest.mark.slow
 def test_users_are_spawned_at_the_spawn_rate_as_locust_spawns_them(tmp_path: Path) -> None:
     ours, text, summary, code = run_loadpilot(
         "quickstart.py", 6, 6, tmp_path, "-r", "2", "--csv", "lp"
@@ -415,6 +426,7 @@ def test_users_are_spawned_at_the_spawn_rate_as_locust_spawns_them(tmp_path: Pat
     assert abs(reached[0] - reached[1]) <= 1 and 2 <= reached[0] <= 3, (mine, locusts)
 
 
+@pytest.mark.slow
 def test_the_file_s_own_options_its_environment_and_its_other_events(tmp_path: Path) -> None:
     (tmp_path / "locustfile.py").write_text(
         """
@@ -464,6 +476,7 @@ class U(HttpUser):
     assert p.returncode == 2 and "unrecognized arguments: --no-such" in p.stderr, p.stderr
 
 
+@pytest.mark.slow
 def test_several_user_classes_share_the_users_by_weight_and_fixed_count(tmp_path: Path) -> None:
     ours, text, summary, code = run_loadpilot("classes.py", 5, 3, tmp_path)
     theirs, _ = run_locust("classes.py", 5, 3, tmp_path)
@@ -478,6 +491,7 @@ def test_several_user_classes_share_the_users_by_weight_and_fixed_count(tmp_path
     assert set(shares(only)) == {"POST /write"}
 
 
+@pytest.mark.slow
 def test_a_locustfile_loads_as_a_scenario_in_python(recorder: Recorder, tmp_path: Path) -> None:
     import loadpilot as lp
 
@@ -494,6 +508,7 @@ def test_a_locustfile_loads_as_a_scenario_in_python(recorder: Recorder, tmp_path
         lp.load_locustfile(FILES / "quickstart.py", users=2)
 
 
+@pytest.mark.slow
 def test_headers_and_auth_set_on_the_client_go_with_every_request(tmp_path: Path) -> None:
     (tmp_path / "locustfile.py").write_text(
         """
@@ -540,6 +555,7 @@ class Basic(HttpUser):
         assert all(auth == expected[path] for path, auth in seen), seen
 
 
+@pytest.mark.slow
 def test_a_response_s_elapsed_time_judges_it_as_in_locust_s_docs(tmp_path: Path) -> None:
     (tmp_path / "locustfile.py").write_text(
         """

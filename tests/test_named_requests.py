@@ -47,6 +47,7 @@ def _scenario(tmp_path: Path, text: str, name: str = "shop.py") -> Path:
     return f
 
 
+@pytest.mark.slow
 def test_each_request_name_counts_what_the_server_counted_on_its_paths(
     tmp_path: Path, out: Path
 ) -> None:
@@ -182,6 +183,7 @@ def test_a_bad_request_name_is_refused_with_file_and_line_before_anything_is_sen
     assert served == 0
 
 
+@pytest.mark.slow
 def test_prometheus_counts_each_name_once_in_families_of_their_own(out: Path) -> None:
     port = free_port()
     with lp.start_target() as target:
@@ -303,6 +305,7 @@ class Checked(lp.VUser):
 """
 
 
+@pytest.mark.slow
 def test_python_code_decides_a_caught_response_and_its_messages_are_kept(
     tmp_path: Path, out: Path
 ) -> None:

@@ -14,6 +14,9 @@ from nbclient import NotebookClient
 import loadpilot as lp
 from tests.conftest import constant, get, wait_for_rows
 
+#: Left out of `make test-fast` (see tests/conftest.py).
+pytestmark = pytest.mark.slow
+
 
 def execute(cells: list[str], cwd: Path) -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()

@@ -125,6 +125,7 @@ def _rows_scenario(python: bool) -> type[lp.VUser]:
     return EngineRows
 
 
+@pytest.mark.slow
 def test_feeder_rows_are_the_same_on_both_paths(tmp_path: Path) -> None:
     sequences = []
     for python in (False, True):
@@ -140,6 +141,7 @@ def test_feeder_rows_are_the_same_on_both_paths(tmp_path: Path) -> None:
     assert engine[:n] == python_[:n], "iteration k gets the same row on both paths"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("python", [False, True], ids=["engine", "python"])
 def test_closed_users_start_when_the_profile_wants_them_on_both_paths(
     python: bool, tmp_path: Path

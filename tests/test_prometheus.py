@@ -24,6 +24,9 @@ import loadpilot as lp
 from loadpilot.cluster.server import free_port
 from loadpilot.exporter import LATENCY_BUCKETS
 
+#: Left out of `make test-fast` (see tests/conftest.py).
+pytestmark = pytest.mark.slow
+
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 ROOT = Path(__file__).resolve().parent.parent
 

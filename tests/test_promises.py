@@ -55,6 +55,7 @@ def one_in_a_hundred_fails(target: str, seconds: float = 1) -> lp.Plan:
     )
 
 
+@pytest.mark.slow
 def test_failed_requests_judged_by_a_passing_error_rate_threshold_exit_0(
     target: lp.TargetServer, tmp_path: Path
 ) -> None:
@@ -66,6 +67,7 @@ def test_failed_requests_judged_by_a_passing_error_rate_threshold_exit_0(
     assert "requests failed: status 1" in unjudged.stdout
 
 
+@pytest.mark.slow
 def test_a_failed_threshold_wins_over_failed_requests_and_ctrl_c_over_both(
     target: lp.TargetServer, tmp_path: Path
 ) -> None:
@@ -86,6 +88,7 @@ def test_a_failed_threshold_wins_over_failed_requests_and_ctrl_c_over_both(
     assert "FAIL  p99" in out
 
 
+@pytest.mark.slow
 def test_abort_on_fail_from_the_command_line(target: lp.TargetServer, tmp_path: Path) -> None:
     f = plan_json(tmp_path, one_in_a_hundred_fails(target.url, 60))
     done = cli(
@@ -138,6 +141,7 @@ def test_a_kernel_interrupt_stops_the_run_and_keeps_its_data(
     assert int(parquet["requests"].sum()) == s.overall.requests
 
 
+@pytest.mark.slow
 def test_parquet_time_is_utc_and_a_torn_jsonl_line_is_dropped(
     target: lp.TargetServer, out: Path, tmp_path: Path
 ) -> None:
@@ -158,6 +162,7 @@ def test_parquet_time_is_utc_and_a_torn_jsonl_line_is_dropped(
     assert loaded.summary().ended == "interrupted"
 
 
+@pytest.mark.slow
 def test_service_hlog_reads_in_an_independent_reader(target: lp.TargetServer, out: Path) -> None:
     s = lp.run(lp.Plan(target=target.url, load=constant(300, 2), tasks=[get("a")]), out).summary()
     merged = HdrHistogram(1, 3_600_000_000, 3)
@@ -189,6 +194,7 @@ def test_a_name_that_does_not_resolve_is_a_dns_error(out: Path) -> None:
 # --- load models --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_ramp_down_stops_users(target: lp.TargetServer, out: Path) -> None:
     plan = lp.Plan(
         target=target.url,
@@ -221,6 +227,7 @@ def test_weights_are_exact_at_fifty_thousand_requests_a_second(
         assert t.target_requests == t.iterations + t.cancelled + t.unsent
 
 
+@pytest.mark.slow
 def test_connections_bound_the_requests_in_flight(out: Path) -> None:
     with lp.start_target(delay_ms=100) as slow:
         plan = lp.Plan(
@@ -236,6 +243,7 @@ def test_connections_bound_the_requests_in_flight(out: Path) -> None:
     assert s.overall.missed > 0 and s.overall.unsent > 0
 
 
+@pytest.mark.slow
 def test_feeder_rows_cycle_in_order_and_random_rows_repeat_with_their_seed(
     recorder: Recorder, tmp_path: Path
 ) -> None:
@@ -306,6 +314,7 @@ def target_process(*flags: str) -> tuple[subprocess.Popen[str], str]:
     return proc, read_line(proc.stdout).split()[-1]
 
 
+@pytest.mark.slow
 def test_the_target_flags_work_from_the_command_line(tmp_path: Path) -> None:
     procs = []
     try:
@@ -355,6 +364,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return base, cand
 
 
+@pytest.mark.slow
 def test_compare_covers_shared_tasks_a_window_and_service_time(pair: tuple[Path, Path]) -> None:
     base, cand = pair
     c = lp.compare(base, cand, service=True, start=1)
@@ -376,6 +386,7 @@ def test_compare_covers_shared_tasks_a_window_and_service_time(pair: tuple[Path,
     assert a99["baseline"] == window.percentile(99)
 
 
+@pytest.mark.slow
 def test_a_report_shows_the_plan(pair: tuple[Path, Path], tmp_path: Path) -> None:
     import html
 

@@ -151,6 +151,7 @@ def test_a_scenario_says_how_far_its_requests_follow_redirects(tmp_path: Path) -
     assert (b.follow_redirects, b.max_redirects) == (True, 3)
 
 
+@pytest.mark.slow
 def test_an_agent_follows_no_redirect_outside_its_allow_list(tmp_path: Path) -> None:
     with lp.start_target() as target, lp.start_target() as other:
         # The agents here allow the target's host (127.0.0.1); localhost is another host.

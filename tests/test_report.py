@@ -16,6 +16,7 @@ from loadpilot import thresholds
 from tests.conftest import constant, get
 
 
+@pytest.mark.slow
 def test_a_report_is_one_offline_file_with_the_summary_and_charts(
     target: lp.TargetServer, tmp_path: Path
 ) -> None:
@@ -155,6 +156,7 @@ def render_offline(browser: Any, page_file: Path, screenshot: Path | None = None
     }
 
 
+@pytest.mark.slow
 def test_a_report_renders_its_charts_in_chromium_with_the_network_off(
     browser: Any, target: lp.TargetServer, tmp_path: Path
 ) -> None:
@@ -175,6 +177,7 @@ def test_a_report_renders_its_charts_in_chromium_with_the_network_off(
     assert all(w > 0.85 for w in seen["widths"]), seen
 
 
+@pytest.mark.slow
 def test_a_report_of_several_runs_compares_them_and_renders_offline(
     browser: Any, tmp_path: Path
 ) -> None:
@@ -214,6 +217,7 @@ def test_a_report_of_several_runs_compares_them_and_renders_offline(
     assert all(w > 0.85 for w in seen["widths"]), seen
 
 
+@pytest.mark.slow
 def test_two_closed_model_runs_of_one_scenario_read_apart_in_a_report(
     browser: Any, target: lp.TargetServer, tmp_path: Path
 ) -> None:

@@ -121,6 +121,7 @@ def test_an_unreachable_target_completes_with_connect_errors(out: Path) -> None:
     assert summary.overall.errors_by_kind["connect"] == 20
 
 
+@pytest.mark.slow
 def test_injected_errors_arrive_at_their_rate(out: Path) -> None:
     with lp.start_target(error_rate=0.2, seed=3) as target:
         plan = lp.Plan(target=target.url, load=constant(1000, 2), tasks=[get("x")])

@@ -25,6 +25,7 @@ from tests.conftest import (
 )
 
 
+@pytest.mark.slow
 def test_the_hlog_reads_back_in_hdrh_with_the_summary_figures(
     target: lp.TargetServer, out: Path
 ) -> None:
@@ -49,6 +50,7 @@ def test_the_hlog_reads_back_in_hdrh_with_the_summary_figures(
     assert {"Tag=a", "Tag=b"} <= tags
 
 
+@pytest.mark.slow
 def test_metrics_parquet_and_summary_agree(target: lp.TargetServer, out: Path) -> None:
     run = lp.run(
         lp.Plan(target=target.url, load=constant(200, 3), tasks=[get("x")]),
@@ -65,6 +67,7 @@ def test_metrics_parquet_and_summary_agree(target: lp.TargetServer, out: Path) -
     assert json.loads((out / "plan.json").read_text())["tasks"][0]["name"] == "x"
 
 
+@pytest.mark.slow
 def test_metrics_grow_while_the_run_goes(target: lp.TargetServer, out: Path) -> None:
     run = lp.start(lp.Plan(target=target.url, load=constant(100, 4), tasks=[get("x")]), out)
     wait_for_rows(out, 1)
@@ -96,6 +99,7 @@ def _start_child(out: Path, target: str) -> subprocess.Popen[str]:
     return p
 
 
+@pytest.mark.slow
 def test_a_killed_run_keeps_every_finished_interval(target: lp.TargetServer, out: Path) -> None:
     child = _start_child(out, target.url)
     wait_for_rows(out, 3)
@@ -112,6 +116,7 @@ def test_a_killed_run_keeps_every_finished_interval(target: lp.TargetServer, out
     assert summary.ended == "interrupted" and summary.overall.requests == run.histogram().count
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_stops_within_a_second_and_keeps_its_summary(
     recorder: Recorder, out: Path
 ) -> None:
@@ -148,6 +153,7 @@ def test_loading_something_that_is_not_a_run_says_so(tmp_path: Path) -> None:
         lp.load_run(tmp_path)
 
 
+@pytest.mark.slow
 def test_cli_run_of_a_plan_file_writes_the_directory(
     target: lp.TargetServer, tmp_path: Path
 ) -> None:

@@ -5,9 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 import loadpilot as lp
 from tests.conftest import Recorder, constant, get
+
+#: Left out of `make test-fast` (see tests/conftest.py).
+pytestmark = pytest.mark.slow
 
 
 def test_three_rps_for_twenty_seconds_sends_sixty_evenly_spaced(

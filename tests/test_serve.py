@@ -23,6 +23,9 @@ import loadpilot as lp
 from loadpilot.cluster.server import free_port
 from tests.conftest import total
 
+#: Left out of `make test-fast` (see tests/conftest.py).
+pytestmark = pytest.mark.slow
+
 TOKEN = "test-token-123"
 
 

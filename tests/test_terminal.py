@@ -47,6 +47,7 @@ def seconds_shown(out: str) -> list[str]:
     return re.findall(r"^\s+(\d+/\d+) s ", out, re.M)
 
 
+@pytest.mark.slow
 def test_duration_keeps_the_profiles_shape_and_says_so(
     target: lp.TargetServer, tmp_path: Path
 ) -> None:
@@ -61,6 +62,7 @@ def test_duration_keeps_the_profiles_shape_and_says_so(
     assert lp.load_run(tmp_path / "r").summary().overall.requests == 150
 
 
+@pytest.mark.slow
 def test_a_closed_model_shows_its_users_each_second(
     target: lp.TargetServer, tmp_path: Path
 ) -> None:
@@ -161,6 +163,7 @@ def run_in_terminal(tmp_path: Path, *args: str) -> tuple[int, str]:
     return proc.wait(timeout=60), b"".join(chunks).decode("utf-8", "replace")
 
 
+@pytest.mark.slow
 def test_a_terminal_gets_a_redrawn_panel_and_a_coloured_summary(
     target: lp.TargetServer, tmp_path: Path
 ) -> None:
@@ -188,6 +191,7 @@ def test_a_terminal_gets_a_redrawn_panel_and_a_coloured_summary(
     assert "accounted for: 300 due" in plain
 
 
+@pytest.mark.slow
 def test_a_closed_model_panel_shows_users_against_the_profile(
     target: lp.TargetServer, tmp_path: Path
 ) -> None:

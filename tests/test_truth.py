@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import loadpilot as lp
 from tests.conftest import constant, get
+
+#: Left out of `make test-fast` (see tests/conftest.py).
+pytestmark = pytest.mark.slow
 
 
 def test_a_stalling_server_shows_in_corrected_percentiles(out: Path) -> None:

@@ -14,6 +14,7 @@ import loadpilot as lp
 from tests.conftest import Recorder, assert_stopped_on_time, interrupt_cli
 
 
+@pytest.mark.slow
 def test_async_and_sync_tasks_run_with_the_exact_mix(target: lp.TargetServer, out: Path) -> None:
     @lp.scenario(profile=lp.constant(100, "2s"))
     class Shop(lp.VUser):
@@ -52,6 +53,7 @@ def test_values_drawn_in_python_vary_per_iteration(recorder: Recorder, out: Path
     assert len(paths) == 50 and len(set(paths)) > 40
 
 
+@pytest.mark.slow
 def test_on_start_runs_for_every_user_concurrently_and_state_carries_on(
     target: lp.TargetServer, out: Path
 ) -> None:
@@ -122,6 +124,7 @@ class Slow(lp.VUser):
 """
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_python_users_within_a_second(recorder: Recorder, tmp_path: Path) -> None:
     f = tmp_path / "slow.py"
     f.write_text(textwrap.dedent(_SLOW))
