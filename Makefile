@@ -78,7 +78,7 @@ coverage: $(CHROMIUM) $(PROMETHEUS) $(NGINX) $(HDRHISTOGRAM_JAVA) ## Every test 
 .PHONY: test-fast
 test-fast: build-dev ## The edit-test loop (about 2 minutes): Rust unit tests, Python tests not marked slow
 	cargo test --release --workspace --exclude loadpilot-python --lib
-	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider
+	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider -n 2
 
 .PHONY: check-binder
 check-binder: ## Run binder/postBuild in a fresh environment on a clean copy, then the tutorials there
