@@ -76,7 +76,7 @@ coverage: $(CHROMIUM) $(PROMETHEUS) $(NGINX) $(HDRHISTOGRAM_JAVA) ## Every test 
 	bash tests/coverage.sh $(TESTS)
 
 .PHONY: test-fast
-test-fast: build-dev ## The edit-test loop (about 2 minutes): Rust unit tests, Python tests not marked slow
+test-fast: build-dev ## The edit-test loop (about 1.5 minutes): Rust unit tests, Python tests not marked slow
 	cargo test --release --workspace --exclude loadpilot-python --lib
 	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider -n 2
 
