@@ -175,7 +175,7 @@ def _outcome(s: Summary, verdicts: Sequence[Verdict]) -> tuple[str, list[str]]:
     why += unjudged(s.overall, verdicts, s.ended)
     if s.ended not in ("completed", "exhausted"):
         why.append(
-            f"the run ended {s.ended.replace('_', ' ')} after {s.duration_s:.1f} s of "
+            f"the run ended early ({s.ended.replace('_', ' ')}) after {s.duration_s:.1f} s of "
             f"{s.planned_duration_s:.1f} s planned"
         )
     if failed or unjudged(s.overall, verdicts, s.ended):
