@@ -171,14 +171,15 @@ def _outcome(s: Summary, verdicts: Sequence[Verdict]) -> tuple[str, list[str]]:
     """A run's state as its exit code judges it (``pass``, ``fail``, or ``neutral`` when no
     threshold was given and nothing failed) and the lines that say why."""
     failed = [v for v in verdicts if not v.passed]
+    unjudged_failures = unjudged(s.overall, verdicts, s.ended)
     why = [f"{v.threshold.name} {v.threshold.text.strip()}: measured {v.measured}" for v in failed]
-    why += unjudged(s.overall, verdicts, s.ended)
+    why += unjudged_failures
     if s.ended not in ("completed", "exhausted"):
         why.append(
             f"the run ended early ({s.ended.replace('_', ' ')}) after {s.duration_s:.1f} s of "
             f"{s.planned_duration_s:.1f} s planned"
         )
-    if failed or unjudged(s.overall, verdicts, s.ended):
+    if failed or unjudged_failures:
         if len(failed) < len(verdicts):
             why.append(f"{len(verdicts) - len(failed)} of {len(verdicts)} thresholds passed")
         return "fail", why
@@ -201,7 +202,9 @@ def _banner(state: str, label: str, title: str, facts: str, lines: Sequence[str]
     )
 
 
-def _glance_row(name: str, st: Stats, extra: str = "") -> str:
+def _glance_row(name: str, st: Stats, change: str | None = None) -> str:
+    """Key figures; ``change``: a run's verdict against the baseline, a last cell and the
+    row's class."""
     cells = [
         html.escape(name),
         f"{st.requests:,}",
@@ -209,7 +212,11 @@ def _glance_row(name: str, st: Stats, extra: str = "") -> str:
         *(_ms(getattr(st.latency_ms, k)) for k in ("p50", "p99", "p999", "max")),
         f"{st.errors:,} ({st.error_rate * 100:.3g}%)",
     ]
-    return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + extra + "</tr>"
+    if change is None:
+        return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+    cells.append(html.escape(change))
+    marked = f' class="{change}"' if change in ("regressed", "improved") else ""
+    return f"<tr{marked}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
 
 
 _GLANCE_HEAD = ["requests", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors"]
@@ -323,13 +330,15 @@ def _several(
     for label, (state, why) in zip(labels, outcomes, strict=True):
         if state == "fail":
             lines += [f"{label}: {w}" for w in why]
-    regressed = any(c.regressed for c in comparisons)
-    failed = any(state == "fail" for state, _ in outcomes)
-    if regressed:
+    changes = ["baseline"] + [
+        "regressed" if c.regressed else "improved" if c.improvements else "no significant change"
+        for c in comparisons
+    ]
+    if "regressed" in changes:
         state, word = "fail", "REGRESSED"
-    elif failed:
+    elif any(state == "fail" for state, _ in outcomes):
         state, word = "fail", "FAIL"
-    elif any(c.improvements for c in comparisons):
+    elif "improved" in changes:
         state, word = "pass", "IMPROVED"
     else:
         state, word = "neutral", "NO CHANGE"
@@ -339,15 +348,9 @@ def _several(
         for i, (label, r, s) in enumerate(zip(labels, resolved, summaries, strict=True))
     )
     page.add(_banner(state, word, f"LoadPilot report: {title}", listing, lines))
-    verdict_of = ["baseline"] + [
-        "regressed" if c.regressed else "improved" if c.improvements else "no significant change"
-        for c in comparisons
-    ]
     rows = "".join(
-        _glance_row(f"{label}: {s.name}", s.overall, f"<td>{html.escape(v)}</td>").replace(
-            "<tr>", f'<tr class="{v}">' if v in ("regressed", "improved") else "<tr>", 1
-        )
-        for label, s, v in zip(labels, summaries, verdict_of, strict=True)
+        _glance_row(f"{label}: {s.name}", s.overall, change)
+        for label, s, change in zip(labels, summaries, changes, strict=True)
     )
     head = "".join(f"<th>{h}</th>" for h in ["run", *_GLANCE_HEAD, "against the baseline"])
     page.add(
