@@ -4,8 +4,9 @@ CAND``, ``report RUN...``, ``export RUN``, ``demo``, ``target``, ``serve`` and `
 Exit codes: 0 passed (thresholds met, no failed request unless an error_rate threshold allows
 it; for ``compare``, no regression); 1 a threshold failed (``compare``: a metric regressed); 2
 bad usage or input (scenario, plan, URL, run directory); 3 requests failed or were cancelled
-and no threshold covered the error rate, or due requests were never sent; 130 stopped with
-Ctrl-C; 143 stopped with SIGTERM.
+and no threshold covered the error rate, or due requests were never sent; 4 the run is invalid:
+it measured the load generator, not the system (``--allow-invalid`` judges it anyway); 130
+stopped with Ctrl-C; 143 stopped with SIGTERM.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ EXIT_OK = 0
 EXIT_THRESHOLDS = 1
 EXIT_USAGE = 2
 EXIT_ERRORS = 3
+EXIT_INVALID = 4
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
@@ -151,9 +153,10 @@ def _execute(
     after: Any = None,
     started: Any = None,
     junit_to: Path | None = None,
+    allow_invalid: bool = False,
 ) -> int:
     """Runs, follows and judges a run; ``started(run)`` is called once it has started,
-    ``after(run, summary)`` once it is over."""
+    ``after(run, summary)`` once it is over. An invalid run exits 4 unless ``allow_invalid``."""
     if report_to is not None:
         _check_output_file(report_to, "--report")
     if junit_to is not None:
@@ -206,6 +209,13 @@ def _execute(
     _print_end(r, s, agents is not None)
     if interrupted is not None:
         return EXIT_TERMINATED if isinstance(interrupted, _Terminated) else EXIT_INTERRUPTED
+    if s.validity is not None and s.validity.verdict == "invalid" and not allow_invalid:
+        # Whatever the thresholds say, they judged the generator: say so first.
+        print(
+            "the run is invalid: it measured the load generator, not the system "
+            "(--allow-invalid to judge it anyway)"
+        )
+        return EXIT_INVALID
     if aborted or not all(v.passed for v in verdicts):
         return EXIT_THRESHOLDS
     return _exit_for_failures(s, verdicts)
@@ -338,7 +348,8 @@ def demo_plan(target: str) -> Plan:
 def _cmd_demo(args: argparse.Namespace) -> int:
     with start_target(delay_ms=1.0, delay_max_ms=5.0) as target:
         print(f"built-in target on {target.url} (1-5 ms per request)")
-        return _execute(demo_plan(target.url), args.out)
+        # The demo shows its validity; it gates nothing.
+        return _execute(demo_plan(target.url), args.out, allow_invalid=True)
 
 
 def _cmd_target(args: argparse.Namespace) -> int:
@@ -448,6 +459,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             agents=_agents(args),
             prometheus=args.prometheus,
             junit_to=args.junit,
+            allow_invalid=args.allow_invalid,
         )
     try:
         text = path.read_bytes()
@@ -474,6 +486,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         agents=_agents(args),
         prometheus=args.prometheus,
         junit_to=args.junit,
+        allow_invalid=args.allow_invalid,
     )
 
 
@@ -596,6 +609,7 @@ def _run_locustfile(
             after=after,
             started=started,
             junit_to=getattr(args, "junit", None),
+            allow_invalid=getattr(args, "allow_invalid", False),
         )
         code = error_code if code == EXIT_ERRORS else code
     finally:
@@ -862,6 +876,12 @@ def _add_run(sub: Any) -> None:
     r.add_argument("--out", type=Path, default=None, help="run directory")
     r.add_argument("--threshold", action="append", help="e.g. 'p99<25ms' (repeatable)")
     r.add_argument("--abort-on-fail", action="store_true", help="stop as soon as a threshold fails")
+    r.add_argument(
+        "--allow-invalid",
+        action="store_true",
+        help="judge an invalid run (one that measured the generator, not the system) by its "
+        "thresholds instead of exiting 4",
+    )
     r.add_argument("--report", type=Path, default=None, help="write an HTML report (FILE.html)")
     r.add_argument(
         "--junit",
@@ -977,6 +997,11 @@ def _add_locust(sub: Any) -> None:
         help="exit code when requests failed (1)",
     )
     lo.add_argument("--out", type=Path, default=None, help="run directory")
+    lo.add_argument(
+        "--allow-invalid",
+        action="store_true",
+        help="judge an invalid run by its thresholds instead of exiting 4",
+    )
     lo.add_argument("--threshold", action="append", help="e.g. 'p99<25ms' (repeatable)")
     lo.add_argument("--report", type=Path, default=None, help="same as --html")
     lo.add_argument(

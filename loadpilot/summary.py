@@ -60,6 +60,9 @@ class Stats(BaseModel):
     """From the instant each request was due (coordinated-omission corrected)."""
     service_ms: Percentiles
     """From the instant each request was sent."""
+    late_ms: Percentiles = Percentiles()
+    """How late each iteration began after its due instant (open model): the generator's own
+    delay, part of ``latency_ms``."""
 
 
 class TaskSummary(Stats):
@@ -76,6 +79,59 @@ class RequestSummary(Stats):
 
     task: str
     name: str
+
+
+Verdict = Literal["valid", "suspect", "invalid"]
+
+
+class Reason(BaseModel):
+    """One finding: what was seen, how grave (``info`` explains without counting against the
+    run), and whose it is (``generator`` or ``system``)."""
+
+    model_config = ConfigDict(frozen=True)
+    code: Literal["late", "connections", "saturated", "cpu", "run_queue"]
+    level: Literal["info", "suspect", "invalid"]
+    side: Literal["generator", "system"]
+    text: str
+
+
+class Generator(BaseModel):
+    """The generator process over the run: what ``/proc`` said of it."""
+
+    model_config = ConfigDict(frozen=True)
+    wall_s: float
+    cpu_s: float
+    """User and system CPU time of the whole process (every thread)."""
+    cores: int
+    """CPUs the process may run on (its affinity)."""
+    run_queue_s: float | None = None
+    """Time its threads spent runnable but waiting for a CPU (``schedstat``)."""
+    cpu_pressure_s: float | None = None
+    """Time some task on the machine waited for a CPU (PSI ``cpu some``; the whole machine)."""
+
+    @property
+    def cpu_share(self) -> float:
+        return self.cpu_s / (self.wall_s * self.cores) if self.wall_s > 0 else 0.0
+
+
+class Validity(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    verdict: Verdict
+    limit: Literal["generator", "system"] | None = None
+    reasons: list[Reason] = []
+    generator: Generator | None = None
+
+    @property
+    def headline(self) -> str:
+        """``valid``, ``invalid (generator-limited)``, ``valid (system-limited)``..."""
+        return self.verdict + (f" ({self.limit}-limited)" if self.limit else "")
+
+    def lines(self) -> list[str]:
+        """The verdict, then each reason on a line of its own."""
+        return [f"validity: {self.headline}", *(f"  {r.level}: {r.text}" for r in self.reasons)]
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
 
 
 class FailureCount(BaseModel):
@@ -117,6 +173,9 @@ class Summary(BaseModel):
     """The messages of failed checks (``response.failure(...)``, an exception in a
     ``catch_response`` block), most frequent first; at most 100, each request name keeping
     the first 100 distinct messages it met (later ones as ``(other messages)``)."""
+    validity: Validity | None = None
+    """Whether the run measured the system or the generator (``loadpilot.validity``);
+    ``None`` while the run goes."""
 
     def task(self, name: str) -> TaskSummary:
         for t in self.tasks:
@@ -183,6 +242,9 @@ class Summary(BaseModel):
             lines.append(f"{'failures':>10}  {'request':<32}message")
             for f in self.failures:
                 lines.append(f"{f.count:>10}  {f.request[:31]:<32}{f.message}")
+        if self.validity is not None:
+            lines.append("")
+            lines.extend(self.validity.lines())
         return "\n".join(lines)
 
 

@@ -215,6 +215,12 @@ def summary_table(s: Summary, verdicts: list[thresholds.Verdict]) -> Group:
             parts.append(Text(f"  {f.count:>10,}  {f.request} ({f.task}): {f.message}"))
         if len(s.failures) > 10:
             parts.append(Text(f"  and {len(s.failures) - 10} more in summary.json"))
+    if s.validity is not None:
+        v = s.validity
+        style = {"valid": "bold green", "suspect": "bold yellow", "invalid": "bold red"}
+        parts.append(Text.assemble("validity: ", (v.headline, style[v.verdict])))
+        for reason in v.reasons:
+            parts.append(Text(f"  {reason.level}: {reason.text}"))
     if verdicts:
         parts.append(Text("thresholds:"))
         for v in verdicts:

@@ -12,10 +12,11 @@ import polars as pl
 from pydantic import ValidationError
 
 from loadpilot import _engine
+from loadpilot import validity as _validity
 from loadpilot.errors import RunDirError
 from loadpilot.plan import Plan, describe
 from loadpilot.running import store as _store
-from loadpilot.summary import Summary
+from loadpilot.summary import Summary, Validity
 
 if TYPE_CHECKING:
     from loadpilot.notebook.live import Dashboard
@@ -206,6 +207,9 @@ class Run(RunResult):
         self._frames: list[pl.DataFrame] = []
         self._finished = False
         self._end_hooks: list[Callable[[], None]] = []
+        # The generator is this process unless agents run the load (they judge their own).
+        self._probe = None if hasattr(handle, "agents_frame") else _validity.Probe()
+        self._validity: Validity | None = None
 
     @property
     def done(self) -> bool:
@@ -230,8 +234,23 @@ class Run(RunResult):
         frame = self._pull()
         with self._lock:
             if not self._finished:
+                self._validity = self._judge(frame)
                 _store.write_parquet(self.path, frame)
                 self._finished = True
+
+    def _judge(self, rows: pl.DataFrame) -> Validity | None:
+        """The run's validity, also written into its ``summary.json``."""
+        text = self._handle.summary_json()
+        if text is None:
+            return None
+        v = _validity.judge(
+            Summary.model_validate_json(text),
+            rows,
+            self._probe.end() if self._probe else None,
+            _connections(self._plan),
+        )
+        _store.add_validity(self.path, v)
+        return v
 
     @property
     def _rows(self) -> pl.DataFrame:
@@ -313,7 +332,10 @@ class Run(RunResult):
         self.wait()
         text = self._handle.summary_json()
         assert text is not None, "a finished run has a summary"
-        return Summary.model_validate_json(text)
+        return self._with_validity(Summary.model_validate_json(text))
+
+    def _with_validity(self, s: Summary) -> Summary:
+        return s.model_copy(update={"validity": self._validity}) if self._validity else s
 
     def histogram(
         self,
@@ -338,7 +360,7 @@ class Run(RunResult):
     def _summary_if_done(self) -> Summary | None:
         """The final summary if the run has ended, without waiting (or running end hooks)."""
         text = self._handle.summary_json() if self._handle.done else None
-        return Summary.model_validate_json(text) if text else None
+        return self._with_validity(Summary.model_validate_json(text)) if text else None
 
     def summary_so_far(self) -> Summary:
         """Figures of the intervals closed so far (``ended == "running"`` while it runs), from
@@ -378,6 +400,14 @@ class LoadedRun(RunResult):
     def summary(self) -> Summary:
         """The run's ``summary.json``; for a run cut short, a summary rebuilt from its
         interval logs (``ended == "interrupted"``)."""
+        s = self._summary()
+        if s.validity is None:
+            # Written before runs were judged, or cut short: judged from what is here.
+            v = _validity.judge(s, self._rows, None, _connections(self._plan))
+            s = s.model_copy(update={"validity": v})
+        return s
+
+    def _summary(self) -> Summary:
         f = self.path / _store.SUMMARY
         if f.exists():
             try:
@@ -393,6 +423,10 @@ class LoadedRun(RunResult):
             return Summary.model_validate_json(_engine.summarize_dir(self.path))
         except ValidationError as e:
             raise RunDirError(f"{self.path}: {describe(e)}") from None
+
+
+def _connections(plan: Plan) -> int | None:
+    return getattr(plan.load, "connections", None)
 
 
 def _task_set(run: RunResult, task: str | Sequence[str] | None) -> set[str] | None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import polars as pl
 
 from loadpilot import _engine
 from loadpilot.errors import RunDirError
+from loadpilot.summary import Validity
 
 # The run directory's file names are the engine's (docs/run-directory.md).
 _FILES = _engine.RUN_FILES
@@ -119,6 +121,21 @@ def write_parquet(path: Path, frame: pl.DataFrame) -> None:
         raise RunDirError(
             f"{path / METRICS_PARQUET}: cannot be written ({why}); the rows stay in {METRICS_JSONL}"
         ) from None
+
+
+def add_validity(path: Path, validity: Validity) -> None:
+    """Adds the run's validity to its ``summary.json`` (whole or not at all). A summary that
+    cannot be read or rewritten (a full disk) stays as the engine wrote it: the run itself
+    knows its validity, and a later reader judges the run again from its files."""
+    f = path / SUMMARY
+    tmp = path / (SUMMARY + ".tmp")
+    try:
+        data = json.loads(f.read_bytes())
+        data["validity"] = validity.model_dump(mode="json")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.replace(f)
+    except (OSError, ValueError):
+        tmp.unlink(missing_ok=True)
 
 
 class LogTail:

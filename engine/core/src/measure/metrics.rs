@@ -198,6 +198,10 @@ pub struct TaskData {
     pub counts: Counters,
     /// The messages of its failed checks (those given one), with their counts.
     pub messages: Messages,
+    /// How late each iteration of an open model began after its due instant (waiting for a
+    /// free connection, a late wake-up, Python's event loop): the generator's own delay,
+    /// which `corrected` includes. Made on the first sample (a request name's data has none).
+    pub late: Option<Hist>,
 }
 
 impl TaskData {
@@ -207,7 +211,15 @@ impl TaskData {
             service: new_hist(),
             counts: Counters::default(),
             messages: Vec::new(),
+            late: None,
         }
+    }
+
+    /// An iteration began `late_us` after it was due.
+    pub fn began_late(&mut self, late_us: u64) {
+        self.late
+            .get_or_insert_with(new_hist)
+            .saturating_record(late_us.clamp(LOWEST_US, HIGHEST_US));
     }
 
     pub fn add(&mut self, o: &TaskData) {
@@ -221,12 +233,21 @@ impl TaskData {
         for (m, n) in &o.messages {
             add_message(&mut self.messages, m, *n);
         }
+        if let Some(l) = &o.late {
+            self.late
+                .get_or_insert_with(new_hist)
+                .add(l)
+                .expect("same bounds always add");
+        }
     }
 
     /// Back to empty, keeping the histograms' memory.
     pub fn reset(&mut self) {
         self.corrected.reset();
         self.service.reset();
+        if let Some(l) = &mut self.late {
+            l.reset();
+        }
         self.counts = Counters::default();
         self.messages.clear();
     }
@@ -282,6 +303,11 @@ impl TaskData {
             service: crate::measure::hlog::encode(&self.service),
             counts: self.counts,
             messages: self.messages.clone(),
+            late: self
+                .late
+                .as_ref()
+                .filter(|l| !l.is_empty())
+                .map(crate::measure::hlog::encode),
         }
     }
 
@@ -304,6 +330,12 @@ impl TaskData {
         for (m, n) in &w.messages {
             add_message(&mut self.messages, m, *n);
         }
+        if !p.late.is_empty() {
+            let late = self.late.get_or_insert_with(new_hist);
+            for &(v, n) in &p.late {
+                late.record_n(v, n).expect("checked by parse");
+            }
+        }
     }
 }
 
@@ -317,6 +349,9 @@ pub struct WireData {
     pub counts: Counters,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub messages: Messages,
+    /// The iterations' lateness (`TaskData::late`), if any began in an open model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late: Option<String>,
 }
 
 /// A `WireData`'s histograms decoded into their counts and checked to be in LoadPilot's own
@@ -324,6 +359,7 @@ pub struct WireData {
 pub struct ParsedWire {
     pub corrected: Vec<(u64, u64)>,
     pub service: Vec<(u64, u64)>,
+    pub late: Vec<(u64, u64)>,
 }
 
 impl WireData {
@@ -345,6 +381,10 @@ impl WireData {
         Ok(ParsedWire {
             corrected: ours("corrected", &self.corrected)?,
             service: ours("service", &self.service)?,
+            late: match &self.late {
+                Some(l) => ours("late", l)?,
+                None => Vec::new(),
+            },
         })
     }
 }
@@ -646,6 +686,29 @@ mod tests {
         }
         let back = decode_hist(&crate::measure::hlog::encode(&h)).unwrap();
         assert_eq!(back, h);
+    }
+
+    #[test]
+    fn lateness_adds_up_and_travels_only_where_iterations_began() {
+        let mut a = TaskData::new();
+        for us in [0u64, 200, 5_000] {
+            a.began_late(us);
+        }
+        let mut b = TaskData::new();
+        b.began_late(40_000);
+        let mut sum = a.clone();
+        sum.add(&b);
+        let late = sum.late.as_ref().unwrap();
+        assert_eq!((late.len(), late.max()), (4, new_hist_with(40_000).max()));
+        assert_eq!(late.min(), 1, "on time counts as the lowest value");
+        let back = TaskData::from_wire(&sum.to_wire()).unwrap();
+        assert_eq!(back.late, sum.late, "a slice's lateness reaches the merge exactly");
+        // A request name's data (no iteration begins there) carries none, and reads back so.
+        let named = TaskData::new();
+        assert!(named.to_wire().late.is_none());
+        assert!(TaskData::from_wire(&named.to_wire()).unwrap().late.is_none());
+        let text = serde_json::to_string(&named.to_wire()).unwrap();
+        assert!(!text.contains("late"), "{text}");
     }
 
     #[test]

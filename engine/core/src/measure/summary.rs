@@ -115,6 +115,10 @@ pub struct Stats {
     pub latency_ms: Percentiles,
     /// From the instant each request was sent.
     pub service_ms: Percentiles,
+    /// How late each iteration began after its due instant (open model; empty otherwise):
+    /// the generator's own delay, part of `latency_ms`.
+    #[serde(default)]
+    pub late_ms: Percentiles,
 }
 
 impl Stats {
@@ -142,6 +146,7 @@ impl Stats {
             },
             latency_ms: Percentiles::of(&d.corrected),
             service_ms: Percentiles::of(&d.service),
+            late_ms: d.late.as_ref().map(Percentiles::of).unwrap_or_default(),
         }
     }
 }

@@ -422,6 +422,12 @@ impl Session {
             (Some(d), Some(start)) => start + Duration::from_secs_f64(d),
             _ => Instant::now(),
         };
+        if let (Some(_), Some(task)) = (r.due_s, r.task.filter(|t| *t < self.entries())) {
+            // The iteration's first request: how long after its due instant Python sent it.
+            let now = Instant::now();
+            let late = now.saturating_duration_since(from).as_micros() as u64;
+            ctx.recorder.record(task, now, |d| d.began_late(late));
+        }
         let path = format!("{}{}", ctx.target.base_path(), r.path);
         let keep = Keep {
             body: true,

@@ -139,10 +139,14 @@ pub(super) struct Begin {
 impl Begin {
     /// Records the iteration's start, in one visit to the recorder.
     fn record(&self, ctx: &Ctx, task: usize) {
-        ctx.recorder.record(task, Instant::now(), |d| {
+        let now = Instant::now();
+        ctx.recorder.record(task, now, |d| {
             d.counts.taken += self.taken as u64;
             d.counts.started += 1;
             d.counts.missed += self.late as u64;
+            if let Some(due) = self.due {
+                d.began_late(now.saturating_duration_since(due).as_micros() as u64);
+            }
         });
     }
 }
