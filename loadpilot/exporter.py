@@ -244,8 +244,20 @@ class RunMetrics(Collector):
             "A distributed run's agents, by state.",
             labels=["run", "scenario", "state"],
         )
+        validity = GaugeMetricFamily(
+            "loadpilot_run_validity",
+            "1 for the run's validity verdict (valid, suspect, invalid) once it ended and was "
+            "judged, 0 for the others.",
+            labels=["run", "scenario", "verdict"],
+        )
         with self._lock:
             for w in self._watched:
+                judged = w.run.validity
+                if judged is not None:
+                    for verdict in ("valid", "suspect", "invalid"):
+                        validity.add_metric(
+                            [w.name, w.scenario, verdict], float(judged.verdict == verdict)
+                        )
                 for (name, request), t in w.tasks.items():
                     labels = [w.name, w.scenario, name] + ([request] if request else [])
                     ts = w.ts
@@ -276,6 +288,7 @@ class RunMetrics(Collector):
                     if frame.height:
                         agents.add_metric([w.name, w.scenario, state], n)
         yield from (requests, errors, missed, target, latency, service, in_flight, users, agents)
+        yield validity
         yield from (named_requests, named_errors, named_latency, named_service)
 
 

@@ -289,6 +289,18 @@ def _summary_table(s: Summary) -> str:
             + "".join(named)
             + "</tbody></table>"
         )
+    if s.validity is not None:
+        v = s.validity
+        table += (
+            f"<p class='loadpilot-validity {v.verdict}'><strong>validity: "
+            f"{html.escape(v.headline)}</strong></p>"
+        )
+        if v.reasons:
+            table += (
+                "<ul class='loadpilot-validity'>"
+                + "".join(f"<li>{r.level}: {html.escape(r.text)}</li>" for r in v.reasons)
+                + "</ul>"
+            )
     if s.failures:
         table += (
             "<table class='loadpilot-failures'><thead><tr><th>failures</th><th>request</th>"

@@ -9,7 +9,8 @@ run whose tail is made of them measured the wrong thing. The rule (docs/validity
 - **lateness**: how late iterations began after their due instant (``late_ms``). When the
   generator's share of the tail (lateness p99 over latency p99) reaches ``LATE_SUSPECT`` the run
   is suspect, at ``LATE_INVALID`` invalid (only past ``LATE_FLOOR_MS``: a tail of a
-  millisecond is no tail).
+  millisecond is no tail). A run of fewer than 1,000 iterations is read at p95, p90 or p50,
+  whichever holds ten iterations: one late iteration is a hiccup, not a tail.
 - **connections**: arrivals that found every connection busy (``missed``). At
   ``MISSED_SUSPECT`` / ``MISSED_INVALID`` of the iterations begun, the cause is read off the
   seconds they happened in: if the service time grew there (``SATURATED``× the run's
@@ -51,6 +52,8 @@ CPU_BUSY = 0.9
 #: Seconds its threads waited for a CPU per second of the run (a generator sharing two cores
 #: with a local target at 20,000 requests/s waits about 0.2).
 RUN_QUEUE = 0.5
+#: The fewest iterations the lateness rule reads a percentile from (``_tail_quantile``).
+_MIN_LATE = 10
 #: Seconds with fewer requests than this say nothing about service time.
 _MIN_ROW_REQUESTS = 20
 
@@ -136,6 +139,15 @@ def _service_growth(rows: pl.DataFrame | None, task: str | None) -> tuple[float,
     return float(busy["service_p50_ms"].median()), float(r["service_p50_ms"].min())
 
 
+def _tail_quantile(begun: int) -> str:
+    """The highest percentile at or above which at least ``_MIN_LATE`` iterations lie: a tail
+    of one or two iterations (a single hiccup of a short run) is no evidence."""
+    for name, share in (("p99", 0.01), ("p95", 0.05), ("p90", 0.1)):
+        if begun * share >= _MIN_LATE:
+            return name
+    return "p50"
+
+
 def _all_busy(rows: pl.DataFrame | None, connections: int | None) -> bool:
     """Whether some second ended with every connection of an open model in use."""
     if connections is None or rows is None or rows.is_empty() or "in_flight" not in rows.columns:
@@ -191,7 +203,8 @@ def judge(
                         "system, limited the rate (raise connections)",
                     )
                 )
-        late, tail = s.late_ms.p99, s.latency_ms.p99
+        q = _tail_quantile(begun)
+        late, tail = getattr(s.late_ms, q), getattr(s.latency_ms, q)
         if late is not None and tail and late >= LATE_FLOOR_MS and not explained:
             share = late / tail
             if share >= LATE_SUSPECT:
@@ -200,8 +213,8 @@ def judge(
                         code="late",
                         level="invalid" if share >= LATE_INVALID else "suspect",
                         side="generator",
-                        text=f"{where}arrivals began late: p99 {late:.3g} ms after due, "
-                        f"{share:.0%} of the latency p99 ({tail:.3g} ms) is the generator's "
+                        text=f"{where}arrivals began late: {q} {late:.3g} ms after due, "
+                        f"{share:.0%} of the latency {q} ({tail:.3g} ms) is the generator's "
                         f"own delay ({s.unsent:,} never sent)",
                     )
                 )

@@ -241,8 +241,19 @@ def test_the_exposition_names_only_run_scenario_task_and_class_labels(tmp_path: 
     # No URL becomes a label: a request's default name is its path as written, without the
     # query, and only the per-request families carry it (bounded by max_request_names).
     keys = {k for s in parsed for k in s.labels}
-    assert keys <= {"run", "scenario", "task", "request", "status_class", "kind", "state", "le"}
+    assert keys <= {
+        "run", "scenario", "task", "request", "status_class", "kind", "state", "verdict", "le"
+    }  # fmt: skip
     assert "id=42" not in text
+    # The ended run's validity: one verdict at 1, the others at 0, the summary's.
+    verdicts = {
+        s.labels["verdict"]: s.value
+        for s in parsed
+        if s.name == "loadpilot_run_validity" and s.labels["run"] == "labelled"
+    }
+    judged = r.summary().validity
+    assert judged is not None
+    assert verdicts == {v: float(v == judged.verdict) for v in ("valid", "suspect", "invalid")}
     named = [s for s in parsed if "request" in s.labels]
     assert {s.labels["request"] for s in named if s.labels["run"] == "labelled"} == {
         "GET /status/503",

@@ -69,6 +69,8 @@ section.run { border-top: 2px solid #ddd; margin-top: 2rem; }
 .lp-banner.fail .lp-state { color: #b71c1c; }
 .lp-banner.pass { background: #e5f5e5; border-color: #2e7d32; }
 .lp-banner.pass .lp-state { color: #1b5e20; }
+.lp-banner.invalid { background: #fff0d9; border-color: #e65100; }
+.lp-banner.invalid .lp-state { color: #bf360c; }
 .lp-banner.neutral { background: #eef2f7; border-color: #607d8b; }
 .lp-banner.neutral .lp-state { color: #37474f; }
 table.lp-glance td, table.lp-glance th { font-size: 1.05rem; padding: 0.35rem 0.8rem; }
@@ -168,8 +170,9 @@ def _log_section(
 
 
 def _outcome(s: Summary, verdicts: Sequence[Verdict]) -> tuple[str, list[str]]:
-    """A run's state as its exit code judges it (``pass``, ``fail``, or ``neutral`` when no
-    threshold was given and nothing failed) and the lines that say why."""
+    """A run's state as its exit code judges it (``invalid`` when it measured the generator,
+    ``pass``, ``fail``, or ``neutral`` when no threshold was given and nothing failed) and the
+    lines that say why."""
     failed = [v for v in verdicts if not v.passed]
     unjudged_failures = unjudged(s.overall, verdicts, s.ended)
     why = [f"{v.threshold.name} {v.threshold.text.strip()}: measured {v.measured}" for v in failed]
@@ -179,6 +182,15 @@ def _outcome(s: Summary, verdicts: Sequence[Verdict]) -> tuple[str, list[str]]:
             f"the run ended early ({s.ended.replace('_', ' ')}) after {s.duration_s:.1f} s of "
             f"{s.planned_duration_s:.1f} s planned"
         )
+    v = s.validity
+    if v is not None and v.verdict == "invalid":
+        return "invalid", [
+            f"the run measured the load generator, not the system ({v.headline})",
+            *(r.text for r in v.reasons if r.level != "info"),
+            *why,
+        ]
+    if v is not None and v.reasons:
+        why += [f"{v.headline}: {r.text}" for r in v.reasons]
     if failed or unjudged_failures:
         if len(failed) < len(verdicts):
             why.append(f"{len(verdicts) - len(failed)} of {len(verdicts)} thresholds passed")
@@ -191,7 +203,7 @@ def _outcome(s: Summary, verdicts: Sequence[Verdict]) -> tuple[str, list[str]]:
     ]
 
 
-_STATE = {"pass": "PASS", "fail": "FAIL", "neutral": "DONE"}
+_STATE = {"pass": "PASS", "fail": "FAIL", "neutral": "DONE", "invalid": "INVALID"}
 
 
 def _banner(state: str, label: str, title: str, facts: str, lines: Sequence[str]) -> str:
@@ -328,13 +340,16 @@ def _several(
         for label, c in zip(labels[1:], comparisons, strict=True)
     ]
     for label, (state, why) in zip(labels, outcomes, strict=True):
-        if state == "fail":
+        if state in ("fail", "invalid"):
             lines += [f"{label}: {w}" for w in why]
     changes = ["baseline"] + [
         "regressed" if c.regressed else "improved" if c.improvements else "no significant change"
         for c in comparisons
     ]
-    if "regressed" in changes:
+    if any(state == "invalid" for state, _ in outcomes):
+        # A comparison with a run that measured its generator compares nothing.
+        state, word = "invalid", "INVALID"
+    elif "regressed" in changes:
         state, word = "fail", "REGRESSED"
     elif any(state == "fail" for state, _ in outcomes):
         state, word = "fail", "FAIL"

@@ -349,6 +349,7 @@ class Dashboard:
         final = self.run._summary_if_done()
         if final is not None:
             self.run._write_parquet()
+            final = self.run._summary_if_done()  # now with its validity
         head = self._headline(final)
         svg = ""
         if len(self.run.metrics):

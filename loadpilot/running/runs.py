@@ -298,6 +298,12 @@ class Run(RunResult):
         return "finished" if self.done else "running"
 
     @property
+    def validity(self) -> Validity | None:
+        """Whether the run measured the system or the generator, once it has ended and its
+        rows are in (``None`` until then): also ``summary().validity``."""
+        return self._validity
+
+    @property
     def agents(self) -> pl.DataFrame:
         """The agents of a distributed run, one row each: name, state (running, done, lost),
         clock offset and round trip to the coordinator, seconds since last heard of, requests
