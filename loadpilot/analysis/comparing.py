@@ -237,6 +237,33 @@ def _bootstrap(
     return point, {m: np.concatenate(v) for m, v in reps.items()}
 
 
+def intervals(
+    histograms: Sequence[_engine.Histogram],
+    requests: Sequence[float],
+    errors: Sequence[float],
+    metrics: Sequence[str] = ("p50", "p90", "p99", "p999", "mean", "error_rate"),
+    *,
+    confidence: float = 0.95,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, tuple[float, float, float]]:
+    """Each metric of one sample of intervals (their histograms, requests and errors) as
+    ``(point, low, high)``: the point from all the intervals added up, the confidence interval
+    from the same block bootstrap ``compare`` uses. NaN where nothing was recorded."""
+    sample = _Sample.of(histograms, requests, errors)
+    point, reps = _bootstrap(sample, metrics, resamples, np.random.default_rng(seed), None)
+    tail = (1.0 - confidence) / 2.0
+    out: dict[str, tuple[float, float, float]] = {}
+    for m in metrics:
+        r = reps[m][np.isfinite(reps[m])]
+        if len(r) == 0:
+            out[m] = (point[m], math.nan, math.nan)
+            continue
+        low, high = (float(x) for x in np.quantile(r, [tail, 1.0 - tail]))
+        out[m] = (point[m], low, high)
+    return out
+
+
 def _judge(
     task: str,
     metric: str,

@@ -7,12 +7,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 import polars as pl
 
+from loadpilot.analysis.comparing import intervals
 from loadpilot.errors import PlanError
 from loadpilot.plan import Stage
 from loadpilot.profiles import shape
@@ -179,6 +180,17 @@ class Level:
     p999_ms: float | None
     max_ms: float | None
     mean_ms: float | None
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Per metric (``p50``..``p999``, ``mean``, ``error_rate``), its 95% confidence interval
+    ``(low, high)`` from a block bootstrap over the level's seconds (as ``compare`` judges runs);
+    a level of one second has its point as both bounds."""
+
+    def bounds(self, metric: str) -> tuple[float, float] | None:
+        """The metric's confidence interval, or its point twice; None without data."""
+        if metric in self.ci and not any(math.isnan(x) for x in self.ci[metric]):
+            return self.ci[metric]
+        v = _level_value(self, metric)
+        return None if v is None else (v, v)
 
 
 def _segments(stages: Sequence[Stage], window_s: float) -> list[tuple[float, float, float]]:
@@ -266,6 +278,10 @@ class Sustainable:
         return head
 
 
+def _shown(metric: str, v: float) -> str:
+    return f"{v * 100:.3g}%" if metric == "error_rate" else f"{v:.2f} ms"
+
+
 def _fmt_ms(v: float | None) -> str:
     return "–" if v is None else f"{v:.2f} ms"
 
@@ -285,7 +301,7 @@ class Capacity:
 
     @property
     def frame(self) -> pl.DataFrame:
-        rows = [asdict(lv) for lv in self.levels]
+        rows = [{k: v for k, v in asdict(lv).items() if k != "ci"} for lv in self.levels]
         return pl.DataFrame(
             rows,
             schema={
@@ -314,50 +330,77 @@ class Capacity:
         return self.model == "closed" or lv.achieved_rps >= self.follow * lv.offered
 
     def knee(self, *, latency_factor: float = 2.0, percentile: str = "p99") -> Level | None:
-        """The first complete level where throughput stops following the offered rate
-        (achieved below ``follow`` × offered, open model) or the ``percentile`` latency rises
-        above ``latency_factor`` × its value at the lowest loaded level. None: no knee seen."""
+        """The first complete level from which on throughput no longer follows the offered rate
+        (achieved below ``follow`` × offered, open model) or the ``percentile`` latency stays
+        above ``latency_factor`` × its value at the lowest loaded level: judged on the lower
+        bound of each level's confidence interval, and only where every higher level agrees, so
+        one level that blipped (a second of a busy machine) is not a knee. None: no knee seen."""
         levels = [lv for lv in self.levels if lv.complete and lv.requests > 0]
         if not levels:
             return None
         base = _level_value(levels[0], percentile)
-        for lv in levels[1:]:
-            v = _level_value(lv, percentile)
+
+        def saturated(lv: Level) -> bool:
             if not self._follows(lv):
-                return lv
-            if base is not None and v is not None and v > latency_factor * base:
+                return True
+            b = lv.bounds(percentile)
+            return base is not None and b is not None and b[0] > latency_factor * base
+
+        for i, lv in enumerate(levels[1:], start=1):
+            if all(saturated(x) for x in levels[i:]):
                 return lv
         return None
 
+    def _judged(self, lv: Level, rules: list[Threshold]) -> tuple[str, list[str]]:
+        """``met``, ``uncertain`` (an interval straddles a limit) or ``failed``, and why."""
+        failures, unsure = [], []
+        for r in rules:
+            b = lv.bounds(r.metric)
+            point = _level_value(lv, r.metric)
+            if b is None or point is None:
+                failures.append(f"{r.metric} no data")
+                continue
+            shown = _shown(r.metric, point)
+            ok = [_OPS[r.op](x, r.value) for x in b]
+            need = f"needs {r.op} {r.text.lstrip('<>= ')}"
+            if not any(ok):
+                failures.append(f"{r.metric} {shown} ({need})")
+            elif not all(ok):
+                unsure.append(
+                    f"{r.metric} {shown}, interval {_shown(r.metric, b[0])}–"
+                    f"{_shown(r.metric, b[1])} ({need})"
+                )
+        if not self._follows(lv):
+            failures.append(f"achieved {lv.achieved_rps:.1f} rps < {self.follow:.0%} of offered")
+        if failures:
+            return "failed", failures
+        return ("uncertain", unsure) if unsure else ("met", [])
+
     def sustainable(self, slo: str) -> Sustainable:
         """The highest offered rate that met ``slo`` (e.g. ``"p99 < 50ms and errors <
-        0.1%"``) over a whole level, every lower level having met it too, and throughput
-        following the offered rate (open model)."""
+        0.1%"``) over a whole level, below the first level from which on every level failed it
+        (throughput following the offered rate counts, open model). Each level is judged on
+        its confidence interval: it failed when the interval lies beyond a limit, met it when
+        the interval lies within; a level whose interval straddles a limit is not counted as
+        met. A level that failed and was followed by one that met it (a blip) does not end
+        the search."""
         rules = parse_slo(slo)
-        best: Level | None = None
-        for lv in self.levels:
-            if not lv.complete or lv.offered <= 0:
-                continue
-            failures = []
-            for r in rules:
-                v = _level_value(lv, r.metric)
-                if v is None or not _OPS[r.op](v, r.value):
-                    shown = (
-                        "no data"
-                        if v is None
-                        else (f"{v * 100:.3g}%" if r.metric == "error_rate" else f"{v:.2f} ms")
-                    )
-                    failures.append(f"{r.metric} {shown} (needs {r.op} {r.text.lstrip('<>= ')})")
-            if not self._follows(lv):
-                failures.append(
-                    f"achieved {lv.achieved_rps:.1f} rps < {self.follow:.0%} of offered"
-                )
-            if failures:
-                rps = best.offered if best is not None else 0.0
-                return Sustainable(rps, slo, best, lv, "; ".join(failures))
-            best = lv
+        levels = [lv for lv in self.levels if lv.complete and lv.offered > 0]
+        judged = [self._judged(lv, rules) for lv in levels]
+        end = len(levels)
+        for i in range(len(levels)):
+            if all(state == "failed" for state, _ in judged[i:]):
+                end = i
+                break
+        met = [lv for lv, (state, _) in zip(levels[:end], judged[:end], strict=True) if state == "met"]
+        best = met[-1] if met else None
+        rps = best.offered if best is not None else 0.0
+        if end < len(levels):
+            return Sustainable(rps, slo, best, levels[end], "; ".join(judged[end][1]))
         if best is None:
-            return Sustainable(0.0, slo, None, None, "the run has no complete level with load")
+            unsure = [w for state, why in judged if state == "uncertain" for w in why]
+            why = "; ".join(unsure) if unsure else "the run has no complete level with load"
+            return Sustainable(0.0, slo, None, None, why)
         return Sustainable(best.offered, slo, best, None, "every complete level met it")
 
     def usl(self) -> USL:
@@ -423,8 +466,27 @@ def capacity(
             conc = offered
         else:
             conc = achieved * (mean or 0.0) / 1000.0
+        ci: dict[str, tuple[float, float]] = {}
+        if len(rows) >= 2:
+            counts = {
+                float(t): (float(r), float(e))
+                for t, r, e in rows.select("elapsed_s", "requests", "errors").iter_rows()
+            }
+            seconds_h = [
+                (counts[t], h)
+                for t, h in run.interval_histograms(start=lo - 1e-6, end=last + 1e-6)
+                if t in counts
+            ]
+            if len(seconds_h) >= 2:
+                figures = intervals(
+                    [h for _, h in seconds_h],
+                    [c[0] for c, _ in seconds_h],
+                    [c[1] for c, _ in seconds_h],
+                )
+                ci = {m: (low, high) for m, (_, low, high) in figures.items()}
         levels.append(
             Level(
+                ci=ci,
                 index=i,
                 start_s=a,
                 end_s=b,
