@@ -25,10 +25,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import loadpilot as lp
 from engine import HERE
 
-import loadpilot as lp
-
+BUSY = "import time\nend = time.monotonic() + 600\nwhile time.monotonic() < end: pass"
 LOADPILOT = [sys.executable, "-c", "import sys; from loadpilot.cli import main; sys.exit(main())"]
 
 _SCENARIO = """
@@ -56,7 +56,8 @@ CELLS: dict[str, tuple[str, list[str], int, int, bool]] = {
     "generator starved of CPU": ("generator", [], 5000, 256, True),
     "too few connections": ("generator", ["--delay-ms", "10"], 1000, 4, False),
     "slow target (200 ms)": ("system", ["--delay-ms", "200"], 200, 256, False),
-    "small worker pool (4 × 10 ms)": ("system", ["--delay-ms", "10", "--concurrency", "4"], 600, 256, False),
+    "small worker pool (4 × 10 ms)":
+        ("system", ["--delay-ms", "10", "--concurrency", "4"], 600, 256, False),
 }  # fmt: skip
 
 
@@ -86,7 +87,7 @@ def competitor(cpu: int | None) -> Iterator[None]:
         yield
         return
     burn = subprocess.Popen(
-        [sys.executable, "-c", "import time\nend = time.monotonic() + 600\nwhile time.monotonic() < end: pass"],
+        [sys.executable, "-c", BUSY],
         preexec_fn=_pin(cpu),
     )  # fmt: skip
     try:
@@ -96,10 +97,16 @@ def competitor(cpu: int | None) -> Iterator[None]:
         burn.wait(10)
 
 
-def run_lp(url: str, rate: int, seconds: int, connections: int, seed: int, cpu: int | None) -> dict[str, object]:
+def run_lp(
+    url: str, rate: int, seconds: int, connections: int, seed: int, cpu: int | None
+) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         f = Path(tmp) / "cell.py"
-        f.write_text(textwrap.dedent(_SCENARIO.format(rate=rate, seconds=seconds, connections=connections, seed=seed)))
+        f.write_text(
+            textwrap.dedent(
+                _SCENARIO.format(rate=rate, seconds=seconds, connections=connections, seed=seed)
+            )
+        )
         r = subprocess.run(
             [*LOADPILOT, "run", str(f), "--target", url, "--out", f"{tmp}/run"],
             capture_output=True, text=True, timeout=seconds + 120, preexec_fn=_pin(cpu),
@@ -113,7 +120,9 @@ def run_lp(url: str, rate: int, seconds: int, connections: int, seed: int, cpu: 
         "info": [x.code for x in v.reasons if x.level == "info"],
         "late_p99_ms": s.overall.late_ms.p99, "latency_p99_ms": s.overall.latency_ms.p99,
         "rps": s.overall.achieved_rps,
-        "run_queue_s_per_s": (v.generator.run_queue_s or 0) / v.generator.wall_s if v.generator else None,
+        "run_queue_s_per_s": (
+            (v.generator.run_queue_s or 0) / v.generator.wall_s if v.generator else None
+        ),
     }  # fmt: skip
 
 
@@ -127,7 +136,8 @@ def run_k6(url: str, rate: int, seconds: int, cpu: int) -> dict[str, object]:
         summary = Path(tmp) / "summary.json"
         r = subprocess.run(
             [k6, "run", "--quiet", "--no-usage-report", "--summary-export", str(summary),
-             "--summary-trend-stats", "p(50),p(99),max", "-e", f"URL={url}", str(Path(tmp) / "t.js")],
+             "--summary-trend-stats", "p(50),p(99),max", "-e", f"URL={url}",
+             str(Path(tmp) / "t.js")],
             capture_output=True, text=True, timeout=seconds + 120, preexec_fn=_pin(cpu),
             env=dict(os.environ, K6_NO_USAGE_REPORT="true"),
         )  # fmt: skip
@@ -154,7 +164,7 @@ def main() -> None:
     gen, other = cores[0], cores[1]
     results: dict[str, object] = {"date": dt.date.today().isoformat(), "seconds": args.seconds}
     cells: dict[str, list[dict[str, object]]] = {}
-    for name, (side, options, rate, conns, starved) in CELLS.items():
+    for name, (_side, options, rate, conns, starved) in CELLS.items():
         with target(options, other) as url, competitor(gen if starved else None):
             cells[name] = [
                 run_lp(url, rate, args.seconds, conns, seed, gen if starved else None)
@@ -173,7 +183,7 @@ def main() -> None:
     results["k6_starved"] = k6
     out = HERE / "results" / f"validity-{results['date']}.json"
     out.write_text(json.dumps(results, indent=1))
-    print(f"\n| cell | expected | classified right | verdicts | exit codes |")
+    print("\n| cell | expected | classified right | verdicts | exit codes |")
     print("|---|---|---|---|---|")
     expected = {name: side for name, (side, *_rest) in CELLS.items()} | {"healthy": None}
     for name, runs in cells.items():
@@ -187,11 +197,21 @@ def main() -> None:
         )  # fmt: skip
         verdicts = sorted({f"{r['verdict']} ({r['limit']})" for r in runs})
         codes = sorted({str(r["exit"]) for r in runs})
-        print(f"| {name} | {want or 'nothing'} | {right}/{len(runs)} | {', '.join(verdicts)} | {', '.join(codes)} |")
+        cells_ = [
+            name,
+            want or "nothing",
+            f"{right}/{len(runs)}",
+            ", ".join(verdicts),
+            ", ".join(codes),
+        ]
+        print("| " + " | ".join(cells_) + " |")
     print("\nk6 under the same starvation (5,000/s, constant-arrival-rate):")
     for r in k6:
-        print(f"  exit {r['exit']}, {r['rps']:.0f}/s, p99 {r['p99_ms']:.2f} ms, dropped {r['dropped']}, "
-              f"insufficient-VUs warning: {r['warned']}")
+        print(
+            f"  exit {r['exit']}, {r['rps']:.0f}/s, p99 {r['p99_ms']:.2f} ms, "
+            f"dropped {r['dropped']}, "
+            f"insufficient-VUs warning: {r['warned']}"
+        )
     print(f"\nresults: {out}")
 
 

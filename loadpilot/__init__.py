@@ -76,6 +76,7 @@ if TYPE_CHECKING:
     from loadpilot.analysis.spectra import export, spectrum
     from loadpilot.cluster.coordinator import Agents
     from loadpilot.notebook.tuner import Tuner, tune
+    from loadpilot.search import CapacitySearch, find_capacity
 
 # Analysis, charts, reports and widgets pull in numpy, Altair and ipywidgets: imported on first
 # use, so a load test (and the CLI) starts without them.
@@ -89,6 +90,8 @@ _LAZY = {
     "capacity": ("loadpilot.analysis.planning", "capacity"),
     "fit_usl": ("loadpilot.analysis.planning", "fit_usl"),
     "max_sustainable_rps": ("loadpilot.analysis.planning", "max_sustainable_rps"),
+    "CapacitySearch": ("loadpilot.search", "CapacitySearch"),
+    "find_capacity": ("loadpilot.search", "find_capacity"),
     "Comparison": ("loadpilot.analysis.comparing", "Comparison"),
     "compare": ("loadpilot.analysis.comparing", "compare"),
     "report": ("loadpilot.analysis.reporting", "report"),
@@ -158,6 +161,7 @@ __all__ = [
     "start_target",
     # Analysis, charts, reports and widgets (loaded on first use)
     "Capacity",
+    "CapacitySearch",
     "Comparison",
     "LoadedLog",
     "Sustainable",
@@ -167,6 +171,7 @@ __all__ = [
     "charts",
     "compare",
     "export",
+    "find_capacity",
     "fit_usl",
     "load_hlog",
     "max_sustainable_rps",

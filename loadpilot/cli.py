@@ -826,6 +826,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_target(sub)
     _add_run(sub)
+    _add_capacity(sub)
     _add_locust(sub)
     _add_serve(sub)
     _add_agent(sub)
@@ -1144,6 +1145,93 @@ def _add_compare(sub: Any) -> None:
         "--junit", type=Path, default=None, help="write JUnit XML (FILE.xml): a case per metric"
     )
     c.set_defaults(fn=_cmd_compare)
+
+
+def _add_capacity(sub: Any) -> None:
+    c = sub.add_parser(
+        "capacity",
+        help="find the highest rate at which the system meets an SLO",
+        description="Runs levels of an open model the tool chooses (growing until one fails, "
+        "then bisecting; each judged on its SLO with a confidence interval, the answer confirmed "
+        "by a longer run) and prints the highest rate that met the SLO. Each level is a run "
+        "directory under --out. Exit codes: 0 an answer (capacity X; at least the max rate; "
+        "below the first level); 2 bad input; 4 the load generator, not the system, was the "
+        "limit (an invalid level: add agents); 130 stopped with Ctrl-C (the best bound so far "
+        "is printed).",
+    )
+    c.add_argument("file", help="a scenario file (.py) or a plan (.json)")
+    c.add_argument("--target", default=None, help="target URL (else $LOADPILOT_TARGET)")
+    c.add_argument("--scenario", default=None, help="which scenario of the file")
+    c.add_argument(
+        "--slo",
+        default="p99 < 50ms and errors < 0.1%",
+        help="what each level must meet: clauses on p50, p90, p99, p999, mean and errors joined "
+        "by 'and' (default: 'p99 < 50ms and errors < 0.1%%')",
+    )
+    c.add_argument(
+        "--max-rate", type=_positive, default=100_000.0, help="the highest level (100000)"
+    )
+    c.add_argument("--start-rate", type=_positive, default=10.0, help="the first level (10)")
+    c.add_argument(
+        "--tolerance",
+        type=_share,
+        default=0.05,
+        help="how close the answer is to the lowest rate that failed: 5%% or 0.05 (5%%)",
+    )
+    c.add_argument("--level-duration", type=_duration, default=10.0, help="each level's run (10s)")
+    c.add_argument("--out", type=Path, default=None, help="the search's directory")
+    c.add_argument("--report", type=Path, default=None, help="write an HTML report (FILE.html)")
+    c.add_argument(
+        "--agents", type=_count, default=None, help="spread each level over N agents started here"
+    )
+    c.set_defaults(fn=_cmd_capacity)
+
+
+def _cmd_capacity(args: argparse.Namespace) -> int:
+    from loadpilot.search import find_capacity
+
+    path = Path(args.file)
+    what: Plan | Scenario
+    if path.suffix == ".py":
+        what = load_scenario(path, args.scenario)
+        target = _target(args, None)
+    else:
+        try:
+            what = Plan.from_json(path.read_bytes())
+        except OSError as e:
+            raise LoadPilotError(f"{path}: {e.strerror}") from e
+        except ValueError as e:
+            raise LoadPilotError(f"{path}: {e}") from e
+        target = _target(args, what.target)
+    if args.report is not None:
+        _check_output_file(args.report, "--report")
+
+    def said(lv: Any) -> None:
+        print(
+            f"  level {lv.index:>2}  {lv.rate:>10,.1f}/s  {lv.phase:<8} {lv.state:<9} "
+            f"({lv.seconds:g} s) {lv.why}",
+            flush=True,
+        )
+
+    print(f"capacity search: {args.slo} against {target}", flush=True)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        found = find_capacity(
+            what, target=target, slo=args.slo, tolerance=args.tolerance,
+            start_rate=args.start_rate, max_rate=args.max_rate, level_s=args.level_duration,
+            out=args.out, agents=args.agents, on_level=said,
+        )  # fmt: skip
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(found.message)
+    print(f"levels: {found.path}/ (capacity.json)")
+    if args.report is not None:
+        print(f"report: {found.report(args.report)}")
+    if found.limit == "generator":
+        return EXIT_INVALID
+    if found.limit == "interrupted":
+        return EXIT_INTERRUPTED
+    return EXIT_OK
 
 
 def _add_report(sub: Any) -> None:

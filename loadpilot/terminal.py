@@ -216,10 +216,10 @@ def summary_table(s: Summary, verdicts: list[thresholds.Verdict]) -> Group:
         if len(s.failures) > 10:
             parts.append(Text(f"  and {len(s.failures) - 10} more in summary.json"))
     if s.validity is not None:
-        v = s.validity
+        judged = s.validity
         style = {"valid": "bold green", "suspect": "bold yellow", "invalid": "bold red"}
-        parts.append(Text.assemble("validity: ", (v.headline, style[v.verdict])))
-        for reason in v.reasons:
+        parts.append(Text.assemble("validity: ", (judged.headline, style[judged.verdict])))
+        for reason in judged.reasons:
             parts.append(Text(f"  {reason.level}: {reason.text}"))
     if verdicts:
         parts.append(Text("thresholds:"))

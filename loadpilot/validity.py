@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 import polars as pl
+
 from loadpilot.summary import Generator, Reason, Stats, Summary, Validity, Verdict
 
 #: The generator's share of the latency tail (lateness p99 / latency p99).
@@ -76,7 +77,9 @@ class Probe:
             cpu_s=_cpu_s() - self._cpu,
             cores=_cores(),
             # Threads that ended took their counts with them: never below zero.
-            run_queue_s=None if queue is None or self._queue is None else max(0.0, queue - self._queue),
+            run_queue_s=None
+            if queue is None or self._queue is None
+            else max(0.0, queue - self._queue),
             cpu_pressure_s=None
             if pressure is None or self._pressure is None
             else pressure - self._pressure,
@@ -136,7 +139,9 @@ def _service_growth(rows: pl.DataFrame | None, task: str | None) -> tuple[float,
     busy = r.filter(pl.col("missed") > 0)
     if busy.is_empty():
         return None
-    return float(busy["service_p50_ms"].median()), float(r["service_p50_ms"].min())
+    busy_p50 = busy.select(pl.col("service_p50_ms").median()).item()
+    floor = r.select(pl.col("service_p50_ms").min()).item()
+    return float(busy_p50), float(floor)
 
 
 def _tail_quantile(begun: int) -> str:
@@ -152,7 +157,8 @@ def _all_busy(rows: pl.DataFrame | None, connections: int | None) -> bool:
     """Whether some second ended with every connection of an open model in use."""
     if connections is None or rows is None or rows.is_empty() or "in_flight" not in rows.columns:
         return False
-    return bool((rows["in_flight"].max() or 0) >= connections)
+    most = rows.select(pl.col("in_flight").max()).item()
+    return most is not None and int(most) >= connections
 
 
 def judge(
@@ -242,8 +248,8 @@ def judge(
                 )
             )
     counted = [r for r in reasons if r.level != "info"]
-    level = max((_LEVEL[r.level] for r in counted), default=0)
-    verdict: Verdict = ("valid", "suspect", "invalid")[level]
+    gravest = max((_LEVEL[r.level] for r in counted), default=0)
+    verdict: Verdict = ("valid", "suspect", "invalid")[gravest]
     limit: Literal["generator", "system"] | None = None
     if any(r.side == "generator" for r in counted):
         limit = "generator"

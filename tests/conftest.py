@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -160,6 +163,14 @@ def constant(rate: float, duration_s: float, connections: int = 256) -> lp.OpenL
 
 def get(name: str, path: str = "/", weight: int = 1, **kw: object) -> lp.Task:
     return lp.Task(name=name, weight=weight, requests=[lp.Request(path=path, **kw)])  # type: ignore[arg-type]
+
+
+def busy(seconds: float, cpu: int | None = None) -> subprocess.Popen[bytes]:
+    """A process that keeps one CPU busy for ``seconds`` (on ``cpu`` when given): the competitor
+    of tests that show a result holds on a busy machine. Kill it when done."""
+    loop = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass"
+    pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
+    return subprocess.Popen([sys.executable, "-c", loop], preexec_fn=pin)
 
 
 def read_with_hdrh(path: Path) -> list[Any]:

@@ -4,8 +4,6 @@ rate from real step runs against a built-in target with a fixed pool of workers.
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,7 @@ import pytest
 
 import loadpilot as lp
 from loadpilot.analysis.planning import Capacity, Level, parse_slo
-from tests.conftest import get
+from tests.conftest import busy, get
 
 #: Left out of `make test-fast` (see tests/conftest.py).
 pytestmark = pytest.mark.slow
@@ -185,9 +183,7 @@ def test_one_level_that_blipped_is_neither_the_knee_nor_the_end_of_the_sustainab
 def busy_step_run(tmp_path_factory: pytest.TempPathFactory) -> lp.LoadedRun:
     """The step run again, 3 s a step, with a busy process competing for the machine's CPUs."""
     out = tmp_path_factory.mktemp("cap") / "busy"
-    burn = subprocess.Popen(
-        [sys.executable, "-c", "import time\nend = time.monotonic() + 60\nwhile time.monotonic() < end: pass"]
-    )  # fmt: skip
+    burn = busy(60)
     try:
         with lp.start_target(delay_ms=10, concurrency=4) as t:
             plan = lp.Plan(

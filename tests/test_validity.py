@@ -18,7 +18,7 @@ import pytest
 import loadpilot as lp
 from loadpilot import validity
 from loadpilot.summary import Generator, Percentiles, Stats, Summary
-from tests.conftest import constant, get
+from tests.conftest import busy, constant, get
 
 LOADPILOT = [sys.executable, "-c", "import sys; from loadpilot.cli import main; sys.exit(main())"]
 
@@ -182,7 +182,9 @@ def test_a_saturated_target_is_system_limited_and_valid(out: Path) -> None:
     assert [r.code for r in v.reasons] == ["saturated"]
 
 
-def test_an_old_run_without_a_verdict_is_judged_when_loaded(out: Path, target: lp.TargetServer) -> None:
+def test_an_old_run_without_a_verdict_is_judged_when_loaded(
+    out: Path, target: lp.TargetServer
+) -> None:
     _run(target.url, out, 50, seconds=1.0)
     f = out / "summary.json"
     data = json.loads(f.read_text())
@@ -214,7 +216,9 @@ def _cli(
     out: str = "run",
 ) -> subprocess.CompletedProcess[str]:
     f = tmp_path / "cell.py"
-    f.write_text(textwrap.dedent(_SCENARIO.format(rate=rate, seconds=seconds, connections=connections)))
+    f.write_text(
+        textwrap.dedent(_SCENARIO.format(rate=rate, seconds=seconds, connections=connections))
+    )
     pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
     return subprocess.run(
         [*LOADPILOT, "run", str(f), "--target", url, "--out", str(tmp_path / out), *extra],
@@ -229,7 +233,10 @@ def test_the_cli_exits_4_on_an_invalid_run_unless_told_to_judge_it(tmp_path: Pat
         assert r.returncode == 4, r.stdout + r.stderr
         assert "validity: invalid (generator-limited)" in r.stdout
         assert "the run is invalid: it measured the load generator" in r.stdout
-        assert json.loads((tmp_path / "run" / "summary.json").read_text())["validity"]["verdict"] == "invalid"
+        assert (
+            json.loads((tmp_path / "run" / "summary.json").read_text())["validity"]["verdict"]
+            == "invalid"
+        )
         # --allow-invalid: judged as before (due arrivals never sent: exit 3).
         again = _cli(tmp_path, t.url, 1000, 2, 4, "--allow-invalid", out="again")
         assert again.returncode == 3, again.stdout + again.stderr
@@ -242,10 +249,7 @@ def test_a_generator_starved_of_cpu_is_invalid(tmp_path: Path) -> None:
     """The generator and a busy competitor share one core; the target has the other."""
     cores = sorted(os.sched_getaffinity(0))
     gen, other = cores[0], cores[1]
-    burn = subprocess.Popen(
-        [sys.executable, "-c", "import time\nend = time.monotonic() + 60\nwhile time.monotonic() < end: pass"],
-        preexec_fn=lambda: os.sched_setaffinity(0, {gen}),
-    )  # fmt: skip
+    burn = busy(60, cpu=gen)
     try:
         server = subprocess.Popen(
             [*LOADPILOT, "target", "--port", "0", "--for-s", "60"],

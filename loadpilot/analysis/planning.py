@@ -392,7 +392,9 @@ class Capacity:
             if all(state == "failed" for state, _ in judged[i:]):
                 end = i
                 break
-        met = [lv for lv, (state, _) in zip(levels[:end], judged[:end], strict=True) if state == "met"]
+        met = [
+            lv for lv, (state, _) in zip(levels[:end], judged[:end], strict=True) if state == "met"
+        ]
         best = met[-1] if met else None
         rps = best.offered if best is not None else 0.0
         if end < len(levels):

@@ -702,11 +702,17 @@ mod tests {
         assert_eq!((late.len(), late.max()), (4, new_hist_with(40_000).max()));
         assert_eq!(late.min(), 1, "on time counts as the lowest value");
         let back = TaskData::from_wire(&sum.to_wire()).unwrap();
-        assert_eq!(back.late, sum.late, "a slice's lateness reaches the merge exactly");
+        assert_eq!(
+            back.late, sum.late,
+            "a slice's lateness reaches the merge exactly"
+        );
         // A request name's data (no iteration begins there) carries none, and reads back so.
         let named = TaskData::new();
         assert!(named.to_wire().late.is_none());
-        assert!(TaskData::from_wire(&named.to_wire()).unwrap().late.is_none());
+        assert!(TaskData::from_wire(&named.to_wire())
+            .unwrap()
+            .late
+            .is_none());
         let text = serde_json::to_string(&named.to_wire()).unwrap();
         assert!(!text.contains("late"), "{text}");
     }
