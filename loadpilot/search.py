@@ -8,8 +8,9 @@ ordinary run (its own directory under the search's), judged on its seconds after
 each SLO clause on its 95% confidence interval (the block bootstrap ``compare`` uses, percentiles
 exact from the level's histograms). A level whose interval straddles a limit runs again, its
 seconds judged together, until ``max_level_s``; still undecided, it counts as not met. A level
-whose run is ``invalid`` (it measured the load generator: docs/validity.md) stops the search: the
-generator, not the system, was the limit.
+whose run is not ``valid`` (``suspect`` or ``invalid``: it may have measured the load generator,
+docs/validity.md) is refused and stops the search: the generator, not the system, was the
+limit.
 """
 
 from __future__ import annotations
@@ -241,10 +242,13 @@ def _judge(
     seconds = 0.0
     worst = "valid"
     order = {"valid": 0, "suspect": 1, "invalid": 2}
+    doubts: list[str] = []
     for run in runs:
         s = run.summary()
         if s.validity is not None and order[s.validity.verdict] > order[worst]:
             worst = s.validity.verdict
+        if s.validity is not None:
+            doubts += [r.text for r in s.validity.reasons if r.level != "info"]
         m = run.metrics
         per = (
             m.group_by("elapsed_s")
@@ -264,16 +268,9 @@ def _judge(
                 requests.append(float(counts[t][0]))
                 errors.append(float(counts[t][1]))
                 seconds += 1.0
-    if worst == "invalid":
-        why = next(
-            (
-                r.text
-                for run in runs
-                for r in (run.summary().validity.reasons if run.summary().validity else [])  # type: ignore[union-attr]
-                if r.level == "invalid"
-            ),
-            "the run measured the generator",
-        )
+    if worst != "valid":
+        # Suspect or invalid: what it measured may be the generator's; it is not judged.
+        why = f"{worst}: " + ("; ".join(dict.fromkeys(doubts)) or "the run measured the generator")
         return "invalid", why, seconds, 0.0, {}, worst
     achieved = sum(requests) / seconds if seconds else 0.0
     if not hists:
@@ -383,11 +380,16 @@ def find_capacity(
         while True:
             label = f"{len(levels) + 1:02d}-{rate:g}rps" + (f"-{len(runs) + 1}" if runs else "")
             profile = constant(rps=rate, duration=f"{seconds}s")
-            r: Run = start(what, root / label, target=target, profile=profile, agents=agents)
+            r: Run | None = None
             try:
+                r = start(what, root / label, target=target, profile=profile, agents=agents)
                 r.wait()
             except KeyboardInterrupt:
+                # The level cut short stays on disk, stopped; it is not judged.
+                if r is not None and not r.done:
+                    r.stop()
                 raise _Interrupted from None
+            assert r is not None
             runs.append(r)
             state, why, secs, achieved, figures, validity = _judge(
                 runs, rate, rules, settle_s, follow
@@ -460,7 +462,7 @@ def find_capacity(
             if low == 0:
                 limit = "below_start"
                 break
-    except _Interrupted:
+    except (_Interrupted, KeyboardInterrupt):
         limit = "interrupted"
     confirmed = any(x.phase == "confirm" and x.state == "met" and x.rate == low for x in levels)
     answer = 0.0 if limit == "below_start" else low

@@ -247,6 +247,12 @@ def judge(
                     "something else took its CPU",
                 )
             )
+    return _verdict(reasons, generator)
+
+
+def _verdict(reasons: list[Reason], generator: Generator | None) -> Validity:
+    """The gravest reason's level; the generator's limit if a generator reason counts, the
+    system's if it saturated."""
     counted = [r for r in reasons if r.level != "info"]
     gravest = max((_LEVEL[r.level] for r in counted), default=0)
     verdict: Verdict = ("valid", "suspect", "invalid")[gravest]
@@ -256,3 +262,17 @@ def judge(
     elif any(r.code == "saturated" for r in reasons):
         limit = "system"
     return Validity(verdict=verdict, limit=limit, reasons=reasons, generator=generator)
+
+
+def with_slices(merged: Validity, slices: list[tuple[str, Validity]]) -> Validity:
+    """A distributed run's verdict: the merged figures' (``merged``), and each agent's own
+    judgement of its slice (its lateness, connections and CPU, which only it saw), its
+    reasons named after it."""
+    reasons = list(merged.reasons)
+    for agent, v in slices:
+        reasons += [
+            r.model_copy(update={"text": f"agent {agent}: {r.text}"})
+            for r in v.reasons
+            if r.side == "generator" and r.level != "info"
+        ]
+    return _verdict(reasons, merged.generator)

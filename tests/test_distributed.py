@@ -193,6 +193,15 @@ def test_connections_are_split_between_the_agents(tmp_path: Path) -> None:
         o = s.overall
         assert o.unsent > 0
         assert_served(o, target.served)
+    # Every agent judged its own slice (one connection each, all busy): the run says so, agent
+    # by agent, beside what the merged figures show.
+    v = s.validity
+    assert v is not None and (v.verdict, v.limit) == ("invalid", "generator"), v
+    by_agent = [r for r in v.reasons if r.text.startswith("agent ")]
+    assert len({r.text.split(":")[0] for r in by_agent}) == 3, v
+    # (An agent sees its connections busy, or, without its rows at hand, arrivals begun late.)
+    assert {r.code for r in by_agent} <= {"connections", "late"}, v
+    assert lp.load_run(tmp_path / "run").summary().validity == v
 
 
 SCENARIO = """

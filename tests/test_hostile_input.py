@@ -222,7 +222,7 @@ def test_the_built_in_target_warns_when_it_listens_beyond_loopback() -> None:
 def test_a_full_disk_stops_the_run_with_one_line_and_leaves_no_half_written_file(
     tmp_path: Path, target: lp.TargetServer
 ) -> None:
-    # RLIMIT_FSIZE makes every file past 8 KiB fail to grow, as a full disk would (Python
+    # RLIMIT_FSIZE makes every file past 12 KiB fail to grow, as a full disk would (Python
     # ignores SIGXFSZ, so the write fails with EFBIG instead of killing the process).
     plan = lp.Plan(
         target=target.url,
@@ -236,7 +236,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_leaves_no_half_written_file
         [
             "bash",
             "-c",
-            f"ulimit -f 8 && exec {sys.executable} -m loadpilot.cli run {f} --out {out}",
+            f"ulimit -f 12 && exec {sys.executable} -m loadpilot.cli run {f} --out {out}",
         ],
         capture_output=True,
         text=True,

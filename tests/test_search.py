@@ -5,8 +5,10 @@ bad input it refuses."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -135,3 +137,55 @@ def test_the_cli_prints_each_level_and_the_answer_and_writes_a_report(tmp_path: 
     )  # fmt: skip
     assert bad.returncode == 2 and "below the first level" in bad.stderr, bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_a_level_the_generator_limits_stops_the_search_and_says_so(tmp_path: Path) -> None:
+    # Two connections to a server of 10 ms: the generator cannot send more than 200/s.
+    few = _plan().model_copy(
+        update={"load": lp.OpenLoad(stages=[lp.Constant(rate=10, duration_s=5)], connections=2)}
+    )
+    with lp.start_target(delay_ms=10) as t:
+        cap = find_capacity(
+            few, target=t.url, slo="p99 < 500ms", start_rate=100, level_s=3, out=tmp_path / "s"
+        )
+    assert cap.limit == "generator", cap.message
+    assert cap.levels[-1].state == "invalid" and "connections" in cap.levels[-1].why
+    assert cap.rate == 100 and cap.levels[0].state == "met"
+    assert "the load generator, not the system, was the limit" in cap.message
+    assert "add agents" in cap.message
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_levels_done_and_prints_the_best_bound(tmp_path: Path) -> None:
+    f = tmp_path / "plan.json"
+    with lp.start_target(delay_ms=10, concurrency=4) as t:
+        f.write_text(_plan(t.url).to_json())
+        p = subprocess.Popen(
+            [*LOADPILOT, "capacity", str(f), "--start-rate", "50", "--level-duration", "3s",
+             "--out", str(tmp_path / "cap")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert p.stdout is not None
+        lines = []
+        for line in p.stdout:
+            lines.append(line)
+            if "level  2" in line:
+                break
+        # Stopped while the third level runs.
+        deadline = time.monotonic() + 30
+        while not list((tmp_path / "cap").glob("03-*/metrics.jsonl")):
+            assert time.monotonic() < deadline, "the third level did not start"
+            time.sleep(0.05)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    text = "".join(lines) + out
+    assert p.returncode == 130, text + err
+    assert "interrupted: 'p99 < 50ms and errors < 0.1%' met at 100 requests/s so far" in text, text
+    assert "Traceback" not in err, err
+    saved = json.loads((tmp_path / "cap" / "capacity.json").read_text())
+    assert saved["limit"] == "interrupted" and saved["low"] == 100
+    assert [lv["rate"] for lv in saved["levels"]] == [50, 100]
+    # The level cut short stays an ordinary, loadable run directory, stopped.
+    (third,) = (tmp_path / "cap").glob("03-*")
+    assert lp.load_run(third).summary().ended == "stopped"

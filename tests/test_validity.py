@@ -118,6 +118,24 @@ def test_the_generator_s_cpu_makes_a_run_suspect_and_is_kept_as_evidence() -> No
     assert validity.judge(_summary(), None, calm, 256).verdict == "valid"
 
 
+def test_a_distributed_run_adds_each_agent_s_own_reasons() -> None:
+    merged = validity.judge(_summary(), None, None, 256)
+    starved = validity.judge(
+        _summary(late_ms=Percentiles(p99=4.0), latency_ms=Percentiles(p99=5.0)), None, None, 256
+    )
+    saturated = validity.judge(
+        _summary(missed=300),
+        _rows([10.0, 200.0, 600.0, 700.0, 700.0], [0] + [75] * 4, 4),
+        None,
+        4,
+    )
+    v = validity.with_slices(merged, [("a1", merged), ("a2", starved), ("a3", saturated)])
+    assert (v.verdict, v.limit) == ("invalid", "generator")
+    # Only generator reasons travel up (a slice's saturation is the merged figures' to say).
+    assert [(r.code, r.text[:12]) for r in v.reasons] == [("late", "agent a2: ar")]
+    assert validity.with_slices(merged, [("a1", merged)]) == merged
+
+
 def test_the_probe_reads_this_process_s_cpu_and_waits() -> None:
     probe = validity.Probe()
     end = time.monotonic() + 0.3

@@ -23,12 +23,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from nats.aio.msg import Msg
+from pydantic import ValidationError
 
 from loadpilot import _engine
 from loadpilot.allowlist import target_allowed
 from loadpilot.cluster import protocol as P
 from loadpilot.errors import LoadPilotError
 from loadpilot.plan import OpenLoad, Plan, Shard
+from loadpilot.summary import Summary
+from loadpilot.validity import Probe, judge
 
 
 class AgentMode(StrEnum):
@@ -49,6 +52,22 @@ class _Slice:
     pending: deque[tuple[str, bytes]] = field(default_factory=deque)
     stop_reason: str | None = None
     ended: bool = False
+    #: This process's CPU from the slice's start: the slice's validity is judged with it.
+    probe: Probe = field(default_factory=Probe)
+    connections: int | None = None
+
+
+def _judged(s: _Slice, summary: str) -> str:
+    """The slice's summary with its validity: judged here, where its generator ran (the
+    coordinator sees only the merged figures)."""
+    try:
+        figures = Summary.model_validate_json(summary)
+    except ValidationError:
+        return summary
+    v = judge(figures, None, s.probe.end(), s.connections)
+    data = json.loads(summary)
+    data["validity"] = v.model_dump(mode="json")
+    return json.dumps(data)
 
 
 class Agent:
@@ -261,7 +280,15 @@ class Agent:
             from loadpilot.running.vusers import PythonUsers
 
             PythonUsers(handle, tickets, scenario).start()
-        self._slices.append(_Slice(run=run, reporter=reporter, handle=handle, dir=dir))
+        self._slices.append(
+            _Slice(
+                run=run,
+                reporter=reporter,
+                handle=handle,
+                dir=dir,
+                connections=getattr(plan.load, "connections", None),
+            )
+        )
         self._claimed_by = run
         self.state = AgentMode.RUNNING
         self._last_beat = time.monotonic()
@@ -347,7 +374,7 @@ class Agent:
                 s.pending.append((f"{s.run}.{s.reporter}.{index}", body + b"\n" + iv))
             if done and not s.ended:
                 s.ended = True
-                summary = s.handle.summary_json() or "{}"
+                summary = _judged(s, s.handle.summary_json() or "{}")
                 head = json.dumps({"kind": "end", "reporter": s.reporter}).encode()
                 s.pending.append((f"{s.run}.{s.reporter}.end", head + b"\n" + summary.encode()))
             await self._flush(s)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+from pydantic import ValidationError
 
 try:
     from nats.aio.msg import Msg
@@ -41,6 +42,7 @@ from loadpilot.plan import OpenLoad, Plan, Shard
 from loadpilot.running import store
 from loadpilot.running.runs import AGENT_SCHEMA
 from loadpilot.scenarios.scenario import Scenario
+from loadpilot.summary import Validity
 
 #: What ``on_agent_loss`` may be.
 LOSS_POLICIES = ("redistribute", "continue", "abort")
@@ -693,6 +695,19 @@ class Coordinator:
 
     def summary_json(self) -> str | None:
         return self._summary if self._done.is_set() else None
+
+    def slice_validity(self) -> list[tuple[str, Validity]]:
+        """Each ended slice's validity as its agent judged it (its own CPU, lateness and
+        connections), with the agent's name."""
+        out = []
+        for r in self._reporters.values():
+            judged = (r.summary or {}).get("validity")
+            if judged is not None:
+                try:
+                    out.append((r.agent, Validity.model_validate(judged)))
+                except ValidationError:
+                    continue  # an agent of another version: its slice is judged merged only
+        return out
 
     def summary_so_far_json(self) -> str:
         assert self._merge is not None

@@ -249,6 +249,9 @@ class Run(RunResult):
             self._probe.end() if self._probe else None,
             _connections(self._plan),
         )
+        slices = getattr(self._handle, "slice_validity", None)
+        if slices is not None:
+            v = _validity.with_slices(v, slices())
         _store.add_validity(self.path, v)
         return v
 

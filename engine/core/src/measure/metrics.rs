@@ -630,6 +630,11 @@ fn ms(us: u64) -> f64 {
 }
 
 impl Percentiles {
+    /// Nothing recorded.
+    pub fn is_empty(&self) -> bool {
+        self.max.is_none()
+    }
+
     pub fn of(h: &Hist) -> Self {
         if h.is_empty() {
             return Percentiles::default();

@@ -117,7 +117,7 @@ pub struct Stats {
     pub service_ms: Percentiles,
     /// How late each iteration began after its due instant (open model; empty otherwise):
     /// the generator's own delay, part of `latency_ms`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Percentiles::is_empty")]
     pub late_ms: Percentiles,
 }
 
