@@ -8,7 +8,7 @@ steps of 1% of the nominal capacity over ``--sweep-from``..``--sweep-to`` of it,
 having met it), then ``--repeats`` seeded searches with the same level length. Reported: each
 search's answer against the sweep's, the spread of the searches, and the time each took against
 what a sweep from 1% up to the capacity would take (100 levels). Results go to
-``bench/results/capacity-<date>.json``.
+``bench/results/capacity-<date>-<servers>.json``.
 
     python bench/capacity.py [--repeats 10] [--level-s 5] [--servers pool4,pool8,smooth]
 """
@@ -121,7 +121,7 @@ def main() -> None:
             f"to the capacity ({full_sweep_s:.0f} s)",
             flush=True,
         )
-    out = HERE / "results" / f"capacity-{results['date']}.json"
+    out = HERE / "results" / f"capacity-{results['date']}-{args.servers.replace(',', '-')}.json"
     out.write_text(json.dumps(results, indent=1))
     print(f"results: {out}")
 

@@ -68,7 +68,7 @@ def _pin(cpu: int | None):  # type: ignore[no-untyped-def]
 @contextmanager
 def target(options: list[str], cpu: int) -> Iterator[str]:
     p = subprocess.Popen(
-        [*LOADPILOT, "target", "--port", "0", "--for-s", "600", *options],
+        [*LOADPILOT, "target", "--port", "0", "--for-s", "7200", *options],
         stdout=subprocess.PIPE, text=True, preexec_fn=_pin(cpu),
     )  # fmt: skip
     try:

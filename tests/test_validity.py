@@ -200,6 +200,26 @@ def test_a_saturated_target_is_system_limited_and_valid(out: Path) -> None:
     assert [r.code for r in v.reasons] == ["saturated"]
 
 
+@pytest.mark.slow
+def test_python_bodies_held_up_by_a_blocked_event_loop_are_the_generator_s(
+    out: Path, target: lp.TargetServer
+) -> None:
+    @lp.scenario(profile=lp.constant(rps=100, duration="3s"))
+    class Blocking(lp.VUser):
+        @lp.task
+        async def hold(self) -> None:
+            time.sleep(0.03)  # blocks the event loop every Python body shares: ~33 a second
+            await self.client.get("/")
+
+    s = lp.run(Blocking, out, target=target.url).summary()
+    assert s.tasks[0].path == "python"
+    late, service = s.overall.late_ms.p99, s.overall.service_ms.p99
+    assert late is not None and service is not None and late > 10 * service, s.overall
+    v = s.validity
+    assert v is not None and (v.verdict, v.limit) == ("invalid", "generator"), v
+    assert "arrivals began late" in v.reasons[0].text
+
+
 def test_an_old_run_without_a_verdict_is_judged_when_loaded(
     out: Path, target: lp.TargetServer
 ) -> None:
