@@ -100,6 +100,26 @@ def test_a_max_rate_the_system_meets_is_a_lower_bound(
     assert "at least 40 requests/s" in cap.message
 
 
+@pytest.mark.slow
+def test_poisson_arrivals_at_a_low_first_level_are_not_a_shortfall(tmp_path: Path) -> None:
+    # 25 a second for 4 judged seconds is 100 arrivals give or take 10: a level is not failed
+    # for the arrivals' own noise (each of these runs draws its own).
+    with lp.start_target(delay_ms=5) as t:
+        for seed in range(4):
+            plan = _plan(t.url).model_copy(
+                update={
+                    "load": lp.OpenLoad(
+                        stages=[lp.Constant(rate=10, duration_s=5)], arrivals="poisson", seed=seed
+                    )
+                }
+            )
+            cap = find_capacity(
+                plan, slo="p99 < 500ms", start_rate=25, max_rate=25, level_s=5,
+                out=tmp_path / f"s{seed}",
+            )  # fmt: skip
+            assert (cap.limit, cap.rate) == ("max_rate", 25.0), cap.evidence
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
