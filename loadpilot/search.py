@@ -28,14 +28,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import polars as pl
 
 from loadpilot.analysis.comparing import intervals
-from loadpilot.analysis.planning import parse_slo
+from loadpilot.analysis.planning import _shown, judge_clauses, parse_slo
 from loadpilot.errors import PlanError
 from loadpilot.launch import start
 from loadpilot.plan import Plan
 from loadpilot.profiles import constant
 from loadpilot.running.runs import Run, RunResult
 from loadpilot.scenarios.scenario import Scenario, VUser
-from loadpilot.thresholds import _OPS, Threshold
+from loadpilot.thresholds import Threshold
 
 if TYPE_CHECKING:
     import altair as alt
@@ -277,23 +277,7 @@ def _judge(
         return "failed", "no whole second to judge", seconds, achieved, {}, worst
     metrics = sorted({r.metric for r in rules} | {"p99"}, key=SLO_METRICS.index)
     figures = intervals(hists, requests, errors, metrics)
-    failures, unsure = [], []
-    for r in rules:
-        point, low, high = figures[r.metric]
-        shown = _shown(r.metric, point)
-        need = f"needs {r.op} {r.text.lstrip('<>= ').strip()}"
-        if math.isnan(point):
-            failures.append(f"{r.metric}: no data")
-            continue
-        bounds = (point, point) if math.isnan(low) else (low, high)
-        ok = [_OPS[r.op](x, r.value) for x in bounds]
-        if not any(ok):
-            failures.append(f"{r.metric} {shown} ({need})")
-        elif not all(ok):
-            unsure.append(
-                f"{r.metric} {shown}, interval {_shown(r.metric, bounds[0])}–"
-                f"{_shown(r.metric, bounds[1])} ({need})"
-            )
+    failures, unsure = judge_clauses(rules, dict(figures))
     # Poisson arrivals bring their own noise: a count over these seconds strays by its square
     # root, so a level falls short only past three of those (uniform arrivals are exact).
     poisson = getattr(runs[0].plan.load, "arrivals", "uniform") == "poisson"
@@ -312,12 +296,6 @@ def _judge(
         figures,
         worst,
     )
-
-
-def _shown(metric: str, v: float) -> str:
-    if math.isnan(v):
-        return "–"
-    return f"{v * 100:.3g}%" if metric == "error_rate" else f"{v:.3g} ms"
 
 
 def _default_dir(name: str) -> Path:

@@ -278,6 +278,32 @@ class Sustainable:
         return head
 
 
+def judge_clauses(
+    rules: Sequence[Threshold], figures: dict[str, tuple[float, float, float] | None]
+) -> tuple[list[str], list[str]]:
+    """Each SLO clause judged on its metric's ``(point, low, high)`` (``None``: no data): the
+    clauses the whole interval fails, and those whose interval straddles the limit, each as a
+    line that says why. A NaN interval is the point alone."""
+    failures, unsure = [], []
+    for r in rules:
+        f = figures.get(r.metric)
+        if f is None or math.isnan(f[0]):
+            failures.append(f"{r.metric} no data")
+            continue
+        point, low, high = f
+        bounds = (point, point) if math.isnan(low) else (low, high)
+        ok = [_OPS[r.op](x, r.value) for x in bounds]
+        need = f"needs {r.op} {r.text.lstrip('<>= ').strip()}"
+        if not any(ok):
+            failures.append(f"{r.metric} {_shown(r.metric, point)} ({need})")
+        elif not all(ok):
+            unsure.append(
+                f"{r.metric} {_shown(r.metric, point)}, interval {_shown(r.metric, bounds[0])}–"
+                f"{_shown(r.metric, bounds[1])} ({need})"
+            )
+    return failures, unsure
+
+
 def _shown(metric: str, v: float) -> str:
     return f"{v * 100:.3g}%" if metric == "error_rate" else f"{v:.2f} ms"
 
@@ -353,23 +379,11 @@ class Capacity:
 
     def _judged(self, lv: Level, rules: list[Threshold]) -> tuple[str, list[str]]:
         """``met``, ``uncertain`` (an interval straddles a limit) or ``failed``, and why."""
-        failures, unsure = [], []
+        figures: dict[str, tuple[float, float, float] | None] = {}
         for r in rules:
-            b = lv.bounds(r.metric)
-            point = _level_value(lv, r.metric)
-            if b is None or point is None:
-                failures.append(f"{r.metric} no data")
-                continue
-            shown = _shown(r.metric, point)
-            ok = [_OPS[r.op](x, r.value) for x in b]
-            need = f"needs {r.op} {r.text.lstrip('<>= ')}"
-            if not any(ok):
-                failures.append(f"{r.metric} {shown} ({need})")
-            elif not all(ok):
-                unsure.append(
-                    f"{r.metric} {shown}, interval {_shown(r.metric, b[0])}–"
-                    f"{_shown(r.metric, b[1])} ({need})"
-                )
+            b, point = lv.bounds(r.metric), _level_value(lv, r.metric)
+            figures[r.metric] = None if b is None or point is None else (point, *b)
+        failures, unsure = judge_clauses(rules, figures)
         if not self._follows(lv):
             failures.append(f"achieved {lv.achieved_rps:.1f} rps < {self.follow:.0%} of offered")
         if failures:
