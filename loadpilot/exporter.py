@@ -311,6 +311,11 @@ def export(run: Run, address: str) -> int:
         _default = RunMetrics()
     key = (host, port)
     if key not in _served:
-        _served[key] = _default.serve(host, port)
+        try:
+            _served[key] = _default.serve(host, port)
+        except OSError as e:
+            raise ValueError(
+                f"prometheus address {address!r}: cannot serve there ({e.strerror or e})"
+            ) from None
     _default.watch(run)
     return _served[key]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,7 +15,7 @@ from loadpilot.errors import PlanError, RunDirError
 from loadpilot.plan import OpenLoad, Plan
 from loadpilot.profiles import Profile
 from loadpilot.running import store
-from loadpilot.running.runs import Run
+from loadpilot.running.runs import Run, _Handle
 from loadpilot.running.vusers import PythonUsers
 from loadpilot.scenarios.scenario import Scenario, VUser, scenario_of
 
@@ -91,20 +92,37 @@ def start(
             raise RunDirError(f"{path}: already holds a run; choose another directory")
         coordinator = Coordinator(plan, scenario, path, spec)
         coordinator.start()
-        return _exported(Run(coordinator, plan), prometheus)
+        return _exported(coordinator, lambda: Run(coordinator, plan), prometheus)
     handle = _engine.start_run(plan.to_json(), path)
-    tickets = handle.tickets()
-    if tickets is not None and scenario is not None:
-        PythonUsers(handle, tickets, scenario).start()
-    return _exported(Run(handle, plan), prometheus)
+
+    def made() -> Run:
+        tickets = handle.tickets()
+        if tickets is not None and scenario is not None:
+            PythonUsers(handle, tickets, scenario).start()
+        return Run(handle, plan)
+
+    return _exported(handle, made, prometheus)
 
 
-def _exported(run: Run, prometheus: str | None) -> Run:
-    if prometheus is not None:
-        from loadpilot.exporter import export
+def _exported(handle: _Handle, make: Callable[[], Run], prometheus: str | None) -> Run:
+    """The started run, made and exported; whatever stops this on its way (Ctrl-C, a port
+    already taken) stops the run too, so that it ends and is summarised rather than left
+    going without anyone to wait for it."""
+    run: Run | None = None
+    try:
+        run = make()
+        if prometheus is not None:
+            from loadpilot.exporter import export
 
-        export(run, prometheus)
-    return run
+            export(run, prometheus)
+        return run
+    except BaseException:
+        if run is not None:
+            run.stop()
+        else:
+            handle.stop("stopped")
+            handle.wait(None)
+        raise
 
 
 def run(

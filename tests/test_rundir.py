@@ -201,3 +201,36 @@ def test_reading_metrics_writes_nothing_and_the_end_writes_parquet(
     # The file holds every row: the tasks' and the request names'.
     written = pl.read_parquet(run.path / "metrics.parquet")
     assert written.height == len(run.metrics) + len(run.request_metrics)
+
+
+def test_a_ctrl_c_while_the_run_is_being_set_up_stops_and_summarises_it(
+    target: lp.TargetServer, out: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The engine has started the run when Ctrl-C lands in the Python around it: the run must
+    # end, stopped, with its summary, not go on with nobody to wait for it.
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("loadpilot.running.runs._validity.Probe", interrupted)
+    plan = lp.Plan(target=target.url, load=constant(50, 30), tasks=[get("x")])
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        lp.start(plan, out)
+    assert time.monotonic() - started < 10, "stopped, not run to its end"
+    summary = lp.load_run(out).summary()
+    assert summary.ended == "stopped"
+
+
+def test_an_exporter_that_cannot_bind_stops_the_run_it_was_for(
+    target: lp.TargetServer, out: Path
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        plan = lp.Plan(target=target.url, load=constant(50, 30), tasks=[get("x")])
+        with pytest.raises(ValueError, match=f"127.0.0.1:{port}.*cannot serve there"):
+            lp.start(plan, out, prometheus=f"127.0.0.1:{port}")
+    assert lp.load_run(out).summary().ended == "stopped"
