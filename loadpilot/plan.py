@@ -14,6 +14,7 @@ from pydantic import (
     PrivateAttr,
     TypeAdapter,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -32,6 +33,8 @@ MAX_STREAMS: int = _engine.MAX_STREAMS
 MAX_REDIRECTS: int = _engine.MAX_REDIRECTS
 #: Every default a plan field takes when left out.
 DEFAULTS: dict[str, Any] = dict(_engine.PLAN_DEFAULTS)
+#: The most requests a name may keep per second, slowest or sampled.
+MAX_KEPT: int = DEFAULTS.pop("max_kept")
 #: The HTTP versions a plan may ask for.
 HttpVersion = Literal["1.1", "2", "auto"]
 
@@ -268,6 +271,21 @@ class Plan(_Model):
     """The hosts redirects may lead to (``host`` or ``host:port`` globs, ``loopback``; empty:
     loopback only), as agents and serve mode set from their allow-list; None: any. A hop
     elsewhere fails (``redirect``) and nothing is sent there."""
+    trace: float = Field(default=DEFAULTS["trace"], ge=0, le=1)
+    """The share of requests sent with a W3C trace context (a ``traceparent`` header): 1
+    every one, 0 none (``True``/``False`` say the same). A request that sets its own keeps it;
+    either way its trace id is kept with the request if it is among the slowest."""
+    keep_slowest: int = Field(default=DEFAULTS["keep_slowest"], ge=0, le=MAX_KEPT)
+    """How many of its slowest requests each request name keeps per second, with their
+    context (``run.slowest()``); 0: none."""
+    keep_sample: int = Field(default=DEFAULTS["keep_sample"], ge=0, le=MAX_KEPT)
+    """How many requests of each name are kept per second as a uniform sample, beside the
+    slowest (what an ordinary request looked like); 0: none."""
+
+    @field_validator("trace", mode="before")
+    @classmethod
+    def _trace_share(cls, v: object) -> object:
+        return float(v) if isinstance(v, bool) else v
 
     def file_paths(self) -> list[str]:
         """The files on disk the plan's requests upload, read by the machine that sends them

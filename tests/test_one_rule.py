@@ -134,6 +134,15 @@ def test_one_rule_checks_a_field_wherever_its_value_comes_from() -> None:
             check_field("max_streams", bad)
     with pytest.raises(lp.PlanError, match="invalid http"):
         check_field("http", "3")
+    from loadpilot.plan import MAX_KEPT
+
+    for field in ("keep_slowest", "keep_sample"):
+        assert check_field(field, MAX_KEPT) == MAX_KEPT
+        with pytest.raises(lp.PlanError, match=f"invalid {field}"):
+            check_field(field, MAX_KEPT + 1)
+    assert check_field("trace", True) == 1.0 and check_field("trace", 0.25) == 0.25
+    with pytest.raises(lp.PlanError, match="invalid trace"):
+        check_field("trace", 1.5)
 
 
 def test_end_reasons_are_the_engines() -> None:
@@ -161,6 +170,8 @@ def test_every_file_a_run_writes_is_one_the_engine_names(tmp_path: Path) -> None
         "requests_service_log",
         "metrics_jsonl",
         "metrics_parquet",
+        "slow_jsonl",
+        "slow_parquet",
         "summary",
     )
     assert written == {files[k] for k in local}

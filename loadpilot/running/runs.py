@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -150,6 +151,48 @@ class RunResult:
             return []
         return [(tag, t0, h) for tag, t0, _length, h in _engine.read_hlog(log)]
 
+    def slowest(
+        self,
+        task: str | Sequence[str] | None = None,
+        request: str | None = None,
+        above: str | float | None = "p99.9",
+        *,
+        sample: bool = False,
+    ) -> pl.DataFrame:
+        """The slowest requests, slowest first, with their context: when each was due, sent
+        (``wait_ms`` between: the generator's own delay, connecting included) and ended, its
+        latency and service time, status or error, the URL as sent, its trace id, user,
+        iteration, feeder row, connection (``new_connection``: opened for it) and agent. Each
+        request name keeps its ``plan.keep_slowest`` slowest of every second, so the tail of
+        the histogram is all here whatever the rate, up to that many a second.
+
+        ``task``/``request`` choose (as :meth:`histogram`); ``above`` keeps those at or above
+        a percentile of their own task's latency (``"p99.9"``, ``"p99"``; at the histogram's
+        precision, so the request at the percentile is among them), those slower than a
+        latency in milliseconds (``250``), or every kept one (``None``). ``sample=True``:
+        the uniform sample kept beside them instead (``plan.keep_sample`` a second per
+        name), what an ordinary request looked like; ``above`` then applies as given
+        (default: none)."""
+        kept = _store.read_slow(self.path)
+        kept = kept.filter(pl.col("kind") == ("sample" if sample else "slowest"))
+        wanted = _task_set(self, task)
+        if wanted is not None:
+            kept = kept.filter(pl.col("task").is_in(sorted(wanted)))
+        if request is not None:
+            kept = kept.filter(pl.col("request") == request)
+        if sample and above == "p99.9":
+            above = None
+        if isinstance(above, str):
+            q = _percentile_of(above)
+            tasks = kept["task"].unique().to_list()
+            limits = {t: _bucket_floor_ms(self.histogram(t).percentile(q)) for t in tasks}
+            kept = kept.filter(
+                pl.col("latency_ms") >= pl.col("task").replace_strict(limits, default=None)
+            )
+        elif above is not None:
+            kept = kept.filter(pl.col("latency_ms") > float(above))
+        return kept.sort(["latency_ms", "end"], descending=[True, False]).drop("kind")
+
     def report(self, path: str | Path, thresholds: Sequence[Threshold] | None = None) -> Path:
         """Writes this run's self-contained HTML report (see :func:`loadpilot.report`)."""
         from loadpilot.analysis.reporting import report
@@ -236,6 +279,7 @@ class Run(RunResult):
             if not self._finished:
                 self._validity = self._judge(frame)
                 _store.write_parquet(self.path, frame)
+                _store.write_slow_parquet(self.path)
                 self._finished = True
 
     def _judge(self, rows: pl.DataFrame) -> Validity | None:
@@ -436,6 +480,25 @@ class LoadedRun(RunResult):
 
 def _connections(plan: Plan) -> int | None:
     return getattr(plan.load, "connections", None)
+
+
+def _bucket_floor_ms(ms: float | None) -> float | None:
+    """The lowest latency in the histogram bucket of ``ms`` (a percentile as histograms
+    report it: its bucket's highest value), so that the request at the percentile counts as
+    at it. Buckets are 1 µs wide up to 2048 µs, then double with each power of two."""
+    if ms is None:
+        return None
+    us = round(ms * 1000)
+    width = 1 if us < 2048 else 2 ** (us.bit_length() - 11)
+    return (us - width + 1) / 1000
+
+
+def _percentile_of(text: str) -> float:
+    """``"p99.9"`` as ``99.9``; anything else is a ValueError that says what is meant."""
+    m = re.fullmatch(r"p(\d+(?:\.\d+)?)", text.strip())
+    if m is None or not 0 < float(m[1]) < 100:
+        raise ValueError(f"above={text!r}: give a percentile such as 'p99.9', or milliseconds")
+    return float(m[1])
 
 
 def _task_set(run: RunResult, task: str | Sequence[str] | None) -> set[str] | None:

@@ -26,6 +26,8 @@ AGENTS_LOG = _FILES["agents_log"]
 EVENTS = _FILES["events"]
 AGENTS_JSONL = _FILES["agents_jsonl"]
 AGENTS_PARQUET = _FILES["agents_parquet"]
+SLOW_JSONL = _FILES["slow_jsonl"]
+SLOW_PARQUET = _FILES["slow_parquet"]
 
 #: Kinds of failed request, each with an ``errors_<kind>`` column (the engine's order).
 ERROR_KINDS: list[str] = list(_engine.ERROR_KINDS)
@@ -121,6 +123,85 @@ def write_parquet(path: Path, frame: pl.DataFrame) -> None:
         raise RunDirError(
             f"{path / METRICS_PARQUET}: cannot be written ({why}); the rows stay in {METRICS_JSONL}"
         ) from None
+
+
+#: ``slow.jsonl``'s fields as the engine writes them (its ``SlowLine``).
+_SLOW_RAW: dict[str, pl.DataType] = {
+    "task": pl.String(),
+    "request": pl.String(),
+    "kind": pl.String(),
+    "latency_ms": pl.Float64(),
+    "service_ms": pl.Float64(),
+    "due": pl.Float64(),
+    "sent": pl.Float64(),
+    "end": pl.Float64(),
+    "status": pl.Int32(),
+    "error": pl.String(),
+    "url": pl.String(),
+    "user": pl.UInt64(),
+    "iteration": pl.UInt64(),
+    "row": pl.List(pl.String()),
+    "connection": pl.UInt64(),
+    "new_connection": pl.Boolean(),
+    "trace_id": pl.String(),
+    "agent": pl.String(),
+}
+
+
+def _instant(col: str) -> pl.Expr:
+    return (
+        pl.from_epoch((pl.col(col) * 1_000_000).round().cast(pl.Int64), time_unit="us")
+        .dt.replace_time_zone("UTC")
+        .alias(col)
+    )
+
+
+def _slow_typed(frame: pl.DataFrame) -> pl.DataFrame:
+    """Raw kept requests as ``run.slowest()`` gives them: when each was due, sent and ended
+    as times, and ``wait_ms`` (due to sent: the generator's own delay, or connecting)."""
+    return frame.with_columns(
+        ((pl.col("sent") - pl.col("due")) * 1000).alias("wait_ms"),
+        _instant("due"),
+        _instant("sent"),
+        _instant("end"),
+    ).select(
+        "end", "task", "request", "kind", "latency_ms", "service_ms", "wait_ms", "status",
+        "error", "url", "trace_id", "user", "iteration", "row", "connection",
+        "new_connection", "agent", "due", "sent",
+    )  # fmt: skip
+
+
+def read_slow(path: Path) -> pl.DataFrame:
+    """The kept requests of a run directory (slowest and sampled, per request name and
+    second): the Parquet file once the run finished, else the file being appended (a torn
+    last line dropped); empty when none were kept."""
+    parquet = path / SLOW_PARQUET
+    jsonl = path / SLOW_JSONL
+    try:
+        if parquet.exists():
+            return pl.read_parquet(parquet)
+        data = jsonl.read_bytes() if jsonl.exists() else b""
+        data = data[: data.rfind(b"\n") + 1]
+        if not data:
+            return _slow_typed(pl.DataFrame(schema=_SLOW_RAW))
+        return _slow_typed(pl.read_ndjson(io.BytesIO(data), schema=_SLOW_RAW))
+    except (pl.exceptions.PolarsError, OSError, ValueError) as e:
+        bad = parquet if parquet.exists() else jsonl
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunDirError(f"{bad}: not readable as kept requests ({first})") from None
+
+
+def write_slow_parquet(path: Path) -> None:
+    """Writes ``slow.parquet`` from ``slow.jsonl`` once the run has ended (whole or not at
+    all; the JSON lines stay the record when it cannot be written)."""
+    if not (path / SLOW_JSONL).exists():
+        return
+    tmp = path / (SLOW_PARQUET + ".tmp")
+    try:
+        read_slow(path).write_parquet(tmp)
+        tmp.replace(path / SLOW_PARQUET)
+    except (OSError, pl.exceptions.PolarsError, RunDirError):
+        tmp.unlink(missing_ok=True)
 
 
 def add_validity(path: Path, validity: Validity) -> None:

@@ -1,6 +1,7 @@
 //! One virtual user's client: its connection (HTTP/1.1) or stream of a shared connection
 //! (HTTP/2), its cookies, and the response as metrics, checks and Python tasks see it.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +33,8 @@ struct Link {
     target: Arc<Target>,
     conn: Option<Stream>,
     h2: Option<http2::Conn>,
+    /// The connection's number (its target's count when it opened); 0 before the first.
+    number: u64,
 }
 
 struct Cookie {
@@ -78,6 +81,7 @@ impl Link {
             target,
             conn: None,
             h2: None,
+            number: 0,
         }
     }
 
@@ -111,6 +115,7 @@ impl Link {
         } else {
             self.conn = Some(target.connect().await?);
         }
+        self.number = target.opened.fetch_add(1, Ordering::Relaxed) + 1;
         Ok(())
     }
 }
@@ -128,6 +133,12 @@ impl Client {
 
     pub fn has_connection(&self) -> bool {
         self.main.conn.is_some() || self.main.h2.as_ref().is_some_and(|c| !c.is_dead())
+    }
+
+    /// The number of the target's connection this user is on (as the run opened them; on
+    /// HTTP/2, as its users took the shared one), if it has one.
+    pub fn connection(&self) -> Option<u64> {
+        (self.main.number > 0 && self.has_connection()).then_some(self.main.number)
     }
 
     /// Makes sure a connection to the target is open; the time this takes is part of the
@@ -309,6 +320,7 @@ impl Client {
             let sent = h1::Sent {
                 head: &req.h1_head,
                 cookie: cookie.as_ref().map(HeaderValue::as_bytes),
+                trace: req.trace.as_ref().map(HeaderValue::as_bytes),
                 body: &req.body,
                 head_only: req.method == Method::HEAD,
             };

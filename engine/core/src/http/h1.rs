@@ -116,6 +116,8 @@ pub struct Sent<'a> {
     pub head: &'a [u8],
     /// A `cookie` header line to add (without CRLF), if the user has cookies.
     pub cookie: Option<&'a [u8]>,
+    /// A `traceparent` header value to add, if the request carries a trace context.
+    pub trace: Option<&'a [u8]>,
     pub body: &'a Payload,
     /// A HEAD request: its answer has no body whatever it announces.
     pub head_only: bool,
@@ -309,6 +311,11 @@ async fn write_request(
     if let Some(c) = req.cookie {
         out.extend_from_slice(b"cookie: ");
         out.extend_from_slice(c);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(t) = req.trace {
+        out.extend_from_slice(b"traceparent: ");
+        out.extend_from_slice(t);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -570,6 +577,7 @@ mod tests {
         let sent = Sent {
             head,
             cookie: None,
+            trace: None,
             body: &Payload::default(),
             head_only,
         };

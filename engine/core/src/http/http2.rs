@@ -211,6 +211,9 @@ pub async fn exchange(
     if let Some(c) = cookie {
         headers.insert(COOKIE, c.clone());
     }
+    if let Some(t) = &req.trace {
+        headers.insert(crate::http::TRACEPARENT.clone(), t.clone());
+    }
     let mut request = Request::new(());
     *request.method_mut() = req.method.clone();
     *request.uri_mut() = uri;

@@ -14,5 +14,5 @@ mod target;
 pub mod tls;
 
 pub use client::{Client, Keep, Response, BODY_KEPT};
-pub use request::{encode_target, form_body, CompiledRequest, Outgoing};
+pub use request::{encode_target, form_body, CompiledRequest, Outgoing, TRACEPARENT};
 pub use target::Target;

@@ -92,6 +92,10 @@ impl Outgoing {
             },
             authority,
         )
+        .map(|mut next| {
+            next.trace = self.trace.clone();
+            next
+        })
     }
 }
 

@@ -57,7 +57,13 @@ pub struct Outgoing {
     pub(super) h1_head: Bytes,
     /// HTTP/2's URI and headers, built once for a request that never varies.
     pub(super) h2_head: Option<Arc<(hyper::Uri, hyper::HeaderMap)>>,
+    /// Its W3C trace context's `traceparent` value, added as it is sent (and to each hop
+    /// of its redirects).
+    pub trace: Option<HeaderValue>,
 }
+
+/// The W3C trace context header.
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 impl Outgoing {
     /// `path` is percent-encoded where it must be; a header that is not valid in HTTP is an
@@ -115,6 +121,7 @@ impl Outgoing {
             body,
             h1_head: head.freeze(),
             h2_head: None,
+            trace: None,
         })
     }
 }
@@ -441,6 +448,11 @@ impl CompiledRequest {
             body,
             &target.authority,
         )
+    }
+
+    /// The path and query it is sent to in one iteration, as sent.
+    pub fn url(&self, v: &Values<'_>) -> String {
+        encode_target(&self.path.render(v)).into_owned()
     }
 
     /// The request for one iteration. A rendered value that is not valid in HTTP (say a header

@@ -35,6 +35,8 @@ pub struct Target {
     max_streams: u32,
     /// The other origins redirects led to, each parsed (and resolved) once a run.
     others: std::sync::Mutex<Vec<Arc<Target>>>,
+    /// Connections opened to it so far (each numbered by it as it opens).
+    pub(super) opened: std::sync::atomic::AtomicU64,
 }
 
 /// The most other origins a run's redirects may lead to.
@@ -155,6 +157,7 @@ impl Target {
             insecure,
             max_streams,
             others: std::sync::Mutex::new(Vec::new()),
+            opened: std::sync::atomic::AtomicU64::new(0),
         })
     }
 

@@ -254,7 +254,12 @@ impl Merge {
         }
         for (r, p) in iv.requests.iter().zip(&parsed_requests) {
             let at = self.request_names.slot(r.entry, &r.name);
-            at_slot(&mut slot.data, at).add_parsed(&r.data, p);
+            let d = at_slot(&mut slot.data, at);
+            d.add_parsed(&r.data, p);
+            // Each kept request says which agent sent it.
+            for k in d.kept.slowest.iter_mut().chain(d.kept.sample.iter_mut()) {
+                k.agent.get_or_insert_with(|| reporter.to_string());
+            }
         }
         Ok(if late { Added::Late } else { Added::Fresh })
     }

@@ -19,6 +19,7 @@ use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+pub use crate::measure::kept::{Keeper, Kept};
 use crate::outcome::ErrorKind;
 
 /// Latencies are recorded in microseconds, 1 µs to 1 h, 3 significant digits.
@@ -202,6 +203,9 @@ pub struct TaskData {
     /// free connection, a late wake-up, Python's event loop): the generator's own delay,
     /// which `corrected` includes. Made on the first sample (a request name's data has none).
     pub late: Option<Hist>,
+    /// Its slowest requests and a uniform sample of them, with their context (a request
+    /// name's data keeps them; an entry's has none).
+    pub kept: Keeper,
 }
 
 impl TaskData {
@@ -212,6 +216,7 @@ impl TaskData {
             counts: Counters::default(),
             messages: Vec::new(),
             late: None,
+            kept: Keeper::default(),
         }
     }
 
@@ -239,6 +244,7 @@ impl TaskData {
                 .add(l)
                 .expect("same bounds always add");
         }
+        self.kept.add(&o.kept);
     }
 
     /// Back to empty, keeping the histograms' memory.
@@ -250,6 +256,7 @@ impl TaskData {
         }
         self.counts = Counters::default();
         self.messages.clear();
+        self.kept.clear();
     }
 
     /// A failure decided after the response was recorded (a Python check): an error of
@@ -308,6 +315,7 @@ impl TaskData {
                 .as_ref()
                 .filter(|l| !l.is_empty())
                 .map(crate::measure::hlog::encode),
+            kept: (!self.kept.is_empty()).then(|| self.kept.clone()),
         }
     }
 
@@ -336,6 +344,9 @@ impl TaskData {
                 late.record_n(v, n).expect("checked by parse");
             }
         }
+        if let Some(k) = &w.kept {
+            self.kept.add(k);
+        }
     }
 }
 
@@ -352,6 +363,9 @@ pub struct WireData {
     /// The iterations' lateness (`TaskData::late`), if any began in an open model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub late: Option<String>,
+    /// The slowest requests and the sample (`TaskData::kept`), if any were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept: Option<Keeper>,
 }
 
 /// A `WireData`'s histograms decoded into their counts and checked to be in LoadPilot's own
@@ -456,6 +470,9 @@ pub struct Recorder {
     spare: Mutex<Vec<Vec<TaskData>>>,
     pub in_flight: AtomicI64,
     pub active_users: AtomicI64,
+    /// How many of the slowest requests, and how many sampled, each request name keeps per
+    /// interval (0 and 0: none).
+    keep: (u32, u32),
 }
 
 impl Recorder {
@@ -481,7 +498,21 @@ impl Recorder {
             spare: Mutex::new(Vec::new()),
             in_flight: AtomicI64::new(0),
             active_users: AtomicI64::new(0),
+            keep: (0, 0),
         }
+    }
+
+    /// Each request name keeps its `slowest` requests and a sample of `sample` per interval.
+    pub fn keeping(mut self, slowest: u32, sample: u32) -> Self {
+        self.keep = (slowest, sample);
+        self
+    }
+
+    /// Seconds from the run's start to `at` (0 before it started).
+    pub fn since_start(&self, at: Instant) -> f64 {
+        self.start
+            .get()
+            .map_or(0.0, |s| at.saturating_duration_since(*s).as_secs_f64())
     }
 
     /// How many entries (tasks and hooks) it counts.
@@ -536,6 +567,34 @@ impl Recorder {
         self.record_in(at, |slots| {
             f(at_slot(slots, entry));
             f(at_slot(slots, request));
+        });
+    }
+
+    /// Records one request into its entry's and its name's data (as `record_both`), and
+    /// keeps it among its name's slowest or in its sample if it belongs there: `make` gathers
+    /// its context, given its random key, only then.
+    pub fn record_request(
+        &self,
+        entry: usize,
+        request: usize,
+        at: Instant,
+        f: impl Fn(&mut TaskData),
+        latency_us: u64,
+        make: impl FnOnce(u64) -> Kept,
+    ) {
+        let (slowest, sample) = self.keep;
+        self.record_in(at, |slots| {
+            f(at_slot(slots, entry));
+            let d = at_slot(slots, request);
+            f(d);
+            if slowest + sample > 0 {
+                d.kept.keep = slowest;
+                d.kept.sample_size = sample;
+                let key = crate::measure::kept::draw();
+                if d.kept.wants(latency_us, key) {
+                    d.kept.offer(make(key));
+                }
+            }
         });
     }
 

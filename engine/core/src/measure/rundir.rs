@@ -11,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 use crate::measure::hlog::LogWriter;
+use crate::measure::kept::{Keeper, Kept};
 use crate::measure::metrics::{add_message, at_slot, decode_hist, Hist, TaskData};
 use crate::measure::names::{request_tag, split_tag, Names};
 use crate::measure::rows::{Row, Span};
@@ -59,6 +60,62 @@ pub struct FailureLine {
     pub count: u64,
 }
 
+/// Each request name's slowest requests and its sample, per interval, with their context: one
+/// JSON per line (`SlowLine`), appended as intervals close, written only when any are kept.
+pub const SLOW_JSONL: &str = "slow.jsonl";
+/// The same as one file, written (by Python) once the run has ended.
+pub const SLOW_PARQUET: &str = "slow.parquet";
+
+/// One line of `slow.jsonl`: a kept request (`Kept`), its times as Unix seconds.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SlowLine {
+    pub task: String,
+    pub request: String,
+    /// `slowest` (among its name's slowest of its second) or `sample`.
+    pub kind: String,
+    pub latency_ms: f64,
+    pub service_ms: Option<f64>,
+    pub due: f64,
+    pub sent: Option<f64>,
+    pub end: f64,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub url: String,
+    pub user: u64,
+    pub iteration: u64,
+    pub row: Option<Vec<String>>,
+    pub connection: Option<u64>,
+    pub new_connection: bool,
+    pub trace_id: Option<String>,
+    pub agent: Option<String>,
+}
+
+impl SlowLine {
+    fn of(task: &str, request: &str, kind: &str, k: &Kept, epoch0: f64) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        SlowLine {
+            task: task.to_string(),
+            request: request.to_string(),
+            kind: kind.to_string(),
+            latency_ms: ms(k.latency_us),
+            service_ms: k.service_us.map(ms),
+            due: epoch0 + k.due_s,
+            sent: k.sent_s.map(|s| epoch0 + s),
+            end: epoch0 + k.end_s,
+            status: k.status,
+            error: k.error.clone(),
+            url: k.url.clone(),
+            user: k.user,
+            iteration: k.iteration,
+            row: k.row.clone(),
+            connection: k.connection,
+            new_connection: k.new_connection,
+            trace_id: k.trace_id.clone(),
+            agent: k.agent.clone(),
+        }
+    }
+}
+
 /// Every file of a run directory, by what it holds: what Python reads its names from.
 pub const FILES: &[(&str, &str)] = &[
     ("plan", PLAN),
@@ -69,6 +126,8 @@ pub const FILES: &[(&str, &str)] = &[
     ("metrics_jsonl", METRICS_JSONL),
     ("metrics_parquet", METRICS_PARQUET),
     ("failures_jsonl", FAILURES_JSONL),
+    ("slow_jsonl", SLOW_JSONL),
+    ("slow_parquet", SLOW_PARQUET),
     ("summary", SUMMARY),
     ("agents_log", AGENTS_LOG),
     ("events", EVENTS),
@@ -90,6 +149,10 @@ pub struct RunWriter {
     metrics: BufWriter<File>,
     /// `failures.jsonl`, opened with the first failure.
     failures: Option<BufWriter<File>>,
+    /// `slow.jsonl`, opened with the first kept request.
+    slow: Option<BufWriter<File>>,
+    /// The run's start, Unix seconds (from `begin`).
+    epoch0: f64,
 }
 
 impl RunWriter {
@@ -124,11 +187,14 @@ impl RunWriter {
             )?,
             metrics,
             failures: None,
+            slow: None,
+            epoch0: 0.0,
         })
     }
 
     /// The run's clock started at `start`: the logs' headers.
     pub fn begin(&mut self, start: SystemTime) -> Result<()> {
+        self.epoch0 = epoch_seconds(start);
         self.latency.begin(start)?;
         self.service.begin(start)?;
         self.requests_latency.begin(start)?;
@@ -166,6 +232,7 @@ impl RunWriter {
                     count: *count,
                 })?;
             }
+            self.kept(&names[*entry], name, &d.kept)?;
             if d.corrected.is_empty() && d.service.is_empty() {
                 continue;
             }
@@ -192,6 +259,10 @@ impl RunWriter {
             f.flush()
                 .map_err(|e| Error::io(self.dir.join(FAILURES_JSONL), e))?;
         }
+        if let Some(f) = &mut self.slow {
+            f.flush()
+                .map_err(|e| Error::io(self.dir.join(SLOW_JSONL), e))?;
+        }
         self.metrics.flush().map_err(|e| Error::io(&mpath, e))
     }
 
@@ -207,6 +278,28 @@ impl RunWriter {
         text.push(b'\n');
         let out = self.failures.as_mut().expect("just opened");
         out.write_all(&text).map_err(|e| Error::io(&path, e))
+    }
+
+    /// Appends a request name's kept requests (slowest first, then the sample), creating the
+    /// file with the first.
+    fn kept(&mut self, task: &str, request: &str, kept: &Keeper) -> Result<()> {
+        if kept.is_empty() {
+            return Ok(());
+        }
+        let path = self.dir.join(SLOW_JSONL);
+        if self.slow.is_none() {
+            let f = File::create(&path).map_err(|e| Error::io(&path, e))?;
+            self.slow = Some(BufWriter::new(f));
+        }
+        let out = self.slow.as_mut().expect("just opened");
+        let slowest = kept.sorted_slowest().into_iter().map(|k| ("slowest", k));
+        for (kind, k) in slowest.chain(kept.sample.iter().map(|k| ("sample", k))) {
+            let line = SlowLine::of(task, request, kind, k, self.epoch0);
+            let mut text = serde_json::to_vec(&line).expect("slow lines serialize");
+            text.push(b'\n');
+            out.write_all(&text).map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(())
     }
 
     pub fn summary(&mut self, s: &Summary) -> Result<()> {

@@ -97,7 +97,21 @@ pub struct Plan {
     /// elsewhere fails (`redirect`) and nothing is sent there.
     #[serde(default)]
     pub allow_hosts: Option<Vec<String>>,
+    /// The share of requests sent with a W3C trace context (`traceparent`), from 0 (none) to
+    /// 1 (every one); a request that sets its own keeps it.
+    #[serde(default = "default_trace")]
+    pub trace: f64,
+    /// How many of its slowest requests each request name keeps per second, with their
+    /// context (0: none).
+    #[serde(default = "default_keep_slowest")]
+    pub keep_slowest: u32,
+    /// How many requests of each name are kept per second as a uniform sample (0: none).
+    #[serde(default = "default_keep_sample")]
+    pub keep_sample: u32,
 }
+
+/// The most requests a name may keep per second, slowest or sampled.
+pub const MAX_KEPT: u32 = 1000;
 
 /// Which HTTP the engine speaks to the target.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,6 +216,15 @@ fn default_max_streams() -> u32 {
 fn default_max_request_names() -> u32 {
     1000
 }
+fn default_trace() -> f64 {
+    1.0
+}
+fn default_keep_slowest() -> u32 {
+    5
+}
+fn default_keep_sample() -> u32 {
+    2
+}
 fn default_true() -> bool {
     true
 }
@@ -242,6 +265,10 @@ pub fn defaults() -> serde_json::Value {
         "path": TaskPath::default(),
         "method": default_method(),
         "feed_mode": FeedMode::default(),
+        "trace": default_trace(),
+        "keep_slowest": default_keep_slowest(),
+        "keep_sample": default_keep_sample(),
+        "max_kept": MAX_KEPT,
     })
 }
 
@@ -546,6 +573,26 @@ impl Plan {
             return Err(Error::plan("max_request_names", "must be >= 1"));
         }
         redirects_in_range("max_redirects", self.max_redirects)?;
+        if !(0.0..=1.0).contains(&self.trace) {
+            return Err(Error::plan(
+                "trace",
+                format!(
+                    "{} is not a share: give 0 (none) to 1 (every request)",
+                    self.trace
+                ),
+            ));
+        }
+        for (field, n) in [
+            ("keep_slowest", self.keep_slowest),
+            ("keep_sample", self.keep_sample),
+        ] {
+            if n > MAX_KEPT {
+                return Err(Error::plan(
+                    field,
+                    format!("{n} is out of range (0..{MAX_KEPT})"),
+                ));
+            }
+        }
         self.validate_tasks()?;
         seconds("timeout_s", self.timeout_s, false)?;
         seconds("max_drain_s", self.max_drain_s, false)?;

@@ -50,6 +50,7 @@ pub(super) fn compile(plan: &Plan, threads: usize) -> Result<Compiled> {
         duration,
         drain_limit,
         default_timeout: Duration::from_secs_f64(plan.timeout_s),
+        trace: plan.trace,
         redirect_defaults: plan.redirect_defaults(),
         shards: shard.1 as f64,
         shard,
@@ -65,7 +66,8 @@ pub(super) fn compile(plan: &Plan, threads: usize) -> Result<Compiled> {
             seed: f.seed,
         }),
         user_vars: plan.user_vars.clone(),
-        recorder: Recorder::new(names.len(), duration, threads),
+        recorder: Recorder::new(names.len(), duration, threads)
+            .keeping(plan.keep_slowest, plan.keep_sample),
         names: named,
         stop: super::Stop::default(),
         python,

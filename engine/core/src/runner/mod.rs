@@ -211,6 +211,8 @@ pub(crate) struct Ctx {
     pub(crate) drain_limit: Duration,
     /// The plan's request timeout.
     pub(crate) default_timeout: Duration,
+    /// The share of requests sent with a trace context (the plan's `trace`).
+    pub(crate) trace: f64,
     /// The plan's `follow_redirects` and `max_redirects`, for Python's requests.
     pub(crate) redirect_defaults: (bool, u32),
     /// How many shards the schedule is split into (this run runs one of them).

@@ -464,7 +464,9 @@ impl Session {
             user: None,
         };
         let slot = ctx.names.slot(task, &r.name);
-        ex.record(ctx, task, slot, &r.check, &values, false);
+        ex.record(ctx, (task, slot), &r.check, &values, false, || {
+            crate::http::encode_target(&path).into_owned()
+        });
         let end = ex.end;
         ex.outcome
             .map(|(sent, mut resp)| {

@@ -4,9 +4,13 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
+use hyper::header::HeaderValue;
+
 use super::Ctx;
 pub(crate) use crate::http::Keep;
+use crate::http::TRACEPARENT;
 use crate::http::{Client, Outgoing, Response};
+use crate::measure::kept::{draw, Kept, TraceContext};
 use crate::outcome::{ErrorKind, Failed};
 use crate::plan::check::{Check, Failure};
 use crate::plan::template::Values;
@@ -19,6 +23,27 @@ pub(crate) struct Exchange {
     pub(crate) from: Instant,
     pub(crate) end: Instant,
     pub(crate) outcome: Result<(Instant, Response), Failed>,
+    /// The trace id it carried, if any.
+    pub(crate) trace: Option<u128>,
+    /// The connection it went on, and whether it was opened for it.
+    pub(crate) connection: Option<u64>,
+    pub(crate) new_connection: bool,
+}
+
+/// Gives `req` a trace context when the plan's share says so: its trace id. A request that
+/// set its own `traceparent` keeps it (and its trace id is the one recorded).
+fn traced(ctx: &Ctx, req: &mut Outgoing) -> Option<u128> {
+    if let Some((_, own)) = req.headers.iter().find(|(k, _)| *k == TRACEPARENT) {
+        return TraceContext::parse(own.as_bytes());
+    }
+    // 2^64 as a float: the draw is below `trace` of it for that share of requests.
+    const SPAN: f64 = 18_446_744_073_709_551_616.0;
+    if ctx.trace <= 0.0 || (ctx.trace < 1.0 && draw() as f64 >= ctx.trace * SPAN) {
+        return None;
+    }
+    let t = TraceContext::new();
+    req.trace = Some(HeaderValue::from_str(&t.header()).expect("hex digits are a valid header"));
+    Some(t.trace_id)
 }
 
 /// Sends one request on `client` and follows up to `max_redirects` redirects, bounded by
@@ -43,9 +68,14 @@ pub(crate) async fn exchange(
     }
     ctx.recorder.in_flight.fetch_add(1, Ordering::Relaxed);
     let _in_flight = InFlight(&ctx.recorder.in_flight);
+    let mut trace = None;
+    let mut connection = None;
+    let new_connection = !client.has_connection();
     let outcome = tokio::time::timeout(timeout, async {
         client.ensure_connected().await?;
-        let built = build()?;
+        connection = client.connection();
+        let mut built = build()?;
+        trace = traced(ctx, &mut built);
         let sent = Instant::now();
         let resp = client.fetch(built, keep, max_redirects).await?;
         Ok::<_, Failed>((sent, resp))
@@ -60,23 +90,51 @@ pub(crate) async fn exchange(
         from,
         end: Instant::now(),
         outcome,
+        trace,
+        connection,
+        new_connection,
     }
 }
 
 impl Exchange {
-    /// Records this exchange of entry `task` (and of its request name's `slot`) in the
+    /// Records this exchange of entry `task` (and of its request name's `slot`, the pair) in the
     /// interval it ended in: latency from `from`, service time from the send, the check's
-    /// verdict, or the error. `ends_iteration`: this exchange is its iteration's last.
+    /// verdict, or the error. `ends_iteration`: this exchange is its iteration's last. `url`
+    /// gives the path and query it was sent to, asked for only if the request is kept among
+    /// its name's slowest or sampled.
     pub(crate) fn record(
         &self,
         ctx: &Ctx,
-        task: usize,
-        slot: usize,
+        (task, slot): (usize, usize),
         check: &Check,
         values: &Values<'_>,
         ends_iteration: bool,
+        url: impl FnOnce() -> String,
     ) {
         let ends = ends_iteration as u64;
+        let latency = self.end.saturating_duration_since(self.from).as_micros() as u64;
+        let kept = |key: u64, error: Option<&str>| {
+            let rec = &ctx.recorder;
+            let sent = self.outcome.as_ref().ok().map(|(s, _)| *s);
+            Kept {
+                latency_us: latency,
+                service_us: sent.map(|s| self.end.saturating_duration_since(s).as_micros() as u64),
+                due_s: rec.since_start(self.from),
+                sent_s: sent.map(|s| rec.since_start(s)),
+                end_s: rec.since_start(self.end),
+                status: self.outcome.as_ref().ok().map(|(_, r)| r.status),
+                error: error.map(str::to_string),
+                url: url(),
+                user: values.vu,
+                iteration: values.iter,
+                row: values.row.map(<[String]>::to_vec),
+                connection: self.connection,
+                new_connection: self.new_connection,
+                trace_id: self.trace.map(TraceContext::hex),
+                agent: None,
+                key,
+            }
+        };
         match &self.outcome {
             Ok((sent, resp)) => {
                 let corrected = self.end.saturating_duration_since(self.from).as_micros() as u64;
@@ -87,19 +145,34 @@ impl Exchange {
                     Failure::Status => format!("HTTP {}", resp.status),
                     Failure::Check => why.to_string(),
                 });
-                ctx.recorder.record_both(task, slot, self.end, |d| {
-                    d.response(resp.status, resp.bytes, corrected, service);
-                    d.counts.redirects += u64::from(resp.redirects);
-                    if let (Some((f, _)), Some(m)) = (failure, &message) {
-                        d.failed(f.into(), m);
-                    }
-                    d.counts.iterations += ends;
-                });
+                let kind = failure.map(|(f, _)| ErrorKind::from(f).name());
+                ctx.recorder.record_request(
+                    task,
+                    slot,
+                    self.end,
+                    |d| {
+                        d.response(resp.status, resp.bytes, corrected, service);
+                        d.counts.redirects += u64::from(resp.redirects);
+                        if let (Some((f, _)), Some(m)) = (failure, &message) {
+                            d.failed(f.into(), m);
+                        }
+                        d.counts.iterations += ends;
+                    },
+                    latency,
+                    |key| kept(key, kind),
+                );
             }
-            Err(failed) => ctx.recorder.record_both(task, slot, self.end, |d| {
-                d.unanswered(failed);
-                d.counts.iterations += ends;
-            }),
+            Err(failed) => ctx.recorder.record_request(
+                task,
+                slot,
+                self.end,
+                |d| {
+                    d.unanswered(failed);
+                    d.counts.iterations += ends;
+                },
+                latency,
+                |key| kept(key, Some(failed.kind.name())),
+            ),
         }
     }
 }
@@ -158,9 +231,39 @@ mod tests {
             from: ms(100),
             end: ms(400),
             outcome: Ok((ms(150), response(200))),
+            trace: Some(7),
+            connection: Some(3),
+            new_connection: true,
         };
-        ex.record(&ctx, 0, 1, &check(Expect::default()), &VALUES, true);
-        let d = &ctx.recorder.take(0, false)[0];
+        ex.record(
+            &ctx,
+            (0, 1),
+            &check(Expect::default()),
+            &VALUES,
+            true,
+            || "/x?id=1".into(),
+        );
+        let taken = ctx.recorder.take(0, false);
+        let d = &taken[0];
+        // Kept with its context by its request name (slot 1), not by its entry.
+        assert!(d.kept.is_empty());
+        let k = &taken[1].kept.slowest[0];
+        assert_eq!((k.latency_us, k.service_us), (300_000, Some(250_000)));
+        assert_eq!((k.due_s, k.sent_s, k.end_s), (0.1, Some(0.15), 0.4));
+        assert_eq!(
+            (k.status, k.error.as_deref(), k.url.as_str()),
+            (Some(200), None, "/x?id=1")
+        );
+        assert_eq!((k.connection, k.new_connection), (Some(3), true));
+        assert_eq!(
+            k.trace_id.as_deref(),
+            Some("00000000000000000000000000000007")
+        );
+        assert_eq!(
+            taken[1].kept.sample.len(),
+            1,
+            "and sampled: the first of its second"
+        );
         assert_eq!((d.counts.requests, d.counts.iterations), (1, 1));
         assert_eq!((d.counts.status[1], d.counts.bytes_in), (1, 5));
         assert_eq!(d.corrected.max(), d.corrected.highest_equivalent(300_000));
@@ -181,14 +284,20 @@ mod tests {
             from: t0,
             end: at,
             outcome: Ok((t0, response(200))),
+            trace: None,
+            connection: None,
+            new_connection: false,
         };
-        answered.record(&ctx, 0, 1, &wanted, &VALUES, false);
+        answered.record(&ctx, (0, 1), &wanted, &VALUES, false, String::new);
         let refused = Exchange {
             from: t0,
             end: at,
             outcome: Err(ErrorKind::Connect.into()),
+            trace: None,
+            connection: None,
+            new_connection: true,
         };
-        refused.record(&ctx, 0, 1, &wanted, &VALUES, true);
+        refused.record(&ctx, (0, 1), &wanted, &VALUES, true, || "/".into());
         let taken = ctx.recorder.take(1, false);
         let d = &taken[0];
         // The failed check's line for the failures table, in the task and in its name.
@@ -207,5 +316,14 @@ mod tests {
             1,
             "a request with no response has no latency"
         );
+        // Both kept (a slow failure is evidence too), each with why it failed.
+        let errors: Vec<_> = taken[1]
+            .kept
+            .sorted_slowest()
+            .iter()
+            .map(|k| k.error.clone())
+            .collect();
+        assert!(errors.contains(&Some("status".to_string())), "{errors:?}");
+        assert!(errors.contains(&Some("connect".to_string())), "{errors:?}");
     }
 }

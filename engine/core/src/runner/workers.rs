@@ -407,7 +407,14 @@ async fn iteration(ctx: &Ctx, user: &User, iter: u64, task: usize, begin: Begin)
                 .await;
                 let failed = ex.outcome.is_err();
                 let last = ri + 1 == requests.len();
-                ex.record(ctx, task, step.slot, &req.check, &values, last || failed);
+                ex.record(
+                    ctx,
+                    (task, step.slot),
+                    &req.check,
+                    &values,
+                    last || failed,
+                    || req.url(&values),
+                );
                 if failed {
                     // The rest of the iteration depends on this request having been answered.
                     break;
