@@ -61,7 +61,7 @@ from loadpilot.scenarios.scenario import (
 from loadpilot.summary import Summary
 
 if TYPE_CHECKING:
-    from loadpilot.analysis import charts
+    from loadpilot.analysis import charts, traces
     from loadpilot.analysis.comparing import Comparison, compare
     from loadpilot.analysis.logs import LoadedLog, load_hlog
     from loadpilot.analysis.planning import (
@@ -82,6 +82,7 @@ if TYPE_CHECKING:
 # use, so a load test (and the CLI) starts without them.
 _LAZY = {
     "charts": ("loadpilot.analysis.charts", None),
+    "traces": ("loadpilot.analysis.traces", None),
     "export": ("loadpilot.analysis.spectra", "export"),
     "spectrum": ("loadpilot.analysis.spectra", "spectrum"),
     "USL": ("loadpilot.analysis.planning", "USL"),
@@ -177,6 +178,7 @@ __all__ = [
     "max_sustainable_rps",
     "report",
     "spectrum",
+    "traces",
     "tune",
     # Errors
     "ClusterError",

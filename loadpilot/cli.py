@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import signal
 import sys
@@ -204,6 +205,7 @@ def _execute(
         from loadpilot.analysis.junit import run_junit
 
         print(f"junit: {run_junit(s, verdicts, junit_to, r.path)}")
+    _print_slowest(r)
     if after is not None:
         after(r, s)
     _print_end(r, s, agents is not None)
@@ -219,6 +221,20 @@ def _execute(
     if aborted or not all(v.passed for v in verdicts):
         return EXIT_THRESHOLDS
     return _exit_for_failures(s, verdicts)
+
+
+def _print_slowest(r: _run.Run) -> None:
+    """The run's five slowest requests, with their trace ids, when it kept any."""
+    from loadpilot.analysis import traces
+    from loadpilot.errors import RunDirError
+
+    try:
+        slow = r.slowest(above=None)
+    except RunDirError:
+        return
+    if not slow.is_empty():
+        print(f"\nslowest requests (all kept: loadpilot slowest {r.path}):")
+        print(traces.table(slow, 5))
 
 
 def _console() -> Any:
@@ -772,6 +788,31 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_slowest(args: argparse.Namespace) -> int:
+    from loadpilot.analysis import traces
+
+    above: str | float | None = args.above
+    if args.above == "all":
+        above = None
+    elif args.above is not None and not args.above.startswith("p"):
+        try:
+            above = float(args.above.removesuffix("ms"))
+        except ValueError:
+            raise ValueError(
+                f"--above {args.above!r}: give a percentile (p99.9), milliseconds (250) or all"
+            ) from None
+    elif args.above is None:
+        above = None if args.sample else "p99.9"
+    run = _run.load_run(args.run)
+    slow = run.slowest(args.task, args.request, above, sample=args.sample)
+    if args.json:
+        for row in slow.head(args.limit).iter_rows(named=True):
+            print(json.dumps(row, default=str))
+        return EXIT_OK
+    print(traces.table(slow, args.limit))
+    return EXIT_OK
+
+
 def _share(text: str) -> float:
     """``5%`` or ``0.05``."""
     try:
@@ -833,6 +874,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_report(sub)
     _add_export(sub)
+    _add_slowest(sub)
     return p
 
 
@@ -1240,6 +1282,23 @@ def _add_report(sub: Any) -> None:
     rp.add_argument("-o", "--output", type=Path, required=True, help="FILE.html")
     rp.add_argument("--threshold", action="append", help="e.g. 'p99<25ms' (repeatable)")
     rp.set_defaults(fn=_cmd_report)
+
+
+def _add_slowest(sub: Any) -> None:
+    sl = sub.add_parser(
+        "slowest", help="list a run's slowest requests with their context and trace ids"
+    )
+    sl.add_argument("run", type=Path, help="run directory")
+    sl.add_argument("--task", help="only this task's")
+    sl.add_argument("--request", help="only this request name's")
+    sl.add_argument(
+        "--above",
+        help="p99.9 (default: at or above each task's p99.9), milliseconds (250), or all",
+    )
+    sl.add_argument("--sample", action="store_true", help="the uniform sample kept instead")
+    sl.add_argument("--limit", type=_count, default=20, help="at most this many (default 20)")
+    sl.add_argument("--json", action="store_true", help="one JSON object per line")
+    sl.set_defaults(fn=_cmd_slowest)
 
 
 def _add_export(sub: Any) -> None:

@@ -72,6 +72,8 @@ class Recorder(ThreadingHTTPServer):
         self.seen: list[tuple[str, str, str | None]] = []
         #: (path, Content-Type header, body) of every POST, in order of arrival.
         self.bodies: list[tuple[str, str | None, bytes]] = []
+        #: The ``traceparent`` header of every request (None: it had none), in order.
+        self.traces: list[str | None] = []
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _RecordingHandler)
 
@@ -104,6 +106,7 @@ class _RecordingHandler(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.arrivals.append((time.monotonic(), self.path))
             self.server.seen.append((self.command, self.path, self.headers.get("Authorization")))
+            self.server.traces.append(self.headers.get("traceparent"))
 
     def _answer(self, body: bytes, status: int = 200) -> None:
         self.send_response(status)

@@ -130,6 +130,7 @@ _SLOW_RAW: dict[str, pl.DataType] = {
     "task": pl.String(),
     "request": pl.String(),
     "kind": pl.String(),
+    "elapsed_s": pl.Float64(),
     "latency_ms": pl.Float64(),
     "service_ms": pl.Float64(),
     "due": pl.Float64(),
@@ -160,13 +161,13 @@ def _slow_typed(frame: pl.DataFrame) -> pl.DataFrame:
     """Raw kept requests as ``run.slowest()`` gives them: when each was due, sent and ended
     as times, and ``wait_ms`` (due to sent: the generator's own delay, or connecting)."""
     return frame.with_columns(
-        ((pl.col("sent") - pl.col("due")) * 1000).alias("wait_ms"),
+        (((pl.col("sent") - pl.col("due")) * 1_000_000).round() / 1000).alias("wait_ms"),
         _instant("due"),
         _instant("sent"),
         _instant("end"),
     ).select(
-        "end", "task", "request", "kind", "latency_ms", "service_ms", "wait_ms", "status",
-        "error", "url", "trace_id", "user", "iteration", "row", "connection",
+        "end", "elapsed_s", "task", "request", "kind", "latency_ms", "service_ms", "wait_ms",
+        "status", "error", "url", "trace_id", "user", "iteration", "row", "connection",
         "new_connection", "agent", "due", "sent",
     )  # fmt: skip
 

@@ -33,6 +33,13 @@ class TargetServer:
         return self._server.served_by_path()
 
     @property
+    def traces(self) -> list[tuple[str, str]]:
+        """The W3C ``traceparent`` header of each request that carried one, as ``(path and
+        query, traceparent)`` in the order they came (the first million): the target's trace
+        log, to find a kept slow request's trace id on the server's side."""
+        return self._server.traces()
+
+    @property
     def connections(self) -> int:
         """Connections the target has accepted so far."""
         return self._server.connections

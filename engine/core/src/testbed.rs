@@ -113,10 +113,15 @@ struct Counts {
     /// Requests received per path (the first `MAX_PATHS` paths), what a test checks a run's
     /// per-request counts against.
     by_path: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// The W3C `traceparent` of each request that carried one, with its path and query, in
+    /// the order they came (the first `MAX_TRACES`): the target's trace log.
+    traces: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 /// The most distinct paths counted apart.
 const MAX_PATHS: usize = 10_000;
+/// The most `traceparent`s logged.
+const MAX_TRACES: usize = 1_000_000;
 
 struct Behaviour {
     cfg: TargetConfig,
@@ -199,6 +204,16 @@ async fn handle(
             *n += 1;
         } else if by_path.len() < MAX_PATHS {
             by_path.insert(path.to_string(), 1);
+        }
+    }
+    if let Some(t) = req.headers().get("traceparent") {
+        let mut traces = b.counts.traces.lock().unwrap_or_else(|e| e.into_inner());
+        if traces.len() < MAX_TRACES {
+            let at = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            traces.push((
+                at.to_string(),
+                String::from_utf8_lossy(t.as_bytes()).into_owned(),
+            ));
         }
     }
     // Held until the response is built: a worker is busy for the delay and the stall alike.
@@ -398,6 +413,15 @@ impl TargetServer {
     pub fn served_by_path(&self) -> std::collections::HashMap<String, u64> {
         self.counts
             .by_path
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+    /// The `traceparent` headers received so far, with the path and query each came with,
+    /// in order (the first million).
+    pub fn traces(&self) -> Vec<(String, String)> {
+        self.counts
+            .traces
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()

@@ -40,6 +40,10 @@ impl PyTarget {
     fn served_by_path(&self) -> std::collections::HashMap<String, u64> {
         self.server.served_by_path()
     }
+    /// The `traceparent` headers received so far, as `(path and query, traceparent)`.
+    fn traces(&self) -> Vec<(String, String)> {
+        self.server.traces()
+    }
     fn stop(&self) {
         self.server.stop();
     }

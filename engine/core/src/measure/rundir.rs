@@ -73,6 +73,8 @@ pub struct SlowLine {
     pub request: String,
     /// `slowest` (among its name's slowest of its second) or `sample`.
     pub kind: String,
+    /// When it ended, seconds after the run's start (the interval it counts in).
+    pub elapsed_s: f64,
     pub latency_ms: f64,
     pub service_ms: Option<f64>,
     pub due: f64,
@@ -97,6 +99,7 @@ impl SlowLine {
             task: task.to_string(),
             request: request.to_string(),
             kind: kind.to_string(),
+            elapsed_s: k.end_s,
             latency_ms: ms(k.latency_us),
             service_ms: k.service_us.map(ms),
             due: epoch0 + k.due_s,

@@ -71,6 +71,16 @@ pub(super) fn compile(plan: &Plan, threads: usize) -> Result<Compiled> {
         names: named,
         stop: super::Stop::default(),
         python,
+        request_log: std::env::var_os(super::TEST_REQUEST_LOG)
+            // Appended to: a distributed run's agents write theirs to the same file.
+            .and_then(|p| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .ok()
+            })
+            .map(std::sync::Mutex::new),
     };
     Ok(Compiled { ctx, names, users })
 }

@@ -239,7 +239,13 @@ pub(crate) struct Ctx {
     pub(crate) stop: Stop,
     /// Set when any part of the plan runs in Python (a task body or a hook).
     pub(crate) python: Option<PythonSide>,
+    /// Every request's entry, latency and trace id, a line each, when the environment names
+    /// a file in `TEST_REQUEST_LOG`: the tests' full record to check what is kept against.
+    pub(crate) request_log: Option<std::sync::Mutex<std::fs::File>>,
 }
+
+/// The environment variable that makes a run write every request to a file (for tests).
+pub const TEST_REQUEST_LOG: &str = "LOADPILOT_TEST_REQUEST_LOG";
 
 impl Ctx {
     /// Whether closed-model user `vu` belongs to this run's shard.

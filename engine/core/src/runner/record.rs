@@ -113,6 +113,16 @@ impl Exchange {
     ) {
         let ends = ends_iteration as u64;
         let latency = self.end.saturating_duration_since(self.from).as_micros() as u64;
+        if let Some(log) = &ctx.request_log {
+            use std::io::Write as _;
+            let trace = self.trace.map(TraceContext::hex).unwrap_or_default();
+            let answered = self.outcome.is_ok();
+            let line = format!("{task}\t{slot}\t{latency}\t{answered}\t{trace}\n");
+            let _ = log
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write_all(line.as_bytes());
+        }
         let kept = |key: u64, error: Option<&str>| {
             let rec = &ctx.recorder;
             let sent = self.outcome.as_ref().ok().map(|(s, _)| *s);
