@@ -305,6 +305,7 @@ impl Client {
             None => &mut self.main,
             Some(i) => &mut self.others[i],
         };
+        let trace = req.trace.map(|t| t.bytes());
         let result = if let Some(conn) = &l.h2 {
             http2::exchange(
                 conn,
@@ -320,7 +321,7 @@ impl Client {
             let sent = h1::Sent {
                 head: &req.h1_head,
                 cookie: cookie.as_ref().map(HeaderValue::as_bytes),
-                trace: req.trace.as_ref().map(HeaderValue::as_bytes),
+                trace: trace.as_ref().map(|t| &t[..]),
                 body: &req.body,
                 head_only: req.method == Method::HEAD,
             };

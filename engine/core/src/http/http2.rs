@@ -212,7 +212,8 @@ pub async fn exchange(
         headers.insert(COOKIE, c.clone());
     }
     if let Some(t) = &req.trace {
-        headers.insert(crate::http::TRACEPARENT.clone(), t.clone());
+        let value = HeaderValue::from_bytes(&t.bytes()).expect("hex digits are a valid header");
+        headers.insert(crate::http::TRACEPARENT.clone(), value);
     }
     let mut request = Request::new(());
     *request.method_mut() = req.method.clone();

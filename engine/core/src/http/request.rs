@@ -57,9 +57,8 @@ pub struct Outgoing {
     pub(super) h1_head: Bytes,
     /// HTTP/2's URI and headers, built once for a request that never varies.
     pub(super) h2_head: Option<Arc<(hyper::Uri, hyper::HeaderMap)>>,
-    /// Its W3C trace context's `traceparent` value, added as it is sent (and to each hop
-    /// of its redirects).
-    pub trace: Option<HeaderValue>,
+    /// Its W3C trace context, sent as `traceparent` (with each hop of its redirects).
+    pub trace: Option<crate::measure::kept::TraceContext>,
 }
 
 /// The W3C trace context header.

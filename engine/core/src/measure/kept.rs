@@ -204,7 +204,21 @@ impl TraceContext {
 
     /// The `traceparent` header's value: `00-<trace id>-<span id>-01`.
     pub fn header(&self) -> String {
-        format!("00-{:032x}-{:016x}-01", self.trace_id, self.span_id)
+        String::from_utf8(self.bytes().to_vec()).expect("hex digits")
+    }
+
+    /// The same, written without formatting machinery or allocation (it goes with every
+    /// request).
+    pub fn bytes(&self) -> [u8; 55] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = *b"00-................................-................-01";
+        for (i, slot) in out[3..35].iter_mut().enumerate() {
+            *slot = HEX[((self.trace_id >> (124 - 4 * i)) & 0xf) as usize];
+        }
+        for (i, slot) in out[36..52].iter_mut().enumerate() {
+            *slot = HEX[((self.span_id >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        out
     }
 
     /// The trace id of a `traceparent` value a request set itself, if it is one.
@@ -325,6 +339,11 @@ mod tests {
         let t = TraceContext::new();
         let h = t.header();
         assert_eq!(h.len(), 55);
+        assert_eq!(
+            h,
+            format!("00-{:032x}-{:016x}-01", t.trace_id, t.span_id),
+            "the one W3C format"
+        );
         assert!(h.starts_with("00-") && h.ends_with("-01"), "{h}");
         assert_eq!(TraceContext::parse(h.as_bytes()), Some(t.trace_id));
         assert_ne!(TraceContext::new().trace_id, t.trace_id);

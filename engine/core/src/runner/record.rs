@@ -4,8 +4,6 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use hyper::header::HeaderValue;
-
 use super::Ctx;
 pub(crate) use crate::http::Keep;
 use crate::http::TRACEPARENT;
@@ -42,7 +40,7 @@ fn traced(ctx: &Ctx, req: &mut Outgoing) -> Option<u128> {
         return None;
     }
     let t = TraceContext::new();
-    req.trace = Some(HeaderValue::from_str(&t.header()).expect("hex digits are a valid header"));
+    req.trace = Some(t);
     Some(t.trace_id)
 }
 
