@@ -93,7 +93,7 @@ impl Outgoing {
             authority,
         )
         .map(|mut next| {
-            next.trace = self.trace.clone();
+            next.trace = self.trace;
             next
         })
     }
