@@ -109,7 +109,7 @@ format: $(STAMP) ## Format Python and Rust
 	cargo fmt --all
 
 .PHONY: bench
-bench: bench-engine bench-http bench-profile bench-python bench-loop bench-named bench-locust bench-live bench-distributed bench-peers ## Every benchmark (results in bench/results/, summary in docs/benchmarks.md)
+bench: bench-engine bench-http bench-profile bench-python bench-loop bench-named bench-tracing bench-locust bench-live bench-distributed bench-peers ## Every benchmark (results in bench/results/, summary in docs/benchmarks.md)
 
 .PHONY: bench-engine
 bench-engine: build-dev ## Engine throughput vs wrk and memory over a long run (see docs/benchmarks.md)
@@ -134,6 +134,10 @@ bench-loop: build-dev ## The one engine loop: Python tasks vs engine tasks, on_s
 .PHONY: bench-named
 bench-named: build-dev ## What naming requests costs: three names vs one, same task
 	$(PY) bench/named.py
+
+.PHONY: bench-tracing
+bench-tracing: build-dev ## What trace context and keeping the slowest requests cost: on vs off
+	$(PY) bench/tracing.py
 
 .PHONY: bench-locust
 bench-locust: build-dev ## Locustfiles: vs the same task in the DSL, and vs Locust itself (installs it)
