@@ -10,6 +10,7 @@ in datasets/README.md; the settings are below.
 
 from __future__ import annotations
 
+import gzip
 import shutil
 import sys
 from collections.abc import Callable
@@ -88,6 +89,26 @@ def stall(out: Path) -> None:
         lp.run(_shop(t.url, "stall", _constant(500, 20)), out)
 
 
+def traced(out: Path) -> None:
+    """400 iterations/s for 10 s against a small server instrumented with the OpenTelemetry
+    SDK (``traced_shop.py``), one request in 200 held 50 ms in a ``db.query`` span; its spans
+    are written beside the run, as OTLP JSON lines, gzipped (``traced-spans.jsonl.gz``)."""
+    from traced_shop import shop
+
+    spans = out.parent / "traced-spans.jsonl"
+    with shop(spans) as server:
+        plan = lp.Plan(
+            name="traced",
+            target=server.url,
+            load=_constant(400, 10),
+            tasks=[lp.Task(name="item", requests=[lp.Request(path="/item?id={{__iter}}")])],
+        )
+        lp.run(plan, out)
+    gz = spans.with_name(spans.name + ".gz")
+    gz.write_bytes(gzip.compress(spans.read_bytes(), mtime=0))
+    spans.unlink()
+
+
 def _constant(rate: float, seconds: float) -> lp.OpenLoad:
     return lp.OpenLoad(stages=[lp.Constant(rate=rate, duration_s=seconds)])
 
@@ -98,6 +119,7 @@ DATASETS: dict[str, Callable[[Path], None]] = {
     "step": step,
     "users": users,
     "stall": stall,
+    "traced": traced,
 }
 
 
@@ -109,7 +131,9 @@ def main(names: list[str]) -> None:
         if out.exists():
             shutil.rmtree(out)
         DATASETS[name](out)
-        (out / "metrics.jsonl").unlink(missing_ok=True)  # metrics.parquet holds the same rows
+        # metrics.parquet and slow.parquet hold the same rows
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+        (out / "slow.jsonl").unlink(missing_ok=True)
         print(f"{name}: {lp.load_run(out).summary().table()}\n")
 
 

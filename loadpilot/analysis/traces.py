@@ -5,6 +5,7 @@ the server's spans (their own time, by service and name) and the rest."""
 
 from __future__ import annotations
 
+import gzip
 import html
 import json
 import urllib.error
@@ -33,8 +34,9 @@ SPAN_SCHEMA: dict[str, pl.DataType] = {
 }
 
 #: The parts of a request's latency that are not a server span.
-WAIT, BEFORE, AFTER, UNACCOUNTED, UNTRACED = (
+WAIT, CONNECT, BEFORE, AFTER, UNACCOUNTED, UNTRACED = (
     "generator wait",
+    "connecting",
     "before the server",
     "after the server",
     "unaccounted",
@@ -48,12 +50,13 @@ def _ms(v: float | None) -> str:
 
 def table(slow: pl.DataFrame, limit: int = 10) -> str:
     """The first ``limit`` rows of ``run.slowest()`` as plain text: when each ended (UTC),
-    its latency, the generator's wait before sending it, its service time, status or error,
-    task and request name, the URL as sent and its trace id."""
+    its latency, the generator's wait before sending it, the time opening a connection for
+    it, its service time, status or error, task and request name, the URL as sent and its
+    trace id."""
     if slow.is_empty():
         return "no requests kept"
-    rows = [("ended (UTC)", "latency ms", "wait ms", "service ms", "status", "request", "url",
-             "trace id")]  # fmt: skip
+    rows = [("ended (UTC)", "latency ms", "wait ms", "connect ms", "service ms", "status",
+             "request", "url", "trace id")]  # fmt: skip
     for r in slow.head(limit).iter_rows(named=True):
         status = r["error"] if r["error"] and r["status"] is None else str(r["status"])
         if r["error"] and r["status"] is not None:
@@ -64,6 +67,7 @@ def table(slow: pl.DataFrame, limit: int = 10) -> str:
             r["end"].strftime("%H:%M:%S.%f")[:-3],
             _ms(r["latency_ms"]),
             _ms(r["wait_ms"]),
+            _ms(r["connect_ms"]),
             _ms(r["service_ms"]),
             status,
             name,
@@ -71,7 +75,7 @@ def table(slow: pl.DataFrame, limit: int = 10) -> str:
             r["trace_id"] or "-",
         ))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    right = {1, 2, 3}
+    right = {1, 2, 3, 4}
     lines = [
         "  ".join(
             c.rjust(w) if i in right else c.ljust(w)
@@ -166,7 +170,7 @@ def read_spans(
 
     - an OTLP JSON file: one ``ExportTraceServiceRequest`` (``resourceSpans``), or one per
       line as the OpenTelemetry Collector's ``file`` exporter and the SDKs' file exporters
-      write them;
+      write them (gzipped when its name ends in ``.gz``);
     - a Jaeger query API answer (``{"data": [...]}``) saved to a file;
     - a JSON document already loaded (either form);
     - the base URL of a Jaeger or Tempo query API (``http://jaeger:16686``,
@@ -193,9 +197,12 @@ def read_spans(
         return pl.DataFrame(list(_spans_of(source)), schema=SPAN_SCHEMA)
     path = Path(source)
     try:
-        docs = _documents(path.read_text())
+        raw = path.read_bytes()
+        if path.suffix == ".gz":
+            raw = gzip.decompress(raw)
+        docs = _documents(raw.decode())
         rows = list(_spans_of(docs))
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, UnicodeDecodeError, EOFError) as e:
         raise ValueError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path}: not OTLP JSON nor a Jaeger answer ({e})") from None
@@ -300,12 +307,14 @@ def explain(
     """Joins slow requests (``run.slowest()``) with the server's spans (a frame from
     :func:`read_spans`, or anything it reads; a Jaeger or Tempo URL is asked for these
     requests' trace ids) by trace id, and splits each request's latency into: the generator's
-    wait (due to sent), the time before the server's first span (the network, the server's
-    queue), each server span's own time (its duration less its children's) by service and
-    name, the time after the server's last span, and what is left (``unaccounted``: gaps
-    between the server's spans, clock differences). A request whose trace has no spans is one
-    part, ``no spans found`` (its wait apart). Times are compared as they are: the generator's
-    and the server's clocks must agree (one machine, or NTP) for the before/after parts."""
+    wait (due to sent, less connecting), opening a connection for it (``connecting``), the
+    time before the server's first span (the network, the server's queue), each server span's
+    own time (its duration less its children's) by service and name, the time after the
+    server's last span, and what is left (``unaccounted``: gaps between the server's spans,
+    clock differences). A request whose trace has no spans is one part, ``no spans found``
+    (its wait and connecting apart). Parts under a microsecond are left out. Times are
+    compared as they are: the generator's and the server's clocks must agree (one machine,
+    or NTP) for the before/after parts."""
     if not isinstance(spans, pl.DataFrame):
         ids = slow["trace_id"].drop_nulls().to_list()
         spans = read_spans(spans, ids)
@@ -319,13 +328,20 @@ def explain(
         base = {k: r[k] for k in ("trace_id", "task", "request", "url", "latency_ms")}
 
         def part(name: str, ns: float, base: dict[str, Any] = base) -> None:
-            rows.append({**base, "part": name, "ms": ns / 1e6})
+            if ns >= 1000:  # parts under a microsecond are left out
+                rows.append({**base, "part": name, "ms": ns / 1e6})
 
         latency_ns = r["latency_ms"] * 1e6
-        wait_ns = (r["wait_ms"] or 0.0) * 1e6 if r["sent"] is not None else latency_ns
+        connect_ns = (r["connect_ms"] or 0.0) * 1e6
+        part(CONNECT, connect_ns)
+        if r["sent"] is None:  # never sent: waiting, or connecting, all along
+            part(WAIT, max(0.0, latency_ns - connect_ns))
+            continue
+        wait_ns = (r["wait_ms"] or 0.0) * 1e6
         part(WAIT, wait_ns)
+        wait_ns += connect_ns
         found = by_trace.get(r["trace_id"], [])
-        if not found or r["sent"] is None:
+        if not found:
             part(UNTRACED, max(0.0, latency_ns - wait_ns))
             continue
         sent, end = _ns(r["sent"]), _ns(r["end"])

@@ -144,6 +144,7 @@ _SLOW_RAW: dict[str, pl.DataType] = {
     "row": pl.List(pl.String()),
     "connection": pl.UInt64(),
     "new_connection": pl.Boolean(),
+    "connect_ms": pl.Float64(),
     "trace_id": pl.String(),
     "agent": pl.String(),
 }
@@ -159,16 +160,18 @@ def _instant(col: str) -> pl.Expr:
 
 def _slow_typed(frame: pl.DataFrame) -> pl.DataFrame:
     """Raw kept requests as ``run.slowest()`` gives them: when each was due, sent and ended
-    as times, and ``wait_ms`` (due to sent: the generator's own delay, or connecting)."""
+    as times, and ``wait_ms``: from due to sent, less ``connect_ms`` (the generator's own
+    delay: a late start, no free connection)."""
+    due_to_sent = ((pl.col("sent") - pl.col("due")) * 1_000_000).round() / 1000
     return frame.with_columns(
-        (((pl.col("sent") - pl.col("due")) * 1_000_000).round() / 1000).alias("wait_ms"),
+        (due_to_sent - pl.col("connect_ms").fill_null(0.0)).round(3).alias("wait_ms"),
         _instant("due"),
         _instant("sent"),
         _instant("end"),
     ).select(
         "end", "elapsed_s", "task", "request", "kind", "latency_ms", "service_ms", "wait_ms",
         "status", "error", "url", "trace_id", "user", "iteration", "row", "connection",
-        "new_connection", "agent", "due", "sent",
+        "new_connection", "connect_ms", "agent", "due", "sent",
     )  # fmt: skip
 
 

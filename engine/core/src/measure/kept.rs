@@ -43,6 +43,9 @@ pub struct Kept {
     pub connection: Option<u64>,
     #[serde(default)]
     pub new_connection: bool,
+    /// How long opening that connection took, when it was opened for this request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_us: Option<u64>,
     /// The W3C trace id it carried (32 hex digits), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
@@ -262,6 +265,7 @@ mod tests {
             row: None,
             connection: None,
             new_connection: false,
+            connect_us: None,
             trace_id: None,
             agent: None,
             key,

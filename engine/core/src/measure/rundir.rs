@@ -88,6 +88,8 @@ pub struct SlowLine {
     pub row: Option<Vec<String>>,
     pub connection: Option<u64>,
     pub new_connection: bool,
+    /// Milliseconds spent opening the connection, when it was opened for this request.
+    pub connect_ms: Option<f64>,
     pub trace_id: Option<String>,
     pub agent: Option<String>,
 }
@@ -113,6 +115,7 @@ impl SlowLine {
             row: k.row.clone(),
             connection: k.connection,
             new_connection: k.new_connection,
+            connect_ms: k.connect_us.map(ms),
             trace_id: k.trace_id.clone(),
             agent: k.agent.clone(),
         }

@@ -26,6 +26,8 @@ pub(crate) struct Exchange {
     /// The connection it went on, and whether it was opened for it.
     pub(crate) connection: Option<u64>,
     pub(crate) new_connection: bool,
+    /// How long connecting took, when a connection was opened for it.
+    pub(crate) connecting: Option<std::time::Duration>,
 }
 
 /// Gives `req` a trace context when the plan's share says so: its trace id. A request that
@@ -69,8 +71,11 @@ pub(crate) async fn exchange(
     let mut trace = None;
     let mut connection = None;
     let new_connection = !client.has_connection();
+    let mut connecting = None;
     let outcome = tokio::time::timeout(timeout, async {
+        let opening = new_connection.then(Instant::now);
         client.ensure_connected().await?;
+        connecting = opening.map(|t| t.elapsed());
         connection = client.connection();
         let mut built = build()?;
         trace = traced(ctx, &mut built);
@@ -91,6 +96,7 @@ pub(crate) async fn exchange(
         trace,
         connection,
         new_connection,
+        connecting,
     }
 }
 
@@ -138,6 +144,7 @@ impl Exchange {
                 row: values.row.map(<[String]>::to_vec),
                 connection: self.connection,
                 new_connection: self.new_connection,
+                connect_us: self.connecting.map(|d| d.as_micros() as u64),
                 trace_id: self.trace.map(TraceContext::hex),
                 agent: None,
                 key,
@@ -242,6 +249,7 @@ mod tests {
             trace: Some(7),
             connection: Some(3),
             new_connection: true,
+            connecting: Some(Duration::from_millis(20)),
         };
         ex.record(
             &ctx,
@@ -262,7 +270,10 @@ mod tests {
             (k.status, k.error.as_deref(), k.url.as_str()),
             (Some(200), None, "/x?id=1")
         );
-        assert_eq!((k.connection, k.new_connection), (Some(3), true));
+        assert_eq!(
+            (k.connection, k.new_connection, k.connect_us),
+            (Some(3), true, Some(20_000))
+        );
         assert_eq!(
             k.trace_id.as_deref(),
             Some("00000000000000000000000000000007")
@@ -295,6 +306,7 @@ mod tests {
             trace: None,
             connection: None,
             new_connection: false,
+            connecting: None,
         };
         answered.record(&ctx, (0, 1), &wanted, &VALUES, false, String::new);
         let refused = Exchange {
@@ -304,6 +316,7 @@ mod tests {
             trace: None,
             connection: None,
             new_connection: true,
+            connecting: None,
         };
         refused.record(&ctx, (0, 1), &wanted, &VALUES, true, || "/".into());
         let taken = ctx.recorder.take(1, false);
