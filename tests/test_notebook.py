@@ -58,6 +58,9 @@ def test_the_live_dashboard_updates_without_blocking_and_freezes_on_the_end(
     assert "■ completed" in page and "800 requests" in page
     assert page.count("<svg") == 1 and len(re.findall(r"<path", page)) > 20
     assert "<td>home</td>" in page
+    # And the run's slowest requests, with the trace ids they carried.
+    slowest = page[page.index("<h4>Slowest requests</h4>") :]
+    assert slowest.count("<tr>") == 1 + 5 and re.search(r">[0-9a-f]{32}<", slowest)
     assert outputs(nb, 1)[0]["text"] == "other cell ran while running: True\n"
     frames = int(outputs(nb, 2)[0]["text"].split()[1])  # type: ignore[index, union-attr]
     assert frames >= 3, "it redrew about once a second"

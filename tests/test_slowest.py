@@ -187,3 +187,15 @@ def test_a_run_cut_short_keeps_what_it_wrote_and_keeping_can_be_off(tmp_path: Pa
     (tmp_path / "on" / "slow.jsonl").write_bytes(lines + lines[:40])
     loaded = lp.load_run(tmp_path / "on").slowest(above=None)
     assert len(loaded) == lines.count(b'"kind":"slowest"')
+
+
+def test_the_report_lists_the_slowest_requests_with_their_trace_ids(tmp_path: Path) -> None:
+    traced = lp.load_run(Path(__file__).parent.parent / "datasets" / "traced")
+    top = traced.slowest(above=None).head(10)
+    text = traced.report(tmp_path / "traced.html").read_text()
+    section = text[text.index("<h2>Slowest requests</h2>") :]
+    assert all(t in section for t in top["trace_id"])
+    assert traced.slowest(above=None).row(10, named=True)["trace_id"] not in text, "ten of them"
+    # A run recorded before requests were kept has no such section.
+    older = lp.load_run(Path(__file__).parent.parent / "datasets" / "baseline")
+    assert "Slowest requests" not in older.report(tmp_path / "older.html").read_text()

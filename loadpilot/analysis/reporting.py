@@ -14,10 +14,11 @@ from typing import Any
 
 import altair as alt
 
-from loadpilot.analysis import charts
+from loadpilot.analysis import charts, traces
 from loadpilot.analysis.comparing import Comparison, compare
 from loadpilot.analysis.logs import LoadedLog
 from loadpilot.analysis.planning import capacity
+from loadpilot.errors import RunDirError
 from loadpilot.plan import Step
 from loadpilot.running.runs import RunResult, load_run
 from loadpilot.summary import Stats, Summary
@@ -301,10 +302,30 @@ def _run_section(
         + f"<{sub}>Summary</{sub}>"
         "<p>Latency is measured from the instant each request was due (corrected for "
         "coordinated omission); service time from the instant it was sent. Percentiles come "
-        "from the run's merged histograms.</p>" + s.html() + f"<{sub}>Errors</{sub}>" + _errors(s)
+        "from the run's merged histograms.</p>"
+        + s.html()
+        + f"<{sub}>Errors</{sub}>"
+        + _errors(s)
+        + _slowest(run, sub)
     )
     page.add(
         f"<details><summary>Plan</summary><pre>{html.escape(run.plan.to_json())}</pre></details>"
+    )
+
+
+def _slowest(run: RunResult, tag: str) -> str:
+    """The run's slowest kept requests, with their trace ids (none for runs recorded before
+    they were kept, and for other tools' logs)."""
+    try:
+        slow = run.slowest(above=None)
+    except RunDirError:
+        return ""
+    if slow.is_empty():
+        return ""
+    return (
+        f"<{tag}>Slowest requests</{tag}><p>The slowest of the requests each request name kept "
+        "(its slowest of every second), with the trace id each carried: find them in the "
+        f"server's traces and logs.</p>{traces.html_table(slow, 10)}"
     )
 
 

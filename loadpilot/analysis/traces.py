@@ -10,7 +10,7 @@ import html
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +20,7 @@ import polars as pl
 if TYPE_CHECKING:
     import altair as alt
 
-__all__ = ["Explanation", "explain", "read_spans", "table"]
+__all__ = ["Explanation", "explain", "html_table", "read_spans", "table"]
 
 #: The columns of a spans frame (``read_spans``): times in nanoseconds since the Unix epoch.
 SPAN_SCHEMA: dict[str, pl.DataType] = {
@@ -48,15 +48,14 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}" if v >= 100 else f"{v:.2f}"
 
 
-def table(slow: pl.DataFrame, limit: int = 10) -> str:
-    """The first ``limit`` rows of ``run.slowest()`` as plain text: when each ended (UTC),
-    its latency, the generator's wait before sending it, the time opening a connection for
-    it, its service time, status or error, task and request name, the URL as sent and its
-    trace id."""
-    if slow.is_empty():
-        return "no requests kept"
-    rows = [("ended (UTC)", "latency ms", "wait ms", "connect ms", "service ms", "status",
-             "request", "url", "trace id")]  # fmt: skip
+_HEAD = ("ended (UTC)", "latency ms", "wait ms", "connect ms", "service ms", "status", "request",
+         "url", "trace id")  # fmt: skip
+#: The columns set right (figures).
+_RIGHT = {1, 2, 3, 4}
+
+
+def _rows(slow: pl.DataFrame, limit: int) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
     for r in slow.head(limit).iter_rows(named=True):
         status = r["error"] if r["error"] and r["status"] is None else str(r["status"])
         if r["error"] and r["status"] is not None:
@@ -64,21 +63,31 @@ def table(slow: pl.DataFrame, limit: int = 10) -> str:
         name = r["task"] if r["request"] == r["task"] else f"{r['task']}: {r['request']}"
         url = r["url"] if len(r["url"]) <= 48 else r["url"][:47] + "…"
         rows.append((
-            r["end"].strftime("%H:%M:%S.%f")[:-3],
+            str(r["end"].strftime("%H:%M:%S.%f")[:-3]),
             _ms(r["latency_ms"]),
             _ms(r["wait_ms"]),
             _ms(r["connect_ms"]),
             _ms(r["service_ms"]),
-            status,
-            name,
-            url,
-            r["trace_id"] or "-",
+            str(status),
+            str(name),
+            str(url),
+            str(r["trace_id"] or "-"),
         ))  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    right = {1, 2, 3, 4}
+    return rows
+
+
+def table(slow: pl.DataFrame, limit: int = 10) -> str:
+    """The first ``limit`` rows of ``run.slowest()`` as plain text: when each ended (UTC),
+    its latency, the generator's wait before sending it, the time opening a connection for
+    it, its service time, status or error, task and request name, the URL as sent and its
+    trace id."""
+    if slow.is_empty():
+        return "no requests kept"
+    rows = [_HEAD, *_rows(slow, limit)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_HEAD))]
     lines = [
         "  ".join(
-            c.rjust(w) if i in right else c.ljust(w)
+            c.rjust(w) if i in _RIGHT else c.ljust(w)
             for i, (c, w) in enumerate(zip(row, widths, strict=True))
         ).rstrip()
         for row in rows
@@ -87,6 +96,27 @@ def table(slow: pl.DataFrame, limit: int = 10) -> str:
     if more > 0:
         lines.append(f"… and {more} more")
     return "\n".join(lines)
+
+
+def html_table(slow: pl.DataFrame, limit: int = 10) -> str:
+    """The same as an HTML table (for reports and the dashboard)."""
+    if slow.is_empty():
+        return "<p>No requests were kept.</p>"
+
+    def cells(row: Sequence[str], tag: str) -> str:
+        return "".join(
+            f'<{tag} style="text-align:{"right" if i in _RIGHT else "left"}">'
+            f"{html.escape(c)}</{tag}>"
+            for i, c in enumerate(row)
+        )
+
+    body = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in _rows(slow, limit))
+    more = len(slow) - limit
+    tail = f"<p>… and {more} more (<code>run.slowest()</code>)</p>" if more > 0 else ""
+    return (
+        f'<table class="slowest"><thead><tr>{cells(_HEAD, "th")}</tr></thead>'
+        f"<tbody>{body}</tbody></table>{tail}"
+    )
 
 
 def _hex(value: Any) -> str:
