@@ -10,7 +10,9 @@ URL):
 - ``loadpilot_errors_total{kind}``: failed requests by kind (the engine's error kinds);
 - ``loadpilot_missed_total``: arrivals that found every connection busy;
 - ``loadpilot_request_duration_seconds``: corrected latency (from the instant each request was
-  due), a histogram with ``LATENCY_BUCKETS``;
+  due), a histogram with ``LATENCY_BUCKETS``; in the OpenMetrics exposition each bucket carries
+  an exemplar, the trace id (``trace_id``) and latency of the latest slow request the run kept
+  in it (``run.slowest()``), so a dashboard can go from the tail to the trace;
 - ``loadpilot_service_duration_seconds``: service time (from the instant it was sent);
 - ``loadpilot_target_rate``: the profile's rate (open model), per task;
 - ``loadpilot_in_flight``, ``loadpilot_active_users``: per run;
@@ -19,14 +21,20 @@ URL):
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    Exemplar,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 from loadpilot import _engine
@@ -50,6 +58,15 @@ class _Buckets:
     counts: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
     count: int = 0
     sum_s: float = 0.0
+    #: Per bucket (and +Inf, last): the latest kept request in it that carried a trace id.
+    exemplars: list[Exemplar | None] = field(
+        default_factory=lambda: [None] * (len(LATENCY_BUCKETS) + 1)
+    )
+
+    def exemplar(self, seconds: float, trace_id: str, at: float) -> None:
+        """A kept request of ``seconds`` that ended at ``at`` (Unix seconds)."""
+        i = bisect.bisect_left(LATENCY_BUCKETS, seconds)
+        self.exemplars[i] = Exemplar({"trace_id": trace_id}, seconds, at)
 
     def add(self, h: _engine.Histogram) -> None:
         if h.count == 0:
@@ -91,6 +108,7 @@ class _Watched:
         #: The end of the last closed interval (seconds since the epoch): the timestamp of the
         #: counters, so a scrape's phase against the closing second never skews rate().
         self.ts: float | None = None
+        self.slow = store.SlowTail(Path(run.path) / store.SLOW_JSONL)
         self.logs = [
             (store.LogTail(Path(run.path) / store.LATENCY_LOG), False),
             (store.LogTail(Path(run.path) / store.SERVICE_LOG), True),
@@ -130,6 +148,11 @@ class _Watched:
             for task, request, _start, h in tail.read():
                 t = self.task(task or "untagged", request)
                 (t.service if service else t.latency).add(h)
+        for k in self.slow.read():
+            if k.get("trace_id"):
+                seconds = k["latency_ms"] / 1000
+                for t in (self.task(k["task"]), self.task(k["task"], k["request"])):
+                    t.latency.exemplar(seconds, k["trace_id"], k["end"])
         if done:
             self.in_flight = 0
             self.active_users = 0
@@ -275,10 +298,11 @@ class RunMetrics(Collector):
                         if t.target_rate is not None:
                             target.add_metric(labels, t.target_rate)
                     for fam, b in ((lat, t.latency), (svc, t.service)):
-                        buckets = [
-                            (str(le), n) for le, n in zip(LATENCY_BUCKETS, b.counts, strict=True)
+                        les = [*(str(le) for le in LATENCY_BUCKETS), "+Inf"]
+                        buckets: list[Any] = [
+                            (le, n) if e is None else (le, n, e)
+                            for le, n, e in zip(les, [*b.counts, b.count], b.exemplars, strict=True)
                         ]
-                        buckets.append(("+Inf", b.count))
                         fam.add_metric(labels, buckets, sum_value=b.sum_s, timestamp=ts)
                 in_flight.add_metric([w.name, w.scenario], w.in_flight)
                 users.add_metric([w.name, w.scenario], w.active_users)

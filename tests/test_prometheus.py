@@ -13,10 +13,11 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 from conftest import exposition, get, read_with_hdrh, samples, total
 
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Prometheus:
-    def __init__(self, tmp: Path, scrape: list[str]) -> None:
+    def __init__(self, tmp: Path, scrape: list[str], features: Sequence[str] = ()) -> None:
         self.port = free_port()
         tmp.mkdir(parents=True, exist_ok=True)
         config = tmp / "prometheus.yml"
@@ -43,7 +44,8 @@ class Prometheus:
         )
         self.proc = subprocess.Popen(
             [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
+             f"--web.listen-address=127.0.0.1:{self.port}",
+             *(f"--enable-feature={f}" for f in features)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + 30
@@ -64,6 +66,17 @@ class Prometheus:
         result: list[dict[str, Any]] = body["data"]["result"]
         return result
 
+    def exemplars(self, q: str, start: float, end: float) -> list[dict[str, Any]]:
+        """The exemplars of the series ``q`` selects, as the exemplar API gives them."""
+        params = {"query": q, "start": f"{start:.3f}", "end": f"{end:.3f}"}
+        url = f"http://127.0.0.1:{self.port}/api/v1/query_exemplars?" + urllib.parse.urlencode(
+            params
+        )
+        with urllib.request.urlopen(url, timeout=5) as r:
+            body = json.loads(r.read())
+        assert body["status"] == "success", body
+        return [e for series in body["data"] for e in series["exemplars"]]
+
     def value(self, q: str, at: float | None = None) -> float | None:
         result = self.query(q, at)
         return float(result[0]["value"][1]) if result else None
@@ -74,11 +87,11 @@ class Prometheus:
 
 
 @pytest.fixture
-def prometheus(tmp_path: Path) -> Iterator[Callable[[list[str]], Prometheus]]:
+def prometheus(tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
     started: list[Prometheus] = []
 
-    def start(scrape: list[str]) -> Prometheus:
-        p = Prometheus(tmp_path / f"prom{len(started)}", scrape)
+    def start(scrape: list[str], features: Sequence[str] = ()) -> Prometheus:
+        p = Prometheus(tmp_path / f"prom{len(started)}", scrape, features)
         started.append(p)
         return p
 
@@ -334,3 +347,62 @@ def test_a_closed_model_run_exports_its_active_users(tmp_path: Path) -> None:
         )
         assert total(text, "loadpilot_active_users", scenario="closed-users") == 3
         r.wait()
+
+
+def _dashboard_queries() -> dict[str, list[dict[str, Any]]]:
+    """The dashboard's panels' queries by panel title."""
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "loadpilot.json").read_text())
+    return {p["title"]: p.get("targets", []) for p in dashboard["panels"]}
+
+
+def _as_grafana_sends(expr: str, run: str) -> str:
+    return expr.replace("$run", run).replace("$task", ".*").replace("$__rate_interval", "5s")
+
+
+@pytest.mark.slow
+def test_the_dashboard_reads_true_at_now_and_draws_the_slow_requests_exemplars(
+    tmp_path: Path, prometheus: Callable[..., Prometheus]
+) -> None:
+    port = free_port()
+    panels = _dashboard_queries()
+    (rate_query, _target) = panels["Rate against target"]
+    latency = [t for t in panels["Corrected latency quantiles"] if t.get("exemplar")]
+    assert len(latency) == 1, "the p99 draws the exemplars"
+    with lp.start_target(delay_ms=1, delay_max_ms=8) as target:
+        plan = lp.Plan(
+            name="edge", target=target.url,
+            load=lp.OpenLoad(stages=[lp.Constant(rate=400, duration_s=20)]),
+            tasks=[get("a", "/")],
+        )  # fmt: skip
+        prom = prometheus([f"127.0.0.1:{port}"], features=["exemplar-storage"])
+        started = time.time()
+        r = lp.start(plan, tmp_path / "edge", prometheus=f"127.0.0.1:{port}")
+        # Once Prometheus holds the run's seconds over the whole window the panel reads (its
+        # first scrapes come a few seconds after it starts): a window that begins before its
+        # first sample is extrapolated by half a scrape interval too.
+        window = 'count_over_time(loadpilot_requests_total{run="edge"}[5s] offset 3s)'
+        deadline = time.monotonic() + 15
+        while (prom.value(window) or 0) < 5:
+            assert time.monotonic() < deadline, "Prometheus never held five seconds of the run"
+            time.sleep(0.2)
+        rates, ages = [], []
+        for _ in range(6):
+            time.sleep(0.7)
+            # The panel's own query at "now", as Grafana asks it at the right edge of a graph;
+            # and what it relies on: the newest sample is younger than the window's offset.
+            rates.append(prom.value(_as_grafana_sends(rate_query["expr"], "edge")))
+            ages.append(prom.value('time() - max(timestamp(loadpilot_requests_total{run="edge"}))'))
+        running = not r.done
+        r.wait()
+    assert running, "every reading was taken while the run went"
+    assert all(a is not None and a < 3 for a in ages), ages
+    assert all(v is not None and abs(v - 400) <= 400 * 0.02 for v in rates), rates
+    # Exemplars: the p99 panel's query finds, in the buckets it reads, the trace ids and
+    # latencies of requests the run kept.
+    both = pl.concat([r.slowest(above=None), r.slowest(sample=True)])
+    kept = {k["trace_id"]: k["latency_ms"] for k in both.iter_rows(named=True)}
+    found = prom.exemplars(_as_grafana_sends(latency[0]["expr"], "edge"), started, time.time())
+    assert len(found) >= 10, found
+    for e in found:
+        tid = e["labels"]["trace_id"]
+        assert tid in kept and abs(float(e["value"]) * 1000 - kept[tid]) < 1e-6, e

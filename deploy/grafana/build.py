@@ -30,7 +30,13 @@ OUT = HERE / "loadpilot.json"
 
 DS = DataSourceRef(type_val="prometheus", uid="${datasource}")
 SEL = 'run="$run", task=~"$task"'
-RATE = "[$__rate_interval]"
+#: Every rate is read over a window that ends this long before the panel's instant. The newest
+#: sample a run exports is its last closed second, stamped with that second's end and scraped
+#: within a scrape interval: under 2.2 s old with a 1 s scrape. A window that ends past its newest
+#: sample is extrapolated by only half a scrape interval (Prometheus's rule), so a rate read at
+#: "now" would read low at the right edge of every graph; ending the window earlier keeps it true.
+LIVE_EDGE = "3s"
+RATE = f"[$__rate_interval] offset {LIVE_EDGE}"
 
 
 def query(expr: str, legend: str, ref: str) -> Dataquery:
@@ -52,10 +58,12 @@ def panel(title: str, unit: str, description: str, *queries: Dataquery) -> Times
     return p
 
 
-def quantile(q: float, metric: str, legend: str, ref: str) -> Dataquery:
+def quantile(q: float, metric: str, legend: str, ref: str, exemplars: bool = False) -> Dataquery:
+    """A quantile estimated from the histogram's buckets; with ``exemplars``, the buckets'
+    exemplars (the trace ids of the run's kept slow requests) are drawn on the panel."""
     return query(
         f"histogram_quantile({q}, sum by (le) (rate({metric}_bucket{{{SEL}}}{RATE})))", legend, ref
-    )
+    ).exemplar(exemplars)
 
 
 def build() -> DashboardBuilder:
@@ -116,10 +124,12 @@ def build() -> DashboardBuilder:
                 "Corrected latency quantiles",
                 "s",
                 "From the instant each request was due (coordinated omission corrected), estimated "
-                "from the histogram's buckets; exact figures are in the run's own summary.",
+                "from the histogram's buckets; exact figures are in the run's own summary. The "
+                "points are exemplars: the trace ids of the run's slowest requests (`loadpilot "
+                "slowest RUN_DIR` lists them).",
                 quantile(0.5, "loadpilot_request_duration_seconds", "p50", "A"),
                 quantile(0.9, "loadpilot_request_duration_seconds", "p90", "B"),
-                quantile(0.99, "loadpilot_request_duration_seconds", "p99", "C"),
+                quantile(0.99, "loadpilot_request_duration_seconds", "p99", "C", exemplars=True),
             )
         )
         .with_panel(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -238,6 +239,26 @@ class LogTail:
             return []
         lines, self.offset = _engine.read_hlog_from(self.path, self.offset)
         return [(*split_tag(tag), start, h) for tag, start, _length, h in lines]
+
+
+class SlowTail:
+    """A run's ``slow.jsonl`` followed as it grows: each call reads the kept requests of the
+    lines completed since the last (none while the file does not exist)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        complete = data[: data.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 def split_tag(tag: str | None) -> tuple[str | None, str | None]:
