@@ -199,3 +199,21 @@ def test_the_report_lists_the_slowest_requests_with_their_trace_ids(tmp_path: Pa
     # A run recorded before requests were kept has no such section.
     older = lp.load_run(Path(__file__).parent.parent / "datasets" / "baseline")
     assert "Slowest requests" not in older.report(tmp_path / "older.html").read_text()
+
+
+def test_a_scenario_sets_its_trace_share_and_what_it_keeps(
+    recorder: Recorder, tmp_path: Path
+) -> None:
+    @lp.scenario(profile=lp.constant(50, "1s"), trace=False, keep_slowest=1, keep_sample=0)
+    class Quiet(lp.VUser):
+        @lp.task
+        def a(self) -> None:
+            self.client.get("/x")
+
+    run = lp.run(Quiet, tmp_path / "run", target=recorder.url)
+    assert (run.plan.trace, run.plan.keep_slowest, run.plan.keep_sample) == (0.0, 1, 0)
+    assert recorder.traces == [None] * 50
+    kept = run.slowest(above=None)
+    assert 1 <= len(kept) <= 2 and kept["trace_id"].null_count() == len(kept)  # one a second
+    with pytest.raises(lp.ScenarioError, match="trace"):
+        lp.scenario(profile=lp.constant(1, "1s"), trace=2)

@@ -548,6 +548,10 @@ class Scenario:
     #: Whether requests follow redirects, and how many at most (each request may say).
     follow_redirects: bool = DEFAULTS["follow_redirects"]
     max_redirects: int = DEFAULTS["max_redirects"]
+    #: The share of requests sent with a trace context, and the slow requests kept per second.
+    trace: float = DEFAULTS["trace"]
+    keep_slowest: int = DEFAULTS["keep_slowest"]
+    keep_sample: int = DEFAULTS["keep_sample"]
     #: How to read it again elsewhere (agents): None for a scenario class; for a locustfile,
     #: ``{"locustfile": path, "classes": [...], "tags": [...], "exclude": [...]}``.
     origin: Mapping[str, Any] | None = None
@@ -587,6 +591,9 @@ class Scenario:
             max_request_names=self.max_request_names,
             follow_redirects=self.follow_redirects,
             max_redirects=self.max_redirects,
+            trace=self.trace,
+            keep_slowest=self.keep_slowest,
+            keep_sample=self.keep_sample,
         )
 
 
@@ -683,6 +690,9 @@ def scenario(
     max_request_names: int | None = None,
     follow_redirects: bool = DEFAULTS["follow_redirects"],
     max_redirects: int | None = None,
+    trace: float | bool = DEFAULTS["trace"],
+    keep_slowest: int = DEFAULTS["keep_slowest"],
+    keep_sample: int = DEFAULTS["keep_sample"],
 ) -> Callable[[type[VUser]], type[VUser]]:
     """Declares a :class:`VUser` subclass as a scenario with its load profile and thresholds
     (``abort_on_fail``: ``loadpilot run`` stops as soon as one fails). ``timeout`` is every
@@ -694,7 +704,10 @@ def scenario(
     HTTP/1.1). ``max_request_names`` (default 1,000) bounds the request names measured apart:
     past it, new names are measured together under ``other``. Redirects are followed up to
     ``max_redirects`` hops (default 10; ``follow_redirects=False``: not at all), as requests
-    and k6 do; each request may say otherwise."""
+    and k6 do; each request may say otherwise. ``trace``: the share of requests sent with a
+    W3C ``traceparent`` (1: all, the default; ``False``: none); ``keep_slowest`` and
+    ``keep_sample``: each request name's slowest requests and sampled ones kept per second
+    with their context (``run.slowest()``; 5 and 2)."""
     if not isinstance(profile, Profile):
         raise ScenarioError(f"profile must come from lp.constant, lp.ramp, ... not {profile!r}")
     try:
@@ -708,6 +721,9 @@ def scenario(
         if max_redirects is not None:
             hops = check_field("max_redirects", max_redirects)
         follow = check_field("follow_redirects", follow_redirects)
+        share = check_field("trace", trace)
+        slowest = check_field("keep_slowest", keep_slowest)
+        sampled = check_field("keep_sample", keep_sample)
     except PlanError as e:
         raise ScenarioError(str(e)) from None
     timeout_s: float = DEFAULTS["timeout_s"]
@@ -745,6 +761,9 @@ def scenario(
             max_request_names=names_max,
             follow_redirects=follow,
             max_redirects=hops,
+            trace=share,
+            keep_slowest=slowest,
+            keep_sample=sampled,
         )
         setattr(cls, _SCENARIO, sc)
         return cls
