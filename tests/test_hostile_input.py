@@ -219,15 +219,21 @@ def test_the_built_in_target_warns_when_it_listens_beyond_loopback() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("keep", "fills"), [(0, "metrics.jsonl"), (5, "slow.jsonl")], ids=["rows", "slowest"]
+)
 def test_a_full_disk_stops_the_run_with_one_line_and_leaves_no_half_written_file(
-    tmp_path: Path, target: lp.TargetServer
+    tmp_path: Path, target: lp.TargetServer, keep: int, fills: str
 ) -> None:
     # RLIMIT_FSIZE makes every file past 12 KiB fail to grow, as a full disk would (Python
-    # ignores SIGXFSZ, so the write fails with EFBIG instead of killing the process).
+    # ignores SIGXFSZ, so the write fails with EFBIG instead of killing the process). With
+    # the slowest requests kept, their file (about 8 KiB a second here) is the first to fill.
     plan = lp.Plan(
         target=target.url,
         load=constant(200, 5),
         tasks=[get("a"), get("b", "/json"), get("c", "/?delay_ms=1")],
+        keep_slowest=keep,
+        keep_sample=min(keep, 2),
     )
     f = tmp_path / "plan.json"
     f.write_text(plan.to_json())
@@ -242,11 +248,13 @@ def test_a_full_disk_stops_the_run_with_one_line_and_leaves_no_half_written_file
         text=True,
         timeout=60,
     )
-    last = one_clean_error(done, "metrics.jsonl")
+    last = one_clean_error(done, fills)
     assert "File too large" in last
     assert not list(out.glob("*.tmp")), "no temporary file left behind"
     loaded = lp.load_run(out)
     assert len(loaded.metrics) >= 3, "the rows written before the disk filled are kept"
+    if keep:
+        assert not loaded.slowest(above=None).is_empty(), "and the slowest kept before it"
     # The summary is small enough to be written under this limit, and says the run failed.
     assert (out / "summary.json").exists()
     assert loaded.summary().ended == "failed"

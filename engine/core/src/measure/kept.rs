@@ -246,11 +246,13 @@ impl Default for TraceContext {
     }
 }
 
+/// Kept requests made up for tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod tests_support {
+    use super::Kept;
 
-    fn kept(latency_us: u64, key: u64) -> Kept {
+    /// A kept request of `latency_us` that drew `key`.
+    pub(crate) fn kept(latency_us: u64, key: u64) -> Kept {
         Kept {
             latency_us,
             service_us: None,
@@ -271,6 +273,12 @@ mod tests {
             key,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::kept;
+    use super::*;
 
     fn keeper(keep: u32, sample_size: u32) -> Keeper {
         Keeper {

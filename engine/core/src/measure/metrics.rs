@@ -392,6 +392,22 @@ impl WireData {
             }
             Ok(c.counts)
         };
+        if let Some(k) = &self.kept {
+            let most = crate::plan::MAX_KEPT;
+            if k.keep > most
+                || k.sample_size > most
+                || k.slowest.len() > k.keep as usize
+                || k.sample.len() > k.sample_size as usize
+            {
+                return Err(format!(
+                    "kept: {} slowest of {} and {} sampled of {} (at most {most} each)",
+                    k.slowest.len(),
+                    k.keep,
+                    k.sample.len(),
+                    k.sample_size
+                ));
+            }
+        }
         Ok(ParsedWire {
             corrected: ours("corrected", &self.corrected)?,
             service: ours("service", &self.service)?,
@@ -839,6 +855,24 @@ mod tests {
         sum.add(&back);
         sum.add(&d);
         assert_eq!(sum.messages[0], ("no total".to_string(), 4));
+    }
+
+    #[test]
+    fn kept_requests_travel_and_a_report_keeping_more_than_it_may_is_refused() {
+        let mut d = TaskData::new();
+        d.kept.keep = 2;
+        d.kept
+            .offer(crate::measure::kept::tests_support::kept(9_000, 3));
+        let wire = d.to_wire();
+        assert_eq!(TaskData::from_wire(&wire).unwrap().kept, d.kept);
+        let mut hostile = wire.clone();
+        let k = hostile.kept.as_mut().unwrap();
+        k.keep = crate::plan::MAX_KEPT + 1;
+        assert!(hostile.parse().err().unwrap().starts_with("kept: "));
+        let mut lying = wire;
+        let k = lying.kept.as_mut().unwrap();
+        k.slowest = vec![k.slowest[0].clone(); 3];
+        assert!(lying.parse().is_err(), "three slowest of two");
     }
 
     fn new_hist_with(v: u64) -> Hist {
