@@ -1322,7 +1322,9 @@ def main(argv: list[str] | None = None) -> int:
     # A locustfile may add options of its own (its init_command_line_parser listeners).
     args.extra, args.argv = extra, sys.argv[1:] if argv is None else argv
     main_thread = threading.current_thread() is threading.main_thread()
-    if args.command in ("run", "demo", "locust") and main_thread:
+    # Installed whatever this process inherited: a command started in the background by a
+    # script (`loadpilot run ... &`) starts with SIGINT ignored, and must still stop on it.
+    if args.command in ("run", "demo", "locust", "capacity") and main_thread:
         global _STOP
         _STOP = _StopOnce()
         signal.signal(signal.SIGTERM, _STOP)

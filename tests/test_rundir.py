@@ -82,7 +82,10 @@ def test_metrics_grow_while_the_run_goes(target: lp.TargetServer, out: Path) -> 
 
 
 _CHILD = """
-import sys, loadpilot as lp
+import signal, sys, loadpilot as lp
+# Ctrl-C raises here as in an interactive shell, whatever this test's runner inherited (a job
+# started in the background by a script starts with SIGINT ignored).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 plan = lp.Plan(target=sys.argv[2], load=lp.OpenLoad(stages=[lp.Constant(rate=200, duration_s=60)]),
                tasks=[lp.Task(name="x", requests=[lp.Request(path="/")])])
 run = lp.start(plan, sys.argv[1])
