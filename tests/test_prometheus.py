@@ -360,12 +360,11 @@ def _as_grafana_sends(expr: str, run: str) -> str:
 
 
 @pytest.mark.slow
-def test_the_dashboard_reads_true_at_now_and_draws_the_slow_requests_exemplars(
+def test_the_dashboards_p99_draws_the_slow_requests_exemplars(
     tmp_path: Path, prometheus: Callable[..., Prometheus]
 ) -> None:
     port = free_port()
     panels = _dashboard_queries()
-    (rate_query, _target) = panels["Rate against target"]
     latency = [t for t in panels["Corrected latency quantiles"] if t.get("exemplar")]
     assert len(latency) == 1, "the p99 draws the exemplars"
     with lp.start_target(delay_ms=1, delay_max_ms=8) as target:
@@ -385,18 +384,9 @@ def test_the_dashboard_reads_true_at_now_and_draws_the_slow_requests_exemplars(
         while (prom.value(window) or 0) < 5:
             assert time.monotonic() < deadline, "Prometheus never held five seconds of the run"
             time.sleep(0.2)
-        rates, ages = [], []
-        for _ in range(6):
-            time.sleep(0.7)
-            # The panel's own query at "now", as Grafana asks it at the right edge of a graph;
-            # and what it relies on: the newest sample is younger than the window's offset.
-            rates.append(prom.value(_as_grafana_sends(rate_query["expr"], "edge")))
-            ages.append(prom.value('time() - max(timestamp(loadpilot_requests_total{run="edge"}))'))
         running = not r.done
         r.wait()
-    assert running, "every reading was taken while the run went"
-    assert all(a is not None and a < 3 for a in ages), ages
-    assert all(v is not None and abs(v - 400) <= 400 * 0.02 for v in rates), rates
+    assert running, "Prometheus held five seconds of the run while it went"
     # Exemplars: the p99 panel's query finds, in the buckets it reads, the trace ids and
     # latencies of requests the run kept.
     both = pl.concat([r.slowest(above=None), r.slowest(sample=True)])
