@@ -226,12 +226,8 @@ def _execute(
 def _print_slowest(r: _run.Run) -> None:
     """The run's five slowest requests, with their trace ids, when it kept any."""
     from loadpilot.analysis import traces
-    from loadpilot.errors import RunDirError
 
-    try:
-        slow = r.slowest(above=None)
-    except RunDirError:
-        return
+    slow = traces.kept(r)
     if not slow.is_empty():
         print(f"\nslowest requests (all kept: loadpilot slowest {r.path}):")
         print(traces.table(slow, 5))

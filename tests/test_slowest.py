@@ -189,6 +189,7 @@ def test_a_run_cut_short_keeps_what_it_wrote_and_keeping_can_be_off(tmp_path: Pa
     assert len(loaded) == lines.count(b'"kind":"slowest"')
 
 
+@pytest.mark.slow
 def test_the_report_lists_the_slowest_requests_with_their_trace_ids(tmp_path: Path) -> None:
     traced = lp.load_run(Path(__file__).parent.parent / "datasets" / "traced")
     top = traced.slowest(above=None).head(10)

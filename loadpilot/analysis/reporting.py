@@ -18,7 +18,6 @@ from loadpilot.analysis import charts, traces
 from loadpilot.analysis.comparing import Comparison, compare
 from loadpilot.analysis.logs import LoadedLog
 from loadpilot.analysis.planning import capacity
-from loadpilot.errors import RunDirError
 from loadpilot.plan import Step
 from loadpilot.running.runs import RunResult, load_run
 from loadpilot.summary import Stats, Summary
@@ -306,26 +305,10 @@ def _run_section(
         + s.html()
         + f"<{sub}>Errors</{sub}>"
         + _errors(s)
-        + _slowest(run, sub)
+        + traces.html_section(run, 10, f"<{sub}>Slowest requests</{sub}>")
     )
     page.add(
         f"<details><summary>Plan</summary><pre>{html.escape(run.plan.to_json())}</pre></details>"
-    )
-
-
-def _slowest(run: RunResult, tag: str) -> str:
-    """The run's slowest kept requests, with their trace ids (none for runs recorded before
-    they were kept, and for other tools' logs)."""
-    try:
-        slow = run.slowest(above=None)
-    except RunDirError:
-        return ""
-    if slow.is_empty():
-        return ""
-    return (
-        f"<{tag}>Slowest requests</{tag}><p>The slowest of the requests each request name kept "
-        "(its slowest of every second), with the trace id each carried: find them in the "
-        f"server's traces and logs.</p>{traces.html_table(slow, 10)}"
     )
 
 

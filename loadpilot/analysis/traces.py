@@ -17,10 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from loadpilot.errors import RunDirError
+
 if TYPE_CHECKING:
     import altair as alt
 
-__all__ = ["Explanation", "explain", "html_table", "read_spans", "table"]
+    from loadpilot.running.runs import RunResult
+
+__all__ = ["Explanation", "explain", "html_section", "html_table", "kept", "read_spans", "table"]
 
 #: The columns of a spans frame (``read_spans``): times in nanoseconds since the Unix epoch.
 SPAN_SCHEMA: dict[str, pl.DataType] = {
@@ -116,6 +120,29 @@ def html_table(slow: pl.DataFrame, limit: int = 10) -> str:
     return (
         f'<table class="slowest"><thead><tr>{cells(_HEAD, "th")}</tr></thead>'
         f"<tbody>{body}</tbody></table>{tail}"
+    )
+
+
+def kept(run: RunResult) -> pl.DataFrame:
+    """Every slowest request ``run`` kept, slowest first; empty for runs that kept none (older
+    runs, other tools' logs) and for a ``slow`` file that cannot be read: a report or a
+    dashboard shows what there is rather than fail on it."""
+    try:
+        return run.slowest(above=None)
+    except RunDirError:
+        return pl.DataFrame()
+
+
+def html_section(run: RunResult, limit: int, heading: str) -> str:
+    """The run's ``limit`` slowest kept requests under ``heading`` (an HTML heading), or
+    nothing when it kept none: the report's and the dashboard's final frame's section."""
+    slow = kept(run)
+    if slow.is_empty():
+        return ""
+    return (
+        f"{heading}<p>The slowest of the requests each request name kept (its slowest of "
+        "every second), with the trace id each carried: find them in the server's traces and "
+        f"logs.</p>{html_table(slow, limit)}"
     )
 
 

@@ -23,7 +23,6 @@ import polars as pl
 
 from loadpilot import _engine
 from loadpilot.analysis import series as _series
-from loadpilot.errors import RunDirError
 from loadpilot.notebook import sparks as _sparks
 from loadpilot.running import store as _store
 
@@ -90,19 +89,6 @@ def requests_now(rows: pl.DataFrame, most: int = 10) -> str:
         f"<th>p50</th><th>p99</th><th>errors</th></tr></thead><tbody>{cells}{note}</tbody>"
         "</table>"
     )
-
-
-def _slowest(run: Run) -> str:
-    """The run's five slowest kept requests, for the final frame."""
-    from loadpilot.analysis.traces import html_table
-
-    try:
-        slow = run.slowest(above=None)
-    except RunDirError:
-        return ""
-    if slow.is_empty():
-        return ""
-    return f"<h4>Slowest requests</h4>{html_table(slow, 5)}"
 
 
 def _lines(frame: pl.DataFrame, x: alt.X, y_title: str, title: str) -> alt.Chart:
@@ -378,7 +364,9 @@ class Dashboard:
             # Per request name, the last second (the final frame's summary has the whole run).
             body += requests_now(self.run.request_metrics)
         if final is not None:
-            body += final.html() + _slowest(self.run)
+            from loadpilot.analysis.traces import html_section
+
+            body += final.html() + html_section(self.run, 5, "<h4>Slowest requests</h4>")
         self.render_s += time.perf_counter() - t0
         self.frames += 1
         bundle = {"text/html": body, "text/plain": f"<Dashboard of {self.run.plan.name!r}>"}
