@@ -65,14 +65,20 @@ HDRHISTOGRAM_JAVA := /usr/share/java/hdrhistogram.jar
 $(HDRHISTOGRAM_JAVA):
 	apt-get update && apt-get install -y default-jre-headless libhdrhistogram-java
 
+# Fault tests put agents, NATS and the target in network namespaces and cut links with nftables.
+NFT := /usr/sbin/nft
+
+$(NFT):
+	apt-get update && apt-get install -y nftables iproute2
+
 .PHONY: test
-test: build-dev $(CHROMIUM) $(PROMETHEUS) $(NGINX) $(HDRHISTOGRAM_JAVA) ## Run every test: Rust (cargo test) and Python (pytest, Chromium)
+test: build-dev $(CHROMIUM) $(PROMETHEUS) $(NGINX) $(HDRHISTOGRAM_JAVA) $(NFT) ## Run every test: Rust (cargo test) and Python (pytest, Chromium)
 	cargo test --release --workspace --exclude loadpilot-python
 	$(PY) -m pytest --durations=30
 	$(PY) -m pytest --nbval-lax -p no:cacheprovider notebooks
 
 .PHONY: coverage
-coverage: $(CHROMIUM) $(PROMETHEUS) $(NGINX) $(HDRHISTOGRAM_JAVA) ## Every test with coverage (Python: pytest-cov, the engine: cargo-llvm-cov) in .venv-coverage; HTML in coverage/ (TESTS=... for fewer)
+coverage: $(CHROMIUM) $(PROMETHEUS) $(NGINX) $(HDRHISTOGRAM_JAVA) $(NFT) ## Every test with coverage (Python: pytest-cov, the engine: cargo-llvm-cov) in .venv-coverage; HTML in coverage/ (TESTS=... for fewer)
 	bash tests/coverage.sh $(TESTS)
 
 .PHONY: test-fast
@@ -109,7 +115,7 @@ format: $(STAMP) ## Format Python and Rust
 	cargo fmt --all
 
 .PHONY: bench
-bench: bench-engine bench-http bench-profile bench-python bench-loop bench-named bench-tracing bench-locust bench-live bench-distributed bench-peers ## Every benchmark (results in bench/results/, summary in docs/benchmarks.md)
+bench: bench-engine bench-http bench-profile bench-python bench-loop bench-named bench-tracing bench-locust bench-live bench-serve bench-distributed bench-peers ## Every benchmark (results in bench/results/, summary in docs/benchmarks.md)
 
 .PHONY: bench-engine
 bench-engine: build-dev ## Engine throughput vs wrk and memory over a long run (see docs/benchmarks.md)
@@ -156,6 +162,14 @@ bench-distributed: build-dev ## Distributed runs: CPU per request over 2 agents,
 .PHONY: bench-live
 bench-live: build-dev ## What the notebook's live dashboard costs a run
 	$(PY) bench/live.py
+
+.PHONY: bench-serve
+bench-serve: build-dev ## A long-lived `loadpilot serve`: its memory over 200 sequential runs
+	$(PY) bench/serve_memory.py
+
+.PHONY: bench-soak
+bench-soak: build-dev ## One hour at 2,000/s with Prometheus on: memory and CPU per second, first vs last 10 minutes
+	$(PY) bench/soak.py
 
 # The container image of agents, serve mode and runs (deploy/Dockerfile); docker or podman.
 DOCKER ?= docker

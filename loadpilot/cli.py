@@ -91,24 +91,29 @@ def _progress(
     target (an open model) or active users (a closed one), p50/p99, errors. With ``abort_on``,
     the thresholds are checked on each closed second and the first failure stops the run; the
     failing verdicts are returned."""
-    shown: set[float] = set()
+    seen_rows = 0
+    #: Task rows read and not shown yet: a second is shown once all its rows are in.
+    pending = _store.empty_metrics()
+
+    def take() -> bool:
+        nonlocal seen_rows, pending
+        new, seen_rows = r._rows_after(seen_rows)
+        if new.height:
+            pending = pl.concat([pending, _store.task_rows(new)])
+        return bool(new.height)
 
     def show_new() -> None:
-        m = _store.task_rows(r.metrics)
-        for second in sorted(set(m["elapsed_s"].to_list()) - shown):
-            shown.add(second)
-            if second >= total_s:
-                continue  # the drain: summed up in the last lines
-            print(
-                _second_line(m.filter(pl.col("elapsed_s") == second), second, total_s), flush=True
-            )
+        nonlocal pending
+        take()
+        for second in sorted(set(pending["elapsed_s"].to_list())):
+            if second < total_s:  # the drain: summed up in the last lines
+                rows = pending.filter(pl.col("elapsed_s") == second)
+                print(_second_line(rows, second, total_s), flush=True)
+        pending = pending.clear()
 
-    seen_rows = 0
     while not r.wait(0.25):
-        m = r.metrics
-        if len(m) == seen_rows:
+        if not take():
             continue
-        seen_rows = len(m)
         if abort_on:
             failed = [v for v in thresholds.evaluate(r.summary_so_far(), abort_on) if not v.passed]
             if failed:
@@ -394,7 +399,9 @@ def _cmd_target(args: argparse.Namespace) -> int:
                 break
     except KeyboardInterrupt:
         pass
+    served = server.served
     server.stop()
+    print(f"built-in target stopped: served {served} requests", flush=True)
     return EXIT_OK
 
 
@@ -681,15 +688,46 @@ def _agents(args: argparse.Namespace) -> Any:
     external = args.external_agents is not None
     if external and args.nats is None:
         raise LoadPilotError("--external-agents needs --nats URL of the agents' NATS server")
+    secure = _nats_secure(args)
+    if args.nats is None and secure != type(secure)(token=secure.token):
+        raise LoadPilotError(
+            "--creds, --tls-ca, --tls-cert and --tls-key are for a NATS server given with --nats"
+        )
     return Agents(
         count=args.external_agents if external else args.agents,
         nats=args.nats,
         spawn=not external,
         timeout_s=getattr(args, "agents_timeout", 60.0),
         on_loss=getattr(args, "on_agent_loss", "redistribute"),
-        # As agents read it: a token kept out of the URL (and out of `ps`), e.g. from a Secret.
-        token=os.environ.get("LOADPILOT_NATS_TOKEN") or None if args.nats else None,
+        token=secure.token if args.nats else None,
+        creds=secure.creds,
+        tls_ca=secure.tls_ca,
+        tls_cert=secure.tls_cert,
+        tls_key=secure.tls_key,
     )
+
+
+def _nats_secure(args: argparse.Namespace) -> Any:
+    """The NATS token, credentials and certificates given on the command line (the token: as
+    agents read it, kept out of the URL and out of `ps`, e.g. from a Secret)."""
+    from loadpilot.cluster.protocol import Secure
+
+    return Secure(
+        token=getattr(args, "token_nats", None) or os.environ.get("LOADPILOT_NATS_TOKEN") or None,
+        creds=args.creds,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
+
+
+def _add_nats_secure(p: argparse.ArgumentParser) -> None:
+    """The flags that connect to a NATS server with credentials or over TLS: the same on
+    every verb that talks to NATS."""
+    p.add_argument("--creds", default=None, help="NATS credentials file (.creds)")
+    p.add_argument("--tls-ca", default=None, help="CA certificate to verify NATS over TLS")
+    p.add_argument("--tls-cert", default=None, help="client certificate for NATS (mutual TLS)")
+    p.add_argument("--tls-key", default=None, help="the client certificate's key")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -718,7 +756,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         allow_code=args.allow_code,
     )
     agents = _agents(args)
-    app = create_app(args.runs, token=token, limits=limits, agents=agents)
+    app = create_app(args.runs, token=token, limits=limits, agents=agents, keep_runs=args.keep_runs)
     print(f"loadpilot serve: http://{args.host}:{args.port} (runs in {args.runs})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return EXIT_OK
@@ -727,13 +765,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_agent(args: argparse.Namespace) -> int:
     from loadpilot.cluster.agent import Agent
 
-    token = args.token or os.environ.get("LOADPILOT_NATS_TOKEN")
     Agent(
         args.nats,
         args.name,
-        token=token,
-        creds=args.creds,
-        tls_ca=args.tls_ca,
+        secure=_nats_secure(args),
         allow_targets=args.allow_target,
         allow_code=args.allow_code,
         health_port=args.health_port,
@@ -984,6 +1019,7 @@ def _add_run(sub: Any) -> None:
         metavar="HOST:PORT",
         help="export the run's metrics for Prometheus at http://HOST:PORT/metrics",
     )
+    _add_nats_secure(r)
     r.set_defaults(fn=_cmd_run)
 
 
@@ -1073,6 +1109,7 @@ def _add_locust(sub: Any) -> None:
         default=None,
         help="spread the run over N agents already running (`loadpilot agent --allow-code`)",
     )
+    _add_nats_secure(lo)
     lo.set_defaults(fn=_cmd_locust)
 
 
@@ -1117,6 +1154,13 @@ def _add_serve(sub: Any) -> None:
     )
     sv.add_argument("--max-users", type=int, default=10_000, help="users a plan may ask (10000)")
     sv.add_argument(
+        "--keep-runs",
+        type=_count,
+        default=20,
+        help="finished runs kept in memory and in /metrics (20); older ones stay on disk and "
+        "are read back by id",
+    )
+    sv.add_argument(
         "--max-body", type=int, default=1 << 20, help="largest request body, bytes (1 MiB)"
     )
     sv.add_argument(
@@ -1132,6 +1176,7 @@ def _add_serve(sub: Any) -> None:
         "--nats", default=None, help="NATS URL of the agents (token: $LOADPILOT_NATS_TOKEN)"
     )
     sv.add_argument("--external-agents", type=_count, default=None, help="N agents found on --nats")
+    _add_nats_secure(sv)
     sv.set_defaults(fn=_cmd_serve)
 
 
@@ -1141,9 +1186,14 @@ def _add_agent(sub: Any) -> None:
     )
     a.add_argument("--nats", required=True, help="NATS URL (nats://host:4222)")
     a.add_argument("--name", default=None, help="agent name (default: host-pid)")
-    a.add_argument("--token", default=None, help="NATS token (else $LOADPILOT_NATS_TOKEN)")
-    a.add_argument("--creds", default=None, help="NATS credentials file")
-    a.add_argument("--tls-ca", default=None, help="CA certificate to verify NATS over TLS")
+    a.add_argument(
+        "--token",
+        dest="token_nats",
+        metavar="TOKEN",
+        default=None,
+        help="NATS token (else $LOADPILOT_NATS_TOKEN)",
+    )
+    _add_nats_secure(a)
     a.add_argument(
         "--allow-target",
         action="append",

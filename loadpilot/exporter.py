@@ -126,9 +126,8 @@ class _Watched:
 
     def catch_up(self) -> None:
         done = self.run.done
-        frame = self.run._rows  # tasks' rows and request names'
-        new = frame.slice(self.rows_seen)
-        self.rows_seen = frame.height
+        # Tasks' rows and request names', only those not seen yet.
+        new, self.rows_seen = self.run._rows_after(self.rows_seen)
         for row in new.iter_rows(named=True):
             t = self.task(row["task"], row["request"])
             with_status = 0
@@ -184,6 +183,11 @@ class RunMetrics(Collector):
                 label = f"{base}-{n}"
             self._watched.append(_Watched(run, label))
         self._wake.set()
+
+    def forget(self, name: str) -> None:
+        """Stops exporting the run labelled ``name``: its series leave ``/metrics``."""
+        with self._lock:
+            self._watched = [w for w in self._watched if w.name != name]
 
     def _follow(self) -> None:
         while True:

@@ -225,12 +225,14 @@ class Hooks(_Model):
 class Shard(_Model):
     """A slice of a run (distributed runs): every ``count``-th arrival (open model) or user
     (closed model) of the one schedule, starting at ``index``; its clock starts at
-    ``start_at`` (seconds since the Unix epoch) and it begins ``from_s`` seconds in."""
+    ``start_at`` (seconds since the Unix epoch) and it begins ``from_s`` seconds in, at
+    arrival ``from_index`` of the schedule (open model) at the earliest."""
 
     index: int = Field(ge=0)
     count: int = Field(ge=1)
     start_at: float | None = Field(default=None, gt=0)
     from_s: float = Field(default=0.0, ge=0)
+    from_index: int = Field(default=0, ge=0)
 
 
 class Plan(_Model):

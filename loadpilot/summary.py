@@ -173,6 +173,11 @@ class Summary(BaseModel):
     """The messages of failed checks (``response.failure(...)``, an exception in a
     ``catch_response`` block), most frequent first; at most 100, each request name keeping
     the first 100 distinct messages it met (later ones as ``(other messages)``)."""
+    fate_unknown: int = 0
+    """Distributed runs: arrivals a lost agent may have sent after its last report of
+    progress, which the survivors taking over its share sent again. The target may have
+    received up to this many requests more than ``target_requests``; 0 when no agent was
+    lost."""
     validity: Validity | None = None
     """Whether the run measured the system or the generator (``loadpilot.validity``);
     ``None`` while the run goes."""

@@ -151,9 +151,8 @@ def live_progress(
             live.update(panel(r, total_s, elapsed))
             if ended:
                 return []
-            rows = len(r.metrics)
-            if abort_on and rows != seen_rows:
-                seen_rows = rows
+            new, seen_rows = r._rows_after(seen_rows)
+            if abort_on and new.height:
                 failed = [
                     v for v in thresholds.evaluate(r.summary_so_far(), abort_on) if not v.passed
                 ]

@@ -97,7 +97,7 @@ def lose_an_agent(r: lp.Run, index: int, sig: int = signal.SIGKILL) -> float:
     signal; returns the instant (``time.monotonic()``) it was sent."""
     wait_for_rows(r.path, 2 * len(r._handle._children))  # type: ignore[attr-defined]
     sent = time.monotonic()
-    os.kill(r._handle._children[index].pid, sig)  # type: ignore[attr-defined]
+    os.kill(r._handle._children[index].proc.pid, sig)  # type: ignore[attr-defined]
     return sent
 
 
@@ -252,9 +252,10 @@ def test_an_agent_killed_mid_run_is_lost_and_the_survivors_take_its_share(
     tmp_path: Path, sig: signal.Signals
 ) -> None:
     """SIGKILL (a machine gone) and SIGTERM (a pod evicted: the agent stops its slice) alike:
-    the survivors take over the rest of its share."""
+    the survivors take over the rest of its share, from the last arrival it said it had sent,
+    and the summary says how many arrivals may have reached the server twice."""
     with lp.start_target() as target:
-        r = lp.start(plan(target.url, 1000, 10), tmp_path / "run", agents=3)
+        r = lp.start(plan(target.url, 1500, 12), tmp_path / "run", agents=3)
         killed = lose_an_agent(r, 0, sig)
         seen_lost = None
         while seen_lost is None and time.monotonic() - killed < 10:
@@ -264,23 +265,27 @@ def test_an_agent_killed_mid_run_is_lost_and_the_survivors_take_its_share(
         r.wait()
         s = r.summary()
         served = target.served
-    # Lost after AGENT_LOST_S of silence, seen within the coordinator's next checks (a busy
-    # machine runs the coordinator beside three agents).
-    assert seen_lost is not None and seen_lost < AGENT_LOST_S + 3.0, seen_lost
-    kinds = [e["event"] for e in events(r.path)]
-    assert "lost" in kinds and kinds.count("takeover") == 2, kinds
-    # The survivors sent the lost agent's remaining arrivals: the schedule stays the plan's.
-    assert s.target_requests == 10_000
+    # A local agent's exit is seen at once, not after the silence that loses a remote one.
+    assert seen_lost is not None and seen_lost < 2.0, seen_lost
+    journal = events(r.path)
+    kinds = [e["event"] for e in journal]
+    assert "exited" in kinds and "lost" in kinds and kinds.count("takeover") == 2, kinds
+    assert any("from arrival" in str(e["detail"]) for e in journal if e["event"] == "takeover")
+    # The survivors sent the lost agent's remaining arrivals: the schedule stays the plan's,
+    # and every due arrival is accounted for (what the lost agent sent and never reported
+    # has no known outcome: cancelled).
+    assert s.target_requests == 18_000
     o = s.overall
-    assert o.requests == pytest.approx(10_000, rel=0.01)
-    # The server's count: what the lost agent sent after its last reported second reached the
-    # server and is sent again by the survivors, at most two seconds of its share (docs).
-    extra = served - (o.requests + o.cancelled)
-    assert 0 <= extra <= 2 * 1000 / 3, (served, o)
     assert s.target_requests == (o.iterations or 0) + o.cancelled + o.unsent
-    # The taken-over arrivals were sent late and count from when they were due: at least the
-    # loss limit of waiting shows in the tail (the target answers in well under a millisecond).
-    assert o.latency_ms.max is not None and o.latency_ms.max >= AGENT_LOST_S * 1000, o.latency_ms
+    # The takeover starts from the lost agent's last progress (a tenth of a second old), so
+    # the server's count is within 0.5% of the plan; what it received beyond what the run
+    # accounts for was sent twice, and the summary's figure of arrivals of unknown fate
+    # bounds it.
+    assert abs(served - 18_000) <= 0.005 * 18_000, served
+    twice = served - (o.requests + o.cancelled)
+    assert 0 <= twice <= s.fate_unknown, (served, o.requests, o.cancelled, s.fate_unknown)
+    assert s.fate_unknown <= 0.02 * 18_000, s.fate_unknown
+    assert "unknown" in kinds
     assert o.service_ms.max is not None and o.service_ms.max < 500, o.service_ms
 
 
@@ -706,3 +711,96 @@ def test_a_busy_agent_is_not_shared_with_a_second_coordinator(
     # The first run went on untouched: its plan's count, the server's count.
     s = first.summary()
     assert s.ended == "completed" and s.overall.requests == 1000 == served
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The parent is the 2nd field after the command, which is in parentheses.
+        if int(stat.rpartition(")")[2].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def test_local_agents_start_whatever_the_working_directory_holds(tmp_path: Path) -> None:
+    """A `loadpilot/` folder in the directory a run starts from (a checkout beside a
+    non-editable install) is not what the local agents import."""
+    shadow = tmp_path / "loadpilot"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('not the installed LoadPilot')\n")
+    plan_file = tmp_path / "plan.json"
+    with lp.start_target() as target:
+        plan_file.write_text(plan(target.url, 200, 2).to_json())
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "loadpilot"), "run", str(plan_file),
+             "--agents", "2", "--agents-timeout", "20s", "--out", str(tmp_path / "run")],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        )  # fmt: skip
+        served = target.served
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert served == 400
+
+
+def test_an_agent_that_dies_at_start_is_reported_at_once_with_its_last_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tmp_path / "site" / "loadpilot"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise RuntimeError('this LoadPilot is broken')\n")
+    monkeypatch.setenv("PYTHONPATH", str(broken.parent))
+    began = time.monotonic()
+    with (
+        lp.start_target() as target,
+        pytest.raises(lp.LoadPilotError) as e,
+    ):
+        lp.start(plan(target.url, 100, 2), tmp_path / "run", agents=2)
+    took = time.monotonic() - began
+    assert re.search(
+        r"agent local-\w+-\d exited at start \(exit code 1\): .*RuntimeError: this LoadPilot is "
+        r"broken \(its log: .*\.log\)",
+        str(e.value),
+    ), str(e.value)
+    # Not the minute a run waits for agents that have not come: the exit is seen at once
+    # (the time is the NATS server's and the agents' own start).
+    assert took < 10, took
+    assert target.served == 0
+
+
+def test_a_run_whose_agents_all_died_ends_with_exit_2_and_why(tmp_path: Path) -> None:
+    plan_file = tmp_path / "plan.json"
+    with lp.start_target() as target:
+        plan_file.write_text(plan(target.url, 300, 20).to_json())
+        run = tmp_path / "run"
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "loadpilot.cli", "run", str(plan_file), "--agents", "2",
+             "--out", str(run)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            wait_for_rows(run, 2)
+            agents = [
+                p
+                for p in children_of(cli.pid)
+                if b"agent" in Path(f"/proc/{p}/cmdline").read_bytes()
+            ]
+            assert len(agents) == 2, agents
+            for p in agents:
+                os.kill(p, signal.SIGKILL)
+            out, err = cli.communicate(timeout=30)
+        finally:
+            end(cli)
+    assert cli.returncode == 2, out + err
+    assert "every agent was lost" in err and "exit code -9" in err, err
+    assert "sent twice" not in out + err, "no survivor sent anything again"
+    assert "Traceback" not in err
+    # What was measured before is kept.
+    s = lp.load_run(run).summary()
+    assert s.overall.requests > 0
+    assert s.target_requests == (s.overall.iterations or 0) + s.overall.cancelled + s.overall.unsent

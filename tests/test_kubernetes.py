@@ -57,6 +57,7 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
             "url": "tls://127.0.0.1:4222",
             "credsSecret": "loadpilot-nats-creds",
             "tlsCASecret": "messaging-ca",
+            "tlsClientSecret": "loadpilot-nats-client",
         },
         "coordinator": {"enabled": True, "persistence": {"existingClaim": "loadpilot-runs"}},
     },
@@ -324,17 +325,31 @@ def test_generated_secrets_hold_fresh_tokens() -> None:
         assert len(ta) == 40 and ta != tb
 
 
-def test_the_external_nats_credentials_are_mounted_where_the_agent_reads_them() -> None:
+@pytest.mark.parametrize("component", ["-agent", "-coordinator"])
+def test_the_external_nats_credentials_are_mounted_where_loadpilot_reads_them(
+    component: str,
+) -> None:
+    """Agents and the coordinator (`loadpilot serve`, which takes the same flags) alike."""
     docs = manifests(render(COMBINATIONS["external NATS"]))
-    spec = pod_spec(one(docs, "Deployment", "-agent"))
+    spec = pod_spec(one(docs, "Deployment", component))
     c = spec["containers"][0]
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in spec["volumes"]}
-    for flag, secret in (("--creds", "loadpilot-nats-creds"), ("--tls-ca", "messaging-ca")):
+    for flag, secret in (
+        ("--creds", "loadpilot-nats-creds"),
+        ("--tls-ca", "messaging-ca"),
+        ("--tls-cert", "loadpilot-nats-client"),
+        ("--tls-key", "loadpilot-nats-client"),
+    ):
         path = Path(arg_after(c["args"], flag))
         assert volumes[mounts[str(path.parent)]]["secret"]["secretName"] == secret
+    # The flags are the command's own (its parser accepts them).
+    from loadpilot.cli import _parser
+
+    assert c["args"][0] == ("agent" if component == "-agent" else "serve")
+    _parser().parse_args(c["args"])
     # No token for an external server unless a Secret is named.
-    assert "LOADPILOT_NATS_TOKEN" not in {e["name"] for e in c["env"]}
+    assert "LOADPILOT_NATS_TOKEN" not in {e["name"] for e in c.get("env", [])}
 
 
 def test_monitoring_ships_the_dashboard_for_grafanas_sidecar() -> None:

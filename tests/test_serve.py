@@ -396,3 +396,38 @@ def test_serve_and_the_target_listen_on_ports_that_do_not_collide() -> None:
     parser = _parser()
     assert parser.parse_args(["serve"]).port == 8000
     assert parser.parse_args(["target"]).port == 8080
+
+
+def test_a_long_lived_server_keeps_its_newest_runs_in_memory_and_the_rest_on_disk(
+    tmp_path: Path, target: lp.TargetServer
+) -> None:
+    p, port = serve(tmp_path, "--token", TOKEN, "--keep-runs", "2")
+    api = Api(port)
+    try:
+        ids = []
+        for _ in range(4):
+            status, created = api.request("POST", "/runs", plan(target.url, rate=50, seconds=1))
+            assert status == 201, created
+            lines(api.stream("GET", f"/runs/{created['id']}/metrics"))  # to its end
+            ids.append(created["id"])
+        # Listed and exported: the newest two only.
+        status, listed = api.request("GET", "/runs")
+        assert status == 200 and [r["id"] for r in listed] == ids[2:]
+        status, text = api.request("GET", "/metrics")
+        exported = set(re.findall(r'loadpilot_requests_total\{run="(\w+)"', text))
+        assert exported == set(ids[2:]), exported
+        # The older ones are still there, read back from their directories.
+        for rid in ids[:2]:
+            status, info = api.request("GET", f"/runs/{rid}")
+            assert status == 200, info
+            assert info["state"] == "finished" and info["summary"]["overall"]["requests"] == 50
+            rows = lines(api.stream("GET", f"/runs/{rid}/metrics"))
+            assert rows[-1]["summary"]["overall"]["requests"] == 50
+            assert sum(r["requests"] for r in rows[:-1] if r["request"] is None) == 50
+            status, html = api.request("GET", f"/runs/{rid}/report")
+            assert status == 200 and "<html" in html.lower()
+        assert api.request("GET", "/runs/0123456789ab")[0] == 404
+        assert api.request("GET", "/runs/..%2Fetc")[0] == 404
+    finally:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(30)

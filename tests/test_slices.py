@@ -10,7 +10,11 @@ from loadpilot.cluster.slices import Slice
 
 def arrivals(sl: Slice, n: int) -> set[int]:
     """The arrivals of the first ``n`` of the global schedule a slice runs."""
-    return {k for k in range(n) if k % sl.count == sl.index % sl.count and k >= sl.index}
+    return {
+        k
+        for k in range(n)
+        if k % sl.count == sl.index % sl.count and k >= max(sl.index, sl.from_index)
+    }
 
 
 @pytest.mark.parametrize("agents", [1, 2, 3, 7])
@@ -34,6 +38,27 @@ def test_a_takeover_runs_exactly_the_lost_slices_arrivals(agents: int, survivors
         # A takeover of a takeover splits it again, still exactly.
         again = slices.takeover(parts[0], 2, from_s=6.0)
         assert set().union(*(arrivals(p, 5000) for p in again)) == arrivals(parts[0], 5000)
+
+
+@pytest.mark.parametrize(("agents", "survivors"), [(2, 1), (3, 2), (4, 3), (5, 2)])
+@pytest.mark.parametrize("from_index", [0, 1, 997, 1000, 1003])
+def test_a_takeover_from_an_arrival_runs_the_lost_slices_arrivals_from_there(
+    agents: int, survivors: int, from_index: int
+) -> None:
+    for lost in slices.initial(agents):
+        parts = slices.takeover(lost, survivors, from_s=4.0, from_index=from_index)
+        assert all(p.index < p.count for p in parts), "a shard the engine accepts"
+        seen = [arrivals(p, 5000) for p in parts]
+        mine = {k for k in arrivals(lost, 5000) if k >= from_index}
+        assert set().union(*seen) == mine
+        assert sum(len(s) for s in seen) == len(mine), "none twice"
+        # The next arrivals of the lost slice go to every survivor in turn.
+        firsts = sorted(min(s) for s in seen)
+        assert firsts == sorted(mine)[:survivors]
+        again = slices.takeover(parts[1 % survivors], 2, from_s=6.0, from_index=from_index + 50)
+        assert set().union(*(arrivals(p, 5000) for p in again)) == {
+            k for k in arrivals(parts[1 % survivors], 5000) if k >= from_index + 50
+        }
 
 
 def test_connections_are_shared_out_whole_and_never_zero() -> None:

@@ -76,9 +76,7 @@ class Agent:
         url: str,
         name: str | None = None,
         *,
-        token: str | None = None,
-        creds: str | None = None,
-        tls_ca: str | None = None,
+        secure: P.Secure | None = None,
         allow_targets: list[str] | None = None,
         allow_code: bool = False,
         health_port: int | None = None,
@@ -87,9 +85,8 @@ class Agent:
         self.name = name or f"{socket.gethostname().split('.')[0]}-{os.getpid()}"
         if not P.valid_name(self.name):
             raise LoadPilotError(f"agent name {self.name!r}: use letters, digits, '-' and '_' only")
-        self.token = token
-        self.creds = creds
-        self.tls_ca = tls_ca
+        self.secure = secure or P.Secure()
+        self.secure.check()
         self.allow_targets = list(allow_targets or [])
         self.allow_code = allow_code
         self.health_port = health_port
@@ -144,9 +141,7 @@ class Agent:
                 self.nc = await P.connect(
                     self.url,
                     name=self.name,
-                    token=self.token,
-                    creds=self.creds,
-                    tls_ca=self.tls_ca,
+                    secure=self.secure,
                     timeout_s=5.0,
                     disconnected=on_disconnect,
                     reconnected=on_reconnect,
@@ -156,6 +151,10 @@ class Agent:
                 if not told:
                     print(f"agent {self.name}: {e}; trying again", flush=True)
                     told = True
+                try:  # not in a tight loop: a refused certificate fails at once
+                    await asyncio.wait_for(self._quit.wait(), 1.0)
+                except TimeoutError:
+                    pass
                 if self._quit.is_set():
                     return
         self._connected = True
@@ -170,7 +169,7 @@ class Agent:
             while not self._quit.is_set():
                 await self._tick()
                 try:
-                    await asyncio.wait_for(self._quit.wait(), 0.2)
+                    await asyncio.wait_for(self._quit.wait(), P.PROGRESS_S)
                 except TimeoutError:
                     pass
         finally:
@@ -334,8 +333,16 @@ class Agent:
             return
         if op.get("op") == "stop":
             reason = "aborted" if op.get("reason") == "aborted" else "stopped"
+            # A stop naming slices is for those only: slices of this agent the coordinator
+            # gave up on (it was cut off and taken over), whose load must end now.
+            only = op.get("reporters")
             for s in self._slices:
+                if only is not None and s.reporter not in only:
+                    continue
                 if s.stop_reason is None:
+                    if only is not None:
+                        print(f"agent {self.name}: slice {s.reporter} was taken over; "
+                              "stopping it", flush=True)  # fmt: skip
                     s.stop_reason = reason
                     s.handle.stop(reason)
 
@@ -374,18 +381,26 @@ class Agent:
                 s.pending.append((f"{s.run}.{s.reporter}.{index}", body + b"\n" + iv))
             if done and not s.ended:
                 s.ended = True
+                sent = s.handle.progress()
+                if sent is not None:
+                    print(f"agent {self.name}: slice {s.reporter} ended: sent {sum(sent[1])} "
+                          f"arrivals, up to arrival {sent[0]}", flush=True)  # fmt: skip
                 summary = _judged(s, s.handle.summary_json() or "{}")
                 head = json.dumps({"kind": "end", "reporter": s.reporter}).encode()
                 s.pending.append((f"{s.run}.{s.reporter}.end", head + b"\n" + summary.encode()))
             await self._flush(s)
         if self._connected and runs:
             for run in runs:
+                mine = [s for s in self._slices if s.run == run]
                 beat = {
                     "kind": "beat",
                     "agent": self.name,
                     "state": self.state.value,
                     "time": time.time(),
-                    "reporters": [s.reporter for s in self._slices if s.run == run],
+                    "reporters": [s.reporter for s in mine],
+                    # How far each slice has got (read after its intervals were taken, so
+                    # it covers everything they report): where a takeover would start.
+                    "progress": {s.reporter: s.handle.progress() for s in mine},
                 }
                 try:
                     await self.nc.publish(P.run_subject(run, "agents"), json.dumps(beat).encode())

@@ -64,6 +64,13 @@ class Agents:
     on_loss: str = "redistribute"
     max_offset_ms: float = 50.0
     token: str | None = None
+    """NATS: a token (else one in the URL), a credentials file (``.creds``), the CA that
+    signed the server's certificate, and a client certificate and key for mutual TLS; as
+    agents take them."""
+    creds: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
@@ -74,10 +81,18 @@ class Agents:
             )
         if not (self.timeout_s > 0):
             raise ClusterError("agents: timeout_s must be > 0")
+        self.secure.check()
 
     @property
     def spawns(self) -> bool:
         return self.nats is None if self.spawn is None else self.spawn
+
+    @property
+    def secure(self) -> P.Secure:
+        """How to connect to NATS (the server started for the run takes its token only)."""
+        if self.nats is None:
+            return P.Secure(token=self.token)
+        return P.Secure(self.token, self.creds, self.tls_ca, self.tls_cert, self.tls_key)
 
 
 class AgentState(StrEnum):
@@ -122,6 +137,36 @@ class _Reporter:
     share: slices.Slice
     state: ReporterState = ReporterState.RUNNING
     summary: dict[str, Any] | None = None
+    #: How far it had got at its agent's last heartbeat (open model): one past the highest
+    #: arrival index sent, and the arrivals sent per task.
+    progress: tuple[int, list[int]] | None = None
+    #: Once lost: its progress then (its takeover starts there), and the run's second up to
+    #: which it may have gone on sending (the arrivals in between are of unknown fate).
+    lost_at: tuple[int, list[int]] | None = None
+    sending_until_s: float = 0.0
+    #: Its progress as its agent said it later (the agent was cut off, not dead).
+    heard_after: tuple[int, list[int]] | None = None
+    #: Survivors run the rest of it.
+    taken_over: bool = False
+
+
+@dataclass
+class _Child:
+    """An agent process this coordinator started."""
+
+    name: str
+    proc: Any
+    log: Path
+    #: When it was seen to have exited (seconds since the Unix epoch).
+    exited_at: float | None = None
+
+    def tail(self, lines: int = 5) -> str:
+        """The last lines of its log, on one line."""
+        try:
+            text = self.log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "no log"
+        return " | ".join(text[-lines:]) or "an empty log"
 
 
 class _RunFiles:
@@ -129,7 +174,7 @@ class _RunFiles:
     JSON line each (agents found, lost, taken over; bad reports), and its agents' rows."""
 
     #: Events also said on standard output, where the user sees them as they happen.
-    SAID = ("lost", "refused", "clock", "takeover", "timeout")
+    SAID = ("lost", "exited", "refused", "clock", "takeover", "timeout", "unknown")
 
     def __init__(self, out: Path) -> None:
         self.out = out
@@ -143,7 +188,8 @@ class _RunFiles:
         except OSError:
             pass
         if event in self.SAID:
-            print(f"agent {agent}: {event}: {detail}", flush=True)
+            print(f"agent {agent}: {event}: {detail}" if agent != "-" else f"{event}: {detail}",
+                  flush=True)  # fmt: skip
 
     def agents(self, rows: bytes) -> str | None:
         """Writes the agents' rows (``agents.jsonl``, ``agents.parquet``); the error, if a
@@ -211,7 +257,7 @@ class Coordinator:
         self._failure: str | None = None
         self._stop_reason: str | None = None
         self._server: NatsServer | None = None
-        self._children: list[Any] = []
+        self._children: list[_Child] = []
         self._start_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected = False
@@ -260,14 +306,14 @@ class Coordinator:
 
     def _cleanup(self) -> None:
         for child in self._children:
-            if child.poll() is None:
-                child.terminate()
+            if child.proc.poll() is None:
+                child.proc.terminate()
         for child in self._children:
             try:
-                child.wait(5)
+                child.proc.wait(5)
             except Exception:
-                child.kill()
-                child.wait()
+                child.proc.kill()
+                child.proc.wait()
         if self._server is not None:
             self._server.close()
 
@@ -287,9 +333,10 @@ class Coordinator:
             for i in range(spec.count):
                 name = f"local-{self.run_id[:6]}-{i}"
                 log = self._out / "agents" / f"{name}.log"
-                self._children.append(
-                    spawn_agent(url, name, allow_targets=[host], allow_code=code, log=log)
+                proc = spawn_agent(
+                    url, name, spec.secure, allow_targets=[host], allow_code=code, log=log
                 )
+                self._children.append(_Child(name, proc, log))
 
         async def on_disconnect() -> None:
             self._connected = False
@@ -304,7 +351,7 @@ class Coordinator:
             nc = await P.connect(
                 url,
                 name=f"coordinator-{self.run_id}",
-                token=spec.token,
+                secure=spec.secure,
                 timeout_s=10.0,
                 disconnected=on_disconnect,
                 reconnected=on_reconnect,
@@ -402,6 +449,7 @@ class Coordinator:
         seen: dict[str, dict[str, Any]] = {}
         busy: set[str] = set()
         while time.monotonic() < deadline:
+            self._check_children_started()
             inbox = nc.new_inbox()
             answers: list[dict[str, Any]] = []
 
@@ -438,6 +486,24 @@ class Coordinator:
             f"--nats URL`, or wait longer with --agents-timeout){taken}"
         )
 
+    def _exited(self) -> list[_Child]:
+        """Agent processes started here that have exited since the last look."""
+        gone = []
+        for c in self._children:
+            if c.exited_at is None and c.proc.poll() is not None:
+                c.exited_at = time.time()
+                gone.append(c)
+        return gone
+
+    def _check_children_started(self) -> None:
+        """An agent started here that exits before the run starts ends the run's start, with
+        the agent's own last words."""
+        for c in self._exited():
+            raise ClusterError(
+                f"agent {c.name} exited at start (exit code {c.proc.returncode}): {c.tail()} "
+                f"(its log: {c.log})"
+            )
+
     async def _clock(self, nc: Any, name: str) -> tuple[float, float]:
         """The agent's clock minus ours, from the sample with the shortest round trip."""
         best: tuple[float, float] | None = None
@@ -465,7 +531,13 @@ class Coordinator:
         connections: int | None,
     ) -> str | None:
         start_at = self._start_at + a.offset_s
-        shard = Shard(index=sl.index, count=sl.count, start_at=start_at, from_s=sl.from_s)
+        shard = Shard(
+            index=sl.index,
+            count=sl.count,
+            start_at=start_at,
+            from_s=sl.from_s,
+            from_index=sl.from_index,
+        )
         work: dict[str, Any] = {
             "run": self.run_id,
             "reporter": reporter,
@@ -508,11 +580,48 @@ class Coordinator:
         if a is None:
             return
         if m.get("kind") == "beat":
+            progress = m.get("progress")
+            if isinstance(progress, dict):
+                self._progress(a, progress)
             if a.state != AgentState.LOST:
                 a.last_seen = time.monotonic()
                 a.last_seen_wall = time.time()
+            else:
+                await self._fence(a)
         elif m.get("kind") == "event":
             self._event(str(m.get("event")), a.name, str(m.get("detail")))
+
+    def _progress(self, a: _Agent, progress: dict[str, Any]) -> None:
+        """Takes an agent's word of how far its slices have got."""
+        for name, p in progress.items():
+            r = self._reporters.get(str(name))
+            if r is None or r.agent != a.name or not isinstance(p, list) or len(p) != 2:
+                continue
+            try:
+                upto, started = int(p[0]), [int(n) for n in p[1]]
+            except (TypeError, ValueError):
+                continue
+            # Progress only grows; heartbeats held while the agent was cut off may come after
+            # newer ones (its client sends what it held once it reconnects): the furthest wins.
+            seen = (upto, started)
+            if r.state == ReporterState.LOST:
+                # A slice given up on, still going (its agent was cut off): what it sent
+                # past its progress at the loss was sent twice.
+                if r.heard_after is None or sum(started) > sum(r.heard_after[1]):
+                    r.heard_after = seen
+            elif r.state == ReporterState.RUNNING:
+                if r.progress is None or sum(started) > sum(r.progress[1]):
+                    r.progress = seen
+
+    async def _fence(self, a: _Agent) -> None:
+        """A lost agent is heard again (it was cut off, not dead): the slices given up on
+        must stop, since others have taken them over."""
+        mine = [r.name for r in self._reporters.values() if r.agent == a.name]
+        body = json.dumps({"op": "stop", "reason": "stopped", "reporters": mine}).encode()
+        try:
+            await self.nc.publish(P.run_subject(self.run_id, "ctl"), body)
+        except Exception:
+            pass
 
     async def _on_data(self, msg: Msg) -> None:
         # Acknowledged whatever it holds: a report that cannot be used is logged once, never
@@ -558,6 +667,12 @@ class Coordinator:
             if self._stop_reason is not None and not stop_sent:
                 await self._publish_ctl(nc, self._stop_reason)
                 stop_sent = True
+            for c in self._exited():
+                a = self._agents.get(c.name)
+                if a is None or a.state not in (AgentState.RUNNING, AgentState.READY):
+                    continue
+                self._event("exited", a.name, f"exit code {c.proc.returncode}: {c.tail()}")
+                await self._lose(nc, a, f"its process exited (exit code {c.proc.returncode})")
             for a in self._agents.values():
                 mine = [r for r in self._reporters.values() if r.agent == a.name]
                 ended = all(r.state == ReporterState.ENDED for r in mine)
@@ -568,7 +683,7 @@ class Coordinator:
                     and self._connected
                     and now - a.last_seen > P.AGENT_LOST_S
                 ):
-                    await self._lose(nc, a)
+                    await self._lose(nc, a, f"no heartbeat for {P.AGENT_LOST_S:g} s")
             live = [r.name for r in self._reporters.values() if r.state == ReporterState.RUNNING]
             elapsed = time.time() - self._start_at
             through = min(int(elapsed - P.CLOSE_GRACE_S), n_sched - 1)
@@ -590,9 +705,9 @@ class Coordinator:
         except Exception:
             pass
 
-    async def _lose(self, nc: Any, a: _Agent) -> None:
+    async def _lose(self, nc: Any, a: _Agent, why: str) -> None:
         a.state = AgentState.LOST
-        self._event("lost", a.name, f"no heartbeat for {P.AGENT_LOST_S:g} s")
+        self._event("lost", a.name, why)
         merge = self._merge
         assert merge is not None
         lost = [
@@ -600,8 +715,22 @@ class Coordinator:
             for r in self._reporters.values()
             if r.agent == a.name and r.state == ReporterState.RUNNING
         ]
+        child = next((c for c in self._children if c.name == a.name), None)
         for r in lost:
             r.state = ReporterState.LOST
+            r.lost_at = r.progress
+            # Until when it may have sent: its process's exit, when it was ours and was seen
+            # to exit; otherwise as long as an agent cut off from NATS goes on.
+            if child is not None and child.exited_at is not None:
+                until = child.exited_at
+            else:
+                until = a.last_seen_wall + P.SILENT_SENDING_S
+            r.sending_until_s = until - self._start_at
+        if not any(x.state != AgentState.LOST for x in self._agents.values()):
+            self._failure = self._failure or (
+                f"every agent was lost (the last, {a.name}: {why})"
+                + (f"; its log ends: {child.tail()}" if child is not None else "")
+            )
         policy = self.spec.on_loss
         if policy == "abort":
             self._stop_reason = self._stop_reason or "aborted"
@@ -614,7 +743,9 @@ class Coordinator:
             return
         for r in lost:
             from_s = slices.resume_from(r.share, merge.reported_upto(r.name))
-            parts = slices.takeover(r.share, len(survivors), from_s)
+            # From the first arrival it was not known to have sent (open model).
+            from_index = r.lost_at[0] if r.lost_at is not None else 0
+            parts = slices.takeover(r.share, len(survivors), from_s, from_index)
             conns = None
             if isinstance(self.plan.load, OpenLoad):
                 share = self._connections(r.share) or 1
@@ -627,7 +758,9 @@ class Coordinator:
                     self._reporters[name].state = ReporterState.LOST
                     self._event("refused", x.name, f"takeover of {r.name}: {err}")
                 else:
-                    self._event("takeover", x.name, f"{r.name} from {from_s:g} s")
+                    r.taken_over = True
+                    at = f"arrival {from_index}" if from_index else f"{from_s:g} s"
+                    self._event("takeover", x.name, f"{r.name} from {at}")
 
     def _finish(self) -> None:
         merge = self._merge
@@ -642,21 +775,52 @@ class Coordinator:
                 assert r.summary is not None
                 for i, t in enumerate(r.summary.get("tasks", [])):
                     targets[i] += float(t.get("target_requests") or 0.0)
+        unknown = 0
         for r in self._reporters.values():
             if r.state != ReporterState.ENDED:
-                taken = merge.lose(r.name)
+                sent = r.lost_at[1] if r.lost_at is not None else []
+                taken = merge.lose(r.name, sent)
                 if targets is not None:
                     for i, n in enumerate(taken):
                         targets[i] += n
+                unknown += self._fate_unknown(r)
+        if unknown:
+            self._event("unknown", "-", f"{unknown} arrivals may have been sent twice")
         summaries = [r.summary for r in ended if r.summary]
         duration = max((float(s.get("duration_s", 0.0)) for s in summaries), default=None)
         drain = max((float(s.get("drain_s", 0.0)) for s in summaries), default=0.0)
         ends = [str(s.get("ended")) for s in summaries]
         try:
-            self._summary = merge.finish(self._stop_reason, ends, duration, drain, targets)
+            self._summary = merge.finish(
+                self._stop_reason, ends, duration, drain, targets, fate_unknown=unknown
+            )
         except _engine.LoadPilotError as e:
             self._failure = str(e)
         self._write_agent_files()
+
+    def _fate_unknown(self, r: _Reporter) -> int:
+        """How many of a lost slice's arrivals may have been sent twice: those its agent may
+        have sent after the progress its takeover started from. Exactly what it sent when it
+        was heard again (cut off, not dead); otherwise every arrival of the slice due before
+        it can have stopped sending."""
+        if r.state != ReporterState.LOST or not isinstance(self.plan.load, OpenLoad):
+            return 0
+        if not r.taken_over:
+            return 0  # nobody sent its arrivals again
+        at_loss = r.lost_at or (0, [])
+        if r.heard_after is not None:
+            return max(0, sum(r.heard_after[1]) - sum(at_loss[1]))
+        share = slices.Slice(r.share.index, r.share.count, r.share.from_s, at_loss[0])
+        shard = Shard(
+            index=share.index,
+            count=share.count,
+            from_s=share.from_s,
+            from_index=share.from_index,
+        )
+        plan = self.plan.model_copy(update={"shard": shard})
+        until = min(r.sending_until_s, self.plan.duration_s)
+        counts = _engine.arrivals_before(plan.to_json(), max(0.0, until))
+        return sum(counts or [])
 
     def _event(self, event: str, agent: str, detail: str) -> None:
         self._journal.event(event, agent, detail)

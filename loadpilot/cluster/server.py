@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from loadpilot.cluster.protocol import Secure
 from loadpilot.errors import ClusterError
 
 
@@ -133,10 +134,36 @@ class NatsServer:
 
 
 def spawn_agent(
-    url: str, name: str, *, allow_targets: list[str], allow_code: bool, log: Path
+    url: str,
+    name: str,
+    secure: Secure,
+    *,
+    allow_targets: list[str],
+    allow_code: bool,
+    log: Path,
 ) -> subprocess.Popen[bytes]:
-    """Starts `loadpilot agent` as a child process of this one, its output into `log`."""
-    args = [sys.executable, "-m", "loadpilot.cli", "agent", "--nats", url, "--name", name]
+    """Starts `loadpilot agent` as a child process of this one, its output into `log`.
+
+    The child imports the LoadPilot this process runs, whatever its working directory holds:
+    Python's safe path (``-P``: a ``loadpilot/`` folder in the directory is not imported in
+    its place), with this package's directory as the last place to look."""
+    root = str(Path(__file__).resolve().parents[2])  # the directory holding `loadpilot/`
+    boot = (
+        f"import sys; sys.path.append({root!r}); from loadpilot.cli import main; "
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    args = [sys.executable, "-P", "-c", boot, "agent", "--nats", url, "--name", name]
+    for flag, path in (
+        ("--creds", secure.creds),
+        ("--tls-ca", secure.tls_ca),
+        ("--tls-cert", secure.tls_cert),
+        ("--tls-key", secure.tls_key),
+    ):
+        if path is not None:
+            args += [flag, str(Path(path).resolve())]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if secure.token:
+        env["LOADPILOT_NATS_TOKEN"] = secure.token  # not in the arguments `ps` shows
     for t in allow_targets:
         args += ["--allow-target", t]
     if allow_code:
@@ -148,7 +175,7 @@ def spawn_agent(
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env=env,
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )

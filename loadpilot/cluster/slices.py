@@ -15,11 +15,12 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Slice:
     """Every ``count``-th arrival or user of the schedule from ``index``, sent from ``from_s``
-    seconds into the run on."""
+    seconds into the run on, and from arrival ``from_index`` of the schedule on (open model)."""
 
     index: int
     count: int
     from_s: float = 0.0
+    from_index: int = 0
 
 
 def initial(n_agents: int) -> list[Slice]:
@@ -42,13 +43,27 @@ def resume_from(lost: Slice, reported_upto: int | None) -> float:
     return max(lost.from_s, 0.0 if reported_upto is None else float(reported_upto + 1))
 
 
-def takeover(lost: Slice, survivors: int, from_s: float) -> list[Slice]:
-    """The slices ``survivors`` agents run to take over ``lost`` from ``from_s`` on: the lost
-    slice split ``survivors`` ways, each survivor every ``survivors``-th of its arrivals."""
+def takeover(lost: Slice, survivors: int, from_s: float, from_index: int = 0) -> list[Slice]:
+    """The slices ``survivors`` agents run to take over ``lost`` from ``from_s`` seconds and
+    arrival ``from_index`` on: the lost slice split ``survivors`` ways, each survivor every
+    ``survivors``-th of its arrivals.
+
+    The parts interleave from ``from_index`` (the lost slice's first arrival at or after it
+    goes to the first survivor), so a takeover from the middle of a second shares the rest of
+    that second evenly too."""
     if survivors < 1:
         raise ValueError("a takeover needs a surviving agent")
+    start = max(from_index, lost.from_index)
+    # The lost slice's first arrival at or after `start`: parts are counted from there.
+    first = start + (lost.index - start) % lost.count
     return [
-        Slice(lost.index + k * lost.count, lost.count * survivors, from_s) for k in range(survivors)
+        Slice(
+            (first + k * lost.count) % (lost.count * survivors),
+            lost.count * survivors,
+            from_s,
+            start,
+        )
+        for k in range(survivors)
     ]
 
 

@@ -272,6 +272,11 @@ class Dashboard:
         self._final: dict[str, str] | None = None
         self._thread: threading.Thread | None = None
         self._lat_rows: dict[float, list[tuple[float, str, float]]] = {}
+        #: The rows of the seconds drawn (the last ``window_s``), read as they close: a frame
+        #: costs the same at the run's first minute and at its tenth hour.
+        self._window = _store.empty_metrics()
+        self._seen = 0
+        self._missed = 0
 
     # -- rendering ---------------------------------------------------------------------------
 
@@ -285,10 +290,24 @@ class Dashboard:
         rows = [r for t, rs in self._lat_rows.items() if t >= since for r in rs]
         return pl.DataFrame(rows, schema=_LAT_SCHEMA, orient="row")
 
+    def _rows(self) -> pl.DataFrame:
+        """Every row (tasks' and request names') of the seconds drawn, with those closed
+        since the last call."""
+        with self._lock:
+            new, self._seen = self.run._rows_after(self._seen)
+            if new.height:
+                self._missed += int(_store.task_rows(new)["missed"].sum())
+                self._window = pl.concat([self._window, new])
+                if self.window_s:
+                    end = float(self._window["elapsed_s"].max()) + 1  # type: ignore[arg-type]
+                    keep = pl.col("elapsed_s") >= end - self.window_s - 1
+                    self._window = self._window.filter(keep)
+            return self._window
+
     def data(self) -> tuple[pl.DataFrame, pl.DataFrame, float, float]:
         """What the charts draw, for the seconds closed so far (the last ``window_s``):
         per-second rows (all tasks), per-second latency series, and the time span."""
-        m = self.run.metrics
+        m = _store.task_rows(self._rows())
         end = float(m["elapsed_s"].max() or 0.0) + 1 if len(m) else 0.0  # type: ignore[arg-type]
         since = max(0.0, end - self.window_s) if self.window_s else 0.0
         per = _series.per_second(m.filter(pl.col("elapsed_s") >= since)).select(PER_COLUMNS)
@@ -305,7 +324,7 @@ class Dashboard:
 
     def _headline(self, final: Summary | None) -> str:
         run = self.run
-        m = _store.task_rows(run.metrics)
+        m = _store.task_rows(self._rows())
         planned = run.plan.duration_s
         if final is not None:
             s = final
@@ -332,7 +351,7 @@ class Dashboard:
                     + f" · p99 {_fmt(h.percentile(99) if h else None)}"
                     + f" · errors {int(last['errors'].sum()):,}/s"
                     + f" · in flight {int(last['in_flight'].max() or 0):,}"  # type: ignore[arg-type]
-                    + f" · missed {int(m['missed'].sum()):,}"
+                    + f" · missed {self._missed:,}"
                 )
             else:
                 figures = "waiting for the first second"
@@ -352,7 +371,7 @@ class Dashboard:
             final = self.run._summary_if_done()  # now with its validity
         head = self._headline(final)
         svg = ""
-        if len(self.run.metrics):
+        if self._rows().height:
             if final is not None:
                 import vl_convert as vlc
 
@@ -362,7 +381,7 @@ class Dashboard:
         body = head + f"<div class='lp-live'>{svg}</div>"
         if final is None:
             # Per request name, the last second (the final frame's summary has the whole run).
-            body += requests_now(self.run.request_metrics)
+            body += requests_now(_store.request_rows(self._rows()))
         if final is not None:
             from loadpilot.analysis.traces import html_section
 

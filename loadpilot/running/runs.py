@@ -258,16 +258,48 @@ class Run(RunResult):
     def done(self) -> bool:
         return self._handle.done
 
+    def _take(self) -> None:
+        """Takes the rows closed since the last call (under the lock).
+
+        Rows are kept in chunks whose sizes at least double towards the oldest: a new chunk
+        is merged into the one before it while that one is not twice its size. So there are
+        only a few chunks (about log2 of the rows), and each row is copied a few times over
+        the whole run, not once a second: what reading the newest rows costs does not grow
+        with the run's length."""
+        data = self._handle.take_rows()
+        if not data:
+            return
+        self._frames.append(_store.rows_from_ndjson(data))
+        while len(self._frames) > 1 and self._frames[-2].height < 2 * self._frames[-1].height:
+            last = self._frames.pop()
+            self._frames[-1] = pl.concat([self._frames[-1], last], rechunk=True)
+
     def _pull(self) -> pl.DataFrame:
         with self._lock:
-            data = self._handle.take_rows()
-            if data:
-                self._frames.append(_store.rows_from_ndjson(data))
+            self._take()
             if len(self._frames) > 1:
-                # One contiguous frame: a chunk per second would cost memory on every column
-                # for the whole run.
+                # One contiguous frame for whoever asks for all of it.
                 self._frames = [pl.concat(self._frames, rechunk=True)]
             return self._frames[0] if self._frames else _store.empty_metrics()
+
+    def _rows_after(self, seen: int) -> tuple[pl.DataFrame, int]:
+        """The rows (tasks' and request names') after the first ``seen``, and how many there
+        are in all: what a follower of the run (the exporter, serve mode's stream, the CLI's
+        progress) reads each time, at a cost that does not grow with the run's length."""
+        with self._lock:
+            self._take()
+            total = sum(f.height for f in self._frames)
+            new: list[pl.DataFrame] = []
+            end = total
+            for f in reversed(self._frames):
+                if end <= seen:
+                    break
+                start = end - f.height
+                new.append(f.slice(max(0, seen - start)))
+                end = start
+            if not new:
+                return _store.empty_metrics(), total
+            return (new[0] if len(new) == 1 else pl.concat(new[::-1])), total
 
     def _write_parquet(self) -> None:
         """Once the run has ended and every row is in: ``metrics.parquet`` for readers of the

@@ -32,7 +32,7 @@ from loadpilot.exporter import RunMetrics
 from loadpilot.launch import start
 from loadpilot.plan import ClosedLoad, OpenLoad, Plan
 from loadpilot.profiles import shape
-from loadpilot.running.runs import Run
+from loadpilot.running.runs import LoadedRun, Run
 
 
 @dataclass
@@ -115,12 +115,17 @@ def check_plan(plan: Plan, limits: Limits) -> None:
 
 
 class Server:
-    """The runs of one server process."""
+    """The runs of one server process: the last ``keep_runs`` finished runs (and the one
+    going) in memory and in its Prometheus metrics; older ones on disk only, read back when
+    asked for."""
 
-    def __init__(self, runs_dir: Path, limits: Limits, agents: Any = None) -> None:
+    def __init__(
+        self, runs_dir: Path, limits: Limits, agents: Any = None, keep_runs: int = 20
+    ) -> None:
         self.runs_dir = runs_dir
         self.limits = limits
         self.agents = agents
+        self.keep_runs = keep_runs
         self.runs: dict[str, Run] = {}
         self.metrics = RunMetrics()
         self._lock = threading.Lock()
@@ -154,38 +159,62 @@ class Server:
                 raise HTTPException(422, str(e)) from None
             self.runs[rid] = run
             self.metrics.watch(run, rid)
+            self._forget()
             return rid, run
 
-    def get(self, rid: str) -> Run:
+    def tidy(self) -> None:
+        """Lets go of finished runs beyond the newest ``keep_runs`` (as runs start and end,
+        and before the runs are listed or exported)."""
+        with self._lock:
+            self._forget()
+
+    def _forget(self) -> None:
+        finished = [rid for rid, r in self.runs.items() if r.done]
+        for rid in finished[: max(0, len(finished) - self.keep_runs)]:
+            del self.runs[rid]
+            self.metrics.forget(rid)
+
+    def get(self, rid: str) -> Run | LoadedRun:
+        """A run of this server: in memory, or read back from its directory."""
         run = self.runs.get(rid)
-        if run is None:
+        if run is not None:
+            return run
+        path = self.runs_dir / rid
+        if not rid.isalnum() or not (path / "plan.json").is_file():
             raise HTTPException(404, f"no run {rid}")
-        return run
+        try:
+            return LoadedRun(path)
+        except LoadPilotError as e:
+            raise HTTPException(404, f"run {rid}: {e}") from None
 
     def info(self, rid: str) -> RunInfo:
         run = self.get(rid)
-        s = run.summary() if run.done else run.summary_so_far()
+        if isinstance(run, Run) and not run.done:
+            s, state = run.summary_so_far(), "running"
+        else:
+            s, state = run.summary(), "finished"
         return RunInfo(
             id=rid,
             name=run.plan.name,
-            state="finished" if run.done else "running",
+            state=state,
             path=str(run.path),
             summary=json.loads(s.model_dump_json()),
         )
 
 
-async def _rows(run: Run, every_s: float = 0.25) -> AsyncIterator[bytes]:
+async def _rows(run: Run | LoadedRun, every_s: float = 0.25) -> AsyncIterator[bytes]:
     """The run's rows as newline-delimited JSON, each as its second closes, then the summary.
     The run goes on whatever the client does."""
     sent = 0
     while True:
-        done = run.done
-        frame = run._rows  # tasks' rows and request names'
-        if frame.height > sent:
-            new = frame.slice(sent)
-            sent = frame.height
+        done = run.done if isinstance(run, Run) else True
+        if isinstance(run, Run):
+            new, sent = run._rows_after(sent)  # tasks' rows and request names'
+        else:
+            new = run._rows
+        if new.height:
             yield new.with_columns(new["time"].dt.epoch("us") / 1e6).write_ndjson().encode()
-        if done and frame.height == sent:
+        if done:
             break
         await asyncio.sleep(every_s)
     s = await asyncio.to_thread(run.summary)
@@ -198,9 +227,11 @@ def create_app(
     token: str | None = None,
     limits: Limits | None = None,
     agents: Any = None,
+    keep_runs: int = 20,
 ) -> FastAPI:
     limits = limits or Limits()
-    server = Server(runs_dir or Path(tempfile.mkdtemp(prefix="loadpilot-serve-")), limits, agents)
+    runs_dir = runs_dir or Path(tempfile.mkdtemp(prefix="loadpilot-serve-"))
+    server = Server(runs_dir, limits, agents, keep_runs)
     app, auth = _app(token, limits)
     _health_routes(app, server, auth)
     _run_routes(app, server, limits, auth)
@@ -270,6 +301,7 @@ def _health_routes(app: FastAPI, server: Server, auth: list[Any]) -> None:
 
     @app.get("/metrics", dependencies=auth, responses=_ERRORS, response_class=PlainTextResponse)
     def metrics() -> PlainTextResponse:
+        server.tidy()
         return PlainTextResponse(
             generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST
         )
@@ -308,6 +340,8 @@ def _run_routes(app: FastAPI, server: Server, limits: Limits, auth: list[Any]) -
 
     @app.get("/runs", dependencies=auth, responses=_ERRORS)
     def list_runs() -> list[RunInfo]:
+        """The runs kept in memory (``--keep-runs``); older ones by their id."""
+        server.tidy()
         return [server.info(rid) for rid in list(server.runs)]
 
     @app.get("/runs/{run_id}", dependencies=auth, responses=_ERRORS)
@@ -317,7 +351,7 @@ def _run_routes(app: FastAPI, server: Server, limits: Limits, auth: list[Any]) -
     @app.post("/runs/{run_id}/stop", status_code=202, dependencies=auth, responses=_ERRORS)
     def stop_run(run_id: str) -> RunInfo:
         run = server.get(run_id)
-        if not run.done:
+        if isinstance(run, Run) and not run.done:
             run.stop()
         return server.info(run_id)
 
@@ -336,7 +370,7 @@ def _run_routes(app: FastAPI, server: Server, limits: Limits, auth: list[Any]) -
     )
     def run_report(run_id: str) -> HTMLResponse:
         run = server.get(run_id)
-        if not run.done:
+        if isinstance(run, Run) and not run.done:
             raise HTTPException(409, f"run {run_id} is still going")
         from loadpilot.analysis.reporting import report
 

@@ -112,8 +112,8 @@ mod _engine {
     use super::python_side::{PyCall, PyCheck, PyMailbox, PySession, PyTicket, PyTickets};
     #[pymodule_export]
     use super::run::{
-        normalize_plan, profile_points, request_name, request_name_problem, start_run,
-        summarize_dir, target_allowed, validate_plan, PyRun,
+        arrivals_before, normalize_plan, profile_points, request_name, request_name_problem,
+        start_run, summarize_dir, target_allowed, validate_plan, PyRun,
     };
     #[pymodule_export]
     use super::testbed::{start_target, PyTarget};

@@ -60,10 +60,12 @@ impl PyMerge {
     }
 
     /// `reporter` will report nothing more (its agent was lost): its taken and unstarted
-    /// arrivals count as unsent, its unanswered iterations as cancelled. Returns the arrivals
-    /// it took, per entry.
-    fn lose(&self, reporter: &str) -> Vec<u64> {
-        self.lock().lose(reporter)
+    /// arrivals count as unsent, its unanswered iterations as cancelled, and so do the
+    /// arrivals its agent last said it had `sent` (per entry) beyond what it reported.
+    /// Returns the arrivals it took, per entry.
+    #[pyo3(signature = (reporter, sent=Vec::new()))]
+    fn lose(&self, reporter: &str, sent: Vec<u64>) -> Vec<u64> {
+        self.lock().lose(reporter, &sent)
     }
 
     /// The requests `reporter` has reported so far.
@@ -123,7 +125,8 @@ impl PyMerge {
     /// Closes what is still open, writes `summary.json` and returns it. `stopped`: the reason
     /// the run was stopped with, if it was; else it ended as the gravest of its slices'
     /// `ends`. `targets`: per entry, the arrivals that were due (open model).
-    #[pyo3(signature = (stopped, ends, duration_s=None, drain_s=0.0, targets=None))]
+    /// `fate_unknown`: arrivals lost agents may have sent that their takeovers sent again.
+    #[pyo3(signature = (stopped, ends, duration_s=None, drain_s=0.0, targets=None, fate_unknown=0))]
     fn finish(
         &self,
         stopped: Option<&str>,
@@ -131,6 +134,7 @@ impl PyMerge {
         duration_s: Option<f64>,
         drain_s: f64,
         targets: Option<Vec<f64>>,
+        fate_unknown: u64,
     ) -> PyResult<String> {
         let stopped = stopped.map(Ended::parse).transpose().map_err(CoreError)?;
         let ends = ends
@@ -140,7 +144,7 @@ impl PyMerge {
             .map_err(CoreError)?;
         let s = self
             .lock()
-            .finish(stopped, &ends, duration_s, drain_s, targets)
+            .finish(stopped, &ends, duration_s, drain_s, targets, fate_unknown)
             .map_err(CoreError)?;
         Ok(serde_json::to_string(&s).expect("summaries serialize"))
     }

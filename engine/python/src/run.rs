@@ -138,6 +138,12 @@ impl PyRun {
         self.handle.elapsed_s()
     }
 
+    /// An open model's progress: one past the highest arrival index of the schedule sent,
+    /// and the arrivals sent per task; None for a closed model.
+    fn progress(&self) -> Option<(u64, Vec<u64>)> {
+        self.handle.progress()
+    }
+
     /// The most virtual users (or connections) the run has at once.
     fn max_users(&self) -> u64 {
         self.handle.max_users()
@@ -178,6 +184,15 @@ pub(crate) fn profile_points(stages_json: &str) -> PyResult<ProfileShape> {
         .map_err(|e| PlanError::new_err(format!("invalid stages: {e}")))?;
     let p = loadpilot_core::plan::profile::Profile::new(&stages).map_err(CoreError)?;
     Ok((p.points(), p.total(), p.peak()))
+}
+
+/// An open model's arrivals of the plan's slice (its shard, from its `from_s` and
+/// `from_index`) due before `until_s` seconds into the run, per task; None for a closed
+/// model. What a lost slice was due to send by an instant.
+#[pyfunction]
+pub(crate) fn arrivals_before(plan_json: &str, until_s: f64) -> PyResult<Option<Vec<u64>>> {
+    let plan = Plan::from_json(plan_json).map_err(CoreError)?;
+    loadpilot_core::runner::arrivals_before(&plan, until_s).map_err(|e| CoreError(e).into())
 }
 
 /// The plan as the engine reads it, every default filled in (JSON): what the plan models of

@@ -115,6 +115,12 @@ global.natsAuth and the release's name, so they agree.
 - --tls-ca
 - /etc/loadpilot/nats-ca/{{ .Values.externalNats.tlsCAKey }}
 {{- end }}
+{{- if and (not .Values.nats.enabled) .Values.externalNats.tlsClientSecret }}
+- --tls-cert
+- /etc/loadpilot/nats-client/tls.crt
+- --tls-key
+- /etc/loadpilot/nats-client/tls.key
+{{- end }}
 {{- end }}
 
 {{- define "loadpilot.natsMounts" -}}
@@ -126,6 +132,11 @@ global.natsAuth and the release's name, so they agree.
 {{- if and (not .Values.nats.enabled) .Values.externalNats.tlsCASecret }}
 - name: nats-ca
   mountPath: /etc/loadpilot/nats-ca
+  readOnly: true
+{{- end }}
+{{- if and (not .Values.nats.enabled) .Values.externalNats.tlsClientSecret }}
+- name: nats-client
+  mountPath: /etc/loadpilot/nats-client
   readOnly: true
 {{- end }}
 {{- end }}
@@ -140,6 +151,11 @@ global.natsAuth and the release's name, so they agree.
 - name: nats-ca
   secret:
     secretName: {{ .Values.externalNats.tlsCASecret }}
+{{- end }}
+{{- if and (not .Values.nats.enabled) .Values.externalNats.tlsClientSecret }}
+- name: nats-client
+  secret:
+    secretName: {{ .Values.externalNats.tlsClientSecret }}
 {{- end }}
 {{- end }}
 

@@ -266,16 +266,24 @@ impl Merge {
 
     /// `reporter` is gone (its agent was lost) and will report nothing more: what it had
     /// taken and not started counts as unsent, what it had started and not reported ended
-    /// as cancelled (folded into the next interval to close). Returns the arrivals it took,
-    /// per entry: its share of what was due.
-    pub fn lose(&mut self, reporter: &str) -> Vec<u64> {
+    /// as cancelled (folded into the next interval to close). `sent`: per entry, the
+    /// arrivals its agent last said it had sent; those beyond what it reported were sent
+    /// and their outcome is unknown: cancelled too. Returns the arrivals it took, per entry:
+    /// its share of what was due.
+    pub fn lose(&mut self, reporter: &str, sent: &[u64]) -> Vec<u64> {
         let n = self.names().len();
-        let Some(counts) = self.counts.get_mut(reporter) else {
-            return vec![0; n];
-        };
-        let taken: Vec<u64> = counts.iter().map(|c| c.taken).collect();
+        let counts = self
+            .counts
+            .entry(reporter.to_string())
+            .or_insert_with(|| vec![Counters::default(); n]);
         let mut extra: Vec<TaskData> = (0..n).map(|_| TaskData::new()).collect();
-        for (c, d) in counts.iter_mut().zip(extra.iter_mut()) {
+        for (i, (c, d)) in counts.iter_mut().zip(extra.iter_mut()).enumerate() {
+            // Sent and never reported: taken, started, and never ended.
+            let unreported = sent.get(i).copied().unwrap_or(0).saturating_sub(c.started);
+            d.counts.taken = unreported;
+            d.counts.started = unreported;
+            c.taken += unreported;
+            c.started += unreported;
             // Taken and never started: unsent. Started and never ended: cancelled.
             let unsent = c.taken.saturating_sub(c.started).saturating_sub(c.unsent);
             let cancelled = c
@@ -287,6 +295,7 @@ impl Merge {
             c.unsent += unsent;
             c.cancelled += cancelled;
         }
+        let taken: Vec<u64> = counts.iter().map(|c| c.taken).collect();
         let slot = self.late.get_or_insert_with(|| Open {
             span: Span::default(),
             target_rps: vec![None; n],
@@ -391,6 +400,7 @@ impl Merge {
         duration_s: Option<f64>,
         drain_s: f64,
         targets: Option<Vec<f64>>,
+        fate_unknown: u64,
     ) -> Result<Summary> {
         let rest: Vec<u64> = self.open.keys().copied().collect();
         for i in rest {
@@ -404,7 +414,8 @@ impl Merge {
             self.close(i, late)?;
         }
         let ended = stopped.unwrap_or_else(|| Ended::of_slices(ends.iter().copied()));
-        let summary = self.summary(ended, duration_s.unwrap_or(self.sent_s), drain_s, targets);
+        let mut summary = self.summary(ended, duration_s.unwrap_or(self.sent_s), drain_s, targets);
+        summary.fate_unknown = fate_unknown;
         self.writer.summary(&summary)?;
         Ok(summary)
     }
@@ -540,7 +551,7 @@ mod tests {
         };
         assert!(matches!(m.add("x", &bad), Err(Error::Report { .. })));
         let s = m
-            .finish(None, &[Ended::Completed], None, 0.0, None)
+            .finish(None, &[Ended::Completed], None, 0.0, None, 0)
             .unwrap();
         let names: Vec<(&str, u64)> = s
             .requests
@@ -593,7 +604,7 @@ mod tests {
             vec![1, 3]
         );
         let s = m
-            .finish(None, &[Ended::Completed], None, 0.0, Some(vec![7.0]))
+            .finish(None, &[Ended::Completed], None, 0.0, Some(vec![7.0]), 0)
             .unwrap();
         assert_eq!(s.overall.requests, 7, "nothing lost, nothing twice");
         assert_eq!(s.target_requests, Some(7.0));
@@ -613,10 +624,37 @@ mod tests {
         iv.tasks[0] = d.to_wire();
         m.add("x", &iv).unwrap();
         m.close_ready(&["x".to_string()], 0).unwrap();
-        assert_eq!(m.lose("x"), vec![4]);
-        let s = m.finish(None, &[], None, 0.0, Some(vec![4.0])).unwrap();
+        assert_eq!(m.lose("x", &[]), vec![4]);
+        let s = m.finish(None, &[], None, 0.0, Some(vec![4.0]), 0).unwrap();
         let o = &s.overall;
         assert_eq!((o.iterations, o.cancelled, o.unsent), (Some(1), 1, 2));
+        assert_eq!(s.fate_unknown, 0);
+    }
+
+    #[test]
+    fn arrivals_a_lost_reporter_sent_and_never_reported_are_due_and_cancelled() {
+        let mut m = merge("lost-sent");
+        let mut iv = interval(0, &[100]);
+        let mut d = TaskData::from_wire(&iv.tasks[0]).unwrap();
+        d.counts.taken += 1; // 2 taken, 2 started, 1 ended
+        d.counts.started += 1;
+        iv.tasks[0] = d.to_wire();
+        m.add("x", &iv).unwrap();
+        m.close_ready(&["x".to_string()], 0).unwrap();
+        // Its agent said it had sent 5: three more than it reported, their fate unknown.
+        assert_eq!(m.lose("x", &[5]), vec![5]);
+        let s = m.finish(None, &[], None, 0.0, Some(vec![5.0]), 7).unwrap();
+        let o = &s.overall;
+        assert_eq!((o.iterations, o.cancelled, o.unsent), (Some(1), 4, 0));
+        assert_eq!(s.target_requests, Some(5.0));
+        assert_eq!(s.fate_unknown, 7);
+        let text = std::fs::read_to_string(m.dir().join(crate::measure::rundir::SUMMARY)).unwrap();
+        assert!(text.contains("\"fate_unknown\": 7"), "{text}");
+        // A reporter that never reported still had its sent arrivals counted.
+        let mut m = merge("lost-silent");
+        assert_eq!(m.lose("y", &[3]), vec![3]);
+        let s = m.finish(None, &[], None, 0.0, Some(vec![3.0]), 0).unwrap();
+        assert_eq!(s.overall.cancelled, 3);
     }
 
     #[test]

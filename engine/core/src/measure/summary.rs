@@ -209,6 +209,15 @@ pub struct Summary {
     /// The messages of failed checks, most frequent first (at most `MAX_FAILURES`).
     #[serde(default)]
     pub failures: Vec<FailureCount>,
+    /// Arrivals a lost agent of a distributed run may have sent after its last report of
+    /// progress, which its takeover sent again: the target may have received up to this
+    /// many requests more than were due. 0 when no agent was lost (or for a local run).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fate_unknown: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A run's totals so far: per entry (tasks, then hooks) and per request name, everything
@@ -365,6 +374,7 @@ impl Totals {
         failures.truncate(MAX_FAILURES);
         Summary {
             failures,
+            fate_unknown: 0,
             name: head.name.to_string(),
             started_at: head.started_at,
             duration_s: head.duration_s,

@@ -289,6 +289,10 @@ pub struct Shard {
     /// then.
     #[serde(default)]
     pub from_s: f64,
+    /// Arrivals of the global schedule below this index are not its own (open model): a
+    /// takeover starts from the first arrival the lost slice was not known to have sent.
+    #[serde(default)]
+    pub from_index: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

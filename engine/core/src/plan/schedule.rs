@@ -63,6 +63,9 @@ pub struct Schedule {
     /// Arrivals due before this many seconds are not this schedule's (a slice taken over
     /// part-way through a run).
     from: f64,
+    /// Arrivals of lower index are not this schedule's (a takeover that starts from the
+    /// first arrival the lost slice was not known to have sent).
+    from_index: u64,
 }
 
 impl Schedule {
@@ -89,13 +92,23 @@ impl Schedule {
             cursor: 0,
             finished: false,
             from: 0.0,
+            from_index: 0,
         })
     }
 
-    /// The schedule from `from` seconds on: earlier arrivals are neither taken nor counted.
-    pub fn starting_at(mut self, from: f64) -> Self {
+    /// The schedule from `from` seconds and arrival `from_index` on: earlier arrivals are
+    /// neither taken nor counted.
+    pub fn starting_at(mut self, from: f64, from_index: u64) -> Self {
         self.from = from;
+        self.from_index = from_index;
         self
+    }
+
+    /// Whether arrival `a` is this schedule's own.
+    fn owns(&self, a: &Arrival) -> bool {
+        a.index % self.shard_count == self.shard_index
+            && a.due >= self.from
+            && a.index >= self.from_index
     }
 
     fn advance(&mut self) -> Option<Arrival> {
@@ -133,12 +146,15 @@ impl Schedule {
             };
             let end = end.min(u64::MAX as f64) as u64;
             // Arrivals before `from` are not this schedule's.
-            let first = self.next_index.max(
-                self.profile
-                    .cumulative(self.from)
-                    .ceil()
-                    .min(u64::MAX as f64) as u64,
-            );
+            let first = self
+                .next_index
+                .max(
+                    self.profile
+                        .cumulative(self.from)
+                        .ceil()
+                        .min(u64::MAX as f64) as u64,
+                )
+                .max(self.from_index);
             mix.count_shard(first, end, self.shard_index, self.shard_count, &mut counts);
             self.next_index = end.max(self.next_index);
         } else {
@@ -146,7 +162,7 @@ impl Schedule {
                 if a.due >= t {
                     break;
                 }
-                if a.index % self.shard_count == self.shard_index && a.due >= self.from {
+                if self.owns(&a) {
                     counts[mix.pick(a.index)] += 1;
                 }
             }
@@ -161,7 +177,7 @@ impl Iterator for Schedule {
     fn next(&mut self) -> Option<Arrival> {
         loop {
             let a = self.advance()?;
-            if a.index % self.shard_count == self.shard_index && a.due >= self.from {
+            if self.owns(&a) {
                 return Some(a);
             }
         }
@@ -314,6 +330,36 @@ mod tests {
             duration_s: d,
         }])
         .unwrap()
+    }
+
+    #[test]
+    fn a_slice_taken_over_from_an_arrival_keeps_that_arrival_and_the_rest_of_its_own() {
+        let whole: Vec<u64> = Schedule::new(constant(30.0, 2.0), Arrivals::Uniform, (1, 3))
+            .unwrap()
+            .map(|a| a.index)
+            .collect();
+        let rest = |from_s: f64, from_index: u64| {
+            Schedule::new(constant(30.0, 2.0), Arrivals::Uniform, (1, 3))
+                .unwrap()
+                .starting_at(from_s, from_index)
+                .map(|a| a.index)
+                .collect::<Vec<u64>>()
+        };
+        assert_eq!(rest(0.0, 0), whole);
+        assert_eq!(rest(0.0, 10), whole[3..]); // 10 is the slice's own fourth
+        assert_eq!(rest(0.0, 11), whole[4..]);
+        // Whichever of the two bounds lies later holds.
+        assert_eq!(rest(1.0, 10), rest(0.0, 30));
+        // Counting the arrivals left agrees with taking them.
+        let mix = Mix::new(&[1]).unwrap();
+        let mut s = Schedule::new(constant(30.0, 2.0), Arrivals::Uniform, (1, 3))
+            .unwrap()
+            .starting_at(0.0, 11);
+        assert_eq!(s.finish_before(1.0, &mix, 1), vec![6]); // 13, 16, ..., 28
+        let mut s = Schedule::new(constant(3e7, 1.0), Arrivals::Uniform, (1, 3))
+            .unwrap()
+            .starting_at(0.0, 30_000_000 - 29);
+        assert_eq!(s.finish_before(1.0, &mix, 1), vec![10], "in closed form");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use super::{Body, Ctx, FeedRows, Model, Step, Think};
+use super::{Body, Ctx, FeedRows, Model, Progress, Step, Think};
 use crate::error::{Error, Result};
 use crate::http::{CompiledRequest, Target};
 use crate::measure::metrics::Recorder;
@@ -131,6 +131,23 @@ fn compile_bodies(plan: &Plan, target: &Target, names: &Names) -> Result<Vec<Bod
     Ok(bodies)
 }
 
+/// An open model's arrivals of the plan's shard (from its `from_s` and `from_index`) due
+/// before `until_s` seconds into the run, per task: what a slice was due to send by then.
+/// `None` for a closed model.
+pub fn arrivals_before(plan: &Plan, until_s: f64) -> Result<Option<Vec<u64>>> {
+    let weights: Vec<u32> = plan.tasks.iter().map(|t| t.weight).collect();
+    let mix = Mix::new(&weights)?;
+    let shard = plan.shard.map_or((0, 1), |s| (s.index, s.count));
+    let (model, _) = build_model(plan, shard)?;
+    Ok(match model {
+        Model::Open { schedule, .. } => {
+            let mut schedule = schedule.into_inner().unwrap_or_else(|e| e.into_inner());
+            Some(schedule.finish_before(until_s, &mix, weights.len()))
+        }
+        Model::Closed { .. } => None,
+    })
+}
+
 /// The load model (an open model's schedule of this shard, or a closed model's users) and
 /// the run's planned duration.
 fn build_model(plan: &Plan, shard: (u64, u64)) -> Result<(Model, f64)> {
@@ -147,13 +164,15 @@ fn build_model(plan: &Plan, shard: (u64, u64)) -> Result<(Model, f64)> {
                 ArrivalKind::Poisson => Arrivals::Poisson { seed: *seed },
             };
             let duration = profile.duration();
-            let from_s = plan.shard.map_or(0.0, |s| s.from_s);
-            let schedule = Schedule::new(profile.clone(), kind, shard)?.starting_at(from_s);
+            let (from_s, from_index) = plan.shard.map_or((0.0, 0), |s| (s.from_s, s.from_index));
+            let schedule =
+                Schedule::new(profile.clone(), kind, shard)?.starting_at(from_s, from_index);
             (
                 Model::Open {
                     schedule: Mutex::new(schedule),
                     connections: *connections,
                     arrivals: profile,
+                    sent: Progress::new(plan.tasks.len()),
                 },
                 duration,
             )

@@ -65,12 +65,49 @@ pub(crate) enum Model {
         schedule: Mutex<Schedule>,
         connections: u32,
         arrivals: Profile,
+        sent: Progress,
     },
     Closed {
         users: Profile,
         think: Think,
         iterations: AtomicU64,
     },
+}
+
+/// How far an open model's slice has got: what a distributed run's coordinator needs to take
+/// the slice over from the first arrival it was not known to have sent.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    /// One past the highest arrival index sent.
+    upto: AtomicU64,
+    /// Arrivals sent, per task.
+    started: Vec<AtomicU64>,
+}
+
+impl Progress {
+    pub(crate) fn new(tasks: usize) -> Self {
+        Progress {
+            upto: AtomicU64::new(0),
+            started: (0..tasks).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Arrival `index` of `task` is being sent.
+    pub(crate) fn sent(&self, index: u64, task: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.upto.fetch_max(index + 1, Relaxed);
+        if let Some(c) = self.started.get(task) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// One past the highest arrival index sent, and the arrivals sent per task.
+    pub(crate) fn read(&self) -> (u64, Vec<u64>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        // Counts first: every arrival they count is below the index read after them.
+        let started = self.started.iter().map(|c| c.load(Relaxed)).collect();
+        (self.upto.load(Relaxed), started)
+    }
 }
 
 /// A closed-model user's wait between iterations.
@@ -452,6 +489,15 @@ impl RunHandle {
         self.ctx.python.as_ref().map(|p| p.tickets.clone())
     }
 
+    /// An open model's progress: one past the highest arrival index sent, and the arrivals
+    /// sent per task; `None` for a closed model.
+    pub fn progress(&self) -> Option<(u64, Vec<u64>)> {
+        match &self.ctx.model {
+            Model::Open { sent, .. } => Some(sent.read()),
+            Model::Closed { .. } => None,
+        }
+    }
+
     /// The most virtual users (closed model) or connections (open model) the run has at once.
     pub fn max_users(&self) -> u64 {
         self.ctx.model.peak_users()
@@ -467,6 +513,8 @@ impl RunHandle {
         }
     }
 }
+
+pub use compile::arrivals_before;
 
 /// Validates and compiles `plan`, creates the run directory and starts the run on `rt`.
 /// Returns at once; every problem with the plan or the directory is reported here, before any

@@ -152,7 +152,7 @@ impl Begin {
 }
 
 pub(super) async fn open_worker(ctx: Arc<Ctx>, user: User) {
-    let Model::Open { schedule, .. } = &ctx.model else {
+    let Model::Open { schedule, sent, .. } = &ctx.model else {
         return;
     };
     let clock = ctx.clock();
@@ -197,6 +197,7 @@ pub(super) async fn open_worker(ctx: Arc<Ctx>, user: User) {
             late,
             due: Some(due),
         };
+        sent.sent(arrival.index, task);
         tokio::select! {
             go_on = iteration(&ctx, &user, arrival.index, task, begin) => {
                 if !go_on { break }
