@@ -113,6 +113,55 @@ def test_the_tuner_edits_a_profile_and_counts_its_requests() -> None:
         _ = tuner.profile
 
 
+def _area_points(chart: object) -> list[tuple[float, float, float]]:
+    """The drawn area's points, as Vega renders them: (x, top y, baseline y) in pixels."""
+    import vl_convert as vlc
+
+    found: list[tuple[float, float, float]] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if node.get("marktype") == "area":
+                found.extend((i["x"], i["y"], i["y2"]) for i in node["items"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(vlc.vegalite_to_scenegraph(chart.to_dict()))  # type: ignore[attr-defined]
+    return found
+
+
+@pytest.mark.parametrize(
+    "profile",
+    [
+        lp.ramp(0, 300, "10s") + lp.hold(300, "1m"),
+        lp.constant(100, "10s") + lp.constant(300, "10s") + lp.constant(50, "5s"),
+        lp.step(0, 400, 4, "20s") + lp.hold(400, "10s"),
+        lp.spike(50, 500, "2s", "10s"),
+        lp.ramp(300, 0, "10s") + lp.hold(0, "5s") + lp.ramp(0, 200, "5s"),
+    ],
+    ids=["ramp+hold", "constants", "steps", "spike", "down-pause-up"],
+)
+def test_the_tuner_draws_the_profile_it_runs(profile: lp.Profile) -> None:
+    """The rendered curve, point by point, is the profile's (the engine's corners): never
+    stacked where two stages meet, its highest point the peak, a hold flat."""
+    tuner = lp.tune(profile)
+    drawn = _area_points(tuner.rate_chart())
+    corners = profile.points()
+    assert len(drawn) == len(corners)
+    baseline = drawn[0][2]
+    assert all(y2 == baseline for _, _, y2 in drawn), "nothing stacked on anything"
+    # Heights in pixels are the values on one scale: the same ratio everywhere.
+    scale = {round((baseline - y) / v, 6) for (_, y, _), (_, v) in zip(drawn, corners) if v > 0}
+    assert len(scale) == 1, scale
+    peak = max(v for _, v in corners)
+    assert peak == pytest.approx(profile.peak)
+    assert min(y for _, y, _ in drawn) == pytest.approx(baseline - peak * scale.pop())
+    assert [x for x, _, _ in drawn] == sorted(x for x, _, _ in drawn)
+
+
 def test_a_tuned_profile_starts_a_scenario(target: lp.TargetServer, tmp_path: Path) -> None:
     @lp.scenario(profile=lp.constant(rps=10, duration="10s"))
     class S(lp.VUser):

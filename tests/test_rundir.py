@@ -237,3 +237,34 @@ def test_an_exporter_that_cannot_bind_stops_the_run_it_was_for(
         with pytest.raises(ValueError, match=f"127.0.0.1:{port}.*cannot serve there"):
             lp.start(plan, out, prometheus=f"127.0.0.1:{port}")
     assert lp.load_run(out).summary().ended == "stopped"
+
+
+@pytest.mark.slow
+def test_a_follower_reads_each_row_once_and_rows_stay_in_few_chunks(tmp_path: Path) -> None:
+    """What the exporter, serve mode's stream, the CLI's progress and the dashboard read each
+    second: the rows closed since their last look, every row exactly once; the run keeps its
+    rows in chunks of doubling size, so there are few of them whatever the run's length."""
+    with lp.start_target() as target:
+        plan = lp.Plan(
+            name="follow",
+            target=target.url,
+            load=lp.OpenLoad(stages=[lp.Constant(rate=200, duration_s=4)]),
+            tasks=[get("a", "/"), get("b", "/json")],
+        )
+        r = lp.start(plan, tmp_path / "run")
+        pieces, seen, most_chunks = [], 0, 0
+        while True:
+            done = r.done
+            new, seen = r._rows_after(seen)
+            pieces.append(new)
+            most_chunks = max(most_chunks, len(r._frames))
+            if done:
+                break
+            time.sleep(0.05)
+        r.wait()
+    followed = pl.concat(pieces)
+    everything = r._rows
+    assert seen == everything.height == followed.height
+    assert followed.equals(everything)
+    # Chunks of doubling size: never more than log2 of the rows + 1.
+    assert most_chunks <= everything.height.bit_length() + 1, most_chunks

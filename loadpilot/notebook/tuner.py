@@ -164,10 +164,16 @@ class Tuner(w.VBox):  # type: ignore[misc]
         pts = p.points()
         frame = pl.DataFrame({"seconds": [t for t, _ in pts], "value": [v for _, v in pts]})
         title = "requests per second" if p.model == "open" else "virtual users"
+        # The corners repeat at each stage's boundary (a step is two points at one instant):
+        # never stacked (an area stacks the values at one x by default, which drew a ramp to
+        # 300 then a hold of 300 as a jump to 600 sloping down).
         chart: alt.Chart = (
             alt.Chart(frame)
             .mark_area(line=True, opacity=0.3)
-            .encode(x=alt.X("seconds:Q"), y=alt.Y("value:Q", title=title))
+            .encode(
+                x=alt.X("seconds:Q"),
+                y=alt.Y("value:Q", title=title, stack=None),
+            )
             .properties(width=560, height=180, title="Load profile")
         )
         return chart
