@@ -22,6 +22,7 @@ from loadpilot import thresholds
 from loadpilot.plan import Constant, Plan, Ramp, Spike, Step
 from loadpilot.profiles import Profile
 from loadpilot.running import runs as _run
+from loadpilot.running import store as _store
 from loadpilot.running.store import ERROR_KINDS
 from loadpilot.summary import Summary
 
@@ -77,11 +78,11 @@ def _errors(row: dict[str, object]) -> str:
     return ", ".join(parts) if parts else "0"
 
 
-def panel(r: _run.Run, total_s: float, elapsed_s: float) -> Panel:
-    """The live panel: the run's progress and its last closed second, per task."""
+def panel(r: _run.Run, total_s: float, elapsed_s: float, last: pl.DataFrame) -> Panel:
+    """The live panel: the run's progress and its last closed second (``last``: its task rows,
+    or none yet), per task."""
     plan = r.plan
     open_model = plan.load.model == "open"
-    m = r.metrics
     bar = ProgressBar(total=max(total_s, 1e-9), completed=min(elapsed_s, total_s), width=40)
     head = Table.grid(padding=(0, 2))
     head.add_row(
@@ -100,9 +101,7 @@ def panel(r: _run.Run, total_s: float, elapsed_s: float) -> Panel:
         "missed",
     ):
         body.add_column(col, justify="left" if col in ("task", "errors") else "right")
-    sending = m.filter(pl.col("elapsed_s") < total_s)
-    if len(sending):
-        last = sending.filter(pl.col("elapsed_s") == sending["elapsed_s"].max())
+    if len(last):
         if not open_model:
             wanted = _value_at(_profile(plan).points(), elapsed_s)
         # Each task's row, then its request names' (indented under it).
@@ -143,21 +142,26 @@ def live_progress(
     thresholds are checked on each closed second and the first failure stops the run (through
     ``stop``); the failing verdicts are returned."""
     seen_rows = 0
+    #: The task rows of the last second closed while sending (the drain's are not shown).
+    last = _store.empty_metrics()
     with Live(console=console, refresh_per_second=4, transient=False) as live:
         while True:
             ended = r.wait(0.25)
             # At the end, the run's own sending time (the planned duration, or up to a stop).
             elapsed = r.summary().duration_s if ended else r.elapsed_s
-            live.update(panel(r, total_s, elapsed))
+            new, seen_rows = r._rows_after(seen_rows)
+            sending = _store.task_rows(new).filter(pl.col("elapsed_s") < total_s)
+            if len(sending):
+                last = sending.filter(pl.col("elapsed_s") == sending["elapsed_s"].max())
+            live.update(panel(r, total_s, elapsed, last))
             if ended:
                 return []
-            new, seen_rows = r._rows_after(seen_rows)
             if abort_on and new.height:
                 failed = [
                     v for v in thresholds.evaluate(r.summary_so_far(), abort_on) if not v.passed
                 ]
                 if failed:
-                    live.update(panel(r, total_s, elapsed))
+                    live.update(panel(r, total_s, elapsed, last))
                     stop("aborted")
                     return failed
 

@@ -154,7 +154,11 @@ def test_the_tuner_draws_the_profile_it_runs(profile: lp.Profile) -> None:
     baseline = drawn[0][2]
     assert all(y2 == baseline for _, _, y2 in drawn), "nothing stacked on anything"
     # Heights in pixels are the values on one scale: the same ratio everywhere.
-    scale = {round((baseline - y) / v, 6) for (_, y, _), (_, v) in zip(drawn, corners) if v > 0}
+    scale = {
+        round((baseline - y) / v, 6)
+        for (_, y, _), (_, v) in zip(drawn, corners, strict=True)
+        if v > 0
+    }
     assert len(scale) == 1, scale
     peak = max(v for _, v in corners)
     assert peak == pytest.approx(profile.peak)

@@ -44,7 +44,7 @@ def data_subject_agent(subject: str) -> str:
     return run_and_agent[1] if subject.startswith(DATA_PREFIX) and len(run_and_agent) > 1 else "?"
 
 
-#: Heartbeats, both ways.
+#: The coordinator's heartbeat.
 BEAT_S = 0.5
 #: An agent's heartbeat, with how far each of its slices has got: a lost slice's takeover
 #: starts from there, so whatever the agent sent after it (sent twice) is at most this long.
