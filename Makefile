@@ -180,6 +180,10 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 image: ## Build the container image with docker or podman (DOCKER=podman IMAGE=registry/loadpilot)
 	$(DOCKER) build -f deploy/Dockerfile --build-arg LOADPILOT_VERSION=$(VERSION) -t $(IMAGE):$(VERSION) .
 
+.PHONY: test-image
+test-image: ## Build the image with podman from Debian-made bases and run agents, NATS, serve and a target in containers (root; about 5 minutes)
+	bash deploy/test-image.sh
+
 .PHONY: clean
 clean: ## Remove build outputs and the virtual environment
 	rm -rf target $(VENV) .venv-coverage coverage .coverage .pytest_cache .ruff_cache .mypy_cache
