@@ -96,7 +96,10 @@ class Secure:
             raise LoadPilotError("--tls-cert and --tls-key go together (a client certificate "
                                  "and its key, for mutual TLS)")  # fmt: skip
         if self.creds is not None and importlib.util.find_spec("nkeys") is None:
-            raise LoadPilotError("--creds needs the nkeys package: pip install 'nats-py[nkeys]'")
+            raise LoadPilotError(
+                "--creds needs the nkeys package: pip install '.[distributed]' from a LoadPilot "
+                "checkout"
+            )
 
 
 def connect_options(url: str, secure: Secure, name: str) -> dict[str, Any]:
