@@ -1,7 +1,8 @@
 """Hosts of their own for fault tests: each a Linux network namespace with one address, joined
 by a bridge in a namespace of the lab's own (nothing is added to this machine's own network),
 links cut and healed with nftables, latency added by a small delaying TCP proxy (this kernel has
-no netem). Needs root, `ip` and `nft`; everything is removed on ``close``."""
+no netem). Needs root, `ip` and `nft` (`make test` installs them); everything is removed on
+``close``."""
 
 from __future__ import annotations
 
@@ -92,7 +93,10 @@ class Lab:
     def __init__(self) -> None:
         why = available()
         if why is not None:
-            pytest.skip(why)
+            # `make test` runs as root and installs nftables: a lab that cannot be built is a
+            # failure to see, not a test to skip.
+            pytest.fail(f"cannot build the network lab: {why} (run the tests as root after "
+                        "`make test` has installed nftables and iproute2)")  # fmt: skip
         self.prefix = "lp" + secrets.token_hex(2)
         self.hub = f"{self.prefix}hub"
         self.hosts: list[Host] = []

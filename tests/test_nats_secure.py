@@ -9,7 +9,6 @@ import base64
 import hashlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,14 +17,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import nkeys  # the distributed extra's (`--creds` needs it)
 import pytest
 from conftest import get
 
 import loadpilot as lp
 from loadpilot.cluster.server import free_port, nats_server_binary
-
-pytest.importorskip("nkeys")
-import nkeys  # noqa: E402
 
 LOADPILOT = [sys.executable, "-m", "loadpilot.cli"]
 
@@ -35,9 +32,8 @@ def openssl(*args: str, cwd: Path) -> None:
 
 
 def make_certificates(d: Path) -> None:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by it."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by it
+    (openssl: `make test` installs it)."""
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
             "/CN=LoadPilot test CA", "-keyout", "ca-key.pem", "-out", "ca.pem", cwd=d)  # fmt: skip
     (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
@@ -171,6 +167,12 @@ def creds_nats(tmp_path: Path) -> Iterator[tuple[Server, Path]]:
     server.close()
 
 
+def client_flags(d: Path) -> list[str]:
+    """The flags of a client of the TLS server: the CA, and a certificate it accepts."""
+    return ["--tls-ca", str(d / "ca.pem"), "--tls-cert", str(d / "client.pem"),
+            "--tls-key", str(d / "client-key.pem")]  # fmt: skip
+
+
 def start_agent(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
         return subprocess.Popen(
@@ -212,8 +214,7 @@ def test_coordinator_and_agents_run_over_mutual_tls(
 ) -> None:
     server, d = tls_nats
     url = f"tls://127.0.0.1:{server.port}"
-    mine = ["--tls-ca", str(d / "ca.pem"), "--tls-cert", str(d / "client.pem"),
-            "--tls-key", str(d / "client-key.pem")]  # fmt: skip
+    mine = client_flags(d)
     agent = start_agent(["--nats", url, "--name", "tls-agent", *mine], tmp_path / "agent.log")
     try:
         with lp.start_target() as target:
@@ -307,8 +308,7 @@ def test_serve_spreads_runs_over_agents_on_a_mutual_tls_nats(
 
     server, d = tls_nats
     url = f"tls://127.0.0.1:{server.port}"
-    mine = ["--tls-ca", str(d / "ca.pem"), "--tls-cert", str(d / "client.pem"),
-            "--tls-key", str(d / "client-key.pem")]  # fmt: skip
+    mine = client_flags(d)
     agent = start_agent(["--nats", url, "--name", "tls-agent", *mine], tmp_path / "agent.log")
     p, port = serve(tmp_path, "--token", TOKEN, "--nats", url, "--external-agents", "1", *mine)
     try:

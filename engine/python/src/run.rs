@@ -138,8 +138,9 @@ impl PyRun {
         self.handle.elapsed_s()
     }
 
-    /// An open model's progress: one past the highest arrival index of the schedule sent,
-    /// and the arrivals sent per task; None for a closed model.
+    /// A distributed slice's progress (open model): one past the highest arrival index of
+    /// the schedule sent, and the arrivals sent per task; None for a closed model or a run
+    /// that is no slice.
     fn progress(&self) -> Option<(u64, Vec<u64>)> {
         self.handle.progress()
     }

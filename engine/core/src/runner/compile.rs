@@ -172,7 +172,8 @@ fn build_model(plan: &Plan, shard: (u64, u64)) -> Result<(Model, f64)> {
                     schedule: Mutex::new(schedule),
                     connections: *connections,
                     arrivals: profile,
-                    sent: Progress::new(plan.tasks.len()),
+                    // Counted only where a coordinator reads it: not on a local run's path.
+                    sent: plan.shard.map(|_| Progress::new(plan.tasks.len())),
                 },
                 duration,
             )

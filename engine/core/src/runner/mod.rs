@@ -65,7 +65,8 @@ pub(crate) enum Model {
         schedule: Mutex<Schedule>,
         connections: u32,
         arrivals: Profile,
-        sent: Progress,
+        /// A distributed run's slice only (the coordinator takes it over from there).
+        sent: Option<Progress>,
     },
     Closed {
         users: Profile,
@@ -489,11 +490,11 @@ impl RunHandle {
         self.ctx.python.as_ref().map(|p| p.tickets.clone())
     }
 
-    /// An open model's progress: one past the highest arrival index sent, and the arrivals
-    /// sent per task; `None` for a closed model.
+    /// A distributed slice's progress (open model): one past the highest arrival index sent,
+    /// and the arrivals sent per task; `None` for a closed model or a run that is no slice.
     pub fn progress(&self) -> Option<(u64, Vec<u64>)> {
         match &self.ctx.model {
-            Model::Open { sent, .. } => Some(sent.read()),
+            Model::Open { sent, .. } => sent.as_ref().map(Progress::read),
             Model::Closed { .. } => None,
         }
     }

@@ -197,7 +197,9 @@ pub(super) async fn open_worker(ctx: Arc<Ctx>, user: User) {
             late,
             due: Some(due),
         };
-        sent.sent(arrival.index, task);
+        if let Some(sent) = sent {
+            sent.sent(arrival.index, task);
+        }
         tokio::select! {
             go_on = iteration(&ctx, &user, arrival.index, task, begin) => {
                 if !go_on { break }
