@@ -106,7 +106,7 @@ class _Watched:
         self.active_users = 0
         self.rows_seen = 0
         #: The end of the last closed interval (seconds since the epoch): the timestamp of the
-        #: counters, so a scrape's phase against the closing second never skews rate().
+        #: counters, so a sample says how much was done by when, whatever the scrape's phase.
         self.ts: float | None = None
         self.slow = store.SlowTail(Path(run.path) / store.SLOW_JSONL)
         self.logs = [

@@ -4,16 +4,19 @@ second and queried over its HTTP API."""
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import math
 import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -359,34 +362,96 @@ def _as_grafana_sends(expr: str, run: str) -> str:
     return expr.replace("$run", run).replace("$task", ".*").replace("$__rate_interval", "5s")
 
 
+class FailingScrapes:
+    """A loopback proxy in front of an exporter that answers every ``every``-th scrape with a
+    503: Prometheus then misses that scrape's sample, as it does when a scrape is late, slow or
+    lands just before a second closes."""
+
+    def __init__(self, upstream: int, every: int = 3) -> None:
+        seen = itertools.count(1)
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+                if next(seen) % every == 0:
+                    self.send_error(503)
+                    return
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{upstream}{self.path}",
+                    headers={"Accept": self.headers.get("Accept", "*/*")},
+                )
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    body, kind = r.read(), r.headers["Content-Type"]
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @pytest.mark.slow
-def test_the_dashboards_p99_draws_the_slow_requests_exemplars(
+def test_the_dashboard_reads_true_at_now_when_scrapes_are_missed_and_draws_exemplars(
     tmp_path: Path, prometheus: Callable[..., Prometheus]
 ) -> None:
+    """Every third scrape fails, so a second's sample is missing every three seconds (what a
+    late or slow scrape does now and then). `rate()` then reads a window that ends just past a
+    missing sample up to a fifth low (Prometheus extrapolates only half a scrape interval past
+    the newest sample), which is what the live edge of the dashboard once showed. The dashboard's
+    own rate query, asked at "now" as Grafana asks at a graph's right edge, reads true on every
+    reading; its p99 draws the kept slow requests as exemplars."""
     port = free_port()
     panels = _dashboard_queries()
+    (rate_query, _target) = panels["Rate against target"]
     latency = [t for t in panels["Corrected latency quantiles"] if t.get("exemplar")]
     assert len(latency) == 1, "the p99 draws the exemplars"
+    series = 'loadpilot_requests_total{run="edge"}'
     with lp.start_target(delay_ms=1, delay_max_ms=8) as target:
         plan = lp.Plan(
             name="edge", target=target.url,
             load=lp.OpenLoad(stages=[lp.Constant(rate=400, duration_s=20)]),
             tasks=[get("a", "/")],
         )  # fmt: skip
-        prom = prometheus([f"127.0.0.1:{port}"], features=["exemplar-storage"])
         started = time.time()
         r = lp.start(plan, tmp_path / "edge", prometheus=f"127.0.0.1:{port}")
-        # Once Prometheus holds the run's seconds over the whole window the panel reads (its
-        # first scrapes come a few seconds after it starts): a window that begins before its
-        # first sample is extrapolated by half a scrape interval too.
-        window = 'count_over_time(loadpilot_requests_total{run="edge"}[5s] offset 3s)'
-        deadline = time.monotonic() + 15
-        while (prom.value(window) or 0) < 5:
-            assert time.monotonic() < deadline, "Prometheus never held five seconds of the run"
-            time.sleep(0.2)
-        running = not r.done
-        r.wait()
-    assert running, "Prometheus held five seconds of the run while it went"
+        proxy = FailingScrapes(port)
+        try:
+            prom = prometheus([f"127.0.0.1:{proxy.port}"], features=["exemplar-storage"])
+            # Once Prometheus holds two windows of the run (the query reads a window back).
+            deadline = time.monotonic() + 20
+            while (prom.value(f"count_over_time({series}[10s])") or 0) < 6:
+                assert time.monotonic() < deadline, "Prometheus never held ten seconds of the run"
+                time.sleep(0.2)
+            readings = []
+            for _ in range(12):
+                readings.append(prom.value(_as_grafana_sends(rate_query["expr"], "edge")))
+                time.sleep(0.37)
+            running = not r.done
+            r.wait()
+        finally:
+            proxy.close()
+    assert running, "every reading was taken while the run went"
+    assert all(v is not None and abs(v - 400) <= 400 * 0.02 for v in readings), readings
+    # The cause, shown on the same samples: they are missing every third second, and rate()
+    # over the same window, swept across those seconds, reads low where the window ends just
+    # past a missing one; the dashboard's query reads true at every instant.
+    at = [started + 12 + i * 0.05 for i in range(120)]
+    stamps = [float(t) for t, _ in prom.query(f"{series}[6s]", at[-1])[0]["values"]]
+    assert 2.0 in [round(b - a, 1) for a, b in itertools.pairwise(stamps)], stamps
+    extrapolated = [prom.value(f"sum(rate({series}[5s] offset 3s))", t) for t in at]
+    assert min(v or 0 for v in extrapolated) < 400 * 0.9, extrapolated
+    exact = [prom.value(_as_grafana_sends(rate_query["expr"], "edge"), t) for t in at]
+    assert all(v is not None and abs(v - 400) <= 400 * 0.02 for v in exact), exact
     # Exemplars: the p99 panel's query finds, in the buckets it reads, the trace ids and
     # latencies of requests the run kept.
     both = pl.concat([r.slowest(above=None), r.slowest(sample=True)])

@@ -30,13 +30,28 @@ OUT = HERE / "loadpilot.json"
 
 DS = DataSourceRef(type_val="prometheus", uid="${datasource}")
 SEL = 'run="$run", task=~"$task"'
-#: Every rate is read over a window that ends this long before the panel's instant. The newest
-#: sample a run exports is its last closed second, stamped with that second's end and scraped
-#: within a scrape interval: under 2.2 s old with a 1 s scrape. A window that ends past its newest
-#: sample is extrapolated by only half a scrape interval (Prometheus's rule), so a rate read at
-#: "now" would read low at the right edge of every graph; ending the window earlier keeps it true.
-LIVE_EDGE = "3s"
-RATE = f"[$__rate_interval] offset {LIVE_EDGE}"
+#: The window every rate and quantile is read over (Grafana's own choice for the scrape interval
+#: and the graph's step).
+WINDOW = "$__rate_interval"
+
+
+def change(metric: str) -> str:
+    """How much each of a run's counters grew over the window: the difference of its newest
+    sample and the newest sample a window earlier. Each sample a run exports is stamped with the
+    end of the interval it closes, so the difference is exact whatever the scrapes' phase, and a
+    scrape missed or failed only widens the span. Prometheus's ``rate()`` would extrapolate its
+    window past the newest sample by half a scrape interval when a sample is missing near the
+    window's end, and so read low at the right edge of a live graph."""
+    x = f"{metric}{{{SEL}}}"
+    return f"({x} - {x} offset {WINDOW})"
+
+
+def per_second(metric: str, by: str) -> str:
+    """A run's counters as a rate: their ``change`` over the seconds between the two samples'
+    stamps (every series of a run carries the same stamps, so a sum of rates is the rate of
+    the sum)."""
+    x = f"{metric}{{{SEL}}}"
+    return f"sum by ({by}) ({change(metric)} / (timestamp({x}) - timestamp({x} offset {WINDOW})))"
 
 
 def query(expr: str, legend: str, ref: str) -> Dataquery:
@@ -62,7 +77,7 @@ def quantile(q: float, metric: str, legend: str, ref: str, exemplars: bool = Fal
     """A quantile estimated from the histogram's buckets; with ``exemplars``, the buckets'
     exemplars (the trace ids of the run's kept slow requests) are drawn on the panel."""
     return query(
-        f"histogram_quantile({q}, sum by (le) (rate({metric}_bucket{{{SEL}}}{RATE})))", legend, ref
+        f"histogram_quantile({q}, sum by (le) {change(metric + '_bucket')})", legend, ref
     ).exemplar(exemplars)
 
 
@@ -97,11 +112,7 @@ def build() -> DashboardBuilder:
                 "Rate against target",
                 "reqps",
                 "Completed requests per second and the profile's rate (open model), per task.",
-                query(
-                    f"sum by (task) (rate(loadpilot_requests_total{{{SEL}}}{RATE}))",
-                    "{{task}}",
-                    "A",
-                ),
+                query(per_second("loadpilot_requests_total", "task"), "{{task}}", "A"),
                 query(f"sum by (task) (loadpilot_target_rate{{{SEL}}})", "{{task}} target", "B"),
             )
         )
@@ -111,8 +122,8 @@ def build() -> DashboardBuilder:
                 "percentunit",
                 "Failed requests of each kind over all completed requests.",
                 query(
-                    f"sum by (kind) (rate(loadpilot_errors_total{{{SEL}}}{RATE})) / scalar(sum"
-                    f"(rate(loadpilot_requests_total{{{SEL}}}{RATE})))",
+                    f"sum by (kind) {change('loadpilot_errors_total')} / scalar(sum "
+                    f"{change('loadpilot_requests_total')})",
                     "{{kind}}",
                     "A",
                 ),
@@ -157,9 +168,7 @@ def build() -> DashboardBuilder:
                 "reqps",
                 "Arrivals per second that found every connection busy (they count from when they "
                 "were due).",
-                query(
-                    f"sum by (task) (rate(loadpilot_missed_total{{{SEL}}}{RATE}))", "{{task}}", "A"
-                ),
+                query(per_second("loadpilot_missed_total", "task"), "{{task}}", "A"),
             )
         )
         .with_panel(
