@@ -92,7 +92,7 @@ def start(
             raise RunDirError(f"{path}: already holds a run; choose another directory")
         coordinator = Coordinator(plan, scenario, path, spec)
         coordinator.start()
-        return _exported(coordinator, lambda: Run(coordinator, plan), prometheus)
+        return _judged(_exported(coordinator, lambda: Run(coordinator, plan), prometheus), scenario)
     handle = _engine.start_run(plan.to_json(), path)
 
     def made() -> Run:
@@ -101,7 +101,14 @@ def start(
             PythonUsers(handle, tickets, scenario).start()
         return Run(handle, plan)
 
-    return _exported(handle, made, prometheus)
+    return _judged(_exported(handle, made, prometheus), scenario)
+
+
+def _judged(run: Run, scenario: Scenario | None) -> Run:
+    """The run, told its scenario's thresholds (``Run.verdicts()``, ``Run.report()``)."""
+    if scenario is not None:
+        run._thresholds = tuple(scenario.thresholds)
+    return run
 
 
 def _exported(handle: _Handle, make: Callable[[], Run], prometheus: str | None) -> Run:

@@ -418,3 +418,35 @@ def test_a_keyword_the_client_does_not_take_is_refused_at_load_on_either_path(
         assert "Traceback" not in done.stderr
         line = 8 + body.count("\n")
         assert f"{f}:{line}: {why}" in done.stderr, done.stderr
+
+
+@pytest.mark.slow
+def test_a_runs_verdicts_from_python_are_the_ones_the_cli_gives(tmp_path: Path) -> None:
+    """`run.verdicts()` judges the scenario's own thresholds (or those given) on the run's
+    figures, word for word as `loadpilot run` prints them; the report carries them too."""
+
+    @lp.scenario(
+        profile=lp.constant(rps=20, duration="1s"),
+        thresholds={"checkout.error_rate": "< 1%", "GET /json.p99": "< 10s"},
+    )
+    class Gate(lp.VUser):
+        @lp.task
+        def flow(self) -> None:
+            self.client.get("/json")
+            self.client.get("/status/503", name="checkout")
+
+    with lp.start_target() as target:
+        run = lp.run(Gate, tmp_path / "run", target=target.url)
+    said = [str(v) for v in run.verdicts()]
+    assert said[0] == "FAIL  checkout.error_rate < 1%  (actual 100%)", said
+    assert said[1].startswith("pass  GET /json.p99 < 10s  (actual "), said
+    assert [v.passed for v in run.verdicts({"p99": "< 10s"})] == [True]
+    assert [v.passed for v in run.verdicts({"flow.error_rate": "< 60%"})] == [True]
+    with pytest.raises(lp.PlanError, match="unknown threshold metric"):
+        run.verdicts({"p98.5": "< 1s"})
+    # A run loaded from disk knows no scenario: it judges what it is given.
+    loaded = lp.load_run(tmp_path / "run")
+    assert loaded.verdicts() == []
+    assert [str(v) for v in loaded.verdicts({"checkout.error_rate": "< 1%"})] == said[:1]
+    page = run.report(tmp_path / "report.html").read_text()
+    assert "checkout.error_rate" in page and "FAIL" in page

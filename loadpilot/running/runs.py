@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -21,7 +21,7 @@ from loadpilot.summary import Summary, Validity
 
 if TYPE_CHECKING:
     from loadpilot.notebook.live import Dashboard
-    from loadpilot.thresholds import Threshold
+    from loadpilot.thresholds import Threshold, Verdict
 
 Histogram = _engine.Histogram
 
@@ -41,6 +41,8 @@ class RunResult:
 
     path: Path
     _plan: Plan
+    #: The thresholds of the scenario it ran (``verdicts()``, ``report()``).
+    _thresholds: tuple[Threshold, ...] = ()
     #: The unit the histograms' values are in (LoadPilot's own: microseconds).
     unit: str = "us"
     #: Whether service time was recorded beside corrected latency (foreign logs: no).
@@ -194,10 +196,27 @@ class RunResult:
         return kept.sort(["latency_ms", "end"], descending=[True, False]).drop("kind")
 
     def report(self, path: str | Path, thresholds: Sequence[Threshold] | None = None) -> Path:
-        """Writes this run's self-contained HTML report (see :func:`loadpilot.report`)."""
+        """Writes this run's self-contained HTML report (see :func:`loadpilot.report`), with
+        the verdicts of ``thresholds`` (default: its scenario's)."""
         from loadpilot.analysis.reporting import report
 
-        return report(self, path, thresholds)
+        return report(self, path, self._thresholds if thresholds is None else thresholds)
+
+    def verdicts(self, thresholds: Mapping[str, str] | None = None) -> list[Verdict]:
+        """Each threshold judged on the run's figures, as ``loadpilot run`` judges them: those
+        given here (``{"p99": "< 50ms", "item.p99": "< 20ms"}``, written as
+        ``@lp.scenario(thresholds=...)`` takes them), or else the scenario's own (a run started
+        from a plan or loaded from disk has none). ``str(v)`` reads ``pass  p99 < 50ms
+        (actual 6.910 ms)``; ``v.passed`` and ``v.actual`` give the same in figures. A run still
+        going is judged on its figures so far."""
+        from loadpilot import thresholds as checks
+
+        judged = (
+            list(self._thresholds)
+            if thresholds is None
+            else checks.parse_all(dict(thresholds), self.tasks)
+        )
+        return checks.evaluate(self.summary_so_far(), judged)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.plan.name!r} at {str(self.path)!r}>"
