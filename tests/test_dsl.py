@@ -302,3 +302,27 @@ def test_profile_totals_are_the_engines_count_of_what_is_sent(
         s = lp.run(S, tmp_path / f"r{len(profile.stages)}", target=target.url).summary()
         assert s.target_requests == expected, profile.describe()
         assert target.served - before == s.overall.requests == expected, profile.describe()
+
+
+def test_a_subclass_scenario_runs_its_bases_tasks_with_its_own_settings() -> None:
+    @lp.scenario(profile=lp.constant(400, "10s"))
+    class Probe(lp.VUser):
+        @lp.task
+        def home(self) -> None:
+            self.client.get("/")
+
+        @lp.task(weight=2)
+        def data(self) -> None:
+            self.client.get("/json")
+
+    @lp.scenario(profile=lp.constant(400, "10s"), connections=8)
+    class FewConnections(Probe):
+        @lp.task(weight=3)
+        def data(self) -> None:  # replaces the base's
+            self.client.get("/json?few=1")
+
+    few = FewConnections.describe()
+    assert [(t.name, t.weight) for t in few.tasks] == [("home", 1), ("data", 3)]
+    assert few.path == "engine"
+    assert few.plan("http://127.0.0.1:9").load.connections == 8  # type: ignore[union-attr]
+    assert [(t.name, t.weight) for t in Probe.describe().tasks] == [("home", 1), ("data", 2)]

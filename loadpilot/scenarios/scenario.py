@@ -630,9 +630,15 @@ def _read_tasks(cls: type[VUser]) -> tuple[tuple[Task, ...], str | None, Hooks]:
     attributes ``on_start`` sets that engine requests use as ``{{name}}`` become each user's
     values."""
     where = _class_where(cls)
+    # Tasks are inherited, as methods are: a subclass (a scenario of other settings, say) runs
+    # its bases' tasks, and a task it defines again replaces theirs.
+    members: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is not VUser and issubclass(klass, VUser):
+            members.update(vars(klass))
     found = [
         (name, fn, weight)
-        for name, fn in vars(cls).items()
+        for name, fn in members.items()
         if callable(fn) and (weight := getattr(fn, _TASK, None)) is not None
     ]
     if not found:
