@@ -137,7 +137,10 @@ def _second_line(rows: pl.DataFrame, second: float, total_s: float) -> str:
     if rows["target_rps"].null_count() == len(rows):
         load = f"users {int(rows['active_users'].max() or 0)}"  # type: ignore[arg-type]
     else:
-        load = f"target {float(rows['target_rps'].sum()):.0f}"
+        # The target counts iterations: say how many ended, where they are not the requests.
+        ips = float(rows.select(_store.ACHIEVED_IPS.sum()).item())
+        done = f"{ips:.0f} iterations/s, " if round(ips) != round(achieved) else ""
+        load = f"{done}target {float(rows['target_rps'].sum()):.0f}"
     end = min(second + float(rows["interval_s"].max() or 1), total_s)  # type: ignore[arg-type]
     return (
         f"  {end:5.0f}/{total_s:.0f} s  {achieved:8.0f} rps ({load})  "

@@ -8,6 +8,8 @@ URL):
 - ``loadpilot_requests_total{status_class}``: completed requests by status class (``1xx`` ..
   ``5xx``; ``none`` for transport errors, which have no response);
 - ``loadpilot_errors_total{kind}``: failed requests by kind (the engine's error kinds);
+- ``loadpilot_iterations_total``: iterations that ended, per task (what the target rate
+  counts: an iteration of a task of two requests is two requests);
 - ``loadpilot_missed_total``: arrivals that found every connection busy;
 - ``loadpilot_request_duration_seconds``: corrected latency (from the instant each request was
   due), a histogram with ``LATENCY_BUCKETS``; in the OpenMetrics exposition each bucket carries
@@ -88,6 +90,7 @@ class _Task:
     classes: dict[str, int] = field(default_factory=lambda: dict.fromkeys((*_CLASSES, "none"), 0))
     errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_engine.ERROR_KINDS, 0))
     missed: int = 0
+    iterations: int = 0
     target_rate: float | None = None
     latency: _Buckets = field(default_factory=_Buckets)
     service: _Buckets = field(default_factory=_Buckets)
@@ -139,6 +142,8 @@ class _Watched:
             for kind in t.errors:
                 t.errors[kind] += row[f"errors_{kind}"]
             t.missed += row["missed"]
+            if row["request"] is None:
+                t.iterations += row["requests"] if row["iterations"] is None else row["iterations"]
             t.target_rate = row["target_rps"]
             self.ts = row["time"].timestamp() + row["interval_s"]
             self.in_flight = row["in_flight"]
@@ -222,6 +227,12 @@ class RunMetrics(Collector):
             "loadpilot_missed", "Arrivals that found every connection busy.",
             labels=["run", "scenario", "task"],
         )  # fmt: skip
+        iterations = CounterMetricFamily(
+            "loadpilot_iterations",
+            "Iterations that ended: what the target rate counts (a task of two requests sends "
+            "two per iteration).",
+            labels=["run", "scenario", "task"],
+        )
         target = GaugeMetricFamily(
             "loadpilot_target_rate", "The profile's rate, requests per second (open model).",
             labels=["run", "scenario", "task"],
@@ -299,6 +310,7 @@ class RunMetrics(Collector):
                         kinds.add_metric([*labels, kind], n, timestamp=ts)
                     if not request:
                         missed.add_metric(labels, t.missed, timestamp=ts)
+                        iterations.add_metric(labels, t.iterations, timestamp=ts)
                         if t.target_rate is not None:
                             target.add_metric(labels, t.target_rate)
                     for fam, b in ((lat, t.latency), (svc, t.service)):
@@ -315,7 +327,18 @@ class RunMetrics(Collector):
                     n = frame.filter(frame["state"] == state).height
                     if frame.height:
                         agents.add_metric([w.name, w.scenario, state], n)
-        yield from (requests, errors, missed, target, latency, service, in_flight, users, agents)
+        yield from (
+            requests,
+            errors,
+            iterations,
+            missed,
+            target,
+            latency,
+            service,
+            in_flight,
+            users,
+            agents,
+        )
         yield validity
         yield from (named_requests, named_errors, named_latency, named_service)
 

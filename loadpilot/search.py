@@ -61,6 +61,8 @@ class SearchLevel:
     seconds: float
     """Seconds judged (after each run's settling second), over every run of the level."""
     achieved_rps: float
+    """Iterations that ended per second, what ``rate`` counts (for tasks of one request,
+    requests per second)."""
     figures: dict[str, tuple[float, float, float]]
     """Per SLO metric: ``(point, low, high)``, the 95% interval."""
     validity: str
@@ -238,7 +240,7 @@ def _judge(
 ) -> tuple[State, str, float, float, dict[str, tuple[float, float, float]], str]:
     """A level's state over the seconds of its runs (each after ``settle_s``, without its last
     second, which holds the drain): ``(state, why, seconds, achieved, figures, validity)``."""
-    hists, requests, errors = [], [], []
+    hists, requests, errors, iterations = [], [], [], []
     seconds = 0.0
     worst = "valid"
     order = {"valid": 0, "suspect": 1, "invalid": 2}
@@ -252,7 +254,13 @@ def _judge(
         m = run.metrics
         per = (
             m.group_by("elapsed_s")
-            .agg(pl.col("interval_s").first(), pl.col("requests").sum(), pl.col("errors").sum())
+            .agg(
+                pl.col("interval_s").first(),
+                pl.col("requests").sum(),
+                pl.col("errors").sum(),
+                # What the offered rate counts (a task of two requests: one iteration).
+                pl.coalesce("iterations", "requests").sum().alias("iterations"),
+            )
             .sort("elapsed_s")
         )
         end = s.planned_duration_s
@@ -261,18 +269,19 @@ def _judge(
             & (pl.col("elapsed_s") + pl.col("interval_s") <= end + 1e-6)
             & (pl.col("interval_s") >= 0.999)
         )
-        counts = {float(t): (r, e) for t, _, r, e in keep.iter_rows()}
+        counts = {float(t): (r, e, i) for t, _, r, e, i in keep.iter_rows()}
         for t, h in run.interval_histograms():
             if t in counts:
                 hists.append(h)
                 requests.append(float(counts[t][0]))
                 errors.append(float(counts[t][1]))
+                iterations.append(float(counts[t][2]))
                 seconds += 1.0
     if worst != "valid":
         # Suspect or invalid: what it measured may be the generator's; it is not judged.
         why = f"{worst}: " + ("; ".join(dict.fromkeys(doubts)) or "the run measured the generator")
         return "invalid", why, seconds, 0.0, {}, worst
-    achieved = sum(requests) / seconds if seconds else 0.0
+    achieved = sum(iterations) / seconds if seconds else 0.0
     if not hists:
         return "failed", "no whole second to judge", seconds, achieved, {}, worst
     metrics = sorted({r.metric for r in rules} | {"p99"}, key=SLO_METRICS.index)

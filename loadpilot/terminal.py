@@ -105,7 +105,9 @@ def panel(r: _run.Run, total_s: float, elapsed_s: float, last: pl.DataFrame) -> 
         if not open_model:
             wanted = _value_at(_profile(plan).points(), elapsed_s)
         # Each task's row, then its request names' (indented under it).
-        ordered = last.sort("task", pl.col("request").is_not_null(), maintain_order=True)
+        ordered = last.sort(
+            "task", pl.col("request").is_not_null(), maintain_order=True
+        ).with_columns(_store.ACHIEVED_IPS.alias("achieved_ips"))
         for row in ordered.iter_rows(named=True):
             load = (
                 ""  # a request name's row: its task's load
@@ -116,7 +118,8 @@ def panel(r: _run.Run, total_s: float, elapsed_s: float, last: pl.DataFrame) -> 
             )
             body.add_row(
                 row["task"] if row["request"] is None else f"  └ {row['request']}",
-                f"{row['achieved_rps']:,.0f}",
+                # A task's iterations (what its target counts), a request name's requests.
+                f"{row['achieved_ips'] if row['request'] is None else row['achieved_rps']:,.0f}",
                 load,
                 _ms(row["p50_ms"]),
                 _ms(row["p99_ms"]),

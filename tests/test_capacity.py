@@ -247,3 +247,32 @@ def test_a_step_run_report_shows_capacity_and_renders_offline(
     assert "No request failed" in text
     # The two-panel capacity chart spans the page like the single ones.
     assert all(w > 0.85 for w in seen["widths"]), seen
+
+
+def test_a_task_of_two_requests_is_held_to_its_rate_in_iterations(tmp_path: Path) -> None:
+    """The offered rate counts iterations: a task of two requests against a server of 200
+    requests a second keeps up to 100 iterations a second, not 200. Achieved rates are
+    iterations per second wherever they are held to the offered one (the levels, the knee, the
+    dashboards' rate)."""
+    from loadpilot.analysis.series import per_second
+
+    @lp.scenario(profile=lp.hold(40, "4s") + lp.hold(80, "4s") + lp.hold(160, "4s"))
+    class TwoSteps(lp.VUser):
+        @lp.task
+        def buy(self) -> None:
+            self.client.get("/", name="look")
+            self.client.get("/json", name="pay")
+
+    with lp.start_target(delay_ms=10, concurrency=2) as target:  # 200 requests/s at most
+        run = lp.run(TwoSteps, tmp_path / "run", target=target.url)
+    cap = lp.capacity(run)
+    low, mid, high = cap.levels
+    assert low.achieved_rps == pytest.approx(40, rel=0.05), cap.frame
+    assert mid.achieved_rps == pytest.approx(80, rel=0.05), cap.frame
+    # 320 requests a second offered to a server of 200: about 100 iterations a second.
+    assert high.achieved_rps < 0.8 * 160, cap.frame
+    knee = cap.knee()
+    assert knee is not None and knee.offered == 160, cap.frame
+    per = per_second(run.metrics).filter(pl.col("elapsed_s").is_between(1, 3))
+    assert per["achieved_ips"].to_list() == pytest.approx([40.0] * 3, abs=2), per
+    assert per["achieved_rps"].to_list() == pytest.approx([80.0] * 3, abs=4), per

@@ -152,7 +152,8 @@ def _drive(page: Any, url: str, tmp_path: Path) -> None:
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
     final_marks = live.locator(MARKS).count()
     table = live.locator("table td", has_text="browse").count()
-    live.scroll_into_view_if_needed()
+    # The picture opens on the dashboard's charts (its tables run on below them).
+    live.first.evaluate("el => el.scrollIntoView({block: 'start'})")
     shot = tmp_path / "lab-quickstart.png"
     page.screenshot(path=str(shot))
     if os.environ.get("LOADPILOT_SAVE_SCREENSHOTS"):

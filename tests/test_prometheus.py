@@ -330,6 +330,7 @@ def test_every_dashboard_panel_has_data_for_a_distributed_run(
         total(text, "loadpilot_requests_total", scenario="dashboard") == s.overall.requests == 2400
     )
     assert total(text, "loadpilot_errors_total", scenario="dashboard") == s.overall.errors == 600
+    assert total(text, "loadpilot_iterations_total", scenario="dashboard") == s.overall.iterations
     assert total(text, "loadpilot_request_duration_seconds_count", scenario="dashboard") == 2400
     assert total(text, "loadpilot_agents", scenario="dashboard", state="done") == 2
     assert total(text, "loadpilot_agents", scenario="dashboard", state="lost") == 0

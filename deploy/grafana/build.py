@@ -110,9 +110,11 @@ def build() -> DashboardBuilder:
         .with_panel(
             panel(
                 "Rate against target",
-                "reqps",
-                "Completed requests per second and the profile's rate (open model), per task.",
-                query(per_second("loadpilot_requests_total", "task"), "{{task}}", "A"),
+                "short",
+                "Iterations that ended per second and the profile's rate (open model), per task: "
+                "the rate counts iterations, so a task of two requests sends twice as many "
+                "requests.",
+                query(per_second("loadpilot_iterations_total", "task"), "{{task}}", "A"),
                 query(f"sum by (task) (loadpilot_target_rate{{{SEL}}})", "{{task}} target", "B"),
             )
         )

@@ -118,12 +118,13 @@ def latency_chart(run: RunResult | str | Path, *, title: str | None = None) -> a
 
 
 def rate_chart(run: RunResult | str | Path, *, title: str | None = None) -> alt.LayerChart:
-    """Achieved requests per second against the profile's target rate (open model): the target
-    a broad pale band under the achieved line, so both show where they agree."""
+    """Iterations per second, achieved against the profile's target rate (open model; for tasks
+    of one request, requests per second): the target a broad pale band under the achieved
+    line, so both show where they agree."""
     r = _run(run)
     per = per_second(r.metrics).filter(pl.col("elapsed_s") < r.plan.duration_s)
     x = alt.X("elapsed_s:Q", title="seconds")
-    y = alt.Y("value:Q", title="requests per second")
+    y = alt.Y("value:Q", title="iterations per second")
     colour = alt.Color(
         "variable:N", title="rate", scale=alt.Scale(domain=["target", "achieved"],
                                                     range=["#f58518", "#4c78a8"])
@@ -140,7 +141,7 @@ def rate_chart(run: RunResult | str | Path, *, title: str | None = None) -> alt.
                 x=x, y=y, color=colour, tooltip=["elapsed_s", alt.Tooltip("value:Q", format=".1f")]
             )
         )
-    achieved = per.select("elapsed_s", pl.col("achieved_rps").alias("value")).with_columns(
+    achieved = per.select("elapsed_s", pl.col("achieved_ips").alias("value")).with_columns(
         pl.lit("achieved").alias("variable")
     )
     layers.append(

@@ -172,6 +172,8 @@ class Level:
     error_rate: float
     missed: int
     achieved_rps: float
+    """Iterations that ended per second, what ``offered`` counts (for tasks of one request,
+    requests per second)."""
     concurrency: float
     """Closed model: the users; open model: mean requests in flight (Little's law, X·R)."""
     p50_ms: float | None
@@ -454,6 +456,8 @@ def capacity(
             pl.col("errors").sum(),
             pl.col("missed").sum(),
             pl.col("in_flight").max(),
+            # What the offered rate counts (a task of two requests: one iteration).
+            pl.coalesce("iterations", "requests").sum().alias("iterations"),
         )
         .sort("elapsed_s")
     )
@@ -476,12 +480,14 @@ def capacity(
         errors = int(rows["errors"].sum()) if len(rows) else 0
         last = float(rows["elapsed_s"].max()) if len(rows) else 0.0  # type: ignore[arg-type]
         h = run.histogram(start=lo - 1e-6, end=last + 1e-6) if len(rows) else None
-        achieved = requests / seconds if seconds else 0.0
+        iterations = int(rows["iterations"].sum()) if len(rows) else 0
+        achieved = iterations / seconds if seconds else 0.0
         mean = h.mean if h is not None else None
         if model == "closed":
             conc = offered
         else:
-            conc = achieved * (mean or 0.0) / 1000.0
+            # Requests in flight, on average: each request's own latency (Little's law).
+            conc = (requests / seconds if seconds else 0.0) * (mean or 0.0) / 1000.0
         ci: dict[str, tuple[float, float]] = {}
         if len(rows) >= 2:
             counts = {

@@ -12,7 +12,8 @@ from loadpilot.running import store as _store
 
 def per_second(m: pl.DataFrame) -> pl.DataFrame:
     """Interval rows of all tasks together, one row per second: counts and rates summed, gauges
-    (in flight, active users) at their highest; ``target_rps`` null in a closed model. The
+    (in flight, active users) at their highest; ``target_rps`` null in a closed model;
+    ``achieved_ips``, iterations that ended per second, is what ``target_rps`` is held to. The
     rows of request names are left out (their tasks' rows count them)."""
     return (
         _store.task_rows(m)
@@ -21,6 +22,7 @@ def per_second(m: pl.DataFrame) -> pl.DataFrame:
             pl.col("requests").sum(),
             pl.col("errors").sum(),
             pl.col("achieved_rps").sum(),
+            _store.ACHIEVED_IPS.sum().alias("achieved_ips"),
             pl.when(pl.col("target_rps").is_null().all())
             .then(None)
             .otherwise(pl.col("target_rps").sum())

@@ -59,7 +59,7 @@ def _fmt(v: float | None, unit: str = " ms") -> str:
 
 #: The per-second columns the dashboard draws (all numbers, as floats).
 PER_COLUMNS = [
-    "elapsed_s", "achieved_rps", "target_rps", "in_flight", "missed", "active_users",
+    "elapsed_s", "achieved_ips", "target_rps", "in_flight", "missed", "active_users",
     *(f"errors_{k}" for k in _store.ERROR_KINDS),
 ]  # fmt: skip
 _LAT_SCHEMA = {"elapsed_s": pl.Float64, "series": pl.String, "ms": pl.Float64}
@@ -122,11 +122,11 @@ def dashboard_chart(
     rate = _lines(
         per.select(
             "elapsed_s",
-            pl.col("achieved_rps").alias("achieved"),
+            pl.col("achieved_ips").alias("achieved"),
             pl.col("target_rps").alias("target"),
         ),
         x,
-        "requests/s",
+        "iterations/s",
         "Rate: achieved vs target",
     )
     latency = (
@@ -193,11 +193,11 @@ def live_frame(per: pl.DataFrame, lat: pl.DataFrame, since: float, end: float) -
     rate = _sparks.panel(
         "Rate: achieved vs target",
         [
-            _sparks.Series("achieved", pts(per, "achieved_rps"), c[0]),
+            _sparks.Series("achieved", pts(per, "achieved_ips"), c[0]),
             _sparks.Series("target", pts(per, "target_rps"), c[1], dashed=True),
         ],
         span,
-        y_title="requests/s",
+        y_title="iterations/s",
     )
     latency = _sparks.panel(
         "Latency (corrected; service dashed)",
@@ -346,7 +346,12 @@ class Dashboard:
                 h = self._lat.intervals.get(float(last_t))  # type: ignore[arg-type]
                 figures = (
                     f"{float(last['achieved_rps'].sum()):,.1f} rps"
-                    + (f" (target {float(target):,.1f})" if target is not None else "")
+                    + (
+                        f" · {float(last.select(_store.ACHIEVED_IPS.sum()).item()):,.1f} "
+                        f"iterations/s (target {float(target):,.1f})"
+                        if target is not None
+                        else ""
+                    )
                     + f" · p50 {_fmt(h.percentile(50) if h else None)}"
                     + f" · p99 {_fmt(h.percentile(99) if h else None)}"
                     + f" · errors {int(last['errors'].sum()):,}/s"

@@ -93,11 +93,23 @@ def _complete(frame: pl.DataFrame) -> pl.DataFrame:
     missing = [c for c in RAW_SCHEMA if c not in frame.columns]
     if not missing:
         return frame
-    # Rows of runs recorded before requests were measured apart are all tasks' rows.
+    # Rows of runs recorded before requests were measured apart are all tasks' rows; before
+    # iterations were counted per interval, their count is unknown (null), not 0.
+    unknown = {"request", "iterations"}
     return frame.with_columns(
-        pl.lit(None if RAW_SCHEMA[c] == pl.String() else 0, dtype=RAW_SCHEMA[c]).alias(c)
-        for c in missing
+        pl.lit(None if c in unknown else 0, dtype=RAW_SCHEMA[c]).alias(c) for c in missing
     ).select(list(RAW_SCHEMA))
+
+
+#: Iterations that ended per second, in a row: what a profile's rate (``target_rps``, which
+#: counts iterations begun) is held to, where ``achieved_rps`` counts requests (two per
+#: iteration of a task of two requests). 0 in the drain row, as ``achieved_rps``; rows
+#: written before iterations were counted give their requests.
+ACHIEVED_IPS = (
+    pl.when(pl.col("requests") > 0)
+    .then(pl.col("achieved_rps") * pl.coalesce("iterations", "requests") / pl.col("requests"))
+    .otherwise(0.0)
+)
 
 
 def task_rows(frame: pl.DataFrame) -> pl.DataFrame:

@@ -56,6 +56,10 @@ pub struct Row {
     pub cancelled: u64,
     /// Arrivals given up in this interval: due, never sent.
     pub unsent: u64,
+    /// Iterations that ran to their end in this interval, in a task's row (what its
+    /// `target_rps` counts: a task of two requests sends two per iteration); `None` in a
+    /// request name's row, and in rows of runs recorded before they were counted.
+    pub iterations: Option<u64>,
     pub in_flight: i64,
     pub active_users: i64,
     pub p50_ms: Option<f64>,
@@ -70,7 +74,8 @@ pub struct Row {
 }
 
 /// The columns of a row, in order, with their types (`f64`, `u64`, `i64`, `str`; every `f64`
-/// but `time`, `elapsed_s`, `interval_s` and `achieved_rps` may be null, and `request`): the one schema
+/// but `time`, `elapsed_s`, `interval_s` and `achieved_rps` may be null, and `request` and
+/// `iterations`): the one schema
 /// Python's reader uses (`_engine.ROW_COLUMNS`).
 pub const ROW_COLUMNS: &[(&str, &str)] = &[
     ("time", "f64"),
@@ -105,6 +110,7 @@ pub const ROW_COLUMNS: &[(&str, &str)] = &[
     ("missed", "u64"),
     ("cancelled", "u64"),
     ("unsent", "u64"),
+    ("iterations", "u64"),
     ("in_flight", "i64"),
     ("active_users", "i64"),
     ("p50_ms", "f64"),
@@ -184,6 +190,7 @@ impl Span {
             missed: c.missed,
             cancelled: c.cancelled,
             unsent: c.unsent,
+            iterations: request.is_none().then_some(c.iterations),
             in_flight: self.in_flight,
             active_users: self.active_users,
             p50_ms: l.p50,
@@ -233,6 +240,7 @@ impl Span {
             missed: row.missed,
             unsent: row.unsent,
             cancelled: row.cancelled,
+            iterations: row.iterations.unwrap_or(0),
             ..Default::default()
         }
     }
@@ -279,6 +287,7 @@ mod tests {
         d.counts.missed = 3;
         d.counts.unsent = 2;
         d.counts.cancelled = 1;
+        d.counts.iterations = 5;
         let span = Span {
             length_s: 1.0,
             ..Span::default()
