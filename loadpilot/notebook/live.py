@@ -91,21 +91,34 @@ def requests_now(rows: pl.DataFrame, most: int = 10) -> str:
     )
 
 
-def _lines(frame: pl.DataFrame, x: alt.X, y_title: str, title: str) -> alt.Chart:
+def _lines(
+    frame: pl.DataFrame, x: alt.X, y_title: str, title: str, band: str | None = None
+) -> alt.Chart | alt.LayerChart:
+    """One line per column of ``frame`` (besides ``elapsed_s``) over time, legend below;
+    ``band``: a column drawn as a broad pale band under the others (a target), so a line that
+    agrees with it shows on it rather than hidden under it."""
     import altair as alt
 
-    """One line per column of ``frame`` (besides ``elapsed_s``) over time, legend below."""
     columns = [c for c in frame.columns if c != "elapsed_s"]
-    chart: alt.Chart = (
-        alt.Chart(frame.unpivot(index="elapsed_s", on=columns))
-        .mark_line()
-        .encode(
-            x=x,
-            y=alt.Y("value:Q", title=y_title),
-            color=alt.Color("variable:N", title=None, legend=alt.Legend(orient="bottom")),
-        )
-        .properties(title=title, width=_WIDTH, height=150)
+    colour = alt.Color(
+        "variable:N",
+        title=None,
+        legend=alt.Legend(orient="bottom", symbolOpacity=1),
+        scale=alt.Scale(domain=columns),
     )
+    base = alt.Chart(frame.unpivot(index="elapsed_s", on=columns)).encode(
+        x=x, y=alt.Y("value:Q", title=y_title), color=colour
+    )
+    lines = base.mark_line()
+    if band is not None:
+        under = base.transform_filter(alt.datum.variable == band).mark_line(
+            strokeWidth=7, opacity=0.35
+        )
+        over = lines.transform_filter(alt.datum.variable != band)
+        layered = alt.layer(under, over).properties(title=title, width=_WIDTH, height=150)
+        assert isinstance(layered, alt.LayerChart)
+        return layered
+    chart: alt.Chart = lines.properties(title=title, width=_WIDTH, height=150)
     return chart
 
 
@@ -128,6 +141,7 @@ def dashboard_chart(
         x,
         "iterations/s",
         "Rate: achieved vs target",
+        band="target",
     )
     latency = (
         alt.Chart(lat)
@@ -193,8 +207,9 @@ def live_frame(per: pl.DataFrame, lat: pl.DataFrame, since: float, end: float) -
     rate = _sparks.panel(
         "Rate: achieved vs target",
         [
-            _sparks.Series("achieved", pts(per, "achieved_ips"), c[0]),
+            # The target first, so the achieved line is drawn over it where they agree.
             _sparks.Series("target", pts(per, "target_rps"), c[1], dashed=True),
+            _sparks.Series("achieved", pts(per, "achieved_ips"), c[0]),
         ],
         span,
         y_title="iterations/s",
