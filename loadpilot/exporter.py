@@ -16,7 +16,7 @@ URL):
   an exemplar, the trace id (``trace_id``) and latency of the latest slow request the run kept
   in it (``run.slowest()``), so a dashboard can go from the tail to the trace;
 - ``loadpilot_service_duration_seconds``: service time (from the instant it was sent);
-- ``loadpilot_target_rate``: the profile's rate (open model), per task;
+- ``loadpilot_target_rate``: the profile's rate (open model; iterations per second), per task;
 - ``loadpilot_in_flight``, ``loadpilot_active_users``: per run;
 - ``loadpilot_agents{state}``: a distributed run's agents by state.
 """
@@ -234,7 +234,7 @@ class RunMetrics(Collector):
             labels=["run", "scenario", "task"],
         )
         target = GaugeMetricFamily(
-            "loadpilot_target_rate", "The profile's rate, requests per second (open model).",
+            "loadpilot_target_rate", "The profile's rate, iterations per second (open model).",
             labels=["run", "scenario", "task"],
         )  # fmt: skip
         latency = HistogramMetricFamily(
