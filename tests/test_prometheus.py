@@ -380,8 +380,12 @@ class FailingScrapes:
                     f"http://127.0.0.1:{upstream}{self.path}",
                     headers={"Accept": self.headers.get("Accept", "*/*")},
                 )
-                with urllib.request.urlopen(req, timeout=5) as r:
-                    body, kind = r.read(), r.headers["Content-Type"]
+                try:
+                    with urllib.request.urlopen(req, timeout=5) as r:
+                        body, kind = r.read(), r.headers["Content-Type"]
+                except OSError:  # the exporter is not serving yet
+                    self.send_error(502)
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
@@ -417,17 +421,19 @@ def test_the_dashboard_reads_true_at_now_when_scrapes_are_missed_and_draws_exemp
     latency = [t for t in panels["Corrected latency quantiles"] if t.get("exemplar")]
     assert len(latency) == 1, "the p99 draws the exemplars"
     series = 'loadpilot_requests_total{run="edge"}'
+    proxy = FailingScrapes(port)
     with lp.start_target(delay_ms=1, delay_max_ms=8) as target:
         plan = lp.Plan(
             name="edge", target=target.url,
-            load=lp.OpenLoad(stages=[lp.Constant(rate=400, duration_s=20)]),
+            load=lp.OpenLoad(stages=[lp.Constant(rate=400, duration_s=24)]),
             tasks=[get("a", "/")],
         )  # fmt: skip
-        started = time.time()
-        r = lp.start(plan, tmp_path / "edge", prometheus=f"127.0.0.1:{port}")
-        proxy = FailingScrapes(port)
         try:
+            # Prometheus first, scraping already when the run begins (a slow start of its own
+            # would leave too little of the run to read).
             prom = prometheus([f"127.0.0.1:{proxy.port}"], features=["exemplar-storage"])
+            started = time.time()
+            r = lp.start(plan, tmp_path / "edge", prometheus=f"127.0.0.1:{port}")
             # Once Prometheus holds two windows of the run (the query reads a window back).
             deadline = time.monotonic() + 20
             while (prom.value(f"count_over_time({series}[10s])") or 0) < 6:
@@ -446,9 +452,12 @@ def test_the_dashboard_reads_true_at_now_when_scrapes_are_missed_and_draws_exemp
     # The cause, shown on the same samples: they are missing every third second, and rate()
     # over the same window, swept across those seconds, reads low where the window ends just
     # past a missing one; the dashboard's query reads true at every instant.
-    at = [started + 12 + i * 0.05 for i in range(120)]
-    stamps = [float(t) for t, _ in prom.query(f"{series}[6s]", at[-1])[0]["values"]]
-    assert 2.0 in [round(b - a, 1) for a, b in itertools.pairwise(stamps)], stamps
+    # The sweep: from a window's worth after the first sample to the last whole second.
+    stamps = [float(t) for t, _ in prom.query(f"{series}[2m]", time.time())[0]["values"]]
+    whole = [s for s in stamps if abs((s - stamps[0]) - round(s - stamps[0])) < 0.01]
+    assert 2.0 in [round(b - a, 1) for a, b in itertools.pairwise(whole)], stamps
+    at = [t for i in range(400) if (t := whole[0] + 9 + i * 0.05) <= whole[-1]]
+    assert len(at) >= 80, ("too little of the run was scraped to sweep", stamps)
     extrapolated = [prom.value(f"sum(rate({series}[5s] offset 3s))", t) for t in at]
     assert min(v or 0 for v in extrapolated) < 400 * 0.9, extrapolated
     exact = [prom.value(_as_grafana_sends(rate_query["expr"], "edge"), t) for t in at]
