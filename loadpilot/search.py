@@ -33,6 +33,7 @@ from loadpilot.errors import PlanError
 from loadpilot.launch import start
 from loadpilot.plan import Plan
 from loadpilot.profiles import constant
+from loadpilot.running import store as _store
 from loadpilot.running.runs import Run, RunResult
 from loadpilot.scenarios.scenario import Scenario, VUser
 from loadpilot.thresholds import Threshold
@@ -259,7 +260,7 @@ def _judge(
                 pl.col("requests").sum(),
                 pl.col("errors").sum(),
                 # What the offered rate counts (a task of two requests: one iteration).
-                pl.coalesce("iterations", "requests").sum().alias("iterations"),
+                _store.ITERATIONS.sum().alias("iterations"),
             )
             .sort("elapsed_s")
         )

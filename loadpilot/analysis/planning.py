@@ -17,6 +17,7 @@ from loadpilot.analysis.comparing import intervals
 from loadpilot.errors import PlanError
 from loadpilot.plan import Stage
 from loadpilot.profiles import shape
+from loadpilot.running import store as _store
 from loadpilot.running.runs import RunResult
 from loadpilot.thresholds import _OPS, LATENCY, Threshold, parse_cli
 
@@ -457,7 +458,7 @@ def capacity(
             pl.col("missed").sum(),
             pl.col("in_flight").max(),
             # What the offered rate counts (a task of two requests: one iteration).
-            pl.coalesce("iterations", "requests").sum().alias("iterations"),
+            _store.ITERATIONS.sum().alias("iterations"),
         )
         .sort("elapsed_s")
     )

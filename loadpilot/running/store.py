@@ -101,13 +101,15 @@ def _complete(frame: pl.DataFrame) -> pl.DataFrame:
     ).select(list(RAW_SCHEMA))
 
 
-#: Iterations that ended per second, in a row: what a profile's rate (``target_rps``, which
-#: counts iterations begun) is held to, where ``achieved_rps`` counts requests (two per
-#: iteration of a task of two requests). 0 in the drain row, as ``achieved_rps``; rows
-#: written before iterations were counted give their requests.
+#: Iterations that ended, in a row (``ITERATIONS``) and per second (``ACHIEVED_IPS``): what a
+#: profile's rate (``target_rps``, which counts iterations begun) is held to, where
+#: ``achieved_rps`` counts requests (two per iteration of a task of two requests). 0 in the
+#: drain row, as ``achieved_rps``; rows written before iterations were counted give their
+#: requests.
+ITERATIONS = pl.coalesce("iterations", "requests")
 ACHIEVED_IPS = (
     pl.when(pl.col("requests") > 0)
-    .then(pl.col("achieved_rps") * pl.coalesce("iterations", "requests") / pl.col("requests"))
+    .then(pl.col("achieved_rps") * ITERATIONS / pl.col("requests"))
     .otherwise(0.0)
 )
 
