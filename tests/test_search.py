@@ -53,8 +53,12 @@ def test_the_search_finds_a_worker_pool_s_capacity_within_its_tolerance(tmp_path
             level_s=3, max_level_s=6, confirm_s=5, out=tmp_path / "search", on_level=seen.append,
         )  # fmt: skip
     assert cap.limit == "system", cap.message
-    # The answer: met, within 5% (the tolerance) + 5% (the machine) below what 4 workers give.
-    assert known * 0.88 <= cap.rate <= known * 1.02, (known, cap.evidence)
+    # The answer: met, within 5% (the tolerance) + 5% (the machine) below what 4 workers give,
+    # and not above it by more than the law's own error here: the pool's rate depends on how
+    # deep its queue is (measured: the law from a light run 353-356/s; the pool served 363-367/s
+    # with a few requests waiting, 356-360/s with a deep queue), so the SLO can hold at 3-4%
+    # above the law's figure; one step of the tolerance (5%) above the answer has to fail.
+    assert known * 0.88 <= cap.rate <= known * 1.05, (known, cap.evidence)
     assert cap.high is not None and cap.rate < cap.high <= cap.rate * 1.05 + 1e-9
     assert seen == cap.levels
     phases = [lv.phase for lv in cap.levels]
