@@ -305,8 +305,7 @@ impl Client {
             None => &mut self.main,
             Some(i) => &mut self.others[i],
         };
-        let trace = req.trace.map(|t| t.bytes());
-        let result = if let Some(conn) = &l.h2 {
+        let result = if let Some(conn) = &mut l.h2 {
             http2::exchange(
                 conn,
                 &l.target.origin,
@@ -318,6 +317,7 @@ impl Client {
             .await
         } else {
             let stream = l.conn.as_mut().ok_or(ErrorKind::Reset)?;
+            let trace = req.trace.map(|t| t.bytes());
             let sent = h1::Sent {
                 head: &req.h1_head,
                 cookie: cookie.as_ref().map(HeaderValue::as_bytes),
