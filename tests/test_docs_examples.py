@@ -177,6 +177,15 @@ def env() -> dict[str, str]:
     return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
 
 
+def _validity(stdout: str) -> str:
+    """The verdict and its reasons, as a run prints them."""
+    lines = stdout.splitlines()
+    at = next((i for i, line in enumerate(lines) if line.startswith("validity:")), None)
+    if at is None:
+        return "(no validity printed)"
+    return "\n".join(lines[at : at + 8])
+
+
 def answering(port: int, timeout_s: float = 30) -> bool:
     """Whether something answers HTTP on the port (any status) within the time."""
     deadline = time.monotonic() + timeout_s
@@ -267,6 +276,16 @@ class Workspace:
                 command, shell=True, cwd=cwd, env=env(), capture_output=True, text=True,
                 timeout=300,
             )  # fmt: skip
+            if done.returncode == 4 and "the run is invalid" in done.stdout:
+                # The run says it measured the generator: on this shared machine of two cores,
+                # a stall of the whole machine (its target's service time included) does that
+                # now and then. The example is whether the command works as printed: once more,
+                # and an invalid run again fails it, its verdict's evidence shown.
+                print(f"{block.where}: judged invalid, run again:\n{_validity(done.stdout)}")
+                done = subprocess.run(
+                    command, shell=True, cwd=cwd, env=env(), capture_output=True, text=True,
+                    timeout=300,
+                )  # fmt: skip
             expected = {0}
             if command.startswith("loadpilot compare datasets/"):
                 expected = {1}  # the recorded candidate regressed: the gate says so
@@ -275,7 +294,8 @@ class Workspace:
             elif "--threshold" in command:
                 expected = {0, 1}  # whether p99 stays under 20 ms is this machine's business
             assert done.returncode in expected, (
-                block.where, command, done.returncode, done.stdout[-3000:], done.stderr[-3000:]
+                block.where, command, done.returncode, _validity(done.stdout),
+                done.stdout[-3000:], done.stderr[-3000:],
             )  # fmt: skip
             assert "Traceback" not in done.stderr, (block.where, command, done.stderr)
             if command.startswith("loadpilot run"):
