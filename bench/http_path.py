@@ -10,7 +10,8 @@ user.
   peak RSS from 100 to 10,000 users (the fixed cost of the process is not charged to users).
 - ``h2``: HTTP/2 (h2c, prior knowledge) max throughput against the built-in target at the same
   connections and streams: h2load (Debian ``nghttp2-client``), ``oha --http2`` and LoadPilot
-  (closed model, ``http="2"``, users = connections × streams, ``max_streams`` = streams).
+  (closed model, ``http="2"``, users = connections × streams, ``max_streams`` = streams), as
+  users run it (a ``traceparent`` on every request) and with ``trace=0`` (h2load's request).
 
 Results go to ``bench/results/http-<date>.json``; docs/benchmarks.md quotes them.
 
@@ -39,11 +40,11 @@ _LOADPILOT = """
 import json, resource, sys, loadpilot as lp
 url, users, seconds, think, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), \
     float(sys.argv[4]), sys.argv[5]
-http, streams = sys.argv[6], int(sys.argv[7])
+http, streams, trace = sys.argv[6], int(sys.argv[7]), float(sys.argv[8])
 plan = lp.Plan(target=url, load=lp.ClosedLoad(stages=[lp.Constant(rate=users, duration_s=seconds)],
                think_s=think),
                tasks=[lp.Task(name="get", requests=[lp.Request(path="/")])],
-               http=http, max_streams=streams)
+               http=http, max_streams=streams, trace=trace)
 def cpu():
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -58,12 +59,19 @@ print(json.dumps({"requests": s.overall.requests, "errors": s.overall.errors, "e
 
 
 def run_loadpilot(
-    url: str, users: int, seconds: float, think: float = 0.0, http: str = "1.1", streams: int = 1
+    url: str,
+    users: int,
+    seconds: float,
+    think: float = 0.0,
+    http: str = "1.1",
+    streams: int = 1,
+    trace: float = 1.0,
 ) -> dict[str, float]:
-    """One LoadPilot run in its own process on one engine thread."""
+    """One LoadPilot run in its own process on one engine thread (``trace``: the share of
+    requests sent with a ``traceparent``, 1 by default)."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-c", _LOADPILOT, url, str(users), str(seconds), str(think)]
-        cmd += [tmp + "/run", http, str(streams)]
+        cmd += [tmp + "/run", http, str(streams), str(trace)]
         stdout, cpu = measured(cmd, dict(os.environ, LOADPILOT_THREADS="1"))
     r: dict[str, float] = json.loads(stdout.strip().splitlines()[-1])
     r["cpu_s_per_10k"] = r["run_cpu_s"] / max(1, r["requests"]) * 10_000
@@ -147,6 +155,11 @@ def h2(args: argparse.Namespace) -> dict[str, object]:
             "loadpilot": lambda: run_loadpilot(
                 url, conns * streams, secs, http="2", streams=streams
             ),
+            # The same request h2load sends: no trace context, whose fresh value per request
+            # the one-thread target has to decode.
+            "loadpilot trace=0": lambda: run_loadpilot(
+                url, conns * streams, secs, http="2", streams=streams, trace=0
+            ),
         }
         if oha is not None:
             extra = ("--http2", "-p", str(streams))
@@ -157,7 +170,8 @@ def h2(args: argparse.Namespace) -> dict[str, object]:
     no_errors(raw)
     summary = summarise(raw)
     ratio = summary["loadpilot"]["rps"]["median"] / summary["h2load"]["rps"]["median"]
-    print(f"  HTTP/2: LoadPilot / h2load {ratio:.2f}")
+    bare = summary["loadpilot trace=0"]["rps"]["median"] / summary["h2load"]["rps"]["median"]
+    print(f"  HTTP/2: LoadPilot / h2load {ratio:.2f} (trace=0: {bare:.2f})")
     return {
         "connections": conns,
         "streams": streams,
@@ -166,6 +180,7 @@ def h2(args: argparse.Namespace) -> dict[str, object]:
         "raw": raw,
         "summary": summary,
         "throughput_over_h2load": ratio,
+        "throughput_over_h2load_trace_0": bare,
     }
 
 
