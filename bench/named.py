@@ -18,15 +18,19 @@ Results go to ``bench/results/named-<date>.json``.
 
 Throughput on a shared machine of two cores moves by far more than 3% from round to round, so the
 goal is also read where noise cannot reach it (``--instructions``): valgrind counts every
-user-space instruction of the run's process (cachegrind, no cache simulation), each variant at
-two lengths; the difference of the two counts over the difference of their requests is what one
-more request costs, with the fixed costs (Python's start, imports, the summary) cancelled. The
-kernel's share (sockets over loopback, ~80% of the engine's CPU at saturation) is the same for
-both variants (the same syscalls per request), so the ratio of user-space instructions bounds the
-ratio of CPU per request from above.
+user-space instruction of the run's process (cachegrind, no cache simulation). A run's count is
+``F + a * requests + b * seconds``: fixed costs (Python's start, imports, the summary), a cost
+per request, and a cost per second (each name's interval histograms reset and written to the
+log every second). Under valgrind the engine runs several times slower, so a per-second cost
+would weigh several times more per request than at full speed; the two are measured apart, with
+three open-model runs of each variant (rates ``r1`` and ``r2`` for ``T1`` seconds, ``r1`` for
+``T2``), and the cost per request is read at a real saturated rate (``--at-rps``): ``a + b /
+rate``. The kernel's share of the CPU (sockets over loopback, ~80% of the engine's at
+saturation) is the same for both variants (the same syscalls per request), so the ratio of
+user-space instructions bounds the ratio of CPU per request from above.
 
     python bench/named.py [--users 32] [--seconds 6] [--rounds 8]
-    python bench/named.py --instructions [--rounds 2]
+    python bench/named.py --instructions [--rounds 2] [--at-rps 80000]
 """
 
 from __future__ import annotations
@@ -69,14 +73,25 @@ print(json.dumps({{"requests": t.requests, "errors": t.errors, "rps": t.achieved
 """
 
 
+#: The same scenario as an open model: ``users`` is the rate of iterations (three requests each).
+_OPEN_PROGRAM = _PROGRAM.replace(
+    "profile=lp.users(users, seconds)", "profile=lp.constant(users, seconds)"
+)
+assert _OPEN_PROGRAM != _PROGRAM
+
 _PIN = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
 _PIN_RUN = ["taskset", "-c", "1"] if _PIN else []
 
 
 def run_variant(
-    name: str, url: str, users: int, seconds: float, prefix: list[str] | None = None
+    name: str,
+    url: str,
+    users: int,
+    seconds: float,
+    prefix: list[str] | None = None,
+    open_model: bool = False,
 ) -> dict[str, float]:
-    program = _PROGRAM.format(*_NAMES[name])
+    program = (_OPEN_PROGRAM if open_model else _PROGRAM).format(*_NAMES[name])
     r = run_scenario_program(program, url, users, seconds, prefix=[*_PIN_RUN, *(prefix or [])])
     assert r.pop("path") == "engine", (name, r)
     assert r.pop("names") == len(set(_NAMES[name])), (name, r)
@@ -84,9 +99,9 @@ def run_variant(
     return r
 
 
-def count_instructions(name: str, url: str, users: int, seconds: float) -> dict[str, float]:
-    """A run of the variant under valgrind: its requests and the user-space instructions its
-    whole process executed."""
+def count_instructions(name: str, url: str, rate: int, seconds: float) -> dict[str, float]:
+    """An open-model run of the variant (``rate`` iterations a second) under valgrind: its
+    requests and the user-space instructions its whole process executed."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
@@ -94,44 +109,61 @@ def count_instructions(name: str, url: str, users: int, seconds: float) -> dict[
         counts = Path(d) / "cachegrind.out"
         prefix = [valgrind, "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file="
                   + str(counts)]  # fmt: skip
-        r = run_variant(name, url, users, seconds, prefix=prefix)
+        r = run_variant(name, url, rate, seconds, prefix=prefix, open_model=True)
         found = re.search(r"^summary:\s+(\d+)", counts.read_text(), re.MULTILINE)
         assert found is not None, "cachegrind wrote no summary"
-    return {"requests": r["requests"], "instructions": float(found.group(1))}
+    return {"requests": r["requests"], "seconds": seconds, "instructions": float(found.group(1))}
+
+
+def solve(
+    a_run: dict[str, float], b_run: dict[str, float], c_run: dict[str, float]
+) -> dict[str, float]:
+    """``per_request`` and ``per_second`` from three runs: A and B as long as each other at two
+    rates, C as fast as A and longer."""
+    per_request = (b_run["instructions"] - a_run["instructions"]) / (
+        b_run["requests"] - a_run["requests"]
+    )
+    rest = c_run["instructions"] - a_run["instructions"]
+    rest -= per_request * (c_run["requests"] - a_run["requests"])
+    per_second = rest / (c_run["seconds"] - a_run["seconds"])
+    return {"per_request": per_request, "per_second": per_second}
 
 
 def main_instructions(args: argparse.Namespace) -> None:
-    """Instructions per request of each variant: (count at the long length - count at the
-    short one) / (their requests' difference), round by round, the variants alternated."""
-    lengths = (args.short_s, args.long_s)
+    """Instructions per request of each variant at ``--at-rps``, round by round, the variants
+    alternated."""
+    plan = ((args.r1, args.t1), (args.r2, args.t1), (args.r1, args.t2))
     target = Target(threads=1)
     rounds: list[dict[str, dict[str, Any]]] = []
     try:
         for _ in range(args.rounds):
             this: dict[str, dict[str, Any]] = {}
             for name in _NAMES:
-                short, long = (count_instructions(name, target.url, args.users, s) for s in lengths)
-                per = (long["instructions"] - short["instructions"]) / (
-                    long["requests"] - short["requests"]
-                )
-                this[name] = {"short": short, "long": long, "per_request": per}
-                n = f"{short['requests']:.0f} and {long['requests']:.0f} requests"
-                print(f"{name}: {per:,.0f} instructions per request ({n})", flush=True)
+                runs = [count_instructions(name, target.url, r, t) for r, t in plan]
+                cost = solve(*runs)
+                cost["at_rps"] = cost["per_request"] + cost["per_second"] / args.at_rps
+                this[name] = {"runs": runs, **cost}
+                print(f"{name}: {cost['per_request']:,.0f} instructions per request, "
+                      f"{cost['per_second']:,.0f} per second; at {args.at_rps:,.0f} requests/s "
+                      f"{cost['at_rps']:,.0f} per request", flush=True)  # fmt: skip
             rounds.append(this)
     finally:
         target.close()
-    per = {name: [r[name]["per_request"] for r in rounds] for name in _NAMES}
-    ratio = statistics.median(per["three_names"]) / statistics.median(per["one_name"])
+    ratios = {
+        key: statistics.median(r["three_names"][key] for r in rounds)
+        / statistics.median(r["one_name"][key] for r in rounds)
+        for key in ("per_request", "at_rps")
+    }
     report = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "measure": "user-space instructions per request (valgrind cachegrind)",
-        "users": args.users,
-        "lengths_s": lengths,
+        "measure": "user-space instructions (valgrind cachegrind), F + a*requests + b*seconds",
+        "runs": [{"iterations_per_s": r, "seconds": t} for r, t in plan],
+        "at_rps": args.at_rps,
         "rounds": rounds,
-        "summary": {name: spread(v) for name, v in per.items()},
-        "ratios": {"three_names_over_one_name_instructions": ratio},
+        "ratios": {f"three_names_over_one_name_{k}": v for k, v in ratios.items()},
     }
-    print(f"three names / one name: instructions per request {ratio:.4f}")
+    print(f"three names / one name: per request alone {ratios['per_request']:.4f}, "
+          f"at {args.at_rps:,.0f} requests/s {ratios['at_rps']:.4f}")  # fmt: skip
     write_results("named-instructions", report)
 
 
@@ -142,8 +174,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--instructions", action="store_true",
                    help="count instructions per request under valgrind")  # fmt: skip
-    p.add_argument("--short-s", type=float, default=3)
-    p.add_argument("--long-s", type=float, default=9)
+    p.add_argument("--r1", type=int, default=500, help="iterations/s of runs A and C")
+    p.add_argument("--r2", type=int, default=2000, help="iterations/s of run B")
+    p.add_argument("--t1", type=float, default=4, help="seconds of runs A and B")
+    p.add_argument("--t2", type=float, default=10, help="seconds of run C")
+    p.add_argument("--at-rps", type=float, default=80_000,
+                   help="the saturated rate the cost per request is read at")  # fmt: skip
     args = p.parse_args()
     if args.instructions:
         main_instructions(args)
