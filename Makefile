@@ -138,8 +138,9 @@ bench-loop: build-dev ## The one engine loop: Python tasks vs engine tasks, on_s
 	$(PY) bench/one_loop.py
 
 .PHONY: bench-named
-bench-named: build-dev ## What naming requests costs: three names vs one, same task
+bench-named: build-dev ## What naming requests costs: three names vs one, same task (timed, then counted under valgrind)
 	$(PY) bench/named.py
+	$(PY) bench/named.py --instructions --rounds 2
 
 .PHONY: bench-tracing
 bench-tracing: build-dev ## What trace context and keeping the slowest requests cost: on vs off

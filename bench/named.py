@@ -47,7 +47,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from engine import Target, run_scenario_program, spread, write_results
+from engine import Target, ensure_apt, run_scenario_program, spread, write_results
 
 _NAMES = {
     "one_name": ("step", "step", "step"),
@@ -102,9 +102,7 @@ def run_variant(
 def count_instructions(name: str, url: str, rate: int, seconds: float) -> dict[str, float]:
     """An open-model run of the variant (``rate`` iterations a second) under valgrind: its
     requests and the user-space instructions its whole process executed."""
-    valgrind = shutil.which("valgrind")
-    if valgrind is None:
-        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
+    valgrind = ensure_apt("valgrind", "valgrind")
     with tempfile.TemporaryDirectory(prefix="lp-bench-cg-") as d:
         counts = Path(d) / "cachegrind.out"
         prefix = [valgrind, "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file="
