@@ -305,7 +305,7 @@ impl Client {
             None => &mut self.main,
             Some(i) => &mut self.others[i],
         };
-        let result = if let Some(conn) = &mut l.h2 {
+        let result = if let Some(conn) = &l.h2 {
             http2::exchange(
                 conn,
                 &l.target.origin,

@@ -237,7 +237,7 @@ pub(crate) fn head(origin: &Origin, req: &Outgoing) -> Result<(Uri, HeaderMap), 
 
 /// Sends `req` as one stream on `conn` and reads its whole answer.
 pub async fn exchange(
-    conn: &mut Conn,
+    conn: &Conn,
     origin: &Origin,
     req: &Outgoing,
     cookie: Option<&HeaderValue>,
@@ -264,14 +264,16 @@ pub async fn exchange(
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
 
-    // Waits for a free stream if the connection is at the server's concurrency limit. (On
-    // the user's own handle: a clone per request would cost two more trips through the
-    // connection's lock.)
-    std::future::poll_fn(|cx| conn.send.poll_ready(cx))
+    // Waits for a free stream if the connection is at the server's concurrency limit. A
+    // handle of this request's own: one kept from request to request would hold on to a
+    // stream still waiting to open when its request timed out, and send it after all.
+    let mut send = conn
+        .send
+        .clone()
+        .ready()
         .await
         .map_err(|e| fail(conn, &e))?;
-    let (response, mut body_out) = conn
-        .send
+    let (response, mut body_out) = send
         .send_request(request, req.body.is_empty())
         .map_err(|e| fail(conn, &e))?;
     match &req.body {
@@ -460,17 +462,16 @@ mod tests {
             let host = HeaderValue::from_str(authority.as_str()).unwrap();
             let req =
                 Arc::new(Outgoing::new(Method::GET, "/", vec![], Bytes::new(), &host).unwrap());
-            let mut first = conn.clone();
-            exchange(&mut first, &origin, &req, None, false, false)
+            exchange(&conn, &origin, &req, None, false, false)
                 .await
                 .unwrap();
             let before = counted.load(Ordering::Relaxed);
             let users: Vec<_> = (0..16)
                 .map(|_| {
-                    let (mut conn, origin, req) = (conn.clone(), origin.clone(), req.clone());
+                    let (conn, origin, req) = (conn.clone(), origin.clone(), req.clone());
                     tokio::spawn(async move {
                         for _ in 0..50 {
-                            let got = exchange(&mut conn, &origin, &req, None, false, false)
+                            let got = exchange(&conn, &origin, &req, None, false, false)
                                 .await
                                 .unwrap();
                             assert_eq!(got.status, 200);
