@@ -131,6 +131,8 @@ class _Watched:
         done = self.run.done
         # Tasks' rows and request names', only those not seen yet.
         new, self.rows_seen = self.run._rows_after(self.rows_seen)
+        # A row's iterations, its requests in rows written before iterations were counted.
+        new = new.with_columns(store.ITERATIONS.alias("iterations"))
         for row in new.iter_rows(named=True):
             t = self.task(row["task"], row["request"])
             with_status = 0
@@ -143,7 +145,7 @@ class _Watched:
                 t.errors[kind] += row[f"errors_{kind}"]
             t.missed += row["missed"]
             if row["request"] is None:
-                t.iterations += row["requests"] if row["iterations"] is None else row["iterations"]
+                t.iterations += row["iterations"]
             t.target_rate = row["target_rps"]
             self.ts = row["time"].timestamp() + row["interval_s"]
             self.in_flight = row["in_flight"]

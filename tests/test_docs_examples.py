@@ -177,6 +177,13 @@ def env() -> dict[str, str]:
     return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
 
 
+def _shell(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """An example's command, run as a user's shell would, its output kept."""
+    return subprocess.run(
+        command, shell=True, cwd=cwd, env=env(), capture_output=True, text=True, timeout=300
+    )
+
+
 def _validity(stdout: str) -> str:
     """The verdict and its reasons, as a run prints them."""
     lines = stdout.splitlines()
@@ -272,20 +279,15 @@ class Workspace:
             if command.startswith("curl -s "):
                 # An answer of 4xx or 5xx fails the example (curl alone exits 0 on them).
                 command = command.replace("curl -s ", "curl -sS --fail-with-body ", 1)
-            done = subprocess.run(
-                command, shell=True, cwd=cwd, env=env(), capture_output=True, text=True,
-                timeout=300,
-            )  # fmt: skip
+
+            done = _shell(command, cwd)
             if done.returncode == 4 and "the run is invalid" in done.stdout:
                 # The run says it measured the generator: on this shared machine of two cores,
                 # a stall of the whole machine (its target's service time included) does that
                 # now and then. The example is whether the command works as printed: once more,
                 # and an invalid run again fails it, its verdict's evidence shown.
                 print(f"{block.where}: judged invalid, run again:\n{_validity(done.stdout)}")
-                done = subprocess.run(
-                    command, shell=True, cwd=cwd, env=env(), capture_output=True, text=True,
-                    timeout=300,
-                )  # fmt: skip
+                done = _shell(command, cwd)
             expected = {0}
             if command.startswith("loadpilot compare datasets/"):
                 expected = {1}  # the recorded candidate regressed: the gate says so

@@ -396,6 +396,15 @@ mod tests {
         }
     }
 
+    impl Counting {
+        fn count(&self, r: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
+            if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+                self.writes.fetch_add(1, Ordering::Relaxed);
+            }
+            r
+        }
+    }
+
     impl AsyncWrite for Counting {
         fn poll_write(
             mut self: Pin<&mut Self>,
@@ -403,10 +412,7 @@ mod tests {
             buf: &[u8],
         ) -> Poll<std::io::Result<usize>> {
             let r = Pin::new(&mut self.io).poll_write(cx, buf);
-            if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-                self.writes.fetch_add(1, Ordering::Relaxed);
-            }
-            r
+            self.count(r)
         }
 
         fn poll_write_vectored(
@@ -415,10 +421,7 @@ mod tests {
             bufs: &[std::io::IoSlice<'_>],
         ) -> Poll<std::io::Result<usize>> {
             let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-            if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-                self.writes.fetch_add(1, Ordering::Relaxed);
-            }
-            r
+            self.count(r)
         }
 
         fn is_write_vectored(&self) -> bool {
