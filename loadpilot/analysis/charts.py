@@ -117,6 +117,13 @@ def latency_chart(run: RunResult | str | Path, *, title: str | None = None) -> a
     return chart
 
 
+def target_band(chart: alt.Chart) -> alt.Chart:
+    """``chart`` drawn as a target under what was achieved: a broad pale band, so a line that
+    agrees with it shows on it rather than hidden under it (the rate chart, the dashboard)."""
+    band: alt.Chart = chart.mark_line(strokeWidth=7, opacity=0.35)
+    return band
+
+
 def rate_chart(run: RunResult | str | Path, *, title: str | None = None) -> alt.LayerChart:
     """Iterations per second, achieved against the profile's target rate (open model; for tasks
     of one request, requests per second): the target a broad pale band under the achieved
@@ -135,9 +142,7 @@ def rate_chart(run: RunResult | str | Path, *, title: str | None = None) -> alt.
             pl.lit("target").alias("variable")
         )
         layers.append(
-            alt.Chart(target)
-            .mark_line(strokeWidth=7, opacity=0.35)
-            .encode(
+            target_band(alt.Chart(target)).encode(
                 x=x, y=y, color=colour, tooltip=["elapsed_s", alt.Tooltip("value:Q", format=".1f")]
             )
         )

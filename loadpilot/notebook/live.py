@@ -99,6 +99,8 @@ def _lines(
     agrees with it shows on it rather than hidden under it."""
     import altair as alt
 
+    from loadpilot.analysis.charts import target_band
+
     columns = [c for c in frame.columns if c != "elapsed_s"]
     colour = alt.Color(
         "variable:N",
@@ -111,9 +113,7 @@ def _lines(
     )
     lines = base.mark_line()
     if band is not None:
-        under = base.transform_filter(alt.datum.variable == band).mark_line(
-            strokeWidth=7, opacity=0.35
-        )
+        under = target_band(base.transform_filter(alt.datum.variable == band))
         over = lines.transform_filter(alt.datum.variable != band)
         layered = alt.layer(under, over).properties(title=title, width=_WIDTH, height=150)
         assert isinstance(layered, alt.LayerChart)
