@@ -89,12 +89,37 @@ if "${P[@]}" exec "$tag-agent0" touch /usr/local/x 2>/dev/null; then
   echo "FAIL: the root filesystem is writable"; exit 1
 fi
 
+# Ready as a cluster is before load: each agent's container resolves the target's name and
+# connects to it (a container just started may not reach another for a moment; a run started
+# then measures the network's start, all its slice's requests waiting on it).
+for i in 0 1 2; do
+  "${P[@]}" exec "$tag-agent$i" python3 -c '
+import socket, sys, time
+deadline = time.monotonic() + 30
+while True:
+    try:
+        socket.create_connection((sys.argv[1], 8080), timeout=2).close()
+        break
+    except OSError as e:
+        if time.monotonic() > deadline:
+            sys.exit(f"FAIL: agent container {sys.argv[2]} cannot reach {sys.argv[1]}:8080: {e}")
+        time.sleep(0.2)
+' "$tag-target" "$i"
+done
 plan="{\"name\": \"image\", \"target\": \"http://$tag-target:8080\", \"load\": {\"model\": \"open\", \"stages\": [{\"kind\": \"constant\", \"rate\": 300, \"duration_s\": 5}]}, \"tasks\": [{\"name\": \"home\", \"weight\": 5, \"requests\": [{\"path\": \"/\"}]}, {\"name\": \"data\", \"requests\": [{\"path\": \"/json\"}]}]}"
 last=$(curl -sf --max-time 120 -H "Authorization: Bearer $token" -H 'content-type: application/json' \
   -d "$plan" "http://127.0.0.1:$port/run" | tail -1)
 "${P[@]}" stop -t 10 "$tag-target" >/dev/null
 served=$("${P[@]}" logs "$tag-target" 2>&1 | sed -n 's/.*served \([0-9]*\) requests.*/\1/p')
-python3 - "$last" "$served" <<'EOF'
+show_logs() {
+  echo "FAIL: the run's output, then each container's log"
+  echo "$last"
+  for c in serve agent0 agent1 agent2 nats; do
+    echo "--- $c"; "${P[@]}" logs "$tag-$c" 2>&1 | tail -40
+  done
+  echo "--- events"; cat "$runs"/*/events.jsonl 2>/dev/null | tail -40
+}
+python3 - "$last" "$served" <<'EOF' || { show_logs; exit 1; }
 import json, sys
 s = json.loads(sys.argv[1])["summary"]
 served = int(sys.argv[2])
