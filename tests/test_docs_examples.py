@@ -279,7 +279,6 @@ class Workspace:
             if command.startswith("curl -s "):
                 # An answer of 4xx or 5xx fails the example (curl alone exits 0 on them).
                 command = command.replace("curl -s ", "curl -sS --fail-with-body ", 1)
-
             done = _shell(command, cwd)
             if done.returncode == 4 and "the run is invalid" in done.stdout:
                 # The run says it measured the generator: on this shared machine of two cores,

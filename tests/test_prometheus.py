@@ -176,7 +176,9 @@ def test_prometheus_sees_the_target_rate_and_the_runs_own_p99(
     # the bucket of the run's own p99, for the whole run and per task. The estimate is of the
     # buckets' totals: a rate() over the run holds only what came after its first scrape (and
     # is extrapolated bucket by bucket), so its p99 is of other requests, and lands in the next
-    # bucket when the run's own sits just under a bound (7.487 ms against 7.5 read 7.85).
+    # bucket when the run's own sits just under a bound (7.487 ms against 7.5 read 7.85). Of
+    # the totals it is exact: hdrh's p99 is the value at rank ceil(0.99 n), and Prometheus
+    # interpolates inside the first bucket whose count reaches 0.99 n, the one holding it.
     text = scraped_when(
         port, lambda x: total(x, "loadpilot_requests_total", scenario="scraped") == 10_000
     )
