@@ -391,6 +391,9 @@ def _cmd_target(args: argparse.Namespace) -> int:
         seed=args.seed,
         tls=args.tls,
         concurrency=args.concurrency,
+        # Nothing outside this process can read the trace log: keeping it would only cost
+        # the target time and memory on every traced request.
+        keep_traces=0,
     )
     print(f"built-in target listening on {server.url}", flush=True)
     stop = threading.Event()

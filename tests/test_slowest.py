@@ -143,6 +143,17 @@ def test_http2_requests_carry_their_trace_context(tmp_path: Path) -> None:
     assert set(run.slowest(above=None)["trace_id"]) <= {t[3:35] for t in traces}
 
 
+def test_the_targets_trace_log_keeps_what_it_is_told(tmp_path: Path) -> None:
+    for keep, kept in ((15, 15), (0, 0)):
+        with lp.start_target(keep_traces=keep) as target:
+            plan = lp.Plan(target=target.url, load=constant(40, 1), tasks=[get("a", "/json")])
+            lp.run(plan, tmp_path / f"k{keep}")
+            assert target.served == 40
+            assert len(target.traces) == kept
+    with pytest.raises(ValueError, match="keep_traces"):
+        lp.start_target(keep_traces=-1)
+
+
 @pytest.mark.slow
 def test_the_cli_lists_the_slowest_and_says_what_is_wrong(tmp_path: Path) -> None:
     with lp.start_target(delay_ms=1, delay_max_ms=5) as target:

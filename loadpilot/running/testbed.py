@@ -35,8 +35,8 @@ class TargetServer:
     @property
     def traces(self) -> list[tuple[str, str]]:
         """The W3C ``traceparent`` header of each request that carried one, as ``(path and
-        query, traceparent)`` in the order they came (the first million): the target's trace
-        log, to find a kept slow request's trace id on the server's side."""
+        query, traceparent)`` in the order they came (the first ``keep_traces``): the target's
+        trace log, to find a kept slow request's trace id on the server's side."""
         return self._server.traces()
 
     @property
@@ -74,6 +74,7 @@ def start_target(
     seed: int = 0,
     tls: bool = False,
     concurrency: int = 0,
+    keep_traces: int = 100_000,
 ) -> TargetServer:
     """Starts the built-in target (``port=0`` picks a free port). Each request waits
     ``delay_ms`` (uniform up to ``delay_max_ms`` when given), fails with 500 at ``error_rate``,
@@ -81,9 +82,13 @@ def start_target(
     With ``tls=True`` it serves https with a fresh self-signed certificate (runs against it need
     ``Plan(insecure=True)``). ``concurrency`` caps the requests served at once (0: no cap); the
     rest queue, so with a delay ``d`` the server saturates at ``concurrency / d`` requests per
-    second, like a server with a fixed pool of workers."""
+    second, like a server with a fixed pool of workers. ``keep_traces`` bounds the trace log
+    (:attr:`TargetServer.traces`; 0 keeps none, sparing the target its cost per traced
+    request)."""
     if concurrency < 0:
         raise ValueError(f"concurrency must be >= 0, got {concurrency}")
+    if keep_traces < 0:
+        raise ValueError(f"keep_traces must be >= 0, got {keep_traces}")
     cfg = {
         "host": host,
         "port": port,
@@ -95,5 +100,6 @@ def start_target(
         "seed": seed,
         "tls": tls,
         "concurrency": concurrency,
+        "keep_traces": keep_traces,
     }
     return TargetServer(_engine.start_target(json.dumps(cfg)))

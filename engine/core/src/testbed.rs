@@ -62,6 +62,15 @@ pub struct TargetConfig {
     /// `concurrency / d` requests per second.
     #[serde(default)]
     pub concurrency: u32,
+    /// How many `traceparent`s the trace log keeps (the first this many requests that carry
+    /// one, with their path and query; 0 keeps none). Each costs the target an allocation
+    /// and about 130 bytes, so a target whose log nobody reads should keep none.
+    #[serde(default = "default_keep_traces")]
+    pub keep_traces: usize,
+}
+
+fn default_keep_traces() -> usize {
+    100_000
 }
 
 fn default_host() -> String {
@@ -114,15 +123,12 @@ struct Counts {
     /// per-request counts against.
     by_path: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     /// The W3C `traceparent` of each request that carried one, with its path and query, in
-    /// the order they came (the first `MAX_TRACES`): the target's trace log.
+    /// the order they came (the first `keep_traces`): the target's trace log.
     traces: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 /// The most distinct paths counted apart.
 const MAX_PATHS: usize = 10_000;
-/// The most `traceparent`s logged.
-const MAX_TRACES: usize = 1_000_000;
-
 struct Behaviour {
     cfg: TargetConfig,
     start: Instant,
@@ -206,9 +212,9 @@ async fn handle(
             by_path.insert(path.to_string(), 1);
         }
     }
-    if let Some(t) = req.headers().get("traceparent") {
+    if let Some(t) = req.headers().get("traceparent").filter(|_| b.cfg.keep_traces > 0) {
         let mut traces = b.counts.traces.lock().unwrap_or_else(|e| e.into_inner());
-        if traces.len() < MAX_TRACES {
+        if traces.len() < b.cfg.keep_traces {
             let at = req.uri().path_and_query().map_or("/", |p| p.as_str());
             traces.push((
                 at.to_string(),
@@ -418,7 +424,7 @@ impl TargetServer {
             .clone()
     }
     /// The `traceparent` headers received so far, with the path and query each came with,
-    /// in order (the first million).
+    /// in order (the first `keep_traces`).
     pub fn traces(&self) -> Vec<(String, String)> {
         self.counts
             .traces
