@@ -246,6 +246,10 @@ class Plan(_Model):
     user_vars: list[dict[str, str]] = Field(default_factory=list)
     vars: dict[str, str] = Field(default_factory=dict)
     timeout_s: float = Field(default=DEFAULTS["timeout_s"], gt=0, le=MAX_SECONDS)
+    connect_timeout_s: float = Field(default=DEFAULTS["connect_timeout_s"], gt=0, le=MAX_SECONDS)
+    """The longest a new connection may take to open (name lookup, TCP and TLS handshakes),
+    within the request's own timeout: past it the request fails as ``dns``, ``connect`` or
+    ``tls``."""
     insecure: bool = DEFAULTS["insecure"]
     shard: Shard | None = None
     max_drain_s: float = Field(default=DEFAULTS["max_drain_s"], gt=0, le=MAX_SECONDS)

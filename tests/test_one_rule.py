@@ -122,7 +122,7 @@ def test_a_plan_that_leaves_everything_out_gets_the_engines_defaults() -> None:
     found = scenario_of(Quiet)
     assert found is not None
     plan = json.loads(found.plan("http://127.0.0.1:9").model_dump_json(by_alias=True))
-    for field in ("timeout_s", "max_drain_s", "http", "max_streams"):
+    for field in ("timeout_s", "connect_timeout_s", "max_drain_s", "http", "max_streams"):
         assert plan[field] == engines[field] == DEFAULTS[field], field
 
 

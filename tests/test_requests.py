@@ -121,6 +121,45 @@ def test_an_unreachable_target_completes_with_connect_errors(out: Path) -> None:
     assert summary.overall.errors_by_kind["connect"] == 20
 
 
+def test_a_target_that_never_answers_a_connect_fails_within_the_connect_timeout(
+    out: Path,
+) -> None:
+    # A listener whose accept queue is full: the kernel drops further SYNs, so a connect
+    # neither succeeds nor fails, as at a firewalled or vanished host.
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)):
+            plan = _one_task(
+                f"http://127.0.0.1:{port}",
+                lp.Request(path="/"),
+                rate=10,
+                connect_timeout_s=0.5,
+                max_drain_s=5,
+            )
+            started = time.monotonic()
+            summary = lp.run(plan, out).summary()
+            took = time.monotonic() - started
+
+    # Each due request ends as a connect error once its half second is out; none is left
+    # for the drain to cancel.
+    assert summary.overall.errors_by_kind.get("connect") == 10, summary.overall.errors_by_kind
+    assert summary.ended == "completed"
+    assert took < 4, took
+    with pytest.raises(ValueError, match="connect_timeout_s"):
+        _one_task("http://127.0.0.1:9", lp.Request(path="/"), connect_timeout_s=0)
+    with pytest.raises(lp.PlanError, match="invalid connect_timeout: 'soon'"):
+
+        @lp.scenario(profile=lp.constant(1, "1s"), connect_timeout="soon")
+        class Never(lp.VUser):
+            @lp.task
+            def a(self) -> None:
+                self.client.get("/")
+
+
 @pytest.mark.slow
 def test_injected_errors_arrive_at_their_rate(out: Path) -> None:
     with lp.start_target(error_rate=0.2, seed=3) as target:

@@ -530,6 +530,8 @@ class Scenario:
     arrivals: str = "uniform"
     seed: int = 0
     timeout_s: float = DEFAULTS["timeout_s"]
+    #: The longest a new connection may take to open.
+    connect_timeout_s: float = DEFAULTS["connect_timeout_s"]
     #: The longest wait after the planned end for requests in flight.
     max_drain_s: float = DEFAULTS["max_drain_s"]
     #: Stop the run (from the command line) as soon as a threshold fails.
@@ -584,6 +586,7 @@ class Scenario:
             tasks=list(self.tasks),
             feeder=self.feeder,
             timeout_s=self.timeout_s,
+            connect_timeout_s=self.connect_timeout_s,
             max_drain_s=self.max_drain_s,
             hooks=self.hooks,
             http=self.http,
@@ -689,6 +692,7 @@ def scenario(
     arrivals: str = "uniform",
     seed: int = 0,
     timeout: Duration | None = None,
+    connect_timeout: Duration | None = None,
     abort_on_fail: bool = False,
     max_drain: Duration | None = None,
     http: HttpVersion | None = None,
@@ -702,7 +706,9 @@ def scenario(
 ) -> Callable[[type[VUser]], type[VUser]]:
     """Declares a :class:`VUser` subclass as a scenario with its load profile and thresholds
     (``abort_on_fail``: ``loadpilot run`` stops as soon as one fails). ``timeout`` is every
-    request's unless it gives its own (default 30 s); ``max_drain`` bounds the wait after the
+    request's unless it gives its own (default 30 s); ``connect_timeout`` bounds the opening of
+    each new connection within it (default 10 s; past it the request fails as ``dns``,
+    ``connect`` or ``tls``, where it ran out); ``max_drain`` bounds the wait after the
     planned end for iterations still going (default 10 s; what is still going then is counted
     as cancelled). ``http``: ``"1.1"`` (the default: one connection per user), ``"2"`` (HTTP/2:
     by ALPN over TLS, prior knowledge over cleartext; up to ``max_streams``, default 100, users
@@ -738,6 +744,9 @@ def scenario(
     drain_s: float = DEFAULTS["max_drain_s"]
     if max_drain is not None:
         drain_s = parse_duration(max_drain, what="max_drain")
+    connect_s: float = DEFAULTS["connect_timeout_s"]
+    if connect_timeout is not None:
+        connect_s = parse_duration(connect_timeout, what="connect_timeout")
 
     def declare(cls: type[VUser]) -> type[VUser]:
         tasks, reason, hooks = _read_tasks(cls)
@@ -758,6 +767,7 @@ def scenario(
             arrivals=arrivals,
             seed=seed,
             timeout_s=timeout_s,
+            connect_timeout_s=connect_s,
             max_drain_s=drain_s,
             reason=reason,
             hooks=hooks,

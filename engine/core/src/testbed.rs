@@ -212,7 +212,11 @@ async fn handle(
             by_path.insert(path.to_string(), 1);
         }
     }
-    if let Some(t) = req.headers().get("traceparent").filter(|_| b.cfg.keep_traces > 0) {
+    if let Some(t) = req
+        .headers()
+        .get("traceparent")
+        .filter(|_| b.cfg.keep_traces > 0)
+    {
         let mut traces = b.counts.traces.lock().unwrap_or_else(|e| e.into_inner());
         if traces.len() < b.cfg.keep_traces {
             let at = req.uri().path_and_query().map_or("/", |p| p.as_str());

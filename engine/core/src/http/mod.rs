@@ -15,4 +15,4 @@ pub mod tls;
 
 pub use client::{Client, Keep, Response, BODY_KEPT};
 pub use request::{encode_target, form_body, CompiledRequest, Outgoing, TRACEPARENT};
-pub use target::Target;
+pub use target::{Target, DEFAULT_CONNECT_TIMEOUT};

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use hyper::header::HeaderValue;
 use hyper::http::uri::Scheme;
@@ -37,7 +38,13 @@ pub struct Target {
     others: std::sync::Mutex<Vec<Arc<Target>>>,
     /// Connections opened to it so far (each numbered by it as it opens).
     pub(super) opened: std::sync::atomic::AtomicU64,
+    /// The longest a connection may take to open, each step of it (the name's lookup, TCP,
+    /// TLS) failing with its own kind when it runs out.
+    connect_timeout: Duration,
 }
+
+/// How long a connection may take to open unless a plan says (`connect_timeout_s`).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The most other origins a run's redirects may lead to.
 pub const MAX_OTHER_ORIGINS: usize = 64;
@@ -66,7 +73,8 @@ impl Target {
         http: HttpVersion,
         max_streams: u32,
     ) -> Result<Arc<Self>> {
-        Self::build(url, insecure, http, max_streams, None).map(Arc::new)
+        Self::build(url, insecure, http, max_streams, None)
+            .map(|t| Arc::new(t.connecting_within(DEFAULT_CONNECT_TIMEOUT)))
     }
 
     /// A plan's target; redirects may lead only to the hosts `allow` names, if given.
@@ -79,7 +87,12 @@ impl Target {
             plan.max_streams,
             allow,
         )
-        .map(Arc::new)
+        .map(|t| Arc::new(t.connecting_within(Duration::from_secs_f64(plan.connect_timeout_s))))
+    }
+
+    fn connecting_within(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
     }
 
     fn build(
@@ -158,6 +171,7 @@ impl Target {
             max_streams,
             others: std::sync::Mutex::new(Vec::new()),
             opened: std::sync::atomic::AtomicU64::new(0),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         })
     }
 
@@ -210,7 +224,7 @@ impl Target {
             self.max_streams,
             self.allow.clone(),
         )
-        .map(Arc::new)
+        .map(|t| Arc::new(t.connecting_within(self.connect_timeout)))
         .map_err(|e| format!("redirect to {origin}: {e}"))?;
         others.push(t.clone());
         Ok(t)
@@ -233,25 +247,35 @@ impl Target {
         }
     }
 
-    /// A new connection (TCP, then TLS for `https://`).
+    /// A new connection (TCP, then TLS for `https://`), opened within the connect timeout;
+    /// the step it runs out in gives the error's kind: the name's lookup `dns`, the TCP
+    /// handshake `connect` (a target that drops SYNs would otherwise hold the request for its
+    /// whole timeout, and the run's end would find it still waiting), the TLS handshake `tls`.
     pub(super) async fn connect(&self) -> Result<Stream, ErrorKind> {
-        let addrs = self.addrs().await?;
+        let within = tokio::time::Instant::now() + self.connect_timeout;
+        let addrs = tokio::time::timeout_at(within, self.addrs())
+            .await
+            .map_err(|_| ErrorKind::Dns)??;
         let mut last = ErrorKind::Connect;
         for addr in addrs {
-            match TcpStream::connect(addr).await {
-                Ok(stream) => {
+            match tokio::time::timeout_at(within, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
                     return match &self.tls {
                         None => Ok(Stream::Plain(stream)),
                         Some(tls) => Ok(Stream::Tls(Box::new(
-                            tls.connector
-                                .connect(tls.name.clone(), stream)
-                                .await
-                                .map_err(|_| ErrorKind::Tls)?,
+                            tokio::time::timeout_at(
+                                within,
+                                tls.connector.connect(tls.name.clone(), stream),
+                            )
+                            .await
+                            .map_err(|_| ErrorKind::Tls)?
+                            .map_err(|_| ErrorKind::Tls)?,
                         ))),
                     };
                 }
-                Err(e) => last = classify_io(&e),
+                Ok(Err(e)) => last = classify_io(&e),
+                Err(_) => last = ErrorKind::Connect,
             }
         }
         Err(last)

@@ -58,6 +58,11 @@ pub struct Plan {
     /// Default per-request timeout.
     #[serde(default = "default_timeout")]
     pub timeout_s: f64,
+    /// The longest a new connection may take to open (name lookup, TCP and TLS handshakes),
+    /// within the request's own timeout: past it the request fails as `dns`, `connect` or
+    /// `tls`.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_s: f64,
     /// Accept self-signed or otherwise unverifiable TLS certificates.
     #[serde(default)]
     pub insecure: bool,
@@ -203,6 +208,9 @@ fn default_name() -> String {
 fn default_timeout() -> f64 {
     30.0
 }
+fn default_connect_timeout() -> f64 {
+    crate::http::DEFAULT_CONNECT_TIMEOUT.as_secs_f64()
+}
 fn default_max_drain() -> f64 {
     10.0
 }
@@ -248,6 +256,7 @@ pub fn defaults() -> serde_json::Value {
     serde_json::json!({
         "name": default_name(),
         "timeout_s": default_timeout(),
+        "connect_timeout_s": default_connect_timeout(),
         "max_drain_s": default_max_drain(),
         "max_users": default_max_users(),
         "http": HttpVersion::default(),
@@ -599,6 +608,7 @@ impl Plan {
         }
         self.validate_tasks()?;
         seconds("timeout_s", self.timeout_s, false)?;
+        seconds("connect_timeout_s", self.connect_timeout_s, false)?;
         seconds("max_drain_s", self.max_drain_s, false)?;
         seconds("hooks.timeout_s", self.hooks.timeout_s, false)?;
         if !self.hooks.on_start && !self.hooks.values.is_empty() {
