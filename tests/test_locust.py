@@ -289,6 +289,13 @@ def test_open_model_at_a_rate_runs_the_same_tasks(tmp_path: Path) -> None:
             "        self.client.get('/', verify=False)\n",
             "locustfile.py:6: get() takes no keyword 'verify'",
         ),
+        (
+            "from locust import FastHttpUser, task\n\nclass A(FastHttpUser):\n"
+            "    network_timeout = 5.0\n    @task\n    def t(self):\n        self.client.get('/')\n"
+            "\nclass B(FastHttpUser):\n    network_timeout = 9.0\n    @task\n    def t(self):\n"
+            "        self.client.get('/')\n",
+            "locustfile.py:9: B.network_timeout = 9.0, but A's is 5.0",
+        ),
     ],
 )
 def test_what_loadpilot_cannot_run_is_refused_with_file_and_line(
@@ -316,6 +323,29 @@ def test_what_loadpilot_cannot_run_is_refused_with_file_and_line(
     )
     assert p.returncode == 2, p.stdout + p.stderr
     assert said in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_a_fast_http_users_timeouts_and_redirects_are_the_runs(tmp_path: Path) -> None:
+    import loadpilot as lp
+
+    file = tmp_path / "locustfile.py"
+    file.write_text(
+        "from locust import FastHttpUser, task\n\n"
+        "class Slow(FastHttpUser):\n"
+        "    network_timeout = 0.2\n"
+        "    connection_timeout = 2\n"
+        "    max_redirects = 0\n\n"
+        "    @task\n"
+        "    def t(self):\n"
+        "        self.client.get('/')\n"
+    )
+    slow = lp.load_locustfile(file, users=2, spawn_rate=100, run_time="1s")
+    plan = slow.plan("http://127.0.0.1:9")
+    assert (plan.timeout_s, plan.connect_timeout_s, plan.follow_redirects) == (0.2, 2.0, False)
+    with lp.start_target(delay_ms=400) as target:
+        s = lp.run(slow, tmp_path / "run", target=target.url).summary()
+    # Each request waits 0.2 s, as the class says, not LoadPilot's 30.
+    assert s.overall.errors_by_kind["timeout"] == s.overall.requests >= 6, s.overall
 
 
 def test_without_a_host_or_a_run_time_it_says_what_to_give(tmp_path: Path) -> None:

@@ -372,6 +372,45 @@ def _flat(
     return body
 
 
+#: The settings of a user class (``FastHttpUser``'s) that become the run's, by Locust's name:
+#: the scenario keyword each sets. Left unset, LoadPilot's defaults hold (docs/locust.md).
+_CLASS_SETTINGS = {
+    "network_timeout": "timeout",
+    "connection_timeout": "connect_timeout",
+    "max_redirects": "max_redirects",
+}
+
+
+def _class_settings(users: list[type]) -> dict[str, Any]:
+    """The scenario options the user classes set (``network_timeout``, ``connection_timeout``,
+    ``max_redirects``): one run has one of each, so classes that set different values are
+    refused, with where."""
+    options: dict[str, Any] = {}
+    for attr, option in _CLASS_SETTINGS.items():
+        given = [(c, v) for c in users if (v := getattr(c, attr, None)) is not None]
+        for c, v in given[1:]:
+            first, w = given[0]
+            if v != w:
+                raise ScenarioError(
+                    f"{_line(c)}: {c.__name__}.{attr} = {v!r}, but {first.__name__}'s is {w!r}: "
+                    f"a LoadPilot run has one {attr} for all its user classes"
+                )
+        if not given:
+            continue
+        c, v = given[0]
+        if isinstance(v, bool) or not isinstance(v, int | float) or not v >= 0:
+            raise ScenarioError(f"{_line(c)}: {c.__name__}.{attr} = {v!r} is not a number >= 0")
+        if option == "max_redirects" and v == 0:
+            options["follow_redirects"] = False
+        elif option == "max_redirects":
+            options[option] = int(v)
+        elif v > 0:
+            options[option] = float(v)
+        else:
+            raise ScenarioError(f"{_line(c)}: {c.__name__}.{attr} = {v!r} must be above 0")
+    return options
+
+
 def to_scenario(
     lf: Locustfile,
     profile: Profile | None,
@@ -384,7 +423,7 @@ def to_scenario(
     """The locustfile as one scenario. ``profile``: an open model (``--rps``), or the closed
     one of ``-u``/``-r``/``-t`` or the file's shape, whose think time each user's
     ``wait_time`` sets."""
-    options = dict(scenario_options or {})
+    options = {**_class_settings(list(lf.users)), **(scenario_options or {})}
     origin = {
         "locustfile": str(lf.path.resolve()),
         "classes": [c.__name__ for c in lf.users],
