@@ -451,6 +451,7 @@ impl Session {
         // A request still in flight when the run ends is cancelled with its iteration, not
         // left to finish after the run.
         let ex = tokio::select! {
+            biased;
             r = exchanged => r,
             _ = ctx.stop.cancelled() => {
                 client.disconnect();

@@ -180,6 +180,7 @@ pub(super) async fn open_worker(ctx: Arc<Ctx>, user: User) {
         let late = now > due + LATE;
         if due > now {
             tokio::select! {
+                biased;
                 _ = pacer::until(due) => {}
                 _ = &mut stopped => {
                     give_up(task, arrival.due);
@@ -200,7 +201,9 @@ pub(super) async fn open_worker(ctx: Arc<Ctx>, user: User) {
         if let Some(sent) = sent {
             sent.sent(arrival.index, task);
         }
+        // Biased (polled in order): no random draw per iteration to pick a branch.
         tokio::select! {
+            biased;
             go_on = iteration(&ctx, &user, arrival.index, task, begin) => {
                 if !go_on { break }
             }
@@ -313,6 +316,7 @@ async fn closed_worker(ctx: Arc<Ctx>, vu: u64, user: Option<User>) {
         // 1.5 KiB; inline it would stay in every user's task while the user thinks, and a run
         // may hold tens of thousands of thinking users.
         let went = tokio::select! {
+            biased;
             go_on = Box::pin(iteration(&ctx, &user, iter, task, begin)) => go_on,
             _ = &mut stopped => false,
         };
@@ -347,6 +351,7 @@ async fn closed_worker(ctx: Arc<Ctx>, vu: u64, user: Option<User>) {
             };
             // Thinking past the planned end would hold the run open for nothing.
             tokio::select! {
+                biased;
                 _ = tokio::time::sleep(pause) => {}
                 _ = sleep_until(clock.planned_end.into()) => break,
                 _ = &mut stopped => break,
