@@ -348,6 +348,33 @@ def test_a_fast_http_users_timeouts_and_redirects_are_the_runs(tmp_path: Path) -
     assert s.overall.errors_by_kind["timeout"] == s.overall.requests >= 6, s.overall
 
 
+@pytest.mark.slow
+def test_certificates_are_checked_as_each_locust_client_checks_them(tmp_path: Path) -> None:
+    import loadpilot as lp
+
+    def file(name: str, base: str, extra: str = "") -> Path:
+        path = tmp_path / f"{name}.py"
+        path.write_text(
+            f"from locust import {base}, task\n\nclass U({base}):\n{extra}"
+            "    @task\n    def t(self):\n        self.client.get('/json')\n"
+        )
+        return path
+
+    cases = {
+        # FastHttpUser accepts any certificate unless told not to; HttpUser (requests) checks.
+        "fast": (file("fast", "FastHttpUser"), 0),
+        "fast_checked": (file("fast_checked", "FastHttpUser", "    insecure = False\n"), 1),
+        "http": (file("http", "HttpUser"), 1),
+    }
+    with lp.start_target(tls=True) as target:
+        for name, (path, refused) in cases.items():
+            sc = lp.load_locustfile(path, users=1, spawn_rate=10, run_time="1s")
+            s = lp.run(sc, tmp_path / f"run-{name}", target=target.url).summary()
+            assert s.overall.requests > 0, name
+            assert (s.overall.errors_by_kind["tls"] == s.overall.requests) == bool(refused), name
+            assert (s.overall.errors == 0) == (not refused), name
+
+
 def test_without_a_host_or_a_run_time_it_says_what_to_give(tmp_path: Path) -> None:
     for args, said in [
         (["-u", "1", "-t", "1s"], "no host: give -H/--host"),

@@ -219,3 +219,20 @@ def test_https_targets_verify_certificates_unless_told_not_to(tmp_path: Path) ->
 
     assert refused.overall.errors_by_kind["tls"] == 20
     assert accepted.overall.errors == 0 and accepted.overall.requests == 20
+
+
+def test_a_scenario_may_accept_any_certificate(tmp_path: Path) -> None:
+    def shop(insecure: bool) -> type[lp.VUser]:
+        @lp.scenario(profile=lp.constant(10, "1s"), insecure=insecure)
+        class Shop(lp.VUser):
+            @lp.task
+            def item(self) -> None:
+                self.client.get("/json")
+
+        return Shop
+
+    with lp.start_target(tls=True) as target:
+        refused = lp.run(shop(False), tmp_path / "strict", target=target.url).summary()
+        accepted = lp.run(shop(True), tmp_path / "relaxed", target=target.url).summary()
+    assert refused.overall.errors_by_kind["tls"] == 10
+    assert accepted.overall.errors == 0 and accepted.overall.requests == 10

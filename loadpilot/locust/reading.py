@@ -383,8 +383,8 @@ _CLASS_SETTINGS = {
 
 def _class_settings(users: list[type]) -> dict[str, Any]:
     """The scenario options the user classes set (``network_timeout``, ``connection_timeout``,
-    ``max_redirects``): one run has one of each, so classes that set different values are
-    refused, with where."""
+    ``max_redirects``, ``insecure``): one run has one of each, so classes that set different
+    timeouts or redirect limits are refused, with where."""
     options: dict[str, Any] = {}
     for attr, option in _CLASS_SETTINGS.items():
         given = [(c, v) for c in users if (v := getattr(c, attr, None)) is not None]
@@ -408,7 +408,18 @@ def _class_settings(users: list[type]) -> dict[str, Any]:
             options[option] = float(v)
         else:
             raise ScenarioError(f"{_line(c)}: {c.__name__}.{attr} = {v!r} must be above 0")
+    # Certificates: a FastHttpUser accepts any (Locust's default, `insecure = True`), an
+    # HttpUser checks them (requests' `verify=True`); the run accepts any only if every class
+    # does, so a class that checks is never run unchecked.
+    if _all_insecure(users):
+        options["insecure"] = True
     return options
+
+
+def _all_insecure(users: list[type]) -> bool:
+    """Whether every user class accepts any certificate (``insecure``, True on a
+    ``FastHttpUser`` unless it says otherwise)."""
+    return bool(users) and all(getattr(c, "insecure", False) is True for c in users)
 
 
 def to_scenario(

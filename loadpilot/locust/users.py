@@ -368,6 +368,8 @@ class FastHttpUser(HttpUser):
 
     abstract = True
     _session_type = RestSession
+    #: Locust's default: any certificate is accepted (set ``insecure = False`` to check them).
+    insecure = True
 
     def rest(self, method: str, url: str, **kwargs: Any) -> Any:
         return self.client.rest(method, url, **kwargs)

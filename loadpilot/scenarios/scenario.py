@@ -554,6 +554,8 @@ class Scenario:
     trace: float = DEFAULTS["trace"]
     keep_slowest: int = DEFAULTS["keep_slowest"]
     keep_sample: int = DEFAULTS["keep_sample"]
+    #: Accept any certificate from an ``https://`` target.
+    insecure: bool = DEFAULTS["insecure"]
     #: How to read it again elsewhere (agents): None for a scenario class; for a locustfile,
     #: ``{"locustfile": path, "classes": [...], "tags": [...], "exclude": [...]}``.
     origin: Mapping[str, Any] | None = None
@@ -597,6 +599,7 @@ class Scenario:
             trace=self.trace,
             keep_slowest=self.keep_slowest,
             keep_sample=self.keep_sample,
+            insecure=self.insecure,
         )
 
 
@@ -703,6 +706,7 @@ def scenario(
     trace: float | bool = DEFAULTS["trace"],
     keep_slowest: int = DEFAULTS["keep_slowest"],
     keep_sample: int = DEFAULTS["keep_sample"],
+    insecure: bool = DEFAULTS["insecure"],
 ) -> Callable[[type[VUser]], type[VUser]]:
     """Declares a :class:`VUser` subclass as a scenario with its load profile and thresholds
     (``abort_on_fail``: ``loadpilot run`` stops as soon as one fails). ``timeout`` is every
@@ -719,7 +723,9 @@ def scenario(
     and k6 do; each request may say otherwise. ``trace``: the share of requests sent with a
     W3C ``traceparent`` (1: all, the default; ``False``: none); ``keep_slowest`` and
     ``keep_sample``: each request name's slowest requests and sampled ones kept per second
-    with their context (``run.slowest()``; 5 and 2)."""
+    with their context (``run.slowest()``; 5 and 2). ``insecure=True`` accepts any certificate
+    from an ``https://`` target (a self-signed one, a staging host's), as ``verify=False`` does
+    in requests."""
     if not isinstance(profile, Profile):
         raise ScenarioError(f"profile must come from lp.constant, lp.ramp, ... not {profile!r}")
     try:
@@ -736,6 +742,7 @@ def scenario(
         share = check_field("trace", trace)
         slowest = check_field("keep_slowest", keep_slowest)
         sampled = check_field("keep_sample", keep_sample)
+        unverified = check_field("insecure", insecure)
     except PlanError as e:
         raise ScenarioError(str(e)) from None
     timeout_s: float = DEFAULTS["timeout_s"]
@@ -780,6 +787,7 @@ def scenario(
             trace=share,
             keep_slowest=slowest,
             keep_sample=sampled,
+            insecure=unverified,
         )
         setattr(cls, _SCENARIO, sc)
         return cls
