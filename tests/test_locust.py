@@ -296,6 +296,17 @@ def test_open_model_at_a_rate_runs_the_same_tasks(tmp_path: Path) -> None:
             "        self.client.get('/')\n",
             "locustfile.py:9: B.network_timeout = 9.0, but A's is 5.0",
         ),
+        (
+            "from locust import FastHttpUser, task\n\nclass A(FastHttpUser):\n"
+            "    network_timeout = -1\n    @task\n    def t(self):\n        self.client.get('/')\n",
+            "locustfile.py:3: invalid A.network_timeout: -1 (must be more than zero)",
+        ),
+        (
+            "from locust import FastHttpUser, task\n\nclass A(FastHttpUser):\n"
+            "    max_redirects = 'many'\n    @task\n    def t(self):\n"
+            "        self.client.get('/')\n",
+            "locustfile.py:3: invalid max_redirects",
+        ),
     ],
 )
 def test_what_loadpilot_cannot_run_is_refused_with_file_and_line(

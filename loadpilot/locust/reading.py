@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loadpilot.errors import RequestError, ScenarioError
+from loadpilot.errors import PlanError, RequestError, ScenarioError
 from loadpilot.locust import clients, environment
 from loadpilot.locust import users as lu
 from loadpilot.locust.events import events
-from loadpilot.plan import Constant, Plan, Ramp, Stage
+from loadpilot.plan import Constant, Plan, Ramp, Stage, check_field
 from loadpilot.profiles import Duration, Profile, parse_duration
 from loadpilot.profiles import constant as open_rate
 from loadpilot.profiles import users as users_profile
@@ -383,43 +383,35 @@ _CLASS_SETTINGS = {
 
 def _class_settings(users: list[type]) -> dict[str, Any]:
     """The scenario options the user classes set (``network_timeout``, ``connection_timeout``,
-    ``max_redirects``, ``insecure``): one run has one of each, so classes that set different
-    timeouts or redirect limits are refused, with where."""
+    ``max_redirects``, ``insecure``), each held to the plan's rule for it. One run has one of
+    each: classes that set different timeouts or redirect limits are refused, with where."""
     options: dict[str, Any] = {}
     for attr, option in _CLASS_SETTINGS.items():
         given = [(c, v) for c in users if (v := getattr(c, attr, None)) is not None]
-        for c, v in given[1:]:
-            first, w = given[0]
-            if v != w:
-                raise ScenarioError(
-                    f"{_line(c)}: {c.__name__}.{attr} = {v!r}, but {first.__name__}'s is {w!r}: "
-                    f"a LoadPilot run has one {attr} for all its user classes"
-                )
         if not given:
             continue
-        c, v = given[0]
-        if isinstance(v, bool) or not isinstance(v, int | float) or not v >= 0:
-            raise ScenarioError(f"{_line(c)}: {c.__name__}.{attr} = {v!r} is not a number >= 0")
-        if option == "max_redirects" and v == 0:
-            options["follow_redirects"] = False
-        elif option == "max_redirects":
-            options[option] = int(v)
-        elif v > 0:
-            options[option] = float(v)
-        else:
-            raise ScenarioError(f"{_line(c)}: {c.__name__}.{attr} = {v!r} must be above 0")
+        (first, value), *rest = given
+        for c, v in rest:
+            if v != value:
+                raise ScenarioError(
+                    f"{_line(c)}: {c.__name__}.{attr} = {v!r}, but {first.__name__}'s is "
+                    f"{value!r}: a LoadPilot run has one {attr} for all its user classes"
+                )
+        try:
+            if option != "max_redirects":
+                options[option] = parse_duration(value, what=f"{first.__name__}.{attr}")
+            elif check_field("max_redirects", value) == 0:
+                options["follow_redirects"] = False  # Locust's 0: redirects not followed
+            else:
+                options[option] = value
+        except PlanError as e:
+            raise ScenarioError(f"{_line(first)}: {e}") from None
     # Certificates: a FastHttpUser accepts any (Locust's default, `insecure = True`), an
     # HttpUser checks them (requests' `verify=True`); the run accepts any only if every class
     # does, so a class that checks is never run unchecked.
-    if _all_insecure(users):
+    if all(getattr(c, "insecure", False) is True for c in users):
         options["insecure"] = True
     return options
-
-
-def _all_insecure(users: list[type]) -> bool:
-    """Whether every user class accepts any certificate (``insecure``, True on a
-    ``FastHttpUser`` unless it says otherwise)."""
-    return bool(users) and all(getattr(c, "insecure", False) is True for c in users)
 
 
 def to_scenario(

@@ -38,8 +38,8 @@ pub struct Target {
     others: std::sync::Mutex<Vec<Arc<Target>>>,
     /// Connections opened to it so far (each numbered by it as it opens).
     pub(super) opened: std::sync::atomic::AtomicU64,
-    /// The longest a connection may take to open, each step of it (the name's lookup, TCP,
-    /// TLS) failing with its own kind when it runs out.
+    /// The longest a connection may take to open, its name's lookup, TCP and TLS handshakes
+    /// together (`connect`).
     connect_timeout: Duration,
 }
 
@@ -73,8 +73,15 @@ impl Target {
         http: HttpVersion,
         max_streams: u32,
     ) -> Result<Arc<Self>> {
-        Self::build(url, insecure, http, max_streams, None)
-            .map(|t| Arc::new(t.connecting_within(DEFAULT_CONNECT_TIMEOUT)))
+        Self::build(
+            url,
+            insecure,
+            http,
+            max_streams,
+            None,
+            DEFAULT_CONNECT_TIMEOUT,
+        )
+        .map(Arc::new)
     }
 
     /// A plan's target; redirects may lead only to the hosts `allow` names, if given.
@@ -86,13 +93,9 @@ impl Target {
             plan.http,
             plan.max_streams,
             allow,
+            Duration::from_secs_f64(plan.connect_timeout_s),
         )
-        .map(|t| Arc::new(t.connecting_within(Duration::from_secs_f64(plan.connect_timeout_s))))
-    }
-
-    fn connecting_within(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
+        .map(Arc::new)
     }
 
     fn build(
@@ -101,6 +104,7 @@ impl Target {
         http: HttpVersion,
         max_streams: u32,
         allow: Option<Arc<[String]>>,
+        connect_timeout: Duration,
     ) -> Result<Self> {
         let bad = |m: &str| Error::Target {
             target: url.to_string(),
@@ -171,7 +175,7 @@ impl Target {
             max_streams,
             others: std::sync::Mutex::new(Vec::new()),
             opened: std::sync::atomic::AtomicU64::new(0),
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            connect_timeout,
         })
     }
 
@@ -223,8 +227,9 @@ impl Target {
             self.http,
             self.max_streams,
             self.allow.clone(),
+            self.connect_timeout,
         )
-        .map(|t| Arc::new(t.connecting_within(self.connect_timeout)))
+        .map(Arc::new)
         .map_err(|e| format!("redirect to {origin}: {e}"))?;
         others.push(t.clone());
         Ok(t)
