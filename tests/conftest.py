@@ -65,6 +65,9 @@ class Recorder(ThreadingHTTPServer):
     engine's timing from the other side of the socket."""
 
     daemon_threads = True
+    # A real server's backlog, not socketserver's 5: a run that opens hundreds of connections
+    # at once (an open model's users logging in) must not have its handshakes dropped.
+    request_queue_size = 1024
 
     def __init__(self) -> None:
         self.arrivals: list[tuple[float, str]] = []

@@ -181,3 +181,80 @@ def test_expect_is_checked_for_python_users_too(target: lp.TargetServer, out: Pa
     assert s.task("gone").errors == 0, s.task("gone").errors_by_kind
     assert s.task("wrong").errors_by_kind["check"] == 10
     assert s.task("wrong").errors_by_kind["exception"] == 0
+
+
+def test_plain_bodies_share_the_users_thread_and_a_sleep_pauses_its_own_user(
+    target: lp.TargetServer, out: Path
+) -> None:
+    threads: set[int] = set()
+
+    @lp.scenario(profile=lp.users(10, "1.5s"))
+    class Napper(lp.VUser):
+        @lp.task
+        def nap(self) -> None:
+            threads.add(threading.get_ident())
+            time.sleep(0.25)
+            self.client.get("/")
+
+    s = lp.run(Napper, out, target=target.url).summary()
+
+    assert s.task("nap").path == "python"
+    # Every user's body ran on the one thread of the Python users (as greenlets)...
+    assert len(threads) == 1 and threading.get_ident() not in threads
+    # ... and yet the naps overlapped: one after another, 1.5 s holds at most 6 of them.
+    assert s.task("nap").requests >= 30, s.task("nap").requests
+    assert s.overall.errors == 0, s.overall.errors_by_kind
+
+
+@pytest.mark.slow
+def test_a_body_that_blocks_the_thread_goes_on_in_a_thread_per_user(
+    target: lp.TargetServer, out: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    @lp.scenario(profile=lp.users(8, "2s"))
+    class Blocker(lp.VUser):
+        @lp.task
+        def hold(self) -> None:
+            threading.Event().wait(0.2)  # blocks its thread: not a sleep LoadPilot can see
+            self.client.get("/")
+
+    s = lp.run(Blocker, out, target=target.url).summary()
+
+    err = capfd.readouterr().err
+    assert "task 'hold' held the Python users' thread for" in err, err
+    assert err.count("held the Python users' thread") == 1
+    # Held on the one thread, 2 s would hold at most 10 iterations; in a thread per user the
+    # eight users overlap.
+    assert s.task("hold").requests >= 30, s.task("hold").requests
+    assert s.overall.errors == 0, s.overall.errors_by_kind
+
+
+@pytest.mark.slow
+def test_users_asleep_or_waiting_at_the_end_are_cancelled_at_once(
+    recorder: Recorder, out: Path
+) -> None:
+    turns = iter(range(1_000_000))
+    ended: list[str] = []
+
+    @lp.scenario(profile=lp.users(6, "1s"), max_drain="1s")
+    class Sleepy(lp.VUser):
+        @lp.task
+        def doze(self) -> None:
+            self.client.get("/")
+            try:
+                if next(turns) % 2:
+                    time.sleep(60)
+                else:
+                    self.client.get("/sleep/20000")
+            except lp.RequestError as e:
+                ended.append(e.kind)
+                raise
+
+    began = time.monotonic()
+    s = lp.run(Sleepy, out, target=recorder.url).summary()
+
+    # One second of run, one of drain: then every iteration still going is cancelled.
+    assert time.monotonic() - began < 6
+    assert s.task("doze").cancelled == 6, s.task("doze")
+    assert s.ended == "drain_timeout"
+    # Each was interrupted where it waited, so its own handlers ran before the run returned.
+    assert ended == ["cancelled"] * 6

@@ -67,8 +67,9 @@ class _NoGevent(importlib.abc.MetaPathFinder):
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
         if name.split(".")[0] == "gevent":
             raise ImportError(
-                "LoadPilot runs locustfiles without gevent (each user's tasks run in a thread "
-                "of its own; a blocking call pauses that user only): leave gevent out"
+                "LoadPilot runs locustfiles without gevent (each user's tasks run as a greenlet "
+                "of LoadPilot's own; a request or time.sleep pauses that user only): leave "
+                "gevent out"
             )
         return None
 

@@ -4,8 +4,9 @@ A locustfile's ``from locust import ...`` resolves to these names while LoadPilo
 it. A user's tasks are chosen and run as Locust does (a weighted random choice; a TaskSet is
 entered and runs its own tasks until ``interrupt()``; a SequentialTaskSet in order); the engine
 keeps the time, counts every request and waits the user's ``wait_time`` between tasks as think
-time. Each user's tasks run in a thread of that user's own, so a blocking call such as
-``time.sleep`` pauses that user only, as under Locust.
+time. Each user's tasks run as a greenlet on the Python users' thread (see
+:mod:`loadpilot.running.vusers`), so a request or ``time.sleep`` pauses that user only, as under
+Locust.
 """
 
 from __future__ import annotations

@@ -3,10 +3,13 @@
 The engine runs every iteration. When one is a Python body (or a user's ``on_start`` or
 ``on_stop`` is due), the engine posts a ticket; here each ticket runs on an instance of the
 scenario's :class:`~loadpilot.VUser` class (one per virtual user), on one event loop in a thread
-of its own. ``async def`` bodies run on the loop; plain ``def`` bodies (and hooks) run in a
-thread per virtual user, so a blocking call holds up only its own user. Every request goes
-through the engine's client (``self.client``), which keeps the time: an open model's iteration
-is measured from the instant it was due, so the figures mean the same as for engine tasks.
+of its own. ``async def`` bodies run on the loop as tasks; plain ``def`` bodies (and hooks) run
+on the same thread as greenlets, one per ticket: a request or a ``time.sleep`` gives the thread
+back until its answer or its time is in, so each pauses its own user only, as under Locust. A
+body that holds the thread longer than ``_HELD_S`` at once (a blocking call of another kind)
+runs, from then on, in a thread per virtual user instead. Every request goes through the
+engine's client (``self.client``), which keeps the time: an open model's iteration is measured
+from the instant it was due, so the figures mean the same as for engine tasks.
 """
 
 from __future__ import annotations
@@ -20,10 +23,13 @@ import json as _json
 import queue
 import sys
 import threading
+import time
 import traceback
 import urllib.parse
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, SupportsIndex
+
+import greenlet
 
 from loadpilot import _engine
 from loadpilot.errors import RequestError
@@ -35,6 +41,45 @@ if TYPE_CHECKING:
     from loadpilot.scenarios.scenario import Scenario, VUser
 
 _Result = tuple[int, list[tuple[str, str]], bytes, str | None, int, float] | str
+
+#: How long a plain ``def`` body may hold the loop's thread at once (between its requests and
+#: sleeps) before its later runs go to a thread per user: a blocking call other than
+#: ``time.sleep`` (a socket, a lock, a ``sleep`` bound before the run) would hold up every user.
+_HELD_S = 0.05
+
+
+class _Green(greenlet.greenlet):
+    """One ticket of a plain ``def`` body (or hook), run on the loop's thread: it switches back
+    to the loop while a request is in flight or while it sleeps."""
+
+    users: PythonUsers
+    key: tuple[int | None, str | None]
+
+
+_real_sleep = time.sleep
+_sleep_lock = threading.Lock()
+_sleep_runs = 0
+
+
+def _sleep(seconds: float | SupportsIndex) -> None:
+    """``time.sleep`` while Python users run: in a plain body on their loop's thread it
+    pauses that user only; anywhere else it is the real one."""
+    me = greenlet.getcurrent()
+    if type(me) is not _Green:
+        _real_sleep(seconds)
+        return
+    s = float(seconds)
+    if s < 0:
+        raise ValueError("sleep length must be non-negative")
+    me.users._sleep(me, s)
+
+
+def _cooperative_sleep(on: bool) -> None:
+    """Puts :func:`_sleep` in ``time.sleep``'s place while any run's Python users run."""
+    global _sleep_runs
+    with _sleep_lock:
+        _sleep_runs += 1 if on else -1
+        time.sleep = _sleep if _sleep_runs > 0 else _real_sleep
 
 
 class Headers(dict[str, str]):
@@ -291,6 +336,19 @@ class Client:
             def settle(kind: str, message: str) -> None:
                 session.settle(task, name, method, path, kind, message)
 
+        me = greenlet.getcurrent()
+        if type(me) is _Green:
+            # A plain body on the loop's thread: sent now; the loop goes on with other users
+            # and switches back here with the outcome.
+            if me.users._closing:
+                raise RequestError("cancelled", method, path)
+            rid = self._inbox.expect_here(me, method, path)
+            try:
+                self._session.request(call, self._inbox.mailbox, rid)
+            except BaseException:
+                self._inbox.forget(rid)
+                raise
+            return _finish(me.users._hub.switch(), method, path, settle)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -349,11 +407,14 @@ class _Inbox:
     """Futures of requests in flight, resolved in batches when the engine's mailbox rings.
     Engine threads never take the GIL for this; the loop collects results when it wakes."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, resume: Callable[[_Green, Any], None]
+    ) -> None:
         self.mailbox = _engine.Mailbox()
         self._loop = loop
+        self._resume = resume
         self._pending: dict[
-            int, tuple[asyncio.Future[Any], str, str, Callable[[str, str], None] | None]
+            int, tuple[asyncio.Future[Any] | _Green, str, str, Callable[[str, str], None] | None]
         ] = {}
         self._ids = itertools.count()
         loop.add_reader(self.mailbox.fileno(), self._collect)
@@ -367,6 +428,16 @@ class _Inbox:
         self._pending[rid] = (fut, method, path, settle)
         return rid, fut
 
+    def expect_here(self, waiter: _Green, method: str, path: str) -> int:
+        """A request's id, its outcome to be switched into ``waiter`` as it comes."""
+        rid = next(self._ids)
+        self._pending[rid] = (waiter, method, path, None)
+        return rid
+
+    def waiting(self) -> list[_Green]:
+        """The greenlets waiting for a response."""
+        return [w for w, _, _, _ in self._pending.values() if type(w) is _Green]
+
     def forget(self, rid: int) -> None:
         self._pending.pop(rid, None)
 
@@ -377,6 +448,9 @@ class _Inbox:
             if waiting is None:
                 continue
             fut, method, path, settle = waiting
+            if isinstance(fut, _Green):
+                self._resume(fut, result)
+                continue
             if fut.done():  # a cancelled iteration's answer is dropped
                 continue
             if isinstance(result, str):
@@ -423,6 +497,10 @@ class PythonUsers:
         self._users: dict[int, VUser] = {}
         self._clients: dict[int, Client] = {}
         self._queues: dict[int, queue.SimpleQueue[Any]] = {}
+        # Plain bodies and hooks that held the loop's thread too long: run in threads instead.
+        self._threaded: set[tuple[int | None, str | None]] = set()
+        self._sleeping: dict[_Green, asyncio.TimerHandle] = {}
+        self._closing = False
         self._lock = threading.Lock()
         self._errors_shown = 0
         self._thread = threading.Thread(target=self._main, name="loadpilot-vusers", daemon=True)
@@ -446,7 +524,9 @@ class PythonUsers:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        self._inbox = _Inbox(loop)
+        self._loop = loop
+        self._hub = greenlet.getcurrent()
+        self._inbox = _Inbox(loop, self._step)
         over = loop.create_future()
         running: set[asyncio.Task[None]] = set()
 
@@ -458,22 +538,62 @@ class PythonUsers:
                     job = loop.create_task(self._serve(*t))
                     running.add(job)
                     job.add_done_callback(running.discard)
-                else:
+                elif (task, hook) in self._threaded:
                     self._queue(vu).put(t)
+                else:
+                    g = _Green(self._run_sync)
+                    g.users, g.key = self, (task, hook)
+                    self._step(g, t)
             if closed and not over.done():
                 over.set_result(None)
 
         loop.add_reader(self._tickets.fileno(), collect)
+        _cooperative_sleep(True)
         try:
             await over
         finally:
+            _cooperative_sleep(False)
             loop.remove_reader(self._tickets.fileno())
+            self._closing = True
             for t in list(running):
                 t.cancel()
+            # Greenlets still waiting end as cancelled iterations (a request or sleep raises).
+            for g in [*self._inbox.waiting(), *self._sleeping]:
+                if not g.dead:
+                    g.throw(RequestError("cancelled", "", ""))
             self._inbox.close()
             with self._lock:
                 for q in self._queues.values():
                     q.put(None)  # the user's thread ends once its current body returns
+
+    def _step(self, g: _Green, value: Any) -> None:
+        """Runs ``g`` on until it waits again (or ends). One that held the thread too long
+        (a blocking call): its body's later runs go to threads, said once."""
+        began = time.perf_counter()
+        g.switch(value)
+        held = time.perf_counter() - began
+        if held > _HELD_S and g.key not in self._threaded:
+            self._threaded.add(g.key)
+            task, hook = g.key
+            what = hook if task is None else f"task {self._scenario.tasks[task].name!r}"
+            print(
+                f"loadpilot: {what} held the Python users' thread for {held * 1000:.0f} ms at "
+                f"once (a blocking call other than a request or time.sleep?); from now on it "
+                f"runs in a thread per user, so that it holds up its own user only",
+                file=sys.stderr,
+            )
+
+    def _sleep(self, g: _Green, seconds: float) -> None:
+        """``time.sleep`` in a plain body on the loop's thread: the other users go on."""
+        if self._closing:
+            raise RequestError("cancelled", "", "")
+        self._sleeping[g] = self._loop.call_later(seconds, self._step, g, None)
+        try:
+            self._hub.switch()
+        finally:
+            handle = self._sleeping.pop(g, None)
+            if handle is not None:
+                handle.cancel()
 
     def _runs_async(self, vu: int, task: int | None, hook: str | None) -> bool:
         if hook is None:
@@ -497,17 +617,21 @@ class PythonUsers:
 
     def _user_thread(self, q: queue.SimpleQueue[Any]) -> None:
         while (t := q.get()) is not None:
-            ticket, vu, task, hook, due_s, row = t
-            user, fn, what = self._begin(ticket, vu, task, hook, due_s, row)
-            try:
-                fn(user)
-            except Exception as e:  # noqa: BLE001 - counted, as for any body
-                self._end(ticket, user, hook, what, e)
-                continue
-            except BaseException as e:  # noqa: BLE001 - sys.exit() in a body: its user goes on
-                self._end(ticket, user, hook, what, RuntimeError(f"{type(e).__name__}: {e}"))
-                continue
-            self._end(ticket, user, hook, what, None)
+            self._run_sync(t)
+
+    def _run_sync(self, t: Any) -> None:
+        """Runs one ticket of a plain ``def`` body or hook (in a greenlet or a user's thread)."""
+        ticket, vu, task, hook, due_s, row = t
+        user, fn, what = self._begin(ticket, vu, task, hook, due_s, row)
+        try:
+            fn(user)
+        except Exception as e:  # noqa: BLE001 - counted, as for any body
+            self._end(ticket, user, hook, what, e)
+            return
+        except BaseException as e:  # noqa: BLE001 - sys.exit() in a body: its user goes on
+            self._end(ticket, user, hook, what, RuntimeError(f"{type(e).__name__}: {e}"))
+            return
+        self._end(ticket, user, hook, what, None)
 
     def _user(self, ticket: _engine.Ticket, vu: int) -> tuple[VUser, Client]:
         """The virtual user's object and its client (which a class may show its code through
