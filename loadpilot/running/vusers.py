@@ -4,7 +4,7 @@ The engine runs every iteration. When one is a Python body (or a user's ``on_sta
 ``on_stop`` is due), the engine posts a ticket; here each ticket runs on an instance of the
 scenario's :class:`~loadpilot.VUser` class (one per virtual user), on one event loop in a thread
 of its own. ``async def`` bodies run on the loop as tasks; plain ``def`` bodies (and hooks) run
-on the same thread as greenlets, one per ticket: a request or a ``time.sleep`` gives the thread
+on the same thread, as a greenlet per user: a request or a ``time.sleep`` gives the thread
 back until its answer or its time is in, so each pauses its own user only, as under Locust. A
 body that holds the thread longer than ``_HELD_S`` at once (a blocking call of another kind)
 runs, from then on, in a thread per virtual user instead. Every request goes through the
@@ -49,8 +49,9 @@ _HELD_S = 0.05
 
 
 class _Green(greenlet.greenlet):
-    """One ticket of a plain ``def`` body (or hook), run on the loop's thread: it switches back
-    to the loop while a request is in flight or while it sleeps."""
+    """A virtual user's plain ``def`` bodies (and hooks), run on the loop's thread one ticket
+    after another: it switches back to the loop while a request is in flight, while it sleeps
+    and between tickets."""
 
     users: PythonUsers
     key: tuple[int | None, str | None]
@@ -500,6 +501,8 @@ class PythonUsers:
         # Plain bodies and hooks that held the loop's thread too long: run in threads instead.
         self._threaded: set[tuple[int | None, str | None]] = set()
         self._sleeping: dict[_Green, asyncio.TimerHandle] = {}
+        # Each user's greenlet (made once: making one costs more than a ticket's switches).
+        self._greens: dict[int, _Green] = {}
         self._closing = False
         self._lock = threading.Lock()
         self._errors_shown = 0
@@ -541,8 +544,11 @@ class PythonUsers:
                 elif (task, hook) in self._threaded:
                     self._queue(vu).put(t)
                 else:
-                    g = _Green(self._run_sync)
-                    g.users, g.key = self, (task, hook)
+                    g = self._greens.get(vu)
+                    if g is None:
+                        g = self._greens[vu] = _Green(self._green_user)
+                        g.users = self
+                    g.key = (task, hook)
                     self._step(g, t)
             if closed and not over.done():
                 over.set_result(None)
@@ -557,10 +563,14 @@ class PythonUsers:
             self._closing = True
             for t in list(running):
                 t.cancel()
-            # Greenlets still waiting end as cancelled iterations (a request or sleep raises).
+            # Greenlets still waiting end as cancelled iterations (a request or sleep raises);
+            # then every user's greenlet ends.
             for g in [*self._inbox.waiting(), *self._sleeping]:
                 if not g.dead:
                     g.throw(RequestError("cancelled", "", ""))
+            for g in self._greens.values():
+                if not g.dead:
+                    g.switch(None)
             self._inbox.close()
             with self._lock:
                 for q in self._queues.values():
@@ -618,6 +628,12 @@ class PythonUsers:
     def _user_thread(self, q: queue.SimpleQueue[Any]) -> None:
         while (t := q.get()) is not None:
             self._run_sync(t)
+
+    def _green_user(self, t: Any) -> None:
+        """A user's greenlet: runs its tickets, waiting on the loop's thread between them."""
+        while t is not None:
+            self._run_sync(t)
+            t = self._hub.switch()
 
     def _run_sync(self, t: Any) -> None:
         """Runs one ticket of a plain ``def`` body or hook (in a greenlet or a user's thread)."""
