@@ -55,6 +55,9 @@ class _Green(greenlet.greenlet):
 
     users: PythonUsers
     key: tuple[int | None, str | None]
+    #: Between tickets (waiting for the next); tickets come while it is not: ``later``.
+    idle: bool = False
+    later: list[Any] | None = None
 
 
 _real_sleep = time.sleep
@@ -548,6 +551,9 @@ class PythonUsers:
                     if g is None:
                         g = self._greens[vu] = _Green(self._green_user)
                         g.users = self
+                    elif not g.idle:  # still in a ticket the engine gave up on: after it
+                        g.later = [*(g.later or ()), t]
+                        continue
                     g.key = (task, hook)
                     self._step(g, t)
             if closed and not over.done():
@@ -631,9 +637,17 @@ class PythonUsers:
 
     def _green_user(self, t: Any) -> None:
         """A user's greenlet: runs its tickets, waiting on the loop's thread between them."""
+        me = greenlet.getcurrent()
+        assert isinstance(me, _Green)
         while t is not None:
             self._run_sync(t)
+            if me.later:
+                t = me.later.pop(0)
+                me.key = (t[2], t[3])
+                continue
+            me.idle = True
             t = self._hub.switch()
+            me.idle = False
 
     def _run_sync(self, t: Any) -> None:
         """Runs one ticket of a plain ``def`` body or hook (in a greenlet or a user's thread)."""
