@@ -247,8 +247,8 @@ _ANY_STATUS = Expect(status_range=(100, 999))
 
 class Client:
     """``self.client`` of a Python virtual user. In an ``async def`` task its methods return
-    awaitables; in a plain ``def`` task (or hook) they block that user's thread until the
-    response is in. ``expect=lp.expect(...)`` is checked by the engine, as for engine tasks;
+    awaitables; in a plain ``def`` task (or hook) they return the response once it is in, that
+    user paused meanwhile (the others run on). ``expect=lp.expect(...)`` is checked by the engine, as for engine tasks;
     without it a 4xx or 5xx counts as a ``status`` error. Either way the response is returned."""
 
     def __init__(self, session: _engine.Session, inbox: _Inbox) -> None:
