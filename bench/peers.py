@@ -202,13 +202,19 @@ if path == "engine":
         @lp.task
         def get(self):
             self.client.get("/")
+elif path == "python_def":
+    class User(lp.VUser):
+        @lp.task
+        def get(self):
+            r = self.client.get("/")
+            self.status = r.status_code
 else:
     class User(lp.VUser):
         @lp.task
         async def get(self):
             await self.client.get("/")
 summary = lp.run(lp.scenario(profile=profile)(User), out, target=url).summary()
-assert summary.tasks[0].path == path, summary.tasks[0].path
+assert summary.tasks[0].path == path.removesuffix("_def"), summary.tasks[0].path
 s = summary.overall
 print(json.dumps({"requests": s.requests, "errors": s.errors, "rps": s.achieved_rps,
                   "p50_ms": s.latency_ms.p50, "p99_ms": s.latency_ms.p99,
@@ -220,7 +226,8 @@ print(json.dumps({"requests": s.requests, "errors": s.errors, "rps": s.achieved_
 def run_lp(url: str, path: str, model: str, n: float, seconds: float,
            think: float = 0.0) -> dict[str, float]:  # fmt: skip
     """One LoadPilot run in its own process on one engine thread. ``path`` is ``engine`` (a task
-    of plain requests, run in Rust) or ``python`` (an ``async def`` task run by Python users);
+    of plain requests, run in Rust), ``python`` (an ``async def`` task run by Python users) or
+    ``python_def`` (a plain ``def`` task with Python in it, run as the users' greenlets);
     ``model`` is ``open`` (``n`` requests/s) or ``closed`` (``n`` users thinking ``think`` s)."""
     with tempfile.TemporaryDirectory() as tmp:
         # From a file: LoadPilot reads a task's source to tell which path it takes.
@@ -365,6 +372,7 @@ def memory(args: argparse.Namespace, tools: dict[str, str]) -> dict[str, object]
         return {name: growth(fn) for name, fn in
                 {"loadpilot": loadpilot(url, "engine"),
                  "loadpilot (Python users)": loadpilot(url, "python"),
+                 "loadpilot (plain def users)": loadpilot(url, "python_def"),
                  "k6": lambda users: k6(url, users),
                  "locust": lambda users: locust(url, users)}.items()}  # fmt: skip
 

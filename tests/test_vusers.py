@@ -220,8 +220,8 @@ def test_a_body_that_blocks_the_thread_goes_on_in_a_thread_per_user(
     s = lp.run(Blocker, out, target=target.url).summary()
 
     err = capfd.readouterr().err
-    assert "task 'hold' held the Python users' thread for" in err, err
-    assert err.count("held the Python users' thread") == 1
+    assert "task 'hold' kept the Python users' thread waiting for" in err, err
+    assert err.count("kept the Python users' thread waiting") == 1
     # Held on the one thread, 2 s would hold at most 10 iterations; in a thread per user the
     # eight users overlap.
     assert s.task("hold").requests >= 30, s.task("hold").requests
@@ -258,3 +258,26 @@ def test_users_asleep_or_waiting_at_the_end_are_cancelled_at_once(
     assert s.ended == "drain_timeout"
     # Each was interrupted where it waited, so its own handlers ran before the run returned.
     assert ended == ["cancelled"] * 6
+
+
+@pytest.mark.slow
+def test_a_body_that_computes_for_long_stays_a_greenlet(
+    target: lp.TargetServer, out: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    threads: set[int] = set()
+
+    @lp.scenario(profile=lp.users(4, "1.5s"))
+    class Busy(lp.VUser):
+        @lp.task
+        def work(self) -> None:
+            threads.add(threading.get_ident())
+            began = time.thread_time()
+            while time.thread_time() - began < 0.15:  # computing, not waiting
+                sum(range(1000))
+            self.client.get("/")
+
+    s = lp.run(Busy, out, target=target.url).summary()
+
+    assert "kept the Python users' thread waiting" not in capfd.readouterr().err
+    assert len(threads) == 1, "a body that only computes was moved to threads"
+    assert s.task("work").requests >= 4 and s.overall.errors == 0

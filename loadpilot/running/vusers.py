@@ -6,10 +6,10 @@ scenario's :class:`~loadpilot.VUser` class (one per virtual user), on one event 
 of its own. ``async def`` bodies run on the loop as tasks; plain ``def`` bodies (and hooks) run
 on the same thread, as a greenlet per user: a request or a ``time.sleep`` gives the thread
 back until its answer or its time is in, so each pauses its own user only, as under Locust. A
-body that holds the thread longer than ``_HELD_S`` at once (a blocking call of another kind)
-runs, from then on, in a thread per virtual user instead. Every request goes through the
-engine's client (``self.client``), which keeps the time: an open model's iteration is measured
-from the instant it was due, so the figures mean the same as for engine tasks.
+body found waiting in a blocking call of another kind (the thread idle for ``_BLOCKED_S`` in
+one of its turns) runs, from then on, in a thread per virtual user instead. Every request goes
+through the engine's client (``self.client``), which keeps the time: an open model's iteration
+is measured from the instant it was due, so the figures mean the same as for engine tasks.
 """
 
 from __future__ import annotations
@@ -42,10 +42,12 @@ if TYPE_CHECKING:
 
 _Result = tuple[int, list[tuple[str, str]], bytes, str | None, int, float] | str
 
-#: How long a plain ``def`` body may hold the loop's thread at once (between its requests and
-#: sleeps) before its later runs go to a thread per user: a blocking call other than
-#: ``time.sleep`` (a socket, a lock, a ``sleep`` bound before the run) would hold up every user.
-_HELD_S = 0.05
+#: How long a plain ``def`` body may keep the loop's thread waiting (in one of its turns, with
+#: the thread using under a fifth of a core meanwhile) before its later runs go to a thread per
+#: user: a blocking call other than a request or ``time.sleep`` (a socket of its own, a lock, a
+#: ``sleep`` bound before the run) would hold up every user. A turn that computes (a garbage
+#: collection, parsing) keeps the thread busy and is not taken for one.
+_BLOCKED_S = 0.1
 
 
 class _Green(greenlet.greenlet):
@@ -248,8 +250,9 @@ _ANY_STATUS = Expect(status_range=(100, 999))
 class Client:
     """``self.client`` of a Python virtual user. In an ``async def`` task its methods return
     awaitables; in a plain ``def`` task (or hook) they return the response once it is in, that
-    user paused meanwhile (the others run on). ``expect=lp.expect(...)`` is checked by the engine, as for engine tasks;
-    without it a 4xx or 5xx counts as a ``status`` error. Either way the response is returned."""
+    user paused meanwhile (the others run on). ``expect=lp.expect(...)`` is checked by the
+    engine, as for engine tasks; without it a 4xx or 5xx counts as a ``status`` error. Either
+    way the response is returned."""
 
     def __init__(self, session: _engine.Session, inbox: _Inbox) -> None:
         self._session = session
@@ -507,6 +510,9 @@ class PythonUsers:
         # Each user's greenlet (made once: making one costs more than a ticket's switches).
         self._greens: dict[int, _Green] = {}
         self._closing = False
+        # The greenlet turn going on (its task and hook; None between turns) and a count of turns.
+        self._turn: tuple[int | None, str | None] | None = None
+        self._turns = 0
         self._lock = threading.Lock()
         self._errors_shown = 0
         self._thread = threading.Thread(target=self._main, name="loadpilot-vusers", daemon=True)
@@ -561,6 +567,13 @@ class PythonUsers:
 
         loop.add_reader(self._tickets.fileno(), collect)
         _cooperative_sleep(True)
+        watch = threading.Thread(
+            target=self._watch,
+            args=(time.pthread_getcpuclockid(threading.get_ident()),),
+            name="loadpilot-vusers-watch",
+            daemon=True,
+        )
+        watch.start()
         try:
             await over
         finally:
@@ -583,21 +596,40 @@ class PythonUsers:
                     q.put(None)  # the user's thread ends once its current body returns
 
     def _step(self, g: _Green, value: Any) -> None:
-        """Runs ``g`` on until it waits again (or ends). One that held the thread too long
-        (a blocking call): its body's later runs go to threads, said once."""
-        began = time.perf_counter()
+        """Runs ``g`` on until it waits again (or ends): one turn."""
+        self._turns += 1
+        self._turn = g.key
         g.switch(value)
-        held = time.perf_counter() - began
-        if held > _HELD_S and g.key not in self._threaded:
-            self._threaded.add(g.key)
-            task, hook = g.key
-            what = hook if task is None else f"task {self._scenario.tasks[task].name!r}"
-            print(
-                f"loadpilot: {what} held the Python users' thread for {held * 1000:.0f} ms at "
-                f"once (a blocking call other than a request or time.sleep?); from now on it "
-                f"runs in a thread per user, so that it holds up its own user only",
-                file=sys.stderr,
-            )
+        self._turn = None
+
+    def _watch(self, clock: int) -> None:
+        """Watches the turns of plain bodies from a thread of its own: a turn that keeps the
+        loop's thread waiting (idle, not computing) for ``_BLOCKED_S`` is a blocking call; its
+        body's later runs go to threads, said once."""
+        seen, since = -1, (0.0, 0.0)
+        while not self._closing:
+            _real_sleep(_BLOCKED_S / 2)
+            turns, key = self._turns, self._turn
+            if key is None or key in self._threaded:
+                seen = -1
+                continue
+            now = (time.monotonic(), time.clock_gettime(clock))
+            if turns != seen:
+                seen, since = turns, now
+                continue
+            waited, worked = now[0] - since[0], now[1] - since[1]
+            if waited >= _BLOCKED_S and worked < waited / 5:
+                self._threaded.add(key)
+                task, hook = key
+                what = hook if task is None else f"task {self._scenario.tasks[task].name!r}"
+                print(
+                    f"loadpilot: {what} kept the Python users' thread waiting for "
+                    f"{waited * 1000:.0f} ms (a blocking call other than a request or "
+                    f"time.sleep?); from now on it runs in a thread per user, so that it "
+                    f"holds up its own user only",
+                    file=sys.stderr,
+                )
+                seen = -1
 
     def _sleep(self, g: _Green, seconds: float) -> None:
         """``time.sleep`` in a plain body on the loop's thread: the other users go on."""
