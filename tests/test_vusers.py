@@ -261,6 +261,37 @@ def test_users_asleep_or_waiting_at_the_end_are_cancelled_at_once(
 
 
 @pytest.mark.slow
+def test_on_stop_runs_at_once_for_a_user_whose_iteration_outlived_the_drain(
+    recorder: Recorder, out: Path
+) -> None:
+    seen: list[str] = []
+
+    @lp.scenario(profile=lp.users(3, "1s"), max_drain="1s")
+    class Stuck(lp.VUser):
+        @lp.task
+        def wait(self) -> None:
+            self.client.get("/")
+            try:
+                time.sleep(20)  # the engine cancels requests at the drain's end, not sleeps
+            except lp.RequestError as e:
+                seen.append(e.kind)
+                raise
+
+        def on_stop(self) -> None:
+            self.client.get("/bye")  # sent: the iteration it followed was cancelled first
+            seen.append("stopped")
+
+    began = time.monotonic()
+    s = lp.run(Stuck, out, target=recorder.url).summary()
+
+    # Run, drain, then on_stop at once (not after the engine's 10 s limit for on_stop).
+    assert time.monotonic() - began < 6
+    assert seen.count("cancelled") == 3 and seen.count("stopped") == 3, seen
+    assert [p for _, p in recorder.arrivals].count("/bye") == 3
+    assert s.task("wait").cancelled == 3 and s.ended == "drain_timeout"
+
+
+@pytest.mark.slow
 def test_a_body_that_computes_for_long_stays_a_greenlet(
     target: lp.TargetServer, out: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:

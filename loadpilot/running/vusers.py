@@ -56,10 +56,12 @@ class _Green(greenlet.greenlet):
     and between tickets."""
 
     users: PythonUsers
-    key: tuple[int | None, str | None]
-    #: Between tickets (waiting for the next); tickets come while it is not: ``later``.
+    #: The task and hook of the ticket it is in.
+    key: tuple[int | None, str | None] = (None, None)
+    #: Between tickets (waiting for the next one).
     idle: bool = False
-    later: list[Any] | None = None
+    #: Its ticket is being cancelled: a request or a sleep raises at once.
+    cancelling: bool = False
 
 
 _real_sleep = time.sleep
@@ -347,15 +349,16 @@ class Client:
         if type(me) is _Green:
             # A plain body on the loop's thread: sent now; the loop goes on with other users
             # and switches back here with the outcome.
-            if me.users._closing:
+            if me.cancelling:
                 raise RequestError("cancelled", method, path)
             rid = self._inbox.expect_here(me, method, path)
             try:
                 self._session.request(call, self._inbox.mailbox, rid)
-            except BaseException:
+                result = me.users._hub.switch()
+            except BaseException:  # cancelled while waiting: its answer, if it comes, is dropped
                 self._inbox.forget(rid)
                 raise
-            return _finish(me.users._hub.switch(), method, path, settle)
+            return _finish(result, method, path, settle)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -441,10 +444,6 @@ class _Inbox:
         self._pending[rid] = (waiter, method, path, None)
         return rid
 
-    def waiting(self) -> list[_Green]:
-        """The greenlets waiting for a response."""
-        return [w for w, _, _, _ in self._pending.values() if type(w) is _Green]
-
     def forget(self, rid: int) -> None:
         self._pending.pop(rid, None)
 
@@ -506,7 +505,6 @@ class PythonUsers:
         self._queues: dict[int, queue.SimpleQueue[Any]] = {}
         # Plain bodies and hooks that held the loop's thread too long: run in threads instead.
         self._threaded: set[tuple[int | None, str | None]] = set()
-        self._sleeping: dict[_Green, asyncio.TimerHandle] = {}
         # Each user's greenlet (made once: making one costs more than a ticket's switches).
         self._greens: dict[int, _Green] = {}
         self._closing = False
@@ -557,10 +555,9 @@ class PythonUsers:
                     if g is None:
                         g = self._greens[vu] = _Green(self._green_user)
                         g.users = self
-                    elif not g.idle:  # still in a ticket the engine gave up on: after it
-                        g.later = [*(g.later or ()), t]
-                        continue
-                    g.key = (task, hook)
+                    elif not g.idle:  # still in a ticket the engine gave up on (the drain ran out)
+                        self._cancel(g)
+                        g.cancelling = False
                     self._step(g, t)
             if closed and not over.done():
                 over.set_result(None)
@@ -583,18 +580,21 @@ class PythonUsers:
             self._closing = True
             for t in list(running):
                 t.cancel()
-            # Greenlets still waiting end as cancelled iterations (a request or sleep raises);
-            # then every user's greenlet ends.
-            for g in [*self._inbox.waiting(), *self._sleeping]:
-                if not g.dead:
-                    g.throw(RequestError("cancelled", "", ""))
+            # Greenlets still in a ticket end it as cancelled; then every user's greenlet ends.
             for g in self._greens.values():
-                if not g.dead:
-                    g.switch(None)
+                self._cancel(g)
+                g.switch(None)
             self._inbox.close()
             with self._lock:
                 for q in self._queues.values():
                     q.put(None)  # the user's thread ends once its current body returns
+
+    def _cancel(self, g: _Green) -> None:
+        """Ends the ticket ``g`` is in, if any: ``RequestError("cancelled")`` raised where it
+        waits (and at once by any request or sleep after), so its own handlers run."""
+        g.cancelling = True
+        if not g.idle:
+            g.throw(RequestError("cancelled", "", ""))
 
     def _step(self, g: _Green, value: Any) -> None:
         """Runs ``g`` on until it waits again (or ends): one turn."""
@@ -634,15 +634,13 @@ class PythonUsers:
 
     def _sleep(self, g: _Green, seconds: float) -> None:
         """``time.sleep`` in a plain body on the loop's thread: the other users go on."""
-        if self._closing:
+        if g.cancelling:
             raise RequestError("cancelled", "", "")
-        self._sleeping[g] = self._loop.call_later(seconds, self._step, g, None)
+        woken = self._loop.call_later(seconds, self._step, g, None)
         try:
             self._hub.switch()
         finally:
-            handle = self._sleeping.pop(g, None)
-            if handle is not None:
-                handle.cancel()
+            woken.cancel()
 
     def _runs_async(self, vu: int, task: int | None, hook: str | None) -> bool:
         if hook is None:
@@ -673,11 +671,8 @@ class PythonUsers:
         me = greenlet.getcurrent()
         assert isinstance(me, _Green)
         while t is not None:
+            me.key = self._turn = (t[2], t[3])  # the ticket's task and hook
             self._run_sync(t)
-            if me.later:
-                t = me.later.pop(0)
-                me.key = (t[2], t[3])
-                continue
             me.idle = True
             t = self._hub.switch()
             me.idle = False
