@@ -740,12 +740,16 @@ def test_local_agents_start_whatever_the_working_directory_holds(tmp_path: Path)
         plan_file.write_text(plan(target.url, 200, 2).to_json())
         done = subprocess.run(
             [str(Path(sys.executable).parent / "loadpilot"), "run", str(plan_file),
-             "--agents", "2", "--agents-timeout", "20s", "--out", str(tmp_path / "run")],
+             "--agents", "2", "--agents-timeout", "20s", "--out", str(tmp_path / "run"),
+             # What is asserted is that the agents started and ran, not that two agents and the
+             # target kept their schedule on two shared cores (a stall is rightly invalid).
+             "--allow-invalid"],
             capture_output=True, text=True, timeout=60, cwd=tmp_path,
         )  # fmt: skip
         served = target.served
     assert done.returncode == 0, done.stdout + done.stderr
     assert served == 400
+    assert "accounted for: 400 due = 400 ran + 0 cancelled + 0 unsent" in done.stdout, done.stdout
 
 
 def test_an_agent_that_dies_at_start_is_reported_at_once_with_its_last_words(

@@ -166,11 +166,14 @@ def test_the_installed_wheel_runs_every_role(installed: Path, tmp_path: Path) ->
         # The distributed extra at work: the installed nats-server and two agents of the
         # installed package.
         done = subprocess.run(
-            [exe, "run", "plan.json", "--out", "spread", "--agents", "2"],
+            # (--allow-invalid: what is asserted is that the extra works and every due request
+            # is counted, not that two agents kept their schedule on two shared cores.)
+            [exe, "run", "plan.json", "--out", "spread", "--agents", "2", "--allow-invalid"],
             capture_output=True, text=True, cwd=tmp_path, timeout=180,
         )  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
         assert target.served == 100
+        assert "accounted for: 50 due = 50 ran + 0 cancelled + 0 unsent" in done.stdout, done.stdout
     # The serve extra at work: the installed server answers.
     port = free_port()
     server = subprocess.Popen(

@@ -208,6 +208,17 @@ def run(args: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*LOADPILOT, *args], capture_output=True, text=True, timeout=90)
 
 
+def run_counted(args: list[str]) -> subprocess.CompletedProcess[str]:
+    """A run whose point is how it connects: what is asserted is that it ran and that every due
+    request is counted. Whether the agents, the target and NATS, sharing two cores with the
+    rest of the test run, all kept their schedule is the machine's property: a stall makes the
+    run invalid, rightly, and is no fault of the connection (--allow-invalid: judged anyway)."""
+    done = run([*args, "--allow-invalid"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "accounted for: 400 due = 400 ran + 0 cancelled + 0 unsent" in done.stdout, done.stdout
+    return done
+
+
 @pytest.mark.slow
 def test_coordinator_and_agents_run_over_mutual_tls(
     tmp_path: Path, tls_nats: tuple[Server, Path]
@@ -219,15 +230,13 @@ def test_coordinator_and_agents_run_over_mutual_tls(
     try:
         with lp.start_target() as target:
             plan = plan_file(tmp_path, target.url)
-            done = run(["run", str(plan), "--nats", url, "--external-agents", "1",
-                        "--agents-timeout", "30s", "--out", str(tmp_path / "run"),
-                        *mine])  # fmt: skip
-            assert done.returncode == 0, done.stdout + done.stderr
+            run_counted(["run", str(plan), "--nats", url, "--external-agents", "1",
+                         "--agents-timeout", "30s", "--out", str(tmp_path / "run"),
+                         *mine])  # fmt: skip
             assert target.served == 400
             # Agents spawned here on a TLS NATS get the same flags.
-            done = run(["run", str(plan), "--nats", url, "--agents", "2",
-                        "--out", str(tmp_path / "run2"), *mine])  # fmt: skip
-            assert done.returncode == 0, done.stdout + done.stderr
+            run_counted(["run", str(plan), "--nats", url, "--agents", "2",
+                         "--out", str(tmp_path / "run2"), *mine])  # fmt: skip
             assert target.served == 800
             # Without the client certificate the server refuses: one line, exit 2.
             done = run(["run", str(plan), "--nats", url, "--external-agents", "1",
@@ -259,10 +268,9 @@ def test_coordinator_and_agents_run_with_a_creds_file(
     try:
         with lp.start_target() as target:
             plan = plan_file(tmp_path, target.url)
-            done = run(["run", str(plan), "--nats", url, "--external-agents", "1",
-                        "--agents-timeout", "30s", "--creds", str(creds),
-                        "--out", str(tmp_path / "run")])  # fmt: skip
-            assert done.returncode == 0, done.stdout + done.stderr
+            run_counted(["run", str(plan), "--nats", url, "--external-agents", "1",
+                         "--agents-timeout", "30s", "--creds", str(creds),
+                         "--out", str(tmp_path / "run")])  # fmt: skip
             assert target.served == 400
             # lp.Agents takes the same.
             r = lp.start(
@@ -282,6 +290,7 @@ def test_coordinator_and_agents_run_with_a_creds_file(
         stop(agent)
 
 
+@pytest.mark.slow
 def test_missing_credential_files_are_named_before_anything_connects(tmp_path: Path) -> None:
     plan_file(tmp_path, "http://127.0.0.1:9")
     for flags, said in (
