@@ -73,7 +73,8 @@ class Recorder(ThreadingHTTPServer):
         self.arrivals: list[tuple[float, str]] = []
         #: (method, path, Authorization header) of every request, in order of arrival.
         self.seen: list[tuple[str, str, str | None]] = []
-        #: (path, Content-Type header, body) of every POST, in order of arrival.
+        #: (path, Content-Type header, body) of every POST, in order of arrival (a request
+        #: that sent the header twice: both, joined by ", ").
         self.bodies: list[tuple[str, str | None, bytes]] = []
         #: The ``traceparent`` header of every request (None: it had none), in order.
         self.traces: list[str | None] = []
@@ -98,6 +99,11 @@ class Recorder(ThreadingHTTPServer):
             server.server_close()
 
 
+def _types(given: list[str] | None) -> str | None:
+    """The Content-Type a request sent; two (which no request should send) joined by ", "."""
+    return ", ".join(given) if given else None
+
+
 class _RecordingHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Headers and body are two writes: without TCP_NODELAY the body waits for the client's
@@ -119,29 +125,32 @@ class _RecordingHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
         """``GET /sleep/MS`` answers after MS milliseconds; ``/status/N`` with status N;
-        ``/json`` with ``{"ok": true, "items": [1, 2, 3]}``; any other path at once."""
+        ``/json`` (whatever its query) with ``{"ok": true, "items": [1, 2, 3]}``; any other path
+        at once."""
         self._note()
         if self.path.startswith("/sleep/"):
             time.sleep(int(self.path.removeprefix("/sleep/")) / 1000)
         if self.path.startswith("/status/"):
             self._answer(b"status", int(self.path.removeprefix("/status/")))
             return
-        if self.path == "/json":
+        if self.path.split("?")[0] == "/json":
             self._answer(b'{"ok": true, "items": [1, 2, 3]}')
             return
         self._answer(b"ok")
 
     def do_POST(self) -> None:  # noqa: N802
         """``POST /login`` with ``{"user": U}`` answers ``{"token": "t-U"}``; ``POST /echo``
-        answers its body; any other path ``ok``."""
+        (whatever its query) answers its body; any other path ``ok``."""
         self._note()
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         with self.server.lock:
-            self.server.bodies.append((self.path, self.headers.get("Content-Type"), body))
+            self.server.bodies.append(
+                (self.path, _types(self.headers.get_all("Content-Type")), body)
+            )
         if self.path == "/login":
             user = json.loads(body)["user"]
             self._answer(json.dumps({"token": f"t-{user}"}).encode())
-        elif self.path == "/echo":
+        elif self.path.split("?")[0] == "/echo":
             self._answer(body)
         else:
             self._answer(b"ok")

@@ -195,6 +195,80 @@ def test_rest_assertions_and_statuses_fail_the_requests_locust_fails(tmp_path: P
 
 
 @pytest.mark.slow
+def test_an_http_users_rest_and_rest__send_and_fail_as_locust_s_do(tmp_path: Path) -> None:
+    ours, text, summary, code = run_loadpilot("rest_http.py", 2, 2, tmp_path, "--csv", "lp")
+    theirs, _ = run_locust("rest_http.py", 2, 2, tmp_path)
+    assert code == 1, text
+    assert_same_mix(shares(ours), shares(theirs), within=0.06)
+    # rest_(): a fresh `_=<ms>` query each time, measured under Locust's name for it.
+    fresh = [path for _, path, _ in ours.seen if path.startswith("/json?_=")]
+    assert len(fresh) > 10 and all(p.removeprefix("/json?_=").isdigit() for p in fresh), fresh
+    stats = request_stats(summary)
+    assert stats["/json?_=..."]["errors"] == 0 and stats["/json?_=..."]["requests"] == len(fresh)
+    # The task's own Content-Type, sent once (not beside rest()'s or json='s default).
+    for server in (ours, theirs):
+        types = {t for _, t, _ in server.bodies}
+        assert types == {"application/merge-patch+json"}, types
+    assert stats["POST /echo"]["errors"] == 0
+    # An exception in the block fails the request with Locust's message: what and where.
+    assert stats["broken"]["errors"] == stats["broken"]["requests"] > 0
+    where = f'{FILES / "rest_http.py"}:26 in broken. Response was {{"ok": true'
+    messages = {f["message"] for f in summary["failures"]}  # type: ignore[union-attr]
+    assert any(m.startswith("KeyError: 'missing' at ") and where in m for m in messages), messages
+    with open(tmp_path / "locust_failures.csv") as f:
+        theirs_failed = {r["Name"]: r["Error"] for r in csv.DictReader(f)}
+    assert where in theirs_failed["broken"], theirs_failed
+    with open(tmp_path / "locust_stats.csv") as a, open(tmp_path / "lp_stats.csv") as b:
+        assert {r["Name"] for r in csv.DictReader(a)} == {r["Name"] for r in csv.DictReader(b)}
+
+
+@pytest.mark.slow
+def test_a_fast_http_users_default_headers_go_with_every_request_as_locust_s_do(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "locustfile.py").write_text(
+        """
+from locust import FastHttpUser, constant, task
+
+class Api(FastHttpUser):
+    wait_time = constant(0.02)
+    default_headers = {"Authorization": "Bearer team"}
+
+    @task
+    def plain(self):
+        self.client.get("/plain")
+
+    @task
+    def own(self):
+        self.client.get("/own", headers={"authorization": "Bearer mine"})
+
+    @task
+    def logic(self):
+        r = self.client.get("/logic")
+        r.raise_for_status()
+"""
+    )
+    expected = {"/plain": "Bearer team", "/own": "Bearer mine", "/logic": "Bearer team"}
+    for tool in ("loadpilot", "locust"):
+        with Recorder.serving() as srv:
+            cmd = (
+                [str(BIN / "loadpilot"), "locust", "--out", str(tmp_path / "run")]
+                if tool == "loadpilot"
+                else [str(BIN / "locust"), "--loglevel", "WARNING"]
+            )
+            p = subprocess.run(
+                [*cmd, "--headless", "-u", "2", "-r", "20", "-t", "2s", "-H", srv.url],
+                capture_output=True, text=True, timeout=60, cwd=tmp_path, env=_env(),
+            )  # fmt: skip
+            assert p.returncode == 0, p.stdout + p.stderr
+            seen = {(path, auth) for _, path, auth in srv.seen}
+        assert seen == set(expected.items()), (tool, seen)
+        if tool == "loadpilot":
+            # Known before the run: the straight-line tasks stay in the engine.
+            assert "plain (weight 1, engine), own (weight 1, engine)" in p.stdout, p.stdout
+
+
+@pytest.mark.slow
 def test_listeners_hear_every_request_and_the_run_s_start_and_end(tmp_path: Path) -> None:
     ours, text, summary, code = run_loadpilot("listeners.py", 2, 2, tmp_path)
     assert code == 1, text
@@ -306,6 +380,25 @@ def test_open_model_at_a_rate_runs_the_same_tasks(tmp_path: Path) -> None:
             "    max_redirects = 'many'\n    @task\n    def t(self):\n"
             "        self.client.get('/')\n",
             "locustfile.py:3: invalid max_redirects",
+        ),
+        (
+            "from locust import FastHttpUser, task\n\nclass A(FastHttpUser):\n"
+            "    max_retries = 2\n    @task\n    def t(self):\n        self.client.get('/')\n",
+            "locustfile.py:4: A.max_retries = 2: LoadPilot counts every failed request and "
+            "sends none again",
+        ),
+        (
+            "from locust import FastHttpUser, task\n\nclass Base(FastHttpUser):\n"
+            "    abstract = True\n    proxy_host = 'proxy.internal'\n    proxy_port = 3128\n\n"
+            "class A(Base):\n    @task\n    def t(self):\n        self.client.get('/')\n",
+            "locustfile.py:5: A.proxy_host = 'proxy.internal': LoadPilot sends to the run's host "
+            "directly",
+        ),
+        (
+            "from locust import HttpUser, task\n\nclass A(HttpUser):\n"
+            "    pool_manager: object = object()\n    @task\n    def t(self):\n"
+            "        self.client.get('/')\n",
+            "locustfile.py:4: A.pool_manager = <object object at",
         ),
     ],
 )

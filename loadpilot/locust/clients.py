@@ -12,8 +12,9 @@ import json as _json
 import time
 import traceback
 import urllib.parse
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from loadpilot.errors import RequestError
@@ -187,19 +188,19 @@ class HttpSession:
     def options(self, url: str, **kwargs: Any) -> Any:
         return self.request("OPTIONS", url, **kwargs)
 
-
-class RestSession(HttpSession):
-    """``FastHttpSession``: ``HttpSession`` plus ``rest()``."""
-
     @contextmanager
     def rest(
-        self, method: str, url: str, headers: dict[str, str] | None = None, **kwargs: Any
+        self, method: str, url: str, headers: Mapping[str, str] | None = None, **kwargs: Any
     ) -> Generator[Any, None, None]:
-        """A JSON request whose response is checked in a ``with`` block: ``r.js`` is the parsed
-        body; a body that is not JSON, an assertion or any exception in the block fails it
-        (with its message), as Locust's ``rest()`` does."""
-        sent = {"Content-Type": "application/json", "Accept": "application/json"}
-        sent.update(headers or {})
+        """A JSON request whose response is checked in a ``with`` block (Locust's ``rest()``):
+        ``Content-Type`` and ``Accept`` are ``application/json`` unless ``headers`` give their
+        own; ``r.js`` is the parsed body; a body that is not JSON, an assertion or any
+        exception in the block fails the request, with Locust's message."""
+        sent = dict(headers or {})
+        given = {k.lower() for k in sent}
+        for name, value in (("Content-Type", "application/json"), ("Accept", "application/json")):
+            if name.lower() not in given:
+                sent[name] = value
         with self.request(method, url, headers=sent, catch_response=True, **kwargs) as r:
             r.js = None
             if not isinstance(r, ErrorResponse) and r.text:
@@ -221,5 +222,33 @@ class RestSession(HttpSession):
                 else:
                     r.failure("Assertion failed")
             except Exception as e:  # noqa: BLE001 - Locust counts any exception as a failure
-                lines = traceback.format_exception_only(type(e), e)
-                r.failure("".join(lines).strip())
+                r.failure(_exception_failure(e, r.text[:200]))
+
+    @contextmanager
+    def rest_(
+        self, method: str, url: str, name: str | None = None, **kwargs: Any
+    ) -> Generator[Any, None, None]:
+        """``rest()`` with ``_=<milliseconds since the epoch>`` added to the query (to get
+        past caches), measured under ``name``, by default ``url?_=...`` (Locust's)."""
+        sep = "&" if "?" in url else "?"
+        if name is None:
+            name = f"{url}{sep}_=..."
+        with self.rest(method, f"{url}{sep}_={int(time.time() * 1000)}", name=name, **kwargs) as r:
+            yield r
+
+
+class RestSession(HttpSession):
+    """``FastHttpSession``: Locust's other client, the same API here."""
+
+
+def _exception_failure(e: Exception, text: str) -> str:
+    """Locust's message for an exception in a ``rest()`` block: what it was, and where in the
+    locustfile (the frames of LoadPilot's own code left out)."""
+    own = Path(__file__).resolve().parents[1]
+    where = [
+        f"{f.filename}:{f.lineno} in {f.name}"
+        for f in traceback.extract_tb(e.__traceback__)
+        if not Path(f.filename).resolve().is_relative_to(own)
+    ]
+    at = f" at {', '.join(where)}" if where else ""
+    return f"{type(e).__name__}: {e}{at}. Response was {text}"

@@ -133,6 +133,48 @@ def _line(cls: type) -> str:
     return f"{file}:{line}" if line is not None else cls.__qualname__
 
 
+def _attr_line(cls: type, attr: str) -> str:
+    """file:line where a locustfile class (or a class of the file it derives from) sets
+    ``attr``; the class's own line when it is set elsewhere."""
+    file, found = _classes(cls)
+    names = [k.__name__ for k in cls.__mro__]
+    for name in names:
+        for node in (n for n in found if n.name == name):
+            for stmt in node.body:
+                targets = (
+                    stmt.targets
+                    if isinstance(stmt, ast.Assign)
+                    else [stmt.target]
+                    if isinstance(stmt, ast.AnnAssign) and stmt.value is not None
+                    else []
+                )
+                if any(isinstance(t, ast.Name) and t.id == attr for t in targets):
+                    return f"{file}:{stmt.lineno}"
+    return _line(cls)
+
+
+#: Settings of Locust's user classes that LoadPilot does not run, with why: a class that
+#: sets one (to anything but Locust's default) is refused, never run as if it had not.
+_NOT_RUN = {
+    "max_retries": "counts every failed request and sends none again; retry in the task",
+    "proxy_host": "sends to the run's host directly, never through a proxy",
+    "proxy_port": "sends to the run's host directly, never through a proxy",
+    "client_pool": "keeps each user's connection its own; a pool of the file's own is not used",
+    "pool_manager": "keeps each user's connection its own; a pool of the file's own is not used",
+    "ssl_context_factory": "checks certificates as the class's `insecure` says; an SSL context "
+    "of the file's own is not used",
+}
+
+
+def _refuse_what_is_not_run(cls: type) -> None:
+    for attr, why in _NOT_RUN.items():
+        value = getattr(cls, attr, None)
+        if value is not None and not (attr == "max_retries" and value == 0):
+            raise ScenarioError(
+                f"{_attr_line(cls, attr)}: {cls.__name__}.{attr} = {value!r}: LoadPilot {why}"
+            )
+
+
 #: The file each locustfile module was read from.
 _FILES: dict[str, str] = {}
 
@@ -168,6 +210,8 @@ def read(path: str | Path, chosen: list[str] | None = None) -> Locustfile:
         elif issubclass(value, lu.LoadTestShape) and not vars(value).get("abstract", False):
             shapes.append(value)
     found = _choose(file, found, chosen)
+    for cls in found:
+        _refuse_what_is_not_run(cls)
     if not found:
         raise ScenarioError(f"{file}: no user class (a subclass of HttpUser or FastHttpUser)")
     if len(shapes) > 1:

@@ -344,7 +344,8 @@ class User(VUser):
 
 
 class HttpUser(User):
-    """A user with an HTTP client (``self.client``, requests' API), sent through the engine."""
+    """A user with an HTTP client (``self.client``, requests' API), sent through the engine,
+    and Locust's ``rest()`` and ``rest_()``."""
 
     abstract = True
 
@@ -355,25 +356,35 @@ class HttpUser(User):
     @client.setter
     def client(self, inner: Any) -> None:
         # LoadPilot gives the user its engine client; Locust's API is a view of it.
-        self._lp_client = (
-            inner
-            if inner is None or isinstance(inner, HttpSession)
-            else (self._session_type(inner, self))
-        )
+        if inner is None or isinstance(inner, HttpSession):
+            self._lp_client = inner
+            return
+        session = self._session_type(inner, self)
+        session.headers.update(getattr(self, "default_headers", None) or {})
+        self._lp_client = session
 
     _session_type: type[HttpSession] = HttpSession
 
+    def rest(self, method: str, url: str, **kwargs: Any) -> Any:
+        """A JSON request checked in a ``with`` block (see :meth:`HttpSession.rest`)."""
+        return self.client.rest(method, url, **kwargs)
+
+    def rest_(self, method: str, url: str, **kwargs: Any) -> Any:
+        """``rest()`` with a cache-busting ``_=<ms>`` query (see :meth:`HttpSession.rest_`)."""
+        return self.client.rest_(method, url, **kwargs)
+
 
 class FastHttpUser(HttpUser):
-    """Locust's ``FastHttpUser``: the same client, plus ``rest()``."""
+    """Locust's ``FastHttpUser``: the same client. Its settings ``network_timeout``,
+    ``connection_timeout``, ``max_redirects`` and ``insecure`` become the run's;
+    ``default_headers`` go with each of its requests (a request's own header wins)."""
 
     abstract = True
     _session_type = RestSession
     #: Locust's default: any certificate is accepted (set ``insecure = False`` to check them).
     insecure = True
-
-    def rest(self, method: str, url: str, **kwargs: Any) -> Any:
-        return self.client.rest(method, url, **kwargs)
+    #: Headers sent with every request of the user (Locust's ``FastHttpUser.default_headers``).
+    default_headers: Mapping[str, str] | None = None
 
 
 class LoadTestShape:

@@ -318,7 +318,8 @@ class Client:
         raw = content if content is not None else data
         if json is not None:
             body = _json.dumps(json).encode()
-            hs.append(("content-type", "application/json"))
+            if not any(k.lower() == "content-type" for k, _ in hs):  # a type given wins
+                hs.append(("content-type", "application/json"))
         elif raw is not None:
             body = raw.encode() if isinstance(raw, str) else raw
         # The first request of an iteration is measured from the iteration's due instant.
