@@ -268,6 +268,52 @@ class Api(FastHttpUser):
             assert "plain (weight 1, engine), own (weight 1, engine)" in p.stdout, p.stdout
 
 
+#: The chain of tests/locustfiles/markov.py: each page's next pages, with their weights.
+CHAIN = {
+    "index": {"browse": 1},
+    "browse": {"index": 3, "product": 1},
+    "product": {"index": 1, "cart": 2},
+    "cart": {"checkout": 1, "browse": 1},
+    "checkout": {"index": 1},
+}
+
+
+def walks(srv: Recorder) -> dict[str, list[str]]:
+    """Each user's pages in the order the server got them (a user sends one at a time)."""
+    out: dict[str, list[str]] = {}
+    for _, path, _ in srv.seen:
+        page, _, user = path.removeprefix("/").partition("?u=")
+        out.setdefault(user, []).append(page)
+    return out
+
+
+@pytest.mark.slow
+def test_a_markov_task_set_walks_its_chain_as_locust_s_does(tmp_path: Path) -> None:
+    ours, text, summary, code = run_loadpilot("markov.py", 3, 2, tmp_path)
+    theirs, _ = run_locust("markov.py", 3, 2, tmp_path)
+    assert code == 0, text
+    for tool, srv in (("loadpilot", ours), ("locust", theirs)):
+        users = walks(srv)
+        assert len(users) == 3, (tool, users.keys())
+        moves: Counter[tuple[str, str]] = Counter()
+        for walk in users.values():
+            assert walk[0] == "index", (tool, walk[:5])  # a chain starts at its first task
+            moves.update(zip(walk, walk[1:], strict=False))
+        # Every step is one of the chain's transitions, and each is taken.
+        assert set(moves) == {(a, b) for a, nexts in CHAIN.items() for b in nexts}, (tool, moves)
+        # ... by its weight: from browse, 3 of 4 go back to index; from product, 2 of 3 to cart
+        # (within four standard deviations of a draw of that many).
+        for page, to, share in (("browse", "index", 3 / 4), ("product", "cart", 2 / 3)):
+            left = sum(n for (a, _), n in moves.items() if a == page)
+            within = 4 * (share * (1 - share) / left) ** 0.5
+            assert left > 40 and abs(moves[(page, to)] / left - share) < within, (tool, moves)
+    # The same pages in about the same shares (a few hundred steps of a chain each: the
+    # transitions' weights are held exactly above).
+    assert_same_mix(shares(ours), shares(theirs), within=0.08)
+    stats = request_stats(summary)
+    assert set(stats) == set(CHAIN) and all(s["errors"] == 0 for s in stats.values()), stats
+
+
 @pytest.mark.slow
 def test_listeners_hear_every_request_and_the_run_s_start_and_end(tmp_path: Path) -> None:
     ours, text, summary, code = run_loadpilot("listeners.py", 2, 2, tmp_path)
@@ -354,8 +400,10 @@ def test_open_model_at_a_rate_runs_the_same_tasks(tmp_path: Path) -> None:
             "locustfile.py:3: Raw is a Locust User with a client of its own",
         ),
         (
-            "from locust import HttpUser\nfrom locust import MarkovTaskSet\n",
-            "locustfile.py:2: ImportError: cannot import name 'MarkovTaskSet'",
+            "from locust import HttpUser, MarkovTaskSet, transition\n\n"
+            "class Chain(MarkovTaskSet):\n    @transition('nowhere')\n    def a(self):\n"
+            "        pass\n",
+            "locustfile.py:3: InvalidTransitionError: Transition to nowhere from a is invalid",
         ),
         ("from locust import HttpUser\n", "locustfile.py: no user class"),
         (

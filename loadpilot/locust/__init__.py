@@ -11,6 +11,7 @@ from loadpilot.locust.users import (
     InterruptTaskSet,
     LoadTestShape,
     LocustError,
+    MarkovTaskSet,
     RescheduleTask,
     RescheduleTaskImmediately,
     ResponseError,
@@ -24,6 +25,8 @@ from loadpilot.locust.users import (
     constant_throughput,
     tag,
     task,
+    transition,
+    transitions,
 )
 
 __version__ = "2.0.0+loadpilot"
@@ -37,6 +40,7 @@ __all__ = [
     "InterruptTaskSet",
     "LoadTestShape",
     "LocustError",
+    "MarkovTaskSet",
     "RescheduleTask",
     "RescheduleTaskImmediately",
     "ResponseError",
@@ -52,4 +56,6 @@ __all__ = [
     "events",
     "tag",
     "task",
+    "transition",
+    "transitions",
 ]

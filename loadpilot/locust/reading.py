@@ -51,6 +51,7 @@ _MODULES = {
     "locust.user.task": "loadpilot.locust.users",
     "locust.user.wait_time": "loadpilot.locust.users",
     "locust.user.sequential_taskset": "loadpilot.locust.users",
+    "locust.user.markov_taskset": "loadpilot.locust.users",
     "locust.exception": "loadpilot.locust.users",
     "locust.shape": "loadpilot.locust.users",
     "locust.contrib": "loadpilot.locust.contrib",

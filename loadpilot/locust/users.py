@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from loadpilot.errors import RequestError, ScenarioError
@@ -260,6 +260,133 @@ class TaskSet:
 
 class SequentialTaskSet(TaskSet):
     """A TaskSet whose tasks run in the order they are written (then again from the first)."""
+
+
+# -- Markov chains (locust.user.markov_taskset) ---------------------------------------------
+
+
+class NoMarkovTasksError(LocustError):
+    """A MarkovTaskSet with no method marked ``@transition``/``@transitions``."""
+
+
+class InvalidTransitionError(LocustError):
+    """A transition to a name the MarkovTaskSet does not have."""
+
+
+class NonMarkovTaskTransitionError(LocustError):
+    """A transition to a method with no transitions of its own."""
+
+
+class MarkovTaskTagError(LocustError):
+    """A Markov task with ``@tag``: tags could cut the chain."""
+
+
+#: Where ``@transition(s)`` leave the transitions (Locust's attribute name).
+TRANSITIONS = "transitions"
+
+
+def transition(func_name: str, weight: int = 1) -> Callable[[F], F]:
+    """``@transition("other", weight=1)``: after this task, the MarkovTaskSet goes on to
+    ``other`` with this weight (among the task's transitions)."""
+
+    def mark(f: F) -> F:
+        given = vars(f).setdefault(TRANSITIONS, {})
+        given[func_name] = weight
+        return f
+
+    return mark
+
+
+def transitions(weights: Mapping[str, int] | Sequence[tuple[str, int] | str]) -> Callable[[F], F]:
+    """``@transitions({"a": 2, "b": 1})`` or ``@transitions([("a", 2), "b"])``: several
+    transitions at once (a bare name has weight 1)."""
+    pairs = (
+        dict(weights)
+        if isinstance(weights, Mapping)
+        else dict(w if isinstance(w, tuple) else (w, 1) for w in weights)
+    )
+
+    def mark(f: F) -> F:
+        vars(f).setdefault(TRANSITIONS, {}).update(pairs)
+        return f
+
+    return mark
+
+
+def _markov_chain(cls: type) -> tuple[str, dict[str, list[str]]]:
+    """The first task of a MarkovTaskSet and, for each task, the names it goes on to (each as
+    many times as its weight); refused as Locust refuses it, when the class is made."""
+    name = cls.__name__
+    tasks = [f for f in vars(cls).values() if callable(f) and hasattr(f, TRANSITIONS)]
+    if not tasks:
+        raise NoMarkovTasksError(
+            f"No Markov tasks defined in class {name}. Use the @transition(s) decorators to "
+            "define some."
+        )
+    chain: dict[str, list[str]] = {}
+    for f in tasks:
+        if f.__name__ == "run":
+            raise LocustError(f"{name}.run: a Markov task may not be called run")
+        if hasattr(f, TAGS):
+            raise MarkovTaskTagError(
+                "Tags are unsupported for MarkovTaskSet since they can make the markov chain "
+                f"invalid. Tags detected on {name}.{f.__name__}: {getattr(f, TAGS)}"
+            )
+        for dest, weight in getattr(f, TRANSITIONS).items():
+            target = vars(cls).get(dest)
+            if target is None:
+                raise InvalidTransitionError(
+                    f"Transition to {dest} from {f.__name__} is invalid since no such element "
+                    f"exists on class {name}"
+                )
+            if not hasattr(target, TRANSITIONS):
+                raise NonMarkovTaskTransitionError(
+                    f"{name}.{dest} cannot be used as a target for a transition since it does "
+                    f"not define any transitions of its own. Used as a transition from "
+                    f"{f.__name__}."
+                )
+            if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
+                raise LocustError(
+                    f"{name}.{f.__name__}: transition to {dest} has weight {weight!r}; a weight "
+                    "is a whole number >= 0"
+                )
+        chain[f.__name__] = [d for d, w in getattr(f, TRANSITIONS).items() for _ in range(w)]
+        if not chain[f.__name__]:
+            raise InvalidTransitionError(f"{name}.{f.__name__}: every transition has weight 0")
+    return tasks[0].__name__, chain
+
+
+class _MarkovChooser:
+    """A MarkovTaskSet's next task: the one it is at, then a transition drawn by weight."""
+
+    def __init__(self, owner: MarkovTaskSet) -> None:
+        self._cls = type(owner)
+        self._at = self._cls._markov_first
+
+    def pick(self) -> Any:
+        at = self._at
+        self._at = random.choice(self._cls._markov_chain[at])
+        return vars(self._cls)[at]
+
+
+class MarkovTaskSet(TaskSet):
+    """A TaskSet whose tasks follow a Markov chain: it starts at its first task marked
+    ``@transition``/``@transitions``; after each task it goes on to one of that task's
+    transitions, drawn by weight. The chain is checked when the class is made (as Locust
+    checks it)."""
+
+    abstract = True
+    _markov_first: str
+    _markov_chain: dict[str, list[str]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not vars(cls).get("abstract", False):
+            cls._markov_first, cls._markov_chain = _markov_chain(cls)
+
+    def __init__(self, parent: Any) -> None:
+        super().__init__(parent)
+        self._chooser = _MarkovChooser(self)  # type: ignore[assignment]
 
 
 class User(VUser):
