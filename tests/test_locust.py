@@ -315,6 +315,61 @@ def test_a_markov_task_set_walks_its_chain_as_locust_s_does(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
+def test_run_single_user_prints_every_request_of_one_user(tmp_path: Path) -> None:
+    # A locustfile with Locust's debugging block loads and runs as any other (the block is
+    # for `python locustfile.py`).
+    (tmp_path / "locustfile.py").write_text(
+        "from locust import HttpUser, constant, run_single_user, task\n\n"
+        "class U(HttpUser):\n    wait_time = constant(0.05)\n\n    @task\n"
+        "    def t(self):\n        self.client.get('/one', name='one')\n"
+        "        self.client.get('/status/500')\n\n"
+        "if __name__ == '__main__':\n    run_single_user(U)\n"
+    )
+    with Recorder.serving() as srv:
+        p = subprocess.run(
+            [str(BIN / "loadpilot"), "locust", "-u", "1", "-t", "1s", "-H", srv.url,
+             "--out", str(tmp_path / "run")],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path, env=_env(),
+        )  # fmt: skip
+        assert p.returncode == 1, p.stdout + p.stderr  # the 500s failed
+        assert len(srv.seen) > 10
+    # Called, it runs one user (the host from -H, as Locust's reads it) and prints each request.
+    (tmp_path / "debug.py").write_text(
+        "import itertools\n"
+        "from loadpilot.locust import HttpUser, constant, events, run_single_user, task\n\n"
+        "started = []\nevents.test_start.add_listener(lambda **kw: started.append(1))\n"
+        "ids = itertools.count()\n\n"
+        "class U(HttpUser):\n    wait_time = constant(0.05)\n\n"
+        "    def on_start(self):\n        self.me = next(ids)\n\n    @task\n"
+        "    def t(self):\n        self.client.get(f'/one?u={self.me}', name='one')\n"
+        "        self.client.get('/status/500')\n\n"
+        "run = run_single_user(U, include_length=True, run_time='1s')\n"
+        "print('started', len(started), 'requests', run.summary().overall.requests)\n"
+    )
+    with Recorder.serving() as srv:
+        p = subprocess.run(
+            [sys.executable, "debug.py", "-H", srv.url],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path, env=_env(),
+        )  # fmt: skip
+        seen = [path for _, path, _ in srv.seen]
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = p.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("type\t"))
+    assert lines[header].split("\t")[:5] == ["type", "name".ljust(50), "resp_ms", "length",
+                                             "exception"]  # fmt: skip
+    rows = [line.split("\t") for line in lines[header + 1 :] if line.startswith("GET\t")]
+    # One row per request the server got, in order; one user only.
+    assert len(rows) == len(seen) > 10, (rows, seen)
+    assert {path for path in seen if path.startswith("/one")} == {"/one?u=0"}
+    for row, path in zip(rows, seen, strict=True):
+        name = "one" if path.startswith("/one") else "/status/500"
+        assert row[1].strip() == name and row[2].strip().isdigit(), row
+        assert row[3] == ("2" if name == "one" else "6"), row  # the response's length
+        assert ("500" in row[4]) == (name != "one"), row
+    assert f"started 1 requests {len(seen)}" in p.stdout
+
+
+@pytest.mark.slow
 def test_listeners_hear_every_request_and_the_run_s_start_and_end(tmp_path: Path) -> None:
     ours, text, summary, code = run_loadpilot("listeners.py", 2, 2, tmp_path)
     assert code == 1, text

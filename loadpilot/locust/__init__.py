@@ -2,6 +2,7 @@
 while ``loadpilot locust`` (or ``loadpilot run``) reads and runs it. See docs/locust.md."""
 
 from loadpilot.locust.clients import HttpSession, RestSession
+from loadpilot.locust.debug import run_single_user
 from loadpilot.locust.environment import Environment
 from loadpilot.locust.events import events
 from loadpilot.locust.users import (
@@ -54,6 +55,7 @@ __all__ = [
     "constant_pacing",
     "constant_throughput",
     "events",
+    "run_single_user",
     "tag",
     "task",
     "transition",

@@ -57,6 +57,7 @@ _MODULES = {
     "locust.contrib": "loadpilot.locust.contrib",
     "locust.contrib.fasthttp": "loadpilot.locust.contrib",
     "locust.clients": "loadpilot.locust.clients",
+    "locust.debug": "loadpilot.locust.debug",
     "locust.event": "loadpilot.locust.events",
     "locust.env": "loadpilot.locust.environment",
 }
