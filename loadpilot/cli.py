@@ -29,6 +29,7 @@ from loadpilot import launch, thresholds
 from loadpilot.errors import LoadPilotError, PlanError
 from loadpilot.locust import reading as locust_reading
 from loadpilot.plan import (
+    ClosedLoad,
     Constant,
     Expect,
     HttpVersion,
@@ -549,6 +550,14 @@ def _run_locustfile(
         raise LoadPilotError(
             f"{path}: no host: give -H/--host (or --target), or set host on the user class"
         )
+    iterations: int | None = getattr(args, "iterations", None)
+    if iterations is not None and getattr(args, "rps", None) is not None:
+        raise LoadPilotError(
+            "-i/--iterations counts the users' iterations; --rps runs an open model at a rate "
+            "instead: give one"
+        )
+    if iterations is not None and run_time is None:
+        run_time = 86_400.0  # the iterations end the run; a day bounds it all the same
     if getattr(args, "rps", None) is not None:
         if run_time is None:
             raise LoadPilotError("--rps needs a run time (-t/--run-time, or --duration)")
@@ -566,6 +575,8 @@ def _run_locustfile(
             )
         profile = locust_reading.users_over(users, spawn_rate, run_time)
         source = f"{users} users at {spawn_rate:g}/s for {run_time:g}s"
+    if iterations is not None:
+        profile = dataclasses.replace(profile, max_iterations=iterations)
     # Locust's names for what its options hold, beside LoadPilot's.
     args.num_users, args.spawn_rate, args.run_time, args.host = users, spawn_rate, run_time, host
     env = Environment(host=host, parsed_options=args, shape_class=lf.shape)
@@ -871,6 +882,16 @@ def _count(text: str) -> int:
     return n
 
 
+def _iterations(text: str) -> int:
+    try:
+        n: int = check_field("max_iterations", int(text), ClosedLoad)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    except PlanError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return n
+
+
 def _streams(text: str) -> int:
     try:
         n: int = check_field("max_streams", _count(text))
@@ -1055,6 +1076,13 @@ def _add_locust(sub: Any) -> None:
     lo.add_argument("-T", "--tags", nargs="*", default=None, help="run only tasks with these tags")
     lo.add_argument(
         "-E", "--exclude-tags", nargs="*", default=None, help="leave out tasks with these tags"
+    )
+    lo.add_argument(
+        "-i",
+        "--iterations",
+        type=_iterations,
+        default=None,
+        help="run at most this many task iterations in all (every user's), then end",
     )
     lo.add_argument(
         "--stop-timeout",

@@ -109,6 +109,9 @@ class ClosedLoad(_Model):
     think_s: float = Field(default=DEFAULTS["think_s"], ge=0, le=MAX_SECONDS)
     think_max_s: float | None = Field(default=None, ge=0, le=MAX_SECONDS)
     pace_s: float | None = Field(default=None, ge=0, le=MAX_SECONDS)
+    max_iterations: int | None = Field(default=None, ge=1, strict=True)
+    """At most this many iterations in all (every user's together): once they have ended,
+    the run ends, before its duration if they end sooner (Locust's ``-i``)."""
 
 
 Load = Annotated[OpenLoad | ClosedLoad, Field(discriminator="model")]
@@ -346,11 +349,11 @@ def plan_request_names(tasks: Plan | Sequence[Task]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def check_field(field: str, value: Any) -> Any:
-    """``value`` validated by the rule of the :class:`Plan` field ``field`` (the one rule for
-    it, wherever the value comes from: a decorator, the command line); raises ``PlanError``
-    naming the field."""
-    info = Plan.model_fields[field]
+def check_field(field: str, value: Any, model: type[BaseModel] | None = None) -> Any:
+    """``value`` validated by the rule of the :class:`Plan` field ``field`` (or of ``model``'s:
+    the one rule for it, wherever the value comes from: a decorator, the command line);
+    raises ``PlanError`` naming the field."""
+    info = (model or Plan).model_fields[field]
     rule: Any = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
     try:
         return TypeAdapter(rule).validate_python(value)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -13,7 +14,17 @@ from typing import Literal
 
 from loadpilot import _engine
 from loadpilot.errors import PlanError
-from loadpilot.plan import MAX_SECONDS, ClosedLoad, Constant, OpenLoad, Ramp, Spike, Stage, Step
+from loadpilot.plan import (
+    MAX_SECONDS,
+    ClosedLoad,
+    Constant,
+    OpenLoad,
+    Ramp,
+    Spike,
+    Stage,
+    Step,
+    check_field,
+)
 
 # A plain number is seconds.
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
@@ -87,6 +98,22 @@ class Profile:
     think_s: float = 0.0
     think_max_s: float | None = None
     pace_s: float | None = None
+    #: Closed model: at most this many iterations in all, then the run ends.
+    max_iterations: int | None = None
+
+    @classmethod
+    def of_load(cls, load: OpenLoad | ClosedLoad) -> Profile:
+        """The profile a plan's load was made from."""
+        if isinstance(load, ClosedLoad):
+            return cls(
+                "closed",
+                tuple(load.stages),
+                load.think_s,
+                load.think_max_s,
+                load.pace_s,
+                load.max_iterations,
+            )
+        return cls("open", tuple(load.stages))
 
     def _wait(self) -> tuple[float, float | None, float | None]:
         return (self.think_s, self.think_max_s, self.pace_s)
@@ -100,7 +127,9 @@ class Profile:
             )
         if self.model == "closed" and other._wait() != self._wait():
             raise PlanError("joined closed-model profiles must have the same think time")
-        return Profile(self.model, self.stages + other.stages, *self._wait())
+        if other.max_iterations != self.max_iterations:
+            raise PlanError("joined closed-model profiles must have the same iterations")
+        return dataclasses.replace(self, stages=self.stages + other.stages)
 
     @property
     def duration_s(self) -> float:
@@ -128,7 +157,7 @@ class Profile:
             if isinstance(st, Spike):
                 update["peak_s"] = st.peak_s * f
             out.append(st.model_copy(update=update))
-        return Profile(self.model, tuple(out), *self._wait())
+        return dataclasses.replace(self, stages=tuple(out))
 
     def describe(self) -> str:
         """The profile in a line, e.g. ``ramp 0→300/s over 5s, then 300/s for 15s``."""
@@ -154,6 +183,8 @@ class Profile:
                 think = f", {self.think_s:g}-{self.think_max_s:g}s think time"
             elif self.think_s:
                 think = f", {self.think_s:g}s think time"
+            if self.max_iterations is not None:
+                think += f", at most {self.max_iterations:,} iterations"
         return ", then ".join(parts) + think
 
     @property
@@ -171,6 +202,7 @@ class Profile:
                 think_s=self.think_s,
                 think_max_s=self.think_max_s,
                 pace_s=self.pace_s,
+                max_iterations=self.max_iterations,
             )
         extra = {} if connections is None else {"connections": connections}
         return OpenLoad(stages=list(self.stages), arrivals=arrivals, seed=seed, **extra)
@@ -245,12 +277,15 @@ def users(
     ramp: Duration | None = None,
     think: Duration | tuple[Duration, Duration] | None = None,
     pace: Duration | None = None,
+    iterations: int | None = None,
 ) -> Profile:
     """A closed model of ``duration`` in all: ``n`` virtual users (reached over ``ramp`` from 0,
     if given, then held for the rest, as k6 and Locust count it), each waiting ``think``
     between iterations: a time, or a ``(least, most)`` pair drawn uniformly per wait (Locust's
     ``between``). ``pace`` instead: each user starts an iteration every ``pace`` (Locust's
-    ``constant_pacing``), waiting what the iteration left of it."""
+    ``constant_pacing``), waiting what the iteration left of it. ``iterations``: at most this
+    many in all (every user's together, k6's shared iterations); the run ends once they have,
+    or at ``duration`` if that comes first."""
     count = _rate(n, "users")
     think_s, think_max = 0.0, None
     if isinstance(think, tuple):
@@ -278,4 +313,6 @@ def users(
         parts.append(Ramp(from_=0, to=count, duration_s=ramp_s))
         total -= ramp_s
     parts.append(Constant(rate=count, duration_s=total))
-    return Profile("closed", tuple(parts), think_s, think_max, pace_s)
+    if iterations is not None:
+        check_field("max_iterations", iterations, ClosedLoad)
+    return Profile("closed", tuple(parts), think_s, think_max, pace_s, iterations)

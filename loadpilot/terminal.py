@@ -28,10 +28,7 @@ from loadpilot.summary import Summary
 
 
 def _profile(plan: Plan) -> Profile:
-    load = plan.load
-    if load.model == "closed":
-        return Profile("closed", tuple(load.stages), load.think_s, load.think_max_s, load.pace_s)
-    return Profile(load.model, tuple(load.stages))
+    return Profile.of_load(plan.load)
 
 
 def _stage_at(plan: Plan, t: float) -> str:

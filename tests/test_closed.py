@@ -99,3 +99,31 @@ def test_think_and_pace_are_checked() -> None:
     )
     with pytest.raises(lp.PlanError, match="load.pace_s: paced iterations have no think time"):
         lp.run(bad)
+
+
+def test_a_number_of_iterations_ends_the_run_once_they_have_ended(
+    recorder: Recorder, tmp_path: Path
+) -> None:
+    profile = lp.users(4, "60s", think="5ms", iterations=45)
+    assert profile.describe() == "4 users for 60s, 0.005s think time, at most 45 iterations"
+    plan = lp.Plan(
+        target=recorder.url,
+        load=profile.to_load(),
+        tasks=[get("slow", "/sleep/30", weight=2), get("fast")],
+    )
+    s = lp.run(plan, tmp_path / "run").summary()
+    # Exactly that many, every one to its end (none cut off), and then the run ended: not at
+    # its 60 s.
+    assert len(recorder.seen) == s.overall.requests == s.overall.iterations == 45
+    assert s.ended == "completed" and s.overall.errors == 0 and s.overall.cancelled == 0
+    assert s.duration_s < 30, s.duration_s
+    # Two agents share them out (23 and 22): 45 in all again, merged.
+    spread = lp.run(plan, tmp_path / "spread", agents=2).summary()
+    assert len(recorder.seen) == 90 and spread.overall.requests == 45
+    assert spread.ended == "completed" and spread.duration_s < 30, spread.duration_s
+
+
+def test_a_number_of_iterations_is_checked() -> None:
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(lp.PlanError, match="invalid max_iterations"):
+            lp.users(2, "1s", iterations=bad)  # type: ignore[arg-type]

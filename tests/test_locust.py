@@ -370,6 +370,42 @@ def test_run_single_user_prints_every_request_of_one_user(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
+def test_iterations_end_the_run_once_that_many_tasks_have_run(tmp_path: Path) -> None:
+    (tmp_path / "locustfile.py").write_text(
+        "from locust import HttpUser, constant, task\n\n"
+        "class U(HttpUser):\n    wait_time = constant(0.005)\n\n"
+        "    @task(3)\n    def plain(self):\n        self.client.get('/plain')\n\n"
+        "    @task\n    def logic(self):\n        r = self.client.get('/sleep/20')\n"
+        "        r.raise_for_status()\n"
+    )
+    for extra in ([], ["--processes", "2"]):
+        out = tmp_path / f"run{len(extra)}"
+        with Recorder.serving() as srv:
+            # No -t: the iterations bound the run (as under Locust's -i).
+            p = subprocess.run(
+                [str(BIN / "loadpilot"), "locust", "-u", "3", "-r", "30", "-i", "61", "-H",
+                 srv.url, "--out", str(out), *extra],
+                capture_output=True, text=True, timeout=90, cwd=tmp_path, env=_env(),
+            )  # fmt: skip
+            assert p.returncode == 0, p.stdout + p.stderr
+            seen = Counter(path for _, path, _ in srv.seen)
+        summary = json.loads((out / "summary.json").read_text())
+        # Exactly 61 tasks, on both paths, each to its end; then the run ended.
+        assert sum(seen.values()) == 61 and seen["/plain"] > seen["/sleep/20"] > 0, seen
+        assert summary["ended"] == "completed" and summary["duration_s"] < 60, summary
+        assert "(weight 3, engine), logic (weight 1, python)" in p.stdout, p.stdout
+    for args, said in (
+        (["-i", "0"], "-i/--iterations: invalid max_iterations"),
+        (["-i", "5", "--rps", "10", "-t", "1s"], "-i/--iterations counts the users' iterations"),
+    ):
+        p = subprocess.run(
+            [str(BIN / "loadpilot"), "locust", "-u", "1", "-H", "http://127.0.0.1:9", *args],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path, env=_env(),
+        )  # fmt: skip
+        assert p.returncode == 2 and said in p.stderr, p.stdout + p.stderr
+
+
+@pytest.mark.slow
 def test_listeners_hear_every_request_and_the_run_s_start_and_end(tmp_path: Path) -> None:
     ours, text, summary, code = run_loadpilot("listeners.py", 2, 2, tmp_path)
     assert code == 1, text

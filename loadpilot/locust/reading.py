@@ -344,10 +344,10 @@ def _with_wait(profile: Profile, kind: tuple[Any, ...]) -> Profile:
     if not kind:
         return profile
     if kind[0] == "constant":
-        return Profile("closed", profile.stages, kind[1])
+        return dataclasses.replace(profile, think_s=kind[1])
     if kind[0] == "between":
-        return Profile("closed", profile.stages, kind[1], kind[2])
-    return Profile("closed", profile.stages, 0.0, None, kind[1])
+        return dataclasses.replace(profile, think_s=kind[1], think_max_s=kind[2])
+    return dataclasses.replace(profile, pace_s=kind[1])
 
 
 def _python_task(fn: Callable[..., Any], why: str | None = None) -> Callable[..., Any]:
@@ -537,11 +537,7 @@ def read_again(file: Path, plan: Plan, origin: Mapping[str, Any]) -> Scenario:
     """A locustfile read on an agent as its coordinator read it (its user classes and tags),
     for the plan the coordinator sent."""
     lf = read(file, list(origin.get("classes") or []))
-    load = plan.load
-    if load.model == "closed":
-        profile = Profile("closed", tuple(load.stages), load.think_s, load.think_max_s, load.pace_s)
-    else:
-        profile = Profile("open", tuple(load.stages))
+    profile = Profile.of_load(plan.load)
     tags, exclude = origin.get("tags"), origin.get("exclude")
     env = environment.Environment(host=plan.target)
     return to_scenario(

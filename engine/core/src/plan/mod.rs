@@ -339,6 +339,11 @@ pub enum Load {
         think_max_s: Option<f64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pace_s: Option<f64>,
+        /// At most this many iterations in all (every user's together; a distributed run's
+        /// slices share them out): once they have all ended the run ends, before its
+        /// duration if that comes first (Locust's `-i`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_iterations: Option<u64>,
     },
 }
 
@@ -705,7 +710,11 @@ impl Plan {
                 think_max_s,
                 pace_s,
                 stages,
+                max_iterations,
             } => {
+                if *max_iterations == Some(0) {
+                    return Err(Error::plan("load.max_iterations", "must be >= 1"));
+                }
                 seconds("load.think_s", *think_s, true)?;
                 if let Some(max) = think_max_s {
                     seconds("load.think_max_s", *max, true)?;

@@ -183,6 +183,7 @@ fn build_model(plan: &Plan, shard: (u64, u64)) -> Result<(Model, f64)> {
             think_s,
             think_max_s,
             pace_s,
+            max_iterations,
         } => {
             let profile = Profile::new(stages).map_err(|e| e.under("load."))?;
             let duration = profile.duration();
@@ -195,11 +196,20 @@ fn build_model(plan: &Plan, shard: (u64, u64)) -> Result<(Model, f64)> {
                         pace: pace_s.map(Duration::from_secs_f64),
                     },
                     iterations: AtomicU64::new(0),
+                    budget: max_iterations.map(|n| share_of(n, shard)),
+                    ended: AtomicU64::new(0),
                 },
                 duration,
             )
         }
     })
+}
+
+/// A slice's share of `n` iterations: as even as whole numbers allow, the first slices
+/// taking one more.
+fn share_of(n: u64, (index, count): (u64, u64)) -> u64 {
+    let count = count.max(1);
+    n / count + u64::from(index < n % count)
 }
 
 /// How long the run waits after its planned end for what is in flight: the longest request
@@ -321,5 +331,22 @@ mod tests {
         )
         .unwrap();
         assert!(engine_only.ctx.python.is_none() && engine_only.names == ["a"]);
+    }
+
+    #[test]
+    fn slices_share_the_iterations_out_to_the_last_one() {
+        for n in [1u64, 2, 7, 45, 1000] {
+            for count in 1u64..6 {
+                let shares: Vec<u64> = (0..count).map(|i| share_of(n, (i, count))).collect();
+                assert_eq!(
+                    shares.iter().sum::<u64>(),
+                    n,
+                    "{n} over {count}: {shares:?}"
+                );
+                assert!(shares.iter().max().unwrap() - shares.iter().min().unwrap() <= 1);
+            }
+        }
+        assert_eq!(share_of(45, (0, 2)), 23);
+        assert_eq!(share_of(1, (1, 2)), 0);
     }
 }

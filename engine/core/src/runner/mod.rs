@@ -72,6 +72,9 @@ pub(crate) enum Model {
         users: Profile,
         think: Think,
         iterations: AtomicU64,
+        /// This slice's share of the plan's `max_iterations`, and the iterations ended so far.
+        budget: Option<u64>,
+        ended: AtomicU64,
     },
 }
 

@@ -262,6 +262,8 @@ async fn closed_worker(ctx: Arc<Ctx>, vu: u64, user: Option<User>) {
         users,
         think,
         iterations,
+        budget,
+        ended,
     } = &ctx.model
     else {
         return;
@@ -304,6 +306,16 @@ async fn closed_worker(ctx: Arc<Ctx>, vu: u64, user: Option<User>) {
             ctx.recorder.active_users.fetch_add(1, Ordering::Relaxed);
         }
         let iter = iterations.fetch_add(1, Ordering::Relaxed);
+        if let Some(b) = *budget {
+            if iter >= b {
+                // The iterations are all given out: this user is done. The last to end
+                // ends the run (none at all: ended at once).
+                if b == 0 {
+                    ctx.stop_now();
+                }
+                break;
+            }
+        }
         let task = ctx.mix.pick(iter);
         let begin = Begin {
             taken: true,
@@ -321,6 +333,11 @@ async fn closed_worker(ctx: Arc<Ctx>, vu: u64, user: Option<User>) {
             _ = &mut stopped => false,
         };
         if !went {
+            break;
+        }
+        if budget.is_some_and(|b| ended.fetch_add(1, Ordering::AcqRel) + 1 == b) {
+            // The last of the run's iterations has ended: nothing is in flight any more.
+            ctx.stop_now();
             break;
         }
         let wait = match user.session.take_wait() {
