@@ -556,7 +556,8 @@ def _run_locustfile(
             "-i/--iterations counts the users' iterations; --rps runs an open model at a rate "
             "instead: give one"
         )
-    if iterations is not None and run_time is None:
+    until_done = iterations is not None and run_time is None
+    if until_done:
         run_time = 86_400.0  # the iterations end the run; a day bounds it all the same
     if getattr(args, "rps", None) is not None:
         if run_time is None:
@@ -574,7 +575,11 @@ def _run_locustfile(
                 "a LoadPilot run is bounded"
             )
         profile = locust_reading.users_over(users, spawn_rate, run_time)
-        source = f"{users} users at {spawn_rate:g}/s for {run_time:g}s"
+        source = f"{users} users at {spawn_rate:g}/s " + (
+            f"until {iterations:,} iterations have run (a day at most)"
+            if until_done
+            else f"for {run_time:g}s"
+        )
     if iterations is not None:
         profile = dataclasses.replace(profile, max_iterations=iterations)
     # Locust's names for what its options hold, beside LoadPilot's.
