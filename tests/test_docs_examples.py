@@ -19,6 +19,8 @@ import http.client
 import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -177,6 +179,15 @@ def env() -> dict[str, str]:
     return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
 
 
+def _out_dir(command: str) -> str | None:
+    """The run directory a command names with ``--out``, if it names one."""
+    words = shlex.split(command)
+    for i, word in enumerate(words[:-1]):
+        if word == "--out":
+            return words[i + 1]
+    return None
+
+
 def _shell(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """An example's command, run as a user's shell would, its output kept."""
     return subprocess.run(
@@ -286,6 +297,9 @@ class Workspace:
                 # now and then. The example is whether the command works as printed: once more,
                 # and an invalid run again fails it, its verdict's evidence shown.
                 print(f"{block.where}: judged invalid, run again:\n{_validity(done.stdout)}")
+                out = _out_dir(command)
+                if out is not None:  # the run directory it names is the invalid run's now
+                    shutil.rmtree(cwd / out)
                 done = _shell(command, cwd)
             expected = {0}
             if command.startswith("loadpilot compare datasets/"):
