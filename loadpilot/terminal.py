@@ -27,10 +27,6 @@ from loadpilot.running.store import ERROR_KINDS
 from loadpilot.summary import Summary
 
 
-def _profile(plan: Plan) -> Profile:
-    return Profile.of_load(plan.load)
-
-
 def _stage_at(plan: Plan, t: float) -> str:
     """Which stage of the profile ``t`` seconds fall in, e.g. ``stage 2/2: 500/s``."""
     stages = plan.load.stages
@@ -100,7 +96,7 @@ def panel(r: _run.Run, total_s: float, elapsed_s: float, last: pl.DataFrame) -> 
         body.add_column(col, justify="left" if col in ("task", "errors") else "right")
     if len(last):
         if not open_model:
-            wanted = _value_at(_profile(plan).points(), elapsed_s)
+            wanted = _value_at(Profile.of_load(plan.load).points(), elapsed_s)
         # Each task's row, then its request names' (indented under it).
         ordered = last.sort(
             "task", pl.col("request").is_not_null(), maintain_order=True

@@ -24,6 +24,14 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
+def locust_cli(cwd: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`loadpilot locust ARGS` run in ``cwd``: its exit code and what it printed."""
+    return subprocess.run(
+        [str(BIN / "loadpilot"), "locust", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=cwd, env=_env(),
+    )  # fmt: skip
+
+
 def run_locust(file: str, users: int, seconds: int, tmp: Path, *extra: str) -> tuple[Recorder, str]:
     """Locust itself, headless, against a fresh recording server: what the server saw."""
     with Recorder.serving() as srv:
@@ -233,6 +241,7 @@ from locust import FastHttpUser, constant, task
 class Api(FastHttpUser):
     wait_time = constant(0.02)
     default_headers = {"Authorization": "Bearer team"}
+    concurrency = 4  # accepted: one user sends one request at a time, under Locust too
 
     @task
     def plain(self):
@@ -326,11 +335,9 @@ def test_run_single_user_prints_every_request_of_one_user(tmp_path: Path) -> Non
         "if __name__ == '__main__':\n    run_single_user(U)\n"
     )
     with Recorder.serving() as srv:
-        p = subprocess.run(
-            [str(BIN / "loadpilot"), "locust", "-u", "1", "-t", "1s", "-H", srv.url,
-             "--out", str(tmp_path / "run")],
-            capture_output=True, text=True, timeout=60, cwd=tmp_path, env=_env(),
-        )  # fmt: skip
+        p = locust_cli(
+            tmp_path, "-u", "1", "-t", "1s", "-H", srv.url, "--out", str(tmp_path / "run")
+        )
         assert p.returncode == 1, p.stdout + p.stderr  # the 500s failed
         assert len(srv.seen) > 10
     # Called, it runs one user (the host from -H, as Locust's reads it) and prints each request.
@@ -382,11 +389,21 @@ def test_iterations_end_the_run_once_that_many_tasks_have_run(tmp_path: Path) ->
         out = tmp_path / f"run{len(extra)}"
         with Recorder.serving() as srv:
             # No -t: the iterations bound the run (as under Locust's -i).
-            p = subprocess.run(
-                [str(BIN / "loadpilot"), "locust", "-u", "3", "-r", "30", "-i", "61", "-H",
-                 srv.url, "--out", str(out), *extra],
-                capture_output=True, text=True, timeout=90, cwd=tmp_path, env=_env(),
-            )  # fmt: skip
+            p = locust_cli(
+                tmp_path,
+                "-u",
+                "3",
+                "-r",
+                "30",
+                "-i",
+                "61",
+                "-H",
+                srv.url,
+                "--out",
+                str(out),
+                *extra,
+                timeout=90,
+            )
             assert p.returncode == 0, p.stdout + p.stderr
             seen = Counter(path for _, path, _ in srv.seen)
         summary = json.loads((out / "summary.json").read_text())
@@ -398,10 +415,7 @@ def test_iterations_end_the_run_once_that_many_tasks_have_run(tmp_path: Path) ->
         (["-i", "0"], "-i/--iterations: invalid max_iterations"),
         (["-i", "5", "--rps", "10", "-t", "1s"], "-i/--iterations counts the users' iterations"),
     ):
-        p = subprocess.run(
-            [str(BIN / "loadpilot"), "locust", "-u", "1", "-H", "http://127.0.0.1:9", *args],
-            capture_output=True, text=True, timeout=60, cwd=tmp_path, env=_env(),
-        )  # fmt: skip
+        p = locust_cli(tmp_path, "-u", "1", "-H", "http://127.0.0.1:9", *args)
         assert p.returncode == 2 and said in p.stderr, p.stdout + p.stderr
 
 
@@ -545,24 +559,8 @@ def test_what_loadpilot_cannot_run_is_refused_with_file_and_line(
     tmp_path: Path, source: str, said: str
 ) -> None:
     (tmp_path / "locustfile.py").write_text(source)
-    p = subprocess.run(
-        [
-            str(BIN / "loadpilot"),
-            "locust",
-            "-f",
-            "locustfile.py",
-            "-u",
-            "1",
-            "-t",
-            "1s",
-            "-H",
-            "http://127.0.0.1:9",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        env=_env(),
+    p = locust_cli(
+        tmp_path, "-f", "locustfile.py", "-u", "1", "-t", "1s", "-H", "http://127.0.0.1:9"
     )
     assert p.returncode == 2, p.stdout + p.stderr
     assert said in p.stderr and "Traceback" not in p.stderr, p.stderr
@@ -623,13 +621,7 @@ def test_without_a_host_or_a_run_time_it_says_what_to_give(tmp_path: Path) -> No
         (["-u", "1", "-t", "1s"], "no host: give -H/--host"),
         (["-u", "1", "-H", "http://127.0.0.1:9"], "give a run time"),
     ]:
-        p = subprocess.run(
-            [str(BIN / "loadpilot"), "locust", "-f", str(FILES / "quickstart.py"), *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=_env(),
-        )
+        p = locust_cli(tmp_path, "-f", str(FILES / "quickstart.py"), *args)
         assert p.returncode == 2 and said in p.stderr, p.stderr
 
 
@@ -645,25 +637,8 @@ def test_a_wait_time_of_the_file_s_own_is_waited_between_tasks(tmp_path: Path) -
         "        self.client.get('/x')\n"
     )
     with Recorder.serving() as srv:
-        p = subprocess.run(
-            [
-                str(BIN / "loadpilot"),
-                "locust",
-                "-f",
-                str(tmp_path / "own.py"),
-                "-u",
-                "1",
-                "-t",
-                "3s",
-                "-H",
-                srv.url,
-                "--out",
-                str(tmp_path / "run"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=_env(),
+        p = locust_cli(
+            tmp_path, "-f", "own.py", "-u", "1", "-t", "3s", "-H", srv.url, "--out", "run"
         )
         assert p.returncode == 0, p.stdout + p.stderr
         assert "wait_time is the file's own code" in p.stdout
@@ -678,14 +653,7 @@ def test_gevent_is_refused_with_its_line(tmp_path: Path) -> None:
         "from locust import HttpUser, task\nimport gevent\n\nclass U(HttpUser):\n"
         "    @task\n    def t(self):\n        self.client.get('/')\n"
     )
-    p = subprocess.run(
-        [str(BIN / "loadpilot"), "locust", "-u", "1", "-t", "1s", "-H", "http://127.0.0.1:9"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        env=_env(),
-    )
+    p = locust_cli(tmp_path, "-u", "1", "-t", "1s", "-H", "http://127.0.0.1:9")
     assert (
         p.returncode == 2
         and "locustfile.py:2: ImportError: LoadPilot runs locustfiles without gevent" in p.stderr
@@ -756,11 +724,21 @@ class U(HttpUser):
 """
     )
     with Recorder.serving() as srv:
-        p = subprocess.run(
-            [str(BIN / "loadpilot"), "locust", "-u", "2", "-r", "20", "-t", "2s", "-H", srv.url,
-             "--item", "7", "--out", str(tmp_path / "run")],
-            capture_output=True, text=True, timeout=60, cwd=tmp_path, env=_env(),
-        )  # fmt: skip
+        p = locust_cli(
+            tmp_path,
+            "-u",
+            "2",
+            "-r",
+            "20",
+            "-t",
+            "2s",
+            "-H",
+            srv.url,
+            "--item",
+            "7",
+            "--out",
+            str(tmp_path / "run"),
+        )
         paths = [path for _, path, _ in srv.seen]
     assert p.returncode == 1, p.stdout + p.stderr  # the tasks' exceptions are errors
     assert paths and all(path.startswith("/item/7?users=") for path in paths), paths
@@ -768,11 +746,7 @@ class U(HttpUser):
     assert "event: user_error ValueError" in p.stdout
     assert p.stdout.rstrip().endswith("event: quit 1"), p.stdout[-500:]
     # An option nobody adds is refused.
-    p = subprocess.run(
-        [str(BIN / "loadpilot"), "locust", "-u", "1", "-t", "1s", "-H", "http://127.0.0.1:9",
-         "--no-such"],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=_env(),
-    )  # fmt: skip
+    p = locust_cli(tmp_path, "-u", "1", "-t", "1s", "-H", "http://127.0.0.1:9", "--no-such")
     assert p.returncode == 2 and "unrecognized arguments: --no-such" in p.stderr, p.stderr
 
 
@@ -842,11 +816,18 @@ class Basic(HttpUser):
     for cls, expected in (("U", {"/plain": "Bearer t-1", "/own": "Bearer mine"}),
                           ("Basic", {"/basic": "Basic YW5uOnB3"})):  # fmt: skip
         with Recorder.serving() as srv:
-            p = subprocess.run(
-                [str(BIN / "loadpilot"), "locust", "-u", "2", "-t", "1s", "-H", srv.url,
-                 "--out", str(tmp_path / f"run-{cls}"), cls],
-                capture_output=True, text=True, timeout=60, cwd=tmp_path, env=_env(),
-            )  # fmt: skip
+            p = locust_cli(
+                tmp_path,
+                "-u",
+                "2",
+                "-t",
+                "1s",
+                "-H",
+                srv.url,
+                "--out",
+                str(tmp_path / f"run-{cls}"),
+                cls,
+            )
             assert p.returncode == 0, p.stdout + p.stderr
             # Set at run time: no task can be read into the engine once.
             assert "(weight 1, engine)" not in p.stdout, p.stdout
@@ -878,11 +859,9 @@ class U(HttpUser):
 """
     )
     with Recorder.serving() as srv:
-        p = subprocess.run(
-            [str(BIN / "loadpilot"), "locust", "-u", "2", "-t", "2s", "-H", srv.url,
-             "--out", str(tmp_path / "run")],
-            capture_output=True, text=True, timeout=60, cwd=tmp_path, env=_env(),
-        )  # fmt: skip
+        p = locust_cli(
+            tmp_path, "-u", "2", "-t", "2s", "-H", srv.url, "--out", str(tmp_path / "run")
+        )
         served = Counter(path for _, path, _ in srv.seen)
     assert p.returncode == 1, p.stdout + p.stderr
     stats = request_stats(json.loads((tmp_path / "run" / "summary.json").read_text()))

@@ -18,7 +18,7 @@ from loadpilot.errors import ScenarioError
 from loadpilot.locust import environment
 from loadpilot.locust.events import events
 from loadpilot.locust.reading import Locustfile, to_scenario, users_over
-from loadpilot.locust.users import CatchResponseError, HttpUser
+from loadpilot.locust.users import HttpUser
 from loadpilot.profiles import Duration, parse_duration
 
 if TYPE_CHECKING:
@@ -60,12 +60,7 @@ class PrintListener:
         start_time: float | None = None,
         **_kwargs: Any,
     ) -> None:
-        if exception is None:
-            error = ""
-        elif isinstance(exception, CatchResponseError):
-            error = str(exception)
-        else:
-            error = repr(exception)
+        error = "" if exception is None else repr(exception)
         cells = []
         if self.include_time:
             at = start_time if start_time else datetime.datetime.now().timestamp()

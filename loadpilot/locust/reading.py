@@ -128,52 +128,46 @@ def _classes(cls: type) -> tuple[str | None, list[ast.ClassDef]]:
     return file, [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
 
 
-def _line(cls: type) -> str:
-    """file:line of a class of a locustfile."""
+def _line(cls: type, attr: str | None = None) -> str:
+    """file:line of a class of a locustfile, or of the line where it (or a class of the file
+    it derives from) sets ``attr``."""
     file, found = _classes(cls)
     line = next((n.lineno for n in found if n.name == cls.__name__), None)
+    bases = [k.__name__ for k in cls.__mro__] if attr is not None else []
+    for node in (n for name in bases for n in found if n.name == name):
+        for stmt in node.body:
+            targets: list[ast.expr] = []
+            if isinstance(stmt, ast.Assign):
+                targets = stmt.targets
+            elif isinstance(stmt, ast.AnnAssign):
+                targets = [stmt.target]
+            if any(isinstance(t, ast.Name) and t.id == attr for t in targets):
+                return f"{file}:{stmt.lineno}"
     return f"{file}:{line}" if line is not None else cls.__qualname__
 
 
-def _attr_line(cls: type, attr: str) -> str:
-    """file:line where a locustfile class (or a class of the file it derives from) sets
-    ``attr``; the class's own line when it is set elsewhere."""
-    file, found = _classes(cls)
-    names = [k.__name__ for k in cls.__mro__]
-    for name in names:
-        for node in (n for n in found if n.name == name):
-            for stmt in node.body:
-                targets = (
-                    stmt.targets
-                    if isinstance(stmt, ast.Assign)
-                    else [stmt.target]
-                    if isinstance(stmt, ast.AnnAssign) and stmt.value is not None
-                    else []
-                )
-                if any(isinstance(t, ast.Name) and t.id == attr for t in targets):
-                    return f"{file}:{stmt.lineno}"
-    return _line(cls)
-
-
-#: Settings of Locust's user classes that LoadPilot does not run, with why: a class that
-#: sets one (to anything but Locust's default) is refused, never run as if it had not.
-_NOT_RUN = {
-    "max_retries": "counts every failed request and sends none again; retry in the task",
-    "proxy_host": "sends to the run's host directly, never through a proxy",
-    "proxy_port": "sends to the run's host directly, never through a proxy",
-    "client_pool": "keeps each user's connection its own; a pool of the file's own is not used",
-    "pool_manager": "keeps each user's connection its own; a pool of the file's own is not used",
-    "ssl_context_factory": "checks certificates as the class's `insecure` says; an SSL context "
-    "of the file's own is not used",
+#: Settings of Locust's user classes that LoadPilot does not run: Locust's default for each,
+#: and why. A class that sets one to anything else is refused, never run as if it had not.
+_NOT_RUN: dict[str, tuple[Any, str]] = {
+    "max_retries": (0, "counts every failed request and sends none again; retry in the task"),
+    "proxy_host": (None, "sends to the run's host directly, never through a proxy"),
+    "proxy_port": (None, "sends to the run's host directly, never through a proxy"),
+    "client_pool": (None, "keeps each user's connection its own; a pool of the file's is unused"),
+    "pool_manager": (None, "keeps each user's connection its own; a pool of the file's is unused"),
+    "ssl_context_factory": (
+        None,
+        "checks certificates as the class's `insecure` says; an SSL context of the file's own "
+        "is not used",
+    ),
 }
 
 
 def _refuse_what_is_not_run(cls: type) -> None:
-    for attr, why in _NOT_RUN.items():
-        value = getattr(cls, attr, None)
-        if value is not None and not (attr == "max_retries" and value == 0):
+    for attr, (default, why) in _NOT_RUN.items():
+        value = getattr(cls, attr, default)
+        if value not in (None, default):
             raise ScenarioError(
-                f"{_attr_line(cls, attr)}: {cls.__name__}.{attr} = {value!r}: LoadPilot {why}"
+                f"{_line(cls, attr)}: {cls.__name__}.{attr} = {value!r}: LoadPilot {why}"
             )
 
 

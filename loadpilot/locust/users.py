@@ -288,13 +288,7 @@ TRANSITIONS = "transitions"
 def transition(func_name: str, weight: int = 1) -> Callable[[F], F]:
     """``@transition("other", weight=1)``: after this task, the MarkovTaskSet goes on to
     ``other`` with this weight (among the task's transitions)."""
-
-    def mark(f: F) -> F:
-        given = vars(f).setdefault(TRANSITIONS, {})
-        given[func_name] = weight
-        return f
-
-    return mark
+    return transitions({func_name: weight})
 
 
 def transitions(weights: Mapping[str, int] | Sequence[tuple[str, int] | str]) -> Callable[[F], F]:

@@ -556,9 +556,9 @@ class PythonUsers:
                     if g is None:
                         g = self._greens[vu] = _Green(self._green_user)
                         g.users = self
-                    elif not g.idle:  # still in a ticket the engine gave up on (the drain ran out)
+                    else:  # maybe still in a ticket the engine gave up on (the drain ran out)
                         self._cancel(g)
-                        g.cancelling = False
+                    g.key = (task, hook)
                     self._step(g, t)
             if closed and not over.done():
                 over.set_result(None)
@@ -592,10 +592,15 @@ class PythonUsers:
 
     def _cancel(self, g: _Green) -> None:
         """Ends the ticket ``g`` is in, if any: ``RequestError("cancelled")`` raised where it
-        waits (and at once by any request or sleep after), so its own handlers run."""
+        waits (and at once by any request or sleep its handlers make), so they run; it is
+        between tickets again when this returns."""
+        if g.idle:
+            return
         g.cancelling = True
-        if not g.idle:
+        try:
             g.throw(RequestError("cancelled", "", ""))
+        finally:
+            g.cancelling = False
 
     def _step(self, g: _Green, value: Any) -> None:
         """Runs ``g`` on until it waits again (or ends): one turn."""
@@ -672,7 +677,6 @@ class PythonUsers:
         me = greenlet.getcurrent()
         assert isinstance(me, _Green)
         while t is not None:
-            me.key = self._turn = (t[2], t[3])  # the ticket's task and hook
             self._run_sync(t)
             me.idle = True
             t = self._hub.switch()
